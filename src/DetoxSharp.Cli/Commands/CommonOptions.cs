@@ -1,0 +1,42 @@
+using System.CommandLine;
+using DetoxSharp.Checkpoints;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Cli.Commands;
+
+/// <summary>Options several commands share, and their conversion into library settings.</summary>
+public static class CommonOptions
+{
+    public static Option<string> Model(string name = "--model", string description = "Hugging Face model directory (config.json + model.safetensors + tokenizer files)") =>
+        new(name) { Description = description, Required = true };
+
+    public static Option<string> Device() => new("--device") { Description = "cpu or cuda (cuda:N)", DefaultValueFactory = _ => "cpu" };
+
+    public static Option<string> DType() => new("--dtype") { Description = "float32 or bfloat16", DefaultValueFactory = _ => "float32" };
+
+    public static Option<bool> AllowPickle() => new("--allow-pickle") { Description = "allow loading a legacy pickled pytorch_model.bin (pickles can run code)" };
+
+    public static Option<bool> Json() => new("--json") { Description = "print one JSON object on stdout" };
+
+    public static torch.Device ParseDevice(string value)
+    {
+        if (value == "cpu") return torch.CPU;
+        if (value.StartsWith("cuda"))
+        {
+            if (!torch.cuda.is_available()) throw new InvalidInputException($"--device {value}: CUDA is not available in this build/machine");
+            return torch.device(value);
+        }
+        throw new InvalidInputException($"--device: expected cpu or cuda[:N], got '{value}'");
+    }
+
+    public static ScalarType ParseDType(string value) => value switch
+    {
+        "float32" or "fp32" => ScalarType.Float32,
+        "bfloat16" or "bf16" => ScalarType.BFloat16,
+        _ => throw new InvalidInputException($"--dtype: expected float32 or bfloat16, got '{value}'"),
+    };
+
+    public static LoadedModel LoadModel(string dir, string device, string dtype, bool allowPickle) =>
+        HfCheckpoint.Load(dir, new LoadOptions { Device = ParseDevice(device), DType = ParseDType(dtype), AllowPickle = allowPickle });
+}

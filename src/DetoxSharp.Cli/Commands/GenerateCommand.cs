@@ -1,0 +1,60 @@
+using System.CommandLine;
+using System.Text.Json.Nodes;
+using DetoxSharp.Generation;
+
+namespace DetoxSharp.Cli.Commands;
+
+public static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var model = CommonOptions.Model();
+        var prompt = new Option<string>("--prompt") { Description = "prompt text", Required = true };
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "tokens to generate", DefaultValueFactory = _ => 20 };
+        var greedy = new Option<bool>("--greedy") { Description = "greedy decoding (the default unless a sampling option is given)" };
+        var temperature = new Option<double?>("--temperature") { Description = "sampling temperature (enables sampling)" };
+        var topK = new Option<int?>("--top-k") { Description = "keep the k most likely tokens when sampling" };
+        var topP = new Option<double?>("--top-p") { Description = "nucleus sampling mass" };
+        var seed = new Option<long?>("--seed") { Description = "random seed for sampling" };
+        var json = CommonOptions.Json();
+        var device = CommonOptions.Device();
+        var dtype = CommonOptions.DType();
+        var pickle = CommonOptions.AllowPickle();
+        var cmd = new Command("generate", "Continue a prompt (greedy by default; sampling with --temperature/--top-k/--top-p).")
+            { model, prompt, maxNew, greedy, temperature, topK, topP, seed, json, device, dtype, pickle };
+        cmd.SetAction(p =>
+        {
+            bool sampling = p.GetValue(temperature) is not null || p.GetValue(topK) is not null || p.GetValue(topP) is not null;
+            if (sampling && p.GetValue(greedy)) throw new InvalidInputException("--greedy cannot be combined with --temperature/--top-k/--top-p");
+            var opts = new GenerationOptions
+            {
+                MaxNewTokens = p.GetValue(maxNew),
+                Greedy = !sampling,
+                Temperature = p.GetValue(temperature) ?? 1.0,
+                TopK = p.GetValue(topK) ?? 0,
+                TopP = p.GetValue(topP) ?? 1.0,
+                Seed = p.GetValue(seed),
+            };
+            opts.Validate();
+            using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            var text = p.GetValue(prompt)!;
+            var ids = m.Tokenizer.Encode(text);
+            if (ids.Length == 0) ids = [m.Model.EosTokenId];
+            var outIds = Generator.Generate(m.Model, [ids], opts)[0];
+            var completion = m.Tokenizer.Decode(outIds);
+            var o = p.InvocationConfiguration.Output;
+            if (p.GetValue(json))
+                o.WriteLine(new JsonObject
+                {
+                    ["prompt"] = text,
+                    ["prompt_tokens"] = ids.Length,
+                    ["completion"] = completion,
+                    ["tokens"] = new JsonArray(outIds.Select(i => (JsonNode)JsonValue.Create(i)!).ToArray()),
+                    ["greedy"] = opts.Greedy,
+                }.ToJsonString());
+            else o.WriteLine(text + completion);
+            return 0;
+        });
+        return cmd;
+    }
+}

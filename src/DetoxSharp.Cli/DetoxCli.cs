@@ -1,0 +1,37 @@
+using System.CommandLine;
+using DetoxSharp.Cli.Commands;
+
+namespace DetoxSharp.Cli;
+
+/// <summary>The `detox` command line: parsing, dispatch and the exit-code contract
+/// (0 success, 2 user error with one line on stderr, 1 internal failure).</summary>
+public static class DetoxCli
+{
+    public static RootCommand Build()
+    {
+        var root = new RootCommand("DetoxSharp: detoxify GPT-2-family language models with preference optimization, and see what the training does inside the model.");
+        foreach (var c in CommandCatalog.All()) root.Subcommands.Add(c);
+        return root;
+    }
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var root = Build();
+        var parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            stderr.WriteLine($"detox: {parse.Errors[0].Message}");
+            return 2;
+        }
+        var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false };
+        try
+        {
+            return parse.Invoke(config);
+        }
+        catch (InvalidInputException e)
+        {
+            stderr.WriteLine($"detox: {e.Message}");
+            return 2;
+        }
+    }
+}

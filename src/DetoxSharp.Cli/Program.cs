@@ -1,0 +1,3 @@
+using DetoxSharp.Cli;
+
+return DetoxCli.Run(args, Console.Out, Console.Error);

@@ -1,0 +1,134 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Checkpoints;
+
+/// <summary>
+/// The safetensors format (8-byte little-endian header length, JSON header, raw little-endian data). Reading checks
+/// every header entry against the file's length first, so a truncated or corrupt file gives an error naming the
+/// file and tensor instead of a native crash. Writing adds <c>{"format":"pt"}</c> metadata, which Hugging Face
+/// transformers requires, and pads the header to 8 bytes as the reference implementation does.
+/// </summary>
+public static class Safetensors
+{
+    public sealed record Entry(string Name, ScalarType DType, long[] Shape, long Begin, long End);
+
+    static readonly Dictionary<string, (ScalarType type, int size)> DTypes = new()
+    {
+        ["F64"] = (ScalarType.Float64, 8), ["F32"] = (ScalarType.Float32, 4), ["F16"] = (ScalarType.Float16, 2),
+        ["BF16"] = (ScalarType.BFloat16, 2), ["I64"] = (ScalarType.Int64, 8), ["I32"] = (ScalarType.Int32, 4),
+        ["I16"] = (ScalarType.Int16, 2), ["I8"] = (ScalarType.Int8, 1), ["U8"] = (ScalarType.Byte, 1),
+        ["BOOL"] = (ScalarType.Bool, 1),
+    };
+
+    static string DTypeName(ScalarType t) => DTypes.First(kv => kv.Value.type == t).Key;
+
+    /// <summary>Reads and validates the header; returns the entries and the offset where data starts.</summary>
+    public static (List<Entry> Entries, long DataStart, JsonObject? Metadata) ReadHeader(string path)
+    {
+        using var f = File.OpenRead(path);
+        long len = f.Length;
+        if (len < 8) throw new InvalidInputException($"{path}: not a safetensors file (only {len} bytes)");
+        var lenBytes = new byte[8];
+        f.ReadExactly(lenBytes);
+        ulong n = BitConverter.ToUInt64(lenBytes);
+        if (n == 0 || n > (ulong)(len - 8) || n > 100_000_000)
+            throw new InvalidInputException($"{path}: corrupt safetensors header (declares {n} header bytes, file has {len})");
+        var header = new byte[n];
+        f.ReadExactly(header);
+        JsonObject root;
+        try
+        {
+            root = JsonNode.Parse(Encoding.UTF8.GetString(header).TrimEnd(' ', '\0')) as JsonObject
+                   ?? throw new JsonException("header is not a JSON object");
+        }
+        catch (JsonException e) { throw new InvalidInputException($"{path}: corrupt safetensors header ({e.Message})"); }
+        long dataStart = 8 + (long)n, dataLen = len - dataStart;
+        var entries = new List<Entry>();
+        JsonObject? meta = null;
+        foreach (var (name, node) in root)
+        {
+            if (name == "__metadata__") { meta = node as JsonObject; continue; }
+            try
+            {
+                var dt = node!["dtype"]!.GetValue<string>();
+                if (!DTypes.TryGetValue(dt, out var info)) throw new InvalidInputException($"{path}: tensor '{name}' has unsupported dtype {dt}");
+                var shape = node["shape"]!.AsArray().Select(x => x!.GetValue<long>()).ToArray();
+                var offs = node["data_offsets"]!.AsArray().Select(x => x!.GetValue<long>()).ToArray();
+                if (offs.Length != 2 || offs[0] < 0 || offs[1] < offs[0])
+                    throw new InvalidInputException($"{path}: tensor '{name}' has invalid data_offsets");
+                if (offs[1] > dataLen)
+                    throw new InvalidInputException($"{path}: truncated file: tensor '{name}' ends at byte {dataStart + offs[1]} but the file has {len} bytes");
+                long count = shape.Aggregate(1L, (a, b) => a * b);
+                if (count * info.size != offs[1] - offs[0])
+                    throw new InvalidInputException($"{path}: tensor '{name}' shape [{string.Join(",", shape)}] × {dt} needs {count * info.size} bytes, header gives {offs[1] - offs[0]}");
+                entries.Add(new Entry(name, info.type, shape, offs[0], offs[1]));
+            }
+            catch (Exception e) when (e is InvalidOperationException or NullReferenceException or FormatException)
+            {
+                throw new InvalidInputException($"{path}: malformed header entry for tensor '{name}'");
+            }
+        }
+        return (entries, dataStart, meta);
+    }
+
+    /// <summary>Loads all tensors (or those <paramref name="keep"/> accepts) onto the CPU in their stored dtype.</summary>
+    public static Dictionary<string, Tensor> Load(string path, Func<string, bool>? keep = null)
+    {
+        var (entries, start, _) = ReadHeader(path);
+        var result = new Dictionary<string, Tensor>();
+        using var f = File.OpenRead(path);
+        foreach (var e in entries)
+        {
+            if (keep is not null && !keep(e.Name)) continue;
+            var t = torch.empty(e.Shape, e.DType);
+            long size = e.End - e.Begin;
+            if (size > 0)
+            {
+                var buf = new byte[size];
+                f.Seek(start + e.Begin, SeekOrigin.Begin);
+                f.ReadExactly(buf);
+                t.bytes = buf;
+            }
+            result[e.Name] = t;
+        }
+        return result;
+    }
+
+    /// <summary>Writes tensors (any device; made contiguous) to <paramref name="path"/>.</summary>
+    public static void Save(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var header = new JsonObject();
+        var meta = new JsonObject { ["format"] = "pt" };
+        if (metadata != null) foreach (var (k, v) in metadata) meta[k] = v;
+        header["__metadata__"] = meta;
+        long offset = 0;
+        var order = tensors.Keys.OrderBy(k => k, StringComparer.Ordinal).ToList();
+        foreach (var name in order)
+        {
+            var t = tensors[name];
+            long bytes = t.numel() * t.ElementSize;
+            header[name] = new JsonObject
+            {
+                ["dtype"] = DTypeName(t.dtype),
+                ["shape"] = new JsonArray(t.shape.Select(s => (JsonNode)JsonValue.Create(s)!).ToArray()),
+                ["data_offsets"] = new JsonArray(offset, offset + bytes),
+            };
+            offset += bytes;
+        }
+        var json = Encoding.UTF8.GetBytes(header.ToJsonString());
+        int pad = (8 - json.Length % 8) % 8;
+        using var f = File.Create(path);
+        f.Write(BitConverter.GetBytes((ulong)(json.Length + pad)));
+        f.Write(json);
+        for (int i = 0; i < pad; i++) f.WriteByte((byte)' ');
+        foreach (var name in order)
+        {
+            using var c = tensors[name].detach().cpu().contiguous();
+            f.Write(c.bytes);
+        }
+    }
+}

@@ -1,0 +1,71 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace DetoxSharp.Data;
+
+/// <summary>
+/// Reads JSON Lines with errors that name the file and line: malformed JSON, a line that is not an object, a missing
+/// or mistyped field, an empty file. Blank lines are skipped.
+/// </summary>
+public static class JsonlReader
+{
+    public readonly record struct Line(string Path, int Number, JsonObject Object)
+    {
+        public string Where => $"{Path}:{Number}";
+
+        /// <summary>A required string field.</summary>
+        public string String(string field)
+        {
+            var n = Object[field] ?? throw new InvalidInputException($"{Where}: missing field '{field}'");
+            if (n is JsonValue v && v.TryGetValue<string>(out var s)) return s;
+            throw new InvalidInputException($"{Where}: field '{field}' must be a string");
+        }
+
+        public string? OptionalString(string field)
+        {
+            var n = Object[field];
+            if (n is null) return null;
+            if (n is JsonValue v && v.TryGetValue<string>(out var s)) return s;
+            throw new InvalidInputException($"{Where}: field '{field}' must be a string");
+        }
+
+        /// <summary>A nested string such as prompt.text.</summary>
+        public string Nested(string outer, string inner)
+        {
+            var o = Object[outer] as JsonObject ?? throw new InvalidInputException($"{Where}: missing object field '{outer}'");
+            var n = o[inner] ?? throw new InvalidInputException($"{Where}: missing field '{outer}.{inner}'");
+            if (n is JsonValue v && v.TryGetValue<string>(out var s)) return s;
+            throw new InvalidInputException($"{Where}: field '{outer}.{inner}' must be a string");
+        }
+
+        public double Double(string field)
+        {
+            var n = Object[field] ?? throw new InvalidInputException($"{Where}: missing field '{field}'");
+            if (n is JsonValue v && v.TryGetValue<double>(out var d)) return d;
+            if (n is JsonValue b && b.TryGetValue<bool>(out var flag)) return flag ? 1 : 0;
+            throw new InvalidInputException($"{Where}: field '{field}' must be a number");
+        }
+    }
+
+    public static IEnumerable<Line> Read(string path)
+    {
+        if (!File.Exists(path)) throw new InvalidInputException($"{path}: file not found");
+        int number = 0, count = 0;
+        foreach (var text in File.ReadLines(path))
+        {
+            number++;
+            if (string.IsNullOrWhiteSpace(text)) continue;
+            JsonNode? node;
+            try { node = JsonNode.Parse(text); }
+            catch (JsonException e) { throw new InvalidInputException($"{path}:{number}: malformed JSON ({e.Message.Split('.')[0]})"); }
+            if (node is not JsonObject o) throw new InvalidInputException($"{path}:{number}: expected a JSON object");
+            count++;
+            yield return new Line(path, number, o);
+        }
+        if (count == 0) throw new InvalidInputException($"{path}: empty file (no JSON lines)");
+    }
+
+    /// <summary>Writes records as JSON Lines atomically (temp file + rename).</summary>
+    public static void Write(string path, IEnumerable<JsonObject> records) =>
+        AtomicFile.Write(path, w => { foreach (var r in records) w.WriteLine(r.ToJsonString()); });
+}

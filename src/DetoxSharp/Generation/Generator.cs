@@ -1,0 +1,162 @@
+using DetoxSharp.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Generation;
+
+public sealed record GenerationOptions
+{
+    public int MaxNewTokens { get; init; } = 20;
+    /// <summary>Greedy decoding (argmax); otherwise sampling with the settings below.</summary>
+    public bool Greedy { get; init; } = true;
+    public double Temperature { get; init; } = 1.0;
+    /// <summary>0 = no top-k filter.</summary>
+    public int TopK { get; init; }
+    /// <summary>1 = no nucleus filter.</summary>
+    public double TopP { get; init; } = 1.0;
+    public long? Seed { get; init; }
+    public bool StopAtEos { get; init; } = true;
+    /// <summary>Use the KV cache; false recomputes the whole sequence each step (reference behaviour for tests).</summary>
+    public bool UseKvCache { get; init; } = true;
+    /// <summary>Prompts per forward batch.</summary>
+    public int BatchSize { get; init; } = 16;
+    /// <summary>Pad id for left padding; null uses the model's eos (GPT-2 has no pad token). Masked out either way.</summary>
+    public int? PadTokenId { get; init; }
+
+    public void Validate()
+    {
+        if (MaxNewTokens < 0) throw new InvalidInputException($"--max-new-tokens must be ≥ 0, got {MaxNewTokens}");
+        if (!Greedy && !(Temperature > 0)) throw new InvalidInputException($"--temperature must be > 0, got {Temperature}");
+        if (TopK < 0) throw new InvalidInputException($"--top-k must be ≥ 0, got {TopK}");
+        if (!(TopP > 0 && TopP <= 1)) throw new InvalidInputException($"--top-p must be in (0, 1], got {TopP}");
+        if (BatchSize < 1) throw new InvalidInputException($"batch size must be ≥ 1, got {BatchSize}");
+    }
+}
+
+/// <summary>
+/// Autoregressive generation for any <see cref="ICausalLM"/>: batched prompts left-padded with an attention mask
+/// (padding changes no result), a KV cache, greedy or sampled decoding. Residual-stream edits during generation
+/// are hooks on the model (<see cref="ICausalLM.Hooks"/>); <see cref="HookContext.PastLength"/> tells them which
+/// positions a forward pass covers.
+/// </summary>
+public static class Generator
+{
+    /// <summary>Generates continuations; returns only the new tokens of each prompt (cut after eos, eos excluded).</summary>
+    public static List<int[]> Generate(ICausalLM model, IReadOnlyList<int[]> prompts, GenerationOptions options)
+    {
+        options.Validate();
+        var results = new List<int[]>(prompts.Count);
+        torch.Generator? rng = null;
+        if (!options.Greedy)
+        {
+            rng = new torch.Generator((ulong)(options.Seed ?? Random.Shared.NextInt64()), model.Device);
+        }
+        try
+        {
+            for (int start = 0; start < prompts.Count; start += options.BatchSize)
+            {
+                var batch = prompts.Skip(start).Take(options.BatchSize).ToList();
+                results.AddRange(GenerateBatch(model, batch, options, rng));
+            }
+        }
+        finally { rng?.Dispose(); }
+        return results;
+    }
+
+    static List<int[]> GenerateBatch(ICausalLM model, List<int[]> prompts, GenerationOptions o, torch.Generator? rng)
+    {
+        int b = prompts.Count;
+        foreach (var p in prompts)
+            if (p.Length == 0) throw new InvalidInputException("cannot generate from an empty prompt (encode at least one token, e.g. <|endoftext|>)");
+        int maxLen = prompts.Max(p => p.Length);
+        int total = maxLen + o.MaxNewTokens;
+        if (total > model.MaxPositions)
+            throw new InvalidInputException($"prompt ({maxLen} tokens) + {o.MaxNewTokens} new tokens exceeds the model's context of {model.MaxPositions}");
+        int pad = o.PadTokenId ?? model.EosTokenId;
+        bool padded = prompts.Any(p => p.Length != maxLen);
+        var ids = new long[b * maxLen];
+        var mask = new long[b * maxLen];
+        for (int i = 0; i < b; i++)
+        {
+            int off = maxLen - prompts[i].Length;
+            for (int j = 0; j < maxLen; j++)
+            {
+                ids[i * maxLen + j] = j < off ? pad : prompts[i][j - off];
+                mask[i * maxLen + j] = j < off ? 0 : 1;
+            }
+        }
+        var generated = Enumerable.Range(0, b).Select(_ => new List<int>()).ToArray();
+        var done = new bool[b];
+        bool wasTraining = model.Module.training;
+        model.Module.eval();
+        using var noGrad = torch.no_grad();
+        using var cache = o.UseKvCache ? model.NewCache(total) : null;
+        Tensor? allIds = null, allMask = null, next = null;
+        try
+        {
+            using (var scope = torch.NewDisposeScope())
+            {
+                allIds = torch.tensor(ids, [b, maxLen], ScalarType.Int64, model.Device).DetachFromDisposeScope();
+                allMask = padded ? torch.tensor(mask, [b, maxLen], ScalarType.Int64, model.Device).DetachFromDisposeScope() : null;
+            }
+            for (int step = 0; step < o.MaxNewTokens; step++)
+            {
+                using var scope = torch.NewDisposeScope();
+                Tensor input = o.UseKvCache && step > 0 ? next! : allIds;
+                var logits = o.UseKvCache ? model.Forward(input, allMask, cache) : model.Forward(allIds, allMask);
+                var last = logits.select(1, -1).to(ScalarType.Float32);
+                var chosen = o.Greedy ? last.argmax(-1) : Sample(last, o, rng!);
+                var chosenCpu = chosen.cpu().data<long>().ToArray();
+                for (int i = 0; i < b; i++)
+                {
+                    if (done[i]) continue;
+                    int tok = (int)chosenCpu[i];
+                    if (o.StopAtEos && tok == model.EosTokenId) { done[i] = true; continue; }
+                    generated[i].Add(tok);
+                }
+                if (done.All(d => d) || step == o.MaxNewTokens - 1) break;
+                var newNext = chosen.unsqueeze(1).DetachFromDisposeScope();
+                next?.Dispose();
+                next = newNext;
+                var newIds = torch.cat([allIds, next], 1).DetachFromDisposeScope();
+                allIds.Dispose();
+                allIds = newIds;
+                if (allMask is not null)
+                {
+                    var newMask = torch.cat([allMask, torch.ones(b, 1, ScalarType.Int64, model.Device)], 1).DetachFromDisposeScope();
+                    allMask.Dispose();
+                    allMask = newMask;
+                }
+            }
+        }
+        finally
+        {
+            allIds?.Dispose();
+            allMask?.Dispose();
+            next?.Dispose();
+            if (wasTraining) model.Module.train();
+        }
+        return generated.Select(g => g.ToArray()).ToList();
+    }
+
+    /// <summary>Temperature, then top-k, then top-p (nucleus) filtering, then one multinomial draw per row.</summary>
+    internal static Tensor Sample(Tensor logits, GenerationOptions o, torch.Generator rng)
+    {
+        var l = logits / o.Temperature;
+        if (o.TopK > 0 && o.TopK < l.shape[^1])
+        {
+            var kth = l.topk(o.TopK, -1).values.select(-1, -1).unsqueeze(-1);
+            l = l.masked_fill(l.lt(kth), double.NegativeInfinity);
+        }
+        if (o.TopP < 1.0)
+        {
+            var (sorted, idx) = l.sort(-1, descending: true);
+            var cum = sorted.softmax(-1).cumsum(-1);
+            // drop a token when the mass before it already reaches top_p (the first token always stays)
+            var drop = (cum - sorted.softmax(-1)).ge(o.TopP);
+            var dropOrig = torch.zeros_like(drop).scatter(-1, idx, drop);
+            l = l.masked_fill(dropOrig, double.NegativeInfinity);
+        }
+        return torch.multinomial(l.softmax(-1), 1, false, rng).squeeze(1);
+    }
+}

@@ -1,0 +1,279 @@
+using System.Text.Json.Nodes;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Models;
+
+/// <summary>
+/// Hugging Face's GPT-2 (GPT2LMHeadModel) on TorchSharp. Field names are the checkpoint's tensor names
+/// (wte, wpe, h.{i}.ln_1, h.{i}.attn.c_attn …, ln_f), so <c>state_dict()</c> keys equal the hub's.
+/// Semantics: pre-LayerNorm blocks, learned absolute positions, Conv1D weights stored [in, out],
+/// q/k/v split in that order, attention scaled by 1/√head_dim, LM head tied to wte.
+/// No dropout: this project fine-tunes and analyses, and dropout would make the analysis stochastic.
+/// </summary>
+public sealed class Gpt2Model : nn.Module, ICausalLM
+{
+    public Gpt2Config Config { get; }
+
+#pragma warning disable IDE1006 // names are the checkpoint's
+    readonly Embedding wte;
+    readonly Embedding wpe;
+    readonly ModuleList<Gpt2Block> h;
+    readonly LayerNorm ln_f;
+#pragma warning restore IDE1006
+
+    readonly HookPoints _hooks;
+    readonly string[][] _blockHookNames;
+
+    /// <param name="initialize">false skips GPT-2's random initialisation (the weights are about to be loaded).</param>
+    public Gpt2Model(Gpt2Config config, Device? device = null, ScalarType dtype = ScalarType.Float32, bool initialize = true) : base("GPT2LMHeadModel")
+    {
+        config.Validate();
+        Config = config;
+        wte = nn.Embedding(config.VocabSize, config.NEmbd);
+        wpe = nn.Embedding(config.NPositions, config.NEmbd);
+        h = new ModuleList<Gpt2Block>(Enumerable.Range(0, config.NLayer).Select(_ => new Gpt2Block(config)).ToArray());
+        ln_f = nn.LayerNorm(config.NEmbd, config.LayerNormEpsilon);
+        RegisterComponents();
+        if (initialize) InitWeights();
+        if (dtype != ScalarType.Float32 || (device is not null && device.type != DeviceType.CPU))
+            this.to(device ?? torch.CPU, dtype);
+        _hooks = new HookPoints(HookPoints.StandardNames(config.NLayer));
+        _blockHookNames = Enumerable.Range(0, config.NLayer).Select(HookPoints.BlockNames).ToArray();
+        eval();
+    }
+
+    /// <summary>GPT-2's initialisation: N(0, 0.02) weights, zero biases, and residual projections scaled by 1/√(2·n_layer).</summary>
+    void InitWeights()
+    {
+        using var _ = torch.no_grad();
+        foreach (var (name, p) in named_parameters())
+        {
+            if (name.EndsWith(".bias") || name.StartsWith("ln_f") || name.Contains(".ln_"))
+            {
+                if (name.EndsWith("weight")) p.fill_(1.0); else p.zero_();
+            }
+            else
+            {
+                double std = 0.02;
+                if (name.EndsWith("c_proj.weight")) std /= Math.Sqrt(2.0 * Config.NLayer);
+                p.normal_(0, std);
+            }
+        }
+    }
+
+    public string Family => "gpt2";
+    public int VocabSize => Config.VocabSize;
+    public int DModel => Config.NEmbd;
+    public int NumLayers => Config.NLayer;
+    public int NumHeads => Config.NHead;
+    public int MlpDim => Config.MlpDim;
+    public int MaxPositions => Config.NPositions;
+    public int EosTokenId => Config.EosTokenId;
+    public Device Device => wte.weight!.device;
+    public ScalarType DType => wte.weight!.dtype;
+    public nn.Module Module => this;
+    public HookPoints Hooks => _hooks;
+    public Tensor Unembedding => wte.weight!;
+
+    public Tensor MlpKeys(int layer) => h[layer].mlp.c_fc.weight;
+    public Tensor MlpKeyBias(int layer) => h[layer].mlp.c_fc.bias;
+    public Tensor MlpValues(int layer) => h[layer].mlp.c_proj.weight;
+    public string MlpKeysParameterName(int layer) => $"h.{layer}.mlp.c_fc.weight";
+    public string MlpValuesParameterName(int layer) => $"h.{layer}.mlp.c_proj.weight";
+
+    public KvCache NewCache(int capacity) => new(Config.NLayer, capacity);
+
+    public JsonObject ConfigJson() => Config.ToJson(DType switch
+    {
+        ScalarType.BFloat16 => "bfloat16",
+        ScalarType.Float16 => "float16",
+        _ => "float32",
+    });
+
+    public ICausalLM Clone()
+    {
+        var copy = new Gpt2Model(Config, Device, DType, initialize: false);
+        using var _ = torch.no_grad();
+        var src = state_dict();
+        foreach (var (name, p) in copy.named_parameters()) p.copy_(src[name]);
+        if (!training) copy.eval(); else copy.train();
+        return copy;
+    }
+
+    public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
+    {
+        var x = ResidualStreamCore(inputIds, attentionMask, cache);
+        return torch.nn.functional.linear(ApplyFinalNormHooked(x, cache?.Length ?? 0, attentionMask), wte.weight!);
+    }
+
+    public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null) => ResidualStreamCore(inputIds, attentionMask, null);
+
+    public Tensor ApplyFinalNorm(Tensor residual) => ln_f.forward(residual);
+
+    Tensor ApplyFinalNormHooked(Tensor x, int past, Tensor? mask)
+        => _hooks.Run("ln_final.hook_normalized", ln_f.forward(x), past, mask);
+
+    Tensor ResidualStreamCore(Tensor inputIds, Tensor? attentionMask, KvCache? cache)
+    {
+        if (inputIds.dim() != 2) throw new ArgumentException($"input_ids must be [batch, T], got [{string.Join(",", inputIds.shape)}]");
+        long b = inputIds.shape[0], t = inputIds.shape[1];
+        int past = cache?.Length ?? 0;
+        if (past + t > Config.NPositions)
+            throw new ArgumentException($"sequence of {past + t} tokens is longer than the model's context ({Config.NPositions})");
+        if (attentionMask is not null && attentionMask.shape[1] != past + t)
+            throw new ArgumentException($"attention_mask covers {attentionMask.shape[1]} positions, expected {past + t}");
+        var dev = inputIds.device;
+
+        // Positions: with padding, count only real tokens so that left padding does not shift positions.
+        Tensor positions;
+        if (attentionMask is not null)
+            positions = (attentionMask.to(ScalarType.Int64).cumsum(1) - 1).clamp_min(0).narrow(1, past, t);
+        else
+            positions = torch.arange(past, past + t, ScalarType.Int64, dev).unsqueeze(0).expand(b, t);
+
+        // Attention mask [b or 1, 1, T, past+T] (true = attend), or none when the causal fast path applies.
+        Tensor? mask = null;
+        bool causal = false;
+        if (attentionMask is null)
+        {
+            if (past == 0) causal = t > 1;
+            else if (t > 1) mask = CausalMask(t, past, dev);
+        }
+        else
+        {
+            var keyOk = attentionMask.to(ScalarType.Bool).unsqueeze(1).unsqueeze(1); // [b,1,1,K]
+            var q = torch.arange(past, past + t, ScalarType.Int64, dev).unsqueeze(1);
+            var k = torch.arange(0, past + t, ScalarType.Int64, dev).unsqueeze(0);
+            // A padded query would see no key at all (NaN softmax); let every query see itself. Real queries never
+            // see padding, so results of real tokens are unaffected.
+            mask = (keyOk & k.le(q)).logical_or(k.eq(q));
+        }
+
+        var x = _hooks.Run("hook_embed", wte.forward(inputIds), past, attentionMask)
+              + _hooks.Run("hook_pos_embed", wpe.forward(positions), past, attentionMask);
+        for (int l = 0; l < Config.NLayer; l++)
+            x = h[l].Forward(x, mask, causal, cache, l, _hooks, _blockHookNames[l], past, attentionMask);
+        cache?.Advance((int)t);
+        return x;
+    }
+
+    static Tensor CausalMask(long t, int past, Device dev)
+    {
+        var q = torch.arange(past, past + t, ScalarType.Int64, dev).unsqueeze(1);
+        var k = torch.arange(0, past + t, ScalarType.Int64, dev).unsqueeze(0);
+        return k.le(q).unsqueeze(0).unsqueeze(0);
+    }
+}
+
+/// <summary>Hugging Face's Conv1D: weight stored [in, out], y = x·W + b.</summary>
+public sealed class Conv1D : nn.Module
+{
+#pragma warning disable IDE1006
+    public readonly Parameter weight;
+    public readonly Parameter bias;
+#pragma warning restore IDE1006
+
+    public Conv1D(int nIn, int nOut) : base("Conv1D")
+    {
+        weight = new Parameter(torch.empty(nIn, nOut));
+        bias = new Parameter(torch.zeros(nOut));
+        RegisterComponents();
+    }
+
+    public Tensor Forward(Tensor x)
+    {
+        var shape = x.shape.ToArray();
+        shape[^1] = weight.shape[1];
+        return torch.addmm(bias, x.reshape(-1, x.shape[^1]), weight, 1, 1).view(shape);
+    }
+}
+
+public sealed class Gpt2Attention : nn.Module
+{
+#pragma warning disable IDE1006
+    public readonly Conv1D c_attn;
+    public readonly Conv1D c_proj;
+#pragma warning restore IDE1006
+    readonly int _d, _heads;
+
+    public Gpt2Attention(Gpt2Config c) : base("GPT2Attention")
+    {
+        _d = c.NEmbd; _heads = c.NHead;
+        c_attn = new Conv1D(c.NEmbd, 3 * c.NEmbd);
+        c_proj = new Conv1D(c.NEmbd, c.NEmbd);
+        RegisterComponents();
+    }
+
+    public Tensor Forward(Tensor x, Tensor? mask, bool causal, KvCache? cache, int layer, HookPoints hooks, string hookZ, int past, Tensor? attentionMask)
+    {
+        long b = x.shape[0], t = x.shape[1];
+        int hd = _d / _heads;
+        var qkv = c_attn.Forward(x).split(_d, 2);
+        var q = qkv[0].view(b, t, _heads, hd).transpose(1, 2);
+        var k = qkv[1].view(b, t, _heads, hd).transpose(1, 2);
+        var v = qkv[2].view(b, t, _heads, hd).transpose(1, 2);
+        if (cache is not null) (k, v) = cache.Append(layer, k, v);
+        var y = torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, causal);
+        var z = hooks.Run(hookZ, y.transpose(1, 2), past, attentionMask); // [b, T, heads, head_dim]
+        return c_proj.Forward(z.reshape(b, t, _d));
+    }
+}
+
+public sealed class Gpt2Mlp : nn.Module
+{
+#pragma warning disable IDE1006
+    public readonly Conv1D c_fc;
+    public readonly Conv1D c_proj;
+#pragma warning restore IDE1006
+    readonly string _act;
+
+    public Gpt2Mlp(Gpt2Config c) : base("GPT2MLP")
+    {
+        c_fc = new Conv1D(c.NEmbd, c.MlpDim);
+        c_proj = new Conv1D(c.MlpDim, c.NEmbd);
+        _act = c.ActivationFunction;
+        RegisterComponents();
+    }
+
+    public Tensor Activation(Tensor pre) => _act switch
+    {
+        // gelu_new = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))): libtorch's tanh approximation is the same formula.
+        "gelu_new" or "gelu_pytorch_tanh" => torch.nn.functional.gelu(pre, TorchSharp.Modules.GELU.Approximate.tanh),
+        "gelu" => torch.nn.functional.gelu(pre),
+        "relu" => torch.nn.functional.relu(pre),
+        _ => throw new InvalidOperationException(_act),
+    };
+}
+
+public sealed class Gpt2Block : nn.Module
+{
+#pragma warning disable IDE1006
+    public readonly LayerNorm ln_1;
+    public readonly Gpt2Attention attn;
+    public readonly LayerNorm ln_2;
+    public readonly Gpt2Mlp mlp;
+#pragma warning restore IDE1006
+
+    public Gpt2Block(Gpt2Config c) : base("GPT2Block")
+    {
+        ln_1 = nn.LayerNorm(c.NEmbd, c.LayerNormEpsilon);
+        attn = new Gpt2Attention(c);
+        ln_2 = nn.LayerNorm(c.NEmbd, c.LayerNormEpsilon);
+        mlp = new Gpt2Mlp(c);
+        RegisterComponents();
+    }
+
+    // names: resid_pre, attn.hook_z, attn_out, resid_mid, mlp.hook_pre, mlp.hook_post, mlp_out, resid_post
+    public Tensor Forward(Tensor x, Tensor? mask, bool causal, KvCache? cache, int layer, HookPoints hooks, string[] n, int past, Tensor? am)
+    {
+        x = hooks.Run(n[0], x, past, am);
+        var a = hooks.Run(n[2], attn.Forward(ln_1.forward(x), mask, causal, cache, layer, hooks, n[1], past, am), past, am);
+        x = hooks.Run(n[3], x + a, past, am);
+        var pre = hooks.Run(n[4], mlp.c_fc.Forward(ln_2.forward(x)), past, am);
+        var post = hooks.Run(n[5], mlp.Activation(pre), past, am);
+        var m = hooks.Run(n[6], mlp.c_proj.Forward(post), past, am);
+        return hooks.Run(n[7], x + m, past, am);
+    }
+}

@@ -1,0 +1,97 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Models;
+
+/// <summary>What a hook is told about the forward pass it runs in.</summary>
+/// <param name="PastLength">Positions already held in the KV cache; the activation covers positions
+/// PastLength .. PastLength+T-1 of the sequence.</param>
+/// <param name="AttentionMask">[batch, past+T] with 1 for real tokens, 0 for padding; null when there is no padding.</param>
+public sealed record HookContext(string Name, int PastLength, Tensor? AttentionMask);
+
+/// <summary>
+/// A hook reads an activation and may replace it: return null to leave it unchanged, or a tensor of the
+/// same shape to use instead. Tensors kept beyond the call must be cloned and detached from the
+/// caller's dispose scope (see <see cref="Interpretability"/> for the activation cache).
+/// </summary>
+public delegate Tensor? HookFn(Tensor activation, HookContext context);
+
+/// <summary>
+/// Named hook points in TransformerLens style (<c>blocks.{l}.hook_resid_pre</c>, <c>blocks.{l}.mlp.hook_post</c> …).
+/// Models call <see cref="Run"/> at each point; with no hooks registered the call is a dictionary miss.
+/// </summary>
+public sealed class HookPoints
+{
+    readonly HashSet<string> _names;
+    readonly Dictionary<string, List<HookFn>> _hooks = new();
+
+    public HookPoints(IEnumerable<string> names) => _names = new HashSet<string>(names);
+
+    /// <summary>Every hook point this model exposes, in forward order.</summary>
+    public IReadOnlyCollection<string> Names => _names;
+
+    public bool Any => _hooks.Count > 0;
+
+    /// <summary>Registers <paramref name="fn"/> at <paramref name="name"/>; dispose the handle to remove it.</summary>
+    public IDisposable Add(string name, HookFn fn)
+    {
+        if (!_names.Contains(name))
+            throw new ArgumentException($"unknown hook point '{name}' (known: {string.Join(", ", _names.Take(12))}, …)");
+        if (!_hooks.TryGetValue(name, out var list)) _hooks[name] = list = new List<HookFn>();
+        list.Add(fn);
+        return new Handle(this, name, fn);
+    }
+
+    public bool Has(string name) => _names.Contains(name);
+
+    public void Clear() => _hooks.Clear();
+
+    internal Tensor Run(string name, Tensor x, int pastLength, Tensor? attentionMask)
+    {
+        if (_hooks.Count == 0 || !_hooks.TryGetValue(name, out var list)) return x;
+        var ctx = new HookContext(name, pastLength, attentionMask);
+        foreach (var fn in list.ToArray())
+        {
+            var replaced = fn(x, ctx);
+            if (replaced is not null)
+            {
+                if (!replaced.shape.SequenceEqual(x.shape))
+                    throw new InvalidOperationException($"hook at '{name}' returned shape [{string.Join(",", replaced.shape)}], expected [{string.Join(",", x.shape)}]");
+                x = replaced;
+            }
+        }
+        return x;
+    }
+
+    sealed class Handle(HookPoints owner, string name, HookFn fn) : IDisposable
+    {
+        bool _done;
+        public void Dispose()
+        {
+            if (_done) return;
+            _done = true;
+            if (owner._hooks.TryGetValue(name, out var list))
+            {
+                list.Remove(fn);
+                if (list.Count == 0) owner._hooks.Remove(name);
+            }
+        }
+    }
+
+    /// <summary>The standard names for a decoder-only transformer with <paramref name="layers"/> blocks.</summary>
+    public static IEnumerable<string> StandardNames(int layers)
+    {
+        yield return "hook_embed";
+        yield return "hook_pos_embed";
+        for (int l = 0; l < layers; l++)
+            foreach (var n in BlockNames(l)) yield return n;
+        yield return "ln_final.hook_normalized";
+    }
+
+    public static string[] BlockNames(int l) =>
+    [
+        $"blocks.{l}.hook_resid_pre", $"blocks.{l}.attn.hook_z", $"blocks.{l}.hook_attn_out",
+        $"blocks.{l}.hook_resid_mid", $"blocks.{l}.mlp.hook_pre", $"blocks.{l}.mlp.hook_post",
+        $"blocks.{l}.hook_mlp_out", $"blocks.{l}.hook_resid_post",
+    ];
+}

@@ -1,0 +1,72 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Models;
+
+/// <summary>
+/// What trainers, evaluation and analysis need from a model: a causal language model with named hook points
+/// and MLP key/value matrices. GPT-2 implements it; Llama-style families (RMSNorm, rotary positions, gated MLP,
+/// grouped-query attention) implement the same surface, so nothing downstream names GPT-2's classes.
+/// </summary>
+public interface ICausalLM : IDisposable
+{
+    /// <summary>Family name as in Hugging Face's <c>model_type</c> ("gpt2").</summary>
+    string Family { get; }
+    int VocabSize { get; }
+    int DModel { get; }
+    int NumLayers { get; }
+    int NumHeads { get; }
+    /// <summary>Neurons per MLP (GPT-2: n_inner, 4·d by default).</summary>
+    int MlpDim { get; }
+    /// <summary>Longest sequence the model can process (n_positions).</summary>
+    int MaxPositions { get; }
+    int EosTokenId { get; }
+    Device Device { get; }
+    ScalarType DType { get; }
+
+    /// <summary>The torch module holding the parameters (for optimizers, train/eval, state dicts).</summary>
+    nn.Module Module { get; }
+
+    HookPoints Hooks { get; }
+
+    /// <summary>
+    /// Runs the model. <paramref name="inputIds"/> [batch, T] (int64); <paramref name="attentionMask"/> [batch, past+T]
+    /// with 1 for real tokens and 0 for (left) padding, or null; <paramref name="cache"/> holds past keys/values and is
+    /// advanced by T. Returns logits [batch, T, vocab] in the model's dtype.
+    /// </summary>
+    Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null);
+
+    /// <summary>Like <see cref="Forward"/> but stops at the last block: the residual stream before the final norm
+    /// [batch, T, d]. Hooks up to and including the last block's <c>hook_resid_post</c> run.</summary>
+    Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null);
+
+    /// <summary>Applies the final normalisation (ln_f) — for the logit lens.</summary>
+    Tensor ApplyFinalNorm(Tensor residual);
+
+    /// <summary>Unembedding matrix [vocab, d] (GPT-2: tied to the token embedding). Live parameter: do not modify in place.</summary>
+    Tensor Unembedding { get; }
+
+    /// <summary>MLP keys of a layer, [d, mlp_dim]: column i is the key k_i whose dot product with the normalised residual
+    /// (plus bias) gives neuron i's pre-activation. Live parameter view (GPT-2: mlp.c_fc.weight).</summary>
+    Tensor MlpKeys(int layer);
+
+    /// <summary>MLP key biases of a layer, [mlp_dim].</summary>
+    Tensor MlpKeyBias(int layer);
+
+    /// <summary>MLP values of a layer, [mlp_dim, d]: row i is the value vector v_i added to the residual stream scaled
+    /// by neuron i's activation. Live parameter view (GPT-2: mlp.c_proj.weight).</summary>
+    Tensor MlpValues(int layer);
+
+    /// <summary>Name of the parameter <see cref="MlpKeys"/> returns, as in the checkpoint (e.g. h.3.mlp.c_fc.weight).</summary>
+    string MlpKeysParameterName(int layer);
+    string MlpValuesParameterName(int layer);
+
+    /// <summary>A KV cache for <paramref name="batch"/> sequences of up to <paramref name="capacity"/> positions.</summary>
+    KvCache NewCache(int capacity);
+
+    /// <summary>An independent copy with the same weights (e.g. a frozen reference model).</summary>
+    ICausalLM Clone();
+
+    /// <summary>The family's configuration as written to config.json.</summary>
+    System.Text.Json.Nodes.JsonObject ConfigJson();
+}

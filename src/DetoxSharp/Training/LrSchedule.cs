@@ -1,0 +1,26 @@
+namespace DetoxSharp.Training;
+
+public enum DecayKind { Constant, Linear, Cosine }
+
+/// <summary>Linear warmup from 0 to the peak over <paramref name="WarmupSteps"/>, then constant, linear decay to
+/// <c>MinRatio·peak</c>, or cosine decay to it, at <paramref name="TotalSteps"/>. A pure function of the step,
+/// so resuming needs only the step number.</summary>
+public sealed record LrSchedule(double PeakLr, int WarmupSteps, int TotalSteps, DecayKind Decay = DecayKind.Constant, double MinRatio = 0.0)
+{
+    public double At(int step)
+    {
+        if (WarmupSteps > 0 && step < WarmupSteps) return PeakLr * (step + 1) / WarmupSteps;
+        if (Decay == DecayKind.Constant || TotalSteps <= WarmupSteps) return PeakLr;
+        double progress = Math.Clamp((double)(step - WarmupSteps) / Math.Max(1, TotalSteps - WarmupSteps), 0, 1);
+        double factor = Decay == DecayKind.Linear ? 1 - progress : 0.5 * (1 + Math.Cos(Math.PI * progress));
+        return PeakLr * (MinRatio + (1 - MinRatio) * factor);
+    }
+
+    public static DecayKind ParseDecay(string s, string flag) => s switch
+    {
+        "constant" => DecayKind.Constant,
+        "linear" => DecayKind.Linear,
+        "cosine" => DecayKind.Cosine,
+        _ => throw new InvalidInputException($"{flag}: expected constant, linear or cosine, got '{s}'"),
+    };
+}

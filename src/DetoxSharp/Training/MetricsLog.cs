@@ -1,0 +1,37 @@
+using System.Text.Json.Nodes;
+
+namespace DetoxSharp.Training;
+
+/// <summary>
+/// Per-step metrics as JSON Lines (one object per step, names users of TRL chart: loss, rewards/margins …).
+/// Appends and flushes each line; on resume, lines past the resumed step are dropped first so the file matches
+/// an uninterrupted run.
+/// </summary>
+public sealed class MetricsLog : IDisposable
+{
+    readonly StreamWriter _w;
+    public string Path { get; }
+
+    public MetricsLog(string path, int? resumeFromStep = null)
+    {
+        Path = path;
+        Directory.CreateDirectory(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!);
+        if (resumeFromStep is int s && File.Exists(path))
+        {
+            var keep = File.ReadAllLines(path).Where(l =>
+            {
+                try { return JsonNode.Parse(l)?["step"]?.GetValue<int>() < s; } catch { return false; }
+            }).ToList();
+            File.WriteAllLines(path, keep);
+        }
+        else if (File.Exists(path)) File.Delete(path);
+        _w = new StreamWriter(path, append: true) { NewLine = "\n", AutoFlush = true };
+    }
+
+    public void Write(JsonObject record) => _w.WriteLine(record.ToJsonString());
+
+    public void Dispose() => _w.Dispose();
+
+    public static List<JsonObject> Read(string path) =>
+        File.ReadLines(path).Where(l => l.Length > 0).Select(l => (JsonObject)JsonNode.Parse(l)!).ToList();
+}
