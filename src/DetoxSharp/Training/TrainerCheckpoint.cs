@@ -16,7 +16,7 @@ namespace DetoxSharp.Training;
 /// </summary>
 public static class TrainerCheckpoint
 {
-    public static void Save(string dir, ICausalLM model, Gpt2Tokenizer? tokenizer, optim.Optimizer optimizer, JsonObject trainerState)
+    public static void Save(string dir, ICausalLM model, Gpt2Tokenizer? tokenizer, TorchSharp.Modules.OptimizerHelper optimizer, JsonObject trainerState)
     {
         dir = Path.GetFullPath(dir.TrimEnd('/', '\\'));
         var parent = Path.GetDirectoryName(dir)!;
@@ -45,7 +45,7 @@ public static class TrainerCheckpoint
     public static bool Exists(string dir) => File.Exists(Path.Combine(dir, "trainer_state.json"));
 
     /// <summary>Restores weights into <paramref name="model"/>, the optimizer state and the RNG; returns the trainer state.</summary>
-    public static JsonObject Load(string dir, ICausalLM model, optim.Optimizer optimizer)
+    public static JsonObject Load(string dir, ICausalLM model, TorchSharp.Modules.OptimizerHelper optimizer)
     {
         if (!Exists(dir)) throw new InvalidInputException($"{dir}: no training checkpoint (trainer_state.json missing)");
         using (var saved = HfCheckpoint.Load(Path.Combine(dir, "model"), new LoadOptions { DType = model.DType, Device = model.Device }))
