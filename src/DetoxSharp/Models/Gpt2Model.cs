@@ -14,7 +14,7 @@ namespace DetoxSharp.Models;
 /// </summary>
 public sealed class Gpt2Model : nn.Module, ICausalLM
 {
-    public Gpt2Config Config { get; }
+    public Gpt2Config Config { get; private set; }
 
 #pragma warning disable IDE1006 // names are the checkpoint's
     readonly Embedding wte;
@@ -91,6 +91,21 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
         ScalarType.Float16 => "float16",
         _ => "float32",
     });
+
+    public void ResizeVocabulary(int newSize)
+    {
+        int old = Config.VocabSize;
+        if (newSize == old) return;
+        if (newSize < old) throw new ArgumentException($"cannot shrink the vocabulary from {old} to {newSize}");
+        using var _ = torch.no_grad();
+        var w = wte.weight!;
+        var extra = w.mean([0], keepdim: true).expand(newSize - old, w.shape[1]);
+        var grown = torch.cat([w, extra], 0);
+        var oldWeight = wte.weight!;
+        wte.weight = new Parameter(grown.contiguous(), oldWeight.requires_grad);
+        oldWeight.Dispose();
+        Config = Config with { VocabSize = newSize };
+    }
 
     public ICausalLM Clone()
     {

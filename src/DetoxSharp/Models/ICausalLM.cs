@@ -67,6 +67,10 @@ public interface ICausalLM : IDisposable
     /// <summary>An independent copy with the same weights (e.g. a frozen reference model).</summary>
     ICausalLM Clone();
 
+    /// <summary>Grows the vocabulary to <paramref name="newSize"/> (e.g. after adding a [TOXIC] special token). New
+    /// embedding rows are the mean of the existing rows (a neutral start, as commonly done for added tokens).</summary>
+    void ResizeVocabulary(int newSize);
+
     /// <summary>The family's configuration as written to config.json.</summary>
     System.Text.Json.Nodes.JsonObject ConfigJson();
 }
