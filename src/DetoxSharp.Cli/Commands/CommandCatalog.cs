@@ -10,5 +10,8 @@ public static class CommandCatalog
         yield return InfoCommand.Create();
         yield return ScoreCommand.Create();
         yield return GenerateCommand.Create();
+        yield return ToyWorldCommand.Create();
+        yield return SftCommand.Create();
+        yield return PretrainToyCommand.Create();
     }
 }
