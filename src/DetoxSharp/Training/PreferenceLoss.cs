@@ -90,18 +90,18 @@ public static class PreferenceLoss
         var rr = (b * rejectedLogratio).detach();
         var m = new Dictionary<string, double>
         {
-            ["loss"] = loss.item<double>(),
-            ["rewards/chosen"] = rc.mean().item<double>(),
-            ["rewards/rejected"] = rr.mean().item<double>(),
-            ["rewards/accuracies"] = (rc > rr).to(ScalarType.Float64).mean().item<double>(),
-            ["rewards/margins"] = (rc - rr).mean().item<double>(),
-            ["logps/chosen"] = lp.PolicyChosen.detach().mean().item<double>(),
-            ["logps/rejected"] = lp.PolicyRejected.detach().mean().item<double>(),
+            ["loss"] = loss.to(ScalarType.Float64).item<double>(),
+            ["rewards/chosen"] = rc.mean().to(ScalarType.Float64).item<double>(),
+            ["rewards/rejected"] = rr.mean().to(ScalarType.Float64).item<double>(),
+            ["rewards/accuracies"] = (rc > rr).to(ScalarType.Float64).mean().to(ScalarType.Float64).item<double>(),
+            ["rewards/margins"] = (rc - rr).mean().to(ScalarType.Float64).item<double>(),
+            ["logps/chosen"] = lp.PolicyChosen.detach().mean().to(ScalarType.Float64).item<double>(),
+            ["logps/rejected"] = lp.PolicyRejected.detach().mean().to(ScalarType.Float64).item<double>(),
         };
         if (toxicTerm is not null)
         {
-            m["adpo/toxic_logratio"] = toxicTerm.detach().mean().item<double>();
-            m["logps/toxic"] = lp.PolicyToxic!.detach().mean().item<double>();
+            m["adpo/toxic_logratio"] = toxicTerm.detach().mean().to(ScalarType.Float64).item<double>();
+            m["logps/toxic"] = lp.PolicyToxic!.detach().mean().to(ScalarType.Float64).item<double>();
         }
         return new PreferenceLossResult(loss, m);
     }
