@@ -133,7 +133,7 @@ public class PerspectiveScorerTests : IDisposable
         server.Script[texts[3]] = new([500, 503]);
         server.Script[texts[5]] = new([-1]);     // slow: client times out, retries
         server.Script[texts[6]] = new([429, 500, -1]);
-        using var s = new PerspectiveScorer(Options(server, rps: 20));
+        using var s = new PerspectiveScorer(Options(server, rps: 10));
         var scores = s.Score(texts, ToxicityAggregate.MaxOverAttributes);
 
         Assert.Equal(texts.Count, scores.Count);
@@ -152,19 +152,19 @@ public class PerspectiveScorerTests : IDisposable
         }
         Assert.Equal(texts.Count + 2 + 2 + 1 + 3, hits.Count);
         // Rate limit: requests start at least 1/20 s apart (small tolerance for timer granularity).
-        AssertRate(hits.Select(h => h.At), 1.0 / 20);
+        AssertRate(hits.Select(h => h.At), 1.0 / 10);
         Assert.All(hits, h => Assert.Contains("key=" + Key, h.Url)); // the key is sent …
         Assert.DoesNotContain(Key, File.ReadAllText(Path.Combine(_tmp, "cache.jsonl"))); // … but never stored
         Assert.Equal(texts.Count, File.ReadAllLines(Path.Combine(_tmp, "cache.jsonl")).Count(l => l.Length > 0));
     }
 
-    /// <summary>Any j-th..i-th requests span at least (i-j)·interval, up to 20 ms of arrival jitter (server-side clock).</summary>
+    /// <summary>Any j-th..i-th requests span at least (i-j)·interval, up to 40 ms of arrival jitter (server-side clock).</summary>
     static void AssertRate(IEnumerable<double> arrivals, double interval)
     {
         var t = arrivals.OrderBy(x => x).ToList();
         for (int i = 0; i < t.Count; i++)
             for (int j = 0; j < i; j++)
-                Assert.True(t[i] - t[j] >= (i - j) * interval - 0.02, $"requests {j}..{i} within {t[i] - t[j]:F3}s; limit allows no less than {(i - j) * interval:F3}s");
+                Assert.True(t[i] - t[j] >= (i - j) * interval - 0.04, $"requests {j}..{i} within {t[i] - t[j]:F3}s; limit allows no less than {(i - j) * interval:F3}s");
     }
 
     [Fact]
