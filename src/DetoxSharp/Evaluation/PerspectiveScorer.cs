@@ -182,7 +182,13 @@ public sealed class PerspectiveScorer : IToxicityScorer
             if (wait > TimeSpan.Zero) Thread.Sleep(wait);
         }
         _lastRequest = _clock.Elapsed;
+        _sendTimes.Add(_lastRequest.Value);
     }
+
+    readonly List<TimeSpan> _sendTimes = new();
+
+    /// <summary>When each request was started (monotonic clock of this scorer), for checking the rate limit.</summary>
+    public IReadOnlyList<TimeSpan> RequestTimes => _sendTimes;
 
     string CacheKey(string text)
     {
