@@ -13,5 +13,6 @@ public static class CommandCatalog
         yield return ToyWorldCommand.Create();
         yield return SftCommand.Create();
         yield return PretrainToyCommand.Create();
+        yield return EvalCommand.Create();
     }
 }
