@@ -10,5 +10,9 @@ public static class CommandCatalog
         yield return InfoCommand.Create();
         yield return ScoreCommand.Create();
         yield return GenerateCommand.Create();
+        yield return InterpCommands.Probe();
+        yield return InterpCommands.Vectors();
+        yield return InterpCommands.Diff();
+        yield return InterpCommands.Unalign();
     }
 }
