@@ -222,9 +222,9 @@ public static class AlignmentDiff
                 for (int l = 0; l < L; l++)
                 {
                     var rm = Pick($"blocks.{l}.hook_resid_mid", sel);
-                    Add(acc.ResidMidSum[l], rm.sum(0).cpu());
+                    Add(acc.ResidMidSum[l], rm.sum([0]).cpu());
                     var post = Pick($"blocks.{l}.mlp.hook_post", sel);
-                    Add(acc.PostSum[l], post.sum(0).cpu());
+                    Add(acc.PostSum[l], post.sum([0]).cpu());
                     var rp = Pick($"blocks.{l}.hook_resid_post", sel);
                     var probs = torch.nn.functional.softmax(torch.nn.functional.linear(model.ApplyFinalNorm(rp.to(model.DType)), unemb).to(ScalarType.Float32), 1).select(1, lensToken);
                     acc.LensSum[l] += probs.sum().item<float>();
