@@ -14,5 +14,9 @@ public static class CommandCatalog
         yield return SftCommand.Create();
         yield return PretrainToyCommand.Create();
         yield return EvalCommand.Create();
+        yield return InterpCommands.Probe();
+        yield return InterpCommands.Vectors();
+        yield return InterpCommands.Diff();
+        yield return InterpCommands.Unalign();
     }
 }
