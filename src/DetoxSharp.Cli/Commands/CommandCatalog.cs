@@ -10,5 +10,7 @@ public static class CommandCatalog
         yield return InfoCommand.Create();
         yield return ScoreCommand.Create();
         yield return GenerateCommand.Create();
+        yield return PreferenceCommands.Dpo();
+        yield return PreferenceCommands.Adpo();
     }
 }
