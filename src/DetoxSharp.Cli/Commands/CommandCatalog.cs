@@ -12,5 +12,6 @@ public static class CommandCatalog
         yield return GenerateCommand.Create();
         yield return PreferenceCommands.Dpo();
         yield return PreferenceCommands.Adpo();
+        yield return MakePairsCommand.Create();
     }
 }
