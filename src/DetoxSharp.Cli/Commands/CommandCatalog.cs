@@ -13,5 +13,13 @@ public static class CommandCatalog
         yield return PreferenceCommands.Dpo();
         yield return PreferenceCommands.Adpo();
         yield return MakePairsCommand.Create();
+        yield return ToyWorldCommand.Create();
+        yield return SftCommand.Create();
+        yield return PretrainToyCommand.Create();
+        yield return EvalCommand.Create();
+        yield return InterpCommands.Probe();
+        yield return InterpCommands.Vectors();
+        yield return InterpCommands.Diff();
+        yield return InterpCommands.Unalign();
     }
 }
