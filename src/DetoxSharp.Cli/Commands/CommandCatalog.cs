@@ -10,6 +10,9 @@ public static class CommandCatalog
         yield return InfoCommand.Create();
         yield return ScoreCommand.Create();
         yield return GenerateCommand.Create();
+        yield return PreferenceCommands.Dpo();
+        yield return PreferenceCommands.Adpo();
+        yield return MakePairsCommand.Create();
         yield return ToyWorldCommand.Create();
         yield return SftCommand.Create();
         yield return PretrainToyCommand.Create();

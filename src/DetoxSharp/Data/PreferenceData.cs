@@ -32,7 +32,7 @@ public sealed record TruncationOptions(int MaxPromptTokens = 64, int MaxCompleti
     }
 }
 
-/// <summary>A tokenized example. ToxicPrompt is the prompt with the [TOXIC] control token in front (π_tox's context).</summary>
+/// <summary>A tokenized example. ToxicPrompt = prompt followed by the [TOXIC] control token (π_tox's context for y_t).</summary>
 public sealed record TokenizedExample(int[] Prompt, int[] Chosen, int[] Rejected, int[]? Toxic, int[]? ToxicPrompt, string Where);
 
 /// <summary>Right-padded batch of prompt+completion sequences.</summary>
@@ -116,7 +116,7 @@ public static class PreferenceData
         var rejected = Completion(e.Rejected, "rejected");
         int[]? toxic = e.Toxic is null ? null : Completion(e.Toxic, "toxic");
         int[]? toxicPrompt = null;
-        if (toxicTokenId is int t) toxicPrompt = [t, .. prompt];
+        if (toxicTokenId is int t) toxicPrompt = [.. prompt, t]; // the control token opens the reply, as in the SFT dialogues
         return new TokenizedExample(prompt, chosen, rejected, toxic, toxicPrompt, e.Where);
     }
 

@@ -72,8 +72,9 @@ public static class PreferenceTrainer
 {
     public static PreferenceTrainResult Train(ICausalLM policy, Gpt2Tokenizer tokenizer, IReadOnlyList<PreferenceExample> data,
         string outDir, PreferenceTrainerOptions o, ICausalLM? reference = null, ICausalLM? toxicModel = null, string? resumeDir = null,
-        Action<PreferenceProgress>? progress = null, CancellationToken cancel = default, Action<string>? log = null)
+        Action<PreferenceProgress>? progress = null, CancellationToken cancel = default, Action<string>? log = null, Gpt2Tokenizer? saveTokenizer = null)
     {
+        var outTok = saveTokenizer ?? tokenizer;
         o.Validate();
         bool adpo = o.Loss.Gamma > 0;
         int? toxicId = null;
@@ -85,8 +86,10 @@ public static class PreferenceTrainer
                 : throw new InvalidInputException($"the tokenizer has no {ToxicModel.ControlToken} token; use the toxic model's directory as --model or add it");
             if (toxicId >= toxicModel.VocabSize) throw new InvalidInputException($"--toxic-model vocabulary ({toxicModel.VocabSize}) lacks {ToxicModel.ControlToken} (id {toxicId})");
         }
-        if (policy.VocabSize < tokenizer.VocabSize) throw new InvalidInputException($"model vocabulary {policy.VocabSize} < tokenizer vocabulary {tokenizer.VocabSize}");
         var all = data.Select(e => PreferenceData.Tokenize(e, tokenizer, o.Truncation, toxicId)).ToList();
+        foreach (var e in all)
+            if (e.Prompt.Concat(e.Chosen).Concat(e.Rejected).Concat(e.Toxic ?? []).Any(id => id >= policy.VocabSize))
+                throw new InvalidInputException($"{e.Where}: text contains a token id outside the policy's vocabulary ({policy.VocabSize}), e.g. a special token it lacks");
         if (!adpo) all = all.Select(e => e with { Toxic = null, ToxicPrompt = null }).ToList();
         Directory.CreateDirectory(outDir);
         string cacheDir = o.CacheDir ?? Path.Combine(outDir, "logp-cache");
@@ -220,7 +223,7 @@ public static class PreferenceTrainer
             if (valIdx.Count == 0) return false;
             lastEvalStep = step;
             double v = Evaluate();
-            if (best is null || v < best) { best = v; bad = 0; HfCheckpoint.Save(policy, tokenizer, bestDir, overwrite: true); }
+            if (best is null || v < best) { best = v; bad = 0; HfCheckpoint.Save(policy, outTok, bestDir, overwrite: true); }
             else bad++;
             return o.Patience > 0 && bad >= o.Patience;
         }
@@ -267,18 +270,18 @@ public static class PreferenceTrainer
                 if (EvalAndMaybeStop()) { stoppedEarly = true; break; }
             }
             if (o.SaveEvery > 0 && step % o.SaveEvery == 0 && step < totalSteps)
-                TrainerCheckpoint.Save(ckptDir, policy, tokenizer, opt, State());
+                TrainerCheckpoint.Save(ckptDir, policy, outTok, opt, State());
         }
         double elapsed = sw.Elapsed.TotalSeconds;
         if (cancelled)
         {
-            TrainerCheckpoint.Save(ckptDir, policy, tokenizer, opt, State());
+            TrainerCheckpoint.Save(ckptDir, policy, outTok, opt, State());
         }
         else
         {
             if (!stoppedEarly && lastEvalStep != step) EvalAndMaybeStop();
-            TrainerCheckpoint.Save(ckptDir, policy, tokenizer, opt, State());
-            HfCheckpoint.Save(policy, tokenizer, finalDir, overwrite: true);
+            TrainerCheckpoint.Save(ckptDir, policy, outTok, opt, State());
+            HfCheckpoint.Save(policy, outTok, finalDir, overwrite: true);
         }
         if (liveRef is not null && reference is null) liveRef.Dispose();
         opt.Dispose();
