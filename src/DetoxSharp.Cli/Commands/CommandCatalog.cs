@@ -10,6 +10,10 @@ public static class CommandCatalog
         yield return InfoCommand.Create();
         yield return ScoreCommand.Create();
         yield return GenerateCommand.Create();
+        yield return ToyWorldCommand.Create();
+        yield return SftCommand.Create();
+        yield return PretrainToyCommand.Create();
+        yield return EvalCommand.Create();
         yield return InterpCommands.Probe();
         yield return InterpCommands.Vectors();
         yield return InterpCommands.Diff();
