@@ -10,5 +10,6 @@ public static class CommandCatalog
         yield return InfoCommand.Create();
         yield return ScoreCommand.Create();
         yield return GenerateCommand.Create();
+        yield return StudyCommand.Create();
     }
 }
