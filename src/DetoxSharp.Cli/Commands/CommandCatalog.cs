@@ -21,5 +21,6 @@ public static class CommandCatalog
         yield return InterpCommands.Vectors();
         yield return InterpCommands.Diff();
         yield return InterpCommands.Unalign();
+        yield return StudyCommand.Create();
     }
 }
