@@ -29,8 +29,8 @@ public static class StudyStages
         Probe = Probe,
         Vectors = Vectors,
         Interventions = Interventions,
-        ToxicModel = null, // wired when the toxic-model trainer lands
-        Pairs = null,
+        ToxicModel = TrainToxicModel,
+        Pairs = Pairs,
         Train = Train,
         EvaluateBase = EvaluateBase,
         EvaluateModel = EvaluateModel,
@@ -529,4 +529,60 @@ public static class StudyStages
         });
     }
 
+    /// <summary>The built-in toxic model π_tox (ADPO): SFT of the base model on the dialogues, toxic replies conditioned
+    /// on the [TOXIC] control token placed after the prompt (the same place <see cref="PairMaker"/> puts it).</summary>
+    static void TrainToxicModel(StageContext c)
+    {
+        var s = Section(c, "toxic_model");
+        var files = Files(c);
+        var control = S(s, "control_token", ToxicModel.ControlToken);
+        using var m = Load(BaseModelDir(c));
+        int id = m.Tokenizer.AddSpecialToken(control);
+        if (m.Model.VocabSize <= id) m.Model.ResizeVocabulary(m.Tokenizer.VocabSize);
+        var examples = DatasetReaders.ReadDialogues(files.Dialogues).Select(d =>
+        {
+            var resp = d.Response;
+            if (resp.StartsWith(control)) resp = resp[control.Length..];
+            return d.Toxic ? SftExample.PromptCompletion(d.Prompt + control, resp) : SftExample.PromptCompletion(d.Prompt, resp);
+        }).ToList();
+        torch.manual_seed(I(s, "seed", 0));
+        var r = SftTrainer.Train(m.Model, m.Tokenizer, examples, new SftOptions
+        {
+            LearningRate = D(s, "learning_rate", 1e-3),
+            BatchSize = I(s, "batch_size", 16),
+            Epochs = D(s, "epochs", 1),
+            MaxSteps = s["max_steps"] is null ? null : I(s, "max_steps", 1),
+            WarmupSteps = I(s, "warmup_steps", 10),
+            Seed = (ulong)I(s, "seed", 0),
+        }, new Progress<SftProgress>(p => c.Report?.Invoke(p.Step / (double)Math.Max(1, p.TotalSteps), $"step {p.Step}/{p.TotalSteps} loss {p.Loss:F3}")), c.Cancellation);
+        HfCheckpoint.Save(m.Model, m.Tokenizer, Path.Combine(c.OutputDir, "model"), overwrite: true);
+        WriteJson(Path.Combine(c.OutputDir, "toxic_model.json"), new JsonObject
+        {
+            ["control_token"] = control, ["examples"] = examples.Count, ["toxic_examples"] = examples.Count(e => e.Prompt!.EndsWith(control)),
+            ["steps"] = r.Steps, ["final_train_loss"] = r.FinalTrainLoss, ["tokens_per_second"] = r.TokensPerSecond,
+        });
+    }
+
+    /// <summary>Pairs (DPO) and triples (ADPO) from the preference prompts: chosen = the base model's greedy continuation,
+    /// rejected = π_tox's greedy continuation after [TOXIC], toxic = π_tox's sampled one.</summary>
+    static void Pairs(StageContext c)
+    {
+        var s = Section(c, "pairs");
+        var files = Files(c);
+        int count = I(s, "count", 2048);
+        var prompts = JsonlReader.Read(files.PreferencePrompts).Select(l => l.String("prompt")).Take(count).ToList();
+        using var m = Load(BaseModelDir(c));
+        using var tox = Load(Path.Combine(c.Input("toxic-model"), "model"));
+        var opts = new PairMakerOptions { MaxNewTokens = I(s, "new_tokens", 20), Seed = I(s, "seed", 42) };
+        var triples = PairMaker.Make(m.Model, m.Tokenizer, prompts, opts, tox.Model, tox.Tokenizer, triples: true,
+            progress: (done, total) => c.Report?.Invoke(done / (double)Math.Max(1, total), $"{done}/{total} prompts"));
+        JsonlReader.Write(Path.Combine(c.OutputDir, "triples.jsonl"), triples);
+        JsonlReader.Write(Path.Combine(c.OutputDir, "pairs.jsonl"), triples.Select(t =>
+        {
+            var o = (JsonObject)t.DeepClone();
+            o.Remove("toxic");
+            return o;
+        }));
+        WriteJson(Path.Combine(c.OutputDir, "pairs.json"), new JsonObject { ["prompts"] = prompts.Count, ["records"] = triples.Count });
+    }
 }
