@@ -122,15 +122,19 @@ public static class StudyStages
         {
             var p = Section(c, "pretrain");
             var w = Section(c, "world");
-            var o = new ToyPretrainOptions
+            var d = new ToyPretrainOptions();
+            var o = d with
             {
-                Seed = (ulong)I(p, "seed", 0),
+                Seed = (ulong)I(p, "seed", (int)d.Seed),
                 Size = ToyWorldFiles.ParseSize(S(w, "size", "default")),
-                Layers = I(p, "layers", new ToyPretrainOptions().Layers),
-                DModel = I(p, "d_model", new ToyPretrainOptions().DModel),
-                Heads = I(p, "heads", new ToyPretrainOptions().Heads),
-                Epochs = D(p, "epochs", new ToyPretrainOptions().Epochs),
-                MaxSteps = p["max_steps"] is null ? null : I(p, "max_steps", 0),
+                Layers = I(p, "layers", d.Layers),
+                DModel = I(p, "d_model", d.DModel),
+                Heads = I(p, "heads", d.Heads),
+                Context = I(p, "context", d.Context),
+                BatchSize = I(p, "batch_size", d.BatchSize),
+                LearningRate = D(p, "learning_rate", d.LearningRate),
+                Epochs = D(p, "epochs", d.Epochs),
+                MaxSteps = p["max_steps"] is null ? d.MaxSteps : I(p, "max_steps", 1),
             };
             var summary = ToyPretraining.Run(c.OutputDir, o,
                 new Progress<SftProgress>(sp => c.Report?.Invoke(sp.Step / (double)Math.Max(1, sp.TotalSteps), $"step {sp.Step}/{sp.TotalSteps}")));
