@@ -397,6 +397,10 @@ public static class StudyStages
         };
         torch.manual_seed(1000 + seed);
         using var policy = Load(BaseModelDir(c));
+        // the paper's limits (prompt ≤ 64, completion ≤ 64, total ≤ 256), shrunk to fit a smaller context
+        int total = Math.Min(I(t, "max_total_tokens", 256), policy.Model.MaxPositions);
+        int completion = Math.Min(I(t, "max_completion_tokens", 64), total / 3);
+        opts = opts with { Truncation = new TruncationOptions(Math.Min(I(t, "max_prompt_tokens", 64), total - completion), completion, total) };
         LoadedModel? tox = method == "adpo" ? Load(Path.Combine(c.Input("toxic-model"), "model")) : null;
         try
         {
@@ -577,7 +581,13 @@ public static class StudyStages
         var prompts = JsonlReader.Read(files.PreferencePrompts).Select(l => l.String("prompt")).Take(count).ToList();
         using var m = Load(BaseModelDir(c));
         using var tox = Load(Path.Combine(c.Input("toxic-model"), "model"));
-        var opts = new PairMakerOptions { MaxNewTokens = I(s, "new_tokens", 20), Seed = I(s, "seed", 42) };
+        int newTokens = I(s, "new_tokens", 20);
+        // the prompt keeps its last tokens so that prompt + continuation fit the model's context
+        var opts = new PairMakerOptions
+        {
+            MaxNewTokens = newTokens, Seed = I(s, "seed", 42),
+            MaxPromptTokens = Math.Min(new PairMakerOptions().MaxPromptTokens, m.Model.MaxPositions - newTokens - 1),
+        };
         var triples = PairMaker.Make(m.Model, m.Tokenizer, prompts, opts, tox.Model, tox.Tokenizer, triples: true,
             progress: (done, total) => c.Report?.Invoke(done / (double)Math.Max(1, total), $"{done}/{total} prompts"));
         JsonlReader.Write(Path.Combine(c.OutputDir, "triples.jsonl"), triples);
