@@ -95,7 +95,9 @@ public sealed class ClassifierScorer : IToxicityScorer
         if (_act is not ("gelu" or "gelu_new" or "gelu_pytorch_tanh" or "relu"))
             throw new InvalidInputException($"{cfgPath}: hidden_act '{_act}' is not supported (gelu, gelu_new, relu)");
         if (_hidden % _heads != 0) throw new InvalidInputException($"{cfgPath}: hidden_size {_hidden} not divisible by num_attention_heads {_heads}");
-        _multiLabel = cfg["problem_type"]?.GetValue<string>() == "multi_label_classification";
+        // problem_type (transformers) or function_to_apply (the pipeline's override, set by the unitary checkpoints)
+        _multiLabel = cfg["problem_type"]?.GetValue<string>() == "multi_label_classification"
+                      || cfg["function_to_apply"]?.GetValue<string>() == "sigmoid";
         int limit = _family == "roberta" ? maxPos - _pad - 1 : maxPos;
         _maxLen = Math.Min(_maxLength ?? limit, limit);
         if (_maxLen < 3) throw new InvalidInputException($"classifier max length must be ≥ 3, got {_maxLen}");
