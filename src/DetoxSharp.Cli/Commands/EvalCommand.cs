@@ -78,17 +78,6 @@ public static class EvalCommand
             // The scorer is built and validated before any model is loaded or any text generated.
             var scorerSpec = p.GetValue(scorer);
             if (data.PromptsFile is not null && scorerSpec is null) throw new InvalidInputException("--prompts needs --scorer (perspective | classifier:DIR | toy)");
-            var settings = new ScorerSettings
-            {
-                Perspective = new PerspectiveOptions
-                {
-                    Endpoint = p.GetValue(endpoint)!, KeyFile = p.GetValue(keyFile), RequestsPerSecond = p.GetValue(rate),
-                    CachePath = p.GetValue(cache) ?? Path.Combine(output, "perspective-cache.jsonl"),
-                },
-            };
-            using var sc = scorerSpec is null || data.PromptsFile is null ? null : ScorerFactory.CreateValidated(scorerSpec, settings);
-
-            var evalModels = dirs.Select(d => new EvalModel(LabelOf(d), () => CommonOptions.LoadModel(d, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)))).ToList();
             var sw = Stopwatch.StartNew();
             string lastStage = "";
             var lastReport = TimeSpan.Zero;
@@ -102,6 +91,18 @@ public static class EvalCommand
                     lastReport = sw.Elapsed;
                 }
             });
+            var settings = new ScorerSettings
+            {
+                Perspective = new PerspectiveOptions
+                {
+                    Endpoint = p.GetValue(endpoint)!, KeyFile = p.GetValue(keyFile), RequestsPerSecond = p.GetValue(rate),
+                    CachePath = p.GetValue(cache) ?? Path.Combine(output, "perspective-cache.jsonl"),
+                    Progress = (d, t) => progress.Report(new EvalProgress("perspective", "scored", d, t)),
+                },
+            };
+            using var sc = scorerSpec is null || data.PromptsFile is null ? null : ScorerFactory.CreateValidated(scorerSpec, settings);
+
+            var evalModels = dirs.Select(d => new EvalModel(LabelOf(d), () => CommonOptions.LoadModel(d, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)))).ToList();
             List<EvalRow> rows;
             try { rows = EvalHarness.Run(evalModels, evalEdits, sc, data, o, output, progress); }
             catch (PerspectiveException e)
