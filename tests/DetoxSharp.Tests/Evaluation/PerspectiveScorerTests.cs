@@ -21,7 +21,7 @@ sealed class FakePerspective : IDisposable
     public readonly ConcurrentDictionary<string, ConcurrentQueue<int>> Script = new();
     public Func<string, int>? Always; // status to return forever for a text (0 = normal)
     public string? ErrorBody;
-    public int SlowMs = 3000;
+    public int SlowMs = 5000;
     public string Url { get; }
 
     public FakePerspective()
@@ -118,7 +118,7 @@ public class PerspectiveScorerTests : IDisposable
     {
         Endpoint = server.Url, KeyVariable = _var, RequestsPerSecond = rps, MaxRetries = retries,
         InitialBackoff = TimeSpan.FromMilliseconds(10), MaxBackoff = TimeSpan.FromMilliseconds(80),
-        Timeout = TimeSpan.FromMilliseconds(1000), CachePath = Path.Combine(_tmp, "cache.jsonl"),
+        Timeout = TimeSpan.FromMilliseconds(2000), CachePath = Path.Combine(_tmp, "cache.jsonl"),
     };
 
     static double Expected(string text, ToxicityAggregate agg) =>
