@@ -205,6 +205,29 @@ public class HarnessTests : IDisposable
     }
 
     [Fact]
+    public void VectorInterventionRowChangesAllPositionsForPerplexity()
+    {
+        var dir = TinyCheckpoint();
+        var (_, ppl, _) = DataFiles();
+        var outDir = Path.Combine(_tmp, "out-v");
+        var o = new StringWriter(); var e = new StringWriter();
+        int rc = DetoxSharp.Cli.DetoxCli.Run(["eval", "--model", dir, "--ppl-text", ppl, "--intervention", "subtract:L1.N3@20", "--out", outDir], o, e);
+        Assert.True(rc == 0, e.ToString());
+        var rows = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "results.json")))!["rows"]!.AsArray();
+        Assert.Equal(2, rows.Count);
+        double rowPpl = rows[1]!["perplexity"]!.GetValue<double>();
+        using var lm = HfCheckpoint.Load(dir);
+        var ids = lm.Tokenizer.Encode(File.ReadAllText(ppl));
+        var iv = InterventionSpecs.Parse("subtract:L1.N3@20", new InterventionContext(Model: lm.Model));
+        double newest, all;
+        using (iv.Apply(lm.Model)) newest = Metrics.Perplexity(lm.Model, ids).Perplexity;
+        using (iv.WithMode(InterventionMode.AllPositions).Apply(lm.Model)) all = Metrics.Perplexity(lm.Model, ids).Perplexity;
+        Assert.True(Math.Abs(newest - all) > 1e-3 * all, $"modes should differ: {newest} vs {all}");
+        Assert.Equal(all, rowPpl, tolerance: 1e-9 * all);
+        Assert.NotEqual(rows[0]!["perplexity"]!.GetValue<double>(), rowPpl);
+    }
+
+    [Fact]
     public void SamplingProtocolReportsExpectedMaxAndProbability()
     {
         var dir = TinyCheckpoint();
