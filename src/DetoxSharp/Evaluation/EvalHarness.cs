@@ -76,7 +76,8 @@ public static class EvalHarness
         {
             if (limit is { } l && r.Count >= l) break;
             var text = Field(line, "prompt");
-            var gold = needGold ? Field(line, "continuation") : null;
+            // {"prompt":…,"gold":…} (the and the toy world's format); RealToxicityPrompts-style files say "continuation"
+            var gold = !needGold ? null : line.Object.ContainsKey("gold") || !line.Object.ContainsKey("continuation") ? Field(line, "gold") : Field(line, "continuation");
             r.Add(new Prompt(text, gold));
         }
         return r;
