@@ -9,17 +9,19 @@ using TorchSharp;
 using static TorchSharp.torch;
 
 // DetoxSharp benchmark: plain harness (native-heavy work, one process, threads = cores).
-//   dotnet run -c Release --project bench/DetoxSharp.Bench -- [--quick] [--out docs/PERFORMANCE.md]
+//   dotnet run -c Release --project bench/DetoxSharp.Bench -- [--quick] [--threads N] [--out docs/PERFORMANCE.md]
 // Writes a Markdown report; the file is rewritten after each model config so a long run leaves partial results.
 
 var quick = args.Contains("--quick");
 var outIdx = Array.IndexOf(args, "--out");
 var outPath = outIdx >= 0 && outIdx + 1 < args.Length ? args[outIdx + 1] : Path.Combine(FindRepoRoot(), "docs", "PERFORMANCE.md");
-int threads = Environment.ProcessorCount;
+var thrIdx = Array.IndexOf(args, "--threads");
+int threads = thrIdx >= 0 && thrIdx + 1 < args.Length ? int.Parse(args[thrIdx + 1]) : Environment.ProcessorCount;
 torch.set_num_threads(threads);
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
 var started = DateTime.UtcNow;
+var loadAtStart = LoadAverage();
 var log = (string s) => Console.Error.WriteLine($"[{(DateTime.UtcNow - started).TotalSeconds,6:F1}s] {s}");
 
 var rows = new List<string[]>();
@@ -180,6 +182,9 @@ static double GenerationTokensPerSec(Gpt2Model model, int batch, int promptLen, 
     return r.Sum(x => x.Length) / sw.Elapsed.TotalSeconds;
 }
 
+static string LoadAverage() =>
+    File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "n/a";
+
 static long RssKb(string field)
 {
     foreach (var line in File.ReadLines("/proc/self/status"))
@@ -214,12 +219,12 @@ void WriteReport(bool complete)
     var sb = new StringBuilder();
     sb.AppendLine("# Performance");
     sb.AppendLine();
-    sb.AppendLine($"Measured {started:yyyy-MM-dd HH:mm} UTC by `dotnet run -c Release --project bench/DetoxSharp.Bench --{(quick ? " --quick" : "")}`" + (complete ? "." : " — **incomplete: the run was still going when this was written**."));
+    sb.AppendLine($"Measured {started:yyyy-MM-dd HH:mm} UTC by `dotnet run -c Release --project bench/DetoxSharp.Bench --{(quick ? " --quick" : "")}{(thrIdx >= 0 ? $" --threads {threads}" : "")}`" + (complete ? "." : " — **incomplete: the run was still going when this was written**."));
     sb.AppendLine();
-    sb.AppendLine($"- CPU: {cpu}; threads: {threads} (torch.set_num_threads = Environment.ProcessorCount)");
+    sb.AppendLine($"- CPU: {cpu}; threads: {threads} (torch.set_num_threads; default = Environment.ProcessorCount = {Environment.ProcessorCount})");
     sb.AppendLine($"- TorchSharp {tsVersion}, {libtorch}, .NET {Environment.Version}");
     sb.AppendLine($"- Mode: {(quick ? "quick (smaller batches, fewer steps, no 355M; generation 32 new tokens for toy, 8 new tokens at batch 1 only for 124M; memory steps on smaller batches)" : "full")}");
-    sb.AppendLine("- The machine was shared with other jobs while measuring (2 cores, several concurrent builds/tests), so every figure is noisy and likely pessimistic.");
+    sb.AppendLine($"- Load average (1 min) at start {loadAtStart}, when written {LoadAverage()} — with a load above the core count the machine was shared with other jobs while measuring, so every figure is noisy and pessimistic (libtorch's OpenMP threads degrade badly when oversubscribed).");
     sb.AppendLine("- Random weights; fp32 unless stated. Forward = no-grad forward of a full batch. SFT step = forward + LM cross-entropy + backward + AdamW.");
     sb.AppendLine("- MFU = SFT tokens/s × (6·params + 12·layers·d·T) FLOPs/token ÷ measured fp32 matmul peak.");
     sb.AppendLine("- Generation: greedy, prompts of 16 random tokens, tokens/s counts new tokens of all prompts; \"no KV\" recomputes the whole sequence each step.");

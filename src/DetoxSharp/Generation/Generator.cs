@@ -104,8 +104,8 @@ public static class Generator
             {
                 using var scope = torch.NewDisposeScope();
                 Tensor input = o.UseKvCache && step > 0 ? next! : allIds;
-                var logits = o.UseKvCache ? model.Forward(input, allMask, cache) : model.Forward(allIds, allMask);
-                var last = logits.select(1, -1).to(ScalarType.Float32);
+                var logits = o.UseKvCache ? model.ForwardLast(input, allMask, cache) : model.ForwardLast(allIds, allMask);
+                var last = logits.select(1, 0).to(ScalarType.Float32);
                 var chosen = o.Greedy ? last.argmax(-1) : Sample(last, o, rng!);
                 var chosenCpu = chosen.cpu().data<long>().ToArray();
                 for (int i = 0; i < b; i++)

@@ -123,6 +123,16 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
         return torch.nn.functional.linear(ApplyFinalNormHooked(x, cache?.Length ?? 0, attentionMask), wte.weight!);
     }
 
+    /// <summary>Logits of the last position only: the final norm and the LM head (V×d per position) run on one position
+    /// instead of T, which saves most of a generation prefill's head cost.</summary>
+    public Tensor ForwardLast(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
+    {
+        int past = cache?.Length ?? 0;
+        long t = inputIds.shape[1];
+        var x = ResidualStreamCore(inputIds, attentionMask, cache).narrow(1, t - 1, 1);
+        return torch.nn.functional.linear(ApplyFinalNormHooked(x, past + (int)t - 1, attentionMask), wte.weight!);
+    }
+
     public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null) => ResidualStreamCore(inputIds, attentionMask, null);
 
     public Tensor ApplyFinalNorm(Tensor residual) => ln_f.forward(residual);

@@ -36,6 +36,14 @@ public interface ICausalLM : IDisposable
     /// </summary>
     Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null);
 
+    /// <summary>
+    /// Logits of the last position only, [batch, 1, vocab] — what generation needs. Equal to
+    /// <c>Forward(...)[:, -1:]</c>, but a model may skip the final norm and LM head for the other positions; the
+    /// <c>ln_final.hook_normalized</c> hook then sees [batch, 1, d] with PastLength = past + T - 1.
+    /// </summary>
+    Tensor ForwardLast(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
+        => Forward(inputIds, attentionMask, cache).narrow(1, inputIds.shape[1] - 1, 1);
+
     /// <summary>Like <see cref="Forward"/> but stops at the last block: the residual stream before the final norm
     /// [batch, T, d]. Hooks up to and including the last block's <c>hook_resid_post</c> run.</summary>
     Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null);

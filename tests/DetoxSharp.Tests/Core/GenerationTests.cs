@@ -123,3 +123,34 @@ public class GenerationTests
         Assert.Equal(free[i].TakeWhile(t => t != eosTok), stopped);
     }
 }
+
+public class ForwardLastTests
+{
+    [Fact]
+    public void ForwardLastEqualsLastRowOfForward()
+    {
+        using var m = CoreTestUtil.Tiny(vocab: 30, d: 16, heads: 2, positions: 32, seed: 5);
+        using var _ = torch.no_grad();
+        using var ids = torch.randint(0, 30, [3, 7], ScalarType.Int64);
+        using var mask = torch.tensor(new long[] { 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1 }, [3, 7], ScalarType.Int64);
+        foreach (var am in new[] { null, mask })
+        {
+            using var full = m.Forward(ids, am);
+            using var last = m.ForwardLast(ids, am);
+            Assert.Equal(new long[] { 3, 1, 30 }, last.shape);
+            Assert.True(CoreTestUtil.MaxAbsDiff(last, full.narrow(1, 6, 1)) < 1e-6);
+        }
+        // through the cache: the final-norm hook sees one position at PastLength = past + T - 1
+        using var cache = m.NewCache(10);
+        var seen = new List<(int, long)>();
+        using (m.Hooks.Add("ln_final.hook_normalized", (x, ctx) => { seen.Add((ctx.PastLength, x.shape[1])); return null; }))
+        {
+            m.ForwardLast(ids.narrow(1, 0, 4), null, cache).Dispose();
+            using var step = m.ForwardLast(ids.narrow(1, 4, 1), null, cache);
+            using var full = m.Forward(ids.narrow(1, 0, 5));
+            Assert.True(CoreTestUtil.MaxAbsDiff(step, full.narrow(1, 4, 1)) < 1e-5);
+        }
+        Assert.Equal((3, 1L), seen[0]);
+        Assert.Equal((4, 1L), seen[1]);
+    }
+}
