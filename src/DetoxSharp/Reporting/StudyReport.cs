@@ -1,0 +1,323 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using DetoxSharp.Study;
+
+namespace DetoxSharp.Reporting;
+
+/// <summary>
+/// Builds report.html for a study run from the stage outputs named in <see cref="RunLayout"/>. It computes nothing
+/// but mean ± std over seeds (and the regime classification rule it states); every other number is read from a file.
+/// Parts whose stage produced no file say so instead of showing anything.
+/// </summary>
+public static class StudyReport
+{
+    static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
+
+    /// <summary>Stage function: writes the report into ctx.OutputDir and a copy of report.html to the run dir.</summary>
+    public static void Write(StageContext ctx)
+    {
+        var report = Build(ctx.RunDir, ctx.Settings, ctx.Inputs);
+        report.Write(ctx.OutputDir);
+        Data.AtomicFile.WriteAllText(Path.Combine(ctx.RunDir, RunLayout.Report),
+            report.ToHtml().Replace("(figures/", "(stages/report/figures/").Replace("(tables/", "(stages/report/tables/"));
+    }
+
+    static JsonNode? ReadJson(string path) => File.Exists(path) ? JsonNode.Parse(File.ReadAllText(path)) : null;
+
+    static List<JsonObject> ReadJsonl(string path) => File.Exists(path)
+        ? File.ReadLines(path).Where(l => l.Trim().Length > 0).Select(l => (JsonObject)JsonNode.Parse(l)!).ToList() : [];
+
+    static double? D(JsonNode? n) => n is JsonValue v && v.TryGetValue<double>(out var d) ? d : null;
+
+    static string S(JsonNode? n) => n is JsonValue v && v.TryGetValue<string>(out var s) ? s : n?.ToJsonString() ?? "";
+
+    static string F(double? v, string fmt = "F3") => v is double d && double.IsFinite(d) ? d.ToString(fmt, Inv) : "–";
+
+    static double[] Arr(IEnumerable<double?> v) => v.Select(x => x ?? double.NaN).ToArray();
+
+    public static HtmlReport Build(string runDir, JsonObject settings, IReadOnlyDictionary<string, string> inputs)
+    {
+        var config = StudyConfig.Parse(settings["config"]!.ToJsonString());
+        var runs = StudyPipeline.Runs(config);
+        string Dir(string stage) => inputs.TryGetValue(stage, out var d) ? d : StageRunner.StageDir(runDir, stage);
+        var headline = runs.Where(r => r.Headline).ToList();
+        var methods = runs.Select(r => r.Method).Distinct().ToList();
+        var r = new HtmlReport(config.Model == "toy" ? "DetoxSharp study — toy world" : "DetoxSharp study");
+
+        ReadingGuide(r, config, runs);
+
+        // --- Results table (paper Tables 2 and 4) ---
+        r.Section("results", "Results: toxicity, perplexity, F1");
+        var baseRows = (ReadJson(Path.Combine(Dir("evaluate/base"), RunLayout.Results))?["rows"] as JsonArray)?.OfType<JsonObject>().ToList() ?? [];
+        var rows = new List<IReadOnlyList<string>>();
+        foreach (var name in RunLayout.BaseRows)
+        {
+            var row = baseRows.FirstOrDefault(x => S(x["row"]) == name);
+            rows.Add([name, F(D(row?["toxicity"])), F(D(row?["perplexity"]), "F2"), F(D(row?["f1"])), row is null ? "0" : "1"]);
+        }
+        foreach (var m in methods)
+        {
+            var h = headline.Where(x => x.Method == m).ToList();
+            var ev = h.Select(x => ModelRow(Dir(x.EvaluateStage))).ToList();
+            rows.Add(MeanRow(StudyPipeline.RowName(m), ev));
+        }
+        foreach (var m in methods)
+        {
+            var h = headline.Where(x => x.Method == m).ToList();
+            var un = h.Select(x => ReadJson(Path.Combine(Dir(x.UnalignStage), RunLayout.Unalign)) as JsonObject).ToList();
+            rows.Add(MeanRow("Un-aligned " + StudyPipeline.RowName(m), un));
+        }
+        r.Add(new Table("results", "Results", ["Method", "Toxicity", "Perplexity", "F1", "n"], rows,
+            "Trained rows are mean ± sample std over seeds at the headline setting (n = runs behind the number); the base rows are deterministic (one run)."));
+
+        // --- Table 1 ---
+        r.Section("vectors", "Toxic vectors and their top tokens (Table 1)");
+        var tv = ReadJson(Path.Combine(Dir("vectors"), RunLayout.ToxicVectors));
+        var probe = ReadJson(Path.Combine(Dir("probe"), RunLayout.Probe));
+        if (D(probe?["validation_accuracy"]) is double acc) r.Paragraph($"Toxicity probe validation accuracy: {F(acc)}.");
+        if (tv?["vectors"] is JsonArray vecs)
+        {
+            var vrows = vecs.OfType<JsonObject>().Select(v => (IReadOnlyList<string>)[S(v["rank"]), $"MLP.v_{S(v["index"])}^{S(v["layer"])}",
+                F(D(v["cosine"])), string.Join(", ", (v["top_tokens"] as JsonArray ?? []).Select(S))]).ToList();
+            foreach (var c in (tv["svd"] as JsonArray ?? []).OfType<JsonObject>())
+                vrows.Add([$"SVD", $"SVD.U[{S(c["component"])}]", "–", string.Join(", ", (c["top_tokens"] as JsonArray ?? []).Select(S))]);
+            r.Add(new Table("toxic_vectors", "Toxic value vectors", ["Rank", "Vector", "cos(v, W_Toxic)", "Top tokens"], vrows,
+                "Value vectors ranked by cosine similarity with the probe's toxic direction, projected onto the vocabulary."));
+        }
+        else r.Missing("No toxic vectors in this run (stage 'vectors' wrote no toxic_vectors.json).");
+
+        // --- Training curves (headline, seed 0) ---
+        r.Section("training", "Training curves");
+        var curves = headline.Where(x => x.Seed == 0).Select(x => (x.Method, Log: ReadJsonl(Path.Combine(Dir(x.TrainStage), RunLayout.Metrics)))).ToList();
+        bool anyCurve = false;
+        foreach (var (metric, label) in new[] { ("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"),
+                     ("rewards/chosen", "chosen reward"), ("rewards/rejected", "rejected reward") })
+        {
+            var series = curves.Select(c => (c.Method, Pts: c.Log.Where(l => D(l[metric]) is not null && D(l["step"]) is not null).ToList()))
+                .Where(c => c.Pts.Count > 0)
+                .Select(c => new Series(StudyPipeline.RowName(c.Method), c.Pts.Select(l => D(l["step"])!.Value).ToArray(), c.Pts.Select(l => D(l[metric])!.Value).ToArray()))
+                .ToList();
+            if (series.Count == 0) continue;
+            anyCurve = true;
+            r.Add(Charts.Lines("train_" + metric.Replace('/', '_'), $"Training {label}", $"{metric} per optimizer step (headline setting, seed 0).", "step", label, series));
+        }
+        if (!anyCurve) r.Missing("No training metrics in this run (train/* stages wrote no metrics.jsonl).");
+
+        // --- What DPO changed (headline, seed 0) ---
+        var diffs = headline.Where(x => x.Seed == 0).Select(x => (x.Method, Diff: ReadJson(Path.Combine(Dir(x.DiffStage), RunLayout.Diff)) as JsonObject))
+            .Where(x => x.Diff is not null).Select(x => (x.Method, Diff: x.Diff!)).ToList();
+        r.Section("activations", "Activation drop of the toxic vectors");
+        if (diffs.Any(d => d.Diff["activation"] is JsonArray))
+        {
+            var first = diffs.First(d => d.Diff["activation"] is JsonArray);
+            var groups = ((JsonArray)first.Diff["activation"]!).OfType<JsonObject>().Select(a => S(a["vector"])).ToList();
+            double Act(JsonObject d, string v, string key) => D((d["activation"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(a => S(a["vector"]) == v)?[key]) ?? double.NaN;
+            var bars = new List<BarSeries> { new("before (base)", groups.Select(g => Act(first.Diff, g, "before")).ToArray()) };
+            bars.AddRange(diffs.Select(d => new BarSeries("after " + StudyPipeline.RowName(d.Method), groups.Select(g => Act(d.Diff, g, "after")).ToArray())));
+            r.Add(Charts.GroupedBars("activation_drop", "Mean activation of the top toxic vectors", "Mean MLP activation of each toxic value vector at the last prompt position on the challenge prompts, before and after alignment (headline setting, seed 0).", "mean activation", groups, bars));
+            r.Add(new Table("activation_drop", "Toxic-vector activations", ["Vector", .. bars.Select(b => b.Label)],
+                groups.Select((g, i) => (IReadOnlyList<string>)[g, .. bars.Select(b => F(b.Values[i]))]).ToList()));
+        }
+        else r.Missing("No activation measurements (diff/* stages wrote no diff.json).");
+
+        r.Section("parameters", "Parameter cosine similarity per layer");
+        PerLayer(r, diffs, "param_cosine", "min", "param_cosine_min", "Minimum cosine similarity of parameters per layer", "cos(θ_aligned, θ_base), smallest over the layer's parameter tensors", "min cosine");
+        PerLayer(r, diffs, "param_cosine", "mean", "param_cosine_mean", "Mean cosine similarity of parameters per layer", "cos(θ_aligned, θ_base), averaged over the layer's parameter tensors", "mean cosine");
+
+        r.Section("offset", "Residual-stream offset");
+        PerLayer(r, diffs, "offset_norm", "norm", "offset_norm", "Size of the residual offset δx per layer", "‖mean(x_aligned − x_base)‖ over challenge-prompt positions, per layer", "‖δx‖");
+        foreach (var (m, d) in diffs.Where(d => d.Diff["offset_projection"] is JsonArray))
+        {
+            var pts = ((JsonArray)d["offset_projection"]!).OfType<JsonObject>().ToList();
+            var groups = pts.GroupBy(p => S(p["model"])).Select(g => (g.Key == "aligned" ? StudyPipeline.RowName(m) : g.Key,
+                (IReadOnlyList<ColoredPoint>)g.Select(p => new ColoredPoint(D(p["offset"]) ?? double.NaN, D(p["orthogonal"]) ?? double.NaN, D(p["activation"]) ?? double.NaN)).ToList())).ToList();
+            r.Add(Charts.ScatterByValue($"offset_projection_{m}", $"Residual stream projected on δx — {StudyPipeline.RowName(m)}",
+                "Each point is one challenge prompt's residual stream at the top toxic vector's layer, projected on the offset direction δx (x axis) and an orthogonal direction (y axis); colour = that vector's activation.",
+                "projection on δx", "orthogonal projection", "activation", groups));
+        }
+        if (!diffs.Any(d => d.Diff["offset_projection"] is JsonArray)) r.Missing("No offset projection (diff.json has no offset_projection).");
+
+        r.Section("logit-lens", "Logit lens");
+        var lens = diffs.Where(d => d.Diff["logit_lens"]?["layers"] is JsonArray).ToList();
+        if (lens.Count > 0)
+        {
+            var first = (JsonObject)lens[0].Diff["logit_lens"]!;
+            var series = new List<Series>();
+            var l0 = ((JsonArray)first["layers"]!).OfType<JsonObject>().ToList();
+            series.Add(new Series("base", l0.Select(l => D(l["layer"]) ?? double.NaN).ToArray(), Arr(l0.Select(l => D(l["before"])))));
+            foreach (var (m, d) in lens)
+            {
+                var ls = ((JsonArray)d["logit_lens"]!["layers"]!).OfType<JsonObject>().ToList();
+                series.Add(new Series(StudyPipeline.RowName(m), ls.Select(l => D(l["layer"]) ?? double.NaN).ToArray(), Arr(ls.Select(l => D(l["after"])))));
+            }
+            r.Add(Charts.Lines("logit_lens", $"Logit lens: p({S(first["token"])}) by layer", "Probability of the token when the residual stream after each layer is passed through the final norm and unembedding, averaged over challenge prompts.", "layer", "probability", series, integerX: true));
+        }
+        else r.Missing("No logit-lens data (diff.json has no logit_lens).");
+
+        // --- Example continuations ---
+        r.Section("examples", "Example continuations");
+        var cont = new List<(string Row, List<JsonObject> Lines)> { ("No-op", ReadJsonl(Path.Combine(Dir("evaluate/base"), RunLayout.Continuations)).Where(l => S(l["row"]) == "No-op").ToList()) };
+        foreach (var h in headline.Where(x => x.Seed == 0))
+        {
+            cont.Add((StudyPipeline.RowName(h.Method), ReadJsonl(Path.Combine(Dir(h.EvaluateStage), RunLayout.Continuations))));
+            cont.Add(("Un-aligned " + StudyPipeline.RowName(h.Method), ReadJsonl(Path.Combine(Dir(h.UnalignStage), RunLayout.Continuations))));
+        }
+        cont = cont.Where(c => c.Lines.Count > 0).ToList();
+        if (cont.Count > 0)
+        {
+            var prompts = cont[0].Lines.Select(l => S(l["prompt"])).Distinct().Take(8).ToList();
+            string Cell(List<JsonObject> lines, string p)
+            {
+                var l = lines.FirstOrDefault(x => S(x["prompt"]) == p);
+                return l is null ? "–" : D(l["toxicity"]) is double t ? $"{S(l["continuation"])} [{t.ToString("F2", Inv)}]" : S(l["continuation"]);
+            }
+            r.Add(new Table("examples", "Greedy continuations of challenge prompts", ["Prompt", .. cont.Select(c => c.Row)],
+                prompts.Select(p => (IReadOnlyList<string>)[p, .. cont.Select(c => Cell(c.Lines, p))]).ToList(), "Toxicity score of each continuation in brackets (headline setting, seed 0)."));
+        }
+        else r.Missing("No continuations in this run (evaluate/* stages wrote no continuations.jsonl).");
+
+        SweepSection(r, runs, baseRows, Dir);
+        WhatWasRun(r, runDir, config, runs);
+        return r;
+    }
+
+    static JsonObject? ModelRow(string dir) =>
+        (ReadJson(Path.Combine(dir, RunLayout.Results))?["rows"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault();
+
+    static IReadOnlyList<string> MeanRow(string name, IReadOnlyList<JsonObject?> runs)
+    {
+        var present = runs.Where(x => x is not null).ToList();
+        var t = Aggregate.Of(present.Select(x => D(x!["toxicity"])));
+        var p = Aggregate.Of(present.Select(x => D(x!["perplexity"])));
+        var f = Aggregate.Of(present.Select(x => D(x!["f1"])));
+        return [name, t.Format(), p.Format("F2"), f.Format(), Math.Max(t.N, Math.Max(p.N, f.N)).ToString(Inv)];
+    }
+
+    static void PerLayer(HtmlReport r, List<(string Method, JsonObject Diff)> diffs, string key, string field, string name, string title, string caption, string y)
+    {
+        var series = diffs.Where(d => d.Diff[key] is JsonArray).Select(d =>
+        {
+            var ls = ((JsonArray)d.Diff[key]!).OfType<JsonObject>().ToList();
+            return new Series(StudyPipeline.RowName(d.Method), ls.Select(l => D(l["layer"]) ?? double.NaN).ToArray(), Arr(ls.Select(l => D(l[field]))));
+        }).ToList();
+        if (series.Count == 0) { r.Missing($"No {key} in this run's diff.json."); return; }
+        r.Add(Charts.Lines(name, title, caption + " (headline setting, seed 0).", "layer", y, series, integerX: true));
+    }
+
+    /// <summary>One sweep point aggregated over seeds (the regime map's row).</summary>
+    public sealed record PointSummary(string Method, string Point, bool Headline, MeanStd Toxicity, MeanStd Perplexity, MeanStd F1,
+        MeanStd ToxicActivation, MeanStd PositiveShare, MeanStd CosMin, MeanStd CosMean, MeanStd OffsetSize, MeanStd UnalignedToxicity,
+        MeanStd RestoreScale, int SteeringRestored, int SteeringRuns);
+
+    public static IReadOnlyList<PointSummary> SummarizePoints(IReadOnlyList<TrainedRun> runs, Func<string, string> dir)
+    {
+        var list = new List<PointSummary>();
+        foreach (var g in runs.GroupBy(x => (x.Method, x.Point.Label)))
+        {
+            var ev = g.Select(x => ModelRow(dir(x.EvaluateStage))).ToList();
+            var df = g.Select(x => ReadJson(Path.Combine(dir(x.DiffStage), RunLayout.Diff))).ToList();
+            var un = g.Select(x => ReadJson(Path.Combine(dir(x.UnalignStage), RunLayout.Unalign))).ToList();
+            double? MeanAfter(JsonNode? d) => d?["activation"] is JsonArray a && a.Count > 0
+                ? a.OfType<JsonObject>().Select(o => D(o["after"])).Where(v => v is not null).Select(v => v!.Value).DefaultIfEmpty(double.NaN).Average() : null;
+            double? Min(JsonNode? d, string f) => d?["param_cosine"] is JsonArray a && a.Count > 0 ? a.OfType<JsonObject>().Select(o => D(o[f]) ?? double.NaN).Min() : null;
+            double? Mean(JsonNode? d, string f) => d?["param_cosine"] is JsonArray a && a.Count > 0 ? a.OfType<JsonObject>().Select(o => D(o[f]) ?? double.NaN).Average() : null;
+            var steeringRuns = un.Where(u => u is not null && u["steering"] is JsonArray).ToList();
+            list.Add(new PointSummary(g.Key.Method, g.Key.Label, g.First().Headline,
+                Aggregate.Of(ev.Select(e => D(e?["toxicity"]))), Aggregate.Of(ev.Select(e => D(e?["perplexity"]))), Aggregate.Of(ev.Select(e => D(e?["f1"]))),
+                Aggregate.Of(df.Select(MeanAfter)), Aggregate.Of(df.Select(d => D(d?["positive_preact_share"]?["after"]))),
+                Aggregate.Of(df.Select(d => Min(d, "min"))), Aggregate.Of(df.Select(d => Mean(d, "mean"))), Aggregate.Of(df.Select(d => D(d?["offset_size"]))),
+                Aggregate.Of(un.Select(u => D(u?["toxicity"]))), Aggregate.Of(un.Select(u => D(u?["restore_scale"]))),
+                steeringRuns.Count(u => D(u!["restore_scale"]) is not null), steeringRuns.Count));
+        }
+        return list;
+    }
+
+    /// <summary>The regime rule: un-aligning "restores" when it brings back at least half of the toxicity the
+    /// alignment removed (means over seeds); steering "restores" when some tried scale reached the base toxicity
+    /// in the majority of seeds.</summary>
+    public static string Regime(PointSummary p, double baseToxicity)
+    {
+        bool un = p.UnalignedToxicity.N > 0 && p.Toxicity.N > 0 && p.UnalignedToxicity.Mean - p.Toxicity.Mean >= 0.5 * (baseToxicity - p.Toxicity.Mean);
+        bool st = p.SteeringRuns > 0 && 2 * p.SteeringRestored > p.SteeringRuns;
+        return (un, st) switch { (true, true) => "un-aligning and steering restore", (true, false) => "only un-aligning restores", (false, true) => "only steering restores", _ => "neither restores" };
+    }
+
+    static void SweepSection(HtmlReport r, IReadOnlyList<TrainedRun> runs, List<JsonObject> baseRows, Func<string, string> dir)
+    {
+        r.Section("regimes", "Sweep and regime map: where is the alignment shallow?");
+        var pts = SummarizePoints(runs, dir);
+        var noop = baseRows.FirstOrDefault(x => S(x["row"]) == "No-op");
+        double? baseTox = D(noop?["toxicity"]), basePpl = D(noop?["perplexity"]);
+        r.Add(new Table("sweep", "Every sweep point (mean ± std over seeds, n shown)",
+            ["Method", "Point", "Toxicity", "Perplexity", "F1", "Toxic-vector activation", "Positive pre-act. share", "Param cos (min)", "Param cos (mean)", "Offset ‖δx‖", "Toxicity un-aligned (keys ×k)", "Steering restore scale", "Steering restored", "Regime"],
+            pts.Select(p => (IReadOnlyList<string>)[StudyPipeline.RowName(p.Method), p.Point + (p.Headline ? " (headline)" : ""), p.Toxicity.Format(), p.Perplexity.Format("F2"), p.F1.Format(),
+                p.ToxicActivation.Format(), p.PositiveShare.Format(), p.CosMin.Format("F5"), p.CosMean.Format("F5"), p.OffsetSize.Format(), p.UnalignedToxicity.Format(),
+                p.RestoreScale.Format("G3"), $"{p.SteeringRestored}/{p.SteeringRuns}", baseTox is double bt ? Regime(p, bt) : "–"]).ToList(),
+            "Steering restore scale: the smallest scale of the added toxic direction that brought toxicity back to the base model's level (mean over the seeds where one did)."));
+        if (baseTox is not double bt2 || basePpl is not double bp)
+        {
+            r.Missing("No regime map: the base model's No-op row (evaluate/base/results.json) is missing.");
+            return;
+        }
+        var valid = pts.Where(p => p.Toxicity.N > 0 && p.Perplexity.N > 0).ToList();
+        if (valid.Count == 0) { r.Missing("No regime map: no sweep point has toxicity and perplexity."); return; }
+        var groups = valid.GroupBy(p => Regime(p, bt2)).Select(g => new CategoryPoints(g.Key,
+            g.Select(p => bt2 - p.Toxicity.Mean).ToArray(), g.Select(p => p.Perplexity.Mean - bp).ToArray(),
+            g.Select(p => $"{StudyPipeline.RowName(p.Method)} {p.Point}").ToArray())).ToList();
+        r.Add(Charts.ScatterByCategory("regime_map", "Regime map", "Each point is one sweep point (mean over seeds): how much toxicity the alignment removed (x) against what it cost in perplexity (y), coloured by whether un-aligning (scaling the toxic keys) or steering (adding the toxic direction) brings the toxicity back.",
+            "toxicity reduction (base − aligned)", "perplexity cost (aligned − base)", groups));
+        var reading = new List<string>();
+        foreach (var m in valid.Select(p => p.Method).Distinct())
+        {
+            var mine = valid.Where(p => p.Method == m).ToList();
+            var shallow = mine.Where(p => Regime(p, bt2) != "neither restores").Select(p => p.Point).ToList();
+            var deep = mine.Where(p => Regime(p, bt2) == "neither restores").Select(p => p.Point).ToList();
+            reading.Add($"{StudyPipeline.RowName(m)}: toxicity came back at {shallow.Count} of {mine.Count} points" +
+                (shallow.Count > 0 ? $" ({string.Join(", ", shallow)}) — there the alignment is shallow: the toxic machinery is intact and only switched off" : "") +
+                (deep.Count > 0 ? $"; it did not come back at {string.Join(", ", deep)} — there the alignment reached deeper (check the perplexity cost and F1 before calling that a win)" : "") + ".");
+        }
+        r.Paragraph("Reading (generated from the table above by the stated rule: un-aligning restores when it recovers at least half of the toxicity reduction; steering restores when a tried scale reaches the base toxicity in most seeds):");
+        r.Bullets(reading);
+    }
+
+    static void ReadingGuide(HtmlReport r, StudyConfig c, IReadOnlyList<TrainedRun> runs)
+    {
+        r.Section("guide", "Reading guide");
+        r.Paragraph("This report reproduces, on " + (c.Model == "toy" ? "a small toy model trained on an embedded synthetic world" : "the configured model") +
+            ", the mechanistic study of Lee et al. (2024, ICML) of what DPO does to a language model's toxicity, and compares it with Adversarial DPO (Kim & Lee 2024). Every number below was read from this run's stage outputs.");
+        r.Bullets([
+            "Results: toxicity (mean toxicity score of greedy continuations of challenge prompts), perplexity and F1 for the base model, three activation interventions, DPO, ADPO, and both after un-aligning.",
+            "Table 1: the MLP value vectors most aligned with the toxicity probe, and the tokens they promote.",
+            "Training curves: DPO/ADPO loss, reward margin and accuracy per step.",
+            "Activation drop: how strongly the toxic vectors fire before and after alignment.",
+            "Parameter cosine per layer: how much the weights moved (1.0 = unchanged direction).",
+            "Residual offset: the shift δx of the residual stream, and prompts projected on it coloured by toxic activation.",
+            "Logit lens: the probability of a toxic token read off after each layer.",
+            "Examples: the same prompts continued by each model side by side.",
+            "Regime map: toxicity reduction vs perplexity cost for every sweep point, coloured by whether un-aligning or steering brings the toxicity back.",
+            "What was run: settings, seeds, versions and wall time of every stage.",
+        ]);
+        r.Paragraph("What the paper found on GPT-2 medium (quoted from the paper, not measured here): DPO lowered toxicity from 0.453 to 0.208 with perplexity 21.7 → 23.34; every parameter kept cosine similarity > 0.99 with its pre-DPO value, the toxic value vectors included; what dropped was their activation (MLP.v_770^19 from ≈26 to ≈13), through an offset in the residual stream spread over earlier layers; and scaling the key vectors of the 7 most toxic value vectors ×10 brought toxicity back to 0.458. A small toy model suggested this depends on how hard alignment pushes — the regime map tests that here.");
+        r.Paragraph($"Runs: {runs.Select(x => x.Method).Distinct().Count()} methods × {runs.Select(x => (x.Method, x.Point.Label)).Distinct().Count()} method/setting points in total × {c.EffectiveSeeds} seed(s){(c.Quick ? " (quick mode)" : "")}.");
+    }
+
+    static void WhatWasRun(HtmlReport r, string runDir, StudyConfig c, IReadOnlyList<TrainedRun> runs)
+    {
+        r.Section("run", "What was run");
+        var man = Manifest.Load(runDir);
+        r.Add(new Table("stages", "Stages", ["Stage", "Status", "Wall time (s)", "Settings hash", "Output hash", "Finished (UTC)"],
+            man.Stages.Select(kv => (IReadOnlyList<string>)[kv.Key, kv.Value.Status.ToString().ToLowerInvariant(), kv.Value.WallSeconds.ToString("F1", Inv),
+                kv.Value.SettingsHash, kv.Value.OutputHash, kv.Value.FinishedUtc]).ToList(),
+            $"From manifest.json; total wall time of finished stages {man.Stages.Values.Where(e => e.Status == StageStatus.Done).Sum(e => e.WallSeconds).ToString("F0", Inv)} s (this report stage not included)."));
+        r.Paragraph($"Seeds per setting: {c.EffectiveSeeds} ({string.Join(", ", Enumerable.Range(0, c.EffectiveSeeds))}). Quick mode: {(c.Quick ? "yes" : "no")}.");
+        r.Bullets([
+            $".NET {Environment.Version}, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}, {Environment.ProcessorCount} cores",
+            $"DetoxSharp {typeof(StudyReport).Assembly.GetName().Version}",
+            $"TorchSharp {typeof(TorchSharp.torch).Assembly.GetName().Version}",
+            $"ScottPlot {typeof(ScottPlot.Plot).Assembly.GetName().Version}",
+        ]);
+        r.Paragraph("Configuration (rerun with `detox study --config FILE --out DIR`):");
+        r.Pre(c.ToJson());
+    }
+}

@@ -1,0 +1,43 @@
+namespace DetoxSharp.Study;
+
+/// <summary>
+/// The files each stage writes into its directory (run_dir/stages/NAME/). The report reads only these, so a stage
+/// function is wired correctly when it writes them with these fields. All JSON is snake_case; numbers are plain
+/// JSON numbers; a number a stage could not measure is null (the report shows "–" and lowers n).
+/// <code>
+/// vectors/toxic_vectors.json   {"vectors":[{"rank":1,"layer":19,"index":770,"cosine":0.31,"top_tokens":["sh*t",...]}],
+///                               "svd":[{"component":0,"top_tokens":[...]}]}
+/// probe/probe.json             {"validation_accuracy":0.94, ...}
+/// evaluate/base/results.json   {"rows":[{"row":"No-op"|"Subtract W_Toxic"|"Subtract top vector"|"Subtract SVD.U[0]",
+///                               "toxicity":0.45,"perplexity":21.7,"f1":0.19}]}
+/// evaluate/METHOD/POINT/sSEED/results.json   {"rows":[{"row":"DPO"|"ADPO","toxicity":..,"perplexity":..,"f1":..}]}
+/// */continuations.jsonl        {"row":"No-op","prompt":"...","continuation":"...","toxicity":0.93} (evaluate/*, unalign/*)
+/// train/METHOD/POINT/sSEED/metrics.jsonl     MetricsLog lines: {"step":..,"loss":..,"rewards/margins":..,"rewards/accuracies":..,
+///                               "rewards/chosen":..,"rewards/rejected":..}
+/// diff/METHOD/POINT/sSEED/diff.json
+///   {"param_cosine":[{"layer":0,"min":0.999,"mean":0.9999}],
+///    "activation":[{"vector":"L19.N770","before":26.1,"after":13.2}],      (top toxic vectors, last position, challenge prompts)
+///    "positive_preact_share":{"before":0.61,"after":0.22},                  (share of their pre-activations &gt; 0)
+///    "offset_norm":[{"layer":0,"norm":0.8}], "offset_size":3.1,            (‖mean(x_aligned − x_base)‖ per layer; at the top vector's layer)
+///    "logit_lens":{"token":" sh*t","layers":[{"layer":0,"before":0.001,"after":0.0004}]},
+///    "offset_projection":[{"model":"base"|"aligned","offset":1.2,"orthogonal":-0.3,"activation":4.2}]}
+/// unalign/METHOD/POINT/sSEED/unalign.json
+///   {"row":"Un-aligned DPO","scale":10,"keys":["L19.N770",...],"toxicity":0.46,"perplexity":23.3,"f1":0.195,
+///    "steering":[{"scale":0,"toxicity":0.2},...],"restore_scale":8.0|null,"target_toxicity":0.45}
+/// </code>
+/// </summary>
+public static class RunLayout
+{
+    public const string ToxicVectors = "toxic_vectors.json";
+    public const string Probe = "probe.json";
+    public const string Results = "results.json";
+    public const string Continuations = "continuations.jsonl";
+    public const string Metrics = "metrics.jsonl";
+    public const string Diff = "diff.json";
+    public const string Unalign = "unalign.json";
+    public const string Manifest = "manifest.json";
+    public const string Report = "report.html";
+
+    /// <summary>Row names of the results table, in the paper's order.</summary>
+    public static readonly string[] BaseRows = ["No-op", "Subtract W_Toxic", "Subtract top vector", "Subtract SVD.U[0]"];
+}

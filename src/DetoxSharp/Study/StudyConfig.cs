@@ -1,0 +1,97 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace DetoxSharp.Study;
+
+/// <summary>
+/// The study's settings (a JSON file; snake_case keys). Sections are kept as JSON objects so that every stage
+/// gets exactly its own section as its settings (and its hash): changing the DPO learning rate reruns DPO and
+/// what follows it, not the probe. In "dpo" and "adpo" any setting may be a list: the study runs the grid.
+/// </summary>
+public sealed class StudyConfig
+{
+    /// <summary>"toy" (the embedded world; nothing to download) or "checkpoint" (paths below).</summary>
+    public string Model { get; init; } = "toy";
+    /// <summary>Paths for a real model run (ignored for "toy"): base_model, pairs, challenge_prompts, perplexity_text, f1_prompts, jigsaw …</summary>
+    public JsonObject Data { get; init; } = new();
+    public JsonObject World { get; init; } = new();
+    public JsonObject Pretrain { get; init; } = new();
+    public JsonObject Probe { get; init; } = new();
+    public JsonObject Vectors { get; init; } = new();
+    public JsonObject Interventions { get; init; } = new();
+    public JsonObject ToxicModel { get; init; } = new();
+    public JsonObject Pairs { get; init; } = new();
+    public JsonObject Dpo { get; init; } = new();
+    public JsonObject Adpo { get; init; } = new();
+    public JsonObject Evaluation { get; init; } = new();
+    public JsonObject Unalign { get; init; } = new();
+    /// <summary>Scorer: {"kind": "perspective"|"classifier"|"toy-lexicon", ...}.</summary>
+    public JsonObject Scorer { get; init; } = new();
+    /// <summary>Seeds of every training run (default 3; 1 with --quick unless "quick_seeds" says otherwise).</summary>
+    public int Seeds { get; init; } = 3;
+    public int QuickSeeds { get; init; } = 1;
+    /// <summary>With --quick, each section's "quick" object overrides its settings (smaller grids, fewer steps).</summary>
+    public bool Quick { get; init; }
+
+    static readonly JsonSerializerOptions Opts = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        UnmappedMemberHandling = System.Text.Json.Serialization.JsonUnmappedMemberHandling.Disallow,
+        ReadCommentHandling = JsonCommentHandling.Skip,
+        AllowTrailingCommas = true,
+    };
+
+    public static StudyConfig Load(string path)
+    {
+        if (!File.Exists(path)) throw new InvalidInputException($"--config: {path}: no such file");
+        try { return JsonSerializer.Deserialize<StudyConfig>(File.ReadAllText(path), Opts) ?? throw new InvalidInputException($"{path}: empty config"); }
+        catch (JsonException e) { throw new InvalidInputException($"{path}{(e.LineNumber is long l ? $":{l + 1}" : "")}: {e.Message}"); }
+    }
+
+    /// <summary>The default toy study (configs/toy.json, embedded in the library).</summary>
+    public static StudyConfig ToyDefault()
+    {
+        using var s = typeof(StudyConfig).Assembly.GetManifestResourceStream("DetoxSharp.configs.toy.json")
+            ?? throw new InvalidOperationException("configs/toy.json is not embedded in this build");
+        using var r = new StreamReader(s);
+        return Parse(r.ReadToEnd());
+    }
+
+    /// <summary>For a checkpoint study: every data path must exist (a placeholder left as "FILL-IN: …" is named).</summary>
+    public void Validate(string source)
+    {
+        if (Model == "toy") return;
+        if (Model != "checkpoint") throw new InvalidInputException($"{source}: \"model\" must be \"toy\" or \"checkpoint\", not \"{Model}\"");
+        foreach (var (k, v) in Data)
+        {
+            var p = v is JsonValue jv && jv.TryGetValue<string>(out var str) ? str : null;
+            if (p is null) throw new InvalidInputException($"{source}: data.{k} must be a path string");
+            if (p.StartsWith("FILL-IN", StringComparison.Ordinal)) throw new InvalidInputException($"{source}: data.{k} is still a placeholder ({p})");
+            if (!File.Exists(p) && !Directory.Exists(p)) throw new InvalidInputException($"{source}: data.{k}: {p}: no such file or directory");
+        }
+    }
+
+    public static StudyConfig Parse(string json) => JsonSerializer.Deserialize<StudyConfig>(json, Opts)!;
+
+    public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions(Opts) { WriteIndented = true });
+
+    public int EffectiveSeeds => Quick ? QuickSeeds : Seeds;
+
+    /// <summary>A section with its "quick" overrides applied in quick mode (and the "quick" key removed either way).</summary>
+    public JsonObject Section(JsonObject section)
+    {
+        var s = (JsonObject)section.DeepClone();
+        var quick = s["quick"] as JsonObject;
+        s.Remove("quick");
+        if (Quick && quick is not null)
+            foreach (var (k, v) in quick) s[k] = v?.DeepClone();
+        return s;
+    }
+
+    public StudyConfig WithQuick(bool quick) => new()
+    {
+        Model = Model, Data = Data, World = World, Pretrain = Pretrain, Probe = Probe, Vectors = Vectors, Interventions = Interventions,
+        ToxicModel = ToxicModel, Pairs = Pairs, Dpo = Dpo, Adpo = Adpo, Evaluation = Evaluation, Unalign = Unalign, Scorer = Scorer,
+        Seeds = Seeds, QuickSeeds = QuickSeeds, Quick = quick,
+    };
+}

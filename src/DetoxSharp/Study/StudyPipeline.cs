@@ -1,0 +1,94 @@
+using System.Text.Json.Nodes;
+
+namespace DetoxSharp.Study;
+
+/// <summary>
+/// The functions that compute each stage. Each one reads its inputs from <see cref="StageContext.Inputs"/> and
+/// writes the files named in <see cref="RunLayout"/> into <see cref="StageContext.OutputDir"/>. A null entry
+/// means this build does not have that stage; the study stops there with a message naming it.
+/// </summary>
+public sealed record StudyStageFunctions
+{
+    public Action<StageContext>? World { get; init; }
+    public Action<StageContext>? Pretrain { get; init; }
+    public Action<StageContext>? Probe { get; init; }
+    public Action<StageContext>? Vectors { get; init; }
+    public Action<StageContext>? Interventions { get; init; }
+    public Action<StageContext>? ToxicModel { get; init; }
+    public Action<StageContext>? Pairs { get; init; }
+    /// <summary>DPO or ADPO; settings["method"] says which, settings["seed"] the seed.</summary>
+    public Action<StageContext>? Train { get; init; }
+    public Action<StageContext>? EvaluateBase { get; init; }
+    public Action<StageContext>? EvaluateModel { get; init; }
+    public Action<StageContext>? Diff { get; init; }
+    public Action<StageContext>? Unalign { get; init; }
+    /// <summary>Builds the report; defaults to <see cref="Reporting.StudyReport.Write"/>.</summary>
+    public Action<StageContext>? Report { get; init; } = Reporting.StudyReport.Write;
+}
+
+/// <summary>A trained model of the study: method, sweep point and seed, and the names of its stages.</summary>
+public sealed record TrainedRun(string Method, SweepPoint Point, int Seed, bool Headline)
+{
+    string Suffix => $"{Method}/{Point.Label}/s{Seed}";
+    public string TrainStage => $"train/{Suffix}";
+    public string EvaluateStage => $"evaluate/{Suffix}";
+    public string DiffStage => $"diff/{Suffix}";
+    public string UnalignStage => $"unalign/{Suffix}";
+}
+
+public static class StudyPipeline
+{
+    public const string Methods = "dpo,adpo";
+
+    public static IReadOnlyList<TrainedRun> Runs(StudyConfig c)
+    {
+        var runs = new List<TrainedRun>();
+        foreach (var (method, section) in new[] { ("dpo", c.Dpo), ("adpo", c.Adpo) })
+        {
+            var points = Sweep.Expand(c.Section(section));
+            for (int p = 0; p < points.Count; p++)
+                for (int seed = 0; seed < c.EffectiveSeeds; seed++)
+                    runs.Add(new TrainedRun(method, points[p], seed, p == 0));
+        }
+        // Headline points first (both methods), so a stopped run already has the paper's table.
+        return runs.OrderBy(r => r.Headline ? 0 : 1).ToList();
+    }
+
+    /// <summary>The study as an ordered list of stages (dependencies always earlier).</summary>
+    public static IReadOnlyList<StageDefinition> Build(StudyConfig c, StudyStageFunctions f)
+    {
+        JsonObject S(params (string k, JsonNode? v)[] kv)
+        {
+            var o = new JsonObject { ["model"] = c.Model, ["quick"] = c.Quick };
+            foreach (var (k, v) in kv) o[k] = v?.DeepClone();
+            return o;
+        }
+        var st = new List<StageDefinition>
+        {
+            new("world", S(("data", c.Data), ("world", c.Section(c.World))), [], f.World),
+            new("pretrain", S(("pretrain", c.Section(c.Pretrain))), ["world"], f.Pretrain),
+            new("probe", S(("probe", c.Section(c.Probe))), ["world", "pretrain"], f.Probe),
+            new("vectors", S(("vectors", c.Section(c.Vectors))), ["pretrain", "probe"], f.Vectors),
+            new("interventions", S(("interventions", c.Section(c.Interventions))), ["world", "pretrain", "probe", "vectors"], f.Interventions),
+            new("toxic-model", S(("toxic_model", c.Section(c.ToxicModel))), ["world", "pretrain"], f.ToxicModel),
+            new("pairs", S(("pairs", c.Section(c.Pairs)), ("scorer", c.Scorer)), ["world", "pretrain", "probe", "toxic-model"], f.Pairs),
+            new("evaluate/base", S(("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer)), ["world", "pretrain", "interventions"], f.EvaluateBase),
+        };
+        foreach (var r in Runs(c))
+        {
+            var trainSettings = S(("method", r.Method), ("seed", r.Seed), ("training", r.Point.Settings));
+            st.Add(new(r.TrainStage, trainSettings, r.Method == "adpo" ? ["pretrain", "pairs", "toxic-model"] : ["pretrain", "pairs"], f.Train));
+            st.Add(new(r.EvaluateStage, S(("row", RowName(r.Method)), ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer)),
+                ["world", "pretrain", r.TrainStage], f.EvaluateModel));
+            st.Add(new(r.DiffStage, S(("evaluation", c.Section(c.Evaluation))), ["world", "pretrain", "probe", "vectors", r.TrainStage], f.Diff));
+            st.Add(new(r.UnalignStage, S(("row", "Un-aligned " + RowName(r.Method)), ("unalign", c.Section(c.Unalign)),
+                ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer)),
+                ["world", "pretrain", "probe", "vectors", "evaluate/base", r.TrainStage], f.Unalign));
+        }
+        var report = new JsonObject { ["config"] = JsonNode.Parse(c.ToJson()) };
+        st.Add(new("report", report, st.Select(s => s.Name).ToList(), f.Report));
+        return st;
+    }
+
+    public static string RowName(string method) => method == "dpo" ? "DPO" : method == "adpo" ? "ADPO" : method;
+}
