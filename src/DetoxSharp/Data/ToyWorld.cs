@@ -92,7 +92,7 @@ public sealed class ToyWorld
 
     /// <summary>The log-odds that a reply is toxic given its context.</summary>
     public static double ToxicLogit(bool angryVerb, bool troll, bool heated, bool previousToxic) =>
-        -3.5 + 4.0 * (angryVerb ? 1 : 0) + 1.5 * (troll ? 1 : 0) + 1.2 * (heated ? 1 : 0) + 1.5 * (previousToxic ? 1 : 0);
+        -3.5 + 6.0 * (angryVerb ? 1 : 0) + 1.0 * (troll ? 1 : 0) + 0.8 * (heated ? 1 : 0) + 1.0 * (previousToxic ? 1 : 0);
 
     string Town() => _r.Pick(_towns);
     string Person() => _r.Pick(FirstNames) + " " + _r.Pick(LastNames);
@@ -180,7 +180,7 @@ public sealed class ToyWorld
     /// <paramref name="challenge"/> forces an angry verb plus at least one more toxic cue (a challenge context).</summary>
     public ForumThread Thread(bool challenge = false)
     {
-        bool heated = _r.Chance(0.5), troll = _r.Chance(0.25), prevToxic = _r.Chance(0.2), angry = _r.Chance(0.35);
+        bool heated = _r.Chance(0.5), troll = _r.Chance(0.25), prevToxic = _r.Chance(0.2), angry = _r.Chance(0.45);
         if (challenge)
         {
             angry = true;
@@ -245,8 +245,8 @@ public sealed class ToyWorld
     public string Document()
     {
         int k = _r.Next(10);
-        if (k < 2) return EncyclopediaSentence() + " " + EncyclopediaSentence();
-        if (k < 4) return Conversation();
+        if (k < 1) return EncyclopediaSentence() + " " + EncyclopediaSentence();
+        if (k < 2) return Conversation();
         return Thread().Text;
     }
 

@@ -214,7 +214,7 @@ public static class SftTrainer
             if (st["total_steps"]?.GetValue<int>() is int ts && ts != totalSteps)
                 throw new InvalidInputException($"{ckptDir}: checkpoint was made for {ts} total steps, this run has {totalSteps} (same data and options needed to resume)");
         }
-        using var metrics = options.OutputDir is null ? null : new MetricsLog(Path.Combine(options.OutputDir, "metrics.jsonl"), options.Resume ? step : null);
+        using var metrics = options.OutputDir is null ? null : new MetricsLog(Path.Combine(options.OutputDir, "metrics.jsonl"), options.Resume ? step + 1 : null); // records carry the 1-based step just done
 
         model.Module.train();
         var sw = Stopwatch.StartNew();
