@@ -207,6 +207,9 @@ public class InterpretabilityTests
         Assert.Equal(-50, e3.Coefficient);
         Assert.Equal(1, e3.Layer);
         Assert.True(e3.Vector.allclose(e.Vector));
+        var e4 = (VectorIntervention)((IPositionModeEdit)e3).ForAllPositions();
+        Assert.Equal(InterventionMode.AllPositions, e4.Mode);
+        Assert.Equal(-50, e4.Coefficient);
         Assert.Throws<InvalidInputException>(() => DetoxSharp.Evaluation.EditRegistry.Resolve("subtract:vector=probe,scale=50"));
         Assert.Throws<InvalidInputException>(() => DetoxSharp.Evaluation.EditRegistry.Resolve($"subtract:vector=probe,probe={dir},scale=50,bogus=1"));
     }
