@@ -13,3 +13,13 @@ public interface IModelEdit
     string Name { get; }
     IDisposable Apply(ICausalLM model);
 }
+
+/// <summary>
+/// An edit whose position behaviour differs between generation (newest position only) and perplexity (all positions),
+/// as in Lee et al. 2024. The evaluation harness should apply <see cref="ForAllPositions"/> during a perplexity pass:
+/// <c>(edit as IPositionModeEdit)?.ForAllPositions() ?? edit</c>.
+/// </summary>
+public interface IPositionModeEdit : IModelEdit
+{
+    IModelEdit ForAllPositions();
+}

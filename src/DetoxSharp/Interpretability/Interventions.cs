@@ -20,7 +20,7 @@ public enum InterventionMode
 /// Adds <c>Coefficient·Vector</c> to the output of a layer's MLP (<c>blocks.{l}.hook_mlp_out</c>), i.e. to the residual
 /// stream there. Subtracting α·v (Lee et al. 2024) is Coefficient = −α; steering towards v is +α. Default layer: the last.
 /// </summary>
-public sealed class VectorIntervention : IModelEdit
+public sealed class VectorIntervention : IPositionModeEdit
 {
     public string Name { get; }
     /// <summary>[d] float32 on the CPU.</summary>
@@ -48,6 +48,8 @@ public sealed class VectorIntervention : IModelEdit
 
     /// <summary>The same edit with another position mode (e.g. AllPositions for a perplexity run).</summary>
     public VectorIntervention WithMode(InterventionMode mode) => new(Name, Vector, Coefficient, Layer, mode);
+
+    public IModelEdit ForAllPositions() => WithMode(InterventionMode.AllPositions);
 
     public IDisposable Apply(ICausalLM model)
     {

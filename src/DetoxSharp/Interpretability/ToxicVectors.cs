@@ -133,7 +133,11 @@ public static class ToxicVectors
         var top = Stack(model, ranked.Take(n));
         var (u, s) = Svd(top);
         int k = (int)Math.Min(options.SvdComponents, u.shape[1]);
+        // Singular vectors have an arbitrary sign; orient each so that it points along W_Toxic (cos ≥ 0), so that
+        // "subtract svd0" removes toxicity rather than adding it.
         var uRows = u.narrow(1, 0, k).t().contiguous();
+        var signs = uRows.matmul(wToxic.to(ScalarType.Float32)).sign();
+        uRows = (uRows * torch.where(signs.eq(0), torch.ones_like(signs), signs).unsqueeze(1)).contiguous();
         var unemb = model.Unembedding;
 
         var table = new JsonArray();
