@@ -8,7 +8,6 @@ public static class CommandCatalog
     public static IEnumerable<Command> All()
     {
         DetoxSharp.Interpretability.InterventionEdits.Register(); // intervention kinds for `detox eval --intervention`
-        DetoxSharp.Evaluation.ScorerFactory.Register("toy", (_, _) => new DetoxSharp.Evaluation.ToyLexiconScorer()); // interp: needed `--scorer toy`; lead may move/dedupe
         yield return InfoCommand.Create();
         yield return ScoreCommand.Create();
         yield return GenerateCommand.Create();

@@ -130,10 +130,9 @@ public static class EvalHarness
         return rows;
     }
 
-    /// <summary>The edit used for perplexity: a <see cref="VectorIntervention"/> changes every position there (the study:
-    /// only the newest position during generation, all positions for perplexity); other edits are used as they are.</summary>
-    public static IModelEdit ForPerplexity(IModelEdit edit) =>
-        edit is VectorIntervention v ? v.WithMode(InterventionMode.AllPositions) : edit;
+    /// <summary>The edit used for perplexity: a position-aware edit changes every position there (the study: only the
+    /// newest position during generation, all positions for perplexity); other edits are used as they are.</summary>
+    public static IModelEdit ForPerplexity(IModelEdit edit) => (edit as IPositionModeEdit)?.ForAllPositions() ?? edit;
 
     static EvalRow EvaluateRow(LoadedModel lm, string model, string row, string? intervention, IModelEdit? edit, IToxicityScorer? scorer,
         List<Prompt>? prompts, string? pplText, List<Prompt>? f1Items, EvalOptions o, List<JsonObject> generations,
