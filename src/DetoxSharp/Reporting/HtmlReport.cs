@@ -98,7 +98,7 @@ public sealed class HtmlReport(string title)
     public string ToHtml()
     {
         var sb = new StringBuilder();
-        sb.Append("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>").Append(E(title)).Append("</title><style>")
+        sb.Append("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>").Append(E(title)).Append("</title><style>")
           .Append(Css).Append("</style></head><body>\n<h1>").Append(E(title)).Append("</h1>\n<nav><ul>");
         foreach (var s in _sections) sb.Append($"<li><a href=\"#{E(s.Id)}\">{E(s.Title)}</a></li>");
         sb.Append("</ul></nav>\n");
