@@ -46,6 +46,9 @@ public static class StudyReport
         var r = new HtmlReport(config.Model == "toy" ? "DetoxSharp study — toy world" : "DetoxSharp study");
 
         ReadingGuide(r, config, runs);
+        // A stage may leave a NOTICE.txt (e.g. "numbers made up by test fixtures"); it is shown at the very top.
+        var notices = inputs.Values.Select(d => Path.Combine(d, "NOTICE.txt")).Where(File.Exists).Select(File.ReadAllText).Distinct().ToList();
+        if (notices.Count > 0) r.Notice(string.Join(" ", notices));
 
         // --- Results table (paper Tables 2 and 4) ---
         r.Section("results", "Results: toxicity, perplexity, F1");

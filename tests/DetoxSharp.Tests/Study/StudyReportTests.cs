@@ -113,7 +113,8 @@ public class StudyReportTests
         Assert.DoesNotContain("src=\"http", html);
         foreach (var t in new[] { "results", "toxic_vectors", "sweep", "stages", "examples", "activation_drop" })
             Assert.True(File.Exists(Path.Combine(rep, "tables", t + ".csv")), t);
-        Assert.Contains("0.208", html);   // the paper's numbers are quoted in the reading guide
+        Assert.Contains("0.208", html);
+        Assert.Contains("TEST FIXTURE", html);   // the paper's numbers are quoted in the reading guide
     }
 
     [Fact]
