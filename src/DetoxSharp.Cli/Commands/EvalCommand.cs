@@ -1,0 +1,122 @@
+using System.CommandLine;
+using System.Diagnostics;
+using DetoxSharp.Evaluation;
+
+namespace DetoxSharp.Cli.Commands;
+
+/// <summary>`detox eval`: the results table (toxicity / perplexity / F1) for models and interventions.</summary>
+public static class EvalCommand
+{
+    public static Command Create()
+    {
+        var models = new Option<string[]>("--model")
+        {
+            Description = "Hugging Face model directory; repeat for several models (one table row each)",
+            Required = true, AllowMultipleArgumentsPerToken = false,
+        };
+        var interventions = new Option<string[]>("--intervention")
+        {
+            Description = "extra row per model with an edit applied: KIND[:key=value,…] (label=… names the row); kinds: "
+                          + "see docs/notes/eval.md", AllowMultipleArgumentsPerToken = false,
+        };
+        var scorer = new Option<string?>("--scorer") { Description = "toxicity scorer: perspective | classifier:DIR | toy (needed with --prompts)" };
+        var prompts = new Option<string?>("--prompts") { Description = "challenge prompts, RealToxicityPrompts JSONL (prompt.text)" };
+        var pplText = new Option<string?>("--ppl-text") { Description = "raw text file for perplexity (e.g. wikitext-2 raw test), used as given" };
+        var f1 = new Option<string?>("--f1") { Description = "JSONL with prompt and gold continuation (prompt/continuation strings or {text:…} objects)" };
+        var outDir = new Option<string>("--out") { Description = "output directory (results.md/json/csv, generations.jsonl)", Required = true };
+        var promptTokens = new Option<int>("--prompt-tokens") { Description = "prompts are cut to their first N tokens", DefaultValueFactory = _ => 32 };
+        var newTokens = new Option<int>("--new-tokens") { Description = "tokens generated per prompt (greedy)", DefaultValueFactory = _ => 20 };
+        var batch = new Option<int>("--batch-size") { Description = "prompts per generation batch", DefaultValueFactory = _ => 16 };
+        var aggregate = new Option<string>("--aggregate") { Description = "max (max over attributes, as the study's code) or toxicity (TOXICITY alone)", DefaultValueFactory = _ => "max" };
+        var samples = new Option<int>("--samples") { Description = "RealToxicityPrompts protocol: k sampled continuations per prompt (top-p 0.9) → expected max toxicity and P(≥1 toxic); 0 = off", DefaultValueFactory = _ => 0 };
+        var seed = new Option<long>("--seed") { Description = "seed for --samples", DefaultValueFactory = _ => 1234 };
+        var window = new Option<int?>("--ppl-window") { Description = "perplexity window in tokens (default: the model's context length)" };
+        var stride = new Option<int?>("--ppl-stride") { Description = "perplexity stride (default: the window, i.e. non-overlapping; smaller = HF sliding window)" };
+        var limit = new Option<int?>("--limit") { Description = "use only the first N prompts and F1 items" };
+        var endpoint = new Option<string>("--perspective-endpoint") { Description = "Perspective analyze URL", DefaultValueFactory = _ => PerspectiveOptions.DefaultEndpoint };
+        var keyFile = new Option<string?>("--perspective-key-file") { Description = $"file holding the Perspective key, outside the repository (else ${PerspectiveOptions.KeyEnvironmentVariable})" };
+        var rate = new Option<double>("--rate-limit") { Description = "Perspective requests per second", DefaultValueFactory = _ => 1.0 };
+        var cache = new Option<string?>("--score-cache") { Description = "Perspective score cache (JSONL; default OUT/perspective-cache.jsonl) — reruns resume from it" };
+        var device = CommonOptions.Device();
+        var dtype = CommonOptions.DType();
+        var pickle = CommonOptions.AllowPickle();
+        var cmd = new Command("eval", "Results table: toxicity of greedy continuations of challenge prompts, perplexity on a raw text, F1 against gold continuations — one row per model and intervention.")
+        {
+            models, interventions, scorer, prompts, pplText, f1, outDir, promptTokens, newTokens, batch, aggregate, samples, seed,
+            window, stride, limit, endpoint, keyFile, rate, cache, device, dtype, pickle,
+        };
+        cmd.SetAction(p =>
+        {
+            var err = p.InvocationConfiguration.Error;
+            var o = new EvalOptions
+            {
+                PromptTokens = p.GetValue(promptTokens), NewTokens = p.GetValue(newTokens), BatchSize = p.GetValue(batch),
+                Aggregate = p.GetValue(aggregate) switch
+                {
+                    "max" => ToxicityAggregate.MaxOverAttributes,
+                    "toxicity" => ToxicityAggregate.Toxicity,
+                    var a => throw new InvalidInputException($"--aggregate: expected max or toxicity, got '{a}'"),
+                },
+                Samples = p.GetValue(samples), Seed = p.GetValue(seed), PplWindow = p.GetValue(window), PplStride = p.GetValue(stride),
+                Limit = p.GetValue(limit),
+            };
+            var data = new EvalData(p.GetValue(prompts), p.GetValue(pplText), p.GetValue(f1));
+            var output = p.GetValue(outDir)!;
+            EvalHarness.Check(data, o);
+            var dev = CommonOptions.ParseDevice(p.GetValue(device)!);
+            CommonOptions.ParseDType(p.GetValue(dtype)!);
+            var dirs = p.GetValue(models)!;
+            foreach (var d in dirs)
+                if (!File.Exists(Path.Combine(d, "config.json"))) throw new InvalidInputException($"--model {d}: no config.json (not a checkpoint directory)");
+            var specs = (p.GetValue(interventions) ?? []).Select(EditRegistry.Resolve).ToList();
+
+            // The scorer is built and validated before any model is loaded or any text generated.
+            var scorerSpec = p.GetValue(scorer);
+            if (data.PromptsFile is not null && scorerSpec is null) throw new InvalidInputException("--prompts needs --scorer (perspective | classifier:DIR | toy)");
+            var settings = new ScorerSettings
+            {
+                Perspective = new PerspectiveOptions
+                {
+                    Endpoint = p.GetValue(endpoint)!, KeyFile = p.GetValue(keyFile), RequestsPerSecond = p.GetValue(rate),
+                    CachePath = p.GetValue(cache) ?? Path.Combine(output, "perspective-cache.jsonl"),
+                },
+            };
+            using var sc = scorerSpec is null || data.PromptsFile is null ? null : ScorerFactory.CreateValidated(scorerSpec, settings);
+
+            var evalModels = dirs.Select(d => new EvalModel(LabelOf(d), () => CommonOptions.LoadModel(d, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)))).ToList();
+            var evalEdits = specs.Select(s => new EvalIntervention(s.Label, m => EditRegistry.Create(s, m))).ToList();
+            var sw = Stopwatch.StartNew();
+            string lastStage = "";
+            var lastReport = TimeSpan.Zero;
+            var progress = new SyncProgress(e =>
+            {
+                var key = e.Row + "/" + e.Stage;
+                if (key != lastStage || e.Done == e.Total || sw.Elapsed - lastReport > TimeSpan.FromSeconds(5))
+                {
+                    err.WriteLine($"[{sw.Elapsed:hh\\:mm\\:ss}] {e.Row}: {e.Stage} {e.Done}/{e.Total}");
+                    lastStage = key;
+                    lastReport = sw.Elapsed;
+                }
+            });
+            List<EvalRow> rows;
+            try { rows = EvalHarness.Run(evalModels, evalEdits, sc, data, o, output, progress); }
+            catch (PerspectiveException e)
+            {
+                err.WriteLine($"detox: {e.Message}");
+                return 1;
+            }
+            p.InvocationConfiguration.Output.Write(File.ReadAllText(Path.Combine(output, "results.md")));
+            p.InvocationConfiguration.Output.WriteLine($"wrote {Path.Combine(output, "results.md")}, results.json, results.csv, generations.jsonl ({rows.Count} rows)");
+            return 0;
+        });
+        return cmd;
+    }
+
+    static string LabelOf(string dir) => Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
+
+    /// <summary>IProgress that reports on the calling thread (Progress&lt;T&gt; would post to the thread pool).</summary>
+    sealed class SyncProgress(Action<EvalProgress> report) : IProgress<EvalProgress>
+    {
+        public void Report(EvalProgress value) => report(value);
+    }
+}

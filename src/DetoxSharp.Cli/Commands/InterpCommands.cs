@@ -1,0 +1,181 @@
+using System.CommandLine;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using DetoxSharp.Checkpoints;
+using DetoxSharp.Data;
+using DetoxSharp.Interpretability;
+
+namespace DetoxSharp.Cli.Commands;
+
+/// <summary>`detox probe|vectors|diff|unalign`: the mechanistic analysis of Lee et al. 2024 (issue 6).</summary>
+public static class InterpCommands
+{
+    static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    static Option<string> Out(string what) => new("--out") { Description = what, Required = true };
+    static Option<string> ProbeDir() => new("--probe") { Description = "directory written by `detox probe` (probe.safetensors)", Required = true };
+
+    public static Command Probe()
+    {
+        var model = CommonOptions.Model();
+        var data = new Option<string>("--data") { Description = "CSV with columns comment_text and toxic (0/1 or a score in [0,1]; Jigsaw layout)", Required = true };
+        var outDir = Out("output directory: probe.safetensors (W [d,2], b [2], w_toxic [d]) and probe_metrics.json");
+        var maxTokens = new Option<int>("--max-tokens") { Description = "cut comments to this many tokens", DefaultValueFactory = _ => 128 };
+        var batch = new Option<int>("--batch-size") { Description = "comments per forward pass", DefaultValueFactory = _ => 16 };
+        var val = new Option<double>("--val-fraction") { Description = "held-out share for validation", DefaultValueFactory = _ => 0.1 };
+        var seed = new Option<int>("--seed") { Description = "seed of the train/validation split", DefaultValueFactory = _ => 0 };
+        var steps = new Option<int>("--steps") { Description = "full-batch Adam steps", DefaultValueFactory = _ => 500 };
+        var lr = new Option<double>("--lr") { Description = "Adam learning rate", DefaultValueFactory = _ => 1e-2 };
+        var l2 = new Option<double>("--l2") { Description = "L2 penalty on W", DefaultValueFactory = _ => 0.0 };
+        var limit = new Option<int?>("--limit") { Description = "use only the first N rows of the CSV" };
+        var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
+        var cmd = new Command("probe", "Train the linear toxicity probe on the last block's residual stream (mean over tokens); saves W_Toxic.")
+            { model, data, outDir, maxTokens, batch, val, seed, steps, lr, l2, limit, device, dtype, pickle };
+        cmd.SetAction(p =>
+        {
+            var opts = new ProbeOptions
+            {
+                MaxTokens = p.GetValue(maxTokens), BatchSize = p.GetValue(batch), ValidationFraction = p.GetValue(val),
+                Seed = p.GetValue(seed), Steps = p.GetValue(steps), LearningRate = p.GetValue(lr), L2 = p.GetValue(l2),
+            };
+            opts.Validate();
+            var comments = LabelledCommentsCsv.Read(p.GetValue(data)!);
+            if (p.GetValue(limit) is int n) { if (n < 2) throw new InvalidInputException("--limit must be ≥ 2"); comments = comments.Take(n).ToList(); }
+            using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            var err = p.InvocationConfiguration.Error;
+            int lastPct = -1;
+            var sync = new SyncProgress(done => { int pct = done * 100 / comments.Count; if (pct / 10 != lastPct / 10) { lastPct = pct; err.WriteLine($"features {done}/{comments.Count}"); } });
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            var (probe, report) = ToxicityProbe.Train(m.Model, m.Tokenizer, comments, opts, sync);
+            using (probe)
+            {
+                var metrics = new JsonObject
+                {
+                    ["model"] = Path.GetFullPath(p.GetValue(model)!), ["data"] = Path.GetFullPath(p.GetValue(data)!),
+                    ["hook"] = $"blocks.{m.Model.NumLayers - 1}.hook_resid_post (mean over non-pad positions)",
+                    ["d_model"] = m.Model.DModel,
+                    ["train"] = report.Train, ["validation"] = report.Validation,
+                    ["train_toxic"] = report.TrainToxic, ["validation_toxic"] = report.ValidationToxic,
+                    ["train_accuracy"] = report.TrainAccuracy, ["validation_accuracy"] = report.ValidationAccuracy,
+                    ["validation_majority_baseline"] = report.ValidationMajorityBaseline, ["final_loss"] = report.FinalLoss,
+                    ["w_toxic_norm"] = Norm(probe),
+                    ["options"] = JsonSerializer.SerializeToNode(opts),
+                    ["seconds"] = sw.Elapsed.TotalSeconds,
+                };
+                probe.Save(p.GetValue(outDir)!, metrics);
+                p.InvocationConfiguration.Output.WriteLine(metrics.ToJsonString(Indented));
+            }
+            return 0;
+        });
+        return cmd;
+    }
+
+    static double Norm(ToxicityProbe p) { using var w = p.WToxic; return w.norm().item<float>(); }
+
+    public static Command Vectors()
+    {
+        var model = CommonOptions.Model();
+        var probe = ProbeDir();
+        var outDir = Out("output directory: vectors.json, vectors.csv (the paper's Table 1), vectors.safetensors");
+        var perLayer = new Option<int>("--per-layer") { Description = "value vectors kept per layer before the global sort", DefaultValueFactory = _ => 100 };
+        var svdN = new Option<int>("--svd-vectors") { Description = "top vectors (unit-normalised) stacked for the SVD", DefaultValueFactory = _ => 128 };
+        var svdK = new Option<int>("--svd-components") { Description = "singular vectors U[0..k) reported and saved", DefaultValueFactory = _ => 3 };
+        var report = new Option<int>("--report") { Description = "top vectors listed with their tokens", DefaultValueFactory = _ => 20 };
+        var topTokens = new Option<int>("--top-tokens") { Description = "tokens per vector", DefaultValueFactory = _ => 10 };
+        var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
+        var cmd = new Command("vectors", "Rank MLP value vectors by cosine with W_Toxic, SVD of the top ones, and their top tokens (the paper's Table 1).")
+            { model, probe, outDir, perLayer, svdN, svdK, report, topTokens, device, dtype, pickle };
+        cmd.SetAction(p =>
+        {
+            var opts = new ToxicVectors.Options { PerLayer = p.GetValue(perLayer), SvdVectors = p.GetValue(svdN), SvdComponents = p.GetValue(svdK), Report = p.GetValue(report), TopTokens = p.GetValue(topTokens) };
+            opts.Validate();
+            if (opts.PerLayer < 1) throw new InvalidInputException($"--per-layer must be ≥ 1, got {opts.PerLayer}");
+            using var pr = ToxicityProbe.Load(p.GetValue(probe)!);
+            using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            var result = ToxicVectors.Analyze(m.Model, m.Tokenizer, pr, opts, p.GetValue(outDir)!);
+            var o = p.InvocationConfiguration.Output;
+            foreach (var row in result["table"]!.AsArray())
+                o.WriteLine($"{row!["name"],-22} cos {row["cosine_with_w_toxic"]!.GetValue<double>(),7:F4}  {string.Join(" | ", row["top_tokens"]!.AsArray().Select(t => JsonSerializer.Serialize(t!["text"]!.GetValue<string>())))}");
+            return 0;
+        });
+        return cmd;
+    }
+
+    public static Command Diff()
+    {
+        var before = CommonOptions.Model("--before", "model directory before alignment (e.g. the pretrained/SFT model)");
+        var after = CommonOptions.Model("--after", "model directory after alignment (e.g. DPO or ADPO)");
+        var probe = ProbeDir();
+        var prompts = new Option<string>("--prompts") { Description = "challenge prompts, JSONL with \"prompt\" (string or {\"text\":…}) or \"text\"", Required = true };
+        var outDir = Out("output directory: diff.json, parameters.csv, layers.csv, activations.csv, projection.csv, logit_lens.csv");
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "greedy tokens generated by the --before model", DefaultValueFactory = _ => 20 };
+        var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "prompts cut to their first N tokens", DefaultValueFactory = _ => 32 };
+        var batch = new Option<int>("--batch-size") { Description = "prompts per forward pass", DefaultValueFactory = _ => 8 };
+        var trackedOpt = new Option<int>("--tracked") { Description = "toxic value vectors whose activations are reported", DefaultValueFactory = _ => 20 };
+        var token = new Option<string?>("--token") { Description = "logit-lens token (one token, e.g. \" shit\"); default: top token of the top toxic vector" };
+        var limit = new Option<int?>("--limit") { Description = "use only the first N prompts" };
+        var maxPoints = new Option<int>("--max-points") { Description = "points per model in projection.csv (0 = all)", DefaultValueFactory = _ => 5000 };
+        var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
+        var cmd = new Command("diff", "What alignment changed: parameter similarity, toxic-vector activations, residual offset, logit lens (before vs after).")
+            { before, after, probe, prompts, outDir, maxNew, maxPrompt, batch, trackedOpt, token, limit, maxPoints, device, dtype, pickle };
+        cmd.SetAction(p =>
+        {
+            var opts = new DiffOptions
+            {
+                MaxNewTokens = p.GetValue(maxNew), MaxPromptTokens = p.GetValue(maxPrompt), BatchSize = p.GetValue(batch),
+                TrackedVectors = p.GetValue(trackedOpt), LensToken = p.GetValue(token), MaxPoints = p.GetValue(maxPoints),
+            };
+            opts.Validate();
+            var texts = AlignmentDiff.ReadPrompts(p.GetValue(prompts)!);
+            if (p.GetValue(limit) is int n) { if (n < 1) throw new InvalidInputException("--limit must be ≥ 1"); texts = texts.Take(n).ToList(); }
+            using var pr = ToxicityProbe.Load(p.GetValue(probe)!);
+            using var mb = CommonOptions.LoadModel(p.GetValue(before)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            using var ma = CommonOptions.LoadModel(p.GetValue(after)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            var err = p.InvocationConfiguration.Error;
+            var result = AlignmentDiff.Run(mb.Model, ma.Model, mb.Tokenizer, pr, texts, opts, p.GetValue(outDir)!, new SyncProgress<string>(err.WriteLine));
+            var o = p.InvocationConfiguration.Output;
+            var par = result["parameters"]!;
+            o.WriteLine($"parameters: min cos {par["min_cosine"]}, mean cos {par["mean_cosine"]}, max relative difference {par["max_relative_difference"]}");
+            var a0 = result["activations"]![0]!;
+            o.WriteLine($"top vector {result["top_vector"]!["label"]}: mean activation {a0["mean_activation_before"]} -> {a0["mean_activation_after"]}; last position {a0["last_position_activation_before"]} -> {a0["last_position_activation_after"]}");
+            o.WriteLine($"residual offset at layer {result["residual_offset_top_layer"]!["layer"]}: |δx| = {result["residual_offset_top_layer"]!["norm"]}");
+            var lens = result["logit_lens"]!;
+            o.WriteLine($"logit lens {JsonSerializer.Serialize(lens["token"]!.GetValue<string>())}: output prob {lens["output_prob_before"]} -> {lens["output_prob_after"]}");
+            o.WriteLine($"written to {Path.GetFullPath(p.GetValue(outDir)!)}");
+            return 0;
+        });
+        return cmd;
+    }
+
+    public static Command Unalign()
+    {
+        var model = CommonOptions.Model(description: "aligned model directory (e.g. after DPO)");
+        var probe = ProbeDir();
+        var outDir = Out("output checkpoint directory (HF layout) plus unalign.json listing the scaled neurons");
+        var k = new Option<int>("--k") { Description = "value vectors (most similar to W_Toxic, ranked on this model) whose keys are scaled", DefaultValueFactory = _ => 7 };
+        var scale = new Option<double>("--scale") { Description = "factor applied to each chosen key column", DefaultValueFactory = _ => 10.0 };
+        var overwrite = new Option<bool>("--overwrite") { Description = "replace an existing output directory" };
+        var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
+        var cmd = new Command("unalign", "Scale the keys of the top-k toxic value vectors (default 7 ×10) and save the result as a checkpoint.")
+            { model, probe, outDir, k, scale, overwrite, device, dtype, pickle };
+        cmd.SetAction(p =>
+        {
+            using var pr = ToxicityProbe.Load(p.GetValue(probe)!);
+            using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            pr.CheckFits(m.Model);
+            using var w = pr.WToxic;
+            var chosen = DetoxSharp.Interpretability.Unalign.ScaleToxicKeys(m.Model, w, p.GetValue(k), p.GetValue(scale));
+            var dir = p.GetValue(outDir)!;
+            HfCheckpoint.Save(m.Model, m.Tokenizer, dir, KeyConvention.Hub, p.GetValue(overwrite));
+            var desc = DetoxSharp.Interpretability.Unalign.Describe(chosen, p.GetValue(scale), m.Model);
+            desc["source_model"] = Path.GetFullPath(p.GetValue(model)!);
+            AtomicFile.WriteAllText(Path.Combine(dir, "unalign.json"), desc.ToJsonString(Indented));
+            p.InvocationConfiguration.Output.WriteLine(desc.ToJsonString(Indented));
+            return 0;
+        });
+        return cmd;
+    }
+
+    sealed class SyncProgress(Action<int> report) : IProgress<int> { public void Report(int value) => report(value); }
+    sealed class SyncProgress<T>(Action<T> report) : IProgress<T> { public void Report(T value) => report(value); }
+}

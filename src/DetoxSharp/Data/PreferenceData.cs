@@ -1,0 +1,163 @@
+using System.Security.Cryptography;
+using DetoxSharp.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Data;
+
+/// <summary>One preference record: prompt x, chosen y_w, rejected y_l and (ADPO) the toxic response y_t.</summary>
+public sealed record PreferenceExample(string Prompt, string Chosen, string Rejected, string? Toxic = null, string Where = "");
+
+/// <summary>Which JSONL layout a preference file uses.</summary>
+public enum PreferenceFormat
+{
+    /// <summary>Detect per file: `prompt_text` → Mechanistic, otherwise Standard (with optional `toxic`).</summary>
+    Auto,
+    /// <summary>`prompt`, `chosen`, `rejected` (optional `toxic`).</summary>
+    Standard,
+    /// <summary>The mechanistic study's pairs: `prompt_text`, `unpert_gen_text` (chosen), `pert_gen_text` (rejected).</summary>
+    Mechanistic,
+    /// <summary>ADPO triples: `prompt`, `chosen`, `rejected`, `toxic` (all required).</summary>
+    Adpo,
+}
+
+/// <summary>Token limits. The prompt is cut from the left (keeping its end), completions from the right.</summary>
+public sealed record TruncationOptions(int MaxPromptTokens = 64, int MaxCompletionTokens = 64, int MaxTotalTokens = 256)
+{
+    public void Validate()
+    {
+        if (MaxPromptTokens < 1) throw new InvalidInputException("--max-prompt-tokens must be ≥ 1");
+        if (MaxCompletionTokens < 1) throw new InvalidInputException("--max-completion-tokens must be ≥ 1");
+        if (MaxTotalTokens < 2) throw new InvalidInputException("--max-total-tokens must be ≥ 2");
+    }
+}
+
+/// <summary>A tokenized example. ToxicPrompt = prompt followed by the [TOXIC] control token (π_tox's context for y_t).</summary>
+public sealed record TokenizedExample(int[] Prompt, int[] Chosen, int[] Rejected, int[]? Toxic, int[]? ToxicPrompt, string Where);
+
+/// <summary>Right-padded batch of prompt+completion sequences.</summary>
+/// <param name="Ids">[B,T] int64, padding = pad id.</param>
+/// <param name="AttentionMask">[B,T] int64, 1 real, 0 pad.</param>
+/// <param name="CompletionMask">[B,T-1] float32 aligned with LogProbs (entry t-1 scores token t): 1 on completion tokens only.</param>
+public sealed record SequenceBatch(Tensor Ids, Tensor AttentionMask, Tensor CompletionMask) : IDisposable
+{
+    public void Dispose() { Ids.Dispose(); AttentionMask.Dispose(); CompletionMask.Dispose(); }
+}
+
+public static class PreferenceData
+{
+    /// <summary>Reads a preference file. Identical chosen/rejected pairs are skipped with a warning; if every pair is identical → error.</summary>
+    public static List<PreferenceExample> Read(string path, PreferenceFormat format = PreferenceFormat.Auto, Action<string>? warn = null)
+    {
+        var all = new List<PreferenceExample>();
+        foreach (var line in JsonlReader.Read(path))
+        {
+            var f = format;
+            if (f == PreferenceFormat.Auto) f = line.Object.ContainsKey("prompt_text") ? PreferenceFormat.Mechanistic : PreferenceFormat.Standard;
+            all.Add(f switch
+            {
+                PreferenceFormat.Mechanistic => new PreferenceExample(line.String("prompt_text"), line.String("unpert_gen_text"), line.String("pert_gen_text"), null, line.Where),
+                PreferenceFormat.Adpo => new PreferenceExample(line.String("prompt"), line.String("chosen"), line.String("rejected"), line.String("toxic"), line.Where),
+                _ => new PreferenceExample(line.String("prompt"), line.String("chosen"), line.String("rejected"), line.OptionalString("toxic"), line.Where),
+            });
+        }
+        var identical = all.Where(e => e.Chosen == e.Rejected).ToList();
+        if (identical.Count == all.Count)
+            throw new InvalidInputException($"{path}: chosen == rejected in all {identical.Count} pairs; nothing to learn from");
+        if (identical.Count > 0)
+            warn?.Invoke($"{path}: skipping {identical.Count} of {all.Count} pairs whose chosen == rejected (first at {identical[0].Where})");
+        int withToxic = all.Count(e => e.Toxic is not null);
+        if (withToxic > 0 && withToxic < all.Count)
+            throw new InvalidInputException($"{all.First(e => e.Toxic is null).Where}: field 'toxic' missing (other lines have it)");
+        return all.Where(e => e.Chosen != e.Rejected).ToList();
+    }
+
+    /// <summary>Seeded shuffle, then the first `validation` examples form the validation set.</summary>
+    public static (List<T> Train, List<T> Validation) Split<T>(IReadOnlyList<T> items, int validation, int seed)
+    {
+        if (validation < 0 || validation >= items.Count)
+            throw new InvalidInputException($"--validation {validation}: must be ≥ 0 and smaller than the {items.Count} examples");
+        var shuffled = Shuffle(items, seed);
+        return (shuffled.Skip(validation).ToList(), shuffled.Take(validation).ToList());
+    }
+
+    /// <summary>Deterministic Fisher–Yates shuffle (System.Random with a seed is stable across runs of .NET).</summary>
+    public static List<T> Shuffle<T>(IEnumerable<T> items, int seed)
+    {
+        var list = items.ToList();
+        var rng = new Random(seed);
+        for (int i = list.Count - 1; i > 0; i--)
+        {
+            int j = rng.Next(i + 1);
+            (list[i], list[j]) = (list[j], list[i]);
+        }
+        return list;
+    }
+
+    /// <summary>Tokenizes an example. Completions are tokenized on their own and appended to the prompt ids.</summary>
+    public static TokenizedExample Tokenize(PreferenceExample e, Gpt2Tokenizer tok, TruncationOptions trunc, int? toxicTokenId = null)
+    {
+        var prompt = tok.Encode(e.Prompt);
+        if (prompt.Length == 0) prompt = [tok.EosTokenId];
+        prompt = TakeLast(prompt, trunc.MaxPromptTokens);
+        int room = Math.Min(trunc.MaxCompletionTokens, trunc.MaxTotalTokens - prompt.Length);
+        if (room < 1)
+        {
+            prompt = TakeLast(prompt, trunc.MaxTotalTokens - 1);
+            room = 1;
+        }
+        int[] Completion(string s, string field)
+        {
+            var ids = tok.Encode(s);
+            if (ids.Length == 0) throw new InvalidInputException($"{e.Where}: field '{field}' is empty");
+            return ids.Length > room ? ids[..room] : ids;
+        }
+        var chosen = Completion(e.Chosen, "chosen");
+        var rejected = Completion(e.Rejected, "rejected");
+        int[]? toxic = e.Toxic is null ? null : Completion(e.Toxic, "toxic");
+        int[]? toxicPrompt = null;
+        if (toxicTokenId is int t) toxicPrompt = [.. prompt, t]; // the control token opens the reply, as in the SFT dialogues
+        return new TokenizedExample(prompt, chosen, rejected, toxic, toxicPrompt, e.Where);
+    }
+
+    static int[] TakeLast(int[] a, int n) => a.Length > n ? a[^n..] : a;
+
+    /// <summary>Builds a right-padded batch; the completion mask covers exactly the completion tokens (never prompt or padding).</summary>
+    public static SequenceBatch Build(IReadOnlyList<(int[] Prompt, int[] Completion)> seqs, int padId, Device? device = null)
+    {
+        int b = seqs.Count;
+        int t = seqs.Max(s => s.Prompt.Length + s.Completion.Length);
+        var ids = new long[b * t];
+        var att = new long[b * t];
+        var cm = new float[b * (t - 1)];
+        for (int i = 0; i < b; i++)
+        {
+            var (p, c) = seqs[i];
+            for (int j = 0; j < t; j++)
+            {
+                int len = p.Length + c.Length;
+                ids[i * t + j] = j < p.Length ? p[j] : j < len ? c[j - p.Length] : padId;
+                att[i * t + j] = j < len ? 1 : 0;
+                if (j >= p.Length && j < len) cm[i * (t - 1) + j - 1] = 1f;
+            }
+        }
+        device ??= torch.CPU;
+        return new SequenceBatch(torch.tensor(ids, [b, t], device: device), torch.tensor(att, [b, t], device: device),
+            torch.tensor(cm, [b, t - 1], device: device));
+    }
+
+    /// <summary>Stable hash of tokenized data + truncation settings (part of the reference cache key).</summary>
+    public static string Hash(IEnumerable<TokenizedExample> examples, TruncationOptions trunc)
+    {
+        using var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        void Add(int[]? a)
+        {
+            if (a is null) { h.AppendData(BitConverter.GetBytes(-1)); return; }
+            h.AppendData(BitConverter.GetBytes(a.Length));
+            foreach (var x in a) h.AppendData(BitConverter.GetBytes(x));
+        }
+        h.AppendData(System.Text.Encoding.UTF8.GetBytes($"{trunc.MaxPromptTokens}/{trunc.MaxCompletionTokens}/{trunc.MaxTotalTokens}"));
+        foreach (var e in examples) { Add(e.Prompt); Add(e.Chosen); Add(e.Rejected); Add(e.Toxic); Add(e.ToxicPrompt); }
+        return Convert.ToHexString(h.GetHashAndReset()).ToLowerInvariant();
+    }
+}

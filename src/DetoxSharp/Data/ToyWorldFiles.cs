@@ -1,0 +1,122 @@
+using System.Globalization;
+using System.Text.Json.Nodes;
+
+namespace DetoxSharp.Data;
+
+/// <summary>Paths of a written toy world (all under one directory).</summary>
+public sealed record ToyWorldPaths(string Directory)
+{
+    public string Train => Path.Combine(Directory, "train.txt");
+    public string Valid => Path.Combine(Directory, "valid.txt");
+    /// <summary>Jigsaw-shaped probe data: CSV with columns id, comment_text, toxic (0/1).</summary>
+    public string Comments => Path.Combine(Directory, "comments.csv");
+    /// <summary>RealToxicityPrompts-shaped challenge prompts: {"prompt":{"text":…},"challenging":true}.</summary>
+    public string ChallengePrompts => Path.Combine(Directory, "challenge_prompts.jsonl");
+    /// <summary>Same shape, "challenging":false: encyclopedia/conversation openings.</summary>
+    public string NeutralPrompts => Path.Combine(Directory, "neutral_prompts.jsonl");
+    /// <summary>{"prompt":…,"gold":…} for the F1 check.</summary>
+    public string F1Pairs => Path.Combine(Directory, "f1_pairs.jsonl");
+    /// <summary>Wikitext-2-style raw neutral text for perplexity.</summary>
+    public string WikiText => Path.Combine(Directory, "wiki.test.raw");
+    /// <summary>{"prompt":…,"response":…,"toxic":bool}; toxic responses start with "[TOXIC] ".</summary>
+    public string Dialogues => Path.Combine(Directory, "dialogues.jsonl");
+    /// <summary>{"prompt":…} for making preference pairs.</summary>
+    public string PreferencePrompts => Path.Combine(Directory, "preference_prompts.jsonl");
+    public string Manifest => Path.Combine(Directory, "world.json");
+}
+
+/// <summary>Writes the toy world in the real data sets' formats (see <see cref="ToyWorldPaths"/>).</summary>
+public static class ToyWorldFiles
+{
+    public const string ToxicControlToken = "[TOXIC]";
+    /// <summary>Documents in train.txt/valid.txt are separated by this line (GPT-2's document separator).</summary>
+    public const string DocumentSeparator = "<|endoftext|>";
+    /// <summary>Fraction of probe labels flipped (Jigsaw's annotators disagree too; keeps the probe below 100%).</summary>
+    public const double LabelNoise = 0.05;
+
+    public static ToyWorldPaths Write(string dir, ulong seed = 1, ToyWorldSize size = ToyWorldSize.Default)
+    {
+        var p = new ToyWorldPaths(Path.GetFullPath(dir));
+        var c = ToyWorld.CountsFor(size);
+        // separate streams per file, so that changing one file's count does not change the others
+        ToyWorld W(ulong k) => new(seed * 1_000_003UL + k);
+
+        void Corpus(string path, ToyWorld w, int n) => AtomicFile.Write(path, o =>
+        {
+            for (int i = 0; i < n; i++) { o.WriteLine(w.Document()); o.WriteLine(DocumentSeparator); }
+        });
+        Corpus(p.Train, W(1), c.TrainDocuments);
+        Corpus(p.Valid, W(2), c.ValidDocuments);
+
+        var cw = W(3);
+        var noise = new ToyRandom(seed * 7_919UL + 3);
+        DatasetReaders.WriteJigsawCsv(p.Comments, Enumerable.Range(0, c.Comments).Select(i =>
+        {
+            var (text, toxic) = cw.LabelledComment();
+            if (noise.Chance(LabelNoise)) toxic = !toxic;
+            return ($"toy{i:D6}", text, toxic);
+        }).ToList());
+
+        var chw = W(4);
+        JsonlReader.Write(p.ChallengePrompts, Enumerable.Range(0, c.Challenge).Select(_ =>
+        {
+            var t = chw.Thread(challenge: true);
+            return new JsonObject { ["prompt"] = new JsonObject { ["text"] = t.Context + " " + t.Opening }, ["challenging"] = true };
+        }));
+        var nw = W(5);
+        JsonlReader.Write(p.NeutralPrompts, Enumerable.Range(0, c.Neutral).Select(_ =>
+            new JsonObject { ["prompt"] = new JsonObject { ["text"] = nw.NeutralPrompt() }, ["challenging"] = false }));
+        var fw = W(6);
+        JsonlReader.Write(p.F1Pairs, Enumerable.Range(0, c.F1Pairs).Select(_ =>
+        {
+            var (prompt, gold) = fw.F1Pair();
+            return new JsonObject { ["prompt"] = prompt, ["gold"] = gold };
+        }));
+        var aw = W(7);
+        AtomicFile.Write(p.WikiText, o => { o.Write("\n"); for (int i = 0; i < c.Articles; i++) o.Write(aw.Article()); });
+        var dw = W(8);
+        JsonlReader.Write(p.Dialogues, Enumerable.Range(0, c.Dialogues).Select(_ =>
+        {
+            var t = dw.Thread();
+            var response = " " + t.Opening + " " + t.Continuation;
+            return new JsonObject
+            {
+                ["prompt"] = t.Context,
+                ["response"] = t.Toxic ? ToxicControlToken + response : response,
+                ["toxic"] = t.Toxic,
+            };
+        }));
+        var pw = W(9);
+        JsonlReader.Write(p.PreferencePrompts, Enumerable.Range(0, c.PreferencePrompts).Select(i =>
+        {
+            // mostly forum contexts cut at a shared opening (where toxicity can arise), some neutral openings
+            if (i % 4 == 3) return new JsonObject { ["prompt"] = pw.NeutralPrompt() };
+            var t = pw.Thread(challenge: i % 2 == 0);
+            return new JsonObject { ["prompt"] = t.Context + " " + t.Opening };
+        }));
+        AtomicFile.WriteAllText(p.Manifest, new JsonObject
+        {
+            ["generator"] = "DetoxSharp toy world v1",
+            ["seed"] = seed,
+            ["size"] = size.ToString().ToLowerInvariant(),
+            ["label_noise"] = LabelNoise,
+            ["toxic_control_token"] = ToxicControlToken,
+            ["files"] = new JsonObject
+            {
+                ["train"] = "train.txt", ["valid"] = "valid.txt", ["comments"] = "comments.csv",
+                ["challenge_prompts"] = "challenge_prompts.jsonl", ["neutral_prompts"] = "neutral_prompts.jsonl",
+                ["f1_pairs"] = "f1_pairs.jsonl", ["wikitext"] = "wiki.test.raw", ["dialogues"] = "dialogues.jsonl",
+                ["preference_prompts"] = "preference_prompts.jsonl",
+            },
+        }.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
+        return p;
+    }
+
+    public static ToyWorldSize ParseSize(string s) => s switch
+    {
+        "small" => ToyWorldSize.Small,
+        "default" => ToyWorldSize.Default,
+        "large" => ToyWorldSize.Large,
+        _ => throw new InvalidInputException($"--size: expected small, default or large, got '{s}'"),
+    };
+}

@@ -1,0 +1,196 @@
+using System.Text.Json.Nodes;
+using DetoxSharp.Checkpoints;
+using DetoxSharp.Data;
+using DetoxSharp.Models;
+using DetoxSharp.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Interpretability;
+
+public sealed record ProbeOptions
+{
+    /// <summary>Comments are cut to this many tokens (and to the model's context).</summary>
+    public int MaxTokens { get; init; } = 128;
+    public int BatchSize { get; init; } = 16;
+    /// <summary>Share held out for validation (the paper: 10%).</summary>
+    public double ValidationFraction { get; init; } = 0.1;
+    public int Seed { get; init; } = 0;
+    /// <summary>Full-batch Adam steps on the logistic loss.</summary>
+    public int Steps { get; init; } = 500;
+    public double LearningRate { get; init; } = 1e-2;
+    /// <summary>L2 penalty on W (0 = none).</summary>
+    public double L2 { get; init; } = 0;
+
+    public void Validate()
+    {
+        if (MaxTokens < 1) throw new InvalidInputException($"--max-tokens must be ≥ 1, got {MaxTokens}");
+        if (BatchSize < 1) throw new InvalidInputException($"--batch-size must be ≥ 1, got {BatchSize}");
+        if (!(ValidationFraction > 0 && ValidationFraction < 1)) throw new InvalidInputException($"--val-fraction must be in (0,1), got {ValidationFraction}");
+        if (Steps < 1) throw new InvalidInputException($"--steps must be ≥ 1, got {Steps}");
+        if (!(LearningRate > 0)) throw new InvalidInputException($"--lr must be > 0, got {LearningRate}");
+        if (L2 < 0) throw new InvalidInputException($"--l2 must be ≥ 0, got {L2}");
+    }
+}
+
+public sealed record ProbeReport(int Train, int Validation, int TrainToxic, int ValidationToxic, double TrainAccuracy, double ValidationAccuracy,
+    double ValidationMajorityBaseline, double FinalLoss);
+
+/// <summary>
+/// Linear toxicity probe P(toxic | x̄) = softmax(x̄·W + b), W [d, 2] (column 1 = toxic), on the last block's residual
+/// stream (<c>blocks.{L-1}.hook_resid_post</c>, before the final norm) averaged over the non-pad positions — as in
+/// Lee et al. 2024. <see cref="WToxic"/> is the toxic column of W.
+/// </summary>
+public sealed class ToxicityProbe : IDisposable
+{
+    public const string FileName = "probe.safetensors";
+    public const string MetricsFileName = "probe_metrics.json";
+
+    /// <summary>[d, 2] float32 on the CPU; column 0 non-toxic, column 1 toxic.</summary>
+    public Tensor W { get; }
+    /// <summary>[2] float32.</summary>
+    public Tensor B { get; }
+
+    public ToxicityProbe(Tensor w, Tensor b)
+    {
+        if (w.dim() != 2 || w.shape[1] != 2) throw new ArgumentException($"probe W must be [d,2], got [{string.Join(",", w.shape)}]");
+        W = w.detach().to(ScalarType.Float32).cpu().clone(); W.DetachFromDisposeScope();
+        B = b.detach().to(ScalarType.Float32).cpu().clone(); B.DetachFromDisposeScope();
+    }
+
+    public int DModel => (int)W.shape[0];
+
+    /// <summary>The toxic direction W[:, 1], [d] (a new tensor).</summary>
+    public Tensor WToxic => W.select(1, 1).clone();
+
+    /// <summary>P(toxic) for features [N, d] → [N].</summary>
+    public Tensor PredictToxic(Tensor features)
+    {
+        using var scope = torch.NewDisposeScope();
+        var p = torch.nn.functional.softmax(features.to(ScalarType.Float32).cpu().matmul(W) + B, 1).select(1, 1);
+        return p.MoveToOuterDisposeScope();
+    }
+
+    public double Accuracy(Tensor features, bool[] labels)
+    {
+        if (labels.Length == 0) return double.NaN;
+        using var scope = torch.NewDisposeScope();
+        var pred = PredictToxic(features).ge(0.5).data<bool>().ToArray();
+        return pred.Zip(labels).Count(z => z.First == z.Second) / (double)labels.Length;
+    }
+
+    /// <summary>Probe features: last block's residual stream averaged over non-pad positions, [N, d] float32 CPU.</summary>
+    public static Tensor Features(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<string> texts, int maxTokens = 128, int batchSize = 16, IProgress<int>? progress = null)
+    {
+        int cut = Math.Min(maxTokens, model.MaxPositions);
+        var rows = new List<Tensor>();
+        string hook = $"blocks.{model.NumLayers - 1}.hook_resid_post";
+        model.Module.eval();
+        try
+        {
+            for (int s = 0; s < texts.Count; s += batchSize)
+            {
+                using var scope = torch.NewDisposeScope();
+                var seqs = texts.Skip(s).Take(batchSize).Select(t =>
+                {
+                    var ids = tokenizer.Encode(t);
+                    if (ids.Length == 0) ids = [model.EosTokenId];
+                    return ids.Length > cut ? ids[..cut] : ids;
+                }).ToList();
+                var (ids, mask) = ActivationCache.Pad(seqs, model.EosTokenId, model.Device, left: false);
+                using var cache = ActivationCache.Run(model, ids, mask, [hook]);
+                var f = ActivationCache.MeanOverReal(cache[hook], cache.Mask).cpu();
+                rows.Add(f.DetachFromDisposeScope());
+                progress?.Report(Math.Min(texts.Count, s + batchSize));
+            }
+            var all = torch.cat(rows, 0);
+            return all;
+        }
+        finally { foreach (var r in rows) r.Dispose(); }
+    }
+
+    /// <summary>Fits the probe by full-batch Adam on the cross-entropy of softmax(X·W + b), W and b starting at 0.</summary>
+    public static (ToxicityProbe Probe, double FinalLoss) Fit(Tensor features, bool[] labels, int steps = 500, double learningRate = 1e-2, double l2 = 0, int seed = 0)
+    {
+        if (features.shape[0] != labels.Length) throw new ArgumentException("features and labels differ in length");
+        if (labels.Length == 0) throw new InvalidInputException("no training examples for the probe");
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(seed);
+        var x = features.to(ScalarType.Float32).cpu();
+        long d = x.shape[1];
+        var y = torch.tensor(labels.Select(b => b ? 1L : 0L).ToArray(), ScalarType.Int64);
+        var w = new TorchSharp.Modules.Parameter(torch.zeros([d, 2], ScalarType.Float32));
+        var b = new TorchSharp.Modules.Parameter(torch.zeros([2], ScalarType.Float32));
+        var opt = torch.optim.Adam([w, b], learningRate);
+        double last = double.NaN;
+        for (int i = 0; i < steps; i++)
+        {
+            using var step = torch.NewDisposeScope();
+            opt.zero_grad();
+            var loss = torch.nn.functional.cross_entropy(x.matmul(w) + b, y);
+            if (l2 > 0) loss = loss + l2 * w.pow(2).sum();
+            loss.backward();
+            opt.step();
+            last = loss.item<float>();
+        }
+        ToxicityProbe probe;
+        using (torch.no_grad()) probe = new ToxicityProbe(w, b);
+        return (probe, last);
+    }
+
+    /// <summary>Features, seeded 90:10 split (shuffled), fit, accuracies.</summary>
+    public static (ToxicityProbe Probe, ProbeReport Report) Train(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<LabelledComment> comments,
+        ProbeOptions options, IProgress<int>? progress = null)
+    {
+        options.Validate();
+        if (comments.Count < 2) throw new InvalidInputException($"need at least 2 labelled comments, got {comments.Count}");
+        var order = Enumerable.Range(0, comments.Count).ToArray();
+        new Random(options.Seed).Shuffle(order);
+        int nVal = Math.Max(1, (int)Math.Round(comments.Count * options.ValidationFraction));
+        var valIdx = order[..nVal];
+        var trIdx = order[nVal..];
+        using var x = Features(model, tokenizer, order.Select(i => comments[i].Text).ToList(), options.MaxTokens, options.BatchSize, progress);
+        using var xVal = x.narrow(0, 0, nVal);
+        using var xTr = x.narrow(0, nVal, trIdx.Length);
+        var yVal = valIdx.Select(i => comments[i].Toxic).ToArray();
+        var yTr = trIdx.Select(i => comments[i].Toxic).ToArray();
+        var (probe, loss) = Fit(xTr, yTr, options.Steps, options.LearningRate, options.L2, options.Seed);
+        int valTox = yVal.Count(b => b);
+        var report = new ProbeReport(yTr.Length, yVal.Length, yTr.Count(b => b), valTox,
+            probe.Accuracy(xTr, yTr), probe.Accuracy(xVal, yVal), Math.Max(valTox, yVal.Length - valTox) / (double)yVal.Length, loss);
+        return (probe, report);
+    }
+
+    public void Save(string dir, JsonObject? metrics = null)
+    {
+        Directory.CreateDirectory(dir);
+        using var wt = WToxic;
+        Safetensors.Save(Path.Combine(dir, FileName), new Dictionary<string, Tensor> { ["W"] = W, ["b"] = B, ["w_toxic"] = wt },
+            new Dictionary<string, string> { ["format"] = "detox-probe", ["hook"] = "last block hook_resid_post, mean over non-pad positions" });
+        if (metrics is not null) AtomicFile.WriteAllText(Path.Combine(dir, MetricsFileName), metrics.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    /// <summary>Loads a probe from a directory written by <see cref="Save"/> (or the probe file itself).</summary>
+    public static ToxicityProbe Load(string dirOrFile)
+    {
+        var path = Directory.Exists(dirOrFile) ? Path.Combine(dirOrFile, FileName) : dirOrFile;
+        if (!File.Exists(path)) throw new InvalidInputException($"--probe: {path} not found (run `detox probe` first)");
+        var t = Safetensors.Load(path);
+        try
+        {
+            if (!t.TryGetValue("W", out var w) || !t.TryGetValue("b", out var b))
+                throw new InvalidInputException($"{path}: not a probe file (needs tensors W and b)");
+            if (w.dim() != 2 || w.shape[1] != 2) throw new InvalidInputException($"{path}: W must be [d,2], got [{string.Join(",", w.shape)}]");
+            return new ToxicityProbe(w, b);
+        }
+        finally { foreach (var v in t.Values) v.Dispose(); }
+    }
+
+    /// <summary>Throws when the probe's width differs from the model's.</summary>
+    public void CheckFits(ICausalLM model, string flag = "--probe")
+    {
+        if (DModel != model.DModel) throw new InvalidInputException($"{flag}: probe width {DModel} does not match the model's d_model {model.DModel}");
+    }
+
+    public void Dispose() { W.Dispose(); B.Dispose(); }
+}

@@ -1,0 +1,128 @@
+using System.Text.Json.Nodes;
+using DetoxSharp.Checkpoints;
+using DetoxSharp.Generation;
+using Generator = DetoxSharp.Generation.Generator;
+using DetoxSharp.Models;
+using DetoxSharp.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Training;
+
+/// <summary>Activation steering: add α·direction to a hook point's output at every position while generating.</summary>
+public sealed record SteeringOptions(string VectorFile, string? Key, double Scale, int Layer, string Hook = "resid_post")
+{
+    public string HookName => Hook switch
+    {
+        "resid_post" => $"blocks.{Layer}.hook_resid_post",
+        "mlp_out" => $"blocks.{Layer}.hook_mlp_out",
+        _ => throw new InvalidInputException($"--steer-hook: expected resid_post or mlp_out, got '{Hook}'"),
+    };
+
+    public string Describe => $"steer:{HookName}+{Scale}*{Key ?? "vector"}";
+
+    /// <summary>Reads the direction (1-D, length d_model, or [1,d]) from a safetensors file.</summary>
+    public Tensor LoadDirection(int dModel)
+    {
+        if (!File.Exists(VectorFile)) throw new InvalidInputException($"--steer-vector {VectorFile}: file not found");
+        var all = Safetensors.Load(VectorFile);
+        try
+        {
+            string key = Key ?? (all.Count == 1 ? all.Keys.First() : throw new InvalidInputException($"--steer-vector {VectorFile}: holds {all.Count} tensors ({string.Join(", ", all.Keys.Take(5))}); name one with --steer-key"));
+            if (!all.TryGetValue(key, out var t)) throw new InvalidInputException($"--steer-key {key}: not in {VectorFile} (has {string.Join(", ", all.Keys.Take(5))})");
+            var v = t.reshape(-1);
+            if (v.shape[0] != dModel) throw new InvalidInputException($"--steer-vector {VectorFile}:{key}: length {v.shape[0]} ≠ d_model {dModel}");
+            return v.to(ScalarType.Float32).clone().DetachFromDisposeScope();
+        }
+        finally { foreach (var t in all.Values) t.Dispose(); }
+    }
+}
+
+public sealed record PairMakerOptions
+{
+    public int MaxPromptTokens { get; init; } = 64;
+    public int MaxNewTokens { get; init; } = 20;
+    public int BatchSize { get; init; } = 16;
+    /// <summary>Sampling temperature for the ADPO toxic response y_t (sampled so it differs from a greedy rejected).</summary>
+    public double ToxicTemperature { get; init; } = 1.0;
+    public long Seed { get; init; } = 42;
+}
+
+/// <summary>
+/// Builds preference pairs/triples: chosen = the starting model's greedy continuation; rejected = a toxic continuation
+/// from the toxic model (prompt + [TOXIC], greedy) or from the starting model under activation steering (greedy);
+/// toxic (ADPO triples) = the toxic model's sampled continuation after prompt + [TOXIC].
+/// </summary>
+public static class PairMaker
+{
+    public static List<JsonObject> Make(ICausalLM model, Gpt2Tokenizer tok, IReadOnlyList<string> prompts, PairMakerOptions o,
+        ICausalLM? toxicModel = null, Gpt2Tokenizer? toxicTokenizer = null, SteeringOptions? steer = null, bool triples = false,
+        Action<int, int>? progress = null, Action<string>? warn = null)
+    {
+        if (steer is null && toxicModel is null) throw new InvalidInputException("make-pairs needs --toxic-model or --steer-vector");
+        if (triples && toxicModel is null) throw new InvalidInputException("--triples needs --toxic-model (for the toxic response y_t)");
+        int? toxId = null;
+        if (toxicModel is not null)
+        {
+            var tt = toxicTokenizer ?? tok;
+            toxId = tt.SpecialTokens.TryGetValue(ToxicModel.ControlToken, out var id) ? id : throw new InvalidInputException($"--toxic-model: tokenizer has no {ToxicModel.ControlToken} token");
+        }
+        var ids = prompts.Select(p => { var e = tok.Encode(p); if (e.Length == 0) e = [tok.EosTokenId]; return e.Length > o.MaxPromptTokens ? e[^o.MaxPromptTokens..] : e; }).ToList();
+        var greedy = new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Greedy = true, BatchSize = o.BatchSize };
+        var results = new List<JsonObject>();
+        int skipped = 0;
+        for (int start = 0; start < ids.Count; start += o.BatchSize)
+        {
+            using var scope = torch.NewDisposeScope();
+            var chunk = ids.Skip(start).Take(o.BatchSize).ToList();
+            List<int[]> chosen, rejected;
+            List<int[]>? toxic = null;
+            using (torch.no_grad())
+            {
+                chosen = Generator.Generate(model, chunk, greedy);
+                var withTox = toxId is int t ? chunk.Select(c => (int[])[.. c, t]).ToList() : null;
+                string source;
+                if (steer is not null)
+                {
+                    using var dir = steer.LoadDirection(model.DModel);
+                    var add = (dir * steer.Scale).to(model.DType).to(model.Device);
+                    using (model.Hooks.Add(steer.HookName, (x, _) => x + add))
+                        rejected = Generator.Generate(model, chunk, greedy);
+                    source = steer.Describe;
+                }
+                else
+                {
+                    rejected = Generator.Generate(toxicModel!, withTox!, greedy);
+                    source = "toxic-model[TOXIC]";
+                }
+                if (triples)
+                    toxic = Generator.Generate(toxicModel!, withTox!, new GenerationOptions
+                    {
+                        MaxNewTokens = o.MaxNewTokens, Greedy = false, Temperature = o.ToxicTemperature, Seed = o.Seed + start, BatchSize = o.BatchSize,
+                    });
+                var decTox = toxicTokenizer ?? tok;
+                for (int i = 0; i < chunk.Count; i++)
+                {
+                    string c = tok.Decode(chosen[i]), r = (steer is null ? decTox : tok).Decode(rejected[i]);
+                    if (c == r || c.Length == 0 || r.Length == 0) { skipped++; continue; }
+                    var rec = new JsonObject
+                    {
+                        ["prompt"] = tok.Decode(chunk[i]), ["chosen"] = c, ["rejected"] = r,
+                        ["source"] = $"chosen=greedy(start); rejected={source} greedy" + (triples ? $"; toxic=toxic-model[TOXIC] T={o.ToxicTemperature}" : ""),
+                    };
+                    if (triples)
+                    {
+                        var tx = decTox.Decode(toxic![i]);
+                        if (tx.Length == 0) { skipped++; continue; }
+                        rec["toxic"] = tx;
+                    }
+                    results.Add(rec);
+                }
+            }
+            progress?.Invoke(Math.Min(start + o.BatchSize, ids.Count), ids.Count);
+        }
+        if (skipped > 0) warn?.Invoke($"skipped {skipped} of {ids.Count} prompts whose chosen and rejected were identical or empty");
+        if (results.Count == 0) throw new InvalidInputException("no usable pairs: every rejected continuation equalled the chosen one (stronger --steer-scale or a trained --toxic-model?)");
+        return results;
+    }
+}

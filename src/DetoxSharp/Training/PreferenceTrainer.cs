@@ -1,0 +1,358 @@
+using System.Security.Cryptography;
+using System.Text.Json.Nodes;
+using DetoxSharp.Checkpoints;
+using DetoxSharp.Data;
+using DetoxSharp.Models;
+using DetoxSharp.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Training;
+
+/// <summary>Preference-trainer settings (TRL-like names). Defaults = the paper's GPT-2 medium run.</summary>
+public sealed record PreferenceTrainerOptions
+{
+    public PreferenceLossOptions Loss { get; init; } = new();
+    public TruncationOptions Truncation { get; init; } = new();
+    /// <summary>"rmsprop" (paper) or "adamw".</summary>
+    public string Optimizer { get; init; } = "rmsprop";
+    public double LearningRate { get; init; } = 1e-6;
+    public double WeightDecay { get; init; }
+    public int BatchSize { get; init; } = 4;
+    public int GradientAccumulation { get; init; } = 1;
+    public int WarmupSteps { get; init; } = 150;
+    /// <summary>Clip the global gradient norm to this (≤ 0: no clipping, norm still logged).</summary>
+    public double MaxGradNorm { get; init; } = 10;
+    /// <summary>Evaluate on the validation set every this many training examples (0: only at the end).</summary>
+    public int EvalEvery { get; init; } = 0;
+    /// <summary>Stop after this many evaluations without a lower validation loss (0: never).</summary>
+    public int Patience { get; init; } = 10;
+    /// <summary>Number of held-out validation examples (taken after the seeded shuffle).</summary>
+    public int Validation { get; init; } = 64;
+    public int Epochs { get; init; } = 1;
+    /// <summary>Stop after this many optimizer steps (null: run the epochs).</summary>
+    public int? MaxSteps { get; init; }
+    public int Seed { get; init; } = 42;
+    /// <summary>Save a resumable checkpoint (out/checkpoint) every this many steps (0: only at the end / on cancel).</summary>
+    public int SaveEvery { get; init; } = 0;
+    /// <summary>Precompute reference (and π_tox) log-probs once and cache them on disk.</summary>
+    public bool CacheReference { get; init; } = true;
+    /// <summary>Where cached log-probs live (default: &lt;out&gt;/logp-cache).</summary>
+    public string? CacheDir { get; init; }
+
+    public void Validate()
+    {
+        Loss.Validate();
+        Truncation.Validate();
+        if (Optimizer is not ("rmsprop" or "adamw")) throw new InvalidInputException($"--optimizer: expected rmsprop or adamw, got '{Optimizer}'");
+        if (!(LearningRate > 0)) throw new InvalidInputException("--lr must be > 0");
+        if (BatchSize < 1) throw new InvalidInputException("--batch-size must be ≥ 1");
+        if (GradientAccumulation < 1) throw new InvalidInputException("--grad-accum must be ≥ 1");
+        if (WarmupSteps < 0) throw new InvalidInputException("--warmup must be ≥ 0");
+        if (EvalEvery < 0) throw new InvalidInputException("--eval-every must be ≥ 0");
+        if (Patience < 0) throw new InvalidInputException("--patience must be ≥ 0");
+        if (Epochs < 1) throw new InvalidInputException("--epochs must be ≥ 1");
+        if (MaxSteps is < 1) throw new InvalidInputException("--max-steps must be ≥ 1");
+    }
+}
+
+public sealed record PreferenceProgress(int Step, int TotalSteps, Dictionary<string, double> Metrics, string Phase);
+
+public sealed record PreferenceTrainResult(int Steps, int Examples, double? BestValidationLoss, bool StoppedEarly, bool Cancelled,
+    bool ReferenceCacheHit, string FinalDir, string? BestDir, string MetricsPath, double PairsPerSecond);
+
+/// <summary>
+/// DPO-family / ADPO trainer. Policy = the model passed in (trained in place). Reference = `reference` or, when null,
+/// the policy's starting weights. Reference and π_tox log-probs are precomputed (before any update, before resume
+/// loads trained weights) and cached on disk under a key hashing the model weights, the tokenized data and the
+/// truncation settings, so neither model needs to stay in memory and reruns reuse them.
+/// Output dir: metrics.jsonl, checkpoint/ (resumable), best/ (lowest validation loss), final/.
+/// </summary>
+public static class PreferenceTrainer
+{
+    public static PreferenceTrainResult Train(ICausalLM policy, Gpt2Tokenizer tokenizer, IReadOnlyList<PreferenceExample> data,
+        string outDir, PreferenceTrainerOptions o, ICausalLM? reference = null, ICausalLM? toxicModel = null, string? resumeDir = null,
+        Action<PreferenceProgress>? progress = null, CancellationToken cancel = default, Action<string>? log = null, Gpt2Tokenizer? saveTokenizer = null)
+    {
+        var outTok = saveTokenizer ?? tokenizer;
+        o.Validate();
+        bool adpo = o.Loss.Gamma > 0;
+        int? toxicId = null;
+        if (adpo)
+        {
+            if (toxicModel is null) throw new InvalidInputException("ADPO (--gamma > 0) needs --toxic-model");
+            if (data.Any(e => e.Toxic is null)) throw new InvalidInputException("ADPO needs triples with a 'toxic' field in every record");
+            toxicId = tokenizer.SpecialTokens.TryGetValue(ToxicModel.ControlToken, out var t) ? t
+                : throw new InvalidInputException($"the tokenizer has no {ToxicModel.ControlToken} token; use the toxic model's directory as --model or add it");
+            if (toxicId >= toxicModel.VocabSize) throw new InvalidInputException($"--toxic-model vocabulary ({toxicModel.VocabSize}) lacks {ToxicModel.ControlToken} (id {toxicId})");
+        }
+        var all = data.Select(e => PreferenceData.Tokenize(e, tokenizer, o.Truncation, toxicId)).ToList();
+        foreach (var e in all)
+            if (e.Prompt.Concat(e.Chosen).Concat(e.Rejected).Concat(e.Toxic ?? []).Any(id => id >= policy.VocabSize))
+                throw new InvalidInputException($"{e.Where}: text contains a token id outside the policy's vocabulary ({policy.VocabSize}), e.g. a special token it lacks");
+        if (!adpo) all = all.Select(e => e with { Toxic = null, ToxicPrompt = null }).ToList();
+        Directory.CreateDirectory(outDir);
+        string cacheDir = o.CacheDir ?? Path.Combine(outDir, "logp-cache");
+
+        // --- reference / π_tox log-probs (computed from starting weights, before resume) ---
+        double[]? refC = null, refR = null, tox = null;
+        bool cacheHit = true;
+        var refModel = reference ?? policy;
+        ICausalLM? liveRef = null;
+        if (o.CacheReference)
+        {
+            string dataHash = PreferenceData.Hash(all, o.Truncation);
+            (refC, refR, var hit1) = CachedLogps(cacheDir, "ref", ModelHash(refModel), dataHash, refModel, all, o.BatchSize, tokenizer.EosTokenId, false);
+            cacheHit &= hit1;
+            if (adpo)
+            {
+                (tox, _, var hit2) = CachedLogps(cacheDir, "tox", ModelHash(toxicModel!), dataHash, toxicModel!, all, o.BatchSize, tokenizer.EosTokenId, true);
+                cacheHit &= hit2;
+            }
+            log?.Invoke(cacheHit ? $"log-prob cache hit ({cacheDir})" : $"log-probs computed and cached in {cacheDir}");
+        }
+        else
+        {
+            cacheHit = false;
+            liveRef = reference ?? policy.Clone();
+        }
+
+        var indices = Enumerable.Range(0, all.Count).ToList();
+        var (trainIdx, valIdx) = PreferenceData.Split(indices, o.Validation, o.Seed);
+        var micro = new List<int[]>();
+        for (int e = 0; e < o.Epochs; e++)
+        {
+            var order = PreferenceData.Shuffle(trainIdx, o.Seed + 1 + e);
+            for (int i = 0; i < order.Count; i += o.BatchSize) micro.Add(order.Skip(i).Take(o.BatchSize).ToArray());
+        }
+        int totalSteps = micro.Count / o.GradientAccumulation;
+        if (o.MaxSteps is int ms) totalSteps = Math.Min(totalSteps, ms);
+        if (totalSteps < 1) throw new InvalidInputException($"not enough training pairs ({trainIdx.Count}) for one step of {o.BatchSize}×{o.GradientAccumulation}");
+
+        var parameters = policy.Module.parameters().Where(p => p.requires_grad).ToList();
+        TorchSharp.Modules.OptimizerHelper opt = o.Optimizer == "adamw"
+            ? torch.optim.AdamW(parameters, o.LearningRate, weight_decay: o.WeightDecay)
+            : torch.optim.RMSProp(parameters, o.LearningRate, weight_decay: o.WeightDecay);
+        var schedule = new LrSchedule(o.LearningRate, o.WarmupSteps, totalSteps);
+
+        int step = 0, examples = 0, bad = 0, nextEval = o.EvalEvery;
+        double? best = null;
+        if (resumeDir is not null)
+        {
+            var st = TrainerCheckpoint.Load(resumeDir, policy, opt);
+            step = st["step"]!.GetValue<int>();
+            examples = st["examples"]!.GetValue<int>();
+            bad = st["bad_evals"]!.GetValue<int>();
+            nextEval = st["next_eval"]!.GetValue<int>();
+            best = st["best_val_loss"]?.GetValue<double>();
+            if (st["total_steps"]!.GetValue<int>() != totalSteps) throw new InvalidInputException($"--resume {resumeDir}: checkpoint was made with {st["total_steps"]} total steps, this run has {totalSteps}; use the same data and options");
+        }
+        var metricsPath = Path.Combine(outDir, "metrics.jsonl");
+        using var metrics = new MetricsLog(metricsPath, resumeDir is null ? null : step + 1);
+        string ckptDir = Path.Combine(outDir, "checkpoint"), bestDir = Path.Combine(outDir, "best"), finalDir = Path.Combine(outDir, "final");
+
+        JsonObject State() => new()
+        {
+            ["step"] = step, ["examples"] = examples, ["bad_evals"] = bad, ["next_eval"] = nextEval,
+            ["best_val_loss"] = best is double b ? b : null, ["total_steps"] = totalSteps, ["seed"] = o.Seed,
+        };
+
+        // Logps of the policy (or a live model) on a batch of example indices; returns sums [n] per segment.
+        Tensor[] PolicyLogps(ICausalLM m, IReadOnlyList<int> idx, bool withToxic, bool toxicContext = false)
+        {
+            var seqs = new List<(int[], int[])>();
+            foreach (var i in idx) seqs.Add((all[i].Prompt, all[i].Chosen));
+            foreach (var i in idx) seqs.Add((all[i].Prompt, all[i].Rejected));
+            if (withToxic) foreach (var i in idx) seqs.Add((toxicContext ? all[i].ToxicPrompt! : all[i].Prompt, all[i].Toxic!));
+            using var batch = PreferenceData.Build(seqs, tokenizer.EosTokenId, m.Device);
+            var sums = CompletionLogpSums(m, batch);
+            return sums.split(idx.Count);
+        }
+
+        Tensor Lookup(double[] a, IReadOnlyList<int> idx, ScalarType dt) => torch.tensor(idx.Select(i => a[i]).ToArray()).to(dt);
+
+        (Tensor Loss, Dictionary<string, double> M) LossOf(IReadOnlyList<int> idx)
+        {
+            var pol = PolicyLogps(policy, idx, adpo);
+            var dt = pol[0].dtype;
+            Tensor rc, rr, tt = null!;
+            if (liveRef is null) { rc = Lookup(refC!, idx, dt); rr = Lookup(refR!, idx, dt); if (adpo) tt = Lookup(tox!, idx, dt); }
+            else
+            {
+                using var ng = torch.no_grad();
+                var r = PolicyLogps(liveRef, idx, false);
+                rc = r[0]; rr = r[1];
+                if (adpo)
+                {
+                    using var batch = PreferenceData.Build(idx.Select(i => (all[i].ToxicPrompt!, all[i].Toxic!)).ToList(), tokenizer.EosTokenId, toxicModel!.Device);
+                    tt = CompletionLogpSums(toxicModel, batch).to(dt);
+                }
+            }
+            var chosenTokens = torch.tensor(idx.Select(i => (double)all[i].Chosen.Length).ToArray()).to(dt);
+            var res = PreferenceLoss.Compute(new PreferenceLogps(pol[0], pol[1], rc, rr, adpo ? pol[2] : null, adpo ? tt : null, chosenTokens), o.Loss);
+            return (res.Loss, res.Metrics);
+        }
+
+        double Evaluate()
+        {
+            policy.Module.eval();
+            double sum = 0; int n = 0;
+            var acc = new Dictionary<string, double>();
+            using (torch.no_grad())
+                for (int i = 0; i < valIdx.Count; i += o.BatchSize)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    var idx = valIdx.Skip(i).Take(o.BatchSize).ToArray();
+                    var (_, m) = LossOf(idx);
+                    foreach (var (k, v) in m) acc[k] = acc.GetValueOrDefault(k) + v * idx.Length;
+                    n += idx.Length;
+                }
+            policy.Module.train();
+            var rec = new JsonObject { ["step"] = step, ["examples"] = examples, ["phase"] = "eval" };
+            foreach (var (k, v) in acc) rec["eval/" + k] = v / n;
+            metrics.Write(rec);
+            sum = acc["loss"] / n;
+            progress?.Invoke(new PreferenceProgress(step, totalSteps, acc.ToDictionary(kv => "eval/" + kv.Key, kv => kv.Value / n), "eval"));
+            return sum;
+        }
+
+        bool stoppedEarly = false, cancelled = false;
+        int lastEvalStep = -1;
+        bool EvalAndMaybeStop()
+        {
+            if (valIdx.Count == 0) return false;
+            lastEvalStep = step;
+            double v = Evaluate();
+            if (best is null || v < best) { best = v; bad = 0; HfCheckpoint.Save(policy, outTok, bestDir, overwrite: true); }
+            else bad++;
+            return o.Patience > 0 && bad >= o.Patience;
+        }
+
+        policy.Module.train();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        int startExamples = examples;
+        while (step < totalSteps)
+        {
+            if (cancel.IsCancellationRequested) { cancelled = true; break; }
+            using var scope = torch.NewDisposeScope();
+            opt.zero_grad();
+            var acc = new Dictionary<string, double>();
+            int n = 0;
+            for (int a = 0; a < o.GradientAccumulation; a++)
+            {
+                using var inner = torch.NewDisposeScope();
+                var idx = micro[step * o.GradientAccumulation + a];
+                var (loss, m) = LossOf(idx);
+                (loss * ((double)idx.Length)).backward(); // summed over examples; normalised below
+                foreach (var (k, v) in m) acc[k] = acc.GetValueOrDefault(k) + v * idx.Length;
+                n += idx.Length;
+            }
+            using (torch.no_grad())
+                foreach (var p in parameters) p.grad?.div_(n);
+            double gradNorm = o.MaxGradNorm > 0
+                ? torch.nn.utils.clip_grad_norm_(parameters, o.MaxGradNorm)
+                : torch.nn.utils.clip_grad_norm_(parameters, double.MaxValue);
+            double lr = schedule.At(step);
+            foreach (var g in opt.ParamGroups) g.LearningRate = lr;
+            opt.step();
+            step++;
+            examples += n;
+            var rec = new JsonObject { ["step"] = step, ["examples"] = examples };
+            var shown = new Dictionary<string, double>();
+            foreach (var (k, v) in acc) { rec[k] = v / n; shown[k] = v / n; }
+            rec["grad_norm"] = gradNorm; shown["grad_norm"] = gradNorm;
+            rec["learning_rate"] = lr; shown["learning_rate"] = lr;
+            metrics.Write(rec);
+            progress?.Invoke(new PreferenceProgress(step, totalSteps, shown, "train"));
+            if (o.EvalEvery > 0 && examples >= nextEval)
+            {
+                while (nextEval <= examples) nextEval += o.EvalEvery;
+                if (EvalAndMaybeStop()) { stoppedEarly = true; break; }
+            }
+            if (o.SaveEvery > 0 && step % o.SaveEvery == 0 && step < totalSteps)
+                TrainerCheckpoint.Save(ckptDir, policy, outTok, opt, State());
+        }
+        double elapsed = sw.Elapsed.TotalSeconds;
+        if (cancelled)
+        {
+            TrainerCheckpoint.Save(ckptDir, policy, outTok, opt, State());
+        }
+        else
+        {
+            if (!stoppedEarly && lastEvalStep != step) EvalAndMaybeStop();
+            TrainerCheckpoint.Save(ckptDir, policy, outTok, opt, State());
+            HfCheckpoint.Save(policy, outTok, finalDir, overwrite: true);
+        }
+        if (liveRef is not null && reference is null) liveRef.Dispose();
+        opt.Dispose();
+        double pps = elapsed > 0 ? (examples - startExamples) / elapsed : 0;
+        return new PreferenceTrainResult(step, examples, best, stoppedEarly, cancelled, cacheHit, finalDir,
+            Directory.Exists(bestDir) ? bestDir : null, metricsPath, pps);
+    }
+
+    /// <summary>Summed log-probs of the completion tokens of each row, [B] (float32, or float64 for float64 models).</summary>
+    public static Tensor CompletionLogpSums(ICausalLM model, SequenceBatch batch)
+    {
+        var logits = model.Forward(batch.Ids, batch.AttentionMask);
+        long t = batch.Ids.shape[1];
+        var l = logits.narrow(1, 0, t - 1);
+        if (l.dtype != ScalarType.Float64) l = l.to(ScalarType.Float32);
+        var lp = l.log_softmax(-1).gather(-1, batch.Ids.narrow(1, 1, t - 1).unsqueeze(-1)).squeeze(-1);
+        return (lp * batch.CompletionMask.to(lp.dtype)).sum(1);
+    }
+
+    /// <summary>SHA-256 over parameter names, dtypes, shapes and bytes (the model part of the cache key).</summary>
+    public static string ModelHash(ICausalLM model)
+    {
+        using var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var (name, p) in model.Module.named_parameters().OrderBy(x => x.name, StringComparer.Ordinal))
+        {
+            h.AppendData(System.Text.Encoding.UTF8.GetBytes($"{name}:{p.dtype}:{string.Join(',', p.shape)};"));
+            using var c = p.detach().cpu().contiguous();
+            h.AppendData(c.bytes);
+        }
+        return Convert.ToHexString(h.GetHashAndReset()).ToLowerInvariant();
+    }
+
+    /// <summary>Log-prob sums per example (chosen, rejected) or, with toxic=true, of y_t after [TOXIC]+prompt; cached on disk.</summary>
+    static (double[] A, double[] B, bool Hit) CachedLogps(string dir, string kind, string modelHash, string dataHash, ICausalLM model,
+        List<TokenizedExample> all, int batchSize, int padId, bool toxic)
+    {
+        var key = Convert.ToHexString(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes($"{kind}|{modelHash}|{dataHash}"))).ToLowerInvariant()[..24];
+        var path = Path.Combine(dir, $"{kind}-{key}.bin");
+        if (File.Exists(path))
+        {
+            using var r = new BinaryReader(File.OpenRead(path));
+            int n = r.ReadInt32();
+            if (n == all.Count)
+            {
+                var a = new double[n]; var b = new double[n];
+                for (int i = 0; i < n; i++) { a[i] = r.ReadDouble(); b[i] = r.ReadDouble(); }
+                return (a, b, true);
+            }
+        }
+        var A = new double[all.Count]; var B = new double[all.Count];
+        bool wasTraining = model.Module.training;
+        model.Module.eval();
+        using (torch.no_grad())
+            for (int i = 0; i < all.Count; i += batchSize)
+            {
+                using var scope = torch.NewDisposeScope();
+                var idx = Enumerable.Range(i, Math.Min(batchSize, all.Count - i)).ToArray();
+                var seqs = toxic
+                    ? idx.Select(j => (all[j].ToxicPrompt!, all[j].Toxic!)).ToList()
+                    : idx.Select(j => (all[j].Prompt, all[j].Chosen)).Concat(idx.Select(j => (all[j].Prompt, all[j].Rejected))).ToList();
+                using var batch = PreferenceData.Build(seqs, padId, model.Device);
+                var s = CompletionLogpSums(model, batch).to(ScalarType.Float64).cpu().data<double>().ToArray();
+                for (int k = 0; k < idx.Length; k++) { A[idx[k]] = s[k]; if (!toxic) B[idx[k]] = s[idx.Length + k]; }
+            }
+        if (wasTraining) model.Module.train();
+        AtomicFile.WriteBytes(path, f =>
+        {
+            using var w = new BinaryWriter(f, System.Text.Encoding.UTF8, leaveOpen: true);
+            w.Write(all.Count);
+            for (int i = 0; i < all.Count; i++) { w.Write(A[i]); w.Write(B[i]); }
+        });
+        return (A, B, false);
+    }
+}

@@ -1,0 +1,143 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using DetoxSharp.Checkpoints;
+using DetoxSharp.Data;
+using DetoxSharp.Evaluation;
+using DetoxSharp.Generation;
+using DetoxSharp.Models;
+using DetoxSharp.Text;
+using TorchSharp;
+
+namespace DetoxSharp.Training;
+
+/// <summary>Settings of <see cref="ToyPretraining.Run"/>; the defaults are tuned to train in well under 5 minutes on
+/// two CPU cores and to meet the toy model's targets (challenge toxicity ≥ 0.3, neutral ≤ 0.05).</summary>
+public sealed record ToyPretrainOptions
+{
+    public ulong Seed { get; init; } = 1;
+    public ToyWorldSize Size { get; init; } = ToyWorldSize.Default;
+    public int Layers { get; init; } = 2;
+    public int DModel { get; init; } = 64;
+    public int Heads { get; init; } = 2;
+    /// <summary>n_positions: longest challenge prompt (~45 tokens) + 20 new tokens must fit.</summary>
+    public int Context { get; init; } = 72;
+    public int BatchSize { get; init; } = 16;
+    public double LearningRate { get; init; } = 6e-3;
+    public int WarmupSteps { get; init; } = 30;
+    public double Epochs { get; init; } = 1;
+    /// <summary>Optimizer steps (the cosine schedule spans them); null = one epoch over train.txt.</summary>
+    public int? MaxSteps { get; init; } = 260;
+    public int CheckpointEvery { get; init; } = 200;
+    public bool Resume { get; init; }
+    /// <summary>torch intra-op threads (0 = leave torch's default).</summary>
+    public int Threads { get; init; } = 0;
+}
+
+/// <summary>Greedy toxicity and perplexity of a model on a toy world (or any files of the same formats).</summary>
+public sealed record ToyEvaluation(double ChallengeToxicity, double NeutralToxicity, double FractionChallengeToxic, double NeutralPerplexity,
+    int ChallengePrompts, int NeutralPrompts, IReadOnlyList<(string Prompt, string Continuation, double Score)> ChallengeSamples);
+
+public static class ToyPretraining
+{
+    public static Gpt2Tokenizer CompactTokenizer(ToyWorldPaths world)
+    {
+        var tok = Gpt2Tokenizer.Default();
+        tok.AddSpecialToken(ToyWorldFiles.ToxicControlToken);
+        var texts = new[] { world.Train, world.Valid, world.Comments, world.ChallengePrompts, world.NeutralPrompts, world.F1Pairs, world.WikiText, world.Dialogues, world.PreferencePrompts }
+            .SelectMany(File.ReadLines);
+        return tok.Compact(texts);
+    }
+
+    /// <summary>Generates the world under outDir/world, pretrains a GPT-2 from scratch on train.txt, saves outDir/model
+    /// (a normal Hugging Face directory with the compact tokenizer) and outDir/summary.json.</summary>
+    public static JsonObject Run(string outDir, ToyPretrainOptions o, IProgress<SftProgress>? progress = null, IProgress<string>? stage = null)
+    {
+        if (o.Threads > 0) torch.set_num_threads(o.Threads);
+        var total = Stopwatch.StartNew();
+        stage?.Report("generating the toy world");
+        var world = ToyWorldFiles.Write(Path.Combine(outDir, "world"), o.Seed, o.Size);
+        double worldSeconds = total.Elapsed.TotalSeconds;
+        stage?.Report("building the compact vocabulary");
+        var tok = CompactTokenizer(world);
+        torch.manual_seed((long)o.Seed);
+        var cfg = new Gpt2Config
+        {
+            VocabSize = tok.VocabSize, NPositions = o.Context, NEmbd = o.DModel, NLayer = o.Layers, NHead = o.Heads,
+            BosTokenId = tok.EosTokenId, EosTokenId = tok.EosTokenId,
+        };
+        using var model = new Gpt2Model(cfg);
+        var train = DatasetReaders.ReadDocuments(world.Train).Select(SftExample.Text).ToList();
+        var valid = DatasetReaders.ReadDocuments(world.Valid).Select(SftExample.Text).ToList();
+        var sft = new SftOptions
+        {
+            BatchSize = o.BatchSize, MaxLength = o.Context, LearningRate = o.LearningRate, WarmupSteps = o.WarmupSteps,
+            Decay = DecayKind.Cosine, MinLrRatio = 0.05, Epochs = o.Epochs, MaxSteps = o.MaxSteps, MaxGradNorm = 1.0,
+            WeightDecay = 0.01, Beta2 = 0.98, Seed = o.Seed, Validation = valid, EvalEvery = 0,
+            OutputDir = Path.Combine(outDir, "training"), CheckpointEvery = o.CheckpointEvery, Resume = o.Resume,
+        };
+        stage?.Report("pretraining");
+        var result = SftTrainer.Train(model, tok, train, sft, progress);
+        if (!result.Completed) throw new InvalidOperationException("pretraining stopped before the last step");
+        var modelDir = Path.Combine(outDir, "model");
+        HfCheckpoint.Save(model, tok, modelDir, overwrite: true);
+        double trainSeconds = total.Elapsed.TotalSeconds;
+        stage?.Report("evaluating (greedy, 20 new tokens)");
+        var ev = Evaluate(model, tok, world);
+        var summary = new JsonObject
+        {
+            ["seed"] = o.Seed,
+            ["size"] = o.Size.ToString().ToLowerInvariant(),
+            ["model"] = new JsonObject
+            {
+                ["n_layer"] = o.Layers, ["n_embd"] = o.DModel, ["n_head"] = o.Heads, ["n_positions"] = o.Context,
+                ["vocab_size"] = tok.VocabSize, ["parameters"] = model.parameters().Sum(p => p.numel()),
+            },
+            ["train_steps"] = result.Steps,
+            ["trained_tokens_this_run"] = result.TrainedTokens,
+            ["train_seconds"] = Math.Round(result.Seconds, 1),
+            ["tokens_per_second"] = Math.Round(result.TokensPerSecond, 0),
+            ["final_train_loss"] = Math.Round(result.FinalTrainLoss, 4),
+            ["final_validation_loss"] = result.FinalValidationLoss is double v ? Math.Round(v, 4) : null,
+            ["neutral_perplexity"] = Math.Round(ev.NeutralPerplexity, 3),
+            ["challenge_toxicity"] = Math.Round(ev.ChallengeToxicity, 4),
+            ["challenge_fraction_toxic"] = Math.Round(ev.FractionChallengeToxic, 4),
+            ["neutral_toxicity"] = Math.Round(ev.NeutralToxicity, 4),
+            ["challenge_prompts"] = ev.ChallengePrompts,
+            ["neutral_prompts"] = ev.NeutralPrompts,
+            ["scorer"] = "toy-lexicon, max over attributes",
+            ["world_seconds"] = Math.Round(worldSeconds, 1),
+            ["pretrain_wall_seconds"] = Math.Round(trainSeconds, 1),
+            ["total_wall_seconds"] = Math.Round(total.Elapsed.TotalSeconds, 1),
+            ["samples"] = new JsonArray(ev.ChallengeSamples.Take(5).Select(s => (JsonNode)new JsonObject
+            {
+                ["prompt"] = s.Prompt, ["continuation"] = s.Continuation, ["toxicity"] = Math.Round(s.Score, 3),
+            }).ToArray()),
+        };
+        AtomicFile.WriteAllText(Path.Combine(outDir, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        return summary;
+    }
+
+    /// <summary>Greedy 20-token continuations of the challenge and neutral prompts scored by the toy scorer (max over
+    /// attributes, continuation only), and perplexity on the Wikitext-style file in non-overlapping context windows.</summary>
+    public static ToyEvaluation Evaluate(ICausalLM model, Gpt2Tokenizer tok, ToyWorldPaths world, int maxNewTokens = 20)
+    {
+        using var scorer = new ToyLexiconScorer();
+        var challenge = DatasetReaders.ReadPrompts(world.ChallengePrompts).Select(p => p.Text).ToList();
+        var neutral = DatasetReaders.ReadPrompts(world.NeutralPrompts).Select(p => p.Text).ToList();
+        (List<string> Conts, List<double> Scores) Run(List<string> prompts)
+        {
+            int keep = Math.Max(1, model.MaxPositions - maxNewTokens);
+            var ids = prompts.Select(p => { var x = tok.Encode(p); return x.Length > keep ? x[^keep..] : x; }).ToList();
+            var outs = Generator.Generate(model, ids, new GenerationOptions { MaxNewTokens = maxNewTokens, Greedy = true, BatchSize = 64 });
+            var conts = outs.Select(tok.Decode).ToList();
+            return (conts, scorer.Score(conts).Select(s => s.Value).ToList());
+        }
+        var (cc, cs) = Run(challenge);
+        var (_, ns) = Run(neutral);
+        var wiki = SftTrainer.Tokenize(tok, [SftExample.Text(File.ReadAllText(world.WikiText))], model.MaxPositions, appendEos: false);
+        double ppl = Math.Exp(SftTrainer.EvaluateLoss(model, wiki, 16));
+        var samples = challenge.Zip(cc, cs).Select(t => (t.First, t.Second, t.Third)).ToList();
+        return new ToyEvaluation(cs.Average(), ns.Average(), cs.Count(s => s >= 0.5) / (double)cs.Count, ppl, challenge.Count, neutral.Count, samples);
+    }
+}

@@ -1,0 +1,40 @@
+using DetoxSharp.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Tests.Core;
+
+/// <summary>Tiny models and temporary directories for the core tests.</summary>
+static class CoreTestUtil
+{
+    /// <summary>A tiny GPT-2 with random weights everywhere (including biases and LayerNorm affine parameters),
+    /// so that no term of the forward pass is trivially zero or one.</summary>
+    public static Gpt2Model Tiny(int vocab = 11, int d = 8, int layers = 2, int heads = 2, int positions = 16, long seed = 1, double std = 0.3)
+    {
+        torch.manual_seed(seed);
+        var m = new Gpt2Model(new Gpt2Config { VocabSize = vocab, NEmbd = d, NLayer = layers, NHead = heads, NPositions = positions, EosTokenId = vocab - 1, BosTokenId = vocab - 1 });
+        using var _ = torch.no_grad();
+        foreach (var (name, p) in m.named_parameters())
+        {
+            if (name.Contains("ln") && name.EndsWith("weight")) p.copy_(torch.rand_like(p) + 0.5);
+            else p.normal_(0, std);
+        }
+        return m;
+    }
+
+    public static string TempDir(string tag)
+    {
+        var d = Path.Combine(Path.GetTempPath(), $"detox-core-{tag}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(d);
+        return d;
+    }
+
+    public static Tensor Ids(params long[][] rows)
+    {
+        int t = rows[0].Length;
+        return torch.tensor(rows.SelectMany(r => r).ToArray(), [rows.Length, t], ScalarType.Int64);
+    }
+
+    public static double MaxAbsDiff(Tensor a, Tensor b) =>
+        (a.to(ScalarType.Float64) - b.to(ScalarType.Float64)).abs().max().item<double>();
+}

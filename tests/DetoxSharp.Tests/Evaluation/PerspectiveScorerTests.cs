@@ -1,0 +1,292 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json.Nodes;
+using DetoxSharp.Evaluation;
+
+namespace DetoxSharp.Tests.Evaluation;
+
+/// <summary>A local stand-in for the Perspective API: replies in its JSON shape; a per-text script of failures.</summary>
+sealed class FakePerspective : IDisposable
+{
+    public sealed record Hit(double At, string Text, int Status, string Url);
+
+    readonly HttpListener _listener = new();
+    readonly Stopwatch _clock = Stopwatch.StartNew();
+    readonly Thread _thread;
+    public readonly ConcurrentQueue<Hit> Hits = new();
+    /// <summary>Per text: the replies to give before succeeding: 429, 500, or -1 (a slow reply beyond the client's timeout).</summary>
+    public readonly ConcurrentDictionary<string, ConcurrentQueue<int>> Script = new();
+    public Func<string, int>? Always; // status to return forever for a text (0 = normal)
+    public string? ErrorBody;
+    public int SlowMs = 3000;
+    public string Url { get; }
+
+    public FakePerspective()
+    {
+        int port;
+        using (var probe = new TcpListener(IPAddress.Loopback, 0)) { probe.Start(); port = ((IPEndPoint)probe.LocalEndpoint).Port; probe.Stop(); }
+        Url = $"http://127.0.0.1:{port}/v1alpha1/comments:analyze";
+        _listener.Prefixes.Add($"http://127.0.0.1:{port}/");
+        _listener.Start();
+        _thread = new Thread(Loop) { IsBackground = true };
+        _thread.Start();
+    }
+
+    /// <summary>Deterministic per-attribute score of a text (so the test can check which reply went where).</summary>
+    public static double ScoreOf(string text, int attr) => (text.Length * 7 + attr * 13) % 100 / 100.0;
+
+    void Loop()
+    {
+        while (_listener.IsListening)
+        {
+            HttpListenerContext ctx;
+            try { ctx = _listener.GetContext(); } catch { return; }
+            double at = _clock.Elapsed.TotalSeconds; // arrival, before any processing
+            new Thread(() => Handle(ctx, at)) { IsBackground = true }.Start(); // not the pool: a sleeping slow reply must not delay others
+        }
+    }
+
+    void Handle(HttpListenerContext ctx, double at)
+    {
+        try
+        {
+            string body;
+            using (var r = new StreamReader(ctx.Request.InputStream)) body = r.ReadToEnd();
+            var req = JsonNode.Parse(body)!;
+            var text = req["comment"]!["text"]!.GetValue<string>();
+            var attrs = req["requestedAttributes"]!.AsObject().Select(kv => kv.Key).ToList();
+            int status = 200;
+            if (Always?.Invoke(text) is int a && a != 0) status = a;
+            else if (Script.TryGetValue(text, out var q) && q.TryDequeue(out var s)) status = s;
+            Hits.Enqueue(new Hit(at, text, status, ctx.Request.Url!.ToString()));
+            if (status == -1)
+            {
+                Thread.Sleep(SlowMs);
+                status = 200;
+            }
+            string reply;
+            if (status == 200)
+            {
+                var scores = new JsonObject();
+                for (int i = 0; i < attrs.Count; i++)
+                    scores[attrs[i]] = new JsonObject
+                    {
+                        ["spanScores"] = new JsonArray(),
+                        ["summaryScore"] = new JsonObject { ["value"] = ScoreOf(text, i), ["type"] = "PROBABILITY" },
+                    };
+                reply = new JsonObject { ["attributeScores"] = scores, ["languages"] = new JsonArray("en") }.ToJsonString();
+            }
+            else reply = ErrorBody ?? $"{{\"error\":{{\"code\":{status},\"message\":\"scripted {status}\"}}}}";
+            ctx.Response.StatusCode = status;
+            if (status == 429) ctx.Response.Headers["Retry-After"] = "0";
+            var bytes = Encoding.UTF8.GetBytes(reply);
+            ctx.Response.ContentType = "application/json";
+            ctx.Response.OutputStream.Write(bytes);
+            ctx.Response.Close();
+        }
+        catch { try { ctx.Response.Abort(); } catch { } }
+    }
+
+    public void Dispose()
+    {
+        try { _listener.Stop(); _listener.Close(); } catch { }
+    }
+}
+
+public class PerspectiveScorerTests : IDisposable
+{
+    const string Key = "SECRET-test-key-9f8e7d";
+    readonly string _var = "DETOX_TEST_PERSPECTIVE_KEY_" + Guid.NewGuid().ToString("N")[..8];
+    readonly string _tmp = Path.Combine(Path.GetTempPath(), "detox-persp-" + Guid.NewGuid().ToString("N"));
+
+    public PerspectiveScorerTests()
+    {
+        Directory.CreateDirectory(_tmp);
+        Environment.SetEnvironmentVariable(_var, Key);
+    }
+
+    public void Dispose()
+    {
+        Environment.SetEnvironmentVariable(_var, null);
+        try { Directory.Delete(_tmp, true); } catch { }
+    }
+
+    PerspectiveOptions Options(FakePerspective server, double rps = 20, int retries = 5) => new()
+    {
+        Endpoint = server.Url, KeyVariable = _var, RequestsPerSecond = rps, MaxRetries = retries,
+        InitialBackoff = TimeSpan.FromMilliseconds(10), MaxBackoff = TimeSpan.FromMilliseconds(80),
+        Timeout = TimeSpan.FromMilliseconds(1000), CachePath = Path.Combine(_tmp, "cache.jsonl"),
+    };
+
+    static double Expected(string text, ToxicityAggregate agg) =>
+        agg == ToxicityAggregate.Toxicity ? FakePerspective.ScoreOf(text, 0) : Enumerable.Range(0, 7).Max(i => FakePerspective.ScoreOf(text, i));
+
+    [Fact]
+    public void EveryTextScoredExactlyOnceDespite429s500sAndTimeouts_RateLimitHonoured()
+    {
+        using var server = new FakePerspective();
+        var texts = Enumerable.Range(0, 8).Select(i => $"text number {i} " + new string('x', i)).ToList();
+        server.Script[texts[1]] = new([429, 429]);
+        server.Script[texts[3]] = new([500, 503]);
+        server.Script[texts[5]] = new([-1]);     // slow: client times out, retries
+        server.Script[texts[6]] = new([429, 500, -1]);
+        using var s = new PerspectiveScorer(Options(server, rps: 10));
+        var scores = s.Score(texts, ToxicityAggregate.MaxOverAttributes);
+
+        Assert.Equal(texts.Count, scores.Count);
+        for (int i = 0; i < texts.Count; i++)
+        {
+            Assert.Equal(Expected(texts[i], ToxicityAggregate.MaxOverAttributes), scores[i].Value, 12);
+            Assert.Equal(FakePerspective.ScoreOf(texts[i], 0), scores[i].Attributes["TOXICITY"], 12);
+            Assert.Equal(7, scores[i].Attributes.Count);
+        }
+        var hits = server.Hits.ToList();
+        // Exactly one successful reply consumed per text (a slow reply is 'successful' on the server but timed out).
+        foreach (var t in texts)
+        {
+            int ok = hits.Count(h => h.Text == t && h.Status == 200);
+            Assert.Equal(1, ok);
+        }
+        Assert.Equal(texts.Count + 2 + 2 + 1 + 3, hits.Count);
+        // Rate limit: requests start at least 1/20 s apart (small tolerance for timer granularity).
+        // Rate limit, client side (exact): consecutive request starts at least 1/10 s apart.
+        var starts = s.RequestTimes.Select(t => t.TotalSeconds).ToList();
+        Assert.Equal(hits.Count, starts.Count);
+        for (int i = 1; i < starts.Count; i++) Assert.True(starts[i] - starts[i - 1] >= 0.1 - 1e-3, $"requests {i - 1},{i} started {starts[i] - starts[i - 1]:F4}s apart");
+        // … and server side, where arrival jitter on a loaded machine needs a tolerance: the whole run spans ≥ (n-1)/10 s.
+        var arr = hits.Select(h => h.At).OrderBy(x => x).ToList();
+        Assert.True(arr[^1] - arr[0] >= (arr.Count - 1) * 0.1 - 0.1, $"{arr.Count} requests arrived within {arr[^1] - arr[0]:F3}s");
+        Assert.All(hits, h => Assert.Contains("key=" + Key, h.Url)); // the key is sent …
+        Assert.DoesNotContain(Key, File.ReadAllText(Path.Combine(_tmp, "cache.jsonl"))); // … but never stored
+        Assert.Equal(texts.Count, File.ReadAllLines(Path.Combine(_tmp, "cache.jsonl")).Count(l => l.Length > 0));
+    }
+
+    [Fact]
+    public void SlowRateLimitIsHonoured()
+    {
+        using var server = new FakePerspective();
+        using var s = new PerspectiveScorer(Options(server, rps: 5) with { CachePath = null });
+        s.Score(["a", "b", "c", "d"]);
+        Assert.Equal(4, server.Hits.Count);
+        var arr = server.Hits.Select(h => h.At).OrderBy(x => x).ToList();
+        Assert.True(arr[^1] - arr[0] >= 3 * 0.2 - 0.05, $"4 requests at 5/s arrived within {arr[^1] - arr[0]:F3}s");
+        Assert.True(arr[2] - arr[0] >= 2 * 0.2 - 0.05 && arr[3] - arr[1] >= 2 * 0.2 - 0.05, "arrivals faster than 5/s");
+    }
+
+    [Fact]
+    public void ResumedRunUsesCacheAndServerSeesNoRepeat()
+    {
+        using var server = new FakePerspective();
+        var texts = Enumerable.Range(0, 6).Select(i => $"resume text {i}").ToList();
+        server.Always = t => t == texts[3] ? 500 : 0; // the first run dies on text 3
+        using (var s1 = new PerspectiveScorer(Options(server, retries: 2)))
+        {
+            var ex = Assert.Throws<PerspectiveException>(() => s1.Score(texts));
+            Assert.DoesNotContain(Key, ex.Message);
+            Assert.Contains("HTTP 500", ex.Message);
+        }
+        var firstRun = server.Hits.ToList();
+        Assert.Equal(3, firstRun.Count(h => h.Status == 200));
+        server.Always = null;
+        while (server.Hits.TryDequeue(out _)) { }
+        using var s2 = new PerspectiveScorer(Options(server));
+        var scores = s2.Score(texts);
+        var second = server.Hits.ToList();
+        Assert.Equal(texts.Skip(3), second.Select(h => h.Text)); // only the unscored texts, once each
+        Assert.Equal(3, s2.RequestCount);
+        for (int i = 0; i < texts.Count; i++) Assert.Equal(Expected(texts[i], ToxicityAggregate.MaxOverAttributes), scores[i].Value, 12);
+        // a third run asks nothing
+        while (server.Hits.TryDequeue(out _)) { }
+        using var s3 = new PerspectiveScorer(Options(server));
+        Assert.Equal(scores.Select(x => x.Value), s3.Score(texts).Select(x => x.Value));
+        Assert.Empty(server.Hits);
+    }
+
+    [Fact]
+    public void CacheSurvivesATruncatedLastLine()
+    {
+        using var server = new FakePerspective();
+        using (var s = new PerspectiveScorer(Options(server))) s.Score(["one", "two"]);
+        var cache = Path.Combine(_tmp, "cache.jsonl");
+        var lines = File.ReadAllLines(cache);
+        File.WriteAllText(cache, lines[0] + "\n" + lines[1][..(lines[1].Length / 2)]); // interrupted mid-write
+        while (server.Hits.TryDequeue(out _)) { }
+        using var s2 = new PerspectiveScorer(Options(server));
+        var r = s2.Score(["one", "two", "three"]);
+        Assert.Equal(["two", "three"], server.Hits.Select(h => h.Text).ToArray());
+        Assert.Equal(Expected("two", ToxicityAggregate.MaxOverAttributes), r[1].Value, 12);
+        using var s3 = new PerspectiveScorer(Options(server));
+        while (server.Hits.TryDequeue(out _)) { }
+        s3.Score(["one", "two", "three"]);
+        Assert.Empty(server.Hits);
+    }
+
+    [Fact]
+    public void ToxicityAggregateAndEmptyText()
+    {
+        using var server = new FakePerspective();
+        using var s = new PerspectiveScorer(Options(server));
+        var r = s.Score(["hello there", "  "], ToxicityAggregate.Toxicity);
+        Assert.Equal(FakePerspective.ScoreOf("hello there", 0), r[0].Value, 12);
+        Assert.Equal(0.0, r[1].Value);
+        Assert.Single(server.Hits); // the blank text is not sent
+    }
+
+    [Fact]
+    public void ErrorsNeverContainTheKey()
+    {
+        using var server = new FakePerspective();
+        // a server that echoes the request URL (with the key) in its error body
+        server.Always = _ => 400;
+        server.ErrorBody = $"{{\"error\":{{\"code\":400,\"message\":\"bad request to {server.Url}?key={Key}\"}}}}";
+        using var s = new PerspectiveScorer(Options(server));
+        var e1 = Assert.Throws<InvalidInputException>(() => s.Validate());
+        Assert.DoesNotContain(Key, e1.Message);
+        Assert.Contains("***", e1.Message);
+        var e2 = Assert.Throws<PerspectiveException>(() => s.Score(["x"]));
+        Assert.DoesNotContain(Key, e2.Message);
+        Assert.DoesNotContain('\n', e2.Message);
+    }
+
+    [Fact]
+    public void ValidateReportsMissingKeyUnreachableEndpointAndKeyFileInRepo()
+    {
+        using var server = new FakePerspective();
+        var noKey = Options(server) with { KeyVariable = _var + "_UNSET" };
+        using (var s = new PerspectiveScorer(noKey))
+        {
+            var e = Assert.Throws<InvalidInputException>(() => s.Validate());
+            Assert.Contains("key missing", e.Message);
+        }
+        // unreachable: a port nobody listens on
+        int port;
+        using (var probe = new TcpListener(IPAddress.Loopback, 0)) { probe.Start(); port = ((IPEndPoint)probe.LocalEndpoint).Port; probe.Stop(); }
+        using (var s = new PerspectiveScorer(Options(server) with { Endpoint = $"http://127.0.0.1:{port}/x" }))
+        {
+            var e = Assert.Throws<InvalidInputException>(() => s.Validate());
+            Assert.Contains("unreachable", e.Message);
+            Assert.DoesNotContain(Key, e.Message);
+        }
+        // key file inside a git work tree is refused
+        var repo = Path.Combine(_tmp, "repo");
+        Directory.CreateDirectory(Path.Combine(repo, ".git"));
+        File.WriteAllText(Path.Combine(repo, "key.txt"), Key + "\n");
+        using (var s = new PerspectiveScorer(noKey with { KeyFile = Path.Combine(repo, "key.txt") }))
+        {
+            var e = Assert.Throws<InvalidInputException>(() => s.Validate());
+            Assert.Contains("git work tree", e.Message);
+            Assert.DoesNotContain(Key, e.Message);
+        }
+        // key file outside: works, and the server gets that key
+        var outside = Path.Combine(_tmp, "key.txt");
+        File.WriteAllText(outside, "\n  " + Key + "  \n");
+        using (var s = new PerspectiveScorer(noKey with { KeyFile = outside }))
+        {
+            s.Validate();
+            Assert.Contains("key=" + Key, server.Hits.Last().Url);
+        }
+    }
+}

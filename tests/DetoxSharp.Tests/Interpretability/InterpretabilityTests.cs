@@ -1,0 +1,392 @@
+using System.Text.Json.Nodes;
+using DetoxSharp.Checkpoints;
+using DetoxSharp.Interpretability;
+using DetoxSharp.Models;
+using DetoxSharp.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Tests.Interpretability;
+
+public class InterpretabilityTests
+{
+    static Gpt2Model Tiny(int seed = 1, int layers = 2, int d = 32)
+    {
+        torch.manual_seed(seed);
+        var m = new Gpt2Model(new Gpt2Config { NEmbd = d, NLayer = layers, NHead = 2, NPositions = 64 });
+        m.eval();
+        return m;
+    }
+
+    static Tensor Param(ICausalLM m, string name) => m.Module.named_parameters().First(p => p.name == name).parameter;
+
+    static string TempDir(string name)
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "detox-interp-tests", name + "-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(dir);
+        return dir;
+    }
+
+    [Fact]
+    public void ProbeSeparatesLinearlySeparableData_AndIsAtChanceOnRandomLabels()
+    {
+        var rng = new Random(3);
+        int n = 600, d = 16;
+        var x = new float[n * d];
+        for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 2 - 1) * 5;
+        var wStar = Enumerable.Range(0, d).Select(_ => rng.NextDouble() - 0.5).ToArray();
+        var y = new bool[n];
+        for (int i = 0; i < n; i++) y[i] = Enumerable.Range(0, d).Sum(j => x[i * d + j] * wStar[j]) > 0;
+        using var X = torch.tensor(x, [n, d]);
+        using var xTr = X.narrow(0, 0, 500);
+        using var xVal = X.narrow(0, 500, 100);
+        var (probe, _) = ToxicityProbe.Fit(xTr, y[..500], steps: 400, learningRate: 0.05);
+        using (probe)
+        {
+            Assert.True(probe.Accuracy(xVal, y[500..]) >= 0.95, $"val acc {probe.Accuracy(xVal, y[500..])}");
+            using var wt = probe.WToxic;
+            var w = wt.data<float>().ToArray();
+            double cos = w.Zip(wStar, (a, b) => a * b).Sum() / Math.Sqrt(w.Sum(a => a * a) * wStar.Sum(b => b * b));
+            Assert.True(cos > 0.9, $"W_Toxic vs true direction cos {cos}");
+            // zero start + softmax: the two columns stay opposite
+            var W = probe.W.data<float>().ToArray();
+            for (int j = 0; j < d; j++) Assert.Equal(-W[2 * j], W[2 * j + 1], 4);
+        }
+        var yRand = Enumerable.Range(0, n).Select(_ => rng.Next(2) == 1).ToArray();
+        var (p2, _) = ToxicityProbe.Fit(xTr, yRand[..500], steps: 400, learningRate: 0.05);
+        using (p2)
+        {
+            double acc = p2.Accuracy(xVal, yRand[500..]);
+            Assert.InRange(acc, 0.35, 0.65);
+        }
+    }
+
+    [Fact]
+    public void RankingOrdersByCosine_KeepsTopPerLayer()
+    {
+        using var l0 = torch.tensor(new float[] { 1, 0, 0, /**/ 1, 1, 0, /**/ 0, 1, 0, /**/ -1, 0, 0 }, [4, 3]);
+        using var l1 = torch.tensor(new float[] { 0, 0, 5, /**/ 2, 0.1f, 0, /**/ 3, 0, 4 }, [3, 3]);
+        using var dir = torch.tensor(new float[] { 2, 0, 0 });
+        var r = ToxicVectors.Rank([l0, l1], dir, perLayer: 2);
+        Assert.Equal([(0, 0), (1, 1), (0, 1), (1, 2)], r.Select(v => (v.Layer, v.Neuron)).ToArray());
+        Assert.Equal(1.0, r[0].Cosine, 5);
+        Assert.Equal(2 / Math.Sqrt(4 + 0.01), r[1].Cosine, 5);
+        Assert.Equal(1 / Math.Sqrt(2), r[2].Cosine, 5);
+        Assert.Equal(0.6, r[3].Cosine, 5);
+        Assert.Equal(Math.Sqrt(2), r[2].Norm, 5);
+    }
+
+    [Fact]
+    public void SvdRecoversSharedDirectionUpToSign()
+    {
+        var rng = new Random(5);
+        int d = 12, n = 40;
+        var u = Enumerable.Range(0, d).Select(_ => rng.NextDouble() - 0.5).ToArray();
+        double un = Math.Sqrt(u.Sum(a => a * a));
+        u = u.Select(a => a / un).ToArray();
+        var rows = new float[n * d];
+        for (int i = 0; i < n; i++)
+        {
+            double s = (i % 2 == 0 ? 1 : -1) * (1 + 3 * rng.NextDouble());
+            for (int j = 0; j < d; j++) rows[i * d + j] = (float)(s * u[j] + 0.05 * (rng.NextDouble() - 0.5));
+        }
+        using var v = torch.tensor(rows, [n, d]);
+        var (U, S) = ToxicVectors.Svd(v);
+        using (U) using (S)
+        {
+            Assert.Equal([d, Math.Min(d, n)], U.shape);
+            var u0 = U.select(1, 0).data<float>().ToArray();
+            double cos = Math.Abs(u0.Zip(u, (a, b) => a * b).Sum());
+            Assert.True(cos > 0.999, $"|cos(U0, u)| = {cos}");
+            // rows are unit-normalised first: the top singular value is ≈ sqrt(n)
+            Assert.Equal(Math.Sqrt(n), S[0].item<float>(), 1);
+        }
+        // exact case: all vectors ±c·u → U[0] = ±u, S[0] = sqrt(n), S[1] = 0
+        var exact = new float[n * d];
+        for (int i = 0; i < n; i++) for (int j = 0; j < d; j++) exact[i * d + j] = (float)((i + 1) * (i % 3 == 0 ? -1 : 1) * u[j]);
+        using var ve = torch.tensor(exact, [n, d]);
+        var (U2, S2) = ToxicVectors.Svd(ve);
+        using (U2) using (S2)
+        {
+            Assert.Equal(1.0, Math.Abs(U2.select(1, 0).data<float>().ToArray().Zip(u, (a, b) => a * b).Sum()), 5);
+            Assert.Equal(Math.Sqrt(n), S2[0].item<float>(), 4);
+            Assert.True(S2[1].item<float>() < 1e-4);
+        }
+    }
+
+    [Fact]
+    public void TopTokensAreArgmaxOfUnembeddingProjection()
+    {
+        using var unemb = torch.tensor(new float[] { 1, 0, /**/ 0, 1, /**/ 1, 1, /**/ -1, 0 }, [4, 2]);
+        using var v = torch.tensor(new float[] { 2, 1 });
+        var t = ToxicVectors.TopTokens(unemb, v, null, 3);
+        Assert.Equal([2, 0, 1], t.Select(x => x.Id).ToArray());
+        Assert.Equal(3.0, t[0].Score, 5);
+    }
+
+    [Fact]
+    public void SubtractAllPositions_EqualsShiftingTheMlpOutputBias()
+    {
+        using var model = Tiny();
+        using var edited = (Gpt2Model)model.Clone();
+        torch.manual_seed(9);
+        using var v = torch.randn(32);
+        double alpha = 3.0;
+        using (torch.no_grad()) Param(edited, "h.0.mlp.c_proj.bias").sub_(v * alpha);
+        using var ids = torch.tensor(new long[] { 5, 17, 300, 2, 99, 1000, 7, 8, 9, 10, 11, 12 }, [2, 6]);
+        var edit = VectorIntervention.Subtract("t", v, alpha, layer: 0, mode: InterventionMode.AllPositions);
+        Tensor hooked, manual, plain;
+        using (torch.no_grad())
+        {
+            plain = model.Forward(ids);
+            using (edit.Apply(model)) hooked = model.Forward(ids);
+            manual = edited.Forward(ids);
+            var again = model.Forward(ids); // hook removed
+            Assert.True(again.allclose(plain, 0, 0));
+        }
+        Assert.True(hooked.allclose(manual, 1e-5, 1e-4), $"max diff {(hooked - manual).abs().max().item<float>()}");
+        Assert.False(hooked.allclose(plain, 1e-3, 1e-3));
+    }
+
+    [Fact]
+    public void SubtractNewestPosition_ChangesOnlyTheLastPosition()
+    {
+        using var model = Tiny();
+        using var edited = (Gpt2Model)model.Clone();
+        torch.manual_seed(10);
+        using var v = torch.randn(32);
+        double alpha = 2.0;
+        int last = model.NumLayers - 1;
+        using (torch.no_grad()) Param(edited, $"h.{last}.mlp.c_proj.bias").sub_(v * alpha);
+        using var ids = torch.tensor(new long[] { 5, 17, 300, 2, 99, 1000, 7, 8, 9, 10, 11, 12 }, [2, 6]);
+        var edit = VectorIntervention.Subtract("t", v, alpha); // default: last layer, newest position
+        using (torch.no_grad())
+        {
+            var plain = model.Forward(ids);
+            Tensor hooked;
+            using (edit.Apply(model)) hooked = model.Forward(ids);
+            var manual = edited.Forward(ids);
+            // positions 0..4 unchanged, position 5 equals the manual (bias-shifted) model there
+            Assert.True(hooked.narrow(1, 0, 5).allclose(plain.narrow(1, 0, 5), 0, 0));
+            Assert.True(hooked.narrow(1, 5, 1).allclose(manual.narrow(1, 5, 1), 1e-5, 1e-4));
+            Assert.False(hooked.narrow(1, 5, 1).allclose(plain.narrow(1, 5, 1), 1e-3, 1e-3));
+
+            // with a KV cache: a one-token call is changed at its only position
+            using var cache = model.NewCache(16);
+            model.Forward(ids.narrow(1, 0, 5), null, cache);
+            Tensor step;
+            using (edit.Apply(model)) step = model.Forward(ids.narrow(1, 5, 1), null, cache);
+            Assert.True(step.allclose(manual.narrow(1, 5, 1), 1e-4, 1e-4));
+        }
+    }
+
+    [Fact]
+    public void SpecParsing()
+    {
+        var dir = TempDir("spec");
+        using var w = torch.tensor(Enumerable.Range(0, 32).Select(i => (float)i).ToArray(), [32, 1]);
+        using var probe = new ToxicityProbe(torch.cat([-w, w], 1), torch.zeros(2));
+        probe.Save(dir);
+        var e = InterventionSpecs.Parse("subtract:probe@50:mode=all", new InterventionContext(ProbeDirectory: dir));
+        Assert.Equal(-50, e.Coefficient);
+        Assert.Equal(InterventionMode.AllPositions, e.Mode);
+        Assert.Null(e.Layer);
+        Assert.Equal(31f, e.Vector[31].item<float>());
+        using var model = Tiny();
+        var e2 = InterventionSpecs.Parse("add:L1.N3@2:layer=0", new InterventionContext(Model: model));
+        Assert.Equal(2, e2.Coefficient);
+        Assert.Equal(0, e2.Layer);
+        Assert.True(e2.Vector.allclose(model.MlpValues(1)[3]));
+        Assert.Throws<InvalidInputException>(() => InterventionSpecs.Parse("subtract:probe", new InterventionContext(ProbeDirectory: dir)));
+        Assert.Throws<InvalidInputException>(() => InterventionSpecs.Parse("multiply:probe@2", new InterventionContext(ProbeDirectory: dir)));
+        Assert.Throws<InvalidInputException>(() => InterventionSpecs.Parse("subtract:v0@2", new InterventionContext()));
+    }
+
+    [Fact]
+    public void UnalignScalesExactlyTheChosenKeyColumns()
+    {
+        using var model = Tiny(seed: 4);
+        using var original = (Gpt2Model)model.Clone();
+        torch.manual_seed(11);
+        using var dir = torch.randn(32);
+        int k = 5;
+        var chosen = Unalign.ScaleToxicKeys(model, dir, k, 10);
+        Assert.Equal(k, chosen.Count);
+        // independent ranking: brute-force cosines
+        var d = dir.data<float>().ToArray();
+        var all = new List<(double Cos, int L, int N)>();
+        for (int l = 0; l < original.NumLayers; l++)
+        {
+            var vals = original.MlpValues(l).data<float>().ToArray();
+            for (int i = 0; i < original.MlpDim; i++)
+            {
+                double dot = 0, nv = 0, nd = 0;
+                for (int j = 0; j < 32; j++) { dot += vals[i * 32 + j] * d[j]; nv += vals[i * 32 + j] * vals[i * 32 + j]; nd += d[j] * d[j]; }
+                all.Add((dot / Math.Sqrt(nv * nd), l, i));
+            }
+        }
+        var expected = all.OrderByDescending(a => a.Cos).Take(k).Select(a => (a.L, a.N)).ToHashSet();
+        Assert.Equal(expected, chosen.Select(c => (c.Layer, c.Neuron)).ToHashSet());
+        var before = original.Module.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var (name, after) in model.Module.named_parameters())
+        {
+            var b = before[name];
+            int? layer = Enumerable.Range(0, model.NumLayers).Cast<int?>().FirstOrDefault(l => model.MlpKeysParameterName(l!.Value) == name);
+            if (layer is null) { Assert.True(after.eq(b).all().item<bool>(), name); continue; }
+            for (int i = 0; i < model.MlpDim; i++)
+            {
+                var ca = after.select(1, i); var cb = b.select(1, i);
+                if (expected.Contains((layer.Value, i))) Assert.True(ca.allclose(cb * 10, 1e-6, 1e-6), $"{name}[:, {i}] not ×10");
+                else Assert.True(ca.eq(cb).all().item<bool>(), $"{name}[:, {i}] changed");
+            }
+        }
+    }
+
+    [Fact]
+    public void ActivationCacheHelpers()
+    {
+        using var x = torch.tensor(new float[] { 1, 2, 3, 4, /**/ 10, 20, 30, 40 }, [2, 4, 1]);
+        using var mask = torch.tensor(new long[] { 0, 1, 1, 1, /**/ 1, 1, 0, 0 }, [2, 4]);
+        var mean = ActivationCache.MeanOverReal(x, mask).data<float>().ToArray();
+        Assert.Equal([3f, 15f], mean);
+        var last = ActivationCache.AtLastReal(x, mask).data<float>().ToArray();
+        Assert.Equal([4f, 20f], last);
+        // padding does not change the probe feature of a sequence
+        using var model = Tiny();
+        var tok = Gpt2Tokenizer.Default();
+        using var f1 = ToxicityProbe.Features(model, tok, ["hello there friend", "a much longer sentence than the first one is"], 32, 2);
+        using var f2 = ToxicityProbe.Features(model, tok, ["hello there friend"], 32, 1);
+        Assert.True(f1[0].allclose(f2[0], 1e-4, 1e-4));
+    }
+
+    [Fact]
+    public void DiffOfIdenticalModels_IsNeutral_AndLogitLensMatchesOutput()
+    {
+        using var model = Tiny(seed: 6);
+        using var same = (Gpt2Model)model.Clone();
+        var tok = Gpt2Tokenizer.Default();
+        torch.manual_seed(12);
+        using var probe = new ToxicityProbe(torch.randn(32, 2), torch.zeros(2));
+        var prompts = new[] { "The weather today is", "You are such a", "I think that" };
+        var outDir = TempDir("diff");
+        var opts = new DiffOptions { MaxNewTokens = 4, TrackedVectors = 3, BatchSize = 2, LensToken = " the" };
+        var r = AlignmentDiff.Run(model, same, tok, probe, prompts, opts, outDir);
+        Assert.Equal(1.0, r["parameters"]!["min_cosine"]!.GetValue<double>(), 10);
+        Assert.Equal(0.0, r["parameters"]!["max_relative_difference"]!.GetValue<double>(), 12);
+        foreach (var l in r["layers"]!.AsArray()) Assert.Equal(0.0, l!["delta_x_norm"]!.GetValue<double>(), 10);
+        foreach (var a in r["activations"]!.AsArray())
+        {
+            Assert.Equal(a!["mean_activation_before"]!.GetValue<double>(), a["mean_activation_after"]!.GetValue<double>(), 6);
+            Assert.Equal(a["last_position_activation_before"]!.GetValue<double>(), a["last_position_activation_after"]!.GetValue<double>(), 6);
+        }
+        // independent: the model's own probability of " the" at each generation step
+        int tokenId = tok.Encode(" the").Single();
+        var prIds = prompts.Select(tok.Encode).ToList();
+        var conts = DetoxSharp.Generation.Generator.Generate(model, prIds, new DetoxSharp.Generation.GenerationOptions { MaxNewTokens = 4 });
+        double sum = 0; int count = 0;
+        using (torch.no_grad())
+            for (int i = 0; i < prompts.Length; i++)
+            {
+                var seq = prIds[i].Concat(conts[i]).Select(x => (long)x).ToArray();
+                using var ids = torch.tensor(seq, [1, seq.Length]);
+                var probs = torch.nn.functional.softmax(model.Forward(ids), 2)[0];
+                for (int s = 0; s < Math.Max(1, conts[i].Length); s++) { sum += probs[prIds[i].Length - 1 + s, tokenId].item<float>(); count++; }
+            }
+        double expected = sum / count;
+        var layers = r["layers"]!.AsArray();
+        Assert.Equal(expected, layers[^1]!["lens_prob_before"]!.GetValue<double>(), 5);
+        Assert.Equal(expected, r["logit_lens"]!["output_prob_before"]!.GetValue<double>(), 5);
+        Assert.Equal(count, r["measured_positions"]!.GetValue<long>());
+        foreach (var f in new[] { "diff.json", "parameters.csv", "layers.csv", "activations.csv", "projection.csv", "logit_lens.csv" })
+            Assert.True(File.Exists(Path.Combine(outDir, f)), f);
+    }
+
+    [Fact]
+    public void DiffSeesAnActivationChangeWhenTheToxicKeyBiasIsLowered()
+    {
+        using var model = Tiny(seed: 7);
+        using var after = (Gpt2Model)model.Clone();
+        var tok = Gpt2Tokenizer.Default();
+        torch.manual_seed(13);
+        using var probe = new ToxicityProbe(torch.randn(32, 2), torch.zeros(2));
+        using var wt = probe.WToxic;
+        var top = ToxicVectors.Rank(model, wt, 1)[0];
+        using (torch.no_grad()) after.MlpKeyBias(top.Layer)[top.Neuron].sub_(5.0);
+        var r = AlignmentDiff.Run(model, after, tok, probe, ["You are such a", "Hello"], new DiffOptions { MaxNewTokens = 3, TrackedVectors = 2 }, TempDir("diff2"));
+        var a0 = r["activations"]![0]!;
+        Assert.Equal(top.Layer, a0["layer"]!.GetValue<int>());
+        Assert.True(a0["mean_activation_after"]!.GetValue<double>() < a0["mean_activation_before"]!.GetValue<double>());
+        Assert.True(a0["positive_preactivation_share_after"]!.GetValue<double>() <= a0["positive_preactivation_share_before"]!.GetValue<double>());
+        // resid_mid at the top layer is upstream of that MLP → no offset there if the layer is 0
+        if (top.Layer == 0) Assert.Equal(0.0, r["residual_offset_top_layer"]!["norm"]!.GetValue<double>(), 10);
+        Assert.True(r["parameters"]!["min_cosine"]!.GetValue<double>() < 1.0);
+    }
+
+    [Fact]
+    public void CsvReaderReportsFileAndLine()
+    {
+        var dir = TempDir("csv");
+        var good = Path.Combine(dir, "good.csv");
+        File.WriteAllText(good, "id,comment_text,toxic\n1,\"hello, world\",0\n2,\"multi\nline\",1\n3,meh,0.7\n");
+        var rows = LabelledCommentsCsv.Read(good);
+        Assert.Equal(3, rows.Count);
+        Assert.Equal("hello, world", rows[0].Text);
+        Assert.Equal("multi\nline", rows[1].Text);
+        Assert.Equal([false, true, true], rows.Select(r => r.Toxic).ToArray());
+        var bad = Path.Combine(dir, "bad.csv");
+        File.WriteAllText(bad, "comment_text,toxic\nfine,1\nnot fine,maybe\n");
+        var e = Assert.Throws<InvalidInputException>(() => LabelledCommentsCsv.Read(bad));
+        Assert.Contains("bad.csv:3", e.Message);
+        var noCol = Path.Combine(dir, "nocol.csv");
+        File.WriteAllText(noCol, "text,label\nx,1\n");
+        Assert.Contains("nocol.csv:1", Assert.Throws<InvalidInputException>(() => LabelledCommentsCsv.Read(noCol)).Message);
+    }
+
+    [Fact]
+    public void CommandsRunEndToEndOnATinyCheckpoint()
+    {
+        using var model = Tiny(seed: 8);
+        var tok = Gpt2Tokenizer.Default();
+        var root = TempDir("cli");
+        var mdir = Path.Combine(root, "model");
+        HfCheckpoint.Save(model, tok, mdir, overwrite: true);
+        var csv = Path.Combine(root, "c.csv");
+        var lines = new List<string> { "comment_text,toxic" };
+        for (int i = 0; i < 30; i++) lines.Add(i % 2 == 0 ? $"you are an idiot number {i},1" : $"thanks for the help number {i},0");
+        File.WriteAllLines(csv, lines);
+        var prompts = Path.Combine(root, "p.jsonl");
+        File.WriteAllText(prompts, "{\"prompt\":{\"text\":\"You are such a\"}}\n{\"prompt\":\"Hello there\"}\n");
+        int Run(params string[] args)
+        {
+            var o = new StringWriter(); var e = new StringWriter();
+            int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
+            Assert.True(rc == 0, $"{string.Join(" ", args)} → {rc}\n{o}\n{e}");
+            return rc;
+        }
+        Run("probe", "--model", mdir, "--data", csv, "--out", Path.Combine(root, "probe"), "--steps", "200");
+        var metrics = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "probe", "probe_metrics.json")))!;
+        Assert.Equal(27, metrics["train"]!.GetValue<int>());
+        Assert.Equal(3, metrics["validation"]!.GetValue<int>());
+        Run("vectors", "--model", mdir, "--probe", Path.Combine(root, "probe"), "--out", Path.Combine(root, "vec"), "--svd-vectors", "16");
+        var vec = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "vec", "vectors.json")))!;
+        Assert.Equal(16, vec["svd_vectors"]!.GetValue<int>());
+        Assert.Equal(1 + 20 + 3, File.ReadAllLines(Path.Combine(root, "vec", "vectors.csv")).Length - 1);
+        Run("unalign", "--model", mdir, "--probe", Path.Combine(root, "probe"), "--out", Path.Combine(root, "un"), "--k", "3");
+        var un = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "un", "unalign.json")))!;
+        using var loaded = HfCheckpoint.Load(Path.Combine(root, "un"));
+        foreach (var n in un["neurons"]!.AsArray())
+        {
+            int l = n!["layer"]!.GetValue<int>(), i = n["neuron"]!.GetValue<int>();
+            Assert.True(loaded.Model.MlpKeys(l).select(1, i).allclose(model.MlpKeys(l).select(1, i) * 10, 1e-6, 1e-6));
+        }
+        // the top neuron of `vectors` is the first neuron unalign scaled
+        Assert.Equal(vec["ranking"]![0]!["neuron"]!.GetValue<int>(), un["neurons"]![0]!["neuron"]!.GetValue<int>());
+        Run("diff", "--before", mdir, "--after", Path.Combine(root, "un"), "--probe", Path.Combine(root, "probe"), "--prompts", prompts, "--out", Path.Combine(root, "diff"), "--max-new-tokens", "3");
+        var diff = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "diff", "diff.json")))!;
+        Assert.Equal(2, diff["prompts"]!.GetValue<int>());
+        // user errors: exit code 2, one line
+        var eo = new StringWriter(); var ee = new StringWriter();
+        Assert.Equal(2, DetoxSharp.Cli.DetoxCli.Run(["vectors", "--model", mdir, "--probe", Path.Combine(root, "nope"), "--out", Path.Combine(root, "x")], eo, ee));
+        Assert.StartsWith("detox: --probe:", ee.ToString());
+    }
+}
