@@ -146,3 +146,25 @@ public class StageRunnerTests
         Assert.NotEqual(Hashing.OfJson(JsonNode.Parse("""{"a":[1,2]}""")), Hashing.OfJson(JsonNode.Parse("""{"a":[2,1]}""")));
     }
 }
+
+public class StageProgressTests
+{
+    sealed class SyncProgress(Action<StageEvent> a) : IProgress<StageEvent> { public void Report(StageEvent v) => a(v); }
+
+    [Fact]
+    public void RunningStageEstimateFollowsItsOwnPace()
+    {
+        var dir = FakeStudy.TempDir("pace");
+        var events = new List<StageEvent>();
+        var stages = new List<StageDefinition>
+        {
+            new("pretrain", new JsonObject(), [], c => { Thread.Sleep(200); c.Report!(0.5, "half"); }),
+        };
+        new StageRunner(dir).Run(stages, new SyncProgress(events.Add));
+        var p = events.Single(e => e.Kind == StageEventKind.Progress);
+        // Half done after ~0.2 s → about 0.2 s left, not the table's 240 s × 0.5.
+        Assert.InRange(p.EstimatedRemaining.TotalSeconds, 0.15, 2);
+        Assert.Equal(0.5, p.Fraction);
+        Assert.Equal("half", p.Note);
+    }
+}

@@ -72,6 +72,7 @@ public class StudyReportTests
         var vectors = Csv(Path.Combine(rep, "tables", "toxic_vectors.csv"));
         Assert.Equal(1 + 5 + 1, vectors.Count);
         Assert.Equal("MLP.v_17^3", vectors[1][1]);
+        Assert.Equal("SVD.U[0]", vectors[6][1]);
 
         // Sweep: 2 methods × 2 points, the regime rule applied to the fake numbers (small lr: shallow; large lr: not).
         var sweep = Csv(Path.Combine(rep, "tables", "sweep.csv"));
