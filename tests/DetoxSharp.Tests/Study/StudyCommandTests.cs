@@ -73,3 +73,22 @@ public class StudyCommandTests
         Assert.StartsWith("detox: ", e.ToString());
     }
 }
+
+public class StudyCommandFailureTests
+{
+    [Fact]
+    public void FailingStageEndsWithOneLineAndARerunContinues()
+    {
+        var dir = FakeStudy.TempDir("cli-fail");
+        var broken = FakeStudy.Functions() with { Vectors = _ => throw new IOException("disk full") };
+        var o = new StringWriter(); var e = new StringWriter();
+        Assert.Equal(1, StudyCommand.Run(null, dir, true, false, broken, o, e));
+        Assert.Contains("detox: study stopped: IOException: disk full", e.ToString());
+        Assert.DoesNotContain("   at ", e.ToString());
+        var o2 = new StringWriter();
+        Assert.Equal(0, StudyCommand.Run(null, dir, true, false, FakeStudy.Functions(), o2, e));
+        Assert.Contains("[3/", o2.ToString());
+        Assert.Matches(@"\[3/\d+\] probe: done earlier, skipped", o2.ToString());
+        Assert.Matches(@"\[4/\d+\] vectors: running", o2.ToString());
+    }
+}
