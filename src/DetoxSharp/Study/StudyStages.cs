@@ -188,7 +188,7 @@ public static class StudyStages
         {
             var kind = row!["kind"]!.GetValue<string>();
             var tokens = new JsonArray(row["top_tokens"]!.AsArray().Select(t => (JsonNode)JsonValue.Create(t!["text"]!.GetValue<string>())!).ToArray());
-            if (kind == "value")
+            if (kind == "value_vector")
                 vectors.Add(new JsonObject
                 {
                     ["rank"] = ++rank, ["layer"] = row["layer"]!.DeepClone(), ["index"] = row["neuron"]!.DeepClone(),
