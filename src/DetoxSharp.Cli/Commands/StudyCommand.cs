@@ -60,7 +60,14 @@ public static class StudyCommand
                 case StageEventKind.Unavailable: break;
             }
         });
-        var summary = new StageRunner(outDir).Run(stages, progress);
+        RunSummary summary;
+        try { summary = new StageRunner(outDir).Run(stages, progress); }
+        catch (Exception ex) when (ex is not InvalidInputException and not OperationCanceledException)
+        {
+            // The failed stage is recorded in manifest.json and its partial output discarded on the next run.
+            err.WriteLine($"detox: study stopped: {ex.GetType().Name}: {ex.Message} (finished stages are kept in {Path.GetFullPath(outDir)}; rerun to continue)");
+            return 1;
+        }
         if (!summary.Completed)
         {
             err.WriteLine($"detox: {summary.StopReason}; {summary.Ran.Count} stage(s) ran, {summary.Skipped.Count} were already done. Outputs so far: {Path.GetFullPath(outDir)}");

@@ -55,6 +55,11 @@ public sealed class HtmlReport(string title)
     /// <summary>A note that a part of the report has no data in this run (and which stage would produce it).</summary>
     public HtmlReport Missing(string what) { Cur.Append("<p class=\"missing\">").Append(E(what)).Append("</p>\n"); return this; }
 
+    /// <summary>A banner shown above everything (before the table of contents).</summary>
+    public HtmlReport Notice(string text) { _notices.Add(text); return this; }
+
+    readonly List<string> _notices = [];
+
     public HtmlReport Pre(string text) { Cur.Append("<pre>").Append(E(text)).Append("</pre>\n"); return this; }
 
     public HtmlReport Add(Figure f)
@@ -92,14 +97,16 @@ public sealed class HtmlReport(string title)
         nav ul{columns:2}table{border-collapse:collapse;margin:1em 0;font-size:.92em}caption{text-align:left;padding:.3em 0;caption-side:top}
         th,td{border:1px solid #bbb;padding:.25em .6em;vertical-align:top}th{background:#f0f0f0}tbody tr:nth-child(even){background:#fafafa}
         figure{margin:1.2em 0}figure svg{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.92em;color:#333}
-        .files{color:#888;font-size:.85em}.missing{color:#a33;font-style:italic}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
+        .files{color:#888;font-size:.85em}.missing{color:#a33;font-style:italic}.notice{background:#fff3cd;border:1px solid #e0c36a;padding:.6em;font-weight:bold}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
         """;
 
     public string ToHtml()
     {
         var sb = new StringBuilder();
-        sb.Append("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>").Append(E(title)).Append("</title><style>")
-          .Append(Css).Append("</style></head><body>\n<h1>").Append(E(title)).Append("</h1>\n<nav><ul>");
+        sb.Append("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>").Append(E(title)).Append("</title><style>")
+          .Append(Css).Append("</style></head><body>\n<h1>").Append(E(title)).Append("</h1>\n");
+        foreach (var n in _notices) sb.Append("<p class=\"notice\">").Append(E(n)).Append("</p>\n");
+        sb.Append("<nav><ul>");
         foreach (var s in _sections) sb.Append($"<li><a href=\"#{E(s.Id)}\">{E(s.Title)}</a></li>");
         sb.Append("</ul></nav>\n");
         foreach (var s in _sections) sb.Append($"<section id=\"{E(s.Id)}\"><h2>{E(s.Title)}</h2>\n").Append(s.Body).Append("</section>\n");

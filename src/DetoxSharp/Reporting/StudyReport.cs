@@ -46,6 +46,9 @@ public static class StudyReport
         var r = new HtmlReport(config.Model == "toy" ? "DetoxSharp study — toy world" : "DetoxSharp study");
 
         ReadingGuide(r, config, runs);
+        // A stage may leave a NOTICE.txt (e.g. "numbers made up by test fixtures"); it is shown at the very top.
+        var notices = inputs.Values.Select(d => Path.Combine(d, "NOTICE.txt")).Where(File.Exists).Select(File.ReadAllText).Distinct().ToList();
+        if (notices.Count > 0) r.Notice(string.Join(" ", notices));
 
         // --- Results table (paper Tables 2 and 4) ---
         r.Section("results", "Results: toxicity, perplexity, F1");
@@ -81,7 +84,7 @@ public static class StudyReport
             var vrows = vecs.OfType<JsonObject>().Select(v => (IReadOnlyList<string>)[S(v["rank"]), $"MLP.v_{S(v["index"])}^{S(v["layer"])}",
                 F(D(v["cosine"])), string.Join(", ", (v["top_tokens"] as JsonArray ?? []).Select(S))]).ToList();
             foreach (var c in (tv["svd"] as JsonArray ?? []).OfType<JsonObject>())
-                vrows.Add([$"SVD", $"SVD.U[{S(c["component"])}]", "–", string.Join(", ", (c["top_tokens"] as JsonArray ?? []).Select(S))]);
+                vrows.Add(["–", c["name"] is JsonValue ? S(c["name"]) : $"SVD.U[{S(c["component"])}]", "–", string.Join(", ", (c["top_tokens"] as JsonArray ?? []).Select(S))]);
             r.Add(new Table("toxic_vectors", "Toxic value vectors", ["Rank", "Vector", "cos(v, W_Toxic)", "Top tokens"], vrows,
                 "Value vectors ranked by cosine similarity with the probe's toxic direction, projected onto the vocabulary."));
         }

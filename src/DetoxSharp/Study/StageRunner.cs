@@ -146,7 +146,7 @@ public sealed class StageRunner
                 Name = s.Name, OutputDir = tmp, RunDir = _runDir, Settings = (JsonObject)s.Settings.DeepClone(),
                 Inputs = s.DependsOn.ToDictionary(d => d, d => StageDir(_runDir, d)), Cancellation = ct,
                 Report = (f, note) => progress?.Report(new StageEvent(StageEventKind.Progress, s.Name, i, stages.Count, run.Elapsed,
-                    sw.Elapsed, TimeSpan.FromSeconds(Math.Max(0, _durations.Estimate(s) * (1 - f)) + stages.Where(x => pending.Contains(x.Name) && x.Name != s.Name).Sum(x => _durations.Estimate(x))), f, note)),
+                    sw.Elapsed, TimeSpan.FromSeconds(CurrentRemaining(s, sw.Elapsed.TotalSeconds, f) + stages.Where(x => pending.Contains(x.Name) && x.Name != s.Name).Sum(x => _durations.Estimate(x))), f, note)),
             };
             try { s.Run(ctx); }
             catch (Exception ex) when (ex is not OperationCanceledException)
@@ -177,6 +177,11 @@ public sealed class StageRunner
         }
         return new RunSummary(ran, skipped, null, null);
     }
+
+    /// <summary>Time left in the running stage: extrapolated from its own pace once it reports some progress,
+    /// otherwise the table's estimate scaled by what is left.</summary>
+    double CurrentRemaining(StageDefinition s, double elapsed, double f) =>
+        f is > 0.02 and <= 1 ? elapsed * (1 - f) / f : Math.Max(0, _durations.Estimate(s) * (1 - Math.Clamp(f, 0, 1)));
 
     static bool SameInputs(Dictionary<string, string> a, Dictionary<string, string> b) =>
         a.Count == b.Count && a.All(kv => b.TryGetValue(kv.Key, out var v) && v == kv.Value);

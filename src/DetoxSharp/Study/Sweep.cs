@@ -48,7 +48,7 @@ public static class Sweep
     {
         var t = v switch
         {
-            JsonValue jv when jv.TryGetValue<double>(out var d) => d.ToString("G6", CultureInfo.InvariantCulture),
+            JsonValue jv when jv.TryGetValue<double>(out var d) => d.ToString("G6", CultureInfo.InvariantCulture).ToLowerInvariant(),
             JsonValue jv when jv.TryGetValue<string>(out var str) => str,
             null => "null",
             _ => v.ToJsonString(),

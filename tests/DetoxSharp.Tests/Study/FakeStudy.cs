@@ -1,0 +1,107 @@
+using System.Globalization;
+using System.Text.Json.Nodes;
+using DetoxSharp.Study;
+
+namespace DetoxSharp.Tests.Study;
+
+/// <summary>
+/// Fake stage functions for tests only: they write files in the RunLayout formats with numbers drawn from a seeded
+/// generator (seeded by stage name), so the report can be checked against what the stages wrote.
+/// </summary>
+public static class FakeStudy
+{
+    static Random Rng(StageContext c) => new(c.Name.Aggregate(17, (h, ch) => unchecked(h * 31 + ch)) ^ c.Settings.ToJsonString().Length);
+
+    static void J(StageContext c, string file, JsonNode n) => File.WriteAllText(Path.Combine(c.OutputDir, file), n.ToJsonString());
+
+    static void Marker(StageContext c) => File.WriteAllText(Path.Combine(c.OutputDir, "done.txt"), c.Name);
+
+    // Stages downstream of training learn the learning rate from what the (fake) trainer wrote, like real ones read the model.
+    static double Lr(StageContext c) => c.Settings["training"]?["learning_rate"]?.GetValue<double>()
+        ?? double.Parse(File.ReadAllText(Path.Combine(c.Inputs.Single(kv => kv.Key.StartsWith("train/")).Value, "lr.txt")), CultureInfo.InvariantCulture);
+
+    public static StudyStageFunctions Functions() => new()
+    {
+        World = c => { Marker(c); File.WriteAllText(Path.Combine(c.OutputDir, "NOTICE.txt"), "TEST FIXTURE: every number in this report was made up by fake stages (tests/DetoxSharp.Tests/Study/FakeStudy.cs) to check the report's layout; none is a result."); },
+        Pretrain = Marker, ToxicModel = Marker, Pairs = Marker, Interventions = Marker,
+        Probe = c => J(c, RunLayout.Probe, new JsonObject { ["validation_accuracy"] = 0.91 }),
+        Vectors = c => J(c, RunLayout.ToxicVectors, new JsonObject
+        {
+            ["vectors"] = new JsonArray(Enumerable.Range(0, 5).Select(i => (JsonNode)new JsonObject
+            {
+                ["rank"] = i + 1, ["layer"] = 3 - i % 2, ["index"] = 17 + 13 * i, ["cosine"] = 0.4 - 0.05 * i,
+                ["top_tokens"] = new JsonArray("idiot" + i, "stupid", "trash"),
+            }).ToArray()),
+            ["svd"] = new JsonArray(new JsonObject { ["component"] = 0, ["top_tokens"] = new JsonArray("dumb", "moron") }),
+        }),
+        EvaluateBase = c =>
+        {
+            J(c, RunLayout.Results, new JsonObject { ["rows"] = new JsonArray(RunLayout.BaseRows.Select((r, i) => (JsonNode)new JsonObject
+                { ["row"] = r, ["toxicity"] = i == 0 ? 0.6 : 0.3 + 0.05 * i, ["perplexity"] = 20 + i, ["f1"] = 0.2 }).ToArray()) });
+            File.WriteAllLines(Path.Combine(c.OutputDir, RunLayout.Continuations), Enumerable.Range(0, 3).Select(i =>
+                new JsonObject { ["row"] = "No-op", ["prompt"] = $"prompt {i} you are such a", ["continuation"] = $"idiot {i}", ["toxicity"] = 0.9 }.ToJsonString()));
+        },
+        Train = c =>
+        {
+            var rng = Rng(c);
+            File.WriteAllText(Path.Combine(c.OutputDir, "lr.txt"), Lr(c).ToString("R", CultureInfo.InvariantCulture));
+            File.WriteAllLines(Path.Combine(c.OutputDir, RunLayout.Metrics), Enumerable.Range(1, 20).Select(s => new JsonObject
+            {
+                ["step"] = s, ["loss"] = 0.69 * Math.Exp(-s * Lr(c) * 500) + 0.01 * rng.NextDouble(), ["rewards/margins"] = s * Lr(c) * 100,
+                ["rewards/accuracies"] = Math.Min(1, 0.5 + s * 0.03), ["rewards/chosen"] = -0.01 * s, ["rewards/rejected"] = -0.05 * s,
+            }.ToJsonString()));
+        },
+        EvaluateModel = c =>
+        {
+            var rng = Rng(c);
+            double lr = Lr(c);
+            J(c, RunLayout.Results, new JsonObject { ["rows"] = new JsonArray(new JsonObject
+                { ["row"] = c.Settings["row"]!.GetValue<string>(), ["toxicity"] = 0.6 - Math.Min(0.55, lr * 4000) + 0.02 * rng.NextDouble(), ["perplexity"] = 20 + lr * 5e4 * rng.NextDouble(), ["f1"] = 0.19 + 0.01 * rng.NextDouble() }) });
+            File.WriteAllLines(Path.Combine(c.OutputDir, RunLayout.Continuations), Enumerable.Range(0, 3).Select(i =>
+                new JsonObject { ["row"] = c.Settings["row"]!.GetValue<string>(), ["prompt"] = $"prompt {i} you are such a", ["continuation"] = $"kind person {i}", ["toxicity"] = 0.05 }.ToJsonString()));
+        },
+        Diff = c =>
+        {
+            var rng = Rng(c);
+            double lr = Lr(c);
+            J(c, RunLayout.Diff, new JsonObject
+            {
+                ["param_cosine"] = new JsonArray(Enumerable.Range(0, 4).Select(l => (JsonNode)new JsonObject { ["layer"] = l, ["min"] = 1 - lr * (l + 1) * 10, ["mean"] = 1 - lr * (l + 1) }).ToArray()),
+                ["activation"] = new JsonArray(Enumerable.Range(0, 5).Select(i => (JsonNode)new JsonObject { ["vector"] = $"L{3 - i % 2}.N{17 + 13 * i}", ["before"] = 5.0 - i * 0.5, ["after"] = (5.0 - i * 0.5) * (1 - Math.Min(0.9, lr * 3000)) }).ToArray()),
+                ["positive_preact_share"] = new JsonObject { ["before"] = 0.6, ["after"] = 0.6 - Math.Min(0.55, lr * 2000) },
+                ["offset_norm"] = new JsonArray(Enumerable.Range(0, 4).Select(l => (JsonNode)new JsonObject { ["layer"] = l, ["norm"] = (l + 1) * lr * 1e4 }).ToArray()),
+                ["offset_size"] = 3 * lr * 1e4,
+                ["logit_lens"] = new JsonObject { ["token"] = " idiot", ["layers"] = new JsonArray(Enumerable.Range(0, 4).Select(l => (JsonNode)new JsonObject { ["layer"] = l, ["before"] = 0.01 * l * l, ["after"] = 0.002 * l }).ToArray()) },
+                ["offset_projection"] = new JsonArray(Enumerable.Range(0, 40).Select(i => (JsonNode)new JsonObject
+                    { ["model"] = i < 20 ? "base" : "aligned", ["offset"] = (i < 20 ? 0 : 2) + rng.NextDouble(), ["orthogonal"] = rng.NextDouble() - 0.5, ["activation"] = i < 20 ? 4 + rng.NextDouble() : rng.NextDouble() }).ToArray()),
+            });
+        },
+        Unalign = c =>
+        {
+            var rng = Rng(c);
+            double lr = Lr(c);
+            bool shallow = lr < 1e-4;
+            J(c, RunLayout.Unalign, new JsonObject
+            {
+                ["row"] = c.Settings["row"]!.GetValue<string>(), ["scale"] = 10, ["keys"] = new JsonArray("L3.N17", "L2.N30"),
+                ["toxicity"] = shallow ? 0.58 + 0.02 * rng.NextDouble() : 0.1, ["perplexity"] = 21 + rng.NextDouble(), ["f1"] = 0.19,
+                ["steering"] = new JsonArray(new JsonObject { ["scale"] = 0, ["toxicity"] = 0.1 }, new JsonObject { ["scale"] = 8, ["toxicity"] = shallow ? 0.62 : 0.3 }),
+                ["restore_scale"] = shallow ? 8.0 : null, ["target_toxicity"] = 0.6,
+            });
+            File.WriteAllLines(Path.Combine(c.OutputDir, RunLayout.Continuations), Enumerable.Range(0, 3).Select(i =>
+                new JsonObject { ["row"] = c.Settings["row"]!.GetValue<string>(), ["prompt"] = $"prompt {i} you are such a", ["continuation"] = $"moron {i}", ["toxicity"] = 0.8 }.ToJsonString()));
+        },
+    };
+
+    /// <summary>A small study config: 2 learning rates × 2 methods × <paramref name="seeds"/> seeds.</summary>
+    public static StudyConfig Config(int seeds = 2) => StudyConfig.Parse($$"""
+        { "model": "toy", "dpo": { "beta": 0.1, "learning_rate": [3e-5, 3e-4] }, "adpo": { "beta": 0.1, "gamma": 0.1, "learning_rate": [3e-5, 3e-4] }, "seeds": {{seeds}} }
+        """);
+
+    public static string TempDir(string tag)
+    {
+        var d = Path.Combine(Path.GetTempPath(), $"detox-study-{tag}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(d);
+        return d;
+    }
+}

@@ -1,0 +1,170 @@
+using System.Text.Json.Nodes;
+using DetoxSharp.Study;
+
+namespace DetoxSharp.Tests.Study;
+
+public class StageRunnerTests
+{
+    sealed class Counter
+    {
+        public readonly Dictionary<string, int> Runs = new();
+        public string? FailAt;
+        public Action<StageContext> Stage(Func<StageContext, string> content) => c =>
+        {
+            Runs[c.Name] = Runs.GetValueOrDefault(c.Name) + 1;
+            File.WriteAllText(Path.Combine(c.OutputDir, "partial.txt"), "half");
+            if (FailAt == c.Name) throw new IOException("simulated crash in " + c.Name);
+            File.WriteAllText(Path.Combine(c.OutputDir, "out.txt"), content(c));
+        };
+    }
+
+    // a → b → c; d independent; e reads b and d.
+    static List<StageDefinition> Graph(Counter k, JsonObject bSettings, Func<StageContext, string>? bOut = null) =>
+    [
+        new("a", new JsonObject { ["x"] = 1 }, [], k.Stage(c => "A")),
+        new("b", bSettings, ["a"], k.Stage(bOut ?? (c => "B" + c.Settings["v"]!.ToJsonString() + File.ReadAllText(Path.Combine(c.Input("a"), "out.txt"))))),
+        new("grp/c", new JsonObject(), ["b"], k.Stage(c => "C" + File.ReadAllText(Path.Combine(c.Input("b"), "out.txt")))),
+        new("grp/d", new JsonObject(), [], k.Stage(c => "D")),
+        new("e", new JsonObject(), ["b", "grp/d"], k.Stage(c => "E")),
+    ];
+
+    [Fact]
+    public void RerunSkipsEverythingAndChangedSettingInvalidatesExactlyDownstream()
+    {
+        var dir = FakeStudy.TempDir("runner");
+        var k = new Counter();
+        var s1 = new StageRunner(dir).Run(Graph(k, new JsonObject { ["v"] = 1 }));
+        Assert.True(s1.Completed);
+        Assert.Equal(["a", "b", "grp/c", "grp/d", "e"], s1.Ran);
+        Assert.Equal("CB1A", File.ReadAllText(Path.Combine(StageRunner.StageDir(dir, "grp/c"), "out.txt")));
+
+        var s2 = new StageRunner(dir).Run(Graph(k, new JsonObject { ["v"] = 1 }));
+        Assert.Empty(s2.Ran);
+        Assert.Equal(5, s2.Skipped.Count);
+
+        // Key order in settings must not matter; a changed value must.
+        var s3 = new StageRunner(dir).Run(Graph(k, new JsonObject { ["v"] = 2 }));
+        Assert.Equal(["b", "grp/c", "e"], s3.Ran);
+        Assert.Equal(["a", "grp/d"], s3.Skipped);
+        Assert.Equal("CB2A", File.ReadAllText(Path.Combine(StageRunner.StageDir(dir, "grp/c"), "out.txt")));
+        Assert.Equal(1, k.Runs["a"]);
+        Assert.Equal(2, k.Runs["grp/c"]);
+
+        var m = Manifest.Load(dir);
+        Assert.Equal(StageStatus.Done, m.Stages["e"].Status);
+        Assert.Equal(Hashing.OfDirectory(StageRunner.StageDir(dir, "b")), m.Stages["b"].OutputHash);
+        Assert.Equal(m.Stages["b"].OutputHash, m.Stages["grp/c"].InputHashes["b"]);
+    }
+
+    [Fact]
+    public void SettingChangeWithIdenticalOutputDoesNotRerunDownstream()
+    {
+        var dir = FakeStudy.TempDir("same-output");
+        var k = new Counter();
+        new StageRunner(dir).Run(Graph(k, new JsonObject { ["v"] = 1 }, c => "same"));
+        var s = new StageRunner(dir).Run(Graph(k, new JsonObject { ["v"] = 2 }, c => "same"));
+        Assert.Equal(["b"], s.Ran);
+    }
+
+    [Fact]
+    public void InterruptedRunContinuesWithoutRedoingFinishedStages()
+    {
+        var dir = FakeStudy.TempDir("resume");
+        var k = new Counter { FailAt = "grp/c" };
+        Assert.Throws<IOException>(() => new StageRunner(dir).Run(Graph(k, new JsonObject { ["v"] = 1 })));
+        var m = Manifest.Load(dir);
+        Assert.Equal(StageStatus.Done, m.Stages["b"].Status);
+        Assert.Equal(StageStatus.Failed, m.Stages["grp/c"].Status);
+        Assert.False(Directory.Exists(StageRunner.StageDir(dir, "grp/c")));        // only the .tmp exists
+        Assert.True(Directory.Exists(StageRunner.StageDir(dir, "grp/c") + ".tmp"));
+
+        k.FailAt = null;
+        var s = new StageRunner(dir).Run(Graph(k, new JsonObject { ["v"] = 1 }));
+        Assert.Equal(["grp/c", "grp/d", "e"], s.Ran);
+        Assert.Equal(["a", "b"], s.Skipped);
+        Assert.Equal(1, k.Runs["a"]);
+        Assert.Equal(1, k.Runs["b"]);
+        Assert.False(Directory.Exists(StageRunner.StageDir(dir, "grp/c") + ".tmp"));
+        Assert.Equal("CB1A", File.ReadAllText(Path.Combine(StageRunner.StageDir(dir, "grp/c"), "out.txt")));
+    }
+
+    [Fact]
+    public void DeletedOutputDirectoryIsRecomputed()
+    {
+        var dir = FakeStudy.TempDir("deleted");
+        var k = new Counter();
+        new StageRunner(dir).Run(Graph(k, new JsonObject { ["v"] = 1 }));
+        Directory.Delete(StageRunner.StageDir(dir, "grp/d"), true);
+        var s = new StageRunner(dir).Run(Graph(k, new JsonObject { ["v"] = 1 }));
+        Assert.Equal(["grp/d"], s.Ran);   // same output → e keeps its inputs
+    }
+
+    [Fact]
+    public void UnavailableStageStopsTheRunAndNamesIt()
+    {
+        var dir = FakeStudy.TempDir("unavailable");
+        var k = new Counter();
+        var g = Graph(k, new JsonObject { ["v"] = 1 });
+        g[2] = g[2] with { Run = null };
+        var s = new StageRunner(dir).Run(g);
+        Assert.False(s.Completed);
+        Assert.Equal("grp/c", s.StoppedAt);
+        Assert.Equal(["a", "b"], s.Ran);
+    }
+
+    [Fact]
+    public void InvalidGraphsAreRejected()
+    {
+        var dir = FakeStudy.TempDir("invalid");
+        Assert.Throws<ArgumentException>(() => new StageRunner(dir).Run([new("b", new JsonObject(), ["a"], _ => { })]));
+        Assert.Throws<ArgumentException>(() => new StageRunner(dir).Run([new("a", new JsonObject(), [], _ => { }), new("a/b", new JsonObject(), [], _ => { })]));
+        Assert.Throws<ArgumentException>(() => new StageRunner(dir).Run([new("../x", new JsonObject(), [], _ => { })]));
+    }
+
+    [Fact]
+    public void ProgressEstimatesComeFromTheDurationTable()
+    {
+        var dir = FakeStudy.TempDir("progress");
+        var d = new StageDurations();
+        var events = new List<StageEvent>();
+        var stages = new List<StageDefinition> { new("probe", new JsonObject(), [], _ => { }), new("report", new JsonObject(), ["probe"], _ => { }) };
+        new StageRunner(dir, d).Run(stages, new SyncProgress(events.Add));
+        // Before anything ran, the estimate is the table's typical probe (20 s) + report (5 s).
+        Assert.Equal(25, events.First(e => e.Kind == StageEventKind.Started).EstimatedRemaining.TotalSeconds, 6);
+        // Afterwards the table holds the measured (near-zero) durations, learned again from the manifest on a new runner.
+        var d2 = new StageDurations();
+        d2.Learn(Manifest.Load(dir));
+        Assert.True(d2.Estimate(stages[0]) < 5);
+    }
+
+    sealed class SyncProgress(Action<StageEvent> a) : IProgress<StageEvent> { public void Report(StageEvent v) => a(v); }
+
+    [Fact]
+    public void CanonicalHashIgnoresKeyOrder()
+    {
+        Assert.Equal(Hashing.OfJson(JsonNode.Parse("""{"a":1,"b":{"y":2,"x":[1,2]}}""")), Hashing.OfJson(JsonNode.Parse("""{"b":{"x":[1,2],"y":2},"a":1}""")));
+        Assert.NotEqual(Hashing.OfJson(JsonNode.Parse("""{"a":[1,2]}""")), Hashing.OfJson(JsonNode.Parse("""{"a":[2,1]}""")));
+    }
+}
+
+public class StageProgressTests
+{
+    sealed class SyncProgress(Action<StageEvent> a) : IProgress<StageEvent> { public void Report(StageEvent v) => a(v); }
+
+    [Fact]
+    public void RunningStageEstimateFollowsItsOwnPace()
+    {
+        var dir = FakeStudy.TempDir("pace");
+        var events = new List<StageEvent>();
+        var stages = new List<StageDefinition>
+        {
+            new("pretrain", new JsonObject(), [], c => { Thread.Sleep(200); c.Report!(0.5, "half"); }),
+        };
+        new StageRunner(dir).Run(stages, new SyncProgress(events.Add));
+        var p = events.Single(e => e.Kind == StageEventKind.Progress);
+        // Half done after ~0.2 s → about 0.2 s left, not the table's 240 s × 0.5.
+        Assert.InRange(p.EstimatedRemaining.TotalSeconds, 0.15, 2);
+        Assert.Equal(0.5, p.Fraction);
+        Assert.Equal("half", p.Note);
+    }
+}

@@ -1,0 +1,132 @@
+using System.Globalization;
+using System.Text.Json.Nodes;
+using System.Xml.Linq;
+using DetoxSharp.Study;
+
+namespace DetoxSharp.Tests.Study;
+
+public class StudyReportTests
+{
+    static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
+
+    static (string Dir, StudyConfig Config) RunFixture()
+    {
+        var dir = FakeStudy.TempDir("report");
+        var cfg = FakeStudy.Config(seeds: 2);
+        var s = new StageRunner(dir).Run(StudyPipeline.Build(cfg, FakeStudy.Functions()));
+        Assert.True(s.Completed, s.StopReason);
+        // For docs/report-screenshot.png: build/check-report-in-browser.sh sets this to keep the fixture run.
+        if (Environment.GetEnvironmentVariable("DETOX_REPORT_FIXTURE_OUT") is { Length: > 0 } keep)
+        {
+            if (Directory.Exists(keep)) Directory.Delete(keep, true);
+            CopyDir(dir, keep);
+        }
+        return (dir, cfg);
+    }
+
+    static void CopyDir(string from, string to)
+    {
+        foreach (var d in Directory.GetDirectories(from, "*", SearchOption.AllDirectories)) Directory.CreateDirectory(d.Replace(from, to));
+        Directory.CreateDirectory(to);
+        foreach (var f in Directory.GetFiles(from, "*", SearchOption.AllDirectories)) File.Copy(f, f.Replace(from, to));
+    }
+
+    static List<string[]> Csv(string path) => File.ReadAllLines(path).Select(l => l.Split(',')).ToList();
+
+    static JsonObject Row(string runDir, string stage) =>
+        (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(StageRunner.StageDir(runDir, stage), RunLayout.Results)))!["rows"]![0]!;
+
+    static string MeanStdText(double[] v, string fmt)
+    {
+        double mean = v.Average();
+        double std = Math.Sqrt(v.Select(x => (x - mean) * (x - mean)).Sum() / (v.Length - 1));
+        return $"{mean.ToString(fmt, Inv)} ± {std.ToString(fmt, Inv)} (n={v.Length})";
+    }
+
+    [Fact]
+    public void ResultsTableMatchesStageOutputs()
+    {
+        var (dir, _) = RunFixture();
+        var rep = StageRunner.StageDir(dir, "report");
+        var results = Csv(Path.Combine(rep, "tables", "results.csv"));
+        Assert.Equal(["Method", "Toxicity", "Perplexity", "F1", "n"], results[0]);
+        Assert.Equal(["No-op", "Subtract W_Toxic", "Subtract top vector", "Subtract SVD.U[0]", "DPO", "ADPO", "Un-aligned DPO", "Un-aligned ADPO"], results.Skip(1).Select(r => r[0]));
+
+        var baseRows = JsonNode.Parse(File.ReadAllText(Path.Combine(StageRunner.StageDir(dir, "evaluate/base"), RunLayout.Results)))!["rows"]!.AsArray();
+        for (int i = 0; i < 4; i++)
+        {
+            Assert.Equal(baseRows[i]!["toxicity"]!.GetValue<double>().ToString("F3", Inv), results[1 + i][1]);
+            Assert.Equal(baseRows[i]!["perplexity"]!.GetValue<double>().ToString("F2", Inv), results[1 + i][2]);
+        }
+        foreach (var (method, line) in new[] { ("dpo", 5), ("adpo", 6) })
+        {
+            var ev = Enumerable.Range(0, 2).Select(s => Row(dir, $"evaluate/{method}/lr3e-05/s{s}")).ToArray();
+            Assert.Equal(MeanStdText(ev.Select(e => e["toxicity"]!.GetValue<double>()).ToArray(), "F3"), results[line][1]);
+            Assert.Equal(MeanStdText(ev.Select(e => e["perplexity"]!.GetValue<double>()).ToArray(), "F2"), results[line][2]);
+            Assert.Equal(MeanStdText(ev.Select(e => e["f1"]!.GetValue<double>()).ToArray(), "F3"), results[line][3]);
+            Assert.Equal("2", results[line][4]);
+            var un = Enumerable.Range(0, 2).Select(s => JsonNode.Parse(File.ReadAllText(Path.Combine(StageRunner.StageDir(dir, $"unalign/{method}/lr3e-05/s{s}"), RunLayout.Unalign)))!).ToArray();
+            Assert.Equal(MeanStdText(un.Select(e => e["toxicity"]!.GetValue<double>()).ToArray(), "F3"), results[line + 2][1]);
+        }
+
+        var vectors = Csv(Path.Combine(rep, "tables", "toxic_vectors.csv"));
+        Assert.Equal(1 + 5 + 1, vectors.Count);
+        Assert.Equal("MLP.v_17^3", vectors[1][1]);
+        Assert.Equal("SVD.U[0]", vectors[6][1]);
+
+        // Sweep: 2 methods × 2 points, the regime rule applied to the fake numbers (small lr: shallow; large lr: not).
+        var sweep = Csv(Path.Combine(rep, "tables", "sweep.csv"));
+        Assert.Equal(5, sweep.Count);
+        var regime = sweep[0].ToList().IndexOf("Regime");
+        Assert.All(sweep.Skip(1).Where(r => r[1].StartsWith("lr3e-05")), r => Assert.Equal("un-aligning and steering restore", r[regime]));
+        Assert.All(sweep.Skip(1).Where(r => r[1].StartsWith("lr0.0003")), r => Assert.Equal("neither restores", r[regime]));
+        Assert.Equal("2/2", sweep[1][sweep[0].ToList().IndexOf("Steering restored")]);
+
+        // Every stage of the run appears in the "what was run" table with its manifest wall time.
+        var stages = Csv(Path.Combine(rep, "tables", "stages.csv"));
+        var manifest = Manifest.Load(dir);
+        Assert.Equal(manifest.Stages.Count - 1, stages.Count - 1);   // the report's own entry is written after it
+        Assert.All(stages.Skip(1), r => Assert.Equal(manifest.Stages[r[0]].WallSeconds.ToString("F1", Inv), r[2]));
+    }
+
+    [Fact]
+    public void HtmlIsWellFormedSelfContainedAndHasEverySection()
+    {
+        var (dir, _) = RunFixture();
+        var html = File.ReadAllText(Path.Combine(dir, RunLayout.Report));
+        Assert.StartsWith("<!DOCTYPE html>", html);
+        var doc = XDocument.Parse(html["<!DOCTYPE html>".Length..]);   // XHTML-compatible: must parse as XML
+        var ids = doc.Descendants().Where(e => e.Name.LocalName == "section").Select(e => (string?)e.Attribute("id")).ToList();
+        Assert.Equal(["guide", "results", "vectors", "training", "activations", "parameters", "offset", "logit-lens", "examples", "regimes", "run"], ids);
+        var rep = StageRunner.StageDir(dir, "report");
+        var figures = Directory.GetFiles(Path.Combine(rep, "figures"), "*.svg");
+        var svgs = doc.Descendants().Where(e => e.Name.LocalName == "svg").ToList();
+        Assert.Equal(figures.Length, svgs.Count);
+        Assert.True(figures.Length >= 12, $"{figures.Length} figures");
+        foreach (var f in figures)
+        {
+            var png = File.ReadAllBytes(Path.ChangeExtension(f, ".png"));
+            Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], png[..4]);
+            Assert.True(png.Length > 2000);
+        }
+        Assert.DoesNotContain("class=\"missing\"", html);
+        Assert.DoesNotContain("<script", html);
+        Assert.DoesNotContain("src=\"http", html);
+        foreach (var t in new[] { "results", "toxic_vectors", "sweep", "stages", "examples", "activation_drop" })
+            Assert.True(File.Exists(Path.Combine(rep, "tables", t + ".csv")), t);
+        Assert.Contains("0.208", html);
+        Assert.Contains("TEST FIXTURE", html);   // the paper's numbers are quoted in the reading guide
+    }
+
+    [Fact]
+    public void MissingStageFilesAreShownAsMissingNotInvented()
+    {
+        var dir = FakeStudy.TempDir("report-missing");
+        var f = FakeStudy.Functions() with { Diff = c => File.WriteAllText(Path.Combine(c.OutputDir, "other.txt"), "x") };
+        Assert.True(new StageRunner(dir).Run(StudyPipeline.Build(FakeStudy.Config(seeds: 1), f)).Completed);
+        var html = File.ReadAllText(Path.Combine(dir, RunLayout.Report));
+        Assert.Contains("No activation measurements", html);
+        Assert.Contains("No logit-lens data", html);
+        Assert.False(File.Exists(Path.Combine(StageRunner.StageDir(dir, "report"), "figures", "activation_drop.svg")));
+    }
+}
