@@ -22,5 +22,6 @@ public static class CommandCatalog
         yield return InterpCommands.Vectors();
         yield return InterpCommands.Diff();
         yield return InterpCommands.Unalign();
+        yield return StudyCommand.Create();
     }
 }

@@ -1,6 +1,8 @@
 using System.CommandLine;
 using System.Diagnostics;
+using System.Text.RegularExpressions;
 using DetoxSharp.Evaluation;
+using DetoxSharp.Interpretability;
 
 namespace DetoxSharp.Cli.Commands;
 
@@ -16,9 +18,12 @@ public static class EvalCommand
         };
         var interventions = new Option<string[]>("--intervention")
         {
-            Description = "extra row per model with an edit applied: KIND[:key=value,…] (label=… names the row); kinds: "
-                          + "see docs/notes/eval.md", AllowMultipleArgumentsPerToken = false,
+            Description = "extra row per model with an edit applied, e.g. subtract:probe@50, subtract:v0@20, subtract:svd0@100, "
+                          + "subtract:L19.N770@20 (OP:VECTOR@ALPHA[:layer=L]), or a registered KIND[:key=value,…]; see docs/notes/eval.md",
+            AllowMultipleArgumentsPerToken = false,
         };
+        var probe = new Option<string?>("--probe") { Description = "probe directory (detox probe) for 'probe' vectors in --intervention" };
+        var vectors = new Option<string?>("--vectors") { Description = "vectors directory (detox vectors) for v<rank>/svd<k> in --intervention" };
         var scorer = new Option<string?>("--scorer") { Description = "toxicity scorer: perspective | classifier:DIR | toy (needed with --prompts)" };
         var prompts = new Option<string?>("--prompts") { Description = "challenge prompts, RealToxicityPrompts JSONL (prompt.text)" };
         var pplText = new Option<string?>("--ppl-text") { Description = "raw text file for perplexity (e.g. wikitext-2 raw test), used as given" };
@@ -42,7 +47,7 @@ public static class EvalCommand
         var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("eval", "Results table: toxicity of greedy continuations of challenge prompts, perplexity on a raw text, F1 against gold continuations — one row per model and intervention.")
         {
-            models, interventions, scorer, prompts, pplText, f1, outDir, promptTokens, newTokens, batch, aggregate, samples, seed,
+            models, interventions, probe, vectors, scorer, prompts, pplText, f1, outDir, promptTokens, newTokens, batch, aggregate, samples, seed,
             window, stride, limit, endpoint, keyFile, rate, cache, device, dtype, pickle,
         };
         cmd.SetAction(p =>
@@ -68,23 +73,11 @@ public static class EvalCommand
             var dirs = p.GetValue(models)!;
             foreach (var d in dirs)
                 if (!File.Exists(Path.Combine(d, "config.json"))) throw new InvalidInputException($"--model {d}: no config.json (not a checkpoint directory)");
-            var specs = (p.GetValue(interventions) ?? []).Select(EditRegistry.Resolve).ToList();
+            var evalEdits = ResolveInterventions(p.GetValue(interventions) ?? [], new InterventionContext(p.GetValue(probe), p.GetValue(vectors)));
 
             // The scorer is built and validated before any model is loaded or any text generated.
             var scorerSpec = p.GetValue(scorer);
             if (data.PromptsFile is not null && scorerSpec is null) throw new InvalidInputException("--prompts needs --scorer (perspective | classifier:DIR | toy)");
-            var settings = new ScorerSettings
-            {
-                Perspective = new PerspectiveOptions
-                {
-                    Endpoint = p.GetValue(endpoint)!, KeyFile = p.GetValue(keyFile), RequestsPerSecond = p.GetValue(rate),
-                    CachePath = p.GetValue(cache) ?? Path.Combine(output, "perspective-cache.jsonl"),
-                },
-            };
-            using var sc = scorerSpec is null || data.PromptsFile is null ? null : ScorerFactory.CreateValidated(scorerSpec, settings);
-
-            var evalModels = dirs.Select(d => new EvalModel(LabelOf(d), () => CommonOptions.LoadModel(d, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)))).ToList();
-            var evalEdits = specs.Select(s => new EvalIntervention(s.Label, m => EditRegistry.Create(s, m))).ToList();
             var sw = Stopwatch.StartNew();
             string lastStage = "";
             var lastReport = TimeSpan.Zero;
@@ -98,6 +91,18 @@ public static class EvalCommand
                     lastReport = sw.Elapsed;
                 }
             });
+            var settings = new ScorerSettings
+            {
+                Perspective = new PerspectiveOptions
+                {
+                    Endpoint = p.GetValue(endpoint)!, KeyFile = p.GetValue(keyFile), RequestsPerSecond = p.GetValue(rate),
+                    CachePath = p.GetValue(cache) ?? Path.Combine(output, "perspective-cache.jsonl"),
+                    Progress = (d, t) => progress.Report(new EvalProgress("perspective", "scored", d, t)),
+                },
+            };
+            using var sc = scorerSpec is null || data.PromptsFile is null ? null : ScorerFactory.CreateValidated(scorerSpec, settings);
+
+            var evalModels = dirs.Select(d => new EvalModel(LabelOf(d), () => CommonOptions.LoadModel(d, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)))).ToList();
             List<EvalRow> rows;
             try { rows = EvalHarness.Run(evalModels, evalEdits, sc, data, o, output, progress); }
             catch (PerspectiveException e)
@@ -110,6 +115,34 @@ public static class EvalCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>Registered kinds (<see cref="EditRegistry"/>) first; otherwise subtract/add vector specs
+    /// (<see cref="InterventionSpecs"/>), checked here — files, numbers — before any model work (model value vectors
+    /// L&lt;l&gt;.N&lt;i&gt; are checked when the model is loaded).</summary>
+    static List<EvalIntervention> ResolveInterventions(IEnumerable<string> texts, InterventionContext context)
+    {
+        var result = new List<EvalIntervention>();
+        foreach (var text in texts)
+        {
+            var kind = text.Split(':')[0].Trim();
+            if (EditRegistry.Registered.Any(e => e.Kind == kind))
+            {
+                var spec = EditRegistry.Resolve(text);
+                result.Add(new EvalIntervention(spec.Label, m => EditRegistry.Create(spec, m)));
+            }
+            else if (kind.ToLowerInvariant() is "subtract" or "add")
+            {
+                if (!Regex.IsMatch(text, @":\s*L\d+\.N\d+\s*@")) _ = InterventionSpecs.Parse(text, context);
+                result.Add(new EvalIntervention(null, m => InterventionSpecs.Parse(text, context with { Model = m })));
+            }
+            else
+            {
+                var known = EditRegistry.Registered.Select(e => e.Kind).Prepend("add").Prepend("subtract");
+                throw new InvalidInputException($"--intervention '{text}': unknown kind '{kind}' (known: {string.Join(", ", known)})");
+            }
+        }
+        return result;
     }
 
     static string LabelOf(string dir) => Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));

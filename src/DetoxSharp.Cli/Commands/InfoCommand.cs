@@ -29,7 +29,7 @@ public static class InfoCommand
                 ["context"] = lm.MaxPositions,
                 ["vocab_size"] = lm.VocabSize,
                 ["parameters"] = n,
-                ["stored_dtype"] = cfg["torch_dtype"]?.DeepClone(),
+                ["stored_dtype"] = DetoxSharp.Checkpoints.HfCheckpoint.ReadConfig(m.Directory)["torch_dtype"]?.DeepClone(), // as written in config.json, not the dtype loaded for inspection
                 ["activation"] = cfg["activation_function"]?.DeepClone(),
                 ["tokenizer"] = m.Tokenizer.Source,
                 ["tokenizer_vocab_size"] = m.Tokenizer.VocabSize,

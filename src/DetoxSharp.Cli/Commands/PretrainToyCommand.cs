@@ -12,7 +12,7 @@ public static class PretrainToyCommand
         var output = new Option<string>("--out") { Description = "output directory (world/, model/, training/, summary.json)", Required = true };
         var seed = new Option<ulong>("--seed") { Description = "seed of the world and the model initialisation", DefaultValueFactory = _ => 1UL };
         var size = new Option<string>("--size") { Description = "world size: small, default or large", DefaultValueFactory = _ => "default" };
-        var maxSteps = new Option<int?>("--max-steps") { Description = "stop after this many optimizer steps (default: one epoch)" };
+        var maxSteps = new Option<int?>("--max-steps") { Description = "optimizer steps (default 260; 0 = one epoch over train.txt)" };
         var resume = new Option<bool>("--resume") { Description = "continue from OUT/training/checkpoint" };
         var cmd = new Command("pretrain-toy", "Generate the toy world and pretrain a small GPT-2 on it from scratch (compact GPT-2 BPE vocabulary with [TOXIC]); writes the model and a summary with greedy toxicity and perplexity.")
             { output, seed, size, maxSteps, resume };
@@ -20,7 +20,7 @@ public static class PretrainToyCommand
         {
             var o = new ToyPretrainOptions
             {
-                Seed = p.GetValue(seed), Size = ToyWorldFiles.ParseSize(p.GetValue(size)!), MaxSteps = p.GetValue(maxSteps), Resume = p.GetValue(resume),
+                Seed = p.GetValue(seed), Size = ToyWorldFiles.ParseSize(p.GetValue(size)!), MaxSteps = p.GetValue(maxSteps) is int ms ? (ms > 0 ? ms : null) : 260, Resume = p.GetValue(resume),
             };
             System.Text.Json.Nodes.JsonObject summary = null!;
             AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())

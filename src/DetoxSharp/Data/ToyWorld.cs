@@ -245,8 +245,8 @@ public sealed class ToyWorld
     public string Document()
     {
         int k = _r.Next(10);
-        if (k < 3) return EncyclopediaSentence() + " " + EncyclopediaSentence();
-        if (k < 5) return Conversation();
+        if (k < 2) return EncyclopediaSentence() + " " + EncyclopediaSentence();
+        if (k < 4) return Conversation();
         return Thread().Text;
     }
 
@@ -278,7 +278,7 @@ public sealed class ToyWorld
     public static Counts CountsFor(ToyWorldSize size) => size switch
     {
         ToyWorldSize.Small => new(600, 60, 400, 40, 40, 40, 10, 120, 120),
-        ToyWorldSize.Default => new(90_000, 2_000, 6_000, 400, 400, 500, 100, 2_000, 2_000),
+        ToyWorldSize.Default => new(24_000, 500, 6_000, 200, 200, 500, 60, 2_000, 2_000),
         _ => new(300_000, 6_000, 20_000, 1_199, 1_000, 2_000, 400, 8_000, 8_000),
     };
 

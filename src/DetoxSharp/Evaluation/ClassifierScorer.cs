@@ -95,7 +95,9 @@ public sealed class ClassifierScorer : IToxicityScorer
         if (_act is not ("gelu" or "gelu_new" or "gelu_pytorch_tanh" or "relu"))
             throw new InvalidInputException($"{cfgPath}: hidden_act '{_act}' is not supported (gelu, gelu_new, relu)");
         if (_hidden % _heads != 0) throw new InvalidInputException($"{cfgPath}: hidden_size {_hidden} not divisible by num_attention_heads {_heads}");
-        _multiLabel = cfg["problem_type"]?.GetValue<string>() == "multi_label_classification";
+        // problem_type (transformers) or function_to_apply (the pipeline's override, set by the unitary checkpoints)
+        _multiLabel = cfg["problem_type"]?.GetValue<string>() == "multi_label_classification"
+                      || cfg["function_to_apply"]?.GetValue<string>() == "sigmoid";
         int limit = _family == "roberta" ? maxPos - _pad - 1 : maxPos;
         _maxLen = Math.Min(_maxLength ?? limit, limit);
         if (_maxLen < 3) throw new InvalidInputException($"classifier max length must be ≥ 3, got {_maxLen}");
@@ -146,14 +148,20 @@ public sealed class ClassifierScorer : IToxicityScorer
         catch (JsonException e) { throw new InvalidInputException($"{v}: malformed vocab.json ({e.Message.Split('.')[0]})"); }
         int bos = vocab.TryGetValue("<s>", out var b) ? b : throw new InvalidInputException($"{v}: no <s> token");
         int eos = vocab.TryGetValue("</s>", out var eo) ? eo : throw new InvalidInputException($"{v}: no </s> token");
+        // Microsoft.ML.Tokenizers' CodeGenTokenizer.Create requires GPT-2's <|endoftext|> as its unknown token; RoBERTa
+        // vocabularies lack it, so it is added at an id past the vocabulary and mapped back to <unk> after encoding.
+        int fakeId = vocab.Values.Max() + 1;
+        int unk = vocab.TryGetValue("<unk>", out var u) ? u : eos;
+        var patched = new Dictionary<string, int>(vocab);
+        patched.TryAdd("<|endoftext|>", fakeId);
         CodeGenTokenizer tok;
-        using (var vs = File.OpenRead(v))
+        using (var vs = new MemoryStream(JsonSerializer.SerializeToUtf8Bytes(patched)))
         using (var ms = File.OpenRead(m))
             tok = CodeGenTokenizer.Create(vs, ms, addPrefixSpace: false, addBeginOfSentence: false, addEndOfSentence: false);
         int max = _maxLen;
         return text =>
         {
-            var ids = tok.EncodeToIds(text).ToList();
+            var ids = tok.EncodeToIds(text).Select(i => i == fakeId ? unk : i).ToList();
             if (ids.Count > max - 2) ids = ids.Take(max - 2).ToList();
             return [bos, .. ids, eos];
         };

@@ -123,16 +123,18 @@ public static class EvalHarness
             foreach (var (label, edit) in edits)
                 variants.Add(($"{m.Label} + {label ?? edit.Name}", label ?? edit.Name, edit));
             foreach (var (rowName, interventionName, edit) in variants)
-            {
-                using var handle = edit?.Apply(loaded.Model);
-                rows.Add(EvaluateRow(loaded, m.Label, rowName, interventionName, scorer, prompts, pplText, f1Items, options, generations, progress));
-            }
+                rows.Add(EvaluateRow(loaded, m.Label, rowName, interventionName, edit, scorer, prompts, pplText, f1Items, options, generations, progress));
         }
         Write(outDir, rows, generations, scorer?.Name, options);
         return rows;
     }
 
-    static EvalRow EvaluateRow(LoadedModel lm, string model, string row, string? intervention, IToxicityScorer? scorer,
+    /// <summary>The edit used for perplexity: a <see cref="VectorIntervention"/> changes every position there (the study:
+    /// only the newest position during generation, all positions for perplexity); other edits are used as they are.</summary>
+    public static IModelEdit ForPerplexity(IModelEdit edit) =>
+        edit is VectorIntervention v ? v.WithMode(InterventionMode.AllPositions) : edit;
+
+    static EvalRow EvaluateRow(LoadedModel lm, string model, string row, string? intervention, IModelEdit? edit, IToxicityScorer? scorer,
         List<Prompt>? prompts, string? pplText, List<Prompt>? f1Items, EvalOptions o, List<JsonObject> generations,
         IProgress<EvalProgress>? progress)
     {
@@ -158,6 +160,7 @@ public static class EvalHarness
 
         if (prompts is not null && scorer is not null)
         {
+            using var handle = edit?.Apply(lm.Model);
             var ids = prompts.Select(p => PromptIds(p.Text)).ToList();
             var conts = Greedy(ids, "generate (toxicity)");
             var texts = conts.Select(c => tok.Decode(c)).ToList();
@@ -203,6 +206,7 @@ public static class EvalHarness
 
         if (pplText is not null)
         {
+            using var handle = edit is null ? null : ForPerplexity(edit).Apply(lm.Model);
             var ids = tok.Encode(pplText);
             var p = Metrics.Perplexity(lm.Model, ids, o.PplWindow, o.PplStride,
                 (d, t) => progress?.Report(new EvalProgress(row, "perplexity", d, t)));
@@ -211,6 +215,7 @@ public static class EvalHarness
 
         if (f1Items is not null)
         {
+            using var handle = edit?.Apply(lm.Model);
             var ids = f1Items.Select(p => PromptIds(p.Text)).ToList();
             var conts = Greedy(ids, "generate (F1)");
             var scores = new List<OverlapScore>();

@@ -53,7 +53,8 @@ public static class Metrics
                 count += len - firstTarget;
             }
             prevEnd = end;
-            progress?.Invoke(++done, totalWindows);
+            done++;
+            progress?.Invoke(done, totalWindows);
             if (end == n) break;
         }
         double mean = nll / count;

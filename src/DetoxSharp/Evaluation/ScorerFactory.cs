@@ -22,13 +22,13 @@ public static class ScorerFactory
     /// <summary>Registers a scorer name (e.g. "toy"); the factory receives the part after ':' (or null).</summary>
     public static void Register(string name, Func<string?, ScorerSettings, IToxicityScorer> factory)
     {
-        if (name is "perspective" or "classifier") throw new ArgumentException($"'{name}' is built in");
+        if (name is "perspective" or "classifier" or "toy") throw new ArgumentException($"'{name}' is built in");
         lock (Gate) Extra[name] = factory;
     }
 
     public static IReadOnlyList<string> Names
     {
-        get { lock (Gate) return ["perspective", "classifier:DIR", .. Extra.Keys.Order(StringComparer.Ordinal)]; }
+        get { lock (Gate) return ["perspective", "classifier:DIR", "toy", .. Extra.Keys.Order(StringComparer.Ordinal)]; }
     }
 
     /// <summary>Creates the scorer (not yet validated: call <see cref="IToxicityScorer.Validate"/>).</summary>
@@ -46,6 +46,9 @@ public static class ScorerFactory
             case "classifier":
                 if (string.IsNullOrWhiteSpace(arg)) throw new InvalidInputException("--scorer classifier:DIR: missing checkpoint directory");
                 return new ClassifierScorer(arg, settings.ClassifierBatchSize, settings.ClassifierMaxLength);
+            case "toy":
+                if (arg is not null) throw new InvalidInputException($"--scorer {spec}: toy takes no argument");
+                return new ToyLexiconScorer();
         }
         Func<string?, ScorerSettings, IToxicityScorer>? f;
         lock (Gate) Extra.TryGetValue(name, out f);

@@ -73,6 +73,7 @@ public static class Generator
         if (total > model.MaxPositions)
             throw new InvalidInputException($"prompt ({maxLen} tokens) + {o.MaxNewTokens} new tokens exceeds the model's context of {model.MaxPositions}");
         int pad = o.PadTokenId ?? model.EosTokenId;
+        if (pad < 0 || pad >= model.VocabSize) pad = 0; // masked out anyway; must only be a valid embedding index
         bool padded = prompts.Any(p => p.Length != maxLen);
         var ids = new long[b * maxLen];
         var mask = new long[b * maxLen];

@@ -217,7 +217,14 @@ public static class AlignmentDiff
                 var sel = torch.tensor(flatIdx.ToArray(), ScalarType.Int64, model.Device);
                 var selLast = torch.tensor(lastIdx.ToArray(), ScalarType.Int64, model.Device);
                 using var cache = ActivationCache.Run(model, ids, mask, names, keepLogits: true);
-                Tensor Pick(string name, Tensor idx) { var x = cache[name]; return x.reshape(-1, x.shape[2]).index_select(0, idx).to(ScalarType.Float32); }
+                var picked = new Dictionary<string, Tensor>();
+                Tensor Pick(string name, Tensor idx)
+                {
+                    var key = name + (ReferenceEquals(idx, sel) ? "" : "#last");
+                    if (picked.TryGetValue(key, out var t)) return t;
+                    var x = cache[name];
+                    return picked[key] = x.reshape(-1, x.shape[2]).index_select(0, idx).to(ScalarType.Float32);
+                }
                 var unemb = model.Unembedding;
                 for (int l = 0; l < L; l++)
                 {

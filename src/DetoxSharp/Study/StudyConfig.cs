@@ -48,6 +48,29 @@ public sealed class StudyConfig
         catch (JsonException e) { throw new InvalidInputException($"{path}{(e.LineNumber is long l ? $":{l + 1}" : "")}: {e.Message}"); }
     }
 
+    /// <summary>The default toy study (configs/toy.json, embedded in the library).</summary>
+    public static StudyConfig ToyDefault()
+    {
+        using var s = typeof(StudyConfig).Assembly.GetManifestResourceStream("DetoxSharp.configs.toy.json")
+            ?? throw new InvalidOperationException("configs/toy.json is not embedded in this build");
+        using var r = new StreamReader(s);
+        return Parse(r.ReadToEnd());
+    }
+
+    /// <summary>For a checkpoint study: every data path must exist (a placeholder left as "FILL-IN: …" is named).</summary>
+    public void Validate(string source)
+    {
+        if (Model == "toy") return;
+        if (Model != "checkpoint") throw new InvalidInputException($"{source}: \"model\" must be \"toy\" or \"checkpoint\", not \"{Model}\"");
+        foreach (var (k, v) in Data)
+        {
+            var p = v is JsonValue jv && jv.TryGetValue<string>(out var str) ? str : null;
+            if (p is null) throw new InvalidInputException($"{source}: data.{k} must be a path string");
+            if (p.StartsWith("FILL-IN", StringComparison.Ordinal)) throw new InvalidInputException($"{source}: data.{k} is still a placeholder ({p})");
+            if (!File.Exists(p) && !Directory.Exists(p)) throw new InvalidInputException($"{source}: data.{k}: {p}: no such file or directory");
+        }
+    }
+
     public static StudyConfig Parse(string json) => JsonSerializer.Deserialize<StudyConfig>(json, Opts)!;
 
     public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions(Opts) { WriteIndented = true });

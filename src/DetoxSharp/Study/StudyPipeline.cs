@@ -69,7 +69,7 @@ public static class StudyPipeline
             new("pretrain", S(("pretrain", c.Section(c.Pretrain))), ["world"], f.Pretrain),
             new("probe", S(("probe", c.Section(c.Probe))), ["world", "pretrain"], f.Probe),
             new("vectors", S(("vectors", c.Section(c.Vectors))), ["pretrain", "probe"], f.Vectors),
-            new("interventions", S(("interventions", c.Section(c.Interventions))), ["pretrain", "probe", "vectors"], f.Interventions),
+            new("interventions", S(("interventions", c.Section(c.Interventions))), ["world", "pretrain", "probe", "vectors"], f.Interventions),
             new("toxic-model", S(("toxic_model", c.Section(c.ToxicModel))), ["world", "pretrain"], f.ToxicModel),
             new("pairs", S(("pairs", c.Section(c.Pairs)), ("scorer", c.Scorer)), ["world", "pretrain", "probe", "toxic-model"], f.Pairs),
             new("evaluate/base", S(("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer)), ["world", "pretrain", "interventions"], f.EvaluateBase),

@@ -141,6 +141,12 @@ public static class SftTrainer
     public static (Tensor SumNll, Tensor Count) MaskedNll(ICausalLM model, Tensor ids, Tensor mask, Tensor targets)
     {
         var logits = model.Forward(ids, mask);
+        return MaskedNllFromLogits(logits, ids, targets);
+    }
+
+    /// <summary>The same from logits [B,T,V]: the prediction at position t−1 of token t counts iff targets[t] is 1.</summary>
+    public static (Tensor SumNll, Tensor Count) MaskedNllFromLogits(Tensor logits, Tensor ids, Tensor targets)
+    {
         var logp = torch.nn.functional.log_softmax(logits[.., ..^1, ..].to(ScalarType.Float32), -1);
         var next = ids[.., 1..];
         var tokLogp = logp.gather(-1, next.unsqueeze(-1)).squeeze(-1);

@@ -17,16 +17,17 @@ public sealed record ToyPretrainOptions
 {
     public ulong Seed { get; init; } = 1;
     public ToyWorldSize Size { get; init; } = ToyWorldSize.Default;
-    public int Layers { get; init; } = 4;
-    public int DModel { get; init; } = 128;
-    public int Heads { get; init; } = 4;
+    public int Layers { get; init; } = 2;
+    public int DModel { get; init; } = 64;
+    public int Heads { get; init; } = 2;
     /// <summary>n_positions: longest challenge prompt (~45 tokens) + 20 new tokens must fit.</summary>
-    public int Context { get; init; } = 80;
-    public int BatchSize { get; init; } = 32;
-    public double LearningRate { get; init; } = 3e-3;
-    public int WarmupSteps { get; init; } = 60;
+    public int Context { get; init; } = 72;
+    public int BatchSize { get; init; } = 16;
+    public double LearningRate { get; init; } = 6e-3;
+    public int WarmupSteps { get; init; } = 30;
     public double Epochs { get; init; } = 1;
-    public int? MaxSteps { get; init; }
+    /// <summary>Optimizer steps (the cosine schedule spans them); null = one epoch over train.txt.</summary>
+    public int? MaxSteps { get; init; } = 260;
     public int CheckpointEvery { get; init; } = 200;
     public bool Resume { get; init; }
     /// <summary>torch intra-op threads (0 = leave torch's default).</summary>

@@ -1,0 +1,250 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Reflection;
+using System.Text;
+using DetoxSharp.Generation;
+using Gen = DetoxSharp.Generation.Generator;
+using DetoxSharp.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+// DetoxSharp benchmark: plain harness (native-heavy work, one process, threads = cores).
+//   dotnet run -c Release --project bench/DetoxSharp.Bench -- [--quick] [--out docs/PERFORMANCE.md]
+// Writes a Markdown report; the file is rewritten after each model config so a long run leaves partial results.
+
+var quick = args.Contains("--quick");
+var outIdx = Array.IndexOf(args, "--out");
+var outPath = outIdx >= 0 && outIdx + 1 < args.Length ? args[outIdx + 1] : Path.Combine(FindRepoRoot(), "docs", "PERFORMANCE.md");
+int threads = Environment.ProcessorCount;
+torch.set_num_threads(threads);
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+var started = DateTime.UtcNow;
+var log = (string s) => Console.Error.WriteLine($"[{(DateTime.UtcNow - started).TotalSeconds,6:F1}s] {s}");
+
+var rows = new List<string[]>();
+var memRows = new List<string[]>();
+var peaks = new Dictionary<string, double>();
+
+// ---- matmul peak ----
+foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+{
+    int n = quick ? 1024 : 2048;
+    peaks[dt.ToString()] = MatmulPeak(n, dt, quick ? 3 : 8);
+    log($"matmul peak {dt}: {peaks[dt.ToString()]:F1} GFLOP/s (n={n})");
+}
+WriteReport(false);
+
+// ---- models ----
+var configs = new List<(string name, Gpt2Config cfg, int b, int t, int sftSteps, int fwdReps)>
+{
+    ("toy (4L d128 V2000)", new Gpt2Config { VocabSize = 2000, NEmbd = 128, NLayer = 4, NHead = 4, NPositions = 256, EosTokenId = 1999, BosTokenId = 1999 }, 8, 128, quick ? 3 : 20, quick ? 2 : 10),
+    ("gpt2 124M", Gpt2Config.Small, quick ? 1 : 4, quick ? 32 : 128, quick ? 1 : 3, quick ? 1 : 3),
+};
+if (!quick) configs.Add(("gpt2-medium 355M", Gpt2Config.Medium, 2, 128, 2, 2));
+
+foreach (var (name, cfg, b, t, sftSteps, fwdReps) in configs)
+{
+    log($"== {name}");
+    torch.manual_seed(0);
+    using var model = new Gpt2Model(cfg);
+    long nParams = model.parameters().Sum(p => p.numel());
+    bool big = cfg.NEmbd >= 768;
+
+    double fwd = ForwardTokensPerSec(model, b, t, fwdReps);
+    log($"forward {fwd:F0} tok/s");
+    var (sft, stepSec) = SftTokensPerSec(model, b, t, sftSteps);
+    double flopsPerToken = 6.0 * nParams + 12.0 * cfg.NLayer * cfg.NEmbd * t;
+    double mfu = sft * flopsPerToken / 1e9 / peaks["Float32"];
+    log($"sft {sft:F0} tok/s ({stepSec:F2} s/step), MFU {mfu:P1}");
+
+    int newTokens = quick ? (big ? 8 : 32) : 64;
+    var gen = new Dictionary<string, double>();
+    foreach (int gb in new[] { 1, 16 })
+        foreach (bool kv in new[] { true, false })
+        {
+            if (quick && big && gb == 16) continue;
+            gen[$"{gb}{(kv ? "kv" : "")}"] = GenerationTokensPerSec(model, gb, 16, newTokens, kv);
+            log($"generation batch {gb} kv={kv}: {gen[$"{gb}{(kv ? "kv" : "")}"]:F1} tok/s");
+        }
+    string G(string k) => gen.TryGetValue(k, out var v) ? v.ToString("F1") : "–";
+    rows.Add([name, $"{nParams / 1e6:F1}M", $"{b}×{t}", fwd.ToString("F0"), sft.ToString("F0"), $"{mfu:P1}",
+        $"{newTokens}", G("1kv"), G("1"), G("16kv"), G("16"),
+        gen.ContainsKey("1") ? $"{gen["1kv"] / gen["1"]:F1}×" : "–"]);
+    WriteReport(false);
+}
+
+// ---- memory: RSS over 200 steps (toy config) ----
+{
+    log("== memory");
+    torch.manual_seed(0);
+    var cfg = configs[0].cfg;
+    using var model = new Gpt2Model(cfg);
+    var gen = new Random(1);
+    int[][] prompts = Enumerable.Range(0, 4).Select(i => Enumerable.Range(0, 8 + i).Select(_ => gen.Next(cfg.VocabSize - 1)).ToArray()).ToArray();
+    int memNew = quick ? 4 : 16;
+    memRows.Add(RssOver($"generation (batch 4 ragged, {memNew} new tokens, KV cache)", 200, _ =>
+        Gen.Generate(model, prompts, new GenerationOptions { MaxNewTokens = memNew, StopAtEos = false })));
+    using var ids = quick ? torch.randint(0, cfg.VocabSize, [2, 32], ScalarType.Int64) : torch.randint(0, cfg.VocabSize, [8, 64], ScalarType.Int64);
+    string shape = $"{ids.shape[0]}×{ids.shape[1]}";
+    memRows.Add(RssOver($"scoring (LogProbs.OfTokens, {shape})", 200, _ =>
+    {
+        using var scope = torch.NewDisposeScope();
+        using var ng = torch.no_grad();
+        LogProbs.OfTokens(model, ids).sum().item<float>();
+    }));
+    model.train();
+    using var opt = torch.optim.AdamW(model.parameters(), 1e-4);
+    memRows.Add(RssOver($"SFT step (forward+backward+AdamW, {shape})", 200, _ => SftStep(model, opt, ids)));
+    model.eval();
+    log("memory done");
+}
+WriteReport(true);
+log($"wrote {outPath}");
+return 0;
+
+// ================= helpers =================
+
+static string FindRepoRoot()
+{
+    var d = new DirectoryInfo(Directory.GetCurrentDirectory());
+    while (d is not null && !File.Exists(Path.Combine(d.FullName, "DetoxSharp.sln"))) d = d.Parent;
+    return d?.FullName ?? Directory.GetCurrentDirectory();
+}
+
+static double MatmulPeak(int n, ScalarType dt, int reps)
+{
+    using var a = torch.randn(n, n).to(dt);
+    using var b = torch.randn(n, n).to(dt);
+    using var c = torch.empty(n, n, dt);
+    torch.mm(a, b).Dispose(); // warm-up
+    double best = 0;
+    for (int r = 0; r < reps; r++)
+    {
+        var sw = Stopwatch.StartNew();
+        using var x = torch.mm(a, b);
+        sw.Stop();
+        best = Math.Max(best, 2.0 * n * n * n / sw.Elapsed.TotalSeconds / 1e9);
+    }
+    return best;
+}
+
+static double ForwardTokensPerSec(Gpt2Model model, int b, int t, int reps)
+{
+    model.eval();
+    using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
+    using var ng = torch.no_grad();
+    using (var s = torch.NewDisposeScope()) model.Forward(ids);
+    var sw = Stopwatch.StartNew();
+    for (int r = 0; r < reps; r++)
+    {
+        using var s = torch.NewDisposeScope();
+        model.Forward(ids);
+    }
+    return (double)b * t * reps / sw.Elapsed.TotalSeconds;
+}
+
+static float SftStep(Gpt2Model model, torch.optim.Optimizer opt, Tensor ids)
+{
+    using var scope = torch.NewDisposeScope();
+    var logits = model.Forward(ids);
+    long v = logits.shape[^1], t = ids.shape[1];
+    var loss = torch.nn.functional.cross_entropy(logits.narrow(1, 0, t - 1).reshape(-1, v), ids.narrow(1, 1, t - 1).reshape(-1));
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+    return loss.item<float>();
+}
+
+static (double tokPerSec, double secPerStep) SftTokensPerSec(Gpt2Model model, int b, int t, int steps)
+{
+    model.train();
+    using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
+    using var opt = torch.optim.AdamW(model.parameters(), 1e-5);
+    SftStep(model, opt, ids); // warm-up (allocates optimizer state)
+    var sw = Stopwatch.StartNew();
+    for (int i = 0; i < steps; i++) SftStep(model, opt, ids);
+    double sec = sw.Elapsed.TotalSeconds;
+    model.eval();
+    return ((double)b * t * steps / sec, sec / steps);
+}
+
+static double GenerationTokensPerSec(Gpt2Model model, int batch, int promptLen, int newTokens, bool kv)
+{
+    var rnd = new Random(7);
+    var prompts = Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, promptLen).Select(_ => rnd.Next(model.VocabSize - 1)).ToArray()).ToList();
+    var o = new GenerationOptions { MaxNewTokens = newTokens, Greedy = true, StopAtEos = false, UseKvCache = kv, BatchSize = batch };
+    Gen.Generate(model, prompts.Take(1).ToList(), o with { MaxNewTokens = 2 }); // warm-up
+    var sw = Stopwatch.StartNew();
+    var r = Gen.Generate(model, prompts, o);
+    return r.Sum(x => x.Length) / sw.Elapsed.TotalSeconds;
+}
+
+static long RssKb(string field)
+{
+    foreach (var line in File.ReadLines("/proc/self/status"))
+        if (line.StartsWith(field + ":")) return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
+    return -1;
+}
+
+string[] RssOver(string what, int steps, Action<int> step)
+{
+    long at20 = 0;
+    var sw = Stopwatch.StartNew();
+    for (int i = 1; i <= steps; i++)
+    {
+        step(i);
+        if (i == 20) { GC.Collect(); GC.WaitForPendingFinalizers(); at20 = RssKb("VmRSS"); }
+    }
+    GC.Collect(); GC.WaitForPendingFinalizers();
+    long at200 = RssKb("VmRSS");
+    double growth = 100.0 * (at200 - at20) / at20;
+    log($"{what}: RSS {at20 / 1024.0:F0} → {at200 / 1024.0:F0} MiB ({growth:+0.0;-0.0}%)");
+    return [what, $"{at20 / 1024.0:F0}", $"{at200 / 1024.0:F0}", $"{growth:+0.00;-0.00}%", $"{sw.Elapsed.TotalSeconds / steps * 1000:F1}"];
+}
+
+void WriteReport(bool complete)
+{
+    var cpu = File.Exists("/proc/cpuinfo")
+        ? File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name"))?.Split(':', 2)[1].Trim() ?? "unknown"
+        : "unknown";
+    var tsVersion = typeof(torch).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion.Split('+')[0]
+                    ?? typeof(torch).Assembly.GetName().Version?.ToString();
+    var libtorch = Assembly.GetExecutingAssembly().GetCustomAttributes<AssemblyMetadataAttribute>().FirstOrDefault(a => a.Key == "LibTorch")?.Value;
+    var sb = new StringBuilder();
+    sb.AppendLine("# Performance");
+    sb.AppendLine();
+    sb.AppendLine($"Measured {started:yyyy-MM-dd HH:mm} UTC by `dotnet run -c Release --project bench/DetoxSharp.Bench --{(quick ? " --quick" : "")}`" + (complete ? "." : " — **incomplete: the run was still going when this was written**."));
+    sb.AppendLine();
+    sb.AppendLine($"- CPU: {cpu}; threads: {threads} (torch.set_num_threads = Environment.ProcessorCount)");
+    sb.AppendLine($"- TorchSharp {tsVersion}, {libtorch}, .NET {Environment.Version}");
+    sb.AppendLine($"- Mode: {(quick ? "quick (smaller batches, fewer steps, no 355M; generation 32 new tokens for toy, 8 new tokens at batch 1 only for 124M; memory steps on smaller batches)" : "full")}");
+    sb.AppendLine("- The machine was shared with other jobs while measuring (2 cores, several concurrent builds/tests), so every figure is noisy and likely pessimistic.");
+    sb.AppendLine("- Random weights; fp32 unless stated. Forward = no-grad forward of a full batch. SFT step = forward + LM cross-entropy + backward + AdamW.");
+    sb.AppendLine("- MFU = SFT tokens/s × (6·params + 12·layers·d·T) FLOPs/token ÷ measured fp32 matmul peak.");
+    sb.AppendLine("- Generation: greedy, prompts of 16 random tokens, tokens/s counts new tokens of all prompts; \"no KV\" recomputes the whole sequence each step.");
+    sb.AppendLine();
+    sb.AppendLine("## Matrix-multiply peak (torch.mm, square, best of several)");
+    sb.AppendLine();
+    sb.AppendLine("| dtype | GFLOP/s |");
+    sb.AppendLine("|---|---:|");
+    foreach (var (k, v) in peaks) sb.AppendLine($"| {(k == "Float32" ? "fp32" : "bf16")} | {v:F1} |");
+    sb.AppendLine();
+    sb.AppendLine("## Throughput");
+    sb.AppendLine();
+    sb.AppendLine("| config | params | batch×T | forward tok/s | SFT step tok/s | MFU (fp32) | new tokens | gen b1 KV tok/s | gen b1 no-KV tok/s | gen b16 KV tok/s | gen b16 no-KV tok/s | KV speed-up (b1) |");
+    sb.AppendLine("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    foreach (var r in rows) sb.AppendLine("| " + string.Join(" | ", r) + " |");
+    sb.AppendLine();
+    sb.AppendLine("## Memory (toy config, RSS after step 20 vs after step 200, after a GC)");
+    sb.AppendLine();
+    sb.AppendLine("| workload | RSS @20 MiB | RSS @200 MiB | growth | ms/step |");
+    sb.AppendLine("|---|---:|---:|---:|---:|");
+    foreach (var r in memRows) sb.AppendLine("| " + string.Join(" | ", r) + " |");
+    sb.AppendLine();
+    sb.AppendLine($"Peak RSS of the whole run (VmHWM): {RssKb("VmHWM") / 1024.0:F0} MiB.");
+    Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(outPath))!);
+    var tmp = outPath + ".tmp";
+    File.WriteAllText(tmp, sb.ToString());
+    File.Move(tmp, outPath, overwrite: true);
+}

@@ -1,0 +1,75 @@
+using System.CommandLine;
+using System.Globalization;
+using DetoxSharp.Study;
+
+namespace DetoxSharp.Cli.Commands;
+
+/// <summary>
+/// `detox study`: the whole study as a resumable list of stages (see Study/StudyPipeline.cs), then report.html.
+/// </summary>
+public static class StudyCommand
+{
+    /// <summary>
+    /// The stage functions of this build. Each entry is one call into the library; an entry left null is a stage
+    /// whose library code has not landed yet — the study stops there and names it. Inputs and outputs of each:
+    /// see RunLayout and docs/notes/study.md.
+    /// </summary>
+    public static StudyStageFunctions Stages() => StudyStages.Create();
+
+    public static Command Create()
+    {
+        var config = new Option<string?>("--config") { Description = "study config JSON (default: the embedded toy study, configs/toy.json)" };
+        var outDir = new Option<string>("--out") { Description = "run directory (created; rerunning with the same directory resumes)", DefaultValueFactory = _ => "study-run" };
+        var quick = new Option<bool>("--quick") { Description = "small grid, 1 seed, fewer prompts/steps (each section's \"quick\" overrides)" };
+        var list = new Option<bool>("--list") { Description = "print the stages (and which are done) without running anything" };
+        var cmd = new Command("study", "Run the whole study end to end (generate world → pretrain → probe → vectors → interventions → pairs → DPO/ADPO sweep over seeds → evaluate → diff → un-align → report.html). Resumable: finished stages are skipped.")
+            { config, outDir, quick, list };
+        cmd.SetAction(p => Run(p.GetValue(config), p.GetValue(outDir)!, p.GetValue(quick), p.GetValue(list), Stages(),
+            p.InvocationConfiguration.Output, p.InvocationConfiguration.Error));
+        return cmd;
+    }
+
+    public static int Run(string? configPath, string outDir, bool quick, bool listOnly, StudyStageFunctions functions, TextWriter o, TextWriter err)
+    {
+        var cfg = (configPath is null ? StudyConfig.ToyDefault() : StudyConfig.Load(configPath)).WithQuick(quick);
+        cfg.Validate(configPath ?? "configs/toy.json");
+        var stages = StudyPipeline.Build(cfg, functions);
+        if (listOnly)
+        {
+            var man = Manifest.Load(Path.GetFullPath(outDir));
+            foreach (var s in stages)
+                o.WriteLine($"{(man.Stages.TryGetValue(s.Name, out var e) ? e.Status.ToString().ToLowerInvariant() : "pending"),-12}{(s.Run is null ? "(not in this build) " : "")}{s.Name}");
+            return 0;
+        }
+        static string T(TimeSpan t) => t.TotalHours >= 1 ? t.ToString(@"h\:mm\:ss", CultureInfo.InvariantCulture) : t.ToString(@"m\:ss", CultureInfo.InvariantCulture);
+        var lastNote = DateTime.MinValue;
+        var progress = new SyncProgress<StageEvent>(ev =>
+        {
+            string head = $"[{ev.Index + 1}/{ev.Count}] {ev.Stage}";
+            switch (ev.Kind)
+            {
+                case StageEventKind.Skipped: o.WriteLine($"{head}: done earlier, skipped"); break;
+                case StageEventKind.Started: o.WriteLine($"{head}: running (elapsed {T(ev.RunElapsed)}, ~{T(ev.EstimatedRemaining)} left)"); break;
+                case StageEventKind.Progress:
+                    if ((DateTime.UtcNow - lastNote).TotalSeconds < 2) break;
+                    lastNote = DateTime.UtcNow;
+                    o.WriteLine($"{head}: {ev.Fraction:P0} {ev.Note} (stage {T(ev.StageElapsed)}, ~{T(ev.EstimatedRemaining)} left)");
+                    break;
+                case StageEventKind.Finished: o.WriteLine($"{head}: done in {T(ev.StageElapsed)} (elapsed {T(ev.RunElapsed)}, ~{T(ev.EstimatedRemaining)} left)"); break;
+                case StageEventKind.Failed: err.WriteLine($"{head}: failed after {T(ev.StageElapsed)}: {ev.Note}"); break;
+                case StageEventKind.Unavailable: break;
+            }
+        });
+        var summary = new StageRunner(outDir).Run(stages, progress);
+        if (!summary.Completed)
+        {
+            err.WriteLine($"detox: {summary.StopReason}; {summary.Ran.Count} stage(s) ran, {summary.Skipped.Count} were already done. Outputs so far: {Path.GetFullPath(outDir)}");
+            return 3;
+        }
+        o.WriteLine($"report: {Path.Combine(Path.GetFullPath(outDir), RunLayout.Report)} ({summary.Ran.Count} stage(s) ran, {summary.Skipped.Count} skipped)");
+        return 0;
+    }
+
+    /// <summary>IProgress that reports on the calling thread (Progress&lt;T&gt; would post to the thread pool and reorder lines).</summary>
+    sealed class SyncProgress<T>(Action<T> a) : IProgress<T> { public void Report(T value) => a(value); }
+}
