@@ -14,6 +14,7 @@ public static class CommandCatalog
         yield return PreferenceCommands.Dpo();
         yield return PreferenceCommands.Adpo();
         yield return MakePairsCommand.Create();
+        yield return ToxicModelCommand.Create();
         yield return ToyWorldCommand.Create();
         yield return SftCommand.Create();
         yield return PretrainToyCommand.Create();

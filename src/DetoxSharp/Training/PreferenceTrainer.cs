@@ -86,7 +86,10 @@ public static class PreferenceTrainer
                 : throw new InvalidInputException($"the tokenizer has no {ToxicModel.ControlToken} token; use the toxic model's directory as --model or add it");
             if (toxicId >= toxicModel.VocabSize) throw new InvalidInputException($"--toxic-model vocabulary ({toxicModel.VocabSize}) lacks {ToxicModel.ControlToken} (id {toxicId})");
         }
-        var all = data.Select(e => PreferenceData.Tokenize(e, tokenizer, o.Truncation, toxicId)).ToList();
+        // never exceed the model's context (π_tox's context is one token longer: the [TOXIC] token)
+        int ctx = Math.Min(policy.MaxPositions, toxicModel?.MaxPositions ?? int.MaxValue) - (adpo ? 1 : 0);
+        var trunc = o.Truncation.MaxTotalTokens > ctx ? o.Truncation with { MaxTotalTokens = ctx } : o.Truncation;
+        var all = data.Select(e => PreferenceData.Tokenize(e, tokenizer, trunc, toxicId)).ToList();
         foreach (var e in all)
             if (e.Prompt.Concat(e.Chosen).Concat(e.Rejected).Concat(e.Toxic ?? []).Any(id => id >= policy.VocabSize))
                 throw new InvalidInputException($"{e.Where}: text contains a token id outside the policy's vocabulary ({policy.VocabSize}), e.g. a special token it lacks");
@@ -101,7 +104,7 @@ public static class PreferenceTrainer
         ICausalLM? liveRef = null;
         if (o.CacheReference)
         {
-            string dataHash = PreferenceData.Hash(all, o.Truncation);
+            string dataHash = PreferenceData.Hash(all, trunc);
             (refC, refR, var hit1) = CachedLogps(cacheDir, "ref", ModelHash(refModel), dataHash, refModel, all, o.BatchSize, tokenizer.EosTokenId, false);
             cacheHit &= hit1;
             if (adpo)
