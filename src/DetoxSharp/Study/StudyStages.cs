@@ -543,18 +543,11 @@ public static class StudyStages
     {
         var s = Section(c, "toxic_model");
         var files = Files(c);
-        var control = S(s, "control_token", ToxicModel.ControlToken);
+        var control = ToxicModel.ControlToken;
         using var m = Load(BaseModelDir(c));
-        int id = m.Tokenizer.AddSpecialToken(control);
-        if (m.Model.VocabSize <= id) m.Model.ResizeVocabulary(m.Tokenizer.VocabSize);
-        var examples = DatasetReaders.ReadDialogues(files.Dialogues).Select(d =>
-        {
-            var resp = d.Response;
-            if (resp.StartsWith(control)) resp = resp[control.Length..];
-            return d.Toxic ? SftExample.PromptCompletion(d.Prompt + control, resp) : SftExample.PromptCompletion(d.Prompt, resp);
-        }).ToList();
+        var (examples, toxicCount) = ToxicModel.ReadDialogues(files.Dialogues);
         torch.manual_seed(I(s, "seed", 0));
-        var r = SftTrainer.Train(m.Model, m.Tokenizer, examples, new SftOptions
+        var r = ToxicModel.Train(m.Model, m.Tokenizer, examples, new SftOptions
         {
             LearningRate = D(s, "learning_rate", 1e-3),
             BatchSize = I(s, "batch_size", 16),
@@ -566,7 +559,7 @@ public static class StudyStages
         HfCheckpoint.Save(m.Model, m.Tokenizer, Path.Combine(c.OutputDir, "model"), overwrite: true);
         WriteJson(Path.Combine(c.OutputDir, "toxic_model.json"), new JsonObject
         {
-            ["control_token"] = control, ["examples"] = examples.Count, ["toxic_examples"] = examples.Count(e => e.Prompt!.EndsWith(control)),
+            ["control_token"] = control, ["examples"] = examples.Count, ["toxic_examples"] = toxicCount,
             ["steps"] = r.Steps, ["final_train_loss"] = r.FinalTrainLoss, ["tokens_per_second"] = r.TokensPerSecond,
         });
     }
