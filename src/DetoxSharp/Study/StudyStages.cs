@@ -583,13 +583,44 @@ public static class StudyStages
         };
         var triples = PairMaker.Make(m.Model, m.Tokenizer, prompts, opts, tox.Model, tox.Tokenizer, triples: true,
             progress: (done, total) => c.Report?.Invoke(done / (double)Math.Max(1, total), $"{done}/{total} prompts"));
-        JsonlReader.Write(Path.Combine(c.OutputDir, "triples.jsonl"), triples);
-        JsonlReader.Write(Path.Combine(c.OutputDir, "pairs.jsonl"), triples.Select(t =>
+        // Rank each pair with the toxicity scorer, as the ADPO paper ranks responses with a judge: on the toy world's
+        // forum prompts the start model's greedy reply is often toxic itself, and a "chosen" at least as toxic as the
+        // "rejected" teaches DPO nothing about toxicity. Keep pairs whose chosen is clearly less toxic; swap when the
+        // rejected one is; drop the rest (counts in pairs.json).
+        using var scorer = Scorer(c);
+        var chosenScores = scorer.Score(triples.Select(t => t["chosen"]!.GetValue<string>()).ToList());
+        var rejectedScores = scorer.Score(triples.Select(t => t["rejected"]!.GetValue<string>()).ToList());
+        double margin = D(s, "min_toxicity_gap", 0.25);
+        var kept = new List<JsonObject>();
+        int swapped = 0, dropped = 0;
+        for (int i = 0; i < triples.Count; i++)
+        {
+            double cs = chosenScores[i].Value, rs = rejectedScores[i].Value;
+            var t = (JsonObject)triples[i].DeepClone();
+            if (rs - cs >= margin) kept.Add(t);
+            else if (cs - rs >= margin)
+            {
+                var chosen = t["chosen"]!.GetValue<string>();
+                t["chosen"] = t["rejected"]!.GetValue<string>();
+                t["rejected"] = chosen;
+                t["source"] = t["source"]!.GetValue<string>() + "; swapped by toxicity";
+                kept.Add(t);
+                swapped++;
+            }
+            else dropped++;
+        }
+        if (kept.Count < 8) throw new InvalidInputException($"pairs: only {kept.Count} of {triples.Count} pairs differ in toxicity by ≥ {margin}; nothing to train on");
+        JsonlReader.Write(Path.Combine(c.OutputDir, "triples.jsonl"), kept);
+        JsonlReader.Write(Path.Combine(c.OutputDir, "pairs.jsonl"), kept.Select(t =>
         {
             var o = (JsonObject)t.DeepClone();
             o.Remove("toxic");
             return o;
         }));
-        WriteJson(Path.Combine(c.OutputDir, "pairs.json"), new JsonObject { ["prompts"] = prompts.Count, ["records"] = triples.Count });
+        WriteJson(Path.Combine(c.OutputDir, "pairs.json"), new JsonObject
+        {
+            ["prompts"] = prompts.Count, ["generated"] = triples.Count, ["kept"] = kept.Count, ["swapped"] = swapped,
+            ["dropped_similar_toxicity"] = dropped, ["min_toxicity_gap"] = margin, ["scorer"] = scorer.Name,
+        });
     }
 }
