@@ -7,7 +7,6 @@ public static class CommandCatalog
 {
     public static IEnumerable<Command> All()
     {
-        DetoxSharp.Interpretability.InterventionEdits.Register(); // intervention kinds for `detox eval --intervention`
         yield return InfoCommand.Create();
         yield return ScoreCommand.Create();
         yield return GenerateCommand.Create();
