@@ -39,7 +39,7 @@ public static class InterpCommands
                 Seed = p.GetValue(seed), Steps = p.GetValue(steps), LearningRate = p.GetValue(lr), L2 = p.GetValue(l2),
             };
             opts.Validate();
-            var comments = LabelledCommentsCsv.Read(p.GetValue(data)!);
+            var comments = DetoxSharp.Data.DatasetReaders.ReadJigsawCsv(p.GetValue(data)!);
             if (p.GetValue(limit) is int n) { if (n < 2) throw new InvalidInputException("--limit must be ≥ 2"); comments = comments.Take(n).ToList(); }
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             var err = p.InvocationConfiguration.Error;

@@ -155,8 +155,7 @@ public static class StudyStages
         var s = Section(c, "probe");
         var files = Files(c);
         using var m = Load(BaseModelDir(c));
-        var comments = DatasetReaders.ReadJigsawCsv(files.Comments)
-            .Select((x, i) => new Interpretability.LabelledComment(x.Text, x.Toxic, i + 2)).ToList();
+        var comments = DatasetReaders.ReadJigsawCsv(files.Comments);
         var opts = new ProbeOptions { Seed = I(s, "seed", 0), ValidationFraction = 1 - D(s, "split", 0.9), Steps = I(s, "steps", 500) };
         var (probe, report) = ToxicityProbe.Train(m.Model, m.Tokenizer, comments, opts);
         using (probe)

@@ -333,18 +333,18 @@ public class InterpretabilityTests
         var dir = TempDir("csv");
         var good = Path.Combine(dir, "good.csv");
         File.WriteAllText(good, "id,comment_text,toxic\n1,\"hello, world\",0\n2,\"multi\nline\",1\n3,meh,0.7\n");
-        var rows = LabelledCommentsCsv.Read(good);
+        var rows = DetoxSharp.Data.DatasetReaders.ReadJigsawCsv(good);
         Assert.Equal(3, rows.Count);
         Assert.Equal("hello, world", rows[0].Text);
         Assert.Equal("multi\nline", rows[1].Text);
         Assert.Equal([false, true, true], rows.Select(r => r.Toxic).ToArray());
         var bad = Path.Combine(dir, "bad.csv");
         File.WriteAllText(bad, "comment_text,toxic\nfine,1\nnot fine,maybe\n");
-        var e = Assert.Throws<InvalidInputException>(() => LabelledCommentsCsv.Read(bad));
+        var e = Assert.Throws<InvalidInputException>(() => DetoxSharp.Data.DatasetReaders.ReadJigsawCsv(bad));
         Assert.Contains("bad.csv:3", e.Message);
         var noCol = Path.Combine(dir, "nocol.csv");
         File.WriteAllText(noCol, "text,label\nx,1\n");
-        Assert.Contains("nocol.csv:1", Assert.Throws<InvalidInputException>(() => LabelledCommentsCsv.Read(noCol)).Message);
+        Assert.Contains("nocol.csv:1", Assert.Throws<InvalidInputException>(() => DetoxSharp.Data.DatasetReaders.ReadJigsawCsv(noCol)).Message);
     }
 
     [Fact]
