@@ -188,7 +188,7 @@ static string LoadAverage() =>
 static long RssKb(string field)
 {
     foreach (var line in File.ReadLines("/proc/self/status"))
-        if (line.StartsWith(field + ":")) return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
+        if (line.StartsWith(field + ":")) return long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1]);
     return -1;
 }
 
