@@ -1,3 +1,4 @@
+using DetoxSharp.Data;
 using System.Collections;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -175,11 +176,7 @@ public static class HfCheckpoint
         dir = Path.GetFullPath(dir.TrimEnd('/', '\\'));
         if (Directory.Exists(dir) && Directory.EnumerateFileSystemEntries(dir).Any() && !overwrite)
             throw new InvalidInputException($"{dir}: already exists and is not empty (refusing to overwrite)");
-        var parent = Path.GetDirectoryName(dir)!;
-        Directory.CreateDirectory(parent);
-        var tmp = Path.Combine(parent, $".{Path.GetFileName(dir)}.tmp-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(tmp);
-        try
+        AtomicDirectory.Write(dir, tmp =>
         {
             var prefix = convention == KeyConvention.Transformers ? "transformer." : "";
             var sd = model.Module.state_dict().ToDictionary(kv => prefix + kv.Key, kv => kv.Value);
@@ -187,24 +184,6 @@ public static class HfCheckpoint
             var cfg = model.ConfigJson();
             File.WriteAllText(Path.Combine(tmp, "config.json"), cfg.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             tokenizer?.Save(tmp);
-            if (Directory.Exists(dir))
-            {
-                var old = Path.Combine(parent, $".{Path.GetFileName(dir)}.old-{Guid.NewGuid():N}");
-                Directory.Move(dir, old);
-                try { Directory.Move(tmp, dir); }
-                catch
-                {
-                    Directory.Move(old, dir); // put the previous checkpoint back
-                    throw;
-                }
-                Directory.Delete(old, recursive: true);
-            }
-            else Directory.Move(tmp, dir);
-        }
-        catch
-        {
-            if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
-            throw;
-        }
+        });
     }
 }

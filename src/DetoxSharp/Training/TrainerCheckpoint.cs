@@ -1,3 +1,4 @@
+using DetoxSharp.Data;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using DetoxSharp.Checkpoints;
@@ -18,28 +19,14 @@ public static class TrainerCheckpoint
 {
     public static void Save(string dir, ICausalLM model, Gpt2Tokenizer? tokenizer, TorchSharp.Modules.OptimizerHelper optimizer, JsonObject trainerState)
     {
-        dir = Path.GetFullPath(dir.TrimEnd('/', '\\'));
-        var parent = Path.GetDirectoryName(dir)!;
-        Directory.CreateDirectory(parent);
-        var tmp = Path.Combine(parent, $".{Path.GetFileName(dir)}.tmp-{Guid.NewGuid():N}");
-        try
+        AtomicDirectory.Write(dir, tmp =>
         {
-            Directory.CreateDirectory(tmp);
             HfCheckpoint.Save(model, tokenizer, Path.Combine(tmp, "model"), overwrite: true);
             optimizer.save_state_dict(Path.Combine(tmp, "optimizer.bin"));
             using (var rng = torch.get_rng_state())
                 File.WriteAllBytes(Path.Combine(tmp, "rng.bin"), rng.bytes.ToArray());
             File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), trainerState.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            if (Directory.Exists(dir))
-            {
-                var old = Path.Combine(parent, $".{Path.GetFileName(dir)}.old-{Guid.NewGuid():N}");
-                Directory.Move(dir, old);
-                Directory.Move(tmp, dir);
-                Directory.Delete(old, true);
-            }
-            else Directory.Move(tmp, dir);
-        }
-        finally { if (Directory.Exists(tmp)) Directory.Delete(tmp, true); }
+        });
     }
 
     public static bool Exists(string dir) => File.Exists(Path.Combine(dir, "trainer_state.json"));
