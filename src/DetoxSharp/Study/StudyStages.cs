@@ -64,7 +64,10 @@ public static class StudyStages
             P("preference_prompts")!, P("dialogues")!);
     }
 
-    static string BaseModelDir(StageContext c) => File.ReadAllText(Path.Combine(c.Input("pretrain"), "model_dir.txt")).Trim();
+    /// <summary>The model directory a stage (pretrain, train/…) recorded in its model_dir.txt.</summary>
+    static string ModelDirOf(StageContext c, string stage) => File.ReadAllText(Path.Combine(c.Input(stage), "model_dir.txt")).Trim();
+
+    static string BaseModelDir(StageContext c) => ModelDirOf(c, "pretrain");
 
     static LoadedModel Load(string dir) => HfCheckpoint.Load(dir);
 
@@ -103,12 +106,11 @@ public static class StudyStages
     /// <summary>Paths inside the (temporary) output directory are rewritten to the stage's final directory.</summary>
     static JsonObject Relocate(JsonObject files, StageContext c)
     {
-        var final = StageRunner.StageDir(c.RunDir, c.Name);
         var o = new JsonObject();
         foreach (var (k, v) in files)
         {
             var p = v!.GetValue<string>();
-            o[k] = p.StartsWith(c.OutputDir) ? final + p[c.OutputDir.Length..] : p;
+            o[k] = Path.GetFullPath(p).StartsWith(Path.GetFullPath(c.OutputDir)) ? FinalPath(c, p) : p;
         }
         return o;
     }
@@ -348,11 +350,7 @@ public static class StudyStages
         Evaluate(c, BaseModelDir(c), "No-op", edits, rename);
     }
 
-    static string TrainedModelDir(StageContext c, string trainStage)
-    {
-        var dir = c.Input(trainStage);
-        return File.ReadAllText(Path.Combine(dir, "model_dir.txt")).Trim();
-    }
+    static string TrainedModelDir(StageContext c, string trainStage) => ModelDirOf(c, trainStage);
 
     static string TrainStageOf(StageContext c) => c.Inputs.Keys.Single(k => k.StartsWith("train/"));
 
@@ -490,6 +488,7 @@ public static class StudyStages
         double scale = D(s, "scale", 10);
         var modelOut = Path.Combine(c.OutputDir, "model");
         JsonArray keys;
+        int last;
         using (var m = Load(trainedDir))
         using (var probe = ToxicityProbe.Load(c.Input("probe")))
         {
@@ -497,6 +496,7 @@ public static class StudyStages
             var chosen = Unalign.ScaleToxicKeys(m.Model, probe.WToxic, k, scale);
             keys = new JsonArray(chosen.Select(v => (JsonNode)JsonValue.Create($"L{v.Layer}.N{v.Neuron}")!).ToArray());
             HfCheckpoint.Save(m.Model, m.Tokenizer, modelOut, overwrite: true);
+            last = m.Model.NumLayers - 1;
         }
         var rows = Evaluate(c, modelOut, row, [], subdir: "eval");
         var u = rows[0];
@@ -511,8 +511,6 @@ public static class StudyStages
         {
             var w = vecs["w_toxic"].to(ScalarType.Float32);
             var unit = (w / w.norm()).DetachFromDisposeScope();
-            int last;
-            using (var m = Load(trainedDir)) last = m.Model.NumLayers - 1;
             var scales = (s["steering_scales"] as JsonArray)?.Select(x => x!.GetValue<double>()).Where(a => a > 0).ToList() ?? [1, 2, 4, 8, 16, 32];
             var edits = scales.Select(a => new EvalIntervention($"steer {a.ToString(CultureInfo.InvariantCulture)}",
                 _ => VectorIntervention.Add($"steer {a.ToString(CultureInfo.InvariantCulture)}", unit, a, last))).ToList();
