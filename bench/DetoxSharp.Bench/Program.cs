@@ -24,17 +24,52 @@ var started = DateTime.UtcNow;
 var loadAtStart = LoadAverage();
 var log = (string s) => Console.Error.WriteLine($"[{(DateTime.UtcNow - started).TotalSeconds,6:F1}s] {s}");
 
+// ---- side-by-side mode (bench/side-by-side.sh): the step bench/pytorch/gpt2_step.py times, as one JSON line ----
+var sbsIdx = Array.IndexOf(args, "--side-by-side");
+if (sbsIdx >= 0)
+{
+    string cfgName = sbsIdx + 1 < args.Length && !args[sbsIdx + 1].StartsWith("--") ? args[sbsIdx + 1] : "124m";
+    int Arg(string flag, int dflt) { int i = Array.IndexOf(args, flag); return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1]) : dflt; }
+    var sbsCfg = cfgName switch
+    {
+        "124m" => Gpt2Config.Small,
+        "355m" => Gpt2Config.Medium,
+        "toy" => new Gpt2Config { VocabSize = 2000, NEmbd = 128, NLayer = 4, NHead = 4, NPositions = 256, EosTokenId = 1999, BosTokenId = 1999 },
+        _ => throw new ArgumentException($"--side-by-side: expected 124m, 355m or toy, got '{cfgName}'"),
+    };
+    int sb = Arg("--batch", 4), st = Arg("--seq", 128);
+    torch.manual_seed(0);
+    using var sbsModel = new Gpt2Model(sbsCfg);
+    double sbsFwd = ForwardTokensPerSec(sbsModel, sb, st, Arg("--forward-reps", 3));
+    var (sbsSft, sbsSec, _, _) = SftTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3));
+    Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
+    {
+        ["impl"] = "detoxsharp", ["version"] = $"TorchSharp {typeof(torch).Assembly.GetName().Version}", ["threads"] = torch.get_num_threads(),
+        ["config"] = cfgName, ["params"] = sbsModel.parameters().Sum(p => p.numel()), ["batch"] = sb, ["seq"] = st,
+        ["forward_tok_s"] = sbsFwd, ["sft_tok_s"] = sbsSft, ["sft_s_per_step"] = sbsSec,
+    }));
+    return 0;
+}
+
 var rows = new List<string[]>();
 var memRows = new List<string[]>();
 var peaks = new Dictionary<string, double>();
 
-// ---- matmul peak ----
+// ---- matmul peak: square sizes and the GEMM shapes of a 124M training step (see MatmulPeak.cs) ----
+var peakRows = new List<(string dtype, string shape, double gflops)>();
 foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16 })
 {
-    int n = quick ? 1024 : 2048;
-    peaks[dt.ToString()] = MatmulPeak(n, dt, quick ? 3 : 8);
-    log($"matmul peak {dt}: {peaks[dt.ToString()]:F1} GFLOP/s (n={n})");
+    var measured = MatmulPeak.Measure(MatmulPeak.Shapes(quick), dt, quick ? 2 : 5);
+    string dn = dt == ScalarType.Float32 ? "fp32" : "bf16";
+    foreach (var (sh, g) in measured) { peakRows.Add((dn, sh.Name, g)); log($"matmul {dn} {sh.Name}: {g:F1} GFLOP/s"); }
+    peaks[dt.ToString()] = measured.Max(x => x.GFlops);
+    log($"matmul peak {dn}: {peaks[dt.ToString()]:F1} GFLOP/s");
 }
+double bandwidth = DecodeBound.ReadBandwidth(quick ? 256 : 1024, quick ? 3 : 5);
+log($"read bandwidth {bandwidth:F1} GB/s");
+var decodeRows = new List<string[]>();
+var dpoRows = new List<string[]>();
+var checks = new List<(string what, bool ok, string detail)>();
 WriteReport(false);
 
 // ---- models ----
@@ -55,7 +90,8 @@ foreach (var (name, cfg, b, t, sftSteps, fwdReps) in configs)
 
     double fwd = ForwardTokensPerSec(model, b, t, fwdReps);
     log($"forward {fwd:F0} tok/s");
-    var (sft, stepSec) = SftTokensPerSec(model, b, t, sftSteps);
+    var (sft, stepSec, firstLoss, lastLoss) = SftTokensPerSec(model, b, t, sftSteps);
+    checks.Add(($"{name}: SFT steps on one batch lower its loss", float.IsFinite(lastLoss) && lastLoss < firstLoss, $"loss {firstLoss:F4} → {lastLoss:F4} over {sftSteps + 1} steps"));
     double flopsPerToken = 6.0 * nParams + 12.0 * cfg.NLayer * cfg.NEmbd * t;
     double mfu = sft * flopsPerToken / 1e9 / peaks["Float32"];
     log($"sft {sft:F0} tok/s ({stepSec:F2} s/step), MFU {mfu:P1}");
@@ -63,16 +99,51 @@ foreach (var (name, cfg, b, t, sftSteps, fwdReps) in configs)
     int newTokens = quick ? (big ? 8 : 32) : 64;
     var gen = new Dictionary<string, double>();
     foreach (int gb in new[] { 1, 16 })
+    {
+        var outs = new Dictionary<bool, List<int[]>>();
         foreach (bool kv in new[] { true, false })
         {
             if (quick && big && gb == 16) continue;
-            gen[$"{gb}{(kv ? "kv" : "")}"] = GenerationTokensPerSec(model, gb, 16, newTokens, kv);
+            (gen[$"{gb}{(kv ? "kv" : "")}"], outs[kv]) = GenerationTokensPerSec(model, gb, 16, newTokens, kv);
             log($"generation batch {gb} kv={kv}: {gen[$"{gb}{(kv ? "kv" : "")}"]:F1} tok/s");
         }
+        if (outs.Count == 2)
+        {
+            // greedy with and without the cache must pick the same tokens (fp32 reorderings could in principle flip a
+            // near-tie; count mismatching sequences rather than demand bit-identical logits)
+            int same = outs[true].Zip(outs[false]).Count(z => z.First.SequenceEqual(z.Second));
+            checks.Add(($"{name}: greedy generation, KV cache = recomputation (batch {gb})", same == outs[true].Count, $"{same}/{outs[true].Count} sequences identical"));
+        }
+    }
+    if (big)
+    {
+        double bytes = DecodeBound.WeightBytes(cfg.NEmbd, cfg.NLayer, cfg.VocabSize);
+        double gemvIo = DecodeBound.GemvPassSeconds(cfg.NEmbd, cfg.NLayer, cfg.VocabSize, false, quick ? 2 : 5);
+        double gemvOi = DecodeBound.GemvPassSeconds(cfg.NEmbd, cfg.NLayer, cfg.VocabSize, true, quick ? 2 : 5);
+        double floorTokS = bandwidth * 1e9 / bytes;
+        log($"decode floor: {bytes / 1e6:F0} MB of weights per token → ≤ {floorTokS:F1} tok/s at {bandwidth:F1} GB/s; GEMV pass [in,out] {gemvIo * 1e3:F1} ms, [out,in] {gemvOi * 1e3:F1} ms");
+        decodeRows.Add([name, $"{bytes / 1e6:F0}", $"{floorTokS:F1}", $"{1 / gemvIo:F1}", $"{1 / gemvOi:F1}", G1(gen, "1kv"), G1(gen, "1")]);
+    }
     string G(string k) => gen.TryGetValue(k, out var v) ? v.ToString("F1") : "–";
     rows.Add([name, $"{nParams / 1e6:F1}M", $"{b}×{t}", fwd.ToString("F0"), sft.ToString("F0"), $"{mfu:P1}",
         $"{newTokens}", G("1kv"), G("1"), G("16kv"), G("16"),
         gen.ContainsKey("1") ? $"{gen["1kv"] / gen["1"]:F1}×" : "–"]);
+    WriteReport(false);
+}
+
+// ---- DPO pairs/s with and without the reference log-prob cache ----
+foreach (var (name, cfg, steps) in new List<(string, Gpt2Config, int)> { (configs[0].name, configs[0].cfg, quick ? 4 : 20) }
+             .Concat(quick ? [] : [(configs[1].name, configs[1].cfg, 6)]))
+{
+    log($"== DPO {name}");
+    var res = PreferenceBench.Run(() => new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 }), steps,
+        Path.Combine(Path.GetTempPath(), $"detox-bench-dpo-{Environment.ProcessId}"));
+    foreach (var r in res) log($"DPO {name} {r.Mode}: {r.PairsPerSecond:F2} pairs/s (train loop), wall {r.WallSeconds:F1} s, first loss {r.FirstLoss:F6}");
+    var (c, l) = (res[0], res[1]);
+    checks.Add(($"{name}: DPO first-step loss is ln 2 (policy = reference) with and without the cache",
+        Math.Abs(c.FirstLoss - Math.Log(2)) < 1e-4 && Math.Abs(l.FirstLoss - Math.Log(2)) < 1e-4, $"{c.FirstLoss:F6} / {l.FirstLoss:F6} vs {Math.Log(2):F6}"));
+    dpoRows.Add([name + (cfg.VocabSize < 50257 ? " (vocab 50257)" : ""), $"{c.Steps}", c.PairsPerSecond.ToString("F2"), l.PairsPerSecond.ToString("F2"),
+        $"{c.PairsPerSecond / l.PairsPerSecond:F2}×", c.WallSeconds.ToString("F1"), l.WallSeconds.ToString("F1")]);
     WriteReport(false);
 }
 
@@ -103,7 +174,8 @@ foreach (var (name, cfg, b, t, sftSteps, fwdReps) in configs)
 }
 WriteReport(true);
 log($"wrote {outPath}");
-return 0;
+foreach (var (what, ok, detail) in checks) Console.Error.WriteLine($"{(ok ? "PASS" : "FAIL")}: {what} — {detail}");
+return checks.All(c => c.ok) ? 0 : 1;
 
 // ================= helpers =================
 
@@ -112,23 +184,6 @@ static string FindRepoRoot()
     var d = new DirectoryInfo(Directory.GetCurrentDirectory());
     while (d is not null && !File.Exists(Path.Combine(d.FullName, "DetoxSharp.sln"))) d = d.Parent;
     return d?.FullName ?? Directory.GetCurrentDirectory();
-}
-
-static double MatmulPeak(int n, ScalarType dt, int reps)
-{
-    using var a = torch.randn(n, n).to(dt);
-    using var b = torch.randn(n, n).to(dt);
-    using var c = torch.empty(n, n, dt);
-    torch.mm(a, b).Dispose(); // warm-up
-    double best = 0;
-    for (int r = 0; r < reps; r++)
-    {
-        var sw = Stopwatch.StartNew();
-        using var x = torch.mm(a, b);
-        sw.Stop();
-        best = Math.Max(best, 2.0 * n * n * n / sw.Elapsed.TotalSeconds / 1e9);
-    }
-    return best;
 }
 
 static double ForwardTokensPerSec(Gpt2Model model, int b, int t, int reps)
@@ -158,20 +213,22 @@ static float SftStep(Gpt2Model model, torch.optim.Optimizer opt, Tensor ids)
     return loss.item<float>();
 }
 
-static (double tokPerSec, double secPerStep) SftTokensPerSec(Gpt2Model model, int b, int t, int steps)
+static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftTokensPerSec(Gpt2Model model, int b, int t, int steps)
 {
     model.train();
     using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
-    using var opt = torch.optim.AdamW(model.parameters(), 1e-5);
-    SftStep(model, opt, ids); // warm-up (allocates optimizer state)
+    using var opt = torch.optim.AdamW(model.parameters(), 1e-4);
+    float first = SftStep(model, opt, ids), last = first; // warm-up (allocates optimizer state)
     var sw = Stopwatch.StartNew();
-    for (int i = 0; i < steps; i++) SftStep(model, opt, ids);
+    for (int i = 0; i < steps; i++) last = SftStep(model, opt, ids);
     double sec = sw.Elapsed.TotalSeconds;
     model.eval();
-    return ((double)b * t * steps / sec, sec / steps);
+    return ((double)b * t * steps / sec, sec / steps, first, last);
 }
 
-static double GenerationTokensPerSec(Gpt2Model model, int batch, int promptLen, int newTokens, bool kv)
+static string G1(Dictionary<string, double> gen, string k) => gen.TryGetValue(k, out var v) ? v.ToString("F1") : "–";
+
+static (double TokPerSec, List<int[]> Tokens) GenerationTokensPerSec(Gpt2Model model, int batch, int promptLen, int newTokens, bool kv)
 {
     var rnd = new Random(7);
     var prompts = Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, promptLen).Select(_ => rnd.Next(model.VocabSize - 1)).ToArray()).ToList();
@@ -179,7 +236,7 @@ static double GenerationTokensPerSec(Gpt2Model model, int batch, int promptLen, 
     Gen.Generate(model, prompts.Take(1).ToList(), o with { MaxNewTokens = 2 }); // warm-up
     var sw = Stopwatch.StartNew();
     var r = Gen.Generate(model, prompts, o);
-    return r.Sum(x => x.Length) / sw.Elapsed.TotalSeconds;
+    return (r.Sum(x => x.Length) / sw.Elapsed.TotalSeconds, r);
 }
 
 static string LoadAverage() =>
@@ -229,17 +286,44 @@ void WriteReport(bool complete)
     sb.AppendLine("- MFU = SFT tokens/s × (6·params + 12·layers·d·T) FLOPs/token ÷ measured fp32 matmul peak.");
     sb.AppendLine("- Generation: greedy, prompts of 16 random tokens, tokens/s counts new tokens of all prompts; \"no KV\" recomputes the whole sequence each step.");
     sb.AppendLine();
-    sb.AppendLine("## Matrix-multiply peak (torch.mm, square, best of several)");
+    sb.AppendLine("## Matrix-multiply peak (torch.mm; square sizes and the 124M step's GEMM shapes; best round of each)");
     sb.AppendLine();
-    sb.AppendLine("| dtype | GFLOP/s |");
-    sb.AppendLine("|---|---:|");
-    foreach (var (k, v) in peaks) sb.AppendLine($"| {(k == "Float32" ? "fp32" : "bf16")} | {v:F1} |");
+    sb.AppendLine("The peak is the best of all shapes below (bold); MFU divides by the fp32 one.");
+    sb.AppendLine();
+    sb.AppendLine("| shape (M×K→N) | fp32 GFLOP/s | bf16 GFLOP/s |");
+    sb.AppendLine("|---|---:|---:|");
+    foreach (var shape in peakRows.Select(r => r.shape).Distinct())
+    {
+        string Cell(string dn) => peakRows.FirstOrDefault(r => r.shape == shape && r.dtype == dn) is { shape: not null } r ? r.gflops.ToString("F1") : "–";
+        sb.AppendLine($"| {shape} | {Cell("fp32")} | {Cell("bf16")} |");
+    }
+    foreach (var (k, v) in peaks) sb.AppendLine($"| **peak {(k == "Float32" ? "fp32" : "bf16")}** | {(k == "Float32" ? $"**{v:F1}**" : "")} | {(k == "Float32" ? "" : $"**{v:F1}**")} |");
     sb.AppendLine();
     sb.AppendLine("## Throughput");
     sb.AppendLine();
     sb.AppendLine("| config | params | batch×T | forward tok/s | SFT step tok/s | MFU (fp32) | new tokens | gen b1 KV tok/s | gen b1 no-KV tok/s | gen b16 KV tok/s | gen b16 no-KV tok/s | KV speed-up (b1) |");
     sb.AppendLine("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     foreach (var r in rows) sb.AppendLine("| " + string.Join(" | ", r) + " |");
+    sb.AppendLine();
+    sb.AppendLine($"## Batch-1 decode against its memory-bandwidth floor (read bandwidth {bandwidth:F1} GB/s, torch sum over a large fp32 buffer)");
+    sb.AppendLine();
+    sb.AppendLine("Each KV-cached step multiplies one row by every weight matrix, so it must read all weights once: tokens/s ≤ bandwidth ÷ weight bytes. The GEMV columns time one such pass of bare 1-row products (no attention, norms or sampling).");
+    sb.AppendLine();
+    sb.AppendLine("| config | weight MB | floor tok/s (bandwidth) | bare GEMV pass tok/s, [in,out] (Conv1D) | bare GEMV pass tok/s, [out,in] (linear) | gen b1 KV tok/s | gen b1 no-KV tok/s |");
+    sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|");
+    foreach (var r in decodeRows) sb.AppendLine("| " + string.Join(" | ", r) + " |");
+    sb.AppendLine();
+    sb.AppendLine("## DPO pairs/s with and without the reference log-prob cache (PreferenceTrainer, batch 4 pairs, ≈ 40+40 tokens per sequence, RMSprop)");
+    sb.AppendLine();
+    sb.AppendLine("Train-loop pairs/s exclude the one-off reference precompute and the final checkpoint saves; wall seconds include them.");
+    sb.AppendLine();
+    sb.AppendLine("| config | steps | cached pairs/s | live-reference pairs/s | ratio | cached wall s | live wall s |");
+    sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|");
+    foreach (var r in dpoRows) sb.AppendLine("| " + string.Join(" | ", r) + " |");
+    sb.AppendLine();
+    sb.AppendLine("## Correctness checks (CI runs these in quick mode; the numbers above are not checked)");
+    sb.AppendLine();
+    foreach (var (what, ok, detail) in checks) sb.AppendLine($"- {(ok ? "PASS" : "FAIL")}: {what} — {detail}");
     sb.AppendLine();
     sb.AppendLine("## Memory (toy config, RSS after step 20 vs after step 200, after a GC)");
     sb.AppendLine();

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Side-by-side baseline (issue 8): the same GPT-2 step in PyTorch and in DetoxSharp, one after the other, on this
+# machine, same threads, same shapes. Prints a Markdown table with the ratio.
+#   bash bench/side-by-side.sh [124m|355m|toy] [batch] [seq] [steps]
+# Needs python3 with torch. On Debian 12 (as root):
+#   apt-get install -y python3-torch libopenblas0-openmp
+# (without an optimized BLAS Debian's torch falls back to the reference netlib BLAS: ~5x slower matmuls).
+# Run it on an otherwise idle machine: libtorch's OpenMP threads degrade badly when the cores are oversubscribed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cfg="${1:-124m}"; batch="${2:-4}"; seq="${3:-128}"; steps="${4:-3}"
+threads="$(nproc)"
+py="${PYTHON:-/usr/bin/python3}"
+"$py" -c "import torch" 2>/dev/null || { echo "side-by-side.sh: $py has no torch module (Debian: apt-get install python3-torch libopenblas0-openmp)" >&2; exit 2; }
+dotnet build -c Release bench/DetoxSharp.Bench >/dev/null
+tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+"$py" bench/pytorch/gpt2_step.py --config "$cfg" --batch "$batch" --seq "$seq" --sft-steps "$steps" --forward-reps "$steps" --threads "$threads" > "$tmp/py.json"
+echo "pytorch done, load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+dotnet bench/DetoxSharp.Bench/bin/Release/net10.0/DetoxSharp.Bench.dll --threads "$threads" --side-by-side "$cfg" --batch "$batch" --seq "$seq" --sft-steps "$steps" --forward-reps "$steps" > "$tmp/ds.json"
+echo "detoxsharp done, load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+"$py" - "$tmp/py.json" "$tmp/ds.json" <<'PY'
+import json, sys, platform
+py, ds = (json.load(open(f)) for f in sys.argv[1:3])
+import torch
+blas = next((l.strip() for l in torch.__config__.show().splitlines() if "BLAS_INFO" in l), "")
+blas = next((x.strip() for x in blas.split(",") if x.strip().startswith("BLAS_INFO")), "BLAS_INFO=?")
+print(f"GPT-2 {ds['config']} ({ds['params']/1e6:.1f}M params), fp32, batch {ds['batch']}×{ds['seq']} tokens, {ds['threads']} threads")
+print()
+print("| | PyTorch %s (%s) | DetoxSharp (%s) | DetoxSharp ÷ PyTorch |" % (py["version"], blas, ds["version"]))
+print("|---|---:|---:|---:|")
+for k, name in (("forward_tok_s", "forward tok/s (no grad)"), ("sft_tok_s", "SFT step tok/s (fwd+bwd+AdamW)")):
+    print(f"| {name} | {py[k]:.1f} | {ds[k]:.1f} | {ds[k]/py[k]:.2f}× |")
+PY
