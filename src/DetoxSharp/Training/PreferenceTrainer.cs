@@ -293,15 +293,22 @@ public static class PreferenceTrainer
             Directory.Exists(bestDir) ? bestDir : null, metricsPath, pps);
     }
 
-    /// <summary>Summed log-probs of the completion tokens of each row, [B] (float32, or float64 for float64 models).</summary>
+    /// <summary>Summed log-probs of the completion tokens of each row, [B] (float32, or float64 for float64 models).
+    /// The LM head and log-softmax run only on the positions that predict a completion token: prompt and padding
+    /// positions never reach the V-wide head (at GPT-2 scale the head is ≈ 30 % of a forward's FLOPs and its fp32
+    /// log-softmax the largest activation), which makes a step cheaper without changing any log-prob.</summary>
     public static Tensor CompletionLogpSums(ICausalLM model, SequenceBatch batch)
     {
-        var logits = model.Forward(batch.Ids, batch.AttentionMask);
-        long t = batch.Ids.shape[1];
-        var l = logits.narrow(1, 0, t - 1);
-        if (l.dtype != ScalarType.Float64) l = l.to(ScalarType.Float32);
-        var lp = l.log_softmax(-1).gather(-1, batch.Ids.narrow(1, 1, t - 1).unsqueeze(-1)).squeeze(-1);
-        return (lp * batch.CompletionMask.to(lp.dtype)).sum(1);
+        long b = batch.Ids.shape[0], t = batch.Ids.shape[1];
+        var hidden = model.ApplyFinalNorm(model.ResidualStream(batch.Ids, batch.AttentionMask)).narrow(1, 0, t - 1); // [B, T-1, d]
+        var flat = batch.CompletionMask.reshape(-1).nonzero().squeeze(1);                 // positions j-1 predicting token j
+        var rows = flat.div(t - 1, rounding_mode: RoundingMode.floor);
+        var h = hidden.reshape(-1, hidden.shape[^1]).index_select(0, flat);              // [N, d]
+        var logits = torch.nn.functional.linear(h, model.Unembedding);                   // [N, V]
+        if (logits.dtype != ScalarType.Float64) logits = logits.to(ScalarType.Float32);
+        var targets = batch.Ids.narrow(1, 1, t - 1).reshape(-1).index_select(0, flat);
+        var lp = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1);   // [N]
+        return torch.zeros(b, lp.dtype, lp.device).index_add(0, rows, lp, 1);
     }
 
     /// <summary>SHA-256 over parameter names, dtypes, shapes and bytes (the model part of the cache key).</summary>

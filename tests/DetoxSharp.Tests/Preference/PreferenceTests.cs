@@ -167,6 +167,31 @@ public class PreferenceLogProbTests
     }
 
     [Fact]
+    public void HeadOnCompletionPositionsEqualsFullLogitsForEveryRow()
+    {
+        // CompletionLogpSums runs the LM head only where a completion token is predicted; every row of a ragged batch
+        // must equal the log-probs of a full float64 forward of that row alone, summed over its completion.
+        using var m = Tiny.Model(ScalarType.Float64, seed: 5);
+        m.eval();
+        var tok = Gpt2Tokenizer.Default();
+        var seqs = new (string P, string C)[] { ("Hi", " there friend"), ("A longer prompt, with commas and more words", " ok"),
+            ("One", " two three four five six seven"), ("Prompt", " x") }
+            .Select(x => (tok.Encode(x.P), tok.Encode(x.C))).ToList();
+        using var _ = torch.no_grad();
+        using var batch = PreferenceData.Build(seqs, tok.EosTokenId);
+        var got = PreferenceTrainer.CompletionLogpSums(m, batch).to(ScalarType.Float64).data<double>().ToArray();
+        for (int i = 0; i < seqs.Count; i++)
+        {
+            var (p, c) = seqs[i];
+            var ids = torch.tensor(p.Concat(c).Select(x => (long)x).ToArray()).unsqueeze(0);
+            var logp = m.Forward(ids)[0].log_softmax(-1);                    // float64 [T, V], all positions
+            double want = 0;
+            for (int j = 0; j < c.Length; j++) want += logp[p.Length - 1 + j, c[j]].item<double>();
+            Assert.Equal(want, got[i], 9);
+        }
+    }
+
+    [Fact]
     public void GradientMatchesFiniteDifferences()
     {
         using var pol = Tiny.Model(ScalarType.Float64, seed: 3);
