@@ -49,7 +49,7 @@ public static class CommonOptions
     {
         var p = value switch
         {
-            "fp32" or "float32" => DetoxSharp.Training.Precision.ModelDType,
+            "fp32" => DetoxSharp.Training.Precision.ModelDType,
             "bf16-mixed" => DetoxSharp.Training.Precision.Bf16Mixed,
             _ => throw new InvalidInputException($"--precision: expected fp32 or bf16-mixed, got '{value}'"),
         };
