@@ -5,6 +5,7 @@ using System.Text;
 using DetoxSharp.Generation;
 using Gen = DetoxSharp.Generation.Generator;
 using DetoxSharp.Models;
+using DetoxSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -53,6 +54,7 @@ if (sbsIdx >= 0)
 
 var rows = new List<string[]>();
 var memRows = new List<string[]>();
+var mixedRows = new List<string[]>();
 var peaks = new Dictionary<string, double>();
 
 // ---- matmul peak: square sizes and the GEMM shapes of a 124M training step (see MatmulPeak.cs) ----
@@ -95,6 +97,18 @@ foreach (var (name, cfg, b, t, sftSteps, fwdReps) in configs)
     double flopsPerToken = 6.0 * nParams + 12.0 * cfg.NLayer * cfg.NEmbd * t;
     double mfu = sft * flopsPerToken / 1e9 / peaks["Float32"];
     log($"sft {sft:F0} tok/s ({stepSec:F2} s/step), MFU {mfu:P1}");
+    // same config and batch in bf16: mixed (fp32 master + bf16 working copy, as `--precision bf16-mixed`) and pure
+    // (the whole model in bf16, as `--dtype bfloat16`); the fp32 step is re-measured right after them, so a load change
+    // on a shared machine shows up as a difference between the two fp32 figures
+    var (mixedTps, _) = SftMixedTokensPerSec(model, b, t, sftSteps);
+    log($"sft bf16-mixed {mixedTps:F0} tok/s ({mixedTps / sft:F2}× fp32)");
+    var (pureTps, _) = SftPureBf16TokensPerSec(model, b, t, sftSteps);
+    log($"sft pure bf16 {pureTps:F0} tok/s ({pureTps / sft:F2}× fp32)");
+    var (sftAgain, _, _, _) = SftTokensPerSec(model, b, t, sftSteps);
+    double fp32Mean = (sft + sftAgain) / 2;
+    log($"sft fp32 again {sftAgain:F0} tok/s");
+    mixedRows.Add([name, $"{b}×{t}", sft.ToString("F0"), sftAgain.ToString("F0"), mixedTps.ToString("F0"), $"{mixedTps / fp32Mean:F2}×",
+        pureTps.ToString("F0"), $"{pureTps / fp32Mean:F2}×", LoadAverage()]);
 
     int newTokens = quick ? (big ? 8 : 32) : 64;
     var gen = new Dictionary<string, double>();
@@ -213,6 +227,62 @@ static float SftStep(Gpt2Model model, torch.optim.Optimizer opt, Tensor ids)
     return loss.item<float>();
 }
 
+/// One `--precision bf16-mixed` SFT step as SftTrainer runs it: bf16 forward/backward on the working copy, logits cast
+/// to fp32 for the loss, bf16 grads cast into the fp32 master's .grad, AdamW on the master, master → bf16 copy.
+static float SftMixedStep(MixedPrecision mp, torch.optim.Optimizer opt, Tensor ids)
+{
+    using var scope = torch.NewDisposeScope();
+    var logits = mp.Working.Forward(ids).to(ScalarType.Float32);
+    long v = logits.shape[^1], t = ids.shape[1];
+    var loss = torch.nn.functional.cross_entropy(logits.narrow(1, 0, t - 1).reshape(-1, v), ids.narrow(1, 1, t - 1).reshape(-1));
+    opt.zero_grad();
+    loss.backward();
+    mp.AccumulateGradients();
+    opt.step();
+    mp.SyncWorking();
+    return loss.item<float>();
+}
+
+static (double tokPerSec, double secPerStep) SftMixedTokensPerSec(Gpt2Model model, int b, int t, int steps)
+{
+    model.train();
+    using var mp = new MixedPrecision(model);
+    using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
+    using var opt = torch.optim.AdamW(model.parameters(), 1e-5);
+    SftMixedStep(mp, opt, ids); // warm-up (allocates optimizer state and the master grads)
+    var sw = Stopwatch.StartNew();
+    for (int i = 0; i < steps; i++) SftMixedStep(mp, opt, ids);
+    double sec = sw.Elapsed.TotalSeconds;
+    model.eval();
+    return ((double)b * t * steps / sec, sec / steps);
+}
+
+/// `--dtype bfloat16`: the whole model, grads and AdamW state in bf16 (logits cast to fp32 for the loss, as the trainer does).
+static (double tokPerSec, double secPerStep) SftPureBf16TokensPerSec(Gpt2Model model, int b, int t, int steps)
+{
+    using var bf = (Gpt2Model)model.Clone();
+    bf.to(ScalarType.BFloat16);
+    bf.train();
+    using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
+    using var opt = torch.optim.AdamW(bf.parameters(), 1e-5);
+    float Step()
+    {
+        using var scope = torch.NewDisposeScope();
+        var logits = bf.Forward(ids).to(ScalarType.Float32);
+        long v = logits.shape[^1];
+        var loss = torch.nn.functional.cross_entropy(logits.narrow(1, 0, t - 1).reshape(-1, v), ids.narrow(1, 1, t - 1).reshape(-1));
+        opt.zero_grad();
+        loss.backward();
+        opt.step();
+        return loss.item<float>();
+    }
+    Step(); // warm-up
+    var sw = Stopwatch.StartNew();
+    for (int i = 0; i < steps; i++) Step();
+    double sec = sw.Elapsed.TotalSeconds;
+    return ((double)b * t * steps / sec, sec / steps);
+}
+
 static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftTokensPerSec(Gpt2Model model, int b, int t, int steps)
 {
     model.train();
@@ -304,6 +374,14 @@ void WriteReport(bool complete)
     sb.AppendLine("| config | params | batch×T | forward tok/s | SFT step tok/s | MFU (fp32) | new tokens | gen b1 KV tok/s | gen b1 no-KV tok/s | gen b16 KV tok/s | gen b16 no-KV tok/s | KV speed-up (b1) |");
     sb.AppendLine("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     foreach (var r in rows) sb.AppendLine("| " + string.Join(" | ", r) + " |");
+    sb.AppendLine();
+    sb.AppendLine("## Mixed precision (SFT step, same config and batch as above)");
+    sb.AppendLine();
+    sb.AppendLine("bf16-mixed = `--precision bf16-mixed`: bf16 forward + backward on a working copy, logits cast to fp32 for the loss, bf16 grads cast into the fp32 master's grads, AdamW (fp32 state) on the master, master copied back to bf16. Pure bf16 = `--dtype bfloat16`: weights, grads and AdamW state all bf16. The fp32 step is measured before and after the bf16 ones (a difference between the two = load change); ratios are to their mean. Load = 1-min load average after the row.");
+    sb.AppendLine();
+    sb.AppendLine("| config | batch×T | fp32 tok/s (before) | fp32 tok/s (after) | bf16-mixed tok/s | bf16-mixed ÷ fp32 | pure bf16 tok/s | pure bf16 ÷ fp32 | load |");
+    sb.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    foreach (var r in mixedRows) sb.AppendLine("| " + string.Join(" | ", r) + " |");
     sb.AppendLine();
     sb.AppendLine($"## Batch-1 decode against its memory-bandwidth floor (read bandwidth {bandwidth:F1} GB/s, torch sum over a large fp32 buffer)");
     sb.AppendLine();

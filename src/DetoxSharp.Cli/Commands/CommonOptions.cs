@@ -15,6 +15,12 @@ public static class CommonOptions
 
     public static Option<string> DType() => new("--dtype") { Description = "float32 or bfloat16", DefaultValueFactory = _ => "float32" };
 
+    public static Option<string> Precision() => new("--precision")
+    {
+        Description = "fp32: train in the loaded dtype (float32; pure bfloat16 with --dtype bfloat16); bf16-mixed: bfloat16 forward/backward with fp32 master weights and optimizer state (model loaded as float32)",
+        DefaultValueFactory = _ => "fp32",
+    };
+
     public static Option<bool> AllowPickle() => new("--allow-pickle") { Description = "allow loading a legacy pickled pytorch_model.bin (pickles can run code)" };
 
     public static Option<bool> Json() => new("--json") { Description = "print one JSON object on stdout" };
@@ -36,6 +42,21 @@ public static class CommonOptions
         "bfloat16" or "bf16" => ScalarType.BFloat16,
         _ => throw new InvalidInputException($"--dtype: expected float32 or bfloat16, got '{value}'"),
     };
+
+    /// <summary>Parses --precision and checks it against --dtype (bf16-mixed keeps fp32 master weights, so the model
+    /// must be loaded as float32).</summary>
+    public static DetoxSharp.Training.Precision ParsePrecision(string value, string dtype)
+    {
+        var p = value switch
+        {
+            "fp32" => DetoxSharp.Training.Precision.ModelDType,
+            "bf16-mixed" => DetoxSharp.Training.Precision.Bf16Mixed,
+            _ => throw new InvalidInputException($"--precision: expected fp32 or bf16-mixed, got '{value}'"),
+        };
+        if (p == DetoxSharp.Training.Precision.Bf16Mixed && ParseDType(dtype) != ScalarType.Float32)
+            throw new InvalidInputException($"--precision bf16-mixed needs --dtype float32 (it keeps fp32 master weights and casts a bf16 working copy itself), got --dtype {dtype}");
+        return p;
+    }
 
     public static LoadedModel LoadModel(string dir, string device, string dtype, bool allowPickle) =>
         HfCheckpoint.Load(dir, new LoadOptions { Device = ParseDevice(device), DType = ParseDType(dtype), AllowPickle = allowPickle });

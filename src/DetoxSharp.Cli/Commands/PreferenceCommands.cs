@@ -47,6 +47,7 @@ public static class PreferenceCommands
         var maxTotal = new Option<int>("--max-total-tokens") { Description = "prompt + completion limit", DefaultValueFactory = _ => 256 };
         var device = CommonOptions.Device();
         var dtype = CommonOptions.DType();
+        var precision = CommonOptions.Precision();
         var pickle = CommonOptions.AllowPickle();
         var json = CommonOptions.Json();
         var cmd = new Command(adpo ? "adpo" : "dpo", adpo
@@ -54,12 +55,13 @@ public static class PreferenceCommands
             : "Direct preference optimization (sigmoid/IPO/hinge/robust, optional RPO term) on prompt/chosen/rejected pairs.")
         {
             model, data, output, refOpt, beta, loss, smoothing, rpo, lr, optimizer, wd, batch, accum, warmup, clip, evalEvery, patience,
-            validation, maxSteps, epochs, seed, saveEvery, resume, noCache, cacheDir, maxPrompt, maxCompletion, maxTotal, device, dtype, pickle, json,
+            validation, maxSteps, epochs, seed, saveEvery, resume, noCache, cacheDir, maxPrompt, maxCompletion, maxTotal, device, dtype, precision, pickle, json,
         };
         if (adpo) { cmd.Options.Add(toxic); cmd.Options.Add(gamma); }
         cmd.SetAction(p =>
         {
             var err = p.InvocationConfiguration.Error;
+            var prec = CommonOptions.ParsePrecision(p.GetValue(precision)!, p.GetValue(dtype)!);
             var opts = new PreferenceTrainerOptions
             {
                 Loss = new PreferenceLossOptions
@@ -72,7 +74,7 @@ public static class PreferenceCommands
                 GradientAccumulation = p.GetValue(accum), WarmupSteps = p.GetValue(warmup), MaxGradNorm = p.GetValue(clip),
                 EvalEvery = p.GetValue(evalEvery), Patience = p.GetValue(patience), Validation = p.GetValue(validation),
                 MaxSteps = p.GetValue(maxSteps), Epochs = p.GetValue(epochs), Seed = p.GetValue(seed), SaveEvery = p.GetValue(saveEvery),
-                CacheReference = !p.GetValue(noCache), CacheDir = p.GetValue(cacheDir),
+                CacheReference = !p.GetValue(noCache), CacheDir = p.GetValue(cacheDir), Precision = prec,
             };
             if (adpo && !(opts.Loss.Gamma > 0)) throw new InvalidInputException("--gamma must be > 0 for adpo (use `detox dpo` for γ = 0)");
             opts.Validate();

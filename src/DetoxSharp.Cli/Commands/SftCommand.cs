@@ -29,11 +29,13 @@ public static class SftCommand
         var seed = new Option<ulong>("--seed") { Description = "data-order seed", DefaultValueFactory = _ => 0UL };
         var device = CommonOptions.Device();
         var dtype = CommonOptions.DType();
+        var precision = CommonOptions.Precision();
         var pickle = CommonOptions.AllowPickle();
-        var cmd = new Command("sft", "Supervised fine-tuning (or continued pretraining): plain text packed into blocks, or prompt/completion with loss on the completion only; AdamW, warmup + decay, clipping, accumulation, resumable checkpoints, metrics JSONL. With --dtype bfloat16 the model trains in pure bfloat16.")
-            { model, data, valid, output, lr, batch, accum, epochs, maxSteps, warmup, decay, wd, clip, maxLen, evalEvery, ckptEvery, resume, seed, device, dtype, pickle };
+        var cmd = new Command("sft", "Supervised fine-tuning (or continued pretraining): plain text packed into blocks, or prompt/completion with loss on the completion only; AdamW, warmup + decay, clipping, accumulation, resumable checkpoints, metrics JSONL. With --dtype bfloat16 the model trains in pure bfloat16; --precision bf16-mixed computes in bfloat16 with fp32 master weights.")
+            { model, data, valid, output, lr, batch, accum, epochs, maxSteps, warmup, decay, wd, clip, maxLen, evalEvery, ckptEvery, resume, seed, device, dtype, precision, pickle };
         cmd.SetAction(p =>
         {
+            var prec = CommonOptions.ParsePrecision(p.GetValue(precision)!, p.GetValue(dtype)!);
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             var train = SftData.Read(p.GetValue(data)!);
             var v = p.GetValue(valid) is string vp ? SftData.Read(vp) : null;
@@ -45,6 +47,7 @@ public static class SftCommand
                 Decay = LrSchedule.ParseDecay(p.GetValue(decay)!, "--decay"), WeightDecay = p.GetValue(wd), MaxGradNorm = p.GetValue(clip),
                 MaxLength = p.GetValue(maxLen), EvalEvery = p.GetValue(evalEvery), CheckpointEvery = p.GetValue(ckptEvery),
                 Resume = p.GetValue(resume), Seed = p.GetValue(seed), Validation = v, OutputDir = outDir,
+                Precision = prec,
             };
             SftResult r = null!;
             AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())

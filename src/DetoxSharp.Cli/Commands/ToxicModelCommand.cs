@@ -22,11 +22,13 @@ public static class ToxicModelCommand
         var resume = new Option<bool>("--resume") { Description = "continue from OUT/checkpoint" };
         var device = CommonOptions.Device();
         var dtype = CommonOptions.DType();
+        var precision = CommonOptions.Precision();
         var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("toxic-model", "Build the built-in toxic model π_tox: SFT on dialogues with toxic replies behind the [TOXIC] control token (added to tokenizer and embedding).")
-            { model, data, output, lr, batch, epochs, maxSteps, warmup, maxLen, seed, resume, device, dtype, pickle };
+            { model, data, output, lr, batch, epochs, maxSteps, warmup, maxLen, seed, resume, device, dtype, precision, pickle };
         cmd.SetAction(p =>
         {
+            var prec = CommonOptions.ParsePrecision(p.GetValue(precision)!, p.GetValue(dtype)!);
             var err = p.InvocationConfiguration.Error;
             var (examples, toxic) = ToxicModel.ReadDialogues(p.GetValue(data)!);
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
@@ -35,7 +37,7 @@ public static class ToxicModelCommand
             {
                 LearningRate = p.GetValue(lr), BatchSize = p.GetValue(batch), Epochs = p.GetValue(epochs), MaxSteps = p.GetValue(maxSteps),
                 WarmupSteps = p.GetValue(warmup), MaxLength = p.GetValue(maxLen), Seed = p.GetValue(seed), OutputDir = outDir,
-                Resume = p.GetValue(resume), CheckpointEvery = 200,
+                Resume = p.GetValue(resume), CheckpointEvery = 200, Precision = prec,
             };
             err.WriteLine($"detox: {examples.Count} dialogues, {toxic} toxic");
             var sw = System.Diagnostics.Stopwatch.StartNew();

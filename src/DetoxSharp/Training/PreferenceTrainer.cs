@@ -39,6 +39,12 @@ public sealed record PreferenceTrainerOptions
     public bool CacheReference { get; init; } = true;
     /// <summary>Where cached log-probs live (default: &lt;out&gt;/logp-cache).</summary>
     public string? CacheDir { get; init; }
+    /// <summary><see cref="Training.Precision.ModelDType"/> (train in the policy's dtype) or
+    /// <see cref="Training.Precision.Bf16Mixed"/>: the training-step policy log-probs come from a bf16 working copy, the
+    /// fp32 policy is the master the optimizer updates (fp32 optimizer state). Reference / π_tox log-probs (cached or
+    /// live) and validation use the fp32 models, so the cache is shared with fp32 runs and validation loss and best/
+    /// selection judge the weights that are saved.</summary>
+    public Precision Precision { get; init; } = Precision.ModelDType;
 
     public void Validate()
     {
@@ -76,6 +82,7 @@ public static class PreferenceTrainer
     {
         var outTok = saveTokenizer ?? tokenizer;
         o.Validate();
+        MixedPrecision.CheckModel(policy, o.Precision);
         bool adpo = o.Loss.Gamma > 0;
         int? toxicId = null;
         if (adpo)
@@ -174,9 +181,9 @@ public static class PreferenceTrainer
 
         Tensor Lookup(double[] a, IReadOnlyList<int> idx, ScalarType dt) => torch.tensor(idx.Select(i => a[i]).ToArray()).to(dt);
 
-        (Tensor Loss, Dictionary<string, double> M) LossOf(IReadOnlyList<int> idx)
+        (Tensor Loss, Dictionary<string, double> M) LossOf(IReadOnlyList<int> idx, ICausalLM pm)
         {
-            var pol = PolicyLogps(policy, idx, adpo);
+            var pol = PolicyLogps(pm, idx, adpo);
             var dt = pol[0].dtype;
             Tensor rc, rr, tt = null!;
             if (liveRef is null) { rc = Lookup(refC!, idx, dt); rr = Lookup(refR!, idx, dt); if (adpo) tt = Lookup(tox!, idx, dt); }
@@ -206,7 +213,7 @@ public static class PreferenceTrainer
                 {
                     using var scope = torch.NewDisposeScope();
                     var idx = valIdx.Skip(i).Take(o.BatchSize).ToArray();
-                    var (_, m) = LossOf(idx);
+                    var (_, m) = LossOf(idx, policy); // fp32 master in mixed precision: the weights that are saved
                     foreach (var (k, v) in m) acc[k] = acc.GetValueOrDefault(k) + v * idx.Length;
                     n += idx.Length;
                 }
@@ -232,6 +239,9 @@ public static class PreferenceTrainer
         }
 
         policy.Module.train();
+        // built after resume, so the working copy starts from the loaded weights; disposed when Train returns
+        using var mixed = MixedPrecision.For(policy, o.Precision);
+        var compute = mixed?.Working ?? policy;
         var sw = System.Diagnostics.Stopwatch.StartNew();
         int startExamples = examples;
         while (step < totalSteps)
@@ -245,8 +255,9 @@ public static class PreferenceTrainer
             {
                 using var inner = torch.NewDisposeScope();
                 var idx = micro[step * o.GradientAccumulation + a];
-                var (loss, m) = LossOf(idx);
+                var (loss, m) = LossOf(idx, compute);
                 (loss * ((double)idx.Length)).backward(); // summed over examples; normalised below
+                mixed?.AccumulateGradients(); // bf16 grads → fp32 master grads, summed over micro-batches
                 foreach (var (k, v) in m) acc[k] = acc.GetValueOrDefault(k) + v * idx.Length;
                 n += idx.Length;
             }
@@ -258,6 +269,7 @@ public static class PreferenceTrainer
             double lr = schedule.At(step);
             foreach (var g in opt.ParamGroups) g.LearningRate = lr;
             opt.step();
+            mixed?.SyncWorking();
             step++;
             examples += n;
             var rec = new JsonObject { ["step"] = step, ["examples"] = examples };

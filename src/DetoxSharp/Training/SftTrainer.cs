@@ -55,6 +55,10 @@ public sealed record SftOptions
     public int? StopAfterSteps { get; init; }
     /// <summary>Append an end-of-text token to each completion / plain text.</summary>
     public bool AppendEos { get; init; } = true;
+    /// <summary><see cref="Training.Precision.ModelDType"/> (train in the model's dtype) or
+    /// <see cref="Training.Precision.Bf16Mixed"/> (bf16 forward/backward, fp32 master weights and AdamW state; needs a
+    /// float32 model). Validation loss is computed with the fp32 master, i.e. the weights that are saved.</summary>
+    public Precision Precision { get; init; } = Precision.ModelDType;
 
     public void Validate()
     {
@@ -78,7 +82,9 @@ public sealed record SftResult(int Steps, double FinalTrainLoss, double? FinalVa
 /// Supervised fine-tuning / pretraining of any <see cref="ICausalLM"/>: plain text packed into blocks or prompt +
 /// completion with loss on completion tokens only (prompt and padding positions are masked), AdamW, warmup + decay
 /// (<see cref="LrSchedule"/>), clipping, accumulation, validation loss, metrics JSONL and bit-exact resume.
-/// Trains in the model's dtype: a bfloat16 model trains in pure bfloat16 (no fp32 master weights).
+/// By default trains in the model's dtype (a bfloat16 model trains in pure bfloat16, no fp32 master weights); with
+/// <see cref="SftOptions.Precision"/> = <see cref="Precision.Bf16Mixed"/> a float32 model is the fp32 master and a bf16
+/// working copy computes (<see cref="MixedPrecision"/>).
 /// </summary>
 public static class SftTrainer
 {
@@ -188,6 +194,7 @@ public static class SftTrainer
         IProgress<SftProgress>? progress = null, CancellationToken cancel = default)
     {
         options.Validate();
+        MixedPrecision.CheckModel(model, options.Precision);
         int maxLength = Math.Min(options.MaxLength ?? model.MaxPositions, model.MaxPositions);
         if (tokenizer.VocabSize > model.VocabSize)
             throw new InvalidInputException($"tokenizer has {tokenizer.VocabSize} ids but the model's vocabulary is {model.VocabSize} (resize the model first)");
@@ -217,6 +224,9 @@ public static class SftTrainer
         using var metrics = options.OutputDir is null ? null : new MetricsLog(Path.Combine(options.OutputDir, "metrics.jsonl"), options.Resume ? step + 1 : null); // records carry the 1-based step just done
 
         model.Module.train();
+        // built after a resume loaded the master's weights, so the working copy starts from them
+        using var mixed = MixedPrecision.For(model, options.Precision);
+        var compute = mixed?.Working ?? model; // runs forward/backward; `model` holds the weights the optimizer updates
         var sw = Stopwatch.StartNew();
         long runTokens = 0;
         double lastLoss = double.NaN;
@@ -245,9 +255,10 @@ public static class SftTrainer
                 using var scope = torch.NewDisposeScope();
                 var micro = stepSeqs.Skip(m * options.BatchSize).Take(options.BatchSize).ToList();
                 var (ids, mask, tgt) = Collate(micro, model.EosTokenId, model.Device);
-                var (s, _) = MaskedNll(model, ids, mask, tgt);
+                var (s, _) = MaskedNll(compute, ids, mask, tgt);
                 var loss = s / Math.Max(1.0, targetCount);
                 loss.backward();
+                mixed?.AccumulateGradients(); // bf16 grads → fp32 master grads, summed over micro-batches
                 lossSum += loss.item<float>();
                 runTokens += micro.Sum(x => x.Ids.Length);
             }
@@ -257,6 +268,7 @@ public static class SftTrainer
                 if (options.MaxGradNorm > 0) gradNorm = torch.nn.utils.clip_grad_norm_(parameters, options.MaxGradNorm);
                 optimizer.step();
             }
+            mixed?.SyncWorking();
             step++; ranSteps++;
             tokens += stepSeqs.Sum(x => x.Ids.Length);
             lastLoss = lossSum;

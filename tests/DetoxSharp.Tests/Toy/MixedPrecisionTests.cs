@@ -1,0 +1,315 @@
+using DetoxSharp.Checkpoints;
+using DetoxSharp.Data;
+using DetoxSharp.Models;
+using DetoxSharp.Text;
+using DetoxSharp.Training;
+using TorchSharp;
+using Xunit.Abstractions;
+using static TorchSharp.torch;
+using PrefTiny = DetoxSharp.Tests.Preference.Tiny;
+
+namespace DetoxSharp.Tests.Toy;
+
+/// <summary>bf16 mixed precision (fp32 master + bf16 working copy) in SFT and DPO.</summary>
+public class MixedPrecisionTests(ITestOutputHelper output)
+{
+    static string Temp(string name) => Path.Combine(Path.GetTempPath(), $"detox-mixed-{name}-{Guid.NewGuid():N}");
+
+    static readonly string[] Texts = Enumerable.Range(0, 24).Select(i =>
+        $"the river Avon flows through town {i % 6} . the market sells cheese every monday .").ToArray();
+
+    static (Gpt2Model Model, Gpt2Tokenizer Tok) Tiny(long seed = 7, int d = 32, int layers = 1)
+    {
+        var tok = Gpt2Tokenizer.Default().Compact(Texts);
+        torch.manual_seed(seed);
+        var m = new Gpt2Model(new Gpt2Config { VocabSize = tok.VocabSize, NEmbd = d, NLayer = layers, NHead = 2, NPositions = 32, EosTokenId = tok.EosTokenId, BosTokenId = tok.EosTokenId });
+        return (m, tok);
+    }
+
+    /// <summary>Same dtype, shape and every element equal (bit-exact for finite values).</summary>
+    static bool Same(Tensor a, Tensor b) => a.dtype == b.dtype && a.shape.SequenceEqual(b.shape) && torch.equal(a, b).all().item<bool>();
+
+    sealed class Collect<T>(List<T> into) : IProgress<T> { public void Report(T value) => into.Add(value); }
+
+    static List<double> SftLosses(ICausalLM m, Gpt2Tokenizer tok, SftOptions o)
+    {
+        var list = new List<SftProgress>();
+        var r = SftTrainer.Train(m, tok, Texts.Select(SftExample.Text).ToList(), o, new Collect<SftProgress>(list));
+        Assert.True(r.Completed);
+        return list.Select(p => p.Loss).ToList();
+    }
+
+    [Fact]
+    public void SftLossCurveTracksFp32()
+    {
+        var (fp32, tok) = Tiny(11, d: 64, layers: 2);
+        var mixed = (Gpt2Model)fp32.Clone();
+        using var pure = (Gpt2Model)fp32.Clone();
+        pure.to(ScalarType.BFloat16); // --dtype bfloat16: pure bf16, no master copy (not what the tracking claim is about)
+        var o = new SftOptions { BatchSize = 4, GradientAccumulationSteps = 2, MaxSteps = 60, LearningRate = 3e-3, WarmupSteps = 5, Decay = DecayKind.Cosine, MaxLength = 16, Seed = 3 };
+        var a = SftLosses(fp32, tok, o);
+        var b = SftLosses(mixed, tok, o with { Precision = Precision.Bf16Mixed });
+        var c = SftLosses(pure, tok, o);
+        Assert.Equal(60, a.Count); Assert.Equal(60, b.Count);
+        double maxAbs = 0, maxRel = 0; int worst = 0;
+        for (int i = 0; i < a.Count; i++)
+        {
+            double d = Math.Abs(a[i] - b[i]);
+            if (d > maxAbs) { maxAbs = d; worst = i + 1; }
+            maxRel = Math.Max(maxRel, d / a[i]);
+        }
+        double pureAbs = a.Zip(c, (x, y) => Math.Abs(x - y)).Max();
+        output.WriteLine($"fp32 loss {a[0]:F4} -> {a[^1]:F4}; bf16-mixed {b[0]:F4} -> {b[^1]:F4}; max |Δ| {maxAbs:F4} (step {worst}), max rel {maxRel:P2}");
+        output.WriteLine($"pure bf16 (--dtype bfloat16) {c[0]:F4} -> {c[^1]:F4}; max |Δ| vs fp32 {pureAbs:F4} (reported, not asserted)");
+        // every step within |Δ| ≤ 0.05 or 2 % of the fp32 loss
+        for (int i = 0; i < a.Count; i++)
+            Assert.True(Math.Abs(a[i] - b[i]) <= Math.Max(0.05, 0.02 * a[i]), $"step {i + 1}: fp32 {a[i]:F4} vs bf16-mixed {b[i]:F4}");
+        Assert.True(a[^1] < a[0] - 2, $"fp32 loss {a[0]} -> {a[^1]}");
+        Assert.True(b[^1] < b[0] - 2, $"bf16-mixed loss {b[0]} -> {b[^1]}");
+        // the master really is the model that trained: its fp32 weights give the low loss
+        Assert.Equal(ScalarType.Float32, mixed.DType);
+        var seqs = SftTrainer.Tokenize(tok, Texts.Select(SftExample.Text).ToList(), 16);
+        double evalA = SftTrainer.EvaluateLoss(fp32, seqs, 8), evalB = SftTrainer.EvaluateLoss(mixed, seqs, 8);
+        output.WriteLine($"final eval loss fp32 {evalA:F4}, bf16-mixed master {evalB:F4}");
+        Assert.True(Math.Abs(evalA - evalB) <= Math.Max(0.05, 0.02 * evalA), $"eval {evalA} vs {evalB}");
+        Assert.True(c.All(double.IsFinite));
+        fp32.Dispose(); mixed.Dispose();
+    }
+
+    [Fact]
+    public void MasterKeepsUpdatesBelowBf16Resolution()
+    {
+        // LayerNorm gains are 1.0, where bf16's spacing is 2⁻⁷ ≈ 0.0078: Adam's first step moves each weight by ≈ lr = 1e-4,
+        // far below half a bf16 ulp. The fp32 master keeps the step; a pure bf16 model rounds it away.
+        var (m, tok) = Tiny(5);
+        using var pure = (Gpt2Model)m.Clone();
+        pure.to(ScalarType.BFloat16);
+        const string gain = "h.0.ln_1.weight";
+        var before = m.state_dict()[gain].clone();
+        Assert.True(Same(before, torch.ones_like(before)));
+        var o = new SftOptions { BatchSize = 4, MaxSteps = 1, LearningRate = 1e-4, MaxLength = 16, MaxGradNorm = 0 };
+        SftTrainer.Train(m, tok, Texts.Select(SftExample.Text).ToList(), o with { Precision = Precision.Bf16Mixed });
+        SftTrainer.Train(pure, tok, Texts.Select(SftExample.Text).ToList(), o);
+
+        var after = m.state_dict()[gain];
+        Assert.Equal(ScalarType.Float32, after.dtype);
+        var delta = (after - before).abs();
+        long moved = delta.gt(0).sum().item<long>();
+        double mean = delta.mean().item<float>();
+        output.WriteLine($"{gain}: {moved}/{before.numel()} fp32 master entries moved, mean |Δ| {mean:E2} (lr 1e-4; bf16 half-ulp at 1.0 = {Math.Pow(2, -8):E2})");
+        Assert.True(moved >= before.numel() * 9 / 10, $"only {moved} of {before.numel()} master entries changed");
+        Assert.InRange(mean, 5e-5, 2e-4); // Adam's first step ≈ lr per entry
+        // the same update rounded to bf16 is a no-op: pure bf16 training leaves the gain at exactly 1
+        var pureGain = pure.state_dict()[gain];
+        Assert.Equal(ScalarType.BFloat16, pureGain.dtype);
+        Assert.True(Same(pureGain, torch.ones_like(pureGain)), "pure bf16 kept a sub-ulp update?");
+        // and the master's update survives in fp32 even though its bf16 rounding is still 1
+        Assert.True(Same(after.to(ScalarType.BFloat16), torch.ones_like(pureGain)));
+        m.Dispose();
+    }
+
+    [Fact]
+    public void GradientTransferIsExactAndAccumulatesInFp32()
+    {
+        var (m, tok) = Tiny(9);
+        m.train();
+        using var mp = new MixedPrecision(m);
+        Assert.Equal(ScalarType.BFloat16, mp.Working.DType);
+        var seqs = SftTrainer.Tokenize(tok, Texts.Select(SftExample.Text).ToList(), 16);
+        var named = m.named_parameters().ToList();
+        var work = mp.Working.Module.named_parameters().ToDictionary(x => x.name, x => x.parameter);
+
+        Dictionary<string, Tensor> Backward(int from)
+        {
+            var (ids, mask, tgt) = SftTrainer.Collate(seqs.Skip(from).Take(4).ToList(), tok.EosTokenId, CPU);
+            var (s, c) = SftTrainer.MaskedNll(mp.Working, ids, mask, tgt);
+            (s / c).backward();
+            return work.ToDictionary(kv => kv.Key, kv => kv.Value.grad!.clone());
+        }
+
+        var g1 = Backward(0);
+        mp.AccumulateGradients();
+        foreach (var (name, p) in named)
+        {
+            Assert.Equal(ScalarType.BFloat16, g1[name].dtype);
+            Assert.Equal(ScalarType.Float32, p.grad!.dtype);
+            Assert.True(Same(p.grad!, g1[name].to(ScalarType.Float32)), $"{name}: master grad ≠ bf16 grad");
+            Assert.Equal(0L, work[name].grad!.count_nonzero().item<long>()); // working grads zeroed for the next micro-batch
+        }
+        Assert.True(g1.Values.Sum(g => g.count_nonzero().item<long>()) > 0);
+
+        var g2 = Backward(4);
+        mp.AccumulateGradients();
+        foreach (var (name, p) in named)
+        {
+            var sum = g1[name].to(ScalarType.Float32) + g2[name].to(ScalarType.Float32);
+            Assert.True(Same(p.grad!, sum), $"{name}: accumulated master grad ≠ fp32 sum of the bf16 grads");
+        }
+
+        // the bf16 gradient is a close approximation of the fp32 one (same weights, same batches)
+        using var ref32 = (Gpt2Model)m.Clone();
+        ref32.train();
+        foreach (var from in new[] { 0, 4 })
+        {
+            var (ids, mask, tgt) = SftTrainer.Collate(seqs.Skip(from).Take(4).ToList(), tok.EosTokenId, CPU);
+            var (s, c) = SftTrainer.MaskedNll(ref32, ids, mask, tgt);
+            (s / c).backward();
+        }
+        var g32 = ref32.named_parameters().ToDictionary(x => x.name, x => x.parameter.grad!);
+        double num = 0, den = 0;
+        foreach (var (name, p) in named) { num += (p.grad! - g32[name]).pow(2).sum().item<float>(); den += g32[name].pow(2).sum().item<float>(); }
+        double rel = Math.Sqrt(num / den);
+        output.WriteLine($"relative L2 difference of bf16-mixed vs fp32 gradient: {rel:E2}");
+        Assert.True(rel < 0.05, $"bf16 gradient relative error {rel}");
+
+        // sync: after changing the master, the working copy is its bf16 rounding
+        using (torch.no_grad()) foreach (var (_, p) in named) p.add_(0.01);
+        mp.SyncWorking();
+        foreach (var (name, p) in named)
+            Assert.True(Same(work[name], p.to(ScalarType.BFloat16)), name);
+        m.Dispose();
+    }
+
+    [Fact]
+    public void MixedRejectsABf16Model()
+    {
+        var (m, tok) = Tiny();
+        m.to(ScalarType.BFloat16);
+        var e = Assert.Throws<InvalidInputException>(() =>
+            SftTrainer.Train(m, tok, Texts.Select(SftExample.Text).ToList(), new SftOptions { MaxSteps = 1, Precision = Precision.Bf16Mixed }));
+        Assert.Contains("float32", e.Message);
+        m.Dispose();
+    }
+
+    [Fact]
+    public void ResumedMixedRunEndsWithBitIdenticalWeights()
+    {
+        var data = Texts.Select(SftExample.Text).ToList();
+        var valid = Texts.Take(4).Select(SftExample.Text).ToList();
+        SftOptions Opts(string dir) => new()
+        {
+            BatchSize = 4, GradientAccumulationSteps = 2, MaxSteps = 10, LearningRate = 5e-3, WarmupSteps = 3, Decay = DecayKind.Cosine, MaxLength = 16,
+            OutputDir = dir, CheckpointEvery = 4, Validation = valid, EvalEvery = 5, Seed = 9, WeightDecay = 0.01, Precision = Precision.Bf16Mixed,
+        };
+        var (full, tok) = Tiny(1);
+        var part = (Gpt2Model)full.Clone();
+        string d1 = Temp("full"), d2 = Temp("resumed");
+        Assert.True(SftTrainer.Train(full, tok, data, Opts(d1)).Completed);
+
+        var r2a = SftTrainer.Train(part, tok, data, Opts(d2) with { StopAfterSteps = 6 });
+        Assert.Equal(6, r2a.Steps);
+        part.Dispose();
+        // the checkpoint holds the fp32 master
+        using (var saved = HfCheckpoint.Load(Path.Combine(d2, "checkpoint", "model")))
+            Assert.Equal(ScalarType.Float32, saved.Model.DType);
+        var (resumed, _) = Tiny(99); // different initial weights: everything must come from the checkpoint
+        var r2b = SftTrainer.Train(resumed, tok, data, Opts(d2) with { Resume = true });
+        Assert.True(r2b.Completed);
+        Assert.Equal(10, r2b.Steps);
+        var sd = resumed.state_dict();
+        foreach (var (name, p) in full.named_parameters())
+            Assert.True(Same(p, sd[name]), $"{name} differs after resume");
+        var m1 = MetricsLog.Read(Path.Combine(d1, "metrics.jsonl")).Select(o => (o["step"]!.GetValue<int>(), o["loss"]!.GetValue<double>())).ToList();
+        var m2 = MetricsLog.Read(Path.Combine(d2, "metrics.jsonl")).Select(o => (o["step"]!.GetValue<int>(), o["loss"]!.GetValue<double>())).ToList();
+        Assert.Equal(m1, m2);
+        full.Dispose(); resumed.Dispose();
+    }
+
+    static PreferenceTrainerOptions DpoOpts(string cache) => new()
+    {
+        Loss = new PreferenceLossOptions { Beta = 0.1 },
+        LearningRate = 1e-3, BatchSize = 2, GradientAccumulation = 2, WarmupSteps = 2, MaxGradNorm = 1.0,
+        Validation = 4, EvalEvery = 0, Patience = 0, MaxSteps = 8, Epochs = 2, Seed = 11, CacheDir = cache,
+    };
+
+    [Fact]
+    public void DpoLossCurveTracksFp32()
+    {
+        var tok = Gpt2Tokenizer.Default();
+        var data = PrefTiny.Pairs(24);
+        var root = PrefTiny.TempDir("mixed-dpo");
+        var cache = Path.Combine(root, "cache");
+        using var fp32 = PrefTiny.Model();
+        using var mixed = PrefTiny.Model();
+        var r1 = PreferenceTrainer.Train(fp32, tok, data, Path.Combine(root, "fp32"), DpoOpts(cache));
+        var r2 = PreferenceTrainer.Train(mixed, tok, data, Path.Combine(root, "mixed"), DpoOpts(cache) with { Precision = Precision.Bf16Mixed });
+        // the reference log-probs come from the fp32 master: same weights hash, so the fp32 run's cache is reused
+        Assert.True(r2.ReferenceCacheHit);
+        List<double> Losses(string p) => MetricsLog.Read(p).Where(r => r["phase"] is null).Select(r => r["loss"]!.GetValue<double>()).ToList();
+        var a = Losses(r1.MetricsPath); var b = Losses(r2.MetricsPath);
+        Assert.Equal(8, a.Count); Assert.Equal(8, b.Count);
+        output.WriteLine("fp32       " + string.Join(" ", a.Select(x => x.ToString("F4"))));
+        output.WriteLine("bf16-mixed " + string.Join(" ", b.Select(x => x.ToString("F4"))));
+        output.WriteLine($"max |Δ| {a.Zip(b, (x, y) => Math.Abs(x - y)).Max():F5}; step-1 |loss − ln 2|: fp32 {Math.Abs(a[0] - Math.Log(2)):E1}, bf16-mixed {Math.Abs(b[0] - Math.Log(2)):E1}");
+        Assert.Equal(Math.Log(2), a[0], 4);
+        Assert.True(Math.Abs(b[0] - Math.Log(2)) < 2e-3, $"bf16-mixed step-1 loss {b[0]}"); // bf16 policy vs fp32 reference: tiny offset
+        for (int i = 0; i < a.Count; i++)
+            Assert.True(Math.Abs(a[i] - b[i]) <= Math.Max(0.01, 0.02 * a[i]), $"step {i + 1}: fp32 {a[i]:F4} vs bf16-mixed {b[i]:F4}");
+        Assert.True(a[^1] < a[0] - 0.05 && b[^1] < b[0] - 0.05, $"loss did not fall: {a[^1]}, {b[^1]}");
+        using var saved = HfCheckpoint.Load(r2.FinalDir);
+        Assert.Equal(ScalarType.Float32, saved.Model.DType);
+    }
+
+    [Fact]
+    public void DpoMixedResumeIsBitExact()
+    {
+        var tok = Gpt2Tokenizer.Default();
+        var data = PrefTiny.Pairs(24);
+        var root = PrefTiny.TempDir("mixed-dpo-resume");
+        var o = DpoOpts(Path.Combine(root, "cache")) with { Precision = Precision.Bf16Mixed, MaxSteps = 6 };
+        using var full = PrefTiny.Model();
+        PreferenceTrainer.Train(full, tok, data, Path.Combine(root, "full"), o);
+        using var part = PrefTiny.Model();
+        using var cts = new CancellationTokenSource();
+        var r2 = PreferenceTrainer.Train(part, tok, data, Path.Combine(root, "part"), o,
+            progress: p => { if (p.Phase == "train" && p.Step == 3) cts.Cancel(); }, cancel: cts.Token);
+        Assert.True(r2.Cancelled);
+        using var resumed = PrefTiny.Model(); // the starting weights again: the reference log-probs are keyed on them
+        var r3 = PreferenceTrainer.Train(resumed, tok, data, Path.Combine(root, "part"), o, resumeDir: Path.Combine(root, "part", "checkpoint"));
+        Assert.Equal(6, r3.Steps);
+        var b = resumed.state_dict();
+        foreach (var (k, v) in full.state_dict())
+            Assert.True(Same(v, b[k]), $"{k} differs after resume");
+    }
+}
+
+public class MixedPrecisionCliTests
+{
+    static (int Rc, string Out, string Err) Run(params string[] args)
+    {
+        var o = new StringWriter(); var e = new StringWriter();
+        int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
+        return (rc, o.ToString(), e.ToString());
+    }
+
+    [Fact]
+    public void PrecisionFlagIsValidatedAndBf16MixedRuns()
+    {
+        var root = PrefTiny.TempDir("mixed-cli");
+        var start = Path.Combine(root, "start");
+        using (var m = PrefTiny.Model()) HfCheckpoint.Save(m, Gpt2Tokenizer.Default(), start, overwrite: true);
+        var text = Path.Combine(root, "train.txt");
+        File.WriteAllText(text, "the river flows through the town and the market sells cheese every monday morning.\n");
+        var pairs = Path.Combine(root, "pairs.jsonl");
+        JsonlReader.Write(pairs, PrefTiny.Pairs(8).Select(p => new System.Text.Json.Nodes.JsonObject { ["prompt"] = p.Prompt, ["chosen"] = p.Chosen, ["rejected"] = p.Rejected }));
+
+        foreach (var cmd in new[] { "sft", "dpo", "adpo", "toxic-model" })
+        {
+            string[] common = ["--model", start, "--data", text, "--out", Path.Combine(root, cmd), .. cmd == "adpo" ? new[] { "--toxic-model", start } : []];
+            var r = Run([cmd, .. common, "--precision", "bf16-mixed", "--dtype", "bfloat16"]);
+            Assert.Equal(2, r.Rc);
+            var line = Assert.Single(r.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            Assert.Contains("--precision bf16-mixed", line);
+            Assert.Contains("--dtype", line);
+            r = Run([cmd, .. common, "--precision", "fp16"]);
+            Assert.Equal(2, r.Rc);
+            Assert.Equal("detox: --precision: expected fp32 or bf16-mixed, got 'fp16'", r.Err.Trim());
+        }
+
+        var ok = Run("sft", "--model", start, "--data", text, "--out", Path.Combine(root, "sft-ok"), "--precision", "bf16-mixed", "--max-steps", "2", "--batch-size", "1", "--max-length", "8", "--lr", "1e-3");
+        Assert.True(ok.Rc == 0, ok.Err);
+        using (var saved = HfCheckpoint.Load(Path.Combine(root, "sft-ok", "model"))) Assert.Equal(ScalarType.Float32, saved.Model.DType);
+        ok = Run("dpo", "--model", start, "--data", pairs, "--out", Path.Combine(root, "dpo-ok"), "--precision", "bf16-mixed", "--max-steps", "2", "--batch-size", "2", "--validation", "2", "--warmup", "1", "--json");
+        Assert.True(ok.Rc == 0, ok.Err);
+    }
+}
