@@ -86,6 +86,27 @@ public class SftTrainerTests
     }
 
     [Fact]
+    public void MaskedNllEqualsTheFullLogitsComputation()
+    {
+        // MaskedNll runs the head only on target positions; it must equal MaskedNllFromLogits over the full forward,
+        // in value and in gradient, for a ragged prompt/completion batch with padding
+        var (m, tok) = Tiny();
+        var seqs = SftTrainer.Tokenize(tok, [SftExample.PromptCompletion("prompt : answer", " . yes"), SftExample.PromptCompletion("p", " answer . and more words here")], 32);
+        var (ids, mask, tgt) = SftTrainer.Collate(seqs, tok.EosTokenId, CPU);
+        var (s1, c1) = SftTrainer.MaskedNll(m, ids, mask, tgt);
+        s1.backward();
+        var g1 = m.MlpKeys(0).grad!.clone();
+        m.zero_grad();
+        var (s2, c2) = SftTrainer.MaskedNllFromLogits(m.Forward(ids, mask), ids, tgt);
+        s2.backward();
+        var g2 = m.MlpKeys(0).grad!.clone();
+        Assert.Equal(c2.item<float>(), c1.item<float>());
+        Assert.Equal(s2.item<float>(), s1.item<float>(), 3);
+        Assert.True(torch.allclose(g1, g2, 1e-4, 1e-6), $"max |Δgrad| {(g1 - g2).abs().max().item<float>()}");
+        m.Dispose();
+    }
+
+    [Fact]
     public void CompletionOnlyTrainingLeavesPromptPredictionsToTheGradientOfCompletions()
     {
         // with a model: gradient of the loss w.r.t. the logits of prompt positions is zero
@@ -93,7 +114,8 @@ public class SftTrainerTests
         var seqs = SftTrainer.Tokenize(tok, [SftExample.PromptCompletion("prompt : answer", " ."), SftExample.PromptCompletion("prompt :", " answer .")], 32);
         var (ids, mask, tgt) = SftTrainer.Collate(seqs, tok.EosTokenId, CPU);
         Tensor? kept = null;
-        using (m.Hooks.Add("ln_final.hook_normalized", (x, ctx) => { x.retain_grad(); kept = x; return null; }))
+        // the last block's output at position t reaches only the logits at t (the final norm is per position)
+        using (m.Hooks.Add($"blocks.{m.NumLayers - 1}.hook_resid_post", (x, ctx) => { x.retain_grad(); kept = x; return null; }))
         {
             var (s, c) = SftTrainer.MaskedNll(m, ids, mask, tgt);
             (s / c).backward();
