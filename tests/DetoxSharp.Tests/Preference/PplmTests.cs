@@ -222,19 +222,23 @@ public class PplmCliTests
     public void PplmFlagErrorsAreExitTwo()
     {
         var root = Tiny.TempDir("pplm-cli-err");
-        var prompts = Path.Combine(root, "p.txt");
-        File.WriteAllLines(prompts, ["hello there"]);
-        var r = Run("make-pairs", "--model", Path.Combine(root, "nomodel"), "--prompts", prompts, "--out", Path.Combine(root, "o.jsonl"), "--pplm");
-        Assert.Equal(2, r.Rc);
-        Assert.Contains("--probe", r.Err);
-        Assert.Single(r.Err.Trim().Split('\n'));
-        r = Run("make-pairs", "--model", Path.Combine(root, "nomodel"), "--prompts", prompts, "--out", Path.Combine(root, "o.jsonl"), "--pplm", "--probe", root, "--steer-vector", Path.Combine(root, "v.safetensors"));
-        Assert.Equal(2, r.Rc);
-        Assert.Contains("--steer-vector", r.Err);
-        Assert.Single(r.Err.Trim().Split('\n'));
-        r = Run("make-pairs", "--model", Path.Combine(root, "nomodel"), "--prompts", prompts, "--out", Path.Combine(root, "o.jsonl"), "--pplm", "--probe", root, "--pplm-top-k", "-1");
-        Assert.Equal(2, r.Rc);
-        Assert.Contains("--pplm-top-k", r.Err);
+        try
+        {
+            var prompts = Path.Combine(root, "p.txt");
+            File.WriteAllLines(prompts, ["hello there"]);
+            var r = Run("make-pairs", "--model", Path.Combine(root, "nomodel"), "--prompts", prompts, "--out", Path.Combine(root, "o.jsonl"), "--pplm");
+            Assert.Equal(2, r.Rc);
+            Assert.Contains("--probe", r.Err);
+            Assert.Single(r.Err.Trim().Split('\n'));
+            r = Run("make-pairs", "--model", Path.Combine(root, "nomodel"), "--prompts", prompts, "--out", Path.Combine(root, "o.jsonl"), "--pplm", "--probe", root, "--steer-vector", Path.Combine(root, "v.safetensors"));
+            Assert.Equal(2, r.Rc);
+            Assert.Contains("--steer-vector", r.Err);
+            Assert.Single(r.Err.Trim().Split('\n'));
+            r = Run("make-pairs", "--model", Path.Combine(root, "nomodel"), "--prompts", prompts, "--out", Path.Combine(root, "o.jsonl"), "--pplm", "--probe", root, "--pplm-top-k", "-1");
+            Assert.Equal(2, r.Rc);
+            Assert.Contains("--pplm-top-k", r.Err);
+        }
+        finally { Directory.Delete(root, recursive: true); }
     }
 
     [Fact]
@@ -242,26 +246,30 @@ public class PplmCliTests
     {
         using var threads = new OneThread();
         var root = Tiny.TempDir("pplm-cli");
-        var start = Path.Combine(root, "start");
-        using (var m = Tiny.Model()) HfCheckpoint.Save(m, Gpt2Tokenizer.Default(), start, overwrite: true);
-        var probeDir = Path.Combine(root, "probe");
-        using (var scope = torch.NewDisposeScope())
-        using (var probe = new ToxicityProbe(torch.randn([16, 2], generator: new torch.Generator(9)), torch.zeros(2)))
-            probe.Save(probeDir);
-        var prompts = Path.Combine(root, "prompts.jsonl");
-        JsonlReader.Write(prompts, Enumerable.Range(0, 4).Select(i => new JsonObject { ["prompt"] = $"Prompt {i}: the weather today is" }));
-        string[] Args(string outFile) => ["make-pairs", "--model", start, "--prompts", prompts, "--out", outFile, "--pplm", "--probe", probeDir,
-            "--pplm-iterations", "2", "--max-new-tokens", "4", "--seed", "5"];
-        var a = Path.Combine(root, "a.jsonl");
-        var r = Run(Args(a));
-        Assert.True(r.Rc == 0, r.Err);
-        Assert.Contains("[4/4] prompts", r.Err);
-        var recs = JsonlReader.Read(a).ToList();
-        Assert.NotEmpty(recs);
-        Assert.All(recs, l => Assert.StartsWith("chosen=greedy(start); rejected=pplm:probe step=0.4 iters=2 kl=0.1 gm=0.95 top-k=10 T=1 horizon=1 window=0 gamma=1 class=1 sample seed=5", l.String("source")));
-        var b = Path.Combine(root, "b.jsonl");
-        r = Run(Args(b));
-        Assert.True(r.Rc == 0, r.Err);
-        Assert.Equal(File.ReadAllText(a), File.ReadAllText(b));
+        try
+        {
+            var start = Path.Combine(root, "start");
+            using (var m = Tiny.Model()) HfCheckpoint.Save(m, Gpt2Tokenizer.Default(), start, overwrite: true);
+            var probeDir = Path.Combine(root, "probe");
+            using (var scope = torch.NewDisposeScope())
+            using (var probe = new ToxicityProbe(torch.randn([16, 2], generator: new torch.Generator(9)), torch.zeros(2)))
+                probe.Save(probeDir);
+            var prompts = Path.Combine(root, "prompts.jsonl");
+            JsonlReader.Write(prompts, Enumerable.Range(0, 4).Select(i => new JsonObject { ["prompt"] = $"Prompt {i}: the weather today is" }));
+            string[] Args(string outFile) => ["make-pairs", "--model", start, "--prompts", prompts, "--out", outFile, "--pplm", "--probe", probeDir,
+                "--pplm-iterations", "2", "--max-new-tokens", "4", "--seed", "5"];
+            var a = Path.Combine(root, "a.jsonl");
+            var r = Run(Args(a));
+            Assert.True(r.Rc == 0, r.Err);
+            Assert.Contains("[4/4] prompts", r.Err);
+            var recs = JsonlReader.Read(a).ToList();
+            Assert.NotEmpty(recs);
+            Assert.All(recs, l => Assert.StartsWith("chosen=greedy(start); rejected=pplm:probe step=0.4 iters=2 kl=0.1 gm=0.95 top-k=10 T=1 horizon=1 window=0 gamma=1 class=1 sample seed=5", l.String("source")));
+            var b = Path.Combine(root, "b.jsonl");
+            r = Run(Args(b));
+            Assert.True(r.Rc == 0, r.Err);
+            Assert.Equal(File.ReadAllText(a), File.ReadAllText(b));
+        }
+        finally { Directory.Delete(root, recursive: true); }
     }
 }
