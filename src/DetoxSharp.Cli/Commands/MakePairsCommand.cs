@@ -1,5 +1,7 @@
 using System.CommandLine;
 using DetoxSharp.Data;
+using DetoxSharp.Generation;
+using DetoxSharp.Interpretability;
 using DetoxSharp.Training;
 
 namespace DetoxSharp.Cli.Commands;
@@ -22,15 +24,40 @@ public static class MakePairsCommand
         var maxNew = new Option<int>("--max-new-tokens") { Description = "tokens per continuation", DefaultValueFactory = _ => 20 };
         var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "prompt limit (cut from the left)", DefaultValueFactory = _ => 64 };
         var limit = new Option<int?>("--limit") { Description = "use only the first N prompts" };
-        var seed = new Option<long>("--seed") { Description = "seed for sampling y_t", DefaultValueFactory = _ => 42 };
+        var seed = new Option<long>("--seed") { Description = "seed for sampling (y_t of triples, PPLM's rejected)", DefaultValueFactory = _ => 42 };
+        var d = new PplmOptions();
+        var pplm = new Option<bool>("--pplm") { Description = "rejected = the starting model under PPLM (Dathathri et al. 2020) with the toxicity probe as attribute model (needs --probe); defaults = Lee et al. 2024's settings" };
+        var probe = new Option<string?>("--probe") { Description = "probe directory or probe.safetensors (from `detox probe`) for --pplm" };
+        var pStep = new Option<double>("--pplm-step-size") { Description = "PPLM step size α", DefaultValueFactory = _ => d.StepSize };
+        var pIters = new Option<int>("--pplm-iterations") { Description = "gradient steps per token", DefaultValueFactory = _ => d.Iterations };
+        var pKl = new Option<double>("--pplm-kl-scale") { Description = "weight of KL(perturbed ‖ unperturbed) of the next token", DefaultValueFactory = _ => d.KlScale };
+        var pGm = new Option<double>("--pplm-gm-scale") { Description = "fusion p^gm · p_unpert^(1−gm)", DefaultValueFactory = _ => d.GmScale };
+        var pTopK = new Option<int>("--pplm-top-k") { Description = "top-k filter of the fused distribution (0 = off)", DefaultValueFactory = _ => d.TopK };
+        var pTemp = new Option<double>("--pplm-temperature") { Description = "temperature of the perturbed distribution", DefaultValueFactory = _ => d.Temperature };
+        var pHorizon = new Option<int>("--pplm-horizon") { Description = "soft future tokens the probe sees", DefaultValueFactory = _ => d.Horizon };
+        var pWindow = new Option<int>("--pplm-window") { Description = "perturb only the newest N past positions (0 = all)", DefaultValueFactory = _ => d.Window };
+        var pGamma = new Option<double>("--pplm-gamma") { Description = "gradient normalisation exponent γ (step = −α·g/‖g‖^γ)", DefaultValueFactory = _ => d.Gamma };
+        var pGreedy = new Option<bool>("--pplm-greedy") { Description = "argmax of the fused distribution instead of sampling" };
         var device = CommonOptions.Device();
         var dtype = CommonOptions.DType();
         var pickle = CommonOptions.AllowPickle();
-        var cmd = new Command("make-pairs", "Make preference pairs (or ADPO triples): chosen = greedy continuation of the starting model, rejected = toxic continuation from the toxic model or activation steering.")
-            { model, prompts, output, toxic, vec, key, scale, layer, hook, triples, maxNew, maxPrompt, limit, seed, device, dtype, pickle };
+        var cmd = new Command("make-pairs", "Make preference pairs (or ADPO triples): chosen = greedy continuation of the starting model, rejected = toxic continuation from the toxic model, activation steering, or PPLM with the toxicity probe.")
+            { model, prompts, output, toxic, vec, key, scale, layer, hook, pplm, probe, pStep, pIters, pKl, pGm, pTopK, pTemp, pHorizon, pWindow, pGamma, pGreedy,
+              triples, maxNew, maxPrompt, limit, seed, device, dtype, pickle };
         cmd.SetAction(p =>
         {
             var err = p.InvocationConfiguration.Error;
+            bool usePplm = p.GetValue(pplm);
+            if (usePplm && p.GetValue(vec) is not null) throw new InvalidInputException("--pplm and --steer-vector are mutually exclusive (each makes the rejected continuation)");
+            if (usePplm && p.GetValue(probe) is null) throw new InvalidInputException("--pplm needs --probe (a probe directory or probe.safetensors from `detox probe`)");
+            if (!usePplm && p.GetValue(probe) is not null) throw new InvalidInputException("--probe is only used with --pplm");
+            var pplmOptions = new PplmOptions
+            {
+                StepSize = p.GetValue(pStep), Iterations = p.GetValue(pIters), KlScale = p.GetValue(pKl), GmScale = p.GetValue(pGm), TopK = p.GetValue(pTopK),
+                Temperature = p.GetValue(pTemp), Horizon = p.GetValue(pHorizon), Window = p.GetValue(pWindow), Gamma = p.GetValue(pGamma),
+                Greedy = p.GetValue(pGreedy), Seed = p.GetValue(seed), MaxNewTokens = p.GetValue(maxNew),
+            };
+            if (usePplm) pplmOptions.Validate();
             var path = p.GetValue(prompts)!;
             List<string> list;
             if (path.EndsWith(".txt", StringComparison.OrdinalIgnoreCase))
@@ -49,9 +76,11 @@ public static class MakePairsCommand
                 ? new SteeringOptions(v, p.GetValue(key), p.GetValue(scale), p.GetValue(layer) ?? m.Model.NumLayers / 2, p.GetValue(hook)!)
                 : null;
             if (steer is not null && (steer.Layer < 0 || steer.Layer >= m.Model.NumLayers)) throw new InvalidInputException($"--steer-layer {steer.Layer}: model has {m.Model.NumLayers} blocks");
+            using var attribute = usePplm ? ToxicityProbe.Load(p.GetValue(probe)!) : null;
+            var pplmPairs = attribute is null ? null : new PplmPairOptions(attribute, pplmOptions);
             var records = PairMaker.Make(m.Model, m.Tokenizer, list, new PairMakerOptions { MaxNewTokens = p.GetValue(maxNew), MaxPromptTokens = p.GetValue(maxPrompt), Seed = p.GetValue(seed) },
                 tox?.Model, tox?.Tokenizer, steer, p.GetValue(triples),
-                progress: (done, total) => err.WriteLine($"[{done}/{total}] prompts"), warn: w => err.WriteLine("detox: warning: " + w));
+                progress: (done, total) => err.WriteLine($"[{done}/{total}] prompts"), warn: w => err.WriteLine("detox: warning: " + w), pplm: pplmPairs);
             JsonlReader.Write(p.GetValue(output)!, records);
             p.InvocationConfiguration.Output.WriteLine($"wrote {records.Count} {(p.GetValue(triples) ? "triples" : "pairs")} to {p.GetValue(output)}");
             return 0;

@@ -76,6 +76,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
     public nn.Module Module => this;
     public HookPoints Hooks => _hooks;
     public Tensor Unembedding => wte.weight!;
+    public Tensor TokenEmbedding => wte.weight!;
 
     public Tensor MlpKeys(int layer) => h[layer].mlp.c_fc.weight;
     public Tensor MlpKeyBias(int layer) => h[layer].mlp.c_fc.bias;
@@ -119,8 +120,9 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
 
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
     {
+        int past = cache?.Length ?? 0;
         var x = ResidualStreamCore(inputIds, attentionMask, cache);
-        return torch.nn.functional.linear(ApplyFinalNormHooked(x, cache?.Length ?? 0, attentionMask), wte.weight!);
+        return torch.nn.functional.linear(ApplyFinalNormHooked(x, past, attentionMask), wte.weight!);
     }
 
     /// <summary>Logits of the last position only: the final norm and the LM head (V×d per position) run on one position
@@ -135,6 +137,16 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
 
     public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null) => ResidualStreamCore(inputIds, attentionMask, null);
 
+    /// <summary>GPT-2: the embeddings replace <c>wte(input_ids)</c>; learned positions past..past+T-1 are added as for ids.</summary>
+    public Tensor ForwardEmbeddings(Tensor inputsEmbeds, Tensor? attentionMask = null, KvCache? cache = null)
+    {
+        if (inputsEmbeds.dim() != 3 || inputsEmbeds.shape[2] != Config.NEmbd)
+            throw new ArgumentException($"inputs_embeds must be [batch, T, {Config.NEmbd}], got [{string.Join(",", inputsEmbeds.shape)}]");
+        int past = cache?.Length ?? 0;
+        var x = ResidualStreamFrom(inputsEmbeds, null, inputsEmbeds.shape[0], inputsEmbeds.shape[1], inputsEmbeds.device, attentionMask, cache);
+        return torch.nn.functional.linear(ApplyFinalNormHooked(x, past, attentionMask), wte.weight!);
+    }
+
     public Tensor ApplyFinalNorm(Tensor residual) => ln_f.forward(residual);
 
     Tensor ApplyFinalNormHooked(Tensor x, int past, Tensor? mask)
@@ -143,13 +155,18 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
     Tensor ResidualStreamCore(Tensor inputIds, Tensor? attentionMask, KvCache? cache)
     {
         if (inputIds.dim() != 2) throw new ArgumentException($"input_ids must be [batch, T], got [{string.Join(",", inputIds.shape)}]");
-        long b = inputIds.shape[0], t = inputIds.shape[1];
+        return ResidualStreamFrom(null, inputIds, inputIds.shape[0], inputIds.shape[1], inputIds.device, attentionMask, cache);
+    }
+
+    /// <summary>The blocks run on token embeddings: looked up from <paramref name="inputIds"/>, or given as
+    /// <paramref name="embeds"/> (then hook_embed sees them as they are).</summary>
+    Tensor ResidualStreamFrom(Tensor? embeds, Tensor? inputIds, long b, long t, Device dev, Tensor? attentionMask, KvCache? cache)
+    {
         int past = cache?.Length ?? 0;
         if (past + t > Config.NPositions)
             throw new ArgumentException($"sequence of {past + t} tokens is longer than the model's context ({Config.NPositions})");
         if (attentionMask is not null && attentionMask.shape[1] != past + t)
             throw new ArgumentException($"attention_mask covers {attentionMask.shape[1]} positions, expected {past + t}");
-        var dev = inputIds.device;
 
         // Positions: with padding, count only real tokens so that left padding does not shift positions.
         Tensor positions;
@@ -176,7 +193,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
             mask = (keyOk & k.le(q)).logical_or(k.eq(q));
         }
 
-        var x = _hooks.Run("hook_embed", wte.forward(inputIds), past, attentionMask)
+        var x = _hooks.Run("hook_embed", embeds ?? wte.forward(inputIds!), past, attentionMask)
               + _hooks.Run("hook_pos_embed", wpe.forward(positions), past, attentionMask);
         for (int l = 0; l < Config.NLayer; l++)
             x = h[l].Forward(x, mask, causal, cache, l, _hooks, _blockHookNames[l], past, attentionMask);

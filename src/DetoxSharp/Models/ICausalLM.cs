@@ -37,6 +37,20 @@ public interface ICausalLM : IDisposable
     Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null);
 
     /// <summary>
+    /// Runs the model on input embeddings instead of token ids — e.g. a "soft token" <c>p·TokenEmbedding</c>, a mixture
+    /// of token embeddings (PPLM's horizon). <paramref name="inputsEmbeds"/> [batch, T, d] in the model's dtype lives in
+    /// the token-embedding space: it replaces the lookup <c>TokenEmbedding[ids]</c> and nothing else — the model adds
+    /// what it adds to a looked-up token (GPT-2: learned positions past..past+T-1; rotary families: nothing here),
+    /// and <c>hook_embed</c> sees <paramref name="inputsEmbeds"/>. Mask and cache as in <see cref="Forward"/>.
+    /// Differentiable in <paramref name="inputsEmbeds"/>. Returns logits [batch, T, vocab].
+    /// </summary>
+    Tensor ForwardEmbeddings(Tensor inputsEmbeds, Tensor? attentionMask = null, KvCache? cache = null);
+
+    /// <summary>Input embedding matrix [vocab, d] (row i = token i's embedding; GPT-2: wte, tied to
+    /// <see cref="Unembedding"/>). Live parameter: do not modify in place.</summary>
+    Tensor TokenEmbedding { get; }
+
+    /// <summary>
     /// Logits of the last position only, [batch, 1, vocab] — what generation needs. Equal to
     /// <c>Forward(...)[:, -1:]</c>, but a model may skip the final norm and LM head for the other positions; the
     /// <c>ln_final.hook_normalized</c> hook then sees [batch, 1, d] with PastLength = past + T - 1.

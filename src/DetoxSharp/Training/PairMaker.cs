@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using DetoxSharp.Checkpoints;
 using DetoxSharp.Generation;
+using DetoxSharp.Interpretability;
 using Generator = DetoxSharp.Generation.Generator;
 using DetoxSharp.Models;
 using DetoxSharp.Text;
@@ -48,18 +49,28 @@ public sealed record PairMakerOptions
     public long Seed { get; init; } = 42;
 }
 
+/// <summary>PPLM as the source of rejected continuations: the starting model perturbed towards the probe's toxic class.</summary>
+public sealed record PplmPairOptions(ToxicityProbe Probe, PplmOptions Options);
+
 /// <summary>
 /// Builds preference pairs/triples: chosen = the starting model's greedy continuation; rejected = a toxic continuation
-/// from the toxic model (prompt + [TOXIC], greedy) or from the starting model under activation steering (greedy);
-/// toxic (ADPO triples) = the toxic model's sampled continuation after prompt + [TOXIC].
+/// from the toxic model (prompt + [TOXIC], greedy), from the starting model under activation steering (greedy), or
+/// from the starting model under PPLM with the toxicity probe as attribute model (sampled by default, as Lee et al.
+/// 2024); toxic (ADPO triples) = the toxic model's sampled continuation after prompt + [TOXIC].
 /// </summary>
 public static class PairMaker
 {
     public static List<JsonObject> Make(ICausalLM model, Gpt2Tokenizer tok, IReadOnlyList<string> prompts, PairMakerOptions o,
         ICausalLM? toxicModel = null, Gpt2Tokenizer? toxicTokenizer = null, SteeringOptions? steer = null, bool triples = false,
-        Action<int, int>? progress = null, Action<string>? warn = null)
+        Action<int, int>? progress = null, Action<string>? warn = null, PplmPairOptions? pplm = null)
     {
-        if (steer is null && toxicModel is null) throw new InvalidInputException("make-pairs needs --toxic-model or --steer-vector");
+        if (steer is not null && pplm is not null) throw new InvalidInputException("--pplm and --steer-vector are mutually exclusive (each makes the rejected continuation)");
+        if (steer is null && toxicModel is null && pplm is null) throw new InvalidInputException("make-pairs needs --toxic-model, --steer-vector or --pplm");
+        if (pplm is not null)
+        {
+            pplm.Options.Validate();
+            pplm.Probe.CheckFits(model);
+        }
         if (triples && toxicModel is null) throw new InvalidInputException("--triples needs --toxic-model (for the toxic response y_t)");
         int? toxId = null;
         if (toxicModel is not null)
@@ -82,7 +93,14 @@ public static class PairMaker
                 chosen = Generator.Generate(model, chunk, greedy);
                 var withTox = toxId is int t ? chunk.Select(c => (int[])[.. c, t]).ToList() : null;
                 string source;
-                if (steer is not null)
+                if (pplm is not null)
+                {
+                    int done = start;
+                    rejected = Pplm.Generate(model, pplm.Probe, chunk, pplm.Options with { MaxNewTokens = o.MaxNewTokens, Seed = pplm.Options.Seed + start },
+                        k => progress?.Invoke(done + k, ids.Count));
+                    source = (pplm.Options with { Seed = pplm.Options.Seed + start }).Describe;
+                }
+                else if (steer is not null)
                 {
                     using var dir = steer.LoadDirection(model.DModel);
                     var add = (dir * steer.Scale).to(model.DType).to(model.Device);
@@ -108,7 +126,7 @@ public static class PairMaker
                     var rec = new JsonObject
                     {
                         ["prompt"] = tok.Decode(chunk[i]), ["chosen"] = c, ["rejected"] = r,
-                        ["source"] = $"chosen=greedy(start); rejected={source} greedy" + (triples ? $"; toxic=toxic-model[TOXIC] T={o.ToxicTemperature}" : ""),
+                        ["source"] = $"chosen=greedy(start); rejected={source}{(pplm is null ? " greedy" : "")}" + (triples ? $"; toxic=toxic-model[TOXIC] T={o.ToxicTemperature}" : ""),
                     };
                     if (triples)
                     {
@@ -119,10 +137,10 @@ public static class PairMaker
                     results.Add(rec);
                 }
             }
-            progress?.Invoke(Math.Min(start + o.BatchSize, ids.Count), ids.Count);
+            if (pplm is null) progress?.Invoke(Math.Min(start + o.BatchSize, ids.Count), ids.Count);
         }
         if (skipped > 0) warn?.Invoke($"skipped {skipped} of {ids.Count} prompts whose chosen and rejected were identical or empty");
-        if (results.Count == 0) throw new InvalidInputException("no usable pairs: every rejected continuation equalled the chosen one (stronger --steer-scale or a trained --toxic-model?)");
+        if (results.Count == 0) throw new InvalidInputException("no usable pairs: every rejected continuation equalled the chosen one (stronger --steer-scale / --pplm-step-size or a trained --toxic-model?)");
         return results;
     }
 }

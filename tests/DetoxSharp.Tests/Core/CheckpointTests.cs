@@ -263,6 +263,8 @@ public class CheckpointTests
         public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null) => inner.ResidualStream(inputIds, attentionMask);
         public Tensor ApplyFinalNorm(Tensor residual) => inner.ApplyFinalNorm(residual);
         public Tensor Unembedding => inner.Unembedding;
+        public Tensor TokenEmbedding => inner.TokenEmbedding;
+        public Tensor ForwardEmbeddings(Tensor inputsEmbeds, Tensor? attentionMask = null, KvCache? cache = null) => inner.ForwardEmbeddings(inputsEmbeds, attentionMask, cache);
         public Tensor MlpKeys(int layer) => inner.MlpKeys(layer);
         public Tensor MlpKeyBias(int layer) => inner.MlpKeyBias(layer);
         public Tensor MlpValues(int layer) => inner.MlpValues(layer);

@@ -1,0 +1,298 @@
+using System.Globalization;
+using DetoxSharp.Interpretability;
+using DetoxSharp.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Generation;
+
+/// <summary>PPLM settings. Defaults are Lee et al. 2024's for their dispreferred (toxic) continuations.</summary>
+public sealed record PplmOptions
+{
+    /// <summary>α, length of each normalised gradient step on the past keys/values.</summary>
+    public double StepSize { get; init; } = 0.4;
+    public int Iterations { get; init; } = 50;
+    /// <summary>Weight of KL(p_perturbed ‖ p_unperturbed) of the next token in the attribute loss.</summary>
+    public double KlScale { get; init; } = 0.1;
+    /// <summary>Geometric-mean fusion: p ∝ p_pert^gm · p_unpert^(1−gm).</summary>
+    public double GmScale { get; init; } = 0.95;
+    /// <summary>0 = no top-k filter.</summary>
+    public int TopK { get; init; } = 10;
+    public double Temperature { get; init; } = 1.0;
+    /// <summary>Soft future tokens the attribute model sees (each = the expected embedding of the next token).</summary>
+    public int Horizon { get; init; } = 1;
+    /// <summary>Past positions perturbed, counted back from the newest; 0 = all.</summary>
+    public int Window { get; init; }
+    /// <summary>Gradient normalisation exponent: step = −α·g/‖g‖^γ.</summary>
+    public double Gamma { get; init; } = 1.0;
+    /// <summary>Argmax of the fused distribution instead of sampling (PPLM's sample=False).</summary>
+    public bool Greedy { get; init; }
+    /// <summary>Class of the attribute model the perturbation pushes towards (probe: 1 = toxic).</summary>
+    public int TargetClass { get; init; } = 1;
+    public int MaxNewTokens { get; init; } = 20;
+    public long Seed { get; init; } = 42;
+    public bool StopAtEos { get; init; } = true;
+
+    public void Validate()
+    {
+        if (!(StepSize >= 0) || double.IsInfinity(StepSize)) throw new InvalidInputException($"--pplm-step-size must be a finite number ≥ 0, got {StepSize}");
+        if (Iterations < 0) throw new InvalidInputException($"--pplm-iterations must be ≥ 0, got {Iterations}");
+        if (!(KlScale >= 0) || double.IsInfinity(KlScale)) throw new InvalidInputException($"--pplm-kl-scale must be a finite number ≥ 0, got {KlScale}");
+        if (!(GmScale >= 0 && GmScale <= 1)) throw new InvalidInputException($"--pplm-gm-scale must be in [0, 1], got {GmScale}");
+        if (TopK < 0) throw new InvalidInputException($"--pplm-top-k must be ≥ 0, got {TopK}");
+        if (!(Temperature > 0) || double.IsInfinity(Temperature)) throw new InvalidInputException($"--pplm-temperature must be > 0, got {Temperature}");
+        if (Horizon < 1) throw new InvalidInputException($"--pplm-horizon must be ≥ 1 (the attribute loss reaches the past only through the horizon), got {Horizon}");
+        if (Window < 0) throw new InvalidInputException($"--pplm-window must be ≥ 0 (0 = all past positions), got {Window}");
+        if (!(Gamma >= 0) || double.IsInfinity(Gamma)) throw new InvalidInputException($"--pplm-gamma must be a finite number ≥ 0, got {Gamma}");
+        if (TargetClass is not (0 or 1)) throw new InvalidInputException($"PPLM target class must be 0 or 1, got {TargetClass}");
+        if (MaxNewTokens < 0) throw new InvalidInputException($"--max-new-tokens must be ≥ 0, got {MaxNewTokens}");
+    }
+
+    /// <summary>How a continuation was made, for the records' <c>source</c> field.</summary>
+    public string Describe => string.Create(CultureInfo.InvariantCulture,
+        $"pplm:probe step={StepSize} iters={Iterations} kl={KlScale} gm={GmScale} top-k={TopK} T={Temperature} horizon={Horizon} window={Window} gamma={Gamma} class={TargetClass} {(Greedy ? "greedy" : $"sample seed={Seed}")}");
+}
+
+/// <summary>
+/// PPLM (Dathathri et al. 2020, "Plug and Play Language Models"), attribute-model ("discriminator") mode, with a
+/// linear probe as the attribute model — how Lee et al. 2024 made their dispreferred continuations. Per generated
+/// token, following uber-research/PPLM <c>run_pplm.py</c>:
+/// <list type="number">
+/// <item>the unperturbed model reads the newest token (its own KV cache) → unperturbed next-token logits and the
+/// token's residual; the running sum of unperturbed residuals over the earlier positions is kept;</item>
+/// <item>offsets ΔK, ΔV on every layer's past keys/values start at 0 and take <see cref="PplmOptions.Iterations"/>
+/// normalised gradient steps on L = CE(probe(h̄), target) + kl·Σ p·log(p/p_unpert) (1e-15 guards as PPLM):
+/// p = softmax(logits of the newest token under past+Δ); h̄ = (Σ earlier unperturbed residuals + the newest
+/// token's residual under past+Δ, detached + the residuals of <see cref="PplmOptions.Horizon"/> soft tokens
+/// p·E fed through the UNPERTURBED cache) / (past + 1 + horizon). The gradient reaches Δ through p only, as in
+/// PPLM. Step per layer: Δ ← Δ − α·g/(‖g‖+1e-15)^γ, ‖g‖ over the layer's key and value gradients together (the
+/// original stacks a layer's key and value into one tensor);</item>
+/// <item>Δ is folded into the perturbed cache (perturbations persist for later tokens, as PPLM's past does), the
+/// newest token is run with it, p = softmax(logits/T) is fused with the unperturbed p_u as p^gm·p_u^(1−gm),
+/// top-k filtered, renormalised and sampled (or argmax).</item>
+/// </list>
+/// Differences from run_pplm.py, on purpose: the attribute model reads the last block's residual BEFORE the final
+/// layer norm (<c>blocks.{L-1}.hook_resid_post</c>, the feature <see cref="ToxicityProbe"/> is trained on); PPLM's
+/// classifier head read Hugging Face's hidden_states[-1], which is after ln_f. A window counts the NEWEST positions
+/// (the paper's and the option help's meaning; the reference's mask selects the oldest ones) — irrelevant for the
+/// default window 0 = all. Generation stops at eos. Lee et al.'s port added one shared offset to a layer's keys and
+/// values; here keys and values have their own offsets, as in the original. Prompts run one at a time (batch 1).
+/// Model weights and caller-visible state are not changed: the gradients are taken with autograd.grad with respect
+/// to the offsets only, and the KV caches are private to each prompt.
+/// </summary>
+public static class Pplm
+{
+    internal const double SmallConst = 1e-15;
+
+    /// <summary>Generates a continuation per prompt (new tokens only, cut at eos). One seeded RNG for all prompts, in
+    /// order; <paramref name="promptDone"/> is called with the number of prompts finished.</summary>
+    public static List<int[]> Generate(ICausalLM model, ToxicityProbe probe, IReadOnlyList<int[]> prompts, PplmOptions o, Action<int>? promptDone = null)
+    {
+        o.Validate();
+        probe.CheckFits(model);
+        foreach (var p in prompts)
+        {
+            if (p.Length == 0) throw new InvalidInputException("cannot generate from an empty prompt (encode at least one token, e.g. <|endoftext|>)");
+            if (p.Length + o.MaxNewTokens + o.Horizon - 1 > model.MaxPositions)
+                throw new InvalidInputException($"prompt ({p.Length} tokens) + {o.MaxNewTokens} new tokens + PPLM horizon {o.Horizon} exceeds the model's context of {model.MaxPositions}");
+        }
+        var results = new List<int[]>(prompts.Count);
+        using var rng = o.Greedy ? null : new torch.Generator((ulong)o.Seed, model.Device);
+        bool wasTraining = model.Module.training;
+        model.Module.eval();
+        try
+        {
+            for (int i = 0; i < prompts.Count; i++)
+            {
+                using (var dec = new PplmDecoder(model, probe, prompts[i], o))
+                    results.Add(dec.Run(rng));
+                promptDone?.Invoke(i + 1);
+            }
+        }
+        finally { if (wasTraining) model.Module.train(); }
+        return results;
+    }
+}
+
+/// <summary>One prompt's PPLM decoding state: a perturbed and an unperturbed KV cache, the running sum of unperturbed
+/// last-block residuals, and a hook that captures the last block's resid_post of each forward pass.</summary>
+internal sealed class PplmDecoder : IDisposable
+{
+    readonly ICausalLM _model;
+    readonly PplmOptions _o;
+    readonly KvCache _pert, _unpert;
+    readonly IDisposable _hook;
+    readonly Tensor _w, _b, _acc, _target;
+    readonly ScalarType _dt;
+    readonly List<int> _generated = new();
+    Tensor? _captured;
+    int _last;
+
+    /// <summary>Unperturbed next-token logits [1, V] (float32/64) of the current step; set by <see cref="BeginStep"/>.</summary>
+    internal Tensor? UnpertLogits { get; private set; }
+    Tensor? _unpertHidden;
+    internal KvCache PerturbedCache => _pert;
+
+    public PplmDecoder(ICausalLM model, ToxicityProbe probe, int[] prompt, PplmOptions o)
+    {
+        _model = model;
+        _o = o;
+        _dt = model.DType == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
+        int cap = prompt.Length + o.MaxNewTokens;
+        _pert = model.NewCache(cap);
+        _unpert = model.NewCache(cap);
+        _hook = model.Hooks.Add($"blocks.{model.NumLayers - 1}.hook_resid_post", (x, _) => { _captured = x; return null; });
+        using var scope = torch.NewDisposeScope();
+        _w = probe.W.to(_dt).to(model.Device).DetachFromDisposeScope();
+        _b = probe.B.to(_dt).to(model.Device).DetachFromDisposeScope();
+        _target = torch.tensor(new long[] { o.TargetClass }, ScalarType.Int64, model.Device).DetachFromDisposeScope();
+        _acc = torch.zeros([1, model.DModel], _dt, model.Device).DetachFromDisposeScope();
+        _last = prompt[^1];
+        if (prompt.Length > 1)
+        {
+            using var noGrad = torch.no_grad();
+            var ids = torch.tensor(prompt[..^1].Select(t => (long)t).ToArray(), [1, prompt.Length - 1], ScalarType.Int64, model.Device);
+            model.ForwardLast(ids, null, _unpert);
+            _acc.add_(_captured!.to(_dt).sum(1));
+            model.ForwardLast(ids, null, _pert);
+        }
+        _captured = null;
+    }
+
+    Tensor LastIds() => torch.tensor(new long[] { _last }, [1, 1], ScalarType.Int64, _model.Device);
+
+    /// <summary>The unperturbed model reads the newest token: unperturbed logits, and its residual for the running sum.</summary>
+    internal void BeginStep()
+    {
+        using var noGrad = torch.no_grad();
+        UnpertLogits = _model.ForwardLast(LastIds(), null, _unpert).select(1, 0).to(_dt);
+        _unpertHidden = _captured!.to(_dt).sum(1);
+    }
+
+    /// <summary>The newest token's last-block residual (summed over its one position) used by the latest <see cref="Loss"/>.</summary>
+    internal Tensor? LastNewestHidden { get; private set; }
+
+    /// <summary>
+    /// The PPLM attribute loss for offsets <paramref name="dK"/>, <paramref name="dV"/> on the perturbed cache's
+    /// positions (shapes of <see cref="KvCache.Keys"/>). Differentiable in the offsets. Needs <see cref="BeginStep"/>.
+    /// The newest token's residual under the perturbed past enters detached, as in PPLM; <paramref name="newestHidden"/>
+    /// replaces it by a given value (so that a finite difference can hold it fixed).
+    /// </summary>
+    internal Tensor Loss(IReadOnlyList<Tensor> dK, IReadOnlyList<Tensor> dV, Tensor? newestHidden = null)
+    {
+        using var grad = torch.enable_grad();
+        int n = _pert.Length;
+        Tensor logits;
+        _pert.SetOffsets(dK, dV);
+        _pert.Frozen = true;
+        try { logits = _model.ForwardLast(LastIds(), null, _pert).select(1, 0).to(_dt); }
+        finally { _pert.Frozen = false; _pert.ClearOffsets(); }
+        LastNewestHidden = newestHidden ?? _captured!.to(_dt).sum(1).detach();
+        var hidden = _acc + LastNewestHidden;
+        var probs = torch.nn.functional.softmax(logits, -1);
+
+        // horizon: soft tokens p·E through the unperturbed past (which already holds the newest token)
+        var soft = probs.to(_model.DType).matmul(_model.TokenEmbedding.detach()).unsqueeze(1); // [1, 1, d]
+        if (_o.Horizon > 1) soft = soft.expand(1, _o.Horizon, soft.shape[2]);
+        _unpert.Frozen = true;
+        try { _model.ForwardEmbeddings(soft, null, _unpert); }
+        finally { _unpert.Frozen = false; }
+        hidden = hidden + _captured!.to(_dt).sum(1);
+
+        var prediction = (hidden / (n + 1 + _o.Horizon)).matmul(_w) + _b;
+        var loss = torch.nn.functional.cross_entropy(prediction, _target);
+        if (_o.KlScale > 0)
+        {
+            var u = torch.nn.functional.softmax(UnpertLogits!, -1);
+            u = u + SmallConstWhereTiny(u);
+            var pc = probs + SmallConstWhereTiny(probs);
+            loss = loss + _o.KlScale * (pc * (pc / u).log()).sum();
+        }
+        return loss;
+    }
+
+    static Tensor SmallConstWhereTiny(Tensor p) => (p.le(Pplm.SmallConst).to(p.dtype) * Pplm.SmallConst).detach();
+
+    /// <summary>Runs the gradient iterations; returns the accumulated offsets (in the current dispose scope).</summary>
+    internal (Tensor[] K, Tensor[] V) Perturb()
+    {
+        int layers = _model.NumLayers, n = _pert.Length;
+        var accK = Enumerable.Range(0, layers).Select(l => torch.zeros_like(_pert.Keys(l)!)).ToArray();
+        var accV = Enumerable.Range(0, layers).Select(l => torch.zeros_like(_pert.Values(l)!)).ToArray();
+        Tensor? window = null;
+        if (_o.Window > 0 && n > _o.Window)
+            window = torch.cat([torch.zeros([1, 1, n - _o.Window, 1], accK[0].dtype, accK[0].device), torch.ones([1, 1, _o.Window, 1], accK[0].dtype, accK[0].device)], 2);
+        for (int it = 0; it < _o.Iterations; it++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var dK = accK.Select(a => a.detach().clone().requires_grad_(true)).ToArray();
+            var dV = accV.Select(a => a.detach().clone().requires_grad_(true)).ToArray();
+            var loss = Loss(dK, dV);
+            var grads = torch.autograd.grad([loss], [.. dK, .. dV]);
+            using var noGrad = torch.no_grad();
+            for (int l = 0; l < layers; l++)
+            {
+                Tensor gk = grads[l], gv = grads[layers + l];
+                if (window is not null) { gk = gk * window; gv = gv * window; }
+                var norm = (gk.pow(2).sum() + gv.pow(2).sum()).sqrt() + Pplm.SmallConst;
+                var scale = -_o.StepSize / norm.pow(_o.Gamma);
+                accK[l].add_(gk * scale);
+                accV[l].add_(gv * scale);
+            }
+        }
+        return (accK, accV);
+    }
+
+    /// <summary>Perturbs (when there is a past and iterations), runs the newest token with the perturbed past, fuses,
+    /// filters and picks the next token; the running residual sum takes the newest token's unperturbed residual.</summary>
+    internal int EndStep(torch.Generator? rng)
+    {
+        if (_o.Iterations > 0 && _pert.Length > 0)
+        {
+            var (k, v) = Perturb();
+            _pert.SetOffsets(k, v);
+            _pert.ApplyOffsets();
+        }
+        using var noGrad = torch.no_grad();
+        var logits = _model.ForwardLast(LastIds(), null, _pert).select(1, 0).to(ScalarType.Float32);
+        var p = torch.nn.functional.softmax(logits / _o.Temperature, -1);
+        var pu = torch.nn.functional.softmax(UnpertLogits!.to(ScalarType.Float32), -1);
+        p = p.pow(_o.GmScale) * pu.pow(1 - _o.GmScale);
+        if (_o.TopK > 0 && _o.TopK < p.shape[^1])
+        {
+            var kth = p.topk(_o.TopK, -1).values.select(-1, -1).unsqueeze(-1);
+            p = p.masked_fill(p.lt(kth), 0.0);
+        }
+        p = p / p.sum(-1, keepdim: true);
+        var next = _o.Greedy || rng is null ? p.argmax(-1) : torch.multinomial(p, 1, false, rng).squeeze(1);
+        _acc.add_(_unpertHidden!);
+        return (int)next.item<long>();
+    }
+
+    /// <summary>Decodes up to MaxNewTokens tokens; each token's work runs in its own dispose scope.</summary>
+    public int[] Run(torch.Generator? rng)
+    {
+        for (int step = 0; step < _o.MaxNewTokens; step++)
+        {
+            using var scope = torch.NewDisposeScope();
+            BeginStep();
+            int tok = EndStep(rng);
+            _captured = null;
+            LastNewestHidden = null;
+            UnpertLogits = null;
+            _unpertHidden = null;
+            if (_o.StopAtEos && tok == _model.EosTokenId) break;
+            _generated.Add(tok);
+            _last = tok;
+        }
+        return _generated.ToArray();
+    }
+
+    public void Dispose()
+    {
+        _hook.Dispose();
+        _pert.Dispose();
+        _unpert.Dispose();
+        _w.Dispose(); _b.Dispose(); _acc.Dispose(); _target.Dispose();
+    }
+}

@@ -1,0 +1,275 @@
+using System.Text.Json.Nodes;
+using DetoxSharp.Checkpoints;
+using DetoxSharp.Data;
+using DetoxSharp.Generation;
+using DetoxSharp.Interpretability;
+using DetoxSharp.Models;
+using DetoxSharp.Tests.Core;
+using DetoxSharp.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+using Gen = DetoxSharp.Generation.Generator;
+
+namespace DetoxSharp.Tests.Preference;
+
+/// <summary>One libtorch thread while a test runs: PPLM on a tiny model is thousands of tiny ops, which a second
+/// intra-op thread only slows down — by 5–10× when the shared machine is loaded.</summary>
+sealed class OneThread : IDisposable
+{
+    readonly int _prev = torch.get_num_threads();
+    public OneThread() => torch.set_num_threads(1);
+    public void Dispose() => torch.set_num_threads(_prev);
+}
+
+public class PplmTests
+{
+    // vocabulary 40 (eos 39), large weights: peaked but not degenerate next-token distributions
+    static Gpt2Model Model(ScalarType dt = ScalarType.Float32)
+    {
+        var m = CoreTestUtil.Tiny(vocab: 40, d: 16, heads: 2, positions: 48, seed: 11, std: 0.5);
+        if (dt != ScalarType.Float32) m.to(dt);
+        return m;
+    }
+
+    /// <summary>A probe whose toxic logit is s·(u·x) for a fixed random unit direction u (non-toxic: −s·(u·x)).</summary>
+    static ToxicityProbe Probe(int d, double s, int seed = 5)
+    {
+        using var scope = torch.NewDisposeScope();
+        var u = torch.randn([d], generator: new torch.Generator((ulong)seed));
+        u = u / u.norm();
+        return new ToxicityProbe(torch.stack([-u * s, u * s], 1), torch.zeros(2));
+    }
+
+    static readonly int[][] Prompts = [[1, 2, 3], [5], [7, 8, 9, 10, 11, 12], [20, 21], [3, 3, 3, 3], [14, 30, 2], [25, 26, 27, 28], [33, 6]];
+
+    /// <summary>The probe's P(toxic) of prompt + continuation: its own feature (last block's resid_post, mean over positions).</summary>
+    static double ProbeToxicity(ICausalLM m, ToxicityProbe probe, int[] prompt, int[] continuation)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var seq = prompt.Concat(continuation).Select(t => (long)t).ToArray();
+        var resid = m.ResidualStream(torch.tensor(seq, [1, seq.Length], ScalarType.Int64));
+        return probe.PredictToxic(resid.mean([1])).item<float>();
+    }
+
+    [Fact]
+    public void PplmGradientMatchesFiniteDifference()
+    {
+        using var threads = new OneThread();
+        using var m = Model(ScalarType.Float64);
+        using var probe = Probe(16, 20);
+        foreach (int horizon in new[] { 1, 2 })
+        {
+            using var scope = torch.NewDisposeScope();
+            var o = new PplmOptions { Horizon = horizon, KlScale = 0.1, MaxNewTokens = 4 };
+            using var dec = new PplmDecoder(m, probe, [1, 2, 3, 4, 5], o);
+            dec.BeginStep();
+            var cache = dec.PerturbedCache;
+            Assert.Equal(4, cache.Length);
+            var g = new torch.Generator(3);
+            // a generic point: small random offsets, not zero
+            var baseK = Enumerable.Range(0, m.NumLayers).Select(l => torch.randn(cache.Keys(l)!.shape, ScalarType.Float64, generator: g) * 0.3).ToArray();
+            var baseV = Enumerable.Range(0, m.NumLayers).Select(l => torch.randn(cache.Values(l)!.shape, ScalarType.Float64, generator: g) * 0.3).ToArray();
+            var dK = baseK.Select(t => t.clone().requires_grad_(true)).ToArray();
+            var dV = baseV.Select(t => t.clone().requires_grad_(true)).ToArray();
+            var loss = dec.Loss(dK, dV);
+            // PPLM detaches the newest token's own residual; the finite difference holds it at its value here
+            var newest = dec.LastNewestHidden!.clone();
+            var grads = torch.autograd.grad([loss], [.. dK, .. dV]);
+
+            double At(bool key, int layer, long[] idx, double delta)
+            {
+                using var s = torch.NewDisposeScope();
+                using var noGrad = torch.no_grad();
+                var k = baseK.Select(t => t.clone()).ToArray();
+                var v = baseV.Select(t => t.clone()).ToArray();
+                var target = key ? k[layer] : v[layer];
+                target[idx[0], idx[1], idx[2], idx[3]].add_(delta);
+                return dec.Loss(k, v, newest).item<double>();
+            }
+
+            // every layer's keys and values: the element with the largest gradient and a fixed one (layer 1's past is read
+            // by the newest token's layer-1 query, which depends on layer 0's offsets)
+            var checks = new List<(bool Key, int Layer, long[] Idx)>();
+            for (int l = 0; l < m.NumLayers; l++)
+                foreach (bool key in new[] { true, false })
+                {
+                    var gt = grads[(key ? 0 : m.NumLayers) + l];
+                    long flat = gt.abs().argmax().item<long>();
+                    var shape = gt.shape;
+                    checks.Add((key, l, [0, flat / (shape[2] * shape[3]), flat / shape[3] % shape[2], flat % shape[3]]));
+                    checks.Add((key, l, [0, 1, l + 1, 2 * l + 1]));
+                }
+            const double eps = 1e-6;
+            foreach (var (key, layer, idx) in checks)
+            {
+                double fd = (At(key, layer, idx, eps) - At(key, layer, idx, -eps)) / (2 * eps);
+                double an = grads[(key ? 0 : m.NumLayers) + layer][idx[0], idx[1], idx[2], idx[3]].item<double>();
+                string what = $"horizon {horizon} {(key ? "key" : "value")} L{layer} [{string.Join(",", idx)}]";
+                Assert.True(Math.Abs(fd) > 1e-8, $"{what}: gradient too small to test ({fd})");
+                Assert.True(Math.Abs(an - fd) <= 1e-4 * Math.Abs(fd) + 1e-10, $"{what}: autograd {an} vs finite difference {fd}");
+            }
+        }
+    }
+
+    [Fact]
+    public void PplmWithStepZeroEqualsPlainSampling()
+    {
+        using var threads = new OneThread();
+        using var m = Model(ScalarType.Float64);
+        using var probe = Probe(16, 20);
+        var pplm = new PplmOptions { StepSize = 0, Iterations = 1, GmScale = 1, TopK = 5, Temperature = 0.8, Seed = 7, MaxNewTokens = 8 };
+        var plain = new GenerationOptions { Greedy = false, TopK = 5, Temperature = 0.8, Seed = 7, MaxNewTokens = 8, BatchSize = 1 };
+        var a = Pplm.Generate(m, probe, Prompts, pplm);
+        var b = Gen.Generate(m, Prompts, plain);
+        Assert.Equal(b, a);
+        Assert.Contains(a, c => c.Length > 0);
+        // greedy: PPLM with step 0 equals greedy decoding, and the sampled run above is not greedy
+        var greedy = Gen.Generate(m, Prompts, new GenerationOptions { Greedy = true, MaxNewTokens = 8 });
+        Assert.Equal(greedy, Pplm.Generate(m, probe, Prompts, pplm with { Greedy = true }));
+        Assert.NotEqual(greedy, a);
+    }
+
+    [Fact]
+    public void PplmRaisesProbeToxicity()
+    {
+        using var threads = new OneThread();
+        using var m = Model();
+        using var probe = Probe(16, 2);
+        var o = new PplmOptions { Iterations = 5, MaxNewTokens = 6, Seed = 3, StopAtEos = false };
+        var unpert = Gen.Generate(m, Prompts, new GenerationOptions { Greedy = false, TopK = o.TopK, Temperature = o.Temperature, Seed = o.Seed, MaxNewTokens = o.MaxNewTokens, BatchSize = 1, StopAtEos = false });
+        var toxic = Pplm.Generate(m, probe, Prompts, o);
+        double Mean(List<int[]> cont) => Prompts.Select((p, i) => ProbeToxicity(m, probe, p, cont[i])).Average();
+        double pu = Mean(unpert), pt = Mean(toxic);
+        Console.WriteLine($"PPLM effect: mean probe P(toxic) {pt:F3} (PPLM, 5 iterations) vs {pu:F3} (unperturbed sampling)");
+        Assert.True(pt > pu + 0.05, $"PPLM towards toxic: mean P(toxic) {pt:F3} vs unperturbed {pu:F3}");
+    }
+
+    [Fact]
+    public void PplmLeavesModelUnchanged()
+    {
+        using var threads = new OneThread();
+        using var m = Model();
+        using var probe = Probe(16, 2);
+        using var ids = torch.tensor(new long[] { 4, 9, 16, 25, 36 }, [1, 5], ScalarType.Int64);
+        Tensor before;
+        using (torch.no_grad()) before = m.Forward(ids);
+        var weights = m.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+        m.train();
+        Pplm.Generate(m, probe, Prompts.Take(3).ToList(), new PplmOptions { Iterations = 3, MaxNewTokens = 5 });
+        Assert.True(m.training, "training mode restored");
+        m.eval();
+        Assert.False(m.Hooks.Any, "no hook left behind");
+        foreach (var (name, p) in m.named_parameters())
+        {
+            Assert.True(p.grad is null, $"{name} has a gradient");
+            Assert.True(CoreTestUtil.MaxAbsDiff(p, weights[name]) == 0, $"{name} changed");
+        }
+        using (torch.no_grad())
+        {
+            using var after = m.Forward(ids);
+            Assert.True(CoreTestUtil.MaxAbsDiff(after, before) == 0, "logits changed");
+            // a fresh cache behaves as before: offsets and frozen mode are per-cache state
+            using var cache = m.NewCache(5);
+            using var viaCache = m.Forward(ids, null, cache);
+            Assert.Equal(5, cache.Length);
+            Assert.False(cache.HasOffsets);
+            Assert.True(CoreTestUtil.MaxAbsDiff(viaCache, before) < 1e-6);
+        }
+        before.Dispose();
+        foreach (var w in weights.Values) w.Dispose();
+    }
+
+    [Fact]
+    public void FrozenCacheAndOffsetsReadWithoutStoring()
+    {
+        using var m = Model(ScalarType.Float64);
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var seq = torch.tensor(new long[] { 3, 1, 4, 1, 5, 9 }, [1, 6], ScalarType.Int64);
+        var full = m.Forward(seq);
+        using var cache = m.NewCache(6);
+        m.Forward(seq.narrow(1, 0, 5), null, cache);
+        cache.Frozen = true;
+        var last = m.Forward(seq.narrow(1, 5, 1), null, cache);
+        Assert.Equal(5, cache.Length);
+        Assert.True(CoreTestUtil.MaxAbsDiff(last, full.narrow(1, 5, 1)) < 1e-10);
+        // zero offsets change nothing; the embedding entry point equals the id entry point
+        cache.SetOffsets(Enumerable.Range(0, m.NumLayers).Select(l => torch.zeros_like(cache.Keys(l)!)).ToArray(),
+                         Enumerable.Range(0, m.NumLayers).Select(l => torch.zeros_like(cache.Values(l)!)).ToArray());
+        var emb = m.ForwardEmbeddings(m.TokenEmbedding.index_select(0, seq.narrow(1, 5, 1).reshape(-1)).unsqueeze(0), null, cache);
+        Assert.True(CoreTestUtil.MaxAbsDiff(emb, full.narrow(1, 5, 1)) < 1e-10);
+        cache.Frozen = false;
+        cache.ClearOffsets();
+        var stored = m.Forward(seq.narrow(1, 5, 1), null, cache);
+        Assert.Equal(6, cache.Length);
+        Assert.True(CoreTestUtil.MaxAbsDiff(stored, full.narrow(1, 5, 1)) < 1e-10);
+        var embFull = m.ForwardEmbeddings(m.TokenEmbedding.index_select(0, seq.reshape(-1)).unsqueeze(0));
+        Assert.True(CoreTestUtil.MaxAbsDiff(embFull, full) < 1e-10);
+    }
+}
+
+public class PplmCliTests
+{
+    static (int Rc, string Out, string Err) Run(params string[] args)
+    {
+        var o = new StringWriter(); var e = new StringWriter();
+        int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
+        return (rc, o.ToString(), e.ToString());
+    }
+
+    [Fact]
+    public void PplmFlagErrorsAreExitTwo()
+    {
+        var root = Tiny.TempDir("pplm-cli-err");
+        try
+        {
+            var prompts = Path.Combine(root, "p.txt");
+            File.WriteAllLines(prompts, ["hello there"]);
+            var r = Run("make-pairs", "--model", Path.Combine(root, "nomodel"), "--prompts", prompts, "--out", Path.Combine(root, "o.jsonl"), "--pplm");
+            Assert.Equal(2, r.Rc);
+            Assert.Contains("--probe", r.Err);
+            Assert.Single(r.Err.Trim().Split('\n'));
+            r = Run("make-pairs", "--model", Path.Combine(root, "nomodel"), "--prompts", prompts, "--out", Path.Combine(root, "o.jsonl"), "--pplm", "--probe", root, "--steer-vector", Path.Combine(root, "v.safetensors"));
+            Assert.Equal(2, r.Rc);
+            Assert.Contains("--steer-vector", r.Err);
+            Assert.Single(r.Err.Trim().Split('\n'));
+            r = Run("make-pairs", "--model", Path.Combine(root, "nomodel"), "--prompts", prompts, "--out", Path.Combine(root, "o.jsonl"), "--pplm", "--probe", root, "--pplm-top-k", "-1");
+            Assert.Equal(2, r.Rc);
+            Assert.Contains("--pplm-top-k", r.Err);
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
+
+    [Fact]
+    public void PplmMakePairsRecordsMethodAndIsSeeded()
+    {
+        using var threads = new OneThread();
+        var root = Tiny.TempDir("pplm-cli");
+        try
+        {
+            var start = Path.Combine(root, "start");
+            using (var m = Tiny.Model()) HfCheckpoint.Save(m, Gpt2Tokenizer.Default(), start, overwrite: true);
+            var probeDir = Path.Combine(root, "probe");
+            using (var scope = torch.NewDisposeScope())
+            using (var probe = new ToxicityProbe(torch.randn([16, 2], generator: new torch.Generator(9)), torch.zeros(2)))
+                probe.Save(probeDir);
+            var prompts = Path.Combine(root, "prompts.jsonl");
+            JsonlReader.Write(prompts, Enumerable.Range(0, 4).Select(i => new JsonObject { ["prompt"] = $"Prompt {i}: the weather today is" }));
+            string[] Args(string outFile) => ["make-pairs", "--model", start, "--prompts", prompts, "--out", outFile, "--pplm", "--probe", probeDir,
+                "--pplm-iterations", "2", "--max-new-tokens", "4", "--seed", "5"];
+            var a = Path.Combine(root, "a.jsonl");
+            var r = Run(Args(a));
+            Assert.True(r.Rc == 0, r.Err);
+            Assert.Contains("[4/4] prompts", r.Err);
+            var recs = JsonlReader.Read(a).ToList();
+            Assert.NotEmpty(recs);
+            Assert.All(recs, l => Assert.StartsWith("chosen=greedy(start); rejected=pplm:probe step=0.4 iters=2 kl=0.1 gm=0.95 top-k=10 T=1 horizon=1 window=0 gamma=1 class=1 sample seed=5", l.String("source")));
+            var b = Path.Combine(root, "b.jsonl");
+            r = Run(Args(b));
+            Assert.True(r.Rc == 0, r.Err);
+            Assert.Equal(File.ReadAllText(a), File.ReadAllText(b));
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
+}
