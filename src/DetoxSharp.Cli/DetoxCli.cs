@@ -7,10 +7,15 @@ namespace DetoxSharp.Cli;
 /// (0 success, 2 user error with one line on stderr, 1 internal failure).</summary>
 public static class DetoxCli
 {
+    /// <summary>libtorch's intra-op thread count for any command (default: libtorch's own, one per core). Many tiny
+    /// operations (PPLM, batch-1 generation) can run faster on one thread when the cores are shared.</summary>
+    public static readonly Option<int?> Threads = new("--threads") { Recursive = true, Description = "libtorch intra-op threads (default: one per core)" };
+
     public static RootCommand Build()
     {
         var root = new RootCommand("DetoxSharp: detoxify GPT-2-family language models with preference optimization, and see what the training does inside the model.");
         foreach (var c in CommandCatalog.All()) root.Subcommands.Add(c);
+        root.Options.Add(Threads);
         return root;
     }
 
@@ -22,6 +27,11 @@ public static class DetoxCli
         {
             stderr.WriteLine($"detox: {parse.Errors[0].Message}");
             return 2;
+        }
+        if (parse.GetValue(Threads) is int threads)
+        {
+            if (threads < 1) { stderr.WriteLine($"detox: --threads must be ≥ 1, got {threads}"); return 2; }
+            TorchSharp.torch.set_num_threads(threads);
         }
         var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false };
         try

@@ -222,6 +222,24 @@ public class CheckpointTests
     }
 
     [Fact]
+    public void ThreadsFlagSetsLibtorchThreadsAndRejectsZero()
+    {
+        int before = torch.get_num_threads();
+        try
+        {
+            var err = new StringWriter();
+            Assert.Equal(2, DetoxSharp.Cli.DetoxCli.Run(["info", "--model", "nowhere", "--threads", "0"], new StringWriter(), err));
+            Assert.Equal("detox: --threads must be ≥ 1, got 0", err.ToString().TrimEnd('\n', '\r'));
+            Assert.Equal(before, torch.get_num_threads());
+            // a valid value is applied before the command runs (even one that then fails on its input)
+            int want = before == 1 ? 2 : 1;
+            Assert.Equal(2, DetoxSharp.Cli.DetoxCli.Run(["info", "--model", "nowhere", "--threads", $"{want}"], new StringWriter(), new StringWriter()));
+            Assert.Equal(want, torch.get_num_threads());
+        }
+        finally { torch.set_num_threads(before); }
+    }
+
+    [Fact]
     public void FailedSaveLeavesExistingCheckpointIntact()
     {
         var tok = SmallTok();
