@@ -30,7 +30,7 @@ static class DecodeBound
     /// <summary>Seconds for one 1-row pass over the weight matrices of a GPT-2 of width <paramref name="d"/>,
     /// <paramref name="layers"/> blocks and vocabulary <paramref name="vocab"/> (qkv, attn proj, mlp in/out per block,
     /// then the LM head as x·Eᵀ). <paramref name="transposed"/> stores the block matrices [out, in] and uses linear().</summary>
-    public static double GemvPassSeconds(long d, int layers, long vocab, bool transposed, int reps)
+    public static double GemvPassSeconds(long d, int layers, long vocab, bool transposed, int reps, int splitK = 1)
     {
         using var scope = torch.NewDisposeScope();
         var mats = new List<(Tensor W, Tensor B)>();
@@ -49,6 +49,11 @@ static class DecodeBound
                 {
                     var input = (transposed ? w.shape[1] : w.shape[0]) == d ? x : x4;
                     if (transposed) torch.nn.functional.linear(input, w, b);
+                    else if (splitK > 1)
+                    {
+                        long k = w.shape[0];
+                        torch.bmm(input.view(1, splitK, k / splitK).transpose(0, 1), w.view(splitK, k / splitK, w.shape[1])).sum(dim: 0).add_(b);
+                    }
                     else torch.addmm(b, input, w, 1, 1);
                 }
                 torch.nn.functional.linear(x, head).sum().item<float>();

@@ -52,6 +52,53 @@ if (sbsIdx >= 0)
     return 0;
 }
 
+// ---- precision A/B (one config, fresh process): fp32, bf16-mixed and pure bf16 SFT steps interleaved for N rounds ----
+var abIdx = Array.IndexOf(args, "--precision-ab");
+if (abIdx >= 0)
+{
+    string cfgName = abIdx + 1 < args.Length && !args[abIdx + 1].StartsWith("--") ? args[abIdx + 1] : "124m";
+    int Arg(string flag, int dflt) { int i = Array.IndexOf(args, flag); return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1]) : dflt; }
+    var abCfg = cfgName == "355m" ? Gpt2Config.Medium : Gpt2Config.Small;
+    int ab = Arg("--batch", 4), at = Arg("--seq", 128), steps = Arg("--sft-steps", 3), nRounds = Arg("--rounds", 3);
+    torch.manual_seed(0);
+    using var abModel = new Gpt2Model(abCfg);
+    var f32 = new List<double>(); var mix = new List<double>(); var pure = new List<double>();
+    for (int r = 0; r < nRounds; r++)
+    {
+        f32.Add(SftTokensPerSec(abModel, ab, at, steps).tokPerSec);
+        mix.Add(SftMixedTokensPerSec(abModel, ab, at, steps).tokPerSec);
+        pure.Add(SftPureBf16TokensPerSec(abModel, ab, at, steps).tokPerSec);
+        Console.WriteLine($"round {r + 1}: fp32 {f32[^1]:F1}  bf16-mixed {mix[^1]:F1}  pure bf16 {pure[^1]:F1} tok/s  (load {LoadAverage()})");
+    }
+    Console.WriteLine($"median: fp32 {Median(f32):F1}  bf16-mixed {Median(mix):F1} ({Median(mix) / Median(f32):F2}×)  pure bf16 {Median(pure):F1} ({Median(pure) / Median(f32):F2}×)");
+    return 0;
+}
+
+// ---- allocator probe: minor page faults of 5 reused 128 MB tensors (glibc returns large blocks to the OS on free) ----
+if (args.Contains("--fault-probe"))
+{
+    static long Faults() => long.Parse(File.ReadAllText("/proc/self/stat").Split(')')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[7]);
+    const long n = 32L << 20;
+    using (var warm = torch.ones(n)) { }
+    long f0 = Faults();
+    for (int i = 0; i < 5; i++) { using var t = torch.ones(n); }
+    Console.WriteLine($"main thread: {Faults() - f0} faults");
+    var th = new Thread(() =>
+    {
+        using (var warm = torch.ones(n)) { }
+        long f1 = Faults();
+        for (int i = 0; i < 5; i++) { using var t = torch.ones(n); }
+        Console.WriteLine($"other thread: {Faults() - f1} faults");
+    });
+    th.Start(); th.Join();
+    return 0;
+}
+if (args.Contains("--decode-probe"))
+{
+    foreach (var (label, tr, sk) in new[] { ("[in,out] addmm", false, 1), ("[out,in] linear", true, 1), ("[in,out] split-K 2 bmm", false, 2), ("[in,out] split-K 4 bmm", false, 4) })
+        Console.WriteLine($"{label}: {DecodeBound.GemvPassSeconds(768, 12, 50257, tr, 5, sk) * 1e3:F1} ms");
+    return 0;
+}
 var rows = new List<string[]>();
 var memRows = new List<string[]>();
 var mixedRows = new List<string[]>();
@@ -92,23 +139,28 @@ foreach (var (name, cfg, b, t, sftSteps, fwdReps) in configs)
 
     double fwd = ForwardTokensPerSec(model, b, t, fwdReps);
     log($"forward {fwd:F0} tok/s");
-    var (sft, stepSec, firstLoss, lastLoss) = SftTokensPerSec(model, b, t, sftSteps);
+    // fp32, bf16-mixed (fp32 master + bf16 working copy, as `--precision bf16-mixed`) and pure bf16 (as `--dtype
+    // bfloat16`) SFT steps, interleaved in rounds so that a load or clock change hits all three; medians are reported
+    int rounds = quick ? 1 : 3;
+    var fp32Runs = new List<double>(); var mixedRuns = new List<double>(); var pureRuns = new List<double>();
+    float firstLoss = float.NaN, lastLoss = float.NaN;
+    for (int r = 0; r < rounds; r++)
+    {
+        var (f, _, l0, l1) = SftTokensPerSec(model, b, t, sftSteps);
+        if (r == 0) (firstLoss, lastLoss) = (l0, l1);
+        fp32Runs.Add(f);
+        mixedRuns.Add(SftMixedTokensPerSec(model, b, t, sftSteps).tokPerSec);
+        pureRuns.Add(SftPureBf16TokensPerSec(model, b, t, sftSteps).tokPerSec);
+        log($"sft round {r + 1}: fp32 {f:F0}, bf16-mixed {mixedRuns[^1]:F0}, pure bf16 {pureRuns[^1]:F0} tok/s");
+    }
     checks.Add(($"{name}: SFT steps on one batch lower its loss", float.IsFinite(lastLoss) && lastLoss < firstLoss, $"loss {firstLoss:F4} → {lastLoss:F4} over {sftSteps + 1} steps"));
+    double sft = Median(fp32Runs), mixedTps = Median(mixedRuns), pureTps = Median(pureRuns);
     double flopsPerToken = 6.0 * nParams + 12.0 * cfg.NLayer * cfg.NEmbd * t;
     double mfu = sft * flopsPerToken / 1e9 / peaks["Float32"];
-    log($"sft {sft:F0} tok/s ({stepSec:F2} s/step), MFU {mfu:P1}");
-    // same config and batch in bf16: mixed (fp32 master + bf16 working copy, as `--precision bf16-mixed`) and pure
-    // (the whole model in bf16, as `--dtype bfloat16`); the fp32 step is re-measured right after them, so a load change
-    // on a shared machine shows up as a difference between the two fp32 figures
-    var (mixedTps, _) = SftMixedTokensPerSec(model, b, t, sftSteps);
-    log($"sft bf16-mixed {mixedTps:F0} tok/s ({mixedTps / sft:F2}× fp32)");
-    var (pureTps, _) = SftPureBf16TokensPerSec(model, b, t, sftSteps);
-    log($"sft pure bf16 {pureTps:F0} tok/s ({pureTps / sft:F2}× fp32)");
-    var (sftAgain, _, _, _) = SftTokensPerSec(model, b, t, sftSteps);
-    double fp32Mean = (sft + sftAgain) / 2;
-    log($"sft fp32 again {sftAgain:F0} tok/s");
-    mixedRows.Add([name, $"{b}×{t}", sft.ToString("F0"), sftAgain.ToString("F0"), mixedTps.ToString("F0"), $"{mixedTps / fp32Mean:F2}×",
-        pureTps.ToString("F0"), $"{pureTps / fp32Mean:F2}×", LoadAverage()]);
+    log($"sft {sft:F0} tok/s (median), MFU {mfu:P1}; bf16-mixed {mixedTps / sft:F2}×, pure bf16 {pureTps / sft:F2}×");
+    string Spread(List<double> v) => v.Count > 1 ? $"{Median(v):F0} ({v.Min():F0}–{v.Max():F0})" : $"{v[0]:F0}";
+    mixedRows.Add([name, $"{b}×{t}", $"{rounds}", Spread(fp32Runs), Spread(mixedRuns), $"{mixedTps / sft:F2}×",
+        Spread(pureRuns), $"{pureTps / sft:F2}×", LoadAverage()]);
 
     int newTokens = quick ? (big ? 8 : 32) : 64;
     var gen = new Dictionary<string, double>();
@@ -296,6 +348,12 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Sf
     return ((double)b * t * steps / sec, sec / steps, first, last);
 }
 
+static double Median(List<double> v)
+{
+    var o = v.OrderBy(x => x).ToList();
+    return o.Count % 2 == 1 ? o[o.Count / 2] : (o[o.Count / 2 - 1] + o[o.Count / 2]) / 2;
+}
+
 static string G1(Dictionary<string, double> gen, string k) => gen.TryGetValue(k, out var v) ? v.ToString("F1") : "–";
 
 static (double TokPerSec, List<int[]> Tokens) GenerationTokensPerSec(Gpt2Model model, int batch, int promptLen, int newTokens, bool kv)
@@ -349,7 +407,7 @@ void WriteReport(bool complete)
     sb.AppendLine($"Measured {started:yyyy-MM-dd HH:mm} UTC by `dotnet run -c Release --project bench/DetoxSharp.Bench --{(quick ? " --quick" : "")}{(thrIdx >= 0 ? $" --threads {threads}" : "")}`" + (complete ? "." : " — **incomplete: the run was still going when this was written**."));
     sb.AppendLine();
     sb.AppendLine($"- CPU: {cpu}; threads: {threads} (torch.set_num_threads; default = Environment.ProcessorCount = {Environment.ProcessorCount})");
-    sb.AppendLine($"- TorchSharp {tsVersion}, {libtorch}, .NET {Environment.Version}");
+    sb.AppendLine($"- TorchSharp {tsVersion}, {libtorch}, .NET {Environment.Version}; allocator: {(Environment.GetEnvironmentVariable("LD_PRELOAD") is { Length: > 0 } pre ? $"LD_PRELOAD={pre}" : "glibc malloc (default)")}");
     sb.AppendLine($"- Mode: {(quick ? "quick (smaller batches, fewer steps, no 355M; generation 32 new tokens for toy, 8 new tokens at batch 1 only for 124M; memory steps on smaller batches)" : "full")}");
     sb.AppendLine($"- Load average (1 min) at start {loadAtStart}, when written {LoadAverage()} — with a load above the core count the machine was shared with other jobs while measuring, so every figure is noisy and pessimistic (libtorch's OpenMP threads degrade badly when oversubscribed).");
     sb.AppendLine("- Random weights; fp32 unless stated. Forward = no-grad forward of a full batch. SFT step = forward + LM cross-entropy + backward + AdamW.");
@@ -377,9 +435,9 @@ void WriteReport(bool complete)
     sb.AppendLine();
     sb.AppendLine("## Mixed precision (SFT step, same config and batch as above)");
     sb.AppendLine();
-    sb.AppendLine("bf16-mixed = `--precision bf16-mixed`: bf16 forward + backward on a working copy, logits cast to fp32 for the loss, bf16 grads cast into the fp32 master's grads, AdamW (fp32 state) on the master, master copied back to bf16. Pure bf16 = `--dtype bfloat16`: weights, grads and AdamW state all bf16. The fp32 step is measured before and after the bf16 ones (a difference between the two = load change); ratios are to their mean. Load = 1-min load average after the row.");
+    sb.AppendLine("bf16-mixed = `--precision bf16-mixed`: bf16 forward + backward on a working copy, logits cast to fp32 for the loss, bf16 grads cast into the fp32 master's grads, AdamW (fp32 state) on the master, master copied back to bf16. Pure bf16 = `--dtype bfloat16`: weights, grads and AdamW state all bf16. The three are measured interleaved in rounds (fp32, mixed, pure, fp32, …); cells give the median (min–max) tok/s over the rounds, ratios are of medians. Load = 1-min load average after the row.");
     sb.AppendLine();
-    sb.AppendLine("| config | batch×T | fp32 tok/s (before) | fp32 tok/s (after) | bf16-mixed tok/s | bf16-mixed ÷ fp32 | pure bf16 tok/s | pure bf16 ÷ fp32 | load |");
+    sb.AppendLine("| config | batch×T | rounds | fp32 tok/s | bf16-mixed tok/s | bf16-mixed ÷ fp32 | pure bf16 tok/s | pure bf16 ÷ fp32 | load |");
     sb.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     foreach (var r in mixedRows) sb.AppendLine("| " + string.Join(" | ", r) + " |");
     sb.AppendLine();
