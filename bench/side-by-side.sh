@@ -5,6 +5,7 @@
 # Needs python3 with torch. On Debian 12 (as root):
 #   apt-get install -y python3-torch libopenblas0-openmp
 # (without an optimized BLAS Debian's torch falls back to the reference netlib BLAS: ~5x slower matmuls).
+# PY_PRELOAD / DETOX_PRELOAD: a library to LD_PRELOAD into one side (e.g. /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4).
 # Run it on an otherwise idle machine: libtorch's OpenMP threads degrade badly when the cores are oversubscribed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,17 +16,22 @@ py="${PYTHON:-/usr/bin/python3}"
 dotnet build -c Release bench/DetoxSharp.Bench >/dev/null
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-"$py" bench/pytorch/gpt2_step.py --config "$cfg" --batch "$batch" --seq "$seq" --sft-steps "$steps" --forward-reps "$steps" --threads "$threads" > "$tmp/py.json"
+env ${PY_PRELOAD:+LD_PRELOAD=$PY_PRELOAD} "$py" bench/pytorch/gpt2_step.py --config "$cfg" --batch "$batch" --seq "$seq" --sft-steps "$steps" --forward-reps "$steps" --threads "$threads" > "$tmp/py.json"
 echo "pytorch done, load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-dotnet bench/DetoxSharp.Bench/bin/Release/net10.0/DetoxSharp.Bench.dll --threads "$threads" --side-by-side "$cfg" --batch "$batch" --seq "$seq" --sft-steps "$steps" --forward-reps "$steps" > "$tmp/ds.json"
+env ${DETOX_PRELOAD:+LD_PRELOAD=$DETOX_PRELOAD} dotnet bench/DetoxSharp.Bench/bin/Release/net10.0/DetoxSharp.Bench.dll --threads "$threads" --side-by-side "$cfg" --batch "$batch" --seq "$seq" --sft-steps "$steps" --forward-reps "$steps" > "$tmp/ds.json"
 echo "detoxsharp done, load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$py" - "$tmp/py.json" "$tmp/ds.json" <<'PY'
 import json, sys, platform
 py, ds = (json.load(open(f)) for f in sys.argv[1:3])
 import torch
-blas = next((l.strip() for l in torch.__config__.show().splitlines() if "BLAS_INFO" in l), "")
-blas = next((x.strip() for x in blas.split(",") if x.strip().startswith("BLAS_INFO")), "BLAS_INFO=?")
-print(f"GPT-2 {ds['config']} ({ds['params']/1e6:.1f}M params), fp32, batch {ds['batch']}×{ds['seq']} tokens, {ds['threads']} threads")
+import os, re
+m = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+blas = f"BLAS_INFO={m.group(1) if m else '?'}"
+lib = "/usr/lib/x86_64-linux-gnu/libblas.so.3"
+if os.path.exists(lib):
+    blas += f", libblas.so.3 → {os.path.realpath(lib).split('/')[-2]}"  # Debian's alternatives pick the runtime BLAS
+print(f"GPT-2 {ds['config']} ({ds['params']/1e6:.1f}M params), fp32, batch {ds['batch']}×{ds['seq']} tokens, {ds['threads']} threads; "
+      f"preload: PyTorch {os.environ.get('PY_PRELOAD') or 'none'}, DetoxSharp {os.environ.get('DETOX_PRELOAD') or 'none'}")
 print()
 print("| | PyTorch %s (%s) | DetoxSharp (%s) | DetoxSharp ÷ PyTorch |" % (py["version"], blas, ds["version"]))
 print("|---|---:|---:|---:|")
