@@ -93,6 +93,22 @@ if (args.Contains("--fault-probe"))
     th.Start(); th.Join();
     return 0;
 }
+// ---- generation only (one config): batch 1 and 16, with and without the KV cache, 64 new tokens ----
+var genIdx = Array.IndexOf(args, "--generation");
+if (genIdx >= 0)
+{
+    string cfgName = genIdx + 1 < args.Length && !args[genIdx + 1].StartsWith("--") ? args[genIdx + 1] : "124m";
+    torch.manual_seed(0);
+    using var gm = new Gpt2Model(cfgName == "355m" ? Gpt2Config.Medium : Gpt2Config.Small);
+    foreach (int gb in new[] { 1, 16 })
+    {
+        var (kvRate, kvOut) = GenerationTokensPerSec(gm, gb, 16, 64, true);
+        var (reRate, reOut) = GenerationTokensPerSec(gm, gb, 16, 64, false);
+        int same = kvOut.Zip(reOut).Count(z => z.First.SequenceEqual(z.Second));
+        Console.WriteLine($"batch {gb}: KV {kvRate:F1} tok/s, recompute {reRate:F1} tok/s, {kvRate / reRate:F1}×; identical sequences {same}/{kvOut.Count}");
+    }
+    return 0;
+}
 if (args.Contains("--decode-probe"))
 {
     foreach (var (label, tr, sk) in new[] { ("[in,out] addmm", false, 1), ("[out,in] linear", true, 1), ("[in,out] split-K 2 bmm", false, 2), ("[in,out] split-K 4 bmm", false, 4) })

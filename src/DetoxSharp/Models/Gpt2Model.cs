@@ -122,7 +122,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
     {
         int past = cache?.Length ?? 0;
         var x = ResidualStreamCore(inputIds, attentionMask, cache);
-        return torch.nn.functional.linear(ApplyFinalNormHooked(x, past, attentionMask), wte.weight!);
+        return LmHead(ApplyFinalNormHooked(x, past, attentionMask));
     }
 
     /// <summary>Logits of the last position only: the final norm and the LM head (V×d per position) run on one position
@@ -132,10 +132,26 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
         int past = cache?.Length ?? 0;
         long t = inputIds.shape[1];
         var x = ResidualStreamCore(inputIds, attentionMask, cache).narrow(1, t - 1, 1);
-        return torch.nn.functional.linear(ApplyFinalNormHooked(x, past + (int)t - 1, attentionMask), wte.weight!);
+        return LmHead(ApplyFinalNormHooked(x, past + (int)t - 1, attentionMask));
     }
 
     public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null) => ResidualStreamCore(inputIds, attentionMask, null);
+
+    /// <summary>Logits = h · Eᵀ (tied head). A single row (batch-1 decoding) is split over two halves of the vocabulary as
+    /// a 2-batch bmm so that two threads share the 154 MB read (libtorch runs a 1-row product on one thread; see
+    /// <see cref="Conv1D"/>); an odd last row is a separate dot product.</summary>
+    Tensor LmHead(Tensor h)
+    {
+        var w = wte.weight!;
+        long rows = h.numel() / h.shape[^1];
+        if (rows != 1 || w.device_type != DeviceType.CPU || torch.get_num_threads() < 2) return torch.nn.functional.linear(h, w);
+        long v = w.shape[0], half = v / 2, d = w.shape[1];
+        var x = h.reshape(1, 1, d).expand(2, 1, d);
+        var parts = torch.bmm(x, w.narrow(0, 0, 2 * half).view(2, half, d).transpose(1, 2)).reshape(1, 2 * half); // [1, 2·half]
+        var logits = v % 2 == 0 ? parts : torch.cat([parts, torch.nn.functional.linear(h.reshape(1, d), w.narrow(0, v - 1, 1))], 1);
+        var shape = h.shape.ToArray(); shape[^1] = v;
+        return logits.view(shape);
+    }
 
     /// <summary>GPT-2: the embeddings replace <c>wte(input_ids)</c>; learned positions past..past+T-1 are added as for ids.</summary>
     public Tensor ForwardEmbeddings(Tensor inputsEmbeds, Tensor? attentionMask = null, KvCache? cache = null)
@@ -144,7 +160,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
             throw new ArgumentException($"inputs_embeds must be [batch, T, {Config.NEmbd}], got [{string.Join(",", inputsEmbeds.shape)}]");
         int past = cache?.Length ?? 0;
         var x = ResidualStreamFrom(inputsEmbeds, null, inputsEmbeds.shape[0], inputsEmbeds.shape[1], inputsEmbeds.device, attentionMask, cache);
-        return torch.nn.functional.linear(ApplyFinalNormHooked(x, past, attentionMask), wte.weight!);
+        return LmHead(ApplyFinalNormHooked(x, past, attentionMask));
     }
 
     public Tensor ApplyFinalNorm(Tensor residual) => ln_f.forward(residual);
@@ -228,7 +244,24 @@ public sealed class Conv1D : nn.Module
     {
         var shape = x.shape.ToArray();
         shape[^1] = weight.shape[1];
-        return torch.addmm(bias, x.reshape(-1, x.shape[^1]), weight, 1, 1).view(shape);
+        var rows = x.reshape(-1, x.shape[^1]);
+        if (rows.shape[0] == 1 && SplitRowProduct(weight))
+            return SplitKRowProduct(rows, weight, bias).view(shape);
+        return torch.addmm(bias, rows, weight, 1, 1).view(shape);
+    }
+
+    /// <summary>Whether a 1-row product with <paramref name="w"/> takes the split-K path: libtorch runs a 1-row matrix
+    /// product (GEMV) on one thread, which leaves batch-1 decoding at one core's memory bandwidth; two halves of the
+    /// input dimension as a 2-batch bmm let two threads read half of W each (bench `--decode-probe`: a pass over the
+    /// 124M block weights 26.7 → 21.8 ms). Only with ≥ 2 threads, an even input width and a CPU tensor.</summary>
+    static bool SplitRowProduct(Tensor w) => w.shape[0] % 2 == 0 && w.device_type == DeviceType.CPU && torch.get_num_threads() > 1;
+
+    /// <summary>x [1, in] · W [in, out] + b as Σ over two halves of "in" of a 2-batch bmm (the same sum, regrouped).</summary>
+    internal static Tensor SplitKRowProduct(Tensor x, Tensor w, Tensor b)
+    {
+        long k = w.shape[0] / 2;
+        var parts = torch.bmm(x.view(1, 2, k).transpose(0, 1), w.view(2, k, w.shape[1])); // [2, 1, out]
+        return parts.sum(dim: 0) + b;
     }
 }
 

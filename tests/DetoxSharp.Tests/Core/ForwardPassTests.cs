@@ -158,3 +158,41 @@ public class ForwardPassTests
         Assert.True(CoreTestUtil.MaxAbsDiff(p32, p16) < 0.02);
     }
 }
+
+/// <summary>One-row products (batch-1 decoding) take a split path with ≥ 2 threads: Conv1D as a 2-batch bmm over halves
+/// of the input width, the tied head over halves of the vocabulary (an odd last row separately). Same sums, regrouped.</summary>
+public class SingleRowProductTests
+{
+    [Fact]
+    public void SplitPathsEqualTheOneThreadPathsInValueAndGradient()
+    {
+        int before = torch.get_num_threads();
+        try
+        {
+            using var m = CoreTestUtil.Tiny(vocab: 11, d: 8, seed: 7); // odd vocabulary: the head's last row is separate
+            m.to(ScalarType.Float64);
+            m.eval();
+            var ids = CoreTestUtil.Ids([3]);
+            Tensor Run(int threads, out Tensor grad)
+            {
+                torch.set_num_threads(threads);
+                m.zero_grad();
+                var logits = m.Forward(ids);
+                logits.pow(2).sum().backward();
+                grad = m.named_parameters().First(p => p.name == "h.1.mlp.c_fc.weight").parameter.grad!.clone();
+                return logits.detach().clone();
+            }
+            var split = Run(2, out var gSplit);
+            var plain = Run(1, out var gPlain);
+            Assert.Equal(new long[] { 1, 1, 11 }, split.shape);
+            Assert.True(CoreTestUtil.MaxAbsDiff(split, plain) < 1e-12, $"logits differ by {CoreTestUtil.MaxAbsDiff(split, plain)}");
+            Assert.True(CoreTestUtil.MaxAbsDiff(gSplit, gPlain) < 1e-12, $"gradients differ by {CoreTestUtil.MaxAbsDiff(gSplit, gPlain)}");
+            // and against the unsplit products written out: x·W + b for a Conv1D, h·Eᵀ for the head
+            torch.set_num_threads(2);
+            var x = torch.randn(1, 8, ScalarType.Float64);
+            var w = m.MlpKeys(0).detach(); var b = m.MlpKeyBias(0).detach();
+            Assert.True(CoreTestUtil.MaxAbsDiff(Conv1D.SplitKRowProduct(x, w, b), x.matmul(w) + b) < 1e-12);
+        }
+        finally { torch.set_num_threads(before); }
+    }
+}
