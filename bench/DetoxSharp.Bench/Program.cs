@@ -215,7 +215,7 @@ foreach (var (name, cfg, b, t, sftSteps, fwdReps) in configs)
 
 // ---- DPO pairs/s with and without the reference log-prob cache ----
 foreach (var (name, cfg, steps) in new List<(string, Gpt2Config, int)> { (configs[0].name, configs[0].cfg, quick ? 4 : 20) }
-             .Concat(quick ? [] : [(configs[1].name, configs[1].cfg, 6)]))
+             .Concat(quick ? [] : [(configs[1].name, configs[1].cfg, 6), (configs[2].name, configs[2].cfg, 4)]))
 {
     log($"== DPO {name}");
     var res = PreferenceBench.Run(() => new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 }), steps,
