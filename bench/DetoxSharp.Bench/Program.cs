@@ -29,15 +29,8 @@ var log = (string s) => Console.Error.WriteLine($"[{(DateTime.UtcNow - started).
 var sbsIdx = Array.IndexOf(args, "--side-by-side");
 if (sbsIdx >= 0)
 {
-    string cfgName = sbsIdx + 1 < args.Length && !args[sbsIdx + 1].StartsWith("--") ? args[sbsIdx + 1] : "124m";
-    int Arg(string flag, int dflt) { int i = Array.IndexOf(args, flag); return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1]) : dflt; }
-    var sbsCfg = cfgName switch
-    {
-        "124m" => Gpt2Config.Small,
-        "355m" => Gpt2Config.Medium,
-        "toy" => new Gpt2Config { VocabSize = 2000, NEmbd = 128, NLayer = 4, NHead = 4, NPositions = 256, EosTokenId = 1999, BosTokenId = 1999 },
-        _ => throw new ArgumentException($"--side-by-side: expected 124m, 355m or toy, got '{cfgName}'"),
-    };
+    string cfgName = ModeConfig(sbsIdx);
+    var sbsCfg = ConfigNamed(cfgName);
     int sb = Arg("--batch", 4), st = Arg("--seq", 128);
     torch.manual_seed(0);
     using var sbsModel = new Gpt2Model(sbsCfg);
@@ -56,9 +49,7 @@ if (sbsIdx >= 0)
 var abIdx = Array.IndexOf(args, "--precision-ab");
 if (abIdx >= 0)
 {
-    string cfgName = abIdx + 1 < args.Length && !args[abIdx + 1].StartsWith("--") ? args[abIdx + 1] : "124m";
-    int Arg(string flag, int dflt) { int i = Array.IndexOf(args, flag); return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1]) : dflt; }
-    var abCfg = cfgName == "355m" ? Gpt2Config.Medium : Gpt2Config.Small;
+    var abCfg = ConfigNamed(ModeConfig(abIdx));
     int ab = Arg("--batch", 4), at = Arg("--seq", 128), steps = Arg("--sft-steps", 3), nRounds = Arg("--rounds", 3);
     torch.manual_seed(0);
     using var abModel = new Gpt2Model(abCfg);
@@ -97,9 +88,8 @@ if (args.Contains("--fault-probe"))
 var genIdx = Array.IndexOf(args, "--generation");
 if (genIdx >= 0)
 {
-    string cfgName = genIdx + 1 < args.Length && !args[genIdx + 1].StartsWith("--") ? args[genIdx + 1] : "124m";
     torch.manual_seed(0);
-    using var gm = new Gpt2Model(cfgName == "355m" ? Gpt2Config.Medium : Gpt2Config.Small);
+    using var gm = new Gpt2Model(ConfigNamed(ModeConfig(genIdx)));
     foreach (int gb in new[] { 1, 16 })
     {
         var (kvRate, kvOut) = GenerationTokensPerSec(gm, gb, 16, 64, true);
@@ -140,7 +130,7 @@ WriteReport(false);
 // ---- models ----
 var configs = new List<(string name, Gpt2Config cfg, int b, int t, int sftSteps, int fwdReps)>
 {
-    ("toy (4L d128 V2000)", new Gpt2Config { VocabSize = 2000, NEmbd = 128, NLayer = 4, NHead = 4, NPositions = 256, EosTokenId = 1999, BosTokenId = 1999 }, 8, 128, quick ? 3 : 20, quick ? 2 : 10),
+    ("toy (4L d128 V2000)", ToyConfig(), 8, 128, quick ? 3 : 20, quick ? 2 : 10),
     ("gpt2 124M", Gpt2Config.Small, quick ? 1 : 4, quick ? 32 : 128, quick ? 1 : 3, quick ? 1 : 3),
 };
 if (!quick) configs.Add(("gpt2-medium 355M", Gpt2Config.Medium, 2, 128, 2, 2));
@@ -261,6 +251,21 @@ return checks.All(c => c.ok) ? 0 : 1;
 
 // ================= helpers =================
 
+int Arg(string flag, int dflt) { int i = Array.IndexOf(args, flag); return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1]) : dflt; }
+
+// the config name after a mode flag (e.g. `--generation 355m`), 124m when none is given
+string ModeConfig(int flagIdx) => flagIdx + 1 < args.Length && !args[flagIdx + 1].StartsWith("--") ? args[flagIdx + 1] : "124m";
+
+static Gpt2Config ToyConfig() => new() { VocabSize = 2000, NEmbd = 128, NLayer = 4, NHead = 4, NPositions = 256, EosTokenId = 1999, BosTokenId = 1999 };
+
+static Gpt2Config ConfigNamed(string name) => name switch
+{
+    "124m" => Gpt2Config.Small,
+    "355m" => Gpt2Config.Medium,
+    "toy" => ToyConfig(),
+    _ => throw new ArgumentException($"config: expected 124m, 355m or toy, got '{name}'"),
+};
+
 static string FindRepoRoot()
 {
     var d = new DirectoryInfo(Directory.GetCurrentDirectory());
@@ -283,12 +288,18 @@ static double ForwardTokensPerSec(Gpt2Model model, int b, int t, int reps)
     return (double)b * t * reps / sw.Elapsed.TotalSeconds;
 }
 
-static float SftStep(Gpt2Model model, torch.optim.Optimizer opt, Tensor ids)
+/// Next-token cross-entropy over all positions, logits cast to fp32 (as the trainers do for bf16 models).
+static Tensor LmLoss(ICausalLM model, Tensor ids)
+{
+    var logits = model.Forward(ids).to(ScalarType.Float32);
+    long v = logits.shape[^1], t = ids.shape[1];
+    return torch.nn.functional.cross_entropy(logits.narrow(1, 0, t - 1).reshape(-1, v), ids.narrow(1, 1, t - 1).reshape(-1));
+}
+
+static float SftStep(ICausalLM model, torch.optim.Optimizer opt, Tensor ids)
 {
     using var scope = torch.NewDisposeScope();
-    var logits = model.Forward(ids);
-    long v = logits.shape[^1], t = ids.shape[1];
-    var loss = torch.nn.functional.cross_entropy(logits.narrow(1, 0, t - 1).reshape(-1, v), ids.narrow(1, 1, t - 1).reshape(-1));
+    var loss = LmLoss(model, ids);
     opt.zero_grad();
     loss.backward();
     opt.step();
@@ -300,9 +311,7 @@ static float SftStep(Gpt2Model model, torch.optim.Optimizer opt, Tensor ids)
 static float SftMixedStep(MixedPrecision mp, torch.optim.Optimizer opt, Tensor ids)
 {
     using var scope = torch.NewDisposeScope();
-    var logits = mp.Working.Forward(ids).to(ScalarType.Float32);
-    long v = logits.shape[^1], t = ids.shape[1];
-    var loss = torch.nn.functional.cross_entropy(logits.narrow(1, 0, t - 1).reshape(-1, v), ids.narrow(1, 1, t - 1).reshape(-1));
+    var loss = LmLoss(mp.Working, ids);
     opt.zero_grad();
     loss.backward();
     mp.AccumulateGradients();
@@ -311,44 +320,14 @@ static float SftMixedStep(MixedPrecision mp, torch.optim.Optimizer opt, Tensor i
     return loss.item<float>();
 }
 
-static (double tokPerSec, double secPerStep) SftMixedTokensPerSec(Gpt2Model model, int b, int t, int steps)
+/// One warm-up step (allocates optimizer state), then <paramref name="steps"/> timed ones.
+static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) TimeSteps(Func<float> step, int b, int t, int steps)
 {
-    model.train();
-    using var mp = new MixedPrecision(model);
-    using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
-    using var opt = torch.optim.AdamW(model.parameters(), 1e-5);
-    SftMixedStep(mp, opt, ids); // warm-up (allocates optimizer state and the master grads)
+    float first = step(), last = first;
     var sw = Stopwatch.StartNew();
-    for (int i = 0; i < steps; i++) SftMixedStep(mp, opt, ids);
+    for (int i = 0; i < steps; i++) last = step();
     double sec = sw.Elapsed.TotalSeconds;
-    model.eval();
-    return ((double)b * t * steps / sec, sec / steps);
-}
-
-/// `--dtype bfloat16`: the whole model, grads and AdamW state in bf16 (logits cast to fp32 for the loss, as the trainer does).
-static (double tokPerSec, double secPerStep) SftPureBf16TokensPerSec(Gpt2Model model, int b, int t, int steps)
-{
-    using var bf = (Gpt2Model)model.Clone();
-    bf.to(ScalarType.BFloat16);
-    bf.train();
-    using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
-    using var opt = torch.optim.AdamW(bf.parameters(), 1e-5);
-    float Step()
-    {
-        using var scope = torch.NewDisposeScope();
-        var logits = bf.Forward(ids).to(ScalarType.Float32);
-        long v = logits.shape[^1];
-        var loss = torch.nn.functional.cross_entropy(logits.narrow(1, 0, t - 1).reshape(-1, v), ids.narrow(1, 1, t - 1).reshape(-1));
-        opt.zero_grad();
-        loss.backward();
-        opt.step();
-        return loss.item<float>();
-    }
-    Step(); // warm-up
-    var sw = Stopwatch.StartNew();
-    for (int i = 0; i < steps; i++) Step();
-    double sec = sw.Elapsed.TotalSeconds;
-    return ((double)b * t * steps / sec, sec / steps);
+    return ((double)b * t * steps / sec, sec / steps, first, last);
 }
 
 static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftTokensPerSec(Gpt2Model model, int b, int t, int steps)
@@ -356,12 +335,31 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Sf
     model.train();
     using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
     using var opt = torch.optim.AdamW(model.parameters(), 1e-4);
-    float first = SftStep(model, opt, ids), last = first; // warm-up (allocates optimizer state)
-    var sw = Stopwatch.StartNew();
-    for (int i = 0; i < steps; i++) last = SftStep(model, opt, ids);
-    double sec = sw.Elapsed.TotalSeconds;
+    var r = TimeSteps(() => SftStep(model, opt, ids), b, t, steps);
     model.eval();
-    return ((double)b * t * steps / sec, sec / steps, first, last);
+    return r;
+}
+
+static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftMixedTokensPerSec(Gpt2Model model, int b, int t, int steps)
+{
+    model.train();
+    using var mp = new MixedPrecision(model);
+    using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
+    using var opt = torch.optim.AdamW(model.parameters(), 1e-5);
+    var r = TimeSteps(() => SftMixedStep(mp, opt, ids), b, t, steps);
+    model.eval();
+    return r;
+}
+
+/// `--dtype bfloat16`: the whole model, grads and AdamW state in bf16 (logits cast to fp32 for the loss, as the trainer does).
+static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftPureBf16TokensPerSec(Gpt2Model model, int b, int t, int steps)
+{
+    using var bf = (Gpt2Model)model.Clone();
+    bf.to(ScalarType.BFloat16);
+    bf.train();
+    using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
+    using var opt = torch.optim.AdamW(bf.parameters(), 1e-5);
+    return TimeSteps(() => SftStep(bf, opt, ids), b, t, steps);
 }
 
 static double Median(List<double> v)
@@ -405,8 +403,8 @@ string[] RssOver(string what, int steps, Action<int> step)
     GC.Collect(); GC.WaitForPendingFinalizers();
     long at200 = RssKb("VmRSS");
     double growth = 100.0 * (at200 - at20) / at20;
-    log($"{what}: RSS {at20 / 1024.0:F0} → {at200 / 1024.0:F0} MiB ({growth:+0.0;-0.0}%)");
-    return [what, $"{at20 / 1024.0:F0}", $"{at200 / 1024.0:F0}", $"{growth:+0.00;-0.00}%", $"{sw.Elapsed.TotalSeconds / steps * 1000:F1}"];
+    log($"{what}: RSS {at20 / 1024.0:F0} → {at200 / 1024.0:F0} MiB ({growth:+0.0;-0.0;0.0}%)");
+    return [what, $"{at20 / 1024.0:F0}", $"{at200 / 1024.0:F0}", $"{growth:+0.00;-0.00;0.00}%", $"{sw.Elapsed.TotalSeconds / steps * 1000:F1}"];
 }
 
 void WriteReport(bool complete)

@@ -312,14 +312,8 @@ public static class PreferenceTrainer
     public static Tensor CompletionLogpSums(ICausalLM model, SequenceBatch batch)
     {
         long b = batch.Ids.shape[0], t = batch.Ids.shape[1];
-        var hidden = model.ApplyFinalNorm(model.ResidualStream(batch.Ids, batch.AttentionMask)).narrow(1, 0, t - 1); // [B, T-1, d]
-        var flat = batch.CompletionMask.reshape(-1).nonzero().squeeze(1);                 // positions j-1 predicting token j
+        var (lp, flat) = LogProbs.AtPositions(model, batch.Ids, batch.AttentionMask, batch.CompletionMask);
         var rows = flat.div(t - 1, rounding_mode: RoundingMode.floor);
-        var h = hidden.reshape(-1, hidden.shape[^1]).index_select(0, flat);              // [N, d]
-        var logits = torch.nn.functional.linear(h, model.Unembedding);                   // [N, V]
-        if (logits.dtype != ScalarType.Float64) logits = logits.to(ScalarType.Float32);
-        var targets = batch.Ids.narrow(1, 1, t - 1).reshape(-1).index_select(0, flat);
-        var lp = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1);   // [N]
         return torch.zeros(b, lp.dtype, lp.device).index_add(0, rows, lp, 1);
     }
 

@@ -149,16 +149,9 @@ public static class SftTrainer
     /// its <c>ln_final.hook_normalized</c> hook (block hooks run as usual).</summary>
     public static (Tensor SumNll, Tensor Count) MaskedNll(ICausalLM model, Tensor ids, Tensor mask, Tensor targets)
     {
-        long t = ids.shape[1];
         var w = targets[.., 1..];
-        var flat = w.reshape(-1).nonzero().squeeze(1);
-        var hidden = model.ApplyFinalNorm(model.ResidualStream(ids, mask)).narrow(1, 0, t - 1);
-        var h = hidden.reshape(-1, hidden.shape[^1]).index_select(0, flat);
-        var logits = torch.nn.functional.linear(h, model.Unembedding);
-        logits = logits.to(logits.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32);
-        var next = ids[.., 1..].reshape(-1).index_select(0, flat);
-        var tokLogp = logits.log_softmax(-1).gather(-1, next.unsqueeze(-1)).squeeze(-1);
-        return (-tokLogp.sum().to(ScalarType.Float32), w.sum());
+        var (logp, _) = LogProbs.AtPositions(model, ids, mask, w);
+        return (-logp.sum().to(ScalarType.Float32), w.sum());
     }
 
     /// <summary>The same from logits [B,T,V]: the prediction at position t−1 of token t counts iff targets[t] is 1.</summary>

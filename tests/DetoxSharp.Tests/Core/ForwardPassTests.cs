@@ -169,8 +169,15 @@ public class SingleRowProductTests
         int before = torch.get_num_threads();
         try
         {
-            using var m = CoreTestUtil.Tiny(vocab: 11, d: 8, seed: 7); // odd vocabulary: the head's last row is separate
+            // MLP matrices of 256×1024 and a 1025×256 head reach the split threshold; the odd vocabulary makes the
+            // head's last row a separate product
+            using var m = CoreTestUtil.Tiny(vocab: 1025, d: 256, layers: 1, heads: 4, seed: 7, std: 0.05);
             m.to(ScalarType.Float64);
+            torch.set_num_threads(2);
+            Assert.True(Conv1D.SplitRowProduct(m.MlpKeys(0)) && Conv1D.SplitRowProduct(m.MlpValues(0)));
+            Assert.True(m.Unembedding.numel() >= Conv1D.SplitMinElements);
+            torch.set_num_threads(1);
+            Assert.False(Conv1D.SplitRowProduct(m.MlpKeys(0)));
             m.eval();
             var ids = CoreTestUtil.Ids([3]);
             Tensor Run(int threads, out Tensor grad)
@@ -179,17 +186,17 @@ public class SingleRowProductTests
                 m.zero_grad();
                 var logits = m.Forward(ids);
                 logits.pow(2).sum().backward();
-                grad = m.named_parameters().First(p => p.name == "h.1.mlp.c_fc.weight").parameter.grad!.clone();
+                grad = m.named_parameters().First(p => p.name == "h.0.mlp.c_fc.weight").parameter.grad!.clone();
                 return logits.detach().clone();
             }
             var split = Run(2, out var gSplit);
             var plain = Run(1, out var gPlain);
-            Assert.Equal(new long[] { 1, 1, 11 }, split.shape);
+            Assert.Equal(new long[] { 1, 1, 1025 }, split.shape);
             Assert.True(CoreTestUtil.MaxAbsDiff(split, plain) < 1e-12, $"logits differ by {CoreTestUtil.MaxAbsDiff(split, plain)}");
             Assert.True(CoreTestUtil.MaxAbsDiff(gSplit, gPlain) < 1e-12, $"gradients differ by {CoreTestUtil.MaxAbsDiff(gSplit, gPlain)}");
             // and against the unsplit products written out: x·W + b for a Conv1D, h·Eᵀ for the head
             torch.set_num_threads(2);
-            var x = torch.randn(1, 8, ScalarType.Float64);
+            var x = torch.randn(1, 256, ScalarType.Float64);
             var w = m.MlpKeys(0).detach(); var b = m.MlpKeyBias(0).detach();
             Assert.True(CoreTestUtil.MaxAbsDiff(Conv1D.SplitKRowProduct(x, w, b), x.matmul(w) + b) < 1e-12);
         }
