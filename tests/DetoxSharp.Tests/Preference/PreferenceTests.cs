@@ -311,7 +311,7 @@ public class PreferenceDataTests
 
 public class PreferenceTrainerTests
 {
-    static PreferenceTrainerOptions Opts(string cache) => new()
+    internal static PreferenceTrainerOptions Opts(string cache) => new()
     {
         Loss = new PreferenceLossOptions { Beta = 0.1 },
         LearningRate = 1e-3, BatchSize = 2, GradientAccumulation = 2, WarmupSteps = 2, MaxGradNorm = 1.0,

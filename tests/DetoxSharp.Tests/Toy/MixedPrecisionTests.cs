@@ -7,6 +7,7 @@ using TorchSharp;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
 using PrefTiny = DetoxSharp.Tests.Preference.Tiny;
+using PreferenceTrainerTests = DetoxSharp.Tests.Preference.PreferenceTrainerTests;
 
 namespace DetoxSharp.Tests.Toy;
 
@@ -215,12 +216,8 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         full.Dispose(); resumed.Dispose();
     }
 
-    static PreferenceTrainerOptions DpoOpts(string cache) => new()
-    {
-        Loss = new PreferenceLossOptions { Beta = 0.1 },
-        LearningRate = 1e-3, BatchSize = 2, GradientAccumulation = 2, WarmupSteps = 2, MaxGradNorm = 1.0,
-        Validation = 4, EvalEvery = 0, Patience = 0, MaxSteps = 8, Epochs = 2, Seed = 11, CacheDir = cache,
-    };
+    // the preference trainer tests' settings, without mid-run evaluation and with 8 steps
+    static PreferenceTrainerOptions DpoOpts(string cache) => PreferenceTrainerTests.Opts(cache) with { EvalEvery = 0, MaxSteps = 8 };
 
     [Fact]
     public void DpoLossCurveTracksFp32()
