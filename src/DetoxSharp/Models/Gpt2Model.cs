@@ -144,8 +144,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
     {
         var w = wte.weight!;
         long rows = h.numel() / h.shape[^1];
-        if (rows != 1 || w.numel() < Conv1D.SplitMinElements || w.device_type != DeviceType.CPU || torch.get_num_threads() < 2)
-            return torch.nn.functional.linear(h, w);
+        if (rows != 1 || !Conv1D.SplitPaysOff(w)) return torch.nn.functional.linear(h, w);
         long v = w.shape[0], half = v / 2, d = w.shape[1];
         var x = h.reshape(1, 1, d).expand(2, 1, d);
         var parts = torch.bmm(x, w.narrow(0, 0, 2 * half).view(2, half, d).transpose(1, 2)).reshape(1, 2 * half); // [1, 2·half]
@@ -255,8 +254,12 @@ public sealed class Conv1D : nn.Module
     /// product (GEMV) on one thread, which leaves batch-1 decoding at one core's memory bandwidth; two halves of the
     /// input dimension as a 2-batch bmm let two threads read half of W each (bench `--decode-probe`: a pass over the
     /// 124M block weights 26.7 → 21.8 ms). Only with ≥ 2 threads, an even input width, a CPU tensor and a large W.</summary>
-    internal static bool SplitRowProduct(Tensor w) =>
-        w.numel() >= SplitMinElements && w.shape[0] % 2 == 0 && w.device_type == DeviceType.CPU && torch.get_num_threads() > 1;
+    internal static bool SplitRowProduct(Tensor w) => w.shape[0] % 2 == 0 && SplitPaysOff(w);
+
+    /// <summary>Whether splitting a 1-row product with <paramref name="w"/> over two threads is worth it (shared by the
+    /// Conv1D split and the model's head split): ≥ 2 threads, a CPU tensor, a large W.</summary>
+    internal static bool SplitPaysOff(Tensor w) =>
+        w.numel() >= SplitMinElements && w.device_type == DeviceType.CPU && torch.get_num_threads() > 1;
 
     /// <summary>Below this many weights (1 MiB of fp32) a 1-row product is too short for a second thread to pay off.</summary>
     internal const long SplitMinElements = 1 << 18;
