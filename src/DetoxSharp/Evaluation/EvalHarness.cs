@@ -87,6 +87,8 @@ public static class EvalHarness
         line.Object[name] is JsonObject ? line.Nested(name, "text") : line.String(name);
 
     /// <summary>Checks data files and options before any model work.</summary>
+    public const int MaxSamples = 1000;
+
     public static void Check(EvalData data, EvalOptions o)
     {
         if (data.PromptsFile is null && data.PplTextFile is null && data.F1File is null)
@@ -95,8 +97,12 @@ public static class EvalHarness
             if (f is not null && !File.Exists(f)) throw new InvalidInputException($"{flag} {f}: file not found");
         if (o.PromptTokens < 1) throw new InvalidInputException($"--prompt-tokens must be ≥ 1, got {o.PromptTokens}");
         if (o.NewTokens < 1) throw new InvalidInputException($"--new-tokens must be ≥ 1, got {o.NewTokens}");
-        if (o.Samples < 0) throw new InvalidInputException($"--samples must be ≥ 0, got {o.Samples}");
-        if (o.BatchSize < 1) throw new InvalidInputException($"--batch-size must be ≥ 1, got {o.BatchSize}");
+        // RealToxicityPrompts samples 25 continuations per prompt; the bound only catches a mistyped count
+        Require.Count(o.Samples, "--samples", 0, MaxSamples);
+        Require.Count(o.BatchSize, "--batch-size", 1, 4096);
+        if (o.Limit is int limit) Require.Count(limit, "--limit", 1, int.MaxValue);
+        if (o.PplWindow is int w) Require.Count(w, "--ppl-window", 2, 1 << 24);
+        if (o.PplStride is int st) Require.Count(st, "--ppl-stride", 1, 1 << 24);
     }
 
     public static List<EvalRow> Run(IReadOnlyList<EvalModel> models, IReadOnlyList<EvalIntervention> interventions,

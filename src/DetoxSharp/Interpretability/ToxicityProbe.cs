@@ -28,8 +28,8 @@ public sealed record ProbeOptions
         if (BatchSize < 1) throw new InvalidInputException($"--batch-size must be ≥ 1, got {BatchSize}");
         if (!(ValidationFraction > 0 && ValidationFraction < 1)) throw new InvalidInputException($"--val-fraction must be in (0,1), got {ValidationFraction}");
         if (Steps < 1) throw new InvalidInputException($"--steps must be ≥ 1, got {Steps}");
-        if (!(LearningRate > 0)) throw new InvalidInputException($"--lr must be > 0, got {LearningRate}");
-        if (L2 < 0) throw new InvalidInputException($"--l2 must be ≥ 0, got {L2}");
+        Require.Number(LearningRate, "--lr", 0, minExclusive: true);
+        Require.Number(L2, "--l2", 0);
     }
 }
 

@@ -30,9 +30,9 @@ public sealed record PreferenceLossOptions
     public void Validate()
     {
         if (!(Beta > 0) || double.IsInfinity(Beta)) throw new InvalidInputException($"--beta must be > 0 (got {Beta})");
-        if (LabelSmoothing < 0 || LabelSmoothing >= 0.5) throw new InvalidInputException($"--label-smoothing must be in [0, 0.5) (got {LabelSmoothing})");
-        if (RpoAlpha < 0) throw new InvalidInputException("--rpo-alpha must be ≥ 0");
-        if (Gamma < 0) throw new InvalidInputException("--gamma must be ≥ 0");
+        if (!(LabelSmoothing >= 0 && LabelSmoothing < 0.5)) throw new InvalidInputException($"--label-smoothing must be in [0, 0.5) (got {LabelSmoothing})");
+        Require.Number(RpoAlpha, "--rpo-alpha", 0);
+        Require.Number(Gamma, "--gamma", 0);
         if (Gamma > 0 && Type != PreferenceLossType.Sigmoid) throw new InvalidInputException("--gamma (ADPO) requires --loss sigmoid");
     }
 }

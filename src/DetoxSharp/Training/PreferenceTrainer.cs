@@ -51,9 +51,14 @@ public sealed record PreferenceTrainerOptions
         Loss.Validate();
         Truncation.Validate();
         if (Optimizer is not ("rmsprop" or "adamw")) throw new InvalidInputException($"--optimizer: expected rmsprop or adamw, got '{Optimizer}'");
-        if (!(LearningRate > 0)) throw new InvalidInputException("--lr must be > 0");
-        if (BatchSize < 1) throw new InvalidInputException("--batch-size must be ≥ 1");
-        if (GradientAccumulation < 1) throw new InvalidInputException("--grad-accum must be ≥ 1");
+        Require.Number(LearningRate, "--lr", 0, minExclusive: true);
+        Require.Number(WeightDecay, "--weight-decay", 0);
+        Require.Number(MaxGradNorm, "--max-grad-norm", 0);
+        Require.Count(BatchSize, "--batch-size", 1, SftOptions.MaxBatch);
+        Require.Count(GradientAccumulation, "--grad-accum", 1, SftOptions.MaxBatch);
+        Require.Count(Epochs, "--epochs", 1, SftOptions.MaxEpochs);
+        Require.Count(Validation, "--validation", 0, int.MaxValue);
+        Require.Count(SaveEvery, "--save-every", 0, int.MaxValue);
         if (WarmupSteps < 0) throw new InvalidInputException("--warmup must be ≥ 0");
         if (EvalEvery < 0) throw new InvalidInputException("--eval-every must be ≥ 0");
         if (Patience < 0) throw new InvalidInputException("--patience must be ≥ 0");
@@ -101,7 +106,20 @@ public static class PreferenceTrainer
             if (e.Prompt.Concat(e.Chosen).Concat(e.Rejected).Concat(e.Toxic ?? []).Any(id => id >= policy.VocabSize))
                 throw new InvalidInputException($"{e.Where}: text contains a token id outside the policy's vocabulary ({policy.VocabSize}), e.g. a special token it lacks");
         if (!adpo) all = all.Select(e => e with { Toxic = null, ToxicPrompt = null }).ToList();
+        // the split and the step count are checked before any expensive work (the reference log-probs)
+        var indices = Enumerable.Range(0, all.Count).ToList();
+        var (trainIdx, valIdx) = PreferenceData.Split(indices, o.Validation, o.Seed);
+        var micro = new List<int[]>();
+        for (int e = 0; e < o.Epochs; e++)
+        {
+            var order = PreferenceData.Shuffle(trainIdx, o.Seed + 1 + e);
+            for (int i = 0; i < order.Count; i += o.BatchSize) micro.Add(order.Skip(i).Take(o.BatchSize).ToArray());
+        }
+        int totalSteps = micro.Count / o.GradientAccumulation;
+        if (o.MaxSteps is int ms) totalSteps = Math.Min(totalSteps, ms);
+        if (totalSteps < 1) throw new InvalidInputException($"not enough training pairs ({trainIdx.Count}) for one step of {o.BatchSize}×{o.GradientAccumulation}");
         Directory.CreateDirectory(outDir);
+        foreach (var line in AtomicDirectory.RecoverAll(outDir)) log?.Invoke(line);
         string cacheDir = o.CacheDir ?? Path.Combine(outDir, "logp-cache");
 
         // --- reference / π_tox log-probs (computed from starting weights, before resume) ---
@@ -127,17 +145,6 @@ public static class PreferenceTrainer
             liveRef = reference ?? policy.Clone();
         }
 
-        var indices = Enumerable.Range(0, all.Count).ToList();
-        var (trainIdx, valIdx) = PreferenceData.Split(indices, o.Validation, o.Seed);
-        var micro = new List<int[]>();
-        for (int e = 0; e < o.Epochs; e++)
-        {
-            var order = PreferenceData.Shuffle(trainIdx, o.Seed + 1 + e);
-            for (int i = 0; i < order.Count; i += o.BatchSize) micro.Add(order.Skip(i).Take(o.BatchSize).ToArray());
-        }
-        int totalSteps = micro.Count / o.GradientAccumulation;
-        if (o.MaxSteps is int ms) totalSteps = Math.Min(totalSteps, ms);
-        if (totalSteps < 1) throw new InvalidInputException($"not enough training pairs ({trainIdx.Count}) for one step of {o.BatchSize}×{o.GradientAccumulation}");
 
         var parameters = policy.Module.parameters().Where(p => p.requires_grad).ToList();
         TorchSharp.Modules.OptimizerHelper opt = o.Optimizer == "adamw"
@@ -150,12 +157,12 @@ public static class PreferenceTrainer
         if (resumeDir is not null)
         {
             var st = TrainerCheckpoint.Load(resumeDir, policy, opt);
-            step = st["step"]!.GetValue<int>();
-            examples = st["examples"]!.GetValue<int>();
-            bad = st["bad_evals"]!.GetValue<int>();
-            nextEval = st["next_eval"]!.GetValue<int>();
-            best = st["best_val_loss"]?.GetValue<double>();
-            if (st["total_steps"]!.GetValue<int>() != totalSteps) throw new InvalidInputException($"--resume {resumeDir}: checkpoint was made with {st["total_steps"]} total steps, this run has {totalSteps}; use the same data and options");
+            step = TrainerCheckpoint.Int(st, "step", resumeDir);
+            examples = TrainerCheckpoint.Int(st, "examples", resumeDir);
+            bad = TrainerCheckpoint.Int(st, "bad_evals", resumeDir);
+            nextEval = TrainerCheckpoint.Int(st, "next_eval", resumeDir);
+            best = StrictJson.OptionalDouble(st, "best_val_loss", Path.Combine(resumeDir, "trainer_state.json"));
+            if (TrainerCheckpoint.Int(st, "total_steps", resumeDir) != totalSteps) throw new InvalidInputException($"--resume {resumeDir}: checkpoint was made with {st["total_steps"]} total steps, this run has {totalSteps}; use the same data and options");
         }
         var metricsPath = Path.Combine(outDir, "metrics.jsonl");
         using var metrics = new MetricsLog(metricsPath, resumeDir is null ? null : step + 1);

@@ -60,13 +60,27 @@ public sealed record SftOptions
     /// float32 model). Validation loss is computed with the fp32 master, i.e. the weights that are saved.</summary>
     public Precision Precision { get; init; } = Precision.ModelDType;
 
+    /// <summary>Bounds for counts: beyond them a run would only exhaust memory building its batch list.</summary>
+    public const int MaxBatch = 65536, MaxEpochs = 10_000;
+
     public void Validate()
     {
         if (BatchSize < 1) throw new InvalidInputException($"--batch-size must be ≥ 1, got {BatchSize}");
         if (GradientAccumulationSteps < 1) throw new InvalidInputException($"--grad-accum must be ≥ 1, got {GradientAccumulationSteps}");
-        if (!(LearningRate > 0)) throw new InvalidInputException($"--lr must be positive, got {LearningRate}");
+        Require.Number(LearningRate, "--lr", 0, minExclusive: true);
+        Require.Number(WeightDecay, "--weight-decay", 0);
+        Require.Number(MaxGradNorm, "--max-grad-norm", 0);
+        Require.Number(Beta1, "beta1", 0, 1);
+        Require.Number(Beta2, "beta2", 0, 1);
+        Require.Number(Epsilon, "epsilon", 0, minExclusive: true);
+        Require.Number(MinLrRatio, "min lr ratio", 0, 1);
+        Require.Count(WarmupSteps, "--warmup", 0, int.MaxValue);
+        Require.Count(EvalEvery, "--eval-every", 0, int.MaxValue);
+        Require.Count(CheckpointEvery, "--save-every", 0, int.MaxValue);
+        Require.Count(BatchSize, "--batch-size", 1, MaxBatch);
         if (MaxLength is < 2) throw new InvalidInputException($"--max-length must be ≥ 2, got {MaxLength}");
         if (!(Epochs > 0) && MaxSteps is null) throw new InvalidInputException($"--epochs must be positive, got {Epochs}");
+        Require.Number(Epochs, "--epochs", 0, MaxEpochs);
         if (MaxSteps is < 1) throw new InvalidInputException($"--max-steps must be ≥ 1, got {MaxSteps}");
     }
 }
@@ -215,14 +229,15 @@ public static class SftTrainer
         using var optimizer = torch.optim.AdamW(parameters, options.LearningRate, options.Beta1, options.Beta2, options.Epsilon, options.WeightDecay);
 
         string? ckptDir = options.OutputDir is null ? null : Path.Combine(options.OutputDir, "checkpoint");
+        if (options.OutputDir is not null) AtomicDirectory.RecoverAll(options.OutputDir);
         int step = 0;
         long tokens = 0;
         if (options.Resume && ckptDir is not null && TrainerCheckpoint.Exists(ckptDir))
         {
             var st = TrainerCheckpoint.Load(ckptDir, model, optimizer);
-            step = st["step"]!.GetValue<int>();
-            tokens = st["tokens"]?.GetValue<long>() ?? 0;
-            if (st["total_steps"]?.GetValue<int>() is int ts && ts != totalSteps)
+            step = TrainerCheckpoint.Int(st, "step", ckptDir);
+            tokens = StrictJson.OptionalLong(st, "tokens", Path.Combine(ckptDir, "trainer_state.json")) ?? 0;
+            if (StrictJson.OptionalInt(st, "total_steps", Path.Combine(ckptDir, "trainer_state.json")) is int ts && ts != totalSteps)
                 throw new InvalidInputException($"{ckptDir}: checkpoint was made for {ts} total steps, this run has {totalSteps} (same data and options needed to resume)");
         }
         using var metrics = options.OutputDir is null ? null : new MetricsLog(Path.Combine(options.OutputDir, "metrics.jsonl"), options.Resume ? step + 1 : null); // records carry the 1-based step just done
