@@ -14,31 +14,35 @@ namespace DetoxSharp.Data;
 public static class StrictJson
 {
     static readonly JsonDocumentOptions DocOptions = new() { AllowDuplicateProperties = false, MaxDepth = 64 };
+    /// <summary>For hand-written settings files (the study config): // comments and trailing commas allowed.</summary>
+    static readonly JsonDocumentOptions LenientDocOptions = DocOptions with { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true };
     static readonly UTF8Encoding Utf8Strict = new(false, throwOnInvalidBytes: true);
 
     /// <summary>Parses a whole file; <paramref name="what"/> names the kind of file in messages ("config.json").</summary>
-    public static JsonNode? ParseFile(string path, string what)
+    public static JsonNode? ParseFile(string path, string what, bool allowComments = false)
     {
         if (!File.Exists(path)) throw new InvalidInputException($"{path}: file not found");
         byte[] bytes;
         try { bytes = File.ReadAllBytes(path); }
         catch (IOException e) { throw new InvalidInputException($"{path}: cannot read ({e.Message})"); }
         catch (UnauthorizedAccessException e) { throw new InvalidInputException($"{path}: cannot read ({e.Message})"); }
-        return Parse(bytes, path, what);
+        return Parse(bytes, path, what, allowComments);
     }
 
     public static JsonObject ParseFileObject(string path, string what) =>
         ParseFile(path, what) as JsonObject ?? throw new InvalidInputException($"{path}: not a valid {what} (expected a JSON object)");
 
     /// <summary>Parses UTF-8 bytes; <paramref name="where"/> prefixes every message.</summary>
-    public static JsonNode? Parse(ReadOnlySpan<byte> bytes, string where, string what)
+    public static JsonNode? Parse(ReadOnlySpan<byte> bytes, string where, string what, bool allowComments = false)
     {
         if (bytes.StartsWith((ReadOnlySpan<byte>)[0xEF, 0xBB, 0xBF])) bytes = bytes[3..];
         try { Utf8Strict.GetCharCount(bytes); }
         catch (DecoderFallbackException e) { throw new InvalidInputException($"{where}: not a valid {what} (invalid UTF-8 at byte {e.Index})"); }
         JsonNode? node;
-        try { node = JsonNode.Parse(bytes, null, DocOptions); }
+        try { node = JsonNode.Parse(bytes, null, allowComments ? LenientDocOptions : DocOptions); }
         catch (JsonException e) { throw new InvalidInputException($"{where}{LineOf(e)}: not a valid {what} ({FirstSentence(e.Message)})"); }
+        // the duplicate-key check unescapes every key while parsing: a lone surrogate escape in a key fails there
+        catch (InvalidOperationException e) { throw new InvalidInputException($"{where}: not a valid {what} (invalid key: {FirstSentence(e.Message)})"); }
         Check(node, "", where, what);
         return node;
     }

@@ -214,6 +214,12 @@ public sealed class BpeVocabulary
             vocab[token] = id;
         }
         if (vocab.Count == 0) throw new InvalidInputException($"{where}: empty vocabulary");
+        // byte-level BPE: without a token for every byte, text containing that byte would be dropped silently
+        for (int b = 0; b < 256; b++)
+        {
+            var t = BytesToTokenString([(byte)b]);
+            if (!vocab.ContainsKey(t)) throw new InvalidInputException($"{where}: lacks the byte-level token \"{t}\" (byte {b}); a GPT-2 vocabulary has one for each of the 256 bytes");
+        }
         return vocab;
     }
 
