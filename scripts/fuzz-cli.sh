@@ -81,6 +81,13 @@ def model_copy(name):
 runs = []
 def add(label, *args): runs.append(label + "\t" + " ".join(f"'{a}'" for a in args))
 
+# unmodified inputs: must all succeed, or the corpus below measures a broken setup
+add("baseline", "score", "--model", model, "--text", "hello there")
+add("baseline", "info", "--model", model)
+add("baseline", "generate", "--model", model, "--prompt", "hello", "--max-new-tokens", "3")
+add("baseline", "eval", "--model", model, "--prompts", f"{work}/prompts.jsonl", "--scorer", "toy", "--out", f"{work}/o/eval-base", "--new-tokens", "2", "--limit", "3")
+add("baseline", "dpo", "--model", model, "--data", f"{work}/pairs.jsonl", "--out", f"{work}/o/dpo-base", "--max-steps", "1", "--validation", "1", "--batch-size", "1", "--warmup", "0")
+add("baseline", "probe", "--model", model, "--data", f"{work}/comments.csv", "--out", f"{work}/o/probe-base", "--steps", "2")
 # model files: each mutant is scored, described and continued
 files = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "added_tokens.json"]
 for f in files:
@@ -136,7 +143,8 @@ dpo = ["dpo", "--model", model, "--data", f"{work}/pairs.jsonl", "--out", f"{wor
 for flag, vals in {"--lr": ["Infinity", "NaN", "-1", "0", "1e400"], "--max-grad-norm": ["NaN", "-Infinity", "-3"], "--beta": ["0", "NaN", "Infinity"],
                    "--label-smoothing": ["0.5", "NaN"], "--validation": ["-1", "100", "2147483647"], "--epochs": ["0", "2147483647"],
                    "--batch-size": ["0", "-4", "2147483647"], "--warmup": ["-1"], "--max-steps": ["0", "-1"], "--weight-decay": ["NaN", "-1"]}.items():
-    for v in vals: add(f"flag:dpo {flag}", *dpo, flag, v)
+    base = [a for i, a in enumerate(dpo) if not (a == flag or (i > 0 and dpo[i - 1] == flag))]
+    for v in vals: add(f"flag:dpo {flag}", *base, flag, v)
 gen = ["generate", "--model", model, "--prompt", "hello"]
 for flag, vals in {"--max-new-tokens": ["2147483647", "-1", "100000"], "--temperature": ["0", "NaN", "Infinity", "-1"], "--top-p": ["0", "1.5", "NaN"], "--top-k": ["-1"]}.items():
     for v in vals: add(f"flag:generate {flag}", *gen, flag, v)
@@ -156,7 +164,8 @@ echo "corpus: $total runs"
 # --- run them ---
 run_one() {
   local n=$1 label=$2 cmd=$3 rc
-  eval "timeout $TIMEOUT \"$DETOX\" --threads 1 $cmd" >"$WORK/out/$n.out" 2>"$WORK/out/$n.err" && rc=0 || rc=$?
+  local threads="--threads 1"; [[ $cmd == *--threads* ]] && threads=""
+  eval "timeout $TIMEOUT \"$DETOX\" $threads $cmd" >"$WORK/out/$n.out" 2>"$WORK/out/$n.err" && rc=0 || rc=$?
   local trace=0
   grep -q '^   at ' "$WORK/out/$n.err" && trace=1
   local oneline=0  # the error is the last stderr line, "detox: …" (progress lines may precede it)
@@ -185,4 +194,6 @@ if [[ $bad -gt 0 || $traces -gt 0 ]]; then
     head -n 2 "$WORK/out/$n.err" | sed 's/^/      /'
   done
 fi
-[[ $bad -eq 0 && $traces -eq 0 ]]
+base_bad=$(awk -F'\t' '$2=="baseline" && $3!=0' "$WORK/results.tsv" | wc -l)
+echo "baseline runs (unmodified inputs) failing: $base_bad"
+[[ $bad -eq 0 && $traces -eq 0 && $base_bad -eq 0 ]]

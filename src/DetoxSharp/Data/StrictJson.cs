@@ -33,14 +33,14 @@ public static class StrictJson
         ParseFile(path, what) as JsonObject ?? throw new InvalidInputException($"{path}: not a valid {what} (expected a JSON object)");
 
     /// <summary>Parses UTF-8 bytes; <paramref name="where"/> prefixes every message.</summary>
-    public static JsonNode? Parse(ReadOnlySpan<byte> bytes, string where, string what, bool allowComments = false)
+    public static JsonNode? Parse(ReadOnlySpan<byte> bytes, string where, string what, bool allowComments = false, bool lineInWhere = false)
     {
         if (bytes.StartsWith((ReadOnlySpan<byte>)[0xEF, 0xBB, 0xBF])) bytes = bytes[3..];
         try { Utf8Strict.GetCharCount(bytes); }
         catch (DecoderFallbackException e) { throw new InvalidInputException($"{where}: not a valid {what} (invalid UTF-8 at byte {e.Index})"); }
         JsonNode? node;
         try { node = JsonNode.Parse(bytes, null, allowComments ? LenientDocOptions : DocOptions); }
-        catch (JsonException e) { throw new InvalidInputException($"{where}{LineOf(e)}: not a valid {what} ({FirstSentence(e.Message)})"); }
+        catch (JsonException e) { throw new InvalidInputException($"{where}{(lineInWhere ? "" : LineOf(e))}: not a valid {what}: malformed JSON ({FirstSentence(e.Message)})"); }
         // the duplicate-key check unescapes every key while parsing: a lone surrogate escape in a key fails there
         catch (InvalidOperationException e) { throw new InvalidInputException($"{where}: not a valid {what} (invalid key: {FirstSentence(e.Message)})"); }
         Check(node, "", where, what);
@@ -54,7 +54,7 @@ public static class StrictJson
         byte[] bytes;
         try { bytes = Utf8Strict.GetBytes(text); }
         catch (EncoderFallbackException) { throw new InvalidInputException($"{where}: not a valid {what} (invalid Unicode text)"); }
-        return Parse(bytes, where, what);
+        return Parse(bytes, where, what, lineInWhere: true);
     }
 
     static string LineOf(JsonException e) => e.LineNumber is long l ? $":{l + 1}" : "";

@@ -36,11 +36,12 @@ public sealed record PplmOptions
     public void Validate()
     {
         if (!(StepSize >= 0) || double.IsInfinity(StepSize)) throw new InvalidInputException($"--pplm-step-size must be a finite number ≥ 0, got {StepSize}");
-        if (Iterations < 0) throw new InvalidInputException($"--pplm-iterations must be ≥ 0, got {Iterations}");
+        Require.Count(Iterations, "--pplm-iterations", 0, 1000);
         if (!(KlScale >= 0) || double.IsInfinity(KlScale)) throw new InvalidInputException($"--pplm-kl-scale must be a finite number ≥ 0, got {KlScale}");
         if (!(GmScale >= 0 && GmScale <= 1)) throw new InvalidInputException($"--pplm-gm-scale must be in [0, 1], got {GmScale}");
         if (TopK < 0) throw new InvalidInputException($"--pplm-top-k must be ≥ 0, got {TopK}");
         if (!(Temperature > 0) || double.IsInfinity(Temperature)) throw new InvalidInputException($"--pplm-temperature must be > 0, got {Temperature}");
+        if (Horizon > 1000) throw new InvalidInputException($"--pplm-horizon {Horizon} exceeds the limit of 1000");
         if (Horizon < 1) throw new InvalidInputException($"--pplm-horizon must be ≥ 1 (the attribute loss reaches the past only through the horizon), got {Horizon}");
         if (Window < 0) throw new InvalidInputException($"--pplm-window must be ≥ 0 (0 = all past positions), got {Window}");
         if (!(Gamma >= 0) || double.IsInfinity(Gamma)) throw new InvalidInputException($"--pplm-gamma must be a finite number ≥ 0, got {Gamma}");

@@ -27,7 +27,7 @@ public sealed record ProbeOptions
         if (MaxTokens < 1) throw new InvalidInputException($"--max-tokens must be ≥ 1, got {MaxTokens}");
         if (BatchSize < 1) throw new InvalidInputException($"--batch-size must be ≥ 1, got {BatchSize}");
         if (!(ValidationFraction > 0 && ValidationFraction < 1)) throw new InvalidInputException($"--val-fraction must be in (0,1), got {ValidationFraction}");
-        if (Steps < 1) throw new InvalidInputException($"--steps must be ≥ 1, got {Steps}");
+        Require.Count(Steps, "--steps", 1, 1_000_000);
         Require.Number(LearningRate, "--lr", 0, minExclusive: true);
         Require.Number(L2, "--l2", 0);
     }

@@ -75,15 +75,21 @@ static class Fuzz
     static Mutant DeleteRange(byte[] b, Random rng)
     {
         if (b.Length < 2) return new("empty", []);
-        int i = rng.Next(b.Length), n = 1 + rng.Next(Math.Min(16, b.Length - i));
+        var (i, n) = RangeOf(b, rng, 16);
         return new($"delete {n} bytes at {i}", [.. b[..i], .. b[(i + n)..]]);
     }
 
     static Mutant DuplicateRange(byte[] b, Random rng)
     {
         if (b.Length < 2) return new("empty", []);
-        int i = rng.Next(b.Length), n = 1 + rng.Next(Math.Min(32, b.Length - i));
+        var (i, n) = RangeOf(b, rng, 32);
         return new($"duplicate {n} bytes at {i}", [.. b[..(i + n)], .. b[i..(i + n)], .. b[(i + n)..]]);
+    }
+
+    static (int Start, int Length) RangeOf(byte[] b, Random rng, int max)
+    {
+        int i = rng.Next(b.Length);
+        return (i, 1 + rng.Next(Math.Min(max, b.Length - i)));
     }
 
     static Mutant DuplicateKey(byte[] b, Random rng)
