@@ -187,7 +187,7 @@ public sealed class BpeVocabulary
                 throw new InvalidInputException($"{mergesPath}:{lineNo}: expected two space-separated tokens");
             merges.Add((parts[0], parts[1]));
         }
-        CheckMerges(vocab, merges, i => $"{mergesPath}:{MergeLine(lines, i)}");
+        CheckMerges(vocab, merges, i => $"{mergesPath}:{MergeLine(lines, i)}", mergesPath);
         return new BpeVocabulary(vocab, merges);
     }
 
@@ -223,15 +223,24 @@ public sealed class BpeVocabulary
         return vocab;
     }
 
-    /// <summary>Byte-level BPE merges join two vocabulary tokens into a third (as Hugging Face's BPE builder requires).</summary>
-    static void CheckMerges(Dictionary<string, int> vocab, List<(string Left, string Right)> merges, Func<int, string> where)
+    /// <summary>Byte-level BPE merges join two vocabulary tokens into a third (as Hugging Face's BPE builder requires),
+    /// and every token beyond the 256 bytes and &lt;|special|&gt; ones is made by a merge: otherwise BPE can never
+    /// produce it, which is what a truncated or emptied merges file looks like (text would tokenize differently from
+    /// the model's training, silently).</summary>
+    static void CheckMerges(Dictionary<string, int> vocab, List<(string Left, string Right)> merges, Func<int, string> where, string mergesSource)
     {
+        var made = new HashSet<string>();
         for (int i = 0; i < merges.Count; i++)
         {
             var (l, r) = merges[i];
             foreach (var t in new[] { l, r, l + r })
                 if (!vocab.ContainsKey(t)) throw new InvalidInputException($"{where(i)}: merge \"{l} {r}\" uses token \"{t}\", which the vocabulary lacks");
+            made.Add(l + r);
         }
+        var bytes = Table.Value.charToByte;
+        foreach (var (token, id) in vocab)
+            if (!(token.Length == 1 && bytes.ContainsKey(token[0])) && !(token.StartsWith("<|") && token.EndsWith("|>")) && !made.Contains(token))
+                throw new InvalidInputException($"{mergesSource}: no merge makes the vocabulary's token \"{token}\" (id {id}); is the merges list truncated?");
     }
 
     /// <summary>Reads the BPE model out of a Hugging Face tokenizer.json (model.type = BPE); checked like
@@ -259,7 +268,7 @@ public sealed class BpeVocabulary
                 merges.Add((parts[0], parts[1]));
             }
         }
-        CheckMerges(vocab, merges, i => $"{path}: model.merges[{i}]");
+        CheckMerges(vocab, merges, i => $"{path}: model.merges[{i}]", $"{path}: model.merges");
         if (root["added_tokens"] is JsonNode addedNode)
         {
             if (addedNode is not JsonArray added) throw new InvalidInputException($"{path}: added_tokens must be a list");
