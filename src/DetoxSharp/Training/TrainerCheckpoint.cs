@@ -20,6 +20,14 @@ public static class TrainerCheckpoint
     /// <summary>Key under which the optimizer's kind (its TorchSharp type name) is recorded in trainer_state.json:
     /// optimizer.bin has no self-description, and TorchSharp reads another optimizer's state as garbage or fails.</summary>
     const string OptimizerKey = "optimizer_kind";
+    const string ChecksumKey = "sha256";
+    static readonly string[] Checksummed = ["optimizer.bin", "rng.bin", "model/model.safetensors"];
+
+    static string Sha256(string path)
+    {
+        using var f = File.OpenRead(path);
+        return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(f));
+    }
 
     public static void Save(string dir, ICausalLM model, Gpt2Tokenizer? tokenizer, TorchSharp.Modules.OptimizerHelper optimizer, JsonObject trainerState)
     {
@@ -31,6 +39,11 @@ public static class TrainerCheckpoint
             optimizer.save_state_dict(Path.Combine(tmp, "optimizer.bin"));
             using (var rng = torch.get_rng_state())
                 File.WriteAllBytes(Path.Combine(tmp, "rng.bin"), rng.bytes.ToArray());
+            // no format here has a checksum: a flipped byte inside optimizer.bin, rng.bin or the weights would load
+            // silently, so their SHA-256 goes into trainer_state.json and is checked on resume
+            var sums = new JsonObject();
+            foreach (var f in Checksummed) sums[f] = Sha256(Path.Combine(tmp, f));
+            state[ChecksumKey] = sums;
             File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         });
     }
@@ -57,6 +70,18 @@ public static class TrainerCheckpoint
         var rngPath = Path.Combine(dir, "rng.bin");
         foreach (var f in new[] { optPath, rngPath })
             if (!File.Exists(f)) throw new InvalidInputException($"{f}: missing from the checkpoint");
+        if (state[ChecksumKey] is JsonNode sumsNode)
+        {
+            if (sumsNode is not JsonObject sums) throw new InvalidInputException($"{statePath}: \"{ChecksumKey}\" must be an object");
+            foreach (var (f, expected) in sums)
+            {
+                if (!Checksummed.Contains(f)) continue;
+                var file = Path.Combine(dir, f);
+                if (!File.Exists(file)) throw new InvalidInputException($"{file}: missing from the checkpoint");
+                if (StrictJson.String(expected, statePath, $"{ChecksumKey}.{f}") != Sha256(file))
+                    throw new InvalidInputException($"{file}: corrupt (its SHA-256 differs from the one trainer_state.json recorded when the checkpoint was written)");
+            }
+        }
         var bytes = File.ReadAllBytes(rngPath);
         using (var current = torch.get_rng_state())
             if (bytes.Length != current.bytes.Length)

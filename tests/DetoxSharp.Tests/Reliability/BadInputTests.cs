@@ -217,7 +217,7 @@ public class BadInputTests
     [Theory]
     [InlineData("trainer_state.json", "{\"step\":1,\"step\":2}", "Duplicate")]
     [InlineData("trainer_state.json", "{\"step\":1", "trainer_state.json")]
-    [InlineData("rng.bin", "xx", "RNG state")]
+    [InlineData("rng.bin", "xx", "rng.bin")]
     [InlineData("optimizer.bin", "garbage!", "optimizer.bin")]
     public void CorruptCheckpointFilesAreRejectedOnResume(string file, string content, string expected)
     {
@@ -226,6 +226,25 @@ public class BadInputTests
         using var fresh = CoreTestUtil.Tiny(vocab: saved.VocabSize, d: 8, layers: 1, heads: 2, positions: 16, seed: 7);
         using var adam = torch.optim.AdamW(fresh.parameters(), 1e-3);
         Rejects(() => TrainerCheckpoint.Load(dir, fresh, adam), expected);
+        saved.Dispose();
+    }
+
+    [Theory]
+    [InlineData("optimizer.bin")]
+    [InlineData("rng.bin")]
+    [InlineData("model/model.safetensors")]
+    public void AFlippedByteInACheckpointFileIsCaughtByItsChecksum(string file)
+    {
+        var (dir, saved) = SavedTrainerCheckpoint(adamw: true);
+        var path = Path.Combine(dir, file);
+        var bytes = File.ReadAllBytes(path);
+        bytes[^3] ^= 0x10; // inside the data: the file still parses
+        File.WriteAllBytes(path, bytes);
+        using var fresh = CoreTestUtil.Tiny(vocab: saved.VocabSize, d: 8, layers: 1, heads: 2, positions: 16, seed: 7);
+        var before = Weights(fresh);
+        using var adam = torch.optim.AdamW(fresh.parameters(), 1e-3);
+        Rejects(() => TrainerCheckpoint.Load(dir, fresh, adam), file.Split('/')[^1], "SHA-256");
+        Assert.Equal(before, Weights(fresh));
         saved.Dispose();
     }
 
