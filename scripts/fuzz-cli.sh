@@ -38,8 +38,8 @@ EOF
 head -c 4000 "$WORLD/comments.csv" | head -n 30 > "$WORK/comments.csv"
 head -n 6 "$WORLD/challenge_prompts.jsonl" > "$WORK/prompts.jsonl"
 # a resumable DPO checkpoint to corrupt
-"$DETOX" --threads 1 dpo --model "$MODEL" --data "$WORK/pairs.jsonl" --out "$WORK/dpo" --max-steps 2 --save-every 1 \
-  --validation 1 --batch-size 1 --warmup 0 >/dev/null 2>"$WORK/dpo.err" || { cat "$WORK/dpo.err" >&2; exit 1; }
+"$DETOX" --threads 1 dpo --model "$MODEL" --data "$WORK/pairs.jsonl" --out "$WORK/dpo" --max-steps 2 --checkpoint-every 1 \
+  --validation-size 1 --batch-size 1 --warmup 0 >/dev/null 2>"$WORK/dpo.err" || { cat "$WORK/dpo.err" >&2; exit 1; }
 
 # --- the corpus: one line per run, "label<TAB>command…" ---
 python3 - "$WORK" "$MODEL" "$SEED" "$PER_KIND" <<'EOF' > "$WORK/runs.tsv"
@@ -85,9 +85,9 @@ def add(label, *args): runs.append(label + "\t" + " ".join(f"'{a}'" for a in arg
 add("baseline", "score", "--model", model, "--text", "hello there")
 add("baseline", "info", "--model", model)
 add("baseline", "generate", "--model", model, "--prompt", "hello", "--max-new-tokens", "3")
-add("baseline", "eval", "--model", model, "--prompts", f"{work}/prompts.jsonl", "--scorer", "toy", "--out", f"{work}/o/eval-base", "--new-tokens", "2", "--limit", "3")
-add("baseline", "dpo", "--model", model, "--data", f"{work}/pairs.jsonl", "--out", f"{work}/o/dpo-base", "--max-steps", "1", "--validation", "1", "--batch-size", "1", "--warmup", "0")
-add("baseline", "probe", "--model", model, "--data", f"{work}/comments.csv", "--out", f"{work}/o/probe-base", "--steps", "2")
+add("baseline", "eval", "--model", model, "--prompts", f"{work}/prompts.jsonl", "--scorer", "toy", "--out", f"{work}/o/eval-base", "--max-new-tokens", "2", "--limit", "3")
+add("baseline", "dpo", "--model", model, "--data", f"{work}/pairs.jsonl", "--out", f"{work}/o/dpo-base", "--max-steps", "1", "--validation-size", "1", "--batch-size", "1", "--warmup", "0")
+add("baseline", "probe", "--model", model, "--data", f"{work}/comments.csv", "--out", f"{work}/o/probe-base", "--max-steps", "2")
 # model files: each mutant is scored, described and continued
 files = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "added_tokens.json"]
 for f in files:
@@ -122,11 +122,11 @@ def data_mutants(src, kind, ext):
         p = os.path.join(work, "d", f"{kind}-{i}.{ext}"); os.makedirs(os.path.dirname(p), exist_ok=True)
         open(p, "wb").write(mutate(orig, ext == "jsonl")); yield i, p
 for i, p in data_mutants(os.path.join(work, "prompts.jsonl"), "prompts", "jsonl"):
-    add("data:eval-prompts", "eval", "--model", model, "--prompts", p, "--scorer", "toy", "--out", f"{work}/o/eval{i}", "--new-tokens", "2", "--limit", "3")
+    add("data:eval-prompts", "eval", "--model", model, "--prompts", p, "--scorer", "toy", "--out", f"{work}/o/eval{i}", "--max-new-tokens", "2", "--limit", "3")
 for i, p in data_mutants(os.path.join(work, "pairs.jsonl"), "pairs", "jsonl"):
-    add("data:dpo-pairs", "dpo", "--model", model, "--data", p, "--out", f"{work}/o/dpo{i}", "--max-steps", "1", "--validation", "1", "--batch-size", "1", "--warmup", "0")
+    add("data:dpo-pairs", "dpo", "--model", model, "--data", p, "--out", f"{work}/o/dpo{i}", "--max-steps", "1", "--validation-size", "1", "--batch-size", "1", "--warmup", "0")
 for i, p in data_mutants(os.path.join(work, "comments.csv"), "comments", "csv"):
-    add("data:probe-csv", "probe", "--model", model, "--data", p, "--out", f"{work}/o/probe{i}", "--steps", "2")
+    add("data:probe-csv", "probe", "--model", model, "--data", p, "--out", f"{work}/o/probe{i}", "--max-steps", "2")
 # resume from corrupted checkpoints
 ck = os.path.join(work, "dpo", "checkpoint")
 for f, js in [("trainer_state.json", True), ("optimizer.bin", False), ("rng.bin", False)]:
@@ -135,13 +135,13 @@ for f, js in [("trainer_state.json", True), ("optimizer.bin", False), ("rng.bin"
         d = os.path.join(work, "c", f"{f}-{i}"); shutil.copytree(ck, d)
         open(os.path.join(d, f), "wb").write(mutate(orig, js))
         add(f"resume:{f}", "dpo", "--model", model, "--data", f"{work}/pairs.jsonl", "--out", f"{work}/o/res-{f}-{i}", "--resume", d,
-            "--max-steps", "2", "--validation", "1", "--batch-size", "1", "--warmup", "0")
+            "--max-steps", "2", "--validation-size", "1", "--batch-size", "1", "--warmup", "0")
 add("resume:optimizer-kind", "dpo", "--model", model, "--data", f"{work}/pairs.jsonl", "--out", f"{work}/o/res-kind", "--resume", ck,
-    "--max-steps", "2", "--validation", "1", "--batch-size", "1", "--warmup", "0", "--optimizer", "adamw")
+    "--max-steps", "2", "--validation-size", "1", "--batch-size", "1", "--warmup", "0", "--optimizer", "adamw")
 # flags
-dpo = ["dpo", "--model", model, "--data", f"{work}/pairs.jsonl", "--out", f"{work}/o/flags", "--max-steps", "1", "--validation", "1", "--batch-size", "1"]
+dpo = ["dpo", "--model", model, "--data", f"{work}/pairs.jsonl", "--out", f"{work}/o/flags", "--max-steps", "1", "--validation-size", "1", "--batch-size", "1"]
 for flag, vals in {"--lr": ["Infinity", "NaN", "-1", "0", "1e400"], "--max-grad-norm": ["NaN", "-Infinity", "-3"], "--beta": ["0", "NaN", "Infinity"],
-                   "--label-smoothing": ["0.5", "NaN"], "--validation": ["-1", "100", "2147483647"], "--epochs": ["0", "2147483647"],
+                   "--label-smoothing": ["0.5", "NaN"], "--validation-size": ["-1", "100", "2147483647"], "--epochs": ["0", "2147483647"],
                    "--batch-size": ["0", "-4", "2147483647"], "--warmup": ["-1"], "--max-steps": ["0", "-1"], "--weight-decay": ["NaN", "-1"]}.items():
     base = [a for i, a in enumerate(dpo) if not (a == flag or (i > 0 and dpo[i - 1] == flag))]
     for v in vals: add(f"flag:dpo {flag}", *base, flag, v)
@@ -149,11 +149,11 @@ gen = ["generate", "--model", model, "--prompt", "hello"]
 for flag, vals in {"--max-new-tokens": ["2147483647", "-1", "100000"], "--temperature": ["0", "NaN", "Infinity", "-1"], "--top-p": ["0", "1.5", "NaN"], "--top-k": ["-1"]}.items():
     for v in vals: add(f"flag:generate {flag}", *gen, flag, v)
 ev = ["eval", "--model", model, "--prompts", f"{work}/prompts.jsonl", "--scorer", "toy", "--out", f"{work}/o/evflags"]
-for flag, vals in {"--limit": ["-5", "0"], "--samples": ["100000000", "-1"], "--new-tokens": ["0", "2147483647"], "--batch-size": ["0", "100000"],
-                   "--prompt-tokens": ["0", "2147483647"], "--rate-limit": ["NaN"], "--ppl-window": ["1", "-3"]}.items():
+for flag, vals in {"--limit": ["-5", "0"], "--samples": ["100000000", "-1"], "--max-new-tokens": ["0", "2147483647"], "--batch-size": ["0", "100000"],
+                   "--max-prompt-tokens": ["0", "2147483647"], "--rate-limit": ["NaN"], "--ppl-window": ["1", "-3"]}.items():
     for v in vals: add(f"flag:eval {flag}", *ev, flag, v)
 pr = ["probe", "--model", model, "--data", f"{work}/comments.csv", "--out", f"{work}/o/prflags"]
-for flag, vals in {"--val-fraction": ["NaN", "1", "0"], "--lr": ["Infinity", "0"], "--l2": ["NaN", "-1"], "--steps": ["0", "-1"], "--max-tokens": ["0"], "--batch-size": ["0"]}.items():
+for flag, vals in {"--validation-fraction": ["NaN", "1", "0"], "--lr": ["Infinity", "0"], "--l2": ["NaN", "-1"], "--max-steps": ["0", "-1"], "--max-tokens": ["0"], "--batch-size": ["0"]}.items():
     for v in vals: add(f"flag:probe {flag}", *pr, flag, v)
 add("flag:threads", "--threads", "0", "info", "--model", model)
 print("\n".join(runs))

@@ -11,12 +11,12 @@ using static TorchSharp.torch;
 namespace DetoxSharp.Training;
 
 /// <summary>Activation steering: add α·direction to a hook point's output at every position while generating.</summary>
-public sealed record SteeringOptions(string VectorFile, string? Key, double Scale, int Layer, string Hook = "resid_post")
+public sealed record SteeringOptions(string VectorFile, string? Key, double Scale, int Layer, string Hook)
 {
     public string HookName => Hook switch
     {
-        "resid_post" => $"blocks.{Layer}.hook_resid_post",
-        "mlp_out" => $"blocks.{Layer}.hook_mlp_out",
+        "resid_post" => HookNames.ResidPost(Layer),
+        "mlp_out" => HookNames.MlpOut(Layer),
         _ => throw new InvalidInputException($"--steer-hook: expected resid_post or mlp_out, got '{Hook}'"),
     };
 
@@ -41,11 +41,14 @@ public sealed record SteeringOptions(string VectorFile, string? Key, double Scal
 
 public sealed record PairMakerOptions
 {
+    [Setting("prompt limit in tokens (cut from the left)")]
     public int MaxPromptTokens { get; init; } = 64;
+    [Setting("tokens per continuation")]
     public int MaxNewTokens { get; init; } = 20;
     public int BatchSize { get; init; } = 16;
     /// <summary>Sampling temperature for the ADPO toxic response y_t (sampled so it differs from a greedy rejected).</summary>
     public double ToxicTemperature { get; init; } = 1.0;
+    [Setting("seed for sampling (y_t of triples, PPLM's rejected)")]
     public long Seed { get; init; } = 42;
 }
 
@@ -79,9 +82,9 @@ public static class PairMaker
         ICausalLM? toxicModel = null, Gpt2Tokenizer? toxicTokenizer = null, SteeringOptions? steer = null, bool triples = false,
         Action<int, int>? progress = null, Action<string>? warn = null, PplmPairOptions? pplm = null)
     {
-        Require.Count(o.MaxPromptTokens, "--max-prompt-tokens", 1, int.MaxValue);
-        Require.Count(o.MaxNewTokens, "--max-new-tokens", 1, int.MaxValue);
-        Require.Count(o.BatchSize, "batch size", 1, 4096);
+        Require.Count(o.MaxPromptTokens, "max_prompt_tokens", 1, int.MaxValue);
+        Require.Count(o.MaxNewTokens, "max_new_tokens", 1, int.MaxValue);
+        Require.Count(o.BatchSize, "batch_size", 1, 4096);
         if (steer is not null && pplm is not null) throw new InvalidInputException("--pplm and --steer-vector are mutually exclusive (each makes the rejected continuation)");
         if (steer is null && toxicModel is null && pplm is null) throw new InvalidInputException("make-pairs needs --toxic-model, --steer-vector or --pplm");
         if (pplm is not null)
