@@ -9,9 +9,9 @@ public static class Require
     /// <summary>A finite number in [min, max] (or (min, max] with <paramref name="minExclusive"/>).</summary>
     public static void Number(double value, string setting, double min, double max = double.MaxValue, bool minExclusive = false)
     {
-        bool ok = double.IsFinite(value) && (minExclusive ? value > min : value >= min) && value <= max;
-        if (!ok)
-            throw new InvalidSettingException(setting, $"must be a finite number {(minExclusive ? ">" : "≥")} {min}{(max < double.MaxValue ? $" and ≤ {max}" : "")} (got {value})");
+        if (!double.IsFinite(value)) throw new InvalidSettingException(setting, $"must be a finite number (got {value})");
+        if (!((minExclusive ? value > min : value >= min) && value <= max))
+            throw new InvalidSettingException(setting, $"must be {(minExclusive ? ">" : "≥")} {min}{(max < double.MaxValue ? $" and ≤ {max}" : "")} (got {value})");
     }
 
     /// <summary>An integer count in [min, max]; the maximum is named so an absurd value gets a clear refusal.</summary>

@@ -384,10 +384,10 @@ public class BadInputTests
         File.WriteAllText(text, "hello world");
         var l = Cli("eval", "--model", dir, "--ppl-text", text, "--out", Path.Combine(Path.GetDirectoryName(text)!, "o"), "--limit", "-5");
         Assert.Equal(2, l.Rc);
-        Assert.Contains("--limit must be ≥ 1, got -5", l.Err);
+        Assert.Contains("--limit must be ≥ 1 (got -5)", l.Err);
         var s = Cli("eval", "--model", dir, "--ppl-text", text, "--out", Path.Combine(Path.GetDirectoryName(text)!, "o"), "--samples", "100000000");
         Assert.Equal(2, s.Rc);
-        Assert.Contains("--samples 100000000 exceeds the limit of 1000", s.Err);
+        Assert.Contains("--samples exceeds the limit of 1000 (got 100000000)", s.Err);
     }
 
     [Fact]
