@@ -44,8 +44,13 @@ public sealed record EvalRow
     public required string Row { get; init; }
     public required string Model { get; init; }
     public string? Intervention { get; init; }
+    /// <summary>Mean toxicity under the first scorer (<see cref="ToxicityByScorer"/> has every scorer's).</summary>
     public double? Toxicity { get; init; }
     public int ToxicityPrompts { get; init; }
+    /// <summary>Mean toxicity per scorer name (one column each; never averaged across scorers).</summary>
+    public IReadOnlyDictionary<string, double>? ToxicityByScorer { get; init; }
+    public IReadOnlyDictionary<string, double>? ExpectedMaxToxicityByScorer { get; init; }
+    public IReadOnlyDictionary<string, double>? ToxicProbabilityByScorer { get; init; }
     public double? ExpectedMaxToxicity { get; init; }
     public double? ToxicProbability { get; init; }
     public double? Perplexity { get; init; }
@@ -100,10 +105,21 @@ public static class EvalHarness
     }
 
     public static List<EvalRow> Run(IReadOnlyList<EvalModel> models, IReadOnlyList<EvalIntervention> interventions,
-        IToxicityScorer? scorer, EvalData data, EvalOptions options, string outDir, IProgress<EvalProgress>? progress = null)
+        IToxicityScorer? scorer, EvalData data, EvalOptions options, string outDir, IProgress<EvalProgress>? progress = null) =>
+        Run(models, interventions, scorer is null ? [] : [scorer], data, options, outDir, progress);
+
+    /// <summary>Several scorers: a toxicity column per scorer (the first is <see cref="EvalRow.Toxicity"/>) and their
+    /// pairwise agreement over the greedy continuations of each row (agreement in results.json/md and agreement.csv).
+    /// <paramref name="cancel"/> (Ctrl+C) stops between batches and texts with <see cref="OperationCanceledException"/>;
+    /// nothing is written then (a scorer's own cache keeps what it has scored).</summary>
+    public static List<EvalRow> Run(IReadOnlyList<EvalModel> models, IReadOnlyList<EvalIntervention> interventions,
+        IReadOnlyList<IToxicityScorer> scorers, EvalData data, EvalOptions options, string outDir, IProgress<EvalProgress>? progress = null,
+        CancellationToken cancel = default)
     {
         Check(data, options);
-        if (data.PromptsFile is not null && scorer is null) throw new InvalidInputException("--prompts needs a --scorer");
+        if (data.PromptsFile is not null && scorers.Count == 0) throw new InvalidInputException("--prompts needs a --scorer");
+        var dup = scorers.GroupBy(x => x.Name).FirstOrDefault(g => g.Count() > 1);
+        if (dup is not null) throw new InvalidInputException($"--scorer: two scorers are named '{dup.Key}' (their columns would collide); give the checkpoints distinct directory names");
         var prompts = data.PromptsFile is null ? null : ReadPrompts(data.PromptsFile, false, options.Limit);
         var f1Items = data.F1File is null ? null : ReadPrompts(data.F1File, true, options.Limit);
         string? pplText = null;
@@ -115,6 +131,7 @@ public static class EvalHarness
 
         var rows = new List<EvalRow>();
         var generations = new List<JsonObject>();
+        var agreement = new List<ScorerAgreement>();
         foreach (var m in models)
         {
             using var loaded = m.Load();
@@ -124,9 +141,10 @@ public static class EvalHarness
             foreach (var (label, edit) in edits)
                 variants.Add(($"{m.Label} + {label ?? edit.Name}", label ?? edit.Name, edit));
             foreach (var (rowName, interventionName, edit) in variants)
-                rows.Add(EvaluateRow(loaded, m.Label, rowName, interventionName, edit, scorer, prompts, pplText, f1Items, options, generations, progress));
+                rows.Add(EvaluateRow(loaded, m.Label, rowName, interventionName, edit, scorers, prompts, pplText, f1Items, options, generations,
+                    agreement, progress, cancel));
         }
-        Write(outDir, rows, generations, scorer?.Name, options);
+        Write(outDir, rows, generations, agreement, scorers, options);
         return rows;
     }
 
@@ -134,9 +152,9 @@ public static class EvalHarness
     /// newest position during generation, all positions for perplexity); other edits are used as they are.</summary>
     public static IModelEdit ForPerplexity(IModelEdit edit) => (edit as IPositionModeEdit)?.ForAllPositions() ?? edit;
 
-    static EvalRow EvaluateRow(LoadedModel lm, string model, string row, string? intervention, IModelEdit? edit, IToxicityScorer? scorer,
+    static EvalRow EvaluateRow(LoadedModel lm, string model, string row, string? intervention, IModelEdit? edit, IReadOnlyList<IToxicityScorer> scorers,
         List<Prompt>? prompts, string? pplText, List<Prompt>? f1Items, EvalOptions o, List<JsonObject> generations,
-        IProgress<EvalProgress>? progress)
+        List<ScorerAgreement> agreement, IProgress<EvalProgress>? progress, CancellationToken cancel)
     {
         var tok = lm.Tokenizer;
         var r = new EvalRow { Row = row, Model = model, Intervention = intervention };
@@ -151,36 +169,56 @@ public static class EvalHarness
             var outp = new List<int[]>(ids.Count);
             for (int i = 0; i < ids.Count; i += o.BatchSize)
             {
+                cancel.ThrowIfCancellationRequested();
                 var chunk = ids.Skip(i).Take(o.BatchSize).ToList();
                 outp.AddRange(Generator.Generate(lm.Model, chunk, new GenerationOptions { MaxNewTokens = o.NewTokens, Greedy = true, BatchSize = o.BatchSize }));
                 progress?.Report(new EvalProgress(row, stage, outp.Count, ids.Count));
             }
             return outp;
         }
+        List<IReadOnlyList<ToxicityScore>> ScoreAll(List<string> texts, string? stage)
+        {
+            var all = new List<IReadOnlyList<ToxicityScore>>(scorers.Count);
+            foreach (var sc in scorers)
+            {
+                cancel.ThrowIfCancellationRequested();
+                if (stage is not null) progress?.Report(new EvalProgress(row, $"{stage} ({sc.Name})", 0, texts.Count));
+                all.Add(sc.Score(texts, o.Aggregate));
+                if (stage is not null) progress?.Report(new EvalProgress(row, $"{stage} ({sc.Name})", texts.Count, texts.Count));
+            }
+            return all;
+        }
 
-        if (prompts is not null && scorer is not null)
+        if (prompts is not null && scorers.Count > 0)
         {
             using var handle = edit?.Apply(lm.Model);
             var ids = prompts.Select(p => PromptIds(p.Text)).ToList();
             var conts = Greedy(ids, "generate (toxicity)");
             var texts = conts.Select(c => tok.Decode(c)).ToList();
-            progress?.Report(new EvalProgress(row, "score", 0, texts.Count));
-            var scores = scorer.Score(texts, o.Aggregate);
-            progress?.Report(new EvalProgress(row, "score", texts.Count, texts.Count));
+            var all = ScoreAll(texts, "score");
+            var primary = all[0];
             for (int i = 0; i < texts.Count; i++)
-                generations.Add(new JsonObject
+                generations.Add(ItemJson(new JsonObject
                 {
                     ["row"] = row, ["task"] = "toxicity", ["prompt"] = tok.Decode(ids[i]), ["continuation"] = texts[i],
-                    ["toxicity"] = scores[i].Value, ["scores"] = ScoresJson(scores[i]),
-                });
-            r = r with { Toxicity = scores.Count == 0 ? null : scores.Average(s => s.Value), ToxicityPrompts = scores.Count };
+                }, scorers, all, i));
+            r = r with
+            {
+                Toxicity = primary.Count == 0 ? null : primary.Average(s => s.Value), ToxicityPrompts = primary.Count,
+                ToxicityByScorer = primary.Count == 0 ? null : scorers.Select((sc, k) => (sc.Name, all[k].Average(s => s.Value))).ToDictionary(),
+            };
+            for (int a = 0; a < scorers.Count; a++)
+                for (int b = a + 1; b < scorers.Count; b++)
+                    agreement.Add(Agreement.Of(row, scorers[a].Name, scorers[b].Name,
+                        all[a].Select(s => s.Value).ToList(), all[b].Select(s => s.Value).ToList(), o.ToxicThreshold));
 
             if (o.Samples > 0)
             {
-                var maxes = new List<double>();
-                int anyToxic = 0;
+                var maxes = scorers.Select(_ => new List<double>()).ToArray();
+                var anyToxic = new int[scorers.Count];
                 for (int i = 0; i < ids.Count; i++)
                 {
+                    cancel.ThrowIfCancellationRequested();
                     var rep = Enumerable.Repeat(ids[i], o.Samples).ToList();
                     var samples = Generator.Generate(lm.Model, rep, new GenerationOptions
                     {
@@ -188,19 +226,26 @@ public static class EvalHarness
                         Seed = o.Seed + i, BatchSize = Math.Min(o.BatchSize, o.Samples),
                     });
                     var st = samples.Select(c => tok.Decode(c)).ToList();
-                    var ss = scorer.Score(st, o.Aggregate);
-                    double mx = ss.Max(s => s.Value);
-                    maxes.Add(mx);
-                    if (mx >= o.ToxicThreshold) anyToxic++;
+                    var ss = ScoreAll(st, null);
+                    for (int k = 0; k < scorers.Count; k++)
+                    {
+                        double mx = ss[k].Max(s => s.Value);
+                        maxes[k].Add(mx);
+                        if (mx >= o.ToxicThreshold) anyToxic[k]++;
+                    }
                     for (int j = 0; j < st.Count; j++)
-                        generations.Add(new JsonObject
+                        generations.Add(ItemJson(new JsonObject
                         {
-                            ["row"] = row, ["task"] = "toxicity-sample", ["sample"] = j, ["prompt"] = tok.Decode(ids[i]),
-                            ["continuation"] = st[j], ["toxicity"] = ss[j].Value, ["scores"] = ScoresJson(ss[j]),
-                        });
+                            ["row"] = row, ["task"] = "toxicity-sample", ["sample"] = j, ["prompt"] = tok.Decode(ids[i]), ["continuation"] = st[j],
+                        }, scorers, ss, j));
                     progress?.Report(new EvalProgress(row, "samples", i + 1, ids.Count));
                 }
-                r = r with { ExpectedMaxToxicity = maxes.Average(), ToxicProbability = (double)anyToxic / ids.Count };
+                r = r with
+                {
+                    ExpectedMaxToxicity = maxes[0].Average(), ToxicProbability = (double)anyToxic[0] / ids.Count,
+                    ExpectedMaxToxicityByScorer = scorers.Select((sc, k) => (sc.Name, maxes[k].Average())).ToDictionary(),
+                    ToxicProbabilityByScorer = scorers.Select((sc, k) => (sc.Name, (double)anyToxic[k] / ids.Count)).ToDictionary(),
+                };
             }
         }
 
@@ -241,6 +286,16 @@ public static class EvalHarness
         return r;
     }
 
+    /// <summary>The first scorer's toxicity and attributes (as with one scorer), plus every scorer's value by name.</summary>
+    static JsonObject ItemJson(JsonObject o, IReadOnlyList<IToxicityScorer> scorers, List<IReadOnlyList<ToxicityScore>> all, int i)
+    {
+        o["toxicity"] = all[0][i].Value;
+        o["scores"] = ScoresJson(all[0][i]);
+        if (all.Count > 1)
+            o["toxicity_by_scorer"] = new JsonObject(all.Select((s, k) => KeyValuePair.Create(scorers[k].Name, (JsonNode?)s[i].Value)));
+        return o;
+    }
+
     static JsonObject ScoresJson(ToxicityScore s) =>
         new(s.Attributes.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value)));
 
@@ -249,24 +304,43 @@ public static class EvalHarness
     /// <summary>RFC 4180 quoting.</summary>
     static string Csv(string v) => v.IndexOfAny([',', '"', '\n', '\r']) >= 0 ? "\"" + v.Replace("\"", "\"\"") + "\"" : v;
 
-    static void Write(string outDir, List<EvalRow> rows, List<JsonObject> generations, string? scorer, EvalOptions o)
+    static void Write(string outDir, List<EvalRow> rows, List<JsonObject> generations, List<ScorerAgreement> agreement,
+        IReadOnlyList<IToxicityScorer> scorers, EvalOptions o)
     {
         Directory.CreateDirectory(outDir);
         bool samples = rows.Any(r => r.ExpectedMaxToxicity is not null);
+        bool multi = scorers.Count > 1;
+        var names = scorers.Select(x => x.Name).ToList();
+        var aggregate = o.Aggregate == ToxicityAggregate.Toxicity ? "TOXICITY" : "max-over-attributes";
+        static JsonNode? N(double? v) => v is { } d ? JsonValue.Create(d) : null;
         // results.json
         var json = new JsonObject
         {
-            ["scorer"] = scorer,
-            ["aggregate"] = o.Aggregate == ToxicityAggregate.Toxicity ? "TOXICITY" : "max-over-attributes",
+            ["scorer"] = scorers.Count == 0 ? null : names[0],
+            ["scorer_identity"] = scorers.Count == 0 ? null : scorers[0].Identity,
+            ["scorers"] = new JsonArray(scorers.Select(x => (JsonNode?)new JsonObject { ["name"] = x.Name, ["identity"] = x.Identity }).ToArray()),
+            ["aggregate"] = aggregate,
             ["prompt_tokens"] = o.PromptTokens, ["new_tokens"] = o.NewTokens, ["samples"] = o.Samples,
             ["ppl_window"] = o.PplWindow, ["ppl_stride"] = o.PplStride,
             ["rows"] = JsonSerializer.SerializeToNode(rows, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower }),
+            ["agreement"] = new JsonArray(agreement.Select(a => (JsonNode?)new JsonObject
+            {
+                ["row"] = a.Row, ["a"] = a.A, ["b"] = a.B, ["n"] = a.N, ["spearman"] = N(a.Spearman),
+                ["kendall_tau_b"] = N(a.KendallTauB), ["cohen_kappa"] = N(a.CohenKappa), ["kappa_threshold"] = o.ToxicThreshold,
+            }).ToArray()),
         };
         AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
-        // results.csv
+        // results.csv: the first scorer's columns as with one scorer, then one column per scorer
         var header = new List<string> { "row", "model", "intervention", "toxicity", "toxicity_prompts" };
         if (samples) header.AddRange(["expected_max_toxicity", "toxic_probability"]);
         header.AddRange(["perplexity", "perplexity_tokens", "f1", "precision", "recall", "f1_items"]);
+        if (multi)
+            foreach (var n in names)
+            {
+                header.Add(Csv($"toxicity[{n}]"));
+                if (samples) header.AddRange([Csv($"expected_max_toxicity[{n}]"), Csv($"toxic_probability[{n}]")]);
+            }
+        static double? By(IReadOnlyDictionary<string, double>? d, string n) => d is not null && d.TryGetValue(n, out var v) ? v : null;
         AtomicFile.Write(Path.Combine(outDir, "results.csv"), w =>
         {
             w.WriteLine(string.Join(",", header));
@@ -276,21 +350,65 @@ public static class EvalHarness
                 if (samples) f.AddRange([F(r.ExpectedMaxToxicity, "R"), F(r.ToxicProbability, "R")]);
                 f.AddRange([F(r.Perplexity, "R"), r.PerplexityTokens.ToString(CultureInfo.InvariantCulture), F(r.F1, "R"), F(r.Precision, "R"), F(r.Recall, "R"),
                     r.F1Items.ToString(CultureInfo.InvariantCulture)]);
+                if (multi)
+                    foreach (var n in names)
+                    {
+                        f.Add(F(By(r.ToxicityByScorer, n), "R"));
+                        if (samples) f.AddRange([F(By(r.ExpectedMaxToxicityByScorer, n), "R"), F(By(r.ToxicProbabilityByScorer, n), "R")]);
+                    }
                 w.WriteLine(string.Join(",", f));
             }
         });
+        if (multi)
+            AtomicFile.Write(Path.Combine(outDir, "agreement.csv"), w =>
+            {
+                w.WriteLine("row,scorer_a,scorer_b,n,spearman,kendall_tau_b,cohen_kappa");
+                foreach (var a in agreement)
+                    w.WriteLine(string.Join(",", Csv(a.Row), Csv(a.A), Csv(a.B), a.N.ToString(CultureInfo.InvariantCulture),
+                        F(a.Spearman, "R"), F(a.KendallTauB, "R"), F(a.CohenKappa, "R")));
+            });
         // results.md
         var md = new StringBuilder();
-        md.AppendLine($"Toxicity scorer: {scorer ?? "-"} ({(o.Aggregate == ToxicityAggregate.Toxicity ? "TOXICITY" : "max over attributes")}); prompts cut to {o.PromptTokens} tokens, greedy {o.NewTokens} new tokens.");
+        static string Esc(string v) => v.Replace("|", "\\|");
+        md.AppendLine($"Toxicity scorer{(multi ? "s" : "")}: {(scorers.Count == 0 ? "-" : string.Join(", ", names))} ({(o.Aggregate == ToxicityAggregate.Toxicity ? "TOXICITY" : "max over attributes")}); prompts cut to {o.PromptTokens} tokens, greedy {o.NewTokens} new tokens.");
+        foreach (var x in scorers.Where(x => x.Identity != x.Name)) md.AppendLine($"- {x.Name}: {x.Identity}");
         md.AppendLine();
-        md.AppendLine(samples ? "| Method | Toxic | Exp. max toxicity | P(toxic) | PPL | F1 |" : "| Method | Toxic | PPL | F1 |");
-        md.AppendLine(samples ? "|---|---|---|---|---|---|" : "|---|---|---|---|");
+        var cols = new List<string> { "Method" };
+        foreach (var n in multi ? names : [""])
+        {
+            var sfx = multi ? $" ({n})" : "";
+            cols.Add("Toxic" + sfx);
+            if (samples) cols.AddRange(["Exp. max toxicity" + sfx, "P(toxic)" + sfx]);
+        }
+        cols.AddRange(["PPL", "F1"]);
+        md.AppendLine("| " + string.Join(" | ", cols.Select(Esc)) + " |");
+        md.AppendLine("|" + string.Concat(cols.Select(_ => "---|")));
         foreach (var r in rows)
         {
-            var name = r.Row.Replace("|", "\\|");
-            md.AppendLine(samples
-                ? $"| {name} | {F(r.Toxicity, "F3")} | {F(r.ExpectedMaxToxicity, "F3")} | {F(r.ToxicProbability, "F3")} | {F(r.Perplexity, "F2")} | {F(r.F1, "F3")} |"
-                : $"| {name} | {F(r.Toxicity, "F3")} | {F(r.Perplexity, "F2")} | {F(r.F1, "F3")} |");
+            var cells = new List<string> { Esc(r.Row) };
+            if (!multi)
+            {
+                cells.Add(F(r.Toxicity, "F3"));
+                if (samples) cells.AddRange([F(r.ExpectedMaxToxicity, "F3"), F(r.ToxicProbability, "F3")]);
+            }
+            else
+                foreach (var n in names)
+                {
+                    cells.Add(F(By(r.ToxicityByScorer, n), "F3"));
+                    if (samples) cells.AddRange([F(By(r.ExpectedMaxToxicityByScorer, n), "F3"), F(By(r.ToxicProbabilityByScorer, n), "F3")]);
+                }
+            cells.AddRange([F(r.Perplexity, "F2"), F(r.F1, "F3")]);
+            md.AppendLine("| " + string.Join(" | ", cells) + " |");
+        }
+        if (agreement.Count > 0)
+        {
+            md.AppendLine();
+            md.AppendLine($"Scorer agreement over the greedy continuations (Cohen's κ of toxic = score ≥ {o.ToxicThreshold.ToString(CultureInfo.InvariantCulture)}):");
+            md.AppendLine();
+            md.AppendLine("| Method | Scorers | n | Spearman ρ | Kendall τ-b | Cohen's κ |");
+            md.AppendLine("|---|---|---|---|---|---|");
+            foreach (var a in agreement)
+                md.AppendLine($"| {Esc(a.Row)} | {Esc(a.A)} vs {Esc(a.B)} | {a.N} | {F(a.Spearman, "F3")} | {F(a.KendallTauB, "F3")} | {F(a.CohenKappa, "F3")} |");
         }
         AtomicFile.WriteAllText(Path.Combine(outDir, "results.md"), md.ToString());
         JsonlReader.Write(Path.Combine(outDir, "generations.jsonl"), generations);
