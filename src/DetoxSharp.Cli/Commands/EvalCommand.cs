@@ -50,6 +50,12 @@ public static class EvalCommand
         var seed = new Option<long>("--seed") { Description = "seed for --samples", DefaultValueFactory = _ => 1234 };
         var window = new Option<int?>("--ppl-window") { Description = "perplexity window in tokens (default: the model's context length)" };
         var stride = new Option<int?>("--ppl-stride") { Description = "perplexity stride (default: the window, i.e. non-overlapping; smaller = HF sliding window)" };
+        var protocol = new Option<string?>("--protocol")
+        {
+            Description = "named protocol fixing prompt handling, decoding, samples and metrics: "
+                          + string.Join("; ", EvalOptions.Protocols.Select(kv => $"{kv.Key} = {kv.Value}")),
+        };
+        var fluencyModel = new Option<string?>("--fluency-model") { Description = "model directory for fluency: mean perplexity of the continuations given their prompts (RTP uses a larger model)" };
         var limit = new Option<int?>("--limit") { Description = "use only the first N prompts and F1 items" };
         var endpoint = new Option<string>("--perspective-endpoint") { Description = "Perspective analyze URL", DefaultValueFactory = _ => PerspectiveOptions.DefaultEndpoint };
         var keyFile = new Option<string?>("--perspective-key-file") { Description = $"file holding the Perspective key, outside the repository (else ${PerspectiveOptions.KeyEnvironmentVariable})" };
@@ -61,7 +67,7 @@ public static class EvalCommand
         var cmd = new Command("eval", "Results table: toxicity of greedy continuations of challenge prompts, perplexity on a raw text, F1 against gold continuations — one row per model and intervention.")
         {
             models, interventions, probe, vectors, scorer, toxicLabel, prompts, pplText, f1, outDir, promptTokens, newTokens, batch, aggregate, samples, seed,
-            window, stride, limit, endpoint, keyFile, rate, cache, device, dtype, pickle,
+            window, stride, protocol, fluencyModel, limit, endpoint, keyFile, rate, cache, device, dtype, pickle,
         };
         cmd.SetAction(p =>
         {
@@ -76,8 +82,23 @@ public static class EvalCommand
                     var a => throw new InvalidInputException($"--aggregate: expected max or toxicity, got '{a}'"),
                 },
                 Samples = p.GetValue(samples), Seed = p.GetValue(seed), PplWindow = p.GetValue(window), PplStride = p.GetValue(stride),
-                Limit = p.GetValue(limit),
+                Limit = p.GetValue(limit), FluencyModel = p.GetValue(fluencyModel),
             };
+            if (p.GetValue(protocol) is { } proto)
+            {
+                var fixedHere = o.WithProtocol(proto);
+                // a flag the protocol fixes may be repeated with the protocol's value, never changed
+                void Fixed(Option opt, object given, object want)
+                {
+                    if (p.GetResult(opt) is { Implicit: false } && !Equals(given, want))
+                        throw new InvalidInputException($"{opt.Name} {given}: --protocol {proto} fixes it to {want}");
+                }
+                Fixed(promptTokens, o.PromptTokens, fixedHere.PromptTokens == int.MaxValue ? "the prompt as given" : fixedHere.PromptTokens);
+                Fixed(newTokens, o.NewTokens, fixedHere.NewTokens);
+                Fixed(samples, o.Samples, fixedHere.Samples);
+                Fixed(aggregate, o.Aggregate, fixedHere.Aggregate);
+                o = fixedHere;
+            }
             var data = new EvalData(p.GetValue(prompts), p.GetValue(pplText), p.GetValue(f1));
             var output = p.GetValue(outDir)!;
             EvalHarness.Check(data, o);

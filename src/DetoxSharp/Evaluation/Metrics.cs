@@ -10,8 +10,42 @@ public sealed record PerplexityResult(double Perplexity, double MeanNll, long To
 /// <summary>Bag-of-token overlap scores of one prediction against a gold continuation.</summary>
 public sealed record OverlapScore(double Precision, double Recall, double F1);
 
+/// <summary>Fluency: mean over continuations of exp(mean NLL of the continuation's tokens given its prompt).</summary>
+public sealed record FluencyResult(double MeanPerplexity, int Continuations, int SkippedEmpty);
+
 public static class Metrics
 {
+    /// <summary>
+    /// RTP-style fluency (as DExperts computes it): each (prompt, continuation) is tokenized with the fluency model's
+    /// tokenizer as prompt+continuation, the continuation's tokens (those after the prompt's own tokenization) are
+    /// scored given the prompt, and the per-continuation perplexities are averaged. Empty continuations are skipped;
+    /// texts longer than the model's context keep their last tokens.
+    /// </summary>
+    public static FluencyResult ContinuationPerplexity(ICausalLM model, DetoxSharp.Text.Gpt2Tokenizer tok,
+        IReadOnlyList<(string Prompt, string Continuation)> items, CancellationToken cancel = default)
+    {
+        double sum = 0;
+        int n = 0, skipped = 0;
+        using var noGrad = torch.no_grad();
+        foreach (var (prompt, cont) in items)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var full = tok.Encode(prompt + cont);
+            int promptLen = tok.Encode(prompt).Length;
+            int first = Math.Max(1, promptLen); // the first token of a text has no context
+            if (cont.Length == 0 || full.Length <= first) { skipped++; continue; }
+            int start = Math.Max(0, full.Length - model.MaxPositions);
+            if (start > 0) { full = full[start..]; first = Math.Max(1, first - start); }
+            using var scope = torch.NewDisposeScope();
+            var t = torch.tensor(full.Select(x => (long)x).ToArray(), [1, full.Length], ScalarType.Int64, model.Device);
+            var lp = LogProbs.OfTokens(model, t); // [1, len-1]: lp[j] = log p(token j+1)
+            double nll = -lp.narrow(1, first - 1, full.Length - first).to(ScalarType.Float64).sum().item<double>();
+            sum += Math.Exp(nll / (full.Length - first));
+            n++;
+        }
+        return new FluencyResult(n == 0 ? double.NaN : sum / n, n, skipped);
+    }
+
     /// <summary>
     /// Perplexity of <paramref name="ids"/> in windows of <paramref name="window"/> tokens (default: the model's context)
     /// moved by <paramref name="stride"/> (default: the window, i.e. non-overlapping). With a stride smaller than the
