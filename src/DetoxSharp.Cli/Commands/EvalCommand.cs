@@ -56,6 +56,12 @@ public static class EvalCommand
                           + string.Join("; ", EvalOptions.Protocols.Select(kv => $"{kv.Key} = {kv.Value}")),
         };
         var fluencyModel = new Option<string?>("--fluency-model") { Description = "model directory for fluency: mean perplexity of the continuations given their prompts (RTP uses a larger model)" };
+        var shard = new Option<string?>("--shard")
+        {
+            Description = "run part I of N (prompts, F1 items and perplexity windows i with i mod N = I) into OUT/shard-I-of-N; "
+                          + "I/N, or auto / auto/N from JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID/COUNT; "
+                          + "combine with detox merge-shards",
+        };
         var limit = new Option<int?>("--limit") { Description = "use only the first N prompts and F1 items" };
         var endpoint = new Option<string>("--perspective-endpoint") { Description = "Perspective analyze URL", DefaultValueFactory = _ => PerspectiveOptions.DefaultEndpoint };
         var keyFile = new Option<string?>("--perspective-key-file") { Description = $"file holding the Perspective key, outside the repository (else ${PerspectiveOptions.KeyEnvironmentVariable})" };
@@ -67,7 +73,7 @@ public static class EvalCommand
         var cmd = new Command("eval", "Results table: toxicity of greedy continuations of challenge prompts, perplexity on a raw text, F1 against gold continuations — one row per model and intervention.")
         {
             models, interventions, probe, vectors, scorer, toxicLabel, prompts, pplText, f1, outDir, promptTokens, newTokens, batch, aggregate, samples, seed,
-            window, stride, protocol, fluencyModel, limit, endpoint, keyFile, rate, cache, device, dtype, pickle,
+            window, stride, protocol, fluencyModel, shard, limit, endpoint, keyFile, rate, cache, device, dtype, pickle,
         };
         cmd.SetAction(p =>
         {
@@ -101,6 +107,11 @@ public static class EvalCommand
             }
             var data = new EvalData(p.GetValue(prompts), p.GetValue(pplText), p.GetValue(f1));
             var output = p.GetValue(outDir)!;
+            if (p.GetValue(shard) is { } shardSpec)
+            {
+                o = o with { Shard = Shard.Parse(shardSpec) };
+                if (o.Shard.Count > 1) output = Path.Combine(output, o.Shard.DirectoryName);
+            }
             EvalHarness.Check(data, o);
             var dev = CommonOptions.ParseDevice(p.GetValue(device)!);
             CommonOptions.ParseDType(p.GetValue(dtype)!);
@@ -176,6 +187,23 @@ public static class EvalCommand
             {
                 foreach (var x in scorers) x.Dispose();
             }
+            p.InvocationConfiguration.Output.Write(File.ReadAllText(Path.Combine(output, "results.md")));
+            p.InvocationConfiguration.Output.WriteLine($"wrote {Path.Combine(output, "results.md")}, results.json, results.csv, generations.jsonl ({rows.Count} rows)");
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>`detox merge-shards`: the shard outputs of one evaluation → the results files of one run.</summary>
+    public static Command MergeShards()
+    {
+        var input = new Option<string>("--in") { Description = "the --out directory the shards wrote into (holds shard-I-of-N/)", Required = true };
+        var outDir = new Option<string>("--out") { Description = "output directory for the merged results.md/json/csv, generations.jsonl", Required = true };
+        var cmd = new Command("merge-shards", "Combine the outputs of detox eval --shard I/N into the results files of one run; names any missing shard.") { input, outDir };
+        cmd.SetAction(p =>
+        {
+            var rows = ShardMerge.Merge(p.GetValue(input)!, p.GetValue(outDir)!);
+            var output = p.GetValue(outDir)!;
             p.InvocationConfiguration.Output.Write(File.ReadAllText(Path.Combine(output, "results.md")));
             p.InvocationConfiguration.Output.WriteLine($"wrote {Path.Combine(output, "results.md")}, results.json, results.csv, generations.jsonl ({rows.Count} rows)");
             return 0;

@@ -29,6 +29,8 @@ public sealed record EvalOptions
     public int? PplStride { get; init; }
     /// <summary>Use only the first N prompts / F1 items (null = all).</summary>
     public int? Limit { get; init; }
+    /// <summary>This run's part of the work (--shard I/N): prompts, F1 items and perplexity windows whose index ≡ I mod N.</summary>
+    public Shard Shard { get; init; } = Shard.Whole;
     /// <summary>Greedy continuations of the prompts (the "toxicity" column); off in the RTP sampling protocol.</summary>
     public bool GreedyToxicity { get; init; } = true;
     /// <summary>Named protocol these settings follow (null = custom settings); recorded with the results.</summary>
@@ -92,6 +94,11 @@ public sealed record EvalRow
     /// <summary>Mean over continuations of each continuation's perplexity given its prompt under --fluency-model.</summary>
     public double? Fluency { get; init; }
     public int FluencyContinuations { get; init; }
+    /// <summary>Shard runs only: this shard's perplexity windows and the window geometry, for the exact merge.</summary>
+    public IReadOnlyList<PplWindow>? PplWindows { get; init; }
+    public int? PplWindowCount { get; init; }
+    public int? PplWindowSize { get; init; }
+    public int? PplStrideUsed { get; init; }
     public double? F1 { get; init; }
     public double? Precision { get; init; }
     public double? Recall { get; init; }
@@ -100,6 +107,9 @@ public sealed record EvalRow
 
 public sealed record EvalProgress(string Row, string Stage, int Done, int Total);
 
+/// <summary>A scorer as results files name it.</summary>
+public sealed record ScorerInfo(string Name, string Identity);
+
 /// <summary>
 /// The results table: toxicity of greedy continuations of challenge prompts (and optionally the RealToxicityPrompts
 /// sampling protocol), perplexity on a raw text, and bag-of-token F1 against gold continuations — one row per model and
@@ -107,7 +117,8 @@ public sealed record EvalProgress(string Row, string Stage, int Done, int Total)
 /// </summary>
 public static class EvalHarness
 {
-    public sealed record Prompt(string Text, string? Gold);
+    /// <summary>A prompt (and gold continuation for F1) with its 0-based line index in the file.</summary>
+    public sealed record Prompt(string Text, string? Gold, int Index = 0);
 
     /// <summary>Reads RealToxicityPrompts-style JSONL: prompt.text (or a string field "prompt"); for F1 files also the gold
     /// continuation (continuation.text or a string field "continuation").</summary>
@@ -120,7 +131,7 @@ public static class EvalHarness
             var text = Field(line, "prompt");
             // {"prompt":…,"gold":…} (the and the toy world's format); RealToxicityPrompts-style files say "continuation"
             var gold = !needGold ? null : line.Object.ContainsKey("gold") || !line.Object.ContainsKey("continuation") ? Field(line, "gold") : Field(line, "continuation");
-            r.Add(new Prompt(text, gold));
+            r.Add(new Prompt(text, gold, r.Count));
         }
         return r;
     }
@@ -163,8 +174,10 @@ public static class EvalHarness
         if (data.PromptsFile is not null && scorers.Count == 0) throw new InvalidInputException("--prompts needs a --scorer");
         var dup = scorers.GroupBy(x => x.Name).FirstOrDefault(g => g.Count() > 1);
         if (dup is not null) throw new InvalidInputException($"--scorer: two scorers are named '{dup.Key}' (their columns would collide); give the checkpoints distinct directory names");
-        var prompts = data.PromptsFile is null ? null : ReadPrompts(data.PromptsFile, false, options.Limit);
-        var f1Items = data.F1File is null ? null : ReadPrompts(data.F1File, true, options.Limit);
+        var prompts = data.PromptsFile is null ? null : options.Shard.Take(ReadPrompts(data.PromptsFile, false, options.Limit));
+        var f1Items = data.F1File is null ? null : options.Shard.Take(ReadPrompts(data.F1File, true, options.Limit));
+        if (options.Shard.Count > 1 && options.FluencyModel is not null)
+            throw new InvalidInputException("--fluency-model cannot be combined with --shard yet (per-continuation fluency is not kept for the merge)");
         string? pplText = null;
         if (data.PplTextFile is not null)
         {
@@ -189,7 +202,7 @@ public static class EvalHarness
                 rows.Add(EvaluateRow(loaded, m.Label, rowName, interventionName, edit, scorers, prompts, pplText, f1Items, options, generations,
                     agreement, progress, cancel, fluency));
         }
-        Write(outDir, rows, generations, agreement, scorers, options);
+        Write(outDir, rows, generations, agreement, scorers.Select(x => new ScorerInfo(x.Name, x.Identity)).ToList(), options);
         return rows;
     }
 
@@ -257,7 +270,7 @@ public static class EvalHarness
                 {
                     generations.Add(ItemJson(new JsonObject
                     {
-                        ["row"] = row, ["task"] = "toxicity", ["prompt"] = tok.Decode(ids[i]), ["continuation"] = texts[i],
+                        ["row"] = row, ["task"] = "toxicity", ["index"] = prompts[i].Index, ["prompt"] = tok.Decode(ids[i]), ["continuation"] = texts[i],
                     }, scorers, all, i));
                     fluencyItems.Add((tok.Decode(ids[i]), texts[i]));
                 }
@@ -281,7 +294,7 @@ public static class EvalHarness
                     var samples = Generator.Generate(lm.Model, rep, new GenerationOptions
                     {
                         MaxNewTokens = o.NewTokens, Greedy = false, TopP = o.SampleTopP, Temperature = o.SampleTemperature,
-                        Seed = o.Seed + i, BatchSize = Math.Min(o.BatchSize, o.Samples),
+                        Seed = o.Seed + prompts[i].Index, BatchSize = Math.Min(o.BatchSize, o.Samples),
                     });
                     var st = samples.Select(c => tok.Decode(c)).ToList();
                     var ss = ScoreAll(st, null);
@@ -296,7 +309,7 @@ public static class EvalHarness
                     {
                         generations.Add(ItemJson(new JsonObject
                         {
-                            ["row"] = row, ["task"] = "toxicity-sample", ["sample"] = j, ["prompt"] = tok.Decode(ids[i]), ["continuation"] = st[j],
+                            ["row"] = row, ["task"] = "toxicity-sample", ["index"] = prompts[i].Index, ["sample"] = j, ["prompt"] = tok.Decode(ids[i]), ["continuation"] = st[j],
                         }, scorers, ss, j));
                         if (!o.GreedyToxicity) fluencyItems.Add((tok.Decode(ids[i]), st[j]));
                     }
@@ -323,9 +336,15 @@ public static class EvalHarness
         {
             using var handle = edit is null ? null : ForPerplexity(edit).Apply(lm.Model);
             var ids = tok.Encode(pplText);
+            var windows = o.Shard.Count > 1 ? new List<PplWindow>() : null;
             var p = Metrics.Perplexity(lm.Model, ids, o.PplWindow, o.PplStride,
-                (d, t) => progress?.Report(new EvalProgress(row, "perplexity", d, t)));
-            r = r with { Perplexity = p.Perplexity, PerplexityTokens = p.Tokens };
+                (d, t) => progress?.Report(new EvalProgress(row, "perplexity", d, t)),
+                includeWindow: o.Shard.Count > 1 ? w => o.Shard.Owns(w) : null, onWindow: windows is null ? null : windows.Add);
+            r = r with
+            {
+                Perplexity = p.Tokens == 0 ? null : p.Perplexity, PerplexityTokens = p.Tokens, PplWindows = windows,
+                PplWindowCount = windows is null ? null : p.Windows, PplWindowSize = windows is null ? null : p.Window, PplStrideUsed = windows is null ? null : p.Stride,
+            };
         }
 
         if (f1Items is not null)
@@ -342,7 +361,7 @@ public static class EvalHarness
                 scores.Add(s);
                 generations.Add(new JsonObject
                 {
-                    ["row"] = row, ["task"] = "f1", ["prompt"] = tok.Decode(ids[i]), ["continuation"] = tok.Decode(conts[i]),
+                    ["row"] = row, ["task"] = "f1", ["index"] = f1Items[i].Index, ["prompt"] = tok.Decode(ids[i]), ["continuation"] = tok.Decode(conts[i]),
                     ["gold"] = tok.Decode(gold), ["precision"] = s.Precision, ["recall"] = s.Recall, ["f1"] = s.F1,
                 });
             }
@@ -374,8 +393,10 @@ public static class EvalHarness
     /// <summary>RFC 4180 quoting.</summary>
     static string Csv(string v) => v.IndexOfAny([',', '"', '\n', '\r']) >= 0 ? "\"" + v.Replace("\"", "\"\"") + "\"" : v;
 
-    static void Write(string outDir, List<EvalRow> rows, List<JsonObject> generations, List<ScorerAgreement> agreement,
-        IReadOnlyList<IToxicityScorer> scorers, EvalOptions o)
+    internal static readonly JsonSerializerOptions RowJson = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+
+    internal static void Write(string outDir, List<EvalRow> rows, List<JsonObject> generations, List<ScorerAgreement> agreement,
+        IReadOnlyList<ScorerInfo> scorers, EvalOptions o)
     {
         Directory.CreateDirectory(outDir);
         bool samples = rows.Any(r => r.ExpectedMaxToxicity is not null);
@@ -396,7 +417,9 @@ public static class EvalHarness
             ["greedy_toxicity"] = o.GreedyToxicity, ["top_p"] = o.SampleTopP, ["temperature"] = o.SampleTemperature, ["seed"] = o.Seed,
             ["prompt_tokens"] = o.PromptTokens == int.MaxValue ? null : o.PromptTokens, ["new_tokens"] = o.NewTokens, ["samples"] = o.Samples,
             ["ppl_window"] = o.PplWindow, ["ppl_stride"] = o.PplStride,
-            ["rows"] = JsonSerializer.SerializeToNode(rows, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower }),
+            ["shard"] = o.Shard.Count > 1 ? o.Shard.ToString() : null,
+            ["options"] = JsonSerializer.SerializeToNode(o with { Shard = Shard.Whole }, RowJson),
+            ["rows"] = JsonSerializer.SerializeToNode(rows, RowJson),
             ["agreement"] = new JsonArray(agreement.Select(a => (JsonNode?)new JsonObject
             {
                 ["row"] = a.Row, ["a"] = a.A, ["b"] = a.B, ["n"] = a.N, ["spearman"] = N(a.Spearman),

@@ -7,6 +7,9 @@ namespace DetoxSharp.Evaluation;
 /// <summary>Result of a perplexity run: exp(mean negative log-likelihood) over <see cref="Tokens"/> predicted tokens.</summary>
 public sealed record PerplexityResult(double Perplexity, double MeanNll, long Tokens, int Windows, int Window, int Stride);
 
+/// <summary>One perplexity window's summed log-probability and predicted tokens (for merging shards exactly).</summary>
+public sealed record PplWindow(int Window, double LogProbSum, long Tokens);
+
 /// <summary>Bag-of-token overlap scores of one prediction against a gold continuation.</summary>
 public sealed record OverlapScore(double Precision, double Recall, double F1);
 
@@ -54,7 +57,7 @@ public static class Metrics
     /// the text (and, for non-overlapping windows, of every window) has no context and is not predicted.
     /// </summary>
     public static PerplexityResult Perplexity(ICausalLM model, IReadOnlyList<int> ids, int? window = null, int? stride = null,
-        Action<int, int>? progress = null)
+        Action<int, int>? progress = null, Func<int, bool>? includeWindow = null, Action<PplWindow>? onWindow = null)
     {
         int w = window ?? model.MaxPositions;
         int s = stride ?? w;
@@ -75,7 +78,7 @@ public static class Metrics
             int len = end - begin;
             int trg = end - prevEnd;                  // tokens this window is responsible for
             int firstTarget = Math.Max(1, len - trg); // position within the window; position 0 has no context
-            if (firstTarget < len)
+            if (firstTarget < len && (includeWindow?.Invoke(done) ?? true))
             {
                 using var scope = torch.NewDisposeScope();
                 var chunk = new long[len];
@@ -83,16 +86,26 @@ public static class Metrics
                 var t = torch.tensor(chunk, [1, len], ScalarType.Int64, model.Device);
                 var lp = LogProbs.OfTokens(model, t); // [1, len-1]: lp[j] = log p(token j+1)
                 var sel = lp.narrow(1, firstTarget - 1, len - firstTarget);
-                nll -= sel.to(ScalarType.Float64).sum().item<double>();
+                double lpSum = sel.to(ScalarType.Float64).sum().item<double>();
+                nll -= lpSum;
                 count += len - firstTarget;
+                onWindow?.Invoke(new PplWindow(done, lpSum, len - firstTarget));
             }
             prevEnd = end;
             done++;
             progress?.Invoke(done, totalWindows);
             if (end == n) break;
         }
+        if (count == 0) return new PerplexityResult(double.NaN, double.NaN, 0, done, w, s);
+        return FromWindows(nll, count, done, w, s);
+    }
+
+    /// <summary>The result from accumulated −Σ log p and token count (shared with the shard merge, so a merged run's
+    /// number is computed by the same operations in the same order as one run's).</summary>
+    public static PerplexityResult FromWindows(double nll, long count, int windows, int window, int stride)
+    {
         double mean = nll / count;
-        return new PerplexityResult(Math.Exp(mean), mean, count, done, w, s);
+        return new PerplexityResult(Math.Exp(mean), mean, count, windows, window, stride);
     }
 
     /// <summary>Bag-of-token (multiset) overlap: common = Σ_t min(count_pred(t), count_gold(t)); precision = common/|pred|,
