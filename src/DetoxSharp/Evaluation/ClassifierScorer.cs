@@ -347,10 +347,15 @@ public sealed class ClassifierScorer : IToxicityScorer
     public IReadOnlyList<ToxicityScore> Score(IReadOnlyList<string> texts, ToxicityAggregate aggregate = ToxicityAggregate.MaxOverAttributes)
     {
         Load();
-        var result = new List<ToxicityScore>(texts.Count);
+        // Batches of similar length (texts sorted by token count) waste little compute on padding; results are
+        // returned in the input order. A text's numbers depend on its batch only at float rounding level.
+        var encoded = texts.Select(t => (IReadOnlyList<int>)_encode!(t)).ToList();
+        var order = Enumerable.Range(0, texts.Count).OrderBy(i => encoded[i].Count).ToArray();
+        var result = new ToxicityScore[texts.Count];
         for (int s = 0; s < texts.Count; s += _batchSize)
         {
-            var batch = texts.Skip(s).Take(_batchSize).Select(t => (IReadOnlyList<int>)_encode!(t)).ToList();
+            var idx = order.Skip(s).Take(_batchSize).ToArray();
+            var batch = idx.Select(i => encoded[i]).ToList();
             var logits = Logits(batch);
             for (int i = 0; i < batch.Count; i++)
             {
@@ -373,7 +378,7 @@ public sealed class ClassifierScorer : IToxicityScorer
                         : throw new InvalidInputException($"{Name}: no toxic/toxicity label (labels: {string.Join(", ", _rawLabels)}); use the max-over-attributes aggregate or name one with --toxic-label");
                 else
                     value = _toxicIdx.Max(j => probs[j]);
-                result.Add(new ToxicityScore(attrs, value));
+                result[idx[i]] = new ToxicityScore(attrs, value);
             }
         }
         return result;
