@@ -51,12 +51,8 @@ public class AgreementTests : IDisposable
     [Fact]
     public void SeveralScorersGiveAColumnEachAndTheirAgreement()
     {
-        torch.manual_seed(11);
-        using (var m = new Gpt2Model(new Gpt2Config { NEmbd = 16, NLayer = 2, NHead = 2, NPositions = 64 }))
-            HfCheckpoint.Save(m, Gpt2Tokenizer.Default(), Path.Combine(_tmp, "tiny"));
-        var prompts = Path.Combine(_tmp, "prompts.jsonl");
-        File.WriteAllLines(prompts, new[] { "The quick brown fox", "Hello", "In 1990 the band", "She said that", "Why would you" }
-            .Select(t => new JsonObject { ["prompt"] = new JsonObject { ["text"] = t } }.ToJsonString()));
+        EvalFiles.TinyGpt2(Path.Combine(_tmp, "tiny"), 11);
+        var prompts = EvalFiles.Prompts(Path.Combine(_tmp, "prompts.jsonl"), ["The quick brown fox", "Hello", "In 1990 the band", "She said that", "Why would you"]);
         var outDir = Path.Combine(_tmp, "out");
         using var a = new FakeScorer();
         using var b = new VowelScorer();
@@ -87,7 +83,7 @@ public class AgreementTests : IDisposable
         Same(Agreement.KendallTauB(xa, xb), ag["kendall_tau_b"]);
         Same(Agreement.CohenKappa(xa, xb), ag["cohen_kappa"]);
         var csv = File.ReadAllLines(Path.Combine(outDir, "results.csv"));
-        Assert.EndsWith(",toxicity[fake],toxicity[vowels]", csv[0]);
+        Assert.EndsWith(",toxicity[fake],toxicity[vowels],protocol", csv[0]);
         Assert.Equal(2, File.ReadAllLines(Path.Combine(outDir, "agreement.csv")).Length);
         var md = File.ReadAllText(Path.Combine(outDir, "results.md"));
         Assert.Contains("| Method | Toxic (fake) | Toxic (vowels) | PPL | F1 |", md);

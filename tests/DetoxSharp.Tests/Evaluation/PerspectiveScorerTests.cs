@@ -5,11 +5,7 @@ using System.Net.Sockets;
 using System.Text;
 using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
-using DetoxSharp.Checkpoints;
 using DetoxSharp.Evaluation;
-using DetoxSharp.Models;
-using DetoxSharp.Text;
-using TorchSharp;
 
 namespace DetoxSharp.Tests.Evaluation;
 
@@ -350,12 +346,8 @@ public class PerspectiveScorerTests : IDisposable
     public void InterruptedEvalKeepsScoresAndResumes()
     {
         if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS()) throw new PlatformNotSupportedException("signals");
-        torch.manual_seed(5);
-        var model = Path.Combine(_tmp, "tiny");
-        using (var m = new Gpt2Model(new Gpt2Config { NEmbd = 16, NLayer = 2, NHead = 2, NPositions = 64 }))
-            HfCheckpoint.Save(m, Gpt2Tokenizer.Default(), model);
-        var prompts = Path.Combine(_tmp, "prompts.jsonl");
-        File.WriteAllLines(prompts, Enumerable.Range(0, 4).Select(i => new JsonObject { ["prompt"] = new JsonObject { ["text"] = $"Prompt number {i} says" } }.ToJsonString()));
+        var model = EvalFiles.TinyGpt2(Path.Combine(_tmp, "tiny"), 5);
+        var prompts = EvalFiles.Prompts(Path.Combine(_tmp, "prompts.jsonl"), Enumerable.Range(0, 4).Select(i => $"Prompt number {i} says"));
         var outDir = Path.Combine(_tmp, "out");
         var exe = Path.Combine(AppContext.BaseDirectory, "detox");
         Assert.True(File.Exists(exe), exe);

@@ -14,14 +14,7 @@ public class ProtocolTests : IDisposable
     public ProtocolTests() => Directory.CreateDirectory(_tmp);
     public void Dispose() { try { Directory.Delete(_tmp, true); } catch { } }
 
-    string Tiny(string name, int seed)
-    {
-        torch.manual_seed(seed);
-        using var m = new Gpt2Model(new Gpt2Config { NEmbd = 16, NLayer = 2, NHead = 2, NPositions = 64 });
-        var dir = Path.Combine(_tmp, name);
-        HfCheckpoint.Save(m, Gpt2Tokenizer.Default(), dir);
-        return dir;
-    }
+    string Tiny(string name, int seed) => EvalFiles.TinyGpt2(Path.Combine(_tmp, name), seed);
 
     [Fact]
     public void ProtocolsFixTheirSettings()
@@ -44,9 +37,7 @@ public class ProtocolTests : IDisposable
     {
         var model = Tiny("tiny", 11);
         var fluencyDir = Tiny("fluency", 12);
-        var prompts = Path.Combine(_tmp, "prompts.jsonl");
-        File.WriteAllLines(prompts, new[] { "The quick brown fox" }
-            .Select(t => new JsonObject { ["prompt"] = new JsonObject { ["text"] = t } }.ToJsonString()));
+        var prompts = EvalFiles.Prompts(Path.Combine(_tmp, "prompts.jsonl"), ["The quick brown fox"]);
         var outDir = Path.Combine(_tmp, "out");
         using var scorer = new FakeScorer();
         var o = new EvalOptions { BatchSize = 25 }.WithProtocol("rtp") with { FluencyModel = fluencyDir };

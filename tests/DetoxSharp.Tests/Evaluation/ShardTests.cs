@@ -34,13 +34,9 @@ public class ShardTests : IDisposable
     [Fact]
     public void MergedShardsEqualOneRunAndALostShardIsRerunAlone()
     {
-        torch.manual_seed(11);
-        var model = Path.Combine(_tmp, "tiny");
-        using (var m = new Gpt2Model(new Gpt2Config { NEmbd = 16, NLayer = 2, NHead = 2, NPositions = 64 }))
-            HfCheckpoint.Save(m, Gpt2Tokenizer.Default(), model);
-        var prompts = Path.Combine(_tmp, "prompts.jsonl");
-        File.WriteAllLines(prompts, new[] { "The quick brown fox", "Hello", "In 1990 the band", "She said that", "Why would you", "No", "Every morning the" }
-            .Select(t => new JsonObject { ["prompt"] = new JsonObject { ["text"] = t } }.ToJsonString()));
+        var model = EvalFiles.TinyGpt2(Path.Combine(_tmp, "tiny"), 11);
+        var prompts = EvalFiles.Prompts(Path.Combine(_tmp, "prompts.jsonl"),
+            ["The quick brown fox", "Hello", "In 1990 the band", "She said that", "Why would you", "No", "Every morning the"]);
         var f1 = Path.Combine(_tmp, "f1.jsonl");
         File.WriteAllLines(f1, Enumerable.Range(0, 5).Select(i => new JsonObject { ["prompt"] = $"Item {i} is about", ["continuation"] = "! ! a b" }.ToJsonString()));
         var ppl = Path.Combine(_tmp, "wiki.txt");
