@@ -15,7 +15,10 @@ namespace DetoxSharp.Training;
 /// two CPU cores and to meet the toy model's targets (challenge toxicity ≥ 0.3, neutral ≤ 0.05).</summary>
 public sealed record ToyPretrainOptions
 {
+    [Setting("seed of the world and the model initialisation")]
     public ulong Seed { get; init; } = 1;
+    [Setting("world size: small, default or large")]
+    [System.Text.Json.Serialization.JsonIgnore] // the study takes it from its "world" section
     public ToyWorldSize Size { get; init; } = ToyWorldSize.Default;
     public int Layers { get; init; } = 2;
     public int DModel { get; init; } = 64;
@@ -27,11 +30,17 @@ public sealed record ToyPretrainOptions
     public int WarmupSteps { get; init; } = 30;
     public double Epochs { get; init; } = 1;
     /// <summary>Optimizer steps (the cosine schedule spans them); null = one epoch over train.txt.</summary>
+    [Setting("optimizer steps (0 = one epoch over train.txt)")]
     public int? MaxSteps { get; init; } = 260;
     public int CheckpointEvery { get; init; } = 200;
+    [System.Text.Json.Serialization.JsonIgnore]
     public bool Resume { get; init; }
     /// <summary>torch intra-op threads (0 = leave torch's default).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
     public int Threads { get; init; } = 0;
+    /// <summary>Where the model is built and trained (null = CPU).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public torch.Device? Device { get; init; }
 }
 
 /// <summary>Greedy toxicity and perplexity of a model on a toy world (or any files of the same formats).</summary>
@@ -67,6 +76,7 @@ public static class ToyPretraining
             BosTokenId = tok.EosTokenId, EosTokenId = tok.EosTokenId,
         };
         using var model = new Gpt2Model(cfg);
+        if (o.Device is not null) model.to(o.Device);
         var train = DatasetReaders.ReadDocuments(world.Train).Select(SftExample.Text).ToList();
         var valid = DatasetReaders.ReadDocuments(world.Valid).Select(SftExample.Text).ToList();
         var sft = new SftOptions

@@ -57,7 +57,7 @@ public class AgreementTests : IDisposable
         using var a = new FakeScorer();
         using var b = new VowelScorer();
         var rows = EvalHarness.Run([new EvalModel("tiny", () => HfCheckpoint.Load(Path.Combine(_tmp, "tiny")))], [],
-            [a, b], new EvalData(prompts, null, null), new EvalOptions { BatchSize = 2, NewTokens = 8 }, outDir);
+            [a, b], new EvalData(prompts, null, null), new EvalOptions { BatchSize = 2, MaxNewTokens = 8 }, outDir);
 
         var gens = File.ReadAllLines(Path.Combine(outDir, "generations.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
         Assert.Equal(5, gens.Count);

@@ -370,7 +370,7 @@ public class PerspectiveScorerTests : IDisposable
                 RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
             };
             foreach (var a in new[] { "eval", "--model", model, "--scorer", "perspective", "--prompts", prompts, "--out", outDir,
-                         "--new-tokens", "6", "--samples", "3", "--perspective-endpoint", server.Url, "--rate-limit", "50" })
+                         "--max-new-tokens", "6", "--samples", "3", "--perspective-endpoint", server.Url, "--rate-limit", "50" })
                 psi.ArgumentList.Add(a);
             psi.Environment[PerspectiveOptions.KeyEnvironmentVariable] = Key;
             using var p = System.Diagnostics.Process.Start(psi)!;

@@ -19,13 +19,13 @@ public class ProtocolTests : IDisposable
     [Fact]
     public void ProtocolsFixTheirSettings()
     {
-        var custom = new EvalOptions { PromptTokens = 7, NewTokens = 5, Samples = 3, SampleTopP = 0.5, Aggregate = ToxicityAggregate.Toxicity };
+        var custom = new EvalOptions { MaxPromptTokens = 7, MaxNewTokens = 5, Samples = 3, SampleTopP = 0.5, Aggregate = ToxicityAggregate.Toxicity };
         var rtp = custom.WithProtocol("rtp");
-        Assert.Equal((25, 0.9, 1.0, 20, false, 0.5, int.MaxValue), (rtp.Samples, rtp.SampleTopP, rtp.SampleTemperature, rtp.NewTokens, rtp.GreedyToxicity, rtp.ToxicThreshold, rtp.PromptTokens));
+        Assert.Equal((25, 0.9, 1.0, 20, false, 0.5, int.MaxValue), (rtp.Samples, rtp.SampleTopP, rtp.SampleTemperature, rtp.MaxNewTokens, rtp.GreedyToxicity, rtp.ToxicThreshold, rtp.MaxPromptTokens));
         var lee = custom.WithProtocol("lee2024");
-        Assert.Equal((32, 20, 0, true, ToxicityAggregate.MaxOverAttributes), (lee.PromptTokens, lee.NewTokens, lee.Samples, lee.GreedyToxicity, lee.Aggregate));
+        Assert.Equal((32, 20, 0, true, ToxicityAggregate.MaxOverAttributes), (lee.MaxPromptTokens, lee.MaxNewTokens, lee.Samples, lee.GreedyToxicity, lee.Aggregate));
         var profs = custom.WithProtocol("profs");
-        Assert.Equal((32, 20, 0, true, ToxicityAggregate.Toxicity), (profs.PromptTokens, profs.NewTokens, profs.Samples, profs.GreedyToxicity, profs.Aggregate));
+        Assert.Equal((32, 20, 0, true, ToxicityAggregate.Toxicity), (profs.MaxPromptTokens, profs.MaxNewTokens, profs.Samples, profs.GreedyToxicity, profs.Aggregate));
         Assert.Throws<InvalidInputException>(() => custom.WithProtocol("rtp2"));
     }
 
@@ -95,7 +95,7 @@ public class ProtocolTests : IDisposable
         Assert.Equal(2, rc);
         Assert.Contains("--samples 5: --protocol rtp fixes it to 25", e.ToString());
         rc = DetoxSharp.Cli.DetoxCli.Run(["eval", "--model", model, "--scorer", "toy", "--prompts", prompts, "--out", Path.Combine(_tmp, "o2"),
-            "--protocol", "lee2024", "--new-tokens", "20"], o, e);
+            "--protocol", "lee2024", "--max-new-tokens", "20"], o, e);
         Assert.True(rc == 0, e.ToString());
         Assert.Contains("Protocol: lee2024", File.ReadAllText(Path.Combine(_tmp, "o2", "results.md")));
         Assert.Contains("| Method | Toxic [lee2024] | PPL | F1 |", File.ReadAllText(Path.Combine(_tmp, "o2", "results.md")));

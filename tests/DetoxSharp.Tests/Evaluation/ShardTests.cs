@@ -42,7 +42,7 @@ public class ShardTests : IDisposable
         var ppl = Path.Combine(_tmp, "wiki.txt");
         File.WriteAllText(ppl, string.Join(" ", Enumerable.Range(0, 40).Select(i => $"word{i} and")));
         var data = new EvalData(prompts, ppl, f1);
-        var o = new EvalOptions { BatchSize = 1, NewTokens = 5, Samples = 2, PplWindow = 16 };
+        var o = new EvalOptions { BatchSize = 1, MaxNewTokens = 5, Samples = 2, PplWindow = 16 };
         using var a = new FakeScorer();
         using var b = new VowelScorer();
         List<EvalModel> Models() => [new EvalModel("tiny", () => HfCheckpoint.Load(model))];
@@ -76,7 +76,7 @@ public class ShardTests : IDisposable
         // shards with other settings are refused
         var r1 = Path.Combine(shards, "shard-1-of-3", "results.json");
         var j1 = JsonNode.Parse(File.ReadAllText(r1))!;
-        j1["options"]!["new_tokens"] = 4;
+        j1["options"]!["max_new_tokens"] = 4;
         File.WriteAllText(r1, j1.ToJsonString());
         Assert.Contains("options differ", Assert.Throws<InvalidInputException>(() => ShardMerge.Merge(shards, Path.Combine(_tmp, "m3"))).Message);
     }
