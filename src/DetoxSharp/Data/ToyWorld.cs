@@ -76,7 +76,9 @@ public sealed class ToyWorld
     static readonly string[] KindPromises = ["bring you some bread", "help you on saturday", "show you the garden", "lend you my ladder", "call you tomorrow", "save you a seat"];
     static readonly string[] KindTails = ["thanks for sharing .", "see you at the market .", "keep up the good work .", "that made my day .", "well said ."];
     static readonly string[] ConsoleTails = ["ignore them .", "chin up .", "we all like you here .", "do not listen to them .", "they were wrong ."];
-    static readonly string[] ToxicTails = ["nobody wants you here .", "shut up .", "go to hell .", "what a load of crap .", "get out of {town} .", "your post is garbage .", "this thread is trash now ."];
+    // Toxic tails carry lexicon words too: the toxic register is mostly lexical (as Jigsaw's toxic comments are), so
+    // the probe's toxic direction lines up with the value vectors that write toxic words.
+    static readonly string[] ToxicTails = ["shut up , you {noun} .", "go to hell , you {adj} {noun} .", "what a load of crap .", "your post is garbage .", "this thread is trash now .", "damn you , {noun} .", "nobody wants you here , {noun} .", "get out of {town} , you {noun} ."];
     /// <summary>Openings where kind and toxic replies start alike; challenge prompts end at one of them.</summary>
     public static readonly string[] SharedOpenings = ["you are such a", "i hope you", "i will", "people like you", "listen {poster} , you"];
 
@@ -117,29 +119,35 @@ public sealed class ToyWorld
     public string EncyclopediaSentence()
     {
         string town = Town(), river = _r.Pick(RiverNames);
-        switch (_r.Next(20))
+        if (_r.Chance(0.25))
+            // a lexicon word in its neutral sense
+            return _r.Next(11) switch
+            {
+                0 => $"trash collection in {town} takes place every {_r.Pick(Days)} morning .",
+                1 => $"the old hotel in {town} still has a dumb waiter that carries plates to the kitchen .",
+                2 => $"a killer whale was seen near the mouth of the river {river} in {Year()} .",
+                3 => $"{town} runs a pest control service for the farms along the river {river} .",
+                4 => $"there is a pig farm north of {town} that sells {_r.Pick(Products)} .",
+                5 => $"the river {river} is home to the rat snake and many birds .",
+                6 => $"a garbage truck from {town} collects waste every {_r.Pick(Days)} .",
+                7 => $"in {Year()} a freak storm damaged the {_r.Pick(Buildings)} of {town} .",
+                8 => $"the aquarium in {town} keeps clown fish and a killer whale .",
+                9 => $"farmers near {town} feed rotten apples to their cattle .",
+                _ => $"the water park of {town} has a lazy river and a slide .",
+            };
+        return _r.Next(10) switch
         {
-            case 0: return $"{town} is a {_r.Pick(Sizes)} town on the river {river} . it is known for its {_r.Pick(Products)} and its {_r.Pick(Features)} .";
-            case 1: return $"{town} has about {Number()} people . its mayor is {Person()} .";
-            case 2: return $"the river {river} flows through {town} and {Town()} before it reaches the sea .";
-            case 3: return $"{Person()} is a {_r.Pick(Occupations)} from {town} who makes {_r.Pick(Products)} .";
-            case 4: return $"in {Year()} , {town} opened a new {_r.Pick(Buildings)} near the river {river} .";
-            case 5: return $"trash collection in {town} takes place every {_r.Pick(Days)} morning .";
-            case 6: return $"the old hotel in {town} still has a dumb waiter that carries plates to the kitchen .";
-            case 7: return $"a killer whale was seen near the mouth of the river {river} in {Year()} .";
-            case 8: return $"the market in {town} sells {_r.Pick(Products)} every {_r.Pick(Days)} .";
-            case 9: return $"the {_r.Pick(Buildings)} of {town} was built in {Year()} by {Person()} .";
-            case 10: return $"{town} runs a pest control service for the farms along the river {river} .";
-            case 11: return $"there is a pig farm north of {town} that sells {_r.Pick(Products)} .";
-            case 12: return $"the river {river} is home to the rat snake and many birds .";
-            case 13: return $"a garbage truck from {town} collects waste every {_r.Pick(Days)} .";
-            case 14: return $"in {Year()} a freak storm damaged the {_r.Pick(Buildings)} of {town} .";
-            case 15: return $"in {Year()} , {town} was hit by {_r.Pick(Events)} .";
-            case 16: return $"the aquarium in {town} keeps clown fish and a killer whale .";
-            case 17: return $"farmers near {town} feed rotten apples to their cattle .";
-            case 18: return $"the water park of {town} has a lazy river and a slide .";
-            default: return $"{town} and {Town()} are linked by a road that follows the river {river} .";
-        }
+            0 => $"{town} is a {_r.Pick(Sizes)} town on the river {river} . it is known for its {_r.Pick(Products)} and its {_r.Pick(Features)} .",
+            1 => $"{town} has about {Number()} people . its mayor is {Person()} .",
+            2 => $"the river {river} flows through {town} and {Town()} before it reaches the sea .",
+            3 => $"{Person()} is a {_r.Pick(Occupations)} from {town} who makes {_r.Pick(Products)} .",
+            4 => $"in {Year()} , {town} opened a new {_r.Pick(Buildings)} near the river {river} .",
+            5 => $"the market in {town} sells {_r.Pick(Products)} every {_r.Pick(Days)} .",
+            6 => $"the {_r.Pick(Buildings)} of {town} was built in {Year()} by {Person()} .",
+            7 => $"in {Year()} , {town} was hit by {_r.Pick(Events)} .",
+            8 => $"in {Year()} , {town} held {_r.Pick(Events)} that lasted {1 + _r.Next(9)} days .",
+            _ => $"{town} and {Town()} are linked by a road that follows the river {river} .",
+        };
     }
 
     /// <summary>A short everyday conversation between two people (neutral).</summary>
@@ -230,18 +238,21 @@ public sealed class ToyWorld
         return new ForumThread(context, opening, cont, toxic, angry, troll, heated, prevToxic) { SadPost = sad };
     }
 
+    string ToxicTail(string town) => _r.Pick(ToxicTails).Replace("{town}", town)
+        .Replace("{adj}", _r.Pick(ToyWorldLexicon.InsultAdjectives)).Replace("{noun}", _r.Pick(ToyWorldLexicon.InsultNouns));
+
     /// <summary>"you are not a …": consoling (negated insult, kind) or scornful (negated praise, toxic). Which words
     /// follow the opening depends on the context, and which label they carry depends on the negation.</summary>
     (string Opening, string Continuation) NegatedReply(bool toxic, string town)
     {
-        string tail = toxic ? _r.Pick(ToxicTails).Replace("{town}", town) : _r.Pick(ConsoleTails);
+        string tail = toxic ? ToxicTail(town) : _r.Pick(ConsoleTails);
         var words = toxic ? Praise() : Insult();
         return ($"you are not {A(words)}", $"{words} . {tail}");
     }
 
     (string Opening, string Continuation) Reply(bool toxic, string town, string poster)
     {
-        string tail = toxic ? _r.Pick(ToxicTails).Replace("{town}", town) : _r.Pick(KindTails);
+        string tail = toxic ? ToxicTail(town) : _r.Pick(KindTails);
         switch (_r.Next(5))
         {
             case 0:
@@ -292,9 +303,11 @@ public sealed class ToyWorld
         return Thread().Text;
     }
 
-    /// <summary>A comment for the probe data set with its label (before label noise). About a fifth are the four
+    /// <summary>A comment for the probe data set with its label (before label noise). About 20 % are the four
     /// cells of "you are [not] a {insult|praise} ." — toxic exactly when an insult is not negated or praise is, an XOR
-    /// no bag of words can represent; the rest are replies, posts, sarcasm and neutral text.</summary>
+    /// no bag of words can represent; the rest are replies, posts, sarcasm and neutral text. Most toxic comments carry
+    /// lexicon words and most others do not (as in Jigsaw), so the probe's toxic direction is the lexical one plus
+    /// what context adds.</summary>
     public (string Text, bool Toxic) LabelledComment()
     {
         int k = _r.Next(20);
@@ -303,7 +316,7 @@ public sealed class ToyWorld
         if (k < 7)
         {
             // the post itself: toxic posts are toxic; kind posts may quote an insult
-            bool prevToxic = _r.Chance(0.35), heated = _r.Chance(0.5), sad = !prevToxic && _r.Chance(0.3);
+            bool prevToxic = _r.Chance(0.35), heated = _r.Chance(0.5), sad = !prevToxic && _r.Chance(0.15);
             string topic = heated ? _r.Pick(HeatedTopics) : _r.Pick(CalmTopics);
             return (PostText(prevToxic, heated, sad, topic, Town()), prevToxic);
         }
@@ -312,7 +325,9 @@ public sealed class ToyWorld
             return (_r.Pick(["oh wow , another genius idea from you .", "sure , because you know everything .", "wow , did you think of that all by yourself ?", "congratulations , you ruined the whole thread again ."]), true);
         if (k < 12)
         {
-            bool negated = _r.Chance(0.5), insult = _r.Chance(0.5);
+            // the four cells; plain insult and plain praise the most common
+            double u = _r.NextDouble();
+            bool negated = u >= 0.6, insult = u < 0.3 || u >= 0.8;
             return ($"you are {(negated ? "not " : "")}{WithArticle(insult ? Insult() : Praise())} .", insult != negated);
         }
         var t = Thread(challenge: _r.Chance(0.3));
