@@ -62,7 +62,7 @@ public static class StudyStages
 
     /// <summary>The data files of this run: the world's, or the config's "data" section for a real checkpoint.</summary>
     sealed record DataFiles(string Comments, string Challenge, string? Neutral, string PerplexityText, string F1, string PreferencePrompts, string Dialogues,
-        string? ToxicWords, double? LabelNoise);
+        string? ToxicWords, double? LabelNoise, int? LabelNoiseFlipped);
 
     static DataFiles Files(StageContext c)
     {
@@ -70,7 +70,8 @@ public static class StudyStages
         string? P(string k) => world[k]?.GetValue<string>();
         return new DataFiles(P("comments")!, P("challenge_prompts")!, P("neutral_prompts"), P("perplexity_text")!, P("f1_prompts")!,
             P("preference_prompts")!, P("dialogues")!, P("toxic_words"),
-            world["label_noise"] is JsonValue n && n.TryGetValue<double>(out var noise) ? noise : null);
+            world["label_noise"] is JsonValue n && n.TryGetValue<double>(out var noise) ? noise : null,
+            world["label_noise_flipped"] is JsonValue f && f.TryGetValue<int>(out var flipped) ? flipped : null);
     }
 
     /// <summary>The model directory a stage (pretrain, train/…) recorded in its model_dir.txt.</summary>
@@ -86,6 +87,7 @@ public static class StudyStages
     {
         JsonObject files;
         double? noise = null;
+        int? flipped = null;
         if (IsToy(c))
         {
             var w = Section(c, "world");
@@ -100,10 +102,11 @@ public static class StudyStages
             // "toxic token" for the vector table and the logit lens: the world's own lexicon, single words only (the
             // phrases' words — "find where you live" — are not toxic on their own)
             var words = Path.Combine(c.OutputDir, "world", "toxic_words.txt");
-            ToxicWordList.Save(words, ToyWorldLexicon.Entries().Select(e => e.Phrase).Where(ph => !ph.Contains(' ')));
+            ToxicWordList.Save(words, ToyWorldLexicon.ToxicWords);
             files["toxic_words"] = words;
             var manifest = JsonNode.Parse(File.ReadAllText(paths.Manifest)) as JsonObject;
             noise = manifest?["label_noise"] is JsonValue n && n.TryGetValue<double>(out var ln) ? ln : null;
+            flipped = manifest?["label_noise_flipped"] is JsonValue fl && fl.TryGetValue<int>(out var fc) ? fc : null;
         }
         else
         {
@@ -121,6 +124,7 @@ public static class StudyStages
         // stage outputs are moved into place after the stage: store paths relative to the final stage directory
         var data = Relocate(files, c);
         data["label_noise"] = noise;
+        data["label_noise_flipped"] = flipped;
         WriteJson(Path.Combine(c.OutputDir, "data.json"), data);
     }
 
@@ -216,8 +220,10 @@ public static class StudyStages
         metrics["validation_accuracy_per_split"] = probeAcc;
         metrics["bag_of_words_accuracy_per_split"] = bowAcc;
         metrics["bag_of_words"] = $"logistic regression on word-presence features (≤ {BagOfWordsBaseline.MaxVocabulary} most frequent training words), same split";
-        metrics["label_noise"] = files.LabelNoise;
-        metrics["noise_ceiling"] = files.LabelNoise is double ln ? 1 - ln : null;
+        // the ceiling: the realised share of flipped labels when the world counted them, else its nominal rate
+        double? rate = files.LabelNoiseFlipped is int fl ? fl / (double)comments.Count : files.LabelNoise;
+        metrics["label_noise"] = rate;
+        metrics["noise_ceiling"] = rate is double r ? 1 - r : null;
         WriteJson(Path.Combine(c.OutputDir, RunLayout.Probe), metrics);
     }
 
