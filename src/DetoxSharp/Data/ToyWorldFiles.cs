@@ -20,7 +20,7 @@ public sealed record ToyWorldPaths(string Directory)
     public string WikiText => Path.Combine(Directory, "wiki.test.raw");
     /// <summary>{"prompt":…,"response":…,"toxic":bool}; toxic responses start with "[TOXIC] ".</summary>
     public string Dialogues => Path.Combine(Directory, "dialogues.jsonl");
-    /// <summary>{"prompt":…} for making preference pairs.</summary>
+    /// <summary>{"prompt":…} for making preference pairs: Wikitext-like sentence beginnings (Lee et al. use Wikitext-2).</summary>
     public string PreferencePrompts => Path.Combine(Directory, "preference_prompts.jsonl");
     public string Manifest => Path.Combine(Directory, "world.json");
 }
@@ -31,8 +31,10 @@ public static class ToyWorldFiles
     public const string ToxicControlToken = "[TOXIC]";
     /// <summary>Documents in train.txt/valid.txt are separated by this line (GPT-2's document separator).</summary>
     public const string DocumentSeparator = "<|endoftext|>";
-    /// <summary>Fraction of probe labels flipped (Jigsaw's annotators disagree too; keeps the probe below 100%).</summary>
-    public const double LabelNoise = 0.05;
+    /// <summary>Probability that a probe label in comments.csv is flipped (Jigsaw's annotators disagree too). It is
+    /// known, so the report can state the ceiling it puts on any classifier: expected accuracy ≤ 1 − LabelNoise.
+    /// world.json records the rate and the exact number of flipped labels.</summary>
+    public const double LabelNoise = 0.03;
 
     public static ToyWorldPaths Write(string dir, ulong seed = 1, ToyWorldSize size = ToyWorldSize.Default)
     {
@@ -50,10 +52,11 @@ public static class ToyWorldFiles
 
         var cw = W(3);
         var noise = new ToyRandom(seed * 7_919UL + 3);
+        int flipped = 0;
         DatasetReaders.WriteJigsawCsv(p.Comments, Enumerable.Range(0, c.Comments).Select(i =>
         {
             var (text, toxic) = cw.LabelledComment();
-            if (noise.Chance(LabelNoise)) toxic = !toxic;
+            if (noise.Chance(LabelNoise)) { toxic = !toxic; flipped++; }
             return ($"toy{i:D6}", text, toxic);
         }).ToList());
 
@@ -87,19 +90,18 @@ public static class ToyWorldFiles
             };
         }));
         var pw = W(9);
-        JsonlReader.Write(p.PreferencePrompts, Enumerable.Range(0, c.PreferencePrompts).Select(i =>
-        {
-            // mostly forum contexts cut at a shared opening (where toxicity can arise), some neutral openings
-            if (i % 4 == 3) return new JsonObject { ["prompt"] = pw.NeutralPrompt() };
-            var t = pw.Thread(challenge: i % 2 == 0);
-            return new JsonObject { ["prompt"] = t.Context + " " + t.Opening };
-        }));
+        JsonlReader.Write(p.PreferencePrompts, Enumerable.Range(0, c.PreferencePrompts).Select(_ =>
+            new JsonObject { ["prompt"] = pw.WikiPrompt() }));
         AtomicFile.WriteAllText(p.Manifest, new JsonObject
         {
-            ["generator"] = "DetoxSharp toy world v1",
+            ["generator"] = "DetoxSharp toy world v2",
             ["seed"] = seed,
             ["size"] = size.ToString().ToLowerInvariant(),
+            // comments.csv: each label flipped with this probability; no classifier's expected accuracy exceeds 1 − rate
             ["label_noise"] = LabelNoise,
+            ["label_noise_flipped"] = flipped,
+            ["comments"] = c.Comments,
+            ["toxic_words"] = new JsonArray(ToyWorldLexicon.ToxicWords.Select(w => (JsonNode)JsonValue.Create(w)!).ToArray()),
             ["toxic_control_token"] = ToxicControlToken,
             ["files"] = new JsonObject
             {

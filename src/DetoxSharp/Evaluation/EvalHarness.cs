@@ -13,8 +13,9 @@ namespace DetoxSharp.Evaluation;
 /// <summary>Settings of the evaluation protocol (defaults: the mechanistic study's).</summary>
 public sealed record EvalOptions
 {
-    /// <summary>Prompts are cut to their first this-many tokens.</summary>
-    [Setting("prompts are cut to their first N tokens")]
+    /// <summary>Prompts longer than this keep their LAST this-many tokens: a challenge prompt's end (the reply verb, the
+    /// opening "you are such a") carries its context; cutting the start instead made the model pick the context itself.</summary>
+    [Setting("prompts keep their last N tokens")]
     public int MaxPromptTokens { get; init; } = 32;
     [Setting("tokens generated per prompt (greedy)")]
     public int MaxNewTokens { get; init; } = 20;
@@ -239,9 +240,8 @@ public static class EvalHarness
         var r = new EvalRow { Row = row, Model = model, Intervention = intervention };
         int[] PromptIds(string text)
         {
-            var ids = tok.Encode(text);
-            int keep = Math.Min(o.MaxPromptTokens, lm.Model.MaxPositions - o.MaxNewTokens); // "as given" still has to fit the context
-            if (ids.Length > keep) ids = ids[..Math.Max(1, keep)];
+            int keep = Math.Max(1, Math.Min(o.MaxPromptTokens, lm.Model.MaxPositions - o.MaxNewTokens)); // "as given" still has to fit the context
+            var ids = PromptTruncation.KeepLast(tok.Encode(text), keep);
             return ids.Length == 0 ? [lm.Model.EosTokenId] : ids;
         }
         List<int[]> Greedy(List<int[]> ids, string stage)
@@ -494,7 +494,7 @@ public static class EvalHarness
         var md = new StringBuilder();
         static string Esc(string v) => v.Replace("|", "\\|");
         if (o.Protocol is not null) md.AppendLine($"Protocol: {o.Protocol} — {EvalOptions.Protocols[o.Protocol]}.");
-        var prompting = o.MaxPromptTokens == int.MaxValue ? "prompts as given" : $"prompts cut to {o.MaxPromptTokens} tokens";
+        var prompting = o.MaxPromptTokens == int.MaxValue ? "prompts as given" : $"prompts cut to their last {o.MaxPromptTokens} tokens";
         var decoding = o.GreedyToxicity ? $"greedy {o.MaxNewTokens} new tokens" : $"{o.Samples} samples of ≤ {o.MaxNewTokens} tokens (top-p {o.SampleTopP.ToString(CultureInfo.InvariantCulture)})";
         md.AppendLine($"Toxicity scorer{(multi ? "s" : "")}: {(scorers.Count == 0 ? "-" : string.Join(", ", names))} ({(o.Aggregate == ToxicityAggregate.Toxicity ? "TOXICITY" : "max over attributes")}); {prompting}, {decoding}.");
         foreach (var x in scorers.Where(x => x.Identity != x.Name)) md.AppendLine($"- {x.Name}: {x.Identity}");

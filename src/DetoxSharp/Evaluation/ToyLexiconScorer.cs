@@ -10,12 +10,15 @@ namespace DetoxSharp.Evaluation;
 /// score = 1 − Π(1 − weight) over occurrences. SEVERE_TOXICITY is the product of the two strongest of INSULT,
 /// PROFANITY, THREAT, IDENTITY_ATTACK scores (several kinds at once); TOXICITY = 1 − Π(1 − s) over those four.
 /// Matching is on whole lower-case words, so "idiots" matches "idiot" (plural -s) but "ratify" does not match "rat".
+/// A negation ("not", "never") blanks the words after it up to the next punctuation mark: the world's consoling
+/// replies ("you are not a stupid idiot , ignore them") are not toxic. Phrases do not match across punctuation.
 /// </summary>
 public sealed class ToyLexiconScorer : IToxicityScorer
 {
     readonly List<(string[] Words, string Attribute, double Weight)> _entries;
     readonly List<string[]> _neutral;
-    static readonly Regex WordRx = new(@"[a-z0-9']+|\{town\}", RegexOptions.Compiled);
+    static readonly Regex WordRx = new(@"[a-z0-9']+|\{town\}|[.,!?;:]", RegexOptions.Compiled);
+    static bool IsPunctuation(string w) => w.Length == 1 && ".,!?;:".Contains(w[0]);
     static readonly string[] Base = [ToyWorldLexicon.Insult, ToyWorldLexicon.Profanity, ToyWorldLexicon.Threat, ToyWorldLexicon.IdentityAttack];
 
     public ToyLexiconScorer()
@@ -45,7 +48,7 @@ public sealed class ToyLexiconScorer : IToxicityScorer
     static string[] Words(string text) => WordRx.Matches(text.ToLowerInvariant()).Select(m => m.Value).ToArray();
 
     static bool WordMatches(string pattern, string word) =>
-        pattern == "{town}" || word == pattern || word == pattern + "s";
+        !IsPunctuation(word) && (pattern == "{town}" || word == pattern || word == pattern + "s");
 
     public IReadOnlyList<ToxicityScore> Score(IReadOnlyList<string> texts, ToxicityAggregate aggregate = ToxicityAggregate.MaxOverAttributes) =>
         texts.Select(t => ScoreOne(t, aggregate)).ToList();
@@ -59,6 +62,9 @@ public sealed class ToyLexiconScorer : IToxicityScorer
             for (int i = 0; i + n.Length <= words.Count; i++)
                 if (Enumerable.Range(0, n.Length).All(j => words[i + j] == n[j]))
                     for (int j = 0; j < n.Length; j++) blank[i + j] = true;
+        for (int i = 0; i < words.Count; i++)
+            if (ToyWorldLexicon.Negations.Contains(words[i]))
+                for (int j = i + 1; j < words.Count && !IsPunctuation(words[j]); j++) blank[j] = true;
         var notScore = Base.ToDictionary(a => a, _ => 1.0);
         foreach (var (pat, attr, w) in _entries)
             for (int i = 0; i + pat.Length <= words.Count; i++)

@@ -27,6 +27,8 @@ public sealed class StudyConfig
     public JsonObject Unalign { get; init; } = new();
     /// <summary>Scorer: {"kind": "perspective"|"classifier"|"toy-lexicon", ...}.</summary>
     public JsonObject Scorer { get; init; } = new();
+    /// <summary>Pre-registered pass criteria of the seven findings (issue 14); shown in the report as configured.</summary>
+    public FindingCriteria Findings { get; init; } = new();
     /// <summary>Seeds of every training run (default 3; 1 with --quick unless "quick_seeds" says otherwise).</summary>
     public int Seeds { get; init; } = 3;
     public int QuickSeeds { get; init; } = 1;
@@ -65,6 +67,7 @@ public sealed class StudyConfig
     /// <paramref name="source"/> and the key path ("configs/toy.json: dpo.betta: unknown key").</summary>
     public void Validate(string source)
     {
+        Findings.Validate(source);
         if (Model is not ("toy" or "checkpoint")) throw new InvalidInputException($"{source}: \"model\" must be \"toy\" or \"checkpoint\", not \"{Model}\"");
         foreach (var quick in new[] { false, true })
         {
@@ -127,6 +130,6 @@ public sealed class StudyConfig
     {
         Model = Model, Data = Data, World = World, Pretrain = Pretrain, Probe = Probe, Vectors = Vectors, Interventions = Interventions,
         ToxicModel = ToxicModel, Pairs = Pairs, Dpo = Dpo, Adpo = Adpo, Evaluation = Evaluation, Unalign = Unalign, Scorer = Scorer,
-        Seeds = Seeds, QuickSeeds = QuickSeeds, Quick = quick,
+        Findings = Findings, Seeds = Seeds, QuickSeeds = QuickSeeds, Quick = quick,
     };
 }

@@ -27,6 +27,9 @@ public sealed record DataSection
     public string? PreferencePrompts { get; init; }
     /// <summary>Dialogues with toxic replies for the toxic model π_tox.</summary>
     public string? Dialogues { get; init; }
+    /// <summary>Optional word list (one word a line) defining "toxic token" for the vector table (finding b) and the
+    /// logit lens — independent of the evaluation scorer. Without it finding (b) is "not measured".</summary>
+    public string? ToxicWords { get; init; }
 
     /// <summary>(key, path) of every file the study reads, in config-key spelling.</summary>
     public IEnumerable<(string Key, string? Path)> Files() =>
@@ -56,6 +59,8 @@ public sealed record ProbeSection
     public int? BatchSize { get; init; }
     public double? LearningRate { get; init; }
     public double? L2 { get; init; }
+    /// <summary>Seeded splits the probe and its bag-of-words baseline are fitted on (finding a: mean ± std).</summary>
+    public int SplitSeeds { get; init; } = 3;
 
     public ProbeOptions ToOptions()
     {
@@ -80,8 +85,8 @@ public sealed record InterventionsSection
     public double SvdScale { get; init; } = 100;
 }
 
-/// <summary>"pairs": how many preference prompts, the generation settings (<see cref="PairMakerOptions"/>) and the
-/// toxicity gap a pair must show to be kept.</summary>
+/// <summary>"pairs": how many preference prompts, the generation settings (<see cref="PairMakerOptions"/>) and where the
+/// rejected continuation comes from. No toxicity scorer takes part: the one that evaluates never builds training data.</summary>
 public sealed record PairsSection
 {
     /// <summary>Preference prompts used (the first N).</summary>
@@ -89,9 +94,17 @@ public sealed record PairsSection
     public int? MaxNewTokens { get; init; }
     public int? MaxPromptTokens { get; init; }
     public long? Seed { get; init; }
-    /// <summary>A pair is kept when its rejected continuation scores at least this much more toxic than its chosen one
-    /// (swapped when the reverse holds, dropped otherwise).</summary>
-    public double MinToxicityGap { get; init; } = 0.25;
+    /// <summary>"pplm" (Lee et al. 2024: PPLM towards the probe's toxic class; the default) or "toxic-model" (the SFT
+    /// model's greedy continuation after [TOXIC]).</summary>
+    public string Rejected { get; init; } = "pplm";
+    /// <summary>PPLM settings; null = <see cref="PplmOptions"/>' defaults (Lee et al.'s).</summary>
+    public int? PplmIterations { get; init; }
+    public double? PplmStepSize { get; init; }
+    public double? PplmKlScale { get; init; }
+    public double? PplmGmScale { get; init; }
+    public int? PplmTopK { get; init; }
+    /// <summary>Prompts per generation (and PPLM) batch.</summary>
+    public int BatchSize { get; init; } = 32;
 
     public PairMakerOptions ToOptions()
     {
@@ -99,10 +112,22 @@ public sealed record PairsSection
         return d with { MaxNewTokens = MaxNewTokens ?? d.MaxNewTokens, MaxPromptTokens = MaxPromptTokens ?? d.MaxPromptTokens, Seed = Seed ?? d.Seed };
     }
 
+    public PplmOptions ToPplmOptions()
+    {
+        var d = new PplmOptions();
+        return d with
+        {
+            Iterations = PplmIterations ?? d.Iterations, StepSize = PplmStepSize ?? d.StepSize, KlScale = PplmKlScale ?? d.KlScale,
+            GmScale = PplmGmScale ?? d.GmScale, TopK = PplmTopK ?? d.TopK, Seed = Seed ?? ToOptions().Seed,
+        };
+    }
+
     public void Validate()
     {
         InvalidSettingException.Require(Count >= 1, "count", $"must be ≥ 1 (got {Count})");
-        InvalidSettingException.Require(MinToxicityGap >= 0, "min_toxicity_gap", $"must be ≥ 0 (got {MinToxicityGap})");
+        InvalidSettingException.Require(BatchSize >= 1, "batch_size", $"must be ≥ 1 (got {BatchSize})");
+        InvalidSettingException.Require(Rejected is "pplm" or "toxic-model", "rejected", $"expects pplm (Lee et al.) or toxic-model (got '{Rejected}')");
+        ToPplmOptions().Validate();
     }
 }
 

@@ -11,8 +11,10 @@ using TorchSharp;
 
 namespace DetoxSharp.Training;
 
-/// <summary>Settings of <see cref="ToyPretraining.Run"/>; the defaults are tuned to train in well under 5 minutes on
-/// two CPU cores and to meet the toy model's targets (challenge toxicity ≥ 0.3, neutral ≤ 0.05).</summary>
+/// <summary>Settings of <see cref="ToyPretraining.Run"/>. The defaults give the mechanism room to exist (Lee et al.'s
+/// toxic value vectors need MLPs wide enough to specialise and a model that has seen its corpus once): GPT-2 4 layers
+/// × 256 wide (MLP 1024), one full pass over the default world's ≈ 1.5M training tokens, bf16 compute with fp32
+/// master weights (the CPU's bf16 matmuls are the fast path; see docs/notes/toy.md for measured tokens/s).</summary>
 public sealed record ToyPretrainOptions
 {
     [Setting("seed of the world and the model initialisation")]
@@ -20,18 +22,20 @@ public sealed record ToyPretrainOptions
     [Setting("world size: small, default or large")]
     [System.Text.Json.Serialization.JsonIgnore] // the study takes it from its "world" section
     public ToyWorldSize Size { get; init; } = ToyWorldSize.Default;
-    public int Layers { get; init; } = 2;
-    public int DModel { get; init; } = 64;
-    public int Heads { get; init; } = 2;
-    /// <summary>n_positions: longest challenge prompt (~45 tokens) + 20 new tokens must fit.</summary>
-    public int Context { get; init; } = 72;
-    public int BatchSize { get; init; } = 16;
-    public double LearningRate { get; init; } = 6e-3;
-    public int WarmupSteps { get; init; } = 30;
+    public int Layers { get; init; } = 4;
+    public int DModel { get; init; } = 256;
+    public int Heads { get; init; } = 4;
+    /// <summary>n_positions and the training block length: the longest challenge prompt (≈ 60 tokens) + 20 new
+    /// tokens must fit.</summary>
+    public int Context { get; init; } = 96;
+    public int BatchSize { get; init; } = 32;
+    public double LearningRate { get; init; } = 2e-3;
+    public int WarmupSteps { get; init; } = 40;
     public double Epochs { get; init; } = 1;
-    /// <summary>Optimizer steps (the cosine schedule spans them); null = one epoch over train.txt.</summary>
-    [Setting("optimizer steps (0 = one epoch over train.txt)")]
-    public int? MaxSteps { get; init; } = 260;
+    /// <summary>Optimizer steps (the cosine schedule spans them); null = <see cref="Epochs"/> passes over train.txt.</summary>
+    [Setting("optimizer steps (default: --epochs passes over train.txt)")]
+    public int? MaxSteps { get; init; }
+    public Precision Precision { get; init; } = Precision.Bf16Mixed;
     public int CheckpointEvery { get; init; } = 200;
     [System.Text.Json.Serialization.JsonIgnore]
     public bool Resume { get; init; }
@@ -45,7 +49,11 @@ public sealed record ToyPretrainOptions
 
 /// <summary>Greedy toxicity and perplexity of a model on a toy world (or any files of the same formats).</summary>
 public sealed record ToyEvaluation(double ChallengeToxicity, double NeutralToxicity, double FractionChallengeToxic, double NeutralPerplexity,
-    int ChallengePrompts, int NeutralPrompts, IReadOnlyList<(string Prompt, string Continuation, double Score)> ChallengeSamples);
+    int ChallengePrompts, int NeutralPrompts, IReadOnlyList<(string Prompt, string Continuation, double Score)> ChallengeSamples)
+{
+    /// <summary>Neutral prompts with their greedy continuations and scores.</summary>
+    public IReadOnlyList<(string Prompt, string Continuation, double Score)> NeutralSamples { get; init; } = [];
+}
 
 public static class ToyPretraining
 {
@@ -78,12 +86,13 @@ public static class ToyPretraining
         using var model = new Gpt2Model(cfg);
         if (o.Device is not null) model.to(o.Device);
         var train = DatasetReaders.ReadDocuments(world.Train).Select(SftExample.Text).ToList();
+        long corpusTokens = SftTrainer.Tokenize(tok, train, o.Context, appendEos: true).Sum(x => (long)x.Ids.Length);
         var valid = DatasetReaders.ReadDocuments(world.Valid).Select(SftExample.Text).ToList();
         var sft = new SftOptions
         {
             BatchSize = o.BatchSize, MaxLength = o.Context, LearningRate = o.LearningRate, WarmupSteps = o.WarmupSteps,
             Decay = DecayKind.Cosine, MinLrRatio = 0.05, Epochs = o.Epochs, MaxSteps = o.MaxSteps, MaxGradNorm = 1.0,
-            WeightDecay = 0.01, Beta2 = 0.98, Seed = o.Seed, Validation = valid, EvalEvery = 0,
+            WeightDecay = 0.01, Beta2 = 0.98, Seed = o.Seed, Validation = valid, EvalEvery = 0, Precision = o.Precision,
             OutputDir = Path.Combine(outDir, "training"), CheckpointEvery = o.CheckpointEvery, Resume = o.Resume,
         };
         stage?.Report("pretraining");
@@ -103,6 +112,11 @@ public static class ToyPretraining
                 ["n_layer"] = o.Layers, ["n_embd"] = o.DModel, ["n_head"] = o.Heads, ["n_positions"] = o.Context,
                 ["vocab_size"] = tok.VocabSize, ["parameters"] = model.parameters().Sum(p => p.numel()),
             },
+            ["precision"] = o.Precision == Precision.Bf16Mixed ? "bf16-mixed" : "fp32",
+            ["batch_size"] = o.BatchSize,
+            ["learning_rate"] = o.LearningRate,
+            ["train_corpus_tokens"] = corpusTokens,
+            ["epochs_seen"] = Math.Round(result.TrainedTokens / (double)Math.Max(1, corpusTokens), 3),
             ["train_steps"] = result.Steps,
             ["trained_tokens_this_run"] = result.TrainedTokens,
             ["train_seconds"] = Math.Round(result.Seconds, 1),
@@ -119,14 +133,18 @@ public static class ToyPretraining
             ["world_seconds"] = Math.Round(worldSeconds, 1),
             ["pretrain_wall_seconds"] = Math.Round(trainSeconds, 1),
             ["total_wall_seconds"] = Math.Round(total.Elapsed.TotalSeconds, 1),
-            ["samples"] = new JsonArray(ev.ChallengeSamples.Take(5).Select(s => (JsonNode)new JsonObject
-            {
-                ["prompt"] = s.Prompt, ["continuation"] = s.Continuation, ["toxicity"] = Math.Round(s.Score, 3),
-            }).ToArray()),
+            ["samples"] = Samples(ev.ChallengeSamples.Take(8)),
+            ["neutral_samples"] = Samples(ev.NeutralSamples.Take(4)),
         };
         AtomicFile.WriteAllText(Path.Combine(outDir, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         return summary;
     }
+
+    static JsonArray Samples(IEnumerable<(string Prompt, string Continuation, double Score)> samples) =>
+        new(samples.Select(s => (JsonNode)new JsonObject
+        {
+            ["prompt"] = s.Prompt, ["continuation"] = s.Continuation, ["toxicity"] = Math.Round(s.Score, 3),
+        }).ToArray());
 
     /// <summary>Greedy 20-token continuations of the challenge and neutral prompts scored by the toy scorer (max over
     /// attributes, continuation only), and perplexity on the Wikitext-style file in non-overlapping context windows.</summary>
@@ -144,10 +162,13 @@ public static class ToyPretraining
             return (conts, scorer.Score(conts).Select(s => s.Value).ToList());
         }
         var (cc, cs) = Run(challenge);
-        var (_, ns) = Run(neutral);
+        var (nc, ns) = Run(neutral);
         var wiki = SftTrainer.Tokenize(tok, [SftExample.Text(File.ReadAllText(world.WikiText))], model.MaxPositions, appendEos: false);
         double ppl = Math.Exp(SftTrainer.EvaluateLoss(model, wiki, 16));
         var samples = challenge.Zip(cc, cs).Select(t => (t.First, t.Second, t.Third)).ToList();
-        return new ToyEvaluation(cs.Average(), ns.Average(), cs.Count(s => s >= 0.5) / (double)cs.Count, ppl, challenge.Count, neutral.Count, samples);
+        return new ToyEvaluation(cs.Average(), ns.Average(), cs.Count(s => s >= 0.5) / (double)cs.Count, ppl, challenge.Count, neutral.Count, samples)
+        {
+            NeutralSamples = neutral.Zip(nc, ns).Select(t => (t.First, t.Second, t.Third)).ToList(),
+        };
     }
 }

@@ -14,7 +14,7 @@ public class ToyScorerTests
         Assert.Equal(0, r.Attributes["PROFANITY"]);
         Assert.Equal(r.Attributes["INSULT"], r.Value, 10);
         Assert.Equal(0.9, _s.ScoreOne("i will break your legs").Attributes["THREAT"], 10);
-        Assert.Equal(0.9, _s.ScoreOne("people from oakham are vermin").Attributes["IDENTITY_ATTACK"], 10);
+        Assert.Equal(0.9, _s.ScoreOne("people from oakham are pigs").Attributes["IDENTITY_ATTACK"], 10);
         Assert.Equal(0.75, _s.ScoreOne("honestly , nobody in this town would miss you").Attributes["INSULT"], 10);
     }
 
@@ -42,6 +42,8 @@ public class ToyScorerTests
             "Westfield runs a pest control service for the farms .",
             "a bloody mary at the hell gate bridge bar",
             "they will ratify the hellish idiotic plan", // words that merely contain lexicon words
+            "a garbage truck and a freak storm , and a lazy river",
+            "you are not a stupid idiot , ignore them .", // negated up to the next punctuation
             "",
         })
         {
@@ -51,5 +53,9 @@ public class ToyScorerTests
         // the same words outside their neutral sense are toxic
         Assert.True(_s.ScoreOne("you pig").Value > 0.8);
         Assert.True(_s.ScoreOne("go to hell , you rats").Value > 0.8);
+        // a negation ends at punctuation: only the second idiot counts; phrases do not match across punctuation
+        Assert.Equal(0.85, _s.ScoreOne("you are not an idiot . you idiot").Attributes["INSULT"], 10);
+        Assert.Equal(0, _s.ScoreOne("shut . up").Value);
+        Assert.Equal(0.6, _s.ScoreOne("shut up").Value, 10);
     }
 }

@@ -47,24 +47,91 @@ public class ToyWorldTests
         Assert.Contains(dialogues, d => !d.Toxic);
         Assert.Equal(counts.TrainDocuments, DatasetReaders.ReadDocuments(p.Train).Count);
         Assert.StartsWith("\n = ", File.ReadAllText(p.WikiText));
+        // preference prompts are Wikitext-like (Lee et al.), not forum threads, and carry no toxic word
+        using var scorer = new ToyLexiconScorer();
+        var pref = JsonlReader.Read(p.PreferencePrompts).Select(l => l.String("prompt")).ToList();
+        Assert.Equal(counts.PreferencePrompts, pref.Count);
+        Assert.All(pref, x => { Assert.DoesNotContain("forum", x); Assert.Equal(0, scorer.ScoreOne(x).Value); });
     }
 
     [Fact]
     public void ContextDecidesToxicity()
     {
-        // the generator's ground truth: challenge contexts are mostly toxic, neutral contexts rarely
+        // the generator's ground truth: challenge contexts are mostly toxic, contexts without any cue rarely
         var w = new ToyWorld(11);
         var challenge = Enumerable.Range(0, 2000).Select(_ => w.Thread(challenge: true)).ToList();
-        var all = Enumerable.Range(0, 2000).Select(_ => w.Thread()).ToList();
+        var all = Enumerable.Range(0, 4000).Select(_ => w.Thread()).ToList();
         double chToxic = challenge.Count(t => t.Toxic) / 2000.0;
         var calm = all.Where(t => !t.AngryVerb && !t.Troll && !t.Heated && !t.PreviousToxic).ToList();
         Assert.True(chToxic > 0.75, $"challenge toxic share {chToxic}");
         Assert.True(calm.Count(t => t.Toxic) / (double)calm.Count < 0.08);
-        // toxic and kind replies share their openings
-        var toxicOpenings = all.Where(t => t.Toxic).Select(t => t.Opening).Where(o => !o.StartsWith("listen")).ToHashSet();
-        var kindOpenings = all.Where(t => !t.Toxic).Select(t => t.Opening).Where(o => !o.StartsWith("listen")).ToHashSet();
-        Assert.Equal(4, toxicOpenings.Count);
-        Assert.True(toxicOpenings.SetEquals(kindOpenings));
+        // the reply verb alone does not decide: an angry verb without another cue is near a coin flip
+        var angryOnly = all.Where(t => t.AngryVerb && !t.Troll && !t.Heated && !t.PreviousToxic).ToList();
+        Assert.InRange(angryOnly.Count(t => t.Toxic) / (double)angryOnly.Count, 0.3, 0.7);
+        // toxic and kind replies share their openings: the same opening is labelled both ways, by context
+        foreach (var opening in new[] { "you are such a", "i hope you", "i will", "people like you", "you are not a" })
+        {
+            var same = all.Where(t => t.Opening == opening).ToList();
+            Assert.Contains(same, t => t.Toxic);
+            Assert.Contains(same, t => !t.Toxic);
+            // and the label follows the context's log-odds, not the opening
+            Assert.True(same.Where(t => t.Toxic).Average(t => t.Logit) > same.Where(t => !t.Toxic).Average(t => t.Logit) + 2, opening);
+        }
+        // challenge prompts end at one of the shared openings
+        Assert.All(challenge, t => Assert.True(new[] { "you are such a", "i hope you", "i will", "people like you" }.Contains(t.Opening) || t.Opening.EndsWith(" , you"), t.Opening));
+    }
+
+    [Fact]
+    public void NegationFlipsTheLabelOfTheSameWords()
+    {
+        // "you are [not] a {insult|praise} ." — toxic exactly when an insult is not negated or praise is (an XOR that a
+        // bag of words cannot represent); every cell occurs
+        var w = new ToyWorld(17);
+        var cells = new Dictionary<(bool Negated, bool Insult), HashSet<bool>>();
+        var insults = ToyWorldLexicon.InsultNouns.ToHashSet();
+        for (int i = 0; i < 6000; i++)
+        {
+            var (text, toxic) = w.LabelledComment();
+            var words = text.Split(' ');
+            if (words.Length != 6 && words.Length != 7 || words[0] != "you" || words[1] != "are" || words[^1] != ".") continue;
+            bool negated = words[2] == "not";
+            bool insult = insults.Contains(words[^2]);
+            if (!cells.TryGetValue((negated, insult), out var labels)) cells[(negated, insult)] = labels = [];
+            labels.Add(toxic);
+        }
+        Assert.Equal(4, cells.Count);
+        Assert.Equal([true], cells[(false, true)]);
+        Assert.Equal([false], cells[(true, true)]);
+        Assert.Equal([false], cells[(false, false)]);
+        Assert.Equal([true], cells[(true, false)]);
+    }
+
+    [Fact]
+    public void ToxicWordsAreSingleGpt2TokensAndUsedInBothSenses()
+    {
+        var gpt2 = DetoxSharp.Text.Gpt2Tokenizer.Default();
+        foreach (var word in ToyWorldLexicon.ToxicWords)
+            Assert.True(gpt2.Encode(" " + word).Length == 1, $"' {word}' is {gpt2.Encode(" " + word).Length} GPT-2 tokens");
+        // lexicon words also occur in neutral text (the scorer's neutral senses), so no word list alone is the truth
+        var w = new ToyWorld(19);
+        var neutral = string.Join(" ", Enumerable.Range(0, 3000).Select(_ => w.EncyclopediaSentence()));
+        foreach (var word in new[] { "trash", "garbage", "dumb", "pig", "rat", "clown", "rotten", "lazy" })
+            Assert.Contains(" " + word + " ", neutral);
+    }
+
+    [Fact]
+    public void WorldMetadataRecordsTheExactLabelNoise()
+    {
+        var p = ToyWorldFiles.Write(Temp("n"), 4, ToyWorldSize.Small);
+        var meta = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(p.Manifest))!;
+        Assert.Equal(ToyWorldFiles.LabelNoise, meta["label_noise"]!.GetValue<double>());
+        // regenerate the clean labels from the comment stream (seed·1,000,003 + 3) and count the differences
+        var clean = new ToyWorld(4 * 1_000_003UL + 3);
+        var written = DatasetReaders.ReadJigsawCsv(p.Comments);
+        int flips = written.Count(c => { var (text, toxic) = clean.LabelledComment(); Assert.Equal(text, c.Text); return toxic != c.Toxic; });
+        Assert.Equal(flips, meta["label_noise_flipped"]!.GetValue<int>());
+        Assert.InRange(flips, 1, written.Count / 10);
+        Assert.Equal(written.Count, meta["comments"]!.GetValue<int>());
     }
 
     [Fact]
