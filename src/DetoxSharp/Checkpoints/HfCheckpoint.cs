@@ -39,6 +39,9 @@ public static class HfCheckpoint
     static readonly Dictionary<string, Func<JsonObject, ICausalLM>> Families = new()
     {
         ["gpt2"] = cfg => new Gpt2Model(Gpt2Config.FromJson(cfg), initialize: false),
+        ["llama"] = cfg => new LlamaModel(LlamaConfig.FromJson(cfg), initialize: false),
+        ["mistral"] = cfg => new LlamaModel(LlamaConfig.FromJson(cfg), initialize: false),
+        ["qwen2"] = cfg => new LlamaModel(LlamaConfig.FromJson(cfg), initialize: false),
     };
 
     public static JsonObject ReadConfig(string dir)
@@ -133,8 +136,9 @@ public static class HfCheckpoint
     static string Summarise(IReadOnlyCollection<string> names) =>
         string.Join(", ", names.Take(5)) + (names.Count > 5 ? $" and {names.Count - 5} more" : "");
 
-    /// <summary>Maps checkpoint names onto the model's: drops the "transformer." prefix, the tied lm_head and the
-    /// attention-mask buffers old files carry; then requires an exact match of names and shapes.</summary>
+    /// <summary>Maps checkpoint names onto the model's: drops the "transformer." prefix, a tied lm_head (checked equal to
+    /// the embedding) and the buffers old files carry (GPT-2's attention masks, Llama's rotary inv_freq); then requires
+    /// an exact match of names and shapes.</summary>
     static void CopyInto(ICausalLM model, Dictionary<string, Tensor> tensors, string dir)
     {
         var target = model.Module.state_dict();
@@ -144,8 +148,8 @@ public static class HfCheckpoint
         foreach (var (rawName, t) in tensors)
         {
             var name = rawName.StartsWith("transformer.") ? rawName["transformer.".Length..] : rawName;
-            if (name == "lm_head.weight") { lmHead = t; continue; }
-            if (name.EndsWith(".attn.bias") || name.EndsWith(".attn.masked_bias")) continue;
+            if (name == "lm_head.weight" && !target.ContainsKey(name)) { lmHead = t; continue; }
+            if (name.EndsWith(".attn.bias") || name.EndsWith(".attn.masked_bias") || name.EndsWith(".rotary_emb.inv_freq")) continue;
             if (!target.ContainsKey(name)) { unexpected.Add(rawName); continue; }
             found[name] = t;
         }
@@ -162,7 +166,7 @@ public static class HfCheckpoint
             if (!lmHead.shape.SequenceEqual(model.Unembedding.shape))
                 throw new InvalidInputException($"{dir}: lm_head.weight has shape [{string.Join(",", lmHead.shape)}], expected [{string.Join(",", model.Unembedding.shape)}]");
             if (!lmHead.to(model.Unembedding.dtype).eq(model.Unembedding).all().item<bool>()) // Tensor.equal is elementwise in TorchSharp
-                throw new InvalidInputException($"{dir}: lm_head.weight differs from wte.weight, but GPT-2 ties them (untied heads are not supported)");
+                throw new InvalidInputException($"{dir}: lm_head.weight differs from the token embedding, but this {model.Family} model ties them (config.json)");
         }
     }
 
@@ -171,7 +175,9 @@ public static class HfCheckpoint
     /// name and then moved into place, so an interrupted save never leaves a half-written checkpoint; an existing
     /// checkpoint is replaced only with <paramref name="overwrite"/>.
     /// </summary>
-    public static void Save(ICausalLM model, Gpt2Tokenizer? tokenizer, string dir, KeyConvention convention = KeyConvention.Hub, bool overwrite = false)
+    /// <param name="maxShardBytes">When the tensors exceed this many bytes, write transformers' sharded layout
+    /// (model-0000i-of-0000n.safetensors + model.safetensors.index.json) instead of one file.</param>
+    public static void Save(ICausalLM model, Gpt2Tokenizer? tokenizer, string dir, KeyConvention convention = KeyConvention.Hub, bool overwrite = false, long? maxShardBytes = null)
     {
         dir = Path.GetFullPath(dir.TrimEnd('/', '\\'));
         if (Directory.Exists(dir) && Directory.EnumerateFileSystemEntries(dir).Any() && !overwrite)
@@ -180,10 +186,39 @@ public static class HfCheckpoint
         {
             var prefix = convention == KeyConvention.Transformers ? "transformer." : "";
             var sd = model.Module.state_dict().ToDictionary(kv => prefix + kv.Key, kv => kv.Value);
-            Safetensors.Save(Path.Combine(tmp, "model.safetensors"), sd);
+            WriteWeights(tmp, sd, maxShardBytes);
             var cfg = model.ConfigJson();
             File.WriteAllText(Path.Combine(tmp, "config.json"), cfg.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             tokenizer?.Save(tmp);
         });
+    }
+
+    static void WriteWeights(string dir, Dictionary<string, Tensor> sd, long? maxShardBytes)
+    {
+        long Bytes(Tensor t) => t.numel() * t.ElementSize;
+        long total = sd.Values.Sum(Bytes);
+        if (maxShardBytes is not long max || total <= max)
+        {
+            Safetensors.Save(Path.Combine(dir, "model.safetensors"), sd);
+            return;
+        }
+        // transformers' rule: tensors in state-dict order, a new shard when the next one would overflow the limit.
+        var shards = new List<Dictionary<string, Tensor>> { new() };
+        long size = 0;
+        foreach (var (name, t) in sd)
+        {
+            if (size > 0 && size + Bytes(t) > max) { shards.Add(new()); size = 0; }
+            shards[^1][name] = t;
+            size += Bytes(t);
+        }
+        var map = new JsonObject();
+        for (int i = 0; i < shards.Count; i++)
+        {
+            var file = $"model-{i + 1:D5}-of-{shards.Count:D5}.safetensors";
+            Safetensors.Save(Path.Combine(dir, file), shards[i]);
+            foreach (var name in shards[i].Keys) map[name] = file;
+        }
+        var index = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = total }, ["weight_map"] = map };
+        File.WriteAllText(Path.Combine(dir, "model.safetensors.index.json"), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 }
