@@ -25,6 +25,11 @@ var started = DateTime.UtcNow;
 var loadAtStart = LoadAverage();
 var log = (string s) => Console.Error.WriteLine($"[{(DateTime.UtcNow - started).TotalSeconds,6:F1}s] {s}");
 
+// ---- 1.1B Llama-shaped checkpoint (created when absent, never committed): load, generate, DPO steps ----
+var l1Idx = Array.IndexOf(args, "--llama-1b");
+if (l1Idx >= 0)
+    return Llama1B.Run(l1Idx + 1 < args.Length ? args[l1Idx + 1] : Path.Combine(Path.GetTempPath(), "detox-llama-1b"), Arg("--steps", 2), log);
+
 // ---- side-by-side mode (bench/side-by-side.sh): the step bench/pytorch/gpt2_step.py times, as one JSON line ----
 var sbsIdx = Array.IndexOf(args, "--side-by-side");
 if (sbsIdx >= 0)

@@ -14,13 +14,15 @@ public static class PretrainToyCommand
         var size = new Option<string>("--size") { Description = "world size: small, default or large", DefaultValueFactory = _ => "default" };
         var maxSteps = new Option<int?>("--max-steps") { Description = "optimizer steps (default 260; 0 = one epoch over train.txt)" };
         var resume = new Option<bool>("--resume") { Description = "continue from OUT/training/checkpoint" };
-        var cmd = new Command("pretrain-toy", "Generate the toy world and pretrain a small GPT-2 on it from scratch (compact GPT-2 BPE vocabulary with [TOXIC]); writes the model and a summary with greedy toxicity and perplexity.")
-            { output, seed, size, maxSteps, resume };
+        var arch = new Option<string>("--arch") { Description = "model architecture: gpt2 or llama (RMSNorm, rotary, SwiGLU, GQA)", DefaultValueFactory = _ => "gpt2" };
+        var cmd = new Command("pretrain-toy", "Generate the toy world and pretrain a small GPT-2 (or, with --arch llama, Llama-style) model on it from scratch (compact GPT-2 BPE vocabulary with [TOXIC]); writes the model and a summary with greedy toxicity and perplexity.")
+            { output, seed, size, maxSteps, resume, arch };
         cmd.SetAction(p =>
         {
             var o = new ToyPretrainOptions
             {
                 Seed = p.GetValue(seed), Size = ToyWorldFiles.ParseSize(p.GetValue(size)!), MaxSteps = p.GetValue(maxSteps) is int ms ? (ms > 0 ? ms : null) : 260, Resume = p.GetValue(resume),
+                Arch = p.GetValue(arch)!,
             };
             System.Text.Json.Nodes.JsonObject summary = null!;
             AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())

@@ -70,6 +70,8 @@ public static class HfCheckpoint
     public static LoadedModel Load(string dir, LoadOptions? options = null)
     {
         options ??= new LoadOptions();
+        if (File.Exists(Path.Combine(dir, "adapter_config.json")) && !File.Exists(Path.Combine(dir, "config.json")))
+            return LoadAdapter(dir, options);
         var cfg = ReadConfig(dir);
         var mt = ModelType(cfg, dir);
         ICausalLM model;
@@ -91,6 +93,25 @@ public static class HfCheckpoint
         catch
         {
             model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A PEFT LoRA adapter directory: its base_model_name_or_path with the adapter attached (tokenizer files of
+    /// the adapter directory take precedence, as they carry tokens added during training).</summary>
+    static LoadedModel LoadAdapter(string dir, LoadOptions options)
+    {
+        var basePath = DetoxSharp.Training.LoraAdapters.BasePathOf(dir);
+        var lm = Load(basePath, options);
+        try
+        {
+            DetoxSharp.Training.LoraAdapters.LoadPeft(lm.Model, dir, basePath);
+            var tok = Gpt2Tokenizer.FromDirectory(dir) ?? lm.Tokenizer;
+            return new LoadedModel(lm.Model, tok, dir);
+        }
+        catch
+        {
+            lm.Dispose();
             throw;
         }
     }
@@ -171,7 +192,7 @@ public static class HfCheckpoint
     }
 
     /// <summary>
-    /// Writes config.json, model.safetensors and the tokenizer files. The directory is written whole under a temporary
+    /// Writes config.json, model.safetensors and the tokenizer files (a model with LoRA adapters: the PEFT adapter files). The directory is written whole under a temporary
     /// name and then moved into place, so an interrupted save never leaves a half-written checkpoint; an existing
     /// checkpoint is replaced only with <paramref name="overwrite"/>.
     /// </summary>
@@ -182,6 +203,12 @@ public static class HfCheckpoint
         dir = Path.GetFullPath(dir.TrimEnd('/', '\\'));
         if (Directory.Exists(dir) && Directory.EnumerateFileSystemEntries(dir).Any() && !overwrite)
             throw new InvalidInputException($"{dir}: already exists and is not empty (refusing to overwrite)");
+        if (DetoxSharp.Training.LoraAdapters.Of(model) is { } lora)
+        {
+            // an adapted model is saved as what was trained: the PEFT adapter (the base stays where it is)
+            AtomicDirectory.Write(dir, tmp => lora.SavePeft(tmp, tokenizer));
+            return;
+        }
         AtomicDirectory.Write(dir, tmp =>
         {
             var prefix = convention == KeyConvention.Transformers ? "transformer." : "";

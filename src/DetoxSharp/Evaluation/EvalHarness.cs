@@ -142,7 +142,7 @@ public static class EvalHarness
         var r = new EvalRow { Row = row, Model = model, Intervention = intervention };
         int[] PromptIds(string text)
         {
-            var ids = tok.Encode(text);
+            var ids = tok.EncodeWithSpecialTokens(text);
             if (ids.Length > o.PromptTokens) ids = ids[..o.PromptTokens];
             return ids.Length == 0 ? [lm.Model.EosTokenId] : ids;
         }
@@ -207,7 +207,7 @@ public static class EvalHarness
         if (pplText is not null)
         {
             using var handle = edit is null ? null : ForPerplexity(edit).Apply(lm.Model);
-            var ids = tok.Encode(pplText);
+            var ids = tok.EncodeWithSpecialTokens(pplText);
             var p = Metrics.Perplexity(lm.Model, ids, o.PplWindow, o.PplStride,
                 (d, t) => progress?.Report(new EvalProgress(row, "perplexity", d, t)));
             r = r with { Perplexity = p.Perplexity, PerplexityTokens = p.Tokens };

@@ -309,9 +309,10 @@ sealed class LlamaAttention : nn.Module
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, HookPoints hooks, string hookZ, int past, Tensor? am)
     {
         long b = x.shape[0], t = x.shape[1];
-        var q = q_proj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);
-        var k = k_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
-        var v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        // .call rather than .forward: LoRA adapters (Training/Lora.cs) are forward hooks on these layers
+        var q = q_proj.call(x).view(b, t, _heads, _headDim).transpose(1, 2);
+        var k = k_proj.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        var v = v_proj.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
         q = q * cos + RotateHalf(q) * sin;
         k = k * cos + RotateHalf(k) * sin;
         // The cache holds the kv_heads keys/values (grouped); they are repeated for the query heads only here.
@@ -325,7 +326,7 @@ sealed class LlamaAttention : nn.Module
         }
         var y = torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, causal);
         var z = hooks.Run(hookZ, y.transpose(1, 2), past, am); // [b, T, heads, head_dim]
-        return o_proj.forward(z.reshape(b, t, _heads * _headDim));
+        return o_proj.call(z.reshape(b, t, _heads * _headDim));
     }
 }
 
@@ -369,10 +370,10 @@ sealed class LlamaDecoderLayer : nn.Module
         var a = hooks.Run(n[2], self_attn.Forward(input_layernorm.Forward(x), cos, sin, mask, causal, cache, layer, hooks, n[1], past, am), past, am);
         x = hooks.Run(n[3], x + a, past, am);
         var h = post_attention_layernorm.Forward(x);
-        var gate = hooks.Run(n[4], mlp.gate_proj.forward(h), past, am);
-        var up = hooks.Run(n[5], mlp.up_proj.forward(h), past, am);
+        var gate = hooks.Run(n[4], mlp.gate_proj.call(h), past, am);
+        var up = hooks.Run(n[5], mlp.up_proj.call(h), past, am);
         var post = hooks.Run(n[6], torch.nn.functional.silu(gate) * up, past, am);
-        var m = hooks.Run(n[7], mlp.down_proj.forward(post), past, am);
+        var m = hooks.Run(n[7], mlp.down_proj.call(post), past, am);
         return hooks.Run(n[8], x + m, past, am);
     }
 }

@@ -137,6 +137,7 @@ public static class StudyStages
                 LearningRate = D(p, "learning_rate", d.LearningRate),
                 Epochs = D(p, "epochs", d.Epochs),
                 MaxSteps = p["max_steps"] is null ? d.MaxSteps : I(p, "max_steps", 1),
+                Arch = S(p, "arch", d.Arch),
             };
             var summary = ToyPretraining.Run(c.OutputDir, o,
                 new Progress<SftProgress>(sp => c.Report?.Invoke(sp.Step / (double)Math.Max(1, sp.TotalSteps), $"step {sp.Step}/{sp.TotalSteps}")));
