@@ -39,12 +39,12 @@ public sealed class LlamaModel : nn.Module, ICausalLM
     {
         config.Validate();
         Config = config;
-        model = new LlamaBackbone(config);
-        if (!config.TieWordEmbeddings) lm_head = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false);
+        // Parameters are allocated in their final dtype and device: a float32 detour would need twice a bf16 model's memory.
+        var at = new At(device ?? torch.CPU, dtype);
+        model = new LlamaBackbone(config, at);
+        if (!config.TieWordEmbeddings) lm_head = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false, device: at.Device, dtype: at.DType);
         RegisterComponents();
         if (initialize) InitWeights();
-        if (dtype != ScalarType.Float32 || (device is not null && device.type != DeviceType.CPU))
-            this.to(device ?? torch.CPU, dtype);
         _invFreq = Rope.InverseFrequencies(config);
         _blockHookNames = Enumerable.Range(0, config.NumHiddenLayers).Select(BlockHookNames).ToArray();
         _hooks = new HookPoints(HookNames(config.NumHiddenLayers));
@@ -216,6 +216,9 @@ public sealed class LlamaModel : nn.Module, ICausalLM
     }
 }
 
+/// <summary>Where and in which dtype a module's parameters are allocated.</summary>
+sealed record At(Device Device, ScalarType DType);
+
 /// <summary>Boolean attention masks [b or 1, 1, T, past+T] (true = attend), shared by the rotary families.</summary>
 static class AttentionMasks
 {
@@ -250,11 +253,11 @@ sealed class LlamaBackbone : nn.Module
     public readonly RmsNorm norm;
 #pragma warning restore IDE1006
 
-    public LlamaBackbone(LlamaConfig c) : base("LlamaModel")
+    public LlamaBackbone(LlamaConfig c, At at) : base("LlamaModel")
     {
-        embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
-        layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(_ => new LlamaDecoderLayer(c)).ToArray());
-        norm = new RmsNorm(c.HiddenSize, c.RmsNormEps);
+        embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize, device: at.Device, dtype: at.DType);
+        layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(_ => new LlamaDecoderLayer(c, at)).ToArray());
+        norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, at);
         RegisterComponents();
     }
 }
@@ -267,9 +270,9 @@ public sealed class RmsNorm : nn.Module
 #pragma warning restore IDE1006
     readonly double _eps;
 
-    public RmsNorm(int d, double eps) : base("LlamaRMSNorm")
+    internal RmsNorm(int d, double eps, At at) : base("LlamaRMSNorm")
     {
-        weight = new Parameter(torch.ones(d));
+        weight = new Parameter(torch.ones(d, at.DType, at.Device));
         _eps = eps;
         RegisterComponents();
     }
@@ -290,13 +293,13 @@ sealed class LlamaAttention : nn.Module
 #pragma warning restore IDE1006
     readonly int _heads, _kvHeads, _headDim;
 
-    public LlamaAttention(LlamaConfig c) : base("LlamaAttention")
+    public LlamaAttention(LlamaConfig c, At at) : base("LlamaAttention")
     {
         _heads = c.NumAttentionHeads; _kvHeads = c.KvHeads; _headDim = c.HeadDim;
-        q_proj = nn.Linear(c.HiddenSize, _heads * _headDim, hasBias: c.QkvBias);
-        k_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, hasBias: c.QkvBias);
-        v_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, hasBias: c.QkvBias);
-        o_proj = nn.Linear(_heads * _headDim, c.HiddenSize, hasBias: c.OutputBias);
+        q_proj = nn.Linear(c.HiddenSize, _heads * _headDim, hasBias: c.QkvBias, device: at.Device, dtype: at.DType);
+        k_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, hasBias: c.QkvBias, device: at.Device, dtype: at.DType);
+        v_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, hasBias: c.QkvBias, device: at.Device, dtype: at.DType);
+        o_proj = nn.Linear(_heads * _headDim, c.HiddenSize, hasBias: c.OutputBias, device: at.Device, dtype: at.DType);
         RegisterComponents();
     }
 
@@ -336,11 +339,11 @@ sealed class LlamaMlp : nn.Module
     public readonly Linear gate_proj, up_proj, down_proj;
 #pragma warning restore IDE1006
 
-    public LlamaMlp(LlamaConfig c) : base("LlamaMLP")
+    public LlamaMlp(LlamaConfig c, At at) : base("LlamaMLP")
     {
-        gate_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: false);
-        up_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: false);
-        down_proj = nn.Linear(c.IntermediateSize, c.HiddenSize, hasBias: false);
+        gate_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: false, device: at.Device, dtype: at.DType);
+        up_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: false, device: at.Device, dtype: at.DType);
+        down_proj = nn.Linear(c.IntermediateSize, c.HiddenSize, hasBias: false, device: at.Device, dtype: at.DType);
         RegisterComponents();
     }
 }
@@ -354,12 +357,12 @@ sealed class LlamaDecoderLayer : nn.Module
     public readonly RmsNorm post_attention_layernorm;
 #pragma warning restore IDE1006
 
-    public LlamaDecoderLayer(LlamaConfig c) : base("LlamaDecoderLayer")
+    public LlamaDecoderLayer(LlamaConfig c, At at) : base("LlamaDecoderLayer")
     {
-        self_attn = new LlamaAttention(c);
-        mlp = new LlamaMlp(c);
-        input_layernorm = new RmsNorm(c.HiddenSize, c.RmsNormEps);
-        post_attention_layernorm = new RmsNorm(c.HiddenSize, c.RmsNormEps);
+        self_attn = new LlamaAttention(c, at);
+        mlp = new LlamaMlp(c, at);
+        input_layernorm = new RmsNorm(c.HiddenSize, c.RmsNormEps, at);
+        post_attention_layernorm = new RmsNorm(c.HiddenSize, c.RmsNormEps, at);
         RegisterComponents();
     }
 
