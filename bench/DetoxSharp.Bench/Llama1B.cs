@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using DetoxSharp.Checkpoints;
+using DetoxSharp.Data;
+using DetoxSharp.Training;
 using DetoxSharp.Generation;
 using DetoxSharp.Models;
 using DetoxSharp.Text;
@@ -9,8 +11,8 @@ using static TorchSharp.torch;
 /// <summary>
 /// `--llama-1b DIR`: a 1.1B-parameter Llama-shaped checkpoint (TinyLlama-1.1B's shape: d 2048, 22 layers, 32 heads,
 /// 4 key/value heads, SwiGLU 5632, vocab 32000; random weights, bf16, sharded) is written to DIR when absent — it is
-/// never committed — then loaded in bf16, greedy-decodes, and runs full-parameter DPO loss forward/backward steps
-/// (policy = reference at the start, so the first loss must be ln 2). Prints wall times and peak RSS (VmHWM).
+/// never committed — then loaded in bf16, greedy-decodes, and runs LoRA-DPO steps through PreferenceTrainer (policy =
+/// frozen base at the start, so the first loss must be ln 2). Prints wall times and peak RSS (VmHWM).
 /// </summary>
 static class Llama1B
 {
@@ -47,31 +49,21 @@ static class Llama1B
         Console.WriteLine($"generate (32-token prompt, 16 new, greedy, KV cache): {sw.Elapsed.TotalSeconds:F1} s " +
             $"({16 / sw.Elapsed.TotalSeconds:F2} tok/s), tokens [{string.Join(",", gen[0].Take(8))}…], peak RSS {PeakRssGb():F2} GB");
 
-        // DPO (sigmoid, β = 0.1) forward/backward on 2 pairs of 64 tokens; reference log-probs under no_grad from the
-        // same weights (what a frozen base gives at step 0).
-        m.Model.Module.train();
-        var rng = new Random(1);
-        var chosen = torch.tensor(Enumerable.Range(0, 2 * 64).Select(_ => (long)rng.Next(3, 200)).ToArray(), [2, 64]);
-        var rejected = torch.tensor(Enumerable.Range(0, 2 * 64).Select(_ => (long)rng.Next(3, 200)).ToArray(), [2, 64]);
-        for (int s = 0; s < steps; s++)
+        // LoRA-DPO (rank 8 on q_proj/v_proj, sigmoid loss, β = 0.1) through the real trainer: reference log-probs from the
+        // frozen base (cached before the first step), so the first loss must be ln 2.
+        LoraAdapters.Attach(m.Model, new LoraOptions { Rank = 8, Alpha = 16 }, dir);
+        string[] nice = [" through the town", " and the market", " sells cheese"], bad = [" the the the", " cheese cheese river", " market market"];
+        var pairs = Enumerable.Range(0, 2 * steps + 2).Select(i => new PreferenceExample("The river flows", nice[i % 3], bad[i % 3], Where: $"bench:{i}")).ToList();
+        var outDir = Path.Combine(Path.GetTempPath(), "detox-llama-1b-dpo-" + Guid.NewGuid().ToString("N")[..8]);
+        sw.Restart();
+        var r = PreferenceTrainer.Train(m.Model, m.Tokenizer, pairs, outDir, new PreferenceTrainerOptions
         {
-            sw.Restart();
-            using var scope = torch.NewDisposeScope();
-            Tensor refC, refR;
-            using (torch.no_grad())
-            {
-                refC = LogProbs.OfTokens(m.Model, chosen).sum(1);
-                refR = LogProbs.OfTokens(m.Model, rejected).sum(1);
-            }
-            var pc = LogProbs.OfTokens(m.Model, chosen).sum(1);
-            var pr = LogProbs.OfTokens(m.Model, rejected).sum(1);
-            var loss = -torch.nn.functional.logsigmoid(0.1 * ((pc - refC) - (pr - refR))).mean();
-            loss.backward();
-            double l = loss.item<float>();
-            foreach (var p in m.Model.Module.parameters()) p.grad?.zero_();
-            Console.WriteLine($"DPO fwd+bwd step {s + 1} (2 pairs × 64 tokens, full-parameter grads): loss {l:F6} (ln 2 = {Math.Log(2):F6}), " +
-                $"{sw.Elapsed.TotalSeconds:F1} s, peak RSS {PeakRssGb():F2} GB");
-        }
+            Loss = new PreferenceLossOptions { Beta = 0.1 }, LearningRate = 1e-4, BatchSize = 2, GradientAccumulation = 1,
+            WarmupSteps = 0, Validation = 2, EvalEvery = 0, Patience = 0, MaxSteps = steps, Epochs = 1, Seed = 1,
+        });
+        var losses = MetricsLog.Read(r.MetricsPath).Where(x => x["phase"] is null).Select(x => x["loss"]!.GetValue<double>()).ToList();
+        Console.WriteLine($"LoRA-DPO ({steps} steps × 2 pairs, rank 8 q/v, incl. reference log-probs and saving the adapter): {sw.Elapsed.TotalSeconds:F1} s, " +
+            $"losses [{string.Join(", ", losses.Select(l => l.ToString("F6")))}] (ln 2 = {Math.Log(2):F6}), peak RSS {PeakRssGb():F2} GB");
         return 0;
     }
 }
