@@ -90,11 +90,11 @@ public sealed partial class Gpt2Tokenizer
             if (s.EndOfSentenceId >= 0) tok.RegisterSpecial(s.EndOfSentenceToken, s.EndOfSentenceId);
             if (s.BeginningOfSentenceId >= 0) tok.RegisterSpecial(s.BeginningOfSentenceToken, s.BeginningOfSentenceId);
         }
-        else if (json is not null && json["model"]?["byte_fallback"] is JsonValue)
+        else if (json is not null && json["model"]?["byte_fallback"] is JsonValue bf && bf.TryGetValue<bool>(out var fallback) && fallback)
             throw new InvalidInputException($"{jsonPath}: SentencePiece-style BPE (byte_fallback) is read from tokenizer.model, which is missing from {dir}");
-        else if (json is not null)
-            throw new InvalidInputException($"{jsonPath}: unsupported tokenizer model type '{json["model"]?["type"]}' (byte-level BPE, or SentencePiece BPE via tokenizer.model)");
-        else return null;
+        else if (json is not null && json["model"]?["type"]?.ToString() is string type && type != "BPE")
+            throw new InvalidInputException($"{jsonPath}: unsupported tokenizer model type '{type}' (byte-level BPE, or SentencePiece BPE via tokenizer.model)");
+        else return null; // a plain BPE tokenizer.json without pre-tokenizer: GPT-2's layout, read by the vocab/merges path
 
         foreach (var (text, id) in added) tok.RegisterSpecial(text, id);
         string? Named(string key) => cfg?[key] switch
