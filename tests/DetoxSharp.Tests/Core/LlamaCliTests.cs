@@ -116,4 +116,21 @@ public class LlamaCliTests
             "the weather today is fine and the park is open.\n");
         Ok("eval", "--model", start, "--scorer", "toy", "--prompts", prompts, "--ppl-text", ppl, "--out", Path.Combine(root, "eval"));
     }
+
+    [Fact]
+    public void ToyLlamaStudyConfigIsTheToyConfigWithTheLlamaArchitecture()
+    {
+        var d = new DirectoryInfo(AppContext.BaseDirectory);
+        while (d is not null && !File.Exists(Path.Combine(d.FullName, "DetoxSharp.sln"))) d = d.Parent;
+        var configs = Path.Combine(d?.FullName ?? throw new InvalidOperationException("repo root not found"), "configs");
+        var llama = DetoxSharp.Study.StudyConfig.Load(Path.Combine(configs, "toy-llama.json"));
+        var toy = DetoxSharp.Study.StudyConfig.Load(Path.Combine(configs, "toy.json"));
+        llama.Validate("toy-llama.json");
+        Assert.Equal("llama", llama.Pretrain["arch"]!.GetValue<string>());
+        // everything else is the default study
+        var a = JsonNode.Parse(llama.ToJson())!; var b = JsonNode.Parse(toy.ToJson())!;
+        a["pretrain"]!.AsObject().Remove("arch");
+        Assert.Equal(b.ToJsonString(), a.ToJsonString());
+        Assert.Contains("llama", ToyPretrainOptions.Architectures);
+    }
 }
