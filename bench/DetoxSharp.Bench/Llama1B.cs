@@ -58,8 +58,8 @@ static class Llama1B
         sw.Restart();
         var r = PreferenceTrainer.Train(m.Model, m.Tokenizer, pairs, outDir, new PreferenceTrainerOptions
         {
-            Loss = new PreferenceLossOptions { Beta = 0.1 }, LearningRate = 1e-4, BatchSize = 2, GradientAccumulation = 1,
-            WarmupSteps = 0, Validation = 2, EvalEvery = 0, Patience = 0, MaxSteps = steps, Epochs = 1, Seed = 1,
+            Loss = new PreferenceLossOptions { Beta = 0.1 }, LearningRate = 1e-4, BatchSize = 2, GradientAccumulationSteps = 1,
+            WarmupSteps = 0, ValidationSize = 2, EvalEvery = 0, Patience = 0, MaxSteps = steps, Epochs = 1, Seed = 1,
         });
         var losses = MetricsLog.Read(r.MetricsPath).Where(x => x["phase"] is null).Select(x => x["loss"]!.GetValue<double>()).ToList();
         Console.WriteLine($"LoRA-DPO ({steps} steps × 2 pairs, rank 8 q/v, incl. reference log-probs and saving the adapter): {sw.Elapsed.TotalSeconds:F1} s, " +

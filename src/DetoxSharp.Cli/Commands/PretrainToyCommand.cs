@@ -10,18 +10,21 @@ public static class PretrainToyCommand
     public static Command Create()
     {
         var output = new Option<string>("--out") { Description = "output directory (world/, model/, training/, summary.json)", Required = true };
-        var seed = new Option<ulong>("--seed") { Description = "seed of the world and the model initialisation", DefaultValueFactory = _ => 1UL };
-        var size = new Option<string>("--size") { Description = "world size: small, default or large", DefaultValueFactory = _ => "default" };
-        var maxSteps = new Option<int?>("--max-steps") { Description = "optimizer steps (default 260; 0 = one epoch over train.txt)" };
-        var resume = new Option<bool>("--resume") { Description = "continue from OUT/training/checkpoint" };
-        var arch = new Option<string>("--arch") { Description = "model architecture: gpt2 or llama (RMSNorm, rotary, SwiGLU, GQA)", DefaultValueFactory = _ => "gpt2" };
+        var d = new ToyPretrainOptions();
+        var seed = Bind.To("--seed", d, o => o.Seed);
+        var size = Bind.Enum("--size", d, o => o.Size);
+        var maxSteps = Bind.To("--max-steps", d, o => o.MaxSteps);
+        var resume = CommonOptions.Resume("OUT/training/checkpoint");
+        var device = CommonOptions.Device();
+        var arch = Bind.To("--arch", d, o => o.Arch);
         var cmd = new Command("pretrain-toy", "Generate the toy world and pretrain a small GPT-2 (or, with --arch llama, Llama-style) model on it from scratch (compact GPT-2 BPE vocabulary with [TOXIC]); writes the model and a summary with greedy toxicity and perplexity.")
-            { output, seed, size, maxSteps, resume, arch };
+            { output, seed, size, maxSteps, resume, device, arch };
         cmd.SetAction(p =>
         {
             var o = new ToyPretrainOptions
             {
-                Seed = p.GetValue(seed), Size = ToyWorldFiles.ParseSize(p.GetValue(size)!), MaxSteps = p.GetValue(maxSteps) is int ms ? (ms > 0 ? ms : null) : 260, Resume = p.GetValue(resume),
+                Seed = p.GetValue(seed), Size = ToyWorldFiles.ParseSize(p.GetValue(size)!), MaxSteps = p.GetValue(maxSteps) is > 0 and var ms ? ms : null,
+                Resume = p.GetValue(resume), Device = CommonOptions.ParseDevice(p.GetValue(device)!),
                 Arch = p.GetValue(arch)!,
             };
             System.Text.Json.Nodes.JsonObject summary = null!;
@@ -45,8 +48,3 @@ public static class PretrainToyCommand
     }
 }
 
-/// <summary>An IProgress that reports on the calling thread (Progress&lt;T&gt; posts to the thread pool).</summary>
-sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
-{
-    public void Report(T value) => report(value);
-}

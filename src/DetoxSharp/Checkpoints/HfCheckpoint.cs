@@ -102,11 +102,11 @@ public static class HfCheckpoint
     /// the adapter directory take precedence, as they carry tokens added during training).</summary>
     static LoadedModel LoadAdapter(string dir, LoadOptions options)
     {
-        var basePath = DetoxSharp.Training.LoraAdapters.BasePathOf(dir);
+        var basePath = LoraAdapters.BasePathOf(dir);
         var lm = Load(basePath, options);
         try
         {
-            DetoxSharp.Training.LoraAdapters.LoadPeft(lm.Model, dir, basePath);
+            LoraAdapters.LoadPeft(lm.Model, dir, basePath);
             var tok = Gpt2Tokenizer.FromDirectory(dir) ?? lm.Tokenizer;
             return new LoadedModel(lm.Model, tok, dir);
         }
@@ -204,7 +204,7 @@ public static class HfCheckpoint
         dir = Path.GetFullPath(dir.TrimEnd('/', '\\'));
         if (Directory.Exists(dir) && Directory.EnumerateFileSystemEntries(dir).Any() && !overwrite)
             throw new InvalidInputException($"{dir}: already exists and is not empty (refusing to overwrite)");
-        if (DetoxSharp.Training.LoraAdapters.Of(model) is { } lora)
+        if (LoraAdapters.Of(model) is { } lora)
         {
             // an adapted model is saved as what was trained: the PEFT adapter (the base stays where it is)
             AtomicDirectory.Write(dir, tmp => lora.SavePeft(tmp, tokenizer));

@@ -312,7 +312,7 @@ sealed class LlamaAttention : nn.Module
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, HookPoints hooks, string hookZ, int past, Tensor? am)
     {
         long b = x.shape[0], t = x.shape[1];
-        // .call rather than .forward: LoRA adapters (Training/Lora.cs) are forward hooks on these layers
+        // .call rather than .forward: LoRA adapters (Checkpoints/LoraAdapters.cs) are forward hooks on these layers
         var q = q_proj.call(x).view(b, t, _heads, _headDim).transpose(1, 2);
         var k = k_proj.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
         var v = v_proj.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);

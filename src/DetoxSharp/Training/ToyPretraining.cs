@@ -15,7 +15,10 @@ namespace DetoxSharp.Training;
 /// two CPU cores and to meet the toy model's targets (challenge toxicity ≥ 0.3, neutral ≤ 0.05).</summary>
 public sealed record ToyPretrainOptions
 {
+    [Setting("seed of the world and the model initialisation")]
     public ulong Seed { get; init; } = 1;
+    [Setting("world size: small, default or large")]
+    [System.Text.Json.Serialization.JsonIgnore] // the study takes it from its "world" section
     public ToyWorldSize Size { get; init; } = ToyWorldSize.Default;
     public int Layers { get; init; } = 2;
     public int DModel { get; init; } = 64;
@@ -27,13 +30,20 @@ public sealed record ToyPretrainOptions
     public int WarmupSteps { get; init; } = 30;
     public double Epochs { get; init; } = 1;
     /// <summary>Optimizer steps (the cosine schedule spans them); null = one epoch over train.txt.</summary>
+    [Setting("optimizer steps (0 = one epoch over train.txt)")]
     public int? MaxSteps { get; init; } = 260;
     public int CheckpointEvery { get; init; } = 200;
+    [System.Text.Json.Serialization.JsonIgnore]
     public bool Resume { get; init; }
     /// <summary>torch intra-op threads (0 = leave torch's default).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
     public int Threads { get; init; } = 0;
+    /// <summary>Where the model is built and trained (null = CPU).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public torch.Device? Device { get; init; }
     /// <summary>"gpt2" (LayerNorm, learned positions, GELU MLP, tied head) or "llama" (RMSNorm, rotary positions,
     /// SwiGLU MLP, untied head, grouped-query attention with one key/value head per two query heads when heads is even).</summary>
+    [Setting("model architecture: gpt2 or llama (RMSNorm, rotary, SwiGLU, GQA)")]
     public string Arch { get; init; } = "gpt2";
 
     public static readonly string[] Architectures = ["gpt2", "llama"];
@@ -88,6 +98,7 @@ public static class ToyPretraining
         var tok = CompactTokenizer(world);
         torch.manual_seed((long)o.Seed);
         using var model = o.NewModel(tok);
+        if (o.Device is not null) model.Module.to(o.Device);
         var train = DatasetReaders.ReadDocuments(world.Train).Select(SftExample.Text).ToList();
         var valid = DatasetReaders.ReadDocuments(world.Valid).Select(SftExample.Text).ToList();
         var sft = new SftOptions

@@ -1,15 +1,13 @@
 using System.Runtime.CompilerServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using DetoxSharp.Checkpoints;
-using DetoxSharp.Data;
 using DetoxSharp.Models;
 using DetoxSharp.Text;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace DetoxSharp.Training;
+namespace DetoxSharp.Checkpoints;
 
 /// <summary>LoRA settings (PEFT's names: r, lora_alpha, target_modules).</summary>
 public sealed record LoraOptions
