@@ -87,13 +87,13 @@ public class LlamaCliTests
         Safetensors.Save(vec, new Dictionary<string, Tensor> { ["probe"] = torch.randn(16) });
         var pairs = Path.Combine(root, "pairs.jsonl");
         Ok("make-pairs", "--model", start, "--prompts", prompts, "--out", pairs, "--steer-vector", vec, "--steer-key", "probe", "--steer-scale", "50", "--steer-layer", "1", "--max-new-tokens", "6");
-        var common = new[] { "--lr", "1e-3", "--batch-size", "2", "--warmup", "1", "--validation", "2", "--max-steps", "2", "--json" };
+        var common = new[] { "--lr", "1e-3", "--batch-size", "2", "--warmup", "1", "--validation-size", "2", "--max-steps", "2", "--json" };
         Ok(["dpo", "--model", start, "--data", pairs, "--out", Path.Combine(root, "dpo"), .. common]);
         Ok(["adpo", "--model", start, "--data", triples, "--toxic-model", toxDir, "--gamma", "0.5", "--out", Path.Combine(root, "adpo"), .. common]);
 
         var csv = Path.Combine(root, "c.csv");
         File.WriteAllLines(csv, new[] { "comment_text,toxic" }.Concat(Enumerable.Range(0, 20).Select(i => i % 2 == 0 ? $"you are an idiot number {i},1" : $"thanks for the help number {i},0")));
-        Ok("probe", "--model", start, "--data", csv, "--out", Path.Combine(root, "probe"), "--steps", "50");
+        Ok("probe", "--model", start, "--data", csv, "--out", Path.Combine(root, "probe"), "--max-steps", "50");
         Ok("vectors", "--model", start, "--probe", Path.Combine(root, "probe"), "--out", Path.Combine(root, "vec"), "--svd-vectors", "8");
         Ok("unalign", "--model", start, "--probe", Path.Combine(root, "probe"), "--out", Path.Combine(root, "un"), "--k", "3");
         var un = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "un", "unalign.json")))!;
