@@ -34,6 +34,10 @@ if (clsIdx >= 0)
     Console.WriteLine($"load average at end: {LoadAverage()}");
     return 0;
 }
+// ---- 1.1B Llama-shaped checkpoint (created when absent, never committed): load, generate, DPO steps ----
+var l1Idx = Array.IndexOf(args, "--llama-1b");
+if (l1Idx >= 0)
+    return Llama1B.Run(l1Idx + 1 < args.Length ? args[l1Idx + 1] : Path.Combine(Path.GetTempPath(), "detox-llama-1b"), Arg("--steps", 2), log);
 
 // ---- side-by-side mode (bench/side-by-side.sh): the step bench/pytorch/gpt2_step.py times, as one JSON line ----
 var sbsIdx = Array.IndexOf(args, "--side-by-side");

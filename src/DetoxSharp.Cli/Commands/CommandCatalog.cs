@@ -16,6 +16,7 @@ public static class CommandCatalog
         yield return ToxicModelCommand.Create();
         yield return ToyWorldCommand.Create();
         yield return SftCommand.Create();
+        yield return LoraCli.MergeCommand();
         yield return PretrainToyCommand.Create();
         yield return EvalCommand.Create();
         yield return EvalCommand.MergeShards();

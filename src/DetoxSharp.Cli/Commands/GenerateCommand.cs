@@ -40,7 +40,7 @@ public static class GenerateCommand
             opts.Validate();
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             var text = p.GetValue(prompt)!;
-            var ids = m.Tokenizer.Encode(text);
+            var ids = m.Tokenizer.EncodeWithSpecialTokens(text);
             if (ids.Length == 0) ids = [m.Model.EosTokenId];
             var outIds = Generator.Generate(m.Model, [ids], opts)[0];
             var completion = m.Tokenizer.Decode(outIds);

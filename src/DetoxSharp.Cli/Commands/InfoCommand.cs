@@ -31,7 +31,8 @@ public static class InfoCommand
                 ["vocab_size"] = lm.VocabSize,
                 ["parameters"] = n,
                 ["stored_dtype"] = DetoxSharp.Checkpoints.HfCheckpoint.ReadConfig(m.Directory)["torch_dtype"]?.DeepClone(), // as written in config.json, not the dtype loaded for inspection
-                ["activation"] = cfg["activation_function"]?.DeepClone(),
+                ["activation"] = (cfg["activation_function"] ?? cfg["hidden_act"])?.DeepClone(),
+                ["kv_heads"] = cfg["num_key_value_heads"]?.DeepClone() ?? lm.NumHeads,
                 ["tokenizer"] = m.Tokenizer.Source,
                 ["tokenizer_vocab_size"] = m.Tokenizer.VocabSize,
                 ["added_tokens"] = new JsonArray(m.Tokenizer.AddedTokens.Keys.Select(k => (JsonNode)JsonValue.Create(k)!).ToArray()),

@@ -61,6 +61,7 @@ public static class PreferenceCommands
         // the method is the command: adpo is ADPO (sigmoid DPO + toxic penalty); dpo picks its loss with --loss
         if (adpo) { cmd.Options.Add(toxic); cmd.Options.Add(gamma); }
         else cmd.Options.Add(loss);
+        var lora = LoraCli.AddTo(cmd);
         cmd.SetAction(p =>
         {
             var err = p.InvocationConfiguration.Error;
@@ -86,6 +87,9 @@ public static class PreferenceCommands
             string dev = p.GetValue(device)!, dt = p.GetValue(dtype)!;
             bool pk = p.GetValue(pickle);
             using var policy = CommonOptions.LoadModel(p.GetValue(model)!, dev, dt, pk);
+            // with LoRA the reference is the frozen base: the adapters start at B = 0, so the cached reference
+            // log-probs (computed before the first step) are the base's — no second copy of the model
+            LoraCli.Apply(p, lora, policy, prec);
             using var reference = p.GetValue(refOpt) is string r ? CommonOptions.LoadModel(r, dev, dt, pk) : null;
             using var tox = adpo ? CommonOptions.LoadModel(p.GetValue(toxic)!, dev, dt, pk) : null;
             Gpt2Tokenizer tok = policy.Tokenizer;

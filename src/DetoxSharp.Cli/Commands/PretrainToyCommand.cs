@@ -25,8 +25,9 @@ public static class PretrainToyCommand
         precision.DefaultValueFactory = _ => "bf16-mixed";
         var resume = CommonOptions.Resume("OUT/training/checkpoint");
         var device = CommonOptions.Device();
-        var cmd = new Command("pretrain-toy", "Generate the toy world and pretrain a small GPT-2 on it from scratch (compact GPT-2 BPE vocabulary with [TOXIC]); writes the model and a summary with greedy toxicity and perplexity.")
-            { output, seed, size, maxSteps, epochs, layers, dModel, heads, context, batch, lr, precision, resume, device };
+        var arch = Bind.To("--arch", d, o => o.Arch);
+        var cmd = new Command("pretrain-toy", "Generate the toy world and pretrain a small GPT-2 (or, with --arch llama, Llama-style) model on it from scratch (compact GPT-2 BPE vocabulary with [TOXIC]); writes the model and a summary with greedy toxicity and perplexity.")
+            { output, seed, size, maxSteps, epochs, layers, dModel, heads, context, batch, lr, precision, resume, device, arch };
         cmd.SetAction(p =>
         {
             var o = d with
@@ -36,6 +37,7 @@ public static class PretrainToyCommand
                 Context = p.GetValue(context), BatchSize = p.GetValue(batch), LearningRate = p.GetValue(lr),
                 Precision = CommonOptions.ParsePrecision(p.GetValue(precision)!, "float32"),
                 Resume = p.GetValue(resume), Device = CommonOptions.ParseDevice(p.GetValue(device)!),
+                Arch = p.GetValue(arch)!,
             };
             System.Text.Json.Nodes.JsonObject summary = null!;
             AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())

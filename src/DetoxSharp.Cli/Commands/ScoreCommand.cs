@@ -24,7 +24,7 @@ public static class ScoreCommand
         cmd.SetAction(p =>
         {
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
-            var ids = m.Tokenizer.Encode(p.GetValue(text)!);
+            var ids = m.Tokenizer.EncodeWithSpecialTokens(p.GetValue(text)!);
             if (ids.Length == 0) throw new InvalidInputException("--text: empty text has no tokens to score");
             if (ids.Length > m.Model.MaxPositions) throw new InvalidInputException($"--text: {ids.Length} tokens exceed the model's context of {m.Model.MaxPositions}");
             double[] lp;

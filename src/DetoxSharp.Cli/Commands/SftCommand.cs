@@ -27,10 +27,12 @@ public static class SftCommand
         var cmd = new Command("sft", "Supervised fine-tuning (or continued pretraining): plain text packed into blocks, or prompt/completion with loss on the completion only; AdamW, warmup + decay, clipping, accumulation, resumable checkpoints, metrics JSONL. With --dtype bfloat16 the model trains in pure bfloat16; --precision bf16-mixed computes in bfloat16 with fp32 master weights.")
             { model, data, valid, output, accum, decay, wd, clip, evalEvery, device, dtype, precision, pickle };
         foreach (var o in f.All) cmd.Options.Add(o);
+        var lora = LoraCli.AddTo(cmd);
         cmd.SetAction(p =>
         {
             var prec = CommonOptions.ParsePrecision(p.GetValue(precision)!, p.GetValue(dtype)!);
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            LoraCli.Apply(p, lora, m, prec);
             var train = SftData.Read(p.GetValue(data)!);
             var v = p.GetValue(valid) is string vp ? SftData.Read(vp) : null;
             var outDir = p.GetValue(output)!;

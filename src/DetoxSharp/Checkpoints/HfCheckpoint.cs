@@ -35,10 +35,14 @@ public sealed record LoadedModel(ICausalLM Model, Gpt2Tokenizer Tokenizer, strin
 public static class HfCheckpoint
 {
     /// <summary>Families this build can load, by config.json model_type. Adding a family = one entry here plus its
-    /// <see cref="ICausalLM"/> implementation.</summary>
-    static readonly Dictionary<string, Func<JsonObject, ICausalLM>> Families = new()
+    /// <see cref="ICausalLM"/> implementation. The model is built directly in the compute dtype: a float32 detour would
+    /// need twice the memory of a bf16 model (a Llama-8B in float32 does not fit in 24 GB).</summary>
+    static readonly Dictionary<string, Func<JsonObject, ScalarType, ICausalLM>> Families = new()
     {
-        ["gpt2"] = cfg => new Gpt2Model(Gpt2Config.FromJson(cfg), initialize: false),
+        ["gpt2"] = (cfg, dt) => new Gpt2Model(Gpt2Config.FromJson(cfg), dtype: dt, initialize: false),
+        ["llama"] = (cfg, dt) => new LlamaModel(LlamaConfig.FromJson(cfg), dtype: dt, initialize: false),
+        ["mistral"] = (cfg, dt) => new LlamaModel(LlamaConfig.FromJson(cfg), dtype: dt, initialize: false),
+        ["qwen2"] = (cfg, dt) => new LlamaModel(LlamaConfig.FromJson(cfg), dtype: dt, initialize: false),
     };
 
     /// <summary>Parameter counts implied by a config, per family, for the memory check before allocation.</summary>
@@ -75,6 +79,8 @@ public static class HfCheckpoint
     public static LoadedModel Load(string dir, LoadOptions? options = null)
     {
         options ??= new LoadOptions();
+        if (File.Exists(Path.Combine(dir, "adapter_config.json")) && !File.Exists(Path.Combine(dir, "config.json")))
+            return LoadAdapter(dir, options);
         var cfg = ReadConfig(dir);
         var mt = ModelType(cfg, dir);
         ICausalLM model;
@@ -86,9 +92,9 @@ public static class HfCheckpoint
                 double weights = new[] { "model.safetensors", "pytorch_model.bin" }.Select(f => Path.Combine(dir, f)).Where(File.Exists).Sum(f => (double)new FileInfo(f).Length)
                                  + Directory.EnumerateFiles(dir, "model-*.safetensors").Sum(f => (double)new FileInfo(f).Length);
                 double parameters = count(cfg);
-                MemoryBudget.EnsureFits(parameters * 4 + weights, Path.Combine(dir, "config.json"), $"a model of {parameters:0} parameters (vocab_size, n_embd, n_layer, n_positions, n_inner) as float32 plus {MemoryBudget.Format(weights)} of weights");
+                MemoryBudget.EnsureFits(parameters * (options.DType is ScalarType.BFloat16 or ScalarType.Float16 ? 2 : 4) + weights, Path.Combine(dir, "config.json"), $"a model of {parameters:0} parameters (vocab_size, n_embd, n_layer, n_positions, n_inner) in the load dtype plus {MemoryBudget.Format(weights)} of weights");
             }
-            model = Families[mt](cfg);
+            model = Families[mt](cfg, options.DType ?? ScalarType.Float32);
         }
         catch (FormatException e) { throw new InvalidInputException($"{Path.Combine(dir, "config.json")}: {e.Message}"); }
         try
@@ -107,6 +113,25 @@ public static class HfCheckpoint
         catch
         {
             model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A PEFT LoRA adapter directory: its base_model_name_or_path with the adapter attached (tokenizer files of
+    /// the adapter directory take precedence, as they carry tokens added during training).</summary>
+    static LoadedModel LoadAdapter(string dir, LoadOptions options)
+    {
+        var basePath = LoraAdapters.BasePathOf(dir);
+        var lm = Load(basePath, options);
+        try
+        {
+            LoraAdapters.LoadPeft(lm.Model, dir, basePath);
+            var tok = Gpt2Tokenizer.FromDirectory(dir) ?? lm.Tokenizer;
+            return new LoadedModel(lm.Model, tok, dir);
+        }
+        catch
+        {
+            lm.Dispose();
             throw;
         }
     }
@@ -168,8 +193,9 @@ public static class HfCheckpoint
     static string Summarise(IReadOnlyCollection<string> names) =>
         string.Join(", ", names.Take(5)) + (names.Count > 5 ? $" and {names.Count - 5} more" : "");
 
-    /// <summary>Maps checkpoint names onto the model's: drops the "transformer." prefix, the tied lm_head and the
-    /// attention-mask buffers old files carry; then requires an exact match of names and shapes.</summary>
+    /// <summary>Maps checkpoint names onto the model's: drops the "transformer." prefix, a tied lm_head (checked equal to
+    /// the embedding) and the buffers old files carry (GPT-2's attention masks, Llama's rotary inv_freq); then requires
+    /// an exact match of names and shapes.</summary>
     static void CopyInto(ICausalLM model, Dictionary<string, Tensor> tensors, string dir)
     {
         var target = model.Module.state_dict();
@@ -179,8 +205,8 @@ public static class HfCheckpoint
         foreach (var (rawName, t) in tensors)
         {
             var name = rawName.StartsWith("transformer.") ? rawName["transformer.".Length..] : rawName;
-            if (name == "lm_head.weight") { lmHead = t; continue; }
-            if (name.EndsWith(".attn.bias") || name.EndsWith(".attn.masked_bias")) continue;
+            if (name == "lm_head.weight" && !target.ContainsKey(name)) { lmHead = t; continue; }
+            if (name.EndsWith(".attn.bias") || name.EndsWith(".attn.masked_bias") || name.EndsWith(".rotary_emb.inv_freq")) continue;
             if (!target.ContainsKey(name)) { unexpected.Add(rawName); continue; }
             found[name] = t;
         }
@@ -197,28 +223,65 @@ public static class HfCheckpoint
             if (!lmHead.shape.SequenceEqual(model.Unembedding.shape))
                 throw new InvalidInputException($"{dir}: lm_head.weight has shape [{string.Join(",", lmHead.shape)}], expected [{string.Join(",", model.Unembedding.shape)}]");
             if (!lmHead.to(model.Unembedding.dtype).eq(model.Unembedding).all().item<bool>()) // Tensor.equal is elementwise in TorchSharp
-                throw new InvalidInputException($"{dir}: lm_head.weight differs from wte.weight, but GPT-2 ties them (untied heads are not supported)");
+                throw new InvalidInputException($"{dir}: lm_head.weight differs from the token embedding, but this {model.Family} model ties them (config.json)");
         }
     }
 
     /// <summary>
-    /// Writes config.json, model.safetensors and the tokenizer files. The directory is written whole under a temporary
+    /// Writes config.json, model.safetensors and the tokenizer files (a model with LoRA adapters: the PEFT adapter files). The directory is written whole under a temporary
     /// name and then moved into place, so an interrupted save never leaves a half-written checkpoint; an existing
     /// checkpoint is replaced only with <paramref name="overwrite"/>.
     /// </summary>
-    public static void Save(ICausalLM model, Gpt2Tokenizer? tokenizer, string dir, KeyConvention convention = KeyConvention.Hub, bool overwrite = false)
+    /// <param name="maxShardBytes">When the tensors exceed this many bytes, write transformers' sharded layout
+    /// (model-0000i-of-0000n.safetensors + model.safetensors.index.json) instead of one file.</param>
+    public static void Save(ICausalLM model, Gpt2Tokenizer? tokenizer, string dir, KeyConvention convention = KeyConvention.Hub, bool overwrite = false, long? maxShardBytes = null)
     {
         dir = Path.GetFullPath(dir.TrimEnd('/', '\\'));
         if (Directory.Exists(dir) && Directory.EnumerateFileSystemEntries(dir).Any() && !overwrite)
             throw new InvalidInputException($"{dir}: already exists and is not empty (refusing to overwrite)");
+        if (LoraAdapters.Of(model) is { } lora)
+        {
+            // an adapted model is saved as what was trained: the PEFT adapter (the base stays where it is)
+            AtomicDirectory.Write(dir, tmp => lora.SavePeft(tmp, tokenizer));
+            return;
+        }
         AtomicDirectory.Write(dir, tmp =>
         {
             var prefix = convention == KeyConvention.Transformers ? "transformer." : "";
             var sd = model.Module.state_dict().ToDictionary(kv => prefix + kv.Key, kv => kv.Value);
-            Safetensors.Save(Path.Combine(tmp, "model.safetensors"), sd);
+            WriteWeights(tmp, sd, maxShardBytes);
             var cfg = model.ConfigJson();
             File.WriteAllText(Path.Combine(tmp, "config.json"), cfg.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             tokenizer?.Save(tmp);
         });
+    }
+
+    static void WriteWeights(string dir, Dictionary<string, Tensor> sd, long? maxShardBytes)
+    {
+        long Bytes(Tensor t) => t.numel() * t.ElementSize;
+        long total = sd.Values.Sum(Bytes);
+        if (maxShardBytes is not long max || total <= max)
+        {
+            Safetensors.Save(Path.Combine(dir, "model.safetensors"), sd);
+            return;
+        }
+        // transformers' rule: tensors in state-dict order, a new shard when the next one would overflow the limit.
+        var shards = new List<Dictionary<string, Tensor>> { new() };
+        long size = 0;
+        foreach (var (name, t) in sd)
+        {
+            if (size > 0 && size + Bytes(t) > max) { shards.Add(new()); size = 0; }
+            shards[^1][name] = t;
+            size += Bytes(t);
+        }
+        var map = new JsonObject();
+        for (int i = 0; i < shards.Count; i++)
+        {
+            var file = $"model-{i + 1:D5}-of-{shards.Count:D5}.safetensors";
+            Safetensors.Save(Path.Combine(dir, file), shards[i]);
+            foreach (var name in shards[i].Keys) map[name] = file;
+        }
+        var index = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = total }, ["weight_map"] = map };
+        File.WriteAllText(Path.Combine(dir, "model.safetensors.index.json"), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 }

@@ -101,7 +101,7 @@ public static class PreferenceData
     /// <summary>Tokenizes an example. Completions are tokenized on their own and appended to the prompt ids.</summary>
     public static TokenizedExample Tokenize(PreferenceExample e, Gpt2Tokenizer tok, TruncationOptions trunc, int? toxicTokenId = null)
     {
-        var prompt = tok.Encode(e.Prompt);
+        var prompt = tok.EncodeWithSpecialTokens(e.Prompt);
         if (prompt.Length == 0) prompt = [tok.EosTokenId];
         prompt = TakeLast(prompt, trunc.MaxPromptTokens);
         int room = Math.Min(trunc.MaxCompletionTokens, trunc.MaxLength - prompt.Length);

@@ -241,7 +241,7 @@ public static class EvalHarness
         int[] PromptIds(string text)
         {
             int keep = Math.Max(1, Math.Min(o.MaxPromptTokens, lm.Model.MaxPositions - o.MaxNewTokens)); // "as given" still has to fit the context
-            var ids = PromptTruncation.KeepLast(tok.Encode(text), keep);
+            var ids = PromptTruncation.KeepLast(tok.EncodeWithSpecialTokens(text), keep);
             return ids.Length == 0 ? [lm.Model.EosTokenId] : ids;
         }
         List<int[]> Greedy(List<int[]> ids, string stage)
@@ -356,7 +356,7 @@ public static class EvalHarness
         if (pplText is not null)
         {
             using var handle = edit is null ? null : ForPerplexity(edit).Apply(lm.Model);
-            var ids = tok.Encode(pplText);
+            var ids = tok.EncodeWithSpecialTokens(pplText);
             var windows = o.Shard.Count > 1 ? new List<PplWindow>() : null;
             var p = Metrics.Perplexity(lm.Model, ids, o.PplWindow, o.PplStride,
                 (d, t) => progress?.Report(new EvalProgress(row, "perplexity", d, t)),

@@ -11,20 +11,27 @@ namespace DetoxSharp.Text;
 /// (TiktokenTokenizer for the built-in GPT-2 data, a byte-level BpeTokenizer with GPT-2's regex for a checkpoint's
 /// vocab.json + merges.txt). Special tokens (&lt;|endoftext|&gt;, added ones such as [TOXIC]) are split out of the text
 /// first and never merged with neighbouring text, as Hugging Face's added tokens behave.
+/// Despite the name it is the project's tokenizer for every family: a checkpoint's tokenizer.json (byte-level BPE with
+/// the model's own pre-tokenizer regex) or tokenizer.model (SentencePiece BPE) loads through <c>HfTokenizerFiles.cs</c>.
+/// <see cref="Encode"/> adds no special tokens (transformers' add_special_tokens=False);
+/// <see cref="EncodeWithSpecialTokens"/> prepends BOS when the tokenizer's config asks for it (Llama, Mistral).
 /// </summary>
-public sealed class Gpt2Tokenizer
+public sealed partial class Gpt2Tokenizer
 {
     public const string EndOfText = "<|endoftext|>";
 
     readonly Tokenizer _bpe;
     readonly Lazy<BpeVocabulary> _vocabulary;
+    /// <summary>Non-GPT-2 formats: the checkpoint's tokenizer files, written back unchanged by <see cref="Save"/>.</summary>
+    IReadOnlyDictionary<string, byte[]>? _sourceFiles;
+    bool _normalize, _nfc;
     readonly Dictionary<string, int> _special = new();
     readonly Dictionary<int, string> _specialById = new();
     readonly int _baseVocabSize;
 
     /// <summary>Size of the id space: base vocabulary plus added tokens.</summary>
     public int VocabSize => Math.Max(_baseVocabSize, _specialById.Count == 0 ? 0 : _specialById.Keys.Max() + 1);
-    public int EosTokenId { get; }
+    public int EosTokenId { get; private set; }
     public IReadOnlyDictionary<string, int> SpecialTokens => _special;
     /// <summary>Tokens added on top of the BPE vocabulary (not in vocab.json), e.g. [TOXIC].</summary>
     public IReadOnlyDictionary<string, int> AddedTokens => _special.Where(kv => !_vocabulary.Value.Vocab.ContainsKey(kv.Key)).ToDictionary();
@@ -89,6 +96,8 @@ public sealed class Gpt2Tokenizer
     /// </summary>
     public static Gpt2Tokenizer? FromDirectory(string dir)
     {
+        if (!(File.Exists(Path.Combine(dir, "vocab.json")) && File.Exists(Path.Combine(dir, "merges.txt"))) && FromHfFiles(dir) is Gpt2Tokenizer hf)
+            return hf;
         string vocabPath = Path.Combine(dir, "vocab.json"), mergesPath = Path.Combine(dir, "merges.txt");
         string tokJson = Path.Combine(dir, "tokenizer.json");
         BpeVocabulary vocab;
@@ -147,7 +156,12 @@ public sealed class Gpt2Tokenizer
                 if (at >= 0 && (next < 0 || at < next || (at == next && s.Length > which!.Length))) { next = at; which = s; }
             }
             int end = next < 0 ? text.Length : next;
-            if (end > start) ids.AddRange(_bpe.EncodeToIds(text.AsSpan(start, end - start), considerPreTokenization: true, considerNormalization: false));
+            if (end > start)
+            {
+                var part = text.AsSpan(start, end - start);
+                if (_nfc) part = part.ToString().Normalize(NormalizationForm.FormC).AsSpan();
+                ids.AddRange(_bpe.EncodeToIds(part, considerPreTokenization: true, considerNormalization: _normalize));
+            }
             if (which is null) break;
             ids.Add(_special[which]);
             start = end + which.Length;
@@ -182,6 +196,7 @@ public sealed class Gpt2Tokenizer
     public void Save(string dir)
     {
         Directory.CreateDirectory(dir);
+        if (_sourceFiles is not null) { SaveSourceFiles(dir); return; }
         var vocab = Vocabulary;
         using (var f = File.Create(Path.Combine(dir, "vocab.json"))) vocab.WriteVocabJson(f);
         using (var f = File.Create(Path.Combine(dir, "merges.txt"))) vocab.WriteMergesTxt(f);
@@ -217,6 +232,8 @@ public sealed class Gpt2Tokenizer
     /// </summary>
     public Gpt2Tokenizer Compact(IEnumerable<string> corpus)
     {
+        if (_sourceFiles is not null)
+            throw new InvalidInputException($"{Source}: compacting a vocabulary is defined for GPT-2 byte-level BPE files (vocab.json + merges.txt) only");
         var used = new HashSet<int>();
         foreach (var text in corpus) foreach (var id in Encode(text)) used.Add(id);
         var (vocab, map) = Vocabulary.Compact(used.Where(id => !_specialById.ContainsKey(id)));

@@ -132,11 +132,11 @@ public static class SftTrainer
         {
             if (e.Prompt is null)
             {
-                stream.AddRange(tok.Encode(e.Completion).Select(i => (long)i));
+                stream.AddRange(tok.EncodeWithSpecialTokens(e.Completion).Select(i => (long)i));
                 if (appendEos) stream.Add(tok.EosTokenId);
                 continue;
             }
-            var p = tok.Encode(e.Prompt).Select(i => (long)i).ToList();
+            var p = tok.EncodeWithSpecialTokens(e.Prompt).Select(i => (long)i).ToList();
             var c = tok.Encode(e.Completion).Select(i => (long)i).ToList();
             if (appendEos) c.Add(tok.EosTokenId);
             if (c.Count == 0) continue;

@@ -45,6 +45,31 @@ public sealed record ToyPretrainOptions
     /// <summary>Where the model is built and trained (null = CPU).</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public torch.Device? Device { get; init; }
+    /// <summary>"gpt2" (LayerNorm, learned positions, GELU MLP, tied head) or "llama" (RMSNorm, rotary positions,
+    /// SwiGLU MLP, untied head, grouped-query attention with one key/value head per two query heads when heads is even).</summary>
+    [Setting("model architecture: gpt2 or llama (RMSNorm, rotary, SwiGLU, GQA)")]
+    public string Arch { get; init; } = "gpt2";
+
+    public static readonly string[] Architectures = ["gpt2", "llama"];
+
+    /// <summary>A freshly initialised toy model of <see cref="Arch"/> over <paramref name="tok"/>'s vocabulary. The Llama
+    /// toy's SwiGLU width is 8/3·d rounded up to a multiple of 4 (Llama's rule), so its MLP has about as many weights as
+    /// GPT-2's 4·d two-matrix MLP.</summary>
+    public ICausalLM NewModel(Gpt2Tokenizer tok) => Arch switch
+    {
+        "gpt2" => new Gpt2Model(new Gpt2Config
+        {
+            VocabSize = tok.VocabSize, NPositions = Context, NEmbd = DModel, NLayer = Layers, NHead = Heads,
+            BosTokenId = tok.EosTokenId, EosTokenId = tok.EosTokenId,
+        }),
+        "llama" => new LlamaModel(new LlamaConfig
+        {
+            ModelType = "llama", VocabSize = tok.VocabSize, HiddenSize = DModel, IntermediateSize = (8 * DModel / 3 + 3) / 4 * 4,
+            NumHiddenLayers = Layers, NumAttentionHeads = Heads, NumKeyValueHeads = Heads % 2 == 0 ? Heads / 2 : Heads,
+            MaxPositionEmbeddings = Context, RmsNormEps = 1e-5, BosTokenId = tok.EosTokenId, EosTokenIds = [tok.EosTokenId],
+        }),
+        _ => throw new InvalidInputException($"--arch must be one of {string.Join(", ", Architectures)}, got '{Arch}'"),
+    };
 }
 
 /// <summary>Greedy toxicity and perplexity of a model on a toy world (or any files of the same formats).</summary>
@@ -70,6 +95,8 @@ public static class ToyPretraining
     /// (a normal Hugging Face directory with the compact tokenizer) and outDir/summary.json.</summary>
     public static JsonObject Run(string outDir, ToyPretrainOptions o, IProgress<SftProgress>? progress = null, IProgress<string>? stage = null)
     {
+        if (!ToyPretrainOptions.Architectures.Contains(o.Arch))
+            throw new InvalidInputException($"--arch must be one of {string.Join(", ", ToyPretrainOptions.Architectures)}, got '{o.Arch}'");
         if (o.Threads > 0) torch.set_num_threads(o.Threads);
         var total = Stopwatch.StartNew();
         stage?.Report("generating the toy world");
@@ -78,13 +105,8 @@ public static class ToyPretraining
         stage?.Report("building the compact vocabulary");
         var tok = CompactTokenizer(world);
         torch.manual_seed((long)o.Seed);
-        var cfg = new Gpt2Config
-        {
-            VocabSize = tok.VocabSize, NPositions = o.Context, NEmbd = o.DModel, NLayer = o.Layers, NHead = o.Heads,
-            BosTokenId = tok.EosTokenId, EosTokenId = tok.EosTokenId,
-        };
-        using var model = new Gpt2Model(cfg);
-        if (o.Device is not null) model.to(o.Device);
+        using var model = o.NewModel(tok);
+        if (o.Device is not null) model.Module.to(o.Device);
         var train = DatasetReaders.ReadDocuments(world.Train).Select(SftExample.Text).ToList();
         long corpusTokens = SftTrainer.Tokenize(tok, train, o.Context, appendEos: true).Sum(x => (long)x.Ids.Length);
         var valid = DatasetReaders.ReadDocuments(world.Valid).Select(SftExample.Text).ToList();
@@ -109,8 +131,8 @@ public static class ToyPretraining
             ["size"] = o.Size.ToString().ToLowerInvariant(),
             ["model"] = new JsonObject
             {
-                ["n_layer"] = o.Layers, ["n_embd"] = o.DModel, ["n_head"] = o.Heads, ["n_positions"] = o.Context,
-                ["vocab_size"] = tok.VocabSize, ["parameters"] = model.parameters().Sum(p => p.numel()),
+                ["arch"] = o.Arch, ["n_layer"] = o.Layers, ["n_embd"] = o.DModel, ["n_head"] = o.Heads, ["n_positions"] = o.Context,
+                ["vocab_size"] = tok.VocabSize, ["parameters"] = model.Module.parameters().Sum(p => p.numel()),
             },
             ["precision"] = o.Precision == Precision.Bf16Mixed ? "bf16-mixed" : "fp32",
             ["batch_size"] = o.BatchSize,

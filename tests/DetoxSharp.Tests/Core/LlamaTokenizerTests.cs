@@ -1,0 +1,185 @@
+using System.Text;
+using System.Text.Json.Nodes;
+using DetoxSharp.Text;
+
+namespace DetoxSharp.Tests.Core;
+
+/// <summary>
+/// Known-answer tests for the Llama-family tokenizer files. The files are written here; the expected ids are worked
+/// out by hand from the merges/scores below (comments show the steps), not produced by the code under test.
+/// </summary>
+public class LlamaTokenizerTests
+{
+    // ---- tokenizer.json: byte-level BPE with Llama 3's pre-tokenizer regex ----
+
+    const string Llama3Regex = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+    static string ByteLevelDir(bool withSplit, bool? addBosInConfig = null)
+    {
+        var dir = CoreTestUtil.TempDir("tok-bl");
+        // byte-level alphabet: printable ASCII maps to itself, the space byte to 'Ġ'
+        var vocab = new JsonObject
+        {
+            ["a"] = 0, ["b"] = 1, ["1"] = 2, ["2"] = 3, ["3"] = 4, ["4"] = 5, ["5"] = 6, ["Ġ"] = 7,
+            ["ab"] = 8, ["34"] = 9, ["12"] = 10, ["Ġ1"] = 11,
+            ["<|begin_of_text|>"] = 12, ["<|end_of_text|>"] = 13,
+        };
+        JsonNode pre = withSplit
+            ? new JsonObject
+            {
+                ["type"] = "Sequence",
+                ["pretokenizers"] = new JsonArray(
+                    new JsonObject { ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = Llama3Regex }, ["behavior"] = "Isolated", ["invert"] = false },
+                    new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = false }),
+            }
+            : new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = true };
+        var json = new JsonObject
+        {
+            ["version"] = "1.0",
+            ["added_tokens"] = new JsonArray(
+                new JsonObject { ["id"] = 12, ["content"] = "<|begin_of_text|>", ["special"] = true },
+                new JsonObject { ["id"] = 13, ["content"] = "<|end_of_text|>", ["special"] = true }),
+            ["normalizer"] = null,
+            ["pre_tokenizer"] = pre,
+            ["post_processor"] = new JsonObject
+            {
+                ["type"] = "TemplateProcessing",
+                ["single"] = new JsonArray(
+                    new JsonObject { ["SpecialToken"] = new JsonObject { ["id"] = "<|begin_of_text|>", ["type_id"] = 0 } },
+                    new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "A", ["type_id"] = 0 } }),
+            },
+            ["decoder"] = new JsonObject { ["type"] = "ByteLevel" },
+            ["model"] = new JsonObject
+            {
+                ["type"] = "BPE", ["dropout"] = null, ["unk_token"] = null, ["byte_fallback"] = false, ["ignore_merges"] = true,
+                ["vocab"] = vocab,
+                // ranks: "a b" 0, "3 4" 1, "1 2" 2, "Ġ 1" 3
+                ["merges"] = new JsonArray("a b", "3 4", "1 2", "Ġ 1"),
+            },
+        };
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), json.ToJsonString());
+        var cfg = new JsonObject { ["bos_token"] = "<|begin_of_text|>", ["eos_token"] = "<|end_of_text|>", ["tokenizer_class"] = "PreTrainedTokenizerFast" };
+        if (addBosInConfig is bool b) cfg["add_bos_token"] = b;
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), cfg.ToJsonString());
+        return dir;
+    }
+
+    [Fact]
+    public void ByteLevelBpeUsesTheModelsOwnRegex()
+    {
+        var tok = Gpt2Tokenizer.FromDirectory(ByteLevelDir(withSplit: true))!;
+        // Llama 3's regex: "ab" | " " | "123" | "45"  (digits in groups of ≤ 3, the space alone: \s+ before a digit)
+        //   "ab" → a b → rank 0 → [ab]=8;  " " → [Ġ]=7;  "123" → 1 2 3: pairs "1 2"(2) → [12, 3] = 10, 4;  "45" → 5, 6
+        Assert.Equal([8, 7, 10, 4, 5, 6], tok.Encode("ab 12345"));
+        // BOS from the TemplateProcessing post-processor; special tokens split out of the text
+        Assert.Equal([12, 8, 7, 10, 4, 5, 6], tok.EncodeWithSpecialTokens("ab 12345"));
+        Assert.Equal([8, 13, 8], tok.Encode("ab<|end_of_text|>ab"));
+        Assert.Equal(13, tok.EosTokenId);
+        Assert.Equal(12, tok.BosTokenId);
+        Assert.Equal("ab 12345", tok.Decode([8, 7, 10, 4, 5, 6]));
+    }
+
+    [Fact]
+    public void ByteLevelBpeWithoutSplitKeepsGpt2Regex()
+    {
+        // GPT-2's regex: "ab" | " 12345" → Ġ 1 2 3 4 5: "3 4"(1) → Ġ 1 2 34 5; "1 2"(2) → Ġ 12 34 5; "Ġ 12" is no merge
+        var tok = Gpt2Tokenizer.FromDirectory(ByteLevelDir(withSplit: false))!;
+        Assert.Equal([8, 7, 10, 9, 6], tok.Encode("ab 12345"));
+    }
+
+    [Fact]
+    public void AddBosTokenFalseInConfigWins()
+    {
+        var tok = Gpt2Tokenizer.FromDirectory(ByteLevelDir(withSplit: true, addBosInConfig: false))!;
+        Assert.Equal([8], tok.EncodeWithSpecialTokens("ab"));
+    }
+
+    [Fact]
+    public void AddedTokenSurvivesSaveAndReload()
+    {
+        var tok = Gpt2Tokenizer.FromDirectory(ByteLevelDir(withSplit: true))!;
+        int id = tok.AddSpecialToken("[TOXIC]");
+        Assert.Equal(14, id);
+        var dir = CoreTestUtil.TempDir("tok-bl-save");
+        tok.Save(dir);
+        var back = Gpt2Tokenizer.FromDirectory(dir)!;
+        Assert.Equal([14, 8, 7, 10, 4, 5, 6], back.Encode("[TOXIC]ab 12345"));
+        Assert.Equal(15, back.VocabSize);
+    }
+
+    // ---- tokenizer.model: SentencePiece BPE with byte fallback (Llama 2 / Mistral) ----
+
+    /// <summary>A SentencePiece ModelProto (protobuf wire format, written by hand).</summary>
+    static byte[] SentencePieceModel(IReadOnlyList<(string Piece, float Score, int Type)> pieces)
+    {
+        var model = new MemoryStream();
+        foreach (var (piece, score, type) in pieces)
+        {
+            var p = new MemoryStream();
+            Bytes(p, 1, Encoding.UTF8.GetBytes(piece));
+            Tag(p, 2, 5); p.Write(BitConverter.GetBytes(score));
+            Tag(p, 3, 0); Varint(p, (ulong)type);
+            Bytes(model, 1, p.ToArray());
+        }
+        var trainer = new MemoryStream();
+        Tag(trainer, 3, 0); Varint(trainer, 2);                 // model_type = BPE
+        Tag(trainer, 4, 0); Varint(trainer, (ulong)pieces.Count); // vocab_size
+        Tag(trainer, 35, 0); Varint(trainer, 1);                // byte_fallback
+        Tag(trainer, 40, 0); Varint(trainer, 0);                // unk_id
+        Tag(trainer, 41, 0); Varint(trainer, 1);                // bos_id
+        Tag(trainer, 42, 0); Varint(trainer, 2);                // eos_id
+        Bytes(model, 2, trainer.ToArray());
+        var norm = new MemoryStream();
+        Bytes(norm, 1, Encoding.UTF8.GetBytes("identity"));
+        Tag(norm, 3, 0); Varint(norm, 1);                       // add_dummy_prefix
+        Tag(norm, 4, 0); Varint(norm, 0);                       // remove_extra_whitespaces = false
+        Tag(norm, 5, 0); Varint(norm, 1);                       // escape_whitespaces
+        Bytes(model, 3, norm.ToArray());
+        return model.ToArray();
+
+        static void Varint(Stream s, ulong v) { while (v >= 0x80) { s.WriteByte((byte)(v | 0x80)); v >>= 7; } s.WriteByte((byte)v); }
+        static void Tag(Stream s, int field, int wire) => Varint(s, (ulong)(field << 3 | wire));
+        static void Bytes(Stream s, int field, byte[] b) { Tag(s, field, 2); Varint(s, (ulong)b.Length); s.Write(b); }
+    }
+
+    static string SentencePieceDir()
+    {
+        const int Normal = 1, Unknown = 2, Control = 3, Byte = 6;
+        var pieces = new List<(string, float, int)> { ("<unk>", 0, Unknown), ("<s>", 0, Control), ("</s>", 0, Control) };
+        for (int b = 0; b < 256; b++) pieces.Add(($"<0x{b:X2}>", 0, Byte)); // ids 3..258: byte b = 3 + b
+        pieces.AddRange([
+            ("▁", -100, Normal),  // 259
+            ("a", -100, Normal),  // 260
+            ("b", -100, Normal),  // 261
+            ("c", -100, Normal),  // 262
+            ("ab", -1, Normal),   // 263
+            ("▁a", -2, Normal),   // 264
+            ("▁ab", -3, Normal),  // 265
+            ("bc", -0.5f, Normal), // 266
+        ]);
+        var dir = CoreTestUtil.TempDir("tok-sp");
+        File.WriteAllBytes(Path.Combine(dir, "tokenizer.model"), SentencePieceModel(pieces));
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), new JsonObject
+        {
+            ["add_bos_token"] = true, ["add_eos_token"] = false, ["bos_token"] = "<s>", ["eos_token"] = "</s>",
+            ["tokenizer_class"] = "LlamaTokenizer",
+        }.ToJsonString());
+        return dir;
+    }
+
+    [Fact]
+    public void SentencePieceBpeMergesByScoreWithByteFallback()
+    {
+        var tok = Gpt2Tokenizer.FromDirectory(SentencePieceDir())!;
+        // "abc" → "▁abc" → ▁ a b c; candidate merges ▁a(−2) ab(−1) bc(−0.5) → bc; then ▁a(−2) (abc unknown) → [▁a, bc]
+        Assert.Equal([264, 266], tok.Encode("abc"));
+        // "ab" → ▁ a b → ab(−1) beats ▁a(−2) → ▁ ab → ▁ab(−3) → [▁ab]
+        Assert.Equal([265], tok.Encode("ab"));
+        // "aé" → ▁ a é; é is no piece → its UTF-8 bytes C3 A9 → <0xC3> = 3+195, <0xA9> = 3+169
+        Assert.Equal([264, 198, 172], tok.Encode("aé"));
+        Assert.Equal([1, 265], tok.EncodeWithSpecialTokens("ab"));
+        Assert.Equal(2, tok.EosTokenId);
+        Assert.Equal([265, 2, 265], tok.Encode("ab</s>ab"));
+        Assert.Equal("aé", tok.Decode([264, 198, 172]));
+    }
+}
