@@ -47,7 +47,7 @@ public sealed class StudyConfig
     {
         if (!File.Exists(path)) throw new InvalidInputException($"--config: {path}: no such file");
         // strict parse first (duplicate keys, lone surrogates, invalid UTF-8), then the typed mapping
-        var node = DetoxSharp.Data.StrictJson.ParseFile(path, "study config", allowComments: true) ?? throw new InvalidInputException($"{path}: empty config");
+        var node = StrictJson.ParseFile(path, "study config", allowComments: true) ?? throw new InvalidInputException($"{path}: empty config");
         try { return node.Deserialize<StudyConfig>(Opts) ?? throw new InvalidInputException($"{path}: empty config"); }
         catch (JsonException e) { throw new InvalidInputException($"{path}: {e.Message.Split('\n')[0]}"); }
     }

@@ -2,7 +2,6 @@ using System.IO.Compression;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using DetoxSharp.Data;
 
 namespace DetoxSharp.Text;
 

@@ -2,7 +2,6 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Microsoft.ML.Tokenizers;
-using DetoxSharp.Data;
 
 namespace DetoxSharp.Text;
 

@@ -117,8 +117,8 @@ public sealed partial class Gpt2Tokenizer
 
     static JsonObject ParseObject(string path)
     {
-        try { return JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new JsonException("not a JSON object"); }
-        catch (JsonException e) { throw new InvalidInputException($"{path}: malformed JSON ({e.Message.Split('\n')[0]})"); }
+        // strict: duplicate keys, invalid UTF-8 and lone surrogates are refused like in every other reader
+        return StrictJson.ParseFileObject(path, Path.GetFileName(path));
     }
 
     static IEnumerable<JsonObject> Flatten(JsonNode? node) => node switch
@@ -162,7 +162,7 @@ public sealed partial class Gpt2Tokenizer
             if (cfg?["added_tokens_decoder"] is JsonObject dec)
                 foreach (var (id, a) in dec) added.TryAdd(a!["content"]!.GetValue<string>(), int.Parse(id));
         }
-        catch (Exception e) when (e is InvalidOperationException or NullReferenceException or FormatException)
+        catch (Exception e) when (e is InvalidOperationException or NullReferenceException or FormatException or OverflowException)
         { throw new InvalidInputException($"{jsonPath}: malformed added tokens ({e.Message})"); }
         return added;
     }

@@ -21,7 +21,18 @@ public static class TrainerCheckpoint
     /// optimizer.bin has no self-description, and TorchSharp reads another optimizer's state as garbage or fails.</summary>
     const string OptimizerKey = "optimizer_kind";
     const string ChecksumKey = "sha256";
-    static readonly string[] Checksummed = ["optimizer.bin", "rng.bin", "model/model.safetensors"];
+    /// <summary>The files whose SHA-256 a checkpoint records: the optimizer state, the RNG state and every safetensors
+    /// file of the weights (one file, shards, or a LoRA run's adapter_model.safetensors).</summary>
+    static IEnumerable<string> Checksummed(string dir) =>
+        new[] { "optimizer.bin", "rng.bin" }.Concat(Directory.EnumerateFiles(Path.Combine(dir, "model"), "*.safetensors")
+            .Select(f => "model/" + Path.GetFileName(f)).Order(StringComparer.Ordinal));
+
+    /// <summary>A checksum key read back from trainer_state.json names one of those files and nothing else (no other
+    /// folder, no "..").</summary>
+    static bool IsChecksummedName(string f) =>
+        f is "optimizer.bin" or "rng.bin"
+        || (f.StartsWith("model/", StringComparison.Ordinal) && f.EndsWith(".safetensors", StringComparison.Ordinal)
+            && Path.GetFileName(f) == f["model/".Length..] && !f.Contains(".."));
 
     static string Sha256(string path)
     {
@@ -42,7 +53,7 @@ public static class TrainerCheckpoint
             // no format here has a checksum: a flipped byte inside optimizer.bin, rng.bin or the weights would load
             // silently, so their SHA-256 goes into trainer_state.json and is checked on resume
             var sums = new JsonObject();
-            foreach (var f in Checksummed) sums[f] = Sha256(Path.Combine(tmp, f));
+            foreach (var f in Checksummed(tmp)) sums[f] = Sha256(Path.Combine(tmp, f));
             state[ChecksumKey] = sums;
             File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         });
@@ -75,7 +86,7 @@ public static class TrainerCheckpoint
             if (sumsNode is not JsonObject sums) throw new InvalidInputException($"{statePath}: \"{ChecksumKey}\" must be an object");
             foreach (var (f, expected) in sums)
             {
-                if (!Checksummed.Contains(f)) continue;
+                if (!IsChecksummedName(f)) continue;
                 var file = Path.Combine(dir, f);
                 if (!File.Exists(file)) throw new InvalidInputException($"{file}: missing from the checkpoint");
                 if (StrictJson.String(expected, statePath, $"{ChecksumKey}.{f}") != Sha256(file))

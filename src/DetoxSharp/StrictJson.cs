@@ -2,7 +2,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
-namespace DetoxSharp.Data;
+namespace DetoxSharp;
 
 /// <summary>
 /// JSON input as every reader of user files parses it: valid UTF-8 only, no duplicate keys (System.Text.Json's
