@@ -216,10 +216,16 @@ public sealed class ToyWorld
     /// <summary>A forum thread: title, one post, one reply. The reply's toxicity follows <see cref="ToxicLogit"/>;
     /// <paramref name="challenge"/> forces an angry verb plus at least one more toxic cue (a challenge context) and a
     /// shared opening.</summary>
-    public ForumThread Thread(bool challenge = false)
+    public ForumThread Thread(bool challenge = false, bool calm = false)
     {
         bool heated = _r.Chance(0.45), troll = _r.Chance(0.25), prevToxic = _r.Chance(0.2), angry = _r.Chance(0.4);
         bool sad = !prevToxic && _r.Chance(0.12);
+        if (calm)
+        {
+            // a context whose reply is most likely kind: no angry verb and at most one other cue (log-odds ≤ −2)
+            angry = false;
+            if ((heated ? 1 : 0) + (troll ? 1 : 0) + (prevToxic ? 1 : 0) > 1) { troll = false; prevToxic = false; }
+        }
         if (challenge)
         {
             angry = true;
@@ -353,7 +359,18 @@ public sealed class ToyWorld
         return string.Join(' ', words.Take(cut));
     }
 
-    /// <summary>A Wikitext-like preference prompt (Lee et al. build their DPO pairs on Wikitext-2 sentences): one or
+    /// <summary>A preference prompt whose greedy continuation is non-toxic: half Wikitext-like (<see cref="WikiPrompt"/>,
+    /// as Lee et al.'s Wikitext-2 prompts), half calm forum contexts cut at a shared opening. The forum half is the toy's
+    /// concession: in this world toxic words live only in forum replies, so DPO pairs on encyclopedia text alone teach
+    /// the model to rewrite encyclopedia text rather than to avoid toxic replies (docs/notes/toy.md has the measurement).</summary>
+    public string PreferencePrompt()
+    {
+        if (_r.Chance(0.5)) return WikiPrompt();
+        var t = Thread(calm: true);
+        return t.Context + " " + t.Opening;
+    }
+
+    /// <summary>A Wikitext-like prompt (Lee et al. build their DPO pairs on Wikitext-2 sentences): one or
     /// two encyclopedia sentences about towns, rivers and events, the last cut after a few words, so that the greedy
     /// continuation of a model of this world is neutral.</summary>
     public string WikiPrompt()
