@@ -13,7 +13,8 @@ namespace DetoxSharp.Evaluation;
 /// <summary>Settings of the evaluation protocol (defaults: the mechanistic study's).</summary>
 public sealed record EvalOptions
 {
-    /// <summary>Prompts are cut to their first this-many tokens.</summary>
+    /// <summary>Prompts longer than this keep their LAST this-many tokens: a challenge prompt's end (the reply verb, the
+    /// opening "you are such a") carries its context; cutting the start instead made the model pick the context itself.</summary>
     public int PromptTokens { get; init; } = 32;
     public int NewTokens { get; init; } = 20;
     public int BatchSize { get; init; } = 16;
@@ -86,6 +87,9 @@ public static class EvalHarness
     static string Field(JsonlReader.Line line, string name) =>
         line.Object[name] is JsonObject ? line.Nested(name, "text") : line.String(name);
 
+    /// <summary>The prompt truncation of the study: the last <paramref name="maxTokens"/> tokens (the whole prompt when shorter).</summary>
+    public static int[] KeepLast(int[] ids, int maxTokens) => ids.Length > maxTokens ? ids[^maxTokens..] : ids;
+
     /// <summary>Checks data files and options before any model work.</summary>
     public static void Check(EvalData data, EvalOptions o)
     {
@@ -142,8 +146,7 @@ public static class EvalHarness
         var r = new EvalRow { Row = row, Model = model, Intervention = intervention };
         int[] PromptIds(string text)
         {
-            var ids = tok.Encode(text);
-            if (ids.Length > o.PromptTokens) ids = ids[..o.PromptTokens];
+            var ids = KeepLast(tok.Encode(text), o.PromptTokens);
             return ids.Length == 0 ? [lm.Model.EosTokenId] : ids;
         }
         List<int[]> Greedy(List<int[]> ids, string stage)
@@ -281,7 +284,7 @@ public static class EvalHarness
         });
         // results.md
         var md = new StringBuilder();
-        md.AppendLine($"Toxicity scorer: {scorer ?? "-"} ({(o.Aggregate == ToxicityAggregate.Toxicity ? "TOXICITY" : "max over attributes")}); prompts cut to {o.PromptTokens} tokens, greedy {o.NewTokens} new tokens.");
+        md.AppendLine($"Toxicity scorer: {scorer ?? "-"} ({(o.Aggregate == ToxicityAggregate.Toxicity ? "TOXICITY" : "max over attributes")}); prompts cut to their last {o.PromptTokens} tokens, greedy {o.NewTokens} new tokens.");
         md.AppendLine();
         md.AppendLine(samples ? "| Method | Toxic | Exp. max toxicity | P(toxic) | PPL | F1 |" : "| Method | Toxic | PPL | F1 |");
         md.AppendLine(samples ? "|---|---|---|---|---|---|" : "|---|---|---|---|");

@@ -30,6 +30,8 @@ public sealed record PplmOptions
     /// <summary>Class of the attribute model the perturbation pushes towards (probe: 1 = toxic).</summary>
     public int TargetClass { get; init; } = 1;
     public int MaxNewTokens { get; init; } = 20;
+    /// <summary>Prompt i (0-based, in the order given) samples with its own generator seeded Seed + i, so a prompt's
+    /// continuation does not depend on which other prompts share its batch.</summary>
     public long Seed { get; init; } = 42;
     public bool StopAtEos { get; init; } = true;
 
@@ -50,7 +52,7 @@ public sealed record PplmOptions
 
     /// <summary>How a continuation was made, for the records' <c>source</c> field.</summary>
     public string Describe => string.Create(CultureInfo.InvariantCulture,
-        $"pplm:probe step={StepSize} iters={Iterations} kl={KlScale} gm={GmScale} top-k={TopK} T={Temperature} horizon={Horizon} window={Window} gamma={Gamma} class={TargetClass} {(Greedy ? "greedy" : $"sample seed={Seed}")}");
+        $"pplm:probe step={StepSize} iters={Iterations} kl={KlScale} gm={GmScale} top-k={TopK} T={Temperature} horizon={Horizon} window={Window} gamma={Gamma} class={TargetClass} {(Greedy ? "greedy" : $"sample seed={Seed}+i")}");
 }
 
 /// <summary>
@@ -63,32 +65,38 @@ public sealed record PplmOptions
 /// <item>offsets ΔK, ΔV on every layer's past keys/values start at 0 and take <see cref="PplmOptions.Iterations"/>
 /// normalised gradient steps on L = CE(probe(h̄), target) + kl·Σ p·log(p/p_unpert) (1e-15 guards as PPLM):
 /// p = softmax(logits of the newest token under past+Δ); h̄ = (Σ earlier unperturbed residuals + the newest
-/// token's residual under past+Δ, detached + the residuals of <see cref="PplmOptions.Horizon"/> soft tokens
-/// p·E fed through the UNPERTURBED cache) / (past + 1 + horizon). The gradient reaches Δ through p only, as in
-/// PPLM. Step per layer: Δ ← Δ − α·g/(‖g‖+1e-15)^γ, ‖g‖ over the layer's key and value gradients together (the
-/// original stacks a layer's key and value into one tensor);</item>
+/// token's residual under past+Δ, detached + the residuals of <see cref="PplmOptions.Horizon"/> soft tokens p·E fed
+/// through the UNPERTURBED cache) / (past + 1 + horizon). The gradient reaches Δ through p only, as in PPLM. Step per
+/// layer: Δ ← Δ − α·g/(‖g‖+1e-15)^γ, ‖g‖ over the layer's key and value gradients together (the original stacks a
+/// layer's key and value into one tensor);</item>
 /// <item>Δ is folded into the perturbed cache (perturbations persist for later tokens, as PPLM's past does), the
 /// newest token is run with it, p = softmax(logits/T) is fused with the unperturbed p_u as p^gm·p_u^(1−gm),
 /// top-k filtered, renormalised and sampled (or argmax).</item>
 /// </list>
+/// <b>Batches.</b> Prompts run together, left-padded with an attention mask. The loss of a batch is the sum of the rows'
+/// losses; a row's offsets only reach its own row (attention never crosses rows, padding is masked, so padded positions
+/// get exactly zero gradient), and the gradient norm — hence the step — is taken per row and per layer. Every row
+/// therefore follows the same trajectory as it would alone (tested); each row samples with its own generator.
 /// Differences from run_pplm.py, on purpose: the attribute model reads the last block's residual BEFORE the final
 /// layer norm (<c>blocks.{L-1}.hook_resid_post</c>, the feature <see cref="ToxicityProbe"/> is trained on); PPLM's
 /// classifier head read Hugging Face's hidden_states[-1], which is after ln_f. A window counts the NEWEST positions
 /// (the paper's and the option help's meaning; the reference's mask selects the oldest ones) — irrelevant for the
 /// default window 0 = all. Generation stops at eos. Lee et al.'s port added one shared offset to a layer's keys and
-/// values; here keys and values have their own offsets, as in the original. Prompts run one at a time (batch 1).
+/// values; here keys and values have their own offsets, as in the original.
 /// Model weights and caller-visible state are not changed: the gradients are taken with autograd.grad with respect
-/// to the offsets only, and the KV caches are private to each prompt.
+/// to the offsets only, and the KV caches are private to each batch.
 /// </summary>
 public static class Pplm
 {
     internal const double SmallConst = 1e-15;
 
-    /// <summary>Generates a continuation per prompt (new tokens only, cut at eos). One seeded RNG for all prompts, in
-    /// order; <paramref name="promptDone"/> is called with the number of prompts finished.</summary>
-    public static List<int[]> Generate(ICausalLM model, ToxicityProbe probe, IReadOnlyList<int[]> prompts, PplmOptions o, Action<int>? promptDone = null)
+    /// <summary>Generates a continuation per prompt (new tokens only, cut at eos), <paramref name="batchSize"/> prompts at a
+    /// time; prompt i samples with seed Seed + i. <paramref name="promptDone"/> is called with the number of prompts finished.</summary>
+    public static List<int[]> Generate(ICausalLM model, ToxicityProbe probe, IReadOnlyList<int[]> prompts, PplmOptions o, Action<int>? promptDone = null,
+        int batchSize = 16)
     {
         o.Validate();
+        if (batchSize < 1) throw new InvalidInputException($"PPLM batch size must be ≥ 1, got {batchSize}");
         probe.CheckFits(model);
         foreach (var p in prompts)
         {
@@ -97,16 +105,21 @@ public static class Pplm
                 throw new InvalidInputException($"prompt ({p.Length} tokens) + {o.MaxNewTokens} new tokens + PPLM horizon {o.Horizon} exceeds the model's context of {model.MaxPositions}");
         }
         var results = new List<int[]>(prompts.Count);
-        using var rng = o.Greedy ? null : new torch.Generator((ulong)o.Seed, model.Device);
         bool wasTraining = model.Module.training;
         model.Module.eval();
         try
         {
-            for (int i = 0; i < prompts.Count; i++)
+            for (int start = 0; start < prompts.Count; start += batchSize)
             {
-                using (var dec = new PplmDecoder(model, probe, prompts[i], o))
-                    results.Add(dec.Run(rng));
-                promptDone?.Invoke(i + 1);
+                var batch = prompts.Skip(start).Take(batchSize).ToList();
+                var rngs = o.Greedy ? null : batch.Select((_, i) => new torch.Generator((ulong)(o.Seed + start + i), model.Device)).ToArray();
+                try
+                {
+                    using var dec = new PplmDecoder(model, probe, batch, o);
+                    results.AddRange(dec.Run(rngs));
+                }
+                finally { if (rngs is not null) foreach (var g in rngs) g.Dispose(); }
+                promptDone?.Invoke(results.Count);
             }
         }
         finally { if (wasTraining) model.Module.train(); }
@@ -114,69 +127,91 @@ public static class Pplm
     }
 }
 
-/// <summary>One prompt's PPLM decoding state: a perturbed and an unperturbed KV cache, the running sum of unperturbed
-/// last-block residuals, and a hook that captures the last block's resid_post of each forward pass.</summary>
+/// <summary>One batch's PPLM decoding state: a perturbed and an unperturbed KV cache over the left-padded prompts, the
+/// attention mask, the running sum of unperturbed last-block residuals per row, and a hook that captures the last
+/// block's resid_post of each forward pass.</summary>
 internal sealed class PplmDecoder : IDisposable
 {
     readonly ICausalLM _model;
     readonly PplmOptions _o;
     readonly KvCache _pert, _unpert;
     readonly IDisposable _hook;
-    readonly Tensor _w, _b, _acc, _target;
+    readonly Tensor _w, _b, _acc, _target, _maskAll, _pads;
     readonly ScalarType _dt;
-    readonly List<int> _generated = new();
+    readonly int _batch;
+    readonly List<int>[] _generated;
+    readonly bool[] _done;
     Tensor? _captured;
-    int _last;
+    readonly long[] _last;
 
-    /// <summary>Unperturbed next-token logits [1, V] (float32/64) of the current step; set by <see cref="BeginStep"/>.</summary>
+    /// <summary>Unperturbed next-token logits [B, V] (float32/64) of the current step; set by <see cref="BeginStep"/>.</summary>
     internal Tensor? UnpertLogits { get; private set; }
     Tensor? _unpertHidden;
     internal KvCache PerturbedCache => _pert;
 
-    public PplmDecoder(ICausalLM model, ToxicityProbe probe, int[] prompt, PplmOptions o)
+    public PplmDecoder(ICausalLM model, ToxicityProbe probe, int[] prompt, PplmOptions o) : this(model, probe, [prompt], o) { }
+
+    public PplmDecoder(ICausalLM model, ToxicityProbe probe, IReadOnlyList<int[]> prompts, PplmOptions o)
     {
         _model = model;
         _o = o;
+        _batch = prompts.Count;
         _dt = model.DType == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
-        int cap = prompt.Length + o.MaxNewTokens;
+        int maxLen = prompts.Max(p => p.Length);
+        int cap = maxLen + o.MaxNewTokens;
         _pert = model.NewCache(cap);
         _unpert = model.NewCache(cap);
+        _generated = prompts.Select(_ => new List<int>()).ToArray();
+        _done = new bool[_batch];
         _hook = model.Hooks.Add($"blocks.{model.NumLayers - 1}.hook_resid_post", (x, _) => { _captured = x; return null; });
         using var scope = torch.NewDisposeScope();
         _w = probe.W.to(_dt).to(model.Device).DetachFromDisposeScope();
         _b = probe.B.to(_dt).to(model.Device).DetachFromDisposeScope();
-        _target = torch.tensor(new long[] { o.TargetClass }, ScalarType.Int64, model.Device).DetachFromDisposeScope();
-        _acc = torch.zeros([1, model.DModel], _dt, model.Device).DetachFromDisposeScope();
-        _last = prompt[^1];
-        if (prompt.Length > 1)
+        _target = torch.full([_batch], o.TargetClass, ScalarType.Int64, model.Device).DetachFromDisposeScope();
+        _acc = torch.zeros([_batch, model.DModel], _dt, model.Device).DetachFromDisposeScope();
+        // mask over every position a pass can see (prompt, generated tokens, horizon): left padding is 0
+        var pads = prompts.Select(p => (long)(maxLen - p.Length)).ToArray();
+        var mask = new long[_batch * (cap + o.Horizon)];
+        for (int b = 0; b < _batch; b++)
+            for (int j = (int)pads[b]; j < cap + o.Horizon; j++) mask[b * (cap + o.Horizon) + j] = 1;
+        _maskAll = torch.tensor(mask, [_batch, cap + o.Horizon], ScalarType.Int64, model.Device).DetachFromDisposeScope();
+        _pads = torch.tensor(pads, ScalarType.Int64, model.Device).DetachFromDisposeScope();
+        _last = prompts.Select(p => (long)p[^1]).ToArray();
+        if (maxLen > 1)
         {
             using var noGrad = torch.no_grad();
-            var ids = torch.tensor(prompt[..^1].Select(t => (long)t).ToArray(), [1, prompt.Length - 1], ScalarType.Int64, model.Device);
-            model.ForwardLast(ids, null, _unpert);
-            _acc.add_(_captured!.to(_dt).sum(1));
-            model.ForwardLast(ids, null, _pert);
+            var ids = new long[_batch * (maxLen - 1)];
+            for (int b = 0; b < _batch; b++)
+                for (int j = 0; j < prompts[b].Length - 1; j++) ids[b * (maxLen - 1) + pads[b] + j] = prompts[b][j];
+            var idt = torch.tensor(ids, [_batch, maxLen - 1], ScalarType.Int64, model.Device);
+            var m = Mask(maxLen - 1);
+            model.ForwardLast(idt, m, _unpert);
+            _acc.add_((_captured!.to(_dt) * m.unsqueeze(-1).to(_dt)).sum(1));
+            model.ForwardLast(idt, m, _pert);
         }
         _captured = null;
     }
 
-    Tensor LastIds() => torch.tensor(new long[] { _last }, [1, 1], ScalarType.Int64, _model.Device);
+    Tensor Mask(int length) => _maskAll.narrow(1, 0, length);
+
+    Tensor LastIds() => torch.tensor(_last, [_batch, 1], ScalarType.Int64, _model.Device);
 
     /// <summary>The unperturbed model reads the newest token: unperturbed logits, and its residual for the running sum.</summary>
     internal void BeginStep()
     {
         using var noGrad = torch.no_grad();
-        UnpertLogits = _model.ForwardLast(LastIds(), null, _unpert).select(1, 0).to(_dt);
+        UnpertLogits = _model.ForwardLast(LastIds(), Mask(_unpert.Length + 1), _unpert).select(1, 0).to(_dt);
         _unpertHidden = _captured!.to(_dt).sum(1);
     }
 
-    /// <summary>The newest token's last-block residual (summed over its one position) used by the latest <see cref="Loss"/>.</summary>
+    /// <summary>The newest token's last-block residual [B, d] used by the latest <see cref="Loss"/>.</summary>
     internal Tensor? LastNewestHidden { get; private set; }
 
     /// <summary>
-    /// The PPLM attribute loss for offsets <paramref name="dK"/>, <paramref name="dV"/> on the perturbed cache's
-    /// positions (shapes of <see cref="KvCache.Keys"/>). Differentiable in the offsets. Needs <see cref="BeginStep"/>.
-    /// The newest token's residual under the perturbed past enters detached, as in PPLM; <paramref name="newestHidden"/>
-    /// replaces it by a given value (so that a finite difference can hold it fixed).
+    /// The PPLM attribute loss (summed over the batch's rows) for offsets <paramref name="dK"/>, <paramref name="dV"/> on
+    /// the perturbed cache's positions (shapes of <see cref="KvCache.Keys"/>). Differentiable in the offsets. Needs
+    /// <see cref="BeginStep"/>. The newest token's residual under the perturbed past enters detached, as in PPLM;
+    /// <paramref name="newestHidden"/> replaces it by a given value (so that a finite difference can hold it fixed).
     /// </summary>
     internal Tensor Loss(IReadOnlyList<Tensor> dK, IReadOnlyList<Tensor> dV, Tensor? newestHidden = null)
     {
@@ -185,22 +220,24 @@ internal sealed class PplmDecoder : IDisposable
         Tensor logits;
         _pert.SetOffsets(dK, dV);
         _pert.Frozen = true;
-        try { logits = _model.ForwardLast(LastIds(), null, _pert).select(1, 0).to(_dt); }
+        try { logits = _model.ForwardLast(LastIds(), Mask(n + 1), _pert).select(1, 0).to(_dt); }
         finally { _pert.Frozen = false; _pert.ClearOffsets(); }
         LastNewestHidden = newestHidden ?? _captured!.to(_dt).sum(1).detach();
         var hidden = _acc + LastNewestHidden;
         var probs = torch.nn.functional.softmax(logits, -1);
 
         // horizon: soft tokens p·E through the unperturbed past (which already holds the newest token)
-        var soft = probs.to(_model.DType).matmul(_model.TokenEmbedding.detach()).unsqueeze(1); // [1, 1, d]
-        if (_o.Horizon > 1) soft = soft.expand(1, _o.Horizon, soft.shape[2]);
+        var soft = probs.to(_model.DType).matmul(_model.TokenEmbedding.detach()).unsqueeze(1); // [B, 1, d]
+        if (_o.Horizon > 1) soft = soft.expand(_batch, _o.Horizon, soft.shape[2]);
         _unpert.Frozen = true;
-        try { _model.ForwardEmbeddings(soft, null, _unpert); }
+        try { _model.ForwardEmbeddings(soft, Mask(_unpert.Length + _o.Horizon), _unpert); }
         finally { _unpert.Frozen = false; }
         hidden = hidden + _captured!.to(_dt).sum(1);
 
-        var prediction = (hidden / (n + 1 + _o.Horizon)).matmul(_w) + _b;
-        var loss = torch.nn.functional.cross_entropy(prediction, _target);
+        // a row's mean covers its real positions only: past without padding + newest + horizon
+        var count = (_pads.neg() + (n + 1 + _o.Horizon)).to(_dt).unsqueeze(1);
+        var prediction = (hidden / count).matmul(_w) + _b;
+        var loss = torch.nn.functional.cross_entropy(prediction, _target, reduction: nn.Reduction.Sum);
         if (_o.KlScale > 0)
         {
             var u = torch.nn.functional.softmax(UnpertLogits!, -1);
@@ -234,8 +271,9 @@ internal sealed class PplmDecoder : IDisposable
             {
                 Tensor gk = grads[l], gv = grads[layers + l];
                 if (window is not null) { gk = gk * window; gv = gv * window; }
-                var norm = (gk.pow(2).sum() + gv.pow(2).sum()).sqrt() + Pplm.SmallConst;
-                var scale = -_o.StepSize / norm.pow(_o.Gamma);
+                // one norm per row: the step of a row does not depend on the other rows of the batch
+                var norm = (gk.pow(2).sum([1, 2, 3]) + gv.pow(2).sum([1, 2, 3])).sqrt() + Pplm.SmallConst;
+                var scale = (-_o.StepSize / norm.pow(_o.Gamma)).view(-1, 1, 1, 1);
                 accK[l].add_(gk * scale);
                 accV[l].add_(gv * scale);
             }
@@ -243,10 +281,13 @@ internal sealed class PplmDecoder : IDisposable
         return (accK, accV);
     }
 
-    /// <summary>Perturbs (when there is a past and iterations), runs the newest token with the perturbed past, fuses,
-    /// filters and picks the next token; the running residual sum takes the newest token's unperturbed residual.</summary>
-    internal int EndStep(torch.Generator? rng)
+    /// <summary>One decoding step up to the choice: the unperturbed model reads the newest token, the past is perturbed
+    /// (when there is a past and iterations), the newest token runs with the perturbed past, and the fused, top-k
+    /// filtered, renormalised next-token distribution [B, V] is returned (in the current dispose scope). The running
+    /// residual sum takes the newest token's unperturbed residual. Follow with <see cref="Advance"/>.</summary>
+    internal Tensor StepDistribution()
     {
+        BeginStep();
         if (_o.Iterations > 0 && _pert.Length > 0)
         {
             var (k, v) = Perturb();
@@ -254,9 +295,9 @@ internal sealed class PplmDecoder : IDisposable
             _pert.ApplyOffsets();
         }
         using var noGrad = torch.no_grad();
-        var logits = _model.ForwardLast(LastIds(), null, _pert).select(1, 0).to(ScalarType.Float32);
+        var logits = _model.ForwardLast(LastIds(), Mask(_pert.Length + 1), _pert).select(1, 0).to(_dt);
         var p = torch.nn.functional.softmax(logits / _o.Temperature, -1);
-        var pu = torch.nn.functional.softmax(UnpertLogits!.to(ScalarType.Float32), -1);
+        var pu = torch.nn.functional.softmax(UnpertLogits!, -1);
         p = p.pow(_o.GmScale) * pu.pow(1 - _o.GmScale);
         if (_o.TopK > 0 && _o.TopK < p.shape[^1])
         {
@@ -264,28 +305,46 @@ internal sealed class PplmDecoder : IDisposable
             p = p.masked_fill(p.lt(kth), 0.0);
         }
         p = p / p.sum(-1, keepdim: true);
-        var next = _o.Greedy || rng is null ? p.argmax(-1) : torch.multinomial(p, 1, false, rng).squeeze(1);
         _acc.add_(_unpertHidden!);
-        return (int)next.item<long>();
+        return p;
     }
 
-    /// <summary>Decodes up to MaxNewTokens tokens; each token's work runs in its own dispose scope.</summary>
-    public int[] Run(torch.Generator? rng)
+    /// <summary>The next token of every row from <paramref name="p"/>: argmax, or one draw per row with the row's own generator.</summary>
+    internal long[] Pick(Tensor p, torch.Generator[]? rngs)
     {
-        for (int step = 0; step < _o.MaxNewTokens; step++)
+        if (_o.Greedy || rngs is null) return p.argmax(-1).cpu().data<long>().ToArray();
+        var next = new long[_batch];
+        for (int b = 0; b < _batch; b++) next[b] = torch.multinomial(p.narrow(0, b, 1), 1, false, rngs[b]).item<long>();
+        return next;
+    }
+
+    /// <summary>Feeds the chosen tokens: a row stops collecting at eos (it keeps running with the others, unseen).</summary>
+    internal void Advance(long[] toks)
+    {
+        _captured = null;
+        LastNewestHidden = null;
+        UnpertLogits = null;
+        _unpertHidden = null;
+        for (int b = 0; b < _batch; b++)
+        {
+            if (!_done[b])
+            {
+                if (_o.StopAtEos && toks[b] == _model.EosTokenId) _done[b] = true;
+                else _generated[b].Add((int)toks[b]);
+            }
+            _last[b] = toks[b];
+        }
+    }
+
+    /// <summary>Decodes up to MaxNewTokens tokens per row (a row stops at eos); each token's work runs in its own dispose scope.</summary>
+    public List<int[]> Run(torch.Generator[]? rngs)
+    {
+        for (int step = 0; step < _o.MaxNewTokens && _done.Any(d => !d); step++)
         {
             using var scope = torch.NewDisposeScope();
-            BeginStep();
-            int tok = EndStep(rng);
-            _captured = null;
-            LastNewestHidden = null;
-            UnpertLogits = null;
-            _unpertHidden = null;
-            if (_o.StopAtEos && tok == _model.EosTokenId) break;
-            _generated.Add(tok);
-            _last = tok;
+            Advance(Pick(StepDistribution(), rngs));
         }
-        return _generated.ToArray();
+        return _generated.Select(g => g.ToArray()).ToList();
     }
 
     public void Dispose()
@@ -293,6 +352,6 @@ internal sealed class PplmDecoder : IDisposable
         _hook.Dispose();
         _pert.Dispose();
         _unpert.Dispose();
-        _w.Dispose(); _b.Dispose(); _acc.Dispose(); _target.Dispose();
+        _w.Dispose(); _b.Dispose(); _acc.Dispose(); _target.Dispose(); _maskAll.Dispose(); _pads.Dispose();
     }
 }

@@ -17,13 +17,19 @@ public sealed record ParameterDiff(string Name, int? Layer, double Cosine, doubl
 public sealed record DiffOptions
 {
     public int MaxNewTokens { get; init; } = 20;
-    /// <summary>Prompts are cut to their first this-many tokens (paper: 32).</summary>
+    /// <summary>Prompts keep their last this-many tokens (paper: 32; the end carries a challenge prompt's context).</summary>
     public int MaxPromptTokens { get; init; } = 32;
     public int BatchSize { get; init; } = 8;
     /// <summary>Toxic value vectors tracked (ranked on the "before" model with W_Toxic).</summary>
     public int TrackedVectors { get; init; } = 20;
-    /// <summary>Token for the logit lens (must encode to one token); null = top token of the top toxic vector.</summary>
+    /// <summary>Token for the logit lens (must encode to one token); null = chosen from <see cref="ToxicTokenIds"/>.</summary>
     public string? LensToken { get; init; }
+    /// <summary>Tokens that count as toxic (a <see cref="ToxicWordList"/>'s). Without <see cref="LensToken"/> the lens follows
+    /// the one the top toxic vector promotes most (its projection through the unembedding); without either, the top
+    /// vector's own top token, which need not be toxic at all (" along" in a small toy model).</summary>
+    public IReadOnlySet<int>? ToxicTokenIds { get; init; }
+    /// <summary>Top vocabulary projections compared before/after for each tracked value vector (share kept).</summary>
+    public int TopTokens { get; init; } = 10;
     /// <summary>Points of the 2-D projection kept per model (evenly subsampled); 0 = all.</summary>
     public int MaxPoints { get; init; } = 5000;
 
@@ -153,6 +159,7 @@ public static class AlignmentDiff
                     ["layer"] = r.Layer, ["neuron"] = r.Neuron, ["cosine_with_w_toxic"] = r.Cosine,
                     ["key_cosine"] = Cos(kb, ka), ["key_relative_difference"] = (ka - kb).norm().item<float>() / Math.Max(1e-30, kb.norm().item<float>()),
                     ["value_cosine"] = Cos(vb, va), ["value_relative_difference"] = (va - vb).norm().item<float>() / Math.Max(1e-30, vb.norm().item<float>()),
+                    ["top_tokens_kept"] = TopTokensKept(before, after, r, options.TopTokens),
                     ["key_bias_before"] = before.MlpKeyBias(r.Layer)[r.Neuron].to(ScalarType.Float32).item<float>(),
                     ["key_bias_after"] = after.MlpKeyBias(r.Layer)[r.Neuron].to(ScalarType.Float32).item<float>(),
                 });
@@ -160,6 +167,7 @@ public static class AlignmentDiff
 
         // logit-lens token
         int lensToken;
+        string lensChoice = "given";
         if (options.LensToken is { } tokText)
         {
             var ids = tokenizer.Encode(tokText);
@@ -169,7 +177,8 @@ public static class AlignmentDiff
         else
         {
             using var v = before.MlpValues(top.Layer)[top.Neuron].detach().clone();
-            lensToken = ToxicVectors.TopTokens(before.Unembedding, v, tokenizer, 1)[0].Id;
+            lensToken = LensTokenOf(before.Unembedding, v, options.ToxicTokenIds, tokenizer);
+            lensChoice = options.ToxicTokenIds is { Count: > 0 } ? "the toxic-list token the top toxic vector promotes most" : "the top vector's top token (no toxic word list given)";
         }
 
         // prompts and the before-model's greedy continuations
@@ -177,7 +186,7 @@ public static class AlignmentDiff
         {
             var ids = tokenizer.Encode(p);
             if (ids.Length == 0) ids = [before.EosTokenId];
-            return ids.Length > options.MaxPromptTokens ? ids[..options.MaxPromptTokens] : ids;
+            return DetoxSharp.Evaluation.EvalHarness.KeepLast(ids, options.MaxPromptTokens);
         }).ToList();
         progress?.Report($"generating greedy continuations of {promptIds.Count} prompts with the --before model");
         var conts = DetoxSharp.Generation.Generator.Generate(before, promptIds, new GenerationOptions { MaxNewTokens = options.MaxNewTokens, Greedy = true, BatchSize = options.BatchSize });
@@ -361,7 +370,7 @@ public static class AlignmentDiff
         {
             ["prompts"] = prompts.Count,
             ["measured_positions"] = accB.Count,
-            ["measurement"] = "both models teacher-forced on the --before model's greedy continuation; activations at each generation step's newest position (mean) and at the last step (last_position_*)",
+            ["measurement"] = "both models read the same tokens: the prompt (its last max_prompt_tokens) + the --before model's greedy continuation; activations at each generation step's newest position (mean_*) and at the last position of that sequence (last_position_*, the paper's measurement)",
             ["parameters"] = new JsonObject
             {
                 ["count"] = pdiffs.Count,
@@ -384,7 +393,7 @@ public static class AlignmentDiff
             ["layers"] = layerRows,
             ["logit_lens"] = new JsonObject
             {
-                ["token_id"] = lensToken, ["token"] = tokenizer.TokenText(lensToken),
+                ["token_id"] = lensToken, ["token"] = tokenizer.TokenText(lensToken), ["token_choice"] = lensChoice,
                 ["output_prob_before"] = accB.OutputProbSum / n, ["output_prob_after"] = accA.OutputProbSum / n,
             },
             ["files"] = new JsonArray("parameters.csv", "layers.csv", "activations.csv", "projection.csv", "logit_lens.csv"),
@@ -397,6 +406,30 @@ public static class AlignmentDiff
         AtomicFile.WriteAllText(Path.Combine(outDir, "logit_lens.csv"), lensCsv.ToString());
         AtomicFile.WriteAllText(Path.Combine(outDir, "diff.json"), result.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
         return result;
+    }
+
+    /// <summary>The logit-lens token: among <paramref name="toxic"/> the one with the largest projection on <paramref name="vector"/>
+    /// (raw, through the unembedding, as the vector table); the vector's overall top token when no list is given.</summary>
+    public static int LensTokenOf(Tensor unembedding, Tensor vector, IReadOnlySet<int>? toxic, Gpt2Tokenizer? tokenizer)
+    {
+        if (toxic is not { Count: > 0 }) return ToxicVectors.TopTokens(unembedding, vector, tokenizer, 1)[0].Id;
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        var ids = toxic.Where(i => i < unembedding.shape[0]).Order().ToArray();
+        if (ids.Length == 0) throw new InvalidInputException("none of the toxic word list's tokens is in the model's vocabulary");
+        var rows = unembedding.detach().index_select(0, torch.tensor(ids.Select(i => (long)i).ToArray(), ScalarType.Int64, unembedding.device));
+        var logits = rows.to(ScalarType.Float32).matmul(vector.to(ScalarType.Float32).to(unembedding.device).flatten());
+        return ids[(int)logits.argmax().item<long>()];
+    }
+
+    /// <summary>Share of a value vector's top-k vocabulary projections that are the same before and after (each model's
+    /// own unembedding).</summary>
+    static double TopTokensKept(ICausalLM before, ICausalLM after, RankedVector r, int k)
+    {
+        using var scope = torch.NewDisposeScope();
+        var b = ToxicVectors.TopTokens(before.Unembedding, before.MlpValues(r.Layer)[r.Neuron].detach(), null, k).Select(t => t.Id).ToHashSet();
+        var a = ToxicVectors.TopTokens(after.Unembedding, after.MlpValues(r.Layer)[r.Neuron].detach(), null, k).Select(t => t.Id);
+        return a.Count(b.Contains) / (double)b.Count;
     }
 
     static void Add(double[] acc, Tensor v)

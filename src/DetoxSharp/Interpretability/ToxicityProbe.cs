@@ -138,17 +138,25 @@ public sealed class ToxicityProbe : IDisposable
         return (probe, last);
     }
 
+    /// <summary>The seeded split of <paramref name="count"/> examples: a shuffle, the first share held out for validation.
+    /// The study's bag-of-words baseline uses the same split as the probe.</summary>
+    public static (int[] Validation, int[] Train) Split(int count, double validationFraction, int seed)
+    {
+        var order = Enumerable.Range(0, count).ToArray();
+        new Random(seed).Shuffle(order);
+        int nVal = Math.Max(1, (int)Math.Round(count * validationFraction));
+        return (order[..nVal], order[nVal..]);
+    }
+
     /// <summary>Features, seeded 90:10 split (shuffled), fit, accuracies.</summary>
     public static (ToxicityProbe Probe, ProbeReport Report) Train(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<LabelledComment> comments,
         ProbeOptions options, IProgress<int>? progress = null)
     {
         options.Validate();
         if (comments.Count < 2) throw new InvalidInputException($"need at least 2 labelled comments, got {comments.Count}");
-        var order = Enumerable.Range(0, comments.Count).ToArray();
-        new Random(options.Seed).Shuffle(order);
-        int nVal = Math.Max(1, (int)Math.Round(comments.Count * options.ValidationFraction));
-        var valIdx = order[..nVal];
-        var trIdx = order[nVal..];
+        var (valIdx, trIdx) = Split(comments.Count, options.ValidationFraction, options.Seed);
+        var order = valIdx.Concat(trIdx).ToArray();
+        int nVal = valIdx.Length;
         using var x = Features(model, tokenizer, order.Select(i => comments[i].Text).ToList(), options.MaxTokens, options.BatchSize, progress);
         using var xVal = x.narrow(0, 0, nVal);
         using var xTr = x.narrow(0, nVal, trIdx.Length);

@@ -45,6 +45,7 @@ public static class StudyReport
         var methods = runs.Select(r => r.Method).Distinct().ToList();
         var r = new HtmlReport(config.Model == "toy" ? "DetoxSharp study — toy world" : "DetoxSharp study");
 
+        FindingsSection(r, config, runs, Dir);
         ReadingGuide(r, config, runs);
         // A stage may leave a NOTICE.txt (e.g. "numbers made up by test fixtures"); it is shown at the very top.
         var notices = inputs.Values.Select(d => Path.Combine(d, "NOTICE.txt")).Where(File.Exists).Select(File.ReadAllText).Distinct().ToList();
@@ -78,7 +79,16 @@ public static class StudyReport
         r.Section("vectors", "Toxic vectors and their top tokens (Table 1)");
         var tv = ReadJson(Path.Combine(Dir("vectors"), RunLayout.ToxicVectors));
         var probe = ReadJson(Path.Combine(Dir("probe"), RunLayout.Probe));
-        if (D(probe?["validation_accuracy"]) is double acc) r.Paragraph($"Toxicity probe validation accuracy: {F(acc)}.");
+        if (D(probe?["validation_accuracy"]) is double acc)
+        {
+            var pa = Aggregate.Of(Nums(probe?["validation_accuracy_per_split"]));
+            var ba = Aggregate.Of(Nums(probe?["bag_of_words_accuracy_per_split"]));
+            r.Paragraph($"Toxicity probe validation accuracy: {F(acc)} (the probe used below)" +
+                (pa.N > 0 ? $"; over {pa.N} splits {pa.Format()}, next to a bag-of-words logistic regression on the same splits {ba.Format()}" : "") +
+                (D(probe?["noise_ceiling"]) is double ceil ? $"; label-noise ceiling {F(ceil)} (1 − the data's label-noise rate)." : "."));
+        }
+        if (tv?["toxic_words"] is JsonValue twv)
+            r.Paragraph($"\"Toxic tokens\" in the table are counted with {S(twv)}. For the toy world that lexicon is also what the evaluation scorer detects: a vector counts as toxic when it promotes the words the scorer counts — a statement about the world's vocabulary, not an independent judgment.");
         if (tv?["vectors"] is JsonArray vecs)
         {
             var vrows = vecs.OfType<JsonObject>().Select(v => (IReadOnlyList<string>)[S(v["rank"]), $"MLP.v_{S(v["index"])}^{S(v["layer"])}",
@@ -118,7 +128,7 @@ public static class StudyReport
             double Act(JsonObject d, string v, string key) => D((d["activation"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(a => S(a["vector"]) == v)?[key]) ?? double.NaN;
             var bars = new List<BarSeries> { new("before (base)", groups.Select(g => Act(first.Diff, g, "before")).ToArray()) };
             bars.AddRange(diffs.Select(d => new BarSeries("after " + StudyPipeline.RowName(d.Method), groups.Select(g => Act(d.Diff, g, "after")).ToArray())));
-            r.Add(Charts.GroupedBars("activation_drop", "Mean activation of the top toxic vectors", "Mean MLP activation of each toxic value vector at the last prompt position on the challenge prompts, before and after alignment (headline setting, seed 0).", "mean activation", groups, bars));
+            r.Add(Charts.GroupedBars("activation_drop", "Mean activation of the top toxic vectors", "MLP activation of each toxic value vector (ranked on the model before alignment) at the last position of the challenge prompt followed by the base model's greedy continuation — both models read the same tokens, as in the paper — averaged over prompts, before and after alignment (headline setting, seed 0). For ADPO \"before\" is its start, the SFT model; the bars show the base model's values.", "mean activation", groups, bars));
             r.Add(new Table("activation_drop", "Toxic-vector activations", ["Vector", .. bars.Select(b => b.Label)],
                 groups.Select((g, i) => (IReadOnlyList<string>)[g, .. bars.Select(b => F(b.Values[i]))]).ToList()));
         }
@@ -154,7 +164,7 @@ public static class StudyReport
                 var ls = ((JsonArray)d["logit_lens"]!["layers"]!).OfType<JsonObject>().ToList();
                 series.Add(new Series(StudyPipeline.RowName(m), ls.Select(l => D(l["layer"]) ?? double.NaN).ToArray(), Arr(ls.Select(l => D(l["after"])))));
             }
-            r.Add(Charts.Lines("logit_lens", $"Logit lens: p({S(first["token"])}) by layer", "Probability of the token when the residual stream after each layer is passed through the final norm and unembedding, averaged over challenge prompts.", "layer", "probability", series, integerX: true));
+            r.Add(Charts.Lines("logit_lens", $"Logit lens: p({S(first["token"])}) by layer", $"Probability of the token when the residual stream after each layer is passed through the final norm and unembedding, averaged over challenge prompts. Token: {(first["token_choice"] is JsonValue tc ? S(tc) : "the top vector's top token")}.", "layer", "probability", series, integerX: true));
         }
         else r.Missing("No logit-lens data (diff.json has no logit_lens).");
 
@@ -183,6 +193,80 @@ public static class StudyReport
         SweepSection(r, runs, baseRows, Dir);
         WhatWasRun(r, runDir, config, runs);
         return r;
+    }
+
+    static IEnumerable<double?> Nums(JsonNode? n) => (n as JsonArray ?? []).Select(D);
+
+    /// <summary>The measured values the findings are judged on, read from the stage files of a run.</summary>
+    public static FindingInputs CollectFindingInputs(StudyConfig config, IReadOnlyList<TrainedRun> runs, Func<string, string> dir)
+    {
+        var probe = ReadJson(Path.Combine(dir("probe"), RunLayout.Probe));
+        var tv = ReadJson(Path.Combine(dir("vectors"), RunLayout.ToxicVectors));
+        JsonObject? Row(string stage, string name) => (ReadJson(Path.Combine(dir(stage), RunLayout.Results))?["rows"] as JsonArray)?.OfType<JsonObject>()
+            .FirstOrDefault(x => name == "*" || S(x["row"]) == name);
+        var noop = Row("evaluate/base", "No-op");
+        var counts = (tv?["vectors"] as JsonArray)?.OfType<JsonObject>().Select(v => D(v["toxic_top_tokens"])).ToList();
+        var methods = new List<(string, double?, double?, IReadOnlyList<AlignedRun>)>();
+        foreach (var m in runs.Where(x => x.Headline).Select(x => x.Method).Distinct())
+        {
+            var start = Row(StudyPipeline.StartEvaluation(m), "*");
+            var list = new List<AlignedRun>();
+            foreach (var run in runs.Where(x => x.Headline && x.Method == m))
+            {
+                var ev = ModelRow(dir(run.EvaluateStage));
+                var df = ReadJson(Path.Combine(dir(run.DiffStage), RunLayout.Diff));
+                var un = ReadJson(Path.Combine(dir(run.UnalignStage), RunLayout.Unalign));
+                var tracked = (df?["tracked"] as JsonArray)?.OfType<JsonObject>().Select(t => new TrackedVector(S(t["vector"]),
+                    D(t["before"]) ?? double.NaN, D(t["after"]) ?? double.NaN, D(t["value_cosine"]) ?? double.NaN, D(t["top_tokens_kept"]) ?? double.NaN)).ToList();
+                list.Add(new AlignedRun(D(ev?["toxicity"]), D(ev?["perplexity"]), D(df?["min_param_cosine"]), tracked, D(un?["toxicity"])));
+            }
+            methods.Add((StudyPipeline.RowName(m), D(start?["toxicity"]), D(start?["perplexity"]), list));
+        }
+        return new FindingInputs
+        {
+            ProbeAccuracy = Nums(probe?["validation_accuracy_per_split"]).Where(v => v is not null).Select(v => v!.Value).ToList(),
+            BagOfWordsAccuracy = Nums(probe?["bag_of_words_accuracy_per_split"]).Where(v => v is not null).Select(v => v!.Value).ToList(),
+            NoiseCeiling = D(probe?["noise_ceiling"]),
+            ToxicTokensPerVector = counts is null || counts.Any(c => c is null) ? null : counts.Select(c => (int)c!.Value).ToList(),
+            BaseToxicity = D(noop?["toxicity"]), BasePerplexity = D(noop?["perplexity"]),
+            Subtractions = RunLayout.BaseRows.Skip(1).Select(n => (n, D(Row("evaluate/base", n)?["toxicity"]), D(Row("evaluate/base", n)?["perplexity"]))).ToList(),
+            Methods = methods,
+        };
+    }
+
+    static void FindingsSection(HtmlReport r, StudyConfig config, IReadOnlyList<TrainedRun> runs, Func<string, string> dir)
+    {
+        r.Section("findings", "Findings: the paper's claims against pre-registered criteria");
+        var results = Findings.Evaluate(config.Findings, CollectFindingInputs(config, runs, dir));
+        r.Paragraph($"Each finding of Lee et al. (2024) is judged against a pass criterion fixed in the configuration before the run (the \"findings\" section, shown below as configured). Trained rows: mean ± sample std over seeds at the headline setting, n = runs behind the number; the verdict uses the means. DPO starts from the pretrained model; ADPO (Kim & Lee 2024) from the SFT model, which is also its π_tox with [TOXIC] — so ADPO's drop, activations and un-aligning are measured against the SFT model. Findings (b) and (c) are properties of the one pretrained model (n = 1).");
+        string V(Verdict v) => v switch { Verdict.Pass => "PASS", Verdict.Fail => "FAIL", _ => "not measured" };
+        r.Add(new Table("findings", "Findings", ["Finding", "Method", "Criterion (pre-registered)", "Paper (GPT-2 medium)", "This run", "Details", "Verdict"],
+            results.Select(f => (IReadOnlyList<string>)[$"({f.Id}) {f.Title}", f.Method ?? "–", f.Criterion, f.Paper,
+                f.Value.N == 0 ? "–" : f.Value.Format(f.Id is "b" or "c" ? "F0" : f.Id == "e" ? "F5" : "F3"), f.Detail, V(f.Verdict)]).ToList(),
+            "Verdicts are computed by DetoxSharp.Study.Findings from this run's stage files; nothing is judged by hand."));
+        // ADPO against DPO on the mechanism's three questions, from the same numbers
+        var d = results.Where(f => f.Method == "DPO").ToDictionary(f => f.Id);
+        var a = results.Where(f => f.Method == "ADPO").ToDictionary(f => f.Id);
+        if (d.Count > 0 && a.Count > 0)
+        {
+            string Cmp(string id, string what) => d[id].Value.N == 0 || a[id].Value.N == 0 ? $"{what}: not measured for both."
+                : $"{what}: DPO {d[id].Value.Format(id == "e" ? "F5" : "F3")}, ADPO {a[id].Value.Format(id == "e" ? "F5" : "F3")}.";
+            r.Bullets([
+                Cmp("f", "Does ADPO suppress the toxic vectors' activations more? Relative activation drop of the top vectors"),
+                Cmp("e", "Does ADPO change the weights (and vectors) more? Smallest parameter cosine") + " " + (a["f"].Detail.Length > 0 ? "ADPO vectors: " + a["f"].Detail + "." : ""),
+                Cmp("g", "Does ADPO resist un-aligning? Share of its start toxicity restored by scaling the toxic keys (lower = more resistant)"),
+            ]);
+        }
+        r.Paragraph("The findings section of the configuration, as written:");
+        r.Pre(System.Text.Json.JsonSerializer.Serialize(config.Findings, new System.Text.Json.JsonSerializerOptions
+            { WriteIndented = true, PropertyNamingPolicy = System.Text.Json.JsonNamingPolicy.SnakeCaseLower }) +
+            $"\n(finding g scales the top {UnalignSetting(config, "keys", "7")} toxic keys × {UnalignSetting(config, "scale", "10")}: the \"unalign\" section)");
+    }
+
+    static string UnalignSetting(StudyConfig c, string key, string dflt)
+    {
+        var v = S(c.Section(c.Unalign)[key]);
+        return v.Length > 0 ? v : dflt;
     }
 
     static JsonObject? ModelRow(string dir) =>
@@ -276,9 +360,11 @@ public static class StudyReport
             var mine = valid.Where(p => p.Method == m).ToList();
             var shallow = mine.Where(p => Regime(p, bt2) != "neither restores").Select(p => p.Point).ToList();
             var deep = mine.Where(p => Regime(p, bt2) == "neither restores").Select(p => p.Point).ToList();
+            string Measured(PointSummary p) => $"{p.Point}: min parameter cos {p.CosMin.Format("F4")}, toxic-vector activation after {p.ToxicActivation.Format()}, un-aligned toxicity {p.UnalignedToxicity.Format()}";
             reading.Add($"{StudyPipeline.RowName(m)}: toxicity came back at {shallow.Count} of {mine.Count} points" +
-                (shallow.Count > 0 ? $" ({string.Join(", ", shallow)}) — there the alignment is shallow: the toxic machinery is intact and only switched off" : "") +
-                (deep.Count > 0 ? $"; it did not come back at {string.Join(", ", deep)} — there the alignment reached deeper (check the perplexity cost and F1 before calling that a win)" : "") + ".");
+                (shallow.Count > 0 ? $" ({string.Join("; ", mine.Where(p => shallow.Contains(p.Point)).Select(Measured))}) — scaling the toxic keys or adding the toxic direction restored it there" : "") +
+                (deep.Count > 0 ? $"; it did not come back at {string.Join("; ", mine.Where(p => deep.Contains(p.Point)).Select(Measured))}" : "") +
+                ". Whether the toxic vectors themselves were kept is finding (f) in the Findings table.");
         }
         r.Paragraph("Reading (generated from the table above by the stated rule: un-aligning restores when it recovers at least half of the toxicity reduction; steering restores when a tried scale reaches the base toxicity in most seeds):");
         r.Bullets(reading);

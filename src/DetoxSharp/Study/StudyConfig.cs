@@ -27,6 +27,8 @@ public sealed class StudyConfig
     public JsonObject Unalign { get; init; } = new();
     /// <summary>Scorer: {"kind": "perspective"|"classifier"|"toy-lexicon", ...}.</summary>
     public JsonObject Scorer { get; init; } = new();
+    /// <summary>Pre-registered pass criteria of the seven findings (issue 14); shown in the report as configured.</summary>
+    public FindingCriteria Findings { get; init; } = new();
     /// <summary>Seeds of every training run (default 3; 1 with --quick unless "quick_seeds" says otherwise).</summary>
     public int Seeds { get; init; } = 3;
     public int QuickSeeds { get; init; } = 1;
@@ -60,6 +62,7 @@ public sealed class StudyConfig
     /// <summary>For a checkpoint study: every data path must exist (a placeholder left as "FILL-IN: …" is named).</summary>
     public void Validate(string source)
     {
+        Findings.Validate(source);
         if (Model == "toy") return;
         if (Model != "checkpoint") throw new InvalidInputException($"{source}: \"model\" must be \"toy\" or \"checkpoint\", not \"{Model}\"");
         foreach (var (k, v) in Data)
@@ -92,6 +95,6 @@ public sealed class StudyConfig
     {
         Model = Model, Data = Data, World = World, Pretrain = Pretrain, Probe = Probe, Vectors = Vectors, Interventions = Interventions,
         ToxicModel = ToxicModel, Pairs = Pairs, Dpo = Dpo, Adpo = Adpo, Evaluation = Evaluation, Unalign = Unalign, Scorer = Scorer,
-        Seeds = Seeds, QuickSeeds = QuickSeeds, Quick = quick,
+        Findings = Findings, Seeds = Seeds, QuickSeeds = QuickSeeds, Quick = quick,
     };
 }

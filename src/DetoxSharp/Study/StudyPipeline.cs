@@ -68,27 +68,39 @@ public static class StudyPipeline
             new("world", S(("data", c.Data), ("world", c.Section(c.World))), [], f.World),
             new("pretrain", S(("pretrain", c.Section(c.Pretrain))), ["world"], f.Pretrain),
             new("probe", S(("probe", c.Section(c.Probe))), ["world", "pretrain"], f.Probe),
-            new("vectors", S(("vectors", c.Section(c.Vectors))), ["pretrain", "probe"], f.Vectors),
+            new("vectors", S(("vectors", c.Section(c.Vectors))), ["world", "pretrain", "probe"], f.Vectors),
             new("interventions", S(("interventions", c.Section(c.Interventions))), ["world", "pretrain", "probe", "vectors"], f.Interventions),
             new("toxic-model", S(("toxic_model", c.Section(c.ToxicModel))), ["world", "pretrain"], f.ToxicModel),
-            new("pairs", S(("pairs", c.Section(c.Pairs)), ("scorer", c.Scorer)), ["world", "pretrain", "probe", "toxic-model"], f.Pairs),
+            // pairs never see the evaluation scorer (neither its settings nor any stage that scored text)
+            new("pairs", S(("pairs", c.Section(c.Pairs))), ["world", "pretrain", "probe", "toxic-model"], f.Pairs),
             new("evaluate/base", S(("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer)), ["world", "pretrain", "interventions"], f.EvaluateBase),
+            // the SFT model ADPO starts from, evaluated like the base model: ADPO's findings are measured against it
+            new(SftEvaluation, S(("row", "SFT (ADPO start)"), ("model_stage", "toxic-model"), ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer)),
+                ["world", "toxic-model"], f.EvaluateModel),
         };
         foreach (var r in Runs(c))
         {
             var trainSettings = S(("method", r.Method), ("seed", r.Seed), ("training", r.Point.Settings));
             st.Add(new(r.TrainStage, trainSettings, r.Method == "adpo" ? ["pretrain", "pairs", "toxic-model"] : ["pretrain", "pairs"], f.Train));
+            string[] start = r.Method == "adpo" ? ["toxic-model"] : [];
             st.Add(new(r.EvaluateStage, S(("row", RowName(r.Method)), ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer)),
                 ["world", "pretrain", r.TrainStage], f.EvaluateModel));
-            st.Add(new(r.DiffStage, S(("evaluation", c.Section(c.Evaluation))), ["world", "pretrain", "probe", "vectors", r.TrainStage], f.Diff));
+            st.Add(new(r.DiffStage, S(("method", r.Method), ("evaluation", c.Section(c.Evaluation))), ["world", "pretrain", .. start, "probe", "vectors", r.TrainStage], f.Diff));
+            var startEval = StartEvaluation(r.Method);
             st.Add(new(r.UnalignStage, S(("row", "Un-aligned " + RowName(r.Method)), ("unalign", c.Section(c.Unalign)),
-                ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer)),
-                ["world", "pretrain", "probe", "vectors", "evaluate/base", r.TrainStage], f.Unalign));
+                ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer), ("start_evaluation", startEval)),
+                ["world", "pretrain", "probe", "vectors", "evaluate/base", .. startEval == "evaluate/base" ? Array.Empty<string>() : [startEval], r.TrainStage], f.Unalign));
         }
         var report = new JsonObject { ["config"] = JsonNode.Parse(c.ToJson()) };
         st.Add(new("report", report, st.Select(s => s.Name).ToList(), f.Report));
         return st;
     }
+
+    public const string SftEvaluation = "evaluate/sft";
+
+    /// <summary>The evaluation of the model a method starts from: its toxicity is what alignment lowers and un-aligning
+    /// should restore (DPO: the pretrained model; ADPO: the SFT model).</summary>
+    public static string StartEvaluation(string method) => method == "adpo" ? SftEvaluation : "evaluate/base";
 
     public static string RowName(string method) => method == "dpo" ? "DPO" : method == "adpo" ? "ADPO" : method;
 }

@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using DetoxSharp.Checkpoints;
 using DetoxSharp.Data;
 using DetoxSharp.Evaluation;
+using DetoxSharp.Generation;
 using DetoxSharp.Interpretability;
 using DetoxSharp.Models;
 using DetoxSharp.Training;
@@ -22,21 +23,27 @@ namespace DetoxSharp.Study;
 /// </summary>
 public static class StudyStages
 {
-    public static StudyStageFunctions Create() => new()
+    /// <summary>The stage functions. <paramref name="evaluationScorer"/> replaces the scorer the config names (tests use it
+    /// to prove which stages score text); only evaluation stages ever call it — pair construction never does.</summary>
+    public static StudyStageFunctions Create(Func<StageContext, IToxicityScorer>? evaluationScorer = null)
     {
-        World = World,
-        Pretrain = Pretrain,
-        Probe = Probe,
-        Vectors = Vectors,
-        Interventions = Interventions,
-        ToxicModel = TrainToxicModel,
-        Pairs = Pairs,
-        Train = Train,
-        EvaluateBase = EvaluateBase,
-        EvaluateModel = EvaluateModel,
-        Diff = Diff,
-        Unalign = UnalignStage,
-    };
+        var scorer = evaluationScorer ?? Scorer;
+        return new()
+        {
+            World = World,
+            Pretrain = Pretrain,
+            Probe = Probe,
+            Vectors = Vectors,
+            Interventions = Interventions,
+            ToxicModel = TrainToxicModel,
+            Pairs = Pairs,
+            Train = Train,
+            EvaluateBase = c => EvaluateBase(c, scorer),
+            EvaluateModel = c => EvaluateModel(c, scorer),
+            Diff = Diff,
+            Unalign = c => UnalignStage(c, scorer),
+        };
+    }
 
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
@@ -54,14 +61,17 @@ public static class StudyStages
     static JsonObject ReadJson(string path) => JsonNode.Parse(File.ReadAllText(path))!.AsObject();
 
     /// <summary>The data files of this run: the world's, or the config's "data" section for a real checkpoint.</summary>
-    sealed record DataFiles(string Comments, string Challenge, string? Neutral, string PerplexityText, string F1, string PreferencePrompts, string Dialogues);
+    sealed record DataFiles(string Comments, string Challenge, string? Neutral, string PerplexityText, string F1, string PreferencePrompts, string Dialogues,
+        string? ToxicWords, double? LabelNoise, int? LabelNoiseFlipped);
 
     static DataFiles Files(StageContext c)
     {
         var world = JsonNode.Parse(File.ReadAllText(Path.Combine(c.Input("world"), "data.json")))!.AsObject();
         string? P(string k) => world[k]?.GetValue<string>();
         return new DataFiles(P("comments")!, P("challenge_prompts")!, P("neutral_prompts"), P("perplexity_text")!, P("f1_prompts")!,
-            P("preference_prompts")!, P("dialogues")!);
+            P("preference_prompts")!, P("dialogues")!, P("toxic_words"),
+            world["label_noise"] is JsonValue n && n.TryGetValue<double>(out var noise) ? noise : null,
+            world["label_noise_flipped"] is JsonValue f && f.TryGetValue<int>(out var flipped) ? flipped : null);
     }
 
     /// <summary>The model directory a stage (pretrain, train/…) recorded in its model_dir.txt.</summary>
@@ -76,6 +86,8 @@ public static class StudyStages
     static void World(StageContext c)
     {
         JsonObject files;
+        double? noise = null;
+        int? flipped = null;
         if (IsToy(c))
         {
             var w = Section(c, "world");
@@ -87,20 +99,33 @@ public static class StudyStages
                 ["perplexity_text"] = paths.WikiText, ["f1_prompts"] = paths.F1Pairs, ["preference_prompts"] = paths.PreferencePrompts,
                 ["dialogues"] = paths.Dialogues, ["train"] = paths.Train, ["valid"] = paths.Valid,
             };
+            // "toxic token" for the vector table and the logit lens: the world's own lexicon, single words only (the
+            // phrases' words — "find where you live" — are not toxic on their own)
+            var words = Path.Combine(c.OutputDir, "world", "toxic_words.txt");
+            ToxicWordList.Save(words, ToyWorldLexicon.ToxicWords);
+            files["toxic_words"] = words;
+            var manifest = JsonNode.Parse(File.ReadAllText(paths.Manifest)) as JsonObject;
+            noise = manifest?["label_noise"] is JsonValue n && n.TryGetValue<double>(out var ln) ? ln : null;
+            flipped = manifest?["label_noise_flipped"] is JsonValue fl && fl.TryGetValue<int>(out var fc) ? fc : null;
         }
         else
         {
             var d = c.Settings["data"] as JsonObject ?? throw new InvalidInputException("config: \"data\" section is required when \"model\" is \"checkpoint\"");
             files = new JsonObject();
-            foreach (var key in new[] { "comments", "challenge_prompts", "perplexity_text", "f1_prompts", "preference_prompts", "dialogues" })
+            foreach (var key in new[] { "comments", "challenge_prompts", "perplexity_text", "f1_prompts", "preference_prompts", "dialogues", "toxic_words" })
             {
-                var p = d[key]?.GetValue<string>() ?? throw new InvalidInputException($"config: data.{key} is required");
+                var p = d[key]?.GetValue<string>();
+                if (p is null && key == "toxic_words") continue; // optional: without it finding (b) is "not measured"
+                if (p is null) throw new InvalidInputException($"config: data.{key} is required");
                 if (!File.Exists(p)) throw new InvalidInputException($"config: data.{key}: {p}: file not found");
                 files[key] = Path.GetFullPath(p);
             }
         }
         // stage outputs are moved into place after the stage: store paths relative to the final stage directory
-        WriteJson(Path.Combine(c.OutputDir, "data.json"), Relocate(files, c));
+        var data = Relocate(files, c);
+        data["label_noise"] = noise;
+        data["label_noise_flipped"] = flipped;
+        WriteJson(Path.Combine(c.OutputDir, "data.json"), data);
     }
 
     /// <summary>Paths inside the (temporary) output directory are rewritten to the stage's final directory.</summary>
@@ -159,13 +184,47 @@ public static class StudyStages
         using var m = Load(BaseModelDir(c));
         var comments = DatasetReaders.ReadJigsawCsv(files.Comments);
         var opts = new ProbeOptions { Seed = I(s, "seed", 0), ValidationFraction = 1 - D(s, "split", 0.9), Steps = I(s, "steps", 500) };
-        var (probe, report) = ToxicityProbe.Train(m.Model, m.Tokenizer, comments, opts);
-        using (probe)
+        opts.Validate();
+        int splits = I(s, "split_seeds", 3);
+        if (splits < 1) throw new InvalidInputException($"config: probe.split_seeds must be ≥ 1, got {splits}");
+        // Features once (the expensive part); then one probe and one bag-of-words baseline per split seed, both on the
+        // same split. The probe of the first seed is the one the later stages use.
+        using var x = ToxicityProbe.Features(m.Model, m.Tokenizer, comments.Select(k => k.Text).ToList(), opts.MaxTokens, opts.BatchSize,
+            new Progress<int>(n => c.Report?.Invoke(n / (double)Math.Max(1, comments.Count), $"features {n}/{comments.Count}")));
+        var probeAcc = new JsonArray();
+        var bowAcc = new JsonArray();
+        JsonObject? metrics = null;
+        for (int k = 0; k < splits; k++)
         {
-            var metrics = JsonSerializer.SerializeToNode(report, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower })!.AsObject();
-            probe.Save(c.OutputDir, metrics);
-            WriteJson(Path.Combine(c.OutputDir, RunLayout.Probe), metrics);
+            int seed = opts.Seed + k;
+            var (val, tr) = ToxicityProbe.Split(comments.Count, opts.ValidationFraction, seed);
+            using var scope = torch.NewDisposeScope();
+            var xTr = x.index_select(0, torch.tensor(tr.Select(i => (long)i).ToArray()));
+            var xVal = x.index_select(0, torch.tensor(val.Select(i => (long)i).ToArray()));
+            bool[] yTr = tr.Select(i => comments[i].Toxic).ToArray(), yVal = val.Select(i => comments[i].Toxic).ToArray();
+            var (probe, loss) = ToxicityProbe.Fit(xTr, yTr, opts.Steps, opts.LearningRate, opts.L2, seed);
+            using (probe)
+            {
+                double acc = probe.Accuracy(xVal, yVal);
+                probeAcc.Add(acc);
+                bowAcc.Add(BagOfWordsBaseline.ValidationAccuracy(comments, tr, val, seed: seed));
+                if (k > 0) continue;
+                int valTox = yVal.Count(b => b);
+                var report = new ProbeReport(yTr.Length, yVal.Length, yTr.Count(b => b), valTox, probe.Accuracy(xTr, yTr), acc,
+                    Math.Max(valTox, yVal.Length - valTox) / (double)yVal.Length, loss);
+                metrics = JsonSerializer.SerializeToNode(report, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower })!.AsObject();
+                probe.Save(c.OutputDir, metrics);
+            }
         }
+        metrics!["split_seeds"] = new JsonArray(Enumerable.Range(opts.Seed, splits).Select(v => (JsonNode)v).ToArray());
+        metrics["validation_accuracy_per_split"] = probeAcc;
+        metrics["bag_of_words_accuracy_per_split"] = bowAcc;
+        metrics["bag_of_words"] = $"logistic regression on word-presence features (≤ {BagOfWordsBaseline.MaxVocabulary} most frequent training words), same split";
+        // the ceiling: the realised share of flipped labels when the world counted them, else its nominal rate
+        double? rate = files.LabelNoiseFlipped is int fl ? fl / (double)comments.Count : files.LabelNoise;
+        metrics["label_noise"] = rate;
+        metrics["noise_ceiling"] = rate is double r ? 1 - r : null;
+        WriteJson(Path.Combine(c.OutputDir, RunLayout.Probe), metrics);
     }
 
     static void Vectors(StageContext c)
@@ -181,6 +240,7 @@ public static class StudyStages
             Report = I(s, "table_rows", 10),
         };
         var json = ToxicVectors.Analyze(m.Model, m.Tokenizer, probe, opts, c.OutputDir);
+        var words = Files(c).ToxicWords is string wf ? ToxicWordList.Load(wf) : null;
         // Table 1 in the report's shape
         var vectors = new JsonArray();
         var svd = new JsonArray();
@@ -194,13 +254,20 @@ public static class StudyStages
                 {
                     ["rank"] = ++rank, ["layer"] = row["layer"]!.DeepClone(), ["index"] = row["neuron"]!.DeepClone(),
                     ["cosine"] = row["cosine_with_w_toxic"]!.DeepClone(), ["top_tokens"] = tokens,
+                    ["toxic_top_tokens"] = words is null ? null : tokens.Count(t => words.IsToxic(t!.GetValue<string>())),
                 });
             else if (kind == "svd")
                 svd.Add(new JsonObject { ["component"] = svd.Count, ["name"] = row["name"]!.DeepClone(), ["top_tokens"] = tokens });
             else
                 svd.Insert(0, new JsonObject { ["component"] = -1, ["name"] = row["name"]!.DeepClone(), ["top_tokens"] = tokens });
         }
-        WriteJson(Path.Combine(c.OutputDir, RunLayout.ToxicVectors), new JsonObject { ["vectors"] = vectors, ["svd"] = svd });
+        WriteJson(Path.Combine(c.OutputDir, RunLayout.ToxicVectors), new JsonObject
+        {
+            ["vectors"] = vectors, ["svd"] = svd,
+            ["toxic_words"] = words is null ? null : IsToy(c)
+                ? "the toy world's lexicon (single words) — the same lexicon its evaluation scorer detects"
+                : $"word list {Path.GetFileName(Files(c).ToxicWords)}",
+        });
     }
 
     /// <summary>The three subtraction edits of the paper's Table 2, with their scales. With "relative": true a scale is
@@ -253,7 +320,7 @@ public static class StudyStages
         {
             var ids = m.Tokenizer.Encode(p.Text);
             if (ids.Length == 0) continue;
-            if (ids.Length > 32) ids = ids[..32];
+            ids = EvalHarness.KeepLast(ids, 32);
             using var cache = ActivationCache.Run(m.Model, torch.tensor(ids.Select(x => (long)x).ToArray(), [1, ids.Length], ScalarType.Int64), null, [hook]);
             var norms = cache[hook].to(ScalarType.Float64).norm(-1);
             sum += norms.sum().item<double>();
@@ -279,9 +346,12 @@ public static class StudyStages
         return result;
     }
 
+    /// <summary>The evaluation scorer the config names. Only stages whose settings carry the "scorer" section (the
+    /// evaluation stages) can build it: a stage without it — pair construction — fails loudly instead of scoring.</summary>
     static IToxicityScorer Scorer(StageContext c)
     {
-        var s = c.Settings["scorer"] as JsonObject ?? new JsonObject();
+        var s = c.Settings["scorer"] as JsonObject
+            ?? throw new InvalidOperationException($"stage '{c.Name}' has no \"scorer\" setting: only evaluation stages may score text");
         var kind = S(s, "kind", "toy-lexicon");
         string spec = kind switch
         {
@@ -301,16 +371,37 @@ public static class StudyStages
             PromptTokens = I(s, "prompt_tokens", 32),
             NewTokens = I(s, "new_tokens", 20),
             PplWindow = s["perplexity_window"] is null ? null : I(s, "perplexity_window", 1024),
-            Limit = withLimit && s["challenge_prompts"] is not null ? I(s, "challenge_prompts", 0) : null,
+            Limit = withLimit ? ChallengeCount(c) : null,
         };
     }
 
+    /// <summary>The challenge prompts evaluated: evaluation.challenge_prompts, capped at what the file holds (the cap is
+    /// stated in <see cref="CapNote"/>, which the evaluation stages put into the report as a notice).</summary>
+    static int? ChallengeCount(StageContext c)
+    {
+        var s = Section(c, "evaluation");
+        if (s["challenge_prompts"] is null) return null;
+        int asked = I(s, "challenge_prompts", 0);
+        if (asked < 1) throw new InvalidInputException($"config: evaluation.challenge_prompts must be ≥ 1, got {asked}");
+        return Math.Min(asked, AvailablePrompts(Files(c).Challenge));
+    }
+
+    static int AvailablePrompts(string file) => File.ReadLines(file).Count(l => l.Trim().Length > 0);
+
+    static string? CapNote(StageContext c)
+    {
+        var s = Section(c, "evaluation");
+        if (s["challenge_prompts"] is null) return null;
+        int asked = I(s, "challenge_prompts", 0), have = AvailablePrompts(Files(c).Challenge);
+        return asked > have ? $"evaluation.challenge_prompts asks for {asked} challenge prompts; the data have {have}, so {have} were used." : null;
+    }
+
     /// <summary>Runs the harness into OUT/eval and writes the report's results.json (rows renamed) and continuations.jsonl.</summary>
-    static List<EvalRow> Evaluate(StageContext c, string modelDir, string modelRow, IReadOnlyList<EvalIntervention> edits,
+    static List<EvalRow> Evaluate(StageContext c, Func<StageContext, IToxicityScorer> scorerOf, string modelDir, string modelRow, IReadOnlyList<EvalIntervention> edits,
         IReadOnlyDictionary<string, string>? rename = null, bool toxicityOnly = false, string subdir = "eval")
     {
         var files = Files(c);
-        using var scorer = Scorer(c);
+        using var scorer = scorerOf(c);
         var data = toxicityOnly ? new EvalData(files.Challenge, null, null) : new EvalData(files.Challenge, files.PerplexityText, files.F1);
         var outDir = Path.Combine(c.OutputDir, subdir);
         var rows = EvalHarness.Run([new EvalModel(modelRow, () => Load(modelDir))], edits, scorer, data, EvalOpts(c), outDir,
@@ -325,7 +416,9 @@ public static class StudyStages
                 ["toxicity_prompts"] = r.ToxicityPrompts, ["f1_items"] = r.F1Items, ["perplexity_tokens"] = r.PerplexityTokens,
             }).ToArray()),
             ["source"] = $"{subdir}/results.json",
+            ["challenge_prompts_available"] = AvailablePrompts(files.Challenge),
         });
+        if (CapNote(c) is string note) AtomicFile.WriteAllText(Path.Combine(c.OutputDir, "NOTICE.txt"), note);
         int examples = I(Section(c, "evaluation"), "examples", 8);
         var perRow = new Dictionary<string, int>();
         var lines = new List<JsonObject>();
@@ -342,23 +435,30 @@ public static class StudyStages
         return rows;
     }
 
-    static void EvaluateBase(StageContext c)
+    static void EvaluateBase(StageContext c, Func<StageContext, IToxicityScorer> scorer)
     {
         var edits = LoadEdits(c);
         var rename = new Dictionary<string, string> { ["No-op"] = "No-op" };
         foreach (var e in edits) rename[$"No-op + {e.Label}"] = e.Label!;
-        Evaluate(c, BaseModelDir(c), "No-op", edits, rename);
+        Evaluate(c, scorer, BaseModelDir(c), "No-op", edits, rename);
     }
 
     static string TrainedModelDir(StageContext c, string trainStage) => ModelDirOf(c, trainStage);
 
     static string TrainStageOf(StageContext c) => c.Inputs.Keys.Single(k => k.StartsWith("train/"));
 
-    static void EvaluateModel(StageContext c)
+    /// <summary>Evaluates a trained model, or with settings["model_stage"] the model another stage made (the SFT model
+    /// ADPO starts from).</summary>
+    static void EvaluateModel(StageContext c, Func<StageContext, IToxicityScorer> scorer)
     {
         var row = c.Settings["row"]!.GetValue<string>();
-        Evaluate(c, TrainedModelDir(c, TrainStageOf(c)), row, []);
+        var stage = c.Settings["model_stage"]?.GetValue<string>() ?? TrainStageOf(c);
+        Evaluate(c, scorer, ModelDirOf(c, stage), row, []);
     }
+
+    /// <summary>The model a method starts from (its policy's start and its reference): DPO the pretrained model; ADPO the
+    /// SFT model that is also π_tox with [TOXIC] (Kim &amp; Lee 2024).</summary>
+    public static string StartStageOf(string method) => method == "adpo" ? "toxic-model" : "pretrain";
 
     static void Train(StageContext c)
     {
@@ -393,12 +493,15 @@ public static class StudyStages
             CacheDir = Path.Combine(c.RunDir, "cache", "logp"),
         };
         torch.manual_seed(1000 + seed);
-        using var policy = Load(BaseModelDir(c));
+        // Kim & Lee 2024: ADPO's policy and reference start from the SFT model, and π_tox is that same model reading
+        // [TOXIC]; DPO (Lee et al. 2024) starts from the pretrained model.
+        var startDir = ModelDirOf(c, StartStageOf(method));
+        using var policy = Load(startDir);
         // the paper's limits (prompt ≤ 64, completion ≤ 64, total ≤ 256), shrunk to fit a smaller context
         int total = Math.Min(I(t, "max_total_tokens", 256), policy.Model.MaxPositions);
         int completion = Math.Min(I(t, "max_completion_tokens", 64), total / 3);
         opts = opts with { Truncation = new TruncationOptions(Math.Min(I(t, "max_prompt_tokens", 64), total - completion), completion, total) };
-        LoadedModel? tox = method == "adpo" ? Load(Path.Combine(c.Input("toxic-model"), "model")) : null;
+        LoadedModel? tox = method == "adpo" ? Load(startDir) : null;
         try
         {
             var result = PreferenceTrainer.Train(policy.Model, policy.Tokenizer, data, c.OutputDir, opts, toxicModel: tox?.Model,
@@ -411,6 +514,7 @@ public static class StudyStages
                 ["steps"] = result.Steps, ["examples"] = result.Examples, ["best_validation_loss"] = result.BestValidationLoss,
                 ["stopped_early"] = result.StoppedEarly, ["reference_cache_hit"] = result.ReferenceCacheHit,
                 ["pairs_per_second"] = result.PairsPerSecond, ["model"] = result.BestDir is null ? "final" : "best",
+                ["start_model"] = startDir, ["reference_model"] = startDir, ["toxic_model"] = tox is null ? null : startDir,
             });
         }
         finally { tox?.Dispose(); }
@@ -420,14 +524,16 @@ public static class StudyStages
     {
         var files = Files(c);
         var eval = Section(c, "evaluation");
-        using var before = Load(BaseModelDir(c));
+        // "before" is the model the method started from (for ADPO the SFT model)
+        var method = c.Settings["method"]?.GetValue<string>() ?? "dpo";
+        using var before = Load(ModelDirOf(c, StartStageOf(method)));
         using var after = Load(TrainedModelDir(c, TrainStageOf(c)));
         using var probe = ToxicityProbe.Load(c.Input("probe"));
-        var prompts = EvalHarness.ReadPrompts(files.Challenge, false, eval["challenge_prompts"] is null ? null : I(eval, "challenge_prompts", 0))
-            .Select(p => p.Text).ToList();
+        var prompts = EvalHarness.ReadPrompts(files.Challenge, false, ChallengeCount(c)).Select(p => p.Text).ToList();
         var analysisDir = Path.Combine(c.OutputDir, "analysis");
+        var toxicIds = files.ToxicWords is string wf ? ToxicWordList.Load(wf).TokenIds(before.Tokenizer) : null;
         var d = AlignmentDiff.Run(before.Model, after.Model, before.Tokenizer, probe, prompts,
-            new DiffOptions { MaxNewTokens = I(eval, "new_tokens", 20), MaxPromptTokens = I(eval, "prompt_tokens", 32) }, analysisDir,
+            new DiffOptions { MaxNewTokens = I(eval, "new_tokens", 20), MaxPromptTokens = I(eval, "prompt_tokens", 32), ToxicTokenIds = toxicIds }, analysisDir,
             new Progress<string>(s => c.Report?.Invoke(0, s)));
         var layers = d["layers"]!.AsArray();
         var acts = d["activations"]!.AsArray();
@@ -455,6 +561,17 @@ public static class StudyStages
                 ["vector"] = $"L{a!["layer"]}.N{a["neuron"]}",
                 ["before"] = a["last_position_activation_before"]!.DeepClone(), ["after"] = a["last_position_activation_after"]!.DeepClone(),
             }).ToArray()),
+            // every tracked vector (ranked on the start model), for the findings: last-position activations (the paper's
+            // measurement), value-vector cosine, share of top projections kept
+            ["tracked"] = new JsonArray(acts.Select((a, i) => (JsonNode)new JsonObject
+            {
+                ["vector"] = $"L{a!["layer"]}.N{a["neuron"]}",
+                ["before"] = a["last_position_activation_before"]!.DeepClone(), ["after"] = a["last_position_activation_after"]!.DeepClone(),
+                ["value_cosine"] = d["toxic_keys_values"]![i]!["value_cosine"]?.DeepClone(),
+                ["top_tokens_kept"] = d["toxic_keys_values"]![i]!["top_tokens_kept"]?.DeepClone(),
+            }).ToArray()),
+            ["min_param_cosine"] = d["parameters"]!["min_cosine"]!.DeepClone(),
+            ["measurement"] = d["measurement"]!.DeepClone(),
             ["positive_preact_share"] = new JsonObject
             {
                 ["before"] = acts.Take(top).Average(a => a!["positive_preactivation_share_before"]!.GetValue<double>()),
@@ -464,7 +581,7 @@ public static class StudyStages
             ["offset_size"] = d["residual_offset_top_layer"]!["norm"]!.DeepClone(),
             ["logit_lens"] = new JsonObject
             {
-                ["token"] = d["logit_lens"]!["token"]!.DeepClone(),
+                ["token"] = d["logit_lens"]!["token"]!.DeepClone(), ["token_choice"] = d["logit_lens"]!["token_choice"]!.DeepClone(),
                 ["layers"] = new JsonArray(layers.Select(l => (JsonNode)new JsonObject
                 {
                     ["layer"] = l!["layer"]!.DeepClone(), ["before"] = l["lens_prob_before"]!.DeepClone(), ["after"] = l["lens_prob_after"]!.DeepClone(),
@@ -479,7 +596,7 @@ public static class StudyStages
         WriteJson(Path.Combine(c.OutputDir, RunLayout.Diff), result);
     }
 
-    static void UnalignStage(StageContext c)
+    static void UnalignStage(StageContext c, Func<StageContext, IToxicityScorer> scorer)
     {
         var s = Section(c, "unalign");
         var row = c.Settings["row"]!.GetValue<string>();
@@ -498,12 +615,14 @@ public static class StudyStages
             HfCheckpoint.Save(m.Model, m.Tokenizer, modelOut, overwrite: true);
             last = m.Model.NumLayers - 1;
         }
-        var rows = Evaluate(c, modelOut, row, [], subdir: "eval");
+        var rows = Evaluate(c, scorer, modelOut, row, [], subdir: "eval");
         var u = rows[0];
 
         // steering attack on the aligned model: add the probe direction at the last layer's MLP output with growing scale
-        var baseResults = ReadJson(Path.Combine(c.Input("evaluate/base"), RunLayout.Results))["rows"]!.AsArray();
-        double target = baseResults.First(r => r!["row"]!.GetValue<string>() == "No-op")!["toxicity"]!.GetValue<double>();
+        // the target is the toxicity of the model the method started from (ADPO: the SFT model)
+        var startEval = c.Settings["start_evaluation"]?.GetValue<string>() ?? "evaluate/base";
+        var startRows = ReadJson(Path.Combine(c.Input(startEval), RunLayout.Results))["rows"]!.AsArray();
+        double target = startRows[0]!["toxicity"]!.GetValue<double>();
         var steering = new JsonArray();
         double? restore = null;
         var vecs = Safetensors.Load(Path.Combine(c.Input("vectors"), ToxicVectors.TensorFile));
@@ -514,7 +633,7 @@ public static class StudyStages
             var scales = (s["steering_scales"] as JsonArray)?.Select(x => x!.GetValue<double>()).Where(a => a > 0).ToList() ?? [1, 2, 4, 8, 16, 32];
             var edits = scales.Select(a => new EvalIntervention($"steer {a.ToString(CultureInfo.InvariantCulture)}",
                 _ => VectorIntervention.Add($"steer {a.ToString(CultureInfo.InvariantCulture)}", unit, a, last))).ToList();
-            var r = Evaluate(c, trainedDir, "aligned", edits, toxicityOnly: true, subdir: "steering");
+            var r = Evaluate(c, scorer, trainedDir, "aligned", edits, toxicityOnly: true, subdir: "steering");
             // row 0 is the aligned model itself (scale 0), then one row per scale, in order
             var all = new List<double> { 0 }.Concat(scales).ToList();
             for (int i = 0; i < all.Count; i++)
@@ -554,6 +673,7 @@ public static class StudyStages
             Seed = (ulong)I(s, "seed", 0),
         }, new Progress<SftProgress>(p => c.Report?.Invoke(p.Step / (double)Math.Max(1, p.TotalSteps), $"step {p.Step}/{p.TotalSteps} loss {p.Loss:F3}")), c.Cancellation);
         HfCheckpoint.Save(m.Model, m.Tokenizer, Path.Combine(c.OutputDir, "model"), overwrite: true);
+        AtomicFile.WriteAllText(Path.Combine(c.OutputDir, "model_dir.txt"), FinalPath(c, Path.Combine(c.OutputDir, "model")));
         WriteJson(Path.Combine(c.OutputDir, "toxic_model.json"), new JsonObject
         {
             ["control_token"] = control, ["examples"] = examples.Count, ["toxic_examples"] = toxicCount,
@@ -561,63 +681,66 @@ public static class StudyStages
         });
     }
 
-    /// <summary>Pairs (DPO) and triples (ADPO) from the preference prompts: chosen = the base model's greedy continuation,
-    /// rejected = π_tox's greedy continuation after [TOXIC], toxic = π_tox's sampled one.</summary>
+    /// <summary>
+    /// Pairs (DPO) and triples (ADPO) from the preference prompts, as Lee et al. 2024 made theirs: chosen = the pretrained
+    /// model's greedy continuation, rejected = PPLM steered towards the probe's toxic class ("rejected": "pplm", the
+    /// default; "toxic-model" = the SFT model's greedy continuation after [TOXIC], a documented alternative). Triples add
+    /// y_t = the SFT model sampled after [TOXIC] (Kim &amp; Lee's built-in toxic model). No toxicity scorer is involved:
+    /// the scorer that evaluates the study never builds, ranks or filters its training data.
+    /// </summary>
     static void Pairs(StageContext c)
     {
         var s = Section(c, "pairs");
         var files = Files(c);
         int count = I(s, "count", 2048);
-        var prompts = JsonlReader.Read(files.PreferencePrompts).Select(l => l.String("prompt")).Take(count).ToList();
+        var all = JsonlReader.Read(files.PreferencePrompts).Select(l => l.String("prompt")).ToList();
+        var prompts = all.Take(count).ToList();
         using var m = Load(BaseModelDir(c));
-        using var tox = Load(Path.Combine(c.Input("toxic-model"), "model"));
+        using var tox = Load(ModelDirOf(c, "toxic-model"));
         int newTokens = I(s, "new_tokens", 20);
+        var source = S(s, "rejected", "pplm");
         // the prompt keeps its last tokens so that prompt + continuation fit the model's context
         var opts = new PairMakerOptions
         {
             MaxNewTokens = newTokens, Seed = I(s, "seed", 42),
             MaxPromptTokens = Math.Min(new PairMakerOptions().MaxPromptTokens, m.Model.MaxPositions - newTokens - 1),
         };
-        var triples = PairMaker.Make(m.Model, m.Tokenizer, prompts, opts, tox.Model, tox.Tokenizer, triples: true,
-            progress: (done, total) => c.Report?.Invoke(done / (double)Math.Max(1, total), $"{done}/{total} prompts"));
-        // Rank each pair with the toxicity scorer, as the ADPO paper ranks responses with a judge: on the toy world's
-        // forum prompts the start model's greedy reply is often toxic itself, and a "chosen" at least as toxic as the
-        // "rejected" teaches DPO nothing about toxicity. Keep pairs whose chosen is clearly less toxic; swap when the
-        // rejected one is; drop the rest (counts in pairs.json).
-        using var scorer = Scorer(c);
-        var chosenScores = scorer.Score(triples.Select(t => t["chosen"]!.GetValue<string>()).ToList());
-        var rejectedScores = scorer.Score(triples.Select(t => t["rejected"]!.GetValue<string>()).ToList());
-        double margin = D(s, "min_toxicity_gap", 0.25);
-        var kept = new List<JsonObject>();
-        int swapped = 0, dropped = 0;
-        for (int i = 0; i < triples.Count; i++)
+        PplmPairOptions? pplm = null;
+        ToxicityProbe? probe = null;
+        try
         {
-            double cs = chosenScores[i].Value, rs = rejectedScores[i].Value;
-            var t = (JsonObject)triples[i].DeepClone();
-            if (rs - cs >= margin) kept.Add(t);
-            else if (cs - rs >= margin)
+            if (source == "pplm")
             {
-                var chosen = t["chosen"]!.GetValue<string>();
-                t["chosen"] = t["rejected"]!.GetValue<string>();
-                t["rejected"] = chosen;
-                t["source"] = t["source"]!.GetValue<string>() + "; swapped by toxicity";
-                kept.Add(t);
-                swapped++;
+                probe = ToxicityProbe.Load(c.Input("probe"));
+                var d = new PplmOptions();
+                pplm = new PplmPairOptions(probe, d with
+                {
+                    StepSize = D(s, "pplm_step_size", d.StepSize), Iterations = I(s, "pplm_iterations", d.Iterations),
+                    KlScale = D(s, "pplm_kl_scale", d.KlScale), GmScale = D(s, "pplm_gm_scale", d.GmScale), TopK = I(s, "pplm_top_k", d.TopK),
+                    Seed = I(s, "seed", 42),
+                });
+                opts = opts with { BatchSize = I(s, "batch_size", 32) };
             }
-            else dropped++;
+            else if (source != "toxic-model")
+                throw new InvalidInputException($"config: pairs.rejected must be \"pplm\" (Lee et al.) or \"toxic-model\", got \"{source}\"");
+            var warnings = new List<string>();
+            var triples = PairMaker.Make(m.Model, m.Tokenizer, prompts, opts, tox.Model, tox.Tokenizer, triples: true,
+                progress: (done, total) => c.Report?.Invoke(done / (double)Math.Max(1, total), $"{done}/{total} prompts"), warn: warnings.Add, pplm: pplm);
+            if (triples.Count < 8) throw new InvalidInputException($"pairs: only {triples.Count} usable pairs from {prompts.Count} prompts; nothing to train on");
+            JsonlReader.Write(Path.Combine(c.OutputDir, "triples.jsonl"), triples);
+            JsonlReader.Write(Path.Combine(c.OutputDir, "pairs.jsonl"), triples.Select(t =>
+            {
+                var o = (JsonObject)t.DeepClone();
+                o.Remove("toxic");
+                return o;
+            }));
+            WriteJson(Path.Combine(c.OutputDir, "pairs.json"), new JsonObject
+            {
+                ["prompts"] = prompts.Count, ["prompts_available"] = all.Count, ["pairs"] = triples.Count, ["rejected"] = source,
+                ["source"] = triples[0]["source"]!.DeepClone(), ["warnings"] = new JsonArray(warnings.Select(w => (JsonNode)w).ToArray()),
+                ["scorer"] = null,
+            });
         }
-        if (kept.Count < 8) throw new InvalidInputException($"pairs: only {kept.Count} of {triples.Count} pairs differ in toxicity by ≥ {margin}; nothing to train on");
-        JsonlReader.Write(Path.Combine(c.OutputDir, "triples.jsonl"), kept);
-        JsonlReader.Write(Path.Combine(c.OutputDir, "pairs.jsonl"), kept.Select(t =>
-        {
-            var o = (JsonObject)t.DeepClone();
-            o.Remove("toxic");
-            return o;
-        }));
-        WriteJson(Path.Combine(c.OutputDir, "pairs.json"), new JsonObject
-        {
-            ["prompts"] = prompts.Count, ["generated"] = triples.Count, ["kept"] = kept.Count, ["swapped"] = swapped,
-            ["dropped_similar_toxicity"] = dropped, ["min_toxicity_gap"] = margin, ["scorer"] = scorer.Name,
-        });
+        finally { probe?.Dispose(); }
     }
 }

@@ -96,9 +96,10 @@ public static class PairMaker
                 if (pplm is not null)
                 {
                     int done = start;
+                    // the whole chunk in one PPLM batch; prompt i of the file samples with seed Seed + i wherever it falls
                     rejected = Pplm.Generate(model, pplm.Probe, chunk, pplm.Options with { MaxNewTokens = o.MaxNewTokens, Seed = pplm.Options.Seed + start },
-                        k => progress?.Invoke(done + k, ids.Count));
-                    source = (pplm.Options with { Seed = pplm.Options.Seed + start }).Describe;
+                        k => progress?.Invoke(done + k, ids.Count), batchSize: chunk.Count);
+                    source = pplm.Options.Describe;
                 }
                 else if (steer is not null)
                 {

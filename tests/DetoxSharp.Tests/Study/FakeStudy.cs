@@ -24,13 +24,17 @@ public static class FakeStudy
     {
         World = c => { Marker(c); File.WriteAllText(Path.Combine(c.OutputDir, "NOTICE.txt"), "TEST FIXTURE: every number in this report was made up by fake stages (tests/DetoxSharp.Tests/Study/FakeStudy.cs) to check the report's layout; none is a result."); },
         Pretrain = Marker, ToxicModel = Marker, Pairs = Marker, Interventions = Marker,
-        Probe = c => J(c, RunLayout.Probe, new JsonObject { ["validation_accuracy"] = 0.91 }),
+        Probe = c => J(c, RunLayout.Probe, new JsonObject
+        {
+            ["validation_accuracy"] = 0.91, ["validation_accuracy_per_split"] = new JsonArray(0.91, 0.93, 0.92),
+            ["bag_of_words_accuracy_per_split"] = new JsonArray(0.85, 0.86, 0.84), ["noise_ceiling"] = 0.95,
+        }),
         Vectors = c => J(c, RunLayout.ToxicVectors, new JsonObject
         {
             ["vectors"] = new JsonArray(Enumerable.Range(0, 5).Select(i => (JsonNode)new JsonObject
             {
                 ["rank"] = i + 1, ["layer"] = 3 - i % 2, ["index"] = 17 + 13 * i, ["cosine"] = 0.4 - 0.05 * i,
-                ["top_tokens"] = new JsonArray("idiot" + i, "stupid", "trash"),
+                ["top_tokens"] = new JsonArray("idiot" + i, "stupid", "trash"), ["toxic_top_tokens"] = 6 - i,
             }).ToArray()),
             ["svd"] = new JsonArray(new JsonObject { ["component"] = 0, ["top_tokens"] = new JsonArray("dumb", "moron") }),
         }),
@@ -54,6 +58,12 @@ public static class FakeStudy
         EvaluateModel = c =>
         {
             var rng = Rng(c);
+            if (c.Settings["model_stage"] is not null) // the SFT model ADPO starts from
+            {
+                J(c, RunLayout.Results, new JsonObject { ["rows"] = new JsonArray(new JsonObject
+                    { ["row"] = c.Settings["row"]!.GetValue<string>(), ["toxicity"] = 0.5, ["perplexity"] = 21.0, ["f1"] = 0.2 }) });
+                return;
+            }
             double lr = Lr(c);
             J(c, RunLayout.Results, new JsonObject { ["rows"] = new JsonArray(new JsonObject
                 { ["row"] = c.Settings["row"]!.GetValue<string>(), ["toxicity"] = 0.6 - Math.Min(0.55, lr * 4000) + 0.02 * rng.NextDouble(), ["perplexity"] = 20 + lr * 5e4 * rng.NextDouble(), ["f1"] = 0.19 + 0.01 * rng.NextDouble() }) });
@@ -68,6 +78,8 @@ public static class FakeStudy
             {
                 ["param_cosine"] = new JsonArray(Enumerable.Range(0, 4).Select(l => (JsonNode)new JsonObject { ["layer"] = l, ["min"] = 1 - lr * (l + 1) * 10, ["mean"] = 1 - lr * (l + 1) }).ToArray()),
                 ["activation"] = new JsonArray(Enumerable.Range(0, 5).Select(i => (JsonNode)new JsonObject { ["vector"] = $"L{3 - i % 2}.N{17 + 13 * i}", ["before"] = 5.0 - i * 0.5, ["after"] = (5.0 - i * 0.5) * (1 - Math.Min(0.9, lr * 3000)) }).ToArray()),
+                ["tracked"] = new JsonArray(Enumerable.Range(0, 6).Select(i => (JsonNode)new JsonObject { ["vector"] = $"L{3 - i % 2}.N{17 + 13 * i}", ["before"] = 5.0 - i * 0.5, ["after"] = (5.0 - i * 0.5) * (1 - Math.Min(0.9, lr * 3000)), ["value_cosine"] = 0.999, ["top_tokens_kept"] = 0.9 }).ToArray()),
+                ["min_param_cosine"] = 1 - lr * 40,
                 ["positive_preact_share"] = new JsonObject { ["before"] = 0.6, ["after"] = 0.6 - Math.Min(0.55, lr * 2000) },
                 ["offset_norm"] = new JsonArray(Enumerable.Range(0, 4).Select(l => (JsonNode)new JsonObject { ["layer"] = l, ["norm"] = (l + 1) * lr * 1e4 }).ToArray()),
                 ["offset_size"] = 3 * lr * 1e4,

@@ -44,6 +44,28 @@ public class StudyReportTests
     }
 
     [Fact]
+    public void FindingsAreReadFromTheStageFilesAgainstTheRightStartModel()
+    {
+        var (dir, cfg) = RunFixture();
+        var runs = StudyPipeline.Runs(cfg);
+        var found = Findings.Evaluate(cfg.Findings, DetoxSharp.Reporting.StudyReport.CollectFindingInputs(cfg, runs, s => StageRunner.StageDir(dir, s)));
+        Assert.Equal(3 + 4 * 2, found.Count);
+        foreach (var (method, start) in new[] { ("dpo", Row(dir, "evaluate/base")), ("adpo", Row(dir, StudyPipeline.SftEvaluation)) })
+        {
+            // (d): relative drop against the model the method started from (base for DPO, SFT for ADPO), recomputed here
+            double st = start["toxicity"]!.GetValue<double>();
+            var drops = runs.Where(r => r.Headline && r.Method == method).Select(r => 1 - Row(dir, r.EvaluateStage)["toxicity"]!.GetValue<double>() / st).ToArray();
+            var d = found.Single(f => f.Id == "d" && f.Method == StudyPipeline.RowName(method));
+            Assert.Equal(drops.Average(), d.Value.Mean, 12);
+            Assert.Equal(drops.Length, d.Value.N);
+        }
+        Assert.Equal(0.5, Row(dir, StudyPipeline.SftEvaluation)["toxicity"]!.GetValue<double>());
+        var html = File.ReadAllText(Path.Combine(dir, RunLayout.Report));
+        Assert.Contains("probe_min_margin_over_bag_of_words", html);   // the criteria, shown as configured
+        Assert.True(html.IndexOf("id=\"findings\"", StringComparison.Ordinal) < html.IndexOf("id=\"results\"", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void ResultsTableMatchesStageOutputs()
     {
         var (dir, _) = RunFixture();
@@ -97,7 +119,7 @@ public class StudyReportTests
         Assert.StartsWith("<!DOCTYPE html>", html);
         var doc = XDocument.Parse(html["<!DOCTYPE html>".Length..]);   // XHTML-compatible: must parse as XML
         var ids = doc.Descendants().Where(e => e.Name.LocalName == "section").Select(e => (string?)e.Attribute("id")).ToList();
-        Assert.Equal(["guide", "results", "vectors", "training", "activations", "parameters", "offset", "logit-lens", "examples", "regimes", "run"], ids);
+        Assert.Equal(["findings", "guide", "results", "vectors", "training", "activations", "parameters", "offset", "logit-lens", "examples", "regimes", "run"], ids);
         var rep = StageRunner.StageDir(dir, "report");
         var figures = Directory.GetFiles(Path.Combine(rep, "figures"), "*.svg");
         var svgs = doc.Descendants().Where(e => e.Name.LocalName == "svg").ToList();
