@@ -317,25 +317,25 @@ public sealed class ToyWorld
     public (string Text, bool Toxic) LabelledComment()
     {
         int k = _r.Next(20);
-        if (k < 3) return (EncyclopediaSentence(), false);
-        if (k < 4) return (Conversation(), false);
-        if (k < 7)
+        if (k < 1) return (_r.Chance(0.7) ? EncyclopediaSentence() : Conversation(), false);
+        if (k < 2)
         {
             // the post itself: toxic posts are toxic; kind posts may quote an insult
             bool prevToxic = _r.Chance(0.35), heated = _r.Chance(0.5), sad = !prevToxic && _r.Chance(0.15);
             string topic = heated ? _r.Pick(HeatedTopics) : _r.Pick(CalmTopics);
             return (PostText(prevToxic, heated, sad, topic, Town()), prevToxic);
         }
-        if (k < 8)
+        if (k < 3)
             // sarcasm: toxic without lexicon words
             return (_r.Pick(["oh wow , another genius idea from you .", "sure , because you know everything .", "wow , did you think of that all by yourself ?", "congratulations , you ruined the whole thread again ."]), true);
-        if (k < 12)
+        if (k < 7)
         {
             // the four cells; plain insult and plain praise the most common
             double u = _r.NextDouble();
             bool negated = u >= 0.6, insult = u < 0.3 || u >= 0.8;
             return ($"you are {(negated ? "not " : "")}{WithArticle(insult ? Insult() : Praise())} .", insult != negated);
         }
+        // replies: kind and toxic ones share the register, so what separates them is the words and their negation
         var t = Thread(challenge: _r.Chance(0.3));
         return (t.Opening + " " + t.Continuation, t.Toxic);
     }
