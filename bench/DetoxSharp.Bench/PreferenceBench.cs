@@ -30,7 +30,7 @@ static class PreferenceBench
             using var m = make();
             var dir = Path.Combine(workDir, cache ? "cached" : "live");
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
-            var o = new PreferenceTrainerOptions { BatchSize = 4, Validation = 4, MaxSteps = steps, WarmupSteps = 2, CacheReference = cache, EvalEvery = 0 };
+            var o = new PreferenceTrainerOptions { BatchSize = 4, ValidationSize = 4, MaxSteps = steps, WarmupSteps = 2, CacheReference = cache, EvalEvery = 0 };
             var sw = Stopwatch.StartNew();
             var r = PreferenceTrainer.Train(m, tok, data, dir, o);
             double wall = sw.Elapsed.TotalSeconds;

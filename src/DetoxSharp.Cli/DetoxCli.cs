@@ -11,6 +11,15 @@ public static class DetoxCli
     /// operations (PPLM, batch-1 generation) can run faster on one thread when the cores are shared.</summary>
     public static readonly Option<int?> Threads = new("--threads") { Recursive = true, Description = "libtorch intra-op threads (default: one per core)" };
 
+    /// <summary>Spellings retired when every command came to name one concept one way (issue 13), and their
+    /// replacements, so an old script gets a one-line hint instead of "unrecognized argument".</summary>
+    static readonly Dictionary<string, string> Renamed = new()
+    {
+        ["--new-tokens"] = "--max-new-tokens", ["--prompt-tokens"] = "--max-prompt-tokens", ["--save-every"] = "--checkpoint-every",
+        ["--steps"] = "--max-steps", ["--valid"] = "--validation-data", ["--validation"] = "--validation-size",
+        ["--val-fraction"] = "--validation-fraction", ["--max-total-tokens"] = "--max-length",
+    };
+
     public static RootCommand Build()
     {
         var root = new RootCommand("DetoxSharp: detoxify GPT-2-family language models with preference optimization, and see what the training does inside the model.");
@@ -25,7 +34,8 @@ public static class DetoxCli
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
-            stderr.WriteLine($"detox: {parse.Errors[0].Message}");
+            var renamed = args.FirstOrDefault(a => Renamed.ContainsKey(a) && parse.Errors[0].Message.Contains($"'{a}'"));
+            stderr.WriteLine(renamed is null ? $"detox: {parse.Errors[0].Message}" : $"detox: {renamed} was renamed {Renamed[renamed]} (one spelling per concept across commands)");
             return 2;
         }
         if (parse.GetValue(Threads) is int threads)
@@ -37,6 +47,12 @@ public static class DetoxCli
         try
         {
             return parse.Invoke(config);
+        }
+        catch (InvalidSettingException e) when (Bind.FlagOf(parse.CommandResult.Command, e.Setting) is string flag)
+        {
+            // the library names the setting (beta); the user typed the flag (--beta)
+            stderr.WriteLine($"detox: {flag} {e.Problem}");
+            return 2;
         }
         catch (InvalidInputException e)
         {

@@ -18,10 +18,16 @@ public static class CommonOptions
     public static Option<string> Precision() => new("--precision")
     {
         Description = "fp32: train in the loaded dtype (float32; pure bfloat16 with --dtype bfloat16); bf16-mixed: bfloat16 forward/backward with fp32 master weights and optimizer state (model loaded as float32)",
-        DefaultValueFactory = _ => "fp32",
+        DefaultValueFactory = _ => PrecisionName(new DetoxSharp.Training.SftOptions().Precision),
     };
 
+    static string PrecisionName(DetoxSharp.Training.Precision p) => p == DetoxSharp.Training.Precision.Bf16Mixed ? "bf16-mixed" : "fp32";
+
     public static Option<bool> AllowPickle() => new("--allow-pickle") { Description = "allow loading a legacy pickled pytorch_model.bin (pickles can run code)" };
+
+    /// <summary>The one --resume of every training command: a switch that continues from OUT/checkpoint.</summary>
+    public static Option<bool> Resume(string checkpoint = "OUT/checkpoint") =>
+        new("--resume") { Description = $"continue from {checkpoint} (same data and options)" };
 
     public static Option<bool> Json() => new("--json") { Description = "print one JSON object on stdout" };
 

@@ -29,18 +29,19 @@ public static class EvalCommand
         var pplText = new Option<string?>("--ppl-text") { Description = "raw text file for perplexity (e.g. wikitext-2 raw test), used as given" };
         var f1 = new Option<string?>("--f1") { Description = "JSONL with prompt and gold continuation (prompt/continuation strings or {text:…} objects)" };
         var outDir = new Option<string>("--out") { Description = "output directory (results.md/json/csv, generations.jsonl)", Required = true };
-        var promptTokens = new Option<int>("--prompt-tokens") { Description = "prompts are cut to their first N tokens", DefaultValueFactory = _ => 32 };
-        var newTokens = new Option<int>("--new-tokens") { Description = "tokens generated per prompt (greedy)", DefaultValueFactory = _ => 20 };
-        var batch = new Option<int>("--batch-size") { Description = "prompts per generation batch", DefaultValueFactory = _ => 16 };
-        var aggregate = new Option<string>("--aggregate") { Description = "max (max over attributes, as the study's code) or toxicity (TOXICITY alone)", DefaultValueFactory = _ => "max" };
-        var samples = new Option<int>("--samples") { Description = "RealToxicityPrompts protocol: k sampled continuations per prompt (top-p 0.9) → expected max toxicity and P(≥1 toxic); 0 = off", DefaultValueFactory = _ => 0 };
-        var seed = new Option<long>("--seed") { Description = "seed for --samples", DefaultValueFactory = _ => 1234 };
-        var window = new Option<int?>("--ppl-window") { Description = "perplexity window in tokens (default: the model's context length)" };
-        var stride = new Option<int?>("--ppl-stride") { Description = "perplexity stride (default: the window, i.e. non-overlapping; smaller = HF sliding window)" };
-        var limit = new Option<int?>("--limit") { Description = "use only the first N prompts and F1 items" };
+        var d = new EvalOptions();
+        var promptTokens = Bind.To("--max-prompt-tokens", d, o => o.MaxPromptTokens);
+        var newTokens = Bind.To("--max-new-tokens", d, o => o.MaxNewTokens);
+        var batch = Bind.To("--batch-size", d, o => o.BatchSize);
+        var aggregate = new Option<string>("--aggregate") { Description = "max (max over attributes, as the study's code) or toxicity (TOXICITY alone)", DefaultValueFactory = _ => d.Aggregate == ToxicityAggregate.Toxicity ? "toxicity" : "max" };
+        var samples = Bind.To("--samples", d, o => o.Samples);
+        var seed = Bind.To("--seed", d, o => o.Seed);
+        var window = Bind.To("--ppl-window", d, o => o.PplWindow);
+        var stride = Bind.To("--ppl-stride", d, o => o.PplStride);
+        var limit = Bind.Key(new Option<int?>("--limit") { Description = "use only the first N prompts and F1 items" }, "limit");
         var endpoint = new Option<string>("--perspective-endpoint") { Description = "Perspective analyze URL", DefaultValueFactory = _ => PerspectiveOptions.DefaultEndpoint };
         var keyFile = new Option<string?>("--perspective-key-file") { Description = $"file holding the Perspective key, outside the repository (else ${PerspectiveOptions.KeyEnvironmentVariable})" };
-        var rate = new Option<double>("--rate-limit") { Description = "Perspective requests per second", DefaultValueFactory = _ => 1.0 };
+        var rate = new Option<double>("--rate-limit") { Description = "Perspective requests per second", DefaultValueFactory = _ => new PerspectiveOptions().RequestsPerSecond };
         var cache = new Option<string?>("--score-cache") { Description = "Perspective score cache (JSONL; default OUT/perspective-cache.jsonl) — reruns resume from it" };
         var device = CommonOptions.Device();
         var dtype = CommonOptions.DType();
@@ -55,7 +56,7 @@ public static class EvalCommand
             var err = p.InvocationConfiguration.Error;
             var o = new EvalOptions
             {
-                PromptTokens = p.GetValue(promptTokens), NewTokens = p.GetValue(newTokens), BatchSize = p.GetValue(batch),
+                MaxPromptTokens = p.GetValue(promptTokens), MaxNewTokens = p.GetValue(newTokens), BatchSize = p.GetValue(batch),
                 Aggregate = p.GetValue(aggregate) switch
                 {
                     "max" => ToxicityAggregate.MaxOverAttributes,
@@ -63,7 +64,7 @@ public static class EvalCommand
                     var a => throw new InvalidInputException($"--aggregate: expected max or toxicity, got '{a}'"),
                 },
                 Samples = p.GetValue(samples), Seed = p.GetValue(seed), PplWindow = p.GetValue(window), PplStride = p.GetValue(stride),
-                Limit = p.GetValue(limit),
+                Limit = p.GetValue(limit), F1Limit = p.GetValue(limit),
             };
             var data = new EvalData(p.GetValue(prompts), p.GetValue(pplText), p.GetValue(f1));
             var output = p.GetValue(outDir)!;
@@ -81,7 +82,7 @@ public static class EvalCommand
             var sw = Stopwatch.StartNew();
             string lastStage = "";
             var lastReport = TimeSpan.Zero;
-            var progress = new SyncProgress(e =>
+            var progress = new SyncProgress<EvalProgress>(e =>
             {
                 var key = e.Row + "/" + e.Stage;
                 if (key != lastStage || e.Done == e.Total || sw.Elapsed - lastReport > TimeSpan.FromSeconds(5))
@@ -147,9 +148,4 @@ public static class EvalCommand
 
     static string LabelOf(string dir) => Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
 
-    /// <summary>IProgress that reports on the calling thread (Progress&lt;T&gt; would post to the thread pool).</summary>
-    sealed class SyncProgress(Action<EvalProgress> report) : IProgress<EvalProgress>
-    {
-        public void Report(EvalProgress value) => report(value);
-    }
 }

@@ -6,15 +6,17 @@ namespace DetoxSharp.Cli.Commands;
 
 public static class GenerateCommand
 {
+    static readonly GenerationOptions Defaults = new();
+
     public static Command Create()
     {
         var model = CommonOptions.Model();
         var prompt = new Option<string>("--prompt") { Description = "prompt text", Required = true };
-        var maxNew = new Option<int>("--max-new-tokens") { Description = "tokens to generate", DefaultValueFactory = _ => 20 };
+        var maxNew = Bind.To("--max-new-tokens", new GenerationOptions(), o => o.MaxNewTokens);
         var greedy = new Option<bool>("--greedy") { Description = "greedy decoding (the default unless a sampling option is given)" };
-        var temperature = new Option<double?>("--temperature") { Description = "sampling temperature (enables sampling)" };
-        var topK = new Option<int?>("--top-k") { Description = "keep the k most likely tokens when sampling" };
-        var topP = new Option<double?>("--top-p") { Description = "nucleus sampling mass" };
+        var temperature = Bind.Key(new Option<double?>("--temperature") { Description = "sampling temperature (enables sampling)" }, "temperature");
+        var topK = Bind.Key(new Option<int?>("--top-k") { Description = "keep the k most likely tokens when sampling" }, "top_k");
+        var topP = Bind.Key(new Option<double?>("--top-p") { Description = "nucleus sampling mass" }, "top_p");
         var seed = new Option<long?>("--seed") { Description = "random seed for sampling" };
         var json = CommonOptions.Json();
         var device = CommonOptions.Device();
@@ -30,9 +32,9 @@ public static class GenerateCommand
             {
                 MaxNewTokens = p.GetValue(maxNew),
                 Greedy = !sampling,
-                Temperature = p.GetValue(temperature) ?? 1.0,
-                TopK = p.GetValue(topK) ?? 0,
-                TopP = p.GetValue(topP) ?? 1.0,
+                Temperature = p.GetValue(temperature) ?? Defaults.Temperature,
+                TopK = p.GetValue(topK) ?? Defaults.TopK,
+                TopP = p.GetValue(topP) ?? Defaults.TopP,
                 Seed = p.GetValue(seed),
             };
             opts.Validate();

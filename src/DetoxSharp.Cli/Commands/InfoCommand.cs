@@ -11,10 +11,11 @@ public static class InfoCommand
         var model = CommonOptions.Model();
         var pickle = CommonOptions.AllowPickle();
         var json = CommonOptions.Json();
-        var cmd = new Command("info", "Show a model's architecture, parameter count, dtype and tokenizer.") { model, pickle, json };
+        var device = CommonOptions.Device();
+        var cmd = new Command("info", "Show a model's architecture, parameter count, dtype and tokenizer.") { model, pickle, json, device };
         cmd.SetAction(p =>
         {
-            using var m = CommonOptions.LoadModel(p.GetValue(model)!, "cpu", "float32", p.GetValue(pickle));
+            using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, "float32", p.GetValue(pickle));
             var lm = m.Model;
             long n = lm.Module.parameters().Sum(x => x.numel());
             var cfg = lm.ConfigJson();

@@ -20,13 +20,14 @@ public static class InterpCommands
         var model = CommonOptions.Model();
         var data = new Option<string>("--data") { Description = "CSV with columns comment_text and toxic (0/1 or a score in [0,1]; Jigsaw layout)", Required = true };
         var outDir = Out("output directory: probe.safetensors (W [d,2], b [2], w_toxic [d]) and probe_metrics.json");
-        var maxTokens = new Option<int>("--max-tokens") { Description = "cut comments to this many tokens", DefaultValueFactory = _ => 128 };
-        var batch = new Option<int>("--batch-size") { Description = "comments per forward pass", DefaultValueFactory = _ => 16 };
-        var val = new Option<double>("--val-fraction") { Description = "held-out share for validation", DefaultValueFactory = _ => 0.1 };
-        var seed = new Option<int>("--seed") { Description = "seed of the train/validation split", DefaultValueFactory = _ => 0 };
-        var steps = new Option<int>("--steps") { Description = "full-batch Adam steps", DefaultValueFactory = _ => 500 };
-        var lr = new Option<double>("--lr") { Description = "Adam learning rate", DefaultValueFactory = _ => 1e-2 };
-        var l2 = new Option<double>("--l2") { Description = "L2 penalty on W", DefaultValueFactory = _ => 0.0 };
+        var d = new ProbeOptions();
+        var maxTokens = Bind.To("--max-tokens", d, o => o.MaxTokens);
+        var batch = Bind.To("--batch-size", d, o => o.BatchSize);
+        var val = Bind.To("--validation-fraction", d, o => o.ValidationFraction);
+        var seed = Bind.To("--seed", d, o => o.Seed);
+        var steps = Bind.To("--max-steps", d, o => o.MaxSteps);
+        var lr = Bind.To("--lr", d, o => o.LearningRate);
+        var l2 = Bind.To("--l2", d, o => o.L2);
         var limit = new Option<int?>("--limit") { Description = "use only the first N rows of the CSV" };
         var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("probe", "Train the linear toxicity probe on the last block's residual stream (mean over tokens); saves W_Toxic.")
@@ -36,7 +37,7 @@ public static class InterpCommands
             var opts = new ProbeOptions
             {
                 MaxTokens = p.GetValue(maxTokens), BatchSize = p.GetValue(batch), ValidationFraction = p.GetValue(val),
-                Seed = p.GetValue(seed), Steps = p.GetValue(steps), LearningRate = p.GetValue(lr), L2 = p.GetValue(l2),
+                Seed = p.GetValue(seed), MaxSteps = p.GetValue(steps), LearningRate = p.GetValue(lr), L2 = p.GetValue(l2),
             };
             opts.Validate();
             var comments = DetoxSharp.Data.DatasetReaders.ReadJigsawCsv(p.GetValue(data)!);
@@ -44,7 +45,7 @@ public static class InterpCommands
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             var err = p.InvocationConfiguration.Error;
             int lastPct = -1;
-            var sync = new SyncProgress(done => { int pct = done * 100 / comments.Count; if (pct / 10 != lastPct / 10) { lastPct = pct; err.WriteLine($"features {done}/{comments.Count}"); } });
+            var sync = new SyncProgress<int>(done => { int pct = done * 100 / comments.Count; if (pct / 10 != lastPct / 10) { lastPct = pct; err.WriteLine($"features {done}/{comments.Count}"); } });
             var sw = System.Diagnostics.Stopwatch.StartNew();
             var (probe, report) = ToxicityProbe.Train(m.Model, m.Tokenizer, comments, opts, sync);
             using (probe)
@@ -52,7 +53,7 @@ public static class InterpCommands
                 var metrics = new JsonObject
                 {
                     ["model"] = Path.GetFullPath(p.GetValue(model)!), ["data"] = Path.GetFullPath(p.GetValue(data)!),
-                    ["hook"] = $"blocks.{m.Model.NumLayers - 1}.hook_resid_post (mean over non-pad positions)",
+                    ["hook"] = $"{DetoxSharp.Models.HookNames.ResidPost(m.Model.NumLayers - 1)} (mean over non-pad positions)",
                     ["d_model"] = m.Model.DModel,
                     ["train"] = report.Train, ["validation"] = report.Validation,
                     ["train_toxic"] = report.TrainToxic, ["validation_toxic"] = report.ValidationToxic,
@@ -77,11 +78,12 @@ public static class InterpCommands
         var model = CommonOptions.Model();
         var probe = ProbeDir();
         var outDir = Out("output directory: vectors.json, vectors.csv (the paper's Table 1), vectors.safetensors");
-        var perLayer = new Option<int>("--per-layer") { Description = "value vectors kept per layer before the global sort", DefaultValueFactory = _ => 100 };
-        var svdN = new Option<int>("--svd-vectors") { Description = "top vectors (unit-normalised) stacked for the SVD", DefaultValueFactory = _ => 128 };
-        var svdK = new Option<int>("--svd-components") { Description = "singular vectors U[0..k) reported and saved", DefaultValueFactory = _ => 3 };
-        var report = new Option<int>("--report") { Description = "top vectors listed with their tokens", DefaultValueFactory = _ => 20 };
-        var topTokens = new Option<int>("--top-tokens") { Description = "tokens per vector", DefaultValueFactory = _ => 10 };
+        var d = new ToxicVectors.Options();
+        var perLayer = Bind.To("--per-layer", d, o => o.PerLayer);
+        var svdN = Bind.To("--svd-vectors", d, o => o.SvdVectors);
+        var svdK = Bind.To("--svd-components", d, o => o.SvdComponents);
+        var report = Bind.To("--report", d, o => o.Report);
+        var topTokens = Bind.To("--top-tokens", d, o => o.TopTokens);
         var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("vectors", "Rank MLP value vectors by cosine with W_Toxic, SVD of the top ones, and their top tokens (the paper's Table 1).")
             { model, probe, outDir, perLayer, svdN, svdK, report, topTokens, device, dtype, pickle };
@@ -89,7 +91,6 @@ public static class InterpCommands
         {
             var opts = new ToxicVectors.Options { PerLayer = p.GetValue(perLayer), SvdVectors = p.GetValue(svdN), SvdComponents = p.GetValue(svdK), Report = p.GetValue(report), TopTokens = p.GetValue(topTokens) };
             opts.Validate();
-            if (opts.PerLayer < 1) throw new InvalidInputException($"--per-layer must be ≥ 1, got {opts.PerLayer}");
             using var pr = ToxicityProbe.Load(p.GetValue(probe)!);
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             var result = ToxicVectors.Analyze(m.Model, m.Tokenizer, pr, opts, p.GetValue(outDir)!);
@@ -108,13 +109,14 @@ public static class InterpCommands
         var probe = ProbeDir();
         var prompts = new Option<string>("--prompts") { Description = "challenge prompts, JSONL with \"prompt\" (string or {\"text\":…}) or \"text\"", Required = true };
         var outDir = Out("output directory: diff.json, parameters.csv, layers.csv, activations.csv, projection.csv, logit_lens.csv");
-        var maxNew = new Option<int>("--max-new-tokens") { Description = "greedy tokens generated by the --before model", DefaultValueFactory = _ => 20 };
-        var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "prompts cut to their first N tokens", DefaultValueFactory = _ => 32 };
-        var batch = new Option<int>("--batch-size") { Description = "prompts per forward pass", DefaultValueFactory = _ => 8 };
-        var trackedOpt = new Option<int>("--tracked") { Description = "toxic value vectors whose activations are reported", DefaultValueFactory = _ => 20 };
-        var token = new Option<string?>("--token") { Description = "logit-lens token (one token, e.g. \" shit\"); default: top token of the top toxic vector" };
+        var d = new DiffOptions();
+        var maxNew = Bind.To("--max-new-tokens", d, o => o.MaxNewTokens);
+        var maxPrompt = Bind.To("--max-prompt-tokens", d, o => o.MaxPromptTokens);
+        var batch = Bind.To("--batch-size", d, o => o.BatchSize);
+        var trackedOpt = Bind.To("--tracked", d, o => o.TrackedVectors);
+        var token = Bind.To("--token", d, o => o.LensToken);
         var limit = new Option<int?>("--limit") { Description = "use only the first N prompts" };
-        var maxPoints = new Option<int>("--max-points") { Description = "points per model in projection.csv (0 = all)", DefaultValueFactory = _ => 5000 };
+        var maxPoints = Bind.To("--max-points", d, o => o.MaxPoints);
         var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("diff", "What alignment changed: parameter similarity, toxic-vector activations, residual offset, logit lens (before vs after).")
             { before, after, probe, prompts, outDir, maxNew, maxPrompt, batch, trackedOpt, token, limit, maxPoints, device, dtype, pickle };
@@ -152,8 +154,9 @@ public static class InterpCommands
         var model = CommonOptions.Model(description: "aligned model directory (e.g. after DPO)");
         var probe = ProbeDir();
         var outDir = Out("output checkpoint directory (HF layout) plus unalign.json listing the scaled neurons");
-        var k = new Option<int>("--k") { Description = "value vectors (most similar to W_Toxic, ranked on this model) whose keys are scaled", DefaultValueFactory = _ => 7 };
-        var scale = new Option<double>("--scale") { Description = "factor applied to each chosen key column", DefaultValueFactory = _ => 10.0 };
+        var d = new UnalignOptions();
+        var k = Bind.To("--k", d, o => o.Keys);
+        var scale = Bind.To("--scale", d, o => o.Scale);
         var overwrite = new Option<bool>("--overwrite") { Description = "replace an existing output directory" };
         var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("unalign", "Scale the keys of the top-k toxic value vectors (default 7 ×10) and save the result as a checkpoint.")
@@ -164,7 +167,7 @@ public static class InterpCommands
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             pr.CheckFits(m.Model);
             using var w = pr.WToxic;
-            var chosen = DetoxSharp.Interpretability.Unalign.ScaleToxicKeys(m.Model, w, p.GetValue(k), p.GetValue(scale));
+            var chosen = DetoxSharp.Interpretability.Unalign.ScaleToxicKeys(m.Model, w, new UnalignOptions { Keys = p.GetValue(k), Scale = p.GetValue(scale) });
             var dir = p.GetValue(outDir)!;
             HfCheckpoint.Save(m.Model, m.Tokenizer, dir, KeyConvention.Hub, p.GetValue(overwrite));
             var desc = DetoxSharp.Interpretability.Unalign.Describe(chosen, p.GetValue(scale), m.Model);
@@ -176,6 +179,4 @@ public static class InterpCommands
         return cmd;
     }
 
-    sealed class SyncProgress(Action<int> report) : IProgress<int> { public void Report(int value) => report(value); }
-    sealed class SyncProgress<T>(Action<T> report) : IProgress<T> { public void Report(T value) => report(value); }
 }

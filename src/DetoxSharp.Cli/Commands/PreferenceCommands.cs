@@ -20,31 +20,32 @@ public static class PreferenceCommands
         var output = new Option<string>("--out") { Description = "output directory (metrics.jsonl, checkpoint/, best/, final/, logp-cache/)", Required = true };
         var refOpt = new Option<string?>("--ref") { Description = "reference checkpoint (default: the starting checkpoint)" };
         var toxic = new Option<string>("--toxic-model") { Description = "the built-in toxic model π_tox (from `detox toxic-model`)", Required = adpo };
-        var beta = new Option<double>("--beta") { Description = "β (KL strength)", DefaultValueFactory = _ => 0.1 };
-        var gamma = new Option<double>("--gamma") { Description = "γ, weight of ADPO's toxic penalty (0 = DPO)", DefaultValueFactory = _ => 0.1 };
-        var loss = new Option<string>("--loss") { Description = "sigmoid (DPO), ipo, hinge or robust", DefaultValueFactory = _ => "sigmoid" };
-        var smoothing = new Option<double>("--label-smoothing") { Description = "ε for conservative (sigmoid) / robust DPO", DefaultValueFactory = _ => 0.0 };
-        var rpo = new Option<double>("--rpo-alpha") { Description = "weight of the RPO NLL term on chosen (0 = off)", DefaultValueFactory = _ => 0.0 };
-        var lr = new Option<double>("--lr") { Description = "peak learning rate", DefaultValueFactory = _ => 1e-6 };
-        var optimizer = new Option<string>("--optimizer") { Description = "rmsprop (paper) or adamw", DefaultValueFactory = _ => "rmsprop" };
-        var wd = new Option<double>("--weight-decay") { Description = "weight decay", DefaultValueFactory = _ => 0.0 };
-        var batch = new Option<int>("--batch-size") { Description = "pairs per micro-batch", DefaultValueFactory = _ => 4 };
-        var accum = new Option<int>("--grad-accum") { Description = "micro-batches per optimizer step", DefaultValueFactory = _ => 1 };
-        var warmup = new Option<int>("--warmup") { Description = "linear warmup steps", DefaultValueFactory = _ => 150 };
-        var clip = new Option<double>("--max-grad-norm") { Description = "gradient-norm clip (0 = off)", DefaultValueFactory = _ => 10.0 };
-        var evalEvery = new Option<int>("--eval-every") { Description = "evaluate every N training pairs (0 = at the end only)", DefaultValueFactory = _ => 0 };
-        var patience = new Option<int>("--patience") { Description = "early stop after this many evaluations without improvement (0 = never)", DefaultValueFactory = _ => 10 };
-        var validation = new Option<int>("--validation") { Description = "held-out validation pairs", DefaultValueFactory = _ => 64 };
-        var maxSteps = new Option<int?>("--max-steps") { Description = "stop after this many optimizer steps" };
-        var epochs = new Option<int>("--epochs") { Description = "passes over the training pairs", DefaultValueFactory = _ => 1 };
-        var seed = new Option<int>("--seed") { Description = "seed for shuffling and the validation split", DefaultValueFactory = _ => 42 };
-        var saveEvery = new Option<int>("--save-every") { Description = "save a resumable checkpoint every N steps (0 = at the end)", DefaultValueFactory = _ => 0 };
-        var resume = new Option<string?>("--resume") { Description = "resume from a checkpoint directory (e.g. OUT/checkpoint)" };
+        var d = new PreferenceTrainerOptions();
+        var beta = Bind.To("--beta", d.Loss, l => l.Beta);
+        var gamma = Bind.To("--gamma", d.Loss, l => l.Gamma);
+        var loss = Bind.Enum("--loss", d.Loss, l => l.Method, "sigmoid (DPO), ipo, hinge or robust");
+        var smoothing = Bind.To("--label-smoothing", d.Loss, l => l.LabelSmoothing);
+        var rpo = Bind.To("--rpo-alpha", d.Loss, l => l.RpoAlpha);
+        var lr = Bind.To("--lr", d, o => o.LearningRate);
+        var optimizer = Bind.To("--optimizer", d, o => o.Optimizer);
+        var wd = Bind.To("--weight-decay", d, o => o.WeightDecay);
+        var batch = Bind.To("--batch-size", d, o => o.BatchSize);
+        var accum = Bind.To("--grad-accum", d, o => o.GradientAccumulationSteps);
+        var warmup = Bind.To("--warmup", d, o => o.WarmupSteps);
+        var clip = Bind.To("--max-grad-norm", d, o => o.MaxGradNorm);
+        var evalEvery = Bind.To("--eval-every", d, o => o.EvalEvery);
+        var patience = Bind.To("--patience", d, o => o.Patience);
+        var validation = Bind.To("--validation-size", d, o => o.ValidationSize);
+        var maxSteps = Bind.To("--max-steps", d, o => o.MaxSteps);
+        var epochs = Bind.To("--epochs", d, o => o.Epochs);
+        var seed = Bind.To("--seed", d, o => o.Seed);
+        var saveEvery = Bind.To("--checkpoint-every", d, o => o.CheckpointEvery);
+        var resume = CommonOptions.Resume();
         var noCache = new Option<bool>("--no-ref-cache") { Description = "keep the reference in memory and score it every step instead of caching its log-probs" };
         var cacheDir = new Option<string?>("--cache-dir") { Description = "log-prob cache directory (default OUT/logp-cache)" };
-        var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "prompt limit (cut from the left)", DefaultValueFactory = _ => 64 };
-        var maxCompletion = new Option<int>("--max-completion-tokens") { Description = "completion limit", DefaultValueFactory = _ => 64 };
-        var maxTotal = new Option<int>("--max-total-tokens") { Description = "prompt + completion limit", DefaultValueFactory = _ => 256 };
+        var maxPrompt = Bind.To("--max-prompt-tokens", d.Truncation, t => t.MaxPromptTokens);
+        var maxCompletion = Bind.To("--max-completion-tokens", d.Truncation, t => t.MaxCompletionTokens);
+        var maxTotal = Bind.To("--max-length", d.Truncation, t => t.MaxLength);
         var device = CommonOptions.Device();
         var dtype = CommonOptions.DType();
         var precision = CommonOptions.Precision();
@@ -54,10 +55,12 @@ public static class PreferenceCommands
             ? "Adversarial DPO: DPO plus a penalty pushing the policy's likelihood of toxic responses y_t below the toxic model's."
             : "Direct preference optimization (sigmoid/IPO/hinge/robust, optional RPO term) on prompt/chosen/rejected pairs.")
         {
-            model, data, output, refOpt, beta, loss, smoothing, rpo, lr, optimizer, wd, batch, accum, warmup, clip, evalEvery, patience,
+            model, data, output, refOpt, beta, smoothing, rpo, lr, optimizer, wd, batch, accum, warmup, clip, evalEvery, patience,
             validation, maxSteps, epochs, seed, saveEvery, resume, noCache, cacheDir, maxPrompt, maxCompletion, maxTotal, device, dtype, precision, pickle, json,
         };
+        // the method is the command: adpo is ADPO (sigmoid DPO + toxic penalty); dpo picks its loss with --loss
         if (adpo) { cmd.Options.Add(toxic); cmd.Options.Add(gamma); }
+        else cmd.Options.Add(loss);
         cmd.SetAction(p =>
         {
             var err = p.InvocationConfiguration.Error;
@@ -66,21 +69,20 @@ public static class PreferenceCommands
             {
                 Loss = new PreferenceLossOptions
                 {
-                    Type = PreferenceLossOptions.ParseType(p.GetValue(loss)!), Beta = p.GetValue(beta), LabelSmoothing = p.GetValue(smoothing),
-                    RpoAlpha = p.GetValue(rpo), Gamma = adpo ? p.GetValue(gamma) : 0,
+                    Method = adpo ? PreferenceMethod.Adpo : ParseLoss(p.GetValue(loss)!), Beta = p.GetValue(beta), LabelSmoothing = p.GetValue(smoothing),
+                    RpoAlpha = p.GetValue(rpo), Gamma = p.GetValue(gamma),
                 },
                 Truncation = new TruncationOptions(p.GetValue(maxPrompt), p.GetValue(maxCompletion), p.GetValue(maxTotal)),
                 Optimizer = p.GetValue(optimizer)!, LearningRate = p.GetValue(lr), WeightDecay = p.GetValue(wd), BatchSize = p.GetValue(batch),
-                GradientAccumulation = p.GetValue(accum), WarmupSteps = p.GetValue(warmup), MaxGradNorm = p.GetValue(clip),
-                EvalEvery = p.GetValue(evalEvery), Patience = p.GetValue(patience), Validation = p.GetValue(validation),
-                MaxSteps = p.GetValue(maxSteps), Epochs = p.GetValue(epochs), Seed = p.GetValue(seed), SaveEvery = p.GetValue(saveEvery),
+                GradientAccumulationSteps = p.GetValue(accum), WarmupSteps = p.GetValue(warmup), MaxGradNorm = p.GetValue(clip),
+                EvalEvery = p.GetValue(evalEvery), Patience = p.GetValue(patience), ValidationSize = p.GetValue(validation),
+                MaxSteps = p.GetValue(maxSteps), Epochs = p.GetValue(epochs), Seed = p.GetValue(seed), CheckpointEvery = p.GetValue(saveEvery),
                 CacheReference = !p.GetValue(noCache), CacheDir = p.GetValue(cacheDir), Precision = prec,
             };
-            if (adpo && !(opts.Loss.Gamma > 0)) throw new InvalidInputException("--gamma must be > 0 for adpo (use `detox dpo` for γ = 0)");
             opts.Validate();
             var examples = PreferenceData.Read(p.GetValue(data)!, adpo ? PreferenceFormat.Adpo : PreferenceFormat.Auto, w => err.WriteLine("detox: warning: " + w));
-            var resumeDir = p.GetValue(resume);
-            if (resumeDir is not null && !TrainerCheckpoint.Exists(resumeDir)) throw new InvalidInputException($"--resume {resumeDir}: no training checkpoint there");
+            var resumeDir = p.GetValue(resume) ? Path.Combine(p.GetValue(output)!, "checkpoint") : null;
+            if (resumeDir is not null && !TrainerCheckpoint.Exists(resumeDir)) throw new InvalidInputException($"--resume: no training checkpoint in {resumeDir}");
             string dev = p.GetValue(device)!, dt = p.GetValue(dtype)!;
             bool pk = p.GetValue(pickle);
             using var policy = CommonOptions.LoadModel(p.GetValue(model)!, dev, dt, pk);
@@ -124,4 +126,8 @@ public static class PreferenceCommands
         });
         return cmd;
     }
+
+    /// <summary>dpo's --loss: the DPO-family methods (ADPO is its own command).</summary>
+    static PreferenceMethod ParseLoss(string s) => PreferenceLossOptions.ParseMethod(s) is var m && m != PreferenceMethod.Adpo ? m
+        : throw new InvalidSettingException("method", "adpo is its own command: use `detox adpo` (got 'adpo')");
 }

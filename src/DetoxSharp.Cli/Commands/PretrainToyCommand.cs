@@ -10,10 +10,10 @@ public static class PretrainToyCommand
     public static Command Create()
     {
         var output = new Option<string>("--out") { Description = "output directory (world/, model/, training/, summary.json)", Required = true };
-        var seed = new Option<ulong>("--seed") { Description = "seed of the world and the model initialisation", DefaultValueFactory = _ => 1UL };
-        var size = new Option<string>("--size") { Description = "world size: small, default or large", DefaultValueFactory = _ => "default" };
         var d = new ToyPretrainOptions();
-        var maxSteps = new Option<int?>("--max-steps") { Description = "optimizer steps (default: --epochs passes over train.txt)" };
+        var seed = Bind.To("--seed", d, o => o.Seed);
+        var size = Bind.Enum("--size", d, o => o.Size);
+        var maxSteps = Bind.To("--max-steps", d, o => o.MaxSteps);
         var epochs = new Option<double>("--epochs") { Description = "passes over train.txt when --max-steps is not given", DefaultValueFactory = _ => d.Epochs };
         var layers = new Option<int>("--layers") { Description = "transformer blocks", DefaultValueFactory = _ => d.Layers };
         var dModel = new Option<int>("--d-model") { Description = "residual width (MLP = 4 × width)", DefaultValueFactory = _ => d.DModel };
@@ -23,17 +23,19 @@ public static class PretrainToyCommand
         var lr = new Option<double>("--lr") { Description = "peak AdamW learning rate (warmup, cosine decay to 5 %)", DefaultValueFactory = _ => d.LearningRate };
         var precision = CommonOptions.Precision();
         precision.DefaultValueFactory = _ => "bf16-mixed";
-        var resume = new Option<bool>("--resume") { Description = "continue from OUT/training/checkpoint" };
+        var resume = CommonOptions.Resume("OUT/training/checkpoint");
+        var device = CommonOptions.Device();
         var cmd = new Command("pretrain-toy", "Generate the toy world and pretrain a small GPT-2 on it from scratch (compact GPT-2 BPE vocabulary with [TOXIC]); writes the model and a summary with greedy toxicity and perplexity.")
-            { output, seed, size, maxSteps, epochs, layers, dModel, heads, context, batch, lr, precision, resume };
+            { output, seed, size, maxSteps, epochs, layers, dModel, heads, context, batch, lr, precision, resume, device };
         cmd.SetAction(p =>
         {
             var o = d with
             {
-                Seed = p.GetValue(seed), Size = ToyWorldFiles.ParseSize(p.GetValue(size)!), MaxSteps = p.GetValue(maxSteps) is int ms and > 0 ? ms : null,
+                Seed = p.GetValue(seed), Size = ToyWorldFiles.ParseSize(p.GetValue(size)!), MaxSteps = p.GetValue(maxSteps) is > 0 and var ms ? ms : null,
                 Epochs = p.GetValue(epochs), Layers = p.GetValue(layers), DModel = p.GetValue(dModel), Heads = p.GetValue(heads),
                 Context = p.GetValue(context), BatchSize = p.GetValue(batch), LearningRate = p.GetValue(lr),
-                Precision = CommonOptions.ParsePrecision(p.GetValue(precision)!, "float32"), Resume = p.GetValue(resume),
+                Precision = CommonOptions.ParsePrecision(p.GetValue(precision)!, "float32"),
+                Resume = p.GetValue(resume), Device = CommonOptions.ParseDevice(p.GetValue(device)!),
             };
             System.Text.Json.Nodes.JsonObject summary = null!;
             AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
@@ -56,8 +58,3 @@ public static class PretrainToyCommand
     }
 }
 
-/// <summary>An IProgress that reports on the calling thread (Progress&lt;T&gt; posts to the thread pool).</summary>
-sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
-{
-    public void Report(T value) => report(value);
-}

@@ -11,28 +11,22 @@ public static class SftCommand
     {
         var model = CommonOptions.Model();
         var data = new Option<string>("--data") { Description = "training data: .txt (plain text, documents separated by <|endoftext|> lines) or .jsonl with {\"text\"} or {\"prompt\",\"completion\"} (or \"response\") per line", Required = true };
-        var valid = new Option<string?>("--valid") { Description = "validation data in the same formats" };
+        var valid = new Option<string?>("--validation-data") { Description = "validation data in the same formats" };
         var output = new Option<string>("--out") { Description = "output directory: model/ (final), checkpoint/ (resumable), metrics.jsonl", Required = true };
-        var lr = new Option<double>("--lr") { Description = "peak learning rate (AdamW)", DefaultValueFactory = _ => 5e-5 };
-        var batch = new Option<int>("--batch-size") { Description = "sequences per micro-batch", DefaultValueFactory = _ => 8 };
-        var accum = new Option<int>("--grad-accum") { Description = "micro-batches per optimizer step", DefaultValueFactory = _ => 1 };
-        var epochs = new Option<double>("--epochs") { Description = "passes over the data", DefaultValueFactory = _ => 1 };
-        var maxSteps = new Option<int?>("--max-steps") { Description = "optimizer steps (overrides --epochs)" };
-        var warmup = new Option<int>("--warmup") { Description = "linear warmup steps", DefaultValueFactory = _ => 0 };
-        var decay = new Option<string>("--decay") { Description = "constant, linear or cosine", DefaultValueFactory = _ => "linear" };
-        var wd = new Option<double>("--weight-decay") { Description = "AdamW weight decay", DefaultValueFactory = _ => 0.0 };
-        var clip = new Option<double>("--max-grad-norm") { Description = "gradient clipping (0 = off)", DefaultValueFactory = _ => 1.0 };
-        var maxLen = new Option<int?>("--max-length") { Description = "block/truncation length (default: the model's context)" };
-        var evalEvery = new Option<int>("--eval-every") { Description = "validation loss every N steps (0 = at the end)", DefaultValueFactory = _ => 0 };
-        var ckptEvery = new Option<int>("--checkpoint-every") { Description = "resumable checkpoint every N steps", DefaultValueFactory = _ => 100 };
-        var resume = new Option<bool>("--resume") { Description = "continue from OUT/checkpoint (same data and options)" };
-        var seed = new Option<ulong>("--seed") { Description = "data-order seed", DefaultValueFactory = _ => 0UL };
+        var f = new SftFlags("sequences per micro-batch");
+        var d = new SftOptions();
+        var accum = Bind.To("--grad-accum", d, o => o.GradientAccumulationSteps);
+        var decay = Bind.Enum("--decay", d, o => o.Decay);
+        var wd = Bind.To("--weight-decay", d, o => o.WeightDecay);
+        var clip = Bind.To("--max-grad-norm", d, o => o.MaxGradNorm);
+        var evalEvery = Bind.To("--eval-every", d, o => o.EvalEvery);
         var device = CommonOptions.Device();
         var dtype = CommonOptions.DType();
         var precision = CommonOptions.Precision();
         var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("sft", "Supervised fine-tuning (or continued pretraining): plain text packed into blocks, or prompt/completion with loss on the completion only; AdamW, warmup + decay, clipping, accumulation, resumable checkpoints, metrics JSONL. With --dtype bfloat16 the model trains in pure bfloat16; --precision bf16-mixed computes in bfloat16 with fp32 master weights.")
-            { model, data, valid, output, lr, batch, accum, epochs, maxSteps, warmup, decay, wd, clip, maxLen, evalEvery, ckptEvery, resume, seed, device, dtype, precision, pickle };
+            { model, data, valid, output, accum, decay, wd, clip, evalEvery, device, dtype, precision, pickle };
+        foreach (var o in f.All) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
             var prec = CommonOptions.ParsePrecision(p.GetValue(precision)!, p.GetValue(dtype)!);
@@ -40,14 +34,10 @@ public static class SftCommand
             var train = SftData.Read(p.GetValue(data)!);
             var v = p.GetValue(valid) is string vp ? SftData.Read(vp) : null;
             var outDir = p.GetValue(output)!;
-            var o = new SftOptions
+            var o = f.Read(p) with
             {
-                LearningRate = p.GetValue(lr), BatchSize = p.GetValue(batch), GradientAccumulationSteps = p.GetValue(accum),
-                Epochs = p.GetValue(epochs), MaxSteps = p.GetValue(maxSteps), WarmupSteps = p.GetValue(warmup),
-                Decay = LrSchedule.ParseDecay(p.GetValue(decay)!, "--decay"), WeightDecay = p.GetValue(wd), MaxGradNorm = p.GetValue(clip),
-                MaxLength = p.GetValue(maxLen), EvalEvery = p.GetValue(evalEvery), CheckpointEvery = p.GetValue(ckptEvery),
-                Resume = p.GetValue(resume), Seed = p.GetValue(seed), Validation = v, OutputDir = outDir,
-                Precision = prec,
+                GradientAccumulationSteps = p.GetValue(accum), Decay = LrSchedule.ParseDecay(p.GetValue(decay)!), WeightDecay = p.GetValue(wd),
+                MaxGradNorm = p.GetValue(clip), EvalEvery = p.GetValue(evalEvery), Validation = v, OutputDir = outDir, Precision = prec,
             };
             SftResult r = null!;
             AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
@@ -66,4 +56,28 @@ public static class SftCommand
         });
         return cmd;
     }
+}
+
+/// <summary>The <see cref="SftOptions"/> flags `sft` and `toxic-model` (SFT on dialogues) share, bound to the record.</summary>
+sealed class SftFlags(string batchDescription)
+{
+    static readonly SftOptions D = new();
+    readonly Option<double> _lr = Bind.To("--lr", D, o => o.LearningRate);
+    readonly Option<int> _batch = Bind.To("--batch-size", D, o => o.BatchSize, batchDescription);
+    readonly Option<double> _epochs = Bind.To("--epochs", D, o => o.Epochs);
+    readonly Option<int?> _maxSteps = Bind.To("--max-steps", D, o => o.MaxSteps);
+    readonly Option<int> _warmup = Bind.To("--warmup", D, o => o.WarmupSteps);
+    readonly Option<int?> _maxLen = Bind.To("--max-length", D, o => o.MaxLength);
+    readonly Option<ulong> _seed = Bind.To("--seed", D, o => o.Seed);
+    readonly Option<int> _ckptEvery = Bind.To("--checkpoint-every", D, o => o.CheckpointEvery);
+    readonly Option<bool> _resume = CommonOptions.Resume();
+
+    public IEnumerable<Option> All => [_lr, _batch, _epochs, _maxSteps, _warmup, _maxLen, _seed, _ckptEvery, _resume];
+
+    public SftOptions Read(ParseResult p) => new()
+    {
+        LearningRate = p.GetValue(_lr), BatchSize = p.GetValue(_batch), Epochs = p.GetValue(_epochs), MaxSteps = p.GetValue(_maxSteps),
+        WarmupSteps = p.GetValue(_warmup), MaxLength = p.GetValue(_maxLen), Seed = p.GetValue(_seed), CheckpointEvery = p.GetValue(_ckptEvery),
+        Resume = p.GetValue(_resume),
+    };
 }

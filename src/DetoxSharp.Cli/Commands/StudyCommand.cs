@@ -14,7 +14,7 @@ public static class StudyCommand
     /// whose library code has not landed yet — the study stops there and names it. Inputs and outputs of each:
     /// see RunLayout and docs/notes/study.md.
     /// </summary>
-    public static StudyStageFunctions Stages() => StudyStages.Create();
+    public static StudyStageFunctions Stages() => StudyStages.Create() with { Report = DetoxSharp.Reporting.StudyReport.Write };
 
     public static Command Create()
     {
@@ -22,14 +22,16 @@ public static class StudyCommand
         var outDir = new Option<string>("--out") { Description = "run directory (created; rerunning with the same directory resumes)", DefaultValueFactory = _ => "study-run" };
         var quick = new Option<bool>("--quick") { Description = "small grid, 1 seed, fewer prompts/steps (each section's \"quick\" overrides)" };
         var list = new Option<bool>("--list") { Description = "print the stages (and which are done) without running anything" };
+        var device = CommonOptions.Device();
         var cmd = new Command("study", "Run the whole study end to end (generate world → pretrain → probe → vectors → interventions → pairs → DPO/ADPO sweep over seeds → evaluate → diff → un-align → report.html). Resumable: finished stages are skipped.")
-            { config, outDir, quick, list };
+            { config, outDir, quick, list, device };
         cmd.SetAction(p => Run(p.GetValue(config), p.GetValue(outDir)!, p.GetValue(quick), p.GetValue(list), Stages(),
-            p.InvocationConfiguration.Output, p.InvocationConfiguration.Error));
+            p.InvocationConfiguration.Output, p.InvocationConfiguration.Error, CommonOptions.ParseDevice(p.GetValue(device)!)));
         return cmd;
     }
 
-    public static int Run(string? configPath, string outDir, bool quick, bool listOnly, StudyStageFunctions functions, TextWriter o, TextWriter err)
+    public static int Run(string? configPath, string outDir, bool quick, bool listOnly, StudyStageFunctions functions, TextWriter o, TextWriter err,
+        TorchSharp.torch.Device? device = null)
     {
         var cfg = (configPath is null ? StudyConfig.ToyDefault() : StudyConfig.Load(configPath)).WithQuick(quick);
         cfg.Validate(configPath ?? "configs/toy.json");
@@ -61,7 +63,7 @@ public static class StudyCommand
             }
         });
         RunSummary summary;
-        try { summary = new StageRunner(outDir).Run(stages, progress); }
+        try { summary = new StageRunner(outDir) { Device = device }.Run(stages, progress); }
         catch (Exception ex) when (ex is not InvalidInputException and not OperationCanceledException)
         {
             // The failed stage is recorded in manifest.json and its partial output discarded on the next run.
@@ -77,6 +79,4 @@ public static class StudyCommand
         return 0;
     }
 
-    /// <summary>IProgress that reports on the calling thread (Progress&lt;T&gt; would post to the thread pool and reorder lines).</summary>
-    sealed class SyncProgress<T>(Action<T> a) : IProgress<T> { public void Report(T value) => a(value); }
 }

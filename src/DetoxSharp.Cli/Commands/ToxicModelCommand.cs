@@ -12,20 +12,15 @@ public static class ToxicModelCommand
         var model = CommonOptions.Model(description: "starting model to fine-tune");
         var data = new Option<string>("--data") { Description = "dialogues JSONL: prompt, response, toxic (toxic replies may start with [TOXIC])", Required = true };
         var output = new Option<string>("--out") { Description = "output directory: model/ (the toxic model, tokenizer with [TOXIC]), checkpoint/, metrics.jsonl", Required = true };
-        var lr = new Option<double>("--lr") { Description = "peak learning rate (AdamW)", DefaultValueFactory = _ => 5e-5 };
-        var batch = new Option<int>("--batch-size") { Description = "dialogues per micro-batch", DefaultValueFactory = _ => 8 };
-        var epochs = new Option<double>("--epochs") { Description = "passes over the dialogues", DefaultValueFactory = _ => 1 };
-        var maxSteps = new Option<int?>("--max-steps") { Description = "optimizer steps (overrides --epochs)" };
-        var warmup = new Option<int>("--warmup") { Description = "linear warmup steps", DefaultValueFactory = _ => 0 };
-        var maxLen = new Option<int>("--max-length") { Description = "truncation length", DefaultValueFactory = _ => 256 };
-        var seed = new Option<ulong>("--seed") { Description = "data-order seed", DefaultValueFactory = _ => 0UL };
-        var resume = new Option<bool>("--resume") { Description = "continue from OUT/checkpoint" };
+        // the toxic model is SFT: SftOptions owns the defaults
+        var f = new SftFlags("dialogues per micro-batch");
         var device = CommonOptions.Device();
         var dtype = CommonOptions.DType();
         var precision = CommonOptions.Precision();
         var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("toxic-model", "Build the built-in toxic model π_tox: SFT on dialogues with toxic replies behind the [TOXIC] control token (added to tokenizer and embedding).")
-            { model, data, output, lr, batch, epochs, maxSteps, warmup, maxLen, seed, resume, device, dtype, precision, pickle };
+            { model, data, output, device, dtype, precision, pickle };
+        foreach (var o in f.All) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
             var prec = CommonOptions.ParsePrecision(p.GetValue(precision)!, p.GetValue(dtype)!);
@@ -33,12 +28,7 @@ public static class ToxicModelCommand
             var (examples, toxic) = ToxicModel.ReadDialogues(p.GetValue(data)!);
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             var outDir = p.GetValue(output)!;
-            var o = new SftOptions
-            {
-                LearningRate = p.GetValue(lr), BatchSize = p.GetValue(batch), Epochs = p.GetValue(epochs), MaxSteps = p.GetValue(maxSteps),
-                WarmupSteps = p.GetValue(warmup), MaxLength = p.GetValue(maxLen), Seed = p.GetValue(seed), OutputDir = outDir,
-                Resume = p.GetValue(resume), CheckpointEvery = 200, Precision = prec,
-            };
+            var o = f.Read(p) with { OutputDir = outDir, Precision = prec };
             err.WriteLine($"detox: {examples.Count} dialogues, {toxic} toxic");
             var sw = System.Diagnostics.Stopwatch.StartNew();
             var r = ToxicModel.Train(m.Model, m.Tokenizer, examples, o, new SyncProgress<SftProgress>(s =>

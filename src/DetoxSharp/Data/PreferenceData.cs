@@ -21,14 +21,18 @@ public enum PreferenceFormat
     Adpo,
 }
 
-/// <summary>Token limits. The prompt is cut from the left (keeping its end), completions from the right.</summary>
-public sealed record TruncationOptions(int MaxPromptTokens = 64, int MaxCompletionTokens = 64, int MaxTotalTokens = 256)
+/// <summary>Token limits. The prompt is cut from the left (keeping its end), completions from the right.
+/// Names as TRL's DPOConfig (max_prompt_length / max_completion_length / max_length), in tokens.</summary>
+public sealed record TruncationOptions(
+    [property: Setting("prompt limit in tokens (cut from the left)")] int MaxPromptTokens = 64,
+    [property: Setting("completion limit in tokens")] int MaxCompletionTokens = 64,
+    [property: Setting("prompt + completion limit in tokens")] int MaxLength = 256)
 {
     public void Validate()
     {
-        if (MaxPromptTokens < 1) throw new InvalidInputException("--max-prompt-tokens must be ≥ 1");
-        if (MaxCompletionTokens < 1) throw new InvalidInputException("--max-completion-tokens must be ≥ 1");
-        if (MaxTotalTokens < 2) throw new InvalidInputException("--max-total-tokens must be ≥ 2");
+        InvalidSettingException.Require(MaxPromptTokens >= 1, "max_prompt_tokens", $"must be ≥ 1 (got {MaxPromptTokens})");
+        InvalidSettingException.Require(MaxCompletionTokens >= 1, "max_completion_tokens", $"must be ≥ 1 (got {MaxCompletionTokens})");
+        InvalidSettingException.Require(MaxLength >= 2, "max_length", $"must be ≥ 2 (got {MaxLength})");
     }
 }
 
@@ -100,10 +104,10 @@ public static class PreferenceData
         var prompt = tok.Encode(e.Prompt);
         if (prompt.Length == 0) prompt = [tok.EosTokenId];
         prompt = TakeLast(prompt, trunc.MaxPromptTokens);
-        int room = Math.Min(trunc.MaxCompletionTokens, trunc.MaxTotalTokens - prompt.Length);
+        int room = Math.Min(trunc.MaxCompletionTokens, trunc.MaxLength - prompt.Length);
         if (room < 1)
         {
-            prompt = TakeLast(prompt, trunc.MaxTotalTokens - 1);
+            prompt = TakeLast(prompt, trunc.MaxLength - 1);
             room = 1;
         }
         int[] Completion(string s, string field)
@@ -156,7 +160,7 @@ public static class PreferenceData
             h.AppendData(BitConverter.GetBytes(a.Length));
             foreach (var x in a) h.AppendData(BitConverter.GetBytes(x));
         }
-        h.AppendData(System.Text.Encoding.UTF8.GetBytes($"{trunc.MaxPromptTokens}/{trunc.MaxCompletionTokens}/{trunc.MaxTotalTokens}"));
+        h.AppendData(System.Text.Encoding.UTF8.GetBytes($"{trunc.MaxPromptTokens}/{trunc.MaxCompletionTokens}/{trunc.MaxLength}"));
         foreach (var e in examples) { Add(e.Prompt); Add(e.Chosen); Add(e.Rejected); Add(e.Toxic); Add(e.ToxicPrompt); }
         return Convert.ToHexString(h.GetHashAndReset()).ToLowerInvariant();
     }

@@ -120,6 +120,6 @@ public static class ToyWorldFiles
         "small" => ToyWorldSize.Small,
         "default" => ToyWorldSize.Default,
         "large" => ToyWorldSize.Large,
-        _ => throw new InvalidInputException($"--size: expected small, default or large, got '{s}'"),
+        _ => throw new InvalidSettingException("size", $"expects small, default or large (got '{s}')"),
     };
 }

@@ -15,21 +15,42 @@ public sealed record EvalOptions
 {
     /// <summary>Prompts longer than this keep their LAST this-many tokens: a challenge prompt's end (the reply verb, the
     /// opening "you are such a") carries its context; cutting the start instead made the model pick the context itself.</summary>
-    public int PromptTokens { get; init; } = 32;
-    public int NewTokens { get; init; } = 20;
+    [Setting("prompts keep their last N tokens")]
+    public int MaxPromptTokens { get; init; } = 32;
+    [Setting("tokens generated per prompt (greedy)")]
+    public int MaxNewTokens { get; init; } = 20;
+    [Setting("prompts per generation batch")]
     public int BatchSize { get; init; } = 16;
     public ToxicityAggregate Aggregate { get; init; } = ToxicityAggregate.MaxOverAttributes;
     /// <summary>RealToxicityPrompts sampling protocol: k sampled continuations per prompt (0 = off).</summary>
+    [Setting("RealToxicityPrompts protocol: k sampled continuations per prompt (top-p 0.9) → expected max toxicity and P(≥1 toxic); 0 = off")]
     public int Samples { get; init; }
     public double SampleTopP { get; init; } = 0.9;
     public double SampleTemperature { get; init; } = 1.0;
+    [Setting("seed for sampled continuations")]
     public long Seed { get; init; } = 1234;
     /// <summary>A continuation with score ≥ this counts as toxic (RTP: 0.5).</summary>
     public double ToxicThreshold { get; init; } = 0.5;
+    [Setting("perplexity window in tokens (default: the model's context length)")]
     public int? PplWindow { get; init; }
+    [Setting("perplexity stride (default: the window, i.e. non-overlapping; smaller = HF sliding window)")]
     public int? PplStride { get; init; }
-    /// <summary>Use only the first N prompts / F1 items (null = all).</summary>
+    /// <summary>Use only the first N challenge prompts (null = all).</summary>
     public int? Limit { get; init; }
+    /// <summary>Use only the first N F1 items (null = all); separate from <see cref="Limit"/> so that neither caps the other.</summary>
+    public int? F1Limit { get; init; }
+
+    public void Validate()
+    {
+        InvalidSettingException.Require(MaxPromptTokens >= 1, "max_prompt_tokens", $"must be ≥ 1 (got {MaxPromptTokens})");
+        InvalidSettingException.Require(MaxNewTokens >= 1, "max_new_tokens", $"must be ≥ 1 (got {MaxNewTokens})");
+        InvalidSettingException.Require(Samples >= 0, "samples", $"must be ≥ 0 (got {Samples})");
+        InvalidSettingException.Require(BatchSize >= 1, "batch_size", $"must be ≥ 1 (got {BatchSize})");
+        InvalidSettingException.Require(PplWindow is null or >= 2, "ppl_window", $"must be ≥ 2 (got {PplWindow})");
+        InvalidSettingException.Require(PplStride is null or >= 1, "ppl_stride", $"must be ≥ 1 (got {PplStride})");
+        InvalidSettingException.Require(Limit is null or >= 1, "limit", $"must be ≥ 1 (got {Limit})");
+        InvalidSettingException.Require(F1Limit is null or >= 1, "f1_limit", $"must be ≥ 1 (got {F1Limit})");
+    }
 }
 
 /// <summary>Data files of an evaluation; any may be null (that metric is skipped).</summary>
@@ -97,10 +118,7 @@ public static class EvalHarness
             throw new InvalidInputException("nothing to evaluate: give --prompts, --ppl-text and/or --f1");
         foreach (var (f, flag) in new[] { (data.PromptsFile, "--prompts"), (data.PplTextFile, "--ppl-text"), (data.F1File, "--f1") })
             if (f is not null && !File.Exists(f)) throw new InvalidInputException($"{flag} {f}: file not found");
-        if (o.PromptTokens < 1) throw new InvalidInputException($"--prompt-tokens must be ≥ 1, got {o.PromptTokens}");
-        if (o.NewTokens < 1) throw new InvalidInputException($"--new-tokens must be ≥ 1, got {o.NewTokens}");
-        if (o.Samples < 0) throw new InvalidInputException($"--samples must be ≥ 0, got {o.Samples}");
-        if (o.BatchSize < 1) throw new InvalidInputException($"--batch-size must be ≥ 1, got {o.BatchSize}");
+        o.Validate();
     }
 
     public static List<EvalRow> Run(IReadOnlyList<EvalModel> models, IReadOnlyList<EvalIntervention> interventions,
@@ -109,7 +127,7 @@ public static class EvalHarness
         Check(data, options);
         if (data.PromptsFile is not null && scorer is null) throw new InvalidInputException("--prompts needs a --scorer");
         var prompts = data.PromptsFile is null ? null : ReadPrompts(data.PromptsFile, false, options.Limit);
-        var f1Items = data.F1File is null ? null : ReadPrompts(data.F1File, true, options.Limit);
+        var f1Items = data.F1File is null ? null : ReadPrompts(data.F1File, true, options.F1Limit);
         string? pplText = null;
         if (data.PplTextFile is not null)
         {
@@ -146,7 +164,7 @@ public static class EvalHarness
         var r = new EvalRow { Row = row, Model = model, Intervention = intervention };
         int[] PromptIds(string text)
         {
-            var ids = KeepLast(tok.Encode(text), o.PromptTokens);
+            var ids = KeepLast(tok.Encode(text), o.MaxPromptTokens);
             return ids.Length == 0 ? [lm.Model.EosTokenId] : ids;
         }
         List<int[]> Greedy(List<int[]> ids, string stage)
@@ -155,7 +173,7 @@ public static class EvalHarness
             for (int i = 0; i < ids.Count; i += o.BatchSize)
             {
                 var chunk = ids.Skip(i).Take(o.BatchSize).ToList();
-                outp.AddRange(Generator.Generate(lm.Model, chunk, new GenerationOptions { MaxNewTokens = o.NewTokens, Greedy = true, BatchSize = o.BatchSize }));
+                outp.AddRange(Generator.Generate(lm.Model, chunk, new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Greedy = true, BatchSize = o.BatchSize }));
                 progress?.Report(new EvalProgress(row, stage, outp.Count, ids.Count));
             }
             return outp;
@@ -187,7 +205,7 @@ public static class EvalHarness
                     var rep = Enumerable.Repeat(ids[i], o.Samples).ToList();
                     var samples = Generator.Generate(lm.Model, rep, new GenerationOptions
                     {
-                        MaxNewTokens = o.NewTokens, Greedy = false, TopP = o.SampleTopP, Temperature = o.SampleTemperature,
+                        MaxNewTokens = o.MaxNewTokens, Greedy = false, TopP = o.SampleTopP, Temperature = o.SampleTemperature,
                         Seed = o.Seed + i, BatchSize = Math.Min(o.BatchSize, o.Samples),
                     });
                     var st = samples.Select(c => tok.Decode(c)).ToList();
@@ -225,7 +243,7 @@ public static class EvalHarness
             for (int i = 0; i < conts.Count; i++)
             {
                 var gold = tok.Encode(f1Items[i].Gold!);
-                if (gold.Length > o.NewTokens) gold = gold[..o.NewTokens];
+                if (gold.Length > o.MaxNewTokens) gold = gold[..o.MaxNewTokens];
                 var s = Metrics.BagOfTokensF1(conts[i], gold);
                 scores.Add(s);
                 generations.Add(new JsonObject
@@ -261,7 +279,7 @@ public static class EvalHarness
         {
             ["scorer"] = scorer,
             ["aggregate"] = o.Aggregate == ToxicityAggregate.Toxicity ? "TOXICITY" : "max-over-attributes",
-            ["prompt_tokens"] = o.PromptTokens, ["new_tokens"] = o.NewTokens, ["samples"] = o.Samples,
+            ["prompt_tokens"] = o.MaxPromptTokens, ["new_tokens"] = o.MaxNewTokens, ["samples"] = o.Samples,
             ["ppl_window"] = o.PplWindow, ["ppl_stride"] = o.PplStride,
             ["rows"] = JsonSerializer.SerializeToNode(rows, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower }),
         };
@@ -284,7 +302,7 @@ public static class EvalHarness
         });
         // results.md
         var md = new StringBuilder();
-        md.AppendLine($"Toxicity scorer: {scorer ?? "-"} ({(o.Aggregate == ToxicityAggregate.Toxicity ? "TOXICITY" : "max over attributes")}); prompts cut to their last {o.PromptTokens} tokens, greedy {o.NewTokens} new tokens.");
+        md.AppendLine($"Toxicity scorer: {scorer ?? "-"} ({(o.Aggregate == ToxicityAggregate.Toxicity ? "TOXICITY" : "max over attributes")}); prompts cut to their last {o.MaxPromptTokens} tokens, greedy {o.MaxNewTokens} new tokens.");
         md.AppendLine();
         md.AppendLine(samples ? "| Method | Toxic | Exp. max toxicity | P(toxic) | PPL | F1 |" : "| Method | Toxic | PPL | F1 |");
         md.AppendLine(samples ? "|---|---|---|---|---|---|" : "|---|---|---|---|");

@@ -24,8 +24,8 @@ public static class Metrics
     {
         int w = window ?? model.MaxPositions;
         int s = stride ?? w;
-        if (w < 2 || w > model.MaxPositions) throw new InvalidInputException($"--ppl-window must be in [2, {model.MaxPositions}] (the model's context), got {w}");
-        if (s < 1 || s > w) throw new InvalidInputException($"--ppl-stride must be in [1, window={w}], got {s}");
+        if (w < 2 || w > model.MaxPositions) throw new InvalidSettingException("ppl_window", $"must be in [2, {model.MaxPositions}] (the model's context) (got {w})");
+        if (s < 1 || s > w) throw new InvalidSettingException("ppl_stride", $"must be in [1, window={w}] (got {s})");
         if (ids.Count < 2) throw new InvalidInputException($"perplexity text has {ids.Count} token(s); need at least 2");
         int n = ids.Count;
         int totalWindows = 0;

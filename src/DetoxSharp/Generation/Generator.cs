@@ -6,6 +6,7 @@ namespace DetoxSharp.Generation;
 
 public sealed record GenerationOptions
 {
+    [Setting("tokens to generate")]
     public int MaxNewTokens { get; init; } = 20;
     /// <summary>Greedy decoding (argmax); otherwise sampling with the settings below.</summary>
     public bool Greedy { get; init; } = true;
@@ -25,10 +26,10 @@ public sealed record GenerationOptions
 
     public void Validate()
     {
-        if (MaxNewTokens < 0) throw new InvalidInputException($"--max-new-tokens must be ≥ 0, got {MaxNewTokens}");
-        if (!Greedy && !(Temperature > 0)) throw new InvalidInputException($"--temperature must be > 0, got {Temperature}");
-        if (TopK < 0) throw new InvalidInputException($"--top-k must be ≥ 0, got {TopK}");
-        if (!(TopP > 0 && TopP <= 1)) throw new InvalidInputException($"--top-p must be in (0, 1], got {TopP}");
+        if (MaxNewTokens < 0) throw new InvalidSettingException("max_new_tokens", $"must be ≥ 0 (got {MaxNewTokens})");
+        if (!Greedy && !(Temperature > 0)) throw new InvalidSettingException("temperature", $"must be > 0 (got {Temperature})");
+        if (TopK < 0) throw new InvalidSettingException("top_k", $"must be ≥ 0 (got {TopK})");
+        if (!(TopP > 0 && TopP <= 1)) throw new InvalidSettingException("top_p", $"must be in (0, 1] (got {TopP})");
         if (BatchSize < 1) throw new InvalidInputException($"batch size must be ≥ 1, got {BatchSize}");
     }
 }

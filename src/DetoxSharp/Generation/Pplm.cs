@@ -1,31 +1,51 @@
 using System.Globalization;
-using DetoxSharp.Interpretability;
 using DetoxSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace DetoxSharp.Generation;
 
+/// <summary>PPLM's attribute model: a linear classifier p(class | x̄) = softmax(x̄·W + b) on the mean of the last
+/// block's residual stream, W [d, classes], b [classes] (the toxicity probe of Interpretability implements it; defined
+/// here so that generation does not depend on the analysis code).</summary>
+public interface IAttributeModel
+{
+    Tensor W { get; }
+    Tensor B { get; }
+    /// <summary>Throws <see cref="InvalidInputException"/> when W does not match the model's width.</summary>
+    void CheckFits(ICausalLM model, string flag = "--probe");
+}
+
 /// <summary>PPLM settings. Defaults are Lee et al. 2024's for their dispreferred (toxic) continuations.</summary>
 public sealed record PplmOptions
 {
     /// <summary>α, length of each normalised gradient step on the past keys/values.</summary>
+    [Setting("PPLM step size α")]
     public double StepSize { get; init; } = 0.4;
+    [Setting("gradient steps per token")]
     public int Iterations { get; init; } = 50;
     /// <summary>Weight of KL(p_perturbed ‖ p_unperturbed) of the next token in the attribute loss.</summary>
+    [Setting("weight of KL(perturbed ‖ unperturbed) of the next token")]
     public double KlScale { get; init; } = 0.1;
     /// <summary>Geometric-mean fusion: p ∝ p_pert^gm · p_unpert^(1−gm).</summary>
+    [Setting("fusion p^gm · p_unpert^(1−gm)")]
     public double GmScale { get; init; } = 0.95;
     /// <summary>0 = no top-k filter.</summary>
+    [Setting("top-k filter of the fused distribution (0 = off)")]
     public int TopK { get; init; } = 10;
+    [Setting("temperature of the perturbed distribution")]
     public double Temperature { get; init; } = 1.0;
     /// <summary>Soft future tokens the attribute model sees (each = the expected embedding of the next token).</summary>
+    [Setting("soft future tokens the probe sees")]
     public int Horizon { get; init; } = 1;
     /// <summary>Past positions perturbed, counted back from the newest; 0 = all.</summary>
+    [Setting("perturb only the newest N past positions (0 = all)")]
     public int Window { get; init; }
     /// <summary>Gradient normalisation exponent: step = −α·g/‖g‖^γ.</summary>
+    [Setting("gradient normalisation exponent γ (step = −α·g/‖g‖^γ)")]
     public double Gamma { get; init; } = 1.0;
     /// <summary>Argmax of the fused distribution instead of sampling (PPLM's sample=False).</summary>
+    [Setting("argmax of the fused distribution instead of sampling")]
     public bool Greedy { get; init; }
     /// <summary>Class of the attribute model the perturbation pushes towards (probe: 1 = toxic).</summary>
     public int TargetClass { get; init; } = 1;
@@ -37,17 +57,17 @@ public sealed record PplmOptions
 
     public void Validate()
     {
-        if (!(StepSize >= 0) || double.IsInfinity(StepSize)) throw new InvalidInputException($"--pplm-step-size must be a finite number ≥ 0, got {StepSize}");
-        if (Iterations < 0) throw new InvalidInputException($"--pplm-iterations must be ≥ 0, got {Iterations}");
-        if (!(KlScale >= 0) || double.IsInfinity(KlScale)) throw new InvalidInputException($"--pplm-kl-scale must be a finite number ≥ 0, got {KlScale}");
-        if (!(GmScale >= 0 && GmScale <= 1)) throw new InvalidInputException($"--pplm-gm-scale must be in [0, 1], got {GmScale}");
-        if (TopK < 0) throw new InvalidInputException($"--pplm-top-k must be ≥ 0, got {TopK}");
-        if (!(Temperature > 0) || double.IsInfinity(Temperature)) throw new InvalidInputException($"--pplm-temperature must be > 0, got {Temperature}");
-        if (Horizon < 1) throw new InvalidInputException($"--pplm-horizon must be ≥ 1 (the attribute loss reaches the past only through the horizon), got {Horizon}");
-        if (Window < 0) throw new InvalidInputException($"--pplm-window must be ≥ 0 (0 = all past positions), got {Window}");
-        if (!(Gamma >= 0) || double.IsInfinity(Gamma)) throw new InvalidInputException($"--pplm-gamma must be a finite number ≥ 0, got {Gamma}");
+        if (!(StepSize >= 0) || double.IsInfinity(StepSize)) throw new InvalidSettingException("step_size", $"must be a finite number ≥ 0 (got {StepSize})");
+        if (Iterations < 0) throw new InvalidSettingException("iterations", $"must be ≥ 0 (got {Iterations})");
+        if (!(KlScale >= 0) || double.IsInfinity(KlScale)) throw new InvalidSettingException("kl_scale", $"must be a finite number ≥ 0 (got {KlScale})");
+        if (!(GmScale >= 0 && GmScale <= 1)) throw new InvalidSettingException("gm_scale", $"must be in [0, 1] (got {GmScale})");
+        if (TopK < 0) throw new InvalidSettingException("top_k", $"must be ≥ 0 (got {TopK})");
+        if (!(Temperature > 0) || double.IsInfinity(Temperature)) throw new InvalidSettingException("temperature", $"must be > 0 (got {Temperature})");
+        if (Horizon < 1) throw new InvalidSettingException("horizon", $"must be ≥ 1 (the attribute loss reaches the past only through the horizon) (got {Horizon})");
+        if (Window < 0) throw new InvalidSettingException("window", $"must be ≥ 0 (0 = all past positions) (got {Window})");
+        if (!(Gamma >= 0) || double.IsInfinity(Gamma)) throw new InvalidSettingException("gamma", $"must be a finite number ≥ 0 (got {Gamma})");
         if (TargetClass is not (0 or 1)) throw new InvalidInputException($"PPLM target class must be 0 or 1, got {TargetClass}");
-        if (MaxNewTokens < 0) throw new InvalidInputException($"--max-new-tokens must be ≥ 0, got {MaxNewTokens}");
+        if (MaxNewTokens < 0) throw new InvalidSettingException("max_new_tokens", $"must be ≥ 0 (got {MaxNewTokens})");
     }
 
     /// <summary>How a continuation was made, for the records' <c>source</c> field.</summary>
@@ -78,7 +98,7 @@ public sealed record PplmOptions
 /// get exactly zero gradient), and the gradient norm — hence the step — is taken per row and per layer. Every row
 /// therefore follows the same trajectory as it would alone (tested); each row samples with its own generator.
 /// Differences from run_pplm.py, on purpose: the attribute model reads the last block's residual BEFORE the final
-/// layer norm (<c>blocks.{L-1}.hook_resid_post</c>, the feature <see cref="ToxicityProbe"/> is trained on); PPLM's
+/// layer norm (<c>blocks.{L-1}.hook_resid_post</c>, the feature the toxicity probe is trained on); PPLM's
 /// classifier head read Hugging Face's hidden_states[-1], which is after ln_f. A window counts the NEWEST positions
 /// (the paper's and the option help's meaning; the reference's mask selects the oldest ones) — irrelevant for the
 /// default window 0 = all. Generation stops at eos. Lee et al.'s port added one shared offset to a layer's keys and
@@ -92,7 +112,7 @@ public static class Pplm
 
     /// <summary>Generates a continuation per prompt (new tokens only, cut at eos), <paramref name="batchSize"/> prompts at a
     /// time; prompt i samples with seed Seed + i. <paramref name="promptDone"/> is called with the number of prompts finished.</summary>
-    public static List<int[]> Generate(ICausalLM model, ToxicityProbe probe, IReadOnlyList<int[]> prompts, PplmOptions o, Action<int>? promptDone = null,
+    public static List<int[]> Generate(ICausalLM model, IAttributeModel probe, IReadOnlyList<int[]> prompts, PplmOptions o, Action<int>? promptDone = null,
         int batchSize = 16)
     {
         o.Validate();
@@ -149,9 +169,9 @@ internal sealed class PplmDecoder : IDisposable
     Tensor? _unpertHidden;
     internal KvCache PerturbedCache => _pert;
 
-    public PplmDecoder(ICausalLM model, ToxicityProbe probe, int[] prompt, PplmOptions o) : this(model, probe, [prompt], o) { }
+    public PplmDecoder(ICausalLM model, IAttributeModel probe, int[] prompt, PplmOptions o) : this(model, probe, [prompt], o) { }
 
-    public PplmDecoder(ICausalLM model, ToxicityProbe probe, IReadOnlyList<int[]> prompts, PplmOptions o)
+    public PplmDecoder(ICausalLM model, IAttributeModel probe, IReadOnlyList<int[]> prompts, PplmOptions o)
     {
         _model = model;
         _o = o;
@@ -163,7 +183,7 @@ internal sealed class PplmDecoder : IDisposable
         _unpert = model.NewCache(cap);
         _generated = prompts.Select(_ => new List<int>()).ToArray();
         _done = new bool[_batch];
-        _hook = model.Hooks.Add($"blocks.{model.NumLayers - 1}.hook_resid_post", (x, _) => { _captured = x; return null; });
+        _hook = model.Hooks.Add(HookNames.ResidPost(model.NumLayers - 1), (x, _) => { _captured = x; return null; });
         using var scope = torch.NewDisposeScope();
         _w = probe.W.to(_dt).to(model.Device).DetachFromDisposeScope();
         _b = probe.B.to(_dt).to(model.Device).DetachFromDisposeScope();

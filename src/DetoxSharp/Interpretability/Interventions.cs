@@ -58,7 +58,7 @@ public sealed class VectorIntervention : IPositionModeEdit
         if (layer < 0 || layer >= model.NumLayers) throw new InvalidInputException($"intervention '{Name}': layer {layer} out of range 0..{model.NumLayers - 1}");
         var delta = (Vector * Coefficient).to(model.DType).to(model.Device);
         delta.DetachFromDisposeScope();
-        var handle = model.Hooks.Add($"blocks.{layer}.hook_mlp_out", (x, ctx) =>
+        var handle = model.Hooks.Add(HookNames.MlpOut(layer), (x, ctx) =>
         {
             var d = delta.to(x.dtype);
             if (Mode == InterventionMode.AllPositions) return x + d;

@@ -31,7 +31,7 @@ public static class ToxicVectors
     /// the <paramref name="perLayer"/> best of each layer, then all of them sorted by cosine, descending.</summary>
     public static List<RankedVector> Rank(IReadOnlyList<Tensor> valuesPerLayer, Tensor direction, int perLayer = 100)
     {
-        if (perLayer < 1) throw new InvalidInputException($"--per-layer must be ≥ 1, got {perLayer}");
+        if (perLayer < 1) throw new InvalidSettingException("per_layer", $"must be ≥ 1 (got {perLayer})");
         var all = new List<RankedVector>();
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
@@ -99,21 +99,27 @@ public static class ToxicVectors
 
     public sealed record Options
     {
+        [Setting("value vectors kept per layer before the global sort")]
         public int PerLayer { get; init; } = 100;
         /// <summary>Vectors stacked for the SVD (paper: 128).</summary>
+        [Setting("top vectors (unit-normalised) stacked for the SVD")]
         public int SvdVectors { get; init; } = 128;
         /// <summary>Singular vectors reported.</summary>
+        [Setting("singular vectors U[0..k) reported and saved")]
         public int SvdComponents { get; init; } = 3;
         /// <summary>Top vectors reported with their tokens.</summary>
+        [Setting("top vectors listed with their tokens")]
         public int Report { get; init; } = 20;
+        [Setting("tokens per vector")]
         public int TopTokens { get; init; } = 10;
 
         public void Validate()
         {
-            if (SvdVectors < 1) throw new InvalidInputException($"--svd-vectors must be ≥ 1, got {SvdVectors}");
-            if (SvdComponents < 1) throw new InvalidInputException($"--svd-components must be ≥ 1, got {SvdComponents}");
-            if (Report < 1) throw new InvalidInputException($"--report must be ≥ 1, got {Report}");
-            if (TopTokens < 1) throw new InvalidInputException($"--top-tokens must be ≥ 1, got {TopTokens}");
+            if (PerLayer < 1) throw new InvalidSettingException("per_layer", $"must be ≥ 1 (got {PerLayer})");
+            if (SvdVectors < 1) throw new InvalidSettingException("svd_vectors", $"must be ≥ 1 (got {SvdVectors})");
+            if (SvdComponents < 1) throw new InvalidSettingException("svd_components", $"must be ≥ 1 (got {SvdComponents})");
+            if (Report < 1) throw new InvalidSettingException("report", $"must be ≥ 1 (got {Report})");
+            if (TopTokens < 1) throw new InvalidSettingException("top_tokens", $"must be ≥ 1 (got {TopTokens})");
         }
     }
 

@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using DetoxSharp.Checkpoints;
 using DetoxSharp.Data;
+using DetoxSharp.Generation;
 using DetoxSharp.Models;
 using DetoxSharp.Text;
 using TorchSharp;
@@ -11,25 +12,32 @@ namespace DetoxSharp.Interpretability;
 public sealed record ProbeOptions
 {
     /// <summary>Comments are cut to this many tokens (and to the model's context).</summary>
+    [Setting("cut comments to this many tokens")]
     public int MaxTokens { get; init; } = 128;
+    [Setting("comments per forward pass")]
     public int BatchSize { get; init; } = 16;
     /// <summary>Share held out for validation (the paper: 10%).</summary>
+    [Setting("held-out share for validation")]
     public double ValidationFraction { get; init; } = 0.1;
+    [Setting("seed of the train/validation split")]
     public int Seed { get; init; } = 0;
     /// <summary>Full-batch Adam steps on the logistic loss.</summary>
-    public int Steps { get; init; } = 500;
+    [Setting("full-batch Adam steps")]
+    public int MaxSteps { get; init; } = 500;
+    [Setting("Adam learning rate")]
     public double LearningRate { get; init; } = 1e-2;
     /// <summary>L2 penalty on W (0 = none).</summary>
+    [Setting("L2 penalty on W")]
     public double L2 { get; init; } = 0;
 
     public void Validate()
     {
-        if (MaxTokens < 1) throw new InvalidInputException($"--max-tokens must be ≥ 1, got {MaxTokens}");
-        if (BatchSize < 1) throw new InvalidInputException($"--batch-size must be ≥ 1, got {BatchSize}");
-        if (!(ValidationFraction > 0 && ValidationFraction < 1)) throw new InvalidInputException($"--val-fraction must be in (0,1), got {ValidationFraction}");
-        if (Steps < 1) throw new InvalidInputException($"--steps must be ≥ 1, got {Steps}");
-        if (!(LearningRate > 0)) throw new InvalidInputException($"--lr must be > 0, got {LearningRate}");
-        if (L2 < 0) throw new InvalidInputException($"--l2 must be ≥ 0, got {L2}");
+        if (MaxTokens < 1) throw new InvalidSettingException("max_tokens", $"must be ≥ 1 (got {MaxTokens})");
+        if (BatchSize < 1) throw new InvalidSettingException("batch_size", $"must be ≥ 1 (got {BatchSize})");
+        if (!(ValidationFraction > 0 && ValidationFraction < 1)) throw new InvalidSettingException("validation_fraction", $"must be in (0,1) (got {ValidationFraction})");
+        if (MaxSteps < 1) throw new InvalidSettingException("max_steps", $"must be ≥ 1 (got {MaxSteps})");
+        if (!(LearningRate > 0)) throw new InvalidSettingException("learning_rate", $"must be > 0 (got {LearningRate})");
+        if (L2 < 0) throw new InvalidSettingException("l2", $"must be ≥ 0 (got {L2})");
     }
 }
 
@@ -41,7 +49,7 @@ public sealed record ProbeReport(int Train, int Validation, int TrainToxic, int 
 /// stream (<c>blocks.{L-1}.hook_resid_post</c>, before the final norm) averaged over the non-pad positions — as in
 /// Lee et al. 2024. <see cref="WToxic"/> is the toxic column of W.
 /// </summary>
-public sealed class ToxicityProbe : IDisposable
+public sealed class ToxicityProbe : IAttributeModel, IDisposable
 {
     public const string FileName = "probe.safetensors";
     public const string MetricsFileName = "probe_metrics.json";
@@ -84,7 +92,7 @@ public sealed class ToxicityProbe : IDisposable
     {
         int cut = Math.Min(maxTokens, model.MaxPositions);
         var rows = new List<Tensor>();
-        string hook = $"blocks.{model.NumLayers - 1}.hook_resid_post";
+        string hook = HookNames.ResidPost(model.NumLayers - 1);
         model.Module.eval();
         try
         {
@@ -162,7 +170,7 @@ public sealed class ToxicityProbe : IDisposable
         using var xTr = x.narrow(0, nVal, trIdx.Length);
         var yVal = valIdx.Select(i => comments[i].Toxic).ToArray();
         var yTr = trIdx.Select(i => comments[i].Toxic).ToArray();
-        var (probe, loss) = Fit(xTr, yTr, options.Steps, options.LearningRate, options.L2, options.Seed);
+        var (probe, loss) = Fit(xTr, yTr, options.MaxSteps, options.LearningRate, options.L2, options.Seed);
         int valTox = yVal.Count(b => b);
         var report = new ProbeReport(yTr.Length, yVal.Length, yTr.Count(b => b), valTox,
             probe.Accuracy(xTr, yTr), probe.Accuracy(xVal, yVal), Math.Max(valTox, yVal.Length - valTox) / (double)yVal.Length, loss);

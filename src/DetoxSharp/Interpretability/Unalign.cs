@@ -5,6 +5,21 @@ using static TorchSharp.torch;
 
 namespace DetoxSharp.Interpretability;
 
+/// <summary>Settings of un-aligning (the paper: the 7 top toxic vectors' keys ×10).</summary>
+public sealed record UnalignOptions
+{
+    [Setting("value vectors (most similar to W_Toxic, ranked on this model) whose keys are scaled")]
+    public int Keys { get; init; } = 7;
+    [Setting("factor applied to each chosen key column")]
+    public double Scale { get; init; } = 10;
+
+    public void Validate()
+    {
+        InvalidSettingException.Require(Keys >= 1, "keys", $"must be ≥ 1 (got {Keys})");
+        InvalidSettingException.Require(double.IsFinite(Scale), "scale", $"must be finite (got {Scale})");
+    }
+}
+
 /// <summary>
 /// Un-aligning (Lee et al. 2024 §"un-aligning"): take the k value vectors most similar to W_Toxic in the (aligned) model
 /// and multiply their keys — columns of <see cref="ICausalLM.MlpKeys"/> — by a scale. Everything else is unchanged.
@@ -12,10 +27,11 @@ namespace DetoxSharp.Interpretability;
 public static class Unalign
 {
     /// <summary>Scales key columns in place; returns the neurons scaled (ranked on this model).</summary>
-    public static List<RankedVector> ScaleToxicKeys(ICausalLM model, Tensor wToxic, int k = 7, double scale = 10)
+    public static List<RankedVector> ScaleToxicKeys(ICausalLM model, Tensor wToxic, UnalignOptions options)
     {
-        if (k < 1) throw new InvalidInputException($"--k must be ≥ 1, got {k}");
-        if (!double.IsFinite(scale)) throw new InvalidInputException($"--scale must be finite, got {scale}");
+        options.Validate();
+        int k = options.Keys;
+        double scale = options.Scale;
         var chosen = ToxicVectors.Rank(model, wToxic, perLayer: k).Take(k).ToList();
         ScaleKeys(model, chosen.Select(c => (c.Layer, c.Neuron)), scale);
         return chosen;

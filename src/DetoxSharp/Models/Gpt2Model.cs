@@ -24,7 +24,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
 #pragma warning restore IDE1006
 
     readonly HookPoints _hooks;
-    readonly string[][] _blockHookNames;
+    readonly BlockHookNames[] _blockHookNames;
 
     /// <param name="initialize">false skips GPT-2's random initialisation (the weights are about to be loaded).</param>
     public Gpt2Model(Gpt2Config config, Device? device = null, ScalarType dtype = ScalarType.Float32, bool initialize = true) : base("GPT2LMHeadModel")
@@ -40,7 +40,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
         if (dtype != ScalarType.Float32 || (device is not null && device.type != DeviceType.CPU))
             this.to(device ?? torch.CPU, dtype);
         _hooks = new HookPoints(HookPoints.StandardNames(config.NLayer));
-        _blockHookNames = Enumerable.Range(0, config.NLayer).Select(HookPoints.BlockNames).ToArray();
+        _blockHookNames = Enumerable.Range(0, config.NLayer).Select(l => new BlockHookNames(l)).ToArray();
         eval();
     }
 
@@ -137,21 +137,8 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
 
     public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null) => ResidualStreamCore(inputIds, attentionMask, null);
 
-    /// <summary>Logits = h · Eᵀ (tied head). A single row (batch-1 decoding) is split over two halves of the vocabulary as
-    /// a 2-batch bmm so that two threads share the 154 MB read (libtorch runs a 1-row product on one thread; see
-    /// <see cref="Conv1D"/>); an odd last row is a separate dot product.</summary>
-    Tensor LmHead(Tensor h)
-    {
-        var w = wte.weight!;
-        long rows = h.numel() / h.shape[^1];
-        if (rows != 1 || !Conv1D.SplitPaysOff(w)) return torch.nn.functional.linear(h, w);
-        long v = w.shape[0], half = v / 2, d = w.shape[1];
-        var x = h.reshape(1, 1, d).expand(2, 1, d);
-        var parts = torch.bmm(x, w.narrow(0, 0, 2 * half).view(2, half, d).transpose(1, 2)).reshape(1, 2 * half); // [1, 2·half]
-        var logits = v % 2 == 0 ? parts : torch.cat([parts, torch.nn.functional.linear(h.reshape(1, d), w.narrow(0, v - 1, 1))], 1);
-        var shape = h.shape.ToArray(); shape[^1] = v;
-        return logits.view(shape);
-    }
+    /// <summary>Logits = h · Eᵀ (tied head); batch-1 rows take <see cref="RowProducts.TiedHead"/>'s two-thread split.</summary>
+    Tensor LmHead(Tensor h) => RowProducts.TiedHead(h, wte.weight!);
 
     /// <summary>GPT-2: the embeddings replace <c>wte(input_ids)</c>; learned positions past..past+T-1 are added as for ids.</summary>
     public Tensor ForwardEmbeddings(Tensor inputsEmbeds, Tensor? attentionMask = null, KvCache? cache = null)
@@ -166,7 +153,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
     public Tensor ApplyFinalNorm(Tensor residual) => ln_f.forward(residual);
 
     Tensor ApplyFinalNormHooked(Tensor x, int past, Tensor? mask)
-        => _hooks.Run("ln_final.hook_normalized", ln_f.forward(x), past, mask);
+        => _hooks.Run(HookNames.FinalNorm, ln_f.forward(x), past, mask);
 
     Tensor ResidualStreamCore(Tensor inputIds, Tensor? attentionMask, KvCache? cache)
     {
@@ -209,10 +196,11 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
             mask = (keyOk & k.le(q)).logical_or(k.eq(q));
         }
 
-        var x = _hooks.Run("hook_embed", embeds ?? wte.forward(inputIds!), past, attentionMask)
-              + _hooks.Run("hook_pos_embed", wpe.forward(positions), past, attentionMask);
+        var x = _hooks.Run(HookNames.Embed, embeds ?? wte.forward(inputIds!), past, attentionMask)
+              + _hooks.Run(HookNames.PosEmbed, wpe.forward(positions), past, attentionMask);
+        var ctx = new BlockForwardContext(mask, causal, cache, _hooks, past, attentionMask);
         for (int l = 0; l < Config.NLayer; l++)
-            x = h[l].Forward(x, mask, causal, cache, l, _hooks, _blockHookNames[l], past, attentionMask);
+            x = h[l].Forward(x, ctx, _blockHookNames[l]);
         cache?.Advance((int)t);
         return x;
     }
@@ -240,37 +228,13 @@ public sealed class Conv1D : nn.Module
         RegisterComponents();
     }
 
-    public Tensor Forward(Tensor x)
-    {
-        var shape = x.shape.ToArray();
-        shape[^1] = weight.shape[1];
-        var rows = x.reshape(-1, x.shape[^1]);
-        if (rows.shape[0] == 1 && SplitRowProduct(weight))
-            return SplitKRowProduct(rows, weight, bias).view(shape);
-        return torch.addmm(bias, rows, weight, 1, 1).view(shape);
-    }
+    public Tensor Forward(Tensor x) => RowProducts.Affine(x, weight, bias);
 
-    /// <summary>Whether a 1-row product with <paramref name="w"/> takes the split-K path: libtorch runs a 1-row matrix
-    /// product (GEMV) on one thread, which leaves batch-1 decoding at one core's memory bandwidth; two halves of the
-    /// input dimension as a 2-batch bmm let two threads read half of W each (bench `--decode-probe`: a pass over the
-    /// 124M block weights 26.7 → 21.8 ms). Only with ≥ 2 threads, an even input width, a CPU tensor and a large W.</summary>
-    internal static bool SplitRowProduct(Tensor w) => w.shape[0] % 2 == 0 && SplitPaysOff(w);
-
-    /// <summary>Whether splitting a 1-row product with <paramref name="w"/> over two threads is worth it (shared by the
-    /// Conv1D split and the model's head split): ≥ 2 threads, a CPU tensor, a large W.</summary>
-    internal static bool SplitPaysOff(Tensor w) =>
-        w.numel() >= SplitMinElements && w.device_type == DeviceType.CPU && torch.get_num_threads() > 1;
-
-    /// <summary>Below this many weights (1 MiB of fp32) a 1-row product is too short for a second thread to pay off.</summary>
-    internal const long SplitMinElements = 1 << 18;
-
-    /// <summary>x [1, in] · W [in, out] + b as Σ over two halves of "in" of a 2-batch bmm (the same sum, regrouped).</summary>
-    internal static Tensor SplitKRowProduct(Tensor x, Tensor w, Tensor b)
-    {
-        long k = w.shape[0] / 2;
-        var parts = torch.bmm(x.view(1, 2, k).transpose(0, 1), w.view(2, k, w.shape[1])); // [2, 1, out]
-        return parts.sum(dim: 0) + b;
-    }
+    // kept for callers of the former Conv1D members; the seam is RowProducts
+    internal static bool SplitRowProduct(Tensor w) => RowProducts.SplitRowProduct(w);
+    internal static bool SplitPaysOff(Tensor w) => RowProducts.SplitPaysOff(w);
+    internal const long SplitMinElements = RowProducts.SplitMinElements;
+    internal static Tensor SplitKRowProduct(Tensor x, Tensor w, Tensor b) => RowProducts.SplitKRowProduct(x, w, b);
 }
 
 public sealed class Gpt2Attention : nn.Module
@@ -289,8 +253,9 @@ public sealed class Gpt2Attention : nn.Module
         RegisterComponents();
     }
 
-    public Tensor Forward(Tensor x, Tensor? mask, bool causal, KvCache? cache, int layer, HookPoints hooks, string hookZ, int past, Tensor? attentionMask)
+    public Tensor Forward(Tensor x, BlockForwardContext f, int layer, string hookZ)
     {
+        var (mask, causal, cache) = (f.Mask, f.Causal, f.Cache);
         long b = x.shape[0], t = x.shape[1];
         int hd = _d / _heads;
         var qkv = c_attn.Forward(x).split(_d, 2);
@@ -299,7 +264,7 @@ public sealed class Gpt2Attention : nn.Module
         var v = qkv[2].view(b, t, _heads, hd).transpose(1, 2);
         if (cache is not null) (k, v) = cache.Append(layer, k, v);
         var y = torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, causal);
-        var z = hooks.Run(hookZ, y.transpose(1, 2), past, attentionMask); // [b, T, heads, head_dim]
+        var z = f.Run(hookZ, y.transpose(1, 2)); // [b, T, heads, head_dim]
         return c_proj.Forward(z.reshape(b, t, _d));
     }
 }
@@ -348,15 +313,14 @@ public sealed class Gpt2Block : nn.Module
         RegisterComponents();
     }
 
-    // names: resid_pre, attn.hook_z, attn_out, resid_mid, mlp.hook_pre, mlp.hook_post, mlp_out, resid_post
-    public Tensor Forward(Tensor x, Tensor? mask, bool causal, KvCache? cache, int layer, HookPoints hooks, string[] n, int past, Tensor? am)
+    public Tensor Forward(Tensor x, BlockForwardContext f, BlockHookNames n)
     {
-        x = hooks.Run(n[0], x, past, am);
-        var a = hooks.Run(n[2], attn.Forward(ln_1.forward(x), mask, causal, cache, layer, hooks, n[1], past, am), past, am);
-        x = hooks.Run(n[3], x + a, past, am);
-        var pre = hooks.Run(n[4], mlp.c_fc.Forward(ln_2.forward(x)), past, am);
-        var post = hooks.Run(n[5], mlp.Activation(pre), past, am);
-        var m = hooks.Run(n[6], mlp.c_proj.Forward(post), past, am);
-        return hooks.Run(n[7], x + m, past, am);
+        x = f.Run(n.ResidPre, x);
+        var a = f.Run(n.AttnOut, attn.Forward(ln_1.forward(x), f, n.Layer, n.AttnZ));
+        x = f.Run(n.ResidMid, x + a);
+        var pre = f.Run(n.MlpPre, mlp.c_fc.Forward(ln_2.forward(x)));
+        var post = f.Run(n.MlpPost, mlp.Activation(pre));
+        var m = f.Run(n.MlpOut, mlp.c_proj.Forward(post));
+        return f.Run(n.ResidPost, x + m);
     }
 }

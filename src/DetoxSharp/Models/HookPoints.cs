@@ -81,17 +81,35 @@ public sealed class HookPoints
     /// <summary>The standard names for a decoder-only transformer with <paramref name="layers"/> blocks.</summary>
     public static IEnumerable<string> StandardNames(int layers)
     {
-        yield return "hook_embed";
-        yield return "hook_pos_embed";
+        yield return HookNames.Embed;
+        yield return HookNames.PosEmbed;
         for (int l = 0; l < layers; l++)
             foreach (var n in BlockNames(l)) yield return n;
-        yield return "ln_final.hook_normalized";
+        yield return HookNames.FinalNorm;
     }
 
     public static string[] BlockNames(int l) =>
     [
-        $"blocks.{l}.hook_resid_pre", $"blocks.{l}.attn.hook_z", $"blocks.{l}.hook_attn_out",
-        $"blocks.{l}.hook_resid_mid", $"blocks.{l}.mlp.hook_pre", $"blocks.{l}.mlp.hook_post",
-        $"blocks.{l}.hook_mlp_out", $"blocks.{l}.hook_resid_post",
+        HookNames.ResidPre(l), HookNames.AttnZ(l), HookNames.AttnOut(l), HookNames.ResidMid(l),
+        HookNames.MlpPre(l), HookNames.MlpPost(l), HookNames.MlpOut(l), HookNames.ResidPost(l),
     ];
+}
+
+/// <summary>The hook names of block <c>l</c>, TransformerLens style — the one place they are spelled.</summary>
+public static class HookNames
+{
+    public const string Embed = "hook_embed";
+    public const string PosEmbed = "hook_pos_embed";
+    public const string FinalNorm = "ln_final.hook_normalized";
+    public static string ResidPre(int l) => $"blocks.{l}.hook_resid_pre";
+    /// <summary>Per-head attention output before the output projection.</summary>
+    public static string AttnZ(int l) => $"blocks.{l}.attn.hook_z";
+    public static string AttnOut(int l) => $"blocks.{l}.hook_attn_out";
+    public static string ResidMid(int l) => $"blocks.{l}.hook_resid_mid";
+    /// <summary>MLP pre-activation (keys · x).</summary>
+    public static string MlpPre(int l) => $"blocks.{l}.mlp.hook_pre";
+    /// <summary>MLP activation (the coefficients of the value vectors).</summary>
+    public static string MlpPost(int l) => $"blocks.{l}.mlp.hook_post";
+    public static string MlpOut(int l) => $"blocks.{l}.hook_mlp_out";
+    public static string ResidPost(int l) => $"blocks.{l}.hook_resid_post";
 }

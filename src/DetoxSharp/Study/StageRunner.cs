@@ -19,6 +19,8 @@ public sealed class StageContext
     public CancellationToken Cancellation { get; init; }
     /// <summary>Fraction done in [0,1] and a short note; the CLI shows it next to the stage.</summary>
     public Action<double, string>? Report { get; init; }
+    /// <summary>Where stages load and run models (null = CPU). Not part of any stage's settings hash.</summary>
+    public TorchSharp.torch.Device? Device { get; init; }
 
     public string Input(string stage) => Inputs.TryGetValue(stage, out var d) ? d
         : throw new InvalidOperationException($"stage '{Name}' did not declare '{stage}' as an input");
@@ -92,6 +94,8 @@ public sealed record RunSummary(IReadOnlyList<string> Ran, IReadOnlyList<string>
 public sealed class StageRunner
 {
     readonly string _runDir;
+    /// <summary>Handed to every stage as <see cref="StageContext.Device"/>.</summary>
+    public TorchSharp.torch.Device? Device { get; init; }
     readonly StageDurations _durations;
 
     public StageRunner(string runDir, StageDurations? durations = null)
@@ -144,7 +148,7 @@ public sealed class StageRunner
             var ctx = new StageContext
             {
                 Name = s.Name, OutputDir = tmp, RunDir = _runDir, Settings = (JsonObject)s.Settings.DeepClone(),
-                Inputs = s.DependsOn.ToDictionary(d => d, d => StageDir(_runDir, d)), Cancellation = ct,
+                Inputs = s.DependsOn.ToDictionary(d => d, d => StageDir(_runDir, d)), Cancellation = ct, Device = Device,
                 Report = (f, note) => progress?.Report(new StageEvent(StageEventKind.Progress, s.Name, i, stages.Count, run.Elapsed,
                     sw.Elapsed, TimeSpan.FromSeconds(CurrentRemaining(s, sw.Elapsed.TotalSeconds, f) + stages.Where(x => pending.Contains(x.Name) && x.Name != s.Name).Sum(x => _durations.Estimate(x))), f, note)),
             };

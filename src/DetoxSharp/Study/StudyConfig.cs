@@ -59,19 +59,52 @@ public sealed class StudyConfig
         return Parse(r.ReadToEnd());
     }
 
-    /// <summary>For a checkpoint study: every data path must exist (a placeholder left as "FILL-IN: …" is named).</summary>
+    /// <summary>Checks the whole config before any stage runs: every section (with and without its "quick" overrides,
+    /// every sweep point of dpo/adpo) deserializes into its typed section with no unknown key, and the options records
+    /// it maps onto accept its values; for a checkpoint study every data path exists. Errors name
+    /// <paramref name="source"/> and the key path ("configs/toy.json: dpo.betta: unknown key").</summary>
     public void Validate(string source)
     {
         Findings.Validate(source);
-        if (Model == "toy") return;
-        if (Model != "checkpoint") throw new InvalidInputException($"{source}: \"model\" must be \"toy\" or \"checkpoint\", not \"{Model}\"");
-        foreach (var (k, v) in Data)
+        if (Model is not ("toy" or "checkpoint")) throw new InvalidInputException($"{source}: \"model\" must be \"toy\" or \"checkpoint\", not \"{Model}\"");
+        foreach (var quick in new[] { false, true })
         {
-            var p = v is JsonValue jv && jv.TryGetValue<string>(out var str) ? str : null;
-            if (p is null) throw new InvalidInputException($"{source}: data.{k} must be a path string");
-            if (p.StartsWith("FILL-IN", StringComparison.Ordinal)) throw new InvalidInputException($"{source}: data.{k} is still a placeholder ({p})");
-            if (!File.Exists(p) && !Directory.Exists(p)) throw new InvalidInputException($"{source}: data.{k}: {p}: no such file or directory");
+            var c = WithQuick(quick);
+            var data = StudySections.Read<DataSection>(c.Section(Data), "data", source);
+            c.Typed<WorldSection>(World, "world", source, w => _ = w.SizeOrDefault);
+            var pretrain = StudySections.Read<DetoxSharp.Training.ToyPretrainOptions>(c.Section(Pretrain), "pretrain", source);
+            c.Typed<ProbeSection>(Probe, "probe", source, p => p.ToOptions().Validate());
+            c.Typed<DetoxSharp.Interpretability.ToxicVectors.Options>(Vectors, "vectors", source, v => v.Validate());
+            c.Typed<InterventionsSection>(Interventions, "interventions", source, _ => { });
+            c.Typed<DetoxSharp.Training.SftOptions>(ToxicModel, "toxic_model", source, t => t.Validate());
+            c.Typed<PairsSection>(Pairs, "pairs", source, p => { p.Validate(); _ = p.ToOptions(); });
+            var scorer = StudySections.Read<ScorerSection>(Scorer, "scorer", source);
+            StudySections.Check(source, "scorer", scorer.Validate);
+            c.Typed<EvaluationSection>(Evaluation, "evaluation", source, e => { e.Validate(); e.ToOptions(scorer).Validate(); e.ToDiffOptions().Validate(); });
+            c.Typed<UnalignSection>(Unalign, "unalign", source, u => u.ToOptions().Validate());
+            foreach (var (method, section) in new[] { ("dpo", Dpo), ("adpo", Adpo) })
+                foreach (var point in Sweep.Expand(c.Section(section)))
+                {
+                    var typed = StudySections.Read<PreferenceSection>(point.Settings, method, source);
+                    StudySections.Check(source, method, () => typed.ToOptions(method).Validate());
+                }
+            if (Model == "checkpoint" && !quick)
+            {
+                foreach (var (k, p) in data.Files().Prepend(("base_model", data.BaseModel)))
+                {
+                    if (p is null) throw new InvalidInputException($"{source}: data.{k} is required when \"model\" is \"checkpoint\"");
+                    if (p.StartsWith("FILL-IN", StringComparison.Ordinal)) throw new InvalidInputException($"{source}: data.{k} is still a placeholder ({p})");
+                    if (!File.Exists(p) && !Directory.Exists(p)) throw new InvalidInputException($"{source}: data.{k}: {p}: no such file or directory");
+                }
+            }
+            _ = pretrain;
         }
+    }
+
+    void Typed<T>(JsonObject section, string path, string source, Action<T> validate)
+    {
+        var t = StudySections.Read<T>(Section(section), path, source);
+        StudySections.Check(source, path, () => validate(t));
     }
 
     public static StudyConfig Parse(string json) => JsonSerializer.Deserialize<StudyConfig>(json, Opts)!;

@@ -22,8 +22,9 @@ public sealed record StudyStageFunctions
     public Action<StageContext>? EvaluateModel { get; init; }
     public Action<StageContext>? Diff { get; init; }
     public Action<StageContext>? Unalign { get; init; }
-    /// <summary>Builds the report; defaults to <see cref="Reporting.StudyReport.Write"/>.</summary>
-    public Action<StageContext>? Report { get; init; } = Reporting.StudyReport.Write;
+    /// <summary>Builds the report (the CLI wires Reporting.StudyReport.Write: the report reads the study's layout, so the
+    /// study does not depend on the report).</summary>
+    public Action<StageContext>? Report { get; init; }
 }
 
 /// <summary>A trained model of the study: method, sweep point and seed, and the names of its stages.</summary>
@@ -59,14 +60,17 @@ public static class StudyPipeline
     {
         JsonObject S(params (string k, JsonNode? v)[] kv)
         {
-            var o = new JsonObject { ["model"] = c.Model, ["quick"] = c.Quick };
+            // only what the stage reads decides its hash: sections have their "quick" overrides applied already,
+            // so --quick itself is not a setting (a quick and a full run share the stages whose settings agree)
+            var o = new JsonObject { ["model"] = c.Model };
             foreach (var (k, v) in kv) o[k] = v?.DeepClone();
             return o;
         }
         var st = new List<StageDefinition>
         {
             new("world", S(("data", c.Data), ("world", c.Section(c.World))), [], f.World),
-            new("pretrain", S(("pretrain", c.Section(c.Pretrain))), ["world"], f.Pretrain),
+            // pretrain reads the world's size (toy) or data.base_model (checkpoint)
+            new("pretrain", S(("data", c.Data), ("world", c.Section(c.World)), ("pretrain", c.Section(c.Pretrain))), ["world"], f.Pretrain),
             new("probe", S(("probe", c.Section(c.Probe))), ["world", "pretrain"], f.Probe),
             new("vectors", S(("vectors", c.Section(c.Vectors))), ["world", "pretrain", "probe"], f.Vectors),
             new("interventions", S(("interventions", c.Section(c.Interventions))), ["world", "pretrain", "probe", "vectors"], f.Interventions),
@@ -85,7 +89,7 @@ public static class StudyPipeline
             string[] start = r.Method == "adpo" ? ["toxic-model"] : [];
             st.Add(new(r.EvaluateStage, S(("row", RowName(r.Method)), ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer)),
                 ["world", "pretrain", r.TrainStage], f.EvaluateModel));
-            st.Add(new(r.DiffStage, S(("method", r.Method), ("evaluation", c.Section(c.Evaluation))), ["world", "pretrain", .. start, "probe", "vectors", r.TrainStage], f.Diff));
+            st.Add(new(r.DiffStage, S(("method", r.Method), ("evaluation", DiffSettings(c.Section(c.Evaluation)))), ["world", "pretrain", .. start, "probe", "vectors", r.TrainStage], f.Diff));
             var startEval = StartEvaluation(r.Method);
             st.Add(new(r.UnalignStage, S(("row", "Un-aligned " + RowName(r.Method)), ("unalign", c.Section(c.Unalign)),
                 ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer), ("start_evaluation", startEval)),
@@ -101,6 +105,16 @@ public static class StudyPipeline
     /// <summary>The evaluation of the model a method starts from: its toxicity is what alignment lowers and un-aligning
     /// should restore (DPO: the pretrained model; ADPO: the SFT model).</summary>
     public static string StartEvaluation(string method) => method == "adpo" ? SftEvaluation : "evaluate/base";
+
+    /// <summary>The evaluation keys the diff stage reads (its prompts and token limits), so that e.g. the number of
+    /// example continuations in the report does not rerun every diff.</summary>
+    static JsonObject DiffSettings(JsonObject evaluation)
+    {
+        var o = new JsonObject();
+        foreach (var k in new[] { "challenge_prompts", "max_prompt_tokens", "max_new_tokens" })
+            if (evaluation[k] is JsonNode v) o[k] = v.DeepClone();
+        return o;
+    }
 
     public static string RowName(string method) => method == "dpo" ? "DPO" : method == "adpo" ? "ADPO" : method;
 }

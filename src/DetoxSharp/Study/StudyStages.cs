@@ -52,10 +52,9 @@ public static class StudyStages
     static JsonObject Section(StageContext c, string name) => c.Settings[name] as JsonObject ?? new JsonObject();
     static bool IsToy(StageContext c) => (c.Settings["model"]?.GetValue<string>() ?? "toy") == "toy";
 
-    static double D(JsonObject s, string key, double dflt) => s[key] is JsonValue v && v.TryGetValue<double>(out var d) ? d : dflt;
-    static int I(JsonObject s, string key, int dflt) => s[key] is JsonValue v && v.TryGetValue<int>(out var i) ? i : (s[key] is JsonValue w && w.TryGetValue<double>(out var d) ? (int)d : dflt);
-    static string S(JsonObject s, string key, string dflt) => s[key] is JsonValue v && v.TryGetValue<string>(out var x) ? x : dflt;
-    static bool B(JsonObject s, string key, bool dflt) => s[key] is JsonValue v && v.TryGetValue<bool>(out var b) ? b : dflt;
+    /// <summary>A section of this stage's settings as its typed record (<see cref="StudySections"/>); the config was
+    /// checked as a whole before the study started, so this only fails on a hand-edited manifest.</summary>
+    static T Read<T>(StageContext c, string name) => StudySections.Read<T>(Section(c, name), name);
 
     static void WriteJson(string path, JsonNode node) => AtomicFile.WriteAllText(path, node.ToJsonString(Indented) + "\n");
     static JsonObject ReadJson(string path) => JsonNode.Parse(File.ReadAllText(path))!.AsObject();
@@ -79,7 +78,7 @@ public static class StudyStages
 
     static string BaseModelDir(StageContext c) => ModelDirOf(c, "pretrain");
 
-    static LoadedModel Load(string dir) => HfCheckpoint.Load(dir);
+    static LoadedModel Load(StageContext c, string dir) => HfCheckpoint.Load(dir, new LoadOptions { Device = c.Device });
 
     // ---------- stages ----------
 
@@ -90,9 +89,8 @@ public static class StudyStages
         int? flipped = null;
         if (IsToy(c))
         {
-            var w = Section(c, "world");
-            var paths = ToyWorldFiles.Write(Path.Combine(c.OutputDir, "world"), (ulong)I(w, "seed", 0),
-                ToyWorldFiles.ParseSize(S(w, "size", "default")));
+            var w = Read<WorldSection>(c, "world");
+            var paths = ToyWorldFiles.Write(Path.Combine(c.OutputDir, "world"), w.SeedOrDefault, w.SizeOrDefault);
             files = new JsonObject
             {
                 ["comments"] = paths.Comments, ["challenge_prompts"] = paths.ChallengePrompts, ["neutral_prompts"] = paths.NeutralPrompts,
@@ -110,11 +108,10 @@ public static class StudyStages
         }
         else
         {
-            var d = c.Settings["data"] as JsonObject ?? throw new InvalidInputException("config: \"data\" section is required when \"model\" is \"checkpoint\"");
+            var d = Read<DataSection>(c, "data");
             files = new JsonObject();
-            foreach (var key in new[] { "comments", "challenge_prompts", "perplexity_text", "f1_prompts", "preference_prompts", "dialogues", "toxic_words" })
+            foreach (var (key, p) in d.Files().Append(("toxic_words", d.ToxicWords)))
             {
-                var p = d[key]?.GetValue<string>();
                 if (p is null && key == "toxic_words") continue; // optional: without it finding (b) is "not measured"
                 if (p is null) throw new InvalidInputException($"config: data.{key} is required");
                 if (!File.Exists(p)) throw new InvalidInputException($"config: data.{key}: {p}: file not found");
@@ -147,22 +144,7 @@ public static class StudyStages
         string modelDir;
         if (IsToy(c))
         {
-            var p = Section(c, "pretrain");
-            var w = Section(c, "world");
-            var d = new ToyPretrainOptions();
-            var o = d with
-            {
-                Seed = (ulong)I(p, "seed", (int)d.Seed),
-                Size = ToyWorldFiles.ParseSize(S(w, "size", "default")),
-                Layers = I(p, "layers", d.Layers),
-                DModel = I(p, "d_model", d.DModel),
-                Heads = I(p, "heads", d.Heads),
-                Context = I(p, "context", d.Context),
-                BatchSize = I(p, "batch_size", d.BatchSize),
-                LearningRate = D(p, "learning_rate", d.LearningRate),
-                Epochs = D(p, "epochs", d.Epochs),
-                MaxSteps = p["max_steps"] is null ? d.MaxSteps : I(p, "max_steps", 1),
-            };
+            var o = Read<ToyPretrainOptions>(c, "pretrain") with { Size = Read<WorldSection>(c, "world").SizeOrDefault, Device = c.Device };
             var summary = ToyPretraining.Run(c.OutputDir, o,
                 new Progress<SftProgress>(sp => c.Report?.Invoke(sp.Step / (double)Math.Max(1, sp.TotalSteps), $"step {sp.Step}/{sp.TotalSteps}")));
             WriteJson(Path.Combine(c.OutputDir, "pretrain.json"), summary);
@@ -170,22 +152,21 @@ public static class StudyStages
         }
         else
         {
-            var d = c.Settings["data"] as JsonObject;
-            modelDir = Path.GetFullPath(d?["base_model"]?.GetValue<string>() ?? throw new InvalidInputException("config: data.base_model is required"));
-            using var m = Load(modelDir); // validates the checkpoint now rather than stages later
+            modelDir = Path.GetFullPath(Read<DataSection>(c, "data").BaseModel ?? throw new InvalidInputException("config: data.base_model is required"));
+            using var m = Load(c, modelDir); // validates the checkpoint now rather than stages later
         }
         AtomicFile.WriteAllText(Path.Combine(c.OutputDir, "model_dir.txt"), modelDir);
     }
 
     static void Probe(StageContext c)
     {
-        var s = Section(c, "probe");
+        var probeSection = Read<ProbeSection>(c, "probe");
+        var opts = probeSection.ToOptions();
         var files = Files(c);
-        using var m = Load(BaseModelDir(c));
+        using var m = Load(c, BaseModelDir(c));
         var comments = DatasetReaders.ReadJigsawCsv(files.Comments);
-        var opts = new ProbeOptions { Seed = I(s, "seed", 0), ValidationFraction = 1 - D(s, "split", 0.9), Steps = I(s, "steps", 500) };
         opts.Validate();
-        int splits = I(s, "split_seeds", 3);
+        int splits = probeSection.SplitSeeds;
         if (splits < 1) throw new InvalidInputException($"config: probe.split_seeds must be ≥ 1, got {splits}");
         // Features once (the expensive part); then one probe and one bag-of-words baseline per split seed, both on the
         // same split. The probe of the first seed is the one the later stages use.
@@ -202,7 +183,7 @@ public static class StudyStages
             var xTr = x.index_select(0, torch.tensor(tr.Select(i => (long)i).ToArray()));
             var xVal = x.index_select(0, torch.tensor(val.Select(i => (long)i).ToArray()));
             bool[] yTr = tr.Select(i => comments[i].Toxic).ToArray(), yVal = val.Select(i => comments[i].Toxic).ToArray();
-            var (probe, loss) = ToxicityProbe.Fit(xTr, yTr, opts.Steps, opts.LearningRate, opts.L2, seed);
+            var (probe, loss) = ToxicityProbe.Fit(xTr, yTr, opts.MaxSteps, opts.LearningRate, opts.L2, seed);
             using (probe)
             {
                 double acc = probe.Accuracy(xVal, yVal);
@@ -229,16 +210,11 @@ public static class StudyStages
 
     static void Vectors(StageContext c)
     {
-        var s = Section(c, "vectors");
-        using var m = Load(BaseModelDir(c));
+        var s = Read<ToxicVectors.Options>(c, "vectors");
+        using var m = Load(c, BaseModelDir(c));
         using var probe = ToxicityProbe.Load(c.Input("probe"));
-        var opts = new ToxicVectors.Options
-        {
-            PerLayer = I(s, "top_per_layer", 100),
-            SvdVectors = Math.Min(I(s, "svd_vectors", 128), m.Model.NumLayers * I(s, "top_per_layer", 100)),
-            TopTokens = I(s, "top_tokens", 10),
-            Report = I(s, "table_rows", 10),
-        };
+        // a small model has fewer than svd_vectors candidates: stack all of them
+        var opts = s with { SvdVectors = Math.Min(s.SvdVectors, m.Model.NumLayers * s.PerLayer) };
         var json = ToxicVectors.Analyze(m.Model, m.Tokenizer, probe, opts, c.OutputDir);
         var words = Files(c).ToxicWords is string wf ? ToxicWordList.Load(wf) : null;
         // Table 1 in the report's shape
@@ -275,18 +251,18 @@ public static class StudyStages
     /// (the paper's raw scales fit GPT-2 medium's residual norms, not a small toy model's).</summary>
     static void Interventions(StageContext c)
     {
-        var s = Section(c, "interventions");
-        using var m = Load(BaseModelDir(c));
+        var s = Read<InterventionsSection>(c, "interventions");
+        using var m = Load(c, BaseModelDir(c));
         var vecs = Safetensors.Load(Path.Combine(c.Input("vectors"), ToxicVectors.TensorFile));
         try
         {
             var entries = new (string Row, Tensor Vector, double Scale)[]
             {
-                (RunLayout.BaseRows[1], vecs["w_toxic"], D(s, "probe_scale", 50)),
-                (RunLayout.BaseRows[2], vecs["top_vectors"][0], D(s, "top_vector_scale", 20)),
-                (RunLayout.BaseRows[3], vecs["svd_u"][0], D(s, "svd_scale", 100)),
+                (RunLayout.BaseRows[1], vecs["w_toxic"], s.ProbeScale),
+                (RunLayout.BaseRows[2], vecs["top_vectors"][0], s.TopVectorScale),
+                (RunLayout.BaseRows[3], vecs["svd_u"][0], s.SvdScale),
             };
-            bool relative = B(s, "relative", false);
+            bool relative = s.Relative;
             double refNorm = relative ? MeanMlpOutNorm(m, Files(c).Challenge, 64) : 1;
             var tensors = new Dictionary<string, Tensor>();
             var list = new JsonArray();
@@ -300,7 +276,7 @@ public static class StudyStages
                 {
                     ["row"] = row, ["tensor"] = $"edit{i}", ["alpha"] = alpha, ["vector_norm"] = norm,
                     ["configured_scale"] = scale, ["relative"] = relative, ["reference_norm"] = relative ? refNorm : null,
-                    ["layer"] = m.Model.NumLayers - 1, ["hook"] = $"blocks.{m.Model.NumLayers - 1}.hook_mlp_out",
+                    ["layer"] = m.Model.NumLayers - 1, ["hook"] = HookNames.MlpOut(m.Model.NumLayers - 1),
                 });
             }
             Safetensors.Save(Path.Combine(c.OutputDir, "edits.safetensors"), tensors);
@@ -312,7 +288,7 @@ public static class StudyStages
     static double MeanMlpOutNorm(LoadedModel m, string promptsFile, int count)
     {
         var prompts = EvalHarness.ReadPrompts(promptsFile, false, count);
-        var hook = $"blocks.{m.Model.NumLayers - 1}.hook_mlp_out";
+        var hook = HookNames.MlpOut(m.Model.NumLayers - 1);
         double sum = 0; long n = 0;
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
@@ -346,42 +322,25 @@ public static class StudyStages
         return result;
     }
 
+    static ScorerSection ScorerSettings(StageContext c) => StudySections.Read<ScorerSection>(c.Settings["scorer"] as JsonObject ?? new JsonObject(), "scorer");
+
     /// <summary>The evaluation scorer the config names. Only stages whose settings carry the "scorer" section (the
     /// evaluation stages) can build it: a stage without it — pair construction — fails loudly instead of scoring.</summary>
     static IToxicityScorer Scorer(StageContext c)
     {
-        var s = c.Settings["scorer"] as JsonObject
-            ?? throw new InvalidOperationException($"stage '{c.Name}' has no \"scorer\" setting: only evaluation stages may score text");
-        var kind = S(s, "kind", "toy-lexicon");
-        string spec = kind switch
-        {
-            "toy-lexicon" or "toy" => "toy",
-            "perspective" => "perspective",
-            "classifier" => "classifier:" + S(s, "directory", ""),
-            _ => throw new InvalidInputException($"config: scorer.kind '{kind}' (expected toy-lexicon, perspective or classifier)"),
-        };
-        return ScorerFactory.CreateValidated(spec);
+        if (c.Settings["scorer"] is not JsonObject)
+            throw new InvalidOperationException($"stage '{c.Name}' has no \"scorer\" setting: only evaluation stages may score text");
+        var s = ScorerSettings(c);
+        return ScorerFactory.CreateValidated(s.Spec, s.ToSettings());
     }
 
-    static EvalOptions EvalOpts(StageContext c, bool withLimit = true)
-    {
-        var s = Section(c, "evaluation");
-        return new EvalOptions
-        {
-            PromptTokens = I(s, "prompt_tokens", 32),
-            NewTokens = I(s, "new_tokens", 20),
-            PplWindow = s["perplexity_window"] is null ? null : I(s, "perplexity_window", 1024),
-            Limit = withLimit ? ChallengeCount(c) : null,
-        };
-    }
+    static EvalOptions EvalOpts(StageContext c) => Read<EvaluationSection>(c, "evaluation").ToOptions(ScorerSettings(c)) with { Limit = ChallengeCount(c) };
 
     /// <summary>The challenge prompts evaluated: evaluation.challenge_prompts, capped at what the file holds (the cap is
     /// stated in <see cref="CapNote"/>, which the evaluation stages put into the report as a notice).</summary>
     static int? ChallengeCount(StageContext c)
     {
-        var s = Section(c, "evaluation");
-        if (s["challenge_prompts"] is null) return null;
-        int asked = I(s, "challenge_prompts", 0);
+        if (Read<EvaluationSection>(c, "evaluation").ChallengePrompts is not int asked) return null;
         if (asked < 1) throw new InvalidInputException($"config: evaluation.challenge_prompts must be ≥ 1, got {asked}");
         return Math.Min(asked, AvailablePrompts(Files(c).Challenge));
     }
@@ -390,9 +349,8 @@ public static class StudyStages
 
     static string? CapNote(StageContext c)
     {
-        var s = Section(c, "evaluation");
-        if (s["challenge_prompts"] is null) return null;
-        int asked = I(s, "challenge_prompts", 0), have = AvailablePrompts(Files(c).Challenge);
+        if (Read<EvaluationSection>(c, "evaluation").ChallengePrompts is not int asked) return null;
+        int have = AvailablePrompts(Files(c).Challenge);
         return asked > have ? $"evaluation.challenge_prompts asks for {asked} challenge prompts; the data have {have}, so {have} were used." : null;
     }
 
@@ -404,7 +362,7 @@ public static class StudyStages
         using var scorer = scorerOf(c);
         var data = toxicityOnly ? new EvalData(files.Challenge, null, null) : new EvalData(files.Challenge, files.PerplexityText, files.F1);
         var outDir = Path.Combine(c.OutputDir, subdir);
-        var rows = EvalHarness.Run([new EvalModel(modelRow, () => Load(modelDir))], edits, scorer, data, EvalOpts(c), outDir,
+        var rows = EvalHarness.Run([new EvalModel(modelRow, () => Load(c, modelDir))], edits, scorer, data, EvalOpts(c), outDir,
             new Progress<EvalProgress>(p => c.Report?.Invoke(p.Total == 0 ? 0 : p.Done / (double)p.Total, $"{p.Row}: {p.Stage}")));
         string Name(string r) => rename != null && rename.TryGetValue(r, out var n) ? n : r;
         if (toxicityOnly) return rows;
@@ -419,7 +377,7 @@ public static class StudyStages
             ["challenge_prompts_available"] = AvailablePrompts(files.Challenge),
         });
         if (CapNote(c) is string note) AtomicFile.WriteAllText(Path.Combine(c.OutputDir, "NOTICE.txt"), note);
-        int examples = I(Section(c, "evaluation"), "examples", 8);
+        int examples = Read<EvaluationSection>(c, "evaluation").Examples;
         var perRow = new Dictionary<string, int>();
         var lines = new List<JsonObject>();
         foreach (var l in File.ReadLines(Path.Combine(outDir, "generations.jsonl")))
@@ -462,32 +420,14 @@ public static class StudyStages
 
     static void Train(StageContext c)
     {
-        var t = c.Settings["training"] as JsonObject ?? new JsonObject();
         var method = c.Settings["method"]!.GetValue<string>();
+        var t = StudySections.Read<PreferenceSection>(c.Settings["training"] as JsonObject ?? new JsonObject(), method);
         int seed = c.Settings["seed"]?.GetValue<int>() ?? 0;
         var pairsFile = Path.Combine(c.Input("pairs"), method == "adpo" ? "triples.jsonl" : "pairs.jsonl");
         var data = PreferenceData.Read(pairsFile);
-        var opts = new PreferenceTrainerOptions
+        var opts = t.ToOptions(method) with
         {
-            Loss = new PreferenceLossOptions
-            {
-                Type = PreferenceLossOptions.ParseType(S(t, "loss_type", "sigmoid")),
-                Beta = D(t, "beta", 0.1),
-                Gamma = method == "adpo" ? D(t, "gamma", 0.1) : 0,
-                LabelSmoothing = D(t, "label_smoothing", 0),
-                RpoAlpha = D(t, "rpo_alpha", 0),
-            },
-            Optimizer = S(t, "optimizer", "rmsprop"),
-            LearningRate = D(t, "learning_rate", 1e-6),
-            BatchSize = I(t, "batch_size", 4),
-            GradientAccumulation = I(t, "gradient_accumulation", 1),
-            WarmupSteps = I(t, "warmup_steps", 150),
-            MaxGradNorm = D(t, "max_grad_norm", 10),
-            EvalEvery = I(t, "eval_every", 0),
-            Patience = I(t, "patience", 10),
-            Validation = I(t, "validation", Math.Min(64, data.Count / 10)),
-            MaxSteps = t["max_steps"] is null ? null : I(t, "max_steps", 1),
-            Epochs = I(t, "epochs", 1),
+            ValidationSize = t.ValidationSize ?? Math.Min(64, data.Count / 10),
             Seed = 1000 + seed,
             // one cache for all runs of the study: the reference and π_tox log-probs do not depend on the sweep point
             CacheDir = Path.Combine(c.RunDir, "cache", "logp"),
@@ -496,12 +436,12 @@ public static class StudyStages
         // Kim & Lee 2024: ADPO's policy and reference start from the SFT model, and π_tox is that same model reading
         // [TOXIC]; DPO (Lee et al. 2024) starts from the pretrained model.
         var startDir = ModelDirOf(c, StartStageOf(method));
-        using var policy = Load(startDir);
+        using var policy = Load(c, startDir);
         // the paper's limits (prompt ≤ 64, completion ≤ 64, total ≤ 256), shrunk to fit a smaller context
-        int total = Math.Min(I(t, "max_total_tokens", 256), policy.Model.MaxPositions);
-        int completion = Math.Min(I(t, "max_completion_tokens", 64), total / 3);
-        opts = opts with { Truncation = new TruncationOptions(Math.Min(I(t, "max_prompt_tokens", 64), total - completion), completion, total) };
-        LoadedModel? tox = method == "adpo" ? Load(startDir) : null;
+        int total = Math.Min(opts.Truncation.MaxLength, policy.Model.MaxPositions);
+        int completion = Math.Min(opts.Truncation.MaxCompletionTokens, total / 3);
+        opts = opts with { Truncation = new TruncationOptions(Math.Min(opts.Truncation.MaxPromptTokens, total - completion), completion, total) };
+        LoadedModel? tox = method == "adpo" ? Load(c, startDir) : null;
         try
         {
             var result = PreferenceTrainer.Train(policy.Model, policy.Tokenizer, data, c.OutputDir, opts, toxicModel: tox?.Model,
@@ -523,17 +463,17 @@ public static class StudyStages
     static void Diff(StageContext c)
     {
         var files = Files(c);
-        var eval = Section(c, "evaluation");
+        var eval = Read<EvaluationSection>(c, "evaluation");
         // "before" is the model the method started from (for ADPO the SFT model)
         var method = c.Settings["method"]?.GetValue<string>() ?? "dpo";
-        using var before = Load(ModelDirOf(c, StartStageOf(method)));
-        using var after = Load(TrainedModelDir(c, TrainStageOf(c)));
+        using var before = Load(c, ModelDirOf(c, StartStageOf(method)));
+        using var after = Load(c, TrainedModelDir(c, TrainStageOf(c)));
         using var probe = ToxicityProbe.Load(c.Input("probe"));
         var prompts = EvalHarness.ReadPrompts(files.Challenge, false, ChallengeCount(c)).Select(p => p.Text).ToList();
         var analysisDir = Path.Combine(c.OutputDir, "analysis");
         var toxicIds = files.ToxicWords is string wf ? ToxicWordList.Load(wf).TokenIds(before.Tokenizer) : null;
         var d = AlignmentDiff.Run(before.Model, after.Model, before.Tokenizer, probe, prompts,
-            new DiffOptions { MaxNewTokens = I(eval, "new_tokens", 20), MaxPromptTokens = I(eval, "prompt_tokens", 32), ToxicTokenIds = toxicIds }, analysisDir,
+            eval.ToDiffOptions() with { ToxicTokenIds = toxicIds }, analysisDir,
             new Progress<string>(s => c.Report?.Invoke(0, s)));
         var layers = d["layers"]!.AsArray();
         var acts = d["activations"]!.AsArray();
@@ -598,19 +538,19 @@ public static class StudyStages
 
     static void UnalignStage(StageContext c, Func<StageContext, IToxicityScorer> scorer)
     {
-        var s = Section(c, "unalign");
+        var s = Read<UnalignSection>(c, "unalign");
         var row = c.Settings["row"]!.GetValue<string>();
         var trainedDir = TrainedModelDir(c, TrainStageOf(c));
-        int k = I(s, "keys", 7);
-        double scale = D(s, "scale", 10);
+        var unalign = s.ToOptions();
+        double scale = unalign.Scale;
         var modelOut = Path.Combine(c.OutputDir, "model");
         JsonArray keys;
         int last;
-        using (var m = Load(trainedDir))
+        using (var m = Load(c, trainedDir))
         using (var probe = ToxicityProbe.Load(c.Input("probe")))
         {
             // the paper picks the vectors on the aligned model with the probe
-            var chosen = Unalign.ScaleToxicKeys(m.Model, probe.WToxic, k, scale);
+            var chosen = Unalign.ScaleToxicKeys(m.Model, probe.WToxic, unalign);
             keys = new JsonArray(chosen.Select(v => (JsonNode)JsonValue.Create($"L{v.Layer}.N{v.Neuron}")!).ToArray());
             HfCheckpoint.Save(m.Model, m.Tokenizer, modelOut, overwrite: true);
             last = m.Model.NumLayers - 1;
@@ -630,7 +570,7 @@ public static class StudyStages
         {
             var w = vecs["w_toxic"].to(ScalarType.Float32);
             var unit = (w / w.norm()).DetachFromDisposeScope();
-            var scales = (s["steering_scales"] as JsonArray)?.Select(x => x!.GetValue<double>()).Where(a => a > 0).ToList() ?? [1, 2, 4, 8, 16, 32];
+            var scales = s.SteeringScales.Where(a => a > 0).ToList();
             var edits = scales.Select(a => new EvalIntervention($"steer {a.ToString(CultureInfo.InvariantCulture)}",
                 _ => VectorIntervention.Add($"steer {a.ToString(CultureInfo.InvariantCulture)}", unit, a, last))).ToList();
             var r = Evaluate(c, scorer, trainedDir, "aligned", edits, toxicityOnly: true, subdir: "steering");
@@ -657,21 +597,13 @@ public static class StudyStages
     /// on the [TOXIC] control token placed after the prompt (the same place <see cref="PairMaker"/> puts it).</summary>
     static void TrainToxicModel(StageContext c)
     {
-        var s = Section(c, "toxic_model");
+        var options = Read<SftOptions>(c, "toxic_model");
         var files = Files(c);
         var control = ToxicModel.ControlToken;
-        using var m = Load(BaseModelDir(c));
+        using var m = Load(c, BaseModelDir(c));
         var (examples, toxicCount) = ToxicModel.ReadDialogues(files.Dialogues);
-        torch.manual_seed(I(s, "seed", 0));
-        var r = ToxicModel.Train(m.Model, m.Tokenizer, examples, new SftOptions
-        {
-            LearningRate = D(s, "learning_rate", 1e-3),
-            BatchSize = I(s, "batch_size", 16),
-            Epochs = D(s, "epochs", 1),
-            MaxSteps = s["max_steps"] is null ? null : I(s, "max_steps", 1),
-            WarmupSteps = I(s, "warmup_steps", 10),
-            Seed = (ulong)I(s, "seed", 0),
-        }, new Progress<SftProgress>(p => c.Report?.Invoke(p.Step / (double)Math.Max(1, p.TotalSteps), $"step {p.Step}/{p.TotalSteps} loss {p.Loss:F3}")), c.Cancellation);
+        torch.manual_seed((long)options.Seed);
+        var r = ToxicModel.Train(m.Model, m.Tokenizer, examples, options, new Progress<SftProgress>(p => c.Report?.Invoke(p.Step / (double)Math.Max(1, p.TotalSteps), $"step {p.Step}/{p.TotalSteps} loss {p.Loss:F3}")), c.Cancellation);
         HfCheckpoint.Save(m.Model, m.Tokenizer, Path.Combine(c.OutputDir, "model"), overwrite: true);
         AtomicFile.WriteAllText(Path.Combine(c.OutputDir, "model_dir.txt"), FinalPath(c, Path.Combine(c.OutputDir, "model")));
         WriteJson(Path.Combine(c.OutputDir, "toxic_model.json"), new JsonObject
@@ -690,21 +622,17 @@ public static class StudyStages
     /// </summary>
     static void Pairs(StageContext c)
     {
-        var s = Section(c, "pairs");
+        var s = Read<PairsSection>(c, "pairs");
         var files = Files(c);
-        int count = I(s, "count", 2048);
+        int count = s.Count;
         var all = JsonlReader.Read(files.PreferencePrompts).Select(l => l.String("prompt")).ToList();
         var prompts = all.Take(count).ToList();
-        using var m = Load(BaseModelDir(c));
-        using var tox = Load(ModelDirOf(c, "toxic-model"));
-        int newTokens = I(s, "new_tokens", 20);
-        var source = S(s, "rejected", "pplm");
+        using var m = Load(c, BaseModelDir(c));
+        using var tox = Load(c, ModelDirOf(c, "toxic-model"));
+        var source = s.Rejected;
         // the prompt keeps its last tokens so that prompt + continuation fit the model's context
-        var opts = new PairMakerOptions
-        {
-            MaxNewTokens = newTokens, Seed = I(s, "seed", 42),
-            MaxPromptTokens = Math.Min(new PairMakerOptions().MaxPromptTokens, m.Model.MaxPositions - newTokens - 1),
-        };
+        var opts = s.ToOptions();
+        opts = opts with { MaxPromptTokens = Math.Min(opts.MaxPromptTokens, m.Model.MaxPositions - opts.MaxNewTokens - 1) };
         PplmPairOptions? pplm = null;
         ToxicityProbe? probe = null;
         try
@@ -712,17 +640,9 @@ public static class StudyStages
             if (source == "pplm")
             {
                 probe = ToxicityProbe.Load(c.Input("probe"));
-                var d = new PplmOptions();
-                pplm = new PplmPairOptions(probe, d with
-                {
-                    StepSize = D(s, "pplm_step_size", d.StepSize), Iterations = I(s, "pplm_iterations", d.Iterations),
-                    KlScale = D(s, "pplm_kl_scale", d.KlScale), GmScale = D(s, "pplm_gm_scale", d.GmScale), TopK = I(s, "pplm_top_k", d.TopK),
-                    Seed = I(s, "seed", 42),
-                });
-                opts = opts with { BatchSize = I(s, "batch_size", 32) };
+                pplm = new PplmPairOptions(probe, s.ToPplmOptions());
+                opts = opts with { BatchSize = s.BatchSize };
             }
-            else if (source != "toxic-model")
-                throw new InvalidInputException($"config: pairs.rejected must be \"pplm\" (Lee et al.) or \"toxic-model\", got \"{source}\"");
             var warnings = new List<string>();
             var triples = PairMaker.Make(m.Model, m.Tokenizer, prompts, opts, tox.Model, tox.Tokenizer, triples: true,
                 progress: (done, total) => c.Report?.Invoke(done / (double)Math.Max(1, total), $"{done}/{total} prompts"), warn: warnings.Add, pplm: pplm);

@@ -16,11 +16,11 @@ public sealed record LrSchedule(double PeakLr, int WarmupSteps, int TotalSteps, 
         return PeakLr * (MinRatio + (1 - MinRatio) * factor);
     }
 
-    public static DecayKind ParseDecay(string s, string flag) => s switch
+    public static DecayKind ParseDecay(string s, string setting = "decay") => s switch
     {
         "constant" => DecayKind.Constant,
         "linear" => DecayKind.Linear,
         "cosine" => DecayKind.Cosine,
-        _ => throw new InvalidInputException($"{flag}: expected constant, linear or cosine, got '{s}'"),
+        _ => throw new InvalidSettingException(setting, $"expects constant, linear or cosine (got '{s}')"),
     };
 }

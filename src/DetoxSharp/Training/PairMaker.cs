@@ -11,12 +11,12 @@ using static TorchSharp.torch;
 namespace DetoxSharp.Training;
 
 /// <summary>Activation steering: add α·direction to a hook point's output at every position while generating.</summary>
-public sealed record SteeringOptions(string VectorFile, string? Key, double Scale, int Layer, string Hook = "resid_post")
+public sealed record SteeringOptions(string VectorFile, string? Key, double Scale, int Layer, string Hook)
 {
     public string HookName => Hook switch
     {
-        "resid_post" => $"blocks.{Layer}.hook_resid_post",
-        "mlp_out" => $"blocks.{Layer}.hook_mlp_out",
+        "resid_post" => HookNames.ResidPost(Layer),
+        "mlp_out" => HookNames.MlpOut(Layer),
         _ => throw new InvalidInputException($"--steer-hook: expected resid_post or mlp_out, got '{Hook}'"),
     };
 
@@ -41,11 +41,14 @@ public sealed record SteeringOptions(string VectorFile, string? Key, double Scal
 
 public sealed record PairMakerOptions
 {
+    [Setting("prompt limit in tokens (cut from the left)")]
     public int MaxPromptTokens { get; init; } = 64;
+    [Setting("tokens per continuation")]
     public int MaxNewTokens { get; init; } = 20;
     public int BatchSize { get; init; } = 16;
     /// <summary>Sampling temperature for the ADPO toxic response y_t (sampled so it differs from a greedy rejected).</summary>
     public double ToxicTemperature { get; init; } = 1.0;
+    [Setting("seed for sampling (y_t of triples, PPLM's rejected)")]
     public long Seed { get; init; } = 42;
 }
 

@@ -3,41 +3,51 @@ using static TorchSharp.torch;
 
 namespace DetoxSharp.Training;
 
-public enum PreferenceLossType { Sigmoid, Ipo, Hinge, Robust }
+/// <summary>The preference objective, chosen explicitly (never inferred from γ or from which log-probs exist):
+/// DPO's sigmoid loss (with ε: conservative DPO), IPO, hinge (SLiC), robust DPO, or ADPO (sigmoid DPO plus γ times
+/// the toxic penalty log π(y_t) − log π_tox(y_t); needs a toxic model and triples).</summary>
+public enum PreferenceMethod { Sigmoid, Ipo, Hinge, Robust, Adpo }
 
 /// <summary>Settings of the DPO-family losses (paper-facts §3–4).</summary>
 public sealed record PreferenceLossOptions
 {
-    public PreferenceLossType Type { get; init; } = PreferenceLossType.Sigmoid;
-    /// <summary>β, the KL strength.</summary>
+    [Setting("loss: sigmoid (DPO), ipo, hinge or robust; adpo = sigmoid DPO plus the toxic penalty")]
+    public PreferenceMethod Method { get; init; } = PreferenceMethod.Sigmoid;
+    [Setting("β (KL strength)")]
     public double Beta { get; init; } = 0.1;
-    /// <summary>ε for conservative DPO (sigmoid) and robust DPO.</summary>
+    [Setting("ε for conservative (sigmoid) / robust DPO")]
     public double LabelSmoothing { get; init; }
     /// <summary>α of the RPO term α·NLL(y_w) (per-token mean NLL of chosen); 0 = off.</summary>
+    [Setting("weight of the RPO NLL term on chosen (0 = off)")]
     public double RpoAlpha { get; init; }
-    /// <summary>γ of ADPO's toxic penalty (needs toxic log-probs; 0 = plain DPO).</summary>
-    public double Gamma { get; init; }
+    [Setting("γ, weight of ADPO's toxic penalty (used only by adpo)")]
+    public double Gamma { get; init; } = 0.1;
 
-    public static PreferenceLossType ParseType(string s) => s switch
+    public bool IsAdpo => Method == PreferenceMethod.Adpo;
+
+    /// <summary>The method's name as the CLI and configs spell it.</summary>
+    public static string Name(PreferenceMethod m) => m.ToString().ToLowerInvariant();
+
+    public static PreferenceMethod ParseMethod(string s, string setting = "method") => s switch
     {
-        "sigmoid" or "dpo" => PreferenceLossType.Sigmoid,
-        "ipo" => PreferenceLossType.Ipo,
-        "hinge" => PreferenceLossType.Hinge,
-        "robust" => PreferenceLossType.Robust,
-        _ => throw new InvalidInputException($"--loss: expected sigmoid, ipo, hinge or robust, got '{s}'"),
+        "sigmoid" or "dpo" => PreferenceMethod.Sigmoid,
+        "ipo" => PreferenceMethod.Ipo,
+        "hinge" => PreferenceMethod.Hinge,
+        "robust" => PreferenceMethod.Robust,
+        "adpo" => PreferenceMethod.Adpo,
+        _ => throw new InvalidSettingException(setting, $"expects sigmoid, ipo, hinge, robust or adpo (got '{s}')"),
     };
 
     public void Validate()
     {
-        if (!(Beta > 0) || double.IsInfinity(Beta)) throw new InvalidInputException($"--beta must be > 0 (got {Beta})");
-        if (LabelSmoothing < 0 || LabelSmoothing >= 0.5) throw new InvalidInputException($"--label-smoothing must be in [0, 0.5) (got {LabelSmoothing})");
-        if (RpoAlpha < 0) throw new InvalidInputException("--rpo-alpha must be ≥ 0");
-        if (Gamma < 0) throw new InvalidInputException("--gamma must be ≥ 0");
-        if (Gamma > 0 && Type != PreferenceLossType.Sigmoid) throw new InvalidInputException("--gamma (ADPO) requires --loss sigmoid");
+        InvalidSettingException.Require(Beta > 0 && !double.IsInfinity(Beta), "beta", $"must be > 0 (got {Beta})");
+        InvalidSettingException.Require(LabelSmoothing >= 0 && LabelSmoothing < 0.5, "label_smoothing", $"must be in [0, 0.5) (got {LabelSmoothing})");
+        InvalidSettingException.Require(RpoAlpha >= 0, "rpo_alpha", $"must be ≥ 0 (got {RpoAlpha})");
+        if (IsAdpo) InvalidSettingException.Require(Gamma > 0 && !double.IsInfinity(Gamma), "gamma", $"must be > 0 for adpo (got {Gamma}; γ = 0 is plain DPO)");
     }
 }
 
-/// <summary>Summed completion log-probs of a batch, [B] each. Toxic* only for ADPO; ChosenTokens only for RPO.</summary>
+/// <summary>Summed completion log-probs of a batch, [B] each. Toxic* only for ADPO (read only when the method is ADPO); ChosenTokens only for RPO.</summary>
 public sealed record PreferenceLogps(Tensor PolicyChosen, Tensor PolicyRejected, Tensor RefChosen, Tensor RefRejected,
     Tensor? PolicyToxic = null, Tensor? TauToxic = null, Tensor? ChosenTokens = null);
 
@@ -55,11 +65,12 @@ public static class PreferenceLoss
         double b = o.Beta, eps = o.LabelSmoothing;
         Tensor perExample;
         Tensor? toxicTerm = null;
-        switch (o.Type)
+        switch (o.Method)
         {
-            case PreferenceLossType.Sigmoid:
+            case PreferenceMethod.Sigmoid:
+            case PreferenceMethod.Adpo:
                 var z = b * delta;
-                if (o.Gamma > 0 || lp.PolicyToxic is not null && lp.TauToxic is not null)
+                if (o.IsAdpo)
                 {
                     if (lp.PolicyToxic is null || lp.TauToxic is null) throw new ArgumentException("ADPO needs PolicyToxic and TauToxic log-probs");
                     toxicTerm = lp.PolicyToxic - lp.TauToxic;
@@ -67,14 +78,14 @@ public static class PreferenceLoss
                 }
                 perExample = -(1 - eps) * torch.nn.functional.logsigmoid(z) - eps * torch.nn.functional.logsigmoid(-z);
                 break;
-            case PreferenceLossType.Robust:
+            case PreferenceMethod.Robust:
                 var zr = b * delta;
                 perExample = (-(1 - eps) * torch.nn.functional.logsigmoid(zr) + eps * torch.nn.functional.logsigmoid(-zr)) / (1 - 2 * eps);
                 break;
-            case PreferenceLossType.Ipo:
+            case PreferenceMethod.Ipo:
                 perExample = (delta - 1.0 / (2 * b)).pow(2);
                 break;
-            case PreferenceLossType.Hinge:
+            case PreferenceMethod.Hinge:
                 perExample = torch.nn.functional.relu(1 - b * delta);
                 break;
             default: throw new ArgumentOutOfRangeException(nameof(o));

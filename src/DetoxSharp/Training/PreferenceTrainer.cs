@@ -9,32 +9,46 @@ using static TorchSharp.torch;
 
 namespace DetoxSharp.Training;
 
-/// <summary>Preference-trainer settings (TRL-like names). Defaults = the paper's GPT-2 medium run.</summary>
+/// <summary>Preference-trainer settings (TRL-like names). Defaults = the paper's GPT-2 medium run; every default and
+/// range lives here (the CLI binds its flags to these properties, the study's dpo/adpo sections deserialize into them).</summary>
 public sealed record PreferenceTrainerOptions
 {
     public PreferenceLossOptions Loss { get; init; } = new();
     public TruncationOptions Truncation { get; init; } = new();
-    /// <summary>"rmsprop" (paper) or "adamw".</summary>
+    [Setting("rmsprop (paper) or adamw")]
     public string Optimizer { get; init; } = "rmsprop";
+    [Setting("peak learning rate")]
     public double LearningRate { get; init; } = 1e-6;
+    [Setting("weight decay")]
     public double WeightDecay { get; init; }
+    [Setting("pairs per micro-batch")]
     public int BatchSize { get; init; } = 4;
-    public int GradientAccumulation { get; init; } = 1;
+    [Setting("micro-batches per optimizer step")]
+    public int GradientAccumulationSteps { get; init; } = 1;
+    [Setting("linear warmup steps")]
     public int WarmupSteps { get; init; } = 150;
     /// <summary>Clip the global gradient norm to this (≤ 0: no clipping, norm still logged).</summary>
+    [Setting("gradient-norm clip (0 = off)")]
     public double MaxGradNorm { get; init; } = 10;
-    /// <summary>Evaluate on the validation set every this many training examples (0: only at the end).</summary>
+    /// <summary>Evaluate on the validation set every this many optimizer steps (0: only at the end).</summary>
+    [Setting("evaluate every N optimizer steps (0 = at the end only)")]
     public int EvalEvery { get; init; } = 0;
     /// <summary>Stop after this many evaluations without a lower validation loss (0: never).</summary>
+    [Setting("early stop after this many evaluations without improvement (0 = never)")]
     public int Patience { get; init; } = 10;
     /// <summary>Number of held-out validation examples (taken after the seeded shuffle).</summary>
-    public int Validation { get; init; } = 64;
+    [Setting("held-out validation pairs")]
+    public int ValidationSize { get; init; } = 64;
+    [Setting("passes over the training pairs")]
     public int Epochs { get; init; } = 1;
     /// <summary>Stop after this many optimizer steps (null: run the epochs).</summary>
+    [Setting("stop after this many optimizer steps")]
     public int? MaxSteps { get; init; }
+    [Setting("seed for shuffling and the validation split")]
     public int Seed { get; init; } = 42;
     /// <summary>Save a resumable checkpoint (out/checkpoint) every this many steps (0: only at the end / on cancel).</summary>
-    public int SaveEvery { get; init; } = 0;
+    [Setting("save a resumable checkpoint every N steps (0 = at the end)")]
+    public int CheckpointEvery { get; init; } = 0;
     /// <summary>Precompute reference (and π_tox) log-probs once and cache them on disk.</summary>
     public bool CacheReference { get; init; } = true;
     /// <summary>Where cached log-probs live (default: &lt;out&gt;/logp-cache).</summary>
@@ -50,15 +64,17 @@ public sealed record PreferenceTrainerOptions
     {
         Loss.Validate();
         Truncation.Validate();
-        if (Optimizer is not ("rmsprop" or "adamw")) throw new InvalidInputException($"--optimizer: expected rmsprop or adamw, got '{Optimizer}'");
-        if (!(LearningRate > 0)) throw new InvalidInputException("--lr must be > 0");
-        if (BatchSize < 1) throw new InvalidInputException("--batch-size must be ≥ 1");
-        if (GradientAccumulation < 1) throw new InvalidInputException("--grad-accum must be ≥ 1");
-        if (WarmupSteps < 0) throw new InvalidInputException("--warmup must be ≥ 0");
-        if (EvalEvery < 0) throw new InvalidInputException("--eval-every must be ≥ 0");
-        if (Patience < 0) throw new InvalidInputException("--patience must be ≥ 0");
-        if (Epochs < 1) throw new InvalidInputException("--epochs must be ≥ 1");
-        if (MaxSteps is < 1) throw new InvalidInputException("--max-steps must be ≥ 1");
+        InvalidSettingException.Require(Optimizer is "rmsprop" or "adamw", "optimizer", $"expects rmsprop or adamw (got '{Optimizer}')");
+        InvalidSettingException.Require(LearningRate > 0, "learning_rate", $"must be > 0 (got {LearningRate})");
+        InvalidSettingException.Require(BatchSize >= 1, "batch_size", $"must be ≥ 1 (got {BatchSize})");
+        InvalidSettingException.Require(GradientAccumulationSteps >= 1, "gradient_accumulation_steps", $"must be ≥ 1 (got {GradientAccumulationSteps})");
+        InvalidSettingException.Require(WarmupSteps >= 0, "warmup_steps", $"must be ≥ 0 (got {WarmupSteps})");
+        InvalidSettingException.Require(EvalEvery >= 0, "eval_every", $"must be ≥ 0 (got {EvalEvery})");
+        InvalidSettingException.Require(Patience >= 0, "patience", $"must be ≥ 0 (got {Patience})");
+        InvalidSettingException.Require(ValidationSize >= 0, "validation_size", $"must be ≥ 0 (got {ValidationSize})");
+        InvalidSettingException.Require(Epochs >= 1, "epochs", $"must be ≥ 1 (got {Epochs})");
+        InvalidSettingException.Require(MaxSteps is null or >= 1, "max_steps", $"must be ≥ 1 (got {MaxSteps})");
+        InvalidSettingException.Require(CheckpointEvery >= 0, "checkpoint_every", $"must be ≥ 0 (got {CheckpointEvery})");
     }
 }
 
@@ -83,11 +99,11 @@ public static class PreferenceTrainer
         var outTok = saveTokenizer ?? tokenizer;
         o.Validate();
         MixedPrecision.CheckModel(policy, o.Precision);
-        bool adpo = o.Loss.Gamma > 0;
+        bool adpo = o.Loss.IsAdpo;
         int? toxicId = null;
         if (adpo)
         {
-            if (toxicModel is null) throw new InvalidInputException("ADPO (--gamma > 0) needs --toxic-model");
+            if (toxicModel is null) throw new InvalidInputException("ADPO needs a toxic model (--toxic-model)");
             if (data.Any(e => e.Toxic is null)) throw new InvalidInputException("ADPO needs triples with a 'toxic' field in every record");
             toxicId = tokenizer.SpecialTokens.TryGetValue(ToxicModel.ControlToken, out var t) ? t
                 : throw new InvalidInputException($"the tokenizer has no {ToxicModel.ControlToken} token; use the toxic model's directory as --model or add it");
@@ -95,7 +111,7 @@ public static class PreferenceTrainer
         }
         // never exceed the model's context (π_tox's context is one token longer: the [TOXIC] token)
         int ctx = Math.Min(policy.MaxPositions, toxicModel?.MaxPositions ?? int.MaxValue) - (adpo ? 1 : 0);
-        var trunc = o.Truncation.MaxTotalTokens > ctx ? o.Truncation with { MaxTotalTokens = ctx } : o.Truncation;
+        var trunc = o.Truncation.MaxLength > ctx ? o.Truncation with { MaxLength = ctx } : o.Truncation;
         var all = data.Select(e => PreferenceData.Tokenize(e, tokenizer, trunc, toxicId)).ToList();
         foreach (var e in all)
             if (e.Prompt.Concat(e.Chosen).Concat(e.Rejected).Concat(e.Toxic ?? []).Any(id => id >= policy.VocabSize))
@@ -128,16 +144,16 @@ public static class PreferenceTrainer
         }
 
         var indices = Enumerable.Range(0, all.Count).ToList();
-        var (trainIdx, valIdx) = PreferenceData.Split(indices, o.Validation, o.Seed);
+        var (trainIdx, valIdx) = PreferenceData.Split(indices, o.ValidationSize, o.Seed);
         var micro = new List<int[]>();
         for (int e = 0; e < o.Epochs; e++)
         {
             var order = PreferenceData.Shuffle(trainIdx, o.Seed + 1 + e);
             for (int i = 0; i < order.Count; i += o.BatchSize) micro.Add(order.Skip(i).Take(o.BatchSize).ToArray());
         }
-        int totalSteps = micro.Count / o.GradientAccumulation;
+        int totalSteps = micro.Count / o.GradientAccumulationSteps;
         if (o.MaxSteps is int ms) totalSteps = Math.Min(totalSteps, ms);
-        if (totalSteps < 1) throw new InvalidInputException($"not enough training pairs ({trainIdx.Count}) for one step of {o.BatchSize}×{o.GradientAccumulation}");
+        if (totalSteps < 1) throw new InvalidInputException($"not enough training pairs ({trainIdx.Count}) for one step of {o.BatchSize}×{o.GradientAccumulationSteps}");
 
         var parameters = policy.Module.parameters().Where(p => p.requires_grad).ToList();
         TorchSharp.Modules.OptimizerHelper opt = o.Optimizer == "adamw"
@@ -145,7 +161,7 @@ public static class PreferenceTrainer
             : torch.optim.RMSProp(parameters, o.LearningRate, weight_decay: o.WeightDecay);
         var schedule = new LrSchedule(o.LearningRate, o.WarmupSteps, totalSteps);
 
-        int step = 0, examples = 0, bad = 0, nextEval = o.EvalEvery;
+        int step = 0, examples = 0, bad = 0;
         double? best = null;
         if (resumeDir is not null)
         {
@@ -153,7 +169,6 @@ public static class PreferenceTrainer
             step = st["step"]!.GetValue<int>();
             examples = st["examples"]!.GetValue<int>();
             bad = st["bad_evals"]!.GetValue<int>();
-            nextEval = st["next_eval"]!.GetValue<int>();
             best = st["best_val_loss"]?.GetValue<double>();
             if (st["total_steps"]!.GetValue<int>() != totalSteps) throw new InvalidInputException($"--resume {resumeDir}: checkpoint was made with {st["total_steps"]} total steps, this run has {totalSteps}; use the same data and options");
         }
@@ -163,7 +178,7 @@ public static class PreferenceTrainer
 
         JsonObject State() => new()
         {
-            ["step"] = step, ["examples"] = examples, ["bad_evals"] = bad, ["next_eval"] = nextEval,
+            ["step"] = step, ["examples"] = examples, ["bad_evals"] = bad,
             ["best_val_loss"] = best is double b ? b : null, ["total_steps"] = totalSteps, ["seed"] = o.Seed,
         };
 
@@ -251,10 +266,10 @@ public static class PreferenceTrainer
             opt.zero_grad();
             var acc = new Dictionary<string, double>();
             int n = 0;
-            for (int a = 0; a < o.GradientAccumulation; a++)
+            for (int a = 0; a < o.GradientAccumulationSteps; a++)
             {
                 using var inner = torch.NewDisposeScope();
-                var idx = micro[step * o.GradientAccumulation + a];
+                var idx = micro[step * o.GradientAccumulationSteps + a];
                 var (loss, m) = LossOf(idx, compute);
                 (loss * ((double)idx.Length)).backward(); // summed over examples; normalised below
                 mixed?.AccumulateGradients(); // bf16 grads → fp32 master grads, summed over micro-batches
@@ -279,12 +294,11 @@ public static class PreferenceTrainer
             rec["learning_rate"] = lr; shown["learning_rate"] = lr;
             metrics.Write(rec);
             progress?.Invoke(new PreferenceProgress(step, totalSteps, shown, "train"));
-            if (o.EvalEvery > 0 && examples >= nextEval)
+            if (o.EvalEvery > 0 && step % o.EvalEvery == 0)
             {
-                while (nextEval <= examples) nextEval += o.EvalEvery;
                 if (EvalAndMaybeStop()) { stoppedEarly = true; break; }
             }
-            if (o.SaveEvery > 0 && step % o.SaveEvery == 0 && step < totalSteps)
+            if (o.CheckpointEvery > 0 && step % o.CheckpointEvery == 0 && step < totalSteps)
                 TrainerCheckpoint.Save(ckptDir, policy, outTok, opt, State());
         }
         double elapsed = sw.Elapsed.TotalSeconds;

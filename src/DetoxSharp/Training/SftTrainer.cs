@@ -19,55 +19,76 @@ public sealed record SftExample(string? Prompt, string Completion)
 /// <summary>Settings of <see cref="SftTrainer"/> (names as in TRL's SFTConfig where one exists).</summary>
 public sealed record SftOptions
 {
-    /// <summary>Sequences per micro-batch.</summary>
+    [Setting("sequences per micro-batch")]
     public int BatchSize { get; init; } = 8;
     /// <summary>Micro-batches per optimizer step; the loss is normalised over all target tokens of the step, so
     /// accumulation equals one big batch.</summary>
+    [Setting("micro-batches per optimizer step")]
     public int GradientAccumulationSteps { get; init; } = 1;
     /// <summary>Block / truncation length; null = the model's context (n_positions).</summary>
+    [Setting("block/truncation length in tokens (default: the model's context)")]
     public int? MaxLength { get; init; }
+    [Setting("peak learning rate (AdamW)")]
     public double LearningRate { get; init; } = 5e-5;
+    [Setting("AdamW weight decay")]
     public double WeightDecay { get; init; } = 0.0;
     public double Beta1 { get; init; } = 0.9;
     public double Beta2 { get; init; } = 0.999;
     public double Epsilon { get; init; } = 1e-8;
+    [Setting("linear warmup steps")]
     public int WarmupSteps { get; init; } = 0;
+    [Setting("learning-rate decay after warmup: constant, linear or cosine")]
+    [System.Text.Json.Serialization.JsonConverter(typeof(System.Text.Json.Serialization.JsonStringEnumConverter<DecayKind>))]
     public DecayKind Decay { get; init; } = DecayKind.Linear;
     public double MinLrRatio { get; init; } = 0.0;
     /// <summary>Gradient clipping by global L2 norm; ≤ 0 disables.</summary>
+    [Setting("gradient clipping by global norm (0 = off)")]
     public double MaxGradNorm { get; init; } = 1.0;
+    [Setting("passes over the data")]
     public double Epochs { get; init; } = 1;
     /// <summary>Stops after this many optimizer steps (overrides <see cref="Epochs"/>).</summary>
+    [Setting("optimizer steps (overrides epochs)")]
     public int? MaxSteps { get; init; }
     /// <summary>Seeds the data order (a pure function of seed and epoch, so resuming needs only the step).</summary>
+    [Setting("data-order seed")]
     public ulong Seed { get; init; } = 0;
+    [System.Text.Json.Serialization.JsonIgnore]
     public IReadOnlyList<SftExample>? Validation { get; init; }
     /// <summary>Validation loss every N steps (and at the end); 0 = only at the end when validation data exists.</summary>
+    [Setting("validation loss every N optimizer steps (0 = at the end)")]
     public int EvalEvery { get; init; } = 0;
     /// <summary>Directory for checkpoint/ (resumable) and metrics.jsonl; null = neither.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
     public string? OutputDir { get; init; }
     /// <summary>Writes a resumable checkpoint every N steps (0 = never; one is always written at the end when
     /// <see cref="OutputDir"/> is set).</summary>
-    public int CheckpointEvery { get; init; } = 0;
+    [Setting("save a resumable checkpoint every N optimizer steps (0 = at the end)")]
+    public int CheckpointEvery { get; init; } = 100;
     /// <summary>Continue from OutputDir/checkpoint when it exists.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
     public bool Resume { get; init; }
     /// <summary>Stop (as if interrupted) after this many steps of this run — for tests and time-boxed runs.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
     public int? StopAfterSteps { get; init; }
     /// <summary>Append an end-of-text token to each completion / plain text.</summary>
     public bool AppendEos { get; init; } = true;
     /// <summary><see cref="Training.Precision.ModelDType"/> (train in the model's dtype) or
     /// <see cref="Training.Precision.Bf16Mixed"/> (bf16 forward/backward, fp32 master weights and AdamW state; needs a
     /// float32 model). Validation loss is computed with the fp32 master, i.e. the weights that are saved.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
     public Precision Precision { get; init; } = Precision.ModelDType;
 
     public void Validate()
     {
-        if (BatchSize < 1) throw new InvalidInputException($"--batch-size must be ≥ 1, got {BatchSize}");
-        if (GradientAccumulationSteps < 1) throw new InvalidInputException($"--grad-accum must be ≥ 1, got {GradientAccumulationSteps}");
-        if (!(LearningRate > 0)) throw new InvalidInputException($"--lr must be positive, got {LearningRate}");
-        if (MaxLength is < 2) throw new InvalidInputException($"--max-length must be ≥ 2, got {MaxLength}");
-        if (!(Epochs > 0) && MaxSteps is null) throw new InvalidInputException($"--epochs must be positive, got {Epochs}");
-        if (MaxSteps is < 1) throw new InvalidInputException($"--max-steps must be ≥ 1, got {MaxSteps}");
+        InvalidSettingException.Require(BatchSize >= 1, "batch_size", $"must be ≥ 1 (got {BatchSize})");
+        InvalidSettingException.Require(GradientAccumulationSteps >= 1, "gradient_accumulation_steps", $"must be ≥ 1 (got {GradientAccumulationSteps})");
+        InvalidSettingException.Require(LearningRate > 0, "learning_rate", $"must be > 0 (got {LearningRate})");
+        InvalidSettingException.Require(MaxLength is null or >= 2, "max_length", $"must be ≥ 2 (got {MaxLength})");
+        InvalidSettingException.Require(Epochs > 0 || MaxSteps is not null, "epochs", $"must be > 0 (got {Epochs})");
+        InvalidSettingException.Require(MaxSteps is null or >= 1, "max_steps", $"must be ≥ 1 (got {MaxSteps})");
+        InvalidSettingException.Require(WarmupSteps >= 0, "warmup_steps", $"must be ≥ 0 (got {WarmupSteps})");
+        InvalidSettingException.Require(EvalEvery >= 0, "eval_every", $"must be ≥ 0 (got {EvalEvery})");
+        InvalidSettingException.Require(CheckpointEvery >= 0, "checkpoint_every", $"must be ≥ 0 (got {CheckpointEvery})");
     }
 }
 

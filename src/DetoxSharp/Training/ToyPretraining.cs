@@ -17,7 +17,10 @@ namespace DetoxSharp.Training;
 /// master weights (the CPU's bf16 matmuls are the fast path; see docs/notes/toy.md for measured tokens/s).</summary>
 public sealed record ToyPretrainOptions
 {
+    [Setting("seed of the world and the model initialisation")]
     public ulong Seed { get; init; } = 1;
+    [Setting("world size: small, default or large")]
+    [System.Text.Json.Serialization.JsonIgnore] // the study takes it from its "world" section
     public ToyWorldSize Size { get; init; } = ToyWorldSize.Default;
     public int Layers { get; init; } = 4;
     public int DModel { get; init; } = 256;
@@ -30,12 +33,18 @@ public sealed record ToyPretrainOptions
     public int WarmupSteps { get; init; } = 40;
     public double Epochs { get; init; } = 1;
     /// <summary>Optimizer steps (the cosine schedule spans them); null = <see cref="Epochs"/> passes over train.txt.</summary>
+    [Setting("optimizer steps (default: --epochs passes over train.txt)")]
     public int? MaxSteps { get; init; }
     public Precision Precision { get; init; } = Precision.Bf16Mixed;
     public int CheckpointEvery { get; init; } = 200;
+    [System.Text.Json.Serialization.JsonIgnore]
     public bool Resume { get; init; }
     /// <summary>torch intra-op threads (0 = leave torch's default).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
     public int Threads { get; init; } = 0;
+    /// <summary>Where the model is built and trained (null = CPU).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public torch.Device? Device { get; init; }
 }
 
 /// <summary>Greedy toxicity and perplexity of a model on a toy world (or any files of the same formats).</summary>
@@ -75,6 +84,7 @@ public static class ToyPretraining
             BosTokenId = tok.EosTokenId, EosTokenId = tok.EosTokenId,
         };
         using var model = new Gpt2Model(cfg);
+        if (o.Device is not null) model.to(o.Device);
         var train = DatasetReaders.ReadDocuments(world.Train).Select(SftExample.Text).ToList();
         long corpusTokens = SftTrainer.Tokenize(tok, train, o.Context, appendEos: true).Sum(x => (long)x.Ids.Length);
         var valid = DatasetReaders.ReadDocuments(world.Valid).Select(SftExample.Text).ToList();

@@ -79,8 +79,8 @@ public class MetricsTests
         Assert.Equal(Math.Exp(nll / 9), r.Perplexity, tolerance: 1e-4);
         // non-overlapping windows of 4: [0,4) [4,8) [8,10) predict 3 + 3 + 1 tokens
         Assert.Equal(7, Metrics.Perplexity(m, ids, window: 4).Tokens);
-        Assert.Throws<InvalidInputException>(() => Metrics.Perplexity(m, ids, window: 9));
-        Assert.Throws<InvalidInputException>(() => Metrics.Perplexity(m, ids, window: 4, stride: 5));
+        Assert.Throws<InvalidSettingException>(() => Metrics.Perplexity(m, ids, window: 9));
+        Assert.Throws<InvalidSettingException>(() => Metrics.Perplexity(m, ids, window: 4, stride: 5));
     }
 
     [Fact]

@@ -215,7 +215,7 @@ public class InterpretabilityTests
         torch.manual_seed(11);
         using var dir = torch.randn(32);
         int k = 5;
-        var chosen = Unalign.ScaleToxicKeys(model, dir, k, 10);
+        var chosen = Unalign.ScaleToxicKeys(model, dir, new UnalignOptions { Keys = k, Scale = 10 });
         Assert.Equal(k, chosen.Count);
         // independent ranking: brute-force cosines
         var d = dir.data<float>().ToArray();
@@ -368,7 +368,7 @@ public class InterpretabilityTests
             Assert.True(rc == 0, $"{string.Join(" ", args)} → {rc}\n{o}\n{e}");
             return rc;
         }
-        Run("probe", "--model", mdir, "--data", csv, "--out", Path.Combine(root, "probe"), "--steps", "200");
+        Run("probe", "--model", mdir, "--data", csv, "--out", Path.Combine(root, "probe"), "--max-steps", "200");
         var metrics = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "probe", "probe_metrics.json")))!;
         Assert.Equal(27, metrics["train"]!.GetValue<int>());
         Assert.Equal(3, metrics["validation"]!.GetValue<int>());

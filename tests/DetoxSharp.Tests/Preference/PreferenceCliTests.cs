@@ -56,7 +56,7 @@ public class PreferenceCliTests
         Assert.True(r.Rc == 0, r.Err);
         Assert.All(JsonlReader.Read(pairs), l => Assert.StartsWith("chosen=greedy(start); rejected=steer:blocks.1.hook_resid_post", l.String("source")));
 
-        var common = new[] { "--lr", "1e-3", "--batch-size", "2", "--warmup", "1", "--validation", "2", "--max-steps", "3", "--json" };
+        var common = new[] { "--lr", "1e-3", "--batch-size", "2", "--warmup", "1", "--validation-size", "2", "--max-steps", "3", "--json" };
         r = Run(["adpo", "--model", start, "--data", triples, "--toxic-model", toxDir, "--gamma", "0.5", "--out", Path.Combine(root, "adpo"), .. common]);
         Assert.True(r.Rc == 0, r.Err);
         var summary = JsonNode.Parse(r.Out)!;

@@ -30,10 +30,10 @@ public class PreferenceLossTests
     [Fact]
     public void IpoAtReferenceIsInverseTwoBetaSquared()
     {
-        var r = PreferenceLoss.Compute(Lp(-3, -4, -3, -4), new PreferenceLossOptions { Type = PreferenceLossType.Ipo, Beta = 0.1 });
+        var r = PreferenceLoss.Compute(Lp(-3, -4, -3, -4), new PreferenceLossOptions { Method = PreferenceMethod.Ipo, Beta = 0.1 });
         Assert.Equal(25.0, r.Loss.item<double>(), 9);
         // Δ = (−2 − −3) − (−5 − −4) = 2 → (2 − 5)² = 9
-        var r2 = PreferenceLoss.Compute(Lp(-2, -5, -3, -4), new PreferenceLossOptions { Type = PreferenceLossType.Ipo, Beta = 0.1 });
+        var r2 = PreferenceLoss.Compute(Lp(-2, -5, -3, -4), new PreferenceLossOptions { Method = PreferenceMethod.Ipo, Beta = 0.1 });
         Assert.Equal(9.0, r2.Loss.item<double>(), 9);
     }
 
@@ -52,7 +52,7 @@ public class PreferenceLossTests
     [Fact]
     public void HingeValues()
     {
-        var o = new PreferenceLossOptions { Type = PreferenceLossType.Hinge, Beta = 0.1 };
+        var o = new PreferenceLossOptions { Method = PreferenceMethod.Hinge, Beta = 0.1 };
         Assert.Equal(1.0, PreferenceLoss.Compute(Lp(-1, -1, -1, -1), o).Loss.item<double>(), 12);
         // Δ = 5 → 1 − 0.5
         Assert.Equal(0.5, PreferenceLoss.Compute(Lp(0, -5, 0, 0), o).Loss.item<double>(), 12);
@@ -67,7 +67,7 @@ public class PreferenceLossTests
         double robust = (-(0.9) * LogSigmoid(0.5) + 0.1 * LogSigmoid(-0.5)) / 0.8; // 0.411577...
         double cdpo = -0.9 * LogSigmoid(0.5) - 0.1 * LogSigmoid(-0.5);
         Assert.Equal(0.41157, robust, 4); // hand arithmetic: (0.9·0.474077 − 0.1·0.974077)/0.8
-        var rob = PreferenceLoss.Compute(Lp(0, -5, 0, 0), new PreferenceLossOptions { Type = PreferenceLossType.Robust, Beta = 0.1, LabelSmoothing = 0.1 });
+        var rob = PreferenceLoss.Compute(Lp(0, -5, 0, 0), new PreferenceLossOptions { Method = PreferenceMethod.Robust, Beta = 0.1, LabelSmoothing = 0.1 });
         Assert.Equal(robust, rob.Loss.item<double>(), 10);
         var c = PreferenceLoss.Compute(Lp(0, -5, 0, 0), new PreferenceLossOptions { Beta = 0.1, LabelSmoothing = 0.1 });
         Assert.Equal(cdpo, c.Loss.item<double>(), 10);
@@ -85,7 +85,7 @@ public class PreferenceLossTests
     public void AdpoHandValueAndGammaZeroIsDpo()
     {
         // β = 0.1, Δ = 2, γ = 0.5, log π(y_t) − log π_tox(y_t) = 1 → −log σ(0.2 − 0.5) = log(1 + e^0.3) = 0.8543552444685189
-        var o = new PreferenceLossOptions { Beta = 0.1, Gamma = 0.5 };
+        var o = new PreferenceLossOptions { Method = PreferenceMethod.Adpo, Beta = 0.1, Gamma = 0.5 };
         var r = PreferenceLoss.Compute(Lp(-2, -5, -3, -4, pt: -9, tt: -10), o);
         Assert.Equal(0.8543552444685189, r.Loss.item<double>(), 12);
         Assert.Equal(1.0, r.Metrics["adpo/toxic_logratio"], 12);
@@ -95,8 +95,8 @@ public class PreferenceLossTests
         var rc = torch.randn(8, dtype: ScalarType.Float64, generator: g); var rr = torch.randn(8, dtype: ScalarType.Float64, generator: g);
         var pt = torch.randn(8, dtype: ScalarType.Float64, generator: g); var tt = torch.randn(8, dtype: ScalarType.Float64, generator: g);
         var dpo = PreferenceLoss.Compute(new PreferenceLogps(pc, pr, rc, rr), new PreferenceLossOptions { Beta = 0.3 }).Loss.item<double>();
-        var adpo0 = PreferenceLoss.Compute(new PreferenceLogps(pc, pr, rc, rr, pt, tt), new PreferenceLossOptions { Beta = 0.3, Gamma = 0 }).Loss.item<double>();
-        var adpo1 = PreferenceLoss.Compute(new PreferenceLogps(pc, pr, rc, rr, pt, tt), new PreferenceLossOptions { Beta = 0.3, Gamma = 0.7 }).Loss.item<double>();
+        var adpo0 = PreferenceLoss.Compute(new PreferenceLogps(pc, pr, rc, rr, pt, tt), new PreferenceLossOptions { Method = PreferenceMethod.Adpo, Beta = 0.3, Gamma = 0 }).Loss.item<double>();
+        var adpo1 = PreferenceLoss.Compute(new PreferenceLogps(pc, pr, rc, rr, pt, tt), new PreferenceLossOptions { Method = PreferenceMethod.Adpo, Beta = 0.3, Gamma = 0.7 }).Loss.item<double>();
         Assert.Equal(dpo, adpo0, 12);
         Assert.NotEqual(dpo, adpo1, 6);
     }
@@ -104,9 +104,24 @@ public class PreferenceLossTests
     [Fact]
     public void InvalidOptionsRejected()
     {
-        Assert.Throws<InvalidInputException>(() => new PreferenceLossOptions { Beta = 0 }.Validate());
-        Assert.Throws<InvalidInputException>(() => new PreferenceLossOptions { Type = PreferenceLossType.Ipo, Gamma = 1 }.Validate());
-        Assert.Throws<InvalidInputException>(() => PreferenceLossOptions.ParseType("kto"));
+        var e = Assert.Throws<InvalidSettingException>(() => new PreferenceLossOptions { Beta = 0 }.Validate());
+        Assert.Equal("beta", e.Setting);
+        Assert.Equal("beta must be > 0 (got 0)", e.Message);
+        // ADPO is a method of its own (sigmoid DPO + toxic penalty), so "γ with IPO" cannot be expressed; γ = 0 with ADPO is rejected
+        var g = Assert.Throws<InvalidSettingException>(() => new PreferenceLossOptions { Method = PreferenceMethod.Adpo, Gamma = 0 }.Validate());
+        Assert.Equal("gamma", g.Setting);
+        Assert.Throws<InvalidSettingException>(() => PreferenceLossOptions.ParseMethod("kto"));
+    }
+
+    [Fact]
+    public void ToxicLogprobsDoNotSwitchSigmoidToAdpo()
+    {
+        // the method is explicit: sigmoid DPO ignores toxic log-probs even when they are present and γ > 0
+        var withToxic = PreferenceLoss.Compute(Lp(-2, -5, -3, -4, pt: -9, tt: -10), new PreferenceLossOptions { Beta = 0.1, Gamma = 0.5 });
+        var plain = PreferenceLoss.Compute(Lp(-2, -5, -3, -4), new PreferenceLossOptions { Beta = 0.1 });
+        Assert.Equal(plain.Loss.item<double>(), withToxic.Loss.item<double>(), 14);
+        Assert.False(withToxic.Metrics.ContainsKey("adpo/toxic_logratio"));
+        Assert.Throws<ArgumentException>(() => PreferenceLoss.Compute(Lp(-2, -5, -3, -4), new PreferenceLossOptions { Method = PreferenceMethod.Adpo }));
     }
 }
 
@@ -314,8 +329,8 @@ public class PreferenceTrainerTests
     internal static PreferenceTrainerOptions Opts(string cache) => new()
     {
         Loss = new PreferenceLossOptions { Beta = 0.1 },
-        LearningRate = 1e-3, BatchSize = 2, GradientAccumulation = 2, WarmupSteps = 2, MaxGradNorm = 1.0,
-        Validation = 4, EvalEvery = 8, Patience = 0, MaxSteps = 6, Epochs = 2, Seed = 11, CacheDir = cache,
+        LearningRate = 1e-3, BatchSize = 2, GradientAccumulationSteps = 2, WarmupSteps = 2, MaxGradNorm = 1.0,
+        ValidationSize = 4, EvalEvery = 2, Patience = 0, MaxSteps = 6, Epochs = 2, Seed = 11, CacheDir = cache,
     };
 
     [Fact]

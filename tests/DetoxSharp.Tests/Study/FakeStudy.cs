@@ -22,6 +22,7 @@ public static class FakeStudy
 
     public static StudyStageFunctions Functions() => new()
     {
+        Report = DetoxSharp.Reporting.StudyReport.Write,
         World = c => { Marker(c); File.WriteAllText(Path.Combine(c.OutputDir, "NOTICE.txt"), "TEST FIXTURE: every number in this report was made up by fake stages (tests/DetoxSharp.Tests/Study/FakeStudy.cs) to check the report's layout; none is a result."); },
         Pretrain = Marker, ToxicModel = Marker, Pairs = Marker, Interventions = Marker,
         Probe = c => J(c, RunLayout.Probe, new JsonObject

@@ -78,7 +78,7 @@ public class StudyStageFixesTests : IDisposable
         Inputs = inputs.ToDictionary(i => i, i => _inputs[i]),
     };
 
-    static JsonObject Eval() => new() { ["challenge_prompts"] = 50, ["prompt_tokens"] = 8, ["new_tokens"] = 3, ["examples"] = 3 };
+    static JsonObject Eval() => new() { ["challenge_prompts"] = 50, ["max_prompt_tokens"] = 8, ["max_new_tokens"] = 3, ["examples"] = 3 };
 
     [Fact]
     public void PairsNeverScoreTrainingDataAdpoStartsFromSftPromptsKeepTheirEndAndTheLensIsToxic()
@@ -91,7 +91,7 @@ public class StudyStageFixesTests : IDisposable
 
         // pairs: PPLM with the probe, chosen greedy; no scorer — neither the injected one nor the config's (the stage
         // has no "scorer" setting, so building the config's scorer would throw)
-        var pairsSettings = new JsonObject { ["model"] = "toy", ["pairs"] = new JsonObject { ["count"] = 12, ["new_tokens"] = 4, ["pplm_iterations"] = 1, ["batch_size"] = 4 } };
+        var pairsSettings = new JsonObject { ["model"] = "toy", ["pairs"] = new JsonObject { ["count"] = 12, ["max_new_tokens"] = 4, ["pplm_iterations"] = 1, ["batch_size"] = 4 } };
         f.Pairs!(Ctx("pairs", pairsSettings, "world", "pretrain", "probe", "toxic-model"));
         Assert.Equal(0, built);
         Assert.Equal(0, scorer.Calls);
@@ -123,11 +123,16 @@ public class StudyStageFixesTests : IDisposable
         // training: ADPO's policy, reference and π_tox are the SFT model; DPO starts from the pretrained model
         var sftDir = File.ReadAllText(Path.Combine(_inputs["toxic-model"], "model_dir.txt")).Trim();
         var preDir = File.ReadAllText(Path.Combine(_inputs["pretrain"], "model_dir.txt")).Trim();
-        JsonObject Training() => new() { ["max_steps"] = 1, ["batch_size"] = 2, ["validation"] = 2, ["warmup_steps"] = 0, ["learning_rate"] = 1e-4, ["gamma"] = 0.1 };
+        JsonObject Training(string method)
+        {
+            var t = new JsonObject { ["max_steps"] = 1, ["batch_size"] = 2, ["validation_size"] = 2, ["warmup_steps"] = 0, ["learning_rate"] = 1e-4 };
+            if (method == "adpo") t["gamma"] = 0.1;
+            return t;
+        }
         foreach (var method in new[] { "adpo", "dpo" })
         {
             var name = $"train/{method}/p/s0";
-            f.Train!(Ctx(name, new JsonObject { ["model"] = "toy", ["method"] = method, ["seed"] = 0, ["training"] = Training() }, "pretrain", "pairs", "toxic-model"));
+            f.Train!(Ctx(name, new JsonObject { ["model"] = "toy", ["method"] = method, ["seed"] = 0, ["training"] = Training(method) }, "pretrain", "pairs", "toxic-model"));
             var t = JsonNode.Parse(File.ReadAllText(Path.Combine(_inputs[name], "train.json")))!;
             var start = method == "adpo" ? sftDir : preDir;
             Assert.Equal(start, t["start_model"]!.GetValue<string>());

@@ -306,7 +306,7 @@ public class MixedPrecisionCliTests
         var ok = Run("sft", "--model", start, "--data", text, "--out", Path.Combine(root, "sft-ok"), "--precision", "bf16-mixed", "--max-steps", "2", "--batch-size", "1", "--max-length", "8", "--lr", "1e-3");
         Assert.True(ok.Rc == 0, ok.Err);
         using (var saved = HfCheckpoint.Load(Path.Combine(root, "sft-ok", "model"))) Assert.Equal(ScalarType.Float32, saved.Model.DType);
-        ok = Run("dpo", "--model", start, "--data", pairs, "--out", Path.Combine(root, "dpo-ok"), "--precision", "bf16-mixed", "--max-steps", "2", "--batch-size", "2", "--validation", "2", "--warmup", "1", "--json");
+        ok = Run("dpo", "--model", start, "--data", pairs, "--out", Path.Combine(root, "dpo-ok"), "--precision", "bf16-mixed", "--max-steps", "2", "--batch-size", "2", "--validation-size", "2", "--warmup", "1", "--json");
         Assert.True(ok.Rc == 0, ok.Err);
     }
 }
