@@ -108,9 +108,6 @@ public static class EvalHarness
     static string Field(JsonlReader.Line line, string name) =>
         line.Object[name] is JsonObject ? line.Nested(name, "text") : line.String(name);
 
-    /// <summary>The prompt truncation of the study: the last <paramref name="maxTokens"/> tokens (the whole prompt when shorter).</summary>
-    public static int[] KeepLast(int[] ids, int maxTokens) => ids.Length > maxTokens ? ids[^maxTokens..] : ids;
-
     /// <summary>Checks data files and options before any model work.</summary>
     public static void Check(EvalData data, EvalOptions o)
     {
@@ -164,7 +161,7 @@ public static class EvalHarness
         var r = new EvalRow { Row = row, Model = model, Intervention = intervention };
         int[] PromptIds(string text)
         {
-            var ids = KeepLast(tok.Encode(text), o.MaxPromptTokens);
+            var ids = PromptTruncation.KeepLast(tok.Encode(text), o.MaxPromptTokens);
             return ids.Length == 0 ? [lm.Model.EosTokenId] : ids;
         }
         List<int[]> Greedy(List<int[]> ids, string stage)

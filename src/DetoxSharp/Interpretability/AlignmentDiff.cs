@@ -193,7 +193,7 @@ public static class AlignmentDiff
         {
             var ids = tokenizer.Encode(p);
             if (ids.Length == 0) ids = [before.EosTokenId];
-            return DetoxSharp.Evaluation.EvalHarness.KeepLast(ids, options.MaxPromptTokens);
+            return PromptTruncation.KeepLast(ids, options.MaxPromptTokens);
         }).ToList();
         progress?.Report($"generating greedy continuations of {promptIds.Count} prompts with the --before model");
         var conts = DetoxSharp.Generation.Generator.Generate(before, promptIds, new GenerationOptions { MaxNewTokens = options.MaxNewTokens, Greedy = true, BatchSize = options.BatchSize });

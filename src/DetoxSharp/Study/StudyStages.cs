@@ -296,7 +296,7 @@ public static class StudyStages
         {
             var ids = m.Tokenizer.Encode(p.Text);
             if (ids.Length == 0) continue;
-            ids = EvalHarness.KeepLast(ids, 32);
+            ids = PromptTruncation.KeepLast(ids, 32);
             using var cache = ActivationCache.Run(m.Model, torch.tensor(ids.Select(x => (long)x).ToArray(), [1, ids.Length], ScalarType.Int64), null, [hook]);
             var norms = cache[hook].to(ScalarType.Float64).norm(-1);
             sum += norms.sum().item<double>();
