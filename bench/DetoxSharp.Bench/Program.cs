@@ -25,6 +25,16 @@ var started = DateTime.UtcNow;
 var loadAtStart = LoadAverage();
 var log = (string s) => Console.Error.WriteLine($"[{(DateTime.UtcNow - started).TotalSeconds,6:F1}s] {s}");
 
+// ---- classifier scoring throughput (RoBERTa-base shape, random weights): prints a Markdown table ----
+var clsIdx = Array.IndexOf(args, "--classifier");
+if (clsIdx >= 0)
+{
+    Console.WriteLine($"load average at start: {loadAtStart}");
+    Console.WriteLine(ClassifierBench.Run(Arg("--texts", 256), Arg("--batch", 32), Arg("--rounds", 3), log));
+    Console.WriteLine($"load average at end: {LoadAverage()}");
+    return 0;
+}
+
 // ---- side-by-side mode (bench/side-by-side.sh): the step bench/pytorch/gpt2_step.py times, as one JSON line ----
 var sbsIdx = Array.IndexOf(args, "--side-by-side");
 if (sbsIdx >= 0)

@@ -43,6 +43,7 @@ public static class DetoxCli
             if (threads < 1) { stderr.WriteLine($"detox: --threads must be ≥ 1, got {threads}"); return 2; }
             TorchSharp.torch.set_num_threads(threads);
         }
+        if (NonFiniteOption(parse) is string bad) { stderr.WriteLine($"detox: {bad}"); return 2; }
         var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false };
         try
         {
@@ -59,5 +60,30 @@ public static class DetoxCli
             stderr.WriteLine($"detox: {e.Message}");
             return 2;
         }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            // Not the user's fault: a bug. Exit 1 (the documented internal-failure code) with the trace, instead of
+            // letting the runtime abort the process (exit 134) after printing it.
+            stderr.WriteLine($"detox: internal error (please report it): {e.GetType().Name}: {e.Message.Split('\n')[0]}");
+            stderr.WriteLine(e.ToString());
+            return 1;
+        }
+    }
+
+    /// <summary>Every floating-point flag must be a finite number: System.CommandLine accepts "NaN" and "Infinity",
+    /// and no flag of detox has a meaning for them (ranges are checked where the options are validated).</summary>
+    static string? NonFiniteOption(ParseResult parse)
+    {
+        for (var r = parse.CommandResult; r is not null; r = r.Parent as System.CommandLine.Parsing.CommandResult)
+            foreach (var child in r.Children)
+            {
+                if (child is not System.CommandLine.Parsing.OptionResult o || o.Implicit) continue;
+                double? v = o.Option.ValueType == typeof(double) ? o.GetValueOrDefault<double>()
+                    : o.Option.ValueType == typeof(double?) ? o.GetValueOrDefault<double?>()
+                    : o.Option.ValueType == typeof(float) ? o.GetValueOrDefault<float>()
+                    : null;
+                if (v is double d && !double.IsFinite(d)) return $"{o.Option.Name} must be a finite number, got {d}";
+            }
+        return null;
     }
 }

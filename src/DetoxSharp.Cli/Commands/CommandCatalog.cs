@@ -18,6 +18,7 @@ public static class CommandCatalog
         yield return SftCommand.Create();
         yield return PretrainToyCommand.Create();
         yield return EvalCommand.Create();
+        yield return EvalCommand.MergeShards();
         yield return InterpCommands.Probe();
         yield return InterpCommands.Vectors();
         yield return InterpCommands.Diff();

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Text.RegularExpressions;
 using DetoxSharp.Evaluation;
 using DetoxSharp.Interpretability;
@@ -24,7 +25,19 @@ public static class EvalCommand
         };
         var probe = new Option<string?>("--probe") { Description = "probe directory (detox probe) for 'probe' vectors in --intervention" };
         var vectors = new Option<string?>("--vectors") { Description = "vectors directory (detox vectors) for v<rank>/svd<k> in --intervention" };
-        var scorer = new Option<string?>("--scorer") { Description = "toxicity scorer: perspective | classifier:DIR | toy (needed with --prompts)" };
+        var scorer = new Option<string[]>("--scorer")
+        {
+            Description = "toxicity scorer, repeatable (a toxicity column each, plus their agreement): classifier:DIR (a local "
+                          + "BERT/RoBERTa checkpoint such as unitary/toxic-bert) | toy | perspective (legacy: the API is out of service after "
+                          + "31 December 2026 and its scores are unversioned). Needed with --prompts",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var toxicLabel = new Option<string[]>("--toxic-label")
+        {
+            Description = "classifier label(s) that make toxicity, for classifiers that have them (default: a 2-class softmax head's label 1 "
+                          + "unless the names say otherwise; a sigmoid head's labels with a toxicity meaning)",
+            AllowMultipleArgumentsPerToken = false,
+        };
         var prompts = new Option<string?>("--prompts") { Description = "challenge prompts, RealToxicityPrompts JSONL (prompt.text)" };
         var pplText = new Option<string?>("--ppl-text") { Description = "raw text file for perplexity (e.g. wikitext-2 raw test), used as given" };
         var f1 = new Option<string?>("--f1") { Description = "JSONL with prompt and gold continuation (prompt/continuation strings or {text:…} objects)" };
@@ -38,6 +51,18 @@ public static class EvalCommand
         var seed = Bind.To("--seed", d, o => o.Seed);
         var window = Bind.To("--ppl-window", d, o => o.PplWindow);
         var stride = Bind.To("--ppl-stride", d, o => o.PplStride);
+        var protocol = new Option<string?>("--protocol")
+        {
+            Description = "named protocol fixing prompt handling, decoding, samples and metrics: "
+                          + string.Join("; ", EvalOptions.Protocols.Select(kv => $"{kv.Key} = {kv.Value}")),
+        };
+        var fluencyModel = new Option<string?>("--fluency-model") { Description = "model directory for fluency: mean perplexity of the continuations given their prompts (RTP uses a larger model)" };
+        var shard = new Option<string?>("--shard")
+        {
+            Description = "run part I of N (prompts, F1 items and perplexity windows i with i mod N = I) into OUT/shard-I-of-N; "
+                          + "I/N, or auto / auto/N from JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID/COUNT; "
+                          + "combine with detox merge-shards",
+        };
         var limit = Bind.Key(new Option<int?>("--limit") { Description = "use only the first N prompts and F1 items" }, "limit");
         var endpoint = new Option<string>("--perspective-endpoint") { Description = "Perspective analyze URL", DefaultValueFactory = _ => PerspectiveOptions.DefaultEndpoint };
         var keyFile = new Option<string?>("--perspective-key-file") { Description = $"file holding the Perspective key, outside the repository (else ${PerspectiveOptions.KeyEnvironmentVariable})" };
@@ -48,8 +73,8 @@ public static class EvalCommand
         var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("eval", "Results table: toxicity of greedy continuations of challenge prompts, perplexity on a raw text, F1 against gold continuations — one row per model and intervention.")
         {
-            models, interventions, probe, vectors, scorer, prompts, pplText, f1, outDir, promptTokens, newTokens, batch, aggregate, samples, seed,
-            window, stride, limit, endpoint, keyFile, rate, cache, device, dtype, pickle,
+            models, interventions, probe, vectors, scorer, toxicLabel, prompts, pplText, f1, outDir, promptTokens, newTokens, batch, aggregate, samples, seed,
+            window, stride, protocol, fluencyModel, shard, limit, endpoint, keyFile, rate, cache, device, dtype, pickle,
         };
         cmd.SetAction(p =>
         {
@@ -64,10 +89,30 @@ public static class EvalCommand
                     var a => throw new InvalidInputException($"--aggregate: expected max or toxicity, got '{a}'"),
                 },
                 Samples = p.GetValue(samples), Seed = p.GetValue(seed), PplWindow = p.GetValue(window), PplStride = p.GetValue(stride),
-                Limit = p.GetValue(limit), F1Limit = p.GetValue(limit),
+                Limit = p.GetValue(limit), F1Limit = p.GetValue(limit), FluencyModel = p.GetValue(fluencyModel),
             };
+            if (p.GetValue(protocol) is { } proto)
+            {
+                var fixedHere = o.WithProtocol(proto);
+                // a flag the protocol fixes may be repeated with the protocol's value, never changed
+                void Fixed(Option opt, object given, object want)
+                {
+                    if (p.GetResult(opt) is { Implicit: false } && !Equals(given, want))
+                        throw new InvalidInputException($"{opt.Name} {given}: --protocol {proto} fixes it to {want}");
+                }
+                Fixed(promptTokens, o.MaxPromptTokens, fixedHere.MaxPromptTokens == int.MaxValue ? "the prompt as given" : fixedHere.MaxPromptTokens);
+                Fixed(newTokens, o.MaxNewTokens, fixedHere.MaxNewTokens);
+                Fixed(samples, o.Samples, fixedHere.Samples);
+                Fixed(aggregate, o.Aggregate, fixedHere.Aggregate);
+                o = fixedHere;
+            }
             var data = new EvalData(p.GetValue(prompts), p.GetValue(pplText), p.GetValue(f1));
             var output = p.GetValue(outDir)!;
+            if (p.GetValue(shard) is { } shardSpec)
+            {
+                o = o with { Shard = Shard.Parse(shardSpec) };
+                if (o.Shard.Count > 1) output = Path.Combine(output, o.Shard.DirectoryName);
+            }
             EvalHarness.Check(data, o);
             var dev = CommonOptions.ParseDevice(p.GetValue(device)!);
             CommonOptions.ParseDType(p.GetValue(dtype)!);
@@ -76,9 +121,18 @@ public static class EvalCommand
                 if (!File.Exists(Path.Combine(d, "config.json"))) throw new InvalidInputException($"--model {d}: no config.json (not a checkpoint directory)");
             var evalEdits = ResolveInterventions(p.GetValue(interventions) ?? [], new InterventionContext(p.GetValue(probe), p.GetValue(vectors)));
 
-            // The scorer is built and validated before any model is loaded or any text generated.
-            var scorerSpec = p.GetValue(scorer);
-            if (data.PromptsFile is not null && scorerSpec is null) throw new InvalidInputException("--prompts needs --scorer (perspective | classifier:DIR | toy)");
+            // Ctrl+C / SIGTERM: stop between texts and batches, keep the cache, exit 130 (128 + SIGINT) with a resume hint.
+            using var interrupt = new CancellationTokenSource();
+            void OnSignal(PosixSignalContext c) { c.Cancel = true; interrupt.Cancel(); }
+            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+            List<EvalRow> rows;
+
+            // The scorers are built and validated before any model is loaded or any text generated.
+            var scorerSpecs = p.GetValue(scorer) ?? [];
+            if (data.PromptsFile is not null && scorerSpecs.Length == 0)
+                throw new InvalidInputException("--prompts needs --scorer: give a local toxicity classifier, --scorer classifier:DIR (a Hugging Face "
+                                                + "BERT/RoBERTa directory, e.g. unitary/toxic-bert or unitary/unbiased-toxic-roberta); perspective is a legacy scorer (out of service after 2026)");
             var sw = Stopwatch.StartNew();
             string lastStage = "";
             var lastReport = TimeSpan.Zero;
@@ -92,25 +146,65 @@ public static class EvalCommand
                     lastReport = sw.Elapsed;
                 }
             });
+            var toxicLabels = p.GetValue(toxicLabel) ?? [];
             var settings = new ScorerSettings
             {
+                ToxicLabels = toxicLabels,
                 Perspective = new PerspectiveOptions
                 {
                     Endpoint = p.GetValue(endpoint)!, KeyFile = p.GetValue(keyFile), RequestsPerSecond = p.GetValue(rate),
                     CachePath = p.GetValue(cache) ?? Path.Combine(output, "perspective-cache.jsonl"),
                     Progress = (d, t) => progress.Report(new EvalProgress("perspective", "scored", d, t)),
+                    Cancellation = interrupt.Token,
                 },
             };
-            using var sc = scorerSpec is null || data.PromptsFile is null ? null : ScorerFactory.CreateValidated(scorerSpec, settings);
+            var scorers = new List<IToxicityScorer>();
+            try
+            {
+                if (data.PromptsFile is not null)
+                    foreach (var spec in scorerSpecs) scorers.Add(ScorerFactory.CreateValidated(spec, settings));
+                if (toxicLabels.Length > 0 && !scorers.OfType<ClassifierScorer>().Any(c => c.UsesToxicLabelOverride))
+                    throw new InvalidInputException($"--toxic-label {string.Join(", ", toxicLabels)}: no classifier scorer has such a label");
+                foreach (var x in scorers.OfType<ClassifierScorer>()) err.WriteLine($"{x.Name}: {x.ToxicityRule}");
+                if (scorers.Any(x => x is PerspectiveScorer)) err.WriteLine($"note: {PerspectiveOptions.EndOfService}");
 
-            var evalModels = dirs.Select(d => new EvalModel(LabelOf(d), () => CommonOptions.LoadModel(d, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)))).ToList();
-            List<EvalRow> rows;
-            try { rows = EvalHarness.Run(evalModels, evalEdits, sc, data, o, output, progress); }
+                var evalModels = dirs.Select(d => new EvalModel(LabelOf(d), () => CommonOptions.LoadModel(d, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)))).ToList();
+                rows = EvalHarness.Run(evalModels, evalEdits, scorers, data, o, output, progress, interrupt.Token);
+            }
             catch (PerspectiveException e)
             {
                 err.WriteLine($"detox: {e.Message}");
                 return 1;
             }
+            catch (OperationCanceledException) when (interrupt.IsCancellationRequested)
+            {
+                var cached = scorers.Any(x => x is PerspectiveScorer)
+                    ? $"every Perspective score received so far is in {settings.Perspective.CachePath}; "
+                    : "";
+                err.WriteLine($"detox: interrupted — {cached}rerun the same command to resume (no results were written)");
+                return 130;
+            }
+            finally
+            {
+                foreach (var x in scorers) x.Dispose();
+            }
+            p.InvocationConfiguration.Output.Write(File.ReadAllText(Path.Combine(output, "results.md")));
+            p.InvocationConfiguration.Output.WriteLine($"wrote {Path.Combine(output, "results.md")}, results.json, results.csv, generations.jsonl ({rows.Count} rows)");
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>`detox merge-shards`: the shard outputs of one evaluation → the results files of one run.</summary>
+    public static Command MergeShards()
+    {
+        var input = new Option<string>("--in") { Description = "the --out directory the shards wrote into (holds shard-I-of-N/)", Required = true };
+        var outDir = new Option<string>("--out") { Description = "output directory for the merged results.md/json/csv, generations.jsonl", Required = true };
+        var cmd = new Command("merge-shards", "Combine the outputs of detox eval --shard I/N into the results files of one run; names any missing shard.") { input, outDir };
+        cmd.SetAction(p =>
+        {
+            var rows = ShardMerge.Merge(p.GetValue(input)!, p.GetValue(outDir)!);
+            var output = p.GetValue(outDir)!;
             p.InvocationConfiguration.Output.Write(File.ReadAllText(Path.Combine(output, "results.md")));
             p.InvocationConfiguration.Output.WriteLine($"wrote {Path.Combine(output, "results.md")}, results.json, results.csv, generations.jsonl ({rows.Count} rows)");
             return 0;

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using DetoxSharp.Data;
 using DetoxSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -14,7 +15,7 @@ public static class ScoreCommand
     {
         var model = CommonOptions.Model();
         var text = new Option<string>("--text") { Description = "text to score", Required = true };
-        var json = CommonOptions.Json();
+        var json = new Option<bool>("--json") { Description = "print one JSON object on stdout (non-finite log-probs, from NaN/Inf weights, are null and \"finite\" is false)" };
         var device = CommonOptions.Device();
         var dtype = CommonOptions.DType();
         var pickle = CommonOptions.AllowPickle();
@@ -41,7 +42,7 @@ public static class ScoreCommand
                 {
                     ["id"] = ids[i],
                     ["text"] = m.Tokenizer.TokenText(ids[i]),
-                    ["logprob"] = i == 0 ? null : JsonValue.Create(lp[i - 1]),
+                    ["logprob"] = i == 0 ? null : StrictJson.Number(lp[i - 1]),
                 });
             var o = p.InvocationConfiguration.Output;
             if (p.GetValue(json))
@@ -49,8 +50,10 @@ public static class ScoreCommand
                 var r = new JsonObject
                 {
                     ["tokens"] = tokens,
-                    ["total_logprob"] = total,
-                    ["perplexity"] = lp.Length > 0 ? JsonValue.Create(ppl) : null,
+                    ["total_logprob"] = StrictJson.Number(total),
+                    ["perplexity"] = lp.Length > 0 ? StrictJson.Number(ppl) : null,
+                    // JSON has no NaN/Infinity: such values (a model with non-finite weights) are null, and this says so
+                    ["finite"] = lp.All(double.IsFinite),
                 };
                 o.WriteLine(r.ToJsonString());
             }

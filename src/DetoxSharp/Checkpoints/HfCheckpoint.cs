@@ -41,25 +41,33 @@ public static class HfCheckpoint
         ["gpt2"] = cfg => new Gpt2Model(Gpt2Config.FromJson(cfg), initialize: false),
     };
 
+    /// <summary>Parameter counts implied by a config, per family, for the memory check before allocation.</summary>
+    static readonly Dictionary<string, Func<JsonObject, double>> ParameterCounts = new()
+    {
+        ["gpt2"] = cfg => Gpt2Config.FromJson(cfg).ParameterCount,
+    };
+
     public static JsonObject ReadConfig(string dir)
     {
         if (!Directory.Exists(dir)) throw new InvalidInputException($"{dir}: model directory does not exist");
         var path = Path.Combine(dir, "config.json");
         if (!File.Exists(path)) throw new InvalidInputException($"{path}: missing (not a Hugging Face model directory)");
-        try
-        {
-            return JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new JsonException("not a JSON object");
-        }
-        catch (JsonException e) { throw new InvalidInputException($"{path}: malformed JSON ({e.Message.Split('\n')[0]})"); }
+        return StrictJson.ParseFileObject(path, "config.json");
     }
 
     static string ModelType(JsonObject cfg, string dir)
     {
-        var mt = cfg["model_type"]?.GetValue<string>();
-        if (mt is null && cfg["architectures"] is JsonArray arch && arch.Any(a => a?.GetValue<string>()?.StartsWith("GPT2") == true)) mt = "gpt2";
-        if (mt is null) throw new InvalidInputException($"{Path.Combine(dir, "config.json")}: no model_type");
+        var where = Path.Combine(dir, "config.json");
+        var mt = StrictJson.OptionalString(cfg, "model_type", where);
+        if (cfg["architectures"] is JsonNode archNode)
+        {
+            if (archNode is not JsonArray arch) throw new InvalidInputException($"{where}: \"architectures\" must be a list of strings, got {StrictJson.Short(archNode)}");
+            var names = arch.Select(a => StrictJson.String(a, where, "each entry of \"architectures\"")).ToList();
+            if (mt is null && names.Any(a => a.StartsWith("GPT2"))) mt = "gpt2";
+        }
+        if (mt is null) throw new InvalidInputException($"{where}: no model_type");
         if (!Families.ContainsKey(mt))
-            throw new InvalidInputException($"{Path.Combine(dir, "config.json")}: unknown model_type '{mt}' (supported: {string.Join(", ", Families.Keys)})");
+            throw new InvalidInputException($"{where}: unknown model_type '{mt}' (supported: {string.Join(", ", Families.Keys)})");
         return mt;
     }
 
@@ -70,7 +78,18 @@ public static class HfCheckpoint
         var cfg = ReadConfig(dir);
         var mt = ModelType(cfg, dir);
         ICausalLM model;
-        try { model = Families[mt](cfg); }
+        try
+        {
+            if (ParameterCounts.TryGetValue(mt, out var count))
+            {
+                // fp32 model + the checkpoint's tensors, which are read whole before being copied in
+                double weights = new[] { "model.safetensors", "pytorch_model.bin" }.Select(f => Path.Combine(dir, f)).Where(File.Exists).Sum(f => (double)new FileInfo(f).Length)
+                                 + Directory.EnumerateFiles(dir, "model-*.safetensors").Sum(f => (double)new FileInfo(f).Length);
+                double parameters = count(cfg);
+                MemoryBudget.EnsureFits(parameters * 4 + weights, Path.Combine(dir, "config.json"), $"a model of {parameters:0} parameters (vocab_size, n_embd, n_layer, n_positions, n_inner) as float32 plus {MemoryBudget.Format(weights)} of weights");
+            }
+            model = Families[mt](cfg);
+        }
         catch (FormatException e) { throw new InvalidInputException($"{Path.Combine(dir, "config.json")}: {e.Message}"); }
         try
         {
@@ -100,16 +119,32 @@ public static class HfCheckpoint
         if (File.Exists(single)) return Safetensors.Load(single);
         if (File.Exists(index))
         {
-            JsonObject map;
-            try { map = JsonNode.Parse(File.ReadAllText(index))!["weight_map"]!.AsObject(); }
-            catch (Exception e) when (e is JsonException or NullReferenceException or InvalidOperationException)
-            { throw new InvalidInputException($"{index}: malformed index (expected a weight_map object)"); }
+            var root = StrictJson.ParseFileObject(index, "model.safetensors.index.json");
+            if (root["weight_map"] is not JsonObject map) throw new InvalidInputException($"{index}: malformed index (expected a \"weight_map\" object)");
+            var shards = map.Select(kv => (kv.Key, File: StrictJson.String(kv.Value, index, $"weight_map[\"{kv.Key}\"]"))).ToList();
             var result = new Dictionary<string, Tensor>();
-            foreach (var file in map.Select(kv => kv.Value!.GetValue<string>()).Distinct())
+            try
             {
-                var shard = Path.Combine(dir, file);
-                if (!File.Exists(shard)) throw new InvalidInputException($"{index}: shard {file} is missing");
-                foreach (var kv in Safetensors.Load(shard)) result[kv.Key] = kv.Value;
+                foreach (var file in shards.Select(s => s.File).Distinct())
+                {
+                    if (file.Length == 0 || Path.IsPathRooted(file) || file.Split('/', '\\').Contains(".."))
+                        throw new InvalidInputException($"{index}: shard name '{file}' must be a file name inside the model directory");
+                    var shard = Path.Combine(dir, file);
+                    if (!File.Exists(shard)) throw new InvalidInputException($"{index}: shard {file} is missing");
+                    foreach (var kv in Safetensors.Load(shard))
+                    {
+                        if (!result.TryAdd(kv.Key, kv.Value))
+                        {
+                            kv.Value.Dispose();
+                            throw new InvalidInputException($"{shard}: tensor '{kv.Key}' is also in another shard");
+                        }
+                    }
+                }
+            }
+            catch
+            {
+                foreach (var t in result.Values) t.Dispose();
+                throw;
             }
             var absent = map.Select(kv => kv.Key).Where(k => !result.ContainsKey(k)).ToList();
             if (absent.Count > 0) throw new InvalidInputException($"{index}: tensors listed but not in their shards: {Summarise(absent)}");
@@ -124,7 +159,7 @@ public static class HfCheckpoint
             catch (Exception e) { throw new InvalidInputException($"{pickle}: cannot read pickled state dict ({e.Message})"); }
             var result = new Dictionary<string, Tensor>();
             foreach (DictionaryEntry kv in table)
-                if (kv.Value is Tensor t) result[(string)kv.Key] = t;
+                if (kv.Value is Tensor t && kv.Key is string name) result[name] = t;
             return result;
         }
         throw new InvalidInputException($"{dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin");

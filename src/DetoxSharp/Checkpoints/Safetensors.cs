@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using DetoxSharp.Data;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -26,53 +27,78 @@ public static class Safetensors
 
     static string DTypeName(ScalarType t) => DTypes.First(kv => kv.Value.type == t).Key;
 
-    /// <summary>Reads and validates the header; returns the entries and the offset where data starts.</summary>
+    /// <summary>
+    /// Reads and validates the header as the reference implementation does: header length within the file (and at most
+    /// 100 MB), valid UTF-8 JSON object without duplicate keys, string-to-string metadata, known dtypes, non-negative
+    /// shapes, byte count = dtype size × element count, and data_offsets that tile the data buffer exactly (sorted by
+    /// offset, each tensor starts where the previous ends, the last ends at the end of the file: no gaps, no overlaps).
+    /// Returns the entries and the offset where data starts.
+    /// </summary>
     public static (List<Entry> Entries, long DataStart, JsonObject? Metadata) ReadHeader(string path)
     {
+        if (!File.Exists(path)) throw new InvalidInputException($"{path}: file not found");
         using var f = File.OpenRead(path);
         long len = f.Length;
         if (len < 8) throw new InvalidInputException($"{path}: not a safetensors file (only {len} bytes)");
         var lenBytes = new byte[8];
         f.ReadExactly(lenBytes);
         ulong n = BitConverter.ToUInt64(lenBytes);
-        if (n == 0 || n > (ulong)(len - 8) || n > 100_000_000)
+        if (n < 2 || n > (ulong)(len - 8) || n > 100_000_000)
             throw new InvalidInputException($"{path}: corrupt safetensors header (declares {n} header bytes, file has {len})");
         var header = new byte[n];
         f.ReadExactly(header);
-        JsonObject root;
-        try
-        {
-            root = JsonNode.Parse(Encoding.UTF8.GetString(header).TrimEnd(' ', '\0')) as JsonObject
-                   ?? throw new JsonException("header is not a JSON object");
-        }
-        catch (JsonException e) { throw new InvalidInputException($"{path}: corrupt safetensors header ({e.Message})"); }
+        if (header[0] != (byte)'{') throw new InvalidInputException($"{path}: corrupt safetensors header (does not start with '{{')");
+        var root = StrictJson.Parse(header, path, "safetensors header") as JsonObject
+                   ?? throw new InvalidInputException($"{path}: corrupt safetensors header (not a JSON object)");
         long dataStart = 8 + (long)n, dataLen = len - dataStart;
         var entries = new List<Entry>();
         JsonObject? meta = null;
         foreach (var (name, node) in root)
         {
-            if (name == "__metadata__") { meta = node as JsonObject; continue; }
-            try
+            if (name == "__metadata__")
             {
-                var dt = node!["dtype"]!.GetValue<string>();
-                if (!DTypes.TryGetValue(dt, out var info)) throw new InvalidInputException($"{path}: tensor '{name}' has unsupported dtype {dt}");
-                var shape = node["shape"]!.AsArray().Select(x => x!.GetValue<long>()).ToArray();
-                var offs = node["data_offsets"]!.AsArray().Select(x => x!.GetValue<long>()).ToArray();
-                if (offs.Length != 2 || offs[0] < 0 || offs[1] < offs[0])
-                    throw new InvalidInputException($"{path}: tensor '{name}' has invalid data_offsets");
-                if (offs[1] > dataLen)
-                    throw new InvalidInputException($"{path}: truncated file: tensor '{name}' ends at byte {dataStart + offs[1]} but the file has {len} bytes");
-                long count = shape.Aggregate(1L, (a, b) => a * b);
-                if (count * info.size != offs[1] - offs[0])
-                    throw new InvalidInputException($"{path}: tensor '{name}' shape [{string.Join(",", shape)}] × {dt} needs {count * info.size} bytes, header gives {offs[1] - offs[0]}");
-                entries.Add(new Entry(name, info.type, shape, offs[0], offs[1]));
+                meta = node as JsonObject ?? throw new InvalidInputException($"{path}: __metadata__ must be an object of strings");
+                foreach (var (k, v) in meta) StrictJson.String(v, path, $"__metadata__[\"{k}\"]");
+                continue;
             }
-            catch (Exception e) when (e is InvalidOperationException or NullReferenceException or FormatException)
-            {
-                throw new InvalidInputException($"{path}: malformed header entry for tensor '{name}'");
-            }
+            if (node is not JsonObject t) throw new InvalidInputException($"{path}: tensor '{name}': header entry must be an object");
+            var dt = StrictJson.OptionalString(t, "dtype", $"{path}: tensor '{name}'") ?? throw new InvalidInputException($"{path}: tensor '{name}' has no dtype");
+            if (!DTypes.TryGetValue(dt, out var info)) throw new InvalidInputException($"{path}: tensor '{name}' has unsupported dtype {dt}");
+            var shape = Longs(t["shape"], path, name, "shape");
+            var offs = Longs(t["data_offsets"], path, name, "data_offsets");
+            if (shape.Any(x => x < 0)) throw new InvalidInputException($"{path}: tensor '{name}' has a negative dimension in shape [{string.Join(",", shape)}]");
+            if (offs.Length != 2 || offs[0] < 0 || offs[1] < offs[0])
+                throw new InvalidInputException($"{path}: tensor '{name}' has invalid data_offsets [{string.Join(",", offs)}] (need [begin, end] with 0 ≤ begin ≤ end)");
+            if (offs[1] > dataLen)
+                throw new InvalidInputException($"{path}: truncated file: tensor '{name}' ends at byte {dataStart + offs[1]} but the file has {len} bytes");
+            long bytes;
+            try { bytes = checked(shape.Aggregate(1L, (a, b) => checked(a * b)) * info.size); }
+            catch (OverflowException) { throw new InvalidInputException($"{path}: tensor '{name}' shape [{string.Join(",", shape)}] is too large"); }
+            if (bytes != offs[1] - offs[0])
+                throw new InvalidInputException($"{path}: tensor '{name}' shape [{string.Join(",", shape)}] × {dt} needs {bytes} bytes, header gives {offs[1] - offs[0]}");
+            entries.Add(new Entry(name, info.type, shape, offs[0], offs[1]));
         }
+        long end = 0;
+        foreach (var e in entries.OrderBy(e => e.Begin).ThenBy(e => e.End))
+        {
+            if (e.Begin != end)
+                throw new InvalidInputException(e.Begin < end
+                    ? $"{path}: tensor '{e.Name}' (bytes {e.Begin}..{e.End}) overlaps the previous tensor (which ends at {end})"
+                    : $"{path}: gap in the data buffer before tensor '{e.Name}' (bytes {end}..{e.Begin} belong to no tensor)");
+            end = e.End;
+        }
+        if (end != dataLen)
+            throw new InvalidInputException($"{path}: the tensors cover {end} bytes of data but the file holds {dataLen} after the header (corrupt header length or trailing bytes)");
         return (entries, dataStart, meta);
+    }
+
+    static long[] Longs(JsonNode? node, string path, string tensor, string field)
+    {
+        if (node is not JsonArray a) throw new InvalidInputException($"{path}: tensor '{tensor}': {field} must be a list of integers");
+        var result = new long[a.Count];
+        for (int i = 0; i < a.Count; i++)
+            result[i] = StrictJson.OptionalLongValue(a[i]) ?? throw new InvalidInputException($"{path}: tensor '{tensor}': {field} must be a list of integers, got {StrictJson.Short(a)}");
+        return result;
     }
 
     /// <summary>Loads all tensors (or those <paramref name="keep"/> accepts) onto the CPU in their stored dtype.</summary>

@@ -37,14 +37,75 @@ public static class AtomicFile
 
 /// <summary>Writes a whole directory under a temporary sibling name and moves it into place, replacing an existing
 /// one only once the new one is complete (the old one is put back if the final move fails). A crash leaves either
-/// the previous directory or the new one, never a mix.</summary>
+/// the previous directory or the new one, never a mix — possibly with the previous one still under its
+/// <c>.NAME.old-*</c> name (killed between the two renames) and leftover <c>.NAME.tmp-*</c> directories, which
+/// <see cref="Recover"/> (called by <see cref="Write"/> and by the trainers on start) puts right.</summary>
 public static class AtomicDirectory
 {
+    static readonly System.Text.RegularExpressions.Regex Stranded = new(@"^\.(?<name>.+)\.(?<kind>tmp|old)-[0-9a-f]{32}$");
+
+    /// <summary>
+    /// Repairs what an interrupted <see cref="Write"/> of <paramref name="dir"/> can leave: deletes <c>.NAME.tmp-*</c>
+    /// (a half-filled or never-promoted new version); when <paramref name="dir"/> is missing, renames the one
+    /// complete previous version <c>.NAME.old-*</c> back into place (the swap's first rename happened, the second did
+    /// not); when <paramref name="dir"/> exists, deletes <c>.NAME.old-*</c> (a delete that was interrupted).
+    /// Returns one line per action, for the caller to report.
+    /// </summary>
+    public static List<string> Recover(string dir)
+    {
+        dir = Path.GetFullPath(dir.TrimEnd('/', '\\'));
+        var parent = Path.GetDirectoryName(dir)!;
+        var name = Path.GetFileName(dir);
+        var actions = new List<string>();
+        if (!Directory.Exists(parent)) return actions;
+        var mine = Directory.EnumerateDirectories(parent, $".{name}.*")
+            .Select(p => (Path: p, Match: Stranded.Match(Path.GetFileName(p))))
+            .Where(x => x.Match.Success && x.Match.Groups["name"].Value == name).ToList();
+        foreach (var (p, _) in mine.Where(x => x.Match.Groups["kind"].Value == "tmp"))
+        {
+            Directory.Delete(p, recursive: true);
+            actions.Add($"removed the unfinished {p}");
+        }
+        var olds = mine.Where(x => x.Match.Groups["kind"].Value == "old").Select(x => x.Path).ToList();
+        if (olds.Count == 0) return actions;
+        if (Directory.Exists(dir))
+        {
+            foreach (var p in olds) { Directory.Delete(p, recursive: true); actions.Add($"removed the superseded {p}"); }
+        }
+        else if (olds.Count == 1)
+        {
+            Directory.Move(olds[0], dir);
+            actions.Add($"restored {dir} from {olds[0]} (a save was interrupted between its two renames)");
+        }
+        else
+            throw new InvalidInputException($"{dir}: missing, and several previous versions are left ({string.Join(", ", olds.Select(Path.GetFileName))}); move the one to keep to {name}");
+        return actions;
+    }
+
+    /// <summary><see cref="Recover"/> for every directory of <paramref name="parent"/> with stranded versions, and
+    /// removes stranded <see cref="AtomicFile"/> temporaries (<c>FILE.tmp-*</c>).</summary>
+    public static List<string> RecoverAll(string parent)
+    {
+        var actions = new List<string>();
+        if (!Directory.Exists(parent)) return actions;
+        foreach (var name in Directory.EnumerateDirectories(parent, ".*").Select(p => Stranded.Match(Path.GetFileName(p)))
+                     .Where(m => m.Success).Select(m => m.Groups["name"].Value).Distinct().ToList())
+            actions.AddRange(Recover(Path.Combine(parent, name)));
+        foreach (var f in Directory.EnumerateFiles(parent, "*.tmp-*"))
+            if (System.Text.RegularExpressions.Regex.IsMatch(Path.GetFileName(f), @"\.tmp-[0-9a-f]{32}$"))
+            {
+                File.Delete(f);
+                actions.Add($"removed the unfinished {f}");
+            }
+        return actions;
+    }
+
     public static void Write(string dir, Action<string> fill)
     {
         dir = Path.GetFullPath(dir.TrimEnd('/', '\\'));
         var parent = Path.GetDirectoryName(dir)!;
         Directory.CreateDirectory(parent);
+        Recover(dir);
         var tmp = Path.Combine(parent, $".{Path.GetFileName(dir)}.tmp-{Guid.NewGuid():N}");
         try
         {

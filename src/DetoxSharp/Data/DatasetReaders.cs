@@ -21,11 +21,12 @@ public static class DatasetReaders
         if (!File.Exists(path)) throw new InvalidInputException($"{path}: file not found");
         if (new FileInfo(path).Length == 0) throw new InvalidInputException($"{path}: empty file (no header line)");
         var options = new CsvReaderOptions { HasHeader = true, TrackLineNumbers = true };
-        using var text = new StreamReader(path);
+        using var text = new StreamReader(path, new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true));
         using var csv = CsvReader.Create(text, options, false);
         IReadOnlyList<string> header;
         try { header = csv.Headers; }
         catch (CsvFormatException e) { throw new InvalidInputException($"{path}:1: malformed CSV header ({e.Message.Split('\n')[0]})"); }
+        catch (System.Text.DecoderFallbackException) { throw new InvalidInputException($"{path}:1: invalid UTF-8"); }
         if (header.Count == 0) throw new InvalidInputException($"{path}: empty file (no header line)");
         int textCol = header.ToList().IndexOf("comment_text");
         if (textCol < 0) throw new InvalidInputException($"{path}:1: missing column 'comment_text' (header: {string.Join(",", header)})");
@@ -37,13 +38,14 @@ public static class DatasetReaders
             bool more;
             try { more = csv.Read(); }
             catch (CsvFormatException e) { throw new InvalidInputException($"{path}:{(e.LineNumber > 0 ? e.LineNumber : list.Count + 2)}: malformed CSV ({e.Message.Split('\n')[0]})"); }
+            catch (System.Text.DecoderFallbackException) { throw new InvalidInputException($"{path}: invalid UTF-8 after line {list.Count + 1} of data"); }
             if (!more) break;
             long line = csv.LineNumber;
             if (csv.FieldCount <= Math.Max(textCol, labelCol))
                 throw new InvalidInputException($"{path}:{line}: expected at least {Math.Max(textCol, labelCol) + 1} fields, got {csv.FieldCount}");
             var comment = csv.GetString(textCol) ?? "";
             var label = csv.GetString(labelCol) ?? "";
-            if (!double.TryParse(label, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) || v < 0 || v > 1)
+            if (!double.TryParse(label, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) || !(v >= 0 && v <= 1))
                 throw new InvalidInputException($"{path}:{line}: '{header[labelCol]}' must be 0/1 or a fraction in [0,1], got '{label}'");
             list.Add(new LabelledComment(comment, v >= 0.5));
         }
@@ -87,7 +89,9 @@ public static class DatasetReaders
     public static List<string> ReadDocuments(string path)
     {
         if (!File.Exists(path)) throw new InvalidInputException($"{path}: file not found");
-        var text = File.ReadAllText(path);
+        string text;
+        try { text = File.ReadAllText(path, new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true)); }
+        catch (System.Text.DecoderFallbackException) { throw new InvalidInputException($"{path}: invalid UTF-8"); }
         if (string.IsNullOrWhiteSpace(text)) throw new InvalidInputException($"{path}: empty file");
         var sep = "\n" + ToyWorldFiles.DocumentSeparator + "\n";
         var docs = text.Contains(ToyWorldFiles.DocumentSeparator)

@@ -41,9 +41,9 @@ public static class JsonlReader
         public double Double(string field)
         {
             var n = Object[field] ?? throw new InvalidInputException($"{Where}: missing field '{field}'");
-            if (n is JsonValue v && v.TryGetValue<double>(out var d)) return d;
+            if (n is JsonValue v && v.GetValueKind() == JsonValueKind.Number && v.TryGetValue<double>(out var d) && double.IsFinite(d)) return d;
             if (n is JsonValue b && b.TryGetValue<bool>(out var flag)) return flag ? 1 : 0;
-            throw new InvalidInputException($"{Where}: field '{field}' must be a number");
+            throw new InvalidInputException($"{Where}: field '{field}' must be a finite number or true/false");
         }
     }
 
@@ -51,14 +51,17 @@ public static class JsonlReader
     {
         if (!File.Exists(path)) throw new InvalidInputException($"{path}: file not found");
         int number = 0, count = 0;
-        foreach (var text in File.ReadLines(path))
+        using var reader = new StreamReader(path, new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true));
+        while (true)
         {
+            string? text;
+            try { text = reader.ReadLine(); }
+            catch (System.Text.DecoderFallbackException) { throw new InvalidInputException($"{path}:{number + 1}: invalid UTF-8"); }
+            if (text is null) break;
             number++;
             if (string.IsNullOrWhiteSpace(text)) continue;
-            JsonNode? node;
-            try { node = JsonNode.Parse(text); }
-            catch (JsonException e) { throw new InvalidInputException($"{path}:{number}: malformed JSON ({e.Message.Split('.')[0]})"); }
-            if (node is not JsonObject o) throw new InvalidInputException($"{path}:{number}: expected a JSON object");
+            var where = $"{path}:{number}";
+            if (StrictJson.Parse(text, where, "JSON line") is not JsonObject o) throw new InvalidInputException($"{where}: expected a JSON object");
             count++;
             yield return new Line(path, number, o);
         }

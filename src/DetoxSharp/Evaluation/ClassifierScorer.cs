@@ -14,7 +14,8 @@ namespace DetoxSharp.Evaluation;
 /// weights (model.safetensors): embeddings (word + position + token type, RoBERTa's positions offset past
 /// <c>padding_idx</c>), post-LayerNorm encoder layers, and the family's head (BERT: pooler dense+tanh on [CLS], then
 /// classifier; RoBERTa: classifier.dense+tanh on &lt;s&gt;, then classifier.out_proj). Probabilities: sigmoid per label
-/// when config.json says <c>problem_type: multi_label_classification</c>, else softmax. Labels (id2label) are mapped to
+/// when config.json says <c>problem_type: multi_label_classification</c> or the head has one label, else softmax; which
+/// labels make "toxicity" is chosen by <see cref="ChooseToxicLabels"/> and reported (<see cref="ToxicityRule"/>). Labels (id2label) are mapped to
 /// Perspective names where the meaning is the same (toxic/toxicity → TOXICITY, severe_toxic(ity) → SEVERE_TOXICITY,
 /// obscene → PROFANITY, identity_attack/identity_hate → IDENTITY_ATTACK, insult, threat, sexual_explicit →
 /// SEXUALLY_EXPLICIT); other labels keep their names. The max-over-attributes aggregate uses only the mapped labels
@@ -30,23 +31,55 @@ public sealed class ClassifierScorer : IToxicityScorer
     int _hidden, _heads, _layers, _pad, _maxLen, _numLabels;
     double _eps;
     string _act = "gelu";
-    bool _multiLabel;
-    string[] _labels = [];
-    bool[] _isToxicityLabel = [];
+    bool _multiLabel, _sigmoid;
+    int _vocabRows;
+    string[] _rawLabels = [], _labels = [];
+    int[] _toxicIdx = [];
+    int? _toxicityIdx;
+    string _rule = "", _weightsHash = "";
+    readonly IReadOnlyList<string> _toxicLabelOverride;
     Func<string, List<int>>? _encode;
 
-    public ClassifierScorer(string directory, int batchSize = 32, int? maxLength = null)
+    /// <param name="toxicLabels">labels (id2label names or their Perspective names) that make "toxicity" for this
+    /// classifier (the user's --toxic-label); the ones this checkpoint has are used, others are ignored.</param>
+    public ClassifierScorer(string directory, int batchSize = 32, int? maxLength = null, IReadOnlyList<string>? toxicLabels = null)
     {
         _dir = directory;
         if (batchSize < 1) throw new InvalidInputException($"classifier batch size must be ≥ 1, got {batchSize}");
         _batchSize = batchSize;
         _maxLength = maxLength;
+        _toxicLabelOverride = toxicLabels ?? [];
     }
 
     public string Name => $"classifier:{Path.GetFileName(Path.GetFullPath(_dir).TrimEnd(Path.DirectorySeparatorChar))}";
     public string Family { get { Load(); return _family; } }
+    /// <summary>Attribute names of the labels: Perspective names where the meaning is the same, else id2label's.</summary>
     public IReadOnlyList<string> Labels { get { Load(); return _labels; } }
     public bool MultiLabel { get { Load(); return _multiLabel; } }
+    /// <summary>True when probabilities are per-label sigmoids (multi-label heads, one-label heads), false for softmax.</summary>
+    public bool Sigmoid { get { Load(); return _sigmoid; } }
+    /// <summary>The attribute names whose maximum is the toxicity value (max-over-attributes aggregate).</summary>
+    public IReadOnlyList<string> ToxicLabels { get { Load(); return _toxicIdx.Select(i => _labels[i]).ToList(); } }
+    /// <summary>True when the user's --toxic-label named a label of this checkpoint.</summary>
+    public bool UsesToxicLabelOverride { get { Load(); return _toxicLabelOverride.Count > 0 && _rule.Contains("--toxic-label"); } }
+    /// <summary>How toxicity is made from this classifier's outputs, in words (reported with the results).</summary>
+    public string ToxicityRule { get { Load(); return _rule; } }
+    /// <summary>The checkpoint's identity: name, SHA-256 of model.safetensors (first 16 hex digits) and the toxicity rule,
+    /// so scores from different weights or label choices are never mixed.</summary>
+    public string Identity { get { Load(); return $"{Name} weights-sha256:{_weightsHash} ({_rule})"; } }
+
+    /// <summary>Whether a 2-class label names a non-toxic class ("neutral", "nothate", "non_toxic", …).</summary>
+    static bool NonToxicName(string label)
+    {
+        var l = label.ToLowerInvariant().Replace('-', '_').Replace(' ', '_');
+        return l is "neutral" or "normal" or "clean" or "safe" or "benign" or "none" or "ok" or "acceptable" or "appropriate"
+               || l.StartsWith("not", StringComparison.Ordinal) || l.StartsWith("non", StringComparison.Ordinal) || l.StartsWith("no_", StringComparison.Ordinal);
+    }
+
+    /// <summary>Whether a label names toxic content (a Perspective attribute, or hate/offensive/abusive).</summary>
+    static bool ToxicName(string label) =>
+        !NonToxicName(label) && (PerspectiveName(label) is not null
+            || label.ToLowerInvariant() is "hate" or "hateful" or "hate_speech" or "offensive" or "abusive" or "toxic");
 
     public void Validate() => Load();
 
@@ -120,15 +153,18 @@ public sealed class ClassifierScorer : IToxicityScorer
             var missing = need.Where(k => !w.ContainsKey(k)).ToList();
             if (missing.Count > 0) throw new InvalidInputException($"{st}: missing tensors for a {_family} sequence classifier: {string.Join(", ", missing.Take(4))}");
             _numLabels = (int)(_family == "bert" ? w["classifier.weight"] : w["classifier.out_proj.weight"]).shape[0];
-            _labels = new string[_numLabels];
+            _vocabRows = (int)w["embeddings.word_embeddings.weight"].shape[0];
+            _rawLabels = new string[_numLabels];
             var id2label = cfg["id2label"] as JsonObject;
             for (int i = 0; i < _numLabels; i++)
-                _labels[i] = id2label?[i.ToString()]?.GetValue<string>() ?? $"LABEL_{i}";
-            var mapped = _labels.Select(PerspectiveName).ToArray();
-            _isToxicityLabel = mapped.Select(m => m is not null).ToArray();
-            if (!_isToxicityLabel.Any(b => b)) _isToxicityLabel = _labels.Select(_ => true).ToArray();
-            _labels = _labels.Select((l, i) => mapped[i] ?? l).ToArray();
+                _rawLabels[i] = id2label?[i.ToString()]?.GetValue<string>() ?? $"LABEL_{i}";
+            var mapped = _rawLabels.Select(PerspectiveName).ToArray();
+            _labels = _rawLabels.Select((l, i) => mapped[i] ?? l).ToArray();
             if (_labels.Distinct().Count() != _labels.Length) throw new InvalidInputException($"{cfgPath}: id2label has labels mapping to the same attribute ({string.Join(", ", _labels)})");
+            // transformers' pipeline: sigmoid for multi-label heads and for a single-label head, softmax otherwise
+            _sigmoid = _multiLabel || _numLabels == 1;
+            ChooseToxicLabels(cfgPath, mapped);
+            _weightsHash = HashFile(st);
             _encode = _family == "roberta" ? RobertaTokenizer() : BertTokenizerFn();
             _w = w;
         }
@@ -139,29 +175,67 @@ public sealed class ClassifierScorer : IToxicityScorer
         }
     }
 
+    /// <summary>
+    /// Which outputs make "toxicity". The user's --toxic-label wins. A sigmoid head: its one label, or the labels with a
+    /// Perspective meaning (toxic-bert's 6, unbiased-toxic-roberta's 7 non-identity labels; identity groups such as
+    /// "female" are not toxicity). A 2-class softmax head: P(label 1), unless the names say the toxic class is label 0
+    /// (ToxiGen's LABEL_0/LABEL_1 → LABEL_1; s-nlp's neutral/toxic → toxic; {toxic, neutral} → toxic). Taking the max
+    /// over both classes would always be ≥ 0.5. A wider softmax head needs labels with a Perspective meaning.
+    /// </summary>
+    void ChooseToxicLabels(string cfgPath, string?[] mapped)
+    {
+        string head = _sigmoid ? "sigmoid" : "softmax";
+        var named = Enumerable.Range(0, _numLabels)
+            .Where(i => _toxicLabelOverride.Any(n => string.Equals(n, _rawLabels[i], StringComparison.OrdinalIgnoreCase) || n == _labels[i])).ToArray();
+        if (named.Length > 0)
+        {
+            _toxicIdx = named;
+            int t = Array.IndexOf(_labels, ToxicityAttributes.Toxicity);
+            _toxicityIdx = named.Length == 1 ? named[0] : named.Contains(t) ? t : null;
+            _rule = $"{head}; toxicity = {Describe(named)} (--toxic-label)";
+            return;
+        }
+        var withMeaning = Enumerable.Range(0, _numLabels).Where(i => mapped[i] is not null).ToArray();
+        int tox = Array.IndexOf(_labels, ToxicityAttributes.Toxicity);
+        if (_numLabels == 1)
+            _toxicIdx = [0];
+        else if (!_sigmoid && _numLabels == 2)
+        {
+            bool t0 = ToxicName(_rawLabels[0]), t1 = ToxicName(_rawLabels[1]), n0 = NonToxicName(_rawLabels[0]), n1 = NonToxicName(_rawLabels[1]);
+            int pick = t0 && !t1 || n1 && !n0 ? 0 : 1;
+            _toxicIdx = [pick];
+            tox = pick;
+        }
+        else if (withMeaning.Length > 0)
+            _toxicIdx = withMeaning;
+        else
+            throw new InvalidInputException($"{cfgPath}: none of the labels ({string.Join(", ", _rawLabels)}) names a kind of toxicity; name the toxic label(s) with --toxic-label NAME");
+        _toxicityIdx = tox >= 0 ? tox : _toxicIdx.Length == 1 ? _toxicIdx[0] : null;
+        _rule = $"{head}; toxicity = {Describe(_toxicIdx)}";
+    }
+
+    string Describe(int[] idx) => idx.Length == 1
+        ? $"P({_rawLabels[idx[0]]})"
+        : $"max of P({string.Join(", ", idx.Select(i => _rawLabels[i]))})";
+
+    static string HashFile(string path)
+    {
+        using var f = File.OpenRead(path);
+        return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(f))[..16];
+    }
+
     Func<string, List<int>> RobertaTokenizer()
     {
         string v = Path.Combine(_dir, "vocab.json"), m = Path.Combine(_dir, "merges.txt");
         if (!File.Exists(v) || !File.Exists(m)) throw new InvalidInputException($"{_dir}: RoBERTa classifier needs vocab.json and merges.txt");
-        Dictionary<string, int> vocab;
-        try { vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(v)) ?? throw new JsonException("null"); }
-        catch (JsonException e) { throw new InvalidInputException($"{v}: malformed vocab.json ({e.Message.Split('.')[0]})"); }
+        var tok = RobertaBpe.Create(v, m, out var vocab);
         int bos = vocab.TryGetValue("<s>", out var b) ? b : throw new InvalidInputException($"{v}: no <s> token");
         int eos = vocab.TryGetValue("</s>", out var eo) ? eo : throw new InvalidInputException($"{v}: no </s> token");
-        // Microsoft.ML.Tokenizers' CodeGenTokenizer.Create requires GPT-2's <|endoftext|> as its unknown token; RoBERTa
-        // vocabularies lack it, so it is added at an id past the vocabulary and mapped back to <unk> after encoding.
-        int fakeId = vocab.Values.Max() + 1;
-        int unk = vocab.TryGetValue("<unk>", out var u) ? u : eos;
-        var patched = new Dictionary<string, int>(vocab);
-        patched.TryAdd("<|endoftext|>", fakeId);
-        CodeGenTokenizer tok;
-        using (var vs = new MemoryStream(JsonSerializer.SerializeToUtf8Bytes(patched)))
-        using (var ms = File.OpenRead(m))
-            tok = CodeGenTokenizer.Create(vs, ms, addPrefixSpace: false, addBeginOfSentence: false, addEndOfSentence: false);
+        if (vocab.Values.Max() >= _vocabRows) throw new InvalidInputException($"{v}: token id {vocab.Values.Max()} is outside the model's {_vocabRows} embeddings");
         int max = _maxLen;
         return text =>
         {
-            var ids = tok.EncodeToIds(text).Select(i => i == fakeId ? unk : i).ToList();
+            var ids = tok.EncodeToIds(text).ToList();
             if (ids.Count > max - 2) ids = ids.Take(max - 2).ToList();
             return [bos, .. ids, eos];
         };
@@ -171,18 +245,26 @@ public sealed class ClassifierScorer : IToxicityScorer
     {
         var v = Path.Combine(_dir, "vocab.txt");
         if (!File.Exists(v)) throw new InvalidInputException($"{_dir}: BERT classifier needs vocab.txt");
-        bool lower = true;
+        bool lower = true, chinese = true;
+        bool? strip = null;
         var tc = Path.Combine(_dir, "tokenizer_config.json");
         if (File.Exists(tc))
         {
-            try { if (JsonNode.Parse(File.ReadAllText(tc))?["do_lower_case"] is JsonValue lv && lv.TryGetValue<bool>(out var l)) lower = l; }
+            JsonNode? n;
+            try { n = JsonNode.Parse(File.ReadAllText(tc)); }
             catch (JsonException ex) { throw new InvalidInputException($"{tc}: malformed JSON ({ex.Message.Split('.')[0]})"); }
+            static bool? B(JsonNode? x) => x is JsonValue jv && jv.TryGetValue<bool>(out var r) ? r : null;
+            lower = B(n?["do_lower_case"]) ?? true;
+            strip = B(n?["strip_accents"]);
+            chinese = B(n?["tokenize_chinese_chars"]) ?? true;
         }
-        var tok = BertTokenizer.Create(v, new BertOptions { LowerCaseBeforeTokenization = lower });
-        int cls = tok.ClassificationTokenId, sep = tok.SeparatorTokenId, max = _maxLen;
+        var lines = File.ReadAllLines(v);
+        if (lines.Length > _vocabRows) throw new InvalidInputException($"{v}: {lines.Length} tokens but the model has {_vocabRows} embeddings");
+        var tok = new BertWordPieceTokenizer(lines, lower, strip, chinese);
+        int cls = tok.Cls, sep = tok.Sep, max = _maxLen;
         return text =>
         {
-            var ids = tok.EncodeToIds(text, addSpecialTokens: false).ToList();
+            var ids = tok.Encode(text);
             if (ids.Count > max - 2) ids = ids.Take(max - 2).ToList();
             return [cls, .. ids, sep];
         };
@@ -265,15 +347,20 @@ public sealed class ClassifierScorer : IToxicityScorer
     public IReadOnlyList<ToxicityScore> Score(IReadOnlyList<string> texts, ToxicityAggregate aggregate = ToxicityAggregate.MaxOverAttributes)
     {
         Load();
-        var result = new List<ToxicityScore>(texts.Count);
+        // Batches of similar length (texts sorted by token count) waste little compute on padding; results are
+        // returned in the input order. A text's numbers depend on its batch only at float rounding level.
+        var encoded = texts.Select(t => (IReadOnlyList<int>)_encode!(t)).ToList();
+        var order = Enumerable.Range(0, texts.Count).OrderBy(i => encoded[i].Count).ToArray();
+        var result = new ToxicityScore[texts.Count];
         for (int s = 0; s < texts.Count; s += _batchSize)
         {
-            var batch = texts.Skip(s).Take(_batchSize).Select(t => (IReadOnlyList<int>)_encode!(t)).ToList();
+            var idx = order.Skip(s).Take(_batchSize).ToArray();
+            var batch = idx.Select(i => encoded[i]).ToList();
             var logits = Logits(batch);
             for (int i = 0; i < batch.Count; i++)
             {
                 var probs = new double[_numLabels];
-                if (_multiLabel)
+                if (_sigmoid)
                     for (int j = 0; j < _numLabels; j++) probs[j] = 1 / (1 + Math.Exp(-logits[i, j]));
                 else
                 {
@@ -287,11 +374,11 @@ public sealed class ClassifierScorer : IToxicityScorer
                 for (int j = 0; j < _numLabels; j++) attrs[_labels[j]] = probs[j];
                 double value;
                 if (aggregate == ToxicityAggregate.Toxicity)
-                    value = attrs.TryGetValue(ToxicityAttributes.Toxicity, out var tv) ? tv
-                        : throw new InvalidInputException($"{Name}: no toxic/toxicity label (labels: {string.Join(", ", _labels)}); use the max-over-attributes aggregate");
+                    value = _toxicityIdx is { } ti ? probs[ti]
+                        : throw new InvalidInputException($"{Name}: no toxic/toxicity label (labels: {string.Join(", ", _rawLabels)}); use the max-over-attributes aggregate or name one with --toxic-label");
                 else
-                    value = Enumerable.Range(0, _numLabels).Where(j => _isToxicityLabel[j]).Max(j => probs[j]);
-                result.Add(new ToxicityScore(attrs, value));
+                    value = _toxicIdx.Max(j => probs[j]);
+                result[idx[i]] = new ToxicityScore(attrs, value);
             }
         }
         return result;

@@ -14,6 +14,10 @@ public interface IToxicityScorer : IDisposable
     /// <summary>Short name for tables and logs (never contains secrets).</summary>
     string Name { get; }
 
+    /// <summary>What the scores depend on (weights hash, API attributes, version), so numbers from two runs are
+    /// comparable only when the identities are equal. Never contains secrets.</summary>
+    string Identity => Name;
+
     /// <summary>Checks that the scorer can work (key present, endpoint reachable, classifier loadable) before any
     /// generation is done; throws <see cref="InvalidInputException"/> with one clear line otherwise.</summary>
     void Validate();

@@ -35,6 +35,12 @@ public sealed record PerspectiveOptions
     public string? CachePath { get; init; }
     /// <summary>Called after each text is scored (from the API or the cache): (done, total).</summary>
     public Action<int, int>? Progress { get; init; }
+    /// <summary>Ctrl+C / SIGTERM: scoring stops between texts (an in-flight request is abandoned, its text not cached)
+    /// and <see cref="OperationCanceledException"/> is thrown; every score received so far is already in the cache.</summary>
+    public CancellationToken Cancellation { get; init; }
+
+    /// <summary>Perspective's end of service (its team: no longer in service after 2026).</summary>
+    public const string EndOfService = "Perspective API is a legacy scorer: its team announced it will no longer be in service after 31 December 2026, and its scores were never versioned (numbers from different dates are not comparable)";
 }
 
 /// <summary>
@@ -43,6 +49,8 @@ public sealed record PerspectiveOptions
 /// line appended and flushed per text) so an interrupted evaluation resumes without asking again. Empty or
 /// whitespace-only texts (Perspective rejects them) score 0 on every attribute without a request.
 /// The key comes from an environment variable or a key file outside the repository and never appears in messages.
+/// A legacy scorer (<see cref="PerspectiveOptions.EndOfService"/>); cache lines record the attribute set and the date
+/// of each score (<see cref="Identity"/>).
 /// </summary>
 public sealed class PerspectiveScorer : IToxicityScorer
 {
@@ -116,23 +124,21 @@ public sealed class PerspectiveScorer : IToxicityScorer
         _ = Key;
         if (!Uri.TryCreate(_o.Endpoint, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
             throw new InvalidInputException($"--perspective-endpoint: not an http(s) URL: '{Redact(_o.Endpoint)}'");
-        // One real request: proves the endpoint is reachable and the key accepted (a 429 also proves both).
-        using var cts = new CancellationTokenSource(_o.Timeout);
-        HttpResponseMessage resp;
-        try { resp = Send("ok", cts.Token); }
-        catch (Exception e) when (e is HttpRequestException or TaskCanceledException or OperationCanceledException)
+        // A resumed run (cache with scores) skips the probe: when everything is cached nothing is sent at all, and
+        // otherwise the first uncached text is the check. A fresh run sends one probe before any model work, retried
+        // like every request (a transient 500 or timeout must not end the run).
+        LoadCache();
+        if (_cache.Count > 0) return;
+        int code; string body;
+        try { (code, body) = Exchange("ok", probe: true); }
+        catch (PerspectiveException e)
         {
-            throw new InvalidInputException($"Perspective endpoint {uri.Host}:{uri.Port} unreachable ({Redact(Describe(e))})");
+            throw new InvalidInputException($"Perspective endpoint {uri.Host}:{uri.Port} unreachable or failing ({e.Message})");
         }
-        using (resp)
-        {
-            int code = (int)resp.StatusCode;
-            if (resp.IsSuccessStatusCode || code == 429) return;
-            var body = Redact(ReadBody(resp));
-            throw new InvalidInputException(code is 400 or 401 or 403
-                ? $"Perspective API refused the request (HTTP {code}): {ErrorMessage(body)} — check the key"
-                : $"Perspective endpoint {uri.Host}:{uri.Port} answered HTTP {code}: {ErrorMessage(body)}");
-        }
+        if (code is >= 200 and < 300 or 429) return;
+        throw new InvalidInputException(code is 400 or 401 or 403
+            ? $"Perspective API refused the request (HTTP {code}): {ErrorMessage(body)} — check the key"
+            : $"Perspective endpoint {uri.Host}:{uri.Port} answered HTTP {code}: {ErrorMessage(body)}");
     }
 
     static string Describe(Exception e) => e is TaskCanceledException or OperationCanceledException ? "timed out" : e.Message.Split('\n')[0];
@@ -190,6 +196,19 @@ public sealed class PerspectiveScorer : IToxicityScorer
     /// <summary>When each request was started (monotonic clock of this scorer), for checking the rate limit.</summary>
     public IReadOnlyList<TimeSpan> RequestTimes => _sendTimes;
 
+    readonly Dictionary<string, string> _cacheDates = new();
+    readonly SortedSet<string> _datesUsed = new(StringComparer.Ordinal);
+
+    static string Today => DateTime.UtcNow.ToString("yyyy-MM-dd", System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>What a Perspective score depends on that the client controls: the attribute set and language.</summary>
+    public string ApiIdentity => $"perspective attributes={string.Join(",", _o.Attributes)} lang={_o.Language}";
+
+    /// <summary>Perspective's models were never versioned: a score is identified by the attribute set and the dates
+    /// (UTC) it was obtained on, so runs are comparable only when these match.</summary>
+    public string Identity => _datesUsed.Count == 0 ? ApiIdentity
+        : $"{ApiIdentity} scored {(_datesUsed.Count == 1 ? _datesUsed.Min : $"{_datesUsed.Min}..{_datesUsed.Max}")}";
+
     string CacheKey(string text)
     {
         var s = string.Join(",", _o.Attributes) + "\n" + _o.Language + "\n" + text;
@@ -208,6 +227,7 @@ public sealed class PerspectiveScorer : IToxicityScorer
             {
                 if (JsonNode.Parse(line) is not JsonObject o || o["key"]?.GetValue<string>() is not { } k || o["scores"] is not JsonObject s) continue;
                 _cache[k] = s.ToDictionary(kv => kv.Key, kv => kv.Value!.GetValue<double>());
+                _cacheDates[k] = o["date"] is JsonValue d && d.TryGetValue<string>(out var ds) ? ds : "undated";
             }
             catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
             {
@@ -221,11 +241,18 @@ public sealed class PerspectiveScorer : IToxicityScorer
         if (_o.CachePath is null) return;
         var dir = Path.GetDirectoryName(Path.GetFullPath(_o.CachePath));
         if (dir is not null) Directory.CreateDirectory(dir);
-        var o = new JsonObject { ["key"] = key, ["scores"] = new JsonObject(scores.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))) };
-        using var f = new FileStream(_o.CachePath, FileMode.Append, FileAccess.Write, FileShare.Read);
-        // A previous run may have been cut mid-line: start on a fresh line so this record parses.
+        var o = new JsonObject
+        {
+            ["key"] = key, ["scorer"] = ApiIdentity, ["date"] = Today,
+            ["scores"] = new JsonObject(scores.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+        };
+        using var f = new FileStream(_o.CachePath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.Read);
+        // A previous run may have been cut mid-line: start on a fresh line so this record parses (only then).
+        bool freshLine = f.Length == 0;
+        if (!freshLine) { f.Seek(-1, SeekOrigin.End); freshLine = f.ReadByte() == '\n'; }
+        f.Seek(0, SeekOrigin.End);
         var bytes = Encoding.UTF8.GetBytes(o.ToJsonString() + "\n");
-        if (f.Length > 0) bytes = [(byte)'\n', .. bytes];
+        if (!freshLine) bytes = [(byte)'\n', .. bytes];
         f.Write(bytes);
         f.Flush(flushToDisk: true);
     }
@@ -243,12 +270,15 @@ public sealed class PerspectiveScorer : IToxicityScorer
             else
             {
                 var key = CacheKey(text);
+                _o.Cancellation.ThrowIfCancellationRequested();
                 if (!_cache.TryGetValue(key, out scores!))
                 {
                     scores = Request(text);
                     _cache[key] = scores;
+                    _cacheDates[key] = Today;
                     AppendCache(key, scores);
                 }
+                _datesUsed.Add(_cacheDates.GetValueOrDefault(key, Today));
             }
             result.Add(ToxicityAttributes.Make(scores, aggregate, Name));
             _o.Progress?.Invoke(i + 1, texts.Count);
@@ -258,31 +288,47 @@ public sealed class PerspectiveScorer : IToxicityScorer
 
     Dictionary<string, double> Request(string text)
     {
+        var (code, body) = Exchange(text);
+        if (code is >= 200 and < 300) return Parse(body);
+        throw new PerspectiveException($"Perspective API refused a text (HTTP {code}): {ErrorMessage(body)}");
+    }
+
+    /// <summary>One request with retries (429, 5xx, timeouts, connection errors; exponential backoff or the server's
+    /// Retry-After if longer). Returns the first reply that is not retryable: (status, body, redacted). A 429 answers
+    /// a probe. Throws <see cref="PerspectiveException"/> after the last retry and
+    /// <see cref="OperationCanceledException"/> on interruption.</summary>
+    (int Code, string Body) Exchange(string text, bool probe = false)
+    {
         var backoff = _o.InitialBackoff;
         string lastProblem = "";
         for (int attempt = 0; ; attempt++)
         {
+            _o.Cancellation.ThrowIfCancellationRequested();
             TimeSpan? retryAfter = null;
             try
             {
-                using var cts = new CancellationTokenSource(_o.Timeout);
+                using var cts = CancellationTokenSource.CreateLinkedTokenSource(_o.Cancellation);
+                cts.CancelAfter(_o.Timeout);
                 using var resp = Send(text, cts.Token);
                 int code = (int)resp.StatusCode;
-                if (resp.IsSuccessStatusCode) return Parse(ReadBody(resp));
-                if (code != 429 && code < 500)
-                    throw new PerspectiveException($"Perspective API refused a text (HTTP {code}): {Redact(ErrorMessage(ReadBody(resp)))}");
+                if (resp.IsSuccessStatusCode || (code != 429 && code < 500) || (probe && code == 429))
+                    return (code, Redact(ReadBody(resp)));
                 lastProblem = $"HTTP {code}";
                 retryAfter = RetryAfter(resp.Headers.RetryAfter);
             }
             catch (Exception e) when (e is HttpRequestException or TaskCanceledException or OperationCanceledException)
             {
+                _o.Cancellation.ThrowIfCancellationRequested();
                 lastProblem = Redact(Describe(e));
+                // The probe of a fresh run does not wait through minutes of backoff for a refused connection or an
+                // unknown host: that is a wrong --perspective-endpoint far more often than an outage.
+                if (probe && e is HttpRequestException) throw new PerspectiveException(lastProblem);
             }
             if (attempt >= _o.MaxRetries)
                 throw new PerspectiveException($"Perspective API: giving up after {attempt + 1} attempts (last: {lastProblem}); scores so far are cached — rerun to resume");
             var wait = retryAfter is { } ra && ra > backoff ? ra : backoff;
             if (wait > _o.MaxBackoff) wait = _o.MaxBackoff;
-            Thread.Sleep(wait);
+            _o.Cancellation.WaitHandle.WaitOne(wait);
             backoff = TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, _o.MaxBackoff.Ticks));
         }
     }

@@ -8,6 +8,8 @@ public sealed record ScorerSettings
     public int ClassifierBatchSize { get; init; } = 32;
     /// <summary>Classifier truncation (tokens incl. special tokens); null = the checkpoint's max_position_embeddings limit.</summary>
     public int? ClassifierMaxLength { get; init; }
+    /// <summary>Labels that make "toxicity" for classifiers that have them (--toxic-label); empty = each head's convention.</summary>
+    public IReadOnlyList<string> ToxicLabels { get; init; } = [];
 }
 
 /// <summary>
@@ -45,7 +47,7 @@ public static class ScorerFactory
                 return new PerspectiveScorer(settings.Perspective);
             case "classifier":
                 if (string.IsNullOrWhiteSpace(arg)) throw new InvalidInputException("--scorer classifier:DIR: missing checkpoint directory");
-                return new ClassifierScorer(arg, settings.ClassifierBatchSize, settings.ClassifierMaxLength);
+                return new ClassifierScorer(arg, settings.ClassifierBatchSize, settings.ClassifierMaxLength, settings.ToxicLabels);
             case "toy":
                 if (arg is not null) throw new InvalidInputException($"--scorer {spec}: toy takes no argument");
                 return new ToyLexiconScorer();

@@ -29,6 +29,20 @@ public sealed class ToyLexiconScorer : IToxicityScorer
 
     public string Name => "toy-lexicon";
 
+    /// <summary>Version of the scoring rule above; the lexicon's content is hashed, so a changed lexicon shows.</summary>
+    public const int Version = 1;
+
+    public string Identity
+    {
+        get
+        {
+            var text = string.Join("\n", _entries.Select(e => $"{string.Join(" ", e.Words)}\t{e.Attribute}\t{e.Weight.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}"))
+                       + "\n--\n" + string.Join("\n", _neutral.Select(n => string.Join(" ", n)));
+            var hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(text)))[..16];
+            return $"{Name} v{Version} lexicon-sha256:{hash}";
+        }
+    }
+
     public void Validate() { }
 
     static string[] Words(string text) => WordRx.Matches(text.ToLowerInvariant()).Select(m => m.Value).ToArray();

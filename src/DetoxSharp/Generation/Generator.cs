@@ -27,7 +27,7 @@ public sealed record GenerationOptions
     public void Validate()
     {
         if (MaxNewTokens < 0) throw new InvalidSettingException("max_new_tokens", $"must be ≥ 0 (got {MaxNewTokens})");
-        if (!Greedy && !(Temperature > 0)) throw new InvalidSettingException("temperature", $"must be > 0 (got {Temperature})");
+        if (!Greedy) Require.Number(Temperature, "temperature", 0, minExclusive: true);
         if (TopK < 0) throw new InvalidSettingException("top_k", $"must be ≥ 0 (got {TopK})");
         if (!(TopP > 0 && TopP <= 1)) throw new InvalidSettingException("top_p", $"must be in (0, 1] (got {TopP})");
         if (BatchSize < 1) throw new InvalidInputException($"batch size must be ≥ 1, got {BatchSize}");
@@ -70,9 +70,10 @@ public static class Generator
         foreach (var p in prompts)
             if (p.Length == 0) throw new InvalidInputException("cannot generate from an empty prompt (encode at least one token, e.g. <|endoftext|>)");
         int maxLen = prompts.Max(p => p.Length);
-        int total = maxLen + o.MaxNewTokens;
-        if (total > model.MaxPositions)
+        // in long: --max-new-tokens 2147483647 must be refused here, not overflow into a negative cache size
+        if ((long)maxLen + o.MaxNewTokens > model.MaxPositions)
             throw new InvalidInputException($"prompt ({maxLen} tokens) + {o.MaxNewTokens} new tokens exceeds the model's context of {model.MaxPositions}");
+        int total = maxLen + o.MaxNewTokens;
         int pad = o.PadTokenId ?? model.EosTokenId;
         if (pad < 0 || pad >= model.VocabSize) pad = 0; // masked out anyway; must only be a valid embedding index
         bool padded = prompts.Any(p => p.Length != maxLen);

@@ -58,11 +58,12 @@ public sealed record PplmOptions
     public void Validate()
     {
         if (!(StepSize >= 0) || double.IsInfinity(StepSize)) throw new InvalidSettingException("step_size", $"must be a finite number ≥ 0 (got {StepSize})");
-        if (Iterations < 0) throw new InvalidSettingException("iterations", $"must be ≥ 0 (got {Iterations})");
+        Require.Count(Iterations, "iterations", 0, 1000);
         if (!(KlScale >= 0) || double.IsInfinity(KlScale)) throw new InvalidSettingException("kl_scale", $"must be a finite number ≥ 0 (got {KlScale})");
         if (!(GmScale >= 0 && GmScale <= 1)) throw new InvalidSettingException("gm_scale", $"must be in [0, 1] (got {GmScale})");
         if (TopK < 0) throw new InvalidSettingException("top_k", $"must be ≥ 0 (got {TopK})");
         if (!(Temperature > 0) || double.IsInfinity(Temperature)) throw new InvalidSettingException("temperature", $"must be > 0 (got {Temperature})");
+        if (Horizon > 1000) throw new InvalidSettingException("horizon", $"exceeds the limit of 1000 (got {Horizon})");
         if (Horizon < 1) throw new InvalidSettingException("horizon", $"must be ≥ 1 (the attribute loss reaches the past only through the horizon) (got {Horizon})");
         if (Window < 0) throw new InvalidSettingException("window", $"must be ≥ 0 (0 = all past positions) (got {Window})");
         if (!(Gamma >= 0) || double.IsInfinity(Gamma)) throw new InvalidSettingException("gamma", $"must be a finite number ≥ 0 (got {Gamma})");

@@ -35,9 +35,9 @@ public sealed record ProbeOptions
         if (MaxTokens < 1) throw new InvalidSettingException("max_tokens", $"must be ≥ 1 (got {MaxTokens})");
         if (BatchSize < 1) throw new InvalidSettingException("batch_size", $"must be ≥ 1 (got {BatchSize})");
         if (!(ValidationFraction > 0 && ValidationFraction < 1)) throw new InvalidSettingException("validation_fraction", $"must be in (0,1) (got {ValidationFraction})");
-        if (MaxSteps < 1) throw new InvalidSettingException("max_steps", $"must be ≥ 1 (got {MaxSteps})");
-        if (!(LearningRate > 0)) throw new InvalidSettingException("learning_rate", $"must be > 0 (got {LearningRate})");
-        if (L2 < 0) throw new InvalidSettingException("l2", $"must be ≥ 0 (got {L2})");
+        Require.Count(MaxSteps, "max_steps", 1, 1_000_000);
+        Require.Number(LearningRate, "learning_rate", 0, minExclusive: true);
+        Require.Number(L2, "l2", 0);
     }
 }
 

@@ -25,6 +25,17 @@ public sealed record Gpt2Config
     public int MlpDim => NInner ?? 4 * NEmbd;
     public int HeadDim => NEmbd / NHead;
 
+    /// <summary>Number of parameters the config implies (as a double: a corrupt config must not overflow the count).</summary>
+    public double ParameterCount
+    {
+        get
+        {
+            double d = NEmbd, m = MlpDim;
+            double perLayer = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * m + m) + (m * d + d);
+            return (double)VocabSize * d + (double)NPositions * d + NLayer * perLayer + 2 * d;
+        }
+    }
+
     public static Gpt2Config Small => new();
     public static Gpt2Config Medium => new() { NEmbd = 1024, NLayer = 24, NHead = 16 };
     public static Gpt2Config Large => new() { NEmbd = 1280, NLayer = 36, NHead = 20 };
@@ -46,7 +57,11 @@ public sealed record Gpt2Config
         if (NEmbd % NHead != 0) throw new FormatException($"n_embd ({NEmbd}) must be divisible by n_head ({NHead})");
         if (ActivationFunction is not ("gelu_new" or "gelu" or "relu" or "gelu_pytorch_tanh"))
             throw new FormatException($"activation_function '{ActivationFunction}' is not supported (gelu_new, gelu, gelu_pytorch_tanh, relu)");
-        if (!(LayerNormEpsilon > 0)) throw new FormatException($"layer_norm_epsilon must be positive, got {LayerNormEpsilon}");
+        // Beyond these, index arithmetic in int (ids, positions, widths) could overflow; no real GPT-2 comes close.
+        const int Limit = 1 << 24;
+        foreach (var (key, v) in new[] { ("vocab_size", VocabSize), ("n_positions", NPositions), ("n_embd", NEmbd), ("n_layer", NLayer), ("n_head", NHead), ("n_inner", MlpDim) })
+            if (v > Limit) throw new FormatException($"{key} = {v} is beyond the supported maximum of {Limit}");
+        if (!(LayerNormEpsilon > 0) || !double.IsFinite(LayerNormEpsilon)) throw new FormatException($"layer_norm_epsilon must be positive, got {LayerNormEpsilon}");
     }
 
     public static Gpt2Config FromJson(JsonObject o)
@@ -62,7 +77,7 @@ public sealed record Gpt2Config
         {
             var n = o[key];
             if (n is null) return dflt;
-            try { return n.GetValue<double>(); }
+            try { var d = n.GetValue<double>(); return double.IsFinite(d) ? d : throw new FormatException(); }
             catch (Exception) { throw new FormatException($"'{key}' must be a number, got {n.ToJsonString()}"); }
         }
         bool Flag(string key) => o[key] is JsonValue v && v.TryGetValue<bool>(out var b) && b;

@@ -46,8 +46,10 @@ public sealed class StudyConfig
     public static StudyConfig Load(string path)
     {
         if (!File.Exists(path)) throw new InvalidInputException($"--config: {path}: no such file");
-        try { return JsonSerializer.Deserialize<StudyConfig>(File.ReadAllText(path), Opts) ?? throw new InvalidInputException($"{path}: empty config"); }
-        catch (JsonException e) { throw new InvalidInputException($"{path}{(e.LineNumber is long l ? $":{l + 1}" : "")}: {e.Message}"); }
+        // strict parse first (duplicate keys, lone surrogates, invalid UTF-8), then the typed mapping
+        var node = DetoxSharp.Data.StrictJson.ParseFile(path, "study config", allowComments: true) ?? throw new InvalidInputException($"{path}: empty config");
+        try { return node.Deserialize<StudyConfig>(Opts) ?? throw new InvalidInputException($"{path}: empty config"); }
+        catch (JsonException e) { throw new InvalidInputException($"{path}: {e.Message.Split('\n')[0]}"); }
     }
 
     /// <summary>The default toy study (configs/toy.json, embedded in the library).</summary>

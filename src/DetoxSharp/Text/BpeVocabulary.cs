@@ -2,6 +2,7 @@ using System.IO.Compression;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using DetoxSharp.Data;
 
 namespace DetoxSharp.Text;
 
@@ -165,60 +166,126 @@ public sealed class BpeVocabulary
         foreach (var (l, r) in Merges) w.WriteLine($"{l} {r}");
     }
 
-    /// <summary>Reads vocab.json + merges.txt; errors name the file and line.</summary>
+    /// <summary>Reads vocab.json + merges.txt; every problem is an <see cref="InvalidInputException"/> naming the file
+    /// (and line): malformed JSON, duplicate keys, non-integer or negative ids, two tokens with one id, a merge line
+    /// that is not two tokens, a merge of tokens the vocabulary lacks.</summary>
     public static BpeVocabulary Read(string vocabPath, string mergesPath)
     {
-        Dictionary<string, int> vocab;
-        try
-        {
-            var node = JsonNode.Parse(File.ReadAllText(vocabPath)) as JsonObject
-                ?? throw new FormatException("expected a JSON object");
-            vocab = new Dictionary<string, int>();
-            foreach (var kv in node) vocab[kv.Key] = kv.Value!.GetValue<int>();
-        }
-        catch (Exception e) when (e is JsonException or FormatException or InvalidOperationException or NullReferenceException)
-        {
-            throw new InvalidDataException($"{vocabPath}: not a valid vocab.json ({e.Message})");
-        }
+        var node = StrictJson.ParseFileObject(vocabPath, "vocab.json");
+        var vocab = ReadVocab(node, vocabPath);
         var merges = new List<(string, string)>();
         int lineNo = 0;
-        foreach (var line in File.ReadLines(mergesPath))
+        string[] lines;
+        try { lines = File.ReadAllLines(mergesPath, StrictUtf8); }
+        catch (DecoderFallbackException) { throw new InvalidInputException($"{mergesPath}: not a valid merges.txt (invalid UTF-8)"); }
+        foreach (var line in lines)
         {
             lineNo++;
             if (line.StartsWith("#version") || line.Length == 0) continue;
             var parts = line.Split(' ');
-            if (parts.Length != 2) throw new InvalidDataException($"{mergesPath}:{lineNo}: expected two space-separated tokens");
+            if (parts.Length != 2 || parts[0].Length == 0 || parts[1].Length == 0)
+                throw new InvalidInputException($"{mergesPath}:{lineNo}: expected two space-separated tokens");
             merges.Add((parts[0], parts[1]));
         }
+        CheckMerges(vocab, merges, i => $"{mergesPath}:{MergeLine(lines, i)}", mergesPath);
         return new BpeVocabulary(vocab, merges);
     }
 
-    /// <summary>Reads the BPE model out of a Hugging Face tokenizer.json (model.type = BPE).</summary>
+    static readonly UTF8Encoding StrictUtf8 = new(false, throwOnInvalidBytes: true);
+
+    static int MergeLine(string[] lines, int mergeIndex)
+    {
+        int seen = -1;
+        for (int i = 0; i < lines.Length; i++)
+            if (!(lines[i].StartsWith("#version") || lines[i].Length == 0) && ++seen == mergeIndex) return i + 1;
+        return 0;
+    }
+
+    /// <summary>token → id; ids must be non-negative integers, each used once.</summary>
+    static Dictionary<string, int> ReadVocab(JsonObject node, string where)
+    {
+        var vocab = new Dictionary<string, int>();
+        var byId = new Dictionary<int, string>();
+        foreach (var (token, value) in node)
+        {
+            int id = StrictJson.Int(value, where, $"the id of token \"{token}\"");
+            if (id < 0) throw new InvalidInputException($"{where}: token \"{token}\" has a negative id ({id})");
+            if (!byId.TryAdd(id, token)) throw new InvalidInputException($"{where}: tokens \"{byId[id]}\" and \"{token}\" share the id {id}");
+            vocab[token] = id;
+        }
+        if (vocab.Count == 0) throw new InvalidInputException($"{where}: empty vocabulary");
+        // byte-level BPE: without a token for every byte, text containing that byte would be dropped silently
+        for (int b = 0; b < 256; b++)
+        {
+            var t = BytesToTokenString([(byte)b]);
+            if (!vocab.ContainsKey(t)) throw new InvalidInputException($"{where}: lacks the byte-level token \"{t}\" (byte {b}); a GPT-2 vocabulary has one for each of the 256 bytes");
+        }
+        return vocab;
+    }
+
+    /// <summary>Byte-level BPE merges join two vocabulary tokens into a third (as Hugging Face's BPE builder requires),
+    /// and every token beyond the 256 bytes and &lt;|special|&gt; ones is made by a merge: otherwise BPE can never
+    /// produce it, which is what a truncated or emptied merges file looks like (text would tokenize differently from
+    /// the model's training, silently).</summary>
+    static void CheckMerges(Dictionary<string, int> vocab, List<(string Left, string Right)> merges, Func<int, string> where, string mergesSource)
+    {
+        var made = new HashSet<string>();
+        for (int i = 0; i < merges.Count; i++)
+        {
+            var (l, r) = merges[i];
+            foreach (var t in new[] { l, r, l + r })
+                if (!vocab.ContainsKey(t)) throw new InvalidInputException($"{where(i)}: merge \"{l} {r}\" uses token \"{t}\", which the vocabulary lacks");
+            made.Add(l + r);
+        }
+        var bytes = Table.Value.charToByte;
+        foreach (var (token, id) in vocab)
+            if (!(token.Length == 1 && bytes.ContainsKey(token[0])) && !(token.StartsWith("<|") && token.EndsWith("|>")) && !made.Contains(token))
+                throw new InvalidInputException($"{mergesSource}: no merge makes the vocabulary's token \"{token}\" (id {id}); is the merges list truncated?");
+    }
+
+    /// <summary>Reads the BPE model out of a Hugging Face tokenizer.json (model.type = BPE); checked like
+    /// <see cref="Read"/>, errors name the file and the JSON key.</summary>
     public static BpeVocabulary ReadTokenizerJson(string path)
     {
-        try
+        var root = StrictJson.ParseFileObject(path, "tokenizer.json");
+        if (root["model"] is not JsonObject model) throw new InvalidInputException($"{path}: no \"model\" object");
+        var type = StrictJson.OptionalString(model, "type", $"{path}: model");
+        if (type is not null && type != "BPE") throw new InvalidInputException($"{path}: model.type is {type}; only BPE tokenizers are supported");
+        if (model["vocab"] is not JsonObject vocabNode) throw new InvalidInputException($"{path}: model.vocab must be an object");
+        var vocab = ReadVocab(vocabNode, $"{path}: model.vocab");
+        if (model["merges"] is not JsonArray mergeNodes) throw new InvalidInputException($"{path}: model.merges must be a list");
+        var merges = new List<(string, string)>();
+        for (int i = 0; i < mergeNodes.Count; i++)
         {
-            var root = JsonNode.Parse(File.ReadAllText(path))!;
-            var model = root["model"] ?? throw new FormatException("no 'model' section");
-            var vocab = new Dictionary<string, int>();
-            foreach (var kv in model["vocab"]!.AsObject()) vocab[kv.Key] = kv.Value!.GetValue<int>();
-            var merges = new List<(string, string)>();
-            foreach (var m in model["merges"]!.AsArray())
+            var m = mergeNodes[i];
+            var where = $"{path}: model.merges[{i}]";
+            if (m is JsonArray pair && pair.Count == 2)
+                merges.Add((StrictJson.String(pair[0], where, "a merge token"), StrictJson.String(pair[1], where, "a merge token")));
+            else
             {
-                if (m is JsonArray pair) merges.Add((pair[0]!.GetValue<string>(), pair[1]!.GetValue<string>()));
-                else
-                {
-                    var parts = m!.GetValue<string>().Split(' ');
-                    merges.Add((parts[0], parts[1]));
-                }
+                var parts = StrictJson.String(m, where, "a merge (\"a b\" or [\"a\", \"b\"])").Split(' ');
+                if (parts.Length != 2 || parts[0].Length == 0 || parts[1].Length == 0) throw new InvalidInputException($"{where}: expected two space-separated tokens");
+                merges.Add((parts[0], parts[1]));
             }
-            if (root["added_tokens"] is JsonArray added)
-                foreach (var a in added) vocab.TryAdd(a!["content"]!.GetValue<string>(), a["id"]!.GetValue<int>());
-            return new BpeVocabulary(vocab, merges);
         }
-        catch (Exception e) when (e is JsonException or FormatException or InvalidOperationException or NullReferenceException or IndexOutOfRangeException)
+        CheckMerges(vocab, merges, i => $"{path}: model.merges[{i}]", $"{path}: model.merges");
+        if (root["added_tokens"] is JsonNode addedNode)
         {
-            throw new InvalidDataException($"{path}: not a valid BPE tokenizer.json ({e.Message})");
+            if (addedNode is not JsonArray added) throw new InvalidInputException($"{path}: added_tokens must be a list");
+            for (int i = 0; i < added.Count; i++)
+            {
+                var where = $"{path}: added_tokens[{i}]";
+                if (added[i] is not JsonObject a) throw new InvalidInputException($"{where}: expected an object with content and id");
+                var content = StrictJson.String(a["content"], where, "content");
+                int id = StrictJson.Int(a["id"], where, "id");
+                if (id < 0) throw new InvalidInputException($"{where}: negative id ({id})");
+                if (vocab.TryGetValue(content, out var existing) && existing != id)
+                    throw new InvalidInputException($"{where}: \"{content}\" has id {id} but model.vocab gives it {existing}");
+                if (!vocab.ContainsKey(content) && vocab.ContainsValue(id))
+                    throw new InvalidInputException($"{where}: id {id} of \"{content}\" already belongs to another token");
+                vocab.TryAdd(content, id);
+            }
         }
+        return new BpeVocabulary(vocab, merges);
     }
 }

@@ -2,6 +2,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Microsoft.ML.Tokenizers;
+using DetoxSharp.Data;
 
 namespace DetoxSharp.Text;
 
@@ -59,12 +60,21 @@ public sealed class Gpt2Tokenizer
         // Not CodeGenTokenizer.Create: that adds CodeGen's own special tokens (runs of spaces/tabs as ids 50257+), which
         // GPT-2 does not have ("  x" became one out-of-vocabulary id). A byte-level BPE with GPT-2's pre-tokenization
         // regex and no added tokens (ours are split out before the BPE sees the text).
-        var bpe = BpeTokenizer.Create(new BpeOptions(vocabulary.Vocab)
+        Tokenizer bpe;
+        try
         {
-            Merges = vocabulary.Merges.Select(m => m.Left + " " + m.Right),
-            PreTokenizer = new RegexPreTokenizer(Gpt2Pattern, null),
-            ByteLevel = true,
-        });
+            bpe = BpeTokenizer.Create(new BpeOptions(vocabulary.Vocab)
+            {
+                Merges = vocabulary.Merges.Select(m => m.Left + " " + m.Right),
+                PreTokenizer = new RegexPreTokenizer(Gpt2Pattern, null),
+                ByteLevel = true,
+            });
+        }
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or FormatException)
+        {
+            // the readers check the files first; this names what Microsoft.ML.Tokenizers still refuses
+            throw new InvalidInputException($"{source}: tokenizer files rejected by the BPE builder ({ex.Message.Split('\n')[0]})");
+        }
         int baseSize = vocabulary.Vocab.Count == 0 ? 0 : vocabulary.Vocab.Values.Max() + 1;
         int eosId = eos ?? (vocabulary.Vocab.TryGetValue(EndOfText, out var e) ? e : (added != null && added.TryGetValue(EndOfText, out var e2) ? e2 : -1));
         var t = new Gpt2Tokenizer(bpe, () => vocabulary, baseSize, eosId, source);
@@ -89,13 +99,16 @@ public sealed class Gpt2Tokenizer
         var addedPath = Path.Combine(dir, "added_tokens.json");
         if (File.Exists(addedPath))
         {
-            try
+            var ids = vocab.Vocab.ToDictionary(kv => kv.Value, kv => kv.Key);
+            foreach (var (token, value) in StrictJson.ParseFileObject(addedPath, "added_tokens.json"))
             {
-                foreach (var kv in JsonNode.Parse(File.ReadAllText(addedPath))!.AsObject()) added[kv.Key] = kv.Value!.GetValue<int>();
-            }
-            catch (Exception e) when (e is JsonException or InvalidOperationException or NullReferenceException or FormatException)
-            {
-                throw new InvalidDataException($"{addedPath}: not a valid added_tokens.json ({e.Message})");
+                int id = StrictJson.Int(value, addedPath, $"the id of \"{token}\"");
+                if (id < 0) throw new InvalidInputException($"{addedPath}: token \"{token}\" has a negative id ({id})");
+                if (ids.TryGetValue(id, out var other) && other != token)
+                    throw new InvalidInputException($"{addedPath}: id {id} of \"{token}\" already belongs to \"{other}\"");
+                if (token.Length == 0) throw new InvalidInputException($"{addedPath}: empty token");
+                ids[id] = token;
+                added[token] = id;
             }
         }
         // tokens the BPE vocabulary holds that are special by convention

@@ -63,10 +63,28 @@ public sealed record PplmPairOptions(ToxicityProbe Probe, PplmOptions Options);
 /// </summary>
 public static class PairMaker
 {
+    /// <summary>Every prompt (after the --max-prompt-tokens cut, plus <paramref name="extra"/> tokens such as [TOXIC])
+    /// must leave room for the new tokens: checked for all prompts before the first generation, naming what to change.</summary>
+    static void CheckContext(List<int[]> ids, PairMakerOptions o, int context, string whose, int extra)
+    {
+        int longest = ids.Max(p => p.Length);
+        if ((long)longest + extra + o.MaxNewTokens <= context) return;
+        int first = ids.FindIndex(p => (long)p.Length + extra + o.MaxNewTokens > context);
+        int promptRoom = context - extra - o.MaxNewTokens, newRoom = context - extra - longest;
+        var fixes = new List<string>();
+        if (promptRoom >= 1) fixes.Add($"--max-prompt-tokens {promptRoom}");
+        if (newRoom >= 1) fixes.Add($"--max-new-tokens {newRoom}");
+        throw new InvalidInputException($"prompt {first + 1} ({ids[first].Length} tokens{(extra > 0 ? $" + {extra}" : "")}) + {o.MaxNewTokens} new tokens exceeds the {whose} context of {context}"
+            + (fixes.Count > 0 ? $"; use {string.Join(" or ", fixes)}" : ""));
+    }
+
     public static List<JsonObject> Make(ICausalLM model, Gpt2Tokenizer tok, IReadOnlyList<string> prompts, PairMakerOptions o,
         ICausalLM? toxicModel = null, Gpt2Tokenizer? toxicTokenizer = null, SteeringOptions? steer = null, bool triples = false,
         Action<int, int>? progress = null, Action<string>? warn = null, PplmPairOptions? pplm = null)
     {
+        Require.Count(o.MaxPromptTokens, "max_prompt_tokens", 1, int.MaxValue);
+        Require.Count(o.MaxNewTokens, "max_new_tokens", 1, int.MaxValue);
+        Require.Count(o.BatchSize, "batch_size", 1, 4096);
         if (steer is not null && pplm is not null) throw new InvalidInputException("--pplm and --steer-vector are mutually exclusive (each makes the rejected continuation)");
         if (steer is null && toxicModel is null && pplm is null) throw new InvalidInputException("make-pairs needs --toxic-model, --steer-vector or --pplm");
         if (pplm is not null)
@@ -82,6 +100,8 @@ public static class PairMaker
             toxId = tt.SpecialTokens.TryGetValue(ToxicModel.ControlToken, out var id) ? id : throw new InvalidInputException($"--toxic-model: tokenizer has no {ToxicModel.ControlToken} token");
         }
         var ids = prompts.Select(p => { var e = tok.Encode(p); if (e.Length == 0) e = [tok.EosTokenId]; return e.Length > o.MaxPromptTokens ? e[^o.MaxPromptTokens..] : e; }).ToList();
+        CheckContext(ids, o, model.MaxPositions, "model's", 0);
+        if (toxicModel is not null) CheckContext(ids, o, toxicModel.MaxPositions, $"toxic model's (prompt + {ToxicModel.ControlToken})", 1);
         var greedy = new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Greedy = true, BatchSize = o.BatchSize };
         var results = new List<JsonObject>();
         int skipped = 0;

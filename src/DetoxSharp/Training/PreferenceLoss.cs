@@ -42,7 +42,8 @@ public sealed record PreferenceLossOptions
     {
         InvalidSettingException.Require(Beta > 0 && !double.IsInfinity(Beta), "beta", $"must be > 0 (got {Beta})");
         InvalidSettingException.Require(LabelSmoothing >= 0 && LabelSmoothing < 0.5, "label_smoothing", $"must be in [0, 0.5) (got {LabelSmoothing})");
-        InvalidSettingException.Require(RpoAlpha >= 0, "rpo_alpha", $"must be ≥ 0 (got {RpoAlpha})");
+        Require.Number(RpoAlpha, "rpo_alpha", 0);
+        Require.Number(Gamma, "gamma", 0);
         if (IsAdpo) InvalidSettingException.Require(Gamma > 0 && !double.IsInfinity(Gamma), "gamma", $"must be > 0 for adpo (got {Gamma}; γ = 0 is plain DPO)");
     }
 }

@@ -65,14 +65,16 @@ public sealed record PreferenceTrainerOptions
         Loss.Validate();
         Truncation.Validate();
         InvalidSettingException.Require(Optimizer is "rmsprop" or "adamw", "optimizer", $"expects rmsprop or adamw (got '{Optimizer}')");
-        InvalidSettingException.Require(LearningRate > 0, "learning_rate", $"must be > 0 (got {LearningRate})");
-        InvalidSettingException.Require(BatchSize >= 1, "batch_size", $"must be ≥ 1 (got {BatchSize})");
-        InvalidSettingException.Require(GradientAccumulationSteps >= 1, "gradient_accumulation_steps", $"must be ≥ 1 (got {GradientAccumulationSteps})");
+        Require.Number(LearningRate, "learning_rate", 0, minExclusive: true);
+        Require.Number(WeightDecay, "weight_decay", 0);
+        Require.Number(MaxGradNorm, "max_grad_norm", 0);
+        Require.Count(BatchSize, "batch_size", 1, SftOptions.MaxBatch);
+        Require.Count(GradientAccumulationSteps, "gradient_accumulation_steps", 1, SftOptions.MaxBatch);
         InvalidSettingException.Require(WarmupSteps >= 0, "warmup_steps", $"must be ≥ 0 (got {WarmupSteps})");
         InvalidSettingException.Require(EvalEvery >= 0, "eval_every", $"must be ≥ 0 (got {EvalEvery})");
         InvalidSettingException.Require(Patience >= 0, "patience", $"must be ≥ 0 (got {Patience})");
         InvalidSettingException.Require(ValidationSize >= 0, "validation_size", $"must be ≥ 0 (got {ValidationSize})");
-        InvalidSettingException.Require(Epochs >= 1, "epochs", $"must be ≥ 1 (got {Epochs})");
+        Require.Count(Epochs, "epochs", 1, SftOptions.MaxEpochs);
         InvalidSettingException.Require(MaxSteps is null or >= 1, "max_steps", $"must be ≥ 1 (got {MaxSteps})");
         InvalidSettingException.Require(CheckpointEvery >= 0, "checkpoint_every", $"must be ≥ 0 (got {CheckpointEvery})");
     }
@@ -117,7 +119,20 @@ public static class PreferenceTrainer
             if (e.Prompt.Concat(e.Chosen).Concat(e.Rejected).Concat(e.Toxic ?? []).Any(id => id >= policy.VocabSize))
                 throw new InvalidInputException($"{e.Where}: text contains a token id outside the policy's vocabulary ({policy.VocabSize}), e.g. a special token it lacks");
         if (!adpo) all = all.Select(e => e with { Toxic = null, ToxicPrompt = null }).ToList();
+        // the split and the step count are checked before any expensive work (the reference log-probs)
+        var indices = Enumerable.Range(0, all.Count).ToList();
+        var (trainIdx, valIdx) = PreferenceData.Split(indices, o.ValidationSize, o.Seed);
+        var micro = new List<int[]>();
+        for (int e = 0; e < o.Epochs; e++)
+        {
+            var order = PreferenceData.Shuffle(trainIdx, o.Seed + 1 + e);
+            for (int i = 0; i < order.Count; i += o.BatchSize) micro.Add(order.Skip(i).Take(o.BatchSize).ToArray());
+        }
+        int totalSteps = micro.Count / o.GradientAccumulationSteps;
+        if (o.MaxSteps is int ms) totalSteps = Math.Min(totalSteps, ms);
+        if (totalSteps < 1) throw new InvalidInputException($"not enough training pairs ({trainIdx.Count}) for one step of {o.BatchSize}×{o.GradientAccumulationSteps}");
         Directory.CreateDirectory(outDir);
+        foreach (var line in AtomicDirectory.RecoverAll(outDir)) log?.Invoke(line);
         string cacheDir = o.CacheDir ?? Path.Combine(outDir, "logp-cache");
 
         // --- reference / π_tox log-probs (computed from starting weights, before resume) ---
@@ -143,17 +158,6 @@ public static class PreferenceTrainer
             liveRef = reference ?? policy.Clone();
         }
 
-        var indices = Enumerable.Range(0, all.Count).ToList();
-        var (trainIdx, valIdx) = PreferenceData.Split(indices, o.ValidationSize, o.Seed);
-        var micro = new List<int[]>();
-        for (int e = 0; e < o.Epochs; e++)
-        {
-            var order = PreferenceData.Shuffle(trainIdx, o.Seed + 1 + e);
-            for (int i = 0; i < order.Count; i += o.BatchSize) micro.Add(order.Skip(i).Take(o.BatchSize).ToArray());
-        }
-        int totalSteps = micro.Count / o.GradientAccumulationSteps;
-        if (o.MaxSteps is int ms) totalSteps = Math.Min(totalSteps, ms);
-        if (totalSteps < 1) throw new InvalidInputException($"not enough training pairs ({trainIdx.Count}) for one step of {o.BatchSize}×{o.GradientAccumulationSteps}");
 
         var parameters = policy.Module.parameters().Where(p => p.requires_grad).ToList();
         TorchSharp.Modules.OptimizerHelper opt = o.Optimizer == "adamw"
@@ -166,11 +170,11 @@ public static class PreferenceTrainer
         if (resumeDir is not null)
         {
             var st = TrainerCheckpoint.Load(resumeDir, policy, opt);
-            step = st["step"]!.GetValue<int>();
-            examples = st["examples"]!.GetValue<int>();
-            bad = st["bad_evals"]!.GetValue<int>();
-            best = st["best_val_loss"]?.GetValue<double>();
-            if (st["total_steps"]!.GetValue<int>() != totalSteps) throw new InvalidInputException($"--resume {resumeDir}: checkpoint was made with {st["total_steps"]} total steps, this run has {totalSteps}; use the same data and options");
+            step = TrainerCheckpoint.Int(st, "step", resumeDir);
+            examples = TrainerCheckpoint.Int(st, "examples", resumeDir);
+            bad = TrainerCheckpoint.Int(st, "bad_evals", resumeDir);
+            best = StrictJson.OptionalDouble(st, "best_val_loss", Path.Combine(resumeDir, "trainer_state.json"));
+            if (TrainerCheckpoint.Int(st, "total_steps", resumeDir) != totalSteps) throw new InvalidInputException($"--resume {resumeDir}: checkpoint was made with {st["total_steps"]} total steps, this run has {totalSteps}; use the same data and options");
         }
         var metricsPath = Path.Combine(outDir, "metrics.jsonl");
         using var metrics = new MetricsLog(metricsPath, resumeDir is null ? null : step + 1);

@@ -78,11 +78,21 @@ public sealed record SftOptions
     [System.Text.Json.Serialization.JsonIgnore]
     public Precision Precision { get; init; } = Precision.ModelDType;
 
+    /// <summary>Bounds for counts: beyond them a run would only exhaust memory building its batch list.</summary>
+    public const int MaxBatch = 65536, MaxEpochs = 10_000;
+
     public void Validate()
     {
-        InvalidSettingException.Require(BatchSize >= 1, "batch_size", $"must be ≥ 1 (got {BatchSize})");
-        InvalidSettingException.Require(GradientAccumulationSteps >= 1, "gradient_accumulation_steps", $"must be ≥ 1 (got {GradientAccumulationSteps})");
-        InvalidSettingException.Require(LearningRate > 0, "learning_rate", $"must be > 0 (got {LearningRate})");
+        Require.Count(BatchSize, "batch_size", 1, MaxBatch);
+        Require.Count(GradientAccumulationSteps, "gradient_accumulation_steps", 1, MaxBatch);
+        Require.Number(LearningRate, "learning_rate", 0, minExclusive: true);
+        Require.Number(WeightDecay, "weight_decay", 0);
+        Require.Number(MaxGradNorm, "max_grad_norm", 0);
+        Require.Number(Beta1, "beta1", 0, 1);
+        Require.Number(Beta2, "beta2", 0, 1);
+        Require.Number(Epsilon, "epsilon", 0, minExclusive: true);
+        Require.Number(MinLrRatio, "min_lr_ratio", 0, 1);
+        Require.Number(Epochs, "epochs", 0, MaxEpochs);
         InvalidSettingException.Require(MaxLength is null or >= 2, "max_length", $"must be ≥ 2 (got {MaxLength})");
         InvalidSettingException.Require(Epochs > 0 || MaxSteps is not null, "epochs", $"must be > 0 (got {Epochs})");
         InvalidSettingException.Require(MaxSteps is null or >= 1, "max_steps", $"must be ≥ 1 (got {MaxSteps})");
@@ -236,14 +246,15 @@ public static class SftTrainer
         using var optimizer = torch.optim.AdamW(parameters, options.LearningRate, options.Beta1, options.Beta2, options.Epsilon, options.WeightDecay);
 
         string? ckptDir = options.OutputDir is null ? null : Path.Combine(options.OutputDir, "checkpoint");
+        if (options.OutputDir is not null) AtomicDirectory.RecoverAll(options.OutputDir);
         int step = 0;
         long tokens = 0;
         if (options.Resume && ckptDir is not null && TrainerCheckpoint.Exists(ckptDir))
         {
             var st = TrainerCheckpoint.Load(ckptDir, model, optimizer);
-            step = st["step"]!.GetValue<int>();
-            tokens = st["tokens"]?.GetValue<long>() ?? 0;
-            if (st["total_steps"]?.GetValue<int>() is int ts && ts != totalSteps)
+            step = TrainerCheckpoint.Int(st, "step", ckptDir);
+            tokens = StrictJson.OptionalLong(st, "tokens", Path.Combine(ckptDir, "trainer_state.json")) ?? 0;
+            if (StrictJson.OptionalInt(st, "total_steps", Path.Combine(ckptDir, "trainer_state.json")) is int ts && ts != totalSteps)
                 throw new InvalidInputException($"{ckptDir}: checkpoint was made for {ts} total steps, this run has {totalSteps} (same data and options needed to resume)");
         }
         using var metrics = options.OutputDir is null ? null : new MetricsLog(Path.Combine(options.OutputDir, "metrics.jsonl"), options.Resume ? step + 1 : null); // records carry the 1-based step just done

@@ -244,6 +244,167 @@ public class ClassifierScorerTests : IDisposable
         }
     }
 
+    /// <summary>A tiny BERT classifier directory with the given labels; returns the weights for the reference.</summary>
+    Weights BertDir(string dir, string[] vocabList, string[] labels, string? problem, bool lower = true, int seed = 9, int maxPos = 12)
+    {
+        Directory.CreateDirectory(dir);
+        File.WriteAllLines(Path.Combine(dir, "vocab.txt"), vocabList);
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), $$"""{"do_lower_case": {{(lower ? "true" : "false")}}}""");
+        File.WriteAllText(Path.Combine(dir, "config.json"), Config("bert", vocabList.Length, maxPos, 0, labels, problem).ToJsonString());
+        var w = new Weights(seed);
+        Encoder(w, "bert.", vocabList.Length, maxPos, oldLayerNormNames: true);
+        w.Add("bert.pooler.dense.weight", H, H); w.Add("bert.pooler.dense.bias", H);
+        w.Add("classifier.weight", labels.Length, H); w.Add("classifier.bias", labels.Length);
+        w.Save(Path.Combine(dir, "model.safetensors"));
+        return w;
+    }
+
+    static readonly string[] TokVocab =
+    [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s", ",", "cafe", // 0-9
+        "$", "=", "+", ">", "^", "|", "~", "_", "€", "©",                                   // 10-19
+        "co", "##op", "中", "a", ".", "##a", "café",                                        // 20-26
+    ];
+
+    [Fact]
+    public void BertTokenizerFollowsTransformersBasicTokenizerAndWordPiece()
+    {
+        var dir = Path.Combine(_tmp, "bert-tok");
+        BertDir(dir, TokVocab, ["toxic"], null, maxPos: 110);
+        using var s = new ClassifierScorer(dir);
+        int[] Ids(string t) => s.Tokenize(t).ToArray()[1..^1];
+        Assert.Equal(2, s.Tokenize("x")[0]);
+        Assert.Equal(3, s.Tokenize("x")[^1]);
+        // ids worked out by hand from TokVocab and transformers' BasicTokenizer/WordPiece rules
+        Assert.Equal([9], Ids("Café"));                      // lower-cased, NFD, accent (Mn) dropped
+        Assert.Equal([9], Ids("CAFE\u0301"));                 // combining accent (NFC makes É, then NFD + drop Mn)
+        Assert.Equal([5, 6], Ids("hello\nworld"));           // newline is whitespace, not deleted
+        Assert.Equal([5, 6, 7], Ids("hello\tworlds"));
+        Assert.Equal([5, 6], Ids("hello\u00A0world"));       // NBSP (Zs) is whitespace
+        Assert.Equal([10, 11, 12, 13, 14, 15, 16, 17], Ids("$=+>^|~_")); // ASCII punctuation ranges, each split off
+        Assert.Equal([18, 19, 1, 1], Ids("€ © ½ °"));         // symbols (S*, No) are not punctuation: own words, [UNK] if unknown
+        Assert.Equal([1], Ids("a€"));                          // not split off: "a" then "##€" is missing → whole word [UNK]
+        Assert.Equal([1], Ids("hello😀"));                     // emoji (So) stays in its word
+        Assert.Equal([1, 5], Ids("😀 hello"));
+        Assert.Equal([20, 21], Ids("co\u00ADop"));            // soft hyphen (Cf) removed
+        Assert.Equal([1], Ids("hello\u200Bworld"));           // zero-width space (Cf) removed → "helloworld" → [UNK]
+        Assert.Equal([23, 22, 23], Ids("a中a"));               // CJK ideographs become words
+        Assert.Equal([5, 3, 6], Ids("hello [SEP] world"));    // special tokens in the text stay whole
+        Assert.Equal([6, 24, 8, 5], Ids("world., hello"));
+        Assert.Equal([5], Ids("hello\u0007"));                // control character dropped
+        Assert.Equal([23, .. Enumerable.Repeat(25, 99)], Ids(new string('a', 100)));
+        Assert.Equal([1], Ids(new string('a', 101)));          // > 100 code points → [UNK]
+        Assert.Equal([1], Ids(string.Concat(Enumerable.Repeat("😀", 60)))); // 60 code points (120 UTF-16 units): still one WordPiece word → [UNK]
+
+        var cased = Path.Combine(_tmp, "bert-tok-cased");
+        BertDir(cased, TokVocab, ["toxic"], null, lower: false);
+        using var c = new ClassifierScorer(cased);
+        Assert.Equal([26], c.Tokenize("café").ToArray()[1..^1]); // cased: accents kept
+        Assert.Equal([1], c.Tokenize("Hello").ToArray()[1..^1]);
+    }
+
+    [Fact]
+    public void RobertaHandlesRunsOfSpacesTabsAndNewlines()
+    {
+        var dir = Path.Combine(_tmp, "roberta-ws");
+        Directory.CreateDirectory(dir);
+        const int vocab = 15, maxPos = 40, pad = 1;
+        var labels = new[] { "LABEL_0", "LABEL_1" };
+        File.WriteAllText(Path.Combine(dir, "config.json"), Config("roberta", vocab, maxPos, pad, labels, null).ToJsonString());
+        File.WriteAllText(Path.Combine(dir, "vocab.json"),
+            """{"<s>":0,"<pad>":1,"</s>":2,"<unk>":3,"h":4,"i":5,"Ġ":6,"hi":7,"Ġhi":8,"o":9,"ho":10,"Ġho":11,"ĠĠ":12,"ĉ":13,"Ċ":14}""");
+        File.WriteAllText(Path.Combine(dir, "merges.txt"), "#version: 0.2\nh i\nĠ hi\nh o\nĠ ho\nĠ Ġ\n");
+        var w = new Weights(11);
+        Encoder(w, "roberta.", vocab, maxPos, false);
+        w.Add("classifier.dense.weight", H, H); w.Add("classifier.dense.bias", H);
+        w.Add("classifier.out_proj.weight", 2, H); w.Add("classifier.out_proj.bias", 2);
+        w.Save(Path.Combine(dir, "model.safetensors"));
+        using var s = new ClassifierScorer(dir);
+        // GPT-2 pre-tokenization: \s+(?!\S) leaves the last space of a run to the next word
+        Assert.Equal([0, 7, 6, 11, 2], s.Tokenize("hi  ho"));
+        Assert.Equal([0, 7, 12, 11, 6, 2], s.Tokenize("hi   ho "));
+        Assert.Equal([0, 7, 13, 10, 2], s.Tokenize("hi\tho"));
+        Assert.Equal([0, 7, 13, 13, 10, 2], s.Tokenize("hi\t\tho"));
+        Assert.Equal([0, 7, 14, 14, 10, 2], s.Tokenize("hi\n\nho"));
+        Assert.Equal([0, 7, 3, 2], s.Tokenize("hix"));        // BPE merges h+i, then "x" is not in the vocabulary → <unk>
+        Assert.Equal([0, 3, 3, 3, 2], s.Tokenize("€"));       // three bytes, none in the vocabulary
+
+        var texts = new[] { "hi  ho", "hi\t\tho  hi", "ho" };
+        var scores = s.Score(texts);
+        for (int b = 0; b < texts.Length; b++)
+        {
+            var ids = s.Tokenize(texts[b]).ToArray();
+            var want = Reference(w, "roberta.", ids, ids.Select((_, i) => i + pad + 1).ToArray(), 1e-5, roberta: true, 2);
+            double p1 = 1 / (1 + Math.Exp(want[0] - want[1]));
+            Assert.Equal(p1, scores[b].Value, 1e-4);               // 2-class softmax, LABEL_0/LABEL_1 → toxicity = P(LABEL_1)
+            Assert.Equal(p1, scores[b].Attributes["LABEL_1"], 1e-4);
+        }
+        Assert.Equal(["LABEL_1"], s.ToxicLabels);
+        Assert.Contains("P(LABEL_1)", s.ToxicityRule);
+        Assert.Equal(scores.Select(x => x.Value), s.Score(texts, ToxicityAggregate.Toxicity).Select(x => x.Value)); // no error for LABEL_0/1
+    }
+
+    [Fact]
+    public void ToxicityConventionPerHead()
+    {
+        var vocabList = new[] { "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world" };
+        var texts = new[] { "hello world", "world", "hello hello" };
+        int[][] seqs = [[2, 5, 6, 3], [2, 6, 3], [2, 5, 5, 3]];
+        double[][] Logits(Weights w, int n) => seqs.Select(q => Reference(w, "bert.", q, q.Select((_, i) => i).ToArray(), 1e-5, false, n)).ToArray();
+        static double Sig(double x) => 1 / (1 + Math.Exp(-x));
+
+        // {toxic, neutral}: the name says label 0 is the toxic one
+        var d1 = Path.Combine(_tmp, "h1");
+        var w1 = BertDir(d1, vocabList, ["toxic", "neutral"], null);
+        using (var s = new ClassifierScorer(d1))
+        {
+            var r = s.Score(texts);
+            var l = Logits(w1, 2);
+            for (int b = 0; b < 3; b++) Assert.Equal(1 / (1 + Math.Exp(l[b][1] - l[b][0])), r[b].Value, 1e-4);
+            Assert.Equal(["TOXICITY"], s.ToxicLabels);
+        }
+        // {nothate, hate} → hate (label 1)
+        var d2 = Path.Combine(_tmp, "h2");
+        var w2 = BertDir(d2, vocabList, ["nothate", "hate"], null, seed: 3);
+        using (var s = new ClassifierScorer(d2))
+        {
+            var r = s.Score(texts);
+            var l = Logits(w2, 2);
+            for (int b = 0; b < 3; b++) Assert.Equal(1 / (1 + Math.Exp(l[b][0] - l[b][1])), r[b].Value, 1e-4);
+            Assert.Equal("softmax; toxicity = P(hate)", s.ToxicityRule);
+        }
+        // one label: sigmoid, as transformers' pipeline
+        var d3 = Path.Combine(_tmp, "h3");
+        var w3 = BertDir(d3, vocabList, ["LABEL_0"], null, seed: 4);
+        using (var s = new ClassifierScorer(d3))
+        {
+            var r = s.Score(texts);
+            var l = Logits(w3, 1);
+            Assert.True(s.Sigmoid);
+            for (int b = 0; b < 3; b++) Assert.Equal(Sig(l[b][0]), r[b].Value, 1e-4);
+        }
+        // multi-label head without any toxicity label: an error naming --toxic-label; with it, that label's sigmoid
+        var d4 = Path.Combine(_tmp, "h4");
+        var w4 = BertDir(d4, vocabList, ["female", "male", "christian"], "multi_label_classification", seed: 5);
+        var e = Assert.Throws<InvalidInputException>(() => new ClassifierScorer(d4).Validate());
+        Assert.Contains("--toxic-label", e.Message);
+        using (var s = new ClassifierScorer(d4, toxicLabels: ["male", "christian", "not-a-label"]))
+        {
+            var r = s.Score(texts);
+            var l = Logits(w4, 3);
+            for (int b = 0; b < 3; b++) Assert.Equal(Math.Max(Sig(l[b][1]), Sig(l[b][2])), r[b].Value, 1e-4);
+            Assert.True(s.UsesToxicLabelOverride);
+            Assert.Equal(["male", "christian"], s.ToxicLabels);
+        }
+        // the identity changes with the weights and with the label choice
+        using var a = new ClassifierScorer(d1);
+        using var a2 = new ClassifierScorer(d1, toxicLabels: ["neutral"]);
+        using var b2 = new ClassifierScorer(d2);
+        Assert.NotEqual(a.Identity, a2.Identity);
+        Assert.NotEqual(a.Identity.Split(' ')[1], b2.Identity.Split(' ')[1]);
+        Assert.StartsWith("classifier:h1 weights-sha256:", a.Identity);
+    }
+
     [Fact]
     public void InvalidDirectoriesGiveOneLineErrors()
     {

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 using DetoxSharp.Evaluation;
 
@@ -21,6 +22,8 @@ sealed class FakePerspective : IDisposable
     public readonly ConcurrentDictionary<string, ConcurrentQueue<int>> Script = new();
     public Func<string, int>? Always; // status to return forever for a text (0 = normal)
     public string? ErrorBody;
+    /// <summary>Called on the handler thread after a request is recorded and before it is answered.</summary>
+    public Action<Hit>? BeforeReply;
     public int SlowMs = 5000;
     public string Url { get; }
 
@@ -61,7 +64,9 @@ sealed class FakePerspective : IDisposable
             int status = 200;
             if (Always?.Invoke(text) is int a && a != 0) status = a;
             else if (Script.TryGetValue(text, out var q) && q.TryDequeue(out var s)) status = s;
-            Hits.Enqueue(new Hit(at, text, status, ctx.Request.Url!.ToString()));
+            var hit = new Hit(at, text, status, ctx.Request.Url!.ToString());
+            Hits.Enqueue(hit);
+            BeforeReply?.Invoke(hit);
             if (status == -1)
             {
                 Thread.Sleep(SlowMs);
@@ -290,5 +295,126 @@ public class PerspectiveScorerTests : IDisposable
             s.Validate();
             Assert.Contains("key=" + Key, server.Hits.Last().Url);
         }
+    }
+
+    [Fact]
+    public void ProbeIsRetriedAndSkippedWhenTheCacheHasScores_CacheHasNoBlankLines()
+    {
+        using var server = new FakePerspective();
+        server.Script["ok"] = new([500, 503]);
+        using (var s = new PerspectiveScorer(Options(server)))
+        {
+            s.Validate(); // two transient failures, then accepted
+            Assert.Equal(3, server.Hits.Count(h => h.Text == "ok"));
+            s.Score(["alpha", "beta"]);
+            Assert.Equal("perspective attributes=" + string.Join(",", ToxicityAttributes.PaperSeven) + " lang=en scored "
+                         + DateTime.UtcNow.ToString("yyyy-MM-dd"), s.Identity);
+        }
+        using (var s = new PerspectiveScorer(Options(server)))
+            s.Score(["gamma"]);
+        var cache = Path.Combine(_tmp, "cache.jsonl");
+        var lines = File.ReadAllLines(cache);
+        Assert.Equal(3, lines.Length);
+        Assert.All(lines, l => Assert.NotEqual("", l.Trim()));
+        Assert.All(lines, l => Assert.StartsWith("perspective attributes=", JsonNode.Parse(l)!["scorer"]!.GetValue<string>()));
+        Assert.All(lines, l => Assert.Matches(@"^\d{4}-\d\d-\d\d$", JsonNode.Parse(l)!["date"]!.GetValue<string>()));
+        // a resumed run with everything cached sends nothing at all, not even the probe
+        while (server.Hits.TryDequeue(out _)) { }
+        using (var s = new PerspectiveScorer(Options(server)))
+        {
+            s.Validate();
+            s.Score(["alpha", "beta", "gamma"]);
+        }
+        Assert.Empty(server.Hits);
+        // a probe that keeps failing with 500 ends as a one-line error (exit 2), without the key
+        server.Always = t => t == "ok" ? 500 : 0;
+        using (var s = new PerspectiveScorer(Options(server, retries: 2) with { CachePath = Path.Combine(_tmp, "fresh.jsonl") }))
+        {
+            var e = Assert.Throws<InvalidInputException>(() => s.Validate());
+            Assert.Contains("HTTP 500", e.Message);
+            Assert.DoesNotContain(Key, e.Message);
+        }
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    static extern int kill(int pid, int sig);
+
+    /// <summary>The real CLI as a child process (sampled continuations, so the texts differ), interrupted by SIGTERM and then SIGINT while a request is in flight:
+    /// exit 130 with a resume line each time, every received score kept, none requested twice once cached, the final
+    /// run completes from the cache; the key never appears in any output or file.</summary>
+    [Fact]
+    public void InterruptedEvalKeepsScoresAndResumes()
+    {
+        if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS()) throw new PlatformNotSupportedException("signals");
+        var model = EvalFiles.TinyGpt2(Path.Combine(_tmp, "tiny"), 5);
+        var prompts = EvalFiles.Prompts(Path.Combine(_tmp, "prompts.jsonl"), Enumerable.Range(0, 4).Select(i => $"Prompt number {i} says"));
+        var outDir = Path.Combine(_tmp, "out");
+        var exe = Path.Combine(AppContext.BaseDirectory, "detox");
+        Assert.True(File.Exists(exe), exe);
+        using var server = new FakePerspective();
+        int childPid = 0, signalAt = -1, signal = 0, seen = 0;
+        server.BeforeReply = h =>
+        {
+            if (h.Text == "ok") return;
+            if (Interlocked.Increment(ref seen) == signalAt)
+            {
+                kill(childPid, signal);
+                Thread.Sleep(1500); // the reply comes after the signal: this request is abandoned
+            }
+        };
+        (int Code, string Out, string Err) RunCli(int at, int sig)
+        {
+            seen = 0; signalAt = at; signal = sig;
+            var psi = new System.Diagnostics.ProcessStartInfo(exe)
+            {
+                RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+            };
+            foreach (var a in new[] { "eval", "--model", model, "--scorer", "perspective", "--prompts", prompts, "--out", outDir,
+                         "--max-new-tokens", "6", "--samples", "3", "--perspective-endpoint", server.Url, "--rate-limit", "50" })
+                psi.ArgumentList.Add(a);
+            psi.Environment[PerspectiveOptions.KeyEnvironmentVariable] = Key;
+            using var p = System.Diagnostics.Process.Start(psi)!;
+            childPid = p.Id;
+            var so = p.StandardOutput.ReadToEndAsync();
+            var se = p.StandardError.ReadToEndAsync();
+            Assert.True(p.WaitForExit(180_000), "child did not exit");
+            return (p.ExitCode, so.Result, se.Result);
+        }
+        var cache = Path.Combine(outDir, "perspective-cache.jsonl");
+        var r1 = RunCli(3, 15); // SIGTERM during the 3rd scoring request
+        Assert.True(r1.Code == 130, r1.Err);
+        Assert.Contains("rerun the same command to resume", r1.Err);
+        Assert.Equal(2, File.ReadAllLines(cache).Length);
+        Assert.False(File.Exists(Path.Combine(outDir, "results.json")));
+        var r2 = RunCli(2, 2); // SIGINT (Ctrl+C) during the 2nd request of the resumed run
+        Assert.True(r2.Code == 130, r2.Err);
+        Assert.Equal(3, File.ReadAllLines(cache).Length);
+        var before = server.Hits.Count;
+        var r3 = RunCli(-1, 0);
+        Assert.True(r3.Code == 0, r3.Err);
+        foreach (var r in new[] { r1, r2, r3 }) { Assert.DoesNotContain(Key, r.Out); Assert.DoesNotContain(Key, r.Err); }
+        Assert.DoesNotContain(Key, File.ReadAllText(cache));
+
+        var gens = File.ReadAllLines(Path.Combine(outDir, "generations.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
+        var texts = gens.Select(g => g["continuation"]!.GetValue<string>()).Where(t => t.Trim().Length > 0).Distinct().ToList();
+        var lines = File.ReadAllLines(cache);
+        Assert.All(lines, l => Assert.NotEqual("", l.Trim()));
+        var keys = lines.Select(l => JsonNode.Parse(l)!["key"]!.GetValue<string>()).ToList();
+        Assert.Equal(keys.Count, keys.Distinct().Count());     // no score cached twice
+        Assert.Equal(texts.Count, keys.Count);                 // every text's score kept
+        // each text was answered by the server once after it was cached: successful hits of a text = 1, or 2 when its
+        // first reply was abandoned by an interruption (two interruptions → at most two such texts)
+        var ok = server.Hits.Where(h => h.Text != "ok" && h.Status == 200).GroupBy(h => h.Text).ToDictionary(g => g.Key, g => g.Count());
+        Assert.Equal(texts.Order(), ok.Keys.Order());
+        Assert.True(ok.Values.Count(c => c == 2) <= 2 && ok.Values.All(c => c <= 2), string.Join(",", ok.Values));
+        Assert.Equal(texts.Count + 2, ok.Values.Sum());
+        // the final run's numbers are the server's
+        foreach (var g in gens)
+        {
+            var t = g["continuation"]!.GetValue<string>();
+            double want = t.Trim().Length == 0 ? 0 : Enumerable.Range(0, 7).Max(i => FakePerspective.ScoreOf(t, i));
+            Assert.Equal(want, g["toxicity"]!.GetValue<double>(), 12);
+        }
+        Assert.Equal(texts.Count - 3, server.Hits.Count - before); // the final run asks only for what is not cached, no probe
     }
 }
