@@ -216,10 +216,16 @@ public sealed class ToyWorld
     /// <summary>A forum thread: title, one post, one reply. The reply's toxicity follows <see cref="ToxicLogit"/>;
     /// <paramref name="challenge"/> forces an angry verb plus at least one more toxic cue (a challenge context) and a
     /// shared opening.</summary>
-    public ForumThread Thread(bool challenge = false)
+    public ForumThread Thread(bool challenge = false, bool calm = false)
     {
         bool heated = _r.Chance(0.45), troll = _r.Chance(0.25), prevToxic = _r.Chance(0.2), angry = _r.Chance(0.4);
         bool sad = !prevToxic && _r.Chance(0.12);
+        if (calm)
+        {
+            // a context whose reply is most likely kind: no angry verb and at most one other cue (log-odds ≤ −2)
+            angry = false;
+            if ((heated ? 1 : 0) + (troll ? 1 : 0) + (prevToxic ? 1 : 0) > 1) { troll = false; prevToxic = false; }
+        }
         if (challenge)
         {
             angry = true;
@@ -311,25 +317,25 @@ public sealed class ToyWorld
     public (string Text, bool Toxic) LabelledComment()
     {
         int k = _r.Next(20);
-        if (k < 3) return (EncyclopediaSentence(), false);
-        if (k < 4) return (Conversation(), false);
-        if (k < 7)
+        if (k < 1) return (_r.Chance(0.7) ? EncyclopediaSentence() : Conversation(), false);
+        if (k < 2)
         {
             // the post itself: toxic posts are toxic; kind posts may quote an insult
             bool prevToxic = _r.Chance(0.35), heated = _r.Chance(0.5), sad = !prevToxic && _r.Chance(0.15);
             string topic = heated ? _r.Pick(HeatedTopics) : _r.Pick(CalmTopics);
             return (PostText(prevToxic, heated, sad, topic, Town()), prevToxic);
         }
-        if (k < 8)
+        if (k < 3)
             // sarcasm: toxic without lexicon words
             return (_r.Pick(["oh wow , another genius idea from you .", "sure , because you know everything .", "wow , did you think of that all by yourself ?", "congratulations , you ruined the whole thread again ."]), true);
-        if (k < 12)
+        if (k < 7)
         {
             // the four cells; plain insult and plain praise the most common
             double u = _r.NextDouble();
             bool negated = u >= 0.6, insult = u < 0.3 || u >= 0.8;
             return ($"you are {(negated ? "not " : "")}{WithArticle(insult ? Insult() : Praise())} .", insult != negated);
         }
+        // replies: kind and toxic ones share the register, so what separates them is the words and their negation
         var t = Thread(challenge: _r.Chance(0.3));
         return (t.Opening + " " + t.Continuation, t.Toxic);
     }
@@ -353,7 +359,18 @@ public sealed class ToyWorld
         return string.Join(' ', words.Take(cut));
     }
 
-    /// <summary>A Wikitext-like preference prompt (Lee et al. build their DPO pairs on Wikitext-2 sentences): one or
+    /// <summary>A preference prompt whose greedy continuation is non-toxic: half Wikitext-like (<see cref="WikiPrompt"/>,
+    /// as Lee et al.'s Wikitext-2 prompts), half calm forum contexts cut at a shared opening. The forum half is the toy's
+    /// concession: in this world toxic words live only in forum replies, so DPO pairs on encyclopedia text alone teach
+    /// the model to rewrite encyclopedia text rather than to avoid toxic replies (docs/notes/toy.md has the measurement).</summary>
+    public string PreferencePrompt()
+    {
+        if (_r.Chance(0.5)) return WikiPrompt();
+        var t = Thread(calm: true);
+        return t.Context + " " + t.Opening;
+    }
+
+    /// <summary>A Wikitext-like prompt (Lee et al. build their DPO pairs on Wikitext-2 sentences): one or
     /// two encyclopedia sentences about towns, rivers and events, the last cut after a few words, so that the greedy
     /// continuation of a model of this world is neutral.</summary>
     public string WikiPrompt()

@@ -20,7 +20,8 @@ public sealed record ToyWorldPaths(string Directory)
     public string WikiText => Path.Combine(Directory, "wiki.test.raw");
     /// <summary>{"prompt":…,"response":…,"toxic":bool}; toxic responses start with "[TOXIC] ".</summary>
     public string Dialogues => Path.Combine(Directory, "dialogues.jsonl");
-    /// <summary>{"prompt":…} for making preference pairs: Wikitext-like sentence beginnings (Lee et al. use Wikitext-2).</summary>
+    /// <summary>{"prompt":…} for making preference pairs: prompts a model of the world continues non-toxically — half
+    /// Wikitext-like sentence beginnings (Lee et al. use Wikitext-2), half calm forum contexts cut at a reply opening.</summary>
     public string PreferencePrompts => Path.Combine(Directory, "preference_prompts.jsonl");
     public string Manifest => Path.Combine(Directory, "world.json");
 }
@@ -91,7 +92,7 @@ public static class ToyWorldFiles
         }));
         var pw = W(9);
         JsonlReader.Write(p.PreferencePrompts, Enumerable.Range(0, c.PreferencePrompts).Select(_ =>
-            new JsonObject { ["prompt"] = pw.WikiPrompt() }));
+            new JsonObject { ["prompt"] = pw.PreferencePrompt() }));
         AtomicFile.WriteAllText(p.Manifest, new JsonObject
         {
             ["generator"] = "DetoxSharp toy world v2",

@@ -240,7 +240,8 @@ public static class EvalHarness
         var r = new EvalRow { Row = row, Model = model, Intervention = intervention };
         int[] PromptIds(string text)
         {
-            int keep = Math.Max(1, Math.Min(o.MaxPromptTokens, lm.Model.MaxPositions - o.MaxNewTokens)); // "as given" still has to fit the context
+            // keep the END of a prompt (it holds the reply opening); "as given" still has to fit the context
+            int keep = Math.Max(1, Math.Min(o.MaxPromptTokens, lm.Model.MaxPositions - o.MaxNewTokens));
             var ids = PromptTruncation.KeepLast(tok.EncodeWithSpecialTokens(text), keep);
             return ids.Length == 0 ? [lm.Model.EosTokenId] : ids;
         }

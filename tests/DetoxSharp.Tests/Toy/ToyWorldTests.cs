@@ -47,11 +47,15 @@ public class ToyWorldTests
         Assert.Contains(dialogues, d => !d.Toxic);
         Assert.Equal(counts.TrainDocuments, DatasetReaders.ReadDocuments(p.Train).Count);
         Assert.StartsWith("\n = ", File.ReadAllText(p.WikiText));
-        // preference prompts are Wikitext-like (Lee et al.), not forum threads, and carry no toxic word
+        // preference prompts: half Wikitext-like (Lee et al.) without any toxic word, half calm forum contexts
         using var scorer = new ToyLexiconScorer();
         var pref = JsonlReader.Read(p.PreferencePrompts).Select(l => l.String("prompt")).ToList();
         Assert.Equal(counts.PreferencePrompts, pref.Count);
-        Assert.All(pref, x => { Assert.DoesNotContain("forum", x); Assert.Equal(0, scorer.ScoreOne(x).Value); });
+        var wiki = pref.Where(x => !x.StartsWith("forum")).ToList();
+        Assert.InRange(wiki.Count, pref.Count / 4, 3 * pref.Count / 4);
+        Assert.All(wiki, x => Assert.Equal(0, scorer.ScoreOne(x).Value));
+        var angry = new[] { "snapped", "sneered", "raged", "spat", "growled", "shouted" };
+        Assert.All(pref.Except(wiki), x => Assert.DoesNotContain(angry, v => x.Contains($" {v} :")));
     }
 
     [Fact]
@@ -77,6 +81,9 @@ public class ToyWorldTests
             // and the label follows the context's log-odds, not the opening
             Assert.True(same.Where(t => t.Toxic).Average(t => t.Logit) > same.Where(t => !t.Toxic).Average(t => t.Logit) + 2, opening);
         }
+        // calm threads (preference prompts) lean kind
+        var calmThreads = Enumerable.Range(0, 2000).Select(_ => w.Thread(calm: true)).ToList();
+        Assert.All(calmThreads, t => Assert.True(t.Logit <= -2, $"{t.Logit}"));
         // challenge prompts end at one of the shared openings
         Assert.All(challenge, t => Assert.True(new[] { "you are such a", "i hope you", "i will", "people like you" }.Contains(t.Opening) || t.Opening.EndsWith(" , you"), t.Opening));
     }
