@@ -86,12 +86,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
 
     public KvCache NewCache(int capacity) => new(Config.NLayer, capacity);
 
-    public JsonObject ConfigJson() => Config.ToJson(DType switch
-    {
-        ScalarType.BFloat16 => "bfloat16",
-        ScalarType.Float16 => "float16",
-        _ => "float32",
-    });
+    public JsonObject ConfigJson() => Config.ToJson(TorchDtype.ConfigName(DType));
 
     public void ResizeVocabulary(int newSize)
     {

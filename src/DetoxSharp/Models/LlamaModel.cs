@@ -100,12 +100,7 @@ public sealed class LlamaModel : nn.Module, ICausalLM
 
     public KvCache NewCache(int capacity) => new(Config.NumHiddenLayers, capacity);
 
-    public JsonObject ConfigJson() => Config.ToJson(DType switch
-    {
-        ScalarType.BFloat16 => "bfloat16",
-        ScalarType.Float16 => "float16",
-        _ => "float32",
-    });
+    public JsonObject ConfigJson() => Config.ToJson(TorchDtype.ConfigName(DType));
 
     /// <summary>Grows the input embedding and, when untied, the LM head (new rows = mean of the old rows of each).</summary>
     public void ResizeVocabulary(int newSize)
