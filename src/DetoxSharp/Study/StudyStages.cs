@@ -478,6 +478,10 @@ public static class StudyStages
         var layers = d["layers"]!.AsArray();
         var acts = d["activations"]!.AsArray();
         int top = Math.Min(acts.Count, 7);
+        // (f) is read where the toxic vectors work: the step that emits the insult. The paper's last position (the 20th
+        // generated step) lies after most toy replies' insult, where the vectors rest in both models.
+        int insultPrompts = d["insult_step_prompts"]?.GetValue<int>() ?? 0;
+        string position = insultPrompts > 0 ? "insult_step" : "last_position";
         var projection = new JsonArray();
         foreach (var line in File.ReadLines(Path.Combine(analysisDir, "projection.csv")).Skip(1))
         {
@@ -499,14 +503,17 @@ public static class StudyStages
             ["activation"] = new JsonArray(acts.Take(top).Select(a => (JsonNode)new JsonObject
             {
                 ["vector"] = $"L{a!["layer"]}.N{a["neuron"]}",
-                ["before"] = a["last_position_activation_before"]!.DeepClone(), ["after"] = a["last_position_activation_after"]!.DeepClone(),
+                ["before"] = a[$"{position}_activation_before"]?.DeepClone(), ["after"] = a[$"{position}_activation_after"]?.DeepClone(),
             }).ToArray()),
-            // every tracked vector (ranked on the start model), for the findings: last-position activations (the paper's
-            // measurement), value-vector cosine, share of top projections kept
+            ["activation_position"] = position == "insult_step"
+                ? $"the step at which the start model emits its first toxic word ({insultPrompts} of {prompts.Count} challenge prompts), both models reading the same tokens"
+                : "the last position of prompt + the start model's greedy continuation (no prompt drew a toxic word)",
+            // every tracked vector (ranked on the start model), for the findings: activations at that position,
+            // value-vector cosine, share of top projections kept
             ["tracked"] = new JsonArray(acts.Select((a, i) => (JsonNode)new JsonObject
             {
                 ["vector"] = $"L{a!["layer"]}.N{a["neuron"]}",
-                ["before"] = a["last_position_activation_before"]!.DeepClone(), ["after"] = a["last_position_activation_after"]!.DeepClone(),
+                ["before"] = a[$"{position}_activation_before"]?.DeepClone(), ["after"] = a[$"{position}_activation_after"]?.DeepClone(),
                 ["value_cosine"] = d["toxic_keys_values"]![i]!["value_cosine"]?.DeepClone(),
                 ["top_tokens_kept"] = d["toxic_keys_values"]![i]!["top_tokens_kept"]?.DeepClone(),
             }).ToArray()),

@@ -307,6 +307,47 @@ public class InterpretabilityTests
     }
 
     [Fact]
+    public void Diff_InsultStepActivation_IsReadWhereTheStartModelEmitsItsFirstToxicToken()
+    {
+        using var model = Tiny(seed: 8);
+        using var after = (Gpt2Model)model.Clone();
+        var tok = Gpt2Tokenizer.Default();
+        torch.manual_seed(14);
+        using var probe = new ToxicityProbe(torch.randn(32, 2), torch.zeros(2));
+        var prompts = new[] { "You are such a", "The weather today is", "I think that" };
+        var prIds = prompts.Select(tok.Encode).ToList();
+        var conts = DetoxSharp.Generation.Generator.Generate(model, prIds, new DetoxSharp.Generation.GenerationOptions { MaxNewTokens = 5, Greedy = true });
+        // "toxic" = the third token the model emits after prompt 0 (and whatever else equals it)
+        int toxic = conts[0][2];
+        var opts = new DiffOptions { MaxNewTokens = 5, TrackedVectors = 2, BatchSize = 2, ToxicTokenIds = new HashSet<int> { toxic } };
+        var r = AlignmentDiff.Run(model, after, tok, probe, prompts, opts, TempDir("diff-insult"));
+        int expectedPrompts = conts.Count(c => c.Contains(toxic));
+        Assert.Equal(expectedPrompts, r["insult_step_prompts"]!.GetValue<int>());
+        // independent: an unpadded forward of prompt + continuation up to (not including) the first toxic token; the
+        // activation at its last position is the one that chose the toxic token
+        foreach (var a in r["activations"]!.AsArray())
+        {
+            int layer = a!["layer"]!.GetValue<int>(), neuron = a["neuron"]!.GetValue<int>();
+            double sum = 0;
+            for (int i = 0; i < prompts.Length; i++)
+            {
+                int j = Array.IndexOf(conts[i], toxic);
+                if (j < 0) continue;
+                var seq = prIds[i].Concat(conts[i].Take(j)).Select(x => (long)x).ToArray();
+                using var ids = torch.tensor(seq, [1, seq.Length]);
+                using var cache = ActivationCache.Run(model, ids, null, [HookNames.MlpPost(layer)]);
+                sum += cache[HookNames.MlpPost(layer)][0, seq.Length - 1, neuron].item<float>();
+            }
+            Assert.Equal(sum / expectedPrompts, a["insult_step_activation_before"]!.GetValue<double>(), 4);
+            Assert.Equal(a["insult_step_activation_before"]!.GetValue<double>(), a["insult_step_activation_after"]!.GetValue<double>(), 6);
+        }
+        // without a toxic list there is no insult step
+        var r2 = AlignmentDiff.Run(model, after, tok, probe, prompts, opts with { ToxicTokenIds = null }, TempDir("diff-insult2"));
+        Assert.Equal(0, r2["insult_step_prompts"]!.GetValue<int>());
+        Assert.Null(r2["activations"]![0]!["insult_step_activation_before"]);
+    }
+
+    [Fact]
     public void DiffSeesAnActivationChangeWhenTheToxicKeyBiasIsLowered()
     {
         using var model = Tiny(seed: 7);
