@@ -28,16 +28,18 @@ public static class InterpCommands
         var steps = Bind.To("--max-steps", d, o => o.MaxSteps);
         var lr = Bind.To("--lr", d, o => o.LearningRate);
         var l2 = Bind.To("--l2", d, o => o.L2);
+        var direction = Bind.Enum("--direction", d, o => o.Direction);
         var limit = new Option<int?>("--limit") { Description = "use only the first N rows of the CSV" };
         var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("probe", "Train the linear toxicity probe on the last block's residual stream (mean over tokens); saves W_Toxic.")
-            { model, data, outDir, maxTokens, batch, val, seed, steps, lr, l2, limit, device, dtype, pickle };
+            { model, data, outDir, maxTokens, batch, val, seed, steps, lr, l2, direction, limit, device, dtype, pickle };
         cmd.SetAction(p =>
         {
             var opts = new ProbeOptions
             {
                 MaxTokens = p.GetValue(maxTokens), BatchSize = p.GetValue(batch), ValidationFraction = p.GetValue(val),
                 Seed = p.GetValue(seed), MaxSteps = p.GetValue(steps), LearningRate = p.GetValue(lr), L2 = p.GetValue(l2),
+                Direction = ToxicityProbe.ParseDirection(p.GetValue(direction)!, "direction"),
             };
             opts.Validate();
             var comments = DetoxSharp.Data.DatasetReaders.ReadJigsawCsv(p.GetValue(data)!);
@@ -59,7 +61,7 @@ public static class InterpCommands
                     ["train_toxic"] = report.TrainToxic, ["validation_toxic"] = report.ValidationToxic,
                     ["train_accuracy"] = report.TrainAccuracy, ["validation_accuracy"] = report.ValidationAccuracy,
                     ["validation_majority_baseline"] = report.ValidationMajorityBaseline, ["final_loss"] = report.FinalLoss,
-                    ["w_toxic_norm"] = Norm(probe),
+                    ["w_toxic_norm"] = Norm(probe), ["w_toxic"] = probe.DirectionKind == ProbeDirection.MassMean ? "mass-mean" : "weights",
                     ["options"] = JsonSerializer.SerializeToNode(opts),
                     ["seconds"] = sw.Elapsed.TotalSeconds,
                 };

@@ -228,6 +228,9 @@ public static class StudyReport
             BagOfWordsAccuracy = Nums(probe?["bag_of_words_accuracy_per_split"]).Where(v => v is not null).Select(v => v!.Value).ToList(),
             NoiseCeiling = D(probe?["noise_ceiling"]),
             ToxicTokensPerVector = counts is null || counts.Any(c => c is null) ? null : counts.Select(c => (int)c!.Value).ToList(),
+            Direction = tv?["w_toxic"] is JsonValue wd ? S(wd) : null,
+            OtherDirection = tv?["other_direction"] is JsonObject od && od["toxic_top_tokens"] is JsonArray oc
+                ? (S(od["w_toxic"]), oc.Select(x => (int)(D(x) ?? 0)).ToList()) : null,
             BaseToxicity = D(noop?["toxicity"]), BasePerplexity = D(noop?["perplexity"]),
             Subtractions = RunLayout.BaseRows.Skip(1).Select(n => (n, D(Row("evaluate/base", n)?["toxicity"]), D(Row("evaluate/base", n)?["perplexity"]))).ToList(),
             Methods = methods,

@@ -307,6 +307,36 @@ public class InterpretabilityTests
     }
 
     [Fact]
+    public void MassMeanDirection_IsTheClassMeanDifference_AndSurvivesSaveLoad()
+    {
+        using var x = torch.tensor(new float[] { 1, 0, /**/ 3, 2, /**/ 0, 1, /**/ 2, 5, /**/ 4, 0 }, [5, 2]);
+        bool[] y = [true, true, false, false, false];
+        // toxic mean (2, 1), non-toxic mean (2, 2): difference (0, −1), computed by hand
+        using var mm = ToxicityProbe.MassMean(x, y);
+        Assert.Equal([0f, -1f], mm.data<float>().ToArray());
+        using var w = torch.tensor(new float[] { -1, 1, /**/ -2, 2 }, [2, 2]);
+        using var probe = new ToxicityProbe(w, torch.zeros(2));
+        using (var wt = probe.WToxic) Assert.Equal([1f, 2f], wt.data<float>().ToArray());
+        using var mass = probe.WithMassMeanDirection(x, y);
+        Assert.Equal(ProbeDirection.MassMean, mass.DirectionKind);
+        using (var wt = mass.WToxic) Assert.Equal([0f, -1f], wt.data<float>().ToArray());
+        // the classifier is unchanged: same predictions
+        Assert.Equal(probe.PredictToxic(x).data<float>().ToArray(), mass.PredictToxic(x).data<float>().ToArray());
+        var dir = TempDir("probe-mass");
+        mass.Save(dir);
+        using var back = ToxicityProbe.Load(dir);
+        Assert.Equal(ProbeDirection.MassMean, back.DirectionKind);
+        using (var wt = back.WToxic) Assert.Equal([0f, -1f], wt.data<float>().ToArray());
+        probe.Save(dir);
+        using var back2 = ToxicityProbe.Load(dir);
+        Assert.Equal(ProbeDirection.Weights, back2.DirectionKind);
+        using (var wt = back2.WToxic) Assert.Equal([1f, 2f], wt.data<float>().ToArray());
+        Assert.Throws<InvalidInputException>(() => ToxicityProbe.MassMean(x, [true, true, true, true, true]));
+        Assert.Equal(ProbeDirection.MassMean, ToxicityProbe.ParseDirection("mass_mean", "direction"));
+        Assert.Throws<InvalidSettingException>(() => ToxicityProbe.ParseDirection("pca", "direction"));
+    }
+
+    [Fact]
     public void Diff_InsultStepActivation_IsReadWhereTheStartModelEmitsItsFirstToxicToken()
     {
         using var model = Tiny(seed: 8);
