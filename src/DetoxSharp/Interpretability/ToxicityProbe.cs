@@ -77,17 +77,28 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
 
     /// <summary>[d] float32 CPU when W_Toxic is not the toxic weight column (<see cref="ProbeDirection.MassMean"/>).</summary>
     readonly Tensor? _direction;
+    /// <summary>The classifier PPLM steers with when W_Toxic is the mass-mean direction: a one-dimensional logistic
+    /// regression on the projection onto W_Toxic, as [d,2] / [2] (null: the probe itself).</summary>
+    readonly Tensor? _steerW, _steerB;
 
-    public ToxicityProbe(Tensor w, Tensor b, Tensor? direction = null, ProbeDirection kind = ProbeDirection.Weights)
+    public ToxicityProbe(Tensor w, Tensor b, Tensor? direction = null, ProbeDirection kind = ProbeDirection.Weights, Tensor? steerW = null, Tensor? steerB = null)
     {
         if (w.dim() != 2 || w.shape[1] != 2) throw new ArgumentException($"probe W must be [d,2], got [{string.Join(",", w.shape)}]");
         if (direction is not null && (direction.dim() != 1 || direction.shape[0] != w.shape[0]))
             throw new ArgumentException($"probe direction must be [{w.shape[0]}], got [{string.Join(",", direction.shape)}]");
-        W = w.detach().to(ScalarType.Float32).cpu().clone(); W.DetachFromDisposeScope();
-        B = b.detach().to(ScalarType.Float32).cpu().clone(); B.DetachFromDisposeScope();
-        if (direction is not null) { _direction = direction.detach().to(ScalarType.Float32).cpu().clone(); _direction.DetachFromDisposeScope(); }
+        if ((steerW is null) != (steerB is null) || steerW is not null && (!steerW.shape.SequenceEqual(w.shape) || steerB!.numel() != 2))
+            throw new ArgumentException("steering classifier must be W [d,2] and b [2], both or neither");
+        static Tensor Keep(Tensor t) { var c = t.detach().to(ScalarType.Float32).cpu().clone(); c.DetachFromDisposeScope(); return c; }
+        W = Keep(w);
+        B = Keep(b);
+        if (direction is not null) _direction = Keep(direction);
+        if (steerW is not null) { _steerW = Keep(steerW); _steerB = Keep(steerB!); }
         DirectionKind = direction is null ? ProbeDirection.Weights : kind;
     }
+
+    // PPLM steers towards W_Toxic: with the mass-mean direction through the one-dimensional classifier along it
+    Tensor IAttributeModel.W => _steerW ?? W;
+    Tensor IAttributeModel.B => _steerB ?? B;
 
     public int DModel => (int)W.shape[0];
 
@@ -109,8 +120,38 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
     /// <summary>This probe with W_Toxic = the class-mean difference of <paramref name="features"/> [N, d] (toxic − non-toxic).</summary>
     public ToxicityProbe WithMassMeanDirection(Tensor features, bool[] labels)
     {
-        using var d = MassMean(features, labels);
-        return new ToxicityProbe(W, B, d, ProbeDirection.MassMean);
+        using var scope = torch.NewDisposeScope();
+        var d = MassMean(features, labels);
+        var unit = d.to(ScalarType.Float64) / d.to(ScalarType.Float64).norm().clamp_min(1e-30);
+        var z = features.to(ScalarType.Float64).cpu().matmul(unit).data<double>().ToArray();
+        var (scale, bias) = Logistic1D(z, labels);
+        // two-class softmax whose logit difference is scale·(x·d̂) + bias
+        var half = (unit * (scale / 2)).to(ScalarType.Float32);
+        var sw = torch.stack([-half, half], 1);
+        var sb = torch.tensor(new float[] { (float)(-bias / 2), (float)(bias / 2) });
+        return new ToxicityProbe(W, B, d, ProbeDirection.MassMean, sw, sb);
+    }
+
+    /// <summary>P(y | z) = σ(a·z + c) fitted by Newton's method (a tiny ridge keeps separable data finite).</summary>
+    internal static (double A, double C) Logistic1D(IReadOnlyList<double> z, bool[] y, double ridge = 1e-4, int iterations = 50)
+    {
+        double a = 0, c = 0;
+        for (int it = 0; it < iterations; it++)
+        {
+            double ga = -ridge * a, gc = 0, haa = ridge, hac = 0, hcc = 1e-12;
+            for (int i = 0; i < z.Count; i++)
+            {
+                double p = 1 / (1 + Math.Exp(-(a * z[i] + c))), r = (y[i] ? 1 : 0) - p, w = p * (1 - p);
+                ga += r * z[i]; gc += r;
+                haa += w * z[i] * z[i]; hac += w * z[i]; hcc += w;
+            }
+            double det = haa * hcc - hac * hac;
+            if (!(det > 0)) break;
+            double da = (hcc * ga - hac * gc) / det, dc = (haa * gc - hac * ga) / det;
+            a += da; c += dc;
+            if (Math.Abs(da) + Math.Abs(dc) < 1e-10) break;
+        }
+        return (a, c);
     }
 
     /// <summary>Mean of the toxic rows minus mean of the non-toxic rows of <paramref name="features"/> [N, d] → [d] float32.</summary>
@@ -238,7 +279,9 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
     {
         Directory.CreateDirectory(dir);
         using var wt = WToxic;
-        Safetensors.Save(Path.Combine(dir, FileName), new Dictionary<string, Tensor> { ["W"] = W, ["b"] = B, ["w_toxic"] = wt },
+        var tensors = new Dictionary<string, Tensor> { ["W"] = W, ["b"] = B, ["w_toxic"] = wt };
+        if (_steerW is not null) { tensors["steer_W"] = _steerW; tensors["steer_b"] = _steerB!; }
+        Safetensors.Save(Path.Combine(dir, FileName), tensors,
             new Dictionary<string, string>
             {
                 ["format"] = "detox-probe", ["hook"] = "last block hook_resid_post, mean over non-pad positions",
@@ -264,7 +307,11 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
             {
                 if (!t.TryGetValue("w_toxic", out var dir) || dir.dim() != 1 || dir.shape[0] != w.shape[0])
                     throw new InvalidInputException($"{path}: metadata says w_toxic is mass-mean but tensor w_toxic [{w.shape[0]}] is missing or misshapen");
-                return new ToxicityProbe(w, b, dir, ProbeDirection.MassMean);
+                t.TryGetValue("steer_W", out var sw);
+                t.TryGetValue("steer_b", out var sb);
+                if ((sw is null) != (sb is null) || sw is not null && (!sw.shape.SequenceEqual(w.shape) || sb!.numel() != 2))
+                    throw new InvalidInputException($"{path}: steer_W must be [{w.shape[0]},2] with steer_b [2], both or neither");
+                return new ToxicityProbe(w, b, dir, ProbeDirection.MassMean, sw, sb);
             }
             if (kind is not (null or "weights")) throw new InvalidInputException($"{path}: unknown w_toxic kind '{kind}' in metadata (weights or mass-mean)");
             return new ToxicityProbe(w, b);
@@ -278,5 +325,5 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
         if (DModel != model.DModel) throw new InvalidInputException($"{flag}: probe width {DModel} does not match the model's d_model {model.DModel}");
     }
 
-    public void Dispose() { W.Dispose(); B.Dispose(); _direction?.Dispose(); }
+    public void Dispose() { W.Dispose(); B.Dispose(); _direction?.Dispose(); _steerW?.Dispose(); _steerB?.Dispose(); }
 }
