@@ -307,6 +307,20 @@ public class InterpretabilityTests
     }
 
     [Fact]
+    public void Logistic1D_SatisfiesTheLikelihoodEquations()
+    {
+        double[] z = [-2, -1, -0.5, 0.3, 1, 2, 2.5, -1.5];
+        bool[] y = [false, true, false, true, false, true, true, false];
+        var (a, c) = ToxicityProbe.Logistic1D(z, y, ridge: 0);
+        // at the maximum likelihood: Σ (y − p) = 0 and Σ (y − p)·z = 0 (independent of how it was found)
+        double g0 = 0, g1 = 0;
+        for (int i = 0; i < z.Length; i++) { double p = 1 / (1 + Math.Exp(-(a * z[i] + c))); g0 += (y[i] ? 1 : 0) - p; g1 += ((y[i] ? 1 : 0) - p) * z[i]; }
+        Assert.Equal(0, g0, 8);
+        Assert.Equal(0, g1, 8);
+        Assert.True(a > 0);
+    }
+
+    [Fact]
     public void MassMeanDirection_IsTheClassMeanDifference_AndSurvivesSaveLoad()
     {
         using var x = torch.tensor(new float[] { 1, 0, /**/ 3, 2, /**/ 0, 1, /**/ 2, 5, /**/ 4, 0 }, [5, 2]);
@@ -331,6 +345,12 @@ public class InterpretabilityTests
         using var back2 = ToxicityProbe.Load(dir);
         Assert.Equal(ProbeDirection.Weights, back2.DirectionKind);
         using (var wt = back2.WToxic) Assert.Equal([1f, 2f], wt.data<float>().ToArray());
+        // PPLM's attribute model steers along W_Toxic: its logit difference is a·(x·d̂) + c
+        var attr = (DetoxSharp.Generation.IAttributeModel)back;
+        var diff = (attr.W.select(1, 1) - attr.W.select(1, 0)).data<float>().ToArray();
+        Assert.Equal(0f, diff[0], 6);
+        Assert.True(diff[1] < 0); // d̂ = (0, −1) and toxic rows have the smaller second feature: a > 0
+        Assert.Same(back2.W, ((DetoxSharp.Generation.IAttributeModel)back2).W);
         Assert.Throws<InvalidInputException>(() => ToxicityProbe.MassMean(x, [true, true, true, true, true]));
         Assert.Equal(ProbeDirection.MassMean, ToxicityProbe.ParseDirection("mass_mean", "direction"));
         Assert.Throws<InvalidSettingException>(() => ToxicityProbe.ParseDirection("pca", "direction"));
