@@ -154,6 +154,45 @@ public static class InterpCommands
         return cmd;
     }
 
+    public static Command Neurons()
+    {
+        var before = CommonOptions.Model("--before", "model directory before alignment (e.g. the pretrained/SFT model)");
+        var after = CommonOptions.Model("--after", "model directory after alignment (e.g. DPO or ADPO)");
+        var probe = ProbeDir();
+        var prompts = new Option<string>("--prompts") { Description = "challenge prompts, JSONL with \"prompt\" (string or {\"text\":…}) or \"text\"", Required = true };
+        var outDir = Out("output directory: neurons.json (group and top-k shares), neurons.csv (one row per MLP neuron)");
+        var d = new NeuronOptions();
+        var maxNew = Bind.To("--max-new-tokens", d, o => o.MaxNewTokens);
+        var maxPrompt = Bind.To("--max-prompt-tokens", d, o => o.MaxPromptTokens);
+        var batch = Bind.To("--batch-size", d, o => o.BatchSize);
+        var limit = new Option<int?>("--limit") { Description = "use only the first N prompts" };
+        var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
+        var cmd = new Command("neurons", "Per-neuron decomposition of alignment's drop along W_Toxic (Yang et al. 2025): Δ_i for every MLP neuron, the TP/TN/AP/AN group shares, the top-k toxic-aligned share and the neurons that moved towards toxicity.")
+            { before, after, probe, prompts, outDir, maxNew, maxPrompt, batch, limit, device, dtype, pickle };
+        cmd.SetAction(p =>
+        {
+            var opts = new NeuronOptions { MaxNewTokens = p.GetValue(maxNew), MaxPromptTokens = p.GetValue(maxPrompt), BatchSize = p.GetValue(batch) };
+            opts.Validate();
+            var texts = AlignmentDiff.ReadPrompts(p.GetValue(prompts)!);
+            if (p.GetValue(limit) is int n) { if (n < 1) throw new InvalidInputException("--limit must be ≥ 1"); texts = texts.Take(n).ToList(); }
+            using var pr = ToxicityProbe.Load(p.GetValue(probe)!);
+            using var mb = CommonOptions.LoadModel(p.GetValue(before)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            using var ma = CommonOptions.LoadModel(p.GetValue(after)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            pr.CheckFits(mb.Model);
+            using var w = pr.WToxic;
+            var r = NeuronContributions.Compute(mb.Model, ma.Model, mb.Tokenizer, w, texts, opts, new SyncProgress<string>(p.InvocationConfiguration.Error.WriteLine));
+            var json = NeuronContributions.Write(r, opts, p.GetValue(outDir)!);
+            var o = p.InvocationConfiguration.Output;
+            o.WriteLine($"drop along W_Toxic: {r.TotalDrop:G4} over {r.Positions} positions of {r.Prompts} prompts");
+            foreach (var g in NeuronContributions.Groups) o.WriteLine($"  {g}: {json["groups"]![g]!["neurons"]} neurons, share {json["groups"]![g]!["share"]}");
+            foreach (var k in opts.TopK) o.WriteLine($"  top-{k} toxic-aligned neurons: share {r.TopKShare(k):F3}");
+            o.WriteLine($"  neurons that moved towards toxicity: {json["towards_toxicity"]!["neurons"]} (sum {json["towards_toxicity"]!["sum"]})");
+            o.WriteLine($"written to {Path.GetFullPath(p.GetValue(outDir)!)}");
+            return 0;
+        });
+        return cmd;
+    }
+
     public static Command Unalign()
     {
         var model = CommonOptions.Model(description: "aligned model directory (e.g. after DPO)");

@@ -307,6 +307,55 @@ public class InterpretabilityTests
     }
 
     [Fact]
+    public void NeuronContributions_SumToTheDropOfTheMlpOutputAlongWToxic()
+    {
+        using var model = Tiny(seed: 9, layers: 3);
+        using var after = (Gpt2Model)model.Clone();
+        var tok = Gpt2Tokenizer.Default();
+        torch.manual_seed(21);
+        using var w = torch.randn(32);
+        var prompts = new[] { "You are such a", "The weather today is", "I think that the town" };
+        var opts = new NeuronOptions { MaxNewTokens = 4, BatchSize = 2, TopK = [1, 8] };
+        // identical models: every contribution is zero
+        var same = NeuronContributions.Compute(model, after, tok, w, prompts, opts);
+        Assert.All(same.Neurons, n => Assert.Equal(0, n.Delta, 12));
+        // lower the key biases of the last layer: only that layer's activations change (values and biases do not), so the
+        // contributions sum, exactly, to the drop of the mean last-layer MLP output along Ŵ — computed here without padding
+        int last = 2;
+        using (torch.no_grad()) after.MlpKeyBias(last).sub_(1.5);
+        var r = NeuronContributions.Compute(model, after, tok, w, prompts, opts);
+        Assert.All(r.Neurons.Where(n => n.Layer != last), n => Assert.Equal(0, n.Delta, 10));
+        var unit = (w / w.norm()).to(ScalarType.Float64);
+        var prIds = prompts.Select(tok.Encode).ToList();
+        var conts = DetoxSharp.Generation.Generator.Generate(model, prIds, new DetoxSharp.Generation.GenerationOptions { MaxNewTokens = 4, Greedy = true });
+        double drop = 0; int count = 0;
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            var seq = prIds[i].Concat(conts[i].Take(conts[i].Length - 1)).Select(x => (long)x).ToArray();
+            using var ids = torch.tensor(seq, [1, seq.Length]);
+            using var cb = ActivationCache.Run(model, ids, null, [HookNames.MlpOut(last)]);
+            using var ca = ActivationCache.Run(after, ids, null, [HookNames.MlpOut(last)]);
+            for (int j = 0; j < conts[i].Length; j++)
+            {
+                int pos = prIds[i].Length - 1 + j;
+                drop += ((cb[HookNames.MlpOut(last)][0, pos] - ca[HookNames.MlpOut(last)][0, pos]).to(ScalarType.Float64).dot(unit)).item<double>();
+                count++;
+            }
+        }
+        Assert.Equal(count, r.Positions);
+        Assert.Equal(drop / count, r.TotalDrop, 5);
+        // groups follow the signs; shares add up to one; the top-k share ranks by cosine with W_Toxic
+        Assert.All(r.Neurons, n => Assert.Equal((n.ProjectionBefore > 0 ? "T" : "A") + (n.ActivationBefore > 0 ? "P" : "N"), n.Group));
+        Assert.Equal(1.0, NeuronContributions.Groups.Sum(r.GroupShare), 9);
+        var best = r.Neurons.MaxBy(n => n.Cosine)!;
+        Assert.Equal(best.Delta / r.TotalDrop, r.TopKShare(1), 12);
+        var dir = TempDir("neurons");
+        var json = NeuronContributions.Write(r, opts, dir);
+        Assert.Equal(r.Neurons.Count + 1, File.ReadAllLines(Path.Combine(dir, "neurons.csv")).Length);
+        Assert.Equal(r.Neurons.Count(n => n.Delta < 0), json["towards_toxicity"]!["neurons"]!.GetValue<int>());
+    }
+
+    [Fact]
     public void Logistic1D_SatisfiesTheLikelihoodEquations()
     {
         double[] z = [-2, -1, -0.5, 0.3, 1, 2, 2.5, -1.5];
