@@ -59,6 +59,28 @@ public static class StudyReport
                 "The first four challenge prompts and three neutral prompts of the pretrain stage's own check."));
     }
 
+    /// <summary>Yang et al. 2025's question for every headline run: which neurons carry the drop along W_Toxic.</summary>
+    static void NeuronsSection(HtmlReport r, IReadOnlyList<TrainedRun> headline, Func<string, string> dir)
+    {
+        r.Section("neurons", "Neurons: where the drop along W_Toxic comes from");
+        var byMethod = headline.GroupBy(x => x.Method)
+            .Select(g => (Method: StudyPipeline.RowName(g.Key), N: g.Select(x => ReadJson(Path.Combine(dir(x.DiffStage), RunLayout.Diff))?["neurons"] as JsonObject).Where(n => n is not null).Select(n => n!).ToList()))
+            .Where(x => x.N.Count > 0).ToList();
+        if (byMethod.Count == 0) { r.Missing("No neuron decomposition (diff stages wrote none)."); return; }
+        var groups = DetoxSharp.Interpretability.NeuronContributions.Groups;
+        var ks = byMethod[0].N[0]["top_k_share"] is JsonArray a ? a.OfType<JsonObject>().Select(x => (int)(D(x["k"]) ?? 0)).ToList() : [];
+        MeanStd Share(List<JsonObject> n, string g) => Aggregate.Of(n.Select(x => D(x["groups"]?[g]?["share"])));
+        MeanStd TopK(List<JsonObject> n, int k) => Aggregate.Of(n.Select(x => D((x["top_k_share"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(t => D(t["k"]) == k)?["share"])));
+        r.Add(Charts.GroupedBars("neuron_groups", "Share of the drop along W_Toxic by neuron group",
+            "Each MLP neuron's contribution Δ_i = (m̄_before·v_before − m̄_after·v_after)·Ŵ_tox, summed per group and divided by the total (mean over seeds, headline setting). T/A: value vector aligned / anti-aligned with W_Toxic; P/N: positive / negative activation before alignment. Yang et al. 2025 (GPT-2 medium): the top toxic-aligned neurons explain only 2.5–24 % of DPO's drop; TP− (dampened), TN+ (pushed negative), AP+ and AN− do the work.",
+            "share of the drop", groups, byMethod.Select(m => new BarSeries(m.Method, groups.Select(g => Share(m.N, g).Mean).ToArray())).ToList()));
+        r.Add(new Table("neurons", "Neuron groups and top-k toxic-aligned neurons",
+            ["Method", .. groups.Select(g => g + " share"), .. ks.Select(k => $"top-{k} share"), "neurons towards toxicity"],
+            byMethod.Select(m => (IReadOnlyList<string>)[m.Method, .. groups.Select(g => Share(m.N, g).Format()), .. ks.Select(k => TopK(m.N, k).Format()),
+                Aggregate.Of(m.N.Select(x => D(x["towards_toxicity"]?["neurons"]))).Format("F0")]).ToList(),
+            "Shares are of the total drop along Ŵ_tox (mean ± std over seeds, n); the top-k neurons are those whose value vectors are most aligned with W_Toxic before alignment; \"towards toxicity\" counts neurons with Δ_i < 0. Per neuron: stages/diff/…/analysis/neurons/neurons.csv."));
+    }
+
     static string Tail(string s, int n) => s.Length <= n ? s : "…" + s[^n..];
 
     public static HtmlReport Build(string runDir, JsonObject settings, IReadOnlyDictionary<string, string> inputs)
@@ -160,6 +182,8 @@ public static class StudyReport
                 groups.Select((g, i) => (IReadOnlyList<string>)[g, .. bars.Select(b => F(b.Values[i]))]).ToList()));
         }
         else r.Missing("No activation measurements (diff/* stages wrote no diff.json).");
+
+        NeuronsSection(r, headline, Dir);
 
         r.Section("parameters", "Parameter cosine similarity per layer");
         PerLayer(r, diffs, "param_cosine", "min", "param_cosine_min", "Minimum cosine similarity of parameters per layer", "cos(θ_aligned, θ_base), smallest over the layer's parameter tensors", "min cosine");

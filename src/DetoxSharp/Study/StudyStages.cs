@@ -512,6 +512,15 @@ public static class StudyStages
         var d = AlignmentDiff.Run(before.Model, after.Model, before.Tokenizer, probe, prompts,
             eval.ToDiffOptions() with { ToxicTokenIds = toxicIds }, analysisDir,
             new Progress<string>(s => c.Report?.Invoke(0, s)));
+        // Yang et al. 2025: where the drop along W_Toxic comes from, neuron by neuron (same prompts and positions)
+        var diffOpts = eval.ToDiffOptions();
+        var neuronOpts = new NeuronOptions { MaxNewTokens = diffOpts.MaxNewTokens, MaxPromptTokens = diffOpts.MaxPromptTokens, BatchSize = diffOpts.BatchSize };
+        JsonObject neurons;
+        using (var w = probe.WToxic)
+        {
+            var nr = NeuronContributions.Compute(before.Model, after.Model, before.Tokenizer, w, prompts, neuronOpts, new Progress<string>(s => c.Report?.Invoke(0, s)));
+            neurons = NeuronContributions.Write(nr, neuronOpts, Path.Combine(analysisDir, "neurons"));
+        }
         var layers = d["layers"]!.AsArray();
         var acts = d["activations"]!.AsArray();
         int top = Math.Min(acts.Count, 7);
@@ -575,6 +584,12 @@ public static class StudyStages
             ["parameters"] = d["parameters"]!.DeepClone(),
             ["top_vector"] = d["top_vector"]!.DeepClone(),
             ["residual_offset_top_layer"] = d["residual_offset_top_layer"]!.DeepClone(),
+            ["neurons"] = new JsonObject
+            {
+                ["total_drop"] = neurons["total_drop"]!.DeepClone(), ["groups"] = neurons["groups"]!.DeepClone(),
+                ["top_k_share"] = neurons["top_k_share"]!.DeepClone(), ["towards_toxicity"] = neurons["towards_toxicity"]!.DeepClone(),
+                ["source"] = "analysis/neurons/neurons.json",
+            },
             ["source"] = "analysis/diff.json",
         };
         WriteJson(Path.Combine(c.OutputDir, RunLayout.Diff), result);

@@ -97,6 +97,13 @@ public static class FakeStudy
                 ["logit_lens"] = new JsonObject { ["token"] = " idiot", ["layers"] = new JsonArray(Enumerable.Range(0, 4).Select(l => (JsonNode)new JsonObject { ["layer"] = l, ["before"] = 0.01 * l * l, ["after"] = 0.002 * l }).ToArray()) },
                 ["offset_projection"] = new JsonArray(Enumerable.Range(0, 40).Select(i => (JsonNode)new JsonObject
                     { ["model"] = i < 20 ? "base" : "aligned", ["offset"] = (i < 20 ? 0 : 2) + rng.NextDouble(), ["orthogonal"] = rng.NextDouble() - 0.5, ["activation"] = i < 20 ? 4 + rng.NextDouble() : rng.NextDouble() }).ToArray()),
+                ["neurons"] = new JsonObject
+                {
+                    ["total_drop"] = 2.0,
+                    ["groups"] = new JsonObject { ["TP"] = new JsonObject { ["share"] = 0.5 }, ["TN"] = new JsonObject { ["share"] = 0.2 }, ["AP"] = new JsonObject { ["share"] = 0.2 }, ["AN"] = new JsonObject { ["share"] = 0.1 } },
+                    ["top_k_share"] = new JsonArray(new JsonObject { ["k"] = 7, ["share"] = 0.125 }, new JsonObject { ["k"] = 64, ["share"] = 0.375 }),
+                    ["towards_toxicity"] = new JsonObject { ["neurons"] = 40 },
+                },
             });
         },
         Unalign = c =>

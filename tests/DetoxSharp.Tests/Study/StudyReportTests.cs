@@ -66,6 +66,10 @@ public class StudyReportTests
         Assert.Contains("id=\"toy_model\"", html);
         Assert.Contains("0.783 / 1.455", html);
         Assert.Contains("find where you live , you lazy freak .", html);
+        // the neuron decomposition, mean over the headline seeds
+        Assert.Contains("id=\"neurons\"", html);
+        Assert.Contains("top-7 share", html);
+        Assert.Contains("0.125", html);
         Assert.True(html.IndexOf("id=\"findings\"", StringComparison.Ordinal) < html.IndexOf("id=\"results\"", StringComparison.Ordinal));
     }
 
@@ -123,7 +127,7 @@ public class StudyReportTests
         Assert.StartsWith("<!DOCTYPE html>", html);
         var doc = XDocument.Parse(html["<!DOCTYPE html>".Length..]);   // XHTML-compatible: must parse as XML
         var ids = doc.Descendants().Where(e => e.Name.LocalName == "section").Select(e => (string?)e.Attribute("id")).ToList();
-        Assert.Equal(["findings", "guide", "toy_model", "results", "vectors", "training", "activations", "parameters", "offset", "logit-lens", "examples", "regimes", "run"], ids);
+        Assert.Equal(["findings", "guide", "toy_model", "results", "vectors", "training", "activations", "neurons", "parameters", "offset", "logit-lens", "examples", "regimes", "run"], ids);
         var rep = StageRunner.StageDir(dir, "report");
         var figures = Directory.GetFiles(Path.Combine(rep, "figures"), "*.svg");
         var svgs = doc.Descendants().Where(e => e.Name.LocalName == "svg").ToList();
