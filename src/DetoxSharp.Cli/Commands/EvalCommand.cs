@@ -12,6 +12,10 @@ public static class EvalCommand
 {
     public static Command Create()
     {
+        // activation editing (Yang et al. 2025): neuron-shift:neurons=DIR/neurons.csv[,groups=TP+TN+AP+AN][,scale=1]
+        EditRegistry.Register("neuron-shift", (spec, _) => NeuronShiftEdit.FromCsv(NeuronsCsv(spec), Groups(spec), spec.Double("scale", 1), spec.Label),
+            "shift MLP activations of neuron groups by alignment's mean shift (from `detox neurons`): neurons=PATH, groups=TP+TN+AP+AN, scale=1",
+            spec => { NeuronShiftEdit.FromCsv(NeuronsCsv(spec), Groups(spec), spec.Double("scale", 1)); });
         var models = new Option<string[]>("--model")
         {
             Description = "Hugging Face model directory; repeat for several models (one table row each)",
@@ -242,4 +246,13 @@ public static class EvalCommand
 
     static string LabelOf(string dir) => Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
 
+
+    static string NeuronsCsv(EditSpec spec)
+    {
+        var p = spec.Required("neurons");
+        return Directory.Exists(p) ? Path.Combine(p, "neurons.csv") : p;
+    }
+
+    static string[] Groups(EditSpec spec) =>
+        (spec.Args.TryGetValue("groups", out var g) ? g : string.Join("+", NeuronContributions.Groups)).Split('+', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 }

@@ -356,6 +356,34 @@ public class InterpretabilityTests
     }
 
     [Fact]
+    public void NeuronShift_AddsAlignmentsMeanShiftToTheChosenGroupsOnly()
+    {
+        using var model = Tiny(seed: 10, layers: 2);
+        var dir = TempDir("shift");
+        var csv = Path.Combine(dir, "neurons.csv");
+        File.WriteAllText(csv, "layer,neuron,group,cosine_with_w_toxic,activation_before,activation_after,projection_before,projection_after,delta\n"
+            + "0,3,TP,0.5,1.0,0.25,1,1,0.75\n1,7,AN,-0.2,-0.5,-0.25,1,1,0.1\n1,9,TN,0.3,-0.1,-0.4,1,1,0.3\n");
+        var edit = NeuronShiftEdit.FromCsv(csv, ["TP", "TN"], scale: 2);
+        Assert.Equal(2, edit.Neurons);
+        var tok = Gpt2Tokenizer.Default();
+        var ids = tok.Encode("You are such a kind").Select(x => (long)x).ToArray();
+        using var t = torch.tensor(ids, [1, ids.Length]);
+        string[] names = [HookNames.MlpPost(0), HookNames.MlpPost(1)];
+        using var plain = ActivationCache.Run(model, t, null, [names[0]]);
+        using (edit.Apply(model))
+        {
+            using var shifted = ActivationCache.Run(model, t, null, [names[0]]);
+            var diff = (shifted[names[0]] - plain[names[0]])[0];
+            // layer 0: neuron 3 moved by 2 × (0.25 − 1.0) at every position; every other neuron untouched
+            Assert.True(diff.select(1, 3).allclose(torch.full(ids.Length, -1.5f), 1e-5, 1e-5));
+            Assert.Equal(0, diff.index_select(1, torch.tensor(Enumerable.Range(0, 128).Where(i => i != 3).Select(i => (long)i).ToArray())).abs().max().item<float>(), 6);
+        }
+        using var after = ActivationCache.Run(model, t, null, [names[0]]);
+        Assert.True(after[names[0]].allclose(plain[names[0]]));   // removed with the handle
+        Assert.Throws<InvalidInputException>(() => NeuronShiftEdit.FromCsv(csv, ["XX"]));
+    }
+
+    [Fact]
     public void Logistic1D_SatisfiesTheLikelihoodEquations()
     {
         double[] z = [-2, -1, -0.5, 0.3, 1, 2, 2.5, -1.5];
