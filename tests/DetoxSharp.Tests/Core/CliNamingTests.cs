@@ -114,4 +114,13 @@ public class CliNamingTests
         Assert.Contains("neurons", far);
         Assert.Single(far.Split('\n'));
     }
+
+    [Fact]
+    public void EvalRowLabels_AreGivenOrMadeUnique()
+    {
+        Assert.Equal(["dpo/final", "adpo/final", "base"], DetoxSharp.Cli.Commands.EvalCommand.RowLabels(["runs/dpo/final", "runs/adpo/final", "runs/base"], []));
+        Assert.Equal(["DPO", "ADPO"], DetoxSharp.Cli.Commands.EvalCommand.RowLabels(["a/final", "b/final"], ["DPO", "ADPO"]));
+        Assert.Throws<InvalidInputException>(() => DetoxSharp.Cli.Commands.EvalCommand.RowLabels(["a/final", "b/final"], ["DPO"]));
+        Assert.Throws<InvalidInputException>(() => DetoxSharp.Cli.Commands.EvalCommand.RowLabels(["a/final", "b/final"], ["x", "x"]));
+    }
 }
