@@ -384,6 +384,40 @@ public class InterpretabilityTests
     }
 
     [Fact]
+    public void AlignmentDepth_IsThePerPositionKlAlongTheAlignedContinuation()
+    {
+        using var model = Tiny(seed: 11);
+        using var aligned = (Gpt2Model)model.Clone();
+        var tok = Gpt2Tokenizer.Default();
+        var prompts = new[] { "You are such a", "The weather today is" };
+        var same = AlignmentDepth.PerPositionKl(model, aligned, tok, prompts, maxNewTokens: 4, batchSize: 2);
+        Assert.All(same.MeanKl.Where(double.IsFinite), k => Assert.Equal(0, k, 9));
+        using (torch.no_grad()) aligned.MlpKeyBias(1).add_(0.7);
+        var r = AlignmentDepth.PerPositionKl(model, aligned, tok, prompts, maxNewTokens: 4, batchSize: 2);
+        // independent: unpadded forwards, KL summed by hand in double
+        var prIds = prompts.Select(tok.Encode).ToList();
+        var conts = DetoxSharp.Generation.Generator.Generate(aligned, prIds, new DetoxSharp.Generation.GenerationOptions { MaxNewTokens = 4, Greedy = true });
+        for (int t = 0; t < 4; t++)
+        {
+            double sum = 0; int n = 0;
+            for (int i = 0; i < prompts.Length; i++)
+            {
+                if (t >= conts[i].Length) continue;
+                var seq = prIds[i].Concat(conts[i].Take(t)).Select(x => (long)x).ToArray();
+                using var ids = torch.tensor(seq, [1, seq.Length]);
+                using var _ = torch.no_grad();
+                var pa = torch.nn.functional.softmax(aligned.Forward(ids)[0, -1].to(ScalarType.Float64), 0).data<double>().ToArray();
+                var pb = torch.nn.functional.softmax(model.Forward(ids)[0, -1].to(ScalarType.Float64), 0).data<double>().ToArray();
+                sum += pa.Zip(pb, (a, b) => a > 0 ? a * Math.Log(a / b) : 0).Sum(); n++;
+            }
+            Assert.Equal(n, r.Counts[t]);
+            if (n > 0) Assert.Equal(sum / n, r.MeanKl[t], 6);
+        }
+        Assert.True(r.MeanKl.Where(double.IsFinite).Sum() > 0);
+        Assert.InRange(r.ShareOfFirst(3), 0, 1);
+    }
+
+    [Fact]
     public void Logistic1D_SatisfiesTheLikelihoodEquations()
     {
         double[] z = [-2, -1, -0.5, 0.3, 1, 2, 2.5, -1.5];
