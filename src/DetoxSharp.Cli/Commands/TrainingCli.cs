@@ -55,7 +55,7 @@ public static class TrainingCli
     /// <summary>Progress on stderr: one line per ~2 % of the steps (at least every 10 s), each eval, with elapsed time and ETA.</summary>
     public static IProgress<TrainingProgress> Printer(TextWriter err, Func<TrainingProgress, string>? extra = null)
     {
-        var last = TimeSpan.MinValue;
+        TimeSpan? last = null; // the first step is always shown
         return new SyncProgress<TrainingProgress>(p =>
         {
             string Eta() => p.Remaining is TimeSpan r ? $" eta {Clock(r)}" : "";
@@ -67,7 +67,7 @@ public static class TrainingCli
                 return;
             }
             int every = Math.Max(1, p.TotalSteps / 50);
-            if (p.Step % every != 0 && p.Step != p.TotalSteps && p.Elapsed - last < TimeSpan.FromSeconds(10)) return;
+            if (last is TimeSpan l && p.Step % every != 0 && p.Step != p.TotalSteps && p.Elapsed - l < TimeSpan.FromSeconds(10)) return;
             last = p.Elapsed;
             var t = p.Train;
             err.WriteLine($"[{p.Step}/{p.TotalSteps} {Clock(p.Elapsed)}{Eta()}] loss {t.Loss:F4}{extra?.Invoke(p)} lr {t.LearningRate:G3} {p.ItemsPerSecond:F1} {p.ItemName}/s");

@@ -164,6 +164,24 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         string cacheDir = o.CacheDir ?? Path.Combine(outDir, "logp-cache");
         string dataHash = PreferenceData.Hash(all, trunc);
 
+        var settings = TrainingSettings.Of(o);
+        settings["max_length"] = trunc.MaxLength; // the context may have shrunk it
+        settings["data"] = dataHash;
+        string bestDir = Path.Combine(outDir, "best"), finalDir = Path.Combine(outDir, "final");
+        // a resume with other settings is refused now, not after the reference log-probs
+        var loop = new TrainingLoopOptions
+        {
+            TotalSteps = totalSteps,
+            Schedule = new LrSchedule(o.LearningRate, o.WarmupSteps, totalSteps),
+            Optimizer = Optimizers.Parse(o.Optimizer),
+            OptimizerSettings = new OptimizerSettings { LearningRate = o.LearningRate, WeightDecay = o.WeightDecay },
+            MaxGradNorm = o.MaxGradNorm, MeanOverWeights = true, Precision = o.Precision,
+            EvalEvery = o.EvalEvery, Patience = o.Patience, OutputDir = outDir, BestDir = bestDir, CheckpointEvery = o.CheckpointEvery,
+            Resume = o.Resume, AllowSettingChanges = o.AllowSettingChanges, Settings = settings, ItemName = "examples",
+            Tokenizer = outTok, Log = Log,
+        };
+        TrainingLoop.CheckResume(loop);
+
         // --- reference / π_tox log-probs (computed from starting weights, before resume) ---
         double[]? refC = null, refR = null, tox = null;
         bool cacheHit = true;
@@ -187,21 +205,6 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         }
         try
         {
-            var settings = TrainingSettings.Of(o);
-            settings["max_length"] = trunc.MaxLength; // the context may have shrunk it
-            settings["data"] = dataHash;
-            string bestDir = Path.Combine(outDir, "best"), finalDir = Path.Combine(outDir, "final");
-            var loop = new TrainingLoopOptions
-            {
-                TotalSteps = totalSteps,
-                Schedule = new LrSchedule(o.LearningRate, o.WarmupSteps, totalSteps),
-                Optimizer = Optimizers.Parse(o.Optimizer),
-                OptimizerSettings = new OptimizerSettings { LearningRate = o.LearningRate, WeightDecay = o.WeightDecay },
-                MaxGradNorm = o.MaxGradNorm, MeanOverWeights = true, Precision = o.Precision,
-                EvalEvery = o.EvalEvery, Patience = o.Patience, OutputDir = outDir, BestDir = bestDir, CheckpointEvery = o.CheckpointEvery,
-                Resume = o.Resume, AllowSettingChanges = o.AllowSettingChanges, Settings = settings, ItemName = "examples",
-                Tokenizer = outTok, Log = Log,
-            };
             var objective = new Objective(all, micro, valIdx, o, tokenizer.EosTokenId, adpo, refC, refR, tox, liveRef, toxicModel);
             var run = TrainingLoop.Run(policy, objective, loop, progress, cancel);
             if (run.Stop is TrainingStop.Completed or TrainingStop.EarlyStopped

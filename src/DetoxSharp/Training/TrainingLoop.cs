@@ -175,16 +175,15 @@ public static class TrainingLoop
         bool resumed = false, finishedBefore = false;
         if (o.Resume && ckptDir is not null && TrainerCheckpoint.Exists(ckptDir))
         {
-            var st = TrainerCheckpoint.Load(ckptDir, model, opt);
+            // settings first: a refused resume leaves the model and optimizer untouched
+            CheckResume(o);
             var statePath = Path.Combine(ckptDir, "trainer_state.json");
-            CheckSettings(st, o, ckptDir);
+            var st = TrainerCheckpoint.Load(ckptDir, model, opt);
             step = TrainerCheckpoint.Int(st, "step", ckptDir);
             items = StrictJson.OptionalLong(st, o.ItemName, statePath) ?? 0;
             bad = StrictJson.OptionalInt(st, "bad_evals", statePath) ?? 0;
             best = StrictJson.OptionalDouble(st, "best_val_loss", statePath);
             int total = StrictJson.OptionalInt(st, "total_steps", statePath) ?? o.TotalSteps;
-            if (total != o.TotalSteps && !o.AllowSettingChanges)
-                throw new InvalidSettingException("total_steps", $"is {o.TotalSteps} but the checkpoint in {ckptDir} was made for {total} (same data and options needed to resume)");
             finishedBefore = step >= o.TotalSteps || (st[StateFinished] is JsonValue f && f.TryGetValue<bool>(out var fin) && fin && total == o.TotalSteps);
             savedStep = step;
             resumed = true;
@@ -308,10 +307,21 @@ public static class TrainingLoop
         return new TrainingRunResult(stop, step, o.TotalSteps, items, runItems, seconds, lastTrain, lastEval, best, savedStep is null ? null : ckptDir);
     }
 
-    /// <summary>Refuses a resume whose settings differ from the ones the checkpoint recorded, naming the first differing
-    /// setting (checkpoints written before settings were recorded are not checked).</summary>
-    static void CheckSettings(JsonObject state, TrainingLoopOptions o, string ckptDir)
+    /// <summary>When <paramref name="o"/> resumes from an existing checkpoint, refuses settings that differ from the ones
+    /// the checkpoint recorded, naming the first differing setting (checkpoints written before settings were recorded
+    /// are checked for the step count only). Cheap: trainers call it before expensive preparation (the reference
+    /// log-probs); <see cref="Run{TBatch}"/> calls it again.</summary>
+    public static void CheckResume(TrainingLoopOptions o)
     {
+        if (!o.Resume || o.OutputDir is null) return;
+        string ckptDir = Path.Combine(o.OutputDir, "checkpoint");
+        if (!TrainerCheckpoint.Exists(ckptDir)) return;
+        var statePath = Path.Combine(ckptDir, "trainer_state.json");
+        var state = StrictJson.ParseFileObject(statePath, "trainer_state.json");
+        int total = StrictJson.OptionalInt(state, "total_steps", statePath) ?? o.TotalSteps;
+        if (total != o.TotalSteps && !o.AllowSettingChanges)
+            throw new InvalidSettingException("total_steps", $"is {o.TotalSteps} but the checkpoint in {ckptDir} was made for {total}; resume with the same data, epochs and max steps"
+                + " or allow the change explicitly (--allow-setting-changes)");
         if (state[StateSettings] is not JsonObject saved) return;
         foreach (var (key, now) in o.Settings)
         {
