@@ -28,16 +28,18 @@ public static class InterpCommands
         var steps = Bind.To("--max-steps", d, o => o.MaxSteps);
         var lr = Bind.To("--lr", d, o => o.LearningRate);
         var l2 = Bind.To("--l2", d, o => o.L2);
+        var direction = Bind.Enum("--direction", d, o => o.Direction);
         var limit = new Option<int?>("--limit") { Description = "use only the first N rows of the CSV" };
         var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("probe", "Train the linear toxicity probe on the last block's residual stream (mean over tokens); saves W_Toxic.")
-            { model, data, outDir, maxTokens, batch, val, seed, steps, lr, l2, limit, device, dtype, pickle };
+            { model, data, outDir, maxTokens, batch, val, seed, steps, lr, l2, direction, limit, device, dtype, pickle };
         cmd.SetAction(p =>
         {
             var opts = new ProbeOptions
             {
                 MaxTokens = p.GetValue(maxTokens), BatchSize = p.GetValue(batch), ValidationFraction = p.GetValue(val),
                 Seed = p.GetValue(seed), MaxSteps = p.GetValue(steps), LearningRate = p.GetValue(lr), L2 = p.GetValue(l2),
+                Direction = ToxicityProbe.ParseDirection(p.GetValue(direction)!, "direction"),
             };
             opts.Validate();
             var comments = DetoxSharp.Data.DatasetReaders.ReadJigsawCsv(p.GetValue(data)!);
@@ -59,7 +61,7 @@ public static class InterpCommands
                     ["train_toxic"] = report.TrainToxic, ["validation_toxic"] = report.ValidationToxic,
                     ["train_accuracy"] = report.TrainAccuracy, ["validation_accuracy"] = report.ValidationAccuracy,
                     ["validation_majority_baseline"] = report.ValidationMajorityBaseline, ["final_loss"] = report.FinalLoss,
-                    ["w_toxic_norm"] = Norm(probe),
+                    ["w_toxic_norm"] = Norm(probe), ["w_toxic"] = probe.DirectionKind == ProbeDirection.MassMean ? "mass-mean" : "weights",
                     ["options"] = JsonSerializer.SerializeToNode(opts),
                     ["seconds"] = sw.Elapsed.TotalSeconds,
                 };
@@ -117,9 +119,10 @@ public static class InterpCommands
         var token = Bind.To("--token", d, o => o.LensToken);
         var limit = new Option<int?>("--limit") { Description = "use only the first N prompts" };
         var maxPoints = Bind.To("--max-points", d, o => o.MaxPoints);
+        var toxicWords = new Option<string?>("--toxic-words") { Description = "word list (one per line, # comments): picks the logit-lens token and the insult step, where the before model emits its first listed word (activations are also read there)" };
         var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("diff", "What alignment changed: parameter similarity, toxic-vector activations, residual offset, logit lens (before vs after).")
-            { before, after, probe, prompts, outDir, maxNew, maxPrompt, batch, trackedOpt, token, limit, maxPoints, device, dtype, pickle };
+            { before, after, probe, prompts, outDir, maxNew, maxPrompt, batch, trackedOpt, token, limit, maxPoints, toxicWords, device, dtype, pickle };
         cmd.SetAction(p =>
         {
             var opts = new DiffOptions
@@ -134,12 +137,14 @@ public static class InterpCommands
             using var mb = CommonOptions.LoadModel(p.GetValue(before)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             using var ma = CommonOptions.LoadModel(p.GetValue(after)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             var err = p.InvocationConfiguration.Error;
+            if (p.GetValue(toxicWords) is string wf) opts = opts with { ToxicTokenIds = ToxicWordList.Load(wf).TokenIds(mb.Tokenizer) };
             var result = AlignmentDiff.Run(mb.Model, ma.Model, mb.Tokenizer, pr, texts, opts, p.GetValue(outDir)!, new SyncProgress<string>(err.WriteLine));
             var o = p.InvocationConfiguration.Output;
             var par = result["parameters"]!;
             o.WriteLine($"parameters: min cos {par["min_cosine"]}, mean cos {par["mean_cosine"]}, max relative difference {par["max_relative_difference"]}");
             var a0 = result["activations"]![0]!;
-            o.WriteLine($"top vector {result["top_vector"]!["label"]}: mean activation {a0["mean_activation_before"]} -> {a0["mean_activation_after"]}; last position {a0["last_position_activation_before"]} -> {a0["last_position_activation_after"]}");
+            o.WriteLine($"top vector {result["top_vector"]!["label"]}: mean activation {a0["mean_activation_before"]} -> {a0["mean_activation_after"]}; last position {a0["last_position_activation_before"]} -> {a0["last_position_activation_after"]}" +
+                (result["insult_step_prompts"]?.GetValue<int>() > 0 ? $"; insult step ({result["insult_step_prompts"]} prompts) {a0["insult_step_activation_before"]} -> {a0["insult_step_activation_after"]}" : ""));
             o.WriteLine($"residual offset at layer {result["residual_offset_top_layer"]!["layer"]}: |δx| = {result["residual_offset_top_layer"]!["norm"]}");
             var lens = result["logit_lens"]!;
             o.WriteLine($"logit lens {JsonSerializer.Serialize(lens["token"]!.GetValue<string>())}: output prob {lens["output_prob_before"]} -> {lens["output_prob_after"]}");
