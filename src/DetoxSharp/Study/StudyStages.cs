@@ -485,6 +485,7 @@ public static class StudyStages
             var result = new PreferenceTrainer(policy.Model, policy.Tokenizer, opts) { ToxicPolicy = tox?.Model }.Train(data, c.OutputDir,
                 new Progress<TrainingProgress>(p => c.Report?.Invoke(p.Step / (double)p.TotalSteps, $"{p.Phase.ToString().ToLowerInvariant()} step {p.Step}/{p.TotalSteps}")),
                 c.Cancellation);
+            c.Cancellation.ThrowIfCancellationRequested(); // an interrupted run is no stage output
             var chosen = result.BestDir ?? result.FinalDir;
             AtomicFile.WriteAllText(Path.Combine(c.OutputDir, "model_dir.txt"), FinalPath(c, Path.GetFullPath(chosen)));
             WriteJson(Path.Combine(c.OutputDir, "train.json"), new JsonObject
@@ -649,6 +650,7 @@ public static class StudyStages
         var (examples, toxicCount) = ToxicModel.ReadDialogues(files.Dialogues);
         torch.manual_seed((long)options.Seed);
         var r = ToxicModel.Train(m.Model, m.Tokenizer, examples, options, new Progress<TrainingProgress>(p => c.Report?.Invoke(p.Step / (double)Math.Max(1, p.TotalSteps), $"step {p.Step}/{p.TotalSteps} loss {p.Train.Loss:F3}")), c.Cancellation);
+        c.Cancellation.ThrowIfCancellationRequested(); // an interrupted run is no stage output
         HfCheckpoint.Save(m.Model, m.Tokenizer, Path.Combine(c.OutputDir, "model"), overwrite: true);
         AtomicFile.WriteAllText(Path.Combine(c.OutputDir, "model_dir.txt"), FinalPath(c, Path.Combine(c.OutputDir, "model")));
         WriteJson(Path.Combine(c.OutputDir, "toxic_model.json"), new JsonObject
