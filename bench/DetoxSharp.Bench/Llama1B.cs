@@ -56,11 +56,11 @@ static class Llama1B
         var pairs = Enumerable.Range(0, 2 * steps + 2).Select(i => new PreferenceExample("The river flows", nice[i % 3], bad[i % 3], Where: $"bench:{i}")).ToList();
         var outDir = Path.Combine(Path.GetTempPath(), "detox-llama-1b-dpo-" + Guid.NewGuid().ToString("N")[..8]);
         sw.Restart();
-        var r = PreferenceTrainer.Train(m.Model, m.Tokenizer, pairs, outDir, new PreferenceTrainerOptions
+        var r = new PreferenceTrainer(m.Model, m.Tokenizer, new PreferenceTrainerOptions
         {
             Loss = new PreferenceLossOptions { Beta = 0.1 }, LearningRate = 1e-4, BatchSize = 2, GradientAccumulationSteps = 1,
             WarmupSteps = 0, ValidationSize = 2, EvalEvery = 0, Patience = 0, MaxSteps = steps, Epochs = 1, Seed = 1,
-        });
+        }).Train(pairs, outDir);
         var losses = MetricsLog.Read(r.MetricsPath).Where(x => x["phase"] is null).Select(x => x["loss"]!.GetValue<double>()).ToList();
         Console.WriteLine($"LoRA-DPO ({steps} steps × 2 pairs, rank 8 q/v, incl. reference log-probs and saving the adapter): {sw.Elapsed.TotalSeconds:F1} s, " +
             $"losses [{string.Join(", ", losses.Select(l => l.ToString("F6")))}] (ln 2 = {Math.Log(2):F6}), peak RSS {PeakRssGb():F2} GB");

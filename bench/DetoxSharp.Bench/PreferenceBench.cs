@@ -32,7 +32,7 @@ static class PreferenceBench
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
             var o = new PreferenceTrainerOptions { BatchSize = 4, ValidationSize = 4, MaxSteps = steps, WarmupSteps = 2, CacheReference = cache, EvalEvery = 0 };
             var sw = Stopwatch.StartNew();
-            var r = PreferenceTrainer.Train(m, tok, data, dir, o);
+            var r = new PreferenceTrainer(m, tok, o).Train(data, dir);
             double wall = sw.Elapsed.TotalSeconds;
             var first = JsonNode.Parse(File.ReadLines(r.MetricsPath).First())!["loss"]!.GetValue<double>();
             results.Add(new(cache ? "cached reference" : "live reference", r.PairsPerSecond, wall, first, r.Steps));

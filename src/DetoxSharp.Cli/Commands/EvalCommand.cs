@@ -131,10 +131,7 @@ public static class EvalCommand
             var evalEdits = ResolveInterventions(p.GetValue(interventions) ?? [], new InterventionContext(p.GetValue(probe), p.GetValue(vectors)));
 
             // Ctrl+C / SIGTERM: stop between texts and batches, keep the cache, exit 130 (128 + SIGINT) with a resume hint.
-            using var interrupt = new CancellationTokenSource();
-            void OnSignal(PosixSignalContext c) { c.Cancel = true; interrupt.Cancel(); }
-            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+            using var interrupt = new Interruption();
             List<EvalRow> rows;
 
             // The scorers are built and validated before any model is loaded or any text generated.
@@ -186,13 +183,13 @@ public static class EvalCommand
                 err.WriteLine($"detox: {e.Message}");
                 return 1;
             }
-            catch (OperationCanceledException) when (interrupt.IsCancellationRequested)
+            catch (OperationCanceledException) when (interrupt.Requested)
             {
                 var cached = scorers.Any(x => x is PerspectiveScorer)
                     ? $"every Perspective score received so far is in {settings.Perspective.CachePath}; "
                     : "";
                 err.WriteLine($"detox: interrupted — {cached}rerun the same command to resume (no results were written)");
-                return 130;
+                return Interruption.ExitCode;
             }
             finally
             {

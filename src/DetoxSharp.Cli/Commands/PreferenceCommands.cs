@@ -41,6 +41,7 @@ public static class PreferenceCommands
         var seed = Bind.To("--seed", d, o => o.Seed);
         var saveEvery = Bind.To("--checkpoint-every", d, o => o.CheckpointEvery);
         var resume = CommonOptions.Resume();
+        var allowChanges = TrainingCli.AllowSettingChanges();
         var noCache = new Option<bool>("--no-ref-cache") { Description = "keep the reference in memory and score it every step instead of caching its log-probs" };
         var cacheDir = new Option<string?>("--cache-dir") { Description = "log-prob cache directory (default OUT/logp-cache)" };
         var maxPrompt = Bind.To("--max-prompt-tokens", d.Truncation, t => t.MaxPromptTokens);
@@ -56,13 +57,13 @@ public static class PreferenceCommands
             : "Direct preference optimization (sigmoid/IPO/hinge/robust, optional RPO term) on prompt/chosen/rejected pairs.")
         {
             model, data, output, refOpt, beta, smoothing, rpo, lr, optimizer, wd, batch, accum, warmup, clip, evalEvery, patience,
-            validation, maxSteps, epochs, seed, saveEvery, resume, noCache, cacheDir, maxPrompt, maxCompletion, maxTotal, device, dtype, precision, pickle, json,
+            validation, maxSteps, epochs, seed, saveEvery, resume, allowChanges, noCache, cacheDir, maxPrompt, maxCompletion, maxTotal, device, dtype, precision, pickle, json,
         };
         // the method is the command: adpo is ADPO (sigmoid DPO + toxic penalty); dpo picks its loss with --loss
         if (adpo) { cmd.Options.Add(toxic); cmd.Options.Add(gamma); }
         else cmd.Options.Add(loss);
         var lora = LoraCli.AddTo(cmd);
-        cmd.SetAction(p =>
+        cmd.SetAction(p => TrainingCli.Run(p, adpo ? "adpo" : "dpo", () => p.GetValue(lr), cancel =>
         {
             var err = p.InvocationConfiguration.Error;
             var prec = CommonOptions.ParsePrecision(p.GetValue(precision)!, p.GetValue(dtype)!);
@@ -79,11 +80,12 @@ public static class PreferenceCommands
                 EvalEvery = p.GetValue(evalEvery), Patience = p.GetValue(patience), ValidationSize = p.GetValue(validation),
                 MaxSteps = p.GetValue(maxSteps), Epochs = p.GetValue(epochs), Seed = p.GetValue(seed), CheckpointEvery = p.GetValue(saveEvery),
                 CacheReference = !p.GetValue(noCache), CacheDir = p.GetValue(cacheDir), Precision = prec,
+                Resume = p.GetValue(resume), AllowSettingChanges = p.GetValue(allowChanges),
             };
             opts.Validate();
             var examples = PreferenceData.Read(p.GetValue(data)!, adpo ? PreferenceFormat.Adpo : PreferenceFormat.Auto, w => err.WriteLine("detox: warning: " + w));
-            var resumeDir = p.GetValue(resume) ? Path.Combine(p.GetValue(output)!, "checkpoint") : null;
-            if (resumeDir is not null && !TrainerCheckpoint.Exists(resumeDir)) throw new InvalidInputException($"--resume: no training checkpoint in {resumeDir}");
+            var resumeDir = Path.Combine(p.GetValue(output)!, "checkpoint");
+            if (opts.Resume && !TrainerCheckpoint.Exists(resumeDir)) throw new InvalidInputException($"--resume: no training checkpoint in {resumeDir}");
             string dev = p.GetValue(device)!, dt = p.GetValue(dtype)!;
             bool pk = p.GetValue(pickle);
             using var policy = CommonOptions.LoadModel(p.GetValue(model)!, dev, dt, pk);
@@ -101,21 +103,14 @@ public static class PreferenceCommands
                     throw new InvalidInputException($"--toxic-model {tox.Directory}: its tokenizer does not extend the policy's ({ToxicModel.ControlToken} at id {tid})");
                 tok = tox.Tokenizer;
             }
-            int every = 1;
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            var result = PreferenceTrainer.Train(policy.Model, tok, examples, p.GetValue(output)!, opts, reference?.Model, tox?.Model, resumeDir,
-                progress: pr =>
-                {
-                    if (pr.Phase == "eval")
-                        err.WriteLine($"[eval step {pr.Step}] loss {pr.Metrics["eval/loss"]:F4} acc {pr.Metrics["eval/rewards/accuracies"]:F3} margin {pr.Metrics["eval/rewards/margins"]:F4}");
-                    else
-                    {
-                        every = Math.Max(1, pr.TotalSteps / 50);
-                        if (pr.Step % every == 0 || pr.Step == pr.TotalSteps)
-                            err.WriteLine($"[{pr.Step}/{pr.TotalSteps} {sw.Elapsed:mm\\:ss}] loss {pr.Metrics["loss"]:F4} margin {pr.Metrics["rewards/margins"]:F4} acc {pr.Metrics["rewards/accuracies"]:F2} lr {pr.Metrics["learning_rate"]:G3}");
-                    }
-                },
-                log: s => err.WriteLine("detox: " + s), saveTokenizer: policy.Tokenizer);
+            var trainer = new PreferenceTrainer(policy.Model, tok, opts)
+            {
+                Reference = reference?.Model, ToxicPolicy = tox?.Model, SaveTokenizer = policy.Tokenizer, Log = s => err.WriteLine("detox: " + s),
+            };
+            var result = trainer.Train(examples, p.GetValue(output)!,
+                TrainingCli.Printer(err, pr => pr.Train.Values.TryGetValue("rewards/margins", out var mg) ? $" margin {mg:F4} acc {pr.Train.Values["rewards/accuracies"]:F2}" : ""), cancel);
+            if (TrainingCli.Stopped(p, result.Run, err, adpo ? "adpo" : "dpo") is int code) return code;
             var o = p.InvocationConfiguration.Output;
             var summary = new JsonObject
             {
@@ -127,7 +122,7 @@ public static class PreferenceCommands
             if (p.GetValue(json)) o.WriteLine(summary.ToJsonString());
             else o.WriteLine($"trained {result.Steps} steps ({result.Examples} pairs, {result.PairsPerSecond:F2} pairs/s); best validation loss {result.BestValidationLoss:F4}; final model {result.FinalDir}; best {result.BestDir}");
             return 0;
-        });
+        }));
         return cmd;
     }
 

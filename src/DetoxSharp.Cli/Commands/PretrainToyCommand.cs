@@ -1,7 +1,6 @@
 using System.CommandLine;
 using DetoxSharp.Data;
 using DetoxSharp.Training;
-using Spectre.Console;
 
 namespace DetoxSharp.Cli.Commands;
 
@@ -28,7 +27,9 @@ public static class PretrainToyCommand
         var arch = Bind.To("--arch", d, o => o.Arch);
         var cmd = new Command("pretrain-toy", "Generate the toy world and pretrain a small GPT-2 (or, with --arch llama, Llama-style) model on it from scratch (compact GPT-2 BPE vocabulary with [TOXIC]); writes the model and a summary with greedy toxicity and perplexity.")
             { output, seed, size, maxSteps, epochs, layers, dModel, heads, context, batch, lr, precision, resume, device, arch };
-        cmd.SetAction(p =>
+        var allowChanges = TrainingCli.AllowSettingChanges();
+        cmd.Options.Add(allowChanges);
+        cmd.SetAction(p => TrainingCli.Run(p, "pretrain-toy", () => p.GetValue(lr), cancel =>
         {
             var o = d with
             {
@@ -36,26 +37,14 @@ public static class PretrainToyCommand
                 Epochs = p.GetValue(epochs), Layers = p.GetValue(layers), DModel = p.GetValue(dModel), Heads = p.GetValue(heads),
                 Context = p.GetValue(context), BatchSize = p.GetValue(batch), LearningRate = p.GetValue(lr),
                 Precision = CommonOptions.ParsePrecision(p.GetValue(precision)!, "float32"),
-                Resume = p.GetValue(resume), Device = CommonOptions.ParseDevice(p.GetValue(device)!),
+                Resume = p.GetValue(resume), AllowSettingChanges = p.GetValue(allowChanges), Device = CommonOptions.ParseDevice(p.GetValue(device)!),
                 Arch = p.GetValue(arch)!,
             };
-            System.Text.Json.Nodes.JsonObject summary = null!;
-            AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                .Start(ctx =>
-                {
-                    var task = ctx.AddTask("toy world", maxValue: 1);
-                    var stage = new SyncProgress<string>(m => task.Description = m);
-                    summary = ToyPretraining.Run(p.GetValue(output)!, o, new SyncProgress<SftProgress>(s =>
-                    {
-                        task.MaxValue = s.TotalSteps;
-                        task.Value = s.Step;
-                        task.Description = $"step {s.Step}/{s.TotalSteps} loss {s.Loss:F3} {s.TokensPerSecond:F0} tok/s";
-                    }), stage);
-                    task.Value = task.MaxValue;
-                });
+            var err = p.InvocationConfiguration.Error;
+            var summary = ToyPretraining.Run(p.GetValue(output)!, o, TrainingCli.Printer(err), new SyncProgress<string>(m => err.WriteLine("detox: " + m)), cancel);
             p.InvocationConfiguration.Output.WriteLine(summary.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
             return 0;
-        });
+        }));
         return cmd;
     }
 }

@@ -1,7 +1,6 @@
 using System.CommandLine;
 using DetoxSharp.Checkpoints;
 using DetoxSharp.Training;
-using Spectre.Console;
 
 namespace DetoxSharp.Cli.Commands;
 
@@ -28,7 +27,7 @@ public static class SftCommand
             { model, data, valid, output, accum, decay, wd, clip, evalEvery, device, dtype, precision, pickle };
         foreach (var o in f.All) cmd.Options.Add(o);
         var lora = LoraCli.AddTo(cmd);
-        cmd.SetAction(p =>
+        cmd.SetAction(p => TrainingCli.Run(p, "sft", () => p.GetValue(f.LearningRate), cancel =>
         {
             var prec = CommonOptions.ParsePrecision(p.GetValue(precision)!, p.GetValue(dtype)!);
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
@@ -41,21 +40,15 @@ public static class SftCommand
                 GradientAccumulationSteps = p.GetValue(accum), Decay = LrSchedule.ParseDecay(p.GetValue(decay)!), WeightDecay = p.GetValue(wd),
                 MaxGradNorm = p.GetValue(clip), EvalEvery = p.GetValue(evalEvery), Validation = v, OutputDir = outDir, Precision = prec,
             };
-            SftResult r = null!;
-            AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                .Start(ctx =>
-                {
-                    var task = ctx.AddTask("sft", maxValue: 1);
-                    r = SftTrainer.Train(m.Model, m.Tokenizer, train, o, new SyncProgress<SftProgress>(s =>
-                    {
-                        task.MaxValue = s.TotalSteps; task.Value = s.Step;
-                        task.Description = $"step {s.Step}/{s.TotalSteps} loss {s.Loss:F3}{(s.ValidationLoss is double x ? $" val {x:F3}" : "")}";
-                    }));
-                });
-            HfCheckpoint.Save(m.Model, m.Tokenizer, Path.Combine(outDir, "model"), overwrite: true);
-            p.InvocationConfiguration.Output.WriteLine($"steps {r.Steps}  train loss {r.FinalTrainLoss:F4}  validation loss {(r.FinalValidationLoss is double vl ? vl.ToString("F4") : "-")}  {r.TokensPerSecond:F0} tok/s  -> {Path.Combine(outDir, "model")}");
+            var err = p.InvocationConfiguration.Error;
+            var r = new SftTrainer(m.Model, m.Tokenizer, o) { Log = s => err.WriteLine("detox: " + s) }.Train(train, TrainingCli.Printer(err), cancel);
+            var modelDir = Path.Combine(outDir, "model");
+            if (r.Run.Stop is TrainingStop.Completed or TrainingStop.EarlyStopped || (r.Run.Stop == TrainingStop.AlreadyFinished && !Directory.Exists(modelDir)))
+                HfCheckpoint.Save(m.Model, m.Tokenizer, modelDir, overwrite: true);
+            if (TrainingCli.Stopped(p, r.Run, err, "sft") is int code) return code;
+            p.InvocationConfiguration.Output.WriteLine($"steps {r.Steps}  train loss {r.FinalTrainLoss:F4}  validation loss {(r.FinalValidationLoss is double vl ? vl.ToString("F4") : "-")}  {r.TokensPerSecond:F0} tok/s  -> {modelDir}");
             return 0;
-        });
+        }));
         return cmd;
     }
 }
@@ -73,13 +66,15 @@ sealed class SftFlags(string batchDescription)
     readonly Option<ulong> _seed = Bind.To("--seed", D, o => o.Seed);
     readonly Option<int> _ckptEvery = Bind.To("--checkpoint-every", D, o => o.CheckpointEvery);
     readonly Option<bool> _resume = CommonOptions.Resume();
+    readonly Option<bool> _allowChanges = TrainingCli.AllowSettingChanges();
 
-    public IEnumerable<Option> All => [_lr, _batch, _epochs, _maxSteps, _warmup, _maxLen, _seed, _ckptEvery, _resume];
+    public Option<double> LearningRate => _lr;
+    public IEnumerable<Option> All => [_lr, _batch, _epochs, _maxSteps, _warmup, _maxLen, _seed, _ckptEvery, _resume, _allowChanges];
 
     public SftOptions Read(ParseResult p) => new()
     {
         LearningRate = p.GetValue(_lr), BatchSize = p.GetValue(_batch), Epochs = p.GetValue(_epochs), MaxSteps = p.GetValue(_maxSteps),
         WarmupSteps = p.GetValue(_warmup), MaxLength = p.GetValue(_maxLen), Seed = p.GetValue(_seed), CheckpointEvery = p.GetValue(_ckptEvery),
-        Resume = p.GetValue(_resume),
+        Resume = p.GetValue(_resume), AllowSettingChanges = p.GetValue(_allowChanges),
     };
 }

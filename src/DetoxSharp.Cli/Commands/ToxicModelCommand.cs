@@ -21,7 +21,7 @@ public static class ToxicModelCommand
         var cmd = new Command("toxic-model", "Build the built-in toxic model π_tox: SFT on dialogues with toxic replies behind the [TOXIC] control token (added to tokenizer and embedding).")
             { model, data, output, device, dtype, precision, pickle };
         foreach (var o in f.All) cmd.Options.Add(o);
-        cmd.SetAction(p =>
+        cmd.SetAction(p => TrainingCli.Run(p, "toxic-model", () => p.GetValue(f.LearningRate), cancel =>
         {
             var prec = CommonOptions.ParsePrecision(p.GetValue(precision)!, p.GetValue(dtype)!);
             var err = p.InvocationConfiguration.Error;
@@ -30,16 +30,14 @@ public static class ToxicModelCommand
             var outDir = p.GetValue(output)!;
             var o = f.Read(p) with { OutputDir = outDir, Precision = prec };
             err.WriteLine($"detox: {examples.Count} dialogues, {toxic} toxic");
-            var sw = System.Diagnostics.Stopwatch.StartNew();
-            var r = ToxicModel.Train(m.Model, m.Tokenizer, examples, o, new SyncProgress<SftProgress>(s =>
-            {
-                if (s.Step % Math.Max(1, s.TotalSteps / 20) == 0 || s.Step == s.TotalSteps)
-                    err.WriteLine($"[{s.Step}/{s.TotalSteps} {sw.Elapsed:mm\\:ss}] loss {s.Loss:F4}");
-            }));
-            HfCheckpoint.Save(m.Model, m.Tokenizer, Path.Combine(outDir, "model"), overwrite: true);
-            p.InvocationConfiguration.Output.WriteLine($"toxic model: {r.Steps} steps, train loss {r.FinalTrainLoss:F4} -> {Path.Combine(outDir, "model")} ({ToxicModel.ControlToken} = id {m.Tokenizer.SpecialTokens[ToxicModel.ControlToken]})");
+            var r = ToxicModel.Train(m.Model, m.Tokenizer, examples, o, TrainingCli.Printer(err), cancel);
+            var modelDir = Path.Combine(outDir, "model");
+            if (r.Run.Stop is TrainingStop.Completed or TrainingStop.EarlyStopped || (r.Run.Stop == TrainingStop.AlreadyFinished && !Directory.Exists(modelDir)))
+                HfCheckpoint.Save(m.Model, m.Tokenizer, modelDir, overwrite: true);
+            if (TrainingCli.Stopped(p, r.Run, err, "toxic-model") is int code) return code;
+            p.InvocationConfiguration.Output.WriteLine($"toxic model: {r.Steps} steps, train loss {r.FinalTrainLoss:F4} -> {modelDir} ({ToxicModel.ControlToken} = id {m.Tokenizer.SpecialTokens[ToxicModel.ControlToken]})");
             return 0;
-        });
+        }));
         return cmd;
     }
 }

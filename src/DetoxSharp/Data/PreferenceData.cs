@@ -77,7 +77,7 @@ public static class PreferenceData
     }
 
     /// <summary>Seeded shuffle, then the first `validation` examples form the validation set.</summary>
-    public static (List<T> Train, List<T> Validation) Split<T>(IReadOnlyList<T> items, int validation, int seed)
+    public static (List<T> Train, List<T> Validation) Split<T>(IReadOnlyList<T> items, int validation, ulong seed)
     {
         if (validation < 0 || validation >= items.Count)
             throw new InvalidInputException($"--validation {validation}: must be ≥ 0 and smaller than the {items.Count} examples");
@@ -85,11 +85,12 @@ public static class PreferenceData
         return (shuffled.Skip(validation).ToList(), shuffled.Take(validation).ToList());
     }
 
-    /// <summary>Deterministic Fisher–Yates shuffle (System.Random with a seed is stable across runs of .NET).</summary>
-    public static List<T> Shuffle<T>(IEnumerable<T> items, int seed)
+    /// <summary>Deterministic Fisher–Yates shuffle (System.Random with a seed is stable across runs of .NET). The 64-bit
+    /// seed is folded to System.Random's 32 bits (x ^ x >> 32), which leaves seeds below 2³¹ as they were.</summary>
+    public static List<T> Shuffle<T>(IEnumerable<T> items, ulong seed)
     {
         var list = items.ToList();
-        var rng = new Random(seed);
+        var rng = new Random(unchecked((int)(seed ^ (seed >> 32))));
         for (int i = list.Count - 1; i > 0; i--)
         {
             int j = rng.Next(i + 1);

@@ -146,7 +146,8 @@ public static class StudyStages
         {
             var o = Read<ToyPretrainOptions>(c, "pretrain") with { Size = Read<WorldSection>(c, "world").SizeOrDefault, Device = c.Device };
             var summary = ToyPretraining.Run(c.OutputDir, o,
-                new Progress<SftProgress>(sp => c.Report?.Invoke(sp.Step / (double)Math.Max(1, sp.TotalSteps), $"step {sp.Step}/{sp.TotalSteps}")));
+                new Progress<TrainingProgress>(sp => c.Report?.Invoke(sp.Step / (double)Math.Max(1, sp.TotalSteps), $"step {sp.Step}/{sp.TotalSteps}")),
+                cancel: c.Cancellation);
             WriteJson(Path.Combine(c.OutputDir, "pretrain.json"), summary);
             modelDir = FinalPath(c, Path.Combine(c.OutputDir, "model"));
         }
@@ -465,7 +466,7 @@ public static class StudyStages
         var opts = t.ToOptions(method) with
         {
             ValidationSize = t.ValidationSize ?? Math.Min(64, data.Count / 10),
-            Seed = 1000 + seed,
+            Seed = (ulong)(1000 + seed),
             // one cache for all runs of the study: the reference and π_tox log-probs do not depend on the sweep point
             CacheDir = Path.Combine(c.RunDir, "cache", "logp"),
         };
@@ -481,9 +482,10 @@ public static class StudyStages
         LoadedModel? tox = method == "adpo" ? Load(c, startDir) : null;
         try
         {
-            var result = PreferenceTrainer.Train(policy.Model, policy.Tokenizer, data, c.OutputDir, opts, toxicModel: tox?.Model,
-                progress: p => c.Report?.Invoke(p.TotalSteps == 0 ? 0 : p.Step / (double)p.TotalSteps, $"{p.Phase} step {p.Step}/{p.TotalSteps}"),
-                cancel: c.Cancellation);
+            var result = new PreferenceTrainer(policy.Model, policy.Tokenizer, opts) { ToxicPolicy = tox?.Model }.Train(data, c.OutputDir,
+                new Progress<TrainingProgress>(p => c.Report?.Invoke(p.Step / (double)p.TotalSteps, $"{p.Phase.ToString().ToLowerInvariant()} step {p.Step}/{p.TotalSteps}")),
+                c.Cancellation);
+            c.Cancellation.ThrowIfCancellationRequested(); // an interrupted run is no stage output
             var chosen = result.BestDir ?? result.FinalDir;
             AtomicFile.WriteAllText(Path.Combine(c.OutputDir, "model_dir.txt"), FinalPath(c, Path.GetFullPath(chosen)));
             WriteJson(Path.Combine(c.OutputDir, "train.json"), new JsonObject
@@ -662,7 +664,8 @@ public static class StudyStages
         using var m = Load(c, BaseModelDir(c));
         var (examples, toxicCount) = ToxicModel.ReadDialogues(files.Dialogues);
         torch.manual_seed((long)options.Seed);
-        var r = ToxicModel.Train(m.Model, m.Tokenizer, examples, options, new Progress<SftProgress>(p => c.Report?.Invoke(p.Step / (double)Math.Max(1, p.TotalSteps), $"step {p.Step}/{p.TotalSteps} loss {p.Loss:F3}")), c.Cancellation);
+        var r = ToxicModel.Train(m.Model, m.Tokenizer, examples, options, new Progress<TrainingProgress>(p => c.Report?.Invoke(p.Step / (double)Math.Max(1, p.TotalSteps), $"step {p.Step}/{p.TotalSteps} loss {p.Train.Loss:F3}")), c.Cancellation);
+        c.Cancellation.ThrowIfCancellationRequested(); // an interrupted run is no stage output
         HfCheckpoint.Save(m.Model, m.Tokenizer, Path.Combine(c.OutputDir, "model"), overwrite: true);
         AtomicFile.WriteAllText(Path.Combine(c.OutputDir, "model_dir.txt"), FinalPath(c, Path.Combine(c.OutputDir, "model")));
         WriteJson(Path.Combine(c.OutputDir, "toxic_model.json"), new JsonObject

@@ -28,7 +28,13 @@ public sealed class MetricsLog : IDisposable
         _w = new StreamWriter(path, append: true) { NewLine = "\n", AutoFlush = true };
     }
 
-    public void Write(JsonObject record) => _w.WriteLine(record.ToJsonString());
+    /// <summary>Writes one record; a non-finite number (JSON has none) is written as null instead of failing the run.</summary>
+    public void Write(JsonObject record)
+    {
+        foreach (var (k, v) in record.ToList())
+            if (v is JsonValue jv && jv.TryGetValue<double>(out var d) && !double.IsFinite(d)) record[k] = null;
+        _w.WriteLine(record.ToJsonString());
+    }
 
     public void Dispose() => _w.Dispose();
 

@@ -45,7 +45,7 @@ public sealed record PreferenceTrainerOptions
     [Setting("stop after this many optimizer steps")]
     public int? MaxSteps { get; init; }
     [Setting("seed for shuffling and the validation split")]
-    public int Seed { get; init; } = 42;
+    public ulong Seed { get; init; } = 42;
     /// <summary>Save a resumable checkpoint (out/checkpoint) every this many steps (0: only at the end / on cancel).</summary>
     [Setting("save a resumable checkpoint every N steps (0 = at the end)")]
     public int CheckpointEvery { get; init; } = 0;
@@ -59,12 +59,19 @@ public sealed record PreferenceTrainerOptions
     /// live) and validation use the fp32 models, so the cache is shared with fp32 runs and validation loss and best/
     /// selection judge the weights that are saved.</summary>
     public Precision Precision { get; init; } = Precision.ModelDType;
+    /// <summary>Continue from &lt;out&gt;/checkpoint when it exists.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool Resume { get; init; }
+    /// <summary>With <see cref="Resume"/>: continue although adjustable settings (learning rate, warmup, clipping, step
+    /// count; <see cref="TrainingLoopOptions.AdjustableSettings"/>) differ from the checkpoint's.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool AllowSettingChanges { get; init; }
 
     public void Validate()
     {
         Loss.Validate();
         Truncation.Validate();
-        InvalidSettingException.Require(Optimizer is "rmsprop" or "adamw", "optimizer", $"expects rmsprop or adamw (got '{Optimizer}')");
+        Optimizers.Parse(Optimizer);
         Require.Number(LearningRate, "learning_rate", 0, minExclusive: true);
         Require.Number(WeightDecay, "weight_decay", 0);
         Require.Number(MaxGradNorm, "max_grad_norm", 0);
@@ -80,25 +87,47 @@ public sealed record PreferenceTrainerOptions
     }
 }
 
-public sealed record PreferenceProgress(int Step, int TotalSteps, Dictionary<string, double> Metrics, string Phase);
-
-public sealed record PreferenceTrainResult(int Steps, int Examples, double? BestValidationLoss, bool StoppedEarly, bool Cancelled,
-    bool ReferenceCacheHit, string FinalDir, string? BestDir, string MetricsPath, double PairsPerSecond);
+/// <summary>The outcome of <see cref="PreferenceTrainer.Train"/>: the loop's result plus where the models went.</summary>
+public sealed record PreferenceTrainResult(TrainingRunResult Run, bool ReferenceCacheHit, string FinalDir, string? BestDir, string MetricsPath)
+{
+    public int Steps => Run.Steps;
+    /// <summary>Pairs trained on, counting a resumed run's earlier part.</summary>
+    public long Examples => Run.Items;
+    public double? BestValidationLoss => Run.BestEvalLoss;
+    public bool StoppedEarly => Run.Stop == TrainingStop.EarlyStopped;
+    public bool Cancelled => Run.Stop is TrainingStop.Cancelled or TrainingStop.StepLimit;
+    public double PairsPerSecond => Run.ItemsPerSecond;
+}
 
 /// <summary>
-/// DPO-family / ADPO trainer. Policy = the model passed in (trained in place). Reference = `reference` or, when null,
-/// the policy's starting weights. Reference and π_tox log-probs are precomputed (before any update, before resume
-/// loads trained weights) and cached on disk under a key hashing the model weights, the tokenized data and the
-/// truncation settings, so neither model needs to stay in memory and reruns reuse them.
+/// DPO-family / ADPO trainer. Policy = the model passed in (trained in place). Reference = <see cref="Reference"/> or,
+/// when null, the policy's starting weights. Reference and π_tox log-probs are precomputed (before any update, before
+/// resume loads trained weights) and cached on disk under a key hashing the model weights, the tokenized data and the
+/// truncation settings, so neither model needs to stay in memory and reruns reuse them. The steps are
+/// <see cref="TrainingLoop"/>'s; this class supplies the pairs' order and the preference loss of a batch.
 /// Output dir: metrics.jsonl, checkpoint/ (resumable), best/ (lowest validation loss), final/.
 /// </summary>
-public static class PreferenceTrainer
+public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer, PreferenceTrainerOptions options)
 {
-    public static PreferenceTrainResult Train(ICausalLM policy, Gpt2Tokenizer tokenizer, IReadOnlyList<PreferenceExample> data,
-        string outDir, PreferenceTrainerOptions o, ICausalLM? reference = null, ICausalLM? toxicModel = null, string? resumeDir = null,
-        Action<PreferenceProgress>? progress = null, CancellationToken cancel = default, Action<string>? log = null, Gpt2Tokenizer? saveTokenizer = null)
+    /// <summary>The reference model (null: the policy's starting weights).</summary>
+    public ICausalLM? Reference { get; init; }
+    /// <summary>π_tox, the toxic model ADPO's penalty compares with (required for ADPO; its tokenizer has [TOXIC]).</summary>
+    public ICausalLM? ToxicPolicy { get; init; }
+    /// <summary>The tokenizer saved with checkpoints and models (default: the training tokenizer).</summary>
+    public Gpt2Tokenizer? SaveTokenizer { get; init; }
+    /// <summary>One-line notices (cache hits, recovered directories, accepted setting changes).</summary>
+    public Action<string>? Log { get; init; }
+
+    /// <summary>Trains the policy in place on <paramref name="data"/>, writing into <paramref name="outDir"/>. Returns when
+    /// all steps ran, validation stopped improving, the token fired (after checkpointing the last whole step) or the
+    /// resumed run had already finished; throws <see cref="TrainingDivergedException"/> on a non-finite loss or gradient
+    /// norm, and <see cref="OperationCanceledException"/> when cancelled while computing the reference log-probs.</summary>
+    public PreferenceTrainResult Train(IReadOnlyList<PreferenceExample> data, string outDir, IProgress<TrainingProgress>? progress = null,
+        CancellationToken cancel = default)
     {
-        var outTok = saveTokenizer ?? tokenizer;
+        var o = options;
+        var toxicModel = ToxicPolicy;
+        var outTok = SaveTokenizer ?? tokenizer;
         o.Validate();
         MixedPrecision.CheckModel(policy, o.Precision);
         bool adpo = o.Loss.IsAdpo;
@@ -125,80 +154,116 @@ public static class PreferenceTrainer
         var micro = new List<int[]>();
         for (int e = 0; e < o.Epochs; e++)
         {
-            var order = PreferenceData.Shuffle(trainIdx, o.Seed + 1 + e);
+            var order = PreferenceData.Shuffle(trainIdx, o.Seed + 1 + (ulong)e);
             for (int i = 0; i < order.Count; i += o.BatchSize) micro.Add(order.Skip(i).Take(o.BatchSize).ToArray());
         }
         int totalSteps = micro.Count / o.GradientAccumulationSteps;
         if (o.MaxSteps is int ms) totalSteps = Math.Min(totalSteps, ms);
         if (totalSteps < 1) throw new InvalidInputException($"not enough training pairs ({trainIdx.Count}) for one step of {o.BatchSize}×{o.GradientAccumulationSteps}");
         Directory.CreateDirectory(outDir);
-        foreach (var line in AtomicDirectory.RecoverAll(outDir)) log?.Invoke(line);
         string cacheDir = o.CacheDir ?? Path.Combine(outDir, "logp-cache");
+        string dataHash = PreferenceData.Hash(all, trunc);
+
+        var settings = TrainingSettings.Of(o);
+        settings["max_length"] = trunc.MaxLength; // the context may have shrunk it
+        settings["data"] = dataHash;
+        string bestDir = Path.Combine(outDir, "best"), finalDir = Path.Combine(outDir, "final");
+        // a resume with other settings is refused now, not after the reference log-probs
+        var loop = new TrainingLoopOptions
+        {
+            TotalSteps = totalSteps,
+            Schedule = new LrSchedule(o.LearningRate, o.WarmupSteps, totalSteps),
+            Optimizer = Optimizers.Parse(o.Optimizer),
+            OptimizerSettings = new OptimizerSettings { LearningRate = o.LearningRate, WeightDecay = o.WeightDecay },
+            MaxGradNorm = o.MaxGradNorm, MeanOverWeights = true, Precision = o.Precision,
+            EvalEvery = o.EvalEvery, Patience = o.Patience, OutputDir = outDir, BestDir = bestDir, CheckpointEvery = o.CheckpointEvery,
+            Resume = o.Resume, AllowSettingChanges = o.AllowSettingChanges, Settings = settings, ItemName = "examples",
+            Tokenizer = outTok, Log = Log,
+        };
+        TrainingLoop.CheckResume(loop);
 
         // --- reference / π_tox log-probs (computed from starting weights, before resume) ---
         double[]? refC = null, refR = null, tox = null;
         bool cacheHit = true;
-        var refModel = reference ?? policy;
+        var refModel = Reference ?? policy;
         ICausalLM? liveRef = null;
         if (o.CacheReference)
         {
-            string dataHash = PreferenceData.Hash(all, trunc);
-            (refC, refR, var hit1) = CachedLogps(cacheDir, "ref", ModelHash(refModel), dataHash, refModel, all, o.BatchSize, tokenizer.EosTokenId, false);
+            (refC, refR, var hit1) = CachedLogps(cacheDir, "ref", ModelHash(refModel), dataHash, refModel, all, o.BatchSize, tokenizer.EosTokenId, false, cancel);
             cacheHit &= hit1;
             if (adpo)
             {
-                (tox, _, var hit2) = CachedLogps(cacheDir, "tox", ModelHash(toxicModel!), dataHash, toxicModel!, all, o.BatchSize, tokenizer.EosTokenId, true);
+                (tox, _, var hit2) = CachedLogps(cacheDir, "tox", ModelHash(toxicModel!), dataHash, toxicModel!, all, o.BatchSize, tokenizer.EosTokenId, true, cancel);
                 cacheHit &= hit2;
             }
-            log?.Invoke(cacheHit ? $"log-prob cache hit ({cacheDir})" : $"log-probs computed and cached in {cacheDir}");
+            Log?.Invoke(cacheHit ? $"log-prob cache hit ({cacheDir})" : $"log-probs computed and cached in {cacheDir}");
         }
         else
         {
             cacheHit = false;
-            liveRef = reference ?? policy.Clone();
+            liveRef = Reference ?? policy.Clone();
+        }
+        try
+        {
+            var objective = new Objective(all, micro, valIdx, o, tokenizer.EosTokenId, adpo, refC, refR, tox, liveRef, toxicModel);
+            var run = TrainingLoop.Run(policy, objective, loop, progress, cancel);
+            if (run.Stop is TrainingStop.Completed or TrainingStop.EarlyStopped
+                || (run.Stop == TrainingStop.AlreadyFinished && !Directory.Exists(finalDir)))
+                HfCheckpoint.Save(policy, outTok, finalDir, overwrite: true);
+            return new PreferenceTrainResult(run, cacheHit, finalDir, Directory.Exists(bestDir) ? bestDir : null, Path.Combine(outDir, "metrics.jsonl"));
+        }
+        finally
+        {
+            if (liveRef is not null && Reference is null) liveRef.Dispose();
+        }
+    }
+
+    /// <summary>The pairs' order (micro-batches of example indices, fixed before training) and the preference loss.</summary>
+    sealed class Objective(List<TokenizedExample> all, List<int[]> micro, List<int> valIdx, PreferenceTrainerOptions o, int padId, bool adpo,
+        double[]? refC, double[]? refR, double[]? tox, ICausalLM? liveRef, ICausalLM? toxicModel) : ITrainingObjective<int[]>
+    {
+        public IReadOnlyList<int[]> Batches(int step) =>
+            Enumerable.Range(0, o.GradientAccumulationSteps).Select(a => micro[step * o.GradientAccumulationSteps + a]).ToList();
+
+        public MicroBatchLoss Loss(ICausalLM model, int[] idx)
+        {
+            var (loss, m) = LossOf(idx, model);
+            // summed over examples here; the loop divides the step's gradients and metrics by the number of pairs
+            return new MicroBatchLoss(loss * ((double)idx.Length), idx.Length, m, idx.Length);
         }
 
-
-        var parameters = policy.Module.parameters().Where(p => p.requires_grad).ToList();
-        TorchSharp.Modules.OptimizerHelper opt = o.Optimizer == "adamw"
-            ? torch.optim.AdamW(parameters, o.LearningRate, weight_decay: o.WeightDecay)
-            : torch.optim.RMSProp(parameters, o.LearningRate, weight_decay: o.WeightDecay);
-        var schedule = new LrSchedule(o.LearningRate, o.WarmupSteps, totalSteps);
-
-        int step = 0, examples = 0, bad = 0;
-        double? best = null;
-        if (resumeDir is not null)
+        public IReadOnlyDictionary<string, double>? Evaluate(ICausalLM policy)
         {
-            var st = TrainerCheckpoint.Load(resumeDir, policy, opt);
-            step = TrainerCheckpoint.Int(st, "step", resumeDir);
-            examples = TrainerCheckpoint.Int(st, "examples", resumeDir);
-            bad = TrainerCheckpoint.Int(st, "bad_evals", resumeDir);
-            best = StrictJson.OptionalDouble(st, "best_val_loss", Path.Combine(resumeDir, "trainer_state.json"));
-            if (TrainerCheckpoint.Int(st, "total_steps", resumeDir) != totalSteps) throw new InvalidInputException($"--resume {resumeDir}: checkpoint was made with {st["total_steps"]} total steps, this run has {totalSteps}; use the same data and options");
+            if (valIdx.Count == 0) return null;
+            policy.Module.eval();
+            int n = 0;
+            var acc = new Dictionary<string, double>();
+            using (torch.no_grad())
+                for (int i = 0; i < valIdx.Count; i += o.BatchSize)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    var idx = valIdx.Skip(i).Take(o.BatchSize).ToArray();
+                    var (_, m) = LossOf(idx, policy); // fp32 master in mixed precision: the weights that are saved
+                    foreach (var (k, v) in m) acc[k] = acc.GetValueOrDefault(k) + v * idx.Length;
+                    n += idx.Length;
+                }
+            policy.Module.train();
+            return acc.ToDictionary(kv => kv.Key, kv => kv.Value / n);
         }
-        var metricsPath = Path.Combine(outDir, "metrics.jsonl");
-        using var metrics = new MetricsLog(metricsPath, resumeDir is null ? null : step + 1);
-        string ckptDir = Path.Combine(outDir, "checkpoint"), bestDir = Path.Combine(outDir, "best"), finalDir = Path.Combine(outDir, "final");
-
-        JsonObject State() => new()
-        {
-            ["step"] = step, ["examples"] = examples, ["bad_evals"] = bad,
-            ["best_val_loss"] = best is double b ? b : null, ["total_steps"] = totalSteps, ["seed"] = o.Seed,
-        };
 
         // Logps of the policy (or a live model) on a batch of example indices; returns sums [n] per segment.
-        Tensor[] PolicyLogps(ICausalLM m, IReadOnlyList<int> idx, bool withToxic, bool toxicContext = false)
+        Tensor[] PolicyLogps(ICausalLM m, IReadOnlyList<int> idx, bool withToxic)
         {
             var seqs = new List<(int[], int[])>();
             foreach (var i in idx) seqs.Add((all[i].Prompt, all[i].Chosen));
             foreach (var i in idx) seqs.Add((all[i].Prompt, all[i].Rejected));
-            if (withToxic) foreach (var i in idx) seqs.Add((toxicContext ? all[i].ToxicPrompt! : all[i].Prompt, all[i].Toxic!));
-            using var batch = PreferenceData.Build(seqs, tokenizer.EosTokenId, m.Device);
+            if (withToxic) foreach (var i in idx) seqs.Add((all[i].Prompt, all[i].Toxic!));
+            using var batch = PreferenceData.Build(seqs, padId, m.Device);
             var sums = CompletionLogpSums(m, batch);
             return sums.split(idx.Count);
         }
 
-        Tensor Lookup(double[] a, IReadOnlyList<int> idx, ScalarType dt) => torch.tensor(idx.Select(i => a[i]).ToArray()).to(dt);
+        static Tensor Lookup(double[] a, IReadOnlyList<int> idx, ScalarType dt) => torch.tensor(idx.Select(i => a[i]).ToArray()).to(dt);
 
         (Tensor Loss, Dictionary<string, double> M) LossOf(IReadOnlyList<int> idx, ICausalLM pm)
         {
@@ -213,7 +278,7 @@ public static class PreferenceTrainer
                 rc = r[0]; rr = r[1];
                 if (adpo)
                 {
-                    using var batch = PreferenceData.Build(idx.Select(i => (all[i].ToxicPrompt!, all[i].Toxic!)).ToList(), tokenizer.EosTokenId, toxicModel!.Device);
+                    using var batch = PreferenceData.Build(idx.Select(i => (all[i].ToxicPrompt!, all[i].Toxic!)).ToList(), padId, toxicModel!.Device);
                     tt = CompletionLogpSums(toxicModel, batch).to(dt);
                 }
             }
@@ -221,106 +286,6 @@ public static class PreferenceTrainer
             var res = PreferenceLoss.Compute(new PreferenceLogps(pol[0], pol[1], rc, rr, adpo ? pol[2] : null, adpo ? tt : null, chosenTokens), o.Loss);
             return (res.Loss, res.Metrics);
         }
-
-        double Evaluate()
-        {
-            policy.Module.eval();
-            double sum = 0; int n = 0;
-            var acc = new Dictionary<string, double>();
-            using (torch.no_grad())
-                for (int i = 0; i < valIdx.Count; i += o.BatchSize)
-                {
-                    using var scope = torch.NewDisposeScope();
-                    var idx = valIdx.Skip(i).Take(o.BatchSize).ToArray();
-                    var (_, m) = LossOf(idx, policy); // fp32 master in mixed precision: the weights that are saved
-                    foreach (var (k, v) in m) acc[k] = acc.GetValueOrDefault(k) + v * idx.Length;
-                    n += idx.Length;
-                }
-            policy.Module.train();
-            var rec = new JsonObject { ["step"] = step, ["examples"] = examples, ["phase"] = "eval" };
-            foreach (var (k, v) in acc) rec["eval/" + k] = v / n;
-            metrics.Write(rec);
-            sum = acc["loss"] / n;
-            progress?.Invoke(new PreferenceProgress(step, totalSteps, acc.ToDictionary(kv => "eval/" + kv.Key, kv => kv.Value / n), "eval"));
-            return sum;
-        }
-
-        bool stoppedEarly = false, cancelled = false;
-        int lastEvalStep = -1;
-        bool EvalAndMaybeStop()
-        {
-            if (valIdx.Count == 0) return false;
-            lastEvalStep = step;
-            double v = Evaluate();
-            if (best is null || v < best) { best = v; bad = 0; HfCheckpoint.Save(policy, outTok, bestDir, overwrite: true); }
-            else bad++;
-            return o.Patience > 0 && bad >= o.Patience;
-        }
-
-        policy.Module.train();
-        // built after resume, so the working copy starts from the loaded weights; disposed when Train returns
-        using var mixed = MixedPrecision.For(policy, o.Precision);
-        var compute = mixed?.Working ?? policy;
-        var sw = System.Diagnostics.Stopwatch.StartNew();
-        int startExamples = examples;
-        while (step < totalSteps)
-        {
-            if (cancel.IsCancellationRequested) { cancelled = true; break; }
-            using var scope = torch.NewDisposeScope();
-            opt.zero_grad();
-            var acc = new Dictionary<string, double>();
-            int n = 0;
-            for (int a = 0; a < o.GradientAccumulationSteps; a++)
-            {
-                using var inner = torch.NewDisposeScope();
-                var idx = micro[step * o.GradientAccumulationSteps + a];
-                var (loss, m) = LossOf(idx, compute);
-                (loss * ((double)idx.Length)).backward(); // summed over examples; normalised below
-                mixed?.AccumulateGradients(); // bf16 grads → fp32 master grads, summed over micro-batches
-                foreach (var (k, v) in m) acc[k] = acc.GetValueOrDefault(k) + v * idx.Length;
-                n += idx.Length;
-            }
-            using (torch.no_grad())
-                foreach (var p in parameters) p.grad?.div_(n);
-            double gradNorm = o.MaxGradNorm > 0
-                ? torch.nn.utils.clip_grad_norm_(parameters, o.MaxGradNorm)
-                : torch.nn.utils.clip_grad_norm_(parameters, double.MaxValue);
-            double lr = schedule.At(step);
-            foreach (var g in opt.ParamGroups) g.LearningRate = lr;
-            opt.step();
-            mixed?.SyncWorking();
-            step++;
-            examples += n;
-            var rec = new JsonObject { ["step"] = step, ["examples"] = examples };
-            var shown = new Dictionary<string, double>();
-            foreach (var (k, v) in acc) { rec[k] = v / n; shown[k] = v / n; }
-            rec["grad_norm"] = gradNorm; shown["grad_norm"] = gradNorm;
-            rec["learning_rate"] = lr; shown["learning_rate"] = lr;
-            metrics.Write(rec);
-            progress?.Invoke(new PreferenceProgress(step, totalSteps, shown, "train"));
-            if (o.EvalEvery > 0 && step % o.EvalEvery == 0)
-            {
-                if (EvalAndMaybeStop()) { stoppedEarly = true; break; }
-            }
-            if (o.CheckpointEvery > 0 && step % o.CheckpointEvery == 0 && step < totalSteps)
-                TrainerCheckpoint.Save(ckptDir, policy, outTok, opt, State());
-        }
-        double elapsed = sw.Elapsed.TotalSeconds;
-        if (cancelled)
-        {
-            TrainerCheckpoint.Save(ckptDir, policy, outTok, opt, State());
-        }
-        else
-        {
-            if (!stoppedEarly && lastEvalStep != step) EvalAndMaybeStop();
-            TrainerCheckpoint.Save(ckptDir, policy, outTok, opt, State());
-            HfCheckpoint.Save(policy, outTok, finalDir, overwrite: true);
-        }
-        if (liveRef is not null && reference is null) liveRef.Dispose();
-        opt.Dispose();
-        double pps = elapsed > 0 ? (examples - startExamples) / elapsed : 0;
-        return new PreferenceTrainResult(step, examples, best, stoppedEarly, cancelled, cacheHit, finalDir,
-            Directory.Exists(bestDir) ? bestDir : null, metricsPath, pps);
     }
 
     /// <summary>Summed log-probs of the completion tokens of each row, [B] (float32, or float64 for float64 models).
@@ -350,7 +315,7 @@ public static class PreferenceTrainer
 
     /// <summary>Log-prob sums per example (chosen, rejected) or, with toxic=true, of y_t after [TOXIC]+prompt; cached on disk.</summary>
     static (double[] A, double[] B, bool Hit) CachedLogps(string dir, string kind, string modelHash, string dataHash, ICausalLM model,
-        List<TokenizedExample> all, int batchSize, int padId, bool toxic)
+        List<TokenizedExample> all, int batchSize, int padId, bool toxic, CancellationToken cancel)
     {
         var key = Convert.ToHexString(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes($"{kind}|{modelHash}|{dataHash}"))).ToLowerInvariant()[..24];
         var path = Path.Combine(dir, $"{kind}-{key}.bin");
@@ -371,6 +336,7 @@ public static class PreferenceTrainer
         using (torch.no_grad())
             for (int i = 0; i < all.Count; i += batchSize)
             {
+                cancel.ThrowIfCancellationRequested(); // nothing is cached until the whole pass is done
                 using var scope = torch.NewDisposeScope();
                 var idx = Enumerable.Range(i, Math.Min(batchSize, all.Count - i)).ToArray();
                 var seqs = toxic

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using DetoxSharp.Data;
 using DetoxSharp.Models;
@@ -67,6 +66,10 @@ public sealed record SftOptions
     /// <summary>Continue from OutputDir/checkpoint when it exists.</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public bool Resume { get; init; }
+    /// <summary>With <see cref="Resume"/>: continue although adjustable settings (learning rate, warmup, clipping, step
+    /// count; <see cref="TrainingLoopOptions.AdjustableSettings"/>) differ from the checkpoint's.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool AllowSettingChanges { get; init; }
     /// <summary>Stop (as if interrupted) after this many steps of this run — for tests and time-boxed runs.</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public int? StopAfterSteps { get; init; }
@@ -102,23 +105,34 @@ public sealed record SftOptions
     }
 }
 
-public sealed record SftProgress(int Step, int TotalSteps, double Loss, double LearningRate, double? ValidationLoss, double TokensPerSecond);
-
-public sealed record SftResult(int Steps, double FinalTrainLoss, double? FinalValidationLoss, long TrainedTokens, double Seconds, bool Completed)
+/// <summary>The outcome of <see cref="SftTrainer.Train"/>: the loop's result, in SFT's words.</summary>
+public sealed record SftResult(TrainingRunResult Run)
 {
-    public double TokensPerSecond => Seconds > 0 ? TrainedTokens / Seconds : 0;
+    public int Steps => Run.Steps;
+    public double FinalTrainLoss => Run.LastTrain?.Loss ?? double.NaN;
+    public double? FinalValidationLoss => Run.LastEval?.Loss;
+    /// <summary>Tokens trained on in this run (not counting a resumed run's earlier part).</summary>
+    public long TrainedTokens => Run.RunItems;
+    public double Seconds => Run.Seconds;
+    /// <summary>All steps ran (now, or before this resume).</summary>
+    public bool Completed => Run.Finished;
+    public double TokensPerSecond => Run.ItemsPerSecond;
 }
 
 /// <summary>
 /// Supervised fine-tuning / pretraining of any <see cref="ICausalLM"/>: plain text packed into blocks or prompt +
 /// completion with loss on completion tokens only (prompt and padding positions are masked), AdamW, warmup + decay
-/// (<see cref="LrSchedule"/>), clipping, accumulation, validation loss, metrics JSONL and bit-exact resume.
+/// (<see cref="LrSchedule"/>), clipping, accumulation, validation loss, metrics JSONL and bit-exact resume — the step
+/// itself is <see cref="TrainingLoop"/>'s; this class supplies the data order and the masked NLL.
 /// By default trains in the model's dtype (a bfloat16 model trains in pure bfloat16, no fp32 master weights); with
 /// <see cref="SftOptions.Precision"/> = <see cref="Precision.Bf16Mixed"/> a float32 model is the fp32 master and a bf16
 /// working copy computes (<see cref="MixedPrecision"/>).
 /// </summary>
-public static class SftTrainer
+public sealed class SftTrainer(ICausalLM model, Gpt2Tokenizer tokenizer, SftOptions options)
 {
+    /// <summary>One-line notices (recovered checkpoint directories, accepted setting changes on resume).</summary>
+    public Action<string>? Log { get; init; }
+
     /// <summary>A tokenized sequence: ids and, per position, whether the token is a target.</summary>
     public sealed record Sequence(long[] Ids, bool[] Target);
 
@@ -225,8 +239,10 @@ public static class SftTrainer
         return a;
     }
 
-    public static SftResult Train(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<SftExample> train, SftOptions options,
-        IProgress<SftProgress>? progress = null, CancellationToken cancel = default)
+    /// <summary>Trains the model in place on <paramref name="train"/>. Returns when all steps ran, the token fired (after
+    /// checkpointing the last whole step when <see cref="SftOptions.OutputDir"/> is set) or the resumed run had already
+    /// finished; throws <see cref="TrainingDivergedException"/> on a non-finite loss or gradient norm.</summary>
+    public SftResult Train(IReadOnlyList<SftExample> train, IProgress<TrainingProgress>? progress = null, CancellationToken cancel = default)
     {
         options.Validate();
         MixedPrecision.CheckModel(model, options.Precision);
@@ -240,96 +256,78 @@ public static class SftTrainer
         int perStep = options.BatchSize * options.GradientAccumulationSteps;
         int stepsPerEpoch = Math.Max(1, data.Count / perStep);
         int totalSteps = options.MaxSteps ?? Math.Max(1, (int)Math.Ceiling(options.Epochs * stepsPerEpoch));
-        var schedule = new LrSchedule(options.LearningRate, options.WarmupSteps, totalSteps, options.Decay, options.MinLrRatio);
-
-        var parameters = model.Module.parameters().Where(p => p.requires_grad).ToList();
-        using var optimizer = torch.optim.AdamW(parameters, options.LearningRate, options.Beta1, options.Beta2, options.Epsilon, options.WeightDecay);
-
-        string? ckptDir = options.OutputDir is null ? null : Path.Combine(options.OutputDir, "checkpoint");
-        if (options.OutputDir is not null) AtomicDirectory.RecoverAll(options.OutputDir);
-        int step = 0;
-        long tokens = 0;
-        if (options.Resume && ckptDir is not null && TrainerCheckpoint.Exists(ckptDir))
+        var settings = TrainingSettings.Of(options);
+        settings["max_length"] = maxLength;
+        settings["data"] = Hash(data, valid);
+        var loop = new TrainingLoopOptions
         {
-            var st = TrainerCheckpoint.Load(ckptDir, model, optimizer);
-            step = TrainerCheckpoint.Int(st, "step", ckptDir);
-            tokens = StrictJson.OptionalLong(st, "tokens", Path.Combine(ckptDir, "trainer_state.json")) ?? 0;
-            if (StrictJson.OptionalInt(st, "total_steps", Path.Combine(ckptDir, "trainer_state.json")) is int ts && ts != totalSteps)
-                throw new InvalidInputException($"{ckptDir}: checkpoint was made for {ts} total steps, this run has {totalSteps} (same data and options needed to resume)");
+            TotalSteps = totalSteps,
+            Schedule = new LrSchedule(options.LearningRate, options.WarmupSteps, totalSteps, options.Decay, options.MinLrRatio),
+            Optimizer = OptimizerKind.AdamW,
+            OptimizerSettings = new OptimizerSettings
+            {
+                LearningRate = options.LearningRate, WeightDecay = options.WeightDecay, Beta1 = options.Beta1, Beta2 = options.Beta2, Epsilon = options.Epsilon,
+            },
+            MaxGradNorm = options.MaxGradNorm, MeanOverWeights = false, Precision = options.Precision, EvalEvery = options.EvalEvery,
+            OutputDir = options.OutputDir, CheckpointEvery = options.CheckpointEvery, Resume = options.Resume,
+            AllowSettingChanges = options.AllowSettingChanges, StopAfterSteps = options.StopAfterSteps, Settings = settings,
+            ItemName = "tokens", Tokenizer = tokenizer, Log = Log,
+        };
+        return new SftResult(TrainingLoop.Run(model, new Objective(data, valid, options), loop, progress, cancel));
+    }
+
+    /// <summary>SHA-256 of the tokenized training (and validation) sequences: what a resume must train on again.</summary>
+    static string Hash(List<Sequence> data, List<Sequence>? valid)
+    {
+        using var h = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        foreach (var part in new[] { data, valid ?? [] })
+        {
+            h.AppendData(BitConverter.GetBytes(part.Count));
+            foreach (var s in part)
+            {
+                h.AppendData(BitConverter.GetBytes(s.Ids.Length));
+                h.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(s.Ids.AsSpan()));
+                h.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(s.Target.AsSpan()));
+            }
         }
-        using var metrics = options.OutputDir is null ? null : new MetricsLog(Path.Combine(options.OutputDir, "metrics.jsonl"), options.Resume ? step + 1 : null); // records carry the 1-based step just done
+        return Convert.ToHexStringLower(h.GetHashAndReset());
+    }
 
-        model.Module.train();
-        // built after a resume loaded the master's weights, so the working copy starts from them
-        using var mixed = MixedPrecision.For(model, options.Precision);
-        var compute = mixed?.Working ?? model; // runs forward/backward; `model` holds the weights the optimizer updates
-        var sw = Stopwatch.StartNew();
-        long runTokens = 0;
-        double lastLoss = double.NaN;
-        double? lastValid = null;
-        int ranSteps = 0;
-        int[]? order = null; int orderEpoch = -1;
-        while (step < totalSteps)
+    /// <summary>A micro-batch and the target-token count of its whole optimizer step (the loss is normalised over the
+    /// step's targets, so accumulation equals one big batch).</summary>
+    sealed record Batch(List<Sequence> Sequences, double StepTargets);
+
+    sealed class Objective(List<Sequence> data, List<Sequence>? valid, SftOptions o) : ITrainingObjective<Batch>
+    {
+        int[]? _order;
+        int _orderEpoch = -1;
+
+        public IReadOnlyList<Batch> Batches(int step)
         {
-            if (cancel.IsCancellationRequested || (options.StopAfterSteps is int stop && ranSteps >= stop)) break;
-            double lr = schedule.At(step);
-            foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
+            int perStep = o.BatchSize * o.GradientAccumulationSteps;
             // the examples of this step, from the global stream position step·perStep
             var stepSeqs = new List<Sequence>(perStep);
             for (int k = 0; k < perStep; k++)
             {
                 long pos = (long)step * perStep + k;
                 int epoch = (int)(pos / data.Count);
-                if (epoch != orderEpoch) { order = Order(data.Count, options.Seed, epoch); orderEpoch = epoch; }
-                stepSeqs.Add(data[order![(int)(pos % data.Count)]]);
+                if (epoch != _orderEpoch) { _order = Order(data.Count, o.Seed, epoch); _orderEpoch = epoch; }
+                stepSeqs.Add(data[_order![(int)(pos % data.Count)]]);
             }
-            double targetCount = stepSeqs.Sum(s => s.Target.Skip(1).Count(x => x));
-            double lossSum = 0;
-            optimizer.zero_grad();
-            for (int m = 0; m < options.GradientAccumulationSteps; m++)
-            {
-                using var scope = torch.NewDisposeScope();
-                var micro = stepSeqs.Skip(m * options.BatchSize).Take(options.BatchSize).ToList();
-                var (ids, mask, tgt) = Collate(micro, model.EosTokenId, model.Device);
-                var (s, _) = MaskedNll(compute, ids, mask, tgt);
-                var loss = s / Math.Max(1.0, targetCount);
-                loss.backward();
-                mixed?.AccumulateGradients(); // bf16 grads → fp32 master grads, summed over micro-batches
-                lossSum += loss.item<float>();
-                runTokens += micro.Sum(x => x.Ids.Length);
-            }
-            double gradNorm = double.NaN;
-            using (var scope = torch.NewDisposeScope())
-            {
-                if (options.MaxGradNorm > 0) gradNorm = torch.nn.utils.clip_grad_norm_(parameters, options.MaxGradNorm);
-                optimizer.step();
-            }
-            mixed?.SyncWorking();
-            step++; ranSteps++;
-            tokens += stepSeqs.Sum(x => x.Ids.Length);
-            lastLoss = lossSum;
-            double? vl = null;
-            if (valid is not null && ((options.EvalEvery > 0 && step % options.EvalEvery == 0) || step == totalSteps))
-                lastValid = vl = EvaluateLoss(model, valid, options.BatchSize);
-            double tps = runTokens / Math.Max(1e-9, sw.Elapsed.TotalSeconds);
-            var rec = new JsonObject
-            {
-                ["step"] = step, ["loss"] = lastLoss, ["learning_rate"] = lr, ["tokens"] = tokens,
-                ["tokens_per_second"] = Math.Round(tps, 1),
-            };
-            if (!double.IsNaN(gradNorm)) rec["grad_norm"] = gradNorm;
-            if (vl is double x) rec["eval_loss"] = x;
-            metrics?.Write(rec);
-            progress?.Report(new SftProgress(step, totalSteps, lastLoss, lr, vl, tps));
-            if (ckptDir is not null && ((options.CheckpointEvery > 0 && step % options.CheckpointEvery == 0) || step == totalSteps))
-                SaveCheckpoint(ckptDir, model, tokenizer, optimizer, step, tokens, totalSteps);
+            double targets = stepSeqs.Sum(s => s.Target.Skip(1).Count(x => x));
+            return Enumerable.Range(0, o.GradientAccumulationSteps)
+                .Select(m => new Batch(stepSeqs.Skip(m * o.BatchSize).Take(o.BatchSize).ToList(), targets)).ToList();
         }
-        if (ckptDir is not null && step < totalSteps && ranSteps > 0)
-            SaveCheckpoint(ckptDir, model, tokenizer, optimizer, step, tokens, totalSteps);
-        model.Module.eval();
-        return new SftResult(step, lastLoss, lastValid, runTokens, sw.Elapsed.TotalSeconds, step >= totalSteps);
-    }
 
-    static void SaveCheckpoint(string dir, ICausalLM model, Gpt2Tokenizer tok, TorchSharp.Modules.OptimizerHelper opt, int step, long tokens, int totalSteps) =>
-        TrainerCheckpoint.Save(dir, model, tok, opt, new JsonObject { ["step"] = step, ["tokens"] = tokens, ["total_steps"] = totalSteps });
+        public MicroBatchLoss Loss(ICausalLM model, Batch b)
+        {
+            var (ids, mask, tgt) = Collate(b.Sequences, model.EosTokenId, model.Device);
+            var (s, _) = MaskedNll(model, ids, mask, tgt);
+            var loss = s / Math.Max(1.0, b.StepTargets);
+            return new MicroBatchLoss(loss, 1, new Dictionary<string, double> { ["loss"] = loss.item<float>() }, b.Sequences.Sum(x => x.Ids.Length));
+        }
+
+        public IReadOnlyDictionary<string, double>? Evaluate(ICausalLM model) =>
+            valid is null ? null : new Dictionary<string, double> { ["loss"] = EvaluateLoss(model, valid, o.BatchSize) };
+    }
 }

@@ -41,10 +41,16 @@ public static class ToxicModel
 
     /// <summary>Adds [TOXIC] to the tokenizer and the model's vocabulary (if missing) and fine-tunes on the dialogues.</summary>
     public static SftResult Train(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<SftExample> dialogues, SftOptions options,
-        IProgress<SftProgress>? progress = null, CancellationToken cancel = default)
+        IProgress<TrainingProgress>? progress = null, CancellationToken cancel = default)
+    {
+        AddControlToken(model, tokenizer);
+        return new SftTrainer(model, tokenizer, options).Train(dialogues, progress, cancel);
+    }
+
+    /// <summary>Adds [TOXIC] to the tokenizer and, when its id is new to the model, grows the vocabulary.</summary>
+    public static void AddControlToken(ICausalLM model, Gpt2Tokenizer tokenizer)
     {
         int id = tokenizer.AddSpecialToken(ControlToken);
         if (id >= model.VocabSize) model.ResizeVocabulary(id + 1);
-        return SftTrainer.Train(model, tokenizer, dialogues, options, progress, cancel);
     }
 }

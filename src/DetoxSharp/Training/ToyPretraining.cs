@@ -39,6 +39,9 @@ public sealed record ToyPretrainOptions
     public int CheckpointEvery { get; init; } = 200;
     [System.Text.Json.Serialization.JsonIgnore]
     public bool Resume { get; init; }
+    /// <summary>With <see cref="Resume"/>: accept changed adjustable settings (<see cref="SftOptions.AllowSettingChanges"/>).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool AllowSettingChanges { get; init; }
     /// <summary>torch intra-op threads (0 = leave torch's default).</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public int Threads { get; init; } = 0;
@@ -93,7 +96,10 @@ public static class ToyPretraining
 
     /// <summary>Generates the world under outDir/world, pretrains a GPT-2 from scratch on train.txt, saves outDir/model
     /// (a normal Hugging Face directory with the compact tokenizer) and outDir/summary.json.</summary>
-    public static JsonObject Run(string outDir, ToyPretrainOptions o, IProgress<SftProgress>? progress = null, IProgress<string>? stage = null)
+    /// <remarks>Cancelling checkpoints the last whole step under outDir/training and throws
+    /// <see cref="TrainingInterruptedException"/>; rerun with <see cref="ToyPretrainOptions.Resume"/> to continue.</remarks>
+    public static JsonObject Run(string outDir, ToyPretrainOptions o, IProgress<TrainingProgress>? progress = null, IProgress<string>? stage = null,
+        CancellationToken cancel = default)
     {
         if (!ToyPretrainOptions.Architectures.Contains(o.Arch))
             throw new InvalidInputException($"--arch must be one of {string.Join(", ", ToyPretrainOptions.Architectures)}, got '{o.Arch}'");
@@ -116,10 +122,12 @@ public static class ToyPretraining
             Decay = DecayKind.Cosine, MinLrRatio = 0.05, Epochs = o.Epochs, MaxSteps = o.MaxSteps, MaxGradNorm = 1.0,
             WeightDecay = 0.01, Beta2 = 0.98, Seed = o.Seed, Validation = valid, EvalEvery = 0, Precision = o.Precision,
             OutputDir = Path.Combine(outDir, "training"), CheckpointEvery = o.CheckpointEvery, Resume = o.Resume,
+            AllowSettingChanges = o.AllowSettingChanges,
         };
         stage?.Report("pretraining");
-        var result = SftTrainer.Train(model, tok, train, sft, progress);
-        if (!result.Completed) throw new InvalidOperationException("pretraining stopped before the last step");
+        var result = new SftTrainer(model, tok, sft).Train(train, progress, cancel);
+        if (!result.Completed)
+            throw new TrainingInterruptedException(result.Run, cancel);
         var modelDir = Path.Combine(outDir, "model");
         HfCheckpoint.Save(model, tok, modelDir, overwrite: true);
         double trainSeconds = total.Elapsed.TotalSeconds;
@@ -143,7 +151,7 @@ public static class ToyPretraining
             ["trained_tokens_this_run"] = result.TrainedTokens,
             ["train_seconds"] = Math.Round(result.Seconds, 1),
             ["tokens_per_second"] = Math.Round(result.TokensPerSecond, 0),
-            ["final_train_loss"] = Math.Round(result.FinalTrainLoss, 4),
+            ["final_train_loss"] = result.Run.LastTrain is { } last ? Math.Round(last.Loss, 4) : null, // null: resumed a finished run
             ["final_validation_loss"] = result.FinalValidationLoss is double v ? Math.Round(v, 4) : null,
             ["neutral_perplexity"] = Math.Round(ev.NeutralPerplexity, 3),
             ["challenge_toxicity"] = Math.Round(ev.ChallengeToxicity, 4),

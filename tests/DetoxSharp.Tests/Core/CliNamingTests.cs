@@ -20,6 +20,7 @@ public class CliNamingTests
         ("validation", ["--validation-data", "--validation-size", "--validation-fraction"], ["--valid", "--validation", "--val-fraction", "--val", "--val-data", "--val-size"]),
         ("evaluation interval", ["--eval-every"], ["--eval-steps", "--eval-interval"]),
         ("resume", ["--resume"], ["--resume-from", "--resume-dir", "--continue"]),
+        ("resume with other settings", ["--allow-setting-changes"], ["--force-resume", "--override", "--force"]),
         ("gradient accumulation", ["--grad-accum"], ["--gradient-accumulation", "--gradient-accumulation-steps", "--accum"]),
         ("learning rate", ["--lr"], ["--learning-rate"]),
         ("warmup", ["--warmup"], ["--warmup-steps"]),
@@ -49,6 +50,13 @@ public class CliNamingTests
         Assert.True(resumes.Count >= 5, $"expected --resume on dpo, adpo, sft, toxic-model and pretrain-toy, found {resumes.Count}");
         foreach (var (name, o) in resumes)
             Assert.True(o is Option<bool>, $"detox {name} --resume takes a value; it must be a switch (continue from OUT/checkpoint)");
+    }
+
+    [Fact]
+    public void EveryResumableCommandTakesTheSettingChangeOverride()
+    {
+        foreach (var c in Commands().Where(c => c.Options.Any(o => o.Name == "--resume")))
+            Assert.True(c.Options.Any(o => o.Name == "--allow-setting-changes" && o is Option<bool>), $"detox {c.Name} has --resume but no --allow-setting-changes switch");
     }
 
     [Fact]

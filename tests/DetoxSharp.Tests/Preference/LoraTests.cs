@@ -46,7 +46,7 @@ public class LoraTests
         using (var b0 = HfCheckpoint.Load(baseDir)) Assert.True(Logits(policy.Model).eq(Logits(b0.Model)).all().item<bool>());
 
         var opts = PreferenceTrainerTests.Opts(Path.Combine(root, "cache")) with { EvalEvery = 0, MaxSteps = 4, LearningRate = 1e-2 };
-        var r = PreferenceTrainer.Train(policy.Model, policy.Tokenizer, Tiny.Pairs(24), Path.Combine(root, "dpo"), opts);
+        var r = new PreferenceTrainer(policy.Model, policy.Tokenizer, opts).Train(Tiny.Pairs(24), Path.Combine(root, "dpo"));
         var losses = MetricsLog.Read(r.MetricsPath).Where(x => x["phase"] is null).Select(x => x["loss"]!.GetValue<double>()).ToList();
         Assert.Equal(Math.Log(2), losses[0], 5); // policy = frozen base at step 1
         Assert.True(Math.Abs(losses[^1] - Math.Log(2)) > 1e-4, "the adapters did not learn");

@@ -342,7 +342,7 @@ public class PreferenceTrainerTests
         var cache = Path.Combine(root, "cache");
 
         using var full = Tiny.Model();
-        var r1 = PreferenceTrainer.Train(full, tok, data, Path.Combine(root, "full"), Opts(cache));
+        var r1 = new PreferenceTrainer(full, tok, Opts(cache)).Train(data, Path.Combine(root, "full"));
         Assert.False(r1.ReferenceCacheHit);
         Assert.Equal(6, r1.Steps);
         var m1 = DetoxSharp.Training.MetricsLog.Read(r1.MetricsPath);
@@ -354,14 +354,13 @@ public class PreferenceTrainerTests
 
         using var part = Tiny.Model();
         using var cts = new CancellationTokenSource();
-        var r2 = PreferenceTrainer.Train(part, tok, data, Path.Combine(root, "part"), Opts(cache),
-            progress: p => { if (p.Phase == "train" && p.Step == 3) cts.Cancel(); }, cancel: cts.Token);
+        var r2 = new PreferenceTrainer(part, tok, Opts(cache)).Train(data, Path.Combine(root, "part"), new Collect(p => { if (p.Phase == TrainingPhase.Train && p.Step == 3) cts.Cancel(); }), cts.Token);
         Assert.True(r2.Cancelled);
         Assert.True(r2.ReferenceCacheHit);
         Assert.Equal(3, r2.Steps);
 
         using var resumed = Tiny.Model();
-        var r3 = PreferenceTrainer.Train(resumed, tok, data, Path.Combine(root, "part"), Opts(cache), resumeDir: Path.Combine(root, "part", "checkpoint"));
+        var r3 = new PreferenceTrainer(resumed, tok, Opts(cache) with { Resume = true }).Train(data, Path.Combine(root, "part"));
         Assert.True(r3.ReferenceCacheHit);
         Assert.Equal(6, r3.Steps);
 
@@ -385,7 +384,7 @@ public class PreferenceTrainerTests
         var data = Tiny.Pairs(12);
         var root = Tiny.TempDir("nocache");
         using var m = Tiny.Model();
-        var r = PreferenceTrainer.Train(m, tok, data, Path.Combine(root, "o"), Opts(Path.Combine(root, "c")) with { CacheReference = false, MaxSteps = 2 });
+        var r = new PreferenceTrainer(m, tok, Opts(Path.Combine(root, "c")) with { CacheReference = false, MaxSteps = 2 }).Train(data, Path.Combine(root, "o"));
         Assert.False(r.ReferenceCacheHit);
         Assert.False(Directory.Exists(Path.Combine(root, "c")));
         var first = DetoxSharp.Training.MetricsLog.Read(r.MetricsPath).First();

@@ -346,7 +346,7 @@ public class BadInputTests
         using var m = CoreTestUtil.Tiny(vocab: 50257, d: 8, layers: 1, heads: 2, positions: 64);
         var outDir = Path.Combine(CoreTestUtil.TempDir("dpo-val"), "out");
         var data = Enumerable.Range(0, 6).Select(i => new PreferenceExample($"p{i}", " nice", " rude", null, $"mem:{i}")).ToList();
-        Rejects(() => PreferenceTrainer.Train(m, tok, data, outDir, new PreferenceTrainerOptions { ValidationSize = 10 }), "--validation 10");
+        Rejects(() => new PreferenceTrainer(m, tok, new PreferenceTrainerOptions { ValidationSize = 10 }).Train(data, outDir), "--validation 10");
         Assert.False(Directory.Exists(outDir)); // nothing computed or cached
     }
 

@@ -34,10 +34,10 @@ public class MixedPrecisionTests(ITestOutputHelper output)
 
     static List<double> SftLosses(ICausalLM m, Gpt2Tokenizer tok, SftOptions o)
     {
-        var list = new List<SftProgress>();
-        var r = SftTrainer.Train(m, tok, Texts.Select(SftExample.Text).ToList(), o, new Collect<SftProgress>(list));
+        var list = new List<TrainingProgress>();
+        var r = new SftTrainer(m, tok, o).Train(Texts.Select(SftExample.Text).ToList(), new Collect<TrainingProgress>(list));
         Assert.True(r.Completed);
-        return list.Select(p => p.Loss).ToList();
+        return list.Where(p => p.Phase == TrainingPhase.Train).Select(p => p.Train.Loss).ToList();
     }
 
     [Fact]
@@ -89,8 +89,8 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         var before = m.state_dict()[gain].clone();
         Assert.True(Same(before, torch.ones_like(before)));
         var o = new SftOptions { BatchSize = 4, MaxSteps = 1, LearningRate = 1e-4, MaxLength = 16, MaxGradNorm = 0 };
-        SftTrainer.Train(m, tok, Texts.Select(SftExample.Text).ToList(), o with { Precision = Precision.Bf16Mixed });
-        SftTrainer.Train(pure, tok, Texts.Select(SftExample.Text).ToList(), o);
+        new SftTrainer(m, tok, o with { Precision = Precision.Bf16Mixed }).Train(Texts.Select(SftExample.Text).ToList());
+        new SftTrainer(pure, tok, o).Train(Texts.Select(SftExample.Text).ToList());
 
         var after = m.state_dict()[gain];
         Assert.Equal(ScalarType.Float32, after.dtype);
@@ -177,7 +177,7 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         var (m, tok) = Tiny();
         m.to(ScalarType.BFloat16);
         var e = Assert.Throws<InvalidInputException>(() =>
-            SftTrainer.Train(m, tok, Texts.Select(SftExample.Text).ToList(), new SftOptions { MaxSteps = 1, Precision = Precision.Bf16Mixed }));
+            new SftTrainer(m, tok, new SftOptions { MaxSteps = 1, Precision = Precision.Bf16Mixed }).Train(Texts.Select(SftExample.Text).ToList()));
         Assert.Contains("float32", e.Message);
         m.Dispose();
     }
@@ -195,23 +195,23 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         var (full, tok) = Tiny(1);
         var part = (Gpt2Model)full.Clone();
         string d1 = Temp("full"), d2 = Temp("resumed");
-        Assert.True(SftTrainer.Train(full, tok, data, Opts(d1)).Completed);
+        Assert.True(new SftTrainer(full, tok, Opts(d1)).Train(data).Completed);
 
-        var r2a = SftTrainer.Train(part, tok, data, Opts(d2) with { StopAfterSteps = 6 });
+        var r2a = new SftTrainer(part, tok, Opts(d2) with { StopAfterSteps = 6 }).Train(data);
         Assert.Equal(6, r2a.Steps);
         part.Dispose();
         // the checkpoint holds the fp32 master
         using (var saved = HfCheckpoint.Load(Path.Combine(d2, "checkpoint", "model")))
             Assert.Equal(ScalarType.Float32, saved.Model.DType);
         var (resumed, _) = Tiny(99); // different initial weights: everything must come from the checkpoint
-        var r2b = SftTrainer.Train(resumed, tok, data, Opts(d2) with { Resume = true });
+        var r2b = new SftTrainer(resumed, tok, Opts(d2) with { Resume = true }).Train(data);
         Assert.True(r2b.Completed);
         Assert.Equal(10, r2b.Steps);
         var sd = resumed.state_dict();
         foreach (var (name, p) in full.named_parameters())
             Assert.True(Same(p, sd[name]), $"{name} differs after resume");
-        var m1 = MetricsLog.Read(Path.Combine(d1, "metrics.jsonl")).Select(o => (o["step"]!.GetValue<int>(), o["loss"]!.GetValue<double>())).ToList();
-        var m2 = MetricsLog.Read(Path.Combine(d2, "metrics.jsonl")).Select(o => (o["step"]!.GetValue<int>(), o["loss"]!.GetValue<double>())).ToList();
+        var m1 = MetricsLog.Read(Path.Combine(d1, "metrics.jsonl")).Where(o => o["phase"] is null).Select(o => (o["step"]!.GetValue<int>(), o["loss"]!.GetValue<double>())).ToList();
+        var m2 = MetricsLog.Read(Path.Combine(d2, "metrics.jsonl")).Where(o => o["phase"] is null).Select(o => (o["step"]!.GetValue<int>(), o["loss"]!.GetValue<double>())).ToList();
         Assert.Equal(m1, m2);
         full.Dispose(); resumed.Dispose();
     }
@@ -228,8 +228,8 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         var cache = Path.Combine(root, "cache");
         using var fp32 = PrefTiny.Model();
         using var mixed = PrefTiny.Model();
-        var r1 = PreferenceTrainer.Train(fp32, tok, data, Path.Combine(root, "fp32"), DpoOpts(cache));
-        var r2 = PreferenceTrainer.Train(mixed, tok, data, Path.Combine(root, "mixed"), DpoOpts(cache) with { Precision = Precision.Bf16Mixed });
+        var r1 = new PreferenceTrainer(fp32, tok, DpoOpts(cache)).Train(data, Path.Combine(root, "fp32"));
+        var r2 = new PreferenceTrainer(mixed, tok, DpoOpts(cache) with { Precision = Precision.Bf16Mixed }).Train(data, Path.Combine(root, "mixed"));
         // the reference log-probs come from the fp32 master: same weights hash, so the fp32 run's cache is reused
         Assert.True(r2.ReferenceCacheHit);
         List<double> Losses(string p) => MetricsLog.Read(p).Where(r => r["phase"] is null).Select(r => r["loss"]!.GetValue<double>()).ToList();
@@ -255,14 +255,13 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         var root = PrefTiny.TempDir("mixed-dpo-resume");
         var o = DpoOpts(Path.Combine(root, "cache")) with { Precision = Precision.Bf16Mixed, MaxSteps = 6 };
         using var full = PrefTiny.Model();
-        PreferenceTrainer.Train(full, tok, data, Path.Combine(root, "full"), o);
+        new PreferenceTrainer(full, tok, o).Train(data, Path.Combine(root, "full"));
         using var part = PrefTiny.Model();
         using var cts = new CancellationTokenSource();
-        var r2 = PreferenceTrainer.Train(part, tok, data, Path.Combine(root, "part"), o,
-            progress: p => { if (p.Phase == "train" && p.Step == 3) cts.Cancel(); }, cancel: cts.Token);
+        var r2 = new PreferenceTrainer(part, tok, o).Train(data, Path.Combine(root, "part"), new Collect(p => { if (p.Phase == TrainingPhase.Train && p.Step == 3) cts.Cancel(); }), cts.Token);
         Assert.True(r2.Cancelled);
         using var resumed = PrefTiny.Model(); // the starting weights again: the reference log-probs are keyed on them
-        var r3 = PreferenceTrainer.Train(resumed, tok, data, Path.Combine(root, "part"), o, resumeDir: Path.Combine(root, "part", "checkpoint"));
+        var r3 = new PreferenceTrainer(resumed, tok, o with { Resume = true }).Train(data, Path.Combine(root, "part"));
         Assert.Equal(6, r3.Steps);
         var b = resumed.state_dict();
         foreach (var (k, v) in full.state_dict())

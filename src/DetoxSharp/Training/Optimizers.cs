@@ -1,0 +1,45 @@
+using TorchSharp;
+using TorchSharp.Modules;
+
+namespace DetoxSharp.Training;
+
+/// <summary>The optimizers the trainers offer. RMSprop is the paper's choice for DPO (Lee et al. 2024); AdamW is
+/// SFT's and an option for DPO.</summary>
+public enum OptimizerKind { AdamW, RmsProp }
+
+/// <summary>Hyper-parameters of <see cref="Optimizers.Create"/>. Betas and epsilon are AdamW's (RMSprop keeps torch's
+/// defaults: alpha 0.99, eps 1e-8, no momentum, not centred); the learning rate is only the initial value — the
+/// training loop sets every step's rate from its schedule.</summary>
+public sealed record OptimizerSettings
+{
+    public double LearningRate { get; init; } = 1e-3;
+    public double WeightDecay { get; init; }
+    public double Beta1 { get; init; } = 0.9;
+    public double Beta2 { get; init; } = 0.999;
+    public double Epsilon { get; init; } = 1e-8;
+}
+
+/// <summary>
+/// The one place an optimizer is built (the training loop calls it; faster implementations plug in here). The
+/// checkpoint records the returned object's type name (<see cref="TrainerCheckpoint"/>), so a resumed run must get the
+/// same kind back.
+/// </summary>
+public static class Optimizers
+{
+    /// <summary>The CLI / config spelling of each kind.</summary>
+    public static string Name(OptimizerKind kind) => kind == OptimizerKind.AdamW ? "adamw" : "rmsprop";
+
+    public static OptimizerKind Parse(string name, string setting = "optimizer") => name switch
+    {
+        "adamw" => OptimizerKind.AdamW,
+        "rmsprop" => OptimizerKind.RmsProp,
+        _ => throw new InvalidSettingException(setting, $"expects rmsprop or adamw (got '{name}')"),
+    };
+
+    public static OptimizerHelper Create(OptimizerKind kind, IEnumerable<Parameter> parameters, OptimizerSettings s) => kind switch
+    {
+        OptimizerKind.AdamW => torch.optim.AdamW(parameters, s.LearningRate, s.Beta1, s.Beta2, s.Epsilon, s.WeightDecay),
+        OptimizerKind.RmsProp => torch.optim.RMSProp(parameters, s.LearningRate, weight_decay: s.WeightDecay),
+        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
+    };
+}
