@@ -13,6 +13,7 @@ using static TorchSharp.torch;
 //   dotnet run -c Release --project bench/DetoxSharp.Bench -- [--quick] [--threads N] [--out docs/PERFORMANCE.md]
 // Writes a Markdown report; the file is rewritten after each model config so a long run leaves partial results.
 
+DetoxSharp.NativeSetup.Init(); // before the first tensor: the allocator setting is read at libtorch's first allocation
 var quick = args.Contains("--quick");
 var outIdx = Array.IndexOf(args, "--out");
 var outPath = outIdx >= 0 && outIdx + 1 < args.Length ? args[outIdx + 1] : Path.Combine(FindRepoRoot(), "docs", "PERFORMANCE.md");
@@ -96,6 +97,17 @@ if (args.Contains("--fault-probe"))
         Console.WriteLine($"other thread: {Faults() - f1} faults");
     });
     th.Start(); th.Join();
+    return 0;
+}
+if (args.Contains("--toy-ops"))
+{
+    ToyOps.Run(ScalarType.BFloat16, Console.WriteLine);
+    ToyOps.Run(ScalarType.Float32, Console.WriteLine);
+    return 0;
+}
+if (args.Contains("--toy-breakdown"))
+{
+    ToyStepBench.Breakdown(Arg("--steps", 10), args.Contains("--no-mask"), args.Contains("--fp32"), Console.WriteLine);
     return 0;
 }
 // ---- generation only (one config): batch 1 and 16, with and without the KV cache, 64 new tokens ----
@@ -435,7 +447,7 @@ void WriteReport(bool complete)
     sb.AppendLine($"Measured {started:yyyy-MM-dd HH:mm} UTC by `dotnet run -c Release --project bench/DetoxSharp.Bench --{(quick ? " --quick" : "")}{(thrIdx >= 0 ? $" --threads {threads}" : "")}`" + (complete ? "." : " — **incomplete: the run was still going when this was written**."));
     sb.AppendLine();
     sb.AppendLine($"- CPU: {cpu}; threads: {threads} (torch.set_num_threads; default = Environment.ProcessorCount = {Environment.ProcessorCount})");
-    sb.AppendLine($"- TorchSharp {tsVersion}, {libtorch}, .NET {Environment.Version}; allocator: {(Environment.GetEnvironmentVariable("LD_PRELOAD") is { Length: > 0 } pre ? $"LD_PRELOAD={pre}" : "glibc malloc (default)")}");
+    sb.AppendLine($"- TorchSharp {tsVersion}, {libtorch}, .NET {Environment.Version}; allocator: {(Environment.GetEnvironmentVariable("LD_PRELOAD") is { Length: > 0 } pre ? $"LD_PRELOAD={pre}" : "glibc malloc")}, {DetoxSharp.NativeSetup.Description}");
     sb.AppendLine($"- Mode: {(quick ? "quick (smaller batches, fewer steps, no 355M; generation 32 new tokens for toy, 8 new tokens at batch 1 only for 124M; memory steps on smaller batches)" : "full")}");
     sb.AppendLine($"- Load average (1 min) at start {loadAtStart}, when written {LoadAverage()} — with a load above the core count the machine was shared with other jobs while measuring, so every figure is noisy and pessimistic (libtorch's OpenMP threads degrade badly when oversubscribed).");
     sb.AppendLine("- Random weights; fp32 unless stated. Forward = no-grad forward of a full batch. SFT step = forward + LM cross-entropy + backward + AdamW.");
