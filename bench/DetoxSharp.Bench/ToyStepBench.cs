@@ -1,3 +1,5 @@
+using DetoxSharp.Data;
+using TorchSharp.Modules;
 using System.Diagnostics;
 using DetoxSharp.Models;
 using DetoxSharp.Training;
@@ -103,5 +105,95 @@ static class ToyOps
             log($"{dt,-9} {name,-36} fwd {fwd / reps,7:F2} ms  bwd {bwd / reps,7:F2} ms");
             foreach (var x in inputs) x.Dispose();
         }
+    }
+}
+
+/// <summary>
+/// Today's training step against the new one on the default toy model, interleaved in rounds in one process:
+/// "old" = TorchSharp's per-tensor AdamW/RMSprop and libtorch's bf16 attention kernel; "new" = the flat-buffer
+/// optimizers (FusedOptimizers.cs) and bf16 attention computed in fp32 (CpuAttention); the two middle variants
+/// attribute the gain. Pretraining = 32 × 96 packed tokens, AdamW, clip 1.0; DPO = 4 pairs (prompt 32 + completions
+/// 20 tokens), RMSprop, clip 10, reference log-probs fixed (cached), β 0.1. Also checks that the fused optimizers give
+/// the same weights as TorchSharp's after a few real steps (CI runs this in --quick).
+/// </summary>
+static class ToyAb
+{
+    public sealed record Variant(string Name, bool Fused, bool AttnFp32);
+    public static readonly Variant[] Variants = [new("old", false, false), new("fused optimizer", true, false), new("fp32 attention", false, true), new("new (both)", true, true)];
+
+    static OptimizerHelper Make(bool fused, bool adamw, IReadOnlyList<Parameter> ps, double lr) => (fused, adamw) switch
+    {
+        (true, true) => new FusedAdamW(ps, lr, 0.9, 0.98, 1e-8, 0.01),
+        (false, true) => torch.optim.AdamW(ps, lr, 0.9, 0.98, 1e-8, 0.01),
+        (true, false) => new FusedRMSprop(ps, lr),
+        _ => torch.optim.RMSProp(ps, lr),
+    };
+
+    /// <summary>Runs <paramref name="steps"/> steps of one variant on a fresh copy of the toy model (seed 0) and returns
+    /// seconds per step (after one warm-up step), process CPU seconds per step, and the losses.</summary>
+    public static (double Sec, double Cpu, List<float> Losses, Dictionary<string, Tensor> Weights) Run(Variant v, bool dpo, bool mixed, int steps, bool keepWeights = false)
+    {
+        CpuAttention.Bf16InFloat32 = v.AttnFp32;
+        try
+        {
+            var cfg = ToyStepBench.DefaultToy();
+            torch.manual_seed(0);
+            using var model = new Gpt2Model(cfg);
+            model.train();
+            var ps = model.parameters().Where(p => p.requires_grad).ToList();
+            using var opt = Make(v.Fused, !dpo, ps, dpo ? 1e-5 : 1e-3);
+            using var mp = mixed ? new MixedPrecision(model) : null;
+            var compute = (ICausalLM?)mp?.Working ?? model;
+            var rnd = new Random(3);
+            int[] Toks(int n) => Enumerable.Range(0, n).Select(_ => rnd.Next(cfg.VocabSize - 1)).ToArray();
+            using var ids = torch.randint(0, cfg.VocabSize, [32, 96], ScalarType.Int64);
+            using var mask = torch.ones([32, 96], ScalarType.Int64);
+            using var tgt = torch.ones([32, 96], ScalarType.Float32);
+            var pairs = Enumerable.Range(0, 4).Select(_ => (Toks(32), Toks(20), Toks(20))).ToList();
+            using var batch = PreferenceData.Build(pairs.Select(p => (p.Item1, p.Item2)).Concat(pairs.Select(p => (p.Item1, p.Item3))).ToList(), cfg.EosTokenId);
+            using var refLogps = torch.full([8], -150.0f);
+            var losses = new List<float>();
+            var sw = new Stopwatch(); var cpu = TimeSpan.Zero;
+            for (int s = 0; s <= steps; s++)
+            {
+                if (s == 1) { sw.Start(); cpu = Process.GetCurrentProcess().TotalProcessorTime; }
+                using var scope = torch.NewDisposeScope();
+                opt.zero_grad();
+                Tensor loss;
+                if (dpo)
+                {
+                    var lp = PreferenceTrainer.CompletionLogpSums(compute, batch).to(ScalarType.Float32);
+                    var margin = (lp[..4] - refLogps[..4]) - (lp[4..] - refLogps[4..]);
+                    loss = -torch.nn.functional.logsigmoid(0.1 * margin).mean();
+                }
+                else
+                {
+                    var (sum, cnt) = SftTrainer.MaskedNll(compute, ids, mask, tgt);
+                    loss = sum / cnt;
+                }
+                loss.backward();
+                mp?.AccumulateGradients();
+                torch.nn.utils.clip_grad_norm_(ps, dpo ? 10.0 : 1.0);
+                opt.step();
+                mp?.SyncWorking();
+                losses.Add(loss.item<float>());
+            }
+            double sec = sw.Elapsed.TotalSeconds / steps;
+            double cpuSec = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalSeconds / steps;
+            var weights = keepWeights ? model.named_parameters().ToDictionary(x => x.name, x => x.parameter.detach().clone()) : [];
+            model.eval();
+            return (sec, cpuSec, losses, weights);
+        }
+        finally { CpuAttention.Bf16InFloat32 = true; }
+    }
+
+    /// <summary>Max |Δ| between TorchSharp's optimizer and the fused one after <paramref name="steps"/> real steps
+    /// (attention path fixed), and whether the losses were bit-identical.</summary>
+    public static (double MaxDiff, bool SameLosses) Equality(bool dpo, bool mixed, int steps)
+    {
+        var a = Run(new("torch", false, true), dpo, mixed, steps, keepWeights: true);
+        var b = Run(new("fused", true, true), dpo, mixed, steps, keepWeights: true);
+        double d = a.Weights.Keys.Max(k => (a.Weights[k] - b.Weights[k]).abs().max().item<float>());
+        return (d, a.Losses.SequenceEqual(b.Losses));
     }
 }

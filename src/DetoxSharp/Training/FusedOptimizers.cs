@@ -66,6 +66,11 @@ public abstract class FusedOptimizer : OptimizerHelper
         for (int i = 0; i < Params.Length; i++) _state[Params[i].Handle] = i == 0 ? _flat : new NoState(Params[i]);
     }
 
+    /// <summary>Whether these parameters can share one flat buffer (one dtype, one device); otherwise trainers use
+    /// TorchSharp's per-tensor optimizers.</summary>
+    public static bool Supports(IReadOnlyList<Parameter> parameters) =>
+        parameters.Count > 0 && parameters.All(p => p.dtype == parameters[0].dtype && p.device.ToString() == parameters[0].device.ToString());
+
     /// <summary>Number of parameter tensors and of scalar weights handled.</summary>
     public int TensorCount => Params.Length;
     public long NumberOfWeights => Flat.numel();

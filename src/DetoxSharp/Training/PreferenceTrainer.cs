@@ -160,9 +160,15 @@ public static class PreferenceTrainer
 
 
         var parameters = policy.Module.parameters().Where(p => p.requires_grad).ToList();
-        TorchSharp.Modules.OptimizerHelper opt = o.Optimizer == "adamw"
-            ? torch.optim.AdamW(parameters, o.LearningRate, weight_decay: o.WeightDecay)
-            : torch.optim.RMSProp(parameters, o.LearningRate, weight_decay: o.WeightDecay);
+        // flat-buffer optimizers: the updates of torch.optim.AdamW / RMSProp (defaults included), a few large ops per step
+        bool fused = FusedOptimizer.Supports(parameters);
+        TorchSharp.Modules.OptimizerHelper opt = (o.Optimizer, fused) switch
+        {
+            ("adamw", true) => new FusedAdamW(parameters, o.LearningRate, weightDecay: o.WeightDecay),
+            ("adamw", false) => torch.optim.AdamW(parameters, o.LearningRate, weight_decay: o.WeightDecay),
+            (_, true) => new FusedRMSprop(parameters, o.LearningRate, weightDecay: o.WeightDecay),
+            _ => torch.optim.RMSProp(parameters, o.LearningRate, weight_decay: o.WeightDecay),
+        };
         var schedule = new LrSchedule(o.LearningRate, o.WarmupSteps, totalSteps);
 
         int step = 0, examples = 0, bad = 0;
