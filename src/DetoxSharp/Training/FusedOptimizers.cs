@@ -22,8 +22,8 @@ namespace DetoxSharp.Training;
 /// bias corrections exact.
 /// Derived from TorchSharp's <see cref="OptimizerHelper"/>, so <c>ParamGroups</c> (learning-rate schedules),
 /// <c>zero_grad</c>, <c>save_state_dict</c>/<c>load_state_dict</c> (TrainerCheckpoint) work unchanged; the saved state
-/// is this class's own (a TorchSharp AdamW checkpoint is not read by FusedAdamW and vice versa; TrainerCheckpoint
-/// names the mismatch).
+/// is this class's own; <see cref="LoadTorchSharpState"/> reads a TorchSharp AdamW/RMSProp state of the same parameters
+/// (TrainerCheckpoint uses it to resume checkpoints written before the switch).
 /// </summary>
 public abstract class FusedOptimizer : OptimizerHelper
 {
@@ -114,6 +114,38 @@ public abstract class FusedOptimizer : OptimizerHelper
         return loss!;
     }
 
+    /// <summary>The TorchSharp optimizer this one computes like (AdamW or RMSProp), e.g. "AdamW".</summary>
+    public abstract string TorchSharpKind { get; }
+
+    /// <summary>Loads state saved by TorchSharp's <see cref="TorchSharpKind"/> optimizer over the same parameters (a
+    /// checkpoint written before the trainers switched to fused optimizers), so such runs still resume exactly.</summary>
+    public void LoadTorchSharpState(string path)
+    {
+        using OptimizerHelper t = this switch
+        {
+            FusedAdamW => torch.optim.AdamW(Params),
+            FusedRMSprop => torch.optim.RMSProp(Params),
+            _ => throw new NotSupportedException(GetType().Name),
+        };
+        t.load_state_dict(path);
+        var sd = t.state_dict();
+        _group.Options.LearningRate = sd.Options[0].LearningRate;
+        _group.Options.InitialLearningRate = sd.Options[0].InitialLearningRate;
+        using var _ = torch.no_grad();
+        for (int i = 0; i < Params.Length; i++)
+        {
+            (long step, Tensor[] src) = sd.State[i] switch
+            {
+                TorchSharp.Modules.AdamW.State a when a.max_exp_avg_sq is null => (a.step, new[] { a.exp_avg, a.exp_avg_sq }),
+                TorchSharp.Modules.RMSProp.State r when r.grad_avg is null && r.momentum_buffer is null => (r.step, new[] { r.square_avg }),
+                var other => throw new InvalidDataException($"{path}: optimizer state {other.GetType().FullName} (amsgrad, momentum or centered) has no fused counterpart"),
+            };
+            for (int b = 0; b < src.Length; b++)
+                using (var seg = FlatSegment(_flat.Buffers[b], i)) seg.copy_(src[b].reshape(-1));
+            _flat.Steps[i] = step;
+        }
+    }
+
     protected override void Dispose(bool disposing)
     {
         base.Dispose(disposing);
@@ -187,6 +219,8 @@ public sealed class FusedAdamW : FusedOptimizer
         public override void LoadStateDict(OptimizerOptions s) { base.LoadStateDict(s); var o = (Options)s; (Beta1, Beta2, Eps, WeightDecay) = (o.Beta1, o.Beta2, o.Eps, o.WeightDecay); }
     }
 
+    public override string TorchSharpKind => "AdamW";
+
     public FusedAdamW(IEnumerable<Parameter> parameters, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, double weightDecay = 0)
         : base(parameters, Checked(new Options { LearningRate = lr, Beta1 = beta1, Beta2 = beta2, Eps = eps, WeightDecay = weightDecay }), 2) { }
 
@@ -225,6 +259,8 @@ public sealed class FusedRMSprop : FusedOptimizer
         public override void LoadStateDict(BinaryReader r) { base.LoadStateDict(r); Alpha = r.ReadDouble(); Eps = r.ReadDouble(); WeightDecay = r.ReadDouble(); }
         public override void LoadStateDict(OptimizerOptions s) { base.LoadStateDict(s); var o = (Options)s; (Alpha, Eps, WeightDecay) = (o.Alpha, o.Eps, o.WeightDecay); }
     }
+
+    public override string TorchSharpKind => "RMSProp";
 
     public FusedRMSprop(IEnumerable<Parameter> parameters, double lr = 1e-2, double alpha = 0.99, double eps = 1e-8, double weightDecay = 0)
         : base(parameters, Checked(new Options { LearningRate = lr, Alpha = alpha, Eps = eps, WeightDecay = weightDecay }), 1) { }

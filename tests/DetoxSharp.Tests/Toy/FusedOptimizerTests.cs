@@ -165,6 +165,44 @@ public class FusedOptimizerTests
         finally { Directory.Delete(dir, true); }
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void TorchSharpStateFromAnOlderCheckpointResumesInTheFusedOptimizer(bool adamw)
+    {
+        void Steps(ICausalLM m, OptimizerHelper o, int n)
+        {
+            for (int s = 0; s < n; s++)
+            {
+                using var scope = torch.NewDisposeScope();
+                o.zero_grad();
+                Loss(m);
+                o.step();
+            }
+        }
+        var dir = CoreTestUtil.TempDir("fused-legacy");
+        try
+        {
+            using var m = CoreTestUtil.Tiny(seed: 11);
+            using var copy = CoreTestUtil.Tiny(seed: 12);
+            var path = Path.Combine(dir, "opt.bin");
+            using OptimizerHelper torchOpt = adamw ? torch.optim.AdamW(m.parameters(), 1e-2, weight_decay: 0.01) : torch.optim.RMSProp(m.parameters(), 3e-3);
+            Steps(m, torchOpt, 3);
+            torchOpt.save_state_dict(path);
+            using (torch.no_grad())
+                foreach (var ((_, p), (_, q)) in copy.named_parameters().Zip(m.named_parameters())) p.copy_(q);
+            using FusedOptimizer fused = adamw ? new FusedAdamW(copy.parameters(), 1e-2, weightDecay: 0.01) : new FusedRMSprop(copy.parameters(), 3e-3);
+            fused.LoadTorchSharpState(path);
+            Assert.Equal(3, fused.StepCount);
+            Steps(m, torchOpt, 2);
+            Steps(copy, fused, 2);
+            var a = m.named_parameters().ToDictionary(x => x.name, x => x.parameter.detach().clone());
+            var b = copy.named_parameters().ToDictionary(x => x.name, x => x.parameter.detach().clone());
+            Assert.True(MaxDiff(a, b) < 2e-6, $"{MaxDiff(a, b)}");
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     [Fact]
     public void ParametersBecomeViewsOfOneBufferAndKeepTheirValues()
     {
