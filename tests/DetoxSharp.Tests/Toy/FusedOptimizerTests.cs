@@ -22,6 +22,17 @@ public class FusedOptimizerTests
         return loss.item<float>();
     }
 
+    static void Steps(ICausalLM m, OptimizerHelper o, int n)
+    {
+        for (int s = 0; s < n; s++)
+        {
+            using var scope = torch.NewDisposeScope();
+            o.zero_grad();
+            Loss(m);
+            o.step();
+        }
+    }
+
     /// <summary>Trains <paramref name="steps"/> steps (optionally bf16-mixed) and returns the final fp32 parameters by name.</summary>
     static Dictionary<string, Tensor> Train(Func<IEnumerable<Parameter>, OptimizerHelper> make, int steps, bool mixed = false, double[]? lrs = null)
     {
@@ -126,16 +137,6 @@ public class FusedOptimizerTests
     public void SavedStateResumesBitExactly(bool adamw)
     {
         OptimizerHelper Make(IEnumerable<Parameter> ps) => adamw ? new FusedAdamW(ps, 1e-2, weightDecay: 0.01) : new FusedRMSprop(ps, 3e-3, weightDecay: 0.01);
-        void Steps(ICausalLM m, OptimizerHelper o, int n)
-        {
-            for (int s = 0; s < n; s++)
-            {
-                using var scope = torch.NewDisposeScope();
-                o.zero_grad();
-                Loss(m);
-                o.step();
-            }
-        }
         var dir = CoreTestUtil.TempDir("fused");
         try
         {
@@ -170,16 +171,6 @@ public class FusedOptimizerTests
     [InlineData(false)]
     public void TorchSharpStateFromAnOlderCheckpointResumesInTheFusedOptimizer(bool adamw)
     {
-        void Steps(ICausalLM m, OptimizerHelper o, int n)
-        {
-            for (int s = 0; s < n; s++)
-            {
-                using var scope = torch.NewDisposeScope();
-                o.zero_grad();
-                Loss(m);
-                o.step();
-            }
-        }
         var dir = CoreTestUtil.TempDir("fused-legacy");
         try
         {
