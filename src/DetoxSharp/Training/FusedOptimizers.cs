@@ -137,7 +137,9 @@ public abstract class FusedOptimizer : OptimizerHelper
             (long step, Tensor[] src) = sd.State[i] switch
             {
                 TorchSharp.Modules.AdamW.State a when a.max_exp_avg_sq is null => (a.step, new[] { a.exp_avg, a.exp_avg_sq }),
-                TorchSharp.Modules.RMSProp.State r when r.grad_avg is null && r.momentum_buffer is null => (r.step, new[] { r.square_avg }),
+                // TorchSharp allocates the momentum and centering buffers either way; its options say whether they are used
+                TorchSharp.Modules.RMSProp.State r when sd.Options[0] is TorchSharp.Modules.RMSProp.Options { momentum: null or 0.0, centered: null or false }
+                    => (r.step, new[] { r.square_avg }),
                 var other => throw new InvalidDataException($"{path}: optimizer state {other.GetType().FullName} (amsgrad, momentum or centered) has no fused counterpart"),
             };
             for (int b = 0; b < src.Length; b++)
