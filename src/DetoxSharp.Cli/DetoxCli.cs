@@ -20,6 +20,46 @@ public static class DetoxCli
         ["--val-fraction"] = "--validation-fraction", ["--max-total-tokens"] = "--max-length",
     };
 
+    /// <summary>" (did you mean …?)" for a mistyped command or flag: the closest name within edit distance 2 (or a
+    /// third of the word), else nothing.</summary>
+    static string Suggestion(RootCommand root, ParseResult parse, string[] args)
+    {
+        var cmd = parse.CommandResult.Command;
+        if (ReferenceEquals(cmd, root))
+        {
+            var word = args.FirstOrDefault(a => !a.StartsWith('-'));
+            var best = word is null ? null : Closest(word, root.Subcommands.Select(c => c.Name));
+            var commands = " Commands: " + string.Join(", ", root.Subcommands.Select(c => c.Name)) + ".";
+            return best is not null ? $" (did you mean `detox {best}`?)" : word is null ? commands : $" '{word}' is not a command.{commands}";
+        }
+        var unknown = args.FirstOrDefault(a => a.StartsWith("--") && parse.Errors.Any(e => e.Message.Contains($"'{a}'")));
+        if (unknown is null) return "";
+        var names = cmd.Options.Select(o => o.Name).Concat(root.Options.Select(o => o.Name));
+        return Closest(unknown, names) is string flag ? $" (did you mean {flag}?)" : "";
+    }
+
+    static string? Closest(string word, IEnumerable<string> candidates)
+    {
+        static int Distance(string a, string b)
+        {
+            var d = new int[b.Length + 1];
+            for (int j = 0; j <= b.Length; j++) d[j] = j;
+            for (int i = 1; i <= a.Length; i++)
+            {
+                int prev = d[0]; d[0] = i;
+                for (int j = 1; j <= b.Length; j++)
+                {
+                    int cur = d[j];
+                    d[j] = Math.Min(Math.Min(d[j] + 1, d[j - 1] + 1), prev + (a[i - 1] == b[j - 1] ? 0 : 1));
+                    prev = cur;
+                }
+            }
+            return d[b.Length];
+        }
+        var best = candidates.Select(c => (c, Dist: Distance(word, c))).OrderBy(x => x.Dist).ThenBy(x => x.c, StringComparer.Ordinal).FirstOrDefault();
+        return best.c is not null && best.Dist <= Math.Max(2, word.Length / 3) && best.Dist > 0 ? best.c : null;
+    }
+
     public static RootCommand Build()
     {
         var root = new RootCommand("DetoxSharp: detoxify GPT-2-family language models with preference optimization, and see what the training does inside the model.");
@@ -35,7 +75,7 @@ public static class DetoxCli
         if (parse.Errors.Count > 0)
         {
             var renamed = args.FirstOrDefault(a => Renamed.ContainsKey(a) && parse.Errors[0].Message.Contains($"'{a}'"));
-            stderr.WriteLine(renamed is null ? $"detox: {parse.Errors[0].Message}" : $"detox: {renamed} was renamed {Renamed[renamed]} (one spelling per concept across commands)");
+            stderr.WriteLine(renamed is null ? $"detox: {parse.Errors[0].Message}{Suggestion(root, parse, args)}" : $"detox: {renamed} was renamed {Renamed[renamed]} (one spelling per concept across commands)");
             return 2;
         }
         if (parse.GetValue(Threads) is int threads)

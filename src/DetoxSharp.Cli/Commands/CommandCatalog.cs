@@ -24,6 +24,7 @@ public static class CommandCatalog
         yield return InterpCommands.Vectors();
         yield return InterpCommands.Diff();
         yield return InterpCommands.Neurons();
+        yield return InterpCommands.Depth();
         yield return InterpCommands.Unalign();
         yield return StudyCommand.Create();
     }

@@ -12,6 +12,10 @@ public static class EvalCommand
 {
     public static Command Create()
     {
+        // activation editing (Yang et al. 2025): neuron-shift:neurons=DIR/neurons.csv[,groups=TP+TN+AP+AN][,scale=1]
+        EditRegistry.Register("neuron-shift", (spec, _) => NeuronShiftEdit.FromCsv(NeuronsCsv(spec), Groups(spec), spec.Double("scale", 1), spec.Label),
+            "shift MLP activations of neuron groups by alignment's mean shift (from `detox neurons`): neurons=PATH, groups=TP+TN+AP+AN, scale=1",
+            spec => { NeuronShiftEdit.FromCsv(NeuronsCsv(spec), Groups(spec), spec.Double("scale", 1)); });
         var models = new Option<string[]>("--model")
         {
             Description = "Hugging Face model directory; repeat for several models (one table row each)",
@@ -21,6 +25,11 @@ public static class EvalCommand
         {
             Description = "extra row per model with an edit applied, e.g. subtract:probe@50, subtract:v0@20, subtract:svd0@100, "
                           + "subtract:L19.N770@20 (OP:VECTOR@ALPHA[:layer=L]), or a registered KIND[:key=value,…]; see docs/notes/eval.md",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var labels = new Option<string[]>("--label")
+        {
+            Description = "row name for each --model, in order (default: the model directory's name, with its parent's when two would be equal)",
             AllowMultipleArgumentsPerToken = false,
         };
         var probe = new Option<string?>("--probe") { Description = "probe directory (detox probe) for 'probe' vectors in --intervention" };
@@ -73,7 +82,7 @@ public static class EvalCommand
         var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("eval", "Results table: toxicity of greedy continuations of challenge prompts, perplexity on a raw text, F1 against gold continuations — one row per model and intervention.")
         {
-            models, interventions, probe, vectors, scorer, toxicLabel, prompts, pplText, f1, outDir, promptTokens, newTokens, batch, aggregate, samples, seed,
+            models, labels, interventions, probe, vectors, scorer, toxicLabel, prompts, pplText, f1, outDir, promptTokens, newTokens, batch, aggregate, samples, seed,
             window, stride, protocol, fluencyModel, shard, limit, endpoint, keyFile, rate, cache, device, dtype, pickle,
         };
         cmd.SetAction(p =>
@@ -168,7 +177,8 @@ public static class EvalCommand
                 foreach (var x in scorers.OfType<ClassifierScorer>()) err.WriteLine($"{x.Name}: {x.ToxicityRule}");
                 if (scorers.Any(x => x is PerspectiveScorer)) err.WriteLine($"note: {PerspectiveOptions.EndOfService}");
 
-                var evalModels = dirs.Select(d => new EvalModel(LabelOf(d), () => CommonOptions.LoadModel(d, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)))).ToList();
+                var names = RowLabels(dirs, p.GetValue(labels) ?? []);
+                var evalModels = dirs.Select((d, i) => new EvalModel(names[i], () => CommonOptions.LoadModel(d, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)))).ToList();
                 rows = EvalHarness.Run(evalModels, evalEdits, scorers, data, o, output, progress, interrupt.Token);
             }
             catch (PerspectiveException e)
@@ -240,6 +250,31 @@ public static class EvalCommand
         return result;
     }
 
+    /// <summary>Row names: the --label values in order, else each directory's name; two equal names (dpo/final and
+    /// adpo/final) take their parent directory's name in front ("dpo/final").</summary>
+    internal static string[] RowLabels(IReadOnlyList<string> dirs, IReadOnlyList<string> labels)
+    {
+        if (labels.Count > 0 && labels.Count != dirs.Count)
+            throw new InvalidInputException($"--label: {labels.Count} label(s) for {dirs.Count} --model(s); give one per model, in order");
+        if (labels.Any(string.IsNullOrWhiteSpace)) throw new InvalidInputException("--label: a label is empty");
+        if (labels.Count > 0)
+            return labels.Distinct().Count() == labels.Count ? labels.ToArray() : throw new InvalidInputException("--label: labels must differ");
+        var names = dirs.Select(LabelOf).ToArray();
+        for (int i = 0; i < names.Length; i++)
+            if (names.Count(n => n == names[i]) > 1 || dirs.Count(d => LabelOf(d) == LabelOf(dirs[i])) > 1)
+                names[i] = $"{Path.GetFileName(Path.GetDirectoryName(Path.GetFullPath(dirs[i]).TrimEnd('/', '\\')))}/{LabelOf(dirs[i])}";
+        return names;
+    }
+
     static string LabelOf(string dir) => Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
 
+
+    static string NeuronsCsv(EditSpec spec)
+    {
+        var p = spec.Required("neurons");
+        return Directory.Exists(p) ? Path.Combine(p, "neurons.csv") : p;
+    }
+
+    static string[] Groups(EditSpec spec) =>
+        (spec.Args.TryGetValue("groups", out var g) ? g : string.Join("+", NeuronContributions.Groups)).Split('+', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 }

@@ -193,6 +193,39 @@ public static class InterpCommands
         return cmd;
     }
 
+    public static Command Depth()
+    {
+        var baseModel = CommonOptions.Model("--base", "model directory before alignment");
+        var aligned = CommonOptions.Model("--aligned", "aligned model directory (e.g. DPO)");
+        var prompts = new Option<string>("--prompts") { Description = "challenge prompts, JSONL with \"prompt\" (string or {\"text\":…}) or \"text\"", Required = true };
+        var outDir = Out("output directory: depth.json (per-position KL and the share of the first 3 positions)");
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "continuation positions measured", DefaultValueFactory = _ => 20 };
+        var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "prompts keep their last N tokens", DefaultValueFactory = _ => 32 };
+        var batch = new Option<int>("--batch-size") { Description = "prompts per forward pass", DefaultValueFactory = _ => 8 };
+        var limit = new Option<int?>("--limit") { Description = "use only the first N prompts" };
+        var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
+        var cmd = new Command("depth", "How deep the alignment goes (Qi et al. 2025): per-position KL(aligned ‖ base) along the aligned model's greedy continuations, and the share on the first 3 tokens.")
+            { baseModel, aligned, prompts, outDir, maxNew, maxPrompt, batch, limit, device, dtype, pickle };
+        cmd.SetAction(p =>
+        {
+            var texts = AlignmentDiff.ReadPrompts(p.GetValue(prompts)!);
+            if (p.GetValue(limit) is int n) { if (n < 1) throw new InvalidInputException("--limit must be ≥ 1"); texts = texts.Take(n).ToList(); }
+            if (p.GetValue(maxPrompt) < 1) throw new InvalidInputException($"--max-prompt-tokens must be ≥ 1, got {p.GetValue(maxPrompt)}");
+            using var mb = CommonOptions.LoadModel(p.GetValue(baseModel)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            using var ma = CommonOptions.LoadModel(p.GetValue(aligned)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            var r = AlignmentDepth.PerPositionKl(mb.Model, ma.Model, ma.Tokenizer, texts, p.GetValue(maxNew), p.GetValue(maxPrompt), p.GetValue(batch));
+            var json = r.ToJson();
+            Directory.CreateDirectory(p.GetValue(outDir)!);
+            DetoxSharp.Data.AtomicFile.WriteAllText(Path.Combine(p.GetValue(outDir)!, "depth.json"), json.ToJsonString(Indented));
+            var o = p.InvocationConfiguration.Output;
+            o.WriteLine("position  KL(aligned ‖ base)");
+            for (int t = 0; t < r.MeanKl.Length; t++) o.WriteLine($"{t,8}  {r.MeanKl[t]:F4}");
+            o.WriteLine($"share of the first 3 positions: {r.ShareOfFirst(3):F3}");
+            return 0;
+        });
+        return cmd;
+    }
+
     public static Command Unalign()
     {
         var model = CommonOptions.Model(description: "aligned model directory (e.g. after DPO)");

@@ -67,7 +67,8 @@ public static class StudyReport
             .Select(g => (Method: StudyPipeline.RowName(g.Key), N: g.Select(x => ReadJson(Path.Combine(dir(x.DiffStage), RunLayout.Diff))?["neurons"] as JsonObject).Where(n => n is not null).Select(n => n!).ToList()))
             .Where(x => x.N.Count > 0).ToList();
         if (byMethod.Count == 0) { r.Missing("No neuron decomposition (diff stages wrote none)."); return; }
-        var groups = DetoxSharp.Interpretability.NeuronContributions.Groups;
+        // the groups as the diff stage wrote them (TP, TN, AP, AN): the report reads files, not the library's types
+        var groups = (byMethod[0].N[0]["groups"] as JsonObject)?.Select(kv => kv.Key).ToList() ?? [];
         var ks = byMethod[0].N[0]["top_k_share"] is JsonArray a ? a.OfType<JsonObject>().Select(x => (int)(D(x["k"]) ?? 0)).ToList() : [];
         MeanStd Share(List<JsonObject> n, string g) => Aggregate.Of(n.Select(x => D(x["groups"]?[g]?["share"])));
         MeanStd TopK(List<JsonObject> n, int k) => Aggregate.Of(n.Select(x => D((x["top_k_share"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(t => D(t["k"]) == k)?["share"])));

@@ -101,4 +101,26 @@ public class CliNamingTests
         Assert.Equal(2, DetoxCli.Run(["eval", "--model", "m", "--out", "o", "--new-tokens", "5"], new StringWriter(), e));
         Assert.Equal("detox: --new-tokens was renamed --max-new-tokens (one spelling per concept across commands)", e.ToString().Trim());
     }
+
+    [Fact]
+    public void MistypedCommandsAndFlagsGetADidYouMean()
+    {
+        string Err(params string[] args) { var e = new StringWriter(); Assert.Equal(2, DetoxCli.Run(args, new StringWriter(), e)); return e.ToString().Trim(); }
+        Assert.EndsWith("(did you mean `detox info`?)", Err("infoo"));
+        Assert.EndsWith("(did you mean --beta?)", Err("dpo", "--bta", "0.1", "--model", "m", "--data", "d", "--out", "o"));
+        Assert.EndsWith("(did you mean --max-new-tokens?)", Err("eval", "--model", "m", "--out", "o", "--max-new-tokns", "5"));
+        var far = Err("xyzzyq");
+        Assert.Contains("'xyzzyq' is not a command", far);
+        Assert.Contains("neurons", far);
+        Assert.Single(far.Split('\n'));
+    }
+
+    [Fact]
+    public void EvalRowLabels_AreGivenOrMadeUnique()
+    {
+        Assert.Equal(["dpo/final", "adpo/final", "base"], DetoxSharp.Cli.Commands.EvalCommand.RowLabels(["runs/dpo/final", "runs/adpo/final", "runs/base"], []));
+        Assert.Equal(["DPO", "ADPO"], DetoxSharp.Cli.Commands.EvalCommand.RowLabels(["a/final", "b/final"], ["DPO", "ADPO"]));
+        Assert.Throws<InvalidInputException>(() => DetoxSharp.Cli.Commands.EvalCommand.RowLabels(["a/final", "b/final"], ["DPO"]));
+        Assert.Throws<InvalidInputException>(() => DetoxSharp.Cli.Commands.EvalCommand.RowLabels(["a/final", "b/final"], ["x", "x"]));
+    }
 }

@@ -356,6 +356,68 @@ public class InterpretabilityTests
     }
 
     [Fact]
+    public void NeuronShift_AddsAlignmentsMeanShiftToTheChosenGroupsOnly()
+    {
+        using var model = Tiny(seed: 10, layers: 2);
+        var dir = TempDir("shift");
+        var csv = Path.Combine(dir, "neurons.csv");
+        File.WriteAllText(csv, "layer,neuron,group,cosine_with_w_toxic,activation_before,activation_after,projection_before,projection_after,delta\n"
+            + "0,3,TP,0.5,1.0,0.25,1,1,0.75\n1,7,AN,-0.2,-0.5,-0.25,1,1,0.1\n1,9,TN,0.3,-0.1,-0.4,1,1,0.3\n");
+        var edit = NeuronShiftEdit.FromCsv(csv, ["TP", "TN"], scale: 2);
+        Assert.Equal(2, edit.Neurons);
+        var tok = Gpt2Tokenizer.Default();
+        var ids = tok.Encode("You are such a kind").Select(x => (long)x).ToArray();
+        using var t = torch.tensor(ids, [1, ids.Length]);
+        string[] names = [HookNames.MlpPost(0), HookNames.MlpPost(1)];
+        using var plain = ActivationCache.Run(model, t, null, [names[0]]);
+        using (edit.Apply(model))
+        {
+            using var shifted = ActivationCache.Run(model, t, null, [names[0]]);
+            var diff = (shifted[names[0]] - plain[names[0]])[0];
+            // layer 0: neuron 3 moved by 2 × (0.25 − 1.0) at every position; every other neuron untouched
+            Assert.True(diff.select(1, 3).allclose(torch.full(ids.Length, -1.5f), 1e-5, 1e-5));
+            Assert.Equal(0, diff.index_select(1, torch.tensor(Enumerable.Range(0, 128).Where(i => i != 3).Select(i => (long)i).ToArray())).abs().max().item<float>(), 6);
+        }
+        using var after = ActivationCache.Run(model, t, null, [names[0]]);
+        Assert.True(after[names[0]].allclose(plain[names[0]]));   // removed with the handle
+        Assert.Throws<InvalidInputException>(() => NeuronShiftEdit.FromCsv(csv, ["XX"]));
+    }
+
+    [Fact]
+    public void AlignmentDepth_IsThePerPositionKlAlongTheAlignedContinuation()
+    {
+        using var model = Tiny(seed: 11);
+        using var aligned = (Gpt2Model)model.Clone();
+        var tok = Gpt2Tokenizer.Default();
+        var prompts = new[] { "You are such a", "The weather today is" };
+        var same = AlignmentDepth.PerPositionKl(model, aligned, tok, prompts, maxNewTokens: 4, batchSize: 2);
+        Assert.All(same.MeanKl.Where(double.IsFinite), k => Assert.Equal(0, k, 9));
+        using (torch.no_grad()) aligned.MlpKeyBias(1).add_(0.7);
+        var r = AlignmentDepth.PerPositionKl(model, aligned, tok, prompts, maxNewTokens: 4, batchSize: 2);
+        // independent: unpadded forwards, KL summed by hand in double
+        var prIds = prompts.Select(tok.Encode).ToList();
+        var conts = DetoxSharp.Generation.Generator.Generate(aligned, prIds, new DetoxSharp.Generation.GenerationOptions { MaxNewTokens = 4, Greedy = true });
+        for (int t = 0; t < 4; t++)
+        {
+            double sum = 0; int n = 0;
+            for (int i = 0; i < prompts.Length; i++)
+            {
+                if (t >= conts[i].Length) continue;
+                var seq = prIds[i].Concat(conts[i].Take(t)).Select(x => (long)x).ToArray();
+                using var ids = torch.tensor(seq, [1, seq.Length]);
+                using var _ = torch.no_grad();
+                var pa = torch.nn.functional.softmax(aligned.Forward(ids)[0, -1].to(ScalarType.Float64), 0).data<double>().ToArray();
+                var pb = torch.nn.functional.softmax(model.Forward(ids)[0, -1].to(ScalarType.Float64), 0).data<double>().ToArray();
+                sum += pa.Zip(pb, (a, b) => a > 0 ? a * Math.Log(a / b) : 0).Sum(); n++;
+            }
+            Assert.Equal(n, r.Counts[t]);
+            if (n > 0) Assert.Equal(sum / n, r.MeanKl[t], 6);
+        }
+        Assert.True(r.MeanKl.Where(double.IsFinite).Sum() > 0);
+        Assert.InRange(r.ShareOfFirst(3), 0, 1);
+    }
+
+    [Fact]
     public void Logistic1D_SatisfiesTheLikelihoodEquations()
     {
         double[] z = [-2, -1, -0.5, 0.3, 1, 2, 2.5, -1.5];

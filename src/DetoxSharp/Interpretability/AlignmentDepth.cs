@@ -1,0 +1,75 @@
+using System.Text.Json.Nodes;
+using DetoxSharp.Generation;
+using DetoxSharp.Models;
+using DetoxSharp.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Interpretability;
+
+/// <summary>
+/// How deep an alignment goes (Qi et al., ICLR 2025): the per-position KL(aligned ‖ base) of the next-token
+/// distributions along the aligned model's own greedy continuation of each prompt (both models read the same tokens),
+/// averaged over prompts, and the share of the summed KL that falls on the first positions. A shallow alignment puts
+/// most of its KL on the first few tokens, so prefilling them undoes it.
+/// </summary>
+public static class AlignmentDepth
+{
+    public sealed record Result(double[] MeanKl, int[] Counts, int Prompts)
+    {
+        /// <summary>Share of Σ_t mean KL_t on positions t &lt; <paramref name="first"/>.</summary>
+        public double ShareOfFirst(int first)
+        {
+            double all = MeanKl.Where(double.IsFinite).Sum();
+            return all > 0 ? MeanKl.Take(first).Where(double.IsFinite).Sum() / all : double.NaN;
+        }
+
+        public JsonObject ToJson(int first = 3) => new()
+        {
+            ["prompts"] = Prompts,
+            ["measurement"] = "KL(aligned ‖ base) of the next-token distribution at each position of the aligned model's greedy continuation, both models reading the same tokens; mean over prompts that reach the position",
+            ["per_position"] = new JsonArray(MeanKl.Select((k, t) => (JsonNode)new JsonObject { ["position"] = t, ["kl"] = double.IsFinite(k) ? k : null, ["prompts"] = Counts[t] }).ToArray()),
+            [$"share_first_{first}"] = ShareOfFirst(first) is var s && double.IsFinite(s) ? s : null,
+        };
+    }
+
+    public static Result PerPositionKl(ICausalLM baseModel, ICausalLM aligned, Gpt2Tokenizer tokenizer, IReadOnlyList<string> prompts,
+        int maxNewTokens = 20, int maxPromptTokens = 32, int batchSize = 8)
+    {
+        if (maxNewTokens < 1) throw new InvalidSettingException("max_new_tokens", $"must be ≥ 1 (got {maxNewTokens})");
+        if (batchSize < 1) throw new InvalidSettingException("batch_size", $"must be ≥ 1 (got {batchSize})");
+        if (prompts.Count == 0) throw new InvalidInputException("--prompts: no prompts");
+        if (baseModel.VocabSize != aligned.VocabSize) throw new InvalidInputException("--base/--aligned: vocabularies differ");
+        baseModel.Module.eval(); aligned.Module.eval();
+        var promptIds = prompts.Select(p =>
+        {
+            var ids = tokenizer.Encode(p);
+            if (ids.Length == 0) ids = [aligned.EosTokenId];
+            return PromptTruncation.KeepLast(ids, maxPromptTokens);
+        }).ToList();
+        var conts = DetoxSharp.Generation.Generator.Generate(aligned, promptIds, new GenerationOptions { MaxNewTokens = maxNewTokens, Greedy = true, BatchSize = batchSize });
+        var sum = new double[maxNewTokens];
+        var count = new int[maxNewTokens];
+        for (int s0 = 0; s0 < promptIds.Count; s0 += batchSize)
+        {
+            using var scope = torch.NewDisposeScope();
+            using var _ = torch.no_grad();
+            var rows = Enumerable.Range(s0, Math.Min(batchSize, promptIds.Count - s0)).ToList();
+            // fed = prompt + continuation without its last token; position t of the continuation is predicted at T − g + t
+            var fed = rows.Select(i => promptIds[i].Concat(conts[i].Take(Math.Max(0, conts[i].Length - 1))).ToArray()).ToList();
+            var steps = rows.Select(i => Math.Max(1, conts[i].Length)).ToList();
+            var (ids, mask) = ActivationCache.Pad(fed, aligned.EosTokenId, aligned.Device, left: true);
+            long T = ids.shape[1];
+            var la = torch.nn.functional.log_softmax(aligned.Forward(ids, mask).to(ScalarType.Float64), -1);
+            var lb = torch.nn.functional.log_softmax(baseModel.Forward(ids, mask).to(ScalarType.Float64), -1);
+            var kl = (la.exp() * (la - lb)).sum(-1).cpu();   // [B, T]
+            for (int b = 0; b < rows.Count; b++)
+                for (int t = 0; t < steps[b] && t < maxNewTokens; t++)
+                {
+                    sum[t] += kl[b, T - steps[b] + t].item<double>();
+                    count[t]++;
+                }
+        }
+        return new Result(sum.Select((x, t) => count[t] > 0 ? x / count[t] : double.NaN).ToArray(), count, prompts.Count);
+    }
+}
