@@ -13,6 +13,7 @@ using static TorchSharp.torch;
 //   dotnet run -c Release --project bench/DetoxSharp.Bench -- [--quick] [--threads N] [--out docs/PERFORMANCE.md]
 // Writes a Markdown report; the file is rewritten after each model config so a long run leaves partial results.
 
+DetoxSharp.NativeSetup.Init(); // before the first tensor: the allocator setting is read at libtorch's first allocation
 var quick = args.Contains("--quick");
 var outIdx = Array.IndexOf(args, "--out");
 var outPath = outIdx >= 0 && outIdx + 1 < args.Length ? args[outIdx + 1] : Path.Combine(FindRepoRoot(), "docs", "PERFORMANCE.md");
@@ -96,6 +97,120 @@ if (args.Contains("--fault-probe"))
         Console.WriteLine($"other thread: {Faults() - f1} faults");
     });
     th.Start(); th.Join();
+    return 0;
+}
+// ---- study wall time: total and per-stage share from a run dir's manifest (optionally running `detox study` first) ----
+var stIdx = Array.IndexOf(args, "--study-time");
+if (stIdx >= 0)
+{
+    string runDir = stIdx + 1 < args.Length && !args[stIdx + 1].StartsWith("--") ? args[stIdx + 1] : Path.Combine(Path.GetTempPath(), $"detox-bench-study-{Environment.ProcessId}");
+    double? wall = null;
+    if (args.Contains("--run"))
+    {
+        var cli = Path.Combine(FindRepoRoot(), "src", "DetoxSharp.Cli", "bin", "Release", "net10.0", "detox.dll");
+        var psi = new ProcessStartInfo("dotnet");
+        foreach (var a in new[] { cli, "study", "--out", runDir }.Concat(args.Contains("--full") ? [] : ["--quick"])) psi.ArgumentList.Add(a);
+        var sw = Stopwatch.StartNew();
+        using var p = Process.Start(psi)!;
+        p.WaitForExit();
+        wall = sw.Elapsed.TotalSeconds;
+        if (p.ExitCode != 0) { Console.Error.WriteLine($"detox study exited with {p.ExitCode}"); return 1; }
+    }
+    Console.WriteLine(StudyTime.Report(runDir, wall, LoadAverage()));
+    return 0;
+}
+// ---- allocator A/B: the same toy pretraining steps in child processes with different allocator settings ----
+if (args.Contains("--alloc-child"))
+{
+    static long MinorFaults() => long.Parse(File.ReadAllText("/proc/self/stat").Split(')')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[7]);
+    long f0 = MinorFaults();
+    if (args.Contains("--gpt2-124m"))
+    {
+        // last round's allocator-bound case: the 124M SFT step, bf16-mixed, 4 × 128 tokens
+        torch.manual_seed(0);
+        using var m124 = new Gpt2Model(Gpt2Config.Small);
+        var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+        var (_, sec124, l0, l1) = SftMixedTokensPerSec(m124, 4, 128, Arg("--steps", 2));
+        double cpu124 = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds / (Arg("--steps", 2) + 1);
+        Console.WriteLine($"{sec124 * 1e3:F1} {cpu124 * 1e3:F1} {MinorFaults() - f0} {BitConverter.SingleToInt32Bits(l0):x8},{BitConverter.SingleToInt32Bits(l1):x8}");
+        return 0;
+    }
+    var r = ToyAb.Run(ToyAb.Variants[^1], false, !args.Contains("--fp32"), Arg("--steps", 4));
+    Console.WriteLine($"{r.Sec * 1e3:F1} {r.Cpu * 1e3:F1} {MinorFaults() - f0} {string.Join(",", r.Losses.Select(l => BitConverter.SingleToInt32Bits(l).ToString("x8")))}");
+    return 0;
+}
+if (args.Contains("--allocator-ab"))
+{
+    const string tc = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4";
+    var variants = new List<(string name, Dictionary<string, string> env)>
+    {
+        ("glibc malloc, nothing set (DETOX_DEFAULT_ALLOCATOR=1)", new() { ["DETOX_DEFAULT_ALLOCATOR"] = "1" }),
+        ("default: THP_MEM_ALLOC_ENABLE=1 set in-process", new()),
+        ("default + GLIBC_TUNABLES=glibc.malloc.hugetlb=1", new() { ["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1" }),
+    };
+    if (File.Exists(tc)) variants.Add(("tcmalloc preloaded (LD_PRELOAD, no THP)", new() { ["LD_PRELOAD"] = tc, ["DETOX_DEFAULT_ALLOCATOR"] = "1" }));
+    var dll = typeof(ToyAb).Assembly.Location;
+    var res = variants.ToDictionary(v => v.name, _ => new List<string[]>());
+    int rounds = Arg("--rounds", 2);
+    Console.WriteLine($"load average at start {LoadAverage()}");
+    for (int r = 0; r < rounds; r++)
+        foreach (var (name, env) in variants)
+        {
+            var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true };
+            foreach (var a in new[] { dll, "--alloc-child", "--threads", threads.ToString(), "--steps", Arg("--steps", 4).ToString() }.Concat(args.Contains("--fp32") ? ["--fp32"] : []).Concat(args.Contains("--gpt2-124m") ? ["--gpt2-124m"] : []))
+                psi.ArgumentList.Add(a);
+            foreach (var (k, v) in env) psi.Environment[k] = v;
+            using var p = Process.Start(psi)!;
+            var line = p.StandardOutput.ReadToEnd().Trim().Split('\n')[^1];
+            p.WaitForExit();
+            res[name].Add(line.Split(' '));
+            Console.WriteLine($"round {r + 1}: {name}: {line}");
+        }
+    var baseLosses = res[variants[0].name][0][3];
+    double tcMs = File.Exists(tc) ? Median(res[variants[^1].name].Select(x => double.Parse(x[0])).ToList()) : double.NaN;
+    Console.WriteLine("| allocator | ms/step (median) | CPU ms/step | minor faults (run) | ÷ tcmalloc time | losses bit-identical to the first |");
+    Console.WriteLine("|---|---:|---:|---:|---:|---|");
+    foreach (var (name, _) in variants)
+    {
+        var rs = res[name];
+        double ms = Median(rs.Select(x => double.Parse(x[0])).ToList());
+        Console.WriteLine($"| {name} | {ms:F1} | {Median(rs.Select(x => double.Parse(x[1])).ToList()):F1} | {Median(rs.Select(x => double.Parse(x[2])).ToList()):F0} | {ms / tcMs:F2} | {(rs.All(x => x[3] == baseLosses) ? "yes" : "NO")} |");
+    }
+    Console.WriteLine($"losses (float bits): {baseLosses}; load average at end {LoadAverage()}");
+    return 0;
+}
+// ---- old vs new training step on the default toy model (optimizer and attention path), interleaved rounds ----
+if (args.Contains("--toy-ab"))
+{
+    int abSteps = Arg("--steps", 4), abRounds = Arg("--rounds", 3);
+    Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {DetoxSharp.NativeSetup.Description}");
+    foreach (var (dpo, mixed) in new[] { (false, true), (false, false), (true, true), (true, false) })
+    {
+        var sec = ToyAb.Variants.ToDictionary(v => v.Name, _ => new List<double>());
+        var cpu = ToyAb.Variants.ToDictionary(v => v.Name, _ => new List<double>());
+        for (int r = 0; r < abRounds; r++)
+            foreach (var v in ToyAb.Variants)
+            {
+                var res = ToyAb.Run(v, dpo, mixed, abSteps);
+                sec[v.Name].Add(res.Sec); cpu[v.Name].Add(res.Cpu);
+            }
+        string what = $"{(dpo ? "DPO step (4 pairs)" : "pretraining step (32×96)")}, {(mixed ? "bf16-mixed" : "fp32")}";
+        double oldS = Median(sec["old"]);
+        foreach (var v in ToyAb.Variants)
+            Console.WriteLine($"{what}: {v.Name,-16} {Median(sec[v.Name]) * 1e3,8:F1} ms/step (min {sec[v.Name].Min() * 1e3:F1}), CPU {Median(cpu[v.Name]) * 1e3,8:F1} ms/step, speed-up {oldS / Median(sec[v.Name]):F2}× (CPU-time ratio {Median(cpu["old"]) / Median(cpu[v.Name]):F2}×)");
+    }
+    Console.WriteLine($"load average at end {LoadAverage()}");
+    return 0;
+}
+if (args.Contains("--toy-ops"))
+{
+    ToyOps.Run(ScalarType.BFloat16, Console.WriteLine);
+    ToyOps.Run(ScalarType.Float32, Console.WriteLine);
+    return 0;
+}
+if (args.Contains("--toy-breakdown"))
+{
+    ToyStepBench.Breakdown(Arg("--steps", 10), args.Contains("--no-mask"), args.Contains("--fp32"), Console.WriteLine);
     return 0;
 }
 // ---- generation only (one config): batch 1 and 16, with and without the KV cache, 64 new tokens ----
@@ -232,6 +347,16 @@ foreach (var (name, cfg, steps) in new List<(string, Gpt2Config, int)> { (config
         $"{c.PairsPerSecond / l.PairsPerSecond:F2}×", c.WallSeconds.ToString("F1"), l.WallSeconds.ToString("F1")]);
     WriteReport(false);
 }
+
+// ---- the flat-buffer optimizers against TorchSharp's on real toy steps (default toy model, bf16-mixed) ----
+foreach (var dpo in new[] { false, true })
+{
+    var (d, same) = ToyAb.Equality(dpo, true, quick ? 2 : 4);
+    string which = dpo ? "RMSprop (DPO step)" : "AdamW (pretraining step)";
+    log($"fused {which}: max |Δweight| {d:E2} vs TorchSharp, losses identical {same}");
+    checks.Add(($"default toy model: fused {which} = torch.optim after {(quick ? 2 : 4) + 1} bf16-mixed steps", d < 1e-5, $"max |Δweight| {d:E2}, losses bit-identical: {same}"));
+}
+WriteReport(false);
 
 // ---- memory: RSS over 200 steps (toy config) ----
 {
@@ -435,7 +560,7 @@ void WriteReport(bool complete)
     sb.AppendLine($"Measured {started:yyyy-MM-dd HH:mm} UTC by `dotnet run -c Release --project bench/DetoxSharp.Bench --{(quick ? " --quick" : "")}{(thrIdx >= 0 ? $" --threads {threads}" : "")}`" + (complete ? "." : " — **incomplete: the run was still going when this was written**."));
     sb.AppendLine();
     sb.AppendLine($"- CPU: {cpu}; threads: {threads} (torch.set_num_threads; default = Environment.ProcessorCount = {Environment.ProcessorCount})");
-    sb.AppendLine($"- TorchSharp {tsVersion}, {libtorch}, .NET {Environment.Version}; allocator: {(Environment.GetEnvironmentVariable("LD_PRELOAD") is { Length: > 0 } pre ? $"LD_PRELOAD={pre}" : "glibc malloc (default)")}");
+    sb.AppendLine($"- TorchSharp {tsVersion}, {libtorch}, .NET {Environment.Version}; allocator: {(Environment.GetEnvironmentVariable("LD_PRELOAD") is { Length: > 0 } pre ? $"LD_PRELOAD={pre}" : "glibc malloc")}, {DetoxSharp.NativeSetup.Description}");
     sb.AppendLine($"- Mode: {(quick ? "quick (smaller batches, fewer steps, no 355M; generation 32 new tokens for toy, 8 new tokens at batch 1 only for 124M; memory steps on smaller batches)" : "full")}");
     sb.AppendLine($"- Load average (1 min) at start {loadAtStart}, when written {LoadAverage()} — with a load above the core count the machine was shared with other jobs while measuring, so every figure is noisy and pessimistic (libtorch's OpenMP threads degrade badly when oversubscribed).");
     sb.AppendLine("- Random weights; fp32 unless stated. Forward = no-grad forward of a full batch. SFT step = forward + LM cross-entropy + backward + AdamW.");

@@ -258,7 +258,7 @@ public sealed class Gpt2Attention : nn.Module
         var k = qkv[1].view(b, t, _heads, hd).transpose(1, 2);
         var v = qkv[2].view(b, t, _heads, hd).transpose(1, 2);
         if (cache is not null) (k, v) = cache.Append(layer, k, v);
-        var y = torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, causal);
+        var y = CpuAttention.Sdpa(q, k, v, mask, causal);
         var z = f.Run(hookZ, y.transpose(1, 2)); // [b, T, heads, head_dim]
         return c_proj.Forward(z.reshape(b, t, _d));
     }

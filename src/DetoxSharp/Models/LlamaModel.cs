@@ -322,7 +322,7 @@ sealed class LlamaAttention : nn.Module
             k = k.unsqueeze(2).expand(b, _kvHeads, rep, kt, _headDim).reshape(b, _heads, kt, _headDim);
             v = v.unsqueeze(2).expand(b, _kvHeads, rep, kt, _headDim).reshape(b, _heads, kt, _headDim);
         }
-        var y = torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, causal);
+        var y = CpuAttention.Sdpa(q, k, v, mask, causal);
         var z = hooks.Run(hookZ, y.transpose(1, 2), past, am); // [b, T, heads, head_dim]
         return o_proj.call(z.reshape(b, t, _heads * _headDim));
     }

@@ -36,10 +36,20 @@ public static class Optimizers
         _ => throw new InvalidSettingException(setting, $"expects rmsprop or adamw (got '{name}')"),
     };
 
-    public static OptimizerHelper Create(OptimizerKind kind, IEnumerable<Parameter> parameters, OptimizerSettings s) => kind switch
+    /// <summary>The flat-buffer <see cref="FusedAdamW"/> / <see cref="FusedRMSprop"/> (torch.optim's updates, bit for bit
+    /// on the toy's steps, a few large ops per step) when every parameter shares one dtype and device; torch.optim's
+    /// own otherwise.</summary>
+    public static OptimizerHelper Create(OptimizerKind kind, IEnumerable<Parameter> parameters, OptimizerSettings s)
     {
-        OptimizerKind.AdamW => torch.optim.AdamW(parameters, s.LearningRate, s.Beta1, s.Beta2, s.Epsilon, s.WeightDecay),
-        OptimizerKind.RmsProp => torch.optim.RMSProp(parameters, s.LearningRate, weight_decay: s.WeightDecay),
-        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
-    };
+        var list = parameters.ToList();
+        bool fused = FusedOptimizer.Supports(list);
+        return (kind, fused) switch
+        {
+            (OptimizerKind.AdamW, true) => new FusedAdamW(list, s.LearningRate, s.Beta1, s.Beta2, s.Epsilon, s.WeightDecay),
+            (OptimizerKind.AdamW, false) => torch.optim.AdamW(list, s.LearningRate, s.Beta1, s.Beta2, s.Epsilon, s.WeightDecay),
+            (OptimizerKind.RmsProp, true) => new FusedRMSprop(list, s.LearningRate, weightDecay: s.WeightDecay),
+            (OptimizerKind.RmsProp, false) => torch.optim.RMSProp(list, s.LearningRate, weight_decay: s.WeightDecay),
+            _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
+        };
+    }
 }

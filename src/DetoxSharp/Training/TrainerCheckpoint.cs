@@ -75,7 +75,10 @@ public static class TrainerCheckpoint
         if (!Exists(dir)) throw new InvalidInputException($"{dir}: no training checkpoint (trainer_state.json missing)");
         var statePath = Path.Combine(dir, "trainer_state.json");
         var state = StrictJson.ParseFileObject(statePath, "trainer_state.json");
-        if (StrictJson.OptionalString(state, OptimizerKey, statePath) is string kind && kind != optimizer.GetType().Name)
+        string? savedKind = StrictJson.OptionalString(state, OptimizerKey, statePath);
+        // a checkpoint from before the trainers used fused optimizers holds TorchSharp's state of the same algorithm
+        bool legacy = optimizer is FusedOptimizer fused && savedKind == fused.TorchSharpKind;
+        if (savedKind is string kind && kind != optimizer.GetType().Name && !legacy)
             throw new InvalidInputException($"{statePath}: the checkpoint was trained with {kind}, this run uses {optimizer.GetType().Name} (--optimizer); resume with the same optimizer or start a new run");
         var optPath = Path.Combine(dir, "optimizer.bin");
         var rngPath = Path.Combine(dir, "rng.bin");
@@ -100,7 +103,7 @@ public static class TrainerCheckpoint
         using (var saved = HfCheckpoint.Load(Path.Combine(dir, "model"), new LoadOptions { DType = model.DType, Device = model.Device }))
         {
             // the optimizer is loaded before the weights are copied, so a failure leaves the model as it was
-            try { optimizer.load_state_dict(optPath); }
+            try { if (legacy) ((FusedOptimizer)optimizer).LoadTorchSharpState(optPath); else optimizer.load_state_dict(optPath); }
             // a corrupt length field can also make the reader allocate an absurd array (OutOfMemoryException)
             catch (Exception e) when (e is not InvalidInputException)
             { throw new InvalidInputException($"{optPath}: cannot be read as the state of this {optimizer.GetType().Name} optimizer (corrupt, or written for other parameters): {e.Message.Split('\n')[0]}"); }

@@ -1,0 +1,27 @@
+using System.Globalization;
+using System.Text;
+using DetoxSharp.Study;
+
+/// <summary>The study's wall time as a tracked figure: the stage durations a run dir's manifest.json recorded, summed
+/// per stage kind (world, pretrain, train, evaluate, …) with their share of the total.</summary>
+static class StudyTime
+{
+    public static string Report(string runDir, double? processWall, string load)
+    {
+        var m = Manifest.Load(runDir);
+        if (m.Stages.Count == 0) throw new InvalidOperationException($"{runDir}: no manifest.json with stages");
+        var done = m.Stages.Where(kv => kv.Value.Status == StageStatus.Done).ToList();
+        double total = done.Sum(kv => kv.Value.WallSeconds);
+        var sb = new StringBuilder();
+        string wall = processWall is double w ? $", process wall {w:F1} s" : "";
+        sb.AppendLine($"run dir {runDir}: {done.Count} stages done of {m.Stages.Count}; stage time {total:F1} s{wall}; load average now {load}");
+        sb.AppendLine("| stage kind | stages | wall s | share |");
+        sb.AppendLine("|---|---:|---:|---:|");
+        foreach (var g in done.GroupBy(kv => kv.Key.Split('/')[0]).OrderByDescending(g => g.Sum(kv => kv.Value.WallSeconds)))
+        {
+            double s = g.Sum(kv => kv.Value.WallSeconds);
+            sb.AppendLine($"| {g.Key} | {g.Count()} | {s:F1} | {100 * s / total:F1} % |");
+        }
+        return sb.ToString();
+    }
+}
