@@ -275,7 +275,9 @@ public sealed class RmsNorm : nn.Module
     public Tensor Forward(Tensor x)
     {
         var dtype = x.dtype;
-        var h = x.to(ScalarType.Float32);
+        // transformers upcasts to fp32 (for bf16/fp16 models); a float64 model stays float64 here — casting it down
+        // would make float64 analyses (and finite-difference gradient checks) only fp32-accurate
+        var h = dtype == ScalarType.Float64 ? x : x.to(ScalarType.Float32);
         h = h * torch.rsqrt(h.pow(2).mean([-1], keepdim: true) + _eps);
         return weight * h.to(dtype);
     }
