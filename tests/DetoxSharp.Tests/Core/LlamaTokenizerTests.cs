@@ -314,4 +314,30 @@ public class LlamaTokenizerTests
         Assert.Contains("Whitespace", e.Message);
         Assert.Contains("tokenizer.json", e.Message);
     }
+
+    [Fact]
+    public void PromptCutFromTheLeftKeepsBosWhenTheTokenizerAddsIt()
+    {
+        Assert.Equal([1, 7, 8], PromptTruncation.KeepLast([1, 5, 6, 7, 8], 3, bos: 1));
+        Assert.Equal([6, 7, 8], PromptTruncation.KeepLast([5, 6, 7, 8], 3, bos: 1));   // no BOS in front: plain tail
+        Assert.Equal([1, 5], PromptTruncation.KeepLast([1, 5], 3, bos: 1));            // short enough: unchanged
+        Assert.Equal([8], PromptTruncation.KeepLast([1, 5, 6, 7, 8], 1, bos: 1));      // room for one token only
+        Assert.Equal([7, 8], PromptTruncation.KeepLast([1, 5, 6, 7, 8], 2));            // no BOS given
+
+        // a Llama-style tokenizer (BOS from the post-processor): "ab ab ab" → <s> ▁ab ▁ab ▁ab
+        var tok = Gpt2Tokenizer.FromDirectory(MetaspaceJsonDir("legacy"))!;
+        var ids = tok.EncodeWithSpecialTokens("ab ab ab");
+        Assert.Equal([1, 15, 15, 15], ids);
+        Assert.Equal([1, 15, 15], PromptTruncation.KeepLast(ids, 3, tok));
+        // preference data: the prompt limit keeps BOS, and so does the cut that makes room for a completion
+        var ex = new DetoxSharp.Data.PreferenceExample("ab ab ab ab", " c", " ca");
+        var t = DetoxSharp.Data.PreferenceData.Tokenize(ex, tok, new DetoxSharp.Data.TruncationOptions(MaxPromptTokens: 3));
+        Assert.Equal([1, 15, 15], t.Prompt);
+        t = DetoxSharp.Data.PreferenceData.Tokenize(ex, tok, new DetoxSharp.Data.TruncationOptions(MaxPromptTokens: 10, MaxLength: 3));
+        Assert.Equal([1, 15], t.Prompt);
+        // GPT-2 adds no BOS: a prompt that happens to start with <|endoftext|> is cut like any other
+        var gpt2 = Gpt2Tokenizer.Default();
+        var g = gpt2.EncodeWithSpecialTokens("<|endoftext|>one two three four");
+        Assert.Equal(g[^3..], PromptTruncation.KeepLast(g, 3, gpt2));
+    }
 }
