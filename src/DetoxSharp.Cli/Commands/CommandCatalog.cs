@@ -23,6 +23,7 @@ public static class CommandCatalog
         yield return InterpCommands.Probe();
         yield return InterpCommands.Vectors();
         yield return InterpCommands.Diff();
+        yield return InterpCommands.Neurons();
         yield return InterpCommands.Unalign();
         yield return StudyCommand.Create();
     }

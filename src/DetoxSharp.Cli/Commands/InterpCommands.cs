@@ -28,16 +28,18 @@ public static class InterpCommands
         var steps = Bind.To("--max-steps", d, o => o.MaxSteps);
         var lr = Bind.To("--lr", d, o => o.LearningRate);
         var l2 = Bind.To("--l2", d, o => o.L2);
+        var direction = Bind.Enum("--direction", d, o => o.Direction);
         var limit = new Option<int?>("--limit") { Description = "use only the first N rows of the CSV" };
         var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("probe", "Train the linear toxicity probe on the last block's residual stream (mean over tokens); saves W_Toxic.")
-            { model, data, outDir, maxTokens, batch, val, seed, steps, lr, l2, limit, device, dtype, pickle };
+            { model, data, outDir, maxTokens, batch, val, seed, steps, lr, l2, direction, limit, device, dtype, pickle };
         cmd.SetAction(p =>
         {
             var opts = new ProbeOptions
             {
                 MaxTokens = p.GetValue(maxTokens), BatchSize = p.GetValue(batch), ValidationFraction = p.GetValue(val),
                 Seed = p.GetValue(seed), MaxSteps = p.GetValue(steps), LearningRate = p.GetValue(lr), L2 = p.GetValue(l2),
+                Direction = ToxicityProbe.ParseDirection(p.GetValue(direction)!, "direction"),
             };
             opts.Validate();
             var comments = DetoxSharp.Data.DatasetReaders.ReadJigsawCsv(p.GetValue(data)!);
@@ -59,7 +61,7 @@ public static class InterpCommands
                     ["train_toxic"] = report.TrainToxic, ["validation_toxic"] = report.ValidationToxic,
                     ["train_accuracy"] = report.TrainAccuracy, ["validation_accuracy"] = report.ValidationAccuracy,
                     ["validation_majority_baseline"] = report.ValidationMajorityBaseline, ["final_loss"] = report.FinalLoss,
-                    ["w_toxic_norm"] = Norm(probe),
+                    ["w_toxic_norm"] = Norm(probe), ["w_toxic"] = probe.DirectionKind == ProbeDirection.MassMean ? "mass-mean" : "weights",
                     ["options"] = JsonSerializer.SerializeToNode(opts),
                     ["seconds"] = sw.Elapsed.TotalSeconds,
                 };
@@ -117,9 +119,10 @@ public static class InterpCommands
         var token = Bind.To("--token", d, o => o.LensToken);
         var limit = new Option<int?>("--limit") { Description = "use only the first N prompts" };
         var maxPoints = Bind.To("--max-points", d, o => o.MaxPoints);
+        var toxicWords = new Option<string?>("--toxic-words") { Description = "word list (one per line, # comments): picks the logit-lens token and the insult step, where the before model emits its first listed word (activations are also read there)" };
         var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("diff", "What alignment changed: parameter similarity, toxic-vector activations, residual offset, logit lens (before vs after).")
-            { before, after, probe, prompts, outDir, maxNew, maxPrompt, batch, trackedOpt, token, limit, maxPoints, device, dtype, pickle };
+            { before, after, probe, prompts, outDir, maxNew, maxPrompt, batch, trackedOpt, token, limit, maxPoints, toxicWords, device, dtype, pickle };
         cmd.SetAction(p =>
         {
             var opts = new DiffOptions
@@ -134,15 +137,56 @@ public static class InterpCommands
             using var mb = CommonOptions.LoadModel(p.GetValue(before)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             using var ma = CommonOptions.LoadModel(p.GetValue(after)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             var err = p.InvocationConfiguration.Error;
+            if (p.GetValue(toxicWords) is string wf) opts = opts with { ToxicTokenIds = ToxicWordList.Load(wf).TokenIds(mb.Tokenizer) };
             var result = AlignmentDiff.Run(mb.Model, ma.Model, mb.Tokenizer, pr, texts, opts, p.GetValue(outDir)!, new SyncProgress<string>(err.WriteLine));
             var o = p.InvocationConfiguration.Output;
             var par = result["parameters"]!;
             o.WriteLine($"parameters: min cos {par["min_cosine"]}, mean cos {par["mean_cosine"]}, max relative difference {par["max_relative_difference"]}");
             var a0 = result["activations"]![0]!;
-            o.WriteLine($"top vector {result["top_vector"]!["label"]}: mean activation {a0["mean_activation_before"]} -> {a0["mean_activation_after"]}; last position {a0["last_position_activation_before"]} -> {a0["last_position_activation_after"]}");
+            o.WriteLine($"top vector {result["top_vector"]!["label"]}: mean activation {a0["mean_activation_before"]} -> {a0["mean_activation_after"]}; last position {a0["last_position_activation_before"]} -> {a0["last_position_activation_after"]}" +
+                (result["insult_step_prompts"]?.GetValue<int>() > 0 ? $"; insult step ({result["insult_step_prompts"]} prompts) {a0["insult_step_activation_before"]} -> {a0["insult_step_activation_after"]}" : ""));
             o.WriteLine($"residual offset at layer {result["residual_offset_top_layer"]!["layer"]}: |δx| = {result["residual_offset_top_layer"]!["norm"]}");
             var lens = result["logit_lens"]!;
             o.WriteLine($"logit lens {JsonSerializer.Serialize(lens["token"]!.GetValue<string>())}: output prob {lens["output_prob_before"]} -> {lens["output_prob_after"]}");
+            o.WriteLine($"written to {Path.GetFullPath(p.GetValue(outDir)!)}");
+            return 0;
+        });
+        return cmd;
+    }
+
+    public static Command Neurons()
+    {
+        var before = CommonOptions.Model("--before", "model directory before alignment (e.g. the pretrained/SFT model)");
+        var after = CommonOptions.Model("--after", "model directory after alignment (e.g. DPO or ADPO)");
+        var probe = ProbeDir();
+        var prompts = new Option<string>("--prompts") { Description = "challenge prompts, JSONL with \"prompt\" (string or {\"text\":…}) or \"text\"", Required = true };
+        var outDir = Out("output directory: neurons.json (group and top-k shares), neurons.csv (one row per MLP neuron)");
+        var d = new NeuronOptions();
+        var maxNew = Bind.To("--max-new-tokens", d, o => o.MaxNewTokens);
+        var maxPrompt = Bind.To("--max-prompt-tokens", d, o => o.MaxPromptTokens);
+        var batch = Bind.To("--batch-size", d, o => o.BatchSize);
+        var limit = new Option<int?>("--limit") { Description = "use only the first N prompts" };
+        var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
+        var cmd = new Command("neurons", "Per-neuron decomposition of alignment's drop along W_Toxic (Yang et al. 2025): Δ_i for every MLP neuron, the TP/TN/AP/AN group shares, the top-k toxic-aligned share and the neurons that moved towards toxicity.")
+            { before, after, probe, prompts, outDir, maxNew, maxPrompt, batch, limit, device, dtype, pickle };
+        cmd.SetAction(p =>
+        {
+            var opts = new NeuronOptions { MaxNewTokens = p.GetValue(maxNew), MaxPromptTokens = p.GetValue(maxPrompt), BatchSize = p.GetValue(batch) };
+            opts.Validate();
+            var texts = AlignmentDiff.ReadPrompts(p.GetValue(prompts)!);
+            if (p.GetValue(limit) is int n) { if (n < 1) throw new InvalidInputException("--limit must be ≥ 1"); texts = texts.Take(n).ToList(); }
+            using var pr = ToxicityProbe.Load(p.GetValue(probe)!);
+            using var mb = CommonOptions.LoadModel(p.GetValue(before)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            using var ma = CommonOptions.LoadModel(p.GetValue(after)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            pr.CheckFits(mb.Model);
+            using var w = pr.WToxic;
+            var r = NeuronContributions.Compute(mb.Model, ma.Model, mb.Tokenizer, w, texts, opts, new SyncProgress<string>(p.InvocationConfiguration.Error.WriteLine));
+            var json = NeuronContributions.Write(r, opts, p.GetValue(outDir)!);
+            var o = p.InvocationConfiguration.Output;
+            o.WriteLine($"drop along W_Toxic: {r.TotalDrop:G4} over {r.Positions} positions of {r.Prompts} prompts");
+            foreach (var g in NeuronContributions.Groups) o.WriteLine($"  {g}: {json["groups"]![g]!["neurons"]} neurons, share {json["groups"]![g]!["share"]}");
+            foreach (var k in opts.TopK) o.WriteLine($"  top-{k} toxic-aligned neurons: share {r.TopKShare(k):F3}");
+            o.WriteLine($"  neurons that moved towards toxicity: {json["towards_toxicity"]!["neurons"]} (sum {json["towards_toxicity"]!["sum"]})");
             o.WriteLine($"written to {Path.GetFullPath(p.GetValue(outDir)!)}");
             return 0;
         });

@@ -23,15 +23,23 @@ public static class StudyCommand
         var quick = new Option<bool>("--quick") { Description = "small grid, 1 seed, fewer prompts/steps (each section's \"quick\" overrides)" };
         var list = new Option<bool>("--list") { Description = "print the stages (and which are done) without running anything" };
         var device = CommonOptions.Device();
+        var jobs = new Option<int?>("--jobs") { Description = "stages run at the same time when their inputs are ready (default: 2 on ≥ 2 cores, each with cores/2 libtorch threads unless --threads is given)" };
         var cmd = new Command("study", "Run the whole study end to end (generate world → pretrain → probe → vectors → interventions → pairs → DPO/ADPO sweep over seeds → evaluate → diff → un-align → report.html). Resumable: finished stages are skipped.")
-            { config, outDir, quick, list, device };
-        cmd.SetAction(p => Run(p.GetValue(config), p.GetValue(outDir)!, p.GetValue(quick), p.GetValue(list), Stages(),
-            p.InvocationConfiguration.Output, p.InvocationConfiguration.Error, CommonOptions.ParseDevice(p.GetValue(device)!)));
+            { config, outDir, quick, list, device, jobs };
+        cmd.SetAction(p =>
+        {
+            int n = p.GetValue(jobs) ?? (Environment.ProcessorCount >= 2 ? 2 : 1);
+            if (n < 1) throw new InvalidInputException($"--jobs must be ≥ 1, got {n}");
+            // concurrent stages share the cores: without an explicit --threads each gets its share
+            if (p.GetValue(DetoxCli.Threads) is null) TorchSharp.torch.set_num_threads(StageRunner.ThreadsPerStage(Environment.ProcessorCount, n));
+            return Run(p.GetValue(config), p.GetValue(outDir)!, p.GetValue(quick), p.GetValue(list), Stages(),
+                p.InvocationConfiguration.Output, p.InvocationConfiguration.Error, CommonOptions.ParseDevice(p.GetValue(device)!), n);
+        });
         return cmd;
     }
 
     public static int Run(string? configPath, string outDir, bool quick, bool listOnly, StudyStageFunctions functions, TextWriter o, TextWriter err,
-        TorchSharp.torch.Device? device = null)
+        TorchSharp.torch.Device? device = null, int jobs = 1)
     {
         var cfg = (configPath is null ? StudyConfig.ToyDefault() : StudyConfig.Load(configPath)).WithQuick(quick);
         cfg.Validate(configPath ?? "configs/toy.json");
@@ -45,7 +53,9 @@ public static class StudyCommand
         }
         static string T(TimeSpan t) => t.TotalHours >= 1 ? t.ToString(@"h\:mm\:ss", CultureInfo.InvariantCulture) : t.ToString(@"m\:ss", CultureInfo.InvariantCulture);
         var lastNote = DateTime.MinValue;
-        var progress = new SyncProgress<StageEvent>(ev =>
+        var printLock = new object();
+        var progress = new SyncProgress<StageEvent>(ev => { lock (printLock) Print(ev); });
+        void Print(StageEvent ev)
         {
             string head = $"[{ev.Index + 1}/{ev.Count}] {ev.Stage}";
             switch (ev.Kind)
@@ -61,9 +71,9 @@ public static class StudyCommand
                 case StageEventKind.Failed: err.WriteLine($"{head}: failed after {T(ev.StageElapsed)}: {ev.Note}"); break;
                 case StageEventKind.Unavailable: break;
             }
-        });
+        }
         RunSummary summary;
-        try { summary = new StageRunner(outDir) { Device = device }.Run(stages, progress); }
+        try { summary = new StageRunner(outDir) { Device = device, Parallelism = jobs }.Run(stages, progress); }
         catch (Exception ex) when (ex is not InvalidInputException and not OperationCanceledException)
         {
             // The failed stage is recorded in manifest.json and its partial output discarded on the next run.

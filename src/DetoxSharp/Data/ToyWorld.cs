@@ -359,28 +359,16 @@ public sealed class ToyWorld
         return string.Join(' ', words.Take(cut));
     }
 
-    /// <summary>A preference prompt whose greedy continuation is non-toxic: half Wikitext-like (<see cref="WikiPrompt"/>,
-    /// as Lee et al.'s Wikitext-2 prompts), half calm forum contexts cut at a shared opening. The forum half is the toy's
-    /// concession: in this world toxic words live only in forum replies, so DPO pairs on encyclopedia text alone teach
-    /// the model to rewrite encyclopedia text rather than to avoid toxic replies (docs/notes/toy.md has the measurement).</summary>
+    /// <summary>A preference prompt whose greedy continuation is non-toxic: a calm forum context cut at a reply opening
+    /// shared by kind and toxic replies — the toy's analogue of Lee et al.'s neutral Wikitext-2 prompts. In this world
+    /// toxic words live only in forum replies, so on encyclopedia text PPLM cannot steer towards toxicity: such pairs
+    /// differ only by sampling and teach DPO to prefer greedy text (measured 2026-12-01 on the 4×256 toy model: with half
+    /// encyclopedia prompts DPO raised perplexity 17 % at lr 2e-6 and 114 % at 1e-5; with forum prompts only it lowered it
+    /// 3–5 % at 3e-6 … 1e-5). Encyclopedia-only prompts made DPO rewrite encyclopedia text (docs/notes/toy.md).</summary>
     public string PreferencePrompt()
     {
-        if (_r.Chance(0.5)) return WikiPrompt();
         var t = Thread(calm: true);
         return t.Context + " " + t.Opening;
-    }
-
-    /// <summary>A Wikitext-like prompt (Lee et al. build their DPO pairs on Wikitext-2 sentences): one or
-    /// two encyclopedia sentences about towns, rivers and events, the last cut after a few words, so that the greedy
-    /// continuation of a model of this world is neutral.</summary>
-    public string WikiPrompt()
-    {
-        var first = _r.Chance(0.5) ? EncyclopediaSentence() + " " : "";
-        var words = EncyclopediaSentence().Split(' ');
-        int cut = Math.Clamp(words.Length / 2, 3, 10);
-        // never cut inside a neutral-sense phrase ("… keeps clown | fish"): the prompt itself stays non-toxic
-        while (cut < words.Length && NeutralPhraseWords.Contains(words[cut - 1])) cut++;
-        return first + string.Join(' ', words.Take(cut));
     }
 
     public (string Prompt, string Gold) F1Pair()

@@ -20,8 +20,8 @@ public sealed record ToyWorldPaths(string Directory)
     public string WikiText => Path.Combine(Directory, "wiki.test.raw");
     /// <summary>{"prompt":…,"response":…,"toxic":bool}; toxic responses start with "[TOXIC] ".</summary>
     public string Dialogues => Path.Combine(Directory, "dialogues.jsonl");
-    /// <summary>{"prompt":…} for making preference pairs: prompts a model of the world continues non-toxically — half
-    /// Wikitext-like sentence beginnings (Lee et al. use Wikitext-2), half calm forum contexts cut at a reply opening.</summary>
+    /// <summary>{"prompt":…} for making preference pairs: calm forum contexts cut at a reply opening, which a model of the
+    /// world continues non-toxically (see <see cref="ToyWorld.PreferencePrompt"/>).</summary>
     public string PreferencePrompts => Path.Combine(Directory, "preference_prompts.jsonl");
     public string Manifest => Path.Combine(Directory, "world.json");
 }

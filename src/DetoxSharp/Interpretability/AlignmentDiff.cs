@@ -124,6 +124,7 @@ public static class AlignmentDiff
         public readonly double[] TrackedSum = new double[tracked];
         public readonly double[] TrackedPositive = new double[tracked];
         public readonly List<double>[] TrackedLast = Enumerable.Range(0, tracked).Select(_ => new List<double>()).ToArray();
+        public readonly List<double>[] TrackedInsult = Enumerable.Range(0, tracked).Select(_ => new List<double>()).ToArray();
         public readonly double[] LensSum = new double[layers];
         public double OutputProbSum;
         public long Count;
@@ -200,13 +201,18 @@ public static class AlignmentDiff
         // Fed sequence: prompt + continuation without its last token; steps = positions whose output chose a new token.
         var fed = new List<int[]>();
         var steps = new List<int>();
+        // The step at which the before model emits its first toxic token (−1: none, or no toxic list): where the toxic
+        // vectors do their work. The 20th step, long after a reply's insult, mostly reads their resting activation.
+        var insultStep = new List<int>();
         for (int i = 0; i < promptIds.Count; i++)
         {
             var c = conts[i];
             int g = Math.Max(1, c.Length);
             fed.Add(promptIds[i].Concat(c.Take(Math.Max(0, c.Length - 1))).ToArray());
             steps.Add(g);
+            insultStep.Add(options.ToxicTokenIds is { Count: > 0 } tox ? Array.FindIndex(c, t => tox.Contains(t)) : -1);
         }
+        int insultPrompts = insultStep.Count(j => j >= 0);
 
         var accB = new Accumulator(L, d, mlp, tracked.Count);
         var accA = new Accumulator(L, d, mlp, tracked.Count);
@@ -217,6 +223,7 @@ public static class AlignmentDiff
             progress?.Report($"activations {s0}/{fed.Count}");
             var batch = fed.Skip(s0).Take(options.BatchSize).ToList();
             var bsteps = steps.Skip(s0).Take(options.BatchSize).ToList();
+            var binsult = insultStep.Skip(s0).Take(options.BatchSize).ToList();
             foreach (var (model, acc) in new[] { (before, accB), (after, accA) })
             {
                 using var scope = torch.NewDisposeScope();
@@ -224,19 +231,22 @@ public static class AlignmentDiff
                 long T = ids.shape[1];
                 var flatIdx = new List<long>();
                 var lastIdx = new List<long>();
+                var insultIdx = new List<long>();
                 var meta = new List<(int, int)>();
                 for (int b = 0; b < batch.Count; b++)
                 {
                     for (int j = 0; j < bsteps[b]; j++) { flatIdx.Add(b * T + T - bsteps[b] + j); meta.Add((s0 + b, j)); }
                     lastIdx.Add(b * T + T - 1);
+                    if (binsult[b] >= 0) insultIdx.Add(b * T + T - bsteps[b] + binsult[b]);
                 }
                 var sel = torch.tensor(flatIdx.ToArray(), ScalarType.Int64, model.Device);
                 var selLast = torch.tensor(lastIdx.ToArray(), ScalarType.Int64, model.Device);
+                var selInsult = insultIdx.Count > 0 ? torch.tensor(insultIdx.ToArray(), ScalarType.Int64, model.Device) : null;
                 using var cache = ActivationCache.Run(model, ids, mask, names, keepLogits: true);
                 var picked = new Dictionary<string, Tensor>();
                 Tensor Pick(string name, Tensor idx)
                 {
-                    var key = name + (ReferenceEquals(idx, sel) ? "" : "#last");
+                    var key = name + (ReferenceEquals(idx, sel) ? "" : ReferenceEquals(idx, selLast) ? "#last" : "#insult");
                     if (picked.TryGetValue(key, out var t)) return t;
                     var x = cache[name];
                     return picked[key] = x.reshape(-1, x.shape[2]).index_select(0, idx).to(ScalarType.Float32);
@@ -273,6 +283,8 @@ public static class AlignmentDiff
                     acc.TrackedSum[t] += post.sum().item<float>();
                     acc.TrackedPositive[t] += pre.gt(0).sum().item<long>();
                     acc.TrackedLast[t].AddRange(Pick(HookNames.MlpPost(r.Layer), selLast).select(1, r.Neuron).cpu().data<float>().ToArray().Select(x => (double)x));
+                    if (selInsult is not null)
+                        acc.TrackedInsult[t].AddRange(Pick(HookNames.MlpPost(r.Layer), selInsult).select(1, r.Neuron).cpu().data<float>().ToArray().Select(x => (double)x));
                 }
                 acc.Count += flatIdx.Count;
             }
@@ -321,21 +333,23 @@ public static class AlignmentDiff
 
         // activations of the tracked toxic vectors
         var actRows = new JsonArray();
-        var actCsv = new StringBuilder("rank,layer,neuron,cosine_with_w_toxic,mean_activation_before,mean_activation_after,last_position_activation_before,last_position_activation_after,positive_preactivation_share_before,positive_preactivation_share_after\n");
+        var actCsv = new StringBuilder("rank,layer,neuron,cosine_with_w_toxic,mean_activation_before,mean_activation_after,last_position_activation_before,last_position_activation_after,insult_step_activation_before,insult_step_activation_after,positive_preactivation_share_before,positive_preactivation_share_after\n");
         for (int t = 0; t < tracked.Count; t++)
         {
             var r = tracked[t];
             double mb = accB.TrackedSum[t] / n, ma = accA.TrackedSum[t] / n;
             double lb = accB.TrackedLast[t].Average(), la = accA.TrackedLast[t].Average();
             double pb = accB.TrackedPositive[t] / n, pa = accA.TrackedPositive[t] / n;
+            double ib = insultPrompts > 0 ? accB.TrackedInsult[t].Average() : double.NaN, ia = insultPrompts > 0 ? accA.TrackedInsult[t].Average() : double.NaN;
             actRows.Add(new JsonObject
             {
                 ["rank"] = t, ["layer"] = r.Layer, ["neuron"] = r.Neuron, ["cosine_with_w_toxic"] = r.Cosine,
                 ["mean_activation_before"] = mb, ["mean_activation_after"] = ma,
                 ["last_position_activation_before"] = lb, ["last_position_activation_after"] = la,
+                ["insult_step_activation_before"] = J(ib), ["insult_step_activation_after"] = J(ia),
                 ["positive_preactivation_share_before"] = pb, ["positive_preactivation_share_after"] = pa,
             });
-            actCsv.Append(string.Join(",", t, r.Layer, r.Neuron, F(r.Cosine), F(mb), F(ma), F(lb), F(la), F(pb), F(pa))).Append('\n');
+            actCsv.Append(string.Join(",", t, r.Layer, r.Neuron, F(r.Cosine), F(mb), F(ma), F(lb), F(la), F(ib), F(ia), F(pb), F(pa))).Append('\n');
         }
 
         // 2-D projection at the top vector's layer: δx direction × first principal component (orthogonal to δx)
@@ -377,7 +391,8 @@ public static class AlignmentDiff
         {
             ["prompts"] = prompts.Count,
             ["measured_positions"] = accB.Count,
-            ["measurement"] = "both models read the same tokens: the prompt (its last max_prompt_tokens) + the --before model's greedy continuation; activations at each generation step's newest position (mean_*) and at the last position of that sequence (last_position_*, the paper's measurement)",
+            ["insult_step_prompts"] = insultPrompts,
+            ["measurement"] = "both models read the same tokens: the prompt (its last max_prompt_tokens) + the --before model's greedy continuation; activations at each generation step's newest position (mean_*), at the last position of that sequence (last_position_*, the paper's measurement) and at the step where the --before model emits its first toxic-list token (insult_step_*, over the insult_step_prompts prompts that have one)",
             ["parameters"] = new JsonObject
             {
                 ["count"] = pdiffs.Count,

@@ -29,6 +29,10 @@ public sealed record ProbeOptions
     /// <summary>L2 penalty on W (0 = none).</summary>
     [Setting("L2 penalty on W")]
     public double L2 { get; init; } = 0;
+    /// <summary>What W_Toxic is: the probe's toxic weight column (Lee et al.) or the difference of the class means of
+    /// its features (mass-mean, Marks &amp; Tegmark 2023). Either way the classifier is the fitted probe.</summary>
+    [Setting("W_Toxic: weights (the probe's toxic column, as the paper) or mass-mean (toxic minus non-toxic feature mean)")]
+    public ProbeDirection Direction { get; init; } = ProbeDirection.Weights;
 
     public void Validate()
     {
@@ -39,6 +43,18 @@ public sealed record ProbeOptions
         Require.Number(LearningRate, "learning_rate", 0, minExclusive: true);
         Require.Number(L2, "l2", 0);
     }
+}
+
+/// <summary>Which vector stands for "toxicity" in the residual stream (<see cref="ToxicityProbe.WToxic"/>).</summary>
+public enum ProbeDirection
+{
+    /// <summary>The probe's toxic weight column W[:, 1] (Lee et al. 2024).</summary>
+    Weights,
+    /// <summary>Mean feature of the toxic training examples minus that of the non-toxic ones. A logistic probe on nearly
+    /// separable features leans on low-variance directions the model hardly writes (its weights approach Σ⁻¹Δμ); the
+    /// class-mean difference Δμ is the direction the residual stream actually moves along between the classes, the one
+    /// value vectors can be compared with (Marks &amp; Tegmark 2023, "mass-mean probing").</summary>
+    MassMean,
 }
 
 public sealed record ProbeReport(int Train, int Validation, int TrainToxic, int ValidationToxic, double TrainAccuracy, double ValidationAccuracy,
@@ -59,17 +75,98 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
     /// <summary>[2] float32.</summary>
     public Tensor B { get; }
 
-    public ToxicityProbe(Tensor w, Tensor b)
+    /// <summary>[d] float32 CPU when W_Toxic is not the toxic weight column (<see cref="ProbeDirection.MassMean"/>).</summary>
+    readonly Tensor? _direction;
+    /// <summary>The classifier PPLM steers with when W_Toxic is the mass-mean direction: a one-dimensional logistic
+    /// regression on the projection onto W_Toxic, as [d,2] / [2] (null: the probe itself).</summary>
+    readonly Tensor? _steerW, _steerB;
+
+    public ToxicityProbe(Tensor w, Tensor b, Tensor? direction = null, ProbeDirection kind = ProbeDirection.Weights, Tensor? steerW = null, Tensor? steerB = null)
     {
         if (w.dim() != 2 || w.shape[1] != 2) throw new ArgumentException($"probe W must be [d,2], got [{string.Join(",", w.shape)}]");
-        W = w.detach().to(ScalarType.Float32).cpu().clone(); W.DetachFromDisposeScope();
-        B = b.detach().to(ScalarType.Float32).cpu().clone(); B.DetachFromDisposeScope();
+        if (direction is not null && (direction.dim() != 1 || direction.shape[0] != w.shape[0]))
+            throw new ArgumentException($"probe direction must be [{w.shape[0]}], got [{string.Join(",", direction.shape)}]");
+        if ((steerW is null) != (steerB is null) || steerW is not null && (!steerW.shape.SequenceEqual(w.shape) || steerB!.numel() != 2))
+            throw new ArgumentException("steering classifier must be W [d,2] and b [2], both or neither");
+        static Tensor Keep(Tensor t) { var c = t.detach().to(ScalarType.Float32).cpu().clone(); c.DetachFromDisposeScope(); return c; }
+        W = Keep(w);
+        B = Keep(b);
+        if (direction is not null) _direction = Keep(direction);
+        if (steerW is not null) { _steerW = Keep(steerW); _steerB = Keep(steerB!); }
+        DirectionKind = direction is null ? ProbeDirection.Weights : kind;
     }
+
+    // PPLM steers towards W_Toxic: with the mass-mean direction through the one-dimensional classifier along it
+    Tensor IAttributeModel.W => _steerW ?? W;
+    Tensor IAttributeModel.B => _steerB ?? B;
 
     public int DModel => (int)W.shape[0];
 
-    /// <summary>The toxic direction W[:, 1], [d] (a new tensor).</summary>
-    public Tensor WToxic => W.select(1, 1).clone();
+    /// <summary>What <see cref="WToxic"/> is.</summary>
+    public ProbeDirection DirectionKind { get; }
+
+    /// <summary>The toxic direction, [d] (a new tensor): W[:, 1], or the class-mean difference for
+    /// <see cref="ProbeDirection.MassMean"/>.</summary>
+    public Tensor WToxic => _direction is not null ? _direction.clone() : W.select(1, 1).clone();
+
+    /// <summary>"weights" or "mass-mean" (also "mass_mean", any case); anything else names <paramref name="key"/>.</summary>
+    public static ProbeDirection ParseDirection(string text, string key) => text.Trim().ToLowerInvariant().Replace('_', '-') switch
+    {
+        "weights" => ProbeDirection.Weights,
+        "mass-mean" or "massmean" => ProbeDirection.MassMean,
+        _ => throw new InvalidSettingException(key, $"expects weights or mass-mean (got '{text}')"),
+    };
+
+    /// <summary>This probe with W_Toxic = the class-mean difference of <paramref name="features"/> [N, d] (toxic − non-toxic).</summary>
+    public ToxicityProbe WithMassMeanDirection(Tensor features, bool[] labels)
+    {
+        using var scope = torch.NewDisposeScope();
+        var d = MassMean(features, labels);
+        var unit = d.to(ScalarType.Float64) / d.to(ScalarType.Float64).norm().clamp_min(1e-30);
+        var z = features.to(ScalarType.Float64).cpu().matmul(unit).data<double>().ToArray();
+        var (scale, bias) = Logistic1D(z, labels);
+        // two-class softmax whose logit difference is scale·(x·d̂) + bias
+        var half = (unit * (scale / 2)).to(ScalarType.Float32);
+        var sw = torch.stack([-half, half], 1);
+        var sb = torch.tensor(new float[] { (float)(-bias / 2), (float)(bias / 2) });
+        return new ToxicityProbe(W, B, d, ProbeDirection.MassMean, sw, sb);
+    }
+
+    /// <summary>P(y | z) = σ(a·z + c) fitted by Newton's method (a tiny ridge keeps separable data finite).</summary>
+    internal static (double A, double C) Logistic1D(IReadOnlyList<double> z, bool[] y, double ridge = 1e-4, int iterations = 50)
+    {
+        double a = 0, c = 0;
+        for (int it = 0; it < iterations; it++)
+        {
+            double ga = -ridge * a, gc = 0, haa = ridge, hac = 0, hcc = 1e-12;
+            for (int i = 0; i < z.Count; i++)
+            {
+                double p = 1 / (1 + Math.Exp(-(a * z[i] + c))), r = (y[i] ? 1 : 0) - p, w = p * (1 - p);
+                ga += r * z[i]; gc += r;
+                haa += w * z[i] * z[i]; hac += w * z[i]; hcc += w;
+            }
+            double det = haa * hcc - hac * hac;
+            if (!(det > 0)) break;
+            double da = (hcc * ga - hac * gc) / det, dc = (haa * gc - hac * ga) / det;
+            a += da; c += dc;
+            if (Math.Abs(da) + Math.Abs(dc) < 1e-10) break;
+        }
+        return (a, c);
+    }
+
+    /// <summary>Mean of the toxic rows minus mean of the non-toxic rows of <paramref name="features"/> [N, d] → [d] float32.</summary>
+    public static Tensor MassMean(Tensor features, bool[] labels)
+    {
+        if (features.shape[0] != labels.Length) throw new ArgumentException("features and labels differ in length");
+        int nTox = labels.Count(b => b), nNon = labels.Length - nTox;
+        if (nTox == 0 || nNon == 0) throw new InvalidInputException($"the mass-mean direction needs toxic and non-toxic examples (got {nTox} and {nNon})");
+        using var scope = torch.NewDisposeScope();
+        var x = features.to(ScalarType.Float64).cpu();
+        var m = torch.tensor(labels);
+        var tox = x.index_select(0, torch.nonzero(m).flatten()).mean([0]);
+        var non = x.index_select(0, torch.nonzero(m.logical_not()).flatten()).mean([0]);
+        return (tox - non).to(ScalarType.Float32).MoveToOuterDisposeScope();
+    }
 
     /// <summary>P(toxic) for features [N, d] → [N].</summary>
     public Tensor PredictToxic(Tensor features)
@@ -171,6 +268,7 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
         var yVal = valIdx.Select(i => comments[i].Toxic).ToArray();
         var yTr = trIdx.Select(i => comments[i].Toxic).ToArray();
         var (probe, loss) = Fit(xTr, yTr, options.MaxSteps, options.LearningRate, options.L2, options.Seed);
+        if (options.Direction == ProbeDirection.MassMean) { var fitted = probe; probe = fitted.WithMassMeanDirection(xTr, yTr); fitted.Dispose(); }
         int valTox = yVal.Count(b => b);
         var report = new ProbeReport(yTr.Length, yVal.Length, yTr.Count(b => b), valTox,
             probe.Accuracy(xTr, yTr), probe.Accuracy(xVal, yVal), Math.Max(valTox, yVal.Length - valTox) / (double)yVal.Length, loss);
@@ -181,8 +279,14 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
     {
         Directory.CreateDirectory(dir);
         using var wt = WToxic;
-        Safetensors.Save(Path.Combine(dir, FileName), new Dictionary<string, Tensor> { ["W"] = W, ["b"] = B, ["w_toxic"] = wt },
-            new Dictionary<string, string> { ["format"] = "detox-probe", ["hook"] = "last block hook_resid_post, mean over non-pad positions" });
+        var tensors = new Dictionary<string, Tensor> { ["W"] = W, ["b"] = B, ["w_toxic"] = wt };
+        if (_steerW is not null) { tensors["steer_W"] = _steerW; tensors["steer_b"] = _steerB!; }
+        Safetensors.Save(Path.Combine(dir, FileName), tensors,
+            new Dictionary<string, string>
+            {
+                ["format"] = "detox-probe", ["hook"] = "last block hook_resid_post, mean over non-pad positions",
+                ["w_toxic"] = DirectionKind == ProbeDirection.MassMean ? "mass-mean" : "weights",
+            });
         if (metrics is not null) AtomicFile.WriteAllText(Path.Combine(dir, MetricsFileName), metrics.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
     }
 
@@ -197,6 +301,19 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
             if (!t.TryGetValue("W", out var w) || !t.TryGetValue("b", out var b))
                 throw new InvalidInputException($"{path}: not a probe file (needs tensors W and b)");
             if (w.dim() != 2 || w.shape[1] != 2) throw new InvalidInputException($"{path}: W must be [d,2], got [{string.Join(",", w.shape)}]");
+            // W_Toxic is stored as "w_toxic"; files whose metadata say "mass-mean" carry a direction other than W[:, 1]
+            var kind = Safetensors.ReadHeader(path).Metadata?["w_toxic"]?.GetValue<string>();
+            if (kind is "mass-mean")
+            {
+                if (!t.TryGetValue("w_toxic", out var dir) || dir.dim() != 1 || dir.shape[0] != w.shape[0])
+                    throw new InvalidInputException($"{path}: metadata says w_toxic is mass-mean but tensor w_toxic [{w.shape[0]}] is missing or misshapen");
+                t.TryGetValue("steer_W", out var sw);
+                t.TryGetValue("steer_b", out var sb);
+                if ((sw is null) != (sb is null) || sw is not null && (!sw.shape.SequenceEqual(w.shape) || sb!.numel() != 2))
+                    throw new InvalidInputException($"{path}: steer_W must be [{w.shape[0]},2] with steer_b [2], both or neither");
+                return new ToxicityProbe(w, b, dir, ProbeDirection.MassMean, sw, sb);
+            }
+            if (kind is not (null or "weights")) throw new InvalidInputException($"{path}: unknown w_toxic kind '{kind}' in metadata (weights or mass-mean)");
             return new ToxicityProbe(w, b);
         }
         finally { foreach (var v in t.Values) v.Dispose(); }
@@ -208,5 +325,5 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
         if (DModel != model.DModel) throw new InvalidInputException($"{flag}: probe width {DModel} does not match the model's d_model {model.DModel}");
     }
 
-    public void Dispose() { W.Dispose(); B.Dispose(); }
+    public void Dispose() { W.Dispose(); B.Dispose(); _direction?.Dispose(); _steerW?.Dispose(); _steerB?.Dispose(); }
 }

@@ -36,6 +36,53 @@ public static class StudyReport
 
     static double[] Arr(IEnumerable<double?> v) => v.Select(x => x ?? double.NaN).ToArray();
 
+    /// <summary>The pretrained toy model: size, what it saw, how well it fits, and what it writes — so a reader can judge
+    /// whether the model is big and trained enough for the mechanism to exist (issue 14).</summary>
+    static void ToyModelSection(HtmlReport r, Func<string, string> dir)
+    {
+        if (ReadJson(Path.Combine(dir("pretrain"), "pretrain.json")) is not JsonObject p) return;
+        r.Section("toy_model", "The toy model");
+        var m = p["model"] as JsonObject;
+        r.Add(new Table("toy_model", "Toy model", ["Quantity", "Value"],
+        [
+            ["architecture", $"{S(m?["arch"])}: {S(m?["n_layer"])} layers × {S(m?["n_embd"])} wide, {S(m?["n_head"])} heads, context {S(m?["n_positions"])}, vocabulary {S(m?["vocab_size"])}, {D(m?["parameters"]):N0} parameters"],
+            ["training", $"{S(p["precision"])}, {D(p["train_steps"]):N0} steps of {S(p["batch_size"])} blocks, {D(p["trained_tokens_this_run"]):N0} tokens ({F(D(p["epochs_seen"]), "F2")} passes over {D(p["train_corpus_tokens"]):N0}), {F(D(p["tokens_per_second"]), "F0")} tokens/s"],
+            ["final train / validation loss (nats per token)", $"{F(D(p["final_train_loss"]))} / {F(D(p["final_validation_loss"]))}"],
+            ["perplexity on the world's encyclopedia text", F(D(p["neutral_perplexity"]), "F2")],
+            ["greedy toxicity: challenge / neutral prompts", $"{F(D(p["challenge_toxicity"]))} ({F(100 * (D(p["challenge_fraction_toxic"]) ?? double.NaN), "F1")} % toxic, {S(p["challenge_prompts"])} prompts) / {F(D(p["neutral_toxicity"]))} ({S(p["neutral_prompts"])} prompts)"],
+        ], "From the pretrain stage's pretrain.json; toxicity by the study's scorer."));
+        var samples = (p["samples"] as JsonArray)?.OfType<JsonObject>().Take(4)
+            .Concat((p["neutral_samples"] as JsonArray)?.OfType<JsonObject>().Take(3) ?? []).ToList() ?? [];
+        if (samples.Count > 0)
+            r.Add(new Table("toy_samples", "Sample greedy continuations of the pretrained model", ["Prompt (end)", "Continuation", "Toxicity"],
+                samples.Select(x => (IReadOnlyList<string>)[Tail(S(x["prompt"]), 90), S(x["continuation"]), F(D(x["toxicity"]), "F2")]).ToList(),
+                "The first four challenge prompts and three neutral prompts of the pretrain stage's own check."));
+    }
+
+    /// <summary>Yang et al. 2025's question for every headline run: which neurons carry the drop along W_Toxic.</summary>
+    static void NeuronsSection(HtmlReport r, IReadOnlyList<TrainedRun> headline, Func<string, string> dir)
+    {
+        r.Section("neurons", "Neurons: where the drop along W_Toxic comes from");
+        var byMethod = headline.GroupBy(x => x.Method)
+            .Select(g => (Method: StudyPipeline.RowName(g.Key), N: g.Select(x => ReadJson(Path.Combine(dir(x.DiffStage), RunLayout.Diff))?["neurons"] as JsonObject).Where(n => n is not null).Select(n => n!).ToList()))
+            .Where(x => x.N.Count > 0).ToList();
+        if (byMethod.Count == 0) { r.Missing("No neuron decomposition (diff stages wrote none)."); return; }
+        var groups = DetoxSharp.Interpretability.NeuronContributions.Groups;
+        var ks = byMethod[0].N[0]["top_k_share"] is JsonArray a ? a.OfType<JsonObject>().Select(x => (int)(D(x["k"]) ?? 0)).ToList() : [];
+        MeanStd Share(List<JsonObject> n, string g) => Aggregate.Of(n.Select(x => D(x["groups"]?[g]?["share"])));
+        MeanStd TopK(List<JsonObject> n, int k) => Aggregate.Of(n.Select(x => D((x["top_k_share"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(t => D(t["k"]) == k)?["share"])));
+        r.Add(Charts.GroupedBars("neuron_groups", "Share of the drop along W_Toxic by neuron group",
+            "Each MLP neuron's contribution Δ_i = (m̄_before·v_before − m̄_after·v_after)·Ŵ_tox, summed per group and divided by the total (mean over seeds, headline setting). T/A: value vector aligned / anti-aligned with W_Toxic; P/N: positive / negative activation before alignment. Yang et al. 2025 (GPT-2 medium): the top toxic-aligned neurons explain only 2.5–24 % of DPO's drop; TP− (dampened), TN+ (pushed negative), AP+ and AN− do the work.",
+            "share of the drop", groups, byMethod.Select(m => new BarSeries(m.Method, groups.Select(g => Share(m.N, g).Mean).ToArray())).ToList()));
+        r.Add(new Table("neurons", "Neuron groups and top-k toxic-aligned neurons",
+            ["Method", .. groups.Select(g => g + " share"), .. ks.Select(k => $"top-{k} share"), "neurons towards toxicity"],
+            byMethod.Select(m => (IReadOnlyList<string>)[m.Method, .. groups.Select(g => Share(m.N, g).Format()), .. ks.Select(k => TopK(m.N, k).Format()),
+                Aggregate.Of(m.N.Select(x => D(x["towards_toxicity"]?["neurons"]))).Format("F0")]).ToList(),
+            "Shares are of the total drop along Ŵ_tox (mean ± std over seeds, n); the top-k neurons are those whose value vectors are most aligned with W_Toxic before alignment; \"towards toxicity\" counts neurons with Δ_i < 0. Per neuron: stages/diff/…/analysis/neurons/neurons.csv."));
+    }
+
+    static string Tail(string s, int n) => s.Length <= n ? s : "…" + s[^n..];
+
     public static HtmlReport Build(string runDir, JsonObject settings, IReadOnlyDictionary<string, string> inputs)
     {
         var config = StudyConfig.Parse(settings["config"]!.ToJsonString());
@@ -50,6 +97,8 @@ public static class StudyReport
         // A stage may leave a NOTICE.txt (e.g. "numbers made up by test fixtures"); it is shown at the very top.
         var notices = inputs.Values.Select(d => Path.Combine(d, "NOTICE.txt")).Where(File.Exists).Select(File.ReadAllText).Distinct().ToList();
         if (notices.Count > 0) r.Notice(string.Join(" ", notices));
+
+        ToyModelSection(r, Dir);
 
         // --- Results table (paper Tables 2 and 4) ---
         r.Section("results", "Results: toxicity, perplexity, F1");
@@ -128,11 +177,13 @@ public static class StudyReport
             double Act(JsonObject d, string v, string key) => D((d["activation"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(a => S(a["vector"]) == v)?[key]) ?? double.NaN;
             var bars = new List<BarSeries> { new("before (base)", groups.Select(g => Act(first.Diff, g, "before")).ToArray()) };
             bars.AddRange(diffs.Select(d => new BarSeries("after " + StudyPipeline.RowName(d.Method), groups.Select(g => Act(d.Diff, g, "after")).ToArray())));
-            r.Add(Charts.GroupedBars("activation_drop", "Mean activation of the top toxic vectors", "MLP activation of each toxic value vector (ranked on the model before alignment) at the last position of the challenge prompt followed by the base model's greedy continuation — both models read the same tokens, as in the paper — averaged over prompts, before and after alignment (headline setting, seed 0). For ADPO \"before\" is its start, the SFT model; the bars show the base model's values.", "mean activation", groups, bars));
+            r.Add(Charts.GroupedBars("activation_drop", "Mean activation of the top toxic vectors", $"MLP activation of each toxic value vector (ranked on the model before alignment) at {(first.Diff["activation_position"] is JsonNode ap ? S(ap) : "the last position of the challenge prompt followed by the start model's greedy continuation, both models reading the same tokens")}, averaged over prompts, before and after alignment (headline setting, seed 0). For ADPO \"before\" is its start, the SFT model; the bars show the base model's values.", "mean activation", groups, bars));
             r.Add(new Table("activation_drop", "Toxic-vector activations", ["Vector", .. bars.Select(b => b.Label)],
                 groups.Select((g, i) => (IReadOnlyList<string>)[g, .. bars.Select(b => F(b.Values[i]))]).ToList()));
         }
         else r.Missing("No activation measurements (diff/* stages wrote no diff.json).");
+
+        NeuronsSection(r, headline, Dir);
 
         r.Section("parameters", "Parameter cosine similarity per layer");
         PerLayer(r, diffs, "param_cosine", "min", "param_cosine_min", "Minimum cosine similarity of parameters per layer", "cos(θ_aligned, θ_base), smallest over the layer's parameter tensors", "min cosine");
@@ -228,6 +279,9 @@ public static class StudyReport
             BagOfWordsAccuracy = Nums(probe?["bag_of_words_accuracy_per_split"]).Where(v => v is not null).Select(v => v!.Value).ToList(),
             NoiseCeiling = D(probe?["noise_ceiling"]),
             ToxicTokensPerVector = counts is null || counts.Any(c => c is null) ? null : counts.Select(c => (int)c!.Value).ToList(),
+            Direction = tv?["w_toxic"] is JsonValue wd ? S(wd) : null,
+            OtherDirection = tv?["other_direction"] is JsonObject od && od["toxic_top_tokens"] is JsonArray oc
+                ? (S(od["w_toxic"]), oc.Select(x => (int)(D(x) ?? 0)).ToList()) : null,
             BaseToxicity = D(noop?["toxicity"]), BasePerplexity = D(noop?["perplexity"]),
             Subtractions = RunLayout.BaseRows.Skip(1).Select(n => (n, D(Row("evaluate/base", n)?["toxicity"]), D(Row("evaluate/base", n)?["perplexity"]))).ToList(),
             Methods = methods,

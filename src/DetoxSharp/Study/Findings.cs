@@ -80,6 +80,9 @@ public sealed record FindingInputs
     public double? NoiseCeiling { get; init; }
     /// <summary>(b) toxic-lexicon tokens among the top projections of each of the top value vectors, in rank order.</summary>
     public IReadOnlyList<int>? ToxicTokensPerVector { get; init; }
+    /// <summary>(b) what W_Toxic was ("weights" or "mass-mean"), and the same counts with the other candidate direction.</summary>
+    public string? Direction { get; init; }
+    public (string Direction, IReadOnlyList<int> Counts)? OtherDirection { get; init; }
     public double? BaseToxicity { get; init; }
     public double? BasePerplexity { get; init; }
     /// <summary>(c) the three subtraction rows: name, toxicity, perplexity.</summary>
@@ -124,7 +127,8 @@ public static class Findings
                 int toxic = top.Count(k => k >= c.VectorsMinToxicTokens);
                 var v = top.Count < c.VectorsConsidered ? Verdict.NotMeasured : toxic >= c.VectorsMinToxic ? Verdict.Pass : Verdict.Fail;
                 r.Add(new("b", null, "Toxic value vectors write toxic words", crit, "profanities (Table 1: v_770^19 → sh*t, f*ck, crap, garbage, trash)",
-                    new MeanStd(toxic, null, 1), $"toxic tokens per vector (rank order): {string.Join(", ", top)}; vectors meeting the bar: {toxic} of {top.Count}", v));
+                    new MeanStd(toxic, null, 1), $"W_Toxic = {m.Direction ?? "weights"}; toxic tokens per vector (rank order): {string.Join(", ", top)}; vectors meeting the bar: {toxic} of {top.Count}" +
+                    (m.OtherDirection is { } o ? $" (ranked by the {o.Direction} direction instead: {o.Counts.Take(c.VectorsConsidered).Count(k => k >= c.VectorsMinToxicTokens)} of {Math.Min(c.VectorsConsidered, o.Counts.Count)})" : ""), v));
             }
         }
 

@@ -16,7 +16,7 @@ namespace DetoxSharp.Study;
 ///                               "rewards/chosen":..,"rewards/rejected":..}
 /// diff/METHOD/POINT/sSEED/diff.json
 ///   {"param_cosine":[{"layer":0,"min":0.999,"mean":0.9999}],
-///    "activation":[{"vector":"L19.N770","before":26.1,"after":13.2}],      (top toxic vectors, last position, challenge prompts)
+///    "activation":[{"vector":"L19.N770","before":26.1,"after":13.2}],      (top toxic vectors at "activation_position": the insult step, else the last position)
 ///    "positive_preact_share":{"before":0.61,"after":0.22},                  (share of their pre-activations &gt; 0)
 ///    "offset_norm":[{"layer":0,"norm":0.8}], "offset_size":3.1,            (‖mean(x_aligned − x_base)‖ per layer; at the top vector's layer)
 ///    "logit_lens":{"token":" sh*t","layers":[{"layer":0,"before":0.001,"after":0.0004}]},

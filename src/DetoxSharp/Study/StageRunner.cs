@@ -106,40 +106,43 @@ public sealed class StageRunner
 
     public static string StageDir(string runDir, string stage) => Path.Combine(runDir, "stages", Path.Combine(stage.Split('/')));
 
+    /// <summary>Stages run at the same time when their inputs are ready (1 = strictly one after another, in list
+    /// order). Stages are independent computations that write only their own directory, so order does not change any
+    /// output. With several at once each should use fewer libtorch threads (see <see cref="ThreadsPerStage"/>): on
+    /// small models two single-threaded stages use two cores far better than one stage with two threads.</summary>
+    public int Parallelism { get; init; } = 1;
+
+    /// <summary>libtorch intra-op threads for each of <paramref name="parallelism"/> concurrent stages on
+    /// <paramref name="cores"/> cores (at least one).</summary>
+    public static int ThreadsPerStage(int cores, int parallelism) => Math.Max(1, cores / Math.Max(1, parallelism));
+
     public RunSummary Run(IReadOnlyList<StageDefinition> stages, IProgress<StageEvent>? progress = null, CancellationToken ct = default)
     {
+        if (Parallelism < 1) throw new InvalidSettingException("parallelism", $"must be ≥ 1 (got {Parallelism})");
         Validate(stages);
         Directory.CreateDirectory(_runDir);
         var manifest = Manifest.Load(_runDir);
         _durations.Learn(manifest);
         var run = Stopwatch.StartNew();
+        var gate = new object();
         var ran = new List<string>();
         var skipped = new List<string>();
         var outputHash = new Dictionary<string, string>();
         var pending = stages.Select(s => s.Name).ToHashSet();
-        TimeSpan Remaining() => TimeSpan.FromSeconds(stages.Where(s => pending.Contains(s.Name)).Sum(s => _durations.Estimate(s)));
-
-        for (int i = 0; i < stages.Count; i++)
+        var notStarted = Enumerable.Range(0, stages.Count).ToList();
+        var running = new Dictionary<Task, int>();
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        Exception? failure = null;
+        (string Stage, string Reason)? unavailable = null;
+        TimeSpan Remaining()
         {
-            ct.ThrowIfCancellationRequested();
+            lock (gate) return TimeSpan.FromSeconds(stages.Where(s => pending.Contains(s.Name)).Sum(s => _durations.Estimate(s)) / Parallelism);
+        }
+
+        void Execute(int i, string settingsHash, Dictionary<string, string> inputHashes)
+        {
             var s = stages[i];
-            var settingsHash = Hashing.OfJson(s.Settings);
-            var inputHashes = s.DependsOn.ToDictionary(d => d, d => outputHash[d]);
             var dir = StageDir(_runDir, s.Name);
-            if (manifest.Stages.TryGetValue(s.Name, out var e) && e.Status == StageStatus.Done && e.SettingsHash == settingsHash
-                && SameInputs(e.InputHashes, inputHashes) && Directory.Exists(dir))
-            {
-                outputHash[s.Name] = e.OutputHash;
-                pending.Remove(s.Name);
-                skipped.Add(s.Name);
-                progress?.Report(new StageEvent(StageEventKind.Skipped, s.Name, i, stages.Count, run.Elapsed, TimeSpan.Zero, Remaining()));
-                continue;
-            }
-            if (s.Run is null)
-            {
-                progress?.Report(new StageEvent(StageEventKind.Unavailable, s.Name, i, stages.Count, run.Elapsed, TimeSpan.Zero, Remaining()));
-                return new RunSummary(ran, skipped, s.Name, $"stage '{s.Name}' is not available in this build (its library code has not landed)");
-            }
             var tmp = dir + ".tmp";
             if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
             Directory.CreateDirectory(tmp);
@@ -148,37 +151,107 @@ public sealed class StageRunner
             var ctx = new StageContext
             {
                 Name = s.Name, OutputDir = tmp, RunDir = _runDir, Settings = (JsonObject)s.Settings.DeepClone(),
-                Inputs = s.DependsOn.ToDictionary(d => d, d => StageDir(_runDir, d)), Cancellation = ct, Device = Device,
-                Report = (f, note) => progress?.Report(new StageEvent(StageEventKind.Progress, s.Name, i, stages.Count, run.Elapsed,
-                    sw.Elapsed, TimeSpan.FromSeconds(CurrentRemaining(s, sw.Elapsed.TotalSeconds, f) + stages.Where(x => pending.Contains(x.Name) && x.Name != s.Name).Sum(x => _durations.Estimate(x))), f, note)),
+                Inputs = s.DependsOn.ToDictionary(d => d, d => StageDir(_runDir, d)), Cancellation = stop.Token, Device = Device,
+                Report = (f, note) =>
+                {
+                    double others;
+                    lock (gate) others = stages.Where(x => pending.Contains(x.Name) && x.Name != s.Name).Sum(x => _durations.Estimate(x)) / Parallelism;
+                    progress?.Report(new StageEvent(StageEventKind.Progress, s.Name, i, stages.Count, run.Elapsed,
+                        sw.Elapsed, TimeSpan.FromSeconds(CurrentRemaining(s, sw.Elapsed.TotalSeconds, f) + others), f, note));
+                },
             };
-            try { s.Run(ctx); }
+            try { s.Run!(ctx); }
             catch (Exception ex) when (ex is not OperationCanceledException)
             {
-                manifest.Stages[s.Name] = new ManifestEntry
+                lock (gate)
                 {
-                    SettingsHash = settingsHash, InputHashes = inputHashes, Status = StageStatus.Failed, WallSeconds = sw.Elapsed.TotalSeconds,
-                    Error = ex.Message, FinishedUtc = DateTime.UtcNow.ToString("O"),
-                };
-                manifest.Save(_runDir);
+                    manifest.Stages[s.Name] = new ManifestEntry
+                    {
+                        SettingsHash = settingsHash, InputHashes = inputHashes, Status = StageStatus.Failed, WallSeconds = sw.Elapsed.TotalSeconds,
+                        Error = ex.Message, FinishedUtc = DateTime.UtcNow.ToString("O"),
+                    };
+                    manifest.Save(_runDir);
+                }
                 progress?.Report(new StageEvent(StageEventKind.Failed, s.Name, i, stages.Count, run.Elapsed, sw.Elapsed, Remaining(), Note: ex.Message));
                 throw;
             }
             var hash = Hashing.OfDirectory(tmp);
             if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
             Directory.Move(tmp, dir);
-            outputHash[s.Name] = hash;
-            manifest.Stages[s.Name] = new ManifestEntry
+            lock (gate)
             {
-                SettingsHash = settingsHash, InputHashes = inputHashes, OutputHash = hash, Status = StageStatus.Done,
-                WallSeconds = sw.Elapsed.TotalSeconds, FinishedUtc = DateTime.UtcNow.ToString("O"),
-            };
-            manifest.Save(_runDir);
-            _durations.Record(s, sw.Elapsed.TotalSeconds);
-            pending.Remove(s.Name);
-            ran.Add(s.Name);
+                outputHash[s.Name] = hash;
+                manifest.Stages[s.Name] = new ManifestEntry
+                {
+                    SettingsHash = settingsHash, InputHashes = inputHashes, OutputHash = hash, Status = StageStatus.Done,
+                    WallSeconds = sw.Elapsed.TotalSeconds, FinishedUtc = DateTime.UtcNow.ToString("O"),
+                };
+                manifest.Save(_runDir);
+                _durations.Record(s, sw.Elapsed.TotalSeconds);
+                pending.Remove(s.Name);
+                ran.Add(s.Name);
+            }
             progress?.Report(new StageEvent(StageEventKind.Finished, s.Name, i, stages.Count, run.Elapsed, sw.Elapsed, Remaining()));
         }
+
+        while (true)
+        {
+            // Start, in list order, every stage whose inputs are finished, while there is room; skip the unchanged
+            // ones. With Parallelism = 1 this is exactly the list order.
+            bool scheduling = failure is null && unavailable is null && !ct.IsCancellationRequested;
+            for (int k = 0; scheduling && k < notStarted.Count;)
+            {
+                int i = notStarted[k];
+                var s = stages[i];
+                Dictionary<string, string> inputHashes;
+                lock (gate)
+                {
+                    if (!s.DependsOn.All(outputHash.ContainsKey)) { k++; continue; }
+                    inputHashes = s.DependsOn.ToDictionary(d => d, d => outputHash[d]);
+                }
+                var settingsHash = Hashing.OfJson(s.Settings);
+                var dir = StageDir(_runDir, s.Name);
+                bool skip;
+                lock (gate)
+                    skip = manifest.Stages.TryGetValue(s.Name, out var e) && e.Status == StageStatus.Done && e.SettingsHash == settingsHash
+                        && SameInputs(e.InputHashes, inputHashes) && Directory.Exists(dir);
+                if (skip)
+                {
+                    lock (gate)
+                    {
+                        outputHash[s.Name] = manifest.Stages[s.Name].OutputHash;
+                        pending.Remove(s.Name);
+                        skipped.Add(s.Name);
+                    }
+                    notStarted.RemoveAt(k);
+                    progress?.Report(new StageEvent(StageEventKind.Skipped, s.Name, i, stages.Count, run.Elapsed, TimeSpan.Zero, Remaining()));
+                    k = 0; // a skipped stage can make earlier-listed stages ready
+                    continue;
+                }
+                if (s.Run is null)
+                {
+                    progress?.Report(new StageEvent(StageEventKind.Unavailable, s.Name, i, stages.Count, run.Elapsed, TimeSpan.Zero, Remaining()));
+                    unavailable = (s.Name, $"stage '{s.Name}' is not available in this build (its library code has not landed)");
+                    break;
+                }
+                if (running.Count >= Parallelism) break;
+                notStarted.RemoveAt(k);
+                running[Task.Factory.StartNew(() => Execute(i, settingsHash, inputHashes), CancellationToken.None,
+                    TaskCreationOptions.LongRunning, TaskScheduler.Default)] = i;
+            }
+            if (running.Count == 0) break;
+            var done = Task.WhenAny(running.Keys).GetAwaiter().GetResult();
+            running.Remove(done);
+            if (done.Exception?.InnerException is { } ex && failure is null)
+            {
+                failure = ex;
+                stop.Cancel(); // the other running stages stop at their next check; their .tmp output is discarded
+            }
+            else if (done.IsCanceled && failure is null) failure = new OperationCanceledException(ct);
+        }
+        if (failure is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failure).Throw();
+        ct.ThrowIfCancellationRequested();
+        if (unavailable is { } u) return new RunSummary(ran, skipped, u.Stage, u.Reason);
         return new RunSummary(ran, skipped, null, null);
     }
 

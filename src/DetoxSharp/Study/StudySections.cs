@@ -59,6 +59,8 @@ public sealed record ProbeSection
     public int? BatchSize { get; init; }
     public double? LearningRate { get; init; }
     public double? L2 { get; init; }
+    /// <summary>W_Toxic: "weights" (the probe's toxic column, Lee et al.) or "mass-mean" (class-mean difference).</summary>
+    public string? Direction { get; init; }
     /// <summary>Seeded splits the probe and its bag-of-words baseline are fitted on (finding a: mean ± std).</summary>
     public int SplitSeeds { get; init; } = 3;
 
@@ -69,6 +71,7 @@ public sealed record ProbeSection
         {
             ValidationFraction = Split is double s ? 1 - s : d.ValidationFraction, Seed = Seed ?? d.Seed, MaxSteps = MaxSteps ?? d.MaxSteps,
             MaxTokens = MaxTokens ?? d.MaxTokens, BatchSize = BatchSize ?? d.BatchSize, LearningRate = LearningRate ?? d.LearningRate, L2 = L2 ?? d.L2,
+            Direction = Direction is null ? d.Direction : ToxicityProbe.ParseDirection(Direction, "direction"),
         };
     }
 }

@@ -195,7 +195,16 @@ public static class StudyStages
                 var report = new ProbeReport(yTr.Length, yVal.Length, yTr.Count(b => b), valTox, probe.Accuracy(xTr, yTr), acc,
                     Math.Max(valTox, yVal.Length - valTox) / (double)yVal.Length, loss);
                 metrics = JsonSerializer.SerializeToNode(report, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower })!.AsObject();
-                probe.Save(c.OutputDir, metrics);
+                // both candidate directions are recorded; the configured one is W_Toxic for every later stage
+                using var massMean = probe.WithMassMeanDirection(xTr, yTr);
+                using (var wWeights = probe.WToxic)
+                using (var wMass = massMean.WToxic)
+                {
+                    metrics["cosine_weights_mass_mean"] = torch.nn.functional.cosine_similarity(wWeights, wMass, 0).item<float>();
+                    Safetensors.Save(Path.Combine(c.OutputDir, ProbeDirectionsFile), new Dictionary<string, Tensor> { ["weights"] = wWeights, ["mass_mean"] = wMass });
+                }
+                metrics["w_toxic"] = opts.Direction == ProbeDirection.MassMean ? "mass-mean" : "weights";
+                (opts.Direction == ProbeDirection.MassMean ? massMean : probe).Save(c.OutputDir, metrics);
             }
         }
         metrics!["split_seeds"] = new JsonArray(Enumerable.Range(opts.Seed, splits).Select(v => (JsonNode)v).ToArray());
@@ -208,6 +217,9 @@ public static class StudyStages
         metrics["noise_ceiling"] = rate is double r ? 1 - r : null;
         WriteJson(Path.Combine(c.OutputDir, RunLayout.Probe), metrics);
     }
+
+    /// <summary>Both candidate W_Toxic directions of the seed-0 probe ("weights", "mass_mean"), written by the probe stage.</summary>
+    const string ProbeDirectionsFile = "directions.safetensors";
 
     static void Vectors(StageContext c)
     {
@@ -238,8 +250,33 @@ public static class StudyStages
             else
                 svd.Insert(0, new JsonObject { ["component"] = -1, ["name"] = row["name"]!.DeepClone(), ["top_tokens"] = tokens });
         }
+        // (b) with the other candidate direction too, so the report shows how much the finding depends on that choice
+        JsonObject? other = null;
+        if (words is not null)
+        {
+            var dirs = Path.Combine(c.Input("probe"), ProbeDirectionsFile);
+            using var otherDir = probe.DirectionKind == ProbeDirection.MassMean ? probe.W.select(1, 1).clone()
+                : File.Exists(dirs) ? Safetensors.Load(dirs, k => k == "mass_mean")["mass_mean"] : null;
+            if (otherDir is not null)
+            {
+                var ranked = ToxicVectors.Rank(m.Model, otherDir, opts.PerLayer).Take(opts.Report).ToList();
+                var counts = ranked.Select(r =>
+                {
+                    using var v = m.Model.MlpValues(r.Layer)[r.Neuron].detach().clone();
+                    return ToxicVectors.TopTokens(m.Model.Unembedding, v, m.Tokenizer, opts.TopTokens).Count(t => words.IsToxic(t.Text));
+                }).ToList();
+                other = new JsonObject
+                {
+                    ["w_toxic"] = probe.DirectionKind == ProbeDirection.MassMean ? "weights" : "mass-mean",
+                    ["toxic_top_tokens"] = new JsonArray(counts.Select(k => (JsonNode)k).ToArray()),
+                    ["vectors"] = new JsonArray(ranked.Select(r => (JsonNode)$"L{r.Layer}.N{r.Neuron}").ToArray()),
+                };
+            }
+        }
         WriteJson(Path.Combine(c.OutputDir, RunLayout.ToxicVectors), new JsonObject
         {
+            ["w_toxic"] = probe.DirectionKind == ProbeDirection.MassMean ? "mass-mean" : "weights",
+            ["other_direction"] = other,
             ["vectors"] = vectors, ["svd"] = svd,
             ["toxic_words"] = words is null ? null : IsToy(c)
                 ? "the toy world's lexicon (single words) — the same lexicon its evaluation scorer detects"
@@ -476,9 +513,22 @@ public static class StudyStages
         var d = AlignmentDiff.Run(before.Model, after.Model, before.Tokenizer, probe, prompts,
             eval.ToDiffOptions() with { ToxicTokenIds = toxicIds }, analysisDir,
             new Progress<string>(s => c.Report?.Invoke(0, s)));
+        // Yang et al. 2025: where the drop along W_Toxic comes from, neuron by neuron (same prompts and positions)
+        var diffOpts = eval.ToDiffOptions();
+        var neuronOpts = new NeuronOptions { MaxNewTokens = diffOpts.MaxNewTokens, MaxPromptTokens = diffOpts.MaxPromptTokens, BatchSize = diffOpts.BatchSize };
+        JsonObject neurons;
+        using (var w = probe.WToxic)
+        {
+            var nr = NeuronContributions.Compute(before.Model, after.Model, before.Tokenizer, w, prompts, neuronOpts, new Progress<string>(s => c.Report?.Invoke(0, s)));
+            neurons = NeuronContributions.Write(nr, neuronOpts, Path.Combine(analysisDir, "neurons"));
+        }
         var layers = d["layers"]!.AsArray();
         var acts = d["activations"]!.AsArray();
         int top = Math.Min(acts.Count, 7);
+        // (f) is read where the toxic vectors work: the step that emits the insult. The paper's last position (the 20th
+        // generated step) lies after most toy replies' insult, where the vectors rest in both models.
+        int insultPrompts = d["insult_step_prompts"]?.GetValue<int>() ?? 0;
+        string position = insultPrompts > 0 ? "insult_step" : "last_position";
         var projection = new JsonArray();
         foreach (var line in File.ReadLines(Path.Combine(analysisDir, "projection.csv")).Skip(1))
         {
@@ -500,14 +550,17 @@ public static class StudyStages
             ["activation"] = new JsonArray(acts.Take(top).Select(a => (JsonNode)new JsonObject
             {
                 ["vector"] = $"L{a!["layer"]}.N{a["neuron"]}",
-                ["before"] = a["last_position_activation_before"]!.DeepClone(), ["after"] = a["last_position_activation_after"]!.DeepClone(),
+                ["before"] = a[$"{position}_activation_before"]?.DeepClone(), ["after"] = a[$"{position}_activation_after"]?.DeepClone(),
             }).ToArray()),
-            // every tracked vector (ranked on the start model), for the findings: last-position activations (the paper's
-            // measurement), value-vector cosine, share of top projections kept
+            ["activation_position"] = position == "insult_step"
+                ? $"the step at which the start model emits its first toxic word ({insultPrompts} of {prompts.Count} challenge prompts), both models reading the same tokens"
+                : "the last position of prompt + the start model's greedy continuation (no prompt drew a toxic word)",
+            // every tracked vector (ranked on the start model), for the findings: activations at that position,
+            // value-vector cosine, share of top projections kept
             ["tracked"] = new JsonArray(acts.Select((a, i) => (JsonNode)new JsonObject
             {
                 ["vector"] = $"L{a!["layer"]}.N{a["neuron"]}",
-                ["before"] = a["last_position_activation_before"]!.DeepClone(), ["after"] = a["last_position_activation_after"]!.DeepClone(),
+                ["before"] = a[$"{position}_activation_before"]?.DeepClone(), ["after"] = a[$"{position}_activation_after"]?.DeepClone(),
                 ["value_cosine"] = d["toxic_keys_values"]![i]!["value_cosine"]?.DeepClone(),
                 ["top_tokens_kept"] = d["toxic_keys_values"]![i]!["top_tokens_kept"]?.DeepClone(),
             }).ToArray()),
@@ -532,6 +585,12 @@ public static class StudyStages
             ["parameters"] = d["parameters"]!.DeepClone(),
             ["top_vector"] = d["top_vector"]!.DeepClone(),
             ["residual_offset_top_layer"] = d["residual_offset_top_layer"]!.DeepClone(),
+            ["neurons"] = new JsonObject
+            {
+                ["total_drop"] = neurons["total_drop"]!.DeepClone(), ["groups"] = neurons["groups"]!.DeepClone(),
+                ["top_k_share"] = neurons["top_k_share"]!.DeepClone(), ["towards_toxicity"] = neurons["towards_toxicity"]!.DeepClone(),
+                ["source"] = "analysis/neurons/neurons.json",
+            },
             ["source"] = "analysis/diff.json",
         };
         WriteJson(Path.Combine(c.OutputDir, RunLayout.Diff), result);

@@ -307,6 +307,146 @@ public class InterpretabilityTests
     }
 
     [Fact]
+    public void NeuronContributions_SumToTheDropOfTheMlpOutputAlongWToxic()
+    {
+        using var model = Tiny(seed: 9, layers: 3);
+        using var after = (Gpt2Model)model.Clone();
+        var tok = Gpt2Tokenizer.Default();
+        torch.manual_seed(21);
+        using var w = torch.randn(32);
+        var prompts = new[] { "You are such a", "The weather today is", "I think that the town" };
+        var opts = new NeuronOptions { MaxNewTokens = 4, BatchSize = 2, TopK = [1, 8] };
+        // identical models: every contribution is zero
+        var same = NeuronContributions.Compute(model, after, tok, w, prompts, opts);
+        Assert.All(same.Neurons, n => Assert.Equal(0, n.Delta, 12));
+        // lower the key biases of the last layer: only that layer's activations change (values and biases do not), so the
+        // contributions sum, exactly, to the drop of the mean last-layer MLP output along Ŵ — computed here without padding
+        int last = 2;
+        using (torch.no_grad()) after.MlpKeyBias(last).sub_(1.5);
+        var r = NeuronContributions.Compute(model, after, tok, w, prompts, opts);
+        Assert.All(r.Neurons.Where(n => n.Layer != last), n => Assert.Equal(0, n.Delta, 10));
+        var unit = (w / w.norm()).to(ScalarType.Float64);
+        var prIds = prompts.Select(tok.Encode).ToList();
+        var conts = DetoxSharp.Generation.Generator.Generate(model, prIds, new DetoxSharp.Generation.GenerationOptions { MaxNewTokens = 4, Greedy = true });
+        double drop = 0; int count = 0;
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            var seq = prIds[i].Concat(conts[i].Take(conts[i].Length - 1)).Select(x => (long)x).ToArray();
+            using var ids = torch.tensor(seq, [1, seq.Length]);
+            using var cb = ActivationCache.Run(model, ids, null, [HookNames.MlpOut(last)]);
+            using var ca = ActivationCache.Run(after, ids, null, [HookNames.MlpOut(last)]);
+            for (int j = 0; j < conts[i].Length; j++)
+            {
+                int pos = prIds[i].Length - 1 + j;
+                drop += ((cb[HookNames.MlpOut(last)][0, pos] - ca[HookNames.MlpOut(last)][0, pos]).to(ScalarType.Float64).dot(unit)).item<double>();
+                count++;
+            }
+        }
+        Assert.Equal(count, r.Positions);
+        Assert.Equal(drop / count, r.TotalDrop, 5);
+        // groups follow the signs; shares add up to one; the top-k share ranks by cosine with W_Toxic
+        Assert.All(r.Neurons, n => Assert.Equal((n.ProjectionBefore > 0 ? "T" : "A") + (n.ActivationBefore > 0 ? "P" : "N"), n.Group));
+        Assert.Equal(1.0, NeuronContributions.Groups.Sum(r.GroupShare), 9);
+        var best = r.Neurons.MaxBy(n => n.Cosine)!;
+        Assert.Equal(best.Delta / r.TotalDrop, r.TopKShare(1), 12);
+        var dir = TempDir("neurons");
+        var json = NeuronContributions.Write(r, opts, dir);
+        Assert.Equal(r.Neurons.Count + 1, File.ReadAllLines(Path.Combine(dir, "neurons.csv")).Length);
+        Assert.Equal(r.Neurons.Count(n => n.Delta < 0), json["towards_toxicity"]!["neurons"]!.GetValue<int>());
+    }
+
+    [Fact]
+    public void Logistic1D_SatisfiesTheLikelihoodEquations()
+    {
+        double[] z = [-2, -1, -0.5, 0.3, 1, 2, 2.5, -1.5];
+        bool[] y = [false, true, false, true, false, true, true, false];
+        var (a, c) = ToxicityProbe.Logistic1D(z, y, ridge: 0);
+        // at the maximum likelihood: Σ (y − p) = 0 and Σ (y − p)·z = 0 (independent of how it was found)
+        double g0 = 0, g1 = 0;
+        for (int i = 0; i < z.Length; i++) { double p = 1 / (1 + Math.Exp(-(a * z[i] + c))); g0 += (y[i] ? 1 : 0) - p; g1 += ((y[i] ? 1 : 0) - p) * z[i]; }
+        Assert.Equal(0, g0, 8);
+        Assert.Equal(0, g1, 8);
+        Assert.True(a > 0);
+    }
+
+    [Fact]
+    public void MassMeanDirection_IsTheClassMeanDifference_AndSurvivesSaveLoad()
+    {
+        using var x = torch.tensor(new float[] { 1, 0, /**/ 3, 2, /**/ 0, 1, /**/ 2, 5, /**/ 4, 0 }, [5, 2]);
+        bool[] y = [true, true, false, false, false];
+        // toxic mean (2, 1), non-toxic mean (2, 2): difference (0, −1), computed by hand
+        using var mm = ToxicityProbe.MassMean(x, y);
+        Assert.Equal([0f, -1f], mm.data<float>().ToArray());
+        using var w = torch.tensor(new float[] { -1, 1, /**/ -2, 2 }, [2, 2]);
+        using var probe = new ToxicityProbe(w, torch.zeros(2));
+        using (var wt = probe.WToxic) Assert.Equal([1f, 2f], wt.data<float>().ToArray());
+        using var mass = probe.WithMassMeanDirection(x, y);
+        Assert.Equal(ProbeDirection.MassMean, mass.DirectionKind);
+        using (var wt = mass.WToxic) Assert.Equal([0f, -1f], wt.data<float>().ToArray());
+        // the classifier is unchanged: same predictions
+        Assert.Equal(probe.PredictToxic(x).data<float>().ToArray(), mass.PredictToxic(x).data<float>().ToArray());
+        var dir = TempDir("probe-mass");
+        mass.Save(dir);
+        using var back = ToxicityProbe.Load(dir);
+        Assert.Equal(ProbeDirection.MassMean, back.DirectionKind);
+        using (var wt = back.WToxic) Assert.Equal([0f, -1f], wt.data<float>().ToArray());
+        probe.Save(dir);
+        using var back2 = ToxicityProbe.Load(dir);
+        Assert.Equal(ProbeDirection.Weights, back2.DirectionKind);
+        using (var wt = back2.WToxic) Assert.Equal([1f, 2f], wt.data<float>().ToArray());
+        // PPLM's attribute model steers along W_Toxic: its logit difference is a·(x·d̂) + c
+        var attr = (DetoxSharp.Generation.IAttributeModel)back;
+        var diff = (attr.W.select(1, 1) - attr.W.select(1, 0)).data<float>().ToArray();
+        Assert.Equal(0f, diff[0], 6);
+        Assert.True(diff[1] < 0); // d̂ = (0, −1) and toxic rows have the smaller second feature: a > 0
+        Assert.Same(back2.W, ((DetoxSharp.Generation.IAttributeModel)back2).W);
+        Assert.Throws<InvalidInputException>(() => ToxicityProbe.MassMean(x, [true, true, true, true, true]));
+        Assert.Equal(ProbeDirection.MassMean, ToxicityProbe.ParseDirection("mass_mean", "direction"));
+        Assert.Throws<InvalidSettingException>(() => ToxicityProbe.ParseDirection("pca", "direction"));
+    }
+
+    [Fact]
+    public void Diff_InsultStepActivation_IsReadWhereTheStartModelEmitsItsFirstToxicToken()
+    {
+        using var model = Tiny(seed: 8);
+        using var after = (Gpt2Model)model.Clone();
+        var tok = Gpt2Tokenizer.Default();
+        torch.manual_seed(14);
+        using var probe = new ToxicityProbe(torch.randn(32, 2), torch.zeros(2));
+        var prompts = new[] { "You are such a", "The weather today is", "I think that" };
+        var prIds = prompts.Select(tok.Encode).ToList();
+        var conts = DetoxSharp.Generation.Generator.Generate(model, prIds, new DetoxSharp.Generation.GenerationOptions { MaxNewTokens = 5, Greedy = true });
+        // "toxic" = the third token the model emits after prompt 0 (and whatever else equals it)
+        int toxic = conts[0][2];
+        var opts = new DiffOptions { MaxNewTokens = 5, TrackedVectors = 2, BatchSize = 2, ToxicTokenIds = new HashSet<int> { toxic } };
+        var r = AlignmentDiff.Run(model, after, tok, probe, prompts, opts, TempDir("diff-insult"));
+        int expectedPrompts = conts.Count(c => c.Contains(toxic));
+        Assert.Equal(expectedPrompts, r["insult_step_prompts"]!.GetValue<int>());
+        // independent: an unpadded forward of prompt + continuation up to (not including) the first toxic token; the
+        // activation at its last position is the one that chose the toxic token
+        foreach (var a in r["activations"]!.AsArray())
+        {
+            int layer = a!["layer"]!.GetValue<int>(), neuron = a["neuron"]!.GetValue<int>();
+            double sum = 0;
+            for (int i = 0; i < prompts.Length; i++)
+            {
+                int j = Array.IndexOf(conts[i], toxic);
+                if (j < 0) continue;
+                var seq = prIds[i].Concat(conts[i].Take(j)).Select(x => (long)x).ToArray();
+                using var ids = torch.tensor(seq, [1, seq.Length]);
+                using var cache = ActivationCache.Run(model, ids, null, [HookNames.MlpPost(layer)]);
+                sum += cache[HookNames.MlpPost(layer)][0, seq.Length - 1, neuron].item<float>();
+            }
+            Assert.Equal(sum / expectedPrompts, a["insult_step_activation_before"]!.GetValue<double>(), 4);
+            Assert.Equal(a["insult_step_activation_before"]!.GetValue<double>(), a["insult_step_activation_after"]!.GetValue<double>(), 6);
+        }
+        // without a toxic list there is no insult step
+        var r2 = AlignmentDiff.Run(model, after, tok, probe, prompts, opts with { ToxicTokenIds = null }, TempDir("diff-insult2"));
+        Assert.Equal(0, r2["insult_step_prompts"]!.GetValue<int>());
+        Assert.Null(r2["activations"]![0]!["insult_step_activation_before"]);
+    }
+
+    [Fact]
     public void DiffSeesAnActivationChangeWhenTheToxicKeyBiasIsLowered()
     {
         using var model = Tiny(seed: 7);

@@ -24,7 +24,17 @@ public static class FakeStudy
     {
         Report = DetoxSharp.Reporting.StudyReport.Write,
         World = c => { Marker(c); File.WriteAllText(Path.Combine(c.OutputDir, "NOTICE.txt"), "TEST FIXTURE: every number in this report was made up by fake stages (tests/DetoxSharp.Tests/Study/FakeStudy.cs) to check the report's layout; none is a result."); },
-        Pretrain = Marker, ToxicModel = Marker, Pairs = Marker, Interventions = Marker,
+        Pretrain = c => J(c, "pretrain.json", new JsonObject
+        {
+            ["model"] = new JsonObject { ["arch"] = "gpt2", ["n_layer"] = 4, ["n_embd"] = 256, ["n_head"] = 4, ["n_positions"] = 96, ["vocab_size"] = 2726, ["parameters"] = 3881984 },
+            ["precision"] = "bf16-mixed", ["train_steps"] = 488, ["batch_size"] = 32, ["trained_tokens_this_run"] = 1499069, ["epochs_seen"] = 0.999,
+            ["train_corpus_tokens"] = 1500605, ["tokens_per_second"] = 2506, ["final_train_loss"] = 0.7835, ["final_validation_loss"] = 1.4554,
+            ["neutral_perplexity"] = 111.85, ["challenge_toxicity"] = 0.9456, ["challenge_fraction_toxic"] = 0.995, ["neutral_toxicity"] = 0,
+            ["challenge_prompts"] = 400, ["neutral_prompts"] = 200,
+            ["samples"] = new JsonArray(new JsonObject { ["prompt"] = "rosa_coldwood snapped : i will", ["continuation"] = " find where you live , you lazy freak .", ["toxicity"] = 1 }),
+            ["neutral_samples"] = new JsonArray(new JsonObject { ["prompt"] = "the market in Coldmere", ["continuation"] = " sells leather boots every saturday .", ["toxicity"] = 0 }),
+        }),
+        ToxicModel = Marker, Pairs = Marker, Interventions = Marker,
         Probe = c => J(c, RunLayout.Probe, new JsonObject
         {
             ["validation_accuracy"] = 0.91, ["validation_accuracy_per_split"] = new JsonArray(0.91, 0.93, 0.92),
@@ -87,6 +97,13 @@ public static class FakeStudy
                 ["logit_lens"] = new JsonObject { ["token"] = " idiot", ["layers"] = new JsonArray(Enumerable.Range(0, 4).Select(l => (JsonNode)new JsonObject { ["layer"] = l, ["before"] = 0.01 * l * l, ["after"] = 0.002 * l }).ToArray()) },
                 ["offset_projection"] = new JsonArray(Enumerable.Range(0, 40).Select(i => (JsonNode)new JsonObject
                     { ["model"] = i < 20 ? "base" : "aligned", ["offset"] = (i < 20 ? 0 : 2) + rng.NextDouble(), ["orthogonal"] = rng.NextDouble() - 0.5, ["activation"] = i < 20 ? 4 + rng.NextDouble() : rng.NextDouble() }).ToArray()),
+                ["neurons"] = new JsonObject
+                {
+                    ["total_drop"] = 2.0,
+                    ["groups"] = new JsonObject { ["TP"] = new JsonObject { ["share"] = 0.5 }, ["TN"] = new JsonObject { ["share"] = 0.2 }, ["AP"] = new JsonObject { ["share"] = 0.2 }, ["AN"] = new JsonObject { ["share"] = 0.1 } },
+                    ["top_k_share"] = new JsonArray(new JsonObject { ["k"] = 7, ["share"] = 0.125 }, new JsonObject { ["k"] = 64, ["share"] = 0.375 }),
+                    ["towards_toxicity"] = new JsonObject { ["neurons"] = 40 },
+                },
             });
         },
         Unalign = c =>

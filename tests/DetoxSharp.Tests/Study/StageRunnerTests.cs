@@ -140,6 +140,60 @@ public class StageRunnerTests
     sealed class SyncProgress(Action<StageEvent> a) : IProgress<StageEvent> { public void Report(StageEvent v) => a(v); }
 
     [Fact]
+    public void ParallelStagesRunTogether_AndProduceWhatASequentialRunProduces()
+    {
+        // b and c both read a; each waits (bounded) until the other has started, which only a parallel run allows
+        using var bothStarted = new CountdownEvent(2);
+        var overlapped = new System.Collections.Concurrent.ConcurrentDictionary<string, bool>();
+        List<StageDefinition> Graph(bool wait) =>
+        [
+            new("a", new JsonObject(), [], c => File.WriteAllText(Path.Combine(c.OutputDir, "out.txt"), "A")),
+            .. new[] { "b", "c" }.Select(n => new StageDefinition(n, new JsonObject(), ["a"], c =>
+            {
+                if (wait) { bothStarted.Signal(); overlapped[n] = bothStarted.Wait(TimeSpan.FromSeconds(20)); }
+                File.WriteAllText(Path.Combine(c.OutputDir, "out.txt"), n + File.ReadAllText(Path.Combine(c.Input("a"), "out.txt")));
+            })),
+            new("d", new JsonObject(), ["b", "c"], c => File.WriteAllText(Path.Combine(c.OutputDir, "out.txt"),
+                File.ReadAllText(Path.Combine(c.Input("b"), "out.txt")) + File.ReadAllText(Path.Combine(c.Input("c"), "out.txt")))),
+        ];
+        var par = FakeStudy.TempDir("runner-par");
+        var seq = FakeStudy.TempDir("runner-seq");
+        var s1 = new StageRunner(par) { Parallelism = 2 }.Run(Graph(wait: true));
+        Assert.True(s1.Completed);
+        Assert.True(overlapped["b"] && overlapped["c"], "b and c did not run at the same time");
+        Assert.True(new StageRunner(seq).Run(Graph(wait: false)).Completed);
+        var m1 = Manifest.Load(par); var m2 = Manifest.Load(seq);
+        foreach (var n in new[] { "a", "b", "c", "d" }) Assert.Equal(m2.Stages[n].OutputHash, m1.Stages[n].OutputHash);
+        Assert.Equal("bAcA", File.ReadAllText(Path.Combine(StageRunner.StageDir(par, "d"), "out.txt")));
+        // a parallel rerun skips everything
+        var again = new StageRunner(par) { Parallelism = 2 }.Run(Graph(wait: false));
+        Assert.Empty(again.Ran);
+        Assert.Equal(4, again.Skipped.Count);
+    }
+
+    [Fact]
+    public void AFailingParallelStageStopsTheRun_AndIsRecorded()
+    {
+        var dir = FakeStudy.TempDir("runner-par-fail");
+        var stages = new List<StageDefinition>
+        {
+            new("a", new JsonObject(), [], c => File.WriteAllText(Path.Combine(c.OutputDir, "out.txt"), "A")),
+            new("b", new JsonObject(), ["a"], c => throw new IOException("simulated crash in b")),
+            new("c", new JsonObject(), ["a"], c => { c.Cancellation.WaitHandle.WaitOne(TimeSpan.FromSeconds(20)); c.Cancellation.ThrowIfCancellationRequested(); }),
+            new("d", new JsonObject(), ["b", "c"], c => File.WriteAllText(Path.Combine(c.OutputDir, "out.txt"), "D")),
+        };
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var ex = Assert.Throws<IOException>(() => new StageRunner(dir) { Parallelism = 2 }.Run(stages));
+        Assert.Contains("simulated crash in b", ex.Message);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(15), "the other running stage was not cancelled");
+        var m = Manifest.Load(dir);
+        Assert.Equal(StageStatus.Failed, m.Stages["b"].Status);
+        Assert.False(m.Stages.ContainsKey("d"));
+        Assert.False(Directory.Exists(StageRunner.StageDir(dir, "c")));
+        Assert.Throws<InvalidSettingException>(() => new StageRunner(dir) { Parallelism = 0 }.Run(stages));
+    }
+
+    [Fact]
     public void CanonicalHashIgnoresKeyOrder()
     {
         Assert.Equal(Hashing.OfJson(JsonNode.Parse("""{"a":1,"b":{"y":2,"x":[1,2]}}""")), Hashing.OfJson(JsonNode.Parse("""{"b":{"x":[1,2],"y":2},"a":1}""")));

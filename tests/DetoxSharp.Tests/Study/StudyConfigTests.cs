@@ -43,7 +43,7 @@ public class StudyConfigTests
         var adpo = StudySections.Read<PreferenceSection>(Sweep.Expand(c.Section(c.Adpo))[0].Settings, "adpo").ToOptions("adpo");
         Assert.Equal(PreferenceMethod.Adpo, adpo.Loss.Method);
         Assert.Equal(0.1, adpo.Loss.Gamma);
-        Assert.Equal(2e-6, adpo.LearningRate); // the first value of the sweep in configs/toy.json is the headline point
+        Assert.Equal(5e-6, adpo.LearningRate); // the first value of the sweep in configs/toy.json is the headline point
         // a key the config leaves out takes the library's default, not a second one
         Assert.Equal(new PreferenceTrainerOptions().GradientAccumulationSteps, adpo.GradientAccumulationSteps);
         Assert.Equal(new PreferenceTrainerOptions().Truncation, adpo.Truncation);

@@ -62,6 +62,14 @@ public class StudyReportTests
         Assert.Equal(0.5, Row(dir, StudyPipeline.SftEvaluation)["toxicity"]!.GetValue<double>());
         var html = File.ReadAllText(Path.Combine(dir, RunLayout.Report));
         Assert.Contains("probe_min_margin_over_bag_of_words", html);   // the criteria, shown as configured
+        // the toy model's size, fit and samples, from the pretrain stage
+        Assert.Contains("id=\"toy_model\"", html);
+        Assert.Contains("0.783 / 1.455", html);
+        Assert.Contains("find where you live , you lazy freak .", html);
+        // the neuron decomposition, mean over the headline seeds
+        Assert.Contains("id=\"neurons\"", html);
+        Assert.Contains("top-7 share", html);
+        Assert.Contains("0.125", html);
         Assert.True(html.IndexOf("id=\"findings\"", StringComparison.Ordinal) < html.IndexOf("id=\"results\"", StringComparison.Ordinal));
     }
 
@@ -119,7 +127,7 @@ public class StudyReportTests
         Assert.StartsWith("<!DOCTYPE html>", html);
         var doc = XDocument.Parse(html["<!DOCTYPE html>".Length..]);   // XHTML-compatible: must parse as XML
         var ids = doc.Descendants().Where(e => e.Name.LocalName == "section").Select(e => (string?)e.Attribute("id")).ToList();
-        Assert.Equal(["findings", "guide", "results", "vectors", "training", "activations", "parameters", "offset", "logit-lens", "examples", "regimes", "run"], ids);
+        Assert.Equal(["findings", "guide", "toy_model", "results", "vectors", "training", "activations", "neurons", "parameters", "offset", "logit-lens", "examples", "regimes", "run"], ids);
         var rep = StageRunner.StageDir(dir, "report");
         var figures = Directory.GetFiles(Path.Combine(rep, "figures"), "*.svg");
         var svgs = doc.Descendants().Where(e => e.Name.LocalName == "svg").ToList();

@@ -47,15 +47,12 @@ public class ToyWorldTests
         Assert.Contains(dialogues, d => !d.Toxic);
         Assert.Equal(counts.TrainDocuments, DatasetReaders.ReadDocuments(p.Train).Count);
         Assert.StartsWith("\n = ", File.ReadAllText(p.WikiText));
-        // preference prompts: half Wikitext-like (Lee et al.) without any toxic word, half calm forum contexts
-        using var scorer = new ToyLexiconScorer();
+        // preference prompts: calm forum contexts (no angry reply verb), cut at a reply opening
         var pref = JsonlReader.Read(p.PreferencePrompts).Select(l => l.String("prompt")).ToList();
         Assert.Equal(counts.PreferencePrompts, pref.Count);
-        var wiki = pref.Where(x => !x.StartsWith("forum")).ToList();
-        Assert.InRange(wiki.Count, pref.Count / 4, 3 * pref.Count / 4);
-        Assert.All(wiki, x => Assert.Equal(0, scorer.ScoreOne(x).Value));
+        Assert.All(pref, x => Assert.StartsWith("forum", x));
         var angry = new[] { "snapped", "sneered", "raged", "spat", "growled", "shouted" };
-        Assert.All(pref.Except(wiki), x => Assert.DoesNotContain(angry, v => x.Contains($" {v} :")));
+        Assert.All(pref, x => Assert.DoesNotContain(angry, v => x.Contains($" {v} :")));
     }
 
     [Fact]
