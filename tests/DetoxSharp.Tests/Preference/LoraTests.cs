@@ -13,15 +13,7 @@ public class LoraTests
     static string BaseDir(string tag)
     {
         var dir = Path.Combine(Tiny.TempDir("lora-" + tag), "base");
-        var m = new LlamaModel(new LlamaConfig
-        {
-            VocabSize = 50257, HiddenSize = 16, IntermediateSize = 24, NumHiddenLayers = 2, NumAttentionHeads = 4,
-            NumKeyValueHeads = 2, MaxPositionEmbeddings = 64, EosTokenIds = [50256], BosTokenId = 50256,
-        }, initialize: false);
-        var g = new torch.Generator(5);
-        using (torch.no_grad())
-            foreach (var (n, p) in m.named_parameters().OrderBy(x => x.name, StringComparer.Ordinal))
-                p.copy_(n.EndsWith("norm.weight") ? torch.ones_like(p) : torch.randn(p.shape, generator: g) * 0.05);
+        var m = Tiny.Llama(vocab: 50257, maxPositions: 64, eos: 50256, bos: 50256, seed: 5, std: 0.05);
         HfCheckpoint.Save(m, Gpt2Tokenizer.Default(), dir);
         m.Dispose();
         return dir;

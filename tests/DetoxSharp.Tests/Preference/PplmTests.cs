@@ -56,15 +56,7 @@ public class PplmTests
     /// RMSNorm, SwiGLU — the cache offsets of PPLM act on the rotated, grouped keys.</summary>
     static LlamaModel LlamaTiny(double std = 0.5, ScalarType dt = ScalarType.Float64)
     {
-        var m = new LlamaModel(new LlamaConfig
-        {
-            VocabSize = 40, HiddenSize = 16, IntermediateSize = 24, NumHiddenLayers = 2, NumAttentionHeads = 4,
-            NumKeyValueHeads = 2, MaxPositionEmbeddings = 48, EosTokenIds = [39], BosTokenId = 0,
-        }, initialize: false);
-        var g = new torch.Generator(11);
-        using (torch.no_grad())
-            foreach (var (n, p) in m.named_parameters().OrderBy(x => x.name, StringComparer.Ordinal))
-                p.copy_(n.EndsWith("norm.weight") ? torch.ones_like(p) : torch.randn(p.shape, generator: g) * std);
+        var m = Tiny.Llama(vocab: 40, maxPositions: 48, eos: 39, bos: 0, seed: 11, std: std);
         m.to(dt);
         return m;
     }
