@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Text.RegularExpressions;
+using DetoxSharp.Data;
 using DetoxSharp.Evaluation;
 using DetoxSharp.Interpretability;
 
@@ -116,6 +117,9 @@ public static class EvalCommand
                 o = fixedHere;
             }
             var data = new EvalData(p.GetValue(prompts), p.GetValue(pplText), p.GetValue(f1));
+            // the harness reads --ppl-text leniently (invalid bytes → U+FFFD); say so once, naming the first bad line
+            if (data.PplTextFile is string ppl && File.Exists(ppl) && LenientText.Warning(ppl, "--ppl-text") is string w)
+                p.InvocationConfiguration.Error.WriteLine("detox: warning: " + w);
             var output = p.GetValue(outDir)!;
             if (p.GetValue(shard) is { } shardSpec)
             {

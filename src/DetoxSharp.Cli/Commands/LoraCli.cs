@@ -11,25 +11,23 @@ public static class LoraCli
 
     public static Options AddTo(Command cmd)
     {
-        var d = new LoraOptions();
         var o = new Options(
-            new Option<int>("--lora-rank") { Description = "train LoRA adapters of this rank instead of all weights (0 = off; Llama-family models); the output is a PEFT adapter directory", DefaultValueFactory = _ => 0 },
-            new Option<double>("--lora-alpha") { Description = "LoRA scaling numerator: the update is (alpha/rank)·B·A", DefaultValueFactory = _ => d.Alpha },
-            new Option<string>("--lora-targets") { Description = $"comma-separated layers to adapt ({string.Join(", ", LoraOptions.Known)})", DefaultValueFactory = _ => string.Join(",", d.Targets) });
+            new Option<int>("--lora-rank") { Description = "train LoRA adapters of this rank instead of all weights (0 = off; GPT-2 and Llama-family models); the output is a PEFT adapter directory", DefaultValueFactory = _ => 0 },
+            new Option<double>("--lora-alpha") { Description = "LoRA scaling numerator: the update is (alpha/rank)·B·A", DefaultValueFactory = _ => new LoraOptions().Alpha },
+            new Option<string>("--lora-targets") { Description = $"comma-separated layers to adapt (Llama: {string.Join(", ", LoraOptions.LlamaKnown)}; GPT-2: {string.Join(", ", LoraOptions.Gpt2Known)}); default as PEFT: {string.Join(",", LoraOptions.DefaultTargets("llama"))} for Llama, {string.Join(",", LoraOptions.DefaultTargets("gpt2"))} for GPT-2" });
         cmd.Options.Add(o.Rank); cmd.Options.Add(o.Alpha); cmd.Options.Add(o.Targets);
         return o;
     }
 
     /// <summary>Attaches fresh adapters when --lora-rank &gt; 0 (the base is frozen; the trainers then train only the adapters).</summary>
-    public static LoraAdapters? Apply(ParseResult p, Options o, LoadedModel m, Precision precision)
+    public static LoraAdapters? Apply(ParseResult p, Options o, LoadedModel m)
     {
         int rank = p.GetValue(o.Rank);
         if (rank == 0) return null;
-        if (precision == Precision.Bf16Mixed) throw new InvalidInputException("--lora-rank: LoRA with --precision bf16-mixed is not supported (use --dtype bfloat16 for a bf16 base)");
         var opts = new LoraOptions
         {
             Rank = rank, Alpha = p.GetValue(o.Alpha),
-            Targets = p.GetValue(o.Targets)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
+            Targets = p.GetValue(o.Targets)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
         };
         return LoraAdapters.Attach(m.Model, opts, Path.GetFullPath(m.Directory));
     }

@@ -64,7 +64,7 @@ public static class MakePairsCommand
             if (path.EndsWith(".txt", StringComparison.OrdinalIgnoreCase))
             {
                 if (!File.Exists(path)) throw new InvalidInputException($"{path}: file not found");
-                list = File.ReadAllLines(path).Where(l => l.Trim().Length > 0).ToList();
+                list = LenientText.ReadAllLines(path, "--prompts", w => err.WriteLine("detox: warning: " + w)).Where(l => l.Trim().Length > 0).ToList();
             }
             else list = JsonlReader.Read(path).Select(l => l.String("prompt")).ToList();
             if (p.GetValue(limit) is int n) list = list.Take(n).ToList();

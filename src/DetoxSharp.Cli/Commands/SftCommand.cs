@@ -31,7 +31,7 @@ public static class SftCommand
         {
             var prec = CommonOptions.ParsePrecision(p.GetValue(precision)!, p.GetValue(dtype)!);
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
-            LoraCli.Apply(p, lora, m, prec);
+            LoraCli.Apply(p, lora, m);
             var train = SftData.Read(p.GetValue(data)!);
             var v = p.GetValue(valid) is string vp ? SftData.Read(vp) : null;
             var outDir = p.GetValue(output)!;

@@ -49,6 +49,9 @@ public static class HfCheckpoint
     static readonly Dictionary<string, Func<JsonObject, double>> ParameterCounts = new()
     {
         ["gpt2"] = cfg => Gpt2Config.FromJson(cfg).ParameterCount,
+        ["llama"] = cfg => LlamaConfig.FromJson(cfg).ParameterCount,
+        ["mistral"] = cfg => LlamaConfig.FromJson(cfg).ParameterCount,
+        ["qwen2"] = cfg => LlamaConfig.FromJson(cfg).ParameterCount,
     };
 
     public static JsonObject ReadConfig(string dir)
@@ -92,7 +95,7 @@ public static class HfCheckpoint
                 double weights = new[] { "model.safetensors", "pytorch_model.bin" }.Select(f => Path.Combine(dir, f)).Where(File.Exists).Sum(f => (double)new FileInfo(f).Length)
                                  + Directory.EnumerateFiles(dir, "model-*.safetensors").Sum(f => (double)new FileInfo(f).Length);
                 double parameters = count(cfg);
-                MemoryBudget.EnsureFits(parameters * (options.DType is ScalarType.BFloat16 or ScalarType.Float16 ? 2 : 4) + weights, Path.Combine(dir, "config.json"), $"a model of {parameters:0} parameters (vocab_size, n_embd, n_layer, n_positions, n_inner) in the load dtype plus {MemoryBudget.Format(weights)} of weights");
+                MemoryBudget.EnsureFits(parameters * (options.DType is ScalarType.BFloat16 or ScalarType.Float16 ? 2 : 4) + weights, Path.Combine(dir, "config.json"), $"a model of {parameters:0} parameters (from its sizes: vocabulary, width, layers{(mt == "gpt2" ? ", positions" : ", heads, intermediate size")}) in the load dtype plus {MemoryBudget.Format(weights)} of weights");
             }
             model = Families[mt](cfg, options.DType ?? ScalarType.Float32);
         }

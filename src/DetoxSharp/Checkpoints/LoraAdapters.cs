@@ -14,39 +14,52 @@ public sealed record LoraOptions
 {
     public int Rank { get; init; } = 8;
     public double Alpha { get; init; } = 16;
-    /// <summary>Linear layers to adapt, by their last name component (PEFT's target_modules).</summary>
-    public IReadOnlyList<string> Targets { get; init; } = ["q_proj", "v_proj"];
+    /// <summary>Layers to adapt, by their last name component (PEFT's target_modules); null = the family's default
+    /// (<see cref="DefaultTargets"/>).</summary>
+    public IReadOnlyList<string>? Targets { get; init; }
 
-    public static readonly string[] Known = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    /// <summary>Adaptable layers per family: Llama's nn.Linear projections, GPT-2's Conv1D layers (c_proj names both the
+    /// attention output and the MLP output projection, as in PEFT's suffix matching).</summary>
+    public static readonly string[] LlamaKnown = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    public static readonly string[] Gpt2Known = ["c_attn", "c_proj", "c_fc"];
+    public static readonly string[] Known = [.. LlamaKnown, .. Gpt2Known];
+
+    /// <summary>PEFT's defaults for the family (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING): q/v for Llama, c_attn for GPT-2.</summary>
+    public static IReadOnlyList<string> DefaultTargets(string family) => family == "gpt2" ? ["c_attn"] : ["q_proj", "v_proj"];
 
     public double Scaling => Alpha / Rank;
 
-    public void Validate()
+    public void Validate(string? family = null)
     {
         if (Rank < 1) throw new InvalidInputException($"--lora-rank must be ≥ 1, got {Rank}");
         if (!(Alpha > 0) || !double.IsFinite(Alpha)) throw new InvalidInputException($"--lora-alpha must be positive, got {Alpha}");
-        if (Targets.Count == 0) throw new InvalidInputException("--lora-targets: name at least one module");
-        foreach (var t in Targets)
-            if (!Known.Contains(t)) throw new InvalidInputException($"--lora-targets: unknown module '{t}' (known: {string.Join(", ", Known)})");
+        if (Targets is { Count: 0 }) throw new InvalidInputException("--lora-targets: name at least one module");
+        var known = family switch { null => Known, "gpt2" => Gpt2Known, _ => LlamaKnown };
+        foreach (var t in Targets ?? [])
+            if (!known.Contains(t)) throw new InvalidInputException($"--lora-targets: unknown module '{t}' for {family ?? "any"} models (known: {string.Join(", ", known)})");
     }
 }
 
 /// <summary>
-/// LoRA adapters (Hu et al. 2021) on a Llama-family model: each target linear layer W gets y = W·x + (α/r)·B·A·x with
-/// A [r, in] (Kaiming-uniform, as PEFT initialises it) and B [out, r] (zeros, so the adapted model starts equal to the
-/// base). A and B are registered as submodules <c>lora_A</c>/<c>lora_B</c> of the linear layer — the optimizer finds
-/// them among the trainable parameters — and every base parameter is frozen. The adapter is added by a forward hook on
-/// the linear layer; <see cref="Enabled"/> = false gives the frozen base (the DPO reference) without a second copy.
+/// LoRA adapters (Hu et al. 2021): each target layer W gets y = W·x + (α/r)·B·A·x with A [r, in] (Kaiming-uniform, as
+/// PEFT initialises it) and B [out, r] (zeros, so the adapted model starts equal to the base). A and B are registered as
+/// submodules <c>lora_A</c>/<c>lora_B</c> of the layer — the optimizer finds them among the trainable parameters — and
+/// every base parameter is frozen. The term is added by a forward hook on a Llama nn.Linear and by
+/// <see cref="Conv1D.Delta"/> on GPT-2's Conv1D; <see cref="Enabled"/> = false gives the frozen base (the DPO
+/// reference) without a second copy.
+/// GPT-2's Conv1D stores its weight [in, out], the transpose of nn.Linear's. A and B keep nn.Linear's shapes either
+/// way (PEFT's <c>fan_in_fan_out=True</c> convention: the adapter file has the same shapes as for a Linear, and only the
+/// merge transposes: W[in, out] += (α/r)·(B·A)ᵀ), so adapter files are interchangeable with PEFT's.
 /// <see cref="HfCheckpoint.Save"/> of an adapted model writes the PEFT adapter format (adapter_config.json +
 /// adapter_model.safetensors, keys <c>base_model.model.&lt;module&gt;.lora_A.weight</c>), and
 /// <see cref="HfCheckpoint.Load"/> of such a directory loads its base_model_name_or_path and attaches the adapter.
-/// GPT-2's Conv1D layers are not adaptable (transformers' GPT-2 needs PEFT's fan_in_fan_out; not supported here).
 /// </summary>
 public sealed class LoraAdapters
 {
     static readonly ConditionalWeakTable<nn.Module, LoraAdapters> Attached = new();
 
-    sealed record Slot(string Module, Linear Base, Linear A, Linear B);
+    /// <param name="FanInFanOut">the base weight is stored [in, out] (Conv1D)</param>
+    sealed record Slot(string Module, Linear A, Linear B, bool FanInFanOut);
 
     readonly List<Slot> _slots = [];
     public LoraOptions Options { get; }
@@ -63,34 +76,51 @@ public sealed class LoraAdapters
     /// <summary>Adds fresh adapters to every target layer and freezes the base parameters.</summary>
     public static LoraAdapters Attach(ICausalLM model, LoraOptions o, string baseModelPath)
     {
-        o.Validate();
-        if (model is not LlamaModel) throw new InvalidInputException($"LoRA supports the Llama-family models (llama, mistral, qwen2), not {model.Family}");
+        if (model is not (LlamaModel or Gpt2Model)) throw new InvalidInputException($"LoRA supports GPT-2 and the Llama-family models, not {model.Family}");
+        o = o with { Targets = o.Targets ?? LoraOptions.DefaultTargets(model.Family) };
+        o.Validate(model.Family);
         if (Of(model) is not null) throw new InvalidOperationException("the model already has LoRA adapters");
         var a = new LoraAdapters(o, baseModelPath);
         foreach (var p in model.Module.parameters()) p.requires_grad_(false);
         var targets = model.Module.named_modules()
-            .Where(m => m.module is Linear && o.Targets.Contains(m.name.Split('.')[^1]))
-            .Select(m => (m.name, (Linear)m.module)).ToList();
-        if (targets.Count == 0) throw new InvalidInputException($"--lora-targets: no layer of this model is named {string.Join(" or ", o.Targets)}");
-        foreach (var (name, lin) in targets)
+            .Where(m => m.module is Linear or Conv1D && o.Targets!.Contains(m.name.Split('.')[^1]))
+            .ToList();
+        if (targets.Count == 0) throw new InvalidInputException($"--lora-targets: no layer of this model is named {string.Join(" or ", o.Targets!)}");
+        double s = o.Scaling;
+        foreach (var (name, layer) in targets)
         {
-            long inF = lin.weight!.shape[1], outF = lin.weight!.shape[0];
-            var la = nn.Linear(inF, o.Rank, hasBias: false, device: lin.weight.device, dtype: lin.weight.dtype);
-            var lb = nn.Linear(o.Rank, outF, hasBias: false, device: lin.weight.device, dtype: lin.weight.dtype);
+            var (w, fanInFanOut) = layer is Conv1D c ? ((Parameter)c.weight, true) : (((Linear)layer).weight!, false);
+            long inF = w.shape[fanInFanOut ? 0 : 1], outF = w.shape[fanInFanOut ? 1 : 0];
+            var la = nn.Linear(inF, o.Rank, hasBias: false, device: w.device, dtype: w.dtype);
+            var lb = nn.Linear(o.Rank, outF, hasBias: false, device: w.device, dtype: w.dtype);
             using (torch.no_grad())
             {
                 nn.init.kaiming_uniform_(la.weight!, Math.Sqrt(5));
                 lb.weight!.zero_();
             }
-            lin.register_module("lora_A", la);
-            lin.register_module("lora_B", lb);
-            var slot = new Slot(name, lin, la, lb);
-            a._slots.Add(slot);
-            double s = o.Scaling;
-            lin.register_forward_hook((_, x, y) => a.Enabled ? y + lb.call(la.call(x)) * s : y);
+            layer.register_module("lora_A", la);
+            layer.register_module("lora_B", lb);
+            a._slots.Add(new Slot(name, la, lb, fanInFanOut));
+            if (layer is Conv1D conv) conv.Delta = x => a.Enabled ? lb.call(la.call(x)) * s : null;
+            else ((Linear)layer).register_forward_hook((_, x, y) => a.Enabled ? y + lb.call(la.call(x)) * s : y);
         }
         Attached.Add(model.Module, a);
         return a;
+    }
+
+    /// <summary>The same adapters (options and current A/B values, cast to <paramref name="other"/>'s dtype) on another
+    /// copy of the base — the bf16 working copy of mixed-precision training (<see cref="Training.MixedPrecision"/>).</summary>
+    public LoraAdapters AttachCopy(ICausalLM other)
+    {
+        var copy = Attach(other, Options, BaseModelPath);
+        using var _ = torch.no_grad();
+        for (int i = 0; i < _slots.Count; i++)
+        {
+            copy._slots[i].A.weight!.copy_(_slots[i].A.weight!);
+            copy._slots[i].B.weight!.copy_(_slots[i].B.weight!);
+        }
+        copy.Enabled = Enabled;
+        return copy;
     }
 
     /// <summary>The adapter tensors under PEFT's key names.</summary>
@@ -108,8 +138,8 @@ public sealed class LoraAdapters
         {
             ["peft_type"] = "LORA", ["task_type"] = "CAUSAL_LM", ["base_model_name_or_path"] = BaseModelPath,
             ["r"] = Options.Rank, ["lora_alpha"] = Options.Alpha, ["lora_dropout"] = 0.0,
-            ["target_modules"] = new JsonArray(Options.Targets.Select(t => (JsonNode)JsonValue.Create(t)!).ToArray()),
-            ["bias"] = "none", ["fan_in_fan_out"] = false, ["use_rslora"] = false, ["modules_to_save"] = null,
+            ["target_modules"] = new JsonArray(Options.Targets!.Select(t => (JsonNode)JsonValue.Create(t)!).ToArray()),
+            ["bias"] = "none", ["fan_in_fan_out"] = _slots.Any(x => x.FanInFanOut), ["use_rslora"] = false, ["modules_to_save"] = null,
             ["init_lora_weights"] = true, ["inference_mode"] = true,
         };
         File.WriteAllText(Path.Combine(dir, "adapter_config.json"), cfg.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -155,7 +185,9 @@ public sealed class LoraAdapters
         {
             if (c["peft_type"]?.GetValue<string>() is string t && t != "LORA") throw new InvalidInputException($"{path}: peft_type '{t}' is not supported (LORA)");
             if (c["use_rslora"] is JsonValue rs && rs.GetValue<bool>()) throw new InvalidInputException($"{path}: use_rslora is not supported");
-            if (c["fan_in_fan_out"] is JsonValue ff && ff.GetValue<bool>()) throw new InvalidInputException($"{path}: fan_in_fan_out is not supported");
+            // fan_in_fan_out is not read: the layer type decides, as in PEFT (which overrides the flag with a warning
+            // when it does not match: True for Conv1D, False for nn.Linear); the tensors' shapes are the same either way
+            _ = c["fan_in_fan_out"]?.GetValue<bool>();
             if (c["bias"] is JsonValue b && b.GetValue<string>() != "none") throw new InvalidInputException($"{path}: bias '{b}' is not supported (none)");
             if (c["modules_to_save"] is JsonArray { Count: > 0 }) throw new InvalidInputException($"{path}: modules_to_save is not supported");
             var targets = c["target_modules"] switch
@@ -195,7 +227,7 @@ public sealed class LoraAdapters
             {
                 using var delta = s.B.weight!.to(ScalarType.Float32).matmul(s.A.weight!.to(ScalarType.Float32)) * a.Options.Scaling;
                 var w = sd[s.Module + ".weight"];
-                w.copy_((w.to(ScalarType.Float32) + delta).to(w.dtype));
+                w.copy_((w.to(ScalarType.Float32) + (s.FanInFanOut ? delta.t() : delta)).to(w.dtype));
             }
         return plain;
     }

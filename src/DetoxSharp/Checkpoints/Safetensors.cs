@@ -101,25 +101,49 @@ public static class Safetensors
         return result;
     }
 
-    /// <summary>Loads all tensors (or those <paramref name="keep"/> accepts) onto the CPU in their stored dtype.</summary>
-    public static Dictionary<string, Tensor> Load(string path, Func<string, bool>? keep = null)
+    /// <summary>Bytes read per step when a tensor is copied into its storage (<see cref="Load"/>).</summary>
+    public const long DefaultChunkBytes = 64L << 20;
+
+    /// <summary>Loads all tensors (or those <paramref name="keep"/> accepts) onto the CPU in their stored dtype. Each
+    /// tensor's bytes go into its storage <paramref name="chunkBytes"/> at a time (rounded down to whole elements): a
+    /// single tensor larger than 2 GB (a 128k-vocabulary embedding in fp32) cannot be one .NET byte[], and a
+    /// whole-tensor buffer would double the peak memory of the load.</summary>
+    public static Dictionary<string, Tensor> Load(string path, Func<string, bool>? keep = null, long chunkBytes = DefaultChunkBytes)
     {
+        if (chunkBytes < 1) throw new ArgumentOutOfRangeException(nameof(chunkBytes), "must be ≥ 1");
         var (entries, start, _) = ReadHeader(path);
         var result = new Dictionary<string, Tensor>();
         using var f = File.OpenRead(path);
-        foreach (var e in entries)
+        byte[]? buf = null;
+        try
         {
-            if (keep is not null && !keep(e.Name)) continue;
-            var t = torch.empty(e.Shape, e.DType);
-            long size = e.End - e.Begin;
-            if (size > 0)
+            foreach (var e in entries)
             {
-                var buf = new byte[size];
+                if (keep is not null && !keep(e.Name)) continue;
+                var t = torch.empty(e.Shape, e.DType);
+                result[e.Name] = t;
+                long size = e.End - e.Begin;
+                if (size == 0) continue;
                 f.Seek(start + e.Begin, SeekOrigin.Begin);
-                f.ReadExactly(buf);
-                t.bytes = buf;
+                long elem = t.ElementSize, total = t.numel();
+                long perChunk = Math.Max(1, Math.Min(chunkBytes, 1L << 30) / elem);
+                using var flat = t.view(-1);
+                for (long at = 0; at < total; at += perChunk)
+                {
+                    long n = Math.Min(perChunk, total - at);
+                    int len = checked((int)(n * elem));
+                    if (buf is null || buf.Length < len) buf = new byte[len];
+                    f.ReadExactly(buf, 0, len);
+                    using var part = torch.empty([n], e.DType);
+                    part.bytes = buf.AsSpan(0, len);
+                    flat.narrow(0, at, n).copy_(part);
+                }
             }
-            result[e.Name] = t;
+        }
+        catch
+        {
+            foreach (var t in result.Values) t.Dispose();
+            throw;
         }
         return result;
     }

@@ -104,11 +104,11 @@ public static class PreferenceData
     {
         var prompt = tok.EncodeWithSpecialTokens(e.Prompt);
         if (prompt.Length == 0) prompt = [tok.EosTokenId];
-        prompt = TakeLast(prompt, trunc.MaxPromptTokens);
+        prompt = PromptTruncation.KeepLast(prompt, trunc.MaxPromptTokens, tok);
         int room = Math.Min(trunc.MaxCompletionTokens, trunc.MaxLength - prompt.Length);
         if (room < 1)
         {
-            prompt = TakeLast(prompt, trunc.MaxLength - 1);
+            prompt = PromptTruncation.KeepLast(prompt, trunc.MaxLength - 1, tok);
             room = 1;
         }
         int[] Completion(string s, string field)
@@ -125,7 +125,6 @@ public static class PreferenceData
         return new TokenizedExample(prompt, chosen, rejected, toxic, toxicPrompt, e.Where);
     }
 
-    static int[] TakeLast(int[] a, int n) => a.Length > n ? a[^n..] : a;
 
     /// <summary>Builds a right-padded batch; the completion mask covers exactly the completion tokens (never prompt or padding).</summary>
     public static SequenceBatch Build(IReadOnlyList<(int[] Prompt, int[] Completion)> seqs, int padId, Device? device = null)

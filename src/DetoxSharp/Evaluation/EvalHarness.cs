@@ -7,6 +7,7 @@ using DetoxSharp.Data;
 using DetoxSharp.Generation;
 using DetoxSharp.Interpretability;
 using DetoxSharp.Models;
+using DetoxSharp.Text;
 
 namespace DetoxSharp.Evaluation;
 
@@ -242,7 +243,7 @@ public static class EvalHarness
         {
             // keep the END of a prompt (it holds the reply opening); "as given" still has to fit the context
             int keep = Math.Max(1, Math.Min(o.MaxPromptTokens, lm.Model.MaxPositions - o.MaxNewTokens));
-            var ids = PromptTruncation.KeepLast(tok.EncodeWithSpecialTokens(text), keep);
+            var ids = PromptTruncation.KeepLast(tok.EncodeWithSpecialTokens(text), keep, tok);
             return ids.Length == 0 ? [lm.Model.EosTokenId] : ids;
         }
         List<int[]> Greedy(List<int[]> ids, string stage)

@@ -216,6 +216,10 @@ public sealed class Conv1D : nn.Module
     public readonly Parameter bias;
 #pragma warning restore IDE1006
 
+    /// <summary>An additive term on the output (LoRA's (α/r)·B·A·x, <see cref="Checkpoints.LoraAdapters"/>). Conv1D's
+    /// Forward is called directly rather than through <c>call</c>, so a forward hook would never fire.</summary>
+    internal Func<Tensor, Tensor?>? Delta { get; set; }
+
     public Conv1D(int nIn, int nOut) : base("Conv1D")
     {
         weight = new Parameter(torch.empty(nIn, nOut));
@@ -223,7 +227,11 @@ public sealed class Conv1D : nn.Module
         RegisterComponents();
     }
 
-    public Tensor Forward(Tensor x) => RowProducts.Affine(x, weight, bias);
+    public Tensor Forward(Tensor x)
+    {
+        var y = RowProducts.Affine(x, weight, bias);
+        return Delta?.Invoke(x) is { } d ? y + d : y;
+    }
 
     // kept for callers of the former Conv1D members; the seam is RowProducts
     internal static bool SplitRowProduct(Tensor w) => RowProducts.SplitRowProduct(w);

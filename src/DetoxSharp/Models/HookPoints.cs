@@ -108,6 +108,8 @@ public static class HookNames
     public static string ResidMid(int l) => $"blocks.{l}.hook_resid_mid";
     /// <summary>MLP pre-activation (keys · x).</summary>
     public static string MlpPre(int l) => $"blocks.{l}.mlp.hook_pre";
+    /// <summary>GLU MLPs only: the linear branch up·x (TransformerLens' name); <see cref="MlpPre"/> is then gate·x.</summary>
+    public static string MlpPreLinear(int l) => $"blocks.{l}.mlp.hook_pre_linear";
     /// <summary>MLP activation (the coefficients of the value vectors).</summary>
     public static string MlpPost(int l) => $"blocks.{l}.mlp.hook_post";
     public static string MlpOut(int l) => $"blocks.{l}.hook_mlp_out";

@@ -43,6 +43,20 @@ public sealed record LlamaConfig
     public int HeadDim => HeadDimOverride ?? HiddenSize / NumAttentionHeads;
     public int EosTokenId => EosTokenIds.Length > 0 ? EosTokenIds[0] : -1;
 
+    /// <summary>Number of parameters the config implies (a double: a corrupt config must not overflow the count):
+    /// embeddings, per layer q/k/v/o (grouped k/v, optional biases), gate/up/down and two RMSNorms, the final norm,
+    /// and an untied LM head.</summary>
+    public double ParameterCount
+    {
+        get
+        {
+            double d = HiddenSize, q = (double)NumAttentionHeads * HeadDim, kv = (double)KvHeads * HeadDim, m = IntermediateSize;
+            double attn = d * q + 2 * d * kv + q * d + (QkvBias ? q + 2 * kv : 0) + (OutputBias ? d : 0);
+            double perLayer = attn + 3 * d * m + 2 * d;
+            return (double)VocabSize * d * (TieWordEmbeddings ? 1 : 2) + (double)NumHiddenLayers * perLayer + d;
+        }
+    }
+
     /// <summary>The sliding window of layer <paramref name="layer"/>, or null for full attention.</summary>
     public int? WindowOf(int layer) => SlidingWindow is int w && layer >= MaxWindowLayers ? w : null;
 

@@ -31,7 +31,7 @@ public sealed class LlamaModel : nn.Module, ICausalLM
 #pragma warning restore IDE1006
 
     readonly HookPoints _hooks;
-    readonly string[][] _blockHookNames;
+    readonly BlockHookNames[] _blockHookNames;
     readonly float[] _invFreq;
 
     /// <param name="initialize">false skips the random initialisation (the weights are about to be loaded).</param>
@@ -46,22 +46,23 @@ public sealed class LlamaModel : nn.Module, ICausalLM
         RegisterComponents();
         if (initialize) InitWeights();
         _invFreq = Rope.InverseFrequencies(config);
-        _blockHookNames = Enumerable.Range(0, config.NumHiddenLayers).Select(BlockHookNames).ToArray();
-        _hooks = new HookPoints(HookNames(config.NumHiddenLayers));
+        _blockHookNames = Enumerable.Range(0, config.NumHiddenLayers).Select(l => new BlockHookNames(l)).ToArray();
+        _hooks = new HookPoints(AllHookNames(config.NumHiddenLayers));
         eval();
     }
 
     /// <summary>The GPT-2 block names plus TransformerLens' <c>mlp.hook_pre_linear</c> (up·x) after <c>mlp.hook_pre</c> (gate·x);
     /// no <c>hook_pos_embed</c> (rotary positions are not added to the residual stream).</summary>
-    static string[] BlockHookNames(int l)
+    static IEnumerable<string> AllHookNames(int layers) =>
+        new[] { HookNames.Embed }.Concat(Enumerable.Range(0, layers).SelectMany(BlockNames)).Append(HookNames.FinalNorm);
+
+    /// <summary>In forward order: up·x (hook_pre_linear) right after gate·x (hook_pre).</summary>
+    static List<string> BlockNames(int l)
     {
         var n = HookPoints.BlockNames(l).ToList();
-        n.Insert(5, $"blocks.{l}.mlp.hook_pre_linear");
-        return n.ToArray();
+        n.Insert(n.IndexOf(HookNames.MlpPre(l)) + 1, HookNames.MlpPreLinear(l));
+        return n;
     }
-
-    static IEnumerable<string> HookNames(int layers) =>
-        new[] { "hook_embed" }.Concat(Enumerable.Range(0, layers).SelectMany(BlockHookNames)).Append("ln_final.hook_normalized");
 
     /// <summary>transformers' _init_weights: N(0, initializer_range = 0.02) for linear and embedding weights, zero biases,
     /// RMSNorm weights 1.</summary>
@@ -165,7 +166,7 @@ public sealed class LlamaModel : nn.Module, ICausalLM
     static Tensor CheckIds(Tensor ids) =>
         ids.dim() == 2 ? ids : throw new ArgumentException($"input_ids must be [batch, T], got [{string.Join(",", ids.shape)}]");
 
-    Tensor FinalNormHooked(Tensor x, int past, Tensor? mask) => _hooks.Run("ln_final.hook_normalized", model.norm.Forward(x), past, mask);
+    Tensor FinalNormHooked(Tensor x, int past, Tensor? mask) => _hooks.Run(HookNames.FinalNorm, model.norm.Forward(x), past, mask);
 
     Tensor LmHead(Tensor h) => torch.nn.functional.linear(h, Unembedding);
 
@@ -190,7 +191,7 @@ public sealed class LlamaModel : nn.Module, ICausalLM
         var full = AttentionMasks.Build(t, past, attentionMask, null, dev);
         var windowed = Config.SlidingWindow is int w ? AttentionMasks.Build(t, past, attentionMask, w, dev) : full;
 
-        var x = _hooks.Run("hook_embed", embeds ?? model.embed_tokens.forward(inputIds!), past, attentionMask);
+        var x = _hooks.Run(HookNames.Embed, embeds ?? model.embed_tokens.forward(inputIds!), past, attentionMask);
         for (int l = 0; l < Config.NumHiddenLayers; l++)
         {
             var (mask, causal) = Config.WindowOf(l) is null ? full : windowed;
@@ -275,7 +276,9 @@ public sealed class RmsNorm : nn.Module
     public Tensor Forward(Tensor x)
     {
         var dtype = x.dtype;
-        var h = x.to(ScalarType.Float32);
+        // transformers upcasts to fp32 (for bf16/fp16 models); a float64 model stays float64 here — casting it down
+        // would make float64 analyses (and finite-difference gradient checks) only fp32-accurate
+        var h = dtype == ScalarType.Float64 ? x : x.to(ScalarType.Float32);
         h = h * torch.rsqrt(h.pow(2).mean([-1], keepdim: true) + _eps);
         return weight * h.to(dtype);
     }
@@ -361,17 +364,16 @@ sealed class LlamaDecoderLayer : nn.Module
         RegisterComponents();
     }
 
-    // n: resid_pre, attn.hook_z, attn_out, resid_mid, mlp.hook_pre, mlp.hook_pre_linear, mlp.hook_post, mlp_out, resid_post
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, HookPoints hooks, string[] n, int past, Tensor? am)
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, HookPoints hooks, BlockHookNames n, int past, Tensor? am)
     {
-        x = hooks.Run(n[0], x, past, am);
-        var a = hooks.Run(n[2], self_attn.Forward(input_layernorm.Forward(x), cos, sin, mask, causal, cache, layer, hooks, n[1], past, am), past, am);
-        x = hooks.Run(n[3], x + a, past, am);
+        x = hooks.Run(n.ResidPre, x, past, am);
+        var a = hooks.Run(n.AttnOut, self_attn.Forward(input_layernorm.Forward(x), cos, sin, mask, causal, cache, layer, hooks, n.AttnZ, past, am), past, am);
+        x = hooks.Run(n.ResidMid, x + a, past, am);
         var h = post_attention_layernorm.Forward(x);
-        var gate = hooks.Run(n[4], mlp.gate_proj.call(h), past, am);
-        var up = hooks.Run(n[5], mlp.up_proj.call(h), past, am);
-        var post = hooks.Run(n[6], torch.nn.functional.silu(gate) * up, past, am);
-        var m = hooks.Run(n[7], mlp.down_proj.call(post), past, am);
-        return hooks.Run(n[8], x + m, past, am);
+        var gate = hooks.Run(n.MlpPre, mlp.gate_proj.call(h), past, am);
+        var up = hooks.Run(n.MlpPreLinear, mlp.up_proj.call(h), past, am);
+        var post = hooks.Run(n.MlpPost, torch.nn.functional.silu(gate) * up, past, am);
+        var m = hooks.Run(n.MlpOut, mlp.down_proj.call(post), past, am);
+        return hooks.Run(n.ResidPost, x + m, past, am);
     }
 }

@@ -73,6 +73,8 @@ public sealed record BlockHookNames(int Layer)
     public string AttnOut { get; } = HookNames.AttnOut(Layer);
     public string ResidMid { get; } = HookNames.ResidMid(Layer);
     public string MlpPre { get; } = HookNames.MlpPre(Layer);
+    /// <summary>GLU models only (Llama family).</summary>
+    public string MlpPreLinear { get; } = HookNames.MlpPreLinear(Layer);
     public string MlpPost { get; } = HookNames.MlpPost(Layer);
     public string MlpOut { get; } = HookNames.MlpOut(Layer);
     public string ResidPost { get; } = HookNames.ResidPost(Layer);

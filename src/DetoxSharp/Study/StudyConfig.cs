@@ -98,6 +98,12 @@ public sealed class StudyConfig
                     if (p.StartsWith("FILL-IN", StringComparison.Ordinal)) throw new InvalidInputException($"{source}: data.{k} is still a placeholder ({p})");
                     if (!File.Exists(p) && !Directory.Exists(p)) throw new InvalidInputException($"{source}: data.{k}: {p}: no such file or directory");
                 }
+                // the evaluation's classifier is checked before any stage runs, not hours later when evaluation starts
+                if (scorer.Kind == "classifier" && scorer.Directory is string cd)
+                {
+                    if (cd.StartsWith("FILL-IN", StringComparison.Ordinal)) throw new InvalidInputException($"{source}: scorer.directory is still a placeholder ({cd})");
+                    if (!Directory.Exists(cd)) throw new InvalidInputException($"{source}: scorer.directory: {cd}: no such directory");
+                }
             }
             _ = pretrain;
         }

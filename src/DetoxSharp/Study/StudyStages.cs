@@ -7,6 +7,7 @@ using DetoxSharp.Evaluation;
 using DetoxSharp.Generation;
 using DetoxSharp.Interpretability;
 using DetoxSharp.Models;
+using DetoxSharp.Text;
 using DetoxSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;

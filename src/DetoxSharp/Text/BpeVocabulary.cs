@@ -201,7 +201,7 @@ public sealed class BpeVocabulary
     }
 
     /// <summary>token → id; ids must be non-negative integers, each used once.</summary>
-    static Dictionary<string, int> ReadVocab(JsonObject node, string where)
+    static Dictionary<string, int> ReadVocab(JsonObject node, string where, bool byteLevel = true)
     {
         var vocab = new Dictionary<string, int>();
         var byId = new Dictionary<int, string>();
@@ -213,6 +213,7 @@ public sealed class BpeVocabulary
             vocab[token] = id;
         }
         if (vocab.Count == 0) throw new InvalidInputException($"{where}: empty vocabulary");
+        if (!byteLevel) return vocab; // SentencePiece-style: characters outside the vocabulary fall back to <0xXX> pieces or unk
         // byte-level BPE: without a token for every byte, text containing that byte would be dropped silently
         for (int b = 0; b < 256; b++)
         {
@@ -226,7 +227,7 @@ public sealed class BpeVocabulary
     /// and every token beyond the 256 bytes and &lt;|special|&gt; ones is made by a merge: otherwise BPE can never
     /// produce it, which is what a truncated or emptied merges file looks like (text would tokenize differently from
     /// the model's training, silently).</summary>
-    static void CheckMerges(Dictionary<string, int> vocab, List<(string Left, string Right)> merges, Func<int, string> where, string mergesSource)
+    static void CheckMerges(Dictionary<string, int> vocab, List<(string Left, string Right)> merges, Func<int, string> where, string mergesSource, bool byteLevel = true)
     {
         var made = new HashSet<string>();
         for (int i = 0; i < merges.Count; i++)
@@ -236,6 +237,9 @@ public sealed class BpeVocabulary
                 if (!vocab.ContainsKey(t)) throw new InvalidInputException($"{where(i)}: merge \"{l} {r}\" uses token \"{t}\", which the vocabulary lacks");
             made.Add(l + r);
         }
+        // a SentencePiece-style vocabulary has base pieces of any script (and <0xXX>, <unk>, user pieces) that no merge
+        // makes; only the byte-level alphabet is closed
+        if (!byteLevel) return;
         var bytes = Table.Value.charToByte;
         foreach (var (token, id) in vocab)
             if (!(token.Length == 1 && bytes.ContainsKey(token[0])) && !(token.StartsWith("<|") && token.EndsWith("|>")) && !made.Contains(token))
@@ -243,15 +247,16 @@ public sealed class BpeVocabulary
     }
 
     /// <summary>Reads the BPE model out of a Hugging Face tokenizer.json (model.type = BPE); checked like
-    /// <see cref="Read"/>, errors name the file and the JSON key.</summary>
-    public static BpeVocabulary ReadTokenizerJson(string path)
+    /// <see cref="Read"/>, errors name the file and the JSON key. <paramref name="byteLevel"/> = false for a
+    /// SentencePiece-style BPE (Llama 2, Mistral), whose base pieces are Unicode characters rather than 256 byte symbols.</summary>
+    public static BpeVocabulary ReadTokenizerJson(string path, bool byteLevel = true)
     {
         var root = StrictJson.ParseFileObject(path, "tokenizer.json");
         if (root["model"] is not JsonObject model) throw new InvalidInputException($"{path}: no \"model\" object");
         var type = StrictJson.OptionalString(model, "type", $"{path}: model");
         if (type is not null && type != "BPE") throw new InvalidInputException($"{path}: model.type is {type}; only BPE tokenizers are supported");
         if (model["vocab"] is not JsonObject vocabNode) throw new InvalidInputException($"{path}: model.vocab must be an object");
-        var vocab = ReadVocab(vocabNode, $"{path}: model.vocab");
+        var vocab = ReadVocab(vocabNode, $"{path}: model.vocab", byteLevel);
         if (model["merges"] is not JsonArray mergeNodes) throw new InvalidInputException($"{path}: model.merges must be a list");
         var merges = new List<(string, string)>();
         for (int i = 0; i < mergeNodes.Count; i++)
@@ -267,7 +272,7 @@ public sealed class BpeVocabulary
                 merges.Add((parts[0], parts[1]));
             }
         }
-        CheckMerges(vocab, merges, i => $"{path}: model.merges[{i}]", $"{path}: model.merges");
+        CheckMerges(vocab, merges, i => $"{path}: model.merges[{i}]", $"{path}: model.merges", byteLevel);
         if (root["added_tokens"] is JsonNode addedNode)
         {
             if (addedNode is not JsonArray added) throw new InvalidInputException($"{path}: added_tokens must be a list");

@@ -19,7 +19,9 @@ public sealed partial class Gpt2Tokenizer
 {
     public const string EndOfText = "<|endoftext|>";
 
-    readonly Tokenizer _bpe;
+    readonly Tokenizer? _bpe;
+    /// <summary>Set instead of <see cref="_bpe"/> for a SentencePiece-style tokenizer.json (<see cref="MetaspaceBpe"/>).</summary>
+    readonly MetaspaceBpe? _metaspace;
     readonly Lazy<BpeVocabulary> _vocabulary;
     /// <summary>Non-GPT-2 formats: the checkpoint's tokenizer files, written back unchanged by <see cref="Save"/>.</summary>
     IReadOnlyDictionary<string, byte[]>? _sourceFiles;
@@ -37,7 +39,10 @@ public sealed partial class Gpt2Tokenizer
     public string Source { get; }
     public BpeVocabulary Vocabulary => _vocabulary.Value;
 
-    Gpt2Tokenizer(Tokenizer bpe, Func<BpeVocabulary> vocabulary, int baseVocabSize, int eos, string source)
+    Gpt2Tokenizer(MetaspaceBpe m, Func<BpeVocabulary> vocabulary, int baseVocabSize, string source)
+        : this((Tokenizer?)null, vocabulary, baseVocabSize, -1, source) => _metaspace = m;
+
+    Gpt2Tokenizer(Tokenizer? bpe, Func<BpeVocabulary> vocabulary, int baseVocabSize, int eos, string source)
     {
         _bpe = bpe;
         _vocabulary = new Lazy<BpeVocabulary>(vocabulary);
@@ -158,8 +163,12 @@ public sealed partial class Gpt2Tokenizer
             if (end > start)
             {
                 var part = text.AsSpan(start, end - start);
-                if (_nfc) part = part.ToString().Normalize(NormalizationForm.FormC).AsSpan();
-                ids.AddRange(_bpe.EncodeToIds(part, considerPreTokenization: true, considerNormalization: _normalize));
+                if (_metaspace is not null) ids.AddRange(_metaspace.Encode(part.ToString(), atTextStart: start == 0));
+                else
+                {
+                    if (_nfc) part = part.ToString().Normalize(NormalizationForm.FormC).AsSpan();
+                    ids.AddRange(_bpe!.EncodeToIds(part, considerPreTokenization: true, considerNormalization: _normalize));
+                }
             }
             if (which is null) break;
             ids.Add(_special[which]);
@@ -175,7 +184,7 @@ public sealed partial class Gpt2Tokenizer
         void Flush()
         {
             if (run.Count == 0) return;
-            sb.Append(_bpe.Decode(run));
+            sb.Append(_metaspace is not null ? _metaspace.Decode(run) : _bpe!.Decode(run));
             run.Clear();
         }
         foreach (var id in ids)

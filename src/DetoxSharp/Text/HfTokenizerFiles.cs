@@ -12,9 +12,10 @@ namespace DetoxSharp.Text;
 /// <item><c>tokenizer.json</c> with a byte-level BPE model and the model's own pre-tokenizer regex (Llama 3, Qwen2:
 /// a <c>Split</c> pre-tokenizer followed by <c>ByteLevel</c> with use_regex=false) → <see cref="BpeTokenizer"/> with
 /// that regex; an NFC normalizer (Qwen2) is applied before encoding.</item>
-/// <item><c>tokenizer.model</c> (SentencePiece protobuf, BPE with byte fallback: Llama 2, Mistral) →
-/// <see cref="LlamaTokenizer"/>. A SentencePiece-style <c>tokenizer.json</c> (byte_fallback, no ByteLevel) is read
-/// through the <c>tokenizer.model</c> shipped next to it.</item>
+/// <item>a SentencePiece-style <c>tokenizer.json</c> (BPE with byte_fallback, Metaspace or Prepend/Replace "▁", no
+/// ByteLevel: Llama 2, Mistral) → <see cref="MetaspaceBpe"/>, tokenizing as transformers' fast tokenizer does; it is
+/// preferred to a tokenizer.model beside it, as AutoTokenizer prefers the fast tokenizer;</item>
+/// <item><c>tokenizer.model</c> alone (SentencePiece protobuf, BPE with byte fallback) → <see cref="LlamaTokenizer"/>.</item>
 /// </list>
 /// Special tokens as transformers treats them: every entry of tokenizer.json's <c>added_tokens</c> and of
 /// tokenizer_config.json's <c>added_tokens_decoder</c> is split out of the text before BPE; BOS is prepended by
@@ -71,6 +72,16 @@ public sealed partial class Gpt2Tokenizer
             };
             templateBos = TemplateStartsWithSpecial(json);
         }
+        else if (json is not null && MetaspaceBpe.Describes(json))
+        {
+            // transformers' AutoTokenizer loads the fast tokenizer (tokenizer.json) when there is one, so it wins over
+            // a tokenizer.model next to it
+            var m = MetaspaceBpe.Read(jsonPath, json);
+            tok = new Gpt2Tokenizer(m, () => m.Vocabulary(added), m.BaseSize, dir);
+            templateBos = TemplateStartsWithSpecial(json);
+            if (TemplateFirstSpecialId(json) is int tb) tok.BosTokenId = tb;
+            if (tok.EosTokenId < 0 && added.TryGetValue("</s>", out var eos)) tok.EosTokenId = eos;
+        }
         else if (File.Exists(spPath))
         {
             Tokenizer sp;
@@ -90,8 +101,6 @@ public sealed partial class Gpt2Tokenizer
             if (s.EndOfSentenceId >= 0) tok.RegisterSpecial(s.EndOfSentenceToken, s.EndOfSentenceId);
             if (s.BeginningOfSentenceId >= 0) tok.RegisterSpecial(s.BeginningOfSentenceToken, s.BeginningOfSentenceId);
         }
-        else if (json is not null && json["model"]?["byte_fallback"] is JsonValue bf && bf.TryGetValue<bool>(out var fallback) && fallback)
-            throw new InvalidInputException($"{jsonPath}: SentencePiece-style BPE (byte_fallback) is read from tokenizer.model, which is missing from {dir}");
         else if (json is not null && json["model"]?["type"]?.ToString() is string type && type != "BPE")
             throw new InvalidInputException($"{jsonPath}: unsupported tokenizer model type '{type}' (byte-level BPE, or SentencePiece BPE via tokenizer.model)");
         else return null; // a plain BPE tokenizer.json without pre-tokenizer: GPT-2's layout, read by the vocab/merges path
@@ -146,6 +155,13 @@ public sealed partial class Gpt2Tokenizer
         try { return new Regex(pattern, RegexOptions.Compiled); }
         catch (ArgumentException e) { throw new InvalidInputException($"{path}: pre-tokenizer regex does not compile in .NET ({e.Message})"); }
     }
+
+    /// <summary>The id of the special token a TemplateProcessing post-processor puts first (its special_tokens entry).</summary>
+    static int? TemplateFirstSpecialId(JsonObject json) =>
+        Flatten(json["post_processor"]).FirstOrDefault(p => p["type"]?.ToString() == "TemplateProcessing") is JsonObject t
+        && t["single"] is JsonArray { Count: > 0 } single && single[0]?["SpecialToken"]?["id"]?.ToString() is string name
+        && t["special_tokens"]?[name]?["ids"] is JsonArray { Count: > 0 } ids && ids[0] is JsonValue v && v.TryGetValue<int>(out var id)
+            ? id : null;
 
     static bool TemplateStartsWithSpecial(JsonObject json) =>
         Flatten(json["post_processor"]).FirstOrDefault(p => p["type"]?.ToString() == "TemplateProcessing") is JsonObject t

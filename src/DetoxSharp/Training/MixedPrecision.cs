@@ -32,6 +32,7 @@ public enum Precision
 /// Model-agnostic: the copy is <see cref="ICausalLM.Clone"/> cast with <c>Module.to(dtype)</c>, and parameters are
 /// paired by name (same names and shapes, checked once). Updates smaller than bf16's resolution (relative 2⁻⁸) are
 /// kept by the master and reach the working copy once they add up, which pure bf16 training loses.
+/// With LoRA adapters on the master, the working copy carries copies of them (base frozen in both).
 /// </summary>
 public sealed class MixedPrecision : IDisposable
 {
@@ -64,9 +65,12 @@ public sealed class MixedPrecision : IDisposable
             throw new ArgumentException($"compute dtype must be a floating type, got {computeDType}", nameof(computeDType));
         Master = master;
         ComputeDType = computeDType;
-        Working = master.Clone();
+        Working = master.Clone(); // the base parameters only
         try
         {
+            // LoRA: the working copy gets the same adapters (frozen base, trainable A/B), so the pairing below covers
+            // the adapter parameters like any other and the fp32 master holds the adapters' optimizer state
+            Checkpoints.LoraAdapters.Of(master)?.AttachCopy(Working);
             Working.Module.to(computeDType);
             var mine = master.Module.named_parameters().ToList();
             var theirs = Working.Module.named_parameters().ToDictionary(x => x.name, x => x.parameter);

@@ -99,7 +99,7 @@ public static class PairMaker
             var tt = toxicTokenizer ?? tok;
             toxId = tt.SpecialTokens.TryGetValue(ToxicModel.ControlToken, out var id) ? id : throw new InvalidInputException($"--toxic-model: tokenizer has no {ToxicModel.ControlToken} token");
         }
-        var ids = prompts.Select(p => { var e = tok.EncodeWithSpecialTokens(p); if (e.Length == 0) e = [tok.EosTokenId]; return e.Length > o.MaxPromptTokens ? e[^o.MaxPromptTokens..] : e; }).ToList();
+        var ids = prompts.Select(p => { var e = tok.EncodeWithSpecialTokens(p); if (e.Length == 0) e = [tok.EosTokenId]; return PromptTruncation.KeepLast(e, o.MaxPromptTokens, tok); }).ToList();
         CheckContext(ids, o, model.MaxPositions, "model's", 0);
         if (toxicModel is not null) CheckContext(ids, o, toxicModel.MaxPositions, $"toxic model's (prompt + {ToxicModel.ControlToken})", 1);
         var greedy = new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Greedy = true, BatchSize = o.BatchSize };

@@ -332,4 +332,24 @@ public class LlamaTests
         var b = loaded.Model.ForwardEmbeddings(loaded.Model.TokenEmbedding.index_select(0, ids.reshape(-1)).unsqueeze(0));
         Assert.True(CoreTestUtil.MaxAbsDiff(a, b) < 1e-6);
     }
+
+    [Theory]
+    [MemberData(nameof(Kinds))]
+    public void ParameterCountEqualsTheModelsParametersAndHugeConfigsAreRefusedBeforeAllocation(string kind)
+    {
+        var cfg = LlamaConfig.FromJson((JsonObject)JsonNode.Parse(Config(kind, 50).ToJsonString())!); // as read from a file
+        using (var m = new LlamaModel(cfg, initialize: false))
+            Assert.Equal((double)m.parameters().Sum(p => p.numel()), cfg.ParameterCount);
+
+        // a config.json implying ~2·10¹² parameters: refused with the numbers, before any native allocation
+        var dir = CoreTestUtil.TempDir("llama-huge-" + kind);
+        var huge = Config(kind, 50);
+        huge["vocab_size"] = 250_000_000; huge["hidden_size"] = 8192; huge["num_attention_heads"] = 64; huge["intermediate_size"] = 28672;
+        if (huge["head_dim"] is not null) huge["head_dim"] = 128;
+        File.WriteAllText(Path.Combine(dir, "config.json"), huge.ToJsonString());
+        var e = Assert.Throws<InvalidInputException>(() => HfCheckpoint.Load(dir));
+        Assert.Contains("config.json", e.Message);
+        Assert.Contains("needs", e.Message);
+        Assert.Contains("available", e.Message);
+    }
 }

@@ -187,4 +187,157 @@ public class LlamaTokenizerTests
         Assert.Equal([265, 2, 265], tok.Encode("ab</s>ab"));
         Assert.Equal("aé", tok.Decode([264, 198, 172]));
     }
+
+    // ---- SentencePiece-style tokenizer.json (byte_fallback BPE), no tokenizer.model ----
+
+    /// <summary>ids: 0 &lt;unk&gt; 1 &lt;s&gt; 2 &lt;/s&gt;; byte pieces 3 &lt;0xC3&gt; 4 &lt;0xA9&gt; 5 &lt;0xF0&gt; 6 &lt;0x9F&gt;
+    /// 7 &lt;0x98&gt; 8 &lt;0x80&gt; (é = C3 A9, 😀 = F0 9F 98 80; ü = C3 BC has no &lt;0xBC&gt; → unk);
+    /// 9 ▁ 10 a 11 b 12 c 13 ▁a 14 ab 15 ▁ab 16 bc 17 abc 18 ▁▁ 19 ▁abc (a piece that no merge makes).
+    /// merges by rank: 0 "a b", 1 "▁ a", 2 "▁ ab", 3 "b c", 4 "ab c", 5 "▁ ▁".</summary>
+    static string MetaspaceJsonDir(string layout, bool split = false)
+    {
+        var dir = CoreTestUtil.TempDir("tok-spjson-" + layout);
+        string[] pieces = ["<unk>", "<s>", "</s>", "<0xC3>", "<0xA9>", "<0xF0>", "<0x9F>", "<0x98>", "<0x80>",
+            "▁", "a", "b", "c", "▁a", "ab", "▁ab", "bc", "abc", "▁▁", "▁abc"];
+        var vocab = new JsonObject();
+        for (int i = 0; i < pieces.Length; i++) vocab[pieces[i]] = i;
+        JsonObject Special(int id, string c) => new() { ["id"] = id, ["content"] = c, ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = false, ["special"] = true };
+        var json = new JsonObject
+        {
+            ["version"] = "1.0",
+            ["added_tokens"] = new JsonArray(Special(0, "<unk>"), Special(1, "<s>"), Special(2, "</s>")),
+            ["post_processor"] = new JsonObject
+            {
+                ["type"] = "TemplateProcessing",
+                ["single"] = new JsonArray(new JsonObject { ["SpecialToken"] = new JsonObject { ["id"] = "<s>", ["type_id"] = 0 } },
+                    new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "A", ["type_id"] = 0 } }),
+                ["special_tokens"] = new JsonObject { ["<s>"] = new JsonObject { ["id"] = "<s>", ["ids"] = new JsonArray(1), ["tokens"] = new JsonArray("<s>") } },
+            },
+            ["model"] = new JsonObject
+            {
+                ["type"] = "BPE", ["dropout"] = null, ["unk_token"] = "<unk>", ["continuing_subword_prefix"] = null, ["end_of_word_suffix"] = null,
+                ["fuse_unk"] = true, ["byte_fallback"] = true, ["vocab"] = vocab,
+                ["merges"] = new JsonArray("a b", "▁ a", "▁ ab", "b c", "ab c", "▁ ▁"),
+            },
+        };
+        if (layout == "legacy")
+        {
+            // Llama 2 / Mistral v0.1 as converted by transformers (legacy): Prepend + Replace, no pre-tokenizer
+            json["normalizer"] = new JsonObject { ["type"] = "Sequence", ["normalizers"] = new JsonArray(
+                new JsonObject { ["type"] = "Prepend", ["prepend"] = "▁" },
+                new JsonObject { ["type"] = "Replace", ["pattern"] = new JsonObject { ["String"] = " " }, ["content"] = "▁" }) };
+            json["pre_tokenizer"] = null;
+            json["decoder"] = new JsonObject { ["type"] = "Sequence", ["decoders"] = new JsonArray(
+                new JsonObject { ["type"] = "Replace", ["pattern"] = new JsonObject { ["String"] = "▁" }, ["content"] = " " },
+                new JsonObject { ["type"] = "ByteFallback" }, new JsonObject { ["type"] = "Fuse" },
+                new JsonObject { ["type"] = "Strip", ["content"] = " ", ["start"] = 1, ["stop"] = 0 }) };
+        }
+        else
+        {
+            // newer conversions (legacy=false): Metaspace with prepend_scheme "first"
+            json["normalizer"] = null;
+            json["pre_tokenizer"] = new JsonObject { ["type"] = "Metaspace", ["replacement"] = "▁", ["prepend_scheme"] = layout, ["split"] = split };
+            json["decoder"] = new JsonObject { ["type"] = "Sequence", ["decoders"] = new JsonArray(
+                new JsonObject { ["type"] = "ByteFallback" }, new JsonObject { ["type"] = "Fuse" },
+                new JsonObject { ["type"] = "Metaspace", ["replacement"] = "▁", ["prepend_scheme"] = layout, ["split"] = split }) };
+        }
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), json.ToJsonString());
+        return dir;
+    }
+
+    [Fact]
+    public void SentencePieceJsonLegacyLayoutTokenizesLikeTheFastTokenizer()
+    {
+        var dir = MetaspaceJsonDir("legacy");
+        Assert.False(File.Exists(Path.Combine(dir, "tokenizer.model")));
+        var tok = Gpt2Tokenizer.FromDirectory(dir)!;
+        // "ab" → "▁ab": ▁ a b; (a,b) rank 0 → ▁ ab; (▁,ab) rank 2 → ▁ab
+        Assert.Equal([15], tok.Encode("ab"));
+        // "abc" → ▁ a b c: (a,b)0 → ▁ ab c; (▁,ab)2 → ▁ab c; "▁abc" is a piece but "▁ab c" is no merge → [▁ab, c]
+        // (a SentencePiece model, merging by piece score, would give ▁abc)
+        Assert.Equal([15, 12], tok.Encode("abc"));
+        Assert.Equal([9, 12, 10], tok.Encode("ca"));          // ▁ c a: no merge applies
+        // Prepend always prefixes, so a leading space gives "▁▁ab": (a,b)0, (▁,ab)2 at 1, then (▁,▁ab) is no merge
+        Assert.Equal([9, 15], tok.Encode(" ab"));
+        // "a  b" → "▁a▁▁b": (▁,a)1 → ▁a ▁ ▁ b; (▁,▁)5 → ▁a ▁▁ b
+        Assert.Equal([13, 18, 11], tok.Encode("a  b"));
+        Assert.Equal([9, 3, 4], tok.Encode("é"));              // byte fallback
+        Assert.Equal([9, 5, 6, 7, 8], tok.Encode("😀"));       // a surrogate pair is one character: 4 bytes
+        Assert.Equal([9, 0], tok.Encode("üü"));                // <0xBC> missing → unk; fuse_unk joins the two
+        // special tokens are split out first; each remaining piece is normalized on its own (Prepend again)
+        Assert.Equal([13, 1, 9, 11], tok.Encode("a<s>b"));
+        // BOS from the TemplateProcessing post-processor (no tokenizer_config.json), EOS = </s>
+        Assert.Equal([1, 15], tok.EncodeWithSpecialTokens("ab"));
+        Assert.Equal(1, tok.BosTokenId);
+        Assert.Equal(2, tok.EosTokenId);
+        Assert.Equal(20, tok.VocabSize);
+        // decoder: ▁ → space, bytes → UTF-8, fuse, strip one leading space
+        Assert.Equal("abc", tok.Decode([15, 12]));
+        Assert.Equal("a  b", tok.Decode([13, 18, 11]));
+        Assert.Equal("é😀", tok.Decode([9, 3, 4, 5, 6, 7, 8]));
+        Assert.Equal("\uFFFD\uFFFDb", tok.Decode([8, 3, 11]));  // 80 C3 is invalid UTF-8: one U+FFFD per byte piece
+        // saved with a checkpoint and read back: same ids
+        var copy = CoreTestUtil.TempDir("tok-spjson-save");
+        tok.Save(copy);
+        Assert.Equal([13, 1, 9, 11], Gpt2Tokenizer.FromDirectory(copy)!.Encode("a<s>b"));
+    }
+
+    [Fact]
+    public void SentencePieceJsonMetaspaceLayoutPrependsOnlyAtTheStart()
+    {
+        var tok = Gpt2Tokenizer.FromDirectory(MetaspaceJsonDir("first"))!;
+        Assert.Equal([15], tok.Encode("ab"));
+        // Metaspace does not prepend to text that already starts with ▁ (unlike Prepend): " ab" → "▁ab"
+        Assert.Equal([15], tok.Encode(" ab"));
+        // prepend_scheme "first": the piece after </s> gets no ▁ → a b → ab
+        Assert.Equal([15, 2, 14], tok.Encode("ab</s>ab"));
+        Assert.Equal([2, 14], tok.Encode("</s>ab"));
+        Assert.Equal([13, 18, 11], tok.Encode("a  b"));
+        Assert.Equal("abc", tok.Decode([15, 12]));
+        Assert.Equal("ab", tok.Decode([14]));                  // no leading ▁: nothing to strip
+
+        // split = true cuts before every ▁: "▁a▁▁b" → "▁a" "▁" "▁b" → [▁a] [▁] [▁ b]; "▁ ▁" cannot merge across pieces
+        var split = Gpt2Tokenizer.FromDirectory(MetaspaceJsonDir("always", split: true))!;
+        Assert.Equal([13, 9, 9, 11], split.Encode("a  b"));
+        Assert.Equal([13, 2, 13], split.Encode("a</s>a"));      // "always": the piece after </s> is prefixed too
+    }
+
+    [Fact]
+    public void SentencePieceJsonRejectsWhatItDoesNotImplement()
+    {
+        var dir = MetaspaceJsonDir("first");
+        var path = Path.Combine(dir, "tokenizer.json");
+        var json = JsonNode.Parse(File.ReadAllText(path))!;
+        json["pre_tokenizer"] = new JsonObject { ["type"] = "Whitespace" };
+        File.WriteAllText(path, json.ToJsonString());
+        var e = Assert.Throws<InvalidInputException>(() => Gpt2Tokenizer.FromDirectory(dir));
+        Assert.Contains("Whitespace", e.Message);
+        Assert.Contains("tokenizer.json", e.Message);
+    }
+
+    [Fact]
+    public void PromptCutFromTheLeftKeepsBosWhenTheTokenizerAddsIt()
+    {
+        Assert.Equal([1, 7, 8], PromptTruncation.KeepLast([1, 5, 6, 7, 8], 3, bos: 1));
+        Assert.Equal([6, 7, 8], PromptTruncation.KeepLast([5, 6, 7, 8], 3, bos: 1));   // no BOS in front: plain tail
+        Assert.Equal([1, 5], PromptTruncation.KeepLast([1, 5], 3, bos: 1));            // short enough: unchanged
+        Assert.Equal([8], PromptTruncation.KeepLast([1, 5, 6, 7, 8], 1, bos: 1));      // room for one token only
+        Assert.Equal([7, 8], PromptTruncation.KeepLast([1, 5, 6, 7, 8], 2));            // no BOS given
+
+        // a Llama-style tokenizer (BOS from the post-processor): "ab ab ab" → <s> ▁ab ▁ab ▁ab
+        var tok = Gpt2Tokenizer.FromDirectory(MetaspaceJsonDir("legacy"))!;
+        var ids = tok.EncodeWithSpecialTokens("ab ab ab");
+        Assert.Equal([1, 15, 15, 15], ids);
+        Assert.Equal([1, 15, 15], PromptTruncation.KeepLast(ids, 3, tok));
+        // preference data: the prompt limit keeps BOS, and so does the cut that makes room for a completion
+        var ex = new DetoxSharp.Data.PreferenceExample("ab ab ab ab", " c", " ca");
+        var t = DetoxSharp.Data.PreferenceData.Tokenize(ex, tok, new DetoxSharp.Data.TruncationOptions(MaxPromptTokens: 3));
+        Assert.Equal([1, 15, 15], t.Prompt);
+        t = DetoxSharp.Data.PreferenceData.Tokenize(ex, tok, new DetoxSharp.Data.TruncationOptions(MaxPromptTokens: 10, MaxLength: 3));
+        Assert.Equal([1, 15], t.Prompt);
+        // GPT-2 adds no BOS: a prompt that happens to start with <|endoftext|> is cut like any other
+        var gpt2 = Gpt2Tokenizer.Default();
+        var g = gpt2.EncodeWithSpecialTokens("<|endoftext|>one two three four");
+        Assert.Equal(g[^3..], PromptTruncation.KeepLast(g, 3, gpt2));
+    }
 }

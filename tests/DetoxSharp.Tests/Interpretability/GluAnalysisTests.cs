@@ -103,7 +103,7 @@ public class GluAnalysisTests
         using (m.Hooks.Add("blocks.1.hook_resid_mid", Keep(x => mid = x)))
         using (m.Hooks.Add("blocks.1.mlp.hook_post", Keep(x => post = x)))
         using (m.Hooks.Add("blocks.1.mlp.hook_pre", Keep(x => gate = x)))
-        using (m.Hooks.Add("blocks.1.mlp.hook_pre_linear", Keep(x => up = x)))
+        using (m.Hooks.Add(HookNames.MlpPreLinear(1), Keep(x => up = x)))
         using (torch.no_grad()) m.Forward(ids);
 
         // by hand from the residual: RMSNorm (ε = 1e-6), then silu(W_gate h) · (W_up h)

@@ -13,15 +13,7 @@ public class LoraTests
     static string BaseDir(string tag)
     {
         var dir = Path.Combine(Tiny.TempDir("lora-" + tag), "base");
-        var m = new LlamaModel(new LlamaConfig
-        {
-            VocabSize = 50257, HiddenSize = 16, IntermediateSize = 24, NumHiddenLayers = 2, NumAttentionHeads = 4,
-            NumKeyValueHeads = 2, MaxPositionEmbeddings = 64, EosTokenIds = [50256], BosTokenId = 50256,
-        }, initialize: false);
-        var g = new torch.Generator(5);
-        using (torch.no_grad())
-            foreach (var (n, p) in m.named_parameters().OrderBy(x => x.name, StringComparer.Ordinal))
-                p.copy_(n.EndsWith("norm.weight") ? torch.ones_like(p) : torch.randn(p.shape, generator: g) * 0.05);
+        var m = Tiny.Llama(vocab: 50257, maxPositions: 64, eos: 50256, bos: 50256, seed: 5, std: 0.05);
         HfCheckpoint.Save(m, Gpt2Tokenizer.Default(), dir);
         m.Dispose();
         return dir;
@@ -125,5 +117,115 @@ public class LoraTests
         LoraAdapters.Of(withAdapter.Model)!.Enabled = false;
         using var plainBase = HfCheckpoint.Load(baseDir);
         Assert.True(Logits(withAdapter.Model).eq(Logits(plainBase.Model)).all().item<bool>());
+    }
+
+    static string Gpt2BaseDir(string tag)
+    {
+        var dir = Path.Combine(Tiny.TempDir("lora-gpt2-" + tag), "base");
+        using var m = Tiny.Model(seed: 3);
+        HfCheckpoint.Save(m, Gpt2Tokenizer.Default(), dir);
+        return dir;
+    }
+
+    [Fact]
+    public void Gpt2Conv1DAdapterFollowsPeftFanInFanOutAndMergesToTheSameWeights()
+    {
+        var baseDir = Gpt2BaseDir("peft");
+        var adapter = Path.Combine(Path.GetDirectoryName(baseDir)!, "adapter");
+        Directory.CreateDirectory(adapter);
+        // PEFT's layout for Conv1D (fan_in_fan_out=True): lora_A [r, in], lora_B [out, r] as for a Linear, while the base
+        // weight is [in, out]. c_attn: 16 → 48, c_fc: 16 → 64; rank 2, α = 6 → scale 3.
+        var g = new torch.Generator(21);
+        var t = new Dictionary<string, Tensor>();
+        var byLayer = new Dictionary<string, (Tensor A, Tensor B)>();
+        foreach (var (mod, inF, outF) in new[] { ("attn.c_attn", 16, 48), ("mlp.c_fc", 16, 64) })
+            for (int l = 0; l < 2; l++)
+            {
+                var a = torch.randn([2, inF], generator: g) * 0.3; var b = torch.randn([outF, 2], generator: g) * 0.3;
+                t[$"base_model.model.h.{l}.{mod}.lora_A.weight"] = a;
+                t[$"base_model.model.h.{l}.{mod}.lora_B.weight"] = b;
+                byLayer[$"h.{l}.{mod}.weight"] = (a, b);
+            }
+        Safetensors.Save(Path.Combine(adapter, "adapter_model.safetensors"), t);
+        File.WriteAllText(Path.Combine(adapter, "adapter_config.json"), new JsonObject
+        {
+            ["peft_type"] = "LORA", ["task_type"] = "CAUSAL_LM", ["base_model_name_or_path"] = "../base", ["r"] = 2, ["lora_alpha"] = 6,
+            ["target_modules"] = new JsonArray("c_attn", "c_fc"), ["bias"] = "none", ["fan_in_fan_out"] = true, ["lora_dropout"] = 0.0,
+        }.ToJsonString());
+        using var withAdapter = HfCheckpoint.Load(adapter);
+        Assert.Equal(4, LoraAdapters.Of(withAdapter.Model)!.Modules.Count);
+
+        // by hand, in float64 on the plain base: W[in, out] += 3·(B·A)ᵀ
+        using var byHand = HfCheckpoint.Load(baseDir);
+        byHand.Model.Module.to(ScalarType.Float64);
+        using (torch.no_grad())
+        {
+            var sd = byHand.Model.Module.state_dict();
+            foreach (var (name, (a, b)) in byLayer)
+                sd[name].add_(b.to(ScalarType.Float64).matmul(a.to(ScalarType.Float64)).t() * 3);
+        }
+        var expect = Logits(byHand.Model).to(ScalarType.Float32);
+        var got = Logits(withAdapter.Model);
+        using (var plainBase = HfCheckpoint.Load(baseDir))
+            Assert.True((Logits(plainBase.Model) - expect).abs().max().item<float>() > 1e-3, "the adapter changes nothing: the test would prove nothing");
+        Assert.True((got - expect).abs().max().item<float>() < 1e-4, $"adapter forward differs from W + 3·(BA)ᵀ by {(got - expect).abs().max().item<float>()}");
+
+        // merge-lora writes exactly those weights into a plain GPT-2 checkpoint
+        var merged = Path.Combine(Path.GetDirectoryName(baseDir)!, "merged");
+        var o = new StringWriter(); var e = new StringWriter();
+        Assert.True(DetoxSharp.Cli.DetoxCli.Run(["merge-lora", "--adapter", adapter, "--out", merged], o, e) == 0, e.ToString());
+        using var plain = HfCheckpoint.Load(merged);
+        Assert.Null(LoraAdapters.Of(plain.Model));
+        var msd = plain.Model.Module.state_dict(); var hsd = byHand.Model.Module.state_dict();
+        foreach (var name in byLayer.Keys)
+            Assert.True((msd[name].to(ScalarType.Float64) - hsd[name]).abs().max().item<double>() < 1e-6, name);
+        Assert.True((Logits(plain.Model) - expect).abs().max().item<float>() < 1e-4);
+
+        // a Linear-layout (transposed) adapter for Conv1D is rejected by shape, naming the tensor
+        t["base_model.model.h.0.attn.c_attn.lora_A.weight"] = torch.zeros(2, 48);
+        t["base_model.model.h.0.attn.c_attn.lora_B.weight"] = torch.zeros(16, 2);
+        Safetensors.Save(Path.Combine(adapter, "adapter_model.safetensors"), t);
+        var err = Assert.Throws<InvalidInputException>(() => HfCheckpoint.Load(adapter));
+        Assert.Contains("c_attn.lora_A.weight", err.Message);
+    }
+
+    [Fact]
+    public void Gpt2LoraDpoWithBf16MixedTracksFp32LoraAndSavesAPeftAdapter()
+    {
+        var baseDir = Gpt2BaseDir("mixed");
+        var root = Path.GetDirectoryName(baseDir)!;
+        using var fp32 = HfCheckpoint.Load(baseDir);
+        using var mixed = HfCheckpoint.Load(baseDir);
+        var baseWeights = mixed.Model.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+        var lo = new LoraOptions { Rank = 4, Alpha = 8, Targets = ["c_attn", "c_proj"] };
+        var la = LoraAdapters.Attach(fp32.Model, lo, baseDir);
+        var lb = LoraAdapters.Attach(mixed.Model, lo, baseDir);
+        Assert.Equal(6, la.Modules.Count); // c_attn + attn.c_proj + mlp.c_proj in each of 2 layers
+        using (torch.no_grad()) // same random A in both runs
+            foreach (var (k, v) in la.PeftTensors()) lb.PeftTensors()[k].copy_(v);
+
+        // a moderate rate: at 1e-2 the bf16 rounding of six steps compounds past a few percent of the loss
+        var opts = PreferenceTrainerTests.Opts(Path.Combine(root, "cache")) with { EvalEvery = 0, MaxSteps = 6, LearningRate = 5e-3 };
+        var r1 = PreferenceTrainer.Train(fp32.Model, fp32.Tokenizer, Tiny.Pairs(24), Path.Combine(root, "fp32"), opts);
+        var r2 = PreferenceTrainer.Train(mixed.Model, mixed.Tokenizer, Tiny.Pairs(24), Path.Combine(root, "mixed"), opts with { Precision = Precision.Bf16Mixed });
+        List<double> Losses(string p) => MetricsLog.Read(p).Where(x => x["phase"] is null).Select(x => x["loss"]!.GetValue<double>()).ToList();
+        var a = Losses(r1.MetricsPath); var b = Losses(r2.MetricsPath);
+        Assert.Equal(6, b.Count);
+        Assert.Equal(Math.Log(2), a[0], 5);
+        Assert.True(Math.Abs(b[0] - Math.Log(2)) < 2e-3, $"bf16-mixed LoRA step-1 loss {b[0]}"); // bf16 policy vs fp32 reference
+        for (int i = 0; i < a.Count; i++)
+            Assert.True(Math.Abs(a[i] - b[i]) <= Math.Max(0.02, 0.03 * a[i]), $"step {i + 1}: fp32 {a[i]:F4} vs bf16-mixed {b[i]:F4}");
+        Assert.True(b[^1] < b[0] - 0.003, $"bf16-mixed LoRA loss did not fall: {string.Join(" ", b)}");
+
+        // the master keeps fp32 adapters that moved, and an unchanged frozen base
+        var after = mixed.Model.Module.state_dict();
+        foreach (var (k, v) in baseWeights) Assert.True(v.eq(after[k]).all().item<bool>(), $"base weight {k} changed");
+        var bWeight = after["h.1.mlp.c_proj.lora_B.weight"];
+        Assert.Equal(ScalarType.Float32, bWeight.dtype);
+        Assert.True(bWeight.abs().max().item<float>() > 0);
+        var cfg = JsonNode.Parse(File.ReadAllText(Path.Combine(r2.FinalDir, "adapter_config.json")))!;
+        Assert.True(cfg["fan_in_fan_out"]!.GetValue<bool>());
+        using var loaded = HfCheckpoint.Load(r2.FinalDir);
+        Assert.True((Logits(loaded.Model) - Logits(mixed.Model)).abs().max().item<float>() < 1e-6);
     }
 }

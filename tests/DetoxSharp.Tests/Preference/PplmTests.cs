@@ -52,11 +52,31 @@ public class PplmTests
         return probe.PredictToxic(resid.mean([1])).item<float>();
     }
 
+    /// <summary>A Llama-family model of the same width: grouped KV heads (4 query heads, 2 KV heads), rotary positions,
+    /// RMSNorm, SwiGLU — the cache offsets of PPLM act on the rotated, grouped keys.</summary>
+    static LlamaModel LlamaTiny(double std = 0.5, ScalarType dt = ScalarType.Float64)
+    {
+        var m = Tiny.Llama(vocab: 40, maxPositions: 48, eos: 39, bos: 0, seed: 11, std: std);
+        m.to(dt);
+        return m;
+    }
+
     [Fact]
     public void PplmGradientMatchesFiniteDifference()
     {
+        using (var gpt2 = Model(ScalarType.Float64)) GradientMatchesFiniteDifference(gpt2);
+    }
+
+    [Fact]
+    public void PplmGradientMatchesFiniteDifferenceOnLlama()
+    {
+        using var llama = LlamaTiny();
+        GradientMatchesFiniteDifference(llama);
+    }
+
+    static void GradientMatchesFiniteDifference(ICausalLM m)
+    {
         using var threads = new OneThread();
-        using var m = Model(ScalarType.Float64);
         using var probe = Probe(16, 20);
         foreach (int horizon in new[] { 1, 2 })
         {
@@ -134,6 +154,22 @@ public class PplmTests
     [Fact]
     public void PplmBatchEqualsRowByRow()
     {
+        using var m = CoreTestUtil.Tiny(vocab: 40, d: 16, heads: 2, positions: 48, seed: 11, std: 0.2);
+        m.to(ScalarType.Float64);
+        BatchEqualsRowByRow(m);
+    }
+
+    [Fact]
+    public void PplmBatchEqualsRowByRowOnLlama()
+    {
+        // left padding on a rotary model: positions count from each row's first real token, so a padded row must
+        // still equal the row alone
+        using var m = LlamaTiny(std: 0.2);
+        BatchEqualsRowByRow(m);
+    }
+
+    static void BatchEqualsRowByRow(ICausalLM m)
+    {
         // Rows of different lengths (one of a single token) share a left-padded batch. Each step's perturbed next-token
         // distribution of every row must equal the one the row gets alone (same tokens fed to both), to float64 rounding —
         // the per-row gradient norm is what makes that so (one norm over the batch would couple the rows).
@@ -144,8 +180,6 @@ public class PplmTests
         // Likewise the model is tamer than Model(): with std 0.5 a repeated-token prompt gets a next-token distribution
         // so peaked that dp/dΔ underflows, and its step direction is noise too.
         using var threads = new OneThread();
-        using var m = CoreTestUtil.Tiny(vocab: 40, d: 16, heads: 2, positions: 48, seed: 11, std: 0.2);
-        m.to(ScalarType.Float64);
         using var probe = Probe(16, 2);
         // no top-k cut: a near-tie at the k-th place would turn a 1e-16 difference into a jump of one token's mass
         var o = new PplmOptions { Iterations = 4, MaxNewTokens = 6, Horizon = 2, StepSize = 0.3, StopAtEos = false, TopK = 0 };

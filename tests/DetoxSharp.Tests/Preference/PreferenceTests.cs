@@ -127,6 +127,22 @@ public class PreferenceLossTests
 
 static class Tiny
 {
+    /// <summary>A Llama-family model 16 wide, 2 layers, 4 query / 2 KV heads, MLP 24: RMSNorm weights 1, every other
+    /// parameter N(0, std²) from its own generator (in name order, so the weights depend on the seed only).</summary>
+    public static LlamaModel Llama(int vocab, int maxPositions, int eos, int bos, ulong seed, double std)
+    {
+        var m = new LlamaModel(new LlamaConfig
+        {
+            VocabSize = vocab, HiddenSize = 16, IntermediateSize = 24, NumHiddenLayers = 2, NumAttentionHeads = 4,
+            NumKeyValueHeads = 2, MaxPositionEmbeddings = maxPositions, EosTokenIds = [eos], BosTokenId = bos,
+        }, initialize: false);
+        var g = new torch.Generator(seed);
+        using (torch.no_grad())
+            foreach (var (n, p) in m.named_parameters().OrderBy(x => x.name, StringComparer.Ordinal))
+                p.copy_(n.EndsWith("norm.weight") ? torch.ones_like(p) : torch.randn(p.shape, generator: g) * std);
+        return m;
+    }
+
     public static Gpt2Model Model(ScalarType dt = ScalarType.Float32, int seed = 1)
     {
         // own generator: xunit runs test classes in parallel, so the global RNG is not ours to rely on

@@ -406,4 +406,28 @@ public class BadInputTests
         Assert.False(json["finite"]!.GetValue<bool>());
         Assert.Null(json["tokens"]![1]!["logprob"]);
     }
+
+    [Fact]
+    public void PlainTextInputsReplaceInvalidUtf8WithOneWarningNamingTheFirstBadLine()
+    {
+        var root = CoreTestUtil.TempDir("lenient");
+        var text = Path.Combine(root, "t.txt");
+        // line 1 fine, line 2 a lone Latin-1 byte (0xE9), line 3 a truncated sequence (0xC3 at the end), line 4 fine
+        File.WriteAllBytes(text, [.. "hello world\n"u8, .. "caf"u8, 0xE9, .. "\nna"u8, 0xC3, .. "\nok\n"u8]);
+        Assert.Equal(2, DetoxSharp.Data.LenientText.FirstInvalidLine(text));
+        var warnings = new List<string>();
+        var lines = DetoxSharp.Data.LenientText.ReadAllLines(text, "--prompts", warnings.Add);
+        Assert.Equal(["hello world", "caf\uFFFD", "na\uFFFD", "ok"], lines);
+        Assert.Single(warnings);
+        Assert.Contains($"{text}:2: invalid UTF-8", warnings[0]);
+        File.WriteAllText(Path.Combine(root, "good.txt"), "fine\ntext");
+        Assert.Null(DetoxSharp.Data.LenientText.FirstInvalidLine(Path.Combine(root, "good.txt")));
+
+        // eval --ppl-text runs (exit 0) and prints the warning once
+        var (dir, _) = Checkpoint();
+        var r = Cli("eval", "--model", dir, "--ppl-text", text, "--out", Path.Combine(root, "o"));
+        Assert.True(r.Rc == 0, r.Err);
+        Assert.Single(r.Err.Split('\n'), l => l.Contains("invalid UTF-8"));
+        Assert.Contains($"--ppl-text {text}:2: invalid UTF-8", r.Err);
+    }
 }

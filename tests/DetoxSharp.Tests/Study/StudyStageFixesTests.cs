@@ -171,7 +171,7 @@ public class StudyStageFixesTests : IDisposable
     [Fact]
     public void PromptTruncationKeepsTheEnd()
     {
-        Assert.Equal([3, 4, 5], DetoxSharp.Generation.PromptTruncation.KeepLast([1, 2, 3, 4, 5], 3));
-        Assert.Equal([1, 2], DetoxSharp.Generation.PromptTruncation.KeepLast([1, 2], 3));
+        Assert.Equal([3, 4, 5], DetoxSharp.Text.PromptTruncation.KeepLast([1, 2, 3, 4, 5], 3));
+        Assert.Equal([1, 2], DetoxSharp.Text.PromptTruncation.KeepLast([1, 2], 3));
     }
 }
