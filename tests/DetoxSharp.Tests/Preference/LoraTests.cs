@@ -206,8 +206,8 @@ public class LoraTests
 
         // a moderate rate: at 1e-2 the bf16 rounding of six steps compounds past a few percent of the loss
         var opts = PreferenceTrainerTests.Opts(Path.Combine(root, "cache")) with { EvalEvery = 0, MaxSteps = 6, LearningRate = 5e-3 };
-        var r1 = PreferenceTrainer.Train(fp32.Model, fp32.Tokenizer, Tiny.Pairs(24), Path.Combine(root, "fp32"), opts);
-        var r2 = PreferenceTrainer.Train(mixed.Model, mixed.Tokenizer, Tiny.Pairs(24), Path.Combine(root, "mixed"), opts with { Precision = Precision.Bf16Mixed });
+        var r1 = new PreferenceTrainer(fp32.Model, fp32.Tokenizer, opts).Train(Tiny.Pairs(24), Path.Combine(root, "fp32"));
+        var r2 = new PreferenceTrainer(mixed.Model, mixed.Tokenizer, opts with { Precision = Precision.Bf16Mixed }).Train(Tiny.Pairs(24), Path.Combine(root, "mixed"));
         List<double> Losses(string p) => MetricsLog.Read(p).Where(x => x["phase"] is null).Select(x => x["loss"]!.GetValue<double>()).ToList();
         var a = Losses(r1.MetricsPath); var b = Losses(r2.MetricsPath);
         Assert.Equal(6, b.Count);
