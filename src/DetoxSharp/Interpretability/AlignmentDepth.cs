@@ -41,23 +41,17 @@ public static class AlignmentDepth
         if (prompts.Count == 0) throw new InvalidInputException("--prompts: no prompts");
         if (baseModel.VocabSize != aligned.VocabSize) throw new InvalidInputException("--base/--aligned: vocabularies differ");
         baseModel.Module.eval(); aligned.Module.eval();
-        var promptIds = prompts.Select(p =>
-        {
-            var ids = tokenizer.Encode(p);
-            if (ids.Length == 0) ids = [aligned.EosTokenId];
-            return PromptTruncation.KeepLast(ids, maxPromptTokens);
-        }).ToList();
-        var conts = DetoxSharp.Generation.Generator.Generate(aligned, promptIds, new GenerationOptions { MaxNewTokens = maxNewTokens, Greedy = true, BatchSize = batchSize });
+        var tf = TeacherForced.Generate(aligned, tokenizer, prompts, maxPromptTokens, maxNewTokens, batchSize);
         var sum = new double[maxNewTokens];
         var count = new int[maxNewTokens];
-        for (int s0 = 0; s0 < promptIds.Count; s0 += batchSize)
+        for (int s0 = 0; s0 < tf.Fed.Count; s0 += batchSize)
         {
             using var scope = torch.NewDisposeScope();
             using var _ = torch.no_grad();
-            var rows = Enumerable.Range(s0, Math.Min(batchSize, promptIds.Count - s0)).ToList();
-            // fed = prompt + continuation without its last token; position t of the continuation is predicted at T − g + t
-            var fed = rows.Select(i => promptIds[i].Concat(conts[i].Take(Math.Max(0, conts[i].Length - 1))).ToArray()).ToList();
-            var steps = rows.Select(i => Math.Max(1, conts[i].Length)).ToList();
+            var rows = Enumerable.Range(s0, Math.Min(batchSize, tf.Fed.Count - s0)).ToList();
+            // position t of the continuation is predicted at T − steps + t of the fed sequence
+            var fed = rows.Select(i => tf.Fed[i]).ToList();
+            var steps = rows.Select(i => tf.Steps[i]).ToList();
             var (ids, mask) = ActivationCache.Pad(fed, aligned.EosTokenId, aligned.Device, left: true);
             long T = ids.shape[1];
             var la = torch.nn.functional.log_softmax(aligned.Forward(ids, mask).to(ScalarType.Float64), -1);

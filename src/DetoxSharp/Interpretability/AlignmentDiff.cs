@@ -189,29 +189,13 @@ public static class AlignmentDiff
             lensChoice = options.ToxicTokenIds is { Count: > 0 } ? "the toxic-list token the top toxic vector promotes most" : "the top vector's top token (no toxic word list given)";
         }
 
-        // prompts and the before-model's greedy continuations
-        var promptIds = prompts.Select(p =>
-        {
-            var ids = tokenizer.Encode(p);
-            if (ids.Length == 0) ids = [before.EosTokenId];
-            return PromptTruncation.KeepLast(ids, options.MaxPromptTokens);
-        }).ToList();
-        progress?.Report($"generating greedy continuations of {promptIds.Count} prompts with the --before model");
-        var conts = DetoxSharp.Generation.Generator.Generate(before, promptIds, new GenerationOptions { MaxNewTokens = options.MaxNewTokens, Greedy = true, BatchSize = options.BatchSize });
-        // Fed sequence: prompt + continuation without its last token; steps = positions whose output chose a new token.
-        var fed = new List<int[]>();
-        var steps = new List<int>();
+        progress?.Report($"generating greedy continuations of {prompts.Count} prompts with the --before model");
+        var tf = TeacherForced.Generate(before, tokenizer, prompts, options.MaxPromptTokens, options.MaxNewTokens, options.BatchSize);
+        var fed = tf.Fed;
+        var steps = tf.Steps;
         // The step at which the before model emits its first toxic token (−1: none, or no toxic list): where the toxic
         // vectors do their work. The 20th step, long after a reply's insult, mostly reads their resting activation.
-        var insultStep = new List<int>();
-        for (int i = 0; i < promptIds.Count; i++)
-        {
-            var c = conts[i];
-            int g = Math.Max(1, c.Length);
-            fed.Add(promptIds[i].Concat(c.Take(Math.Max(0, c.Length - 1))).ToArray());
-            steps.Add(g);
-            insultStep.Add(options.ToxicTokenIds is { Count: > 0 } tox ? Array.FindIndex(c, t => tox.Contains(t)) : -1);
-        }
+        var insultStep = tf.Continuations.Select(c => options.ToxicTokenIds is { Count: > 0 } tox ? Array.FindIndex(c, t => tox.Contains(t)) : -1).ToList();
         int insultPrompts = insultStep.Count(j => j >= 0);
 
         var accB = new Accumulator(L, d, mlp, tracked.Count);

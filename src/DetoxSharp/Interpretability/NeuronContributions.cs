@@ -74,17 +74,10 @@ public static class NeuronContributions
         before.Module.eval(); after.Module.eval();
         int L = before.NumLayers, mlp = before.MlpDim;
 
-        var promptIds = prompts.Select(p =>
-        {
-            var ids = tokenizer.Encode(p);
-            if (ids.Length == 0) ids = [before.EosTokenId];
-            return PromptTruncation.KeepLast(ids, options.MaxPromptTokens);
-        }).ToList();
-        progress?.Report($"generating greedy continuations of {promptIds.Count} prompts with the --before model");
-        var conts = DetoxSharp.Generation.Generator.Generate(before, promptIds, new GenerationOptions { MaxNewTokens = options.MaxNewTokens, Greedy = true, BatchSize = options.BatchSize });
-        // fed = prompt + continuation without its last token; the last `steps` positions each chose a generated token
-        var fed = promptIds.Select((p, i) => p.Concat(conts[i].Take(Math.Max(0, conts[i].Length - 1))).ToArray()).ToList();
-        var steps = conts.Select(c => Math.Max(1, c.Length)).ToList();
+        progress?.Report($"generating greedy continuations of {prompts.Count} prompts with the --before model");
+        var tf = TeacherForced.Generate(before, tokenizer, prompts, options.MaxPromptTokens, options.MaxNewTokens, options.BatchSize);
+        var fed = tf.Fed;
+        var steps = tf.Steps;
 
         var sums = new[] { new double[L][], new double[L][] };
         for (int k = 0; k < 2; k++) for (int l = 0; l < L; l++) sums[k][l] = new double[mlp];
