@@ -26,6 +26,7 @@ public static class CommandCatalog
         yield return InterpCommands.Neurons();
         yield return InterpCommands.Depth();
         yield return InterpCommands.Unalign();
+        yield return AttackCommand.Create();
         yield return StudyCommand.Create();
     }
 }

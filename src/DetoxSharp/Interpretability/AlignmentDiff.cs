@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using DetoxSharp.Checkpoints;
 using DetoxSharp.Data;
 using DetoxSharp.Generation;
 using DetoxSharp.Models;
@@ -59,6 +60,10 @@ public sealed record DiffOptions
 /// </summary>
 public static class AlignmentDiff
 {
+    /// <summary>The residual offsets δx_l = mean(x_after − x_before) at every layer's <c>hook_resid_mid</c>, tensor
+    /// <see cref="OffsetsTensor"/> [layers, d] (float32); metadata <c>top_layer</c> = the top toxic vector's layer.</summary>
+    public const string OffsetsFile = "residual_offsets.safetensors", OffsetsTensor = "delta_x";
+
     static readonly Regex LayerRe = new(@"(?:^|\.)(?:h|layers|blocks)\.(\d+)\.", RegexOptions.Compiled);
 
     public static int? LayerOf(string parameterName)
@@ -402,7 +407,7 @@ public static class AlignmentDiff
                 ["token_id"] = lensToken, ["token"] = tokenizer.TokenText(lensToken), ["token_choice"] = lensChoice,
                 ["output_prob_before"] = accB.OutputProbSum / n, ["output_prob_after"] = accA.OutputProbSum / n,
             },
-            ["files"] = new JsonArray("parameters.csv", "layers.csv", "activations.csv", "projection.csv", "logit_lens.csv"),
+            ["files"] = new JsonArray("parameters.csv", "layers.csv", "activations.csv", "projection.csv", "logit_lens.csv", OffsetsFile),
         };
         Directory.CreateDirectory(outDir);
         AtomicFile.WriteAllText(Path.Combine(outDir, "parameters.csv"), paramCsv.ToString());
@@ -410,6 +415,9 @@ public static class AlignmentDiff
         AtomicFile.WriteAllText(Path.Combine(outDir, "activations.csv"), actCsv.ToString());
         AtomicFile.WriteAllText(Path.Combine(outDir, "projection.csv"), projCsv.ToString());
         AtomicFile.WriteAllText(Path.Combine(outDir, "logit_lens.csv"), lensCsv.ToString());
+        using (var offsets = torch.tensor(deltas.SelectMany(v => v.Select(x => (float)x)).ToArray(), [L, d]))
+            Safetensors.Save(Path.Combine(outDir, OffsetsFile), new Dictionary<string, Tensor> { [OffsetsTensor] = offsets },
+                new Dictionary<string, string> { ["top_layer"] = lStar.ToString(CultureInfo.InvariantCulture), ["hook"] = "blocks.{l}.hook_resid_mid" });
         AtomicFile.WriteAllText(Path.Combine(outDir, "diff.json"), result.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
         return result;
     }
