@@ -103,12 +103,30 @@ public sealed class WeightSnapshot : IDisposable
         _items.Add((v, s));
     }
 
+    /// <summary>Remembers every parameter of <paramref name="model"/> by name. Restoring goes through the names, not the
+    /// tensors: a trainer's fused optimizer re-points parameters into its flat buffer, so the storage seen now may not be
+    /// the parameter's storage later.</summary>
+    public void AddAll(ICausalLM model)
+    {
+        using var _ = torch.no_grad();
+        _model = model;
+        foreach (var (name, p) in model.Module.named_parameters()) _byName[name] = p.detach().clone().DetachFromDisposeScope();
+    }
+
+    ICausalLM? _model;
+    readonly Dictionary<string, Tensor> _byName = [];
+
     public void Dispose()
     {
         using (torch.no_grad())
+        {
             foreach (var (v, s) in _items) v.copy_(s);
+            if (_model is not null)
+                foreach (var (name, p) in _model.Module.named_parameters()) p.copy_(_byName[name]);
+        }
         foreach (var (v, s) in _items) { v.Dispose(); s.Dispose(); }
-        _items.Clear();
+        foreach (var t in _byName.Values) t.Dispose();
+        _items.Clear(); _byName.Clear(); _model = null;
     }
 }
 
@@ -315,7 +333,7 @@ public sealed class FinetuneAttack : Attack
         int n = (int)strength;
         if (n > _ordered.Count) throw new InvalidInputException($"finetune: N = {n} but only {_ordered.Count} toxic examples were given");
         var snap = new WeightSnapshot();
-        foreach (var p in model.Module.parameters()) snap.Add(p);
+        snap.AddAll(model);
         _lastN = n;
         if (n == 0) return snap;
         try
