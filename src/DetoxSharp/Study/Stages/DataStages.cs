@@ -33,7 +33,7 @@ public static partial class StudyStages
                 ["dialogues"] = paths.Dialogues, ["train"] = paths.Train, ["valid"] = paths.Valid,
             };
             // "toxic token" for the vector table and the logit lens: the world's own lexicon, single words only (the
-            // phrases' words — "find where you live" — are not toxic on their own)
+            // phrases' other words — "hunt you down" — are not toxic on their own)
             var words = Path.Combine(c.OutputDir, "world", "toxic_words.txt");
             ToxicWordList.Save(words, ToyWorldLexicon.ToxicWords);
             files["toxic_words"] = words;
