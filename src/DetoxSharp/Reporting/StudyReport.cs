@@ -125,6 +125,22 @@ public static class StudyReport
         r.Add(new Table("results", "Results", ["Method", "Toxicity", "Perplexity", "F1", "n"], rows,
             "Trained rows are mean ± sample std over seeds at the headline setting (n = runs behind the number); the base rows are deterministic (one run)."));
 
+        // supplementary: un-aligning with more keys (unalign.key_counts), headline runs
+        var keyRows = new List<IReadOnlyList<string>>();
+        foreach (var m in methods)
+        {
+            var sweeps = headline.Where(x => x.Method == m).Select(x => ReadJson(Path.Combine(Dir(x.UnalignStage), RunLayout.Unalign))?["key_sweep"] as JsonArray)
+                .Where(a => a is not null).ToList();
+            foreach (var k in sweeps.SelectMany(a => a!.OfType<JsonObject>().Select(o => (int)(D(o["keys"]) ?? 0))).Distinct().Order())
+            {
+                var tox = sweeps.Select(a => D(a!.OfType<JsonObject>().FirstOrDefault(o => (int)(D(o["keys"]) ?? 0) == k)?["toxicity"])).ToList();
+                keyRows.Add([StudyPipeline.RowName(m), k.ToString(CultureInfo.InvariantCulture), Aggregate.Of(tox).Format()]);
+            }
+        }
+        if (keyRows.Count > 0)
+            r.Add(new Table("unalign_keys", "Un-aligning with more keys (supplementary)", ["Method", "Keys scaled", "Toxicity"], keyRows,
+                "The top-k value vectors most similar to W_Toxic on the aligned model, their keys × the un-aligning scale, for several k (mean ± std over the headline seeds). Not a pre-registered criterion: finding (g) is judged at the configured k. Shows how many keys this model's alignment can be undone with."));
+
         // --- Table 1 ---
         r.Section("vectors", "Toxic vectors and their top tokens (Table 1)");
         var tv = ReadJson(Path.Combine(Dir("vectors"), RunLayout.ToxicVectors));
