@@ -35,7 +35,6 @@ public static class AttackCommand
         var ao = new AttackOptions();
         var keys = Bind.To("--k", ao, o => o.Keys);
         var layer = Bind.To("--layer", ao, o => o.Layer);
-        var offsetLayer = Bind.To("--offset-layer", ao, o => o.OffsetLayer);
         var steps = Bind.To("--max-steps", ao, o => o.MaxSteps);
         var lr = Bind.To("--lr", ao, o => o.LearningRate);
         var ftBatch = Bind.To("--finetune-batch-size", ao, o => o.FinetuneBatchSize);
@@ -52,14 +51,14 @@ public static class AttackCommand
         var cmd = new Command("attack", "Re-toxification attacks on aligned models (keys, steer, finetune, prefill, ablate): toxicity per strength, and with --sweep the cost to re-toxify.")
         {
             kind, models, prompts, scorer, outDir, strengths, sweep, baseModel, targetTox, probe, diff, data, saveModel,
-            keys, layer, offsetLayer, steps, lr, ftBatch, seed, fraction, bisect, promptTokens, newTokens, batch, limit, device, dtype, pickle,
+            keys, layer, steps, lr, ftBatch, seed, fraction, bisect, promptTokens, newTokens, batch, limit, device, dtype, pickle,
         };
         cmd.SetAction(p =>
         {
             var k = Attack.ParseKind(p.GetValue(kind)!);
             var opts = new AttackOptions
             {
-                Keys = p.GetValue(keys), Layer = p.GetValue(layer), OffsetLayer = p.GetValue(offsetLayer), MaxSteps = p.GetValue(steps),
+                Keys = p.GetValue(keys), Layer = p.GetValue(layer), MaxSteps = p.GetValue(steps),
                 LearningRate = p.GetValue(lr), FinetuneBatchSize = p.GetValue(ftBatch), Seed = p.GetValue(seed),
             };
             opts.Validate();
@@ -125,7 +124,7 @@ public static class AttackCommand
                         AttackKind.Keys => new KeyScalingAttack(w!, opts.Keys),
                         AttackKind.Steer => new SteerAttack(w!, opts.Layer),
                         AttackKind.Prefill => new PrefillAttack(baseConts!),
-                        AttackKind.Ablate => Ablation(diffs[mi], opts.OffsetLayer),
+                        AttackKind.Ablate => Ablation(diffs[mi]),
                         AttackKind.Finetune => new FinetuneAttack(toxicExamples!, m.Tokenizer, opts),
                         _ => throw new InvalidOperationException(),
                     };
@@ -176,9 +175,9 @@ public static class AttackCommand
         return cmd;
     }
 
-    static AblationAttack Ablation(string diffDir, int? layer)
+    static AblationAttack Ablation(string diffDir)
     {
-        var (dir, l) = AblationAttack.LoadOffset(diffDir, layer);
+        var (dir, l) = AblationAttack.LoadOffset(diffDir);
         using (dir) return new AblationAttack(dir, $"unit δx at blocks.{l}.hook_resid_mid from {Path.GetFullPath(diffDir)}");
     }
 

@@ -21,8 +21,6 @@ public sealed record AttackOptions
     public int Keys { get; init; } = 7;
     [Setting("steer: layer whose MLP output receives α·(unit W_Toxic) at the newest position (default: the last)")]
     public int? Layer { get; init; }
-    [Setting("ablate: layer whose residual offset δx (from `detox diff`) is the ablated direction (default: the layer of diff's top toxic vector)")]
-    public int? OffsetLayer { get; init; }
     [Setting("finetune: optimizer steps, the same whatever the number of examples")]
     public int MaxSteps { get; init; } = 20;
     [Setting("finetune: learning rate (AdamW, constant, no warmup)")]
@@ -36,7 +34,6 @@ public sealed record AttackOptions
     {
         Require.Count(Keys, "keys", 1, 1_000_000);
         InvalidSettingException.Require(Layer is null or >= 0, "layer", $"must be ≥ 0 (got {Layer})");
-        InvalidSettingException.Require(OffsetLayer is null or >= 0, "offset_layer", $"must be ≥ 0 (got {OffsetLayer})");
         Require.Count(MaxSteps, "max_steps", 1, 1_000_000);
         Require.Number(LearningRate, "learning_rate", 0, minExclusive: true);
         Require.Count(FinetuneBatchSize, "finetune_batch_size", 1, SftOptions.MaxBatch);
@@ -269,22 +266,20 @@ public sealed class AblationAttack(Tensor direction, string source) : Attack
             }
     }
 
-    /// <summary>δx of one layer from <c>detox diff</c>'s output directory (default layer: the top toxic vector's).</summary>
-    public static (Tensor Direction, int Layer) LoadOffset(string diffDir, int? layer)
+    /// <summary>δx from <c>detox diff</c>'s output directory (at the layer of diff's top toxic vector).</summary>
+    public static (Tensor Direction, int Layer) LoadOffset(string diffDir)
     {
         var path = Path.Combine(diffDir, AlignmentDiff.OffsetsFile);
         if (!File.Exists(path)) throw new InvalidInputException($"--diff {diffDir}: no {AlignmentDiff.OffsetsFile} (run `detox diff` with this version)");
         var (_, _, meta) = Safetensors.ReadHeader(path);
-        int top = int.TryParse(meta?["top_layer"]?.GetValue<string>(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var t) ? t
-            : throw new InvalidInputException($"{path}: metadata has no top_layer");
+        int layer = int.TryParse(meta?["layer"]?.GetValue<string>(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var t) ? t
+            : throw new InvalidInputException($"{path}: metadata has no layer");
         var tensors = Safetensors.Load(path);
         try
         {
-            if (!tensors.TryGetValue(AlignmentDiff.OffsetsTensor, out var all) || all.dim() != 2)
-                throw new InvalidInputException($"{path}: expected a 2-D tensor '{AlignmentDiff.OffsetsTensor}'");
-            int l = layer ?? top;
-            if (l < 0 || l >= all.shape[0]) throw new InvalidSettingException("offset_layer", $"must be < {all.shape[0]} (got {l})");
-            return (all[l].to(ScalarType.Float32).clone().DetachFromDisposeScope(), l);
+            if (!tensors.TryGetValue(AlignmentDiff.OffsetsTensor, out var v) || v.dim() != 1)
+                throw new InvalidInputException($"{path}: expected a 1-D tensor '{AlignmentDiff.OffsetsTensor}'");
+            return (v.to(ScalarType.Float32).clone().DetachFromDisposeScope(), layer);
         }
         finally { foreach (var x in tensors.Values) x.Dispose(); }
     }

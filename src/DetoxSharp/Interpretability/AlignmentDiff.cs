@@ -94,9 +94,10 @@ public sealed record AlignmentDiffResult(
 /// </summary>
 public static class AlignmentDiff
 {
-    /// <summary>The residual offsets δx_l = mean(x_after − x_before) at every layer's <c>hook_resid_mid</c>, tensor
-    /// <see cref="OffsetsTensor"/> [layers, d] (float32); metadata <c>top_layer</c> = the top toxic vector's layer.</summary>
-    public const string OffsetsFile = "residual_offsets.safetensors", OffsetsTensor = "delta_x";
+    /// <summary>The residual offset δx = mean(x_after − x_before) at the top toxic vector's layer (<c>hook_resid_mid</c>),
+    /// tensor <see cref="OffsetsTensor"/> [d] (float32), metadata <c>layer</c> and <c>hook</c> — the direction the
+    /// ablation attack removes.</summary>
+    public const string OffsetsFile = "residual_offset.safetensors", OffsetsTensor = "delta_x";
 
     static readonly Regex LayerRe = new(@"(?:^|\.)(?:h|layers|blocks)\.(\d+)\.", RegexOptions.Compiled);
 
@@ -475,9 +476,9 @@ public static class AlignmentDiff
         AtomicFile.WriteAllText(Path.Combine(outDir, "activations.csv"), actCsv.ToString());
         AtomicFile.WriteAllText(Path.Combine(outDir, "projection.csv"), projCsv.ToString());
         AtomicFile.WriteAllText(Path.Combine(outDir, "logit_lens.csv"), lensCsv.ToString());
-        using (var offsets = torch.tensor(deltas.SelectMany(v => v.Select(x => (float)x)).ToArray(), [L, d]))
-            Safetensors.Save(Path.Combine(outDir, OffsetsFile), new Dictionary<string, Tensor> { [OffsetsTensor] = offsets },
-                new Dictionary<string, string> { ["top_layer"] = lStar.ToString(CultureInfo.InvariantCulture), ["hook"] = "blocks.{l}.hook_resid_mid" });
+        using (var offset = torch.tensor(r.OffsetTopLayer.Select(x => (float)x).ToArray()))
+            Safetensors.Save(Path.Combine(outDir, OffsetsFile), new Dictionary<string, Tensor> { [OffsetsTensor] = offset },
+                new Dictionary<string, string> { ["layer"] = r.OffsetLayer.ToString(CultureInfo.InvariantCulture), ["hook"] = HookNames.ResidMid(r.OffsetLayer) });
         AtomicFile.WriteAllText(Path.Combine(outDir, "diff.json"), result.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
         return result;
     }

@@ -306,4 +306,33 @@ public class AttackTests
         Assert.Throws<InvalidInputException>(() => Attack.ParseKind("jailbreak"));
         Assert.Throws<InvalidInputException>(() => Attack.ParseKind("2"));
     }
+
+    [Fact]
+    public void CliRefusesBadInputWithOneLineAndExitCode2()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), $"attack-cli-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(Path.Combine(dir, "config.json"), "{}");
+        try
+        {
+            string Err(params string[] args)
+            {
+                var e = new StringWriter();
+                Assert.Equal(2, DetoxSharp.Cli.DetoxCli.Run(args, new StringWriter(), e));
+                var text = e.ToString().Trim();
+                Assert.Single(text.Split('\n'));
+                return text;
+            }
+            string[] common = ["--model", dir, "--prompts", "p.jsonl", "--scorer", "toy", "--out", Path.Combine(dir, "out")];
+            Assert.Contains("unknown attack", Err(["attack", "jailbreak", .. common]));
+            Assert.Contains("prefill needs --base", Err(["attack", "prefill", .. common]));
+            Assert.Contains("keys needs --probe", Err(["attack", "keys", .. common]));
+            Assert.Contains("ablate needs one --diff", Err(["attack", "ablate", .. common]));
+            Assert.Contains("--sweep needs --base", Err(["attack", "steer", .. common, "--probe", dir, "--sweep"]));
+            Assert.Contains("--target-fraction", Err(["attack", "steer", .. common, "--probe", dir, "--target-fraction", "1.5"]));
+            Assert.Contains("--save-model", Err(["attack", "steer", .. common, "--probe", dir, "--save-model", "--strength", "2"]));
+            Assert.Contains("no config.json", Err(["attack", "keys", "--model", Path.Combine(dir, "missing"), "--prompts", "p", "--scorer", "toy", "--out", "o"]));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
 }
