@@ -140,13 +140,9 @@ public sealed class KeyScalingAttack(Tensor wToxic, int keys) : Attack
     public override IDisposable Apply(ICausalLM model, double strength)
     {
         CheckStrength(strength);
-        var chosen = ToxicVectors.Rank(model, _w, perLayer: keys).Take(keys).ToList();
-        var snap = new WeightSnapshot();
-        using (var scope = torch.NewDisposeScope())
-            foreach (var c in chosen) snap.Add(model.MlpKeys(c.Layer).select(1, c.Neuron));
-        Unalign.ScaleKeys(model, chosen.Select(c => (c.Layer, c.Neuron)), strength);
-        _chosen = chosen;
-        return snap;
+        // the same ranking KeyScalingEdit makes, kept for attack.json
+        _chosen = ToxicVectors.Rank(model, _w, perLayer: keys).Take(keys).ToList();
+        return new KeyScalingEdit(_w, keys, strength).Apply(model);
     }
 
     public override JsonObject Describe()

@@ -30,20 +30,6 @@ public class AttackTests
         return (m, tok);
     }
 
-    static LlamaModel TinyLlama(long seed = 7)
-    {
-        torch.manual_seed(seed);
-        var m = new LlamaModel(new LlamaConfig
-        {
-            VocabSize = 23, HiddenSize = 8, IntermediateSize = 12, NumHiddenLayers = 2, NumAttentionHeads = 2,
-            NumKeyValueHeads = 1, MaxPositionEmbeddings = 16, EosTokenIds = [22],
-        });
-        using var _ = torch.no_grad();
-        foreach (var (n, p) in m.named_parameters())
-            if (n.EndsWith("norm.weight")) p.copy_(torch.rand_like(p) + 0.5); else p.normal_(0, 0.4);
-        return m;
-    }
-
     static Dictionary<string, Tensor> Snapshot(ICausalLM m) =>
         m.Module.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone());
 
@@ -154,7 +140,7 @@ public class AttackTests
     [Fact]
     public void AblationRemovesTheDirectionFromEveryResidualWriter_Llama()
     {
-        using var m = TinyLlama();
+        using var m = DetoxSharp.Tests.Interpretability.GluAnalysisTests.Tiny();
         AblationLeavesNoComponent(m, 8);
     }
 
