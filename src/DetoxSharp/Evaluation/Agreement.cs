@@ -77,7 +77,7 @@ public static class Agreement
         return r;
     }
 
-    static double? Pearson(double[] a, double[] b)
+    public static double? Pearson(double[] a, double[] b)
     {
         int n = a.Length;
         if (n < 2) return null;
