@@ -94,7 +94,8 @@ public static class NeuronPatching
     }
 
     public static Result Run(ICausalLM before, ICausalLM after, Gpt2Tokenizer tokenizer, Tensor wToxic, IReadOnlyList<string> prompts,
-        NeuronContributions.Result groups, PatchingOptions options, IToxicityScorer? scorer = null, IProgress<string>? progress = null)
+        NeuronContributions.Result groups, PatchingOptions options, IToxicityScorer? scorer = null, IProgress<string>? progress = null,
+        TeacherForced? forced = null)
     {
         options.Validate();
         if (before.NumLayers != after.NumLayers || before.DModel != after.DModel || before.MlpDim != after.MlpDim)
@@ -110,8 +111,10 @@ public static class NeuronPatching
             for (int l = 0; l < before.NumLayers; l++)
                 foreach (var g in NeuronContributions.Groups) sets.Add(PatchSet.Of(groups, g, l));
 
-        progress?.Report($"generating greedy continuations of {prompts.Count} prompts with the --before model");
-        var tf = TeacherForced.Generate(before, tokenizer, prompts, options.MaxPromptTokens, options.MaxNewTokens, options.BatchSize);
+        if (forced is not null && forced.Fed.Count != prompts.Count)
+            throw new ArgumentException($"the greedy continuations cover {forced.Fed.Count} prompts, not {prompts.Count}");
+        if (forced is null) progress?.Report($"generating greedy continuations of {prompts.Count} prompts with the --before model");
+        var tf = forced ?? TeacherForced.Generate(before, tokenizer, prompts, options.MaxPromptTokens, options.MaxNewTokens, options.BatchSize);
         using var unit = UnitDirection(wToxic, before);
         progress?.Report("patching after-training activations into the before model");
         var intoBefore = Measure(before, after, tf, unit, sets, options.BatchSize);
