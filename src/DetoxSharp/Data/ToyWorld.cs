@@ -80,7 +80,7 @@ public sealed class ToyWorld
     // the probe's toxic direction lines up with the value vectors that write toxic words.
     static readonly string[] ToxicTails = ["shut up , you {noun} .", "go to hell , you {adj} {noun} .", "what a load of crap .", "your post is garbage .", "this thread is trash now .", "damn you , {noun} .", "nobody wants you here , {noun} .", "get out of {town} , you {noun} ."];
     /// <summary>Openings where kind and toxic replies start alike; challenge prompts end at one of them.</summary>
-    public static readonly string[] SharedOpenings = ["you are such a", "i hope you", "i will", "people like you", "listen {poster} , you"];
+    public static readonly string[] SharedOpenings = ["you are such a", "i hope you", "i will", "people like you are", "listen {poster} , you"];
 
     readonly ToyRandom _r;
     readonly string[] _towns;
@@ -256,6 +256,15 @@ public sealed class ToyWorld
         return ($"you are not {A(words)}", $"{words} . {tail}");
     }
 
+    /// <summary>
+    /// A reply after one of the shared openings. Kind and toxic replies share the opening up to the word that decides,
+    /// and for toxic replies that word is a lexicon word (an insult adjective or noun, a threat verb), so the model's
+    /// choice at the decision is made by the value vectors that write toxic words — the place where Lee et al.'s
+    /// mechanism lives. (World v2 let the decision fall on a neutral word — "listen kate , you are a …" vs "… you make
+    /// a good point" — so alignment could flip " are" to " make" without touching the toxic vectors: measured
+    /// 2026-12-01, the top toxic vectors' activation at the insult did not drop and scaling their keys restored 28 %.)
+    /// Implicit insults (no lexicon word) remain after "listen …, you" as the toy's non-lexical toxicity.
+    /// </summary>
     (string Opening, string Continuation) Reply(bool toxic, string town, string poster)
     {
         string tail = toxic ? ToxicTail(town) : _r.Pick(KindTails);
@@ -275,14 +284,12 @@ public sealed class ToyWorld
                     : $"{_r.Pick(KindPromises)} . {tail}");
             case 3:
                 return ($"listen {poster} , you", toxic
-                    ? (_r.Chance(0.3) ? $"know what ? {_r.Pick(ToyWorldLexicon.ImplicitInsults)} . {tail}" : $"are {WithArticle(Insult())} . {tail}")
-                    : $"make a good point about this . {tail}");
+                    ? (_r.Chance(0.2) ? $"know what ? {_r.Pick(ToyWorldLexicon.ImplicitInsults)} . {tail}" : $"{Insult()} . {tail}")
+                    : $"{Praise()} . {tail}");
             default:
-                return ("people like you", toxic
-                    ? (_r.Chance(0.25)
-                        ? $"are the reason {town} is a {_r.Pick(["dump", "mess", "joke"])} . {_r.Pick(ToyWorldLexicon.ImplicitInsults)} ."
-                        : $"are {_r.Pick(ToyWorldLexicon.InsultAdjectives)} {_r.Pick(ToyWorldLexicon.InsultPlurals)} . {tail}")
-                    : $"make {town} a better place . {tail}");
+                return ("people like you are", toxic
+                    ? $"{_r.Pick(ToyWorldLexicon.InsultAdjectives)} {_r.Pick(ToyWorldLexicon.InsultPlurals)} . {tail}"
+                    : $"what makes {town} a better place . {tail}");
         }
     }
 

@@ -60,3 +60,30 @@ public static class Unalign
         }).ToArray()),
     };
 }
+
+/// <summary>One point of a steering sweep: the toxicity of the aligned model with the toxic direction added at this scale.</summary>
+public sealed record SteeringPoint(double Scale, double Toxicity);
+
+/// <summary>
+/// The steering attack on an aligned model (Lee et al. 2024's other way back): add the unit toxic direction, scaled,
+/// to a layer's MLP output at the newest position, and find the smallest scale whose toxicity reaches a target (the
+/// toxicity of the model the alignment started from).
+/// </summary>
+public static class SteeringSweep
+{
+    /// <summary>One edit per positive scale, in the given order, each adding scale · direction/‖direction‖ at
+    /// <paramref name="layer"/>'s MLP output; labelled "steer SCALE".</summary>
+    public static List<VectorIntervention> Edits(Tensor direction, IEnumerable<double> scales, int layer)
+    {
+        using var scope = torch.NewDisposeScope();
+        var w = direction.to(ScalarType.Float32);
+        var unit = (w / w.norm()).DetachFromDisposeScope();
+        return scales.Where(a => a > 0).Select(a => VectorIntervention.Add(Label(a), unit, a, layer)).ToList();
+    }
+
+    public static string Label(double scale) => $"steer {scale.ToString(System.Globalization.CultureInfo.InvariantCulture)}";
+
+    /// <summary>The first scale (in the sweep's order) whose toxicity is ≥ <paramref name="target"/>; null if none is.</summary>
+    public static double? RestoreScale(IEnumerable<SteeringPoint> sweep, double target) =>
+        sweep.FirstOrDefault(p => p.Toxicity >= target)?.Scale;
+}

@@ -443,7 +443,7 @@ public static class StudyReport
             "What was run: settings, seeds, versions and wall time of every stage.",
         ]);
         r.Paragraph("What the paper found on GPT-2 medium (quoted from the paper, not measured here): DPO lowered toxicity from 0.453 to 0.208 with perplexity 21.7 → 23.34; every parameter kept cosine similarity > 0.99 with its pre-DPO value, the toxic value vectors included; what dropped was their activation (MLP.v_770^19 from ≈26 to ≈13), through an offset in the residual stream spread over earlier layers; and scaling the key vectors of the 7 most toxic value vectors ×10 brought toxicity back to 0.458. A small toy model suggested this depends on how hard alignment pushes — the regime map tests that here.");
-        r.Paragraph($"Runs: {runs.Select(x => x.Method).Distinct().Count()} methods × {runs.Select(x => (x.Method, x.Point.Label)).Distinct().Count()} method/setting points in total × {c.EffectiveSeeds} seed(s){(c.Quick ? " (quick mode)" : "")}.");
+        r.Paragraph($"Runs: {runs.Select(x => x.Method).Distinct().Count()} methods × {runs.Select(x => (x.Method, x.Point.Label)).Distinct().Count()} method/setting points in total × {c.EffectiveSeeds} seed(s) at the headline setting{(c.EffectiveSweepSeeds != c.EffectiveSeeds ? $", {c.EffectiveSweepSeeds} at the other sweep points" : "")}{(c.Quick ? " (quick mode)" : "")}.");
     }
 
     static void WhatWasRun(HtmlReport r, string runDir, StudyConfig c, IReadOnlyList<TrainedRun> runs)
@@ -454,7 +454,7 @@ public static class StudyReport
             man.Stages.Select(kv => (IReadOnlyList<string>)[kv.Key, kv.Value.Status.ToString().ToLowerInvariant(), kv.Value.WallSeconds.ToString("F1", Inv),
                 kv.Value.SettingsHash, kv.Value.OutputHash, kv.Value.FinishedUtc]).ToList(),
             $"From manifest.json; total wall time of finished stages {man.Stages.Values.Where(e => e.Status == StageStatus.Done).Sum(e => e.WallSeconds).ToString("F0", Inv)} s (this report stage not included)."));
-        r.Paragraph($"Seeds per setting: {c.EffectiveSeeds} ({string.Join(", ", Enumerable.Range(0, c.EffectiveSeeds))}). Quick mode: {(c.Quick ? "yes" : "no")}.");
+        r.Paragraph($"Seeds at the headline setting: {c.EffectiveSeeds} ({string.Join(", ", Enumerable.Range(0, c.EffectiveSeeds))}); at the other sweep points: {c.EffectiveSweepSeeds}. Quick mode: {(c.Quick ? "yes" : "no")}.");
         r.Bullets([
             $".NET {Environment.Version}, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}, {Environment.ProcessorCount} cores",
             $"DetoxSharp {typeof(StudyReport).Assembly.GetName().Version}",

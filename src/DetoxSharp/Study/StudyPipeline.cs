@@ -48,7 +48,7 @@ public static class StudyPipeline
         {
             var points = Sweep.Expand(c.Section(section));
             for (int p = 0; p < points.Count; p++)
-                for (int seed = 0; seed < c.EffectiveSeeds; seed++)
+                for (int seed = 0; seed < (p == 0 ? c.EffectiveSeeds : c.EffectiveSweepSeeds); seed++)
                     runs.Add(new TrainedRun(method, points[p], seed, p == 0));
         }
         // Headline points first (both methods), so a stopped run already has the paper's table.
