@@ -43,9 +43,11 @@ public static class NeuronCommands
             pr.CheckFits(mb.Model);
             using var w = pr.WToxic;
             var log = new SyncProgress<string>(p.InvocationConfiguration.Error.WriteLine);
+            log.Report($"generating greedy continuations of {texts.Count} prompts with the --before model");
+            var forced = TeacherForced.Generate(mb.Model, mb.Tokenizer, texts, opts.MaxPromptTokens, opts.MaxNewTokens, opts.BatchSize);
             var groups = NeuronContributions.Compute(mb.Model, ma.Model, mb.Tokenizer, w,
-                texts, new NeuronOptions { MaxNewTokens = opts.MaxNewTokens, MaxPromptTokens = opts.MaxPromptTokens, BatchSize = opts.BatchSize }, log);
-            var r = NeuronPatching.Run(mb.Model, ma.Model, mb.Tokenizer, w, texts, groups, opts, sc, log);
+                texts, new NeuronOptions { MaxNewTokens = opts.MaxNewTokens, MaxPromptTokens = opts.MaxPromptTokens, BatchSize = opts.BatchSize }, log, forced);
+            var r = NeuronPatching.Run(mb.Model, ma.Model, mb.Tokenizer, w, texts, groups, opts, sc, log, forced);
             NeuronPatching.Write(r, p.GetValue(outDir)!);
             var o = p.InvocationConfiguration.Output;
             o.WriteLine($"M = residual · Ŵ_tox: before {r.MetricBefore:G4}, after {r.MetricAfter:G4} over {r.Positions} positions of {r.Prompts} prompts");
