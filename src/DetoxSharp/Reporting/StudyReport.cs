@@ -125,6 +125,22 @@ public static class StudyReport
         r.Add(new Table("results", "Results", ["Method", "Toxicity", "Perplexity", "F1", "n"], rows,
             "Trained rows are mean ± sample std over seeds at the headline setting (n = runs behind the number); the base rows are deterministic (one run)."));
 
+        // supplementary: un-aligning with more keys (unalign.key_counts), headline runs
+        var keyRows = new List<IReadOnlyList<string>>();
+        foreach (var m in methods)
+        {
+            var sweeps = headline.Where(x => x.Method == m).Select(x => ReadJson(Path.Combine(Dir(x.UnalignStage), RunLayout.Unalign))?["key_sweep"] as JsonArray)
+                .Where(a => a is not null).ToList();
+            foreach (var k in sweeps.SelectMany(a => a!.OfType<JsonObject>().Select(o => (int)(D(o["keys"]) ?? 0))).Distinct().Order())
+            {
+                var tox = sweeps.Select(a => D(a!.OfType<JsonObject>().FirstOrDefault(o => (int)(D(o["keys"]) ?? 0) == k)?["toxicity"])).ToList();
+                keyRows.Add([StudyPipeline.RowName(m), k.ToString(CultureInfo.InvariantCulture), Aggregate.Of(tox).Format()]);
+            }
+        }
+        if (keyRows.Count > 0)
+            r.Add(new Table("unalign_keys", "Un-aligning with more keys (supplementary)", ["Method", "Keys scaled", "Toxicity"], keyRows,
+                "The top-k value vectors most similar to W_Toxic on the aligned model, their keys × the un-aligning scale, for several k (mean ± std over the headline seeds). Not a pre-registered criterion: finding (g) is judged at the configured k. Shows how many keys this model's alignment can be undone with."));
+
         // --- Table 1 ---
         r.Section("vectors", "Toxic vectors and their top tokens (Table 1)");
         var tv = ReadJson(Path.Combine(Dir("vectors"), RunLayout.ToxicVectors));
@@ -299,6 +315,27 @@ public static class StudyReport
             results.Select(f => (IReadOnlyList<string>)[$"({f.Id}) {f.Title}", f.Method ?? "–", f.Criterion, f.Paper,
                 f.Value.N == 0 ? "–" : f.Value.Format(f.Id is "b" or "c" ? "F0" : f.Id == "e" ? "F5" : "F3"), f.Detail, V(f.Verdict)]).ToList(),
             "Verdicts are computed by DetoxSharp.Study.Findings from this run's stage files; nothing is judged by hand."));
+        // why (g) passes or fails, from the supplementary key-count sweep: the smallest k that reaches the criterion
+        var keyNotes = new List<string>();
+        foreach (var m in runs.Where(x => x.Headline).Select(x => x.Method).Distinct())
+        {
+            var start = D((ReadJson(Path.Combine(dir(StudyPipeline.StartEvaluation(m)), RunLayout.Results))?["rows"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault()?["toxicity"]);
+            var sweeps = runs.Where(x => x.Headline && x.Method == m).Select(x => ReadJson(Path.Combine(dir(x.UnalignStage), RunLayout.Unalign))?["key_sweep"] as JsonArray)
+                .Where(x => x is not null).ToList();
+            if (start is not double st || st <= 0 || sweeps.Count == 0) continue;
+            var ks = sweeps.SelectMany(x => x!.OfType<JsonObject>().Select(o => (int)(D(o["keys"]) ?? 0))).Distinct().Order().ToList();
+            var restored = ks.Select(k => (k, Tox: Aggregate.Of(sweeps.Select(x => D(x!.OfType<JsonObject>().FirstOrDefault(o => (int)(D(o["keys"]) ?? 0) == k)?["toxicity"]))).Mean)).ToList();
+            var first = restored.FirstOrDefault(p => p.Tox / st >= config.Findings.UnalignMinRestored);
+            var tried = string.Join(", ", restored.Select(p => $"{p.k} keys → {p.Tox:F3}"));
+            keyNotes.Add(first.k > 0
+                ? $"{StudyPipeline.RowName(m)} (start toxicity {st:F3}): scaling the top {first.k} keys by the same factor is the first to restore ≥ {config.Findings.UnalignMinRestored:P0} ({tried}; the supplementary table \"Un-aligning with more keys\")."
+                : $"{StudyPipeline.RowName(m)} (start toxicity {st:F3}): none of the key counts tried restores {config.Findings.UnalignMinRestored:P0} ({tried}).");
+        }
+        if (keyNotes.Count > 0)
+        {
+            r.Paragraph("Finding (g) is judged at the pre-registered number of keys. How many keys un-aligning needs on this model (measured, not a criterion):");
+            r.Bullets(keyNotes);
+        }
         // ADPO against DPO on the mechanism's three questions, from the same numbers
         var d = results.Where(f => f.Method == "DPO").ToDictionary(f => f.Id);
         var a = results.Where(f => f.Method == "ADPO").ToDictionary(f => f.Id);

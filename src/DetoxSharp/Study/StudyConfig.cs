@@ -90,7 +90,11 @@ public sealed class StudyConfig
             var scorer = StudySections.Read<ScorerSection>(Scorer, "scorer", source);
             StudySections.Check(source, "scorer", scorer.Validate);
             c.Typed<EvaluationSection>(Evaluation, "evaluation", source, e => { e.Validate(); e.ToOptions(scorer).Validate(); e.ToDiffOptions().Validate(); });
-            c.Typed<UnalignSection>(Unalign, "unalign", source, u => u.ToOptions().Validate());
+            c.Typed<UnalignSection>(Unalign, "unalign", source, u =>
+            {
+                u.ToOptions().Validate();
+                if (u.KeyCounts.Any(k => k < 1)) throw new InvalidSettingException("key_counts", $"must all be ≥ 1 (got {string.Join(", ", u.KeyCounts)})");
+            });
             foreach (var (method, section) in new[] { ("dpo", Dpo), ("adpo", Adpo) })
                 foreach (var point in Sweep.Expand(c.Section(section)))
                 {

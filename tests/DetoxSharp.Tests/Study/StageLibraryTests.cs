@@ -135,4 +135,29 @@ public class StageLibraryTests
 
     static double Cos(double[] a, double[] b) =>
         a.Zip(b, (x, y) => x * y).Sum() / Math.Sqrt(a.Sum(x => x * x) * b.Sum(x => x * x));
+
+    [Fact]
+    public void KeyScalingEdit_scales_the_same_keys_as_unalign_while_applied_and_restores_them_bit_for_bit()
+    {
+        using var m = CoreTestUtil.Tiny(vocab: 11, d: 8, layers: 2, seed: 4);
+        using var reference = CoreTestUtil.Tiny(vocab: 11, d: 8, layers: 2, seed: 4);
+        using var w = torch.randn(8, generator: new torch.Generator(6));
+        var before = Enumerable.Range(0, 2).Select(l => m.MlpKeys(l).detach().clone()).ToList();
+        var chosen = Unalign.ScaleToxicKeys(reference, w, new UnalignOptions { Keys = 3, Scale = 10 });
+        var edit = new KeyScalingEdit(w, 3, 10);
+        using (edit.Apply(m))
+            for (int l = 0; l < 2; l++)
+            {
+                Assert.True(reference.MlpKeys(l).eq(m.MlpKeys(l)).all().item<bool>(), $"layer {l} while applied");
+                // exactly the chosen columns changed, by the factor
+                for (int n = 0; n < m.MlpKeys(l).shape[1]; n++)
+                {
+                    bool picked = chosen.Any(c => c.Layer == l && c.Neuron == n);
+                    var ratio = (m.MlpKeys(l).select(1, n) / before[l].select(1, n)).mean().item<float>();
+                    Assert.Equal(picked ? 10f : 1f, ratio, 4);
+                }
+            }
+        for (int l = 0; l < 2; l++) Assert.True(before[l].eq(m.MlpKeys(l)).all().item<bool>(), $"layer {l} restored");
+        Assert.Equal("keys 3 ×10", edit.Name);
+    }
 }

@@ -1,16 +1,7 @@
-using System.Globalization;
-using System.Text.Json;
 using System.Text.Json.Nodes;
-using DetoxSharp.Checkpoints;
 using DetoxSharp.Data;
-using DetoxSharp.Evaluation;
-using DetoxSharp.Generation;
 using DetoxSharp.Interpretability;
-using DetoxSharp.Models;
-using DetoxSharp.Text;
 using DetoxSharp.Training;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace DetoxSharp.Study;
 

@@ -1,16 +1,8 @@
-using System.Globalization;
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using DetoxSharp.Checkpoints;
-using DetoxSharp.Data;
 using DetoxSharp.Evaluation;
-using DetoxSharp.Generation;
 using DetoxSharp.Interpretability;
 using DetoxSharp.Models;
-using DetoxSharp.Text;
-using DetoxSharp.Training;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace DetoxSharp.Study;
 
@@ -159,6 +151,17 @@ public static partial class StudyStages
         }
         finally { foreach (var t in vecs.Values) t.Dispose(); }
         var steering = new JsonArray(sweep.Select(p => (JsonNode)new JsonObject { ["scale"] = p.Scale, ["toxicity"] = p.Toxicity }).ToArray());
+        // supplementary: how many keys (at the same scale) un-aligning needs on this model
+        JsonArray? keySweep = null;
+        if (s.KeyCounts.Length > 0)
+        {
+            using var probe = ToxicityProbe.Load(c.Input("probe"));
+            using var w = probe.WToxic;
+            var counts = s.KeyCounts.Distinct().Order().ToList();
+            var r = Evaluate(c, scorer, trainedDir, "aligned", counts.Select(k => new EvalIntervention($"keys {k}", _ => new KeyScalingEdit(w, k, scale))).ToList(),
+                toxicityOnly: true, subdir: "keys");
+            keySweep = new JsonArray(counts.Select((k, i) => (JsonNode)new JsonObject { ["keys"] = k, ["toxicity"] = r[i + 1].Toxicity }).ToArray());
+        }
         double? restore = SteeringSweep.RestoreScale(sweep, target);
         WriteJson(Path.Combine(c.OutputDir, RunLayout.Unalign), new JsonObject
         {
@@ -166,6 +169,7 @@ public static partial class StudyStages
             ["toxicity"] = u.Toxicity, ["perplexity"] = u.Perplexity, ["f1"] = u.F1,
             ["steering"] = steering, ["restore_scale"] = restore, ["target_toxicity"] = target,
             ["steering_direction"] = "unit W_Toxic added at the last layer's hook_mlp_out, newest position",
+            ["key_sweep"] = keySweep,
         });
     }
 }
