@@ -47,7 +47,7 @@ public static class NeuronCommands
             var forced = TeacherForced.Generate(mb.Model, mb.Tokenizer, texts, opts.MaxPromptTokens, opts.MaxNewTokens, opts.BatchSize);
             var groups = NeuronContributions.Compute(mb.Model, ma.Model, mb.Tokenizer, w,
                 texts, new NeuronOptions { MaxNewTokens = opts.MaxNewTokens, MaxPromptTokens = opts.MaxPromptTokens, BatchSize = opts.BatchSize }, log, forced);
-            var r = NeuronPatching.Run(mb.Model, ma.Model, mb.Tokenizer, w, texts, groups, opts, sc, log, forced);
+            var r = NeuronPatching.Run(mb.Model, ma.Model, mb.Tokenizer, w, texts, groups, opts, sc is null ? null : t => sc.Score(t).Select(s => s.Value).ToList(), log, forced);
             NeuronPatching.Write(r, p.GetValue(outDir)!);
             var o = p.InvocationConfiguration.Output;
             o.WriteLine($"M = residual · Ŵ_tox: before {r.MetricBefore:G4}, after {r.MetricAfter:G4} over {r.Positions} positions of {r.Prompts} prompts");

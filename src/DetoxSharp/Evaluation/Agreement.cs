@@ -77,7 +77,7 @@ public static class Agreement
         return r;
     }
 
-    public static double? Pearson(double[] a, double[] b)
+    static double? Pearson(double[] a, double[] b)
     {
         int n = a.Length;
         if (n < 2) return null;

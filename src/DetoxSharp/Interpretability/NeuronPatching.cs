@@ -2,7 +2,6 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json.Nodes;
 using DetoxSharp.Data;
-using DetoxSharp.Evaluation;
 using DetoxSharp.Generation;
 using DetoxSharp.Models;
 using DetoxSharp.Text;
@@ -88,13 +87,23 @@ public static class NeuronPatching
             {
                 var pts = Rows.Where(r => r.Layer is not null).ToList();
                 if (pts.Count == 0) pts = Rows.ToList();
-                return Agreement.Pearson(pts.Select(r => r.Real).ToArray(), pts.Select(r => r.Attribution).ToArray());
+                return Pearson(pts.Select(r => r.Real).ToArray(), pts.Select(r => r.Attribution).ToArray());
             }
         }
     }
 
+    // Evaluation's Agreement has the same formula, but Interpretability may not use Evaluation (docs/ARCHITECTURE.md's table)
+    static double? Pearson(double[] a, double[] b)
+    {
+        if (a.Length < 2) return null;
+        double ma = a.Average(), mb = b.Average(), sab = 0, saa = 0, sbb = 0;
+        for (int i = 0; i < a.Length; i++) { sab += (a[i] - ma) * (b[i] - mb); saa += (a[i] - ma) * (a[i] - ma); sbb += (b[i] - mb) * (b[i] - mb); }
+        return saa > 0 && sbb > 0 ? sab / Math.Sqrt(saa * sbb) : null;
+    }
+
+    /// <summary><paramref name="score"/>: toxicity in [0, 1] of each text, in order (e.g. an evaluation scorer's values); null = no generations.</summary>
     public static Result Run(ICausalLM before, ICausalLM after, Gpt2Tokenizer tokenizer, Tensor wToxic, IReadOnlyList<string> prompts,
-        NeuronContributions.Result groups, PatchingOptions options, IToxicityScorer? scorer = null, IProgress<string>? progress = null,
+        NeuronContributions.Result groups, PatchingOptions options, Func<IReadOnlyList<string>, IReadOnlyList<double>>? score = null, IProgress<string>? progress = null,
         TeacherForced? forced = null)
     {
         options.Validate();
@@ -129,7 +138,7 @@ public static class NeuronPatching
             }
 
         var gens = new List<PatchGeneration>();
-        if (scorer is not null && options.GenerationTokens > 0)
+        if (score is not null && options.GenerationTokens > 0)
         {
             var gp = tf.Prompts.Take(options.GenerationPrompts).ToList();
             var go = new GenerationOptions { MaxNewTokens = options.GenerationTokens, Greedy = true, BatchSize = options.BatchSize };
@@ -137,8 +146,9 @@ public static class NeuronPatching
             {
                 progress?.Report($"generating and scoring: {condition}");
                 var texts = DetoxSharp.Generation.Generator.Generate(model, gp, go).Select(c => tokenizer.Decode(c)).ToList();
-                var scores = scorer.Score(texts);
-                return new PatchGeneration(condition, scores.Average(x => x.Value), scores.Count(x => x.Value >= 0.5) / (double)scores.Count, texts.Count);
+                var scores = score(texts);
+                if (scores.Count != texts.Count) throw new InvalidOperationException($"the scorer returned {scores.Count} scores for {texts.Count} texts");
+                return new PatchGeneration(condition, scores.Average(), scores.Count(x => x >= 0.5) / (double)scores.Count, texts.Count);
             }
             gens.Add(Score("before", before));
             gens.Add(Score("after", after));

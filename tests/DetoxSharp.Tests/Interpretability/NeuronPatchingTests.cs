@@ -52,7 +52,7 @@ public class NeuronPatchingTests
         EditTp(after, g, [0, 2], 1.5);
         var tok = Gpt2Tokenizer.Default();
         using var scorer = new ToyLexiconScorer();
-        var r = NeuronPatching.Run(before, after, tok, w, Prompts, g, Opts(), scorer);
+        var r = NeuronPatching.Run(before, after, tok, w, Prompts, g, Opts(), t => scorer.Score(t).Select(s => s.Value).ToList());
         Assert.True(Math.Abs(r.MetricAfter - r.MetricBefore) > 1e-3, "the edit must move M for the test to mean anything");
         // the edited neurons are TP neurons: the TP patch turns one model into the other, in both directions
         var tp = r.Rows.Single(x => x.Direction == NeuronPatching.AfterIntoBefore && x.Group == "TP" && x.Layer is null);

@@ -55,7 +55,8 @@ public static partial class StudyStages
         var groups = NeuronContributions.Compute(before.Model, after.Model, before.Tokenizer, w, prompts,
             new NeuronOptions { MaxNewTokens = opts.MaxNewTokens, MaxPromptTokens = opts.MaxPromptTokens, BatchSize = opts.BatchSize }, progress, forced);
         using var scorer = opts.GenerationTokens > 0 ? scorerOf(c) : null;
-        var r = NeuronPatching.Run(before.Model, after.Model, before.Tokenizer, w, prompts, groups, opts, scorer, progress, forced);
+        var r = NeuronPatching.Run(before.Model, after.Model, before.Tokenizer, w, prompts, groups, opts,
+            scorer is null ? null : t => scorer.Score(t).Select(s => s.Value).ToList(), progress, forced);
         NeuronPatching.Write(r, c.OutputDir);
     }
 }
