@@ -35,6 +35,10 @@ if (clsIdx >= 0)
     Console.WriteLine($"load average at end: {LoadAverage()}");
     return 0;
 }
+// ---- inputs of the `detox neurons` budget run: GPT-2-medium-shaped before/after checkpoints, probe, prompts ----
+var ncIdx = Array.IndexOf(args, "--neurons-checkpoints");
+if (ncIdx >= 0)
+    return NeuronsCheckpoints.Run(ncIdx + 1 < args.Length ? args[ncIdx + 1] : Path.Combine(Path.GetTempPath(), "detox-neurons-medium"), Arg("--prompts", 100), log);
 // ---- 1.1B Llama-shaped checkpoint (created when absent, never committed): load, generate, DPO steps ----
 var l1Idx = Array.IndexOf(args, "--llama-1b");
 if (l1Idx >= 0)

@@ -24,6 +24,8 @@ public static class CommandCatalog
         yield return InterpCommands.Vectors();
         yield return InterpCommands.Diff();
         yield return InterpCommands.Neurons();
+        yield return NeuronCommands.Patch();
+        yield return NeuronCommands.NullSpace();
         yield return InterpCommands.Depth();
         yield return InterpCommands.Unalign();
         yield return AttackCommand.Create();

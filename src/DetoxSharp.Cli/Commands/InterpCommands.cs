@@ -12,8 +12,8 @@ public static class InterpCommands
 {
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
-    static Option<string> Out(string what) => new("--out") { Description = what, Required = true };
-    static Option<string> ProbeDir() => new("--probe") { Description = "directory written by `detox probe` (probe.safetensors)", Required = true };
+    internal static Option<string> Out(string what) => new("--out") { Description = what, Required = true };
+    internal static Option<string> ProbeDir() => new("--probe") { Description = "directory written by `detox probe` (probe.safetensors)", Required = true };
 
     public static Command Probe()
     {

@@ -137,9 +137,9 @@ public static class AlignmentDiff
     }
 
     /// <summary>Reads challenge prompts: JSONL with "prompt" (string, or object with "text") or "text".</summary>
-    public static List<string> ReadPrompts(string path)
+    public static List<string> ReadPrompts(string path, string flag = "--prompts")
     {
-        if (!File.Exists(path)) throw new InvalidInputException($"--prompts: {path} not found");
+        if (!File.Exists(path)) throw new InvalidInputException($"{flag}: {path} not found");
         var list = new List<string>();
         foreach (var line in JsonlReader.Read(path))
         {

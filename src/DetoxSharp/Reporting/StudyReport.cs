@@ -59,12 +59,14 @@ public static class StudyReport
                 "The first four challenge prompts and three neutral prompts of the pretrain stage's own check."));
     }
 
-    /// <summary>Yang et al. 2025's question for every headline run: which neurons carry the drop along W_Toxic.</summary>
+    /// <summary>Yang et al. 2025's question for every headline run: which neurons carry the drop along W_Toxic, and does
+    /// patching their activations (the causal check) agree with the decomposition and with attribution patching.</summary>
     static void NeuronsSection(HtmlReport r, IReadOnlyList<TrainedRun> headline, Func<string, string> dir)
     {
         r.Section("neurons", "Neurons: where the drop along W_Toxic comes from");
         var byMethod = headline.GroupBy(x => x.Method)
-            .Select(g => (Method: StudyPipeline.RowName(g.Key), N: g.Select(x => ReadJson(Path.Combine(dir(x.DiffStage), RunLayout.Diff))?["neurons"] as JsonObject).Where(n => n is not null).Select(n => n!).ToList()))
+            .Select(g => (Method: StudyPipeline.RowName(g.Key), N: g.Select(x => ReadJson(Path.Combine(dir(x.DiffStage), RunLayout.Diff))?["neurons"] as JsonObject).Where(n => n is not null).Select(n => n!).ToList(),
+                P: g.Select(x => (Json: ReadJson(Path.Combine(dir(x.PatchStage), RunLayout.Patching)) as JsonObject, Csv: Path.Combine(dir(x.PatchStage), RunLayout.PatchingCsv))).Where(p => p.Json is not null).ToList()))
             .Where(x => x.N.Count > 0).ToList();
         if (byMethod.Count == 0) { r.Missing("No neuron decomposition (diff stages wrote none)."); return; }
         // the groups as the diff stage wrote them (TP, TN, AP, AN): the report reads files, not the library's types
@@ -73,13 +75,52 @@ public static class StudyReport
         MeanStd Share(List<JsonObject> n, string g) => Aggregate.Of(n.Select(x => D(x["groups"]?[g]?["share"])));
         MeanStd TopK(List<JsonObject> n, int k) => Aggregate.Of(n.Select(x => D((x["top_k_share"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(t => D(t["k"]) == k)?["share"])));
         r.Add(Charts.GroupedBars("neuron_groups", "Share of the drop along W_Toxic by neuron group",
-            "Each MLP neuron's contribution Δ_i = (m̄_before·v_before − m̄_after·v_after)·Ŵ_tox, summed per group and divided by the total (mean over seeds, headline setting). T/A: value vector aligned / anti-aligned with W_Toxic; P/N: positive / negative activation before alignment. Yang et al. 2025 (GPT-2 medium): the top toxic-aligned neurons explain only 2.5–24 % of DPO's drop; TP− (dampened), TN+ (pushed negative), AP+ and AN− do the work.",
-            "share of the drop", groups, byMethod.Select(m => new BarSeries(m.Method, groups.Select(g => Share(m.N, g).Mean).ToArray())).ToList()));
+            "Each MLP neuron's contribution Δ_i = (m̄_before·v_before − m̄_after·v_after)·Ŵ_tox, summed per group and divided by the total (bars: mean over seeds, whiskers: ± std; headline setting). T/A: value vector aligned / anti-aligned with W_Toxic; P/N: positive / negative activation before alignment. Yang et al. 2025 (GPT-2 medium): the top toxic-aligned neurons explain only 2.5–24 % of DPO's drop; TP− (dampened), TN+ (pushed negative), AP+ and AN− do the work.",
+            "share of the drop", groups, byMethod.Select(m => new BarSeries(m.Method, groups.Select(g => Share(m.N, g).Mean).ToArray(), groups.Select(g => Share(m.N, g).Std ?? double.NaN).ToArray())).ToList()));
+        if (ks.Count > 0)
+            r.Add(Charts.Lines("neuron_topk", "Share of the drop carried by the k most toxic-aligned neurons",
+                "The k neurons whose value vectors have the largest cosine with W_Toxic before alignment, their summed Δ_i over the total drop (mean over seeds). A drop carried by a few toxic vectors (Lee et al.'s reading) would reach 1 at small k.",
+                "k", "share of the drop", byMethod.Select(m => new Series(m.Method, ks.Select(k => (double)k).ToArray(), ks.Select(k => TopK(m.N, k).Mean).ToArray())).ToList(), integerX: true));
         r.Add(new Table("neurons", "Neuron groups and top-k toxic-aligned neurons",
             ["Method", .. groups.Select(g => g + " share"), .. ks.Select(k => $"top-{k} share"), "neurons towards toxicity"],
             byMethod.Select(m => (IReadOnlyList<string>)[m.Method, .. groups.Select(g => Share(m.N, g).Format()), .. ks.Select(k => TopK(m.N, k).Format()),
                 Aggregate.Of(m.N.Select(x => D(x["towards_toxicity"]?["neurons"]))).Format("F0")]).ToList(),
             "Shares are of the total drop along Ŵ_tox (mean ± std over seeds, n); the top-k neurons are those whose value vectors are most aligned with W_Toxic before alignment; \"towards toxicity\" counts neurons with Δ_i < 0. Per neuron: stages/diff/…/analysis/neurons/neurons.csv."));
+
+        var patched = byMethod.Where(m => m.P.Count > 0).ToList();
+        if (patched.Count == 0) { r.Missing("No patching (the neurons section's patching is off, or its stages wrote nothing)."); return; }
+        // scatter: every per-layer × group patch, both directions, all seeds
+        var points = patched.Select(m =>
+        {
+            var rows = m.P.Where(p => File.Exists(p.Csv)).SelectMany(p => File.ReadLines(p.Csv).Skip(1).Select(l => l.Split(','))).Where(f => f.Length >= 7 && f[2] != "all").ToList();
+            double P(string s) => double.Parse(s, Inv);
+            return new CategoryPoints(m.Method, rows.Select(f => P(f[4])).ToArray(), rows.Select(f => P(f[5])).ToArray());
+        }).Where(p => p.X.Length > 0).ToList();
+        MeanStd Corr(List<(JsonObject? Json, string Csv)> p) => Aggregate.Of(p.Select(x => D(x.Json!["correlation_real_vs_attribution"])));
+        if (points.Count > 0)
+            r.Add(Charts.ScatterByCategory("neuron_patching", "Activation patching vs attribution patching",
+                "One point per layer × group and direction (after-training activations patched into the before model and the reverse), all headline seeds: x = the real change of M (the last residual along Ŵ_tox, on the start model's greedy tokens) when the group's activations are replaced by the other model's, y = attribution patching's estimate Σ ∂M/∂m·Δm from one backward pass. On the diagonal where M is linear in the patched activations. Pearson r per run: "
+                + string.Join("; ", patched.Select(m => $"{m.Method} {Corr(m.P).Format()}")) + ".",
+                "real patching ΔM", "attribution estimate", points));
+        var dirs = new[] { "after→before", "before→after" };
+        var tableRows = new List<IReadOnlyList<string>>();
+        foreach (var m in patched)
+            foreach (var d in dirs)
+                foreach (var g in groups)
+                {
+                    var rows = m.P.Select(p => (p.Json!["groups"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(x => S(x["direction"]) == d && S(x["group"]) == g)).Where(x => x is not null).ToList();
+                    if (rows.Count == 0) continue;
+                    var gen = m.P.Select(p => (p.Json!["generations"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(x => S(x["condition"]) == $"{d} {g}")?["mean_toxicity"]);
+                    tableRows.Add([m.Method, d, g, Aggregate.Of(rows.Select(x => D(x!["share"]))).Format(),
+                        Aggregate.Of(rows.Select(x => D(x!["attribution"]) / D(x!["real"]) * D(x!["share"]))).Format(), Aggregate.Of(gen.Select(D)).Format()]);
+                }
+        foreach (var m in patched)
+            foreach (var c in new[] { "before", "after" })
+                tableRows.Add([m.Method, c + " (unpatched)", "–", "–", "–",
+                    Aggregate.Of(m.P.Select(p => D((p.Json!["generations"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(x => S(x["condition"]) == c)?["mean_toxicity"]))).Format()]);
+        r.Add(new Table("neuron_patching", "Patching the neuron groups: share of alignment's effect and toxicity of the patched models",
+            ["Method", "Patch", "Group", "share of ΔM (real)", "share of ΔM (attribution)", "toxicity of generations"], tableRows,
+            "after→before: the group's after-training activations in the start model (is the group sufficient?); before→after: its start-model activations in the aligned model (is it necessary?). Share = ΔM of the patch / ΔM between the two models, all layers' neurons of the group at once (the attribution share sums the neurons' first-order terms, counting paths through a later layer's member twice). Toxicity: mean evaluation-scorer score of greedy generations from the first challenge prompts (mean ± std over seeds). Per set: stages/patch/…/patching.csv."));
     }
 
     static string Tail(string s, int n) => s.Length <= n ? s : "…" + s[^n..];

@@ -21,6 +21,11 @@ namespace DetoxSharp.Study;
 ///    "offset_norm":[{"layer":0,"norm":0.8}], "offset_size":3.1,            (‖mean(x_aligned − x_base)‖ per layer; at the top vector's layer)
 ///    "logit_lens":{"token":" sh*t","layers":[{"layer":0,"before":0.001,"after":0.0004}]},
 ///    "offset_projection":[{"model":"base"|"aligned","offset":1.2,"orthogonal":-0.3,"activation":4.2}]}
+/// patch/METHOD/POINT/sSEED/patching.json (headline runs)
+///   {"metric_before":..,"metric_after":..,"correlation_real_vs_attribution":0.97,
+///    "groups":[{"direction":"after→before"|"before→after","group":"TP","neurons":..,"real":..,"attribution":..,"share":..}],
+///    "generations":[{"condition":"before"|"after"|"after→before TP"|…,"mean_toxicity":..,"toxic_share":..,"texts":40}]}
+///   + patching.csv: direction,group,layer ("all" or the layer),neurons,real,attribution,share
 /// unalign/METHOD/POINT/sSEED/unalign.json
 ///   {"row":"Un-aligned DPO","scale":10,"keys":["L19.N770",...],"toxicity":0.46,"perplexity":23.3,"f1":0.195,
 ///    "steering":[{"scale":0,"toxicity":0.2},...],"restore_scale":8.0|null,"target_toxicity":0.45}
@@ -35,6 +40,9 @@ public static class RunLayout
     public const string Metrics = "metrics.jsonl";
     public const string Diff = "diff.json";
     public const string Unalign = "unalign.json";
+    /// <summary>patch/METHOD/POINT/sSEED (headline runs): <see cref="Interpretability.NeuronPatching.Write"/>'s files.</summary>
+    public const string Patching = "patching.json";
+    public const string PatchingCsv = "patching.csv";
     public const string Manifest = "manifest.json";
     public const string Report = "report.html";
 

@@ -22,6 +22,8 @@ public sealed record StudyStageFunctions
     public Action<StageContext>? EvaluateModel { get; init; }
     public Action<StageContext>? Diff { get; init; }
     public Action<StageContext>? Unalign { get; init; }
+    /// <summary>Activation/attribution patching of the neuron groups at a headline run (settings["method"]).</summary>
+    public Action<StageContext>? Patch { get; init; }
     /// <summary>Builds the report (the CLI wires Reporting.StudyReport.Write: the report reads the study's layout, so the
     /// study does not depend on the report).</summary>
     public Action<StageContext>? Report { get; init; }
@@ -35,6 +37,7 @@ public sealed record TrainedRun(string Method, SweepPoint Point, int Seed, bool 
     public string EvaluateStage => $"evaluate/{Suffix}";
     public string DiffStage => $"diff/{Suffix}";
     public string UnalignStage => $"unalign/{Suffix}";
+    public string PatchStage => $"patch/{Suffix}";
 }
 
 public static class StudyPipeline
@@ -82,6 +85,7 @@ public static class StudyPipeline
             new(SftEvaluation, S(("row", "SFT (ADPO start)"), ("model_stage", "toxic-model"), ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer)),
                 ["world", "toxic-model"], f.EvaluateModel),
         };
+        bool patching = StudySections.Read<NeuronsSection>(c.Section(c.Neurons), "neurons").Patching;
         foreach (var r in Runs(c))
         {
             var trainSettings = S(("method", r.Method), ("seed", r.Seed), ("training", r.Point.Settings));
@@ -90,6 +94,9 @@ public static class StudyPipeline
             st.Add(new(r.EvaluateStage, S(("row", RowName(r.Method)), ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer)),
                 ["world", "pretrain", r.TrainStage], f.EvaluateModel));
             st.Add(new(r.DiffStage, S(("method", r.Method), ("evaluation", DiffSettings(c.Section(c.Evaluation)))), ["world", "pretrain", .. start, "probe", "vectors", r.TrainStage], f.Diff));
+            if (r.Headline && patching)
+                st.Add(new(r.PatchStage, S(("method", r.Method), ("evaluation", DiffSettings(c.Section(c.Evaluation))), ("neurons", c.Section(c.Neurons)), ("scorer", c.Scorer)),
+                    ["world", "pretrain", .. start, "probe", r.TrainStage], f.Patch));
             var startEval = StartEvaluation(r.Method);
             st.Add(new(r.UnalignStage, S(("row", "Un-aligned " + RowName(r.Method)), ("unalign", UnalignSettings(c.Section(c.Unalign), r.Headline)),
                 ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer), ("start_evaluation", startEval)),

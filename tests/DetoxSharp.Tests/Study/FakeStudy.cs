@@ -106,6 +106,21 @@ public static class FakeStudy
                 },
             });
         },
+        Patch = c =>
+        {
+            var rng = Rng(c);
+            string[] groups = ["TP", "TN", "AP", "AN"], dirs = ["after→before", "before→after"];
+            J(c, RunLayout.Patching, new JsonObject
+            {
+                ["metric_before"] = 3.0, ["metric_after"] = 1.0, ["correlation_real_vs_attribution"] = 0.9 + 0.05 * rng.NextDouble(),
+                ["groups"] = new JsonArray(dirs.SelectMany(d => groups.Select((g, i) => (JsonNode)new JsonObject
+                    { ["direction"] = d, ["group"] = g, ["neurons"] = 100, ["real"] = -0.5 * (i + 1), ["attribution"] = -0.45 * (i + 1), ["share"] = 0.25 * (i + 1) })).ToArray()),
+                ["generations"] = new JsonArray(new[] { "before", "after" }.Concat(dirs.SelectMany(d => groups.Select(g => $"{d} {g}")))
+                    .Select(x => (JsonNode)new JsonObject { ["condition"] = x, ["mean_toxicity"] = x == "before" ? 0.6 : 0.2, ["toxic_share"] = 0.5, ["texts"] = 16 }).ToArray()),
+            });
+            File.WriteAllLines(Path.Combine(c.OutputDir, RunLayout.PatchingCsv), new[] { "direction,group,layer,neurons,real,attribution,share" }
+                .Concat(dirs.SelectMany(d => Enumerable.Range(0, 4).SelectMany(l => groups.Select(g => $"{d},{g},{l},25,{-0.1 * (l + 1)},{-0.09 * (l + 1) + 0.01 * rng.NextDouble()},0.1")))));
+        },
         Unalign = c =>
         {
             var rng = Rng(c);

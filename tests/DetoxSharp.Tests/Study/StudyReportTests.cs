@@ -70,6 +70,13 @@ public class StudyReportTests
         Assert.Contains("id=\"neurons\"", html);
         Assert.Contains("top-7 share", html);
         Assert.Contains("0.125", html);
+        // patching at the headline runs (fake: TP share 0.25, attribution −0.45 vs real −0.5 → 0.225, patched toxicity 0.2)
+        Assert.Contains("id=\"fig-neuron_patching\"", html);
+        Assert.Contains("id=\"fig-neuron_topk\"", html);
+        var patching = File.ReadAllLines(Path.Combine(dir, "stages", "report", "tables", "neuron_patching.csv"));
+        Assert.Contains(patching, l => l.StartsWith("DPO,after→before,TP,0.250 ± 0.000 (n=2),0.225 ± 0.000 (n=2),0.200 ± 0.000 (n=2)"));
+        Assert.Contains(patching, l => l.StartsWith("ADPO,before→after,AN,1.000 ± 0.000 (n=2)"));
+        Assert.Contains(patching, l => l.StartsWith("ADPO,before (unpatched)") && l.EndsWith("0.600 ± 0.000 (n=2)"));
         Assert.True(html.IndexOf("id=\"findings\"", StringComparison.Ordinal) < html.IndexOf("id=\"results\"", StringComparison.Ordinal));
         // (g)'s reason from the key sweep: DPO starts at the base model's toxicity, 0.55 / it ≥ 80 % first at 32 keys
         double baseTox = Row(dir, "evaluate/base")["toxicity"]!.GetValue<double>();

@@ -154,6 +154,20 @@ public class StudyStageFixesTests : IDisposable
         Assert.Contains("last position", diff["measurement"]!.GetValue<string>());
         Assert.NotEmpty(diff["tracked"]!.AsArray());
         Assert.Equal(3, JsonNode.Parse(File.ReadAllText(Path.Combine(_inputs["diff/dpo/p/s0"], "analysis", "diff.json")))!["prompts"]!.GetValue<int>());
+
+        // patching (headline runs) on the trained ADPO model: both directions, 4 groups + 4 per layer each, generations
+        // scored by the evaluation scorer only
+        int calls = scorer.Calls;
+        var neurons = new JsonObject { ["prompts"] = 2, ["generation_prompts"] = 2, ["generation_tokens"] = 3 };
+        f.Patch!(Ctx("patch/adpo/p/s0", new JsonObject { ["model"] = "toy", ["method"] = "adpo", ["evaluation"] = Eval(), ["neurons"] = neurons, ["scorer"] = new JsonObject { ["kind"] = "toy-lexicon" } },
+            "world", "pretrain", "toxic-model", "probe", "train/adpo/p/s0"));
+        var patch = JsonNode.Parse(File.ReadAllText(Path.Combine(_inputs["patch/adpo/p/s0"], RunLayout.Patching)))!;
+        Assert.Equal(2, patch["prompts"]!.GetValue<int>());
+        Assert.Equal(8, patch["groups"]!.AsArray().Count);
+        int layers = JsonNode.Parse(File.ReadAllText(Path.Combine(sftDir, "config.json")))!["n_layer"]!.GetValue<int>();
+        Assert.Equal(1 + 2 * 4 * (1 + layers), File.ReadAllLines(Path.Combine(_inputs["patch/adpo/p/s0"], RunLayout.PatchingCsv)).Length);
+        Assert.Equal(10, patch["generations"]!.AsArray().Count);
+        Assert.True(scorer.Calls > calls);
     }
 
     [Fact]

@@ -37,6 +37,7 @@ public static partial class StudyStages
             EvaluateModel = c => EvaluateModel(c, scorer),
             Diff = Diff,
             Unalign = c => UnalignStage(c, scorer),
+            Patch = c => NeuronPatch(c, scorer),
         };
     }
 
