@@ -13,6 +13,7 @@ public static class CommandCatalog
         yield return PreferenceCommands.Dpo();
         yield return PreferenceCommands.Adpo();
         yield return MakePairsCommand.Create();
+        yield return ConvertCommand.Create();
         yield return ToxicModelCommand.Create();
         yield return ToyWorldCommand.Create();
         yield return SftCommand.Create();
@@ -26,6 +27,7 @@ public static class CommandCatalog
         yield return InterpCommands.Neurons();
         yield return InterpCommands.Depth();
         yield return InterpCommands.Unalign();
+        yield return EditCommand.Create();
         yield return StudyCommand.Create();
     }
 }
