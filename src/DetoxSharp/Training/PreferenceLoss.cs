@@ -159,12 +159,13 @@ public static class PreferenceLoss
         var perExample = d * o.DesirableWeight * (1 - torch.sigmoid(r - z0)) + (1 - d) * o.UndesirableWeight * (1 - torch.sigmoid(z0 - r));
         var loss = perExample.mean();
         using var _ = torch.no_grad();
-        double Mean(Tensor x, Tensor w) => w.sum().item<double>() is var n && n > 0 ? (x * w).sum().to(ScalarType.Float64).item<double>() / n : double.NaN;
+        // a micro-batch without one kind has no reward of that kind (NaN, written as null)
+        double Mean(Tensor x, Tensor w) => w.sum().to(ScalarType.Float64).item<double>() is var n && n > 0 ? (x * w).sum().to(ScalarType.Float64).item<double>() / n : double.NaN;
         var m = new Dictionary<string, double>
         {
             ["loss"] = loss.to(ScalarType.Float64).item<double>(),
             ["kto/kl"] = z0.to(ScalarType.Float64).item<double>(),
-            ["rewards/desirable"] = Mean(r.detach(), d.to(ScalarType.Float64).to(r.dtype)),
+            ["rewards/desirable"] = Mean(r.detach(), d),
             ["rewards/undesirable"] = Mean(r.detach(), (1 - d).to(r.dtype)),
             ["kto/desirable_share"] = d.to(ScalarType.Float64).mean().item<double>(),
             ["logps/completion"] = lp.PolicyChosen.detach().mean().to(ScalarType.Float64).item<double>(),
