@@ -31,6 +31,24 @@ public static class EditCommand
         return items;
     }
 
+    /// <summary>The weight edits' common frame: refuse an existing --out, load the model, run the edit (timed), save the
+    /// checkpoint and JSON_NAME (the edit's description plus the source model) in it, print one line.</summary>
+    static int SaveEdited(ParseResult p, Option<string> model, Option<string> outDir, Option<bool> overwrite, Option<string> device,
+        Option<string> dtype, Option<bool> pickle, string jsonName, Func<LoadedModel, Func<double, (JsonObject Desc, string Line)>> edit)
+    {
+        var dir = p.GetValue(outDir)!;
+        if (Directory.Exists(dir) && !p.GetValue(overwrite)) throw new InvalidInputException($"--out {dir} exists (use --overwrite)");
+        using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+        var sw = Stopwatch.StartNew();
+        var describe = edit(m);
+        var (desc, line) = describe(sw.Elapsed.TotalSeconds);
+        HfCheckpoint.Save(m.Model, m.Tokenizer, dir, KeyConvention.Hub, p.GetValue(overwrite));
+        desc["source_model"] = Path.GetFullPath(p.GetValue(model)!);
+        AtomicFile.WriteAllText(Path.Combine(dir, jsonName), desc.ToJsonString(Indented));
+        p.InvocationConfiguration.Output.WriteLine($"{line}; checkpoint {dir}");
+        return 0;
+    }
+
     static Command Profs()
     {
         var model = CommonOptions.Model();
@@ -58,18 +76,12 @@ public static class EditCommand
             o.Validate();
             var err = p.InvocationConfiguration.Error;
             var pairs = Take(PreferenceData.Read(p.GetValue(data)!, PreferenceFormat.Auto, w => err.WriteLine("detox: warning: " + w)), p.GetValue(limit), 2);
-            var dir = p.GetValue(outDir)!;
-            if (Directory.Exists(dir) && !p.GetValue(overwrite)) throw new InvalidInputException($"--out {dir} exists (use --overwrite)");
-            using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
-            var sw = Stopwatch.StartNew();
-            var layers = ProFs.Apply(m.Model, m.Tokenizer, pairs, o, s => err.WriteLine("detox: " + s));
-            double seconds = sw.Elapsed.TotalSeconds;
-            HfCheckpoint.Save(m.Model, m.Tokenizer, dir, KeyConvention.Hub, p.GetValue(overwrite));
-            var desc = ProFs.Describe(layers, o, pairs.Count, seconds);
-            desc["source_model"] = Path.GetFullPath(p.GetValue(model)!);
-            AtomicFile.WriteAllText(Path.Combine(dir, "profs.json"), desc.ToJsonString(Indented));
-            p.InvocationConfiguration.Output.WriteLine($"ProFS: {pairs.Count} pairs, rank {o.Rank}, layers {layers[0].Layer}..{layers[^1].Layer}, {seconds:F2} s; checkpoint {dir}");
-            return 0;
+            return SaveEdited(p, model, outDir, overwrite, device, dtype, pickle, "profs.json", m =>
+            {
+                var layers = ProFs.Apply(m.Model, m.Tokenizer, pairs, o, s => err.WriteLine("detox: " + s));
+                return seconds => (ProFs.Describe(layers, o, pairs.Count, seconds),
+                    $"ProFS: {pairs.Count} pairs, rank {o.Rank}, layers {layers[0].Layer}..{layers[^1].Layer}, {seconds:F2} s");
+            });
         });
         return cmd;
     }
@@ -92,19 +104,13 @@ public static class EditCommand
             var o = new AuraOptions { MaxTokens = p.GetValue(maxTokens), BatchSize = p.GetValue(batch) };
             o.Validate();
             var comments = Take(DatasetReaders.ReadJigsawCsv(p.GetValue(data)!), p.GetValue(limit), 2);
-            var dir = p.GetValue(outDir)!;
-            if (Directory.Exists(dir) && !p.GetValue(overwrite)) throw new InvalidInputException($"--out {dir} exists (use --overwrite)");
-            using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
-            var sw = Stopwatch.StartNew();
-            var r = DetoxSharp.Editing.Aura.Score(m.Model, m.Tokenizer, comments, o);
-            DetoxSharp.Editing.Aura.Apply(m.Model, r);
-            double seconds = sw.Elapsed.TotalSeconds;
-            HfCheckpoint.Save(m.Model, m.Tokenizer, dir, KeyConvention.Hub, p.GetValue(overwrite));
-            var desc = DetoxSharp.Editing.Aura.Describe(r, comments.Count, seconds);
-            desc["source_model"] = Path.GetFullPath(p.GetValue(model)!);
-            AtomicFile.WriteAllText(Path.Combine(dir, "aura.json"), desc.ToJsonString(Indented));
-            p.InvocationConfiguration.Output.WriteLine($"AurA: {comments.Count} comments, {r.Dampened} of {r.Alpha.Sum(a => a.Length)} neurons dampened, {seconds:F2} s; checkpoint {dir}");
-            return 0;
+            return SaveEdited(p, model, outDir, overwrite, device, dtype, pickle, "aura.json", m =>
+            {
+                var r = DetoxSharp.Editing.Aura.Score(m.Model, m.Tokenizer, comments, o);
+                DetoxSharp.Editing.Aura.Apply(m.Model, r);
+                return seconds => (DetoxSharp.Editing.Aura.Describe(r, comments.Count, seconds),
+                    $"AurA: {comments.Count} comments, {r.Dampened} of {r.Alpha.Sum(a => a.Length)} neurons dampened, {seconds:F2} s");
+            });
         });
         return cmd;
     }
