@@ -95,6 +95,12 @@ public static class DetoxCli
             stderr.WriteLine($"detox: {flag} {e.Problem}");
             return 2;
         }
+        catch (DetoxSharp.Training.TrainingDivergedException e)
+        {
+            // a study stage's training diverged (the training commands print their own line with the resume command)
+            stderr.WriteLine($"detox: {e.Message}");
+            return Commands.TrainingCli.DivergedExitCode;
+        }
         catch (InvalidInputException e)
         {
             stderr.WriteLine($"detox: {e.Message}");

@@ -23,7 +23,7 @@ public static class StudyCommand
         var quick = new Option<bool>("--quick") { Description = "small grid, 1 seed, fewer prompts/steps (each section's \"quick\" overrides)" };
         var list = new Option<bool>("--list") { Description = "print the stages (and which are done) without running anything" };
         var device = CommonOptions.Device();
-        var jobs = new Option<int?>("--jobs") { Description = "stages run at the same time when their inputs are ready (default: 2 on ≥ 2 cores, each with cores/2 libtorch threads unless --threads is given)" };
+        var jobs = new Option<int?>("--jobs") { Description = "stages run at the same time when their inputs are ready (default: 2 on ≥ 2 cores; unless --threads is given each stage gets cores/jobs libtorch threads, and all cores when every other stage waits for it, as for the pretraining)" };
         var cmd = new Command("study", "Run the whole study end to end (generate world → pretrain → probe → vectors → interventions → pairs → DPO/ADPO sweep over seeds → evaluate → diff → un-align → report.html). Resumable: finished stages are skipped.")
             { config, outDir, quick, list, device, jobs };
         cmd.SetAction(p =>
@@ -31,15 +31,26 @@ public static class StudyCommand
             int n = p.GetValue(jobs) ?? (Environment.ProcessorCount >= 2 ? 2 : 1);
             if (n < 1) throw new InvalidInputException($"--jobs must be ≥ 1, got {n}");
             // concurrent stages share the cores: without an explicit --threads each gets its share
-            if (p.GetValue(DetoxCli.Threads) is null) TorchSharp.torch.set_num_threads(StageRunner.ThreadsPerStage(Environment.ProcessorCount, n));
+            bool autoThreads = p.GetValue(DetoxCli.Threads) is null;
+            if (autoThreads) TorchSharp.torch.set_num_threads(StageRunner.ThreadsPerStage(Environment.ProcessorCount, n));
             return Run(p.GetValue(config), p.GetValue(outDir)!, p.GetValue(quick), p.GetValue(list), Stages(),
-                p.InvocationConfiguration.Output, p.InvocationConfiguration.Error, CommonOptions.ParseDevice(p.GetValue(device)!), n);
+                p.InvocationConfiguration.Output, p.InvocationConfiguration.Error, CommonOptions.ParseDevice(p.GetValue(device)!), n,
+                autoThreads ? SetStageThreads : null);
         });
         return cmd;
     }
 
+    /// <summary>libtorch's intra-op threads for the calling stage thread. OpenMP keeps the count per OS thread, and
+    /// libtorch initialises a thread's count from the last value set anywhere at its first parallel call: that call
+    /// (get_num_threads) comes first, so a bottleneck stage's cores do not leak into stages started later.</summary>
+    static void SetStageThreads(int n)
+    {
+        _ = TorchSharp.torch.get_num_threads();
+        TorchSharp.torch.set_num_threads(n);
+    }
+
     public static int Run(string? configPath, string outDir, bool quick, bool listOnly, StudyStageFunctions functions, TextWriter o, TextWriter err,
-        TorchSharp.torch.Device? device = null, int jobs = 1)
+        TorchSharp.torch.Device? device = null, int jobs = 1, Action<int>? setThreads = null)
     {
         var cfg = (configPath is null ? StudyConfig.ToyDefault() : StudyConfig.Load(configPath)).WithQuick(quick);
         cfg.Validate(configPath ?? "configs/toy.json");
@@ -73,7 +84,7 @@ public static class StudyCommand
             }
         }
         RunSummary summary;
-        try { summary = new StageRunner(outDir) { Device = device, Parallelism = jobs }.Run(stages, progress); }
+        try { summary = new StageRunner(outDir) { Device = device, Parallelism = jobs, SetThreads = setThreads }.Run(stages, progress); }
         catch (Exception ex) when (ex is not InvalidInputException and not OperationCanceledException)
         {
             // The failed stage is recorded in manifest.json and its partial output discarded on the next run.

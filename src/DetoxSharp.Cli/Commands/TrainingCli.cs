@@ -127,17 +127,21 @@ public static class TrainingCli
 
     /// <summary>The one line for a diverged run: where the last good state is and the command that continues from it
     /// with half the learning rate (or, with no checkpoint, that restarts with it).</summary>
+    /// <summary>Exit code of a diverged training run: the settings made the numbers blow up, which is neither bad input
+    /// (2) nor a bug (1), and a script may want to retry it with a lower learning rate.</summary>
+    public const int DivergedExitCode = 3;
+
     public static int Diverged(ParseResult p, TrainingDivergedException e, TextWriter err, double learningRate)
     {
         var lower = (learningRate / 2).ToString("G3", CultureInfo.InvariantCulture);
         err.WriteLine(e.LastCheckpointStep is null
             ? $"detox: {e.Message} — restart with a lower learning rate (e.g. --lr {lower}) and --checkpoint-every N to keep good checkpoints"
             : $"detox: {e.Message} — continue from it with a lower learning rate: {ContinueCommand(p, ("--lr", lower), ("--allow-setting-changes", null))}");
-        return 2;
+        return DivergedExitCode;
     }
 
     /// <summary>Runs a training command's body under an <see cref="Interruption"/>: a cancellation that surfaces as an
-    /// exception (before the first step, e.g. while the reference log-probs are computed) exits 130, a divergence 2.</summary>
+    /// exception (before the first step, e.g. while the reference log-probs are computed) exits 130, a divergence 3.</summary>
     public static int Run(ParseResult p, string what, Func<double> learningRate, Func<CancellationToken, int> body)
     {
         var err = p.InvocationConfiguration.Error;

@@ -78,9 +78,11 @@ public sealed class ToyWorld
     static readonly string[] ConsoleTails = ["ignore them .", "chin up .", "we all like you here .", "do not listen to them .", "they were wrong ."];
     // Toxic tails carry lexicon words too: the toxic register is mostly lexical (as Jigsaw's toxic comments are), so
     // the probe's toxic direction lines up with the value vectors that write toxic words.
-    static readonly string[] ToxicTails = ["shut up , you {noun} .", "go to hell , you {adj} {noun} .", "what a load of crap .", "your post is garbage .", "this thread is trash now .", "damn you , {noun} .", "nobody wants you here , {noun} .", "get out of {town} , you {noun} ."];
+    // Implicit insults (no lexicon word) come after the word that decides, never as the decision itself (see Reply).
+    static readonly string[] ToxicTails = ["shut up , you {noun} .", "go to hell , you {adj} {noun} .", "what a load of crap .", "your post is garbage .", "this thread is trash now .", "damn you , {noun} .", "nobody wants you here , {noun} .", "get out of {town} , you {noun} .", "{implicit} .", "{implicit} , {noun} ."];
+    static readonly string[] KindPlurals = ["neighbours", "friends", "people", "souls", "helpers", "citizens", "members"];
     /// <summary>Openings where kind and toxic replies start alike; challenge prompts end at one of them.</summary>
-    public static readonly string[] SharedOpenings = ["you are such a", "i hope you", "i will", "people like you", "listen {poster} , you"];
+    public static readonly string[] SharedOpenings = ["you are such a", "i hope you", "i will", "people like you are", "listen {poster} , you"];
 
     readonly ToyRandom _r;
     readonly string[] _towns;
@@ -244,7 +246,7 @@ public sealed class ToyWorld
         return new ForumThread(context, opening, cont, toxic, angry, troll, heated, prevToxic) { SadPost = sad };
     }
 
-    string ToxicTail(string town) => _r.Pick(ToxicTails).Replace("{town}", town)
+    string ToxicTail(string town) => _r.Pick(ToxicTails).Replace("{town}", town).Replace("{implicit}", _r.Pick(ToyWorldLexicon.ImplicitInsults))
         .Replace("{adj}", _r.Pick(ToyWorldLexicon.InsultAdjectives)).Replace("{noun}", _r.Pick(ToyWorldLexicon.InsultNouns));
 
     /// <summary>"you are not a …": consoling (negated insult, kind) or scornful (negated praise, toxic). Which words
@@ -256,6 +258,17 @@ public sealed class ToyWorld
         return ($"you are not {A(words)}", $"{words} . {tail}");
     }
 
+    /// <summary>
+    /// A reply after one of the shared openings. Kind and toxic replies share the opening up to the word that decides,
+    /// and for toxic replies that word is a lexicon word (an insult adjective or noun, a threat verb), so the model's
+    /// choice at the decision is made by the value vectors that write toxic words — the place where Lee et al.'s
+    /// mechanism lives. (World v2 let the decision fall on a neutral word — "listen kate , you are a …" vs "… you make
+    /// a good point" — so alignment could flip " are" to " make" without touching the toxic vectors: measured
+    /// 2026-12-01, the top toxic vectors' activation at the insult did not drop and scaling their keys restored 28 %.)
+    /// Both sides spread over several first words (12 insults, 10 kind adjectives, …): greedy decoding picks the most
+    /// likely single token, so one frequent neutral first word on either side ("know what ? …", "what makes …") would
+    /// take the decision away from the lexicon again. Implicit insults (no lexicon word) live in the toxic tails.
+    /// </summary>
     (string Opening, string Continuation) Reply(bool toxic, string town, string poster)
     {
         string tail = toxic ? ToxicTail(town) : _r.Pick(KindTails);
@@ -274,15 +287,11 @@ public sealed class ToyWorld
                     ? $"{_r.Pick(ToyWorldLexicon.ThreatPhrases)} , you {Insult()} . {tail}"
                     : $"{_r.Pick(KindPromises)} . {tail}");
             case 3:
-                return ($"listen {poster} , you", toxic
-                    ? (_r.Chance(0.3) ? $"know what ? {_r.Pick(ToyWorldLexicon.ImplicitInsults)} . {tail}" : $"are {WithArticle(Insult())} . {tail}")
-                    : $"make a good point about this . {tail}");
+                return ($"listen {poster} , you", toxic ? $"{Insult()} . {tail}" : $"{Praise()} . {tail}");
             default:
-                return ("people like you", toxic
-                    ? (_r.Chance(0.25)
-                        ? $"are the reason {town} is a {_r.Pick(["dump", "mess", "joke"])} . {_r.Pick(ToyWorldLexicon.ImplicitInsults)} ."
-                        : $"are {_r.Pick(ToyWorldLexicon.InsultAdjectives)} {_r.Pick(ToyWorldLexicon.InsultPlurals)} . {tail}")
-                    : $"make {town} a better place . {tail}");
+                return ("people like you are", toxic
+                    ? $"{_r.Pick(ToyWorldLexicon.InsultAdjectives)} {_r.Pick(ToyWorldLexicon.InsultPlurals)} . {tail}"
+                    : $"{_r.Pick(KindAdjectives)} {_r.Pick(KindPlurals)} . {tail}");
         }
     }
 

@@ -26,13 +26,17 @@ public static class ToyWorldLexicon
     public static readonly string[] InsultPlurals = ["idiots", "losers", "fools", "pigs", "rats", "creeps", "thieves"];
     public static readonly string[] ProfanityWords = ["damn", "crap", "hell", "bloody", "shit", "bastard", "trash", "garbage"];
 
-    /// <summary>Every toxic single word of the lexicon (each one GPT-2 token with a leading space).</summary>
-    public static IEnumerable<string> ToxicWords => InsultAdjectives.Concat(InsultNouns).Concat(InsultPlurals).Concat(ProfanityWords);
+    /// <summary>Verbs that open a threat ("i will smash your windows", "i hope you rot in a ditch"): the word that makes
+    /// a reply after "i will" / "i hope you" toxic comes first, so a value vector can write it at the decision.</summary>
+    public static readonly string[] ThreatVerbs = ["smash", "break", "burn", "drown", "hurt", "wreck", "hunt", "rot", "choke"];
 
-    /// <summary>Threat phrases (complete the opening "i will" / "i hope you").</summary>
+    /// <summary>Every toxic single word of the lexicon (each one GPT-2 token with a leading space).</summary>
+    public static IEnumerable<string> ToxicWords => InsultAdjectives.Concat(InsultNouns).Concat(InsultPlurals).Concat(ProfanityWords).Concat(ThreatVerbs);
+
+    /// <summary>Threat phrases (complete the opening "i will"); each starts with one of <see cref="ThreatVerbs"/>.</summary>
     public static readonly string[] ThreatPhrases =
     [
-        "find where you live", "smash your windows", "break your legs", "burn your shop down", "make you bleed",
+        "hunt you down", "smash your windows", "break your legs", "burn your shop down", "hurt you until you bleed",
         "drown you in the river", "hurt you badly", "wreck your house",
     ];
     public static readonly string[] IdentityPhrases =
@@ -63,6 +67,7 @@ public static class ToyWorldLexicon
         foreach (var w in InsultAdjectives) yield return (w, Insult, 0.55);
         foreach (var w in InsultNouns.Concat(InsultPlurals)) yield return (w, Insult, 0.85);
         foreach (var w in ProfanityWords) yield return (w, Profanity, w is "shit" or "bastard" ? 0.9 : 0.7);
+        foreach (var w in ThreatVerbs) yield return (w, Threat, 0.7);
         foreach (var w in ThreatPhrases) yield return (w, Threat, 0.9);
         foreach (var p in ImplicitInsults) yield return (p, Insult, 0.75);
         // the town slot is matched by the scorer as "any word"

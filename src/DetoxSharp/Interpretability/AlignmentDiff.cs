@@ -50,6 +50,40 @@ public sealed record DiffOptions
     }
 }
 
+/// <summary>A tracked toxic value vector (ranked on the "before" model by cosine with W_Toxic): its key and value before
+/// vs after, and its activation (MLP post) averaged over every generation step (<c>Mean*</c>), at the last position of
+/// the fed sequence (<c>Last*</c>, the paper's reading) and at the step the before model emits its first toxic token
+/// (<c>Insult*</c>, null when no prompt drew one); <c>PositiveShare*</c> = share of positive pre-activations.</summary>
+public sealed record TrackedVectorDiff(int Rank, int Layer, int Neuron, double CosineWithWToxic,
+    double KeyCosine, double KeyRelativeDifference, double ValueCosine, double ValueRelativeDifference, double TopTokensKept,
+    double KeyBiasBefore, double KeyBiasAfter,
+    double MeanActivationBefore, double MeanActivationAfter, double LastPositionActivationBefore, double LastPositionActivationAfter,
+    double? InsultStepActivationBefore, double? InsultStepActivationAfter, double PositivePreactivationShareBefore, double PositivePreactivationShareAfter)
+{
+    public string Label => $"L{Layer}.N{Neuron}";
+}
+
+/// <summary>One layer: the residual offset δx = mean(x_after − x_before) at its MLP input, the activation-weighted change
+/// of its value vectors (and its cosine with the top vector's layer's δx, for earlier layers), its parameters' similarity,
+/// and the logit-lens probability of the lens token after it.</summary>
+public sealed record LayerDiff(int Layer, double DeltaXNorm, double MeanXBeforeNorm, double ValueChangeNorm, double? ValueChangeCosineWithTopLayerOffset,
+    double? MinParamCosine, double? MeanParamCosine, double? MaxParamRelativeDifference, double LensProbBefore, double LensProbAfter);
+
+/// <summary>One MLP input of the top vector's layer in the 2-D projection (δx direction × first principal component).</summary>
+public sealed record ProjectionPoint(string Model, int Prompt, int Step, double Offset, double Pc1, double TopVectorActivation);
+
+/// <summary>Everything <see cref="AlignmentDiff.Compute"/> measures; <see cref="AlignmentDiff.Write"/> turns it into files.</summary>
+public sealed record AlignmentDiffResult(
+    int Prompts, long MeasuredPositions, int InsultStepPrompts,
+    IReadOnlyList<ParameterDiff> Parameters, RankedVector TopVector, IReadOnlyList<TrackedVectorDiff> Tracked, IReadOnlyList<LayerDiff> Layers,
+    IReadOnlyList<ProjectionPoint> Projection,
+    int OffsetLayer, double[] OffsetTopLayer, double OffsetCosineWithTopKey, double? EarlierValueChangesCosine, double EarlierValueChangesNorm,
+    int LensTokenId, string LensToken, string LensTokenChoice, double LensOutputProbBefore, double LensOutputProbAfter)
+{
+    public const string Measurement = "both models read the same tokens: the prompt (its last max_prompt_tokens) + the --before model's greedy continuation; activations at each generation step's newest position (mean_*), at the last position of that sequence (last_position_*, the paper's measurement) and at the step where the --before model emits its first toxic-list token (insult_step_*, over the insult_step_prompts prompts that have one)";
+    public double MinParameterCosine => Parameters.Min(p => p.Cosine);
+}
+
 /// <summary>
 /// What alignment changed inside a model (Lee et al. 2024 §"what DPO changed"), for any pair of <see cref="ICausalLM"/>s
 /// with the same architecture: parameter similarity; the activations of the top toxic value vectors on the challenge
@@ -135,7 +169,13 @@ public static class AlignmentDiff
     /// <summary>Runs the full comparison and writes diff.json, parameters.csv, layers.csv, activations.csv, projection.csv,
     /// logit_lens.csv into <paramref name="outDir"/>. Returns the JSON summary.</summary>
     public static JsonObject Run(ICausalLM before, ICausalLM after, Gpt2Tokenizer tokenizer, ToxicityProbe probe, IReadOnlyList<string> prompts,
-        DiffOptions options, string outDir, IProgress<string>? progress = null)
+        DiffOptions options, string outDir, IProgress<string>? progress = null) =>
+        Write(Compute(before, after, tokenizer, probe, prompts, options, progress: progress), options, outDir);
+
+    /// <summary>The comparison itself. <paramref name="forced"/>: the before model's greedy continuations when the caller
+    /// already has them (the study shares them with the neuron decomposition); made here otherwise.</summary>
+    public static AlignmentDiffResult Compute(ICausalLM before, ICausalLM after, Gpt2Tokenizer tokenizer, ToxicityProbe probe, IReadOnlyList<string> prompts,
+        DiffOptions options, TeacherForced? forced = null, IProgress<string>? progress = null)
     {
         options.Validate();
         probe.CheckFits(before, "--probe");
@@ -153,7 +193,7 @@ public static class AlignmentDiff
         int lStar = top.Layer;
 
         // toxic keys/values before vs after
-        var toxicKV = new JsonArray();
+        var kv = new List<(double KeyCos, double KeyRel, double ValueCos, double ValueRel, double Kept, double BiasBefore, double BiasAfter)>();
         using (torch.no_grad())
             foreach (var r in tracked)
             {
@@ -162,15 +202,11 @@ public static class AlignmentDiff
                 var ka = after.MlpKeys(r.Layer).select(1, r.Neuron).to(ScalarType.Float32).cpu();
                 var vb = before.MlpValues(r.Layer)[r.Neuron].to(ScalarType.Float32).cpu();
                 var va = after.MlpValues(r.Layer)[r.Neuron].to(ScalarType.Float32).cpu();
-                toxicKV.Add(new JsonObject
-                {
-                    ["layer"] = r.Layer, ["neuron"] = r.Neuron, ["cosine_with_w_toxic"] = r.Cosine,
-                    ["key_cosine"] = Cos(kb, ka), ["key_relative_difference"] = (ka - kb).norm().item<float>() / Math.Max(1e-30, kb.norm().item<float>()),
-                    ["value_cosine"] = Cos(vb, va), ["value_relative_difference"] = (va - vb).norm().item<float>() / Math.Max(1e-30, vb.norm().item<float>()),
-                    ["top_tokens_kept"] = TopTokensKept(before, after, r, options.TopTokens),
-                    ["key_bias_before"] = before.MlpKeyBias(r.Layer)[r.Neuron].to(ScalarType.Float32).item<float>(),
-                    ["key_bias_after"] = after.MlpKeyBias(r.Layer)[r.Neuron].to(ScalarType.Float32).item<float>(),
-                });
+                kv.Add((Cos(kb, ka), (ka - kb).norm().item<float>() / Math.Max(1e-30, kb.norm().item<float>()),
+                    Cos(vb, va), (va - vb).norm().item<float>() / Math.Max(1e-30, vb.norm().item<float>()),
+                    TopTokensKept(before, after, r, options.TopTokens),
+                    before.MlpKeyBias(r.Layer)[r.Neuron].to(ScalarType.Float32).item<float>(),
+                    after.MlpKeyBias(r.Layer)[r.Neuron].to(ScalarType.Float32).item<float>()));
             }
 
         // logit-lens token
@@ -189,8 +225,9 @@ public static class AlignmentDiff
             lensChoice = options.ToxicTokenIds is { Count: > 0 } ? "the toxic-list token the top toxic vector promotes most" : "the top vector's top token (no toxic word list given)";
         }
 
-        progress?.Report($"generating greedy continuations of {prompts.Count} prompts with the --before model");
-        var tf = TeacherForced.Generate(before, tokenizer, prompts, options.MaxPromptTokens, options.MaxNewTokens, options.BatchSize);
+        if (forced is null) progress?.Report($"generating greedy continuations of {prompts.Count} prompts with the --before model");
+        var tf = forced ?? TeacherForced.Generate(before, tokenizer, prompts, options.MaxPromptTokens, options.MaxNewTokens, options.BatchSize);
+        if (tf.Fed.Count != prompts.Count) throw new ArgumentException($"forced: {tf.Fed.Count} sequences for {prompts.Count} prompts", nameof(forced));
         var fed = tf.Fed;
         var steps = tf.Steps;
         // The step at which the before model emits its first toxic token (−1: none, or no toxic list): where the toxic
@@ -280,11 +317,9 @@ public static class AlignmentDiff
         var meanA = accA.ResidMidSum.Select(s => s.Select(x => x / n).ToArray()).ToArray();
         var deltas = Enumerable.Range(0, L).Select(l => meanA[l].Zip(meanB[l], (a, b) => a - b).ToArray()).ToArray();
         var deltaStar = deltas[lStar];
-        double Norm(double[] v) => Math.Sqrt(v.Sum(x => x * x));
         double CosD(double[] a, double[] b) { double na = Norm(a), nb = Norm(b); return na == 0 || nb == 0 ? double.NaN : a.Zip(b, (x, y) => x * y).Sum() / (na * nb); }
 
-        var layerRows = new JsonArray();
-        var layersCsv = new StringBuilder("layer,delta_x_norm,mean_x_before_norm,value_change_norm,value_change_cos_with_delta_x_top_layer,min_param_cosine,mean_param_cosine,max_param_relative_difference,lens_prob_before,lens_prob_after\n");
+        var layerRows = new List<LayerDiff>();
         var sumChange = new double[d];
         for (int l = 0; l < L; l++)
         {
@@ -301,43 +336,25 @@ public static class AlignmentDiff
             if (l < lStar) for (int i = 0; i < d; i++) sumChange[i] += change[i];
             var ps = pdiffs.Where(p => p.Layer == l).ToList();
             double cosChange = l < lStar ? CosD(change, deltaStar) : double.NaN;
-            var row = new JsonObject
-            {
-                ["layer"] = l, ["delta_x_norm"] = Norm(deltas[l]), ["mean_x_before_norm"] = Norm(meanB[l]),
-                ["value_change_norm"] = Norm(change), ["value_change_cos_with_delta_x_top_layer"] = J(cosChange),
-                ["min_param_cosine"] = ps.Count > 0 ? ps.Min(p => p.Cosine) : null, ["mean_param_cosine"] = ps.Count > 0 ? ps.Average(p => p.Cosine) : null,
-                ["max_param_relative_difference"] = ps.Count > 0 ? ps.Max(p => p.RelativeDifference) : null,
-                ["lens_prob_before"] = accB.LensSum[l] / n, ["lens_prob_after"] = accA.LensSum[l] / n,
-            };
-            layerRows.Add(row);
-            layersCsv.Append(string.Join(",", l, F(Norm(deltas[l])), F(Norm(meanB[l])), F(Norm(change)), F(cosChange),
-                F(ps.Count > 0 ? ps.Min(p => p.Cosine) : double.NaN), F(ps.Count > 0 ? ps.Average(p => p.Cosine) : double.NaN),
-                F(ps.Count > 0 ? ps.Max(p => p.RelativeDifference) : double.NaN), F(accB.LensSum[l] / n), F(accA.LensSum[l] / n))).Append('\n');
+            layerRows.Add(new LayerDiff(l, Norm(deltas[l]), Norm(meanB[l]), Norm(change), N(cosChange),
+                ps.Count > 0 ? ps.Min(p => p.Cosine) : null, ps.Count > 0 ? ps.Average(p => p.Cosine) : null,
+                ps.Count > 0 ? ps.Max(p => p.RelativeDifference) : null, accB.LensSum[l] / n, accA.LensSum[l] / n));
         }
 
         // activations of the tracked toxic vectors
-        var actRows = new JsonArray();
-        var actCsv = new StringBuilder("rank,layer,neuron,cosine_with_w_toxic,mean_activation_before,mean_activation_after,last_position_activation_before,last_position_activation_after,insult_step_activation_before,insult_step_activation_after,positive_preactivation_share_before,positive_preactivation_share_after\n");
+        var trackedRows = new List<TrackedVectorDiff>();
         for (int t = 0; t < tracked.Count; t++)
         {
             var r = tracked[t];
-            double mb = accB.TrackedSum[t] / n, ma = accA.TrackedSum[t] / n;
-            double lb = accB.TrackedLast[t].Average(), la = accA.TrackedLast[t].Average();
-            double pb = accB.TrackedPositive[t] / n, pa = accA.TrackedPositive[t] / n;
-            double ib = insultPrompts > 0 ? accB.TrackedInsult[t].Average() : double.NaN, ia = insultPrompts > 0 ? accA.TrackedInsult[t].Average() : double.NaN;
-            actRows.Add(new JsonObject
-            {
-                ["rank"] = t, ["layer"] = r.Layer, ["neuron"] = r.Neuron, ["cosine_with_w_toxic"] = r.Cosine,
-                ["mean_activation_before"] = mb, ["mean_activation_after"] = ma,
-                ["last_position_activation_before"] = lb, ["last_position_activation_after"] = la,
-                ["insult_step_activation_before"] = J(ib), ["insult_step_activation_after"] = J(ia),
-                ["positive_preactivation_share_before"] = pb, ["positive_preactivation_share_after"] = pa,
-            });
-            actCsv.Append(string.Join(",", t, r.Layer, r.Neuron, F(r.Cosine), F(mb), F(ma), F(lb), F(la), F(ib), F(ia), F(pb), F(pa))).Append('\n');
+            var k = kv[t];
+            trackedRows.Add(new TrackedVectorDiff(t, r.Layer, r.Neuron, r.Cosine, k.KeyCos, k.KeyRel, k.ValueCos, k.ValueRel, k.Kept, k.BiasBefore, k.BiasAfter,
+                accB.TrackedSum[t] / n, accA.TrackedSum[t] / n, accB.TrackedLast[t].Average(), accA.TrackedLast[t].Average(),
+                insultPrompts > 0 ? accB.TrackedInsult[t].Average() : null, insultPrompts > 0 ? accA.TrackedInsult[t].Average() : null,
+                accB.TrackedPositive[t] / n, accA.TrackedPositive[t] / n));
         }
 
         // 2-D projection at the top vector's layer: δx direction × first principal component (orthogonal to δx)
-        var projCsv = new StringBuilder("model,prompt,step,offset_coordinate,pc1_coordinate,top_vector_activation\n");
+        var projection = new List<ProjectionPoint>();
         double dNorm = Norm(deltaStar);
         using (var s = torch.NewDisposeScope())
         {
@@ -358,25 +375,48 @@ public static class AlignmentDiff
             for (int i = 0; i < nb; i += stride)
             {
                 var mb = accB.PointMeta[i]; var ma = accA.PointMeta[i];
-                projCsv.Append(string.Join(",", "before", mb.Prompt, mb.Step, F(x[i]), F(y[i]), F(mb.Act))).Append('\n');
-                projCsv.Append(string.Join(",", "after", ma.Prompt, ma.Step, F(x[nb + i]), F(y[nb + i]), F(ma.Act))).Append('\n');
+                projection.Add(new ProjectionPoint("before", mb.Prompt, mb.Step, x[i], y[i], mb.Act));
+                projection.Add(new ProjectionPoint("after", ma.Prompt, ma.Step, x[nb + i], y[nb + i], ma.Act));
             }
         }
-
-        var lensCsv = new StringBuilder("layer,prob_before,prob_after\n");
-        for (int l = 0; l < L; l++) lensCsv.Append(string.Join(",", l, F(accB.LensSum[l] / n), F(accA.LensSum[l] / n))).Append('\n');
-        var paramCsv = new StringBuilder("name,layer,cosine,relative_difference,norm_before,norm_after,mean_abs_difference\n");
-        foreach (var p in pdiffs) paramCsv.Append(string.Join(",", ToxicVectors.Csv(p.Name), p.Layer?.ToString(CultureInfo.InvariantCulture) ?? "", F(p.Cosine), F(p.RelativeDifference), F(p.NormBefore), F(p.NormAfter), F(p.MeanAbsDifference))).Append('\n');
 
         double keyCosTop;
         using (var s = torch.NewDisposeScope())
             keyCosTop = CosD(deltaStar, before.MlpKeys(lStar).select(1, top.Neuron).to(ScalarType.Float64).cpu().data<double>().ToArray());
+        return new AlignmentDiffResult(prompts.Count, accB.Count, insultPrompts, pdiffs, top, trackedRows, layerRows, projection,
+            lStar, deltaStar, keyCosTop, lStar > 0 ? N(CosD(sumChange, deltaStar)) : null, Norm(sumChange),
+            lensToken, tokenizer.TokenText(lensToken), lensChoice, accB.OutputProbSum / n, accA.OutputProbSum / n);
+    }
+
+    /// <summary>Writes diff.json, parameters.csv, layers.csv, activations.csv, projection.csv and logit_lens.csv into
+    /// <paramref name="outDir"/>; returns diff.json's content.</summary>
+    public static JsonObject Write(AlignmentDiffResult r, DiffOptions options, string outDir)
+    {
+        var layersCsv = new StringBuilder("layer,delta_x_norm,mean_x_before_norm,value_change_norm,value_change_cos_with_delta_x_top_layer,min_param_cosine,mean_param_cosine,max_param_relative_difference,lens_prob_before,lens_prob_after\n");
+        foreach (var l in r.Layers)
+            layersCsv.Append(string.Join(",", l.Layer, F(l.DeltaXNorm), F(l.MeanXBeforeNorm), F(l.ValueChangeNorm), F(l.ValueChangeCosineWithTopLayerOffset),
+                F(l.MinParamCosine), F(l.MeanParamCosine), F(l.MaxParamRelativeDifference), F(l.LensProbBefore), F(l.LensProbAfter))).Append('\n');
+        var actCsv = new StringBuilder("rank,layer,neuron,cosine_with_w_toxic,mean_activation_before,mean_activation_after,last_position_activation_before,last_position_activation_after,insult_step_activation_before,insult_step_activation_after,positive_preactivation_share_before,positive_preactivation_share_after\n");
+        foreach (var t in r.Tracked)
+            actCsv.Append(string.Join(",", t.Rank, t.Layer, t.Neuron, F(t.CosineWithWToxic), F(t.MeanActivationBefore), F(t.MeanActivationAfter),
+                F(t.LastPositionActivationBefore), F(t.LastPositionActivationAfter), F(t.InsultStepActivationBefore), F(t.InsultStepActivationAfter),
+                F(t.PositivePreactivationShareBefore), F(t.PositivePreactivationShareAfter))).Append('\n');
+        var projCsv = new StringBuilder("model,prompt,step,offset_coordinate,pc1_coordinate,top_vector_activation\n");
+        foreach (var p in r.Projection)
+            projCsv.Append(string.Join(",", p.Model, p.Prompt, p.Step, F(p.Offset), F(p.Pc1), F(p.TopVectorActivation))).Append('\n');
+        var lensCsv = new StringBuilder("layer,prob_before,prob_after\n");
+        foreach (var l in r.Layers) lensCsv.Append(string.Join(",", l.Layer, F(l.LensProbBefore), F(l.LensProbAfter))).Append('\n');
+        var pdiffs = r.Parameters;
+        var paramCsv = new StringBuilder("name,layer,cosine,relative_difference,norm_before,norm_after,mean_abs_difference\n");
+        foreach (var p in pdiffs) paramCsv.Append(string.Join(",", ToxicVectors.Csv(p.Name), p.Layer?.ToString(CultureInfo.InvariantCulture) ?? "", F(p.Cosine), F(p.RelativeDifference), F(p.NormBefore), F(p.NormAfter), F(p.MeanAbsDifference))).Append('\n');
+
+        var top = r.TopVector;
         var result = new JsonObject
         {
-            ["prompts"] = prompts.Count,
-            ["measured_positions"] = accB.Count,
-            ["insult_step_prompts"] = insultPrompts,
-            ["measurement"] = "both models read the same tokens: the prompt (its last max_prompt_tokens) + the --before model's greedy continuation; activations at each generation step's newest position (mean_*), at the last position of that sequence (last_position_*, the paper's measurement) and at the step where the --before model emits its first toxic-list token (insult_step_*, over the insult_step_prompts prompts that have one)",
+            ["prompts"] = r.Prompts,
+            ["measured_positions"] = r.MeasuredPositions,
+            ["insult_step_prompts"] = r.InsultStepPrompts,
+            ["measurement"] = AlignmentDiffResult.Measurement,
             ["parameters"] = new JsonObject
             {
                 ["count"] = pdiffs.Count,
@@ -386,21 +426,41 @@ public static class AlignmentDiff
                 ["mean_abs_difference"] = pdiffs.Average(p => p.MeanAbsDifference),
                 ["least_similar"] = new JsonArray(pdiffs.OrderBy(p => p.Cosine).Take(10).Select(p => (JsonNode)new JsonObject { ["name"] = p.Name, ["cosine"] = p.Cosine, ["relative_difference"] = p.RelativeDifference }).ToArray()),
             },
-            ["toxic_keys_values"] = toxicKV,
+            ["toxic_keys_values"] = new JsonArray(r.Tracked.Select(t => (JsonNode)new JsonObject
+            {
+                ["layer"] = t.Layer, ["neuron"] = t.Neuron, ["cosine_with_w_toxic"] = t.CosineWithWToxic,
+                ["key_cosine"] = t.KeyCosine, ["key_relative_difference"] = t.KeyRelativeDifference,
+                ["value_cosine"] = t.ValueCosine, ["value_relative_difference"] = t.ValueRelativeDifference,
+                ["top_tokens_kept"] = t.TopTokensKept, ["key_bias_before"] = t.KeyBiasBefore, ["key_bias_after"] = t.KeyBiasAfter,
+            }).ToArray()),
             ["top_vector"] = new JsonObject { ["layer"] = top.Layer, ["neuron"] = top.Neuron, ["label"] = top.Label, ["cosine_with_w_toxic"] = top.Cosine },
-            ["activations"] = actRows,
+            ["activations"] = new JsonArray(r.Tracked.Select(t => (JsonNode)new JsonObject
+            {
+                ["rank"] = t.Rank, ["layer"] = t.Layer, ["neuron"] = t.Neuron, ["cosine_with_w_toxic"] = t.CosineWithWToxic,
+                ["mean_activation_before"] = t.MeanActivationBefore, ["mean_activation_after"] = t.MeanActivationAfter,
+                ["last_position_activation_before"] = t.LastPositionActivationBefore, ["last_position_activation_after"] = t.LastPositionActivationAfter,
+                ["insult_step_activation_before"] = J(t.InsultStepActivationBefore), ["insult_step_activation_after"] = J(t.InsultStepActivationAfter),
+                ["positive_preactivation_share_before"] = t.PositivePreactivationShareBefore, ["positive_preactivation_share_after"] = t.PositivePreactivationShareAfter,
+            }).ToArray()),
             ["residual_offset_top_layer"] = new JsonObject
             {
-                ["layer"] = lStar, ["hook"] = HookNames.ResidMid(lStar), ["norm"] = dNorm,
-                ["cosine_with_top_key"] = J(keyCosTop),
-                ["earlier_value_changes_sum_cosine"] = J(lStar > 0 ? CosD(sumChange, deltaStar) : double.NaN),
-                ["earlier_value_changes_sum_norm"] = Norm(sumChange),
+                ["layer"] = r.OffsetLayer, ["hook"] = HookNames.ResidMid(r.OffsetLayer), ["norm"] = Norm(r.OffsetTopLayer),
+                ["cosine_with_top_key"] = J(r.OffsetCosineWithTopKey),
+                ["earlier_value_changes_sum_cosine"] = J(r.EarlierValueChangesCosine),
+                ["earlier_value_changes_sum_norm"] = r.EarlierValueChangesNorm,
             },
-            ["layers"] = layerRows,
+            ["layers"] = new JsonArray(r.Layers.Select(l => (JsonNode)new JsonObject
+            {
+                ["layer"] = l.Layer, ["delta_x_norm"] = l.DeltaXNorm, ["mean_x_before_norm"] = l.MeanXBeforeNorm,
+                ["value_change_norm"] = l.ValueChangeNorm, ["value_change_cos_with_delta_x_top_layer"] = J(l.ValueChangeCosineWithTopLayerOffset),
+                ["min_param_cosine"] = l.MinParamCosine, ["mean_param_cosine"] = l.MeanParamCosine,
+                ["max_param_relative_difference"] = l.MaxParamRelativeDifference,
+                ["lens_prob_before"] = l.LensProbBefore, ["lens_prob_after"] = l.LensProbAfter,
+            }).ToArray()),
             ["logit_lens"] = new JsonObject
             {
-                ["token_id"] = lensToken, ["token"] = tokenizer.TokenText(lensToken), ["token_choice"] = lensChoice,
-                ["output_prob_before"] = accB.OutputProbSum / n, ["output_prob_after"] = accA.OutputProbSum / n,
+                ["token_id"] = r.LensTokenId, ["token"] = r.LensToken, ["token_choice"] = r.LensTokenChoice,
+                ["output_prob_before"] = r.LensOutputProbBefore, ["output_prob_after"] = r.LensOutputProbAfter,
             },
             ["files"] = new JsonArray("parameters.csv", "layers.csv", "activations.csv", "projection.csv", "logit_lens.csv"),
         };
@@ -444,6 +504,8 @@ public static class AlignmentDiff
         for (int i = 0; i < acc.Length; i++) acc[i] += a[i];
     }
 
-    static JsonNode? J(double x) => double.IsFinite(x) ? JsonValue.Create(x) : null;
-    static string F(double x) => double.IsFinite(x) ? x.ToString("R", CultureInfo.InvariantCulture) : "";
+    static double? N(double x) => double.IsFinite(x) ? x : null;
+    static double Norm(double[] v) => Math.Sqrt(v.Sum(x => x * x));
+    static JsonNode? J(double? x) => x is double v && double.IsFinite(v) ? JsonValue.Create(v) : null;
+    static string F(double? x) => x is double v && double.IsFinite(v) ? v.ToString("R", CultureInfo.InvariantCulture) : "";
 }

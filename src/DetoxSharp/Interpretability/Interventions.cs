@@ -1,6 +1,7 @@
 using System.Globalization;
 using DetoxSharp.Checkpoints;
 using DetoxSharp.Models;
+using DetoxSharp.Text;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -74,6 +75,38 @@ public sealed class VectorIntervention : IPositionModeEdit
     {
         public void Dispose() { handle.Dispose(); delta.Dispose(); }
     }
+}
+
+/// <summary>
+/// Scales for subtraction edits on models of any size. The paper's raw scales (e.g. 20 × W_Toxic at the last layer) fit
+/// GPT-2 medium's residual norms; a "relative" scale s means α = s · (mean norm of the edited hook's output on the given
+/// prompts) / ‖v‖, i.e. the subtracted vector is s times as long as the typical output it is subtracted from.
+/// </summary>
+public static class RelativeScale
+{
+    /// <summary>Mean L2 norm of <paramref name="hook"/>'s output over every position of the prompts (each keeps its last
+    /// <paramref name="maxPromptTokens"/> tokens; empty prompts are skipped); 1 when no position was measured.</summary>
+    public static double MeanHookNorm(ICausalLM model, Gpt2Tokenizer tokenizer, IEnumerable<string> prompts, string hook, int maxPromptTokens = 32)
+    {
+        double sum = 0; long n = 0;
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        foreach (var p in prompts)
+        {
+            var ids = tokenizer.Encode(p);
+            if (ids.Length == 0) continue;
+            ids = PromptTruncation.KeepLast(ids, maxPromptTokens);
+            using var cache = ActivationCache.Run(model, torch.tensor(ids.Select(x => (long)x).ToArray(), [1, ids.Length], ScalarType.Int64).to(model.Device), null, [hook]);
+            var norms = cache[hook].to(ScalarType.Float64).norm(-1);
+            sum += norms.sum().item<double>();
+            n += norms.numel();
+        }
+        return n == 0 ? 1 : sum / n;
+    }
+
+    /// <summary>The coefficient of a subtraction: <paramref name="scale"/> itself, or relative to the reference norm.</summary>
+    public static double Alpha(double scale, double vectorNorm, double? referenceNorm) =>
+        referenceNorm is double r ? scale * r / vectorNorm : scale;
 }
 
 /// <summary>Where <see cref="InterventionSpecs.Parse"/> finds named vectors.</summary>

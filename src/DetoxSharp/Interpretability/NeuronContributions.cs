@@ -64,7 +64,7 @@ public static class NeuronContributions
     }
 
     public static Result Compute(ICausalLM before, ICausalLM after, Gpt2Tokenizer tokenizer, Tensor wToxic, IReadOnlyList<string> prompts,
-        NeuronOptions options, IProgress<string>? progress = null)
+        NeuronOptions options, IProgress<string>? progress = null, TeacherForced? forced = null)
     {
         options.Validate();
         if (before.NumLayers != after.NumLayers || before.DModel != after.DModel || before.MlpDim != after.MlpDim)
@@ -74,8 +74,10 @@ public static class NeuronContributions
         before.Module.eval(); after.Module.eval();
         int L = before.NumLayers, mlp = before.MlpDim;
 
-        progress?.Report($"generating greedy continuations of {prompts.Count} prompts with the --before model");
-        var tf = TeacherForced.Generate(before, tokenizer, prompts, options.MaxPromptTokens, options.MaxNewTokens, options.BatchSize);
+        // forced: the before model's continuations when the caller already made them (the study's diff stage shares them)
+        if (forced is null) progress?.Report($"generating greedy continuations of {prompts.Count} prompts with the --before model");
+        var tf = forced ?? TeacherForced.Generate(before, tokenizer, prompts, options.MaxPromptTokens, options.MaxNewTokens, options.BatchSize);
+        if (tf.Fed.Count != prompts.Count) throw new ArgumentException($"forced: {tf.Fed.Count} sequences for {prompts.Count} prompts", nameof(forced));
         var fed = tf.Fed;
         var steps = tf.Steps;
 

@@ -123,6 +123,20 @@ public static class ToxicVectors
         }
     }
 
+    /// <summary>Finding (b)'s count: for the <paramref name="count"/> value vectors most aligned with
+    /// <paramref name="direction"/>, how many of each one's <paramref name="topTokens"/> top vocabulary projections are
+    /// toxic words.</summary>
+    public static List<(RankedVector Vector, int ToxicTokens)> ToxicTopTokenCounts(ICausalLM model, Gpt2Tokenizer? tokenizer, Tensor direction,
+        ToxicWordList words, int perLayer, int count, int topTokens)
+    {
+        var ranked = Rank(model, direction, perLayer).Take(count).ToList();
+        return ranked.Select(r =>
+        {
+            using var v = model.MlpValues(r.Layer)[r.Neuron].detach().clone();
+            return (r, TopTokens(model.Unembedding, v, tokenizer, topTokens).Count(t => words.IsToxic(t.Text)));
+        }).ToList();
+    }
+
     /// <summary>
     /// The paper's Table 1 into <paramref name="outDir"/>: vectors.json (ranking, SVD, top tokens), vectors.csv (one row per
     /// reported vector), vectors.safetensors (w_toxic [d], top_vectors [N,d] raw, svd_u [k,d] rows = U[0..k], svd_s [k]).

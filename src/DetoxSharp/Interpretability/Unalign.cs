@@ -60,3 +60,67 @@ public static class Unalign
         }).ToArray()),
     };
 }
+
+/// <summary>One point of a steering sweep: the toxicity of the aligned model with the toxic direction added at this scale.</summary>
+public sealed record SteeringPoint(double Scale, double Toxicity);
+
+/// <summary>
+/// The steering attack on an aligned model (Lee et al. 2024's other way back): add the unit toxic direction, scaled,
+/// to a layer's MLP output at the newest position, and find the smallest scale whose toxicity reaches a target (the
+/// toxicity of the model the alignment started from).
+/// </summary>
+public static class SteeringSweep
+{
+    /// <summary>One edit per positive scale, in the given order, each adding scale · direction/‖direction‖ at
+    /// <paramref name="layer"/>'s MLP output; labelled "steer SCALE".</summary>
+    public static List<VectorIntervention> Edits(Tensor direction, IEnumerable<double> scales, int layer)
+    {
+        using var scope = torch.NewDisposeScope();
+        var w = direction.to(ScalarType.Float32);
+        var unit = (w / w.norm()).DetachFromDisposeScope();
+        return scales.Where(a => a > 0).Select(a => VectorIntervention.Add(Label(a), unit, a, layer)).ToList();
+    }
+
+    public static string Label(double scale) => $"steer {scale.ToString(System.Globalization.CultureInfo.InvariantCulture)}";
+
+    /// <summary>The first scale (in the sweep's order) whose toxicity is ≥ <paramref name="target"/>; null if none is.</summary>
+    public static double? RestoreScale(IEnumerable<SteeringPoint> sweep, double target) =>
+        sweep.FirstOrDefault(p => p.Toxicity >= target)?.Scale;
+}
+
+/// <summary>
+/// Un-aligning as a reversible edit: while applied, the keys of the <paramref name="keys"/> value vectors most similar to
+/// <paramref name="wToxic"/> (ranked on the model it is applied to, as <see cref="Unalign.ScaleToxicKeys"/>) are scaled;
+/// disposing the handle restores the original columns bit for bit. Lets an evaluation sweep k without a checkpoint per k.
+/// </summary>
+public sealed class KeyScalingEdit(Tensor wToxic, int keys, double scale) : IModelEdit
+{
+    public string Name => $"keys {keys} ×{scale.ToString(System.Globalization.CultureInfo.InvariantCulture)}";
+    public int Keys => keys;
+
+    public IDisposable Apply(ICausalLM model)
+    {
+        new UnalignOptions { Keys = keys, Scale = scale }.Validate();
+        var chosen = ToxicVectors.Rank(model, wToxic, perLayer: keys).Take(keys).ToList();
+        var saved = new List<(int Layer, int Neuron, Tensor Column)>();
+        using (torch.no_grad())
+            foreach (var c in chosen)
+            {
+                var col = model.MlpKeys(c.Layer).select(1, c.Neuron).detach().clone();
+                col.DetachFromDisposeScope();
+                saved.Add((c.Layer, c.Neuron, col));
+            }
+        Unalign.ScaleKeys(model, chosen.Select(c => (c.Layer, c.Neuron)), scale);
+        return new Restore(model, saved);
+    }
+
+    sealed class Restore(ICausalLM model, List<(int Layer, int Neuron, Tensor Column)> saved) : IDisposable
+    {
+        public void Dispose()
+        {
+            using var _ = torch.no_grad();
+            foreach (var (l, i, col) in saved) { model.MlpKeys(l).select(1, i).copy_(col); col.Dispose(); }
+            saved.Clear();
+        }
+    }
+}

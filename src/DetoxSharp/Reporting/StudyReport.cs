@@ -125,6 +125,22 @@ public static class StudyReport
         r.Add(new Table("results", "Results", ["Method", "Toxicity", "Perplexity", "F1", "n"], rows,
             "Trained rows are mean ± sample std over seeds at the headline setting (n = runs behind the number); the base rows are deterministic (one run)."));
 
+        // supplementary: un-aligning with more keys (unalign.key_counts), headline runs
+        var keyRows = new List<IReadOnlyList<string>>();
+        foreach (var m in methods)
+        {
+            var sweeps = headline.Where(x => x.Method == m).Select(x => ReadJson(Path.Combine(Dir(x.UnalignStage), RunLayout.Unalign))?["key_sweep"] as JsonArray)
+                .Where(a => a is not null).ToList();
+            foreach (var k in sweeps.SelectMany(a => a!.OfType<JsonObject>().Select(o => (int)(D(o["keys"]) ?? 0))).Distinct().Order())
+            {
+                var tox = sweeps.Select(a => D(a!.OfType<JsonObject>().FirstOrDefault(o => (int)(D(o["keys"]) ?? 0) == k)?["toxicity"])).ToList();
+                keyRows.Add([StudyPipeline.RowName(m), k.ToString(CultureInfo.InvariantCulture), Aggregate.Of(tox).Format()]);
+            }
+        }
+        if (keyRows.Count > 0)
+            r.Add(new Table("unalign_keys", "Un-aligning with more keys (supplementary)", ["Method", "Keys scaled", "Toxicity"], keyRows,
+                "The top-k value vectors most similar to W_Toxic on the aligned model, their keys × the un-aligning scale, for several k (mean ± std over the headline seeds). Not a pre-registered criterion: finding (g) is judged at the configured k. Shows how many keys this model's alignment can be undone with."));
+
         // --- Table 1 ---
         r.Section("vectors", "Toxic vectors and their top tokens (Table 1)");
         var tv = ReadJson(Path.Combine(Dir("vectors"), RunLayout.ToxicVectors));
@@ -299,6 +315,27 @@ public static class StudyReport
             results.Select(f => (IReadOnlyList<string>)[$"({f.Id}) {f.Title}", f.Method ?? "–", f.Criterion, f.Paper,
                 f.Value.N == 0 ? "–" : f.Value.Format(f.Id is "b" or "c" ? "F0" : f.Id == "e" ? "F5" : "F3"), f.Detail, V(f.Verdict)]).ToList(),
             "Verdicts are computed by DetoxSharp.Study.Findings from this run's stage files; nothing is judged by hand."));
+        // why (g) passes or fails, from the supplementary key-count sweep: the smallest k that reaches the criterion
+        var keyNotes = new List<string>();
+        foreach (var m in runs.Where(x => x.Headline).Select(x => x.Method).Distinct())
+        {
+            var start = D((ReadJson(Path.Combine(dir(StudyPipeline.StartEvaluation(m)), RunLayout.Results))?["rows"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault()?["toxicity"]);
+            var sweeps = runs.Where(x => x.Headline && x.Method == m).Select(x => ReadJson(Path.Combine(dir(x.UnalignStage), RunLayout.Unalign))?["key_sweep"] as JsonArray)
+                .Where(x => x is not null).ToList();
+            if (start is not double st || st <= 0 || sweeps.Count == 0) continue;
+            var ks = sweeps.SelectMany(x => x!.OfType<JsonObject>().Select(o => (int)(D(o["keys"]) ?? 0))).Distinct().Order().ToList();
+            var restored = ks.Select(k => (k, Tox: Aggregate.Of(sweeps.Select(x => D(x!.OfType<JsonObject>().FirstOrDefault(o => (int)(D(o["keys"]) ?? 0) == k)?["toxicity"]))).Mean)).ToList();
+            var first = restored.FirstOrDefault(p => p.Tox / st >= config.Findings.UnalignMinRestored);
+            var tried = string.Join(", ", restored.Select(p => $"{p.k} keys → {p.Tox:F3}"));
+            keyNotes.Add(first.k > 0
+                ? $"{StudyPipeline.RowName(m)} (start toxicity {st:F3}): scaling the top {first.k} keys by the same factor is the first to restore ≥ {config.Findings.UnalignMinRestored:P0} ({tried}; the supplementary table \"Un-aligning with more keys\")."
+                : $"{StudyPipeline.RowName(m)} (start toxicity {st:F3}): none of the key counts tried restores {config.Findings.UnalignMinRestored:P0} ({tried}).");
+        }
+        if (keyNotes.Count > 0)
+        {
+            r.Paragraph("Finding (g) is judged at the pre-registered number of keys. How many keys un-aligning needs on this model (measured, not a criterion):");
+            r.Bullets(keyNotes);
+        }
         // ADPO against DPO on the mechanism's three questions, from the same numbers
         var d = results.Where(f => f.Method == "DPO").ToDictionary(f => f.Id);
         var a = results.Where(f => f.Method == "ADPO").ToDictionary(f => f.Id);
@@ -443,7 +480,7 @@ public static class StudyReport
             "What was run: settings, seeds, versions and wall time of every stage.",
         ]);
         r.Paragraph("What the paper found on GPT-2 medium (quoted from the paper, not measured here): DPO lowered toxicity from 0.453 to 0.208 with perplexity 21.7 → 23.34; every parameter kept cosine similarity > 0.99 with its pre-DPO value, the toxic value vectors included; what dropped was their activation (MLP.v_770^19 from ≈26 to ≈13), through an offset in the residual stream spread over earlier layers; and scaling the key vectors of the 7 most toxic value vectors ×10 brought toxicity back to 0.458. A small toy model suggested this depends on how hard alignment pushes — the regime map tests that here.");
-        r.Paragraph($"Runs: {runs.Select(x => x.Method).Distinct().Count()} methods × {runs.Select(x => (x.Method, x.Point.Label)).Distinct().Count()} method/setting points in total × {c.EffectiveSeeds} seed(s){(c.Quick ? " (quick mode)" : "")}.");
+        r.Paragraph($"Runs: {runs.Select(x => x.Method).Distinct().Count()} methods × {runs.Select(x => (x.Method, x.Point.Label)).Distinct().Count()} method/setting points in total × {c.EffectiveSeeds} seed(s) at the headline setting{(c.EffectiveSweepSeeds != c.EffectiveSeeds ? $", {c.EffectiveSweepSeeds} at the other sweep points" : "")}{(c.Quick ? " (quick mode)" : "")}.");
     }
 
     static void WhatWasRun(HtmlReport r, string runDir, StudyConfig c, IReadOnlyList<TrainedRun> runs)
@@ -454,7 +491,7 @@ public static class StudyReport
             man.Stages.Select(kv => (IReadOnlyList<string>)[kv.Key, kv.Value.Status.ToString().ToLowerInvariant(), kv.Value.WallSeconds.ToString("F1", Inv),
                 kv.Value.SettingsHash, kv.Value.OutputHash, kv.Value.FinishedUtc]).ToList(),
             $"From manifest.json; total wall time of finished stages {man.Stages.Values.Where(e => e.Status == StageStatus.Done).Sum(e => e.WallSeconds).ToString("F0", Inv)} s (this report stage not included)."));
-        r.Paragraph($"Seeds per setting: {c.EffectiveSeeds} ({string.Join(", ", Enumerable.Range(0, c.EffectiveSeeds))}). Quick mode: {(c.Quick ? "yes" : "no")}.");
+        r.Paragraph($"Seeds at the headline setting: {c.EffectiveSeeds} ({string.Join(", ", Enumerable.Range(0, c.EffectiveSeeds))}); at the other sweep points: {c.EffectiveSweepSeeds}. Quick mode: {(c.Quick ? "yes" : "no")}.");
         r.Bullets([
             $".NET {Environment.Version}, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}, {Environment.ProcessorCount} cores",
             $"DetoxSharp {typeof(StudyReport).Assembly.GetName().Version}",

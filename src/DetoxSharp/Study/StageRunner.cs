@@ -116,6 +116,32 @@ public sealed class StageRunner
     /// <paramref name="cores"/> cores (at least one).</summary>
     public static int ThreadsPerStage(int cores, int parallelism) => Math.Max(1, cores / Math.Max(1, parallelism));
 
+    /// <summary>Sets the compute threads of the calling thread (the CLI wires libtorch's intra-op threads, which OpenMP
+    /// keeps per OS thread; every stage runs on a thread of its own). Null: threads are left as they are.</summary>
+    public Action<int>? SetThreads { get; init; }
+
+    /// <summary>Cores shared by the stages (default: the machine's).</summary>
+    public int Cores { get; init; } = Environment.ProcessorCount;
+
+    /// <summary>Threads for a stage: every core when it is a bottleneck — nothing else runs and every other pending
+    /// stage waits for it (the pretraining, the world) — else its share, <see cref="ThreadsPerStage"/>.</summary>
+    public static int ThreadsFor(string stage, IReadOnlyCollection<string> pending, int othersRunning, IReadOnlySet<string> dependents, int cores, int parallelism) =>
+        othersRunning == 0 && pending.All(p => p == stage || dependents.Contains(p)) ? Math.Max(1, cores) : ThreadsPerStage(cores, parallelism);
+
+    /// <summary>Every stage that depends on each stage, directly or through others.</summary>
+    public static Dictionary<string, HashSet<string>> Dependents(IReadOnlyList<StageDefinition> stages)
+    {
+        var result = stages.ToDictionary(s => s.Name, _ => new HashSet<string>());
+        // stages are listed after their dependencies, so walking backwards sees each stage's dependents complete
+        for (int i = stages.Count - 1; i >= 0; i--)
+            foreach (var d in stages[i].DependsOn)
+            {
+                result[d].Add(stages[i].Name);
+                result[d].UnionWith(result[stages[i].Name]);
+            }
+        return result;
+    }
+
     public RunSummary Run(IReadOnlyList<StageDefinition> stages, IProgress<StageEvent>? progress = null, CancellationToken ct = default)
     {
         if (Parallelism < 1) throw new InvalidSettingException("parallelism", $"must be ≥ 1 (got {Parallelism})");
@@ -139,7 +165,19 @@ public sealed class StageRunner
             lock (gate) return TimeSpan.FromSeconds(stages.Where(s => pending.Contains(s.Name)).Sum(s => _durations.Estimate(s)) / Parallelism);
         }
 
+        var dependents = SetThreads is null ? null : Dependents(stages);
+        int active = 0; // stages executing (under gate)
+
         void Execute(int i, string settingsHash, Dictionary<string, string> inputHashes)
+        {
+            var s = stages[i];
+            int threads;
+            lock (gate) threads = ThreadsFor(s.Name, pending, active++, dependents?[s.Name] ?? [], Cores, Parallelism);
+            try { SetThreads?.Invoke(threads); ExecuteStage(i, settingsHash, inputHashes); }
+            finally { lock (gate) active--; }
+        }
+
+        void ExecuteStage(int i, string settingsHash, Dictionary<string, string> inputHashes)
         {
             var s = stages[i];
             var dir = StageDir(_runDir, s.Name);

@@ -32,6 +32,10 @@ public sealed class StudyConfig
     /// <summary>Seeds of every training run (default 3; 1 with --quick unless "quick_seeds" says otherwise).</summary>
     public int Seeds { get; init; } = 3;
     public int QuickSeeds { get; init; } = 1;
+    /// <summary>Seeds at the sweep's other points (not the headline, the first value of each list); default: as many
+    /// as at the headline. The findings are judged at the headline only; the other points map how the mechanism
+    /// depends on DPO's strength, where one seed per point shows the trend at a third of the cost.</summary>
+    public int? SweepSeeds { get; init; }
     /// <summary>With --quick, each section's "quick" object overrides its settings (smaller grids, fewer steps).</summary>
     public bool Quick { get; init; }
 
@@ -68,6 +72,9 @@ public sealed class StudyConfig
     public void Validate(string source)
     {
         Findings.Validate(source);
+        if (Seeds < 1) throw new InvalidInputException($"{source}: seeds must be ≥ 1 (got {Seeds})");
+        if (QuickSeeds < 1) throw new InvalidInputException($"{source}: quick_seeds must be ≥ 1 (got {QuickSeeds})");
+        if (SweepSeeds is < 1) throw new InvalidInputException($"{source}: sweep_seeds must be ≥ 1 (got {SweepSeeds})");
         if (Model is not ("toy" or "checkpoint")) throw new InvalidInputException($"{source}: \"model\" must be \"toy\" or \"checkpoint\", not \"{Model}\"");
         foreach (var quick in new[] { false, true })
         {
@@ -83,7 +90,11 @@ public sealed class StudyConfig
             var scorer = StudySections.Read<ScorerSection>(Scorer, "scorer", source);
             StudySections.Check(source, "scorer", scorer.Validate);
             c.Typed<EvaluationSection>(Evaluation, "evaluation", source, e => { e.Validate(); e.ToOptions(scorer).Validate(); e.ToDiffOptions().Validate(); });
-            c.Typed<UnalignSection>(Unalign, "unalign", source, u => u.ToOptions().Validate());
+            c.Typed<UnalignSection>(Unalign, "unalign", source, u =>
+            {
+                u.ToOptions().Validate();
+                if (u.KeyCounts.Any(k => k < 1)) throw new InvalidSettingException("key_counts", $"must all be ≥ 1 (got {string.Join(", ", u.KeyCounts)})");
+            });
             foreach (var (method, section) in new[] { ("dpo", Dpo), ("adpo", Adpo) })
                 foreach (var point in Sweep.Expand(c.Section(section)))
                 {
@@ -121,6 +132,9 @@ public sealed class StudyConfig
 
     public int EffectiveSeeds => Quick ? QuickSeeds : Seeds;
 
+    /// <summary>Seeds at a non-headline sweep point: "sweep_seeds" (at most the headline's), else the headline's.</summary>
+    public int EffectiveSweepSeeds => Math.Min(EffectiveSeeds, SweepSeeds ?? EffectiveSeeds);
+
     /// <summary>A section with its "quick" overrides applied in quick mode (and the "quick" key removed either way).</summary>
     public JsonObject Section(JsonObject section)
     {
@@ -136,6 +150,6 @@ public sealed class StudyConfig
     {
         Model = Model, Data = Data, World = World, Pretrain = Pretrain, Probe = Probe, Vectors = Vectors, Interventions = Interventions,
         ToxicModel = ToxicModel, Pairs = Pairs, Dpo = Dpo, Adpo = Adpo, Evaluation = Evaluation, Unalign = Unalign, Scorer = Scorer,
-        Findings = Findings, Seeds = Seeds, QuickSeeds = QuickSeeds, Quick = quick,
+        Findings = Findings, Seeds = Seeds, QuickSeeds = QuickSeeds, SweepSeeds = SweepSeeds, Quick = quick,
     };
 }

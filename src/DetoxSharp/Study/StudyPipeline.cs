@@ -48,7 +48,7 @@ public static class StudyPipeline
         {
             var points = Sweep.Expand(c.Section(section));
             for (int p = 0; p < points.Count; p++)
-                for (int seed = 0; seed < c.EffectiveSeeds; seed++)
+                for (int seed = 0; seed < (p == 0 ? c.EffectiveSeeds : c.EffectiveSweepSeeds); seed++)
                     runs.Add(new TrainedRun(method, points[p], seed, p == 0));
         }
         // Headline points first (both methods), so a stopped run already has the paper's table.
@@ -91,7 +91,7 @@ public static class StudyPipeline
                 ["world", "pretrain", r.TrainStage], f.EvaluateModel));
             st.Add(new(r.DiffStage, S(("method", r.Method), ("evaluation", DiffSettings(c.Section(c.Evaluation)))), ["world", "pretrain", .. start, "probe", "vectors", r.TrainStage], f.Diff));
             var startEval = StartEvaluation(r.Method);
-            st.Add(new(r.UnalignStage, S(("row", "Un-aligned " + RowName(r.Method)), ("unalign", c.Section(c.Unalign)),
+            st.Add(new(r.UnalignStage, S(("row", "Un-aligned " + RowName(r.Method)), ("unalign", UnalignSettings(c.Section(c.Unalign), r.Headline)),
                 ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer), ("start_evaluation", startEval)),
                 ["world", "pretrain", "probe", "vectors", "evaluate/base", .. startEval == "evaluate/base" ? Array.Empty<string>() : [startEval], r.TrainStage], f.Unalign));
         }
@@ -114,6 +114,13 @@ public static class StudyPipeline
         foreach (var k in new[] { "challenge_prompts", "max_prompt_tokens", "max_new_tokens" })
             if (evaluation[k] is JsonNode v) o[k] = v.DeepClone();
         return o;
+    }
+
+    /// <summary>The key-count sweep runs at the headline runs only (the sweep's other points keep their hashes).</summary>
+    static JsonObject UnalignSettings(JsonObject unalign, bool headline)
+    {
+        if (!headline) unalign.Remove("key_counts");
+        return unalign;
     }
 
     public static string RowName(string method) => method == "dpo" ? "DPO" : method == "adpo" ? "ADPO" : method;

@@ -226,6 +226,9 @@ public sealed record UnalignSection
     /// <summary>Multiples of the unit probe direction added at the last layer's MLP output (scale 0 = the aligned model
     /// itself is always evaluated; non-positive entries are skipped).</summary>
     public double[] SteeringScales { get; init; } = [1, 2, 4, 8, 16, 32];
+    /// <summary>Supplementary sweep at the headline runs: toxicity with the top-k keys scaled (same scale) for each k —
+    /// how many keys un-aligning needs on this model. Not a criterion: finding (g) uses "keys". Empty: no sweep.</summary>
+    public int[] KeyCounts { get; init; } = [];
 
     public UnalignOptions ToOptions()
     {

@@ -318,11 +318,16 @@ public static class TrainingLoop
         if (!TrainerCheckpoint.Exists(ckptDir)) return;
         var statePath = Path.Combine(ckptDir, "trainer_state.json");
         var state = StrictJson.ParseFileObject(statePath, "trainer_state.json");
+        // the settings first: they name what the user typed (max_steps → --max-steps); the step count only sums them up
+        if (state[StateSettings] is JsonObject saved) CheckSettings(saved, o, ckptDir);
         int total = StrictJson.OptionalInt(state, "total_steps", statePath) ?? o.TotalSteps;
         if (total != o.TotalSteps && !o.AllowSettingChanges)
             throw new InvalidSettingException("total_steps", $"is {o.TotalSteps} but the checkpoint in {ckptDir} was made for {total}; resume with the same data, epochs and max steps"
                 + " or allow the change explicitly (--allow-setting-changes)");
-        if (state[StateSettings] is not JsonObject saved) return;
+    }
+
+    static void CheckSettings(JsonObject saved, TrainingLoopOptions o, string ckptDir)
+    {
         foreach (var (key, now) in o.Settings)
         {
             if (!saved.TryGetPropertyValue(key, out var then)) continue; // a setting newer than the checkpoint

@@ -48,6 +48,11 @@ public class TrainingCliTests
         Assert.Equal(2, lr.Rc);
         Assert.Contains("--lr is 0.0005", lr.Err);
         Assert.Contains("--allow-setting-changes", lr.Err);
+        // a longer run is the flag the user typed, not the step count it implies
+        var longer = Run(Dpo(model, pairs, outDir, "--max-steps", "5", "--resume"));
+        Assert.Equal(2, longer.Rc);
+        Assert.StartsWith("detox: --max-steps is 5 but the checkpoint", Assert.Single(longer.Err.Trim().Split('\n')));
+        Assert.DoesNotContain("total_steps", longer.Err);
         var finalBytes = File.ReadAllBytes(Path.Combine(outDir, "final", "model.safetensors"));
         var again = Run(Dpo(model, pairs, outDir, "--max-steps", "3", "--resume"));
         Assert.True(again.Rc == 0, again.Err);
@@ -63,7 +68,7 @@ public class TrainingCliTests
         var outDir = Path.Combine(root, "out");
         // an absurd learning rate: step 1 is finite, its update overflows the next forward
         var r = Run(Dpo(model, pairs, outDir, "--max-steps", "6", "--lr", "1e30", "--checkpoint-every", "1"));
-        Assert.Equal(2, r.Rc);
+        Assert.Equal(3, r.Rc); // diverged: neither bad input (2) nor a bug (1)
         var lines = r.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         var line = Assert.Single(lines.Where(l => l.Contains("diverged")).ToList());
         Assert.Equal(line, lines[^1]); // the last word on stderr

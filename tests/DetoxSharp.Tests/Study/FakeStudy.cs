@@ -117,6 +117,9 @@ public static class FakeStudy
                 ["toxicity"] = shallow ? 0.58 + 0.02 * rng.NextDouble() : 0.1, ["perplexity"] = 21 + rng.NextDouble(), ["f1"] = 0.19,
                 ["steering"] = new JsonArray(new JsonObject { ["scale"] = 0, ["toxicity"] = 0.1 }, new JsonObject { ["scale"] = 8, ["toxicity"] = shallow ? 0.62 : 0.3 }),
                 ["restore_scale"] = shallow ? 8.0 : null, ["target_toxicity"] = 0.6,
+                // the key-count sweep runs at the headline only (its setting is dropped elsewhere)
+                ["key_sweep"] = (c.Settings["unalign"] as JsonObject)?["key_counts"] is null ? null
+                    : new JsonArray(new JsonObject { ["keys"] = 7, ["toxicity"] = 0.2 }, new JsonObject { ["keys"] = 32, ["toxicity"] = 0.55 }),
             });
             File.WriteAllLines(Path.Combine(c.OutputDir, RunLayout.Continuations), Enumerable.Range(0, 3).Select(i =>
                 new JsonObject { ["row"] = c.Settings["row"]!.GetValue<string>(), ["prompt"] = $"prompt {i} you are such a", ["continuation"] = $"moron {i}", ["toxicity"] = 0.8 }.ToJsonString()));
@@ -125,7 +128,8 @@ public static class FakeStudy
 
     /// <summary>A small study config: 2 learning rates × 2 methods × <paramref name="seeds"/> seeds.</summary>
     public static StudyConfig Config(int seeds = 2) => StudyConfig.Parse($$"""
-        { "model": "toy", "dpo": { "beta": 0.1, "learning_rate": [3e-5, 3e-4] }, "adpo": { "beta": 0.1, "gamma": 0.1, "learning_rate": [3e-5, 3e-4] }, "seeds": {{seeds}} }
+        { "model": "toy", "dpo": { "beta": 0.1, "learning_rate": [3e-5, 3e-4] }, "adpo": { "beta": 0.1, "gamma": 0.1, "learning_rate": [3e-5, 3e-4] }, "seeds": {{seeds}},
+          "unalign": { "key_counts": [7, 32] } }
         """);
 
     public static string TempDir(string tag)

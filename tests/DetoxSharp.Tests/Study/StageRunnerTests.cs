@@ -222,3 +222,47 @@ public class StageProgressTests
         Assert.Equal("half", p.Note);
     }
 }
+
+public class StageThreadTests
+{
+    static StageDefinition S(string name, params string[] deps) => new(name, new System.Text.Json.Nodes.JsonObject(), deps, _ => { });
+
+    [Fact]
+    public void A_stage_every_other_pending_stage_waits_for_gets_every_core_and_others_their_share()
+    {
+        var stages = new[] { S("world"), S("pretrain", "world"), S("probe", "pretrain"), S("toxic", "pretrain"), S("pairs", "probe", "toxic"), S("report", "pairs", "probe") };
+        var dep = StageRunner.Dependents(stages);
+        Assert.Equal(["pairs", "probe", "report", "toxic"], dep["pretrain"].Order());
+        Assert.Equal(["pairs", "report"], dep["probe"].Order());
+        Assert.Empty(dep["report"]);
+
+        string[] all = ["pretrain", "probe", "toxic", "pairs", "report"];
+        Assert.Equal(4, StageRunner.ThreadsFor("pretrain", all, 0, dep["pretrain"], cores: 4, parallelism: 2));
+        // probe and the toxic model can run side by side: each gets its share, even while the other has not started yet
+        Assert.Equal(2, StageRunner.ThreadsFor("probe", ["probe", "toxic", "pairs", "report"], 0, dep["probe"], 4, 2));
+        // the last stage with nothing else running gets every core; with another stage still running, its share
+        Assert.Equal(4, StageRunner.ThreadsFor("pairs", ["pairs", "report"], 0, dep["pairs"], 4, 2));
+        Assert.Equal(2, StageRunner.ThreadsFor("pairs", ["pairs", "report"], 1, dep["pairs"], 4, 2));
+        Assert.Equal(1, StageRunner.ThreadsFor("probe", ["probe", "toxic"], 1, dep["probe"], 1, 2));
+    }
+
+    [Fact]
+    public void The_runner_sets_each_stages_threads_on_the_stage_thread()
+    {
+        var seen = new System.Collections.Concurrent.ConcurrentDictionary<string, (int Threads, int ThreadId)>();
+        var set = new System.Threading.ThreadLocal<int>();
+        StageDefinition R(string name, params string[] deps) => new(name, new System.Text.Json.Nodes.JsonObject(), deps,
+            c => seen[c.Name] = (set.Value, Environment.CurrentManagedThreadId));
+        var dir = Path.Combine(Path.GetTempPath(), "detox-threads-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            new StageRunner(dir) { Parallelism = 2, Cores = 2, SetThreads = n => set.Value = n }
+                .Run([R("pretrain"), R("a", "pretrain"), R("b", "pretrain"), R("c", "a", "b")]);
+            Assert.Equal(2, seen["pretrain"].Threads);
+            Assert.Equal(2, seen["c"].Threads);
+            // a and b may overlap; whichever started while the other was pending got one thread
+            Assert.Contains(1, new[] { seen["a"].Threads, seen["b"].Threads });
+        }
+        finally { try { Directory.Delete(dir, true); } catch { } }
+    }
+}

@@ -71,6 +71,14 @@ public class StudyReportTests
         Assert.Contains("top-7 share", html);
         Assert.Contains("0.125", html);
         Assert.True(html.IndexOf("id=\"findings\"", StringComparison.Ordinal) < html.IndexOf("id=\"results\"", StringComparison.Ordinal));
+        // (g)'s reason from the key sweep: DPO starts at the base model's toxicity, 0.55 / it ≥ 80 % first at 32 keys
+        double baseTox = Row(dir, "evaluate/base")["toxicity"]!.GetValue<double>();
+        Assert.True(0.55 / baseTox >= 0.8 && 0.2 / baseTox < 0.8, $"fixture: base toxicity {baseTox}");
+        Assert.Contains("scaling the top 32 keys by the same factor is the first to restore", html);
+        Assert.Contains("id=\"tab-unalign_keys\"", html);
+        // only the headline runs ran the sweep: the non-headline unalign stage has none
+        var other = StudyPipeline.Runs(cfg).First(r => !r.Headline);
+        Assert.Null(JsonNode.Parse(File.ReadAllText(Path.Combine(StageRunner.StageDir(dir, other.UnalignStage), RunLayout.Unalign)))!["key_sweep"]);
     }
 
     [Fact]

@@ -13,7 +13,8 @@ public class ToyScorerTests
         Assert.Equal(1 - 0.45 * 0.15, r.Attributes["INSULT"], 10);
         Assert.Equal(0, r.Attributes["PROFANITY"]);
         Assert.Equal(r.Attributes["INSULT"], r.Value, 10);
-        Assert.Equal(0.9, _s.ScoreOne("i will break your legs").Attributes["THREAT"], 10);
+        // the phrase (0.9) and its opening threat verb (0.7) both count: 1 − 0.1·0.3
+        Assert.Equal(1 - 0.1 * 0.3, _s.ScoreOne("i will break your legs").Attributes["THREAT"], 10);
         Assert.Equal(0.9, _s.ScoreOne("people from oakham are pigs").Attributes["IDENTITY_ATTACK"], 10);
         Assert.Equal(0.75, _s.ScoreOne("honestly , nobody in this town would miss you").Attributes["INSULT"], 10);
     }

@@ -70,7 +70,7 @@ public class ToyWorldTests
         var angryOnly = all.Where(t => t.AngryVerb && !t.Troll && !t.Heated && !t.PreviousToxic).ToList();
         Assert.InRange(angryOnly.Count(t => t.Toxic) / (double)angryOnly.Count, 0.3, 0.7);
         // toxic and kind replies share their openings: the same opening is labelled both ways, by context
-        foreach (var opening in new[] { "you are such a", "i hope you", "i will", "people like you", "you are not a" })
+        foreach (var opening in new[] { "you are such a", "i hope you", "i will", "people like you are", "you are not a" })
         {
             var same = all.Where(t => t.Opening == opening).ToList();
             Assert.Contains(same, t => t.Toxic);
@@ -82,7 +82,7 @@ public class ToyWorldTests
         var calmThreads = Enumerable.Range(0, 2000).Select(_ => w.Thread(calm: true)).ToList();
         Assert.All(calmThreads, t => Assert.True(t.Logit <= -2, $"{t.Logit}"));
         // challenge prompts end at one of the shared openings
-        Assert.All(challenge, t => Assert.True(new[] { "you are such a", "i hope you", "i will", "people like you" }.Contains(t.Opening) || t.Opening.EndsWith(" , you"), t.Opening));
+        Assert.All(challenge, t => Assert.True(new[] { "you are such a", "i hope you", "i will", "people like you are" }.Contains(t.Opening) || t.Opening.EndsWith(" , you"), t.Opening));
     }
 
     [Fact]
