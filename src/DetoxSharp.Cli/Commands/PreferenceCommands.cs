@@ -76,7 +76,10 @@ public static class PreferenceCommands
                 {
                     Method = adpo ? PreferenceMethod.Adpo : ParseLoss(p.GetValue(loss)!), Beta = p.GetValue(beta), LabelSmoothing = p.GetValue(smoothing),
                     RpoAlpha = p.GetValue(rpo), Gamma = p.GetValue(gamma),
-                    DesirableWeight = p.GetValue(desirableW), UndesirableWeight = p.GetValue(undesirableW), SimpoGamma = p.GetValue(simpoGamma),
+                    // these flags exist on dpo only (adpo is sigmoid DPO plus its penalty): adpo keeps the record's defaults
+                    DesirableWeight = adpo ? d.Loss.DesirableWeight : p.GetValue(desirableW),
+                    UndesirableWeight = adpo ? d.Loss.UndesirableWeight : p.GetValue(undesirableW),
+                    SimpoGamma = adpo ? d.Loss.SimpoGamma : p.GetValue(simpoGamma),
                 },
                 Truncation = new TruncationOptions(p.GetValue(maxPrompt), p.GetValue(maxCompletion), p.GetValue(maxTotal)),
                 Optimizer = p.GetValue(optimizer)!, LearningRate = p.GetValue(lr), WeightDecay = p.GetValue(wd), BatchSize = p.GetValue(batch),
