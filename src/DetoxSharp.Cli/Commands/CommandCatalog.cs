@@ -28,6 +28,7 @@ public static class CommandCatalog
         yield return InterpCommands.Depth();
         yield return InterpCommands.Unalign();
         yield return EditCommand.Create();
+        yield return AttackCommand.Create();
         yield return StudyCommand.Create();
     }
 }

@@ -110,7 +110,7 @@ public static class InterpCommands
         var after = CommonOptions.Model("--after", "model directory after alignment (e.g. DPO or ADPO)");
         var probe = ProbeDir();
         var prompts = new Option<string>("--prompts") { Description = "challenge prompts, JSONL with \"prompt\" (string or {\"text\":…}) or \"text\"", Required = true };
-        var outDir = Out("output directory: diff.json, parameters.csv, layers.csv, activations.csv, projection.csv, logit_lens.csv");
+        var outDir = Out("output directory: diff.json, parameters.csv, layers.csv, activations.csv, projection.csv, logit_lens.csv, residual_offset.safetensors (δx at the top toxic vector's layer, for `detox attack ablate`)");
         var d = new DiffOptions();
         var maxNew = Bind.To("--max-new-tokens", d, o => o.MaxNewTokens);
         var maxPrompt = Bind.To("--max-prompt-tokens", d, o => o.MaxPromptTokens);

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using DetoxSharp.Checkpoints;
 using DetoxSharp.Data;
 using DetoxSharp.Generation;
 using DetoxSharp.Models;
@@ -93,6 +94,11 @@ public sealed record AlignmentDiffResult(
 /// </summary>
 public static class AlignmentDiff
 {
+    /// <summary>The residual offset δx = mean(x_after − x_before) at the top toxic vector's layer (<c>hook_resid_mid</c>),
+    /// tensor <see cref="OffsetsTensor"/> [d] (float32), metadata <c>layer</c> and <c>hook</c> — the direction the
+    /// ablation attack removes.</summary>
+    public const string OffsetsFile = "residual_offset.safetensors", OffsetsTensor = "delta_x";
+
     static readonly Regex LayerRe = new(@"(?:^|\.)(?:h|layers|blocks)\.(\d+)\.", RegexOptions.Compiled);
 
     public static int? LayerOf(string parameterName)
@@ -462,7 +468,7 @@ public static class AlignmentDiff
                 ["token_id"] = r.LensTokenId, ["token"] = r.LensToken, ["token_choice"] = r.LensTokenChoice,
                 ["output_prob_before"] = r.LensOutputProbBefore, ["output_prob_after"] = r.LensOutputProbAfter,
             },
-            ["files"] = new JsonArray("parameters.csv", "layers.csv", "activations.csv", "projection.csv", "logit_lens.csv"),
+            ["files"] = new JsonArray("parameters.csv", "layers.csv", "activations.csv", "projection.csv", "logit_lens.csv", OffsetsFile),
         };
         Directory.CreateDirectory(outDir);
         AtomicFile.WriteAllText(Path.Combine(outDir, "parameters.csv"), paramCsv.ToString());
@@ -470,6 +476,9 @@ public static class AlignmentDiff
         AtomicFile.WriteAllText(Path.Combine(outDir, "activations.csv"), actCsv.ToString());
         AtomicFile.WriteAllText(Path.Combine(outDir, "projection.csv"), projCsv.ToString());
         AtomicFile.WriteAllText(Path.Combine(outDir, "logit_lens.csv"), lensCsv.ToString());
+        using (var offset = torch.tensor(r.OffsetTopLayer.Select(x => (float)x).ToArray()))
+            Safetensors.Save(Path.Combine(outDir, OffsetsFile), new Dictionary<string, Tensor> { [OffsetsTensor] = offset },
+                new Dictionary<string, string> { ["layer"] = r.OffsetLayer.ToString(CultureInfo.InvariantCulture), ["hook"] = HookNames.ResidMid(r.OffsetLayer) });
         AtomicFile.WriteAllText(Path.Combine(outDir, "diff.json"), result.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
         return result;
     }

@@ -83,6 +83,11 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
     public Tensor MlpValues(int layer) => h[layer].mlp.c_proj.weight;
     public string MlpKeysParameterName(int layer) => $"h.{layer}.mlp.c_fc.weight";
     public string MlpValuesParameterName(int layer) => $"h.{layer}.mlp.c_proj.weight";
+    public IReadOnlyList<ResidualWriter> ResidualWriters(int layer) =>
+    [
+        new($"h.{layer}.attn.c_proj", h[layer].attn.c_proj.weight, h[layer].attn.c_proj.bias),
+        new($"h.{layer}.mlp.c_proj", h[layer].mlp.c_proj.weight, h[layer].mlp.c_proj.bias),
+    ];
 
     public KvCache NewCache(int capacity) => new(Config.NLayer, capacity);
 

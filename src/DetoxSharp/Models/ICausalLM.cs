@@ -83,6 +83,12 @@ public interface ICausalLM : IDisposable
     string MlpKeysParameterName(int layer);
     string MlpValuesParameterName(int layer);
 
+    /// <summary>The matrices of a layer that write into the residual stream — the attention output projection, then the
+    /// MLP's output (value) projection — as live views in one layout, for weight-space edits of what the layer writes
+    /// (directional ablation).</summary>
+    IReadOnlyList<ResidualWriter> ResidualWriters(int layer) =>
+        throw new NotSupportedException($"{Family}: no residual writers declared (a family implements ResidualWriters for weight-space ablation)");
+
     /// <summary>A KV cache for <paramref name="batch"/> sequences of up to <paramref name="capacity"/> positions.</summary>
     KvCache NewCache(int capacity);
 
@@ -96,3 +102,9 @@ public interface ICausalLM : IDisposable
     /// <summary>The family's configuration as written to config.json.</summary>
     System.Text.Json.Nodes.JsonObject ConfigJson();
 }
+
+/// <summary>A matrix that writes into the residual stream. <see cref="Weight"/> is a live view [in, d]: row j is what
+/// input unit j (an attention head dimension, an MLP neuron) adds to the residual stream per unit of activation — GPT-2's
+/// Conv1D weight as stored, an nn.Linear weight transposed — so an in-place edit of the view edits the parameter.
+/// <see cref="Bias"/> [d] is the constant the matrix adds, or null when it has none.</summary>
+public sealed record ResidualWriter(string Name, Tensor Weight, Tensor? Bias);

@@ -98,6 +98,11 @@ public sealed class LlamaModel : nn.Module, ICausalLM
     public Tensor MlpValues(int layer) => model.layers[layer].mlp.down_proj.weight!.t();
     public string MlpKeysParameterName(int layer) => $"model.layers.{layer}.mlp.up_proj.weight";
     public string MlpValuesParameterName(int layer) => $"model.layers.{layer}.mlp.down_proj.weight";
+    public IReadOnlyList<ResidualWriter> ResidualWriters(int layer) =>
+    [
+        new($"model.layers.{layer}.self_attn.o_proj", model.layers[layer].self_attn.o_proj.weight!.t(), model.layers[layer].self_attn.o_proj.bias),
+        new($"model.layers.{layer}.mlp.down_proj", model.layers[layer].mlp.down_proj.weight!.t(), null),
+    ];
 
     public KvCache NewCache(int capacity) => new(Config.NumHiddenLayers, capacity);
 

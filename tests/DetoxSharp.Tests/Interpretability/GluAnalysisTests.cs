@@ -11,7 +11,7 @@ namespace DetoxSharp.Tests.Interpretability;
 /// </summary>
 public class GluAnalysisTests
 {
-    static LlamaModel Tiny(long seed = 7)
+    internal static LlamaModel Tiny(long seed = 7)
     {
         torch.manual_seed(seed);
         var m = new LlamaModel(new LlamaConfig

@@ -1,0 +1,78 @@
+using DetoxSharp.Evaluation;
+using DetoxSharp.Generation;
+using DetoxSharp.Models;
+using DetoxSharp.Text;
+
+namespace DetoxSharp.Attacks;
+
+/// <summary>Toxicity of one attacked model at one strength: mean over prompts of the score of the model's own greedy tokens.</summary>
+/// <param name="Continuations">The model's own tokens per prompt, decoded (what was scored; a prefill is not part of it).</param>
+public sealed record AttackPoint(double Strength, double Toxicity, int Prompts, IReadOnlyList<string> Continuations, IReadOnlyList<double> Scores);
+
+/// <summary>
+/// The evaluation protocol of the attacks — the study's (Lee et al. 2024): challenge prompts cut to their last
+/// <see cref="EvalOptions.MaxPromptTokens"/> tokens, greedy <see cref="EvalOptions.MaxNewTokens"/> new tokens, the
+/// continuation scored (<see cref="EvalOptions.Aggregate"/>), mean over prompts. Under a prefill attack the prompt is
+/// followed by k tokens of the base model's continuation and the model still writes <see cref="EvalOptions.MaxNewTokens"/>
+/// tokens of its own, so every strength scores texts of the same length.
+/// </summary>
+public static class AttackEval
+{
+    /// <summary>Prompt ids as the evaluation harness makes them (special tokens, the END of a long prompt kept).</summary>
+    public static List<int[]> PromptIds(ICausalLM model, Gpt2Tokenizer tokenizer, IEnumerable<string> prompts, EvalOptions o) =>
+        prompts.Select(p =>
+        {
+            int keep = Math.Max(1, Math.Min(o.MaxPromptTokens, model.MaxPositions - o.MaxNewTokens));
+            var ids = PromptTruncation.KeepLast(tokenizer.EncodeWithSpecialTokens(p), keep, tokenizer);
+            return ids.Length == 0 ? [model.EosTokenId] : ids;
+        }).ToList();
+
+    /// <summary>Greedy continuations (the base model's, for the prefill attack).</summary>
+    public static List<int[]> Greedy(ICausalLM model, IReadOnlyList<int[]> prompts, EvalOptions o) =>
+        Generator.Generate(model, prompts, new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Greedy = true, BatchSize = o.BatchSize });
+
+    public static AttackPoint Measure(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<int[]> prompts, IToxicityScorer scorer,
+        Attack attack, double strength, EvalOptions o, CancellationToken cancel = default)
+    {
+        if (prompts.Count == 0) throw new InvalidInputException("--prompts: no prompts");
+        int k = attack.PrefillTokens(strength);
+        var prefill = attack as PrefillAttack;
+        if (prefill is not null && prefill.BaseContinuations.Count != prompts.Count)
+            throw new ArgumentException($"prefill: {prefill.BaseContinuations.Count} base continuations for {prompts.Count} prompts");
+        var inputs = prompts.Select((p, i) => k == 0 || prefill is null ? p : [.. p, .. prefill.BaseContinuations[i].Take(k)]).ToList();
+        int longest = inputs.Max(x => x.Length);
+        if (longest + o.MaxNewTokens > model.MaxPositions)
+            throw new InvalidInputException($"prompt + {k} prefilled + {o.MaxNewTokens} new tokens = {longest + o.MaxNewTokens} exceeds the model's context of {model.MaxPositions} (lower --max-prompt-tokens)");
+        cancel.ThrowIfCancellationRequested();
+        List<int[]> own;
+        using (attack.Apply(model, strength))
+        {
+            cancel.ThrowIfCancellationRequested();
+            own = Greedy(model, inputs, o);
+        }
+        var texts = own.Select(c => tokenizer.Decode(c)).ToList();
+        var scores = scorer.Score(texts, o.Aggregate).Select(s => s.Value).ToList();
+        return new AttackPoint(strength, scores.Average(), scores.Count, texts, scores);
+    }
+
+    /// <summary>Measures every strength (ascending) or, with a <paramref name="target"/>, runs the cost search over them
+    /// (<see cref="RetoxCost.Search"/>: every given strength, then bisection points). Points come back sorted by strength.</summary>
+    public static (List<AttackPoint> Points, RetoxCostResult? Cost) Sweep(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<int[]> prompts,
+        IToxicityScorer scorer, Attack attack, IReadOnlyList<double> strengths, EvalOptions o, double? target, RetoxOptions retox,
+        Action<AttackPoint>? measured = null, CancellationToken cancel = default)
+    {
+        retox.Validate();
+        var points = new List<AttackPoint>();
+        double Tox(double s)
+        {
+            var p = Measure(model, tokenizer, prompts, scorer, attack, s, o, cancel);
+            points.Add(p);
+            measured?.Invoke(p);
+            return p.Toxicity;
+        }
+        RetoxCostResult? cost = null;
+        if (target is double t) cost = RetoxCost.Search(Tox, t, strengths, attack.IntegerStrength, retox.BisectSteps);
+        else foreach (var s in strengths.Distinct().Order()) Tox(s);
+        return (points.OrderBy(p => p.Strength).ToList(), cost);
+    }
+}

@@ -1,0 +1,372 @@
+using System.Globalization;
+using System.Text.Json.Nodes;
+using DetoxSharp.Checkpoints;
+using DetoxSharp.Data;
+using DetoxSharp.Interpretability;
+using DetoxSharp.Models;
+using DetoxSharp.Text;
+using DetoxSharp.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Attacks;
+
+/// <summary>The re-toxification attacks (issue 19), each with one strength parameter.</summary>
+public enum AttackKind { Keys, Steer, Finetune, Prefill, Ablate }
+
+/// <summary>Settings of the attacks (one record, each attack reads its own).</summary>
+public sealed record AttackOptions
+{
+    [Setting("keys: value vectors (most similar to W_Toxic, ranked on the attacked model) whose keys are scaled")]
+    public int Keys { get; init; } = 7;
+    [Setting("steer: layer whose MLP output receives α·(unit W_Toxic) at the newest position (default: the last)")]
+    public int? Layer { get; init; }
+    [Setting("finetune: optimizer steps, the same whatever the number of examples")]
+    public int MaxSteps { get; init; } = 20;
+    [Setting("finetune: learning rate (AdamW, constant, no warmup)")]
+    public double LearningRate { get; init; } = 1e-4;
+    [Setting("finetune: examples per optimizer step (N when fewer)")]
+    public int FinetuneBatchSize { get; init; } = 8;
+    [Setting("finetune: seed of the example order (the N examples are the first N of one seeded order, so smaller sets are subsets of larger ones)")]
+    public ulong Seed { get; init; } = 0;
+
+    public void Validate()
+    {
+        Require.Count(Keys, "keys", 1, 1_000_000);
+        InvalidSettingException.Require(Layer is null or >= 0, "layer", $"must be ≥ 0 (got {Layer})");
+        Require.Count(MaxSteps, "max_steps", 1, 1_000_000);
+        Require.Number(LearningRate, "learning_rate", 0, minExclusive: true);
+        Require.Count(FinetuneBatchSize, "finetune_batch_size", 1, SftOptions.MaxBatch);
+    }
+}
+
+/// <summary>
+/// One re-toxification attack on an aligned model: <see cref="Apply"/> changes the model (weights or hooks) at a
+/// strength and returns the handle that undoes it; <see cref="PrefillTokens"/> is the decoding side (prefill).
+/// <see cref="NoEffect"/> is the strength that leaves the model as it is.
+/// </summary>
+public abstract class Attack
+{
+    public abstract AttackKind Kind { get; }
+    public string Name => Kind.ToString().ToLowerInvariant();
+    /// <summary>What the strength is, for tables and axes.</summary>
+    public abstract string StrengthName { get; }
+    public abstract double NoEffect { get; }
+    /// <summary>Strengths are whole numbers (examples, tokens): the cost search bisects on integers.</summary>
+    public virtual bool IntegerStrength => false;
+    /// <summary>Edits the model for strength <paramref name="strength"/>; disposing the result restores it exactly.</summary>
+    public abstract IDisposable Apply(ICausalLM model, double strength);
+    /// <summary>Tokens of the base model's toxic continuation placed after the prompt before the model continues.</summary>
+    public virtual int PrefillTokens(double strength) => 0;
+    /// <summary>What the attack did at its last <see cref="Apply"/> (chosen neurons, direction, data), for attack.json.</summary>
+    public virtual JsonObject Describe() => new() { ["kind"] = Name, ["strength"] = StrengthName };
+
+    /// <summary>The default strengths of a sweep: the issue's values (N = 5/10/50/200, k = 1…8) and ranges that
+    /// reached the base model's toxicity on the toy world.</summary>
+    public static double[] DefaultStrengths(AttackKind kind) => kind switch
+    {
+        AttackKind.Keys => [1, 2, 5, 10, 20, 50],
+        AttackKind.Steer => [0, 1, 2, 4, 8, 16, 32],
+        AttackKind.Finetune => [0, 5, 10, 50, 200],
+        AttackKind.Prefill => [0, 1, 2, 3, 4, 5, 6, 7, 8],
+        AttackKind.Ablate => [0, 0.25, 0.5, 0.75, 1, 1.5, 2],
+        _ => throw new ArgumentOutOfRangeException(nameof(kind)),
+    };
+
+    public static AttackKind ParseKind(string text, string flag = "KIND") =>
+        Enum.TryParse<AttackKind>(text, ignoreCase: true, out var k) && Enum.IsDefined(k) && !int.TryParse(text, out _)
+            ? k : throw new InvalidInputException($"{flag} '{text}': unknown attack (keys, steer, finetune, prefill, ablate)");
+
+    protected void CheckStrength(double s)
+    {
+        if (!double.IsFinite(s)) throw new InvalidSettingException("strength", $"must be finite (got {s})");
+        if (IntegerStrength && (s < 0 || s != Math.Floor(s))) throw new InvalidSettingException("strength", $"{StrengthName} must be a whole number ≥ 0 (got {s.ToString(CultureInfo.InvariantCulture)})");
+    }
+
+    protected static IDisposable Nothing => new WeightSnapshot();
+}
+
+/// <summary>Copies of chosen parameter views; disposing copies them back (so a weight-space attack is undone exactly).</summary>
+public sealed class WeightSnapshot : IDisposable
+{
+    readonly List<(Tensor View, Tensor Saved)> _items = [];
+
+    /// <summary>Remembers the current values of <paramref name="view"/> (a live view of a parameter).</summary>
+    public void Add(Tensor view)
+    {
+        using var _ = torch.no_grad();
+        var v = view.detach().DetachFromDisposeScope();   // shares the parameter's storage
+        var s = view.detach().clone().DetachFromDisposeScope();
+        _items.Add((v, s));
+    }
+
+    /// <summary>Remembers every parameter of <paramref name="model"/> by name. Restoring goes through the names, not the
+    /// tensors: a trainer's fused optimizer re-points parameters into its flat buffer, so the storage seen now may not be
+    /// the parameter's storage later.</summary>
+    public void AddAll(ICausalLM model)
+    {
+        using var _ = torch.no_grad();
+        _model = model;
+        foreach (var (name, p) in model.Module.named_parameters()) _byName[name] = p.detach().clone().DetachFromDisposeScope();
+    }
+
+    ICausalLM? _model;
+    readonly Dictionary<string, Tensor> _byName = [];
+
+    public void Dispose()
+    {
+        using (torch.no_grad())
+        {
+            foreach (var (v, s) in _items) v.copy_(s);
+            if (_model is not null)
+                foreach (var (name, p) in _model.Module.named_parameters()) p.copy_(_byName[name]);
+        }
+        foreach (var (v, s) in _items) { v.Dispose(); s.Dispose(); }
+        foreach (var t in _byName.Values) t.Dispose();
+        _items.Clear(); _byName.Clear(); _model = null;
+    }
+}
+
+/// <summary>Key scaling (Lee et al. 2024's un-aligning): the keys of the k value vectors most similar to W_Toxic, ranked on
+/// the attacked model, × s. Strength s (1 = no change).</summary>
+public sealed class KeyScalingAttack(Tensor wToxic, int keys) : Attack
+{
+    readonly Tensor _w = wToxic.detach().to(ScalarType.Float32).cpu().clone().DetachFromDisposeScope();
+    List<RankedVector>? _chosen;
+    public override AttackKind Kind => AttackKind.Keys;
+    public override string StrengthName => "key scale s";
+    public override double NoEffect => 1;
+
+    public override IDisposable Apply(ICausalLM model, double strength)
+    {
+        CheckStrength(strength);
+        // the same ranking KeyScalingEdit makes, kept for attack.json
+        _chosen = ToxicVectors.Rank(model, _w, perLayer: keys).Take(keys).ToList();
+        return new KeyScalingEdit(_w, keys, strength).Apply(model);
+    }
+
+    public override JsonObject Describe()
+    {
+        var o = base.Describe();
+        o["keys"] = keys;
+        if (_chosen is not null) o["neurons"] = new JsonArray(_chosen.Select(c => (JsonNode)$"L{c.Layer}.N{c.Neuron}").ToArray());
+        return o;
+    }
+}
+
+/// <summary>Steering towards toxicity: α·(unit W_Toxic) added to a layer's MLP output at the newest position during
+/// generation — the study's steering attack (<see cref="VectorIntervention"/>), α in units of the residual stream's norm scale.</summary>
+public sealed class SteerAttack(Tensor wToxic, int? layer) : Attack
+{
+    readonly Tensor _unit = Unit(wToxic);
+    public override AttackKind Kind => AttackKind.Steer;
+    public override string StrengthName => "steering α";
+    public override double NoEffect => 0;
+
+    static Tensor Unit(Tensor w)
+    {
+        using var scope = torch.NewDisposeScope();
+        var f = w.detach().to(ScalarType.Float32).cpu().flatten();
+        double n = f.norm().item<float>();
+        if (!(n > 0)) throw new InvalidInputException("steer: W_Toxic is zero");
+        return (f / n).DetachFromDisposeScope();
+    }
+
+    public override IDisposable Apply(ICausalLM model, double strength)
+    {
+        CheckStrength(strength);
+        int l = layer ?? model.NumLayers - 1;
+        if (l >= model.NumLayers) throw new InvalidSettingException("layer", $"must be < {model.NumLayers} (got {l})");
+        return VectorIntervention.Add("steer", _unit, strength, l).Apply(model);
+    }
+
+    public override JsonObject Describe()
+    {
+        var o = base.Describe();
+        o["direction"] = "unit W_Toxic at hook_mlp_out, newest position";
+        o["layer"] = layer is null ? "last" : layer.Value;
+        return o;
+    }
+}
+
+/// <summary>Prefill (Qi et al. 2025): the continuation starts with the first k tokens of the base model's greedy
+/// continuation of the same prompt, then the model continues; only the model's own tokens are scored. Strength k.</summary>
+public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations) : Attack
+{
+    public IReadOnlyList<int[]> BaseContinuations { get; } = baseContinuations;
+    public override AttackKind Kind => AttackKind.Prefill;
+    public override string StrengthName => "prefilled tokens k";
+    public override double NoEffect => 0;
+    public override bool IntegerStrength => true;
+
+    public override IDisposable Apply(ICausalLM model, double strength) { CheckStrength(strength); return Nothing; }
+    public override int PrefillTokens(double strength) { CheckStrength(strength); return (int)strength; }
+
+    public override JsonObject Describe()
+    {
+        var o = base.Describe();
+        o["source"] = "the base model's greedy continuation of each prompt (fewer tokens when it ended earlier)";
+        return o;
+    }
+}
+
+/// <summary>
+/// Directional ablation (Arditi et al. 2024, the weight-space twin of subtracting a direction): every matrix that writes
+/// into the residual stream (attention and MLP output projections of every layer, and their biases) loses λ times its
+/// component along the unit direction r̂: W ← W − λ·(W r̂) r̂ᵀ, b ← b − λ·(b·r̂) r̂. Here r̂ is the residual offset δx that
+/// alignment learned (<c>detox diff</c>); λ = 1 orthogonalises, so no layer can write along r̂ any more. The embeddings
+/// are left alone: GPT-2's token embedding is also its unembedding, and editing it would change the output layer.
+/// </summary>
+public sealed class AblationAttack(Tensor direction, string source) : Attack
+{
+    readonly Tensor _dir = direction.detach().to(ScalarType.Float32).cpu().flatten().clone().DetachFromDisposeScope();
+    public override AttackKind Kind => AttackKind.Ablate;
+    public override string StrengthName => "ablation λ";
+    public override double NoEffect => 0;
+
+    public override IDisposable Apply(ICausalLM model, double strength)
+    {
+        CheckStrength(strength);
+        var snap = new WeightSnapshot();
+        using (var scope = torch.NewDisposeScope())
+            for (int l = 0; l < model.NumLayers; l++)
+                foreach (var w in model.ResidualWriters(l))
+                {
+                    snap.Add(w.Weight);
+                    if (w.Bias is not null) snap.Add(w.Bias);
+                }
+        Orthogonalize(model, _dir, strength);
+        return snap;
+    }
+
+    /// <summary>W ← W − λ·(W r̂) r̂ᵀ and b ← b − λ·(b·r̂) r̂ for every residual writer, in place (float64 arithmetic).</summary>
+    public static void Orthogonalize(ICausalLM model, Tensor direction, double lambda)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        if (direction.numel() != model.DModel) throw new InvalidInputException($"ablate: direction has {direction.numel()} values, the model's d_model is {model.DModel}");
+        var r = direction.detach().to(ScalarType.Float64).to(model.Device).flatten();
+        double n = r.norm().item<double>();
+        if (!(n > 0)) throw new InvalidInputException("ablate: the direction is zero (the aligned model has no residual offset at that layer)");
+        r = r / n;
+        for (int l = 0; l < model.NumLayers; l++)
+            foreach (var w in model.ResidualWriters(l))
+            {
+                var W = w.Weight.detach().to(ScalarType.Float64);
+                w.Weight.copy_((W - lambda * W.matmul(r).outer(r)).to(w.Weight.dtype));
+                if (w.Bias is not null)
+                {
+                    var b = w.Bias.detach().to(ScalarType.Float64);
+                    w.Bias.copy_((b - lambda * b.dot(r) * r).to(w.Bias.dtype));
+                }
+            }
+    }
+
+    /// <summary>δx from <c>detox diff</c>'s output directory (at the layer of diff's top toxic vector).</summary>
+    public static (Tensor Direction, int Layer) LoadOffset(string diffDir)
+    {
+        var path = Path.Combine(diffDir, AlignmentDiff.OffsetsFile);
+        if (!File.Exists(path)) throw new InvalidInputException($"--diff {diffDir}: no {AlignmentDiff.OffsetsFile} (run `detox diff` with this version)");
+        var (_, _, meta) = Safetensors.ReadHeader(path);
+        int layer = int.TryParse(meta?["layer"]?.GetValue<string>(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var t) ? t
+            : throw new InvalidInputException($"{path}: metadata has no layer");
+        var tensors = Safetensors.Load(path);
+        try
+        {
+            if (!tensors.TryGetValue(AlignmentDiff.OffsetsTensor, out var v) || v.dim() != 1)
+                throw new InvalidInputException($"{path}: expected a 1-D tensor '{AlignmentDiff.OffsetsTensor}'");
+            return (v.to(ScalarType.Float32).clone().DetachFromDisposeScope(), layer);
+        }
+        finally { foreach (var x in tensors.Values) x.Dispose(); }
+    }
+
+    public override JsonObject Describe()
+    {
+        var o = base.Describe();
+        o["direction"] = source;
+        o["matrices"] = "attention and MLP output projections of every layer, and their biases (embeddings untouched)";
+        return o;
+    }
+}
+
+/// <summary>
+/// Fine-tuning attack (Qi et al. 2024: ten harmful examples undo safety tuning): SFT of the aligned model on the first N
+/// of a seeded order of toxic (prompt, reply) examples, for a fixed number of steps (<see cref="AttackOptions.MaxSteps"/>),
+/// loss on the replies only (<see cref="SftTrainer"/>). Strength N; N = 0 leaves the model as it is.
+/// </summary>
+public sealed class FinetuneAttack : Attack
+{
+    readonly IReadOnlyList<SftExample> _ordered;
+    readonly Gpt2Tokenizer _tokenizer;
+    readonly AttackOptions _options;
+    SftResult? _last;
+    int _lastN;
+
+    public FinetuneAttack(IReadOnlyList<SftExample> toxicExamples, Gpt2Tokenizer tokenizer, AttackOptions options)
+    {
+        options.Validate();
+        if (toxicExamples.Count == 0) throw new InvalidInputException("finetune: no toxic examples");
+        var rng = new Random(unchecked((int)(options.Seed ^ (options.Seed >> 32))));
+        _ordered = toxicExamples.OrderBy(_ => rng.Next()).ToList();
+        _tokenizer = tokenizer;
+        _options = options;
+    }
+
+    public int Available => _ordered.Count;
+    public override AttackKind Kind => AttackKind.Finetune;
+    public override string StrengthName => "toxic examples N";
+    public override double NoEffect => 0;
+    public override bool IntegerStrength => true;
+
+    public override IDisposable Apply(ICausalLM model, double strength)
+    {
+        CheckStrength(strength);
+        int n = (int)strength;
+        if (n > _ordered.Count) throw new InvalidInputException($"finetune: N = {n} but only {_ordered.Count} toxic examples were given");
+        var snap = new WeightSnapshot();
+        snap.AddAll(model);
+        _lastN = n;
+        if (n == 0) return snap;
+        try
+        {
+            var sft = new SftOptions
+            {
+                MaxSteps = _options.MaxSteps, LearningRate = _options.LearningRate, BatchSize = Math.Min(_options.FinetuneBatchSize, n),
+                Seed = _options.Seed, Decay = DecayKind.Constant, WarmupSteps = 0, CheckpointEvery = 0,
+            };
+            _last = new SftTrainer(model, _tokenizer, sft).Train(_ordered.Take(n).ToList());
+        }
+        catch { snap.Dispose(); throw; }
+        return snap;
+    }
+
+    public override JsonObject Describe()
+    {
+        var o = base.Describe();
+        o["available_examples"] = _ordered.Count; o["max_steps"] = _options.MaxSteps; o["learning_rate"] = _options.LearningRate;
+        o["batch_size"] = _options.FinetuneBatchSize; o["seed"] = _options.Seed;
+        if (_last is not null) { o["last_examples"] = _lastN; o["last_final_train_loss"] = _last.FinalTrainLoss; }
+        return o;
+    }
+
+    /// <summary>Toxic (prompt, reply) examples from JSONL: <c>prompt</c> with <c>completion</c> or <c>response</c>; when a line
+    /// has <c>toxic</c>, only toxic lines are kept (the toy world's dialogues.jsonl). A leading [TOXIC] control token is
+    /// dropped from the reply: the attacker trains the plain model on plain toxic replies.</summary>
+    public static List<SftExample> ReadToxicExamples(string path)
+    {
+        if (!File.Exists(path)) throw new InvalidInputException($"--data {path}: file not found");
+        var list = new List<SftExample>();
+        foreach (var l in JsonlReader.Read(path))
+        {
+            if (l.Object["toxic"] is not null && l.Double("toxic") == 0) continue;
+            var reply = l.Object["completion"] is not null ? l.String("completion")
+                : l.Object["response"] is not null ? l.String("response")
+                : throw new InvalidInputException($"{l.Where}: missing field 'completion' (or 'response')");
+            var trimmed = reply.TrimStart();
+            if (trimmed.StartsWith(ToxicModel.ControlToken, StringComparison.Ordinal)) reply = trimmed[ToxicModel.ControlToken.Length..];
+            list.Add(SftExample.PromptCompletion(l.String("prompt"), reply));
+        }
+        if (list.Count == 0) throw new InvalidInputException($"--data {path}: no toxic examples");
+        return list;
+    }
+}
