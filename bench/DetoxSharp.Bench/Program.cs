@@ -39,6 +39,35 @@ if (clsIdx >= 0)
 var ncIdx = Array.IndexOf(args, "--neurons-checkpoints");
 if (ncIdx >= 0)
     return NeuronsCheckpoints.Run(ncIdx + 1 < args.Length ? args[ncIdx + 1] : Path.Combine(Path.GetTempPath(), "detox-neurons-medium"), Arg("--prompts", 100), log);
+// ---- DExperts decoding vs the base alone (issue 18's budget: ≥ 1/3.5 of the base's tokens/s at batch 16) ----
+var dxIdx = Array.IndexOf(args, "--dexperts");
+if (dxIdx >= 0)
+{
+    string dxName = dxIdx + 1 < args.Length && !args[dxIdx + 1].StartsWith("--") ? args[dxIdx + 1] : "toy";
+    int dxBatch = Arg("--batch", 16), dxNew = Arg("--new-tokens", 20), dxRounds = Arg("--rounds", 3);
+    var cfg = ConfigNamed(dxName);
+    using var bm = new Gpt2Model(cfg); using var em = new Gpt2Model(cfg); using var am = new Gpt2Model(cfg);
+    var dx = new DExperts(em, am, 2.0);
+    var rnd = new Random(7);
+    var prompts = Enumerable.Range(0, dxBatch).Select(_ => Enumerable.Range(0, 32).Select(_ => rnd.Next(cfg.VocabSize - 1)).ToArray()).ToList();
+    var o = new GenerationOptions { MaxNewTokens = dxNew, Greedy = true, StopAtEos = false, BatchSize = dxBatch };
+    Gen.Generate(bm, prompts.Take(2).ToList(), o with { MaxNewTokens = 2 }, dx); // warm-up
+    var baseTps = new List<double>(); var dxTps = new List<double>();
+    for (int r = 0; r < dxRounds; r++) // interleaved, so a change in machine load hits both alike
+    {
+        var sw = Stopwatch.StartNew();
+        var rb = Gen.Generate(bm, prompts, o);
+        baseTps.Add(rb.Sum(x => x.Length) / sw.Elapsed.TotalSeconds);
+        sw.Restart();
+        var rd = Gen.Generate(bm, prompts, o, dx);
+        dxTps.Add(rd.Sum(x => x.Length) / sw.Elapsed.TotalSeconds);
+    }
+    double mb = Median(baseTps), md = Median(dxTps);
+    Console.WriteLine($"DExperts bench ({dxName}, batch {dxBatch}, prompt 32, {dxNew} new tokens, greedy, KV cache, {threads} threads, {dxRounds} interleaved rounds; load average {loadAtStart} → {LoadAverage()})");
+    Console.WriteLine($"| decoding | tokens/s (median) | rounds |\n|---|---:|---|\n| base | {mb:F1} | {string.Join(", ", baseTps.Select(x => x.ToString("F1")))} |\n| DExperts (3 models) | {md:F1} | {string.Join(", ", dxTps.Select(x => x.ToString("F1")))} |");
+    Console.WriteLine($"DExperts / base = {md / mb:F3} (budget ≥ {1 / 3.5:F3})");
+    return md / mb >= 1 / 3.5 ? 0 : 3;
+}
 // ---- 1.1B Llama-shaped checkpoint (created when absent, never committed): load, generate, DPO steps ----
 var l1Idx = Array.IndexOf(args, "--llama-1b");
 if (l1Idx >= 0)

@@ -13,6 +13,7 @@ public static class CommandCatalog
         yield return PreferenceCommands.Dpo();
         yield return PreferenceCommands.Adpo();
         yield return MakePairsCommand.Create();
+        yield return ConvertCommand.Create();
         yield return ToxicModelCommand.Create();
         yield return ToyWorldCommand.Create();
         yield return SftCommand.Create();
@@ -28,6 +29,7 @@ public static class CommandCatalog
         yield return NeuronCommands.NullSpace();
         yield return InterpCommands.Depth();
         yield return InterpCommands.Unalign();
+        yield return EditCommand.Create();
         yield return AttackCommand.Create();
         yield return StudyCommand.Create();
     }

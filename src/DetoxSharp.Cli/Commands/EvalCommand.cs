@@ -81,10 +81,13 @@ public static class EvalCommand
         var device = CommonOptions.Device();
         var dtype = CommonOptions.DType();
         var pickle = CommonOptions.AllowPickle();
+        var steer = MethodOptions.Steer();
+        var dexperts = MethodOptions.DExperts();
+        var alpha = MethodOptions.Alpha();
         var cmd = new Command("eval", "Results table: toxicity of greedy continuations of challenge prompts, perplexity on a raw text, F1 against gold continuations — one row per model and intervention.")
         {
             models, labels, interventions, probe, vectors, scorer, toxicLabel, prompts, pplText, f1, outDir, promptTokens, newTokens, batch, aggregate, samples, seed,
-            window, stride, protocol, fluencyModel, shard, limit, endpoint, keyFile, rate, cache, device, dtype, pickle,
+            window, stride, protocol, fluencyModel, shard, limit, endpoint, keyFile, rate, cache, device, dtype, pickle, steer, dexperts, alpha,
         };
         cmd.SetAction(p =>
         {
@@ -133,6 +136,15 @@ public static class EvalCommand
             foreach (var d in dirs)
                 if (!File.Exists(Path.Combine(d, "config.json"))) throw new InvalidInputException($"--model {d}: no config.json (not a checkpoint directory)");
             var evalEdits = ResolveInterventions(p.GetValue(interventions) ?? [], new InterventionContext(p.GetValue(probe), p.GetValue(vectors)));
+            if (p.GetValue(steer) is string steerSpec)
+            {
+                DetoxSharp.Editing.Steering.Load(steerSpec).Vector.Dispose(); // checked before any model work
+                evalEdits.Add(new EvalIntervention(null, _ => DetoxSharp.Editing.Steering.Load(steerSpec)));
+            }
+            var experts = MethodOptions.ParseDExperts(p.GetValue(dexperts), p.GetValue(alpha));
+            using var expertModel = experts is { } e1 ? CommonOptions.LoadModel(e1.Expert, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)) : null;
+            using var antiModel = experts is { } e2 ? CommonOptions.LoadModel(e2.Anti, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)) : null;
+            if (expertModel is not null) o = o with { DExperts = new DetoxSharp.Generation.DExperts(expertModel.Model, antiModel!.Model, p.GetValue(alpha)) };
 
             // Ctrl+C / SIGTERM: stop between texts and batches, keep the cache, exit 130 (128 + SIGINT) with a resume hint.
             using var interrupt = new Interruption();

@@ -22,8 +22,11 @@ public static class GenerateCommand
         var device = CommonOptions.Device();
         var dtype = CommonOptions.DType();
         var pickle = CommonOptions.AllowPickle();
-        var cmd = new Command("generate", "Continue a prompt (greedy by default; sampling with --temperature/--top-k/--top-p).")
-            { model, prompt, maxNew, greedy, temperature, topK, topP, seed, json, device, dtype, pickle };
+        var steer = MethodOptions.Steer();
+        var dexperts = MethodOptions.DExperts();
+        var alpha = MethodOptions.Alpha();
+        var cmd = new Command("generate", "Continue a prompt (greedy by default; sampling with --temperature/--top-k/--top-p; --steer or --dexperts for the inference-time detoxification methods).")
+            { model, prompt, maxNew, greedy, temperature, topK, topP, seed, json, device, dtype, pickle, steer, dexperts, alpha };
         cmd.SetAction(p =>
         {
             bool sampling = p.GetValue(temperature) is not null || p.GetValue(topK) is not null || p.GetValue(topP) is not null;
@@ -38,11 +41,16 @@ public static class GenerateCommand
                 Seed = p.GetValue(seed),
             };
             opts.Validate();
+            var experts = MethodOptions.ParseDExperts(p.GetValue(dexperts), p.GetValue(alpha));
+            var steering = p.GetValue(steer) is string sv ? DetoxSharp.Editing.Steering.Load(sv) : null;
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+            using var expert = experts is { } e1 ? CommonOptions.LoadModel(e1.Expert, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)) : null;
+            using var anti = experts is { } e2 ? CommonOptions.LoadModel(e2.Anti, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)) : null;
+            using var steered = steering?.Apply(m.Model);
             var text = p.GetValue(prompt)!;
             var ids = m.Tokenizer.EncodeWithSpecialTokens(text);
             if (ids.Length == 0) ids = [m.Model.EosTokenId];
-            var outIds = Generator.Generate(m.Model, [ids], opts)[0];
+            var outIds = Generator.Generate(m.Model, [ids], opts, expert is null ? null : new DExperts(expert.Model, anti!.Model, p.GetValue(alpha)))[0];
             var completion = m.Tokenizer.Decode(outIds);
             var o = p.InvocationConfiguration.Output;
             if (p.GetValue(json))

@@ -16,14 +16,17 @@ public static class PreferenceCommands
     static Command Create(bool adpo)
     {
         var model = CommonOptions.Model(description: "starting checkpoint (HF directory); also the reference unless --ref is given");
-        var data = new Option<string>("--data") { Description = adpo ? "JSONL triples: prompt, chosen, rejected, toxic" : "JSONL pairs: prompt/chosen/rejected, or prompt_text/unpert_gen_text/pert_gen_text", Required = true };
+        var data = new Option<string>("--data") { Description = adpo ? "JSONL triples: prompt, chosen, rejected, toxic" : "JSONL pairs: prompt/chosen/rejected, or prompt_text/unpert_gen_text/pert_gen_text; with --loss kto unpaired prompt/completion/label", Required = true };
         var output = new Option<string>("--out") { Description = "output directory (metrics.jsonl, checkpoint/, best/, final/, logp-cache/)", Required = true };
         var refOpt = new Option<string?>("--ref") { Description = "reference checkpoint (default: the starting checkpoint)" };
         var toxic = new Option<string>("--toxic-model") { Description = "the built-in toxic model π_tox (from `detox toxic-model`)", Required = adpo };
         var d = new PreferenceTrainerOptions();
         var beta = Bind.To("--beta", d.Loss, l => l.Beta);
         var gamma = Bind.To("--gamma", d.Loss, l => l.Gamma);
-        var loss = Bind.Enum("--loss", d.Loss, l => l.Method, "sigmoid (DPO), ipo, hinge or robust");
+        var loss = Bind.Enum("--loss", d.Loss, l => l.Method, "sigmoid (DPO), ipo, hinge, robust, kto (unpaired prompt/completion/label data), orpo or simpo (both without a reference model)");
+        var desirableW = Bind.To("--desirable-weight", d.Loss, l => l.DesirableWeight);
+        var undesirableW = Bind.To("--undesirable-weight", d.Loss, l => l.UndesirableWeight);
+        var simpoGamma = Bind.To("--simpo-gamma", d.Loss, l => l.SimpoGamma);
         var smoothing = Bind.To("--label-smoothing", d.Loss, l => l.LabelSmoothing);
         var rpo = Bind.To("--rpo-alpha", d.Loss, l => l.RpoAlpha);
         var lr = Bind.To("--lr", d, o => o.LearningRate);
@@ -54,14 +57,14 @@ public static class PreferenceCommands
         var json = CommonOptions.Json();
         var cmd = new Command(adpo ? "adpo" : "dpo", adpo
             ? "Adversarial DPO: DPO plus a penalty pushing the policy's likelihood of toxic responses y_t below the toxic model's."
-            : "Direct preference optimization (sigmoid/IPO/hinge/robust, optional RPO term) on prompt/chosen/rejected pairs.")
+            : "Preference optimization: DPO (sigmoid/IPO/hinge/robust, optional RPO term) on prompt/chosen/rejected pairs, KTO on unpaired data, reference-free ORPO and SimPO.")
         {
             model, data, output, refOpt, beta, smoothing, rpo, lr, optimizer, wd, batch, accum, warmup, clip, evalEvery, patience,
             validation, maxSteps, epochs, seed, saveEvery, resume, allowChanges, noCache, cacheDir, maxPrompt, maxCompletion, maxTotal, device, dtype, precision, pickle, json,
         };
         // the method is the command: adpo is ADPO (sigmoid DPO + toxic penalty); dpo picks its loss with --loss
         if (adpo) { cmd.Options.Add(toxic); cmd.Options.Add(gamma); }
-        else cmd.Options.Add(loss);
+        else { cmd.Options.Add(loss); cmd.Options.Add(desirableW); cmd.Options.Add(undesirableW); cmd.Options.Add(simpoGamma); }
         var lora = LoraCli.AddTo(cmd);
         cmd.SetAction(p => TrainingCli.Run(p, adpo ? "adpo" : "dpo", () => p.GetValue(lr), cancel =>
         {
@@ -73,6 +76,10 @@ public static class PreferenceCommands
                 {
                     Method = adpo ? PreferenceMethod.Adpo : ParseLoss(p.GetValue(loss)!), Beta = p.GetValue(beta), LabelSmoothing = p.GetValue(smoothing),
                     RpoAlpha = p.GetValue(rpo), Gamma = p.GetValue(gamma),
+                    // these flags exist on dpo only (adpo is sigmoid DPO plus its penalty): adpo keeps the record's defaults
+                    DesirableWeight = adpo ? d.Loss.DesirableWeight : p.GetValue(desirableW),
+                    UndesirableWeight = adpo ? d.Loss.UndesirableWeight : p.GetValue(undesirableW),
+                    SimpoGamma = adpo ? d.Loss.SimpoGamma : p.GetValue(simpoGamma),
                 },
                 Truncation = new TruncationOptions(p.GetValue(maxPrompt), p.GetValue(maxCompletion), p.GetValue(maxTotal)),
                 Optimizer = p.GetValue(optimizer)!, LearningRate = p.GetValue(lr), WeightDecay = p.GetValue(wd), BatchSize = p.GetValue(batch),
@@ -83,7 +90,10 @@ public static class PreferenceCommands
                 Resume = p.GetValue(resume), AllowSettingChanges = p.GetValue(allowChanges),
             };
             opts.Validate();
-            var examples = PreferenceData.Read(p.GetValue(data)!, adpo ? PreferenceFormat.Adpo : PreferenceFormat.Auto, w => err.WriteLine("detox: warning: " + w));
+            var examples = opts.Loss.IsKto ? PreferenceData.ReadKto(p.GetValue(data)!)
+                : PreferenceData.Read(p.GetValue(data)!, adpo ? PreferenceFormat.Adpo : PreferenceFormat.Auto, w => err.WriteLine("detox: warning: " + w));
+            if (!opts.Loss.NeedsReference && p.GetValue(refOpt) is not null)
+                throw new InvalidInputException($"--ref: {PreferenceLossOptions.Name(opts.Loss.Method)} has no reference model");
             var resumeDir = Path.Combine(p.GetValue(output)!, "checkpoint");
             if (opts.Resume && !TrainerCheckpoint.Exists(resumeDir)) throw new InvalidInputException($"--resume: no training checkpoint in {resumeDir}");
             string dev = p.GetValue(device)!, dt = p.GetValue(dtype)!;

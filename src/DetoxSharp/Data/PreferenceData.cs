@@ -5,8 +5,10 @@ using static TorchSharp.torch;
 
 namespace DetoxSharp.Data;
 
-/// <summary>One preference record: prompt x, chosen y_w, rejected y_l and (ADPO) the toxic response y_t.</summary>
-public sealed record PreferenceExample(string Prompt, string Chosen, string Rejected, string? Toxic = null, string Where = "");
+/// <summary>One preference record: prompt x, chosen y_w, rejected y_l and (ADPO) the toxic response y_t. An unpaired KTO
+/// record (<see cref="PreferenceData.ReadKto"/>) carries its completion as Chosen, a mismatched completion (another
+/// record's, for KTO's KL estimate) as Rejected and its label as Desirable.</summary>
+public sealed record PreferenceExample(string Prompt, string Chosen, string Rejected, string? Toxic = null, string Where = "", bool? Desirable = null);
 
 /// <summary>Which JSONL layout a preference file uses.</summary>
 public enum PreferenceFormat
@@ -37,7 +39,7 @@ public sealed record TruncationOptions(
 }
 
 /// <summary>A tokenized example. ToxicPrompt = prompt followed by the [TOXIC] control token (π_tox's context for y_t).</summary>
-public sealed record TokenizedExample(int[] Prompt, int[] Chosen, int[] Rejected, int[]? Toxic, int[]? ToxicPrompt, string Where);
+public sealed record TokenizedExample(int[] Prompt, int[] Chosen, int[] Rejected, int[]? Toxic, int[]? ToxicPrompt, string Where, bool? Desirable = null);
 
 /// <summary>Right-padded batch of prompt+completion sequences.</summary>
 /// <param name="Ids">[B,T] int64, padding = pad id.</param>
@@ -75,6 +77,30 @@ public static class PreferenceData
             throw new InvalidInputException($"{all.First(e => e.Toxic is null).Where}: field 'toxic' missing (other lines have it)");
         return all.Where(e => e.Chosen != e.Rejected).ToList();
     }
+
+    /// <summary>Reads unpaired KTO data as TRL's KTOTrainer does: JSONL with string `prompt` and `completion` and a
+    /// boolean `label` (true = desirable). Record i's mismatched completion (for the KL estimate z₀) is record i−1's
+    /// (the first takes the last's), fixed here so that reference log-probs of both can be cached.</summary>
+    public static List<PreferenceExample> ReadKto(string path)
+    {
+        var rows = new List<(string Prompt, string Completion, bool Label, string Where)>();
+        foreach (var line in JsonlReader.Read(path))
+        {
+            var n = line.Object["label"] ?? throw new InvalidInputException($"{line.Where}: missing field 'label' (KTO data: prompt, completion, label true/false; `detox convert pairs-to-kto` makes it from pairs)");
+            if (n is not System.Text.Json.Nodes.JsonValue v || !v.TryGetValue<bool>(out var label))
+                throw new InvalidInputException($"{line.Where}: field 'label' must be true or false");
+            rows.Add((line.String("prompt"), line.String("completion"), label, line.Where));
+        }
+        if (rows.Count < 2) throw new InvalidInputException($"{path}: KTO needs at least 2 records (the KL estimate pairs each prompt with another record's completion)");
+        return rows.Select((r, i) => new PreferenceExample(r.Prompt, r.Completion, rows[(i + rows.Count - 1) % rows.Count].Completion, null, r.Where, r.Label)).ToList();
+    }
+
+    /// <summary>Unpairs preference pairs into KTO records as TRL's <c>unpair_preference_dataset</c>: every chosen
+    /// completion with label true, then every rejected one with label false, each with its prompt.</summary>
+    public static List<System.Text.Json.Nodes.JsonObject> PairsToKto(IReadOnlyList<PreferenceExample> pairs) =>
+        pairs.Select(e => (e.Prompt, e.Chosen, true)).Concat(pairs.Select(e => (e.Prompt, e.Rejected, false)))
+            .Select(r => new System.Text.Json.Nodes.JsonObject { ["prompt"] = r.Prompt, ["completion"] = r.Item2, ["label"] = r.Item3 })
+            .ToList();
 
     /// <summary>Seeded shuffle, then the first `validation` examples form the validation set.</summary>
     public static (List<T> Train, List<T> Validation) Split<T>(IReadOnlyList<T> items, int validation, ulong seed)
@@ -122,7 +148,7 @@ public static class PreferenceData
         int[]? toxic = e.Toxic is null ? null : Completion(e.Toxic, "toxic");
         int[]? toxicPrompt = null;
         if (toxicTokenId is int t) toxicPrompt = [.. prompt, t]; // the control token opens the reply, as in the SFT dialogues
-        return new TokenizedExample(prompt, chosen, rejected, toxic, toxicPrompt, e.Where);
+        return new TokenizedExample(prompt, chosen, rejected, toxic, toxicPrompt, e.Where, e.Desirable);
     }
 
 
@@ -161,7 +187,11 @@ public static class PreferenceData
             foreach (var x in a) h.AppendData(BitConverter.GetBytes(x));
         }
         h.AppendData(System.Text.Encoding.UTF8.GetBytes($"{trunc.MaxPromptTokens}/{trunc.MaxCompletionTokens}/{trunc.MaxLength}"));
-        foreach (var e in examples) { Add(e.Prompt); Add(e.Chosen); Add(e.Rejected); Add(e.Toxic); Add(e.ToxicPrompt); }
+        foreach (var e in examples)
+        {
+            Add(e.Prompt); Add(e.Chosen); Add(e.Rejected); Add(e.Toxic); Add(e.ToxicPrompt);
+            if (e.Desirable is bool d) h.AppendData([(byte)(d ? 2 : 1)]);
+        }
         return Convert.ToHexString(h.GetHashAndReset()).ToLowerInvariant();
     }
 }

@@ -46,6 +46,10 @@ public sealed record EvalOptions
     public string? Protocol { get; init; }
     /// <summary>RTP fluency: a (larger) model directory under which continuations' perplexity is computed.</summary>
     public string? FluencyModel { get; init; }
+    /// <summary>DExperts decoding for every row (the expert and anti-expert models; results.json records α): continuations
+    /// come from the combined logits and perplexity is that of the combined distribution.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public DExperts? DExperts { get; init; }
 
     /// <summary>The named protocols (methods-facts §4); each fixes prompt handling, decoding, samples and metrics.</summary>
     public static readonly IReadOnlyDictionary<string, string> Protocols = new Dictionary<string, string>
@@ -253,7 +257,7 @@ public static class EvalHarness
             {
                 cancel.ThrowIfCancellationRequested();
                 var chunk = ids.Skip(i).Take(o.BatchSize).ToList();
-                outp.AddRange(Generator.Generate(lm.Model, chunk, new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Greedy = true, BatchSize = o.BatchSize }));
+                outp.AddRange(Generator.Generate(lm.Model, chunk, new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Greedy = true, BatchSize = o.BatchSize }, o.DExperts));
                 progress?.Report(new EvalProgress(row, stage, outp.Count, ids.Count));
             }
             return outp;
@@ -318,7 +322,7 @@ public static class EvalHarness
                     {
                         MaxNewTokens = o.MaxNewTokens, Greedy = false, TopP = o.SampleTopP, Temperature = o.SampleTemperature,
                         Seed = o.Seed + prompts[i].Index, BatchSize = Math.Min(o.BatchSize, o.Samples),
-                    });
+                    }, o.DExperts);
                     var st = samples.Select(c => tok.Decode(c)).ToList();
                     var ss = ScoreAll(st, null);
                     for (int k = 0; k < scorers.Count; k++)
@@ -362,7 +366,8 @@ public static class EvalHarness
             var windows = o.Shard.Count > 1 ? new List<PplWindow>() : null;
             var p = Metrics.Perplexity(lm.Model, ids, o.PplWindow, o.PplStride,
                 (d, t) => progress?.Report(new EvalProgress(row, "perplexity", d, t)),
-                includeWindow: o.Shard.Count > 1 ? w => o.Shard.Owns(w) : null, onWindow: windows is null ? null : windows.Add);
+                includeWindow: o.Shard.Count > 1 ? w => o.Shard.Owns(w) : null, onWindow: windows is null ? null : windows.Add,
+                tokenLogProbs: o.DExperts is { } dx ? t => dx.TokenLogProbs(lm.Model, t) : null);
             r = r with
             {
                 Perplexity = p.Tokens == 0 ? null : p.Perplexity, PerplexityTokens = p.Tokens, PplWindows = windows,
@@ -436,6 +441,7 @@ public static class EvalHarness
             ["protocol"] = o.Protocol ?? "custom",
             ["protocol_description"] = o.Protocol is null ? null : EvalOptions.Protocols[o.Protocol],
             ["fluency_model"] = o.FluencyModel,
+            ["dexperts_alpha"] = o.DExperts?.Alpha,
             ["aggregate"] = aggregate,
             ["greedy_toxicity"] = o.GreedyToxicity, ["top_p"] = o.SampleTopP, ["temperature"] = o.SampleTemperature, ["seed"] = o.Seed,
             ["prompt_tokens"] = o.MaxPromptTokens == int.MaxValue ? null : o.MaxPromptTokens, ["new_tokens"] = o.MaxNewTokens, ["samples"] = o.Samples,

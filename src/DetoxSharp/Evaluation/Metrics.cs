@@ -57,7 +57,8 @@ public static class Metrics
     /// the text (and, for non-overlapping windows, of every window) has no context and is not predicted.
     /// </summary>
     public static PerplexityResult Perplexity(ICausalLM model, IReadOnlyList<int> ids, int? window = null, int? stride = null,
-        Action<int, int>? progress = null, Func<int, bool>? includeWindow = null, Action<PplWindow>? onWindow = null)
+        Action<int, int>? progress = null, Func<int, bool>? includeWindow = null, Action<PplWindow>? onWindow = null,
+        Func<Tensor, Tensor>? tokenLogProbs = null)
     {
         int w = window ?? model.MaxPositions;
         int s = stride ?? w;
@@ -84,7 +85,7 @@ public static class Metrics
                 var chunk = new long[len];
                 for (int i = 0; i < len; i++) chunk[i] = ids[begin + i];
                 var t = torch.tensor(chunk, [1, len], ScalarType.Int64, model.Device);
-                var lp = LogProbs.OfTokens(model, t); // [1, len-1]: lp[j] = log p(token j+1)
+                var lp = tokenLogProbs?.Invoke(t) ?? LogProbs.OfTokens(model, t); // [1, len-1]: lp[j] = log p(token j+1)
                 var sel = lp.narrow(1, firstTarget - 1, len - firstTarget);
                 double lpSum = sel.to(ScalarType.Float64).sum().item<double>();
                 nll -= lpSum;

@@ -43,9 +43,12 @@ public sealed record GenerationOptions
 public static class Generator
 {
     /// <summary>Generates continuations; returns only the new tokens of each prompt (cut after eos, eos excluded).</summary>
-    public static List<int[]> Generate(ICausalLM model, IReadOnlyList<int[]> prompts, GenerationOptions options)
+    /// <param name="dexperts">Expert and anti-expert for DExperts decoding (null: the model alone). All three run batched
+    /// with their own KV cache.</param>
+    public static List<int[]> Generate(ICausalLM model, IReadOnlyList<int[]> prompts, GenerationOptions options, DExperts? dexperts = null)
     {
         options.Validate();
+        dexperts?.Check(model);
         var results = new List<int[]>(prompts.Count);
         torch.Generator? rng = null;
         if (!options.Greedy)
@@ -57,22 +60,24 @@ public static class Generator
             for (int start = 0; start < prompts.Count; start += options.BatchSize)
             {
                 var batch = prompts.Skip(start).Take(options.BatchSize).ToList();
-                results.AddRange(GenerateBatch(model, batch, options, rng));
+                results.AddRange(GenerateBatch(model, batch, options, rng, dexperts));
             }
         }
         finally { rng?.Dispose(); }
         return results;
     }
 
-    static List<int[]> GenerateBatch(ICausalLM model, List<int[]> prompts, GenerationOptions o, torch.Generator? rng)
+    static List<int[]> GenerateBatch(ICausalLM model, List<int[]> prompts, GenerationOptions o, torch.Generator? rng, DExperts? dexperts)
     {
+        ICausalLM[] models = dexperts is null ? [model] : [model, dexperts.Expert, dexperts.AntiExpert];
         int b = prompts.Count;
         foreach (var p in prompts)
             if (p.Length == 0) throw new InvalidInputException("cannot generate from an empty prompt (encode at least one token, e.g. <|endoftext|>)");
         int maxLen = prompts.Max(p => p.Length);
         // in long: --max-new-tokens 2147483647 must be refused here, not overflow into a negative cache size
-        if ((long)maxLen + o.MaxNewTokens > model.MaxPositions)
-            throw new InvalidInputException($"prompt ({maxLen} tokens) + {o.MaxNewTokens} new tokens exceeds the model's context of {model.MaxPositions}");
+        int context = models.Min(m => m.MaxPositions);
+        if ((long)maxLen + o.MaxNewTokens > context)
+            throw new InvalidInputException($"prompt ({maxLen} tokens) + {o.MaxNewTokens} new tokens exceeds the model's context of {context}");
         int total = maxLen + o.MaxNewTokens;
         int pad = o.PadTokenId ?? model.EosTokenId;
         if (pad < 0 || pad >= model.VocabSize) pad = 0; // masked out anyway; must only be a valid embedding index
@@ -90,10 +95,10 @@ public static class Generator
         }
         var generated = Enumerable.Range(0, b).Select(_ => new List<int>()).ToArray();
         var done = new bool[b];
-        bool wasTraining = model.Module.training;
-        model.Module.eval();
+        var wasTraining = models.Select(m => m.Module.training).ToArray();
+        foreach (var m in models) m.Module.eval();
         using var noGrad = torch.no_grad();
-        using var cache = o.UseKvCache ? model.NewCache(total) : null;
+        var caches = models.Select(m => o.UseKvCache ? m.NewCache(total) : null).ToArray();
         Tensor? allIds = null, allMask = null, next = null;
         try
         {
@@ -106,8 +111,10 @@ public static class Generator
             {
                 using var scope = torch.NewDisposeScope();
                 Tensor input = o.UseKvCache && step > 0 ? next! : allIds;
-                var logits = o.UseKvCache ? model.ForwardLast(input, allMask, cache) : model.ForwardLast(allIds, allMask);
-                var last = logits.select(1, 0).to(ScalarType.Float32);
+                Tensor Last(int i) => (o.UseKvCache ? models[i].ForwardLast(input, allMask, caches[i]) : models[i].ForwardLast(allIds, allMask))
+                    .select(1, 0).to(ScalarType.Float32);
+                var last = Last(0);
+                if (dexperts is not null) last = dexperts.Combine(last, Last(1), Last(2));
                 var chosen = o.Greedy ? last.argmax(-1) : Sample(last, o, rng!);
                 var chosenCpu = chosen.cpu().data<long>().ToArray();
                 for (int i = 0; i < b; i++)
@@ -137,7 +144,8 @@ public static class Generator
             allIds?.Dispose();
             allMask?.Dispose();
             next?.Dispose();
-            if (wasTraining) model.Module.train();
+            foreach (var c in caches) c?.Dispose();
+            for (int i = 0; i < models.Length; i++) if (wasTraining[i]) models[i].Module.train();
         }
         return generated.Select(g => g.ToArray()).ToList();
     }

@@ -4,16 +4,17 @@ using static TorchSharp.torch;
 namespace DetoxSharp.Training;
 
 /// <summary>The preference objective, chosen explicitly (never inferred from γ or from which log-probs exist):
-/// DPO's sigmoid loss (with ε: conservative DPO), IPO, hinge (SLiC), robust DPO, or ADPO (sigmoid DPO plus γ times
-/// the toxic penalty log π(y_t) − log π_tox(y_t); needs a toxic model and triples).</summary>
-public enum PreferenceMethod { Sigmoid, Ipo, Hinge, Robust, Adpo }
+/// DPO's sigmoid loss (with ε: conservative DPO), IPO, hinge (SLiC), robust DPO, ADPO (sigmoid DPO plus γ times
+/// the toxic penalty log π(y_t) − log π_tox(y_t); needs a toxic model and triples), KTO (unpaired
+/// prompt/completion/label data), and the reference-free ORPO and SimPO (no reference pass, no cache).</summary>
+public enum PreferenceMethod { Sigmoid, Ipo, Hinge, Robust, Adpo, Kto, Orpo, Simpo }
 
 /// <summary>Settings of the DPO-family losses (paper-facts §3–4).</summary>
 public sealed record PreferenceLossOptions
 {
-    [Setting("loss: sigmoid (DPO), ipo, hinge or robust; adpo = sigmoid DPO plus the toxic penalty")]
+    [Setting("loss: sigmoid (DPO), ipo, hinge, robust, kto (unpaired data), orpo or simpo (no reference); adpo = sigmoid DPO plus the toxic penalty")]
     public PreferenceMethod Method { get; init; } = PreferenceMethod.Sigmoid;
-    [Setting("β (KL strength)")]
+    [Setting("β (KL strength; ORPO: λ, the odds-ratio weight, as TRL; SimPO: the reward scale, ≈ 2)")]
     public double Beta { get; init; } = 0.1;
     [Setting("ε for conservative (sigmoid) / robust DPO")]
     public double LabelSmoothing { get; init; }
@@ -23,7 +24,17 @@ public sealed record PreferenceLossOptions
     [Setting("γ, weight of ADPO's toxic penalty (used only by adpo)")]
     public double Gamma { get; init; } = 0.1;
 
+    [Setting("KTO λ_D, weight of desirable examples")]
+    public double DesirableWeight { get; init; } = 1.0;
+    [Setting("KTO λ_U, weight of undesirable examples")]
+    public double UndesirableWeight { get; init; } = 1.0;
+    [Setting("SimPO target margin γ (in reward units, as TRL's simpo_gamma)")]
+    public double SimpoGamma { get; init; } = 0.5;
+
     public bool IsAdpo => Method == PreferenceMethod.Adpo;
+    public bool IsKto => Method == PreferenceMethod.Kto;
+    /// <summary>ORPO and SimPO have no reference model: the trainer makes no reference pass and no cache.</summary>
+    public bool NeedsReference => Method is not (PreferenceMethod.Orpo or PreferenceMethod.Simpo);
 
     /// <summary>The method's name as the CLI and configs spell it.</summary>
     public static string Name(PreferenceMethod m) => m.ToString().ToLowerInvariant();
@@ -35,7 +46,10 @@ public sealed record PreferenceLossOptions
         "hinge" => PreferenceMethod.Hinge,
         "robust" => PreferenceMethod.Robust,
         "adpo" => PreferenceMethod.Adpo,
-        _ => throw new InvalidSettingException(setting, $"expects sigmoid, ipo, hinge, robust or adpo (got '{s}')"),
+        "kto" => PreferenceMethod.Kto,
+        "orpo" => PreferenceMethod.Orpo,
+        "simpo" => PreferenceMethod.Simpo,
+        _ => throw new InvalidSettingException(setting, $"expects sigmoid, ipo, hinge, robust, kto, orpo, simpo or adpo (got '{s}')"),
     };
 
     public void Validate()
@@ -44,22 +58,34 @@ public sealed record PreferenceLossOptions
         InvalidSettingException.Require(LabelSmoothing >= 0 && LabelSmoothing < 0.5, "label_smoothing", $"must be in [0, 0.5) (got {LabelSmoothing})");
         Require.Number(RpoAlpha, "rpo_alpha", 0);
         Require.Number(Gamma, "gamma", 0);
+        Require.Number(DesirableWeight, "desirable_weight", 0, minExclusive: true);
+        Require.Number(UndesirableWeight, "undesirable_weight", 0, minExclusive: true);
+        Require.Number(SimpoGamma, "simpo_gamma", 0);
         if (IsAdpo) InvalidSettingException.Require(Gamma > 0 && !double.IsInfinity(Gamma), "gamma", $"must be > 0 for adpo (got {Gamma}; γ = 0 is plain DPO)");
     }
 }
 
-/// <summary>Summed completion log-probs of a batch, [B] each. Toxic* only for ADPO (read only when the method is ADPO); ChosenTokens only for RPO.</summary>
+/// <summary>Summed completion log-probs of a batch, [B] each. Toxic* only for ADPO (read only when the method is ADPO);
+/// ChosenTokens for RPO, ORPO and SimPO, RejectedTokens for ORPO and SimPO (completion lengths |y|). For KTO, Chosen is the
+/// example's completion y, Rejected the mismatched completion (another example's, for the KL estimate z₀) and
+/// Desirable its label (1 desirable, 0 undesirable). ORPO and SimPO never read Ref*.</summary>
 public sealed record PreferenceLogps(Tensor PolicyChosen, Tensor PolicyRejected, Tensor RefChosen, Tensor RefRejected,
-    Tensor? PolicyToxic = null, Tensor? TauToxic = null, Tensor? ChosenTokens = null);
+    Tensor? PolicyToxic = null, Tensor? TauToxic = null, Tensor? ChosenTokens = null, Tensor? RejectedTokens = null, Tensor? Desirable = null);
 
 public sealed record PreferenceLossResult(Tensor Loss, Dictionary<string, double> Metrics);
 
-/// <summary>Pure functions of log-prob tensors: DPO (sigmoid/cDPO), IPO, hinge, robust DPO, RPO term, ADPO.</summary>
+/// <summary>Pure functions of log-prob tensors: DPO (sigmoid/cDPO), IPO, hinge, robust DPO, RPO term, ADPO, KTO, ORPO, SimPO.</summary>
 public static class PreferenceLoss
 {
-    /// <summary>Mean loss over the batch and the usual metrics (rewards/*, logps/*, adpo/*).</summary>
+    /// <summary>Mean loss over the batch and the usual metrics (rewards/*, logps/*, adpo/*, kto/*).</summary>
     public static PreferenceLossResult Compute(PreferenceLogps lp, PreferenceLossOptions o)
     {
+        switch (o.Method)
+        {
+            case PreferenceMethod.Kto: return Kto(lp, o);
+            case PreferenceMethod.Orpo:
+            case PreferenceMethod.Simpo: return ReferenceFree(lp, o);
+        }
         var chosenLogratio = lp.PolicyChosen - lp.RefChosen;
         var rejectedLogratio = lp.PolicyRejected - lp.RefRejected;
         var delta = chosenLogratio - rejectedLogratio;
@@ -114,6 +140,80 @@ public static class PreferenceLoss
         {
             m["adpo/toxic_logratio"] = toxicTerm.detach().mean().to(ScalarType.Float64).item<double>();
             m["logps/toxic"] = lp.PolicyToxic!.detach().mean().to(ScalarType.Float64).item<double>();
+        }
+        return new PreferenceLossResult(loss, m);
+    }
+
+    /// <summary>KTO (Ethayarajh et al. 2024, as TRL): r = β(ℓ − ℓ_ref) on the example's own completion; z₀ = max(0,
+    /// mean over the batch of β(ℓ − ℓ_ref) on mismatched prompt/completion pairs), detached — the batch's estimate of
+    /// the policy's KL from the reference; loss λ_D(1 − σ(r − z₀)) for desirable, λ_U(1 − σ(z₀ − r)) for undesirable
+    /// completions, averaged over the batch.</summary>
+    static PreferenceLossResult Kto(PreferenceLogps lp, PreferenceLossOptions o)
+    {
+        if (lp.Desirable is null) throw new ArgumentException("KTO needs the Desirable labels");
+        double b = o.Beta;
+        var r = b * (lp.PolicyChosen - lp.RefChosen);
+        Tensor z0;
+        using (torch.no_grad()) z0 = (b * (lp.PolicyRejected - lp.RefRejected)).mean().clamp_min(0).detach();
+        var d = lp.Desirable.to(r.dtype);
+        var perExample = d * o.DesirableWeight * (1 - torch.sigmoid(r - z0)) + (1 - d) * o.UndesirableWeight * (1 - torch.sigmoid(z0 - r));
+        var loss = perExample.mean();
+        using var _ = torch.no_grad();
+        // a micro-batch without one kind has no reward of that kind (NaN, written as null)
+        double Mean(Tensor x, Tensor w) => w.sum().to(ScalarType.Float64).item<double>() is var n && n > 0 ? (x * w).sum().to(ScalarType.Float64).item<double>() / n : double.NaN;
+        var m = new Dictionary<string, double>
+        {
+            ["loss"] = loss.to(ScalarType.Float64).item<double>(),
+            ["kto/kl"] = z0.to(ScalarType.Float64).item<double>(),
+            ["rewards/desirable"] = Mean(r.detach(), d),
+            ["rewards/undesirable"] = Mean(r.detach(), (1 - d).to(r.dtype)),
+            ["kto/desirable_share"] = d.to(ScalarType.Float64).mean().item<double>(),
+            ["logps/completion"] = lp.PolicyChosen.detach().mean().to(ScalarType.Float64).item<double>(),
+        };
+        return new PreferenceLossResult(loss, m);
+    }
+
+    /// <summary>ORPO (Hong et al. 2024) and SimPO (Meng et al. 2024): functions of the policy's length-normalised
+    /// log-probs ℓ(y)/|y| only. ORPO: mean token NLL of y_w + λ·(−log σ(log odds(y_w) − log odds(y_l))) with
+    /// log odds = ℓ/|y| − log(1 − exp(ℓ/|y|)) and λ = β (TRL's ORPO names λ beta); the NLL is the per-example mean
+    /// over y_w's tokens, averaged over the batch (TRL averages over all chosen tokens of the batch: the two agree
+    /// when completions have equal lengths). SimPO: −log σ(β·ℓ_w/|y_w| − β·ℓ_l/|y_l| − γ).</summary>
+    static PreferenceLossResult ReferenceFree(PreferenceLogps lp, PreferenceLossOptions o)
+    {
+        if (lp.ChosenTokens is null || lp.RejectedTokens is null) throw new ArgumentException($"{o.Method} needs ChosenTokens and RejectedTokens");
+        var aw = lp.PolicyChosen / lp.ChosenTokens.to(lp.PolicyChosen.dtype);
+        var al = lp.PolicyRejected / lp.RejectedTokens.to(lp.PolicyRejected.dtype);
+        double b = o.Beta;
+        Tensor loss, margin;
+        var m = new Dictionary<string, double>();
+        if (o.Method == PreferenceMethod.Orpo)
+        {
+            // log(1 − p) with p = exp(mean log-prob) ≤ 1: log1p(−exp(·)) keeps precision for small p; mean log-probs
+            // are < 0 for any real distribution, and exactly 0 would be log 0 — the odds of a certain completion are infinite
+            var logOdds = (aw - al) - (torch.log1p(-torch.exp(aw)) - torch.log1p(-torch.exp(al)));
+            var nll = (-aw).mean();
+            var orLoss = -torch.nn.functional.logsigmoid(logOdds);
+            loss = nll + b * orLoss.mean();
+            margin = logOdds;
+            using var _ = torch.no_grad();
+            m["orpo/nll"] = nll.to(ScalarType.Float64).item<double>();
+            m["orpo/log_odds_ratio"] = logOdds.mean().to(ScalarType.Float64).item<double>();
+        }
+        else
+        {
+            margin = b * (aw - al) - o.SimpoGamma;
+            loss = (-torch.nn.functional.logsigmoid(margin)).mean();
+        }
+        using (torch.no_grad())
+        {
+            var rc = (b * aw).detach(); var rr = (b * al).detach();
+            m["loss"] = loss.to(ScalarType.Float64).item<double>();
+            m["rewards/chosen"] = rc.mean().to(ScalarType.Float64).item<double>();
+            m["rewards/rejected"] = rr.mean().to(ScalarType.Float64).item<double>();
+            m["rewards/accuracies"] = (rc > rr).to(ScalarType.Float64).mean().item<double>();
+            m["rewards/margins"] = (rc - rr).mean().to(ScalarType.Float64).item<double>();
+            m["logps/chosen"] = lp.PolicyChosen.detach().mean().to(ScalarType.Float64).item<double>();
+            m["logps/rejected"] = lp.PolicyRejected.detach().mean().to(ScalarType.Float64).item<double>();
         }
         return new PreferenceLossResult(loss, m);
     }

@@ -148,6 +148,11 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             if (e.Prompt.Concat(e.Chosen).Concat(e.Rejected).Concat(e.Toxic ?? []).Any(id => id >= policy.VocabSize))
                 throw new InvalidInputException($"{e.Where}: text contains a token id outside the policy's vocabulary ({policy.VocabSize}), e.g. a special token it lacks");
         if (!adpo) all = all.Select(e => e with { Toxic = null, ToxicPrompt = null }).ToList();
+        bool kto = o.Loss.IsKto, needsRef = o.Loss.NeedsReference;
+        if (kto && all.FirstOrDefault(e => e.Desirable is null) is { } unlabelled)
+            throw new InvalidInputException($"{unlabelled.Where}: KTO needs unpaired data with a 'label' (prompt/completion/label; `detox convert pairs-to-kto` makes it from pairs)");
+        if (!kto && all.FirstOrDefault(e => e.Desirable is not null) is { } labelled)
+            throw new InvalidInputException($"{labelled.Where}: unpaired (KTO) data needs the kto loss");
         // the split and the step count are checked before any expensive work (the reference log-probs)
         var indices = Enumerable.Range(0, all.Count).ToList();
         var (trainIdx, valIdx) = PreferenceData.Split(indices, o.ValidationSize, o.Seed);
@@ -187,7 +192,13 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         bool cacheHit = true;
         var refModel = Reference ?? policy;
         ICausalLM? liveRef = null;
-        if (o.CacheReference)
+        if (!needsRef)
+        {
+            // ORPO / SimPO: no reference model at all — no pass, no cache, no copy
+            cacheHit = false;
+            refC = new double[all.Count]; refR = new double[all.Count];
+        }
+        else if (o.CacheReference)
         {
             (refC, refR, var hit1) = CachedLogps(cacheDir, "ref", ModelHash(refModel), dataHash, refModel, all, o.BatchSize, tokenizer.EosTokenId, false, cancel);
             cacheHit &= hit1;
@@ -283,7 +294,9 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
                 }
             }
             var chosenTokens = torch.tensor(idx.Select(i => (double)all[i].Chosen.Length).ToArray()).to(dt);
-            var res = PreferenceLoss.Compute(new PreferenceLogps(pol[0], pol[1], rc, rr, adpo ? pol[2] : null, adpo ? tt : null, chosenTokens), o.Loss);
+            var rejectedTokens = torch.tensor(idx.Select(i => (double)all[i].Rejected.Length).ToArray()).to(dt);
+            var desirable = o.Loss.IsKto ? torch.tensor(idx.Select(i => all[i].Desirable == true ? 1.0 : 0.0).ToArray()).to(dt) : null;
+            var res = PreferenceLoss.Compute(new PreferenceLogps(pol[0], pol[1], rc, rr, adpo ? pol[2] : null, adpo ? tt : null, chosenTokens, rejectedTokens, desirable), o.Loss);
             return (res.Loss, res.Metrics);
         }
     }

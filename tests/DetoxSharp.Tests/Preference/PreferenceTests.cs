@@ -110,7 +110,10 @@ public class PreferenceLossTests
         // ADPO is a method of its own (sigmoid DPO + toxic penalty), so "γ with IPO" cannot be expressed; γ = 0 with ADPO is rejected
         var g = Assert.Throws<InvalidSettingException>(() => new PreferenceLossOptions { Method = PreferenceMethod.Adpo, Gamma = 0 }.Validate());
         Assert.Equal("gamma", g.Setting);
-        Assert.Throws<InvalidSettingException>(() => PreferenceLossOptions.ParseMethod("kto"));
+        Assert.Throws<InvalidSettingException>(() => PreferenceLossOptions.ParseMethod("cpo"));
+        Assert.Equal(PreferenceMethod.Kto, PreferenceLossOptions.ParseMethod("kto"));
+        var w = Assert.Throws<InvalidSettingException>(() => new PreferenceLossOptions { Method = PreferenceMethod.Kto, DesirableWeight = 0 }.Validate());
+        Assert.Equal("desirable_weight", w.Setting);
     }
 
     [Fact]
