@@ -83,6 +83,8 @@ public sealed record AlignmentDiffResult(
 {
     public const string Measurement = "both models read the same tokens: the prompt (its last max_prompt_tokens) + the --before model's greedy continuation; activations at each generation step's newest position (mean_*), at the last position of that sequence (last_position_*, the paper's measurement) and at the step where the --before model emits its first toxic-list token (insult_step_*, over the insult_step_prompts prompts that have one)";
     public double MinParameterCosine => Parameters.Min(p => p.Cosine);
+    /// <summary>‖δx‖ at the top vector's layer.</summary>
+    public double OffsetNorm => Math.Sqrt(OffsetTopLayer.Sum(x => x * x));
 }
 
 /// <summary>
@@ -450,7 +452,7 @@ public static class AlignmentDiff
             }).ToArray()),
             ["residual_offset_top_layer"] = new JsonObject
             {
-                ["layer"] = r.OffsetLayer, ["hook"] = HookNames.ResidMid(r.OffsetLayer), ["norm"] = Norm(r.OffsetTopLayer),
+                ["layer"] = r.OffsetLayer, ["hook"] = HookNames.ResidMid(r.OffsetLayer), ["norm"] = r.OffsetNorm,
                 ["cosine_with_top_key"] = J(r.OffsetCosineWithTopKey),
                 ["earlier_value_changes_sum_cosine"] = J(r.EarlierValueChangesCosine),
                 ["earlier_value_changes_sum_norm"] = r.EarlierValueChangesNorm,

@@ -169,15 +169,8 @@ public static class StudyReport
         // supplementary: un-aligning with more keys (unalign.key_counts), headline runs
         var keyRows = new List<IReadOnlyList<string>>();
         foreach (var m in methods)
-        {
-            var sweeps = headline.Where(x => x.Method == m).Select(x => ReadJson(Path.Combine(Dir(x.UnalignStage), RunLayout.Unalign))?["key_sweep"] as JsonArray)
-                .Where(a => a is not null).ToList();
-            foreach (var k in sweeps.SelectMany(a => a!.OfType<JsonObject>().Select(o => (int)(D(o["keys"]) ?? 0))).Distinct().Order())
-            {
-                var tox = sweeps.Select(a => D(a!.OfType<JsonObject>().FirstOrDefault(o => (int)(D(o["keys"]) ?? 0) == k)?["toxicity"])).ToList();
-                keyRows.Add([StudyPipeline.RowName(m), k.ToString(CultureInfo.InvariantCulture), Aggregate.Of(tox).Format()]);
-            }
-        }
+            foreach (var (k, tox) in KeySweep(headline.Where(x => x.Method == m), Dir))
+                keyRows.Add([StudyPipeline.RowName(m), k.ToString(CultureInfo.InvariantCulture), tox.Format()]);
         if (keyRows.Count > 0)
             r.Add(new Table("unalign_keys", "Un-aligning with more keys (supplementary)", ["Method", "Keys scaled", "Toxicity"], keyRows,
                 "The top-k value vectors most similar to W_Toxic on the aligned model, their keys × the un-aligning scale, for several k (mean ± std over the headline seeds). Not a pre-registered criterion: finding (g) is judged at the configured k. Shows how many keys this model's alignment can be undone with."));
@@ -346,6 +339,18 @@ public static class StudyReport
         };
     }
 
+    /// <summary>The supplementary key-count sweep (unalign.json's key_sweep) of some runs: per key count, the toxicity
+    /// over the runs that have it (mean ± std), key counts ascending.</summary>
+    static List<(int Keys, MeanStd Toxicity)> KeySweep(IEnumerable<TrainedRun> runs, Func<string, string> dir)
+    {
+        var sweeps = runs.Select(x => ReadJson(Path.Combine(dir(x.UnalignStage), RunLayout.Unalign))?["key_sweep"] as JsonArray)
+            .OfType<JsonArray>().ToList();
+        int KeysOf(JsonObject o) => (int)(D(o["keys"]) ?? 0);
+        return sweeps.SelectMany(a => a.OfType<JsonObject>().Select(KeysOf)).Distinct().Order()
+            .Select(k => (k, Aggregate.Of(sweeps.Select(a => D(a.OfType<JsonObject>().FirstOrDefault(o => KeysOf(o) == k)?["toxicity"])))))
+            .ToList();
+    }
+
     static void FindingsSection(HtmlReport r, StudyConfig config, IReadOnlyList<TrainedRun> runs, Func<string, string> dir)
     {
         r.Section("findings", "Findings: the paper's claims against pre-registered criteria");
@@ -361,15 +366,12 @@ public static class StudyReport
         foreach (var m in runs.Where(x => x.Headline).Select(x => x.Method).Distinct())
         {
             var start = D((ReadJson(Path.Combine(dir(StudyPipeline.StartEvaluation(m)), RunLayout.Results))?["rows"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault()?["toxicity"]);
-            var sweeps = runs.Where(x => x.Headline && x.Method == m).Select(x => ReadJson(Path.Combine(dir(x.UnalignStage), RunLayout.Unalign))?["key_sweep"] as JsonArray)
-                .Where(x => x is not null).ToList();
-            if (start is not double st || st <= 0 || sweeps.Count == 0) continue;
-            var ks = sweeps.SelectMany(x => x!.OfType<JsonObject>().Select(o => (int)(D(o["keys"]) ?? 0))).Distinct().Order().ToList();
-            var restored = ks.Select(k => (k, Tox: Aggregate.Of(sweeps.Select(x => D(x!.OfType<JsonObject>().FirstOrDefault(o => (int)(D(o["keys"]) ?? 0) == k)?["toxicity"]))).Mean)).ToList();
+            var restored = KeySweep(runs.Where(x => x.Headline && x.Method == m), dir).Select(p => (p.Keys, Tox: p.Toxicity.Mean)).ToList();
+            if (start is not double st || st <= 0 || restored.Count == 0) continue;
             var first = restored.FirstOrDefault(p => p.Tox / st >= config.Findings.UnalignMinRestored);
-            var tried = string.Join(", ", restored.Select(p => $"{p.k} keys → {p.Tox:F3}"));
-            keyNotes.Add(first.k > 0
-                ? $"{StudyPipeline.RowName(m)} (start toxicity {st:F3}): scaling the top {first.k} keys by the same factor is the first to restore ≥ {config.Findings.UnalignMinRestored:P0} ({tried}; the supplementary table \"Un-aligning with more keys\")."
+            var tried = string.Join(", ", restored.Select(p => $"{p.Keys} keys → {p.Tox:F3}"));
+            keyNotes.Add(first.Keys > 0
+                ? $"{StudyPipeline.RowName(m)} (start toxicity {st:F3}): scaling the top {first.Keys} keys by the same factor is the first to restore ≥ {config.Findings.UnalignMinRestored:P0} ({tried}; the supplementary table \"Un-aligning with more keys\")."
                 : $"{StudyPipeline.RowName(m)} (start toxicity {st:F3}): none of the key counts tried restores {config.Findings.UnalignMinRestored:P0} ({tried}).");
         }
         if (keyNotes.Count > 0)

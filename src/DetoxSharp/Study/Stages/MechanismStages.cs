@@ -3,6 +3,7 @@ using DetoxSharp.Checkpoints;
 using DetoxSharp.Evaluation;
 using DetoxSharp.Interpretability;
 using DetoxSharp.Models;
+using static TorchSharp.torch;
 
 namespace DetoxSharp.Study;
 
@@ -74,7 +75,7 @@ public static partial class StudyStages
                 ["after"] = d.Tracked.Take(top).Average(t => t.PositivePreactivationShareAfter),
             },
             ["offset_norm"] = new JsonArray(d.Layers.Select(l => (JsonNode)new JsonObject { ["layer"] = l.Layer, ["norm"] = l.DeltaXNorm }).ToArray()),
-            ["offset_size"] = Math.Sqrt(d.OffsetTopLayer.Sum(x => x * x)),
+            ["offset_size"] = d.OffsetNorm,
             ["logit_lens"] = new JsonObject
             {
                 ["token"] = d.LensToken, ["token_choice"] = d.LensTokenChoice,
@@ -98,7 +99,7 @@ public static partial class StudyStages
             ["top_vector"] = new JsonObject { ["layer"] = d.TopVector.Layer, ["neuron"] = d.TopVector.Neuron, ["label"] = d.TopVector.Label, ["cosine_with_w_toxic"] = d.TopVector.Cosine },
             ["residual_offset_top_layer"] = new JsonObject
             {
-                ["layer"] = d.OffsetLayer, ["hook"] = HookNames.ResidMid(d.OffsetLayer), ["norm"] = Math.Sqrt(d.OffsetTopLayer.Sum(x => x * x)),
+                ["layer"] = d.OffsetLayer, ["hook"] = HookNames.ResidMid(d.OffsetLayer), ["norm"] = d.OffsetNorm,
                 ["cosine_with_top_key"] = double.IsFinite(d.OffsetCosineWithTopKey) ? d.OffsetCosineWithTopKey : null,
                 ["earlier_value_changes_sum_cosine"] = d.EarlierValueChangesCosine, ["earlier_value_changes_sum_norm"] = d.EarlierValueChangesNorm,
             },
@@ -112,6 +113,12 @@ public static partial class StudyStages
         };
     }
 
+    static Tensor LoadWToxic(StageContext c)
+    {
+        using var probe = ToxicityProbe.Load(c.Input("probe"));
+        return probe.WToxic;
+    }
+
     static void UnalignStage(StageContext c, Func<StageContext, IToxicityScorer> scorer)
     {
         var s = Read<UnalignSection>(c, "unalign");
@@ -122,11 +129,12 @@ public static partial class StudyStages
         var modelOut = Path.Combine(c.OutputDir, "model");
         JsonArray keys;
         int last;
+        // W_Toxic picks the keys here and in the supplementary key sweep below
+        using var wToxic = LoadWToxic(c);
         using (var m = Load(c, trainedDir))
-        using (var probe = ToxicityProbe.Load(c.Input("probe")))
         {
             // the paper picks the vectors on the aligned model with the probe
-            var chosen = Unalign.ScaleToxicKeys(m.Model, probe.WToxic, unalign);
+            var chosen = Unalign.ScaleToxicKeys(m.Model, wToxic, unalign);
             keys = new JsonArray(chosen.Select(v => (JsonNode)JsonValue.Create($"L{v.Layer}.N{v.Neuron}")!).ToArray());
             HfCheckpoint.Save(m.Model, m.Tokenizer, modelOut, overwrite: true);
             last = m.Model.NumLayers - 1;
@@ -155,10 +163,8 @@ public static partial class StudyStages
         JsonArray? keySweep = null;
         if (s.KeyCounts.Length > 0)
         {
-            using var probe = ToxicityProbe.Load(c.Input("probe"));
-            using var w = probe.WToxic;
             var counts = s.KeyCounts.Distinct().Order().ToList();
-            var r = Evaluate(c, scorer, trainedDir, "aligned", counts.Select(k => new EvalIntervention($"keys {k}", _ => new KeyScalingEdit(w, k, scale))).ToList(),
+            var r = Evaluate(c, scorer, trainedDir, "aligned", counts.Select(k => new EvalIntervention($"keys {k}", _ => new KeyScalingEdit(wToxic, k, scale))).ToList(),
                 toxicityOnly: true, subdir: "keys");
             keySweep = new JsonArray(counts.Select((k, i) => (JsonNode)new JsonObject { ["keys"] = k, ["toxicity"] = r[i + 1].Toxicity }).ToArray());
         }
