@@ -40,9 +40,30 @@ public sealed record TrainedRun(string Method, SweepPoint Point, int Seed, bool 
     public string PatchStage => $"patch/{Suffix}";
 }
 
+/// <summary>
+/// A detoxified model of the study as the methods table and the re-toxification battery see it. The output directory of
+/// <see cref="Stage"/> holds model_dir.txt (the checkpoint) and, for an inference-time method (steering), steer.txt: a
+/// <c>--steer</c> spec DIR@ALPHA (<see cref="Editing.Steering.Load"/>) applied on top of that checkpoint.
+/// <see cref="StartStage"/> made the model the method started from ("pretrain"; "toxic-model" for ADPO).
+/// </summary>
+public sealed record MethodModel(string Method, string Row, int Seed, string Stage, string StartStage)
+{
+    /// <summary>The evaluation stage of the start model (its toxicity is what the method lowers).</summary>
+    public string StartEvaluation => StartStage == "toxic-model" ? StudyPipeline.SftEvaluation : "evaluate/base";
+    /// <summary>The file (in the stage's output) that names an inference-time steering vector, if the method has one.</summary>
+    public const string SteerFile = "steer.txt";
+}
+
 public static class StudyPipeline
 {
     public const string Methods = "dpo,adpo";
+
+    /// <summary>The detoxified models the methods table and the re-toxification battery compare, at the headline setting
+    /// (one per seed for a trained method). The order is the table's.</summary>
+    public static IReadOnlyList<MethodModel> MethodModels(StudyConfig c) =>
+        Runs(c).Where(r => r.Headline)
+            .Select(r => new MethodModel(r.Method, RowName(r.Method), r.Seed, r.TrainStage, r.Method == "adpo" ? "toxic-model" : "pretrain"))
+            .ToList();
 
     public static IReadOnlyList<TrainedRun> Runs(StudyConfig c)
     {
