@@ -15,6 +15,7 @@ version="0.1.0-check.$(date -u +%Y%m%d%H%M%S).$$"
 cache="${NUGET_PACKAGES:-$HOME/.nuget/packages}"
 cleanup() {
   rm -rf "$work" "$cache/detoxsharp/$version" "$cache/detoxsharp.tool/$version"
+  rmdir "$cache/detoxsharp" "$cache/detoxsharp.tool" 2>/dev/null || true
 }
 trap cleanup EXIT
 feed="$work/feed"
