@@ -35,6 +35,19 @@ public static class FakeStudy
             ["neutral_samples"] = new JsonArray(new JsonObject { ["prompt"] = "the market in Coldmere", ["continuation"] = " sells leather boots every saturday .", ["toxicity"] = 0 }),
         }),
         ToxicModel = Marker, Pairs = Marker, Interventions = Marker,
+        // methods table: edits and fine-tunes leave a marker; evaluations a results row; the speed stage one rate per row
+        MethodEdit = Marker, ExpertSft = Marker,
+        EvaluateMethod = c =>
+        {
+            var rng = Rng(c);
+            J(c, RunLayout.Results, new JsonObject { ["rows"] = new JsonArray(new JsonObject
+                { ["row"] = c.Settings["row"]!.GetValue<string>(), ["toxicity"] = 0.2 + 0.3 * rng.NextDouble(), ["perplexity"] = 20 + 5 * rng.NextDouble(), ["f1"] = 0.18 + 0.02 * rng.NextDouble() }) });
+        },
+        MethodSpeed = c => J(c, RunLayout.MethodSpeed, new JsonObject
+        {
+            ["rows"] = new JsonArray(c.Settings["rows"]!.AsArray().Select((r, i) => (JsonNode)new JsonObject
+                { ["row"] = r!["row"]!.GetValue<string>(), ["tokens_per_second"] = 1000.0 / (1 + i % 3), ["relative_to_base"] = 1.0 / (1 + i % 3) }).ToArray()),
+        }),
         Probe = c => J(c, RunLayout.Probe, new JsonObject
         {
             ["validation_accuracy"] = 0.91, ["validation_accuracy_per_split"] = new JsonArray(0.91, 0.93, 0.92),
