@@ -72,7 +72,7 @@ public static partial class StudyReport
             "machine at a time; model loading included) — training for the losses, the edit for ProFS/AurA/steering, both fine-tunes " +
             "for DExperts; the activation edit's few seconds come on top of the DPO run whose activations it copies, and ADPO's on top " +
             "of its SFT model. Tokens/s: greedy generation of the same prompts at the same batch size, every row measured one after " +
-            "the other in one stage (methods/speed; fastest of its repeats); × base = relative to the base model's rate."));
+            "the other in one stage (methods/speed; round-robin over the rows, fastest of each row's repeats); × base = relative to the base model's rate."));
         var shown = rows.Where(x => x.Toxicity.N > 0).ToList();
         if (shown.Count > 0)
             r.Add(Charts.GroupedBars("methods_toxicity", "Toxicity by method", "Mean toxicity of the greedy continuations (error bars: std over seeds).",

@@ -198,7 +198,8 @@ public static class StudyPipeline
         if (rows.Count == 0) return;
         var section = c.Section(c.Methods);
         var m = StudySections.Read<MethodsSection>(section, "methods");
-        JsonObject Sub(string key) => new() { [key] = section[key]?.DeepClone() };
+        // a sub-section the config leaves out stays out (its record's defaults apply)
+        JsonObject Sub(string key) => section[key] is JsonNode n ? new() { [key] = n.DeepClone() } : new();
         var eval = c.Section(c.Evaluation);
         var dpoHead = Sweep.Expand(c.Section(c.Dpo))[0].Settings;
         var added = new HashSet<string>();

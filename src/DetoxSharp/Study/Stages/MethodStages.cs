@@ -161,13 +161,13 @@ public sealed record DExpertsSection
 }
 
 /// <summary>Generation cost: greedy continuations of the first <see cref="Prompts"/> challenge prompts at
-/// <see cref="BatchSize"/>, timed <see cref="Repeats"/> times per row (the fastest counts), all rows in one stage.</summary>
+/// <see cref="BatchSize"/>, timed <see cref="Repeats"/> times per row, round-robin over the rows (the fastest counts), all rows in one stage.</summary>
 public sealed record SpeedSection
 {
     public int Prompts { get; init; } = 64;
     public int BatchSize { get; init; } = 16;
     public int MaxNewTokens { get; init; } = 20;
-    public int Repeats { get; init; } = 2;
+    public int Repeats { get; init; } = 3;
 }
 
 /// <summary>A method's model loaded for evaluation or attack: the checkpoint with its inference-time edits (steering,
@@ -368,59 +368,56 @@ public static partial class StudyStages
     }
 
     /// <summary>Tokens per second of greedy generation for every row of the methods table (settings["rows"]: row, stage,
-    /// optional steer_alpha / dexperts), measured one after the other in this stage so the rows share the machine's
-    /// state; the base model is the first row.</summary>
+    /// optional steer_alpha / dexperts), the base model first. Rows are timed round-robin (every row once per repeat, each
+    /// loaded afresh) so that a change in the machine's load during the stage falls on all rows alike; a row's figure is
+    /// its fastest repeat.</summary>
     static void MethodSpeed(StageContext c)
     {
         var s = MethodsOf(c).Speed;
         var files = Files(c);
         var promptTexts = EvalHarness.ReadPrompts(files.Challenge, false, s.Prompts).Select(p => p.Text).ToList();
-        var results = new JsonArray();
-        double? baseRate = null;
-        foreach (var node in c.Settings["rows"]!.AsArray())
-        {
-            var r = node!.AsObject();
-            var row = r["row"]!.GetValue<string>();
-            c.Report?.Invoke(results.Count / (double)c.Settings["rows"]!.AsArray().Count, row);
-            LoadedModel? expert = null, anti = null;
-            LoadedMethodModel? m = null;
-            try
+        var rows = c.Settings["rows"]!.AsArray().Select(n => n!.AsObject()).ToList();
+        var best = new double[rows.Count];
+        var tokens = new long[rows.Count];
+        Array.Fill(best, double.MaxValue);
+        for (int rep = 0; rep < s.Repeats; rep++)
+            for (int i = 0; i < rows.Count; i++)
             {
-                DExperts? dexperts = null;
-                if (r["dexperts"] is JsonNode dx)
+                var r = rows[i];
+                c.Report?.Invoke((rep * rows.Count + i) / (double)(s.Repeats * rows.Count), $"{r["row"]} (repeat {rep + 1}/{s.Repeats})");
+                LoadedModel? expert = null, anti = null;
+                LoadedMethodModel? m = null;
+                try
                 {
-                    expert = Load(c, ModelDirOf(c, "sft/expert"));
-                    anti = Load(c, ModelDirOf(c, "sft/anti-expert"));
-                    dexperts = new DExperts(expert.Model, anti.Model, dx.GetValue<double>());
-                }
-                var stage = r["stage"]!.GetValue<string>();
-                m = LoadMethodModel(c.Input(stage), c.Device, r["steer_alpha"]?.GetValue<double>());
-                m.Model.Module.eval();
-                int keep = Math.Max(1, m.Model.MaxPositions - s.MaxNewTokens);
-                var ids = promptTexts.Select(t => PromptTruncation.KeepLast(m.Tokenizer.EncodeWithSpecialTokens(t), keep, m.Tokenizer)).ToList();
-                var opts = new GenerationOptions { MaxNewTokens = s.MaxNewTokens, Greedy = true, BatchSize = s.BatchSize, StopAtEos = false };
-                double best = double.MaxValue;
-                long tokens = 0;
-                for (int rep = 0; rep < s.Repeats; rep++)
-                {
+                    DExperts? dexperts = null;
+                    if (r["dexperts"] is JsonNode dx)
+                    {
+                        expert = Load(c, ModelDirOf(c, "sft/expert"));
+                        anti = Load(c, ModelDirOf(c, "sft/anti-expert"));
+                        dexperts = new DExperts(expert.Model, anti.Model, dx.GetValue<double>());
+                    }
+                    m = LoadMethodModel(c.Input(r["stage"]!.GetValue<string>()), c.Device, r["steer_alpha"]?.GetValue<double>());
+                    m.Model.Module.eval();
+                    int keep = Math.Max(1, m.Model.MaxPositions - s.MaxNewTokens);
+                    var ids = promptTexts.Select(t => PromptTruncation.KeepLast(m.Tokenizer.EncodeWithSpecialTokens(t), keep, m.Tokenizer)).ToList();
+                    var opts = new GenerationOptions { MaxNewTokens = s.MaxNewTokens, Greedy = true, BatchSize = s.BatchSize, StopAtEos = false };
                     var sw = Stopwatch.StartNew();
                     var outp = Generator.Generate(m.Model, ids, opts, dexperts);
-                    best = Math.Min(best, sw.Elapsed.TotalSeconds);
-                    tokens = outp.Sum(o => (long)o.Length);
+                    best[i] = Math.Min(best[i], sw.Elapsed.TotalSeconds);
+                    tokens[i] = outp.Sum(o => (long)o.Length);
                 }
-                double rate = tokens / best;
-                baseRate ??= rate;
-                results.Add(new JsonObject
-                {
-                    ["row"] = row, ["tokens"] = tokens, ["seconds"] = best, ["tokens_per_second"] = rate, ["relative_to_base"] = rate / baseRate,
-                });
+                finally { m?.Dispose(); expert?.Dispose(); anti?.Dispose(); }
             }
-            finally { m?.Dispose(); expert?.Dispose(); anti?.Dispose(); }
-        }
+        double baseRate = tokens[0] / best[0];
         WriteJson(Path.Combine(c.OutputDir, RunLayout.MethodSpeed), new JsonObject
         {
             ["prompts"] = promptTexts.Count, ["batch_size"] = s.BatchSize, ["max_new_tokens"] = s.MaxNewTokens, ["repeats"] = s.Repeats,
-            ["threads"] = torch.get_num_threads(), ["rows"] = results,
+            ["threads"] = torch.get_num_threads(),
+            ["rows"] = new JsonArray(rows.Select((r, i) => (JsonNode)new JsonObject
+            {
+                ["row"] = r["row"]!.GetValue<string>(), ["tokens"] = tokens[i], ["seconds"] = best[i], ["tokens_per_second"] = tokens[i] / best[i],
+                ["relative_to_base"] = tokens[i] / best[i] / baseRate,
+            }).ToArray()),
         });
     }
 }
