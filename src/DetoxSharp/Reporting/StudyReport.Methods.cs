@@ -81,4 +81,43 @@ public static partial class StudyReport
         var missing = rows.Where(x => x.Toxicity.N == 0).Select(x => x.Method).ToList();
         if (missing.Count > 0) r.Missing("No evaluation yet for: " + string.Join(", ", missing) + ".");
     }
+
+    /// <summary>Issue 17 part 4 in the Neurons section: the decomposition and the null-space check for every method whose
+    /// weights changed (neurons/METHOD/s0).</summary>
+    static void MethodNeuronsPart(HtmlReport r, StudyConfig config, Func<string, string> dir)
+    {
+        var methods = StudyPipeline.NeuronMethods(config)
+            .Select(m => (m.Row, Json: ReadJson(Path.Combine(dir(StudyPipeline.NeuronStage(m.Method)), StudyStages.MethodNeuronsFile)) as JsonObject))
+            .Where(x => x.Json is not null).ToList();
+        if (methods.Count == 0) return;
+        var first = methods[0].Json!["neurons"]!;
+        var groups = (first["groups"] as JsonObject)?.Select(kv => kv.Key).ToList() ?? [];
+        var ks = (first["top_k_share"] as JsonArray)?.OfType<JsonObject>().Select(x => (int)(D(x["k"]) ?? 0)).ToList() ?? [];
+        double? Mean(JsonArray? a, string key) => a is null ? null : a.OfType<JsonObject>().Select(x => D(x[key])).Where(v => v is not null).DefaultIfEmpty().Average();
+        r.Add(new Table("neurons_methods", "Every method: neuron groups, top-k share and the null-space check (seed 0)",
+            ["Method", "drop along Ŵ_tox", .. groups.Select(g => g + " share"), .. ks.Select(k => $"top-{k} share"), "null-space: toxic share", "‖ΔVᵀa‖/‖Vᵀa‖ toxic", "clean"],
+            methods.Select(m =>
+            {
+                var n = m.Json!["neurons"]!;
+                var ns = m.Json["null_space"] as JsonArray;
+                return (IReadOnlyList<string>)[m.Row, F(D(n["total_drop"])), .. groups.Select(g => F(D(n["groups"]?[g]?["share"]))),
+                    .. ks.Select(k => F(D((n["top_k_share"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(t => D(t["k"]) == k)?["share"]))),
+                    F(Mean(ns, "toxic_share")), F(Mean(ns, "toxic_relative"), "G3"), F(Mean(ns, "clean_relative"), "G3")];
+            }).ToList(),
+            "The decomposition above, for every method that changed weights (the first seed; DPO's and ADPO's seed 0 repeat the diff stage's " +
+            "numbers): how a method's drop along Ŵ_tox splits over the four neuron groups, and how much of it the k most toxic-aligned " +
+            "neurons carry. Null-space check (Jain et al. 2024): per layer, ΔV = the change of the MLP value matrix and a the start " +
+            "model's neuron activations on toxic and on non-toxic labelled comments; toxic share = mean ‖ΔVᵀa‖ on toxic inputs / (that " +
+            "+ the same on non-toxic ones), averaged over layers — 0.5: the change writes as much on clean inputs as on toxic ones; near 1: " +
+            "it acts on toxic inputs only. The relative columns divide by the layer's output before the change. Per layer: " +
+            "stages/neurons/METHOD/s0/null_space.csv."));
+        var series = methods.Where(m => m.Json!["null_space"] is JsonArray).Select(m =>
+        {
+            var ns = ((JsonArray)m.Json!["null_space"]!).OfType<JsonObject>().ToList();
+            return new Series(m.Row, ns.Select(x => D(x["layer"]) ?? double.NaN).ToArray(), ns.Select(x => D(x["toxic_share"]) ?? double.NaN).ToArray());
+        }).ToList();
+        if (series.Count > 0)
+            r.Add(Charts.Lines("null_space", "Null-space check: where each method's MLP change writes", "Per layer, the toxic inputs' share of ‖ΔVᵀa‖ (0.5 = no preference for toxic inputs).",
+                "layer", "toxic share of ‖ΔVᵀa‖", series, integerX: true));
+    }
 }

@@ -237,6 +237,7 @@ public static partial class StudyReport
         else r.Missing("No activation measurements (diff/* stages wrote no diff.json).");
 
         NeuronsSection(r, headline, Dir);
+        MethodNeuronsPart(r, config, Dir);
 
         r.Section("parameters", "Parameter cosine similarity per layer");
         PerLayer(r, diffs, "param_cosine", "min", "param_cosine_min", "Minimum cosine similarity of parameters per layer", "cos(θ_aligned, θ_base), smallest over the layer's parameter tensors", "min cosine");

@@ -32,6 +32,8 @@ public sealed record StudyStageFunctions
     public Action<StageContext>? EvaluateMethod { get; init; }
     /// <summary>Methods table: generation tokens/s of every row, one after the other.</summary>
     public Action<StageContext>? MethodSpeed { get; init; }
+    /// <summary>Neuron decomposition and null-space check of one method's model against its start model (neurons/METHOD/s0).</summary>
+    public Action<StageContext>? MethodNeurons { get; init; }
     /// <summary>Builds the report (the CLI wires Reporting.StudyReport.Write: the report reads the study's layout, so the
     /// study does not depend on the report).</summary>
     public Action<StageContext>? Report { get; init; }
@@ -184,6 +186,11 @@ public static class StudyPipeline
                 ["world", "pretrain", "probe", "vectors", "evaluate/base", .. startEval == "evaluate/base" ? Array.Empty<string>() : [startEval], r.TrainStage], f.Unalign));
         }
         AddMethodStages(c, st, f, S);
+        if (StudySections.Read<NeuronsSection>(c.Section(c.Neurons), "neurons").PerMethod)
+            foreach (var m in NeuronMethods(c))
+                st.Add(new(NeuronStage(m.Method), S(("method", m.Method), ("model_stage", m.Stage), ("start_stage", m.StartStage),
+                    ("evaluation", DiffSettings(c.Section(c.Evaluation))), ("neurons", c.Section(c.Neurons))),
+                    ["world", "pretrain", .. m.StartStage == "pretrain" ? Array.Empty<string>() : [m.StartStage], "probe", m.Stage], f.MethodNeurons));
         var report = new JsonObject { ["config"] = JsonNode.Parse(c.ToJson()) };
         st.Add(new("report", report, st.Select(s => s.Name).ToList(), f.Report));
         return st;
@@ -268,6 +275,13 @@ public static class StudyPipeline
     }
 
     public const string MethodSpeedStage = "methods/speed";
+
+    /// <summary>The methods whose weights changed (seed 0 of each; steering and the activation edit change activations
+    /// through hooks, not weights), for the per-method decomposition and null-space check.</summary>
+    public static IReadOnlyList<MethodModel> NeuronMethods(StudyConfig c) =>
+        MethodModels(c).Where(m => m.Seed == 0 && m.Method is not ("steering" or "activation")).ToList();
+
+    public static string NeuronStage(string method) => $"neurons/{method}/s0";
 
     public const string SftEvaluation = "evaluate/sft";
 

@@ -37,6 +37,23 @@ public static class FakeStudy
         ToxicModel = Marker, Pairs = Marker, Interventions = Marker,
         // methods table: edits and fine-tunes leave a marker; evaluations a results row; the speed stage one rate per row
         MethodEdit = Marker, ExpertSft = Marker,
+        MethodNeurons = c =>
+        {
+            var rng = Rng(c);
+            double tp = 0.2 + 0.3 * rng.NextDouble();
+            J(c, StudyStages.MethodNeuronsFile, new JsonObject
+            {
+                ["method"] = c.Settings["method"]!.GetValue<string>(),
+                ["neurons"] = new JsonObject
+                {
+                    ["total_drop"] = 1.5,
+                    ["groups"] = new JsonObject { ["TP"] = new JsonObject { ["share"] = tp }, ["TN"] = new JsonObject { ["share"] = 0.3 }, ["AP"] = new JsonObject { ["share"] = 0.6 - tp }, ["AN"] = new JsonObject { ["share"] = 0.1 } },
+                    ["top_k_share"] = new JsonArray(new JsonObject { ["k"] = 7, ["share"] = 0.1 }, new JsonObject { ["k"] = 64, ["share"] = 0.3 }),
+                    ["towards_toxicity"] = new JsonObject { ["neurons"] = 30 },
+                },
+                ["null_space"] = new JsonArray(Enumerable.Range(0, 4).Select(l => (JsonNode)new JsonObject { ["layer"] = l, ["toxic_share"] = 0.5 + 0.1 * l, ["toxic_relative"] = 0.01, ["clean_relative"] = 0.005 }).ToArray()),
+            });
+        },
         EvaluateMethod = c =>
         {
             var rng = Rng(c);

@@ -64,6 +64,11 @@ public class MethodsTableTests : IDisposable
         Assert.Equal(2 * seeds + 4 * seeds + 2 + 1 + seeds, models.Count);
         Assert.All(models, m => Assert.True(stages.ContainsKey(m.Stage), m.Stage));
         Assert.DoesNotContain(models, m => m.Method == "dexperts");
+        // issue 17 part 4: decomposition + null-space per method with changed weights (seed 0), against its start model
+        foreach (var m in new[] { "dpo", "adpo", "ipo", "kto", "orpo", "simpo", "profs", "aura" })
+            Assert.Contains(StudyPipeline.MethodModels(c).First(x => x.Method == m && x.Seed == 0).Stage, stages[StudyPipeline.NeuronStage(m)].DependsOn);
+        Assert.Contains("toxic-model", stages[StudyPipeline.NeuronStage("adpo")].DependsOn);
+        Assert.False(stages.ContainsKey(StudyPipeline.NeuronStage("steering")));
     }
 
     [Fact]

@@ -71,6 +71,17 @@ public class QuickStudyEndToEndTests : IDisposable
         Assert.Equal(kto["toxicity"]!.GetValue<double>(), Num(methods["KTO"][2]), 3);
         Assert.Equal(1.0, Num(methods["Base"][8]), 2);
 
+        // issue 17 part 4: every method that changed weights has its decomposition (group shares partition the drop) and
+        // null-space check, and the report lists them
+        foreach (var m in new[] { "dpo", "adpo", "kto", "profs", "aura" })
+        {
+            var j = JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "stages", "neurons", m, "s0", "method_neurons.json")))!;
+            var shares = j["neurons"]!["groups"]!.AsObject().Select(g => g.Value!["share"]!.GetValue<double>()).ToList();
+            Assert.Equal(1.0, shares.Sum(), 6);
+            Assert.Equal(4, j["null_space"]!.AsArray().Count);
+        }
+        Assert.Equal(6, File.ReadAllLines(Path.Combine(_dir, "stages", "report", "tables", "neurons_methods.csv")).Length);
+
         // rerun: every stage is skipped
         var o2 = new StringWriter();
         rc = DetoxSharp.Cli.DetoxCli.Run(["study", "--quick", "--out", _dir], o2, e);

@@ -42,6 +42,7 @@ public static partial class StudyStages
             ExpertSft = ExpertSft,
             EvaluateMethod = c => EvaluateMethod(c, scorer),
             MethodSpeed = MethodSpeed,
+            MethodNeurons = MethodNeurons,
         };
     }
 
