@@ -38,6 +38,11 @@ public static partial class StudyStages
             Diff = Diff,
             Unalign = c => UnalignStage(c, scorer),
             Patch = c => NeuronPatch(c, scorer),
+            MethodEdit = MethodEdit,
+            ExpertSft = ExpertSft,
+            EvaluateMethod = c => EvaluateMethod(c, scorer),
+            MethodSpeed = MethodSpeed,
+            MethodNeurons = MethodNeurons,
         };
     }
 
