@@ -89,9 +89,9 @@ public static class HfCheckpoint
         return mt;
     }
 
-    /// <summary>Loads a checkpoint directory; every problem with it is an <see cref="InvalidInputException"/> naming the file.</summary>
     static readonly Lock ConstructionGate = new();
 
+    /// <summary>Loads a checkpoint directory; every problem with it is an <see cref="InvalidInputException"/> naming the file.</summary>
     public static LoadedModel Load(string dir, LoadOptions? options = null)
     {
         options ??= new LoadOptions();
