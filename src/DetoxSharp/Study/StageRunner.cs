@@ -116,8 +116,10 @@ public sealed class StageRunner
     /// <paramref name="cores"/> cores (at least one).</summary>
     public static int ThreadsPerStage(int cores, int parallelism) => Math.Max(1, cores / Math.Max(1, parallelism));
 
-    /// <summary>Sets the compute threads of the calling thread (the CLI wires libtorch's intra-op threads, which OpenMP
-    /// keeps per OS thread; every stage runs on a thread of its own). Null: threads are left as they are.</summary>
+    /// <summary>Sets the compute threads (the CLI wires libtorch's intra-op threads). Called only around a bottleneck
+    /// stage (<see cref="ThreadsFor"/> above the share), on its thread: all cores before it runs, the share
+    /// (<see cref="ThreadsPerStage"/>) again before it counts as finished — never while another stage runs. Null:
+    /// threads are left as they are.</summary>
     public Action<int>? SetThreads { get; init; }
 
     /// <summary>Cores shared by the stages (default: the machine's).</summary>
@@ -177,14 +179,23 @@ public sealed class StageRunner
             lock (gate) threads = ThreadsFor(s.Name, pending, active++, dependents?[s.Name] ?? [], Cores, Parallelism);
             try
             {
-                // thread-count changes one stage at a time (libtorch/OpenMP/MKL settings are process state underneath)
-                lock (ThreadsGate) SetThreads?.Invoke(threads);
-                ExecuteStage(i, settingsHash, inputHashes);
+                // Only a bottleneck stage changes the thread count: it runs alone (every pending stage waits for it),
+                // raises the count on its own thread and lowers it back before it counts as finished, so no other
+                // stage is running while libtorch's thread settings change. Changing them at every stage start while
+                // another stage computed crashed the process twice (SIGSEGV, 2026-12-01; docs/notes/study.md); other
+                // stages take libtorch's process-wide count (the share) when their thread first computes.
+                int share = ThreadsPerStage(Cores, Parallelism);
+                if (SetThreads is not null && threads > share)
+                {
+                    lock (ThreadsGate) SetThreads(threads);
+                    ExecuteStage(i, settingsHash, inputHashes, () => { lock (ThreadsGate) SetThreads(share); });
+                }
+                else ExecuteStage(i, settingsHash, inputHashes, null);
             }
             finally { lock (gate) active--; }
         }
 
-        void ExecuteStage(int i, string settingsHash, Dictionary<string, string> inputHashes)
+        void ExecuteStage(int i, string settingsHash, Dictionary<string, string> inputHashes, Action? restore)
         {
             var s = stages[i];
             var dir = StageDir(_runDir, s.Name);
@@ -208,6 +219,7 @@ public sealed class StageRunner
             try { s.Run!(ctx); }
             catch (Exception ex) when (ex is not OperationCanceledException)
             {
+                restore?.Invoke();
                 lock (gate)
                 {
                     manifest.Stages[s.Name] = new ManifestEntry
@@ -220,6 +232,7 @@ public sealed class StageRunner
                 progress?.Report(new StageEvent(StageEventKind.Failed, s.Name, i, stages.Count, run.Elapsed, sw.Elapsed, Remaining(), Note: ex.Message));
                 throw;
             }
+            restore?.Invoke(); // before the stage counts as finished: no other stage runs yet
             var hash = Hashing.OfDirectory(tmp);
             if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
             Directory.Move(tmp, dir);

@@ -247,21 +247,33 @@ public class StageThreadTests
     }
 
     [Fact]
-    public void The_runner_sets_each_stages_threads_on_the_stage_thread()
+    public void The_runner_raises_threads_only_around_a_bottleneck_stage_and_lowers_them_before_others_start()
     {
-        var seen = new System.Collections.Concurrent.ConcurrentDictionary<string, (int Threads, int ThreadId)>();
-        var set = new System.Threading.ThreadLocal<int>();
-        StageDefinition R(string name, params string[] deps) => new(name, new System.Text.Json.Nodes.JsonObject(), deps,
-            c => seen[c.Name] = (set.Value, Environment.CurrentManagedThreadId));
+        // every SetThreads call and every stage start/end, in order, with the thread it happened on
+        var log = new System.Collections.Concurrent.ConcurrentQueue<(string What, int Thread)>();
+        StageDefinition R(string name, params string[] deps) => new(name, new System.Text.Json.Nodes.JsonObject(), deps, c =>
+        {
+            log.Enqueue(("start " + c.Name, Environment.CurrentManagedThreadId));
+            Thread.Sleep(30);
+            log.Enqueue(("end " + c.Name, Environment.CurrentManagedThreadId));
+        });
         var dir = Path.Combine(Path.GetTempPath(), "detox-threads-" + Guid.NewGuid().ToString("N"));
         try
         {
-            new StageRunner(dir) { Parallelism = 2, Cores = 2, SetThreads = n => set.Value = n }
+            new StageRunner(dir) { Parallelism = 2, Cores = 2, SetThreads = n => log.Enqueue(($"threads {n}", Environment.CurrentManagedThreadId)) }
                 .Run([R("pretrain"), R("a", "pretrain"), R("b", "pretrain"), R("c", "a", "b")]);
-            Assert.Equal(2, seen["pretrain"].Threads);
-            Assert.Equal(2, seen["c"].Threads);
-            // a and b may overlap; whichever started while the other was pending got one thread
-            Assert.Contains(1, new[] { seen["a"].Threads, seen["b"].Threads });
+            var l = log.ToList();
+            int At(string what) => l.FindIndex(x => x.What == what);
+            // pretrain and c are bottlenecks: all cores before, the share (1) again after, on their own thread,
+            // and before any other stage starts
+            foreach (var (stage, next) in new[] { ("pretrain", "start a"), ("c", "") })
+            {
+                int start = At("start " + stage), end = At("end " + stage);
+                Assert.Equal(("threads 2", l[start].Thread), l[start - 1]);
+                Assert.Equal(("threads 1", l[end].Thread), l[end + 1]);
+                if (next.Length > 0) Assert.True(At(next) > end + 1);
+            }
+            Assert.Equal(4, l.Count(x => x.What.StartsWith("threads", StringComparison.Ordinal)));   // a and b set nothing
         }
         finally { try { Directory.Delete(dir, true); } catch { } }
     }
