@@ -10,7 +10,7 @@ namespace DetoxSharp.Reporting;
 /// but mean ± std over seeds (and the regime classification rule it states); every other number is read from a file.
 /// Parts whose stage produced no file say so instead of showing anything.
 /// </summary>
-public static class StudyReport
+public static partial class StudyReport
 {
     static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
@@ -235,6 +235,7 @@ public static class StudyReport
         else r.Missing("No activation measurements (diff/* stages wrote no diff.json).");
 
         NeuronsSection(r, headline, Dir);
+        ScorerAgreementSection(r, config, Dir);
 
         r.Section("parameters", "Parameter cosine similarity per layer");
         PerLayer(r, diffs, "param_cosine", "min", "param_cosine_min", "Minimum cosine similarity of parameters per layer", "cos(θ_aligned, θ_base), smallest over the layer's parameter tensors", "min cosine");

@@ -24,6 +24,8 @@ public sealed record StudyStageFunctions
     public Action<StageContext>? Unalign { get; init; }
     /// <summary>Activation/attribution patching of the neuron groups at a headline run (settings["method"]).</summary>
     public Action<StageContext>? Patch { get; init; }
+    /// <summary>Scorer agreement: the evaluation continuations re-scored by the "agreement" scorers (AgreementStages.cs).</summary>
+    public Action<StageContext>? Agreement { get; init; }
     /// <summary>Builds the report (the CLI wires Reporting.StudyReport.Write: the report reads the study's layout, so the
     /// study does not depend on the report).</summary>
     public Action<StageContext>? Report { get; init; }
@@ -123,12 +125,23 @@ public static class StudyPipeline
                 ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer), ("start_evaluation", startEval)),
                 ["world", "pretrain", "probe", "vectors", "evaluate/base", .. startEval == "evaluate/base" ? Array.Empty<string>() : [startEval], r.TrainStage], f.Unalign));
         }
+        if (AgreementEvaluations(c) is { } evals) st.Add(new("agreement", S(("agreement", c.Section(c.Agreement)), ("evaluations", evals)), ["world", .. evals.Select(e => e.Key)], f.Agreement));
         var report = new JsonObject { ["config"] = JsonNode.Parse(c.ToJson()) };
         st.Add(new("report", report, st.Select(s => s.Name).ToList(), f.Report));
         return st;
     }
 
     public const string SftEvaluation = "evaluate/sft";
+
+    /// <summary>The evaluations the agreement stage re-scores (stage → row label): the base model's rows, the SFT model
+    /// and the headline runs; null when "agreement" names no scorer (no stage).</summary>
+    public static JsonObject? AgreementEvaluations(StudyConfig c)
+    {
+        if (c.Section(c.Agreement)["scorers"] is not JsonArray { Count: > 0 }) return null;
+        var o = new JsonObject { ["evaluate/base"] = "base", [SftEvaluation] = "SFT (ADPO start)" };
+        foreach (var r in Runs(c).Where(r => r.Headline)) o[r.EvaluateStage] = $"{RowName(r.Method)} seed {r.Seed}";
+        return o;
+    }
 
     /// <summary>The evaluation of the model a method starts from: its toxicity is what alignment lowers and un-aligning
     /// should restore (DPO: the pretrained model; ADPO: the SFT model).</summary>
