@@ -43,6 +43,8 @@ public static class RunLayout
     /// <summary>patch/METHOD/POINT/sSEED (headline runs): <see cref="Interpretability.NeuronPatching.Write"/>'s files.</summary>
     public const string Patching = "patching.json";
     public const string PatchingCsv = "patching.csv";
+    /// <summary>methods/speed: greedy-generation tokens/s of every methods-table row (<see cref="StudyStages"/>' MethodSpeed).</summary>
+    public const string MethodSpeed = "speed.json";
     public const string Manifest = "manifest.json";
     public const string Report = "report.html";
 

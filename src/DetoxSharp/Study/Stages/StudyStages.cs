@@ -39,6 +39,11 @@ public static partial class StudyStages
             Unalign = c => UnalignStage(c, scorer),
             Patch = c => NeuronPatch(c, scorer),
             Agreement = AgreementStage,
+            MethodEdit = MethodEdit,
+            ExpertSft = ExpertSft,
+            EvaluateMethod = c => EvaluateMethod(c, scorer),
+            MethodSpeed = MethodSpeed,
+            MethodNeurons = MethodNeurons,
         };
     }
 
