@@ -14,6 +14,7 @@ public class InvalidInputException(string message, Exception? inner = null) : Ex
 public sealed class InvalidSettingException(string setting, string problem)
     : InvalidInputException($"{setting} {problem}")
 {
+    /// <summary>The setting's key in snake_case (<c>learning_rate</c>).</summary>
     public string Setting { get; } = setting;
     /// <summary>What is wrong, e.g. "must be > 0 (got 0)".</summary>
     public string Problem { get; } = problem;
@@ -30,6 +31,7 @@ public sealed class InvalidSettingException(string setting, string problem)
 [AttributeUsage(AttributeTargets.Property | AttributeTargets.Parameter)]
 public sealed class SettingAttribute(string description) : Attribute
 {
+    /// <summary>The one-line description shown by <c>--help</c>.</summary>
     public string Description { get; } = description;
 }
 
@@ -37,5 +39,7 @@ public sealed class SettingAttribute(string description) : Attribute
 /// config and <see cref="InvalidSettingException.Setting"/>.</summary>
 public static class SettingKey
 {
+    /// <summary>The snake_case key of a property name.</summary>
+    /// <param name="propertyName">A C# property name, e.g. <c>LearningRate</c>.</param>
     public static string Of(string propertyName) => System.Text.Json.JsonNamingPolicy.SnakeCaseLower.ConvertName(propertyName);
 }

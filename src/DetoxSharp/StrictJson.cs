@@ -29,6 +29,9 @@ public static class StrictJson
         return Parse(bytes, path, what, allowComments);
     }
 
+    /// <summary>Reads a file that must hold one JSON object (strict rules as <see cref="ParseFile"/>).</summary>
+    /// <param name="path">The file.</param>
+    /// <param name="what">What the file is, for the message ("config").</param>
     public static JsonObject ParseFileObject(string path, string what) =>
         ParseFile(path, what) as JsonObject ?? throw new InvalidInputException($"{path}: not a valid {what} (expected a JSON object)");
 
@@ -110,6 +113,10 @@ public static class StrictJson
 
     // Typed accessors: a wrong type or an out-of-range number names the key.
 
+    /// <summary>The value of <paramref name="key"/>, which must be a string when present; null when absent or JSON null. A wrong type is an <see cref="InvalidInputException"/> naming <paramref name="where"/> and the key.</summary>
+    /// <param name="o">The object.</param>
+    /// <param name="key">The key.</param>
+    /// <param name="where">The file (and key path) for the message.</param>
     public static string? OptionalString(JsonObject o, string key, string where)
     {
         var n = o[key];
@@ -118,6 +125,10 @@ public static class StrictJson
         throw new InvalidInputException($"{where}: \"{key}\" must be a string, got {Short(n)}");
     }
 
+    /// <summary>The value of <paramref name="key"/>, which must be a 32-bit integer when present; null when absent or JSON null. A wrong type is an <see cref="InvalidInputException"/> naming <paramref name="where"/> and the key.</summary>
+    /// <param name="o">The object.</param>
+    /// <param name="key">The key.</param>
+    /// <param name="where">The file (and key path) for the message.</param>
     public static int? OptionalInt(JsonObject o, string key, string where)
     {
         var n = o[key];
@@ -126,6 +137,10 @@ public static class StrictJson
         throw new InvalidInputException($"{where}: \"{key}\" must be an integer in [{int.MinValue}, {int.MaxValue}], got {Short(n)}");
     }
 
+    /// <summary>The value of <paramref name="key"/>, which must be a 64-bit integer when present; null when absent or JSON null. A wrong type is an <see cref="InvalidInputException"/> naming <paramref name="where"/> and the key.</summary>
+    /// <param name="o">The object.</param>
+    /// <param name="key">The key.</param>
+    /// <param name="where">The file (and key path) for the message.</param>
     public static long? OptionalLong(JsonObject o, string key, string where)
     {
         var n = o[key];
@@ -138,6 +153,10 @@ public static class StrictJson
     public static long? OptionalLongValue(JsonNode? n) =>
         n is JsonValue v && v.GetValueKind() == JsonValueKind.Number && v.TryGetValue<long>(out var i) ? i : null;
 
+    /// <summary>The value of <paramref name="key"/>, which must be a finite number when present; null when absent or JSON null. A wrong type is an <see cref="InvalidInputException"/> naming <paramref name="where"/> and the key.</summary>
+    /// <param name="o">The object.</param>
+    /// <param name="key">The key.</param>
+    /// <param name="where">The file (and key path) for the message.</param>
     public static double? OptionalDouble(JsonObject o, string key, string where)
     {
         var n = o[key];
@@ -146,6 +165,10 @@ public static class StrictJson
         throw new InvalidInputException($"{where}: \"{key}\" must be a finite number, got {Short(n)}");
     }
 
+    /// <summary>The value of <paramref name="key"/>, which must be a boolean when present; null when absent or JSON null. A wrong type is an <see cref="InvalidInputException"/> naming <paramref name="where"/> and the key.</summary>
+    /// <param name="o">The object.</param>
+    /// <param name="key">The key.</param>
+    /// <param name="where">The file (and key path) for the message.</param>
     public static bool? OptionalBool(JsonObject o, string key, string where)
     {
         var n = o[key];
@@ -161,6 +184,10 @@ public static class StrictJson
         throw new InvalidInputException($"{where}: {what} must be an integer, got {Short(n)}");
     }
 
+    /// <summary>A value that must be a string.</summary>
+    /// <param name="n">The node.</param>
+    /// <param name="where">The file (and key path) for the message.</param>
+    /// <param name="what">What the value is, for the message.</param>
     public static string String(JsonNode? n, string where, string what)
     {
         if (n is JsonValue v && v.GetValueKind() == JsonValueKind.String) return v.GetValue<string>();

@@ -6,6 +6,10 @@ using DetoxSharp.Text;
 namespace DetoxSharp.Attacks;
 
 /// <summary>Toxicity of one attacked model at one strength: mean over prompts of the score of the model's own greedy tokens.</summary>
+/// <param name="Strength">The attack strength (key scale, ablation factor, …).</param>
+/// <param name="Toxicity">Mean toxicity of the continuations.</param>
+/// <param name="Prompts">How many prompts were scored.</param>
+/// <param name="Scores">The toxicity of each continuation, in prompt order.</param>
 /// <param name="Continuations">The model's own tokens per prompt, decoded (what was scored; a prefill is not part of it).</param>
 public sealed record AttackPoint(double Strength, double Toxicity, int Prompts, IReadOnlyList<string> Continuations, IReadOnlyList<double> Scores);
 

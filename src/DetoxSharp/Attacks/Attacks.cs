@@ -17,19 +17,26 @@ public enum AttackKind { Keys, Steer, Finetune, Prefill, Ablate }
 /// <summary>Settings of the attacks (one record, each attack reads its own).</summary>
 public sealed record AttackOptions
 {
+    /// <summary>Keys: value vectors (most similar to W_Toxic, ranked on the attacked model) whose keys are scaled.</summary>
     [Setting("keys: value vectors (most similar to W_Toxic, ranked on the attacked model) whose keys are scaled")]
     public int Keys { get; init; } = 7;
+    /// <summary>Steer: layer whose MLP output receives α·(unit W_Toxic) at the newest position (default: the last).</summary>
     [Setting("steer: layer whose MLP output receives α·(unit W_Toxic) at the newest position (default: the last)")]
     public int? Layer { get; init; }
+    /// <summary>Finetune: optimizer steps, the same whatever the number of examples.</summary>
     [Setting("finetune: optimizer steps, the same whatever the number of examples")]
     public int MaxSteps { get; init; } = 20;
+    /// <summary>Finetune: learning rate (AdamW, constant, no warmup).</summary>
     [Setting("finetune: learning rate (AdamW, constant, no warmup)")]
     public double LearningRate { get; init; } = 1e-4;
+    /// <summary>Finetune: examples per optimizer step (N when fewer).</summary>
     [Setting("finetune: examples per optimizer step (N when fewer)")]
     public int FinetuneBatchSize { get; init; } = 8;
+    /// <summary>Finetune: seed of the example order (the N examples are the first N of one seeded order, so smaller sets are subsets of larger ones).</summary>
     [Setting("finetune: seed of the example order (the N examples are the first N of one seeded order, so smaller sets are subsets of larger ones)")]
     public ulong Seed { get; init; } = 0;
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         Require.Count(Keys, "keys", 1, 1_000_000);

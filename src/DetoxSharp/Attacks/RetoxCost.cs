@@ -6,11 +6,14 @@ namespace DetoxSharp.Attacks;
 /// <summary>Settings of the cost search.</summary>
 public sealed record RetoxOptions
 {
+    /// <summary>The attack re-toxifies when the toxicity reaches this fraction of the base model's.</summary>
     [Setting("the attack re-toxifies when the toxicity reaches this fraction of the base model's")]
     public double TargetFraction { get; init; } = 0.8;
+    /// <summary>Bisection steps between the last strength below the target and the first at or above it (integer strengths stop earlier, at adjacent integers).</summary>
     [Setting("bisection steps between the last strength below the target and the first at or above it (integer strengths stop earlier, at adjacent integers)")]
     public int BisectSteps { get; init; } = 4;
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         Require.Number(TargetFraction, "target_fraction", 0, 1, minExclusive: true);

@@ -11,10 +11,18 @@ namespace DetoxSharp.Checkpoints;
 
 /// <summary>How tensor names are written: the hub's original GPT-2 files have no prefix; a model saved by
 /// transformers' GPT2LMHeadModel.save_pretrained prefixes "transformer.". Both load either way.</summary>
-public enum KeyConvention { Hub, Transformers }
+public enum KeyConvention
+{
+    /// <summary>No prefix ("h.0.attn.c_attn.weight"), as in the hub's original GPT-2 files.</summary>
+    Hub,
+    /// <summary>The "transformer." prefix that transformers' save_pretrained writes.</summary>
+    Transformers,
+}
 
+/// <summary>How <see cref="HfCheckpoint.Load"/> loads a checkpoint: device, compute dtype, and whether a pickled checkpoint may be read.</summary>
 public sealed record LoadOptions
 {
+    /// <summary>Device to load the weights onto; null = the CPU.</summary>
     public Device? Device { get; init; }
     /// <summary>Compute dtype; null keeps float32 (as transformers does unless asked otherwise).</summary>
     public ScalarType? DType { get; init; }
@@ -25,6 +33,7 @@ public sealed record LoadOptions
 /// <summary>A model loaded from a directory, with its tokenizer.</summary>
 public sealed record LoadedModel(ICausalLM Model, Gpt2Tokenizer Tokenizer, string Directory) : IDisposable
 {
+    /// <summary>Disposes the model (its tensors); the tokenizer holds no native memory.</summary>
     public void Dispose() => Model.Dispose();
 }
 
@@ -54,6 +63,8 @@ public static class HfCheckpoint
         ["qwen2"] = cfg => LlamaConfig.FromJson(cfg).ParameterCount,
     };
 
+    /// <summary>Reads and validates <c>DIR/config.json</c> (strict JSON; a missing or malformed file is an <see cref="InvalidInputException"/> naming it).</summary>
+    /// <param name="dir">The checkpoint directory.</param>
     public static JsonObject ReadConfig(string dir)
     {
         if (!Directory.Exists(dir)) throw new InvalidInputException($"{dir}: model directory does not exist");
@@ -78,9 +89,9 @@ public static class HfCheckpoint
         return mt;
     }
 
-    /// <summary>Loads a checkpoint directory; every problem with it is an <see cref="InvalidInputException"/> naming the file.</summary>
     static readonly Lock ConstructionGate = new();
 
+    /// <summary>Loads a checkpoint directory; every problem with it is an <see cref="InvalidInputException"/> naming the file.</summary>
     public static LoadedModel Load(string dir, LoadOptions? options = null)
     {
         options ??= new LoadOptions();
@@ -239,6 +250,11 @@ public static class HfCheckpoint
     /// name and then moved into place, so an interrupted save never leaves a half-written checkpoint; an existing
     /// checkpoint is replaced only with <paramref name="overwrite"/>.
     /// </summary>
+    /// <param name="model">The model to save.</param>
+    /// <param name="tokenizer">Its tokenizer (its files are written beside the weights); null writes none.</param>
+    /// <param name="dir">The checkpoint directory.</param>
+    /// <param name="convention">How tensor names are written (<see cref="KeyConvention"/>).</param>
+    /// <param name="overwrite">Replace an existing checkpoint in <paramref name="dir"/>.</param>
     /// <param name="maxShardBytes">When the tensors exceed this many bytes, write transformers' sharded layout
     /// (model-0000i-of-0000n.safetensors + model.safetensors.index.json) instead of one file.</param>
     public static void Save(ICausalLM model, Gpt2Tokenizer? tokenizer, string dir, KeyConvention convention = KeyConvention.Hub, bool overwrite = false, long? maxShardBytes = null)

@@ -12,7 +12,9 @@ namespace DetoxSharp.Checkpoints;
 /// <summary>LoRA settings (PEFT's names: r, lora_alpha, target_modules).</summary>
 public sealed record LoraOptions
 {
+    /// <summary>Rank r of the low-rank update (PEFT's <c>r</c>); default 8.</summary>
     public int Rank { get; init; } = 8;
+    /// <summary>Scale numerator (PEFT's <c>lora_alpha</c>): the update is multiplied by Alpha / Rank; default 16.</summary>
     public double Alpha { get; init; } = 16;
     /// <summary>Layers to adapt, by their last name component (PEFT's target_modules); null = the family's default
     /// (<see cref="DefaultTargets"/>).</summary>
@@ -21,14 +23,19 @@ public sealed record LoraOptions
     /// <summary>Adaptable layers per family: Llama's nn.Linear projections, GPT-2's Conv1D layers (c_proj names both the
     /// attention output and the MLP output projection, as in PEFT's suffix matching).</summary>
     public static readonly string[] LlamaKnown = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    /// <summary>GPT-2's adaptable Conv1D layers.</summary>
     public static readonly string[] Gpt2Known = ["c_attn", "c_proj", "c_fc"];
+    /// <summary>Every adaptable layer name, all families.</summary>
     public static readonly string[] Known = [.. LlamaKnown, .. Gpt2Known];
 
     /// <summary>PEFT's defaults for the family (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING): q/v for Llama, c_attn for GPT-2.</summary>
     public static IReadOnlyList<string> DefaultTargets(string family) => family == "gpt2" ? ["c_attn"] : ["q_proj", "v_proj"];
 
+    /// <summary>The factor applied to B·A: <see cref="Alpha"/> / <see cref="Rank"/>.</summary>
     public double Scaling => Alpha / Rank;
 
+    /// <summary>Checks rank, alpha and targets; throws <see cref="InvalidInputException"/> naming the flag.</summary>
+    /// <param name="family">The model family ("gpt2", "llama", …) whose layer names the targets must match; null skips that check.</param>
     public void Validate(string? family = null)
     {
         if (Rank < 1) throw new InvalidInputException($"--lora-rank must be ≥ 1, got {Rank}");
@@ -58,14 +65,20 @@ public sealed class LoraAdapters
 {
     static readonly ConditionalWeakTable<nn.Module, LoraAdapters> Attached = new();
 
+    /// <param name="Module">the adapted layer's full name</param>
+    /// <param name="A">the down projection (rank r)</param>
+    /// <param name="B">the up projection (zero-initialised)</param>
     /// <param name="FanInFanOut">the base weight is stored [in, out] (Conv1D)</param>
     sealed record Slot(string Module, Linear A, Linear B, bool FanInFanOut);
 
     readonly List<Slot> _slots = [];
+    /// <summary>The settings the adapters were created with.</summary>
     public LoraOptions Options { get; }
     /// <summary>The base checkpoint directory, recorded as base_model_name_or_path.</summary>
     public string BaseModelPath { get; }
+    /// <summary>false runs the base model alone (the adapters add nothing) without removing them.</summary>
     public bool Enabled { get; set; } = true;
+    /// <summary>The full names of the adapted layers.</summary>
     public IReadOnlyList<string> Modules => _slots.Select(s => s.Module).ToList();
 
     LoraAdapters(LoraOptions o, string basePath) { Options = o; BaseModelPath = basePath; }

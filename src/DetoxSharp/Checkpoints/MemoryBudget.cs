@@ -39,6 +39,8 @@ public static class MemoryBudget
             throw new InvalidInputException($"{where}: {what} needs {Format(bytes)} but only {Format(avail)} of memory is available");
     }
 
+    /// <summary>A byte count for messages: "1.5 GiB", "12.0 MiB" or "512 bytes".</summary>
+    /// <param name="bytes">The number of bytes.</param>
     public static string Format(double bytes) =>
         bytes >= 1 << 30 ? $"{bytes / (1L << 30):0.0} GiB" : bytes >= 1 << 20 ? $"{bytes / (1 << 20):0.0} MiB" : $"{bytes:0} bytes";
 }

@@ -15,6 +15,12 @@ namespace DetoxSharp.Checkpoints;
 /// </summary>
 public static class Safetensors
 {
+    /// <summary>One tensor in a safetensors header.</summary>
+    /// <param name="Name">The tensor's name.</param>
+    /// <param name="DType">Its element type.</param>
+    /// <param name="Shape">Its shape.</param>
+    /// <param name="Begin">Start of its bytes, relative to the end of the header.</param>
+    /// <param name="End">End (exclusive) of its bytes, relative to the end of the header.</param>
     public sealed record Entry(string Name, ScalarType DType, long[] Shape, long Begin, long End);
 
     static readonly Dictionary<string, (ScalarType type, int size)> DTypes = new()

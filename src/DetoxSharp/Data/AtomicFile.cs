@@ -6,6 +6,9 @@ namespace DetoxSharp.Data;
 /// half-written output.</summary>
 public static class AtomicFile
 {
+    /// <summary>Writes a text file (UTF-8) atomically.</summary>
+    /// <param name="path">The file.</param>
+    /// <param name="write">Writes the content.</param>
     public static void Write(string path, Action<TextWriter> write)
     {
         var full = Path.GetFullPath(path);
@@ -19,8 +22,14 @@ public static class AtomicFile
         finally { if (File.Exists(tmp)) File.Delete(tmp); }
     }
 
+    /// <summary>Writes <paramref name="text"/> to a file atomically.</summary>
+    /// <param name="path">The file.</param>
+    /// <param name="text">The content.</param>
     public static void WriteAllText(string path, string text) => Write(path, w => w.Write(text));
 
+    /// <summary>Writes a binary file atomically.</summary>
+    /// <param name="path">The file.</param>
+    /// <param name="write">Writes the content.</param>
     public static void WriteBytes(string path, Action<Stream> write)
     {
         var full = Path.GetFullPath(path);
@@ -100,6 +109,9 @@ public static class AtomicDirectory
         return actions;
     }
 
+    /// <summary>Fills a directory under a temporary name and renames it into place (replacing an existing one).</summary>
+    /// <param name="dir">The directory.</param>
+    /// <param name="fill">Writes the content into the directory whose path it is given.</param>
     public static void Write(string dir, Action<string> fill)
     {
         dir = Path.GetFullPath(dir.TrimEnd('/', '\\'));

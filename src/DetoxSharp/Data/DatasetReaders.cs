@@ -3,9 +3,22 @@ using CsvHelper;
 
 namespace DetoxSharp.Data;
 
+/// <summary>A comment with a binary toxicity label (Jigsaw-style probe data).</summary>
+/// <param name="Text">The comment.</param>
+/// <param name="Toxic">Its label.</param>
 public sealed record LabelledComment(string Text, bool Toxic);
+/// <summary>A generation prompt (RealToxicityPrompts-style).</summary>
+/// <param name="Text">The prompt text.</param>
+/// <param name="Challenging">RealToxicityPrompts' "challenging" flag; null when the file has none.</param>
 public sealed record PromptRecord(string Text, bool? Challenging);
+/// <summary>A prompt with a gold continuation, for the F1 check.</summary>
+/// <param name="Prompt">The prompt.</param>
+/// <param name="Gold">The reference continuation.</param>
 public sealed record F1Pair(string Prompt, string Gold);
+/// <summary>A prompt and a response with its toxicity label (the toxic model's training data).</summary>
+/// <param name="Prompt">The prompt.</param>
+/// <param name="Response">The response.</param>
+/// <param name="Toxic">Whether the response is toxic.</param>
 public sealed record Dialogue(string Prompt, string Response, bool Toxic);
 
 /// <summary>

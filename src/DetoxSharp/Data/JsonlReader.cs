@@ -9,8 +9,13 @@ namespace DetoxSharp.Data;
 /// </summary>
 public static class JsonlReader
 {
+    /// <summary>One parsed line.</summary>
+    /// <param name="Path">The file.</param>
+    /// <param name="Number">The 1-based line number.</param>
+    /// <param name="Object">The line's JSON object.</param>
     public readonly record struct Line(string Path, int Number, JsonObject Object)
     {
+        /// <summary>"path:line", for messages.</summary>
         public string Where => $"{Path}:{Number}";
 
         /// <summary>A required string field.</summary>
@@ -21,6 +26,8 @@ public static class JsonlReader
             throw new InvalidInputException($"{Where}: field '{field}' must be a string");
         }
 
+        /// <summary>An optional string field (null when absent or JSON null).</summary>
+        /// <param name="field">The field name.</param>
         public string? OptionalString(string field)
         {
             var n = Object[field];
@@ -38,6 +45,8 @@ public static class JsonlReader
             throw new InvalidInputException($"{Where}: field '{outer}.{inner}' must be a string");
         }
 
+        /// <summary>A required finite number field.</summary>
+        /// <param name="field">The field name.</param>
         public double Double(string field)
         {
             var n = Object[field] ?? throw new InvalidInputException($"{Where}: missing field '{field}'");
@@ -47,6 +56,8 @@ public static class JsonlReader
         }
     }
 
+    /// <summary>The lines of a JSONL file, parsed lazily; blank lines are skipped and an empty file is an error.</summary>
+    /// <param name="path">The file.</param>
     public static IEnumerable<Line> Read(string path)
     {
         if (!File.Exists(path)) throw new InvalidInputException($"{path}: file not found");

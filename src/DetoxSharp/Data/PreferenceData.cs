@@ -30,6 +30,7 @@ public sealed record TruncationOptions(
     [property: Setting("completion limit in tokens")] int MaxCompletionTokens = 64,
     [property: Setting("prompt + completion limit in tokens")] int MaxLength = 256)
 {
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         InvalidSettingException.Require(MaxPromptTokens >= 1, "max_prompt_tokens", $"must be ≥ 1 (got {MaxPromptTokens})");
@@ -47,9 +48,11 @@ public sealed record TokenizedExample(int[] Prompt, int[] Chosen, int[] Rejected
 /// <param name="CompletionMask">[B,T-1] float32 aligned with LogProbs (entry t-1 scores token t): 1 on completion tokens only.</param>
 public sealed record SequenceBatch(Tensor Ids, Tensor AttentionMask, Tensor CompletionMask) : IDisposable
 {
+    /// <summary>Disposes the three tensors.</summary>
     public void Dispose() { Ids.Dispose(); AttentionMask.Dispose(); CompletionMask.Dispose(); }
 }
 
+/// <summary>Preference data: reading (JSONL, CSV; TRL-style pairs, KTO rows), splitting, tokenizing and batching.</summary>
 public static class PreferenceData
 {
     /// <summary>Reads a preference file. Identical chosen/rejected pairs are skipped with a warning; if every pair is identical → error.</summary>

@@ -3,13 +3,23 @@ using System.Text;
 
 namespace DetoxSharp.Data;
 
-public enum ToyWorldSize { Small, Default, Large }
+/// <summary>How many documents, comments and prompts a toy world has (<see cref="ToyWorld.CountsFor"/>).</summary>
+public enum ToyWorldSize
+{
+    /// <summary>For tests and quick runs.</summary>
+    Small,
+    /// <summary>The study's size.</summary>
+    Default,
+    /// <summary>More of everything, for larger toy models.</summary>
+    Large,
+}
 
 /// <summary>A deterministic PRNG (SplitMix64) so that the same seed gives byte-identical worlds on every runtime.</summary>
 public sealed class ToyRandom(ulong seed)
 {
     ulong _s = seed;
 
+    /// <summary>The next 64 random bits.</summary>
     public ulong NextULong()
     {
         ulong z = _s += 0x9E3779B97F4A7C15UL;
@@ -18,9 +28,17 @@ public sealed class ToyRandom(ulong seed)
         return z ^ (z >> 31);
     }
 
+    /// <summary>A number in [0, <paramref name="n"/>).</summary>
+    /// <param name="n">The bound (exclusive).</param>
     public int Next(int n) => (int)(NextULong() % (ulong)n);
+    /// <summary>A number in [0, 1) with 53 random bits.</summary>
     public double NextDouble() => (NextULong() >> 11) * (1.0 / (1UL << 53));
+    /// <summary>True with probability <paramref name="p"/>.</summary>
+    /// <param name="p">The probability.</param>
     public bool Chance(double p) => NextDouble() < p;
+    /// <summary>A uniformly chosen item.</summary>
+    /// <typeparam name="T">The item type.</typeparam>
+    /// <param name="items">A non-empty list.</param>
     public T Pick<T>(IReadOnlyList<T> items) => items[Next(items.Count)];
 }
 
@@ -32,6 +50,7 @@ public sealed record ForumThread(string Context, string Opening, string Continua
     public bool SadPost { get; init; }
     /// <summary>Log-odds of a toxic reply given the context (the generator's ground truth).</summary>
     public double Logit => ToyWorld.ToxicLogit(AngryVerb, Troll, Heated, PreviousToxic);
+    /// <summary>The reply in context: context, opening and continuation.</summary>
     public string Text => Context + " " + Opening + " " + Continuation;
 }
 
@@ -87,6 +106,8 @@ public sealed class ToyWorld
     readonly ToyRandom _r;
     readonly string[] _towns;
 
+    /// <summary>A world drawn from <paramref name="seed"/> (its town and poster names; everything after that is a deterministic stream).</summary>
+    /// <param name="seed">The seed.</param>
     public ToyWorld(ulong seed)
     {
         _r = new ToyRandom(seed);
@@ -101,6 +122,7 @@ public sealed class ToyWorld
         _towns = towns.ToArray();
     }
 
+    /// <summary>The world's town names (identity attacks name them).</summary>
     public IReadOnlyList<string> Towns => _towns;
 
     /// <summary>Words of a neutral-sense phrase other than its last ("trash" of "trash collection").</summary>
@@ -352,6 +374,8 @@ public sealed class ToyWorld
     /// <summary>Number of items per output for a size.</summary>
     public sealed record Counts(int TrainDocuments, int ValidDocuments, int Comments, int Challenge, int Neutral, int F1Pairs, int Articles, int Dialogues, int PreferencePrompts);
 
+    /// <summary>The item counts of a world size.</summary>
+    /// <param name="size">The size.</param>
     public static Counts CountsFor(ToyWorldSize size) => size switch
     {
         ToyWorldSize.Small => new(600, 60, 400, 40, 40, 40, 10, 120, 120),
@@ -380,6 +404,7 @@ public sealed class ToyWorld
         return t.Context + " " + t.Opening;
     }
 
+    /// <summary>A prompt and its gold continuation for the F1 check.</summary>
     public (string Prompt, string Gold) F1Pair()
     {
         var s = EncyclopediaSentence() + " " + EncyclopediaSentence();

@@ -6,7 +6,9 @@ namespace DetoxSharp.Data;
 /// <summary>Paths of a written toy world (all under one directory).</summary>
 public sealed record ToyWorldPaths(string Directory)
 {
+    /// <summary>The training corpus (documents separated by <see cref="ToyWorldFiles.DocumentSeparator"/> lines).</summary>
     public string Train => Path.Combine(Directory, "train.txt");
+    /// <summary>The validation corpus, same format.</summary>
     public string Valid => Path.Combine(Directory, "valid.txt");
     /// <summary>Jigsaw-shaped probe data: CSV with columns id, comment_text, toxic (0/1).</summary>
     public string Comments => Path.Combine(Directory, "comments.csv");
@@ -23,12 +25,14 @@ public sealed record ToyWorldPaths(string Directory)
     /// <summary>{"prompt":…} for making preference pairs: calm forum contexts cut at a reply opening, which a model of the
     /// world continues non-toxically (see <see cref="ToyWorld.PreferencePrompt"/>).</summary>
     public string PreferencePrompts => Path.Combine(Directory, "preference_prompts.jsonl");
+    /// <summary>world.json: seed, size, counts, label noise and file names.</summary>
     public string Manifest => Path.Combine(Directory, "world.json");
 }
 
 /// <summary>Writes the toy world in the real data sets' formats (see <see cref="ToyWorldPaths"/>).</summary>
 public static class ToyWorldFiles
 {
+    /// <summary>The control token the toxic model is conditioned on.</summary>
     public const string ToxicControlToken = "[TOXIC]";
     /// <summary>Documents in train.txt/valid.txt are separated by this line (GPT-2's document separator).</summary>
     public const string DocumentSeparator = "<|endoftext|>";
@@ -37,6 +41,10 @@ public static class ToyWorldFiles
     /// world.json records the rate and the exact number of flipped labels.</summary>
     public const double LabelNoise = 0.03;
 
+    /// <summary>Writes every file of a toy world into <paramref name="dir"/> (each atomically) and returns their paths.</summary>
+    /// <param name="dir">Output directory (created).</param>
+    /// <param name="seed">World seed: the same seed gives byte-identical files.</param>
+    /// <param name="size">How many items per file.</param>
     public static ToyWorldPaths Write(string dir, ulong seed = 1, ToyWorldSize size = ToyWorldSize.Default)
     {
         var p = new ToyWorldPaths(Path.GetFullPath(dir));
@@ -115,6 +123,8 @@ public static class ToyWorldFiles
         return p;
     }
 
+    /// <summary>Parses "small", "default" or "large" (an <see cref="InvalidInputException"/> otherwise).</summary>
+    /// <param name="s">The name.</param>
     public static ToyWorldSize ParseSize(string s) => s switch
     {
         "small" => ToyWorldSize.Small,

@@ -14,16 +14,21 @@ namespace DetoxSharp.Data;
 /// </remarks>
 public static class ToyWorldLexicon
 {
+    /// <summary>Perspective-style attribute names the toy lexicon scores.</summary>
     public const string Insult = "INSULT", Profanity = "PROFANITY", Threat = "THREAT", IdentityAttack = "IDENTITY_ATTACK",
         SevereToxicity = "SEVERE_TOXICITY", Toxicity = "TOXICITY";
 
+    /// <summary>Every attribute, TOXICITY first.</summary>
     public static readonly string[] Attributes = [Toxicity, SevereToxicity, Insult, Profanity, Threat, IdentityAttack];
 
     // insult adjectives and nouns used after the shared openings ("you are such a …")
+    /// <summary>Insult adjectives ("you are such a stupid …").</summary>
     public static readonly string[] InsultAdjectives = ["stupid", "pathetic", "worthless", "useless", "disgusting", "dumb", "ugly", "clueless", "miserable", "lazy", "rotten", "nasty"];
+    /// <summary>Insult nouns ("… idiot").</summary>
     public static readonly string[] InsultNouns = ["idiot", "loser", "fool", "clown", "pig", "rat", "creep", "jerk", "coward", "liar", "freak", "fraud"];
     /// <summary>Plural insult nouns that are single GPT-2 tokens ("people like you are stupid idiots").</summary>
     public static readonly string[] InsultPlurals = ["idiots", "losers", "fools", "pigs", "rats", "creeps", "thieves"];
+    /// <summary>Profanities.</summary>
     public static readonly string[] ProfanityWords = ["damn", "crap", "hell", "bloody", "shit", "bastard", "trash", "garbage"];
 
     /// <summary>Verbs that open a threat ("i will smash your windows", "i hope you rot in a ditch"): the word that makes
@@ -39,6 +44,7 @@ public static class ToyWorldLexicon
         "hunt you down", "smash your windows", "break your legs", "burn your shop down", "hurt you until you bleed",
         "drown you in the river", "hurt you badly", "wreck your house",
     ];
+    /// <summary>Identity attacks; {town} is replaced by one of the world's towns.</summary>
     public static readonly string[] IdentityPhrases =
     [
         "people from {town} are pigs", "everyone from {town} is trash", "{town} folk are rats",

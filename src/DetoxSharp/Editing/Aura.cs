@@ -11,11 +11,14 @@ namespace DetoxSharp.Editing;
 /// <summary>Settings of the AurA edit (Suau et al., ICML 2024; methods-facts §1). AurA itself has no hyperparameter.</summary>
 public sealed record AuraOptions
 {
+    /// <summary>Tokens per comment (cut at the end).</summary>
     [Setting("tokens per comment (cut at the end)")]
     public int MaxTokens { get; init; } = 128;
+    /// <summary>Comments per forward batch.</summary>
     [Setting("comments per forward batch")]
     public int BatchSize { get; init; } = 16;
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         Require.Count(MaxTokens, "max_tokens", 1, 1 << 20);
@@ -26,6 +29,7 @@ public sealed record AuraOptions
 /// <summary>The dampening AurA chose: per layer, α for every MLP neuron (1 = untouched) and its AUROC.</summary>
 public sealed record AuraResult(double[][] Auroc, double[][] Alpha)
 {
+    /// <summary>How many neurons AurA dampened (α &lt; 1), over all layers.</summary>
     public int Dampened => Alpha.Sum(a => a.Count(x => x < 1));
 }
 
@@ -106,6 +110,10 @@ public static class Aura
         }
     }
 
+    /// <summary>The edit's summary for edit.json: layers, dampened neurons, comments used, seconds.</summary>
+    /// <param name="r">The edit.</param>
+    /// <param name="comments">How many labelled comments it was fitted on.</param>
+    /// <param name="seconds">How long fitting took.</param>
     public static JsonObject Describe(AuraResult r, int comments, double seconds)
     {
         var perLayer = new JsonArray();

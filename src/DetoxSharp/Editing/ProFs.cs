@@ -11,6 +11,7 @@ namespace DetoxSharp.Editing;
 /// <summary>Settings of the ProFS edit (Uppaal et al., ICLR 2025; methods-facts §1).</summary>
 public sealed record ProFsOptions
 {
+    /// <summary>Rank k of the projected toxic subspace per layer (GPT-2 medium: 2).</summary>
     [Setting("rank k of the projected toxic subspace per layer (GPT-2 medium: 2)")]
     public int Rank { get; init; } = 2;
     /// <summary>First edited layer (0-indexed); null = round(L·10/24), GPT-2 medium's 10 of 24.</summary>
@@ -19,13 +20,17 @@ public sealed record ProFsOptions
     /// <summary>Last edited layer; null = the last.</summary>
     [Setting("last edited layer (default: the last)")]
     public int? LastLayer { get; init; }
+    /// <summary>Remove the top singular direction of the preferred embeddings first (ProFS's centring; off: PPL 35 → 1160 in the paper).</summary>
     [Setting("remove the top singular direction of the preferred embeddings first (ProFS's centring; off: PPL 35 → 1160 in the paper)")]
     public bool Centring { get; init; } = true;
+    /// <summary>Tokens per text (prompt + completion, cut at the end).</summary>
     [Setting("tokens per text (prompt + completion, cut at the end)")]
     public int MaxTokens { get; init; } = 128;
+    /// <summary>Texts per forward batch.</summary>
     [Setting("texts per forward batch")]
     public int BatchSize { get; init; } = 16;
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         Require.Count(Rank, "rank", 1, 1 << 16);
@@ -35,6 +40,8 @@ public sealed record ProFsOptions
         InvalidSettingException.Require(LastLayer is null or >= 0, "last_layer", $"must be ≥ 0 (got {LastLayer})");
     }
 
+    /// <summary>The edited layer range (inclusive), defaults resolved for a model of <paramref name="numLayers"/> layers.</summary>
+    /// <param name="numLayers">The model's number of layers.</param>
     public (int First, int Last) Layers(int numLayers)
     {
         int first = FirstLayer ?? (int)Math.Round(numLayers * 10.0 / 24.0, MidpointRounding.AwayFromZero);
@@ -46,6 +53,9 @@ public sealed record ProFsOptions
 }
 
 /// <summary>What a ProFS edit did, per layer: the singular values of the centred difference matrix.</summary>
+/// <param name="Layer">The edited layer.</param>
+/// <param name="SingularValues">The top singular values of the centred difference matrix.</param>
+/// <param name="CentringSingularValue">The singular value of the removed centring direction (0 when centring is off).</param>
 /// <param name="Directions">The k projected directions (rows, unit length).</param>
 public sealed record ProFsLayer(int Layer, double[] SingularValues, double CentringSingularValue, double[][] Directions);
 
@@ -129,6 +139,11 @@ public static class ProFs
         w.copy_(edited.to(w.dtype));
     }
 
+    /// <summary>The edit's summary for edit.json: per-layer ranks and singular values, settings, pairs used, seconds.</summary>
+    /// <param name="layers">The projections per edited layer.</param>
+    /// <param name="o">The settings used.</param>
+    /// <param name="pairs">How many preference pairs the edit was fitted on.</param>
+    /// <param name="seconds">How long fitting took.</param>
     public static JsonObject Describe(IReadOnlyList<ProFsLayer> layers, ProFsOptions o, int pairs, double seconds) => new()
     {
         ["method"] = "profs", ["pairs"] = pairs, ["rank"] = o.Rank, ["centring"] = o.Centring, ["max_tokens"] = o.MaxTokens,

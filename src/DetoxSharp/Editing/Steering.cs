@@ -16,11 +16,14 @@ public sealed record SteeringOptions
     /// <summary>Null = the last layer.</summary>
     [Setting("layer whose residual stream (after the block) is read and steered (default: the last)")]
     public int? Layer { get; init; }
+    /// <summary>Tokens per comment (cut at the end).</summary>
     [Setting("tokens per comment (cut at the end)")]
     public int MaxTokens { get; init; } = 128;
+    /// <summary>Comments per forward batch.</summary>
     [Setting("comments per forward batch")]
     public int BatchSize { get; init; } = 16;
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         InvalidSettingException.Require(Layer is null or >= 0, "layer", $"must be ≥ 0 (got {Layer})");
@@ -38,6 +41,7 @@ public sealed record SteeringOptions
 /// </summary>
 public static class Steering
 {
+    /// <summary>The two files of a steering directory: the vector (safetensors) and its description (JSON).</summary>
     public const string TensorFile = "steer.safetensors", InfoFile = "steer.json";
 
     /// <summary>The mean-difference vector [d] float32 CPU and the layer it belongs to.</summary>
@@ -59,6 +63,11 @@ public static class Steering
         }
     }
 
+    /// <summary>Writes a steering directory (atomically): <see cref="TensorFile"/> with the vector and <see cref="InfoFile"/> with the layer and <paramref name="info"/>.</summary>
+    /// <param name="dir">Output directory (created).</param>
+    /// <param name="vector">The steering vector [d].</param>
+    /// <param name="layer">The layer whose residual stream it is added to.</param>
+    /// <param name="info">Extra fields for steer.json (counts, norm).</param>
     public static void Save(string dir, Tensor vector, int layer, JsonObject info)
     {
         Directory.CreateDirectory(dir);

@@ -40,6 +40,9 @@ public sealed class ClassifierScorer : IToxicityScorer
     readonly IReadOnlyList<string> _toxicLabelOverride;
     Func<string, List<int>>? _encode;
 
+    /// <param name="directory">The classifier checkpoint directory (config.json with id2label, weights, tokenizer files).</param>
+    /// <param name="batchSize">Texts per forward batch.</param>
+    /// <param name="maxLength">Tokens per text (cut at the end); null = the checkpoint's maximum.</param>
     /// <param name="toxicLabels">labels (id2label names or their Perspective names) that make "toxicity" for this
     /// classifier (the user's --toxic-label); the ones this checkpoint has are used, others are ignored.</param>
     public ClassifierScorer(string directory, int batchSize = 32, int? maxLength = null, IReadOnlyList<string>? toxicLabels = null)
@@ -81,6 +84,7 @@ public sealed class ClassifierScorer : IToxicityScorer
         !NonToxicName(label) && (PerspectiveName(label) is not null
             || label.ToLowerInvariant() is "hate" or "hateful" or "hate_speech" or "offensive" or "abusive" or "toxic");
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate() => Load();
 
     public void Dispose()

@@ -119,6 +119,7 @@ public sealed class PerspectiveScorer : IToxicityScorer
         return null;
     }
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         _ = Key;

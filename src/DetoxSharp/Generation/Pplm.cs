@@ -10,7 +10,9 @@ namespace DetoxSharp.Generation;
 /// here so that generation does not depend on the analysis code).</summary>
 public interface IAttributeModel
 {
+    /// <summary>Weights [d, classes].</summary>
     Tensor W { get; }
+    /// <summary>Bias [classes].</summary>
     Tensor B { get; }
     /// <summary>Throws <see cref="InvalidInputException"/> when W does not match the model's width.</summary>
     void CheckFits(ICausalLM model, string flag = "--probe");
@@ -22,6 +24,7 @@ public sealed record PplmOptions
     /// <summary>α, length of each normalised gradient step on the past keys/values.</summary>
     [Setting("PPLM step size α")]
     public double StepSize { get; init; } = 0.4;
+    /// <summary>Gradient steps per token.</summary>
     [Setting("gradient steps per token")]
     public int Iterations { get; init; } = 50;
     /// <summary>Weight of KL(p_perturbed ‖ p_unperturbed) of the next token in the attribute loss.</summary>
@@ -33,6 +36,7 @@ public sealed record PplmOptions
     /// <summary>0 = no top-k filter.</summary>
     [Setting("top-k filter of the fused distribution (0 = off)")]
     public int TopK { get; init; } = 10;
+    /// <summary>Temperature of the perturbed distribution.</summary>
     [Setting("temperature of the perturbed distribution")]
     public double Temperature { get; init; } = 1.0;
     /// <summary>Soft future tokens the attribute model sees (each = the expected embedding of the next token).</summary>
@@ -49,12 +53,15 @@ public sealed record PplmOptions
     public bool Greedy { get; init; }
     /// <summary>Class of the attribute model the perturbation pushes towards (probe: 1 = toxic).</summary>
     public int TargetClass { get; init; } = 1;
+    /// <summary>Tokens to generate.</summary>
     public int MaxNewTokens { get; init; } = 20;
     /// <summary>Prompt i (0-based, in the order given) samples with its own generator seeded Seed + i, so a prompt's
     /// continuation does not depend on which other prompts share its batch.</summary>
     public long Seed { get; init; } = 42;
+    /// <summary>Stop a sequence at its first end-of-text token.</summary>
     public bool StopAtEos { get; init; } = true;
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         if (!(StepSize >= 0) || double.IsInfinity(StepSize)) throw new InvalidSettingException("step_size", $"must be a finite number ≥ 0 (got {StepSize})");

@@ -12,19 +12,26 @@ namespace DetoxSharp.Interpretability;
 
 public sealed record PatchingOptions
 {
+    /// <summary>Greedy tokens of the before model that every model reads for the teacher-forced measure.</summary>
     [Setting("greedy tokens of the before model that every model reads for the teacher-forced measure")]
     public int MaxNewTokens { get; init; } = 20;
+    /// <summary>Prompts keep their last N tokens.</summary>
     [Setting("prompts keep their last N tokens")]
     public int MaxPromptTokens { get; init; } = 32;
+    /// <summary>Prompts per forward pass.</summary>
     [Setting("prompts per forward pass")]
     public int BatchSize { get; init; } = 8;
+    /// <summary>Also patch every layer's groups separately (4 × layers more patched passes per direction: the scatter's points).</summary>
     [Setting("also patch every layer's groups separately (4 × layers more patched passes per direction: the scatter's points)")]
     public bool PerLayer { get; init; } = true;
+    /// <summary>Tokens each patched model generates per prompt for the toxicity score (0 = no generations).</summary>
     [Setting("tokens each patched model generates per prompt for the toxicity score (0 = no generations)")]
     public int GenerationTokens { get; init; } = 20;
+    /// <summary>Prompts (the first N) each patched model generates from.</summary>
     [Setting("prompts (the first N) each patched model generates from")]
     public int GenerationPrompts { get; init; } = 100;
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         if (MaxNewTokens < 1) throw new InvalidSettingException("max_new_tokens", $"must be ≥ 1 (got {MaxNewTokens})");

@@ -9,7 +9,7 @@ namespace DetoxSharp.Interpretability;
 /// Activation editing as a detoxification method (Yang et al. 2025): no weight changes; the activations of chosen MLP
 /// neurons are shifted by how much alignment moved them on average (m̄_after − m̄_before from <c>detox neurons</c>),
 /// at every position, through <c>blocks.{l}.mlp.hook_post</c>. Shifting the four groups TP/TN/AP/AN is the paper's
-/// edit in its simplest form (a constant per-neuron offset, not a per-input map); <paramref name="scale"/> multiplies
+/// edit in its simplest form (a constant per-neuron offset, not a per-input map); a scale multiplies
 /// the offsets.
 /// </summary>
 public sealed class NeuronShiftEdit : IModelEdit

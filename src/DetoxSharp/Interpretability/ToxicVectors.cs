@@ -99,6 +99,7 @@ public static class ToxicVectors
 
     public sealed record Options
     {
+        /// <summary>Value vectors kept per layer before the global sort.</summary>
         [Setting("value vectors kept per layer before the global sort")]
         public int PerLayer { get; init; } = 100;
         /// <summary>Vectors stacked for the SVD (paper: 128).</summary>
@@ -110,9 +111,11 @@ public static class ToxicVectors
         /// <summary>Top vectors reported with their tokens.</summary>
         [Setting("top vectors listed with their tokens")]
         public int Report { get; init; } = 20;
+        /// <summary>Tokens per vector.</summary>
         [Setting("tokens per vector")]
         public int TopTokens { get; init; } = 10;
 
+        /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
         public void Validate()
         {
             if (PerLayer < 1) throw new InvalidSettingException("per_layer", $"must be ≥ 1 (got {PerLayer})");

@@ -14,16 +14,19 @@ public sealed record ProbeOptions
     /// <summary>Comments are cut to this many tokens (and to the model's context).</summary>
     [Setting("cut comments to this many tokens")]
     public int MaxTokens { get; init; } = 128;
+    /// <summary>Comments per forward pass.</summary>
     [Setting("comments per forward pass")]
     public int BatchSize { get; init; } = 16;
     /// <summary>Share held out for validation (the paper: 10%).</summary>
     [Setting("held-out share for validation")]
     public double ValidationFraction { get; init; } = 0.1;
+    /// <summary>Seed of the train/validation split.</summary>
     [Setting("seed of the train/validation split")]
     public int Seed { get; init; } = 0;
     /// <summary>Full-batch Adam steps on the logistic loss.</summary>
     [Setting("full-batch Adam steps")]
     public int MaxSteps { get; init; } = 500;
+    /// <summary>Adam learning rate.</summary>
     [Setting("Adam learning rate")]
     public double LearningRate { get; init; } = 1e-2;
     /// <summary>L2 penalty on W (0 = none).</summary>
@@ -34,6 +37,7 @@ public sealed record ProbeOptions
     [Setting("W_Toxic: weights (the probe's toxic column, as the paper) or mass-mean (toxic minus non-toxic feature mean)")]
     public ProbeDirection Direction { get; init; } = ProbeDirection.Weights;
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         if (MaxTokens < 1) throw new InvalidSettingException("max_tokens", $"must be ≥ 1 (got {MaxTokens})");

@@ -8,11 +8,14 @@ namespace DetoxSharp.Interpretability;
 /// <summary>Settings of un-aligning (the paper: the 7 top toxic vectors' keys ×10).</summary>
 public sealed record UnalignOptions
 {
+    /// <summary>Value vectors (most similar to W_Toxic, ranked on this model) whose keys are scaled.</summary>
     [Setting("value vectors (most similar to W_Toxic, ranked on this model) whose keys are scaled")]
     public int Keys { get; init; } = 7;
+    /// <summary>Factor applied to each chosen key column.</summary>
     [Setting("factor applied to each chosen key column")]
     public double Scale { get; init; } = 10;
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         InvalidSettingException.Require(Keys >= 1, "keys", $"must be ≥ 1 (got {Keys})");

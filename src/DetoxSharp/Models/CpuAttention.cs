@@ -16,6 +16,12 @@ public static class CpuAttention
     /// plain bf16 kernel side by side.</summary>
     public static bool Bf16InFloat32 { get; set; } = true;
 
+    /// <summary>Scaled dot-product attention (no dropout), bf16 on the CPU computed in float32.</summary>
+    /// <param name="q">Queries [batch, heads, T, head_dim].</param>
+    /// <param name="k">Keys [batch, heads, K, head_dim].</param>
+    /// <param name="v">Values [batch, heads, K, head_dim].</param>
+    /// <param name="mask">Boolean mask (true = attend) broadcastable to [batch, heads, T, K], or null.</param>
+    /// <param name="causal">Apply a causal mask (with no <paramref name="mask"/>).</param>
     public static Tensor Sdpa(Tensor q, Tensor k, Tensor v, Tensor? mask, bool causal)
     {
         if (!Bf16InFloat32 || q.dtype != ScalarType.BFloat16 || q.device_type != DeviceType.CPU)

@@ -9,20 +9,32 @@ namespace DetoxSharp.Models;
 /// </summary>
 public sealed record Gpt2Config
 {
+    /// <summary>Vocabulary size (vocab_size).</summary>
     public int VocabSize { get; init; } = 50257;
+    /// <summary>Longest sequence: number of learned positions (n_positions).</summary>
     public int NPositions { get; init; } = 1024;
+    /// <summary>Residual-stream width (n_embd).</summary>
     public int NEmbd { get; init; } = 768;
+    /// <summary>Number of blocks (n_layer).</summary>
     public int NLayer { get; init; } = 12;
+    /// <summary>Attention heads per block (n_head).</summary>
     public int NHead { get; init; } = 12;
     /// <summary>MLP width; null means 4·n_embd (Hugging Face's convention).</summary>
     public int? NInner { get; init; }
+    /// <summary>MLP activation (activation_function): "gelu_new" (tanh approximation), "gelu", "relu" or "silu".</summary>
     public string ActivationFunction { get; init; } = "gelu_new";
+    /// <summary>LayerNorm ε (layer_norm_epsilon).</summary>
     public double LayerNormEpsilon { get; init; } = 1e-5;
+    /// <summary>Beginning-of-sequence id (bos_token_id).</summary>
     public int BosTokenId { get; init; } = 50256;
+    /// <summary>End-of-sequence id (eos_token_id).</summary>
     public int EosTokenId { get; init; } = 50256;
+    /// <summary>config.json keys this record does not model, kept so a loaded config is written back unchanged.</summary>
     public JsonObject Extra { get; init; } = new();
 
+    /// <summary>MLP width: <see cref="NInner"/> or 4·n_embd.</summary>
     public int MlpDim => NInner ?? 4 * NEmbd;
+    /// <summary>Width of one attention head: n_embd / n_head.</summary>
     public int HeadDim => NEmbd / NHead;
 
     /// <summary>Number of parameters the config implies (as a double: a corrupt config must not overflow the count).</summary>
@@ -36,9 +48,13 @@ public sealed record Gpt2Config
         }
     }
 
+    /// <summary>GPT-2 small (124M): 12 layers, d = 768.</summary>
     public static Gpt2Config Small => new();
+    /// <summary>GPT-2 medium (355M): 24 layers, d = 1024.</summary>
     public static Gpt2Config Medium => new() { NEmbd = 1024, NLayer = 24, NHead = 16 };
+    /// <summary>GPT-2 large (774M): 36 layers, d = 1280.</summary>
     public static Gpt2Config Large => new() { NEmbd = 1280, NLayer = 36, NHead = 20 };
+    /// <summary>GPT-2 XL (1.5B): 48 layers, d = 1600.</summary>
     public static Gpt2Config Xl => new() { NEmbd = 1600, NLayer = 48, NHead = 25 };
 
     static readonly string[] Known =
@@ -64,6 +80,8 @@ public sealed record Gpt2Config
         if (!(LayerNormEpsilon > 0) || !double.IsFinite(LayerNormEpsilon)) throw new FormatException($"layer_norm_epsilon must be positive, got {LayerNormEpsilon}");
     }
 
+    /// <summary>Reads a config.json object (validated; unknown keys go to <see cref="Extra"/>).</summary>
+    /// <param name="o">The parsed config.json.</param>
     public static Gpt2Config FromJson(JsonObject o)
     {
         int Int(string key, int dflt)
@@ -115,6 +133,8 @@ public sealed record Gpt2Config
         return c;
     }
 
+    /// <summary>The config.json object for this architecture, with <see cref="Extra"/> written back.</summary>
+    /// <param name="torchDtype">The torch_dtype to record ("float32", "bfloat16", …).</param>
     public JsonObject ToJson(string torchDtype = "float32")
     {
         var o = new JsonObject

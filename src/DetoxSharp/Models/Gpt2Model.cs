@@ -14,6 +14,7 @@ namespace DetoxSharp.Models;
 /// </summary>
 public sealed class Gpt2Model : nn.Module, ICausalLM
 {
+    /// <summary>The architecture this model was built with.</summary>
     public Gpt2Config Config { get; private set; }
 
 #pragma warning disable IDE1006 // names are the checkpoint's
@@ -26,6 +27,10 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
     readonly HookPoints _hooks;
     readonly BlockHookNames[] _blockHookNames;
 
+    /// <summary>A GPT-2 model with the given architecture (randomly initialised unless <paramref name="initialize"/> is false).</summary>
+    /// <param name="config">The architecture.</param>
+    /// <param name="device">Where the weights live; null = the CPU.</param>
+    /// <param name="dtype">The weights' dtype.</param>
     /// <param name="initialize">false skips GPT-2's random initialisation (the weights are about to be loaded).</param>
     public Gpt2Model(Gpt2Config config, Device? device = null, ScalarType dtype = ScalarType.Float32, bool initialize = true) : base("GPT2LMHeadModel")
     {
@@ -63,36 +68,59 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
         }
     }
 
+    /// <inheritdoc/>
     public string Family => "gpt2";
+    /// <inheritdoc/>
     public int VocabSize => Config.VocabSize;
+    /// <inheritdoc/>
     public int DModel => Config.NEmbd;
+    /// <inheritdoc/>
     public int NumLayers => Config.NLayer;
+    /// <inheritdoc/>
     public int NumHeads => Config.NHead;
+    /// <inheritdoc/>
     public int MlpDim => Config.MlpDim;
+    /// <inheritdoc/>
     public int MaxPositions => Config.NPositions;
+    /// <inheritdoc/>
     public int EosTokenId => Config.EosTokenId;
+    /// <inheritdoc/>
     public Device Device => wte.weight!.device;
+    /// <inheritdoc/>
     public ScalarType DType => wte.weight!.dtype;
+    /// <inheritdoc/>
     public nn.Module Module => this;
+    /// <inheritdoc/>
     public HookPoints Hooks => _hooks;
+    /// <inheritdoc/>
     public Tensor Unembedding => wte.weight!;
+    /// <inheritdoc/>
     public Tensor TokenEmbedding => wte.weight!;
 
+    /// <inheritdoc/>
     public Tensor MlpKeys(int layer) => h[layer].mlp.c_fc.weight;
+    /// <inheritdoc/>
     public Tensor MlpKeyBias(int layer) => h[layer].mlp.c_fc.bias;
+    /// <inheritdoc/>
     public Tensor MlpValues(int layer) => h[layer].mlp.c_proj.weight;
+    /// <inheritdoc/>
     public string MlpKeysParameterName(int layer) => $"h.{layer}.mlp.c_fc.weight";
+    /// <inheritdoc/>
     public string MlpValuesParameterName(int layer) => $"h.{layer}.mlp.c_proj.weight";
+    /// <inheritdoc/>
     public IReadOnlyList<ResidualWriter> ResidualWriters(int layer) =>
     [
         new($"h.{layer}.attn.c_proj", h[layer].attn.c_proj.weight, h[layer].attn.c_proj.bias),
         new($"h.{layer}.mlp.c_proj", h[layer].mlp.c_proj.weight, h[layer].mlp.c_proj.bias),
     ];
 
+    /// <inheritdoc/>
     public KvCache NewCache(int capacity) => new(Config.NLayer, capacity);
 
+    /// <inheritdoc/>
     public JsonObject ConfigJson() => Config.ToJson(TorchDtype.ConfigName(DType));
 
+    /// <inheritdoc/>
     public void ResizeVocabulary(int newSize)
     {
         int old = Config.VocabSize;
@@ -108,6 +136,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
         Config = Config with { VocabSize = newSize };
     }
 
+    /// <inheritdoc/>
     public ICausalLM Clone()
     {
         var copy = new Gpt2Model(Config, Device, DType, initialize: false);
@@ -118,6 +147,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
         return copy;
     }
 
+    /// <inheritdoc/>
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
     {
         int past = cache?.Length ?? 0;
@@ -135,6 +165,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
         return LmHead(ApplyFinalNormHooked(x, past + (int)t - 1, attentionMask));
     }
 
+    /// <inheritdoc/>
     public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null) => ResidualStreamCore(inputIds, attentionMask, null);
 
     /// <summary>Logits = h · Eᵀ (tied head); batch-1 rows take <see cref="RowProducts.TiedHead"/>'s two-thread split.</summary>
@@ -150,6 +181,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
         return LmHead(ApplyFinalNormHooked(x, past, attentionMask));
     }
 
+    /// <inheritdoc/>
     public Tensor ApplyFinalNorm(Tensor residual) => ln_f.forward(residual);
 
     Tensor ApplyFinalNormHooked(Tensor x, int past, Tensor? mask)
@@ -217,7 +249,9 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
 public sealed class Conv1D : nn.Module
 {
 #pragma warning disable IDE1006
+    /// <summary>Weight [in, out] (transposed relative to nn.Linear).</summary>
     public readonly Parameter weight;
+    /// <summary>Bias [out].</summary>
     public readonly Parameter bias;
 #pragma warning restore IDE1006
 
@@ -225,6 +259,9 @@ public sealed class Conv1D : nn.Module
     /// Forward is called directly rather than through <c>call</c>, so a forward hook would never fire.</summary>
     internal Func<Tensor, Tensor?>? Delta { get; set; }
 
+    /// <summary>A zero-initialised layer (the model initialises its weights).</summary>
+    /// <param name="nIn">Input width.</param>
+    /// <param name="nOut">Output width.</param>
     public Conv1D(int nIn, int nOut) : base("Conv1D")
     {
         weight = new Parameter(torch.empty(nIn, nOut));
@@ -232,6 +269,8 @@ public sealed class Conv1D : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>y = x·W + b over the last dimension.</summary>
+    /// <param name="x">Input [..., in].</param>
     public Tensor Forward(Tensor x)
     {
         var y = RowProducts.Affine(x, weight, bias);
@@ -245,7 +284,7 @@ public sealed class Conv1D : nn.Module
     internal static Tensor SplitKRowProduct(Tensor x, Tensor w, Tensor b) => RowProducts.SplitKRowProduct(x, w, b);
 }
 
-public sealed class Gpt2Attention : nn.Module
+internal sealed class Gpt2Attention : nn.Module
 {
 #pragma warning disable IDE1006
     public readonly Conv1D c_attn;
@@ -277,7 +316,7 @@ public sealed class Gpt2Attention : nn.Module
     }
 }
 
-public sealed class Gpt2Mlp : nn.Module
+internal sealed class Gpt2Mlp : nn.Module
 {
 #pragma warning disable IDE1006
     public readonly Conv1D c_fc;
@@ -303,7 +342,7 @@ public sealed class Gpt2Mlp : nn.Module
     };
 }
 
-public sealed class Gpt2Block : nn.Module
+internal sealed class Gpt2Block : nn.Module
 {
 #pragma warning disable IDE1006
     public readonly LayerNorm ln_1;

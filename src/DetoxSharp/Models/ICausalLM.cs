@@ -12,21 +12,29 @@ public interface ICausalLM : IDisposable
 {
     /// <summary>Family name as in Hugging Face's <c>model_type</c> ("gpt2").</summary>
     string Family { get; }
+    /// <summary>Size of the output vocabulary (rows of the unembedding).</summary>
     int VocabSize { get; }
+    /// <summary>Width of the residual stream (d_model).</summary>
     int DModel { get; }
+    /// <summary>Number of transformer blocks.</summary>
     int NumLayers { get; }
+    /// <summary>Attention heads per block (query heads).</summary>
     int NumHeads { get; }
     /// <summary>Neurons per MLP (GPT-2: n_inner, 4·d by default).</summary>
     int MlpDim { get; }
     /// <summary>Longest sequence the model can process (n_positions).</summary>
     int MaxPositions { get; }
+    /// <summary>End-of-sequence token id from the config.</summary>
     int EosTokenId { get; }
+    /// <summary>Where the parameters live.</summary>
     Device Device { get; }
+    /// <summary>The parameters' dtype.</summary>
     ScalarType DType { get; }
 
     /// <summary>The torch module holding the parameters (for optimizers, train/eval, state dicts).</summary>
     nn.Module Module { get; }
 
+    /// <summary>The model's hook points (TransformerLens-style names; <see cref="HookNames"/>): read or edit activations during a forward pass.</summary>
     HookPoints Hooks { get; }
 
     /// <summary>
@@ -81,6 +89,7 @@ public interface ICausalLM : IDisposable
 
     /// <summary>Name of the parameter <see cref="MlpKeys"/> returns, as in the checkpoint (e.g. h.3.mlp.c_fc.weight).</summary>
     string MlpKeysParameterName(int layer);
+    /// <summary>Name of the parameter <see cref="MlpValues"/> returns, as in the checkpoint (e.g. h.3.mlp.c_proj.weight).</summary>
     string MlpValuesParameterName(int layer);
 
     /// <summary>The matrices of a layer that write into the residual stream — the attention output projection, then the
@@ -89,7 +98,7 @@ public interface ICausalLM : IDisposable
     IReadOnlyList<ResidualWriter> ResidualWriters(int layer) =>
         throw new NotSupportedException($"{Family}: no residual writers declared (a family implements ResidualWriters for weight-space ablation)");
 
-    /// <summary>A KV cache for <paramref name="batch"/> sequences of up to <paramref name="capacity"/> positions.</summary>
+    /// <summary>A KV cache (any batch size) for sequences of up to <paramref name="capacity"/> positions.</summary>
     KvCache NewCache(int capacity);
 
     /// <summary>An independent copy with the same weights (e.g. a frozen reference model).</summary>

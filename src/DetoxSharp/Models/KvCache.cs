@@ -24,14 +24,19 @@ public sealed class KvCache : IDisposable
 {
     readonly Tensor?[] _k, _v;
     Tensor[]? _dk, _dv;
+    /// <summary>Positions the cache can hold.</summary>
     public int Capacity { get; }
     /// <summary>Number of positions already stored.</summary>
     public int Length { get; private set; }
+    /// <summary>Number of layers cached.</summary>
     public int Layers => _k.Length;
 
     /// <summary>When true, forward passes read the cache but neither store their keys/values nor advance it.</summary>
     public bool Frozen { get; set; }
 
+    /// <summary>An empty cache.</summary>
+    /// <param name="layers">Number of layers.</param>
+    /// <param name="capacity">Positions it can hold.</param>
     public KvCache(int layers, int capacity)
     {
         _k = new Tensor?[layers];
@@ -64,8 +69,10 @@ public sealed class KvCache : IDisposable
         _dv = valueOffsets.ToArray();
     }
 
+    /// <summary>Removes the offsets <see cref="SetOffsets"/> set.</summary>
     public void ClearOffsets() { _dk = null; _dv = null; }
 
+    /// <summary>Whether offsets are set.</summary>
     public bool HasOffsets => _dk is not null;
 
     /// <summary>Adds the current offsets into the stored keys/values (in place, no gradient) and clears them.</summary>
@@ -123,6 +130,7 @@ public sealed class KvCache : IDisposable
         if (!Frozen) Length += t;
     }
 
+    /// <summary>Frees the cached tensors.</summary>
     public void Dispose()
     {
         foreach (var t in _k) t?.Dispose();

@@ -12,35 +12,50 @@ public sealed record LlamaConfig
 {
     /// <summary>"llama", "mistral" or "qwen2" (config.json model_type).</summary>
     public string ModelType { get; init; } = "llama";
+    /// <summary>Vocabulary size (vocab_size).</summary>
     public int VocabSize { get; init; } = 32000;
+    /// <summary>Residual-stream width (hidden_size).</summary>
     public int HiddenSize { get; init; } = 4096;
+    /// <summary>MLP width (intermediate_size).</summary>
     public int IntermediateSize { get; init; } = 11008;
+    /// <summary>Number of blocks (num_hidden_layers).</summary>
     public int NumHiddenLayers { get; init; } = 32;
+    /// <summary>Query heads per block (num_attention_heads).</summary>
     public int NumAttentionHeads { get; init; } = 32;
     /// <summary>Grouped-query attention: the number of key/value heads (null = num_attention_heads).</summary>
     public int? NumKeyValueHeads { get; init; }
     /// <summary>Explicit head width (Llama 3.x, Mistral, Gemma-style configs); null = hidden_size / num_attention_heads.</summary>
     public int? HeadDimOverride { get; init; }
+    /// <summary>Longest sequence (max_position_embeddings).</summary>
     public int MaxPositionEmbeddings { get; init; } = 2048;
+    /// <summary>RMSNorm ε (rms_norm_eps).</summary>
     public double RmsNormEps { get; init; } = 1e-6;
+    /// <summary>RoPE base frequency (rope_theta).</summary>
     public double RopeTheta { get; init; } = 10000.0;
     /// <summary>rope_scaling as in config.json (null = none); types "default", "linear" and "llama3" are supported.</summary>
     public JsonObject? RopeScaling { get; init; }
     /// <summary>Bias on q/k/v (Qwen2 always; Llama's attention_bias also puts one on o_proj).</summary>
     public bool QkvBias { get; init; }
+    /// <summary>Bias on o_proj (Llama's attention_bias).</summary>
     public bool OutputBias { get; init; }
+    /// <summary>The LM head shares the token embedding's weights (tie_word_embeddings).</summary>
     public bool TieWordEmbeddings { get; init; }
     /// <summary>Sliding-window attention width (Mistral; Qwen2 with use_sliding_window), null = full attention.</summary>
     public int? SlidingWindow { get; init; }
     /// <summary>Qwen2: layers below this index use full attention even when the sliding window is on.</summary>
     public int MaxWindowLayers { get; init; }
+    /// <summary>Beginning-of-sequence id (bos_token_id); null when the config has none.</summary>
     public int? BosTokenId { get; init; } = 1;
     /// <summary>All end-of-sequence ids (Llama 3 lists several); the first is <see cref="EosTokenId"/>.</summary>
     public int[] EosTokenIds { get; init; } = [2];
+    /// <summary>config.json keys this record does not model, kept so a loaded config is written back unchanged.</summary>
     public JsonObject Extra { get; init; } = new();
 
+    /// <summary>Key/value heads: <see cref="NumKeyValueHeads"/> or the query head count.</summary>
     public int KvHeads => NumKeyValueHeads ?? NumAttentionHeads;
+    /// <summary>Width of one attention head.</summary>
     public int HeadDim => HeadDimOverride ?? HiddenSize / NumAttentionHeads;
+    /// <summary>The first end-of-sequence id (-1 when there is none).</summary>
     public int EosTokenId => EosTokenIds.Length > 0 ? EosTokenIds[0] : -1;
 
     /// <summary>Number of parameters the config implies (a double: a corrupt config must not overflow the count):
@@ -60,6 +75,7 @@ public sealed record LlamaConfig
     /// <summary>The sliding window of layer <paramref name="layer"/>, or null for full attention.</summary>
     public int? WindowOf(int layer) => SlidingWindow is int w && layer >= MaxWindowLayers ? w : null;
 
+    /// <summary>The transformers class name written to config.json's architectures.</summary>
     public string Architecture => ModelType switch
     {
         "mistral" => "MistralForCausalLM",
@@ -67,6 +83,7 @@ public sealed record LlamaConfig
         _ => "LlamaForCausalLM",
     };
 
+    /// <summary>The model_type values this class loads.</summary>
     public static readonly string[] ModelTypes = ["llama", "mistral", "qwen2"];
 
     static readonly string[] Known =
@@ -97,6 +114,8 @@ public sealed record LlamaConfig
         Rope.InverseFrequencies(this); // validates rope_scaling
     }
 
+    /// <summary>Reads a config.json object (validated; unknown keys go to <see cref="Extra"/>).</summary>
+    /// <param name="o">The parsed config.json.</param>
     public static LlamaConfig FromJson(JsonObject o)
     {
         int Int(string key, int dflt)
@@ -186,6 +205,8 @@ public sealed record LlamaConfig
         return c;
     }
 
+    /// <summary>The config.json object for this architecture, with <see cref="Extra"/> written back.</summary>
+    /// <param name="torchDtype">The torch_dtype to record ("float32", "bfloat16", …).</param>
     public JsonObject ToJson(string torchDtype = "float32")
     {
         var o = new JsonObject

@@ -23,6 +23,7 @@ namespace DetoxSharp.Models;
 /// </remarks>
 public sealed class LlamaModel : nn.Module, ICausalLM
 {
+    /// <summary>The architecture this model was built with.</summary>
     public LlamaConfig Config { get; private set; }
 
 #pragma warning disable IDE1006 // names are the checkpoint's
@@ -34,6 +35,10 @@ public sealed class LlamaModel : nn.Module, ICausalLM
     readonly BlockHookNames[] _blockHookNames;
     readonly float[] _invFreq;
 
+    /// <summary>A Llama-family model with the given architecture (randomly initialised unless <paramref name="initialize"/> is false).</summary>
+    /// <param name="config">The architecture.</param>
+    /// <param name="device">Where the weights live; null = the CPU.</param>
+    /// <param name="dtype">The weights' dtype.</param>
     /// <param name="initialize">false skips the random initialisation (the weights are about to be loaded).</param>
     public LlamaModel(LlamaConfig config, Device? device = null, ScalarType dtype = ScalarType.Float32, bool initialize = true) : base(config.Architecture)
     {
@@ -77,35 +82,56 @@ public sealed class LlamaModel : nn.Module, ICausalLM
         }
     }
 
+    /// <inheritdoc/>
     public string Family => Config.ModelType;
+    /// <inheritdoc/>
     public int VocabSize => Config.VocabSize;
+    /// <inheritdoc/>
     public int DModel => Config.HiddenSize;
+    /// <inheritdoc/>
     public int NumLayers => Config.NumHiddenLayers;
+    /// <inheritdoc/>
     public int NumHeads => Config.NumAttentionHeads;
+    /// <inheritdoc/>
     public int MlpDim => Config.IntermediateSize;
+    /// <inheritdoc/>
     public int MaxPositions => Config.MaxPositionEmbeddings;
+    /// <inheritdoc/>
     public int EosTokenId => Config.EosTokenId;
+    /// <inheritdoc/>
     public Device Device => model.embed_tokens.weight!.device;
+    /// <inheritdoc/>
     public ScalarType DType => model.embed_tokens.weight!.dtype;
+    /// <inheritdoc/>
     public nn.Module Module => this;
+    /// <inheritdoc/>
     public HookPoints Hooks => _hooks;
+    /// <inheritdoc/>
     public Tensor TokenEmbedding => model.embed_tokens.weight!;
+    /// <inheritdoc/>
     public Tensor Unembedding => lm_head?.weight ?? model.embed_tokens.weight!;
 
+    /// <inheritdoc/>
     public Tensor MlpKeys(int layer) => model.layers[layer].mlp.up_proj.weight!.t();
     /// <summary>Llama-style MLPs have no biases: zeros (a fresh tensor, not a parameter).</summary>
     public Tensor MlpKeyBias(int layer) => torch.zeros(Config.IntermediateSize, DType, Device);
+    /// <inheritdoc/>
     public Tensor MlpValues(int layer) => model.layers[layer].mlp.down_proj.weight!.t();
+    /// <inheritdoc/>
     public string MlpKeysParameterName(int layer) => $"model.layers.{layer}.mlp.up_proj.weight";
+    /// <inheritdoc/>
     public string MlpValuesParameterName(int layer) => $"model.layers.{layer}.mlp.down_proj.weight";
+    /// <inheritdoc/>
     public IReadOnlyList<ResidualWriter> ResidualWriters(int layer) =>
     [
         new($"model.layers.{layer}.self_attn.o_proj", model.layers[layer].self_attn.o_proj.weight!.t(), model.layers[layer].self_attn.o_proj.bias),
         new($"model.layers.{layer}.mlp.down_proj", model.layers[layer].mlp.down_proj.weight!.t(), null),
     ];
 
+    /// <inheritdoc/>
     public KvCache NewCache(int capacity) => new(Config.NumHiddenLayers, capacity);
 
+    /// <inheritdoc/>
     public JsonObject ConfigJson() => Config.ToJson(TorchDtype.ConfigName(DType));
 
     /// <summary>Grows the input embedding and, when untied, the LM head (new rows = mean of the old rows of each).</summary>
@@ -129,6 +155,7 @@ public sealed class LlamaModel : nn.Module, ICausalLM
         Config = Config with { VocabSize = newSize };
     }
 
+    /// <inheritdoc/>
     public ICausalLM Clone()
     {
         var copy = new LlamaModel(Config, Device, DType, initialize: false);
@@ -139,6 +166,7 @@ public sealed class LlamaModel : nn.Module, ICausalLM
         return copy;
     }
 
+    /// <inheritdoc/>
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
     {
         int past = cache?.Length ?? 0;
@@ -146,6 +174,7 @@ public sealed class LlamaModel : nn.Module, ICausalLM
         return LmHead(FinalNormHooked(x, past, attentionMask));
     }
 
+    /// <inheritdoc/>
     public Tensor ForwardLast(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
     {
         int past = cache?.Length ?? 0;
@@ -164,8 +193,10 @@ public sealed class LlamaModel : nn.Module, ICausalLM
         return LmHead(FinalNormHooked(x, past, attentionMask));
     }
 
+    /// <inheritdoc/>
     public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null) => Run(null, CheckIds(inputIds), attentionMask, null);
 
+    /// <inheritdoc/>
     public Tensor ApplyFinalNorm(Tensor residual) => model.norm.Forward(residual);
 
     static Tensor CheckIds(Tensor ids) =>
@@ -264,7 +295,7 @@ sealed class LlamaBackbone : nn.Module
 }
 
 /// <summary>transformers' LlamaRMSNorm: x / √(mean(x²) + ε) in float32, cast back to the input dtype, then · weight.</summary>
-public sealed class RmsNorm : nn.Module
+internal sealed class RmsNorm : nn.Module
 {
 #pragma warning disable IDE1006
     public readonly Parameter weight;

@@ -59,14 +59,14 @@ public static class RowProducts
 
 /// <summary>What every block of one forward pass shares: the attention mask (or causal flag), the KV cache, the hook
 /// points, the number of cached positions and the padding mask hooks see.</summary>
-public sealed record BlockForwardContext(Tensor? Mask, bool Causal, KvCache? Cache, HookPoints Hooks, int Past, Tensor? AttentionMask)
+internal sealed record BlockForwardContext(Tensor? Mask, bool Causal, KvCache? Cache, HookPoints Hooks, int Past, Tensor? AttentionMask)
 {
     /// <summary>Runs the hooks registered on <paramref name="name"/> (if any) on <paramref name="x"/>.</summary>
     public Tensor Run(string name, Tensor x) => Hooks.Run(name, x, Past, AttentionMask);
 }
 
 /// <summary>A block's hook names, built once per model (no string formatting per forward).</summary>
-public sealed record BlockHookNames(int Layer)
+internal sealed record BlockHookNames(int Layer)
 {
     public string ResidPre { get; } = HookNames.ResidPre(Layer);
     public string AttnZ { get; } = HookNames.AttnZ(Layer);

@@ -11,9 +11,14 @@ namespace DetoxSharp.Text;
 /// </summary>
 public sealed class BpeVocabulary
 {
+    /// <summary>Token string (in GPT-2's byte-to-unicode spelling) → id, as in vocab.json.</summary>
     public IReadOnlyDictionary<string, int> Vocab { get; }
+    /// <summary>The merges in priority order, as in merges.txt.</summary>
     public IReadOnlyList<(string Left, string Right)> Merges { get; }
 
+    /// <summary>A vocabulary from its two tables.</summary>
+    /// <param name="vocab">Token string → id.</param>
+    /// <param name="merges">Merge pairs, highest priority first.</param>
     public BpeVocabulary(IReadOnlyDictionary<string, int> vocab, IReadOnlyList<(string, string)> merges)
     {
         Vocab = vocab;
@@ -45,6 +50,8 @@ public sealed class BpeVocabulary
         return sb.ToString();
     }
 
+    /// <summary>The bytes a vocab.json token string stands for (inverse of GPT-2's bytes_to_unicode).</summary>
+    /// <param name="token">A token string from vocab.json.</param>
     public static byte[] TokenStringToBytes(string token)
     {
         var t = Table.Value.charToByte;
@@ -150,6 +157,8 @@ public sealed class BpeVocabulary
         return (new BpeVocabulary(vocab, merges), map);
     }
 
+    /// <summary>Writes vocab.json (ids ascending).</summary>
+    /// <param name="s">Destination stream (left open).</param>
     public void WriteVocabJson(Stream s)
     {
         var o = new JsonObject();
@@ -158,6 +167,8 @@ public sealed class BpeVocabulary
         o.WriteTo(w);
     }
 
+    /// <summary>Writes merges.txt (a version line, then one pair per line).</summary>
+    /// <param name="s">Destination stream (left open).</param>
     public void WriteMergesTxt(Stream s)
     {
         using var w = new StreamWriter(s, new UTF8Encoding(false), leaveOpen: true) { NewLine = "\n" };

@@ -17,6 +17,7 @@ namespace DetoxSharp.Text;
 /// </summary>
 public sealed partial class Gpt2Tokenizer
 {
+    /// <summary>GPT-2's end-of-text token, also its BOS and padding.</summary>
     public const string EndOfText = "<|endoftext|>";
 
     readonly Tokenizer? _bpe;
@@ -32,11 +33,15 @@ public sealed partial class Gpt2Tokenizer
 
     /// <summary>Size of the id space: base vocabulary plus added tokens.</summary>
     public int VocabSize => Math.Max(_baseVocabSize, _specialById.Count == 0 ? 0 : _specialById.Keys.Max() + 1);
+    /// <summary>Id of the end-of-sequence token.</summary>
     public int EosTokenId { get; private set; }
+    /// <summary>Every special token (matched whole in text before BPE) → id.</summary>
     public IReadOnlyDictionary<string, int> SpecialTokens => _special;
     /// <summary>Tokens added on top of the BPE vocabulary (not in vocab.json), e.g. [TOXIC].</summary>
     public IReadOnlyDictionary<string, int> AddedTokens => _special.Where(kv => !_vocabulary.Value.Vocab.ContainsKey(kv.Key)).ToDictionary();
+    /// <summary>Where the tokenizer came from (a directory or the built-in GPT-2 data), for messages and reports.</summary>
     public string Source { get; }
+    /// <summary>The BPE tables (vocab.json / merges.txt), built on first use.</summary>
     public BpeVocabulary Vocabulary => _vocabulary.Value;
 
     Gpt2Tokenizer(MetaspaceBpe m, Func<BpeVocabulary> vocabulary, int baseVocabSize, string source)
@@ -147,6 +152,8 @@ public sealed partial class Gpt2Tokenizer
         return id;
     }
 
+    /// <summary>Token ids of <paramref name="text"/>; special tokens in the text map to their ids. No BOS is added.</summary>
+    /// <param name="text">The text to encode.</param>
     public int[] Encode(string text)
     {
         var ids = new List<int>();
@@ -177,6 +184,8 @@ public sealed partial class Gpt2Tokenizer
         return ids.ToArray();
     }
 
+    /// <summary>The text of <paramref name="ids"/> (special tokens written out; invalid UTF-8 byte sequences replaced).</summary>
+    /// <param name="ids">Token ids.</param>
     public string Decode(IEnumerable<int> ids)
     {
         var sb = new StringBuilder();

@@ -25,7 +25,7 @@ namespace DetoxSharp.Training;
 /// is this class's own; <see cref="LoadTorchSharpState"/> reads a TorchSharp AdamW/RMSProp state of the same parameters
 /// (TrainerCheckpoint uses it to resume checkpoints written before the switch).
 /// </summary>
-public abstract class FusedOptimizer : OptimizerHelper
+internal abstract class FusedOptimizer : OptimizerHelper
 {
     protected readonly Parameter[] Params;
     readonly long[] _offsets, _sizes;
@@ -211,7 +211,7 @@ public abstract class FusedOptimizer : OptimizerHelper
 
 /// <summary>AdamW (decoupled weight decay; Loshchilov &amp; Hutter) over flat buffers: TorchSharp's
 /// <c>torch.optim.AdamW</c> update without amsgrad/maximize.</summary>
-public sealed class FusedAdamW : FusedOptimizer
+internal sealed class FusedAdamW : FusedOptimizer
 {
     public sealed class Options : OptimizerOptions
     {
@@ -252,7 +252,7 @@ public sealed class FusedAdamW : FusedOptimizer
 
 /// <summary>RMSprop (Hinton's lecture 6e; the optimizer of Lee et al.'s DPO runs) over flat buffers: TorchSharp's
 /// <c>torch.optim.RMSProp</c> update without momentum, centering or maximize.</summary>
-public sealed class FusedRMSprop : FusedOptimizer
+internal sealed class FusedRMSprop : FusedOptimizer
 {
     public sealed class Options : OptimizerOptions
     {

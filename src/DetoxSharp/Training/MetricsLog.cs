@@ -10,8 +10,12 @@ namespace DetoxSharp.Training;
 public sealed class MetricsLog : IDisposable
 {
     readonly StreamWriter _w;
+    /// <summary>The metrics.jsonl file.</summary>
     public string Path { get; }
 
+    /// <summary>Opens the log for appending.</summary>
+    /// <param name="path">The metrics.jsonl file.</param>
+    /// <param name="resumeFromStep">When resuming: records of later steps (written after the checkpoint) are dropped first; null starts a new file.</param>
     public MetricsLog(string path, int? resumeFromStep = null)
     {
         Path = path;
@@ -36,8 +40,11 @@ public sealed class MetricsLog : IDisposable
         _w.WriteLine(record.ToJsonString());
     }
 
+    /// <summary>Closes the file.</summary>
     public void Dispose() => _w.Dispose();
 
+    /// <summary>Every record of a metrics.jsonl file.</summary>
+    /// <param name="path">The file.</param>
     public static List<JsonObject> Read(string path) =>
         File.ReadLines(path).Where(l => l.Length > 0).Select(l => (JsonObject)JsonNode.Parse(l)!).ToList();
 }

@@ -40,6 +40,7 @@ public sealed class MixedPrecision : IDisposable
     public ICausalLM Master { get; }
     /// <summary>The compute-dtype copy that runs forward and backward (owned: disposed with this object).</summary>
     public ICausalLM Working { get; }
+    /// <summary>The dtype of <see cref="Working"/>.</summary>
     public ScalarType ComputeDType { get; }
 
     readonly Tensor[] _master, _work;         // trainable pairs (gradients)
@@ -58,6 +59,9 @@ public sealed class MixedPrecision : IDisposable
             throw new InvalidInputException($"--precision bf16-mixed keeps fp32 master weights and needs a float32 model, but it was loaded as {model.DType} (drop --dtype bfloat16)");
     }
 
+    /// <summary>Makes the working copy of <paramref name="master"/>.</summary>
+    /// <param name="master">The float32 model the optimizer updates.</param>
+    /// <param name="computeDType">The working copy's dtype.</param>
     public MixedPrecision(ICausalLM master, ScalarType computeDType = ScalarType.BFloat16)
     {
         CheckModel(master, Precision.Bf16Mixed);
@@ -137,6 +141,7 @@ public sealed class MixedPrecision : IDisposable
         if (on) Working.Module.train(); else Working.Module.eval();
     }
 
+    /// <summary>Disposes the working copy (the master stays the caller's).</summary>
     public void Dispose()
     {
         if (_disposed) return;

@@ -12,8 +12,14 @@ using static TorchSharp.torch;
 namespace DetoxSharp.Training;
 
 /// <summary>Activation steering: add α·direction to a hook point's output at every position while generating.</summary>
+/// <param name="VectorFile">The safetensors file holding the direction.</param>
+/// <param name="Key">The tensor's name in the file (null: its only tensor).</param>
+/// <param name="Scale">α, the multiple of the direction added.</param>
+/// <param name="Layer">The layer whose hook point is steered.</param>
+/// <param name="Hook">Which hook point of the layer: "resid_post" or "mlp_out".</param>
 public sealed record SteeringOptions(string VectorFile, string? Key, double Scale, int Layer, string Hook)
 {
+    /// <summary>The full hook point name.</summary>
     public string HookName => Hook switch
     {
         "resid_post" => HookNames.ResidPost(Layer),
@@ -21,6 +27,7 @@ public sealed record SteeringOptions(string VectorFile, string? Key, double Scal
         _ => throw new InvalidInputException($"--steer-hook: expected resid_post or mlp_out, got '{Hook}'"),
     };
 
+    /// <summary>A short description for the pairs' metadata.</summary>
     public string Describe => $"steer:{HookName}+{Scale}*{Key ?? "vector"}";
 
     /// <summary>Reads the direction (1-D, length d_model, or [1,d]) from a safetensors file.</summary>
@@ -40,20 +47,27 @@ public sealed record SteeringOptions(string VectorFile, string? Key, double Scal
     }
 }
 
+/// <summary>Settings of <see cref="PairMaker.Make"/>: prompt and continuation lengths, batching, sampling seed.</summary>
 public sealed record PairMakerOptions
 {
+    /// <summary>Prompt limit in tokens (cut from the left).</summary>
     [Setting("prompt limit in tokens (cut from the left)")]
     public int MaxPromptTokens { get; init; } = 64;
+    /// <summary>Tokens per continuation.</summary>
     [Setting("tokens per continuation")]
     public int MaxNewTokens { get; init; } = 20;
+    /// <summary>Prompts per generation batch.</summary>
     public int BatchSize { get; init; } = 16;
     /// <summary>Sampling temperature for the ADPO toxic response y_t (sampled so it differs from a greedy rejected).</summary>
     public double ToxicTemperature { get; init; } = 1.0;
+    /// <summary>Seed for sampling (y_t of triples, PPLM's rejected).</summary>
     [Setting("seed for sampling (y_t of triples, PPLM's rejected)")]
     public long Seed { get; init; } = 42;
 }
 
 /// <summary>PPLM as the source of rejected continuations: the starting model perturbed towards the probe's toxic class.</summary>
+/// <param name="Probe">The attribute model (the toxicity probe).</param>
+/// <param name="Options">PPLM's settings.</param>
 public sealed record PplmPairOptions(ToxicityProbe Probe, PplmOptions Options);
 
 /// <summary>
@@ -79,6 +93,20 @@ public static class PairMaker
             + (fixes.Count > 0 ? $"; use {string.Join(" or ", fixes)}" : ""));
     }
 
+    /// <summary>Makes preference pairs: the chosen continuation is the model's greedy one, the rejected one comes from the
+    /// toxic model (or steering, or PPLM); with <paramref name="triples"/>, a toxic response y_t is added for ADPO. Returns one
+    /// JSON object per prompt (prompt, chosen, rejected[, toxic]).</summary>
+    /// <param name="model">The model whose greedy continuations are chosen.</param>
+    /// <param name="tok">Its tokenizer.</param>
+    /// <param name="prompts">The prompts.</param>
+    /// <param name="o">Lengths, batching and seed.</param>
+    /// <param name="toxicModel">The source of rejected continuations (null: the model itself under <paramref name="steer"/> or <paramref name="pplm"/>).</param>
+    /// <param name="toxicTokenizer">The toxic model's tokenizer (null: <paramref name="tok"/>).</param>
+    /// <param name="steer">Activation steering as the source of rejected continuations.</param>
+    /// <param name="triples">Also sample a toxic response y_t per prompt (ADPO).</param>
+    /// <param name="progress">Called with (prompts done, total).</param>
+    /// <param name="warn">Receives warnings (e.g. identical chosen and rejected).</param>
+    /// <param name="pplm">PPLM as the source of rejected continuations.</param>
     public static List<JsonObject> Make(ICausalLM model, Gpt2Tokenizer tok, IReadOnlyList<string> prompts, PairMakerOptions o,
         ICausalLM? toxicModel = null, Gpt2Tokenizer? toxicTokenizer = null, SteeringOptions? steer = null, bool triples = false,
         Action<int, int>? progress = null, Action<string>? warn = null, PplmPairOptions? pplm = null)

@@ -7,31 +7,58 @@ namespace DetoxSharp.Training;
 /// DPO's sigmoid loss (with ε: conservative DPO), IPO, hinge (SLiC), robust DPO, ADPO (sigmoid DPO plus γ times
 /// the toxic penalty log π(y_t) − log π_tox(y_t); needs a toxic model and triples), KTO (unpaired
 /// prompt/completion/label data), and the reference-free ORPO and SimPO (no reference pass, no cache).</summary>
-public enum PreferenceMethod { Sigmoid, Ipo, Hinge, Robust, Adpo, Kto, Orpo, Simpo }
+public enum PreferenceMethod
+{
+    /// <summary>DPO's sigmoid loss (with label smoothing ε: conservative DPO).</summary>
+    Sigmoid,
+    /// <summary>IPO: squared distance of the margin from 1/(2β).</summary>
+    Ipo,
+    /// <summary>Hinge loss on the margin (SLiC).</summary>
+    Hinge,
+    /// <summary>Robust DPO (unbiased under label noise ε).</summary>
+    Robust,
+    /// <summary>Adversarial DPO: sigmoid DPO plus γ times the toxic penalty.</summary>
+    Adpo,
+    /// <summary>KTO on unpaired prompt/completion/label data.</summary>
+    Kto,
+    /// <summary>ORPO: NLL plus an odds-ratio term, no reference model.</summary>
+    Orpo,
+    /// <summary>SimPO: length-normalised margin with a target γ, no reference model.</summary>
+    Simpo,
+}
 
 /// <summary>Settings of the DPO-family losses (paper-facts §3–4).</summary>
 public sealed record PreferenceLossOptions
 {
+    /// <summary>Loss: sigmoid (DPO), ipo, hinge, robust, kto (unpaired data), orpo or simpo (no reference); adpo = sigmoid DPO plus the toxic penalty.</summary>
     [Setting("loss: sigmoid (DPO), ipo, hinge, robust, kto (unpaired data), orpo or simpo (no reference); adpo = sigmoid DPO plus the toxic penalty")]
     public PreferenceMethod Method { get; init; } = PreferenceMethod.Sigmoid;
+    /// <summary>β (KL strength; ORPO: λ, the odds-ratio weight, as TRL; SimPO: the reward scale, ≈ 2).</summary>
     [Setting("β (KL strength; ORPO: λ, the odds-ratio weight, as TRL; SimPO: the reward scale, ≈ 2)")]
     public double Beta { get; init; } = 0.1;
+    /// <summary>ε for conservative (sigmoid) / robust DPO.</summary>
     [Setting("ε for conservative (sigmoid) / robust DPO")]
     public double LabelSmoothing { get; init; }
     /// <summary>α of the RPO term α·NLL(y_w) (per-token mean NLL of chosen); 0 = off.</summary>
     [Setting("weight of the RPO NLL term on chosen (0 = off)")]
     public double RpoAlpha { get; init; }
+    /// <summary>γ, weight of ADPO's toxic penalty (used only by adpo).</summary>
     [Setting("γ, weight of ADPO's toxic penalty (used only by adpo)")]
     public double Gamma { get; init; } = 0.1;
 
+    /// <summary>KTO λ_D, weight of desirable examples.</summary>
     [Setting("KTO λ_D, weight of desirable examples")]
     public double DesirableWeight { get; init; } = 1.0;
+    /// <summary>KTO λ_U, weight of undesirable examples.</summary>
     [Setting("KTO λ_U, weight of undesirable examples")]
     public double UndesirableWeight { get; init; } = 1.0;
+    /// <summary>SimPO target margin γ (in reward units, as TRL's simpo_gamma).</summary>
     [Setting("SimPO target margin γ (in reward units, as TRL's simpo_gamma)")]
     public double SimpoGamma { get; init; } = 0.5;
 
+    /// <summary>Whether the method is ADPO (needs a toxic model and triples).</summary>
     public bool IsAdpo => Method == PreferenceMethod.Adpo;
+    /// <summary>Whether the method is KTO (needs unpaired data).</summary>
     public bool IsKto => Method == PreferenceMethod.Kto;
     /// <summary>ORPO and SimPO have no reference model: the trainer makes no reference pass and no cache.</summary>
     public bool NeedsReference => Method is not (PreferenceMethod.Orpo or PreferenceMethod.Simpo);
@@ -39,6 +66,9 @@ public sealed record PreferenceLossOptions
     /// <summary>The method's name as the CLI and configs spell it.</summary>
     public static string Name(PreferenceMethod m) => m.ToString().ToLowerInvariant();
 
+    /// <summary>Parses a method name (sigmoid, ipo, hinge, robust, adpo, kto, orpo, simpo).</summary>
+    /// <param name="s">The name.</param>
+    /// <param name="setting">The setting's key, for the error.</param>
     public static PreferenceMethod ParseMethod(string s, string setting = "method") => s switch
     {
         "sigmoid" or "dpo" => PreferenceMethod.Sigmoid,
@@ -52,6 +82,7 @@ public sealed record PreferenceLossOptions
         _ => throw new InvalidSettingException(setting, $"expects sigmoid, ipo, hinge, robust, kto, orpo, simpo or adpo (got '{s}')"),
     };
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         InvalidSettingException.Require(Beta > 0 && !double.IsInfinity(Beta), "beta", $"must be > 0 (got {Beta})");
@@ -72,6 +103,9 @@ public sealed record PreferenceLossOptions
 public sealed record PreferenceLogps(Tensor PolicyChosen, Tensor PolicyRejected, Tensor RefChosen, Tensor RefRejected,
     Tensor? PolicyToxic = null, Tensor? TauToxic = null, Tensor? ChosenTokens = null, Tensor? RejectedTokens = null, Tensor? Desirable = null);
 
+/// <summary>The loss of a batch and its metrics.</summary>
+/// <param name="Loss">The scalar loss (differentiable).</param>
+/// <param name="Metrics">Logged metrics: "loss", rewards, margins, accuracies, log-probs.</param>
 public sealed record PreferenceLossResult(Tensor Loss, Dictionary<string, double> Metrics);
 
 /// <summary>Pure functions of log-prob tensors: DPO (sigmoid/cDPO), IPO, hinge, robust DPO, RPO term, ADPO, KTO, ORPO, SimPO.</summary>

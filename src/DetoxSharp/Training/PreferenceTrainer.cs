@@ -13,18 +13,26 @@ namespace DetoxSharp.Training;
 /// range lives here (the CLI binds its flags to these properties, the study's dpo/adpo sections deserialize into them).</summary>
 public sealed record PreferenceTrainerOptions
 {
+    /// <summary>The preference loss (method, β, …).</summary>
     public PreferenceLossOptions Loss { get; init; } = new();
+    /// <summary>Prompt and completion length limits.</summary>
     public TruncationOptions Truncation { get; init; } = new();
+    /// <summary>Rmsprop (paper) or adamw.</summary>
     [Setting("rmsprop (paper) or adamw")]
     public string Optimizer { get; init; } = "rmsprop";
+    /// <summary>Peak learning rate.</summary>
     [Setting("peak learning rate")]
     public double LearningRate { get; init; } = 1e-6;
+    /// <summary>Weight decay.</summary>
     [Setting("weight decay")]
     public double WeightDecay { get; init; }
+    /// <summary>Pairs per micro-batch.</summary>
     [Setting("pairs per micro-batch")]
     public int BatchSize { get; init; } = 4;
+    /// <summary>Micro-batches per optimizer step.</summary>
     [Setting("micro-batches per optimizer step")]
     public int GradientAccumulationSteps { get; init; } = 1;
+    /// <summary>Linear warmup steps.</summary>
     [Setting("linear warmup steps")]
     public int WarmupSteps { get; init; } = 150;
     /// <summary>Clip the global gradient norm to this (≤ 0: no clipping, norm still logged).</summary>
@@ -39,11 +47,13 @@ public sealed record PreferenceTrainerOptions
     /// <summary>Number of held-out validation examples (taken after the seeded shuffle).</summary>
     [Setting("held-out validation pairs")]
     public int ValidationSize { get; init; } = 64;
+    /// <summary>Passes over the training pairs.</summary>
     [Setting("passes over the training pairs")]
     public int Epochs { get; init; } = 1;
     /// <summary>Stop after this many optimizer steps (null: run the epochs).</summary>
     [Setting("stop after this many optimizer steps")]
     public int? MaxSteps { get; init; }
+    /// <summary>Seed for shuffling and the validation split.</summary>
     [Setting("seed for shuffling and the validation split")]
     public ulong Seed { get; init; } = 42;
     /// <summary>Save a resumable checkpoint (out/checkpoint) every this many steps (0: only at the end / on cancel).</summary>
@@ -67,6 +77,7 @@ public sealed record PreferenceTrainerOptions
     [System.Text.Json.Serialization.JsonIgnore]
     public bool AllowSettingChanges { get; init; }
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         Loss.Validate();
@@ -88,14 +99,24 @@ public sealed record PreferenceTrainerOptions
 }
 
 /// <summary>The outcome of <see cref="PreferenceTrainer.Train"/>: the loop's result plus where the models went.</summary>
+/// <param name="Run">The training loop's result.</param>
+/// <param name="ReferenceCacheHit">The reference log-probs came from the on-disk cache.</param>
+/// <param name="FinalDir">The final model's checkpoint directory.</param>
+/// <param name="BestDir">The lowest-validation-loss model's directory (null without validation).</param>
+/// <param name="MetricsPath">metrics.jsonl.</param>
 public sealed record PreferenceTrainResult(TrainingRunResult Run, bool ReferenceCacheHit, string FinalDir, string? BestDir, string MetricsPath)
 {
+    /// <summary>Optimizer steps done, counting a resumed run's earlier part.</summary>
     public int Steps => Run.Steps;
     /// <summary>Pairs trained on, counting a resumed run's earlier part.</summary>
     public long Examples => Run.Items;
+    /// <summary>Lowest validation loss (null without validation).</summary>
     public double? BestValidationLoss => Run.BestEvalLoss;
+    /// <summary>Early stopping ended the run.</summary>
     public bool StoppedEarly => Run.Stop == TrainingStop.EarlyStopped;
+    /// <summary>The run was cancelled or hit its step limit before the end.</summary>
     public bool Cancelled => Run.Stop is TrainingStop.Cancelled or TrainingStop.StepLimit;
+    /// <summary>Pairs per second in this process.</summary>
     public double PairsPerSecond => Run.ItemsPerSecond;
 }
 
@@ -117,6 +138,8 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
     public Gpt2Tokenizer? SaveTokenizer { get; init; }
     /// <summary>One-line notices (cache hits, recovered directories, accepted setting changes).</summary>
     public Action<string>? Log { get; init; }
+    /// <summary>Optional structured logging (Microsoft.Extensions.Logging; see <see cref="TrainingLoopOptions.Logger"/>).</summary>
+    public Microsoft.Extensions.Logging.ILogger? Logger { get; init; }
 
     /// <summary>Trains the policy in place on <paramref name="data"/>, writing into <paramref name="outDir"/>. Returns when
     /// all steps ran, validation stopped improving, the token fired (after checkpointing the last whole step) or the
@@ -183,7 +206,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             MaxGradNorm = o.MaxGradNorm, MeanOverWeights = true, Precision = o.Precision,
             EvalEvery = o.EvalEvery, Patience = o.Patience, OutputDir = outDir, BestDir = bestDir, CheckpointEvery = o.CheckpointEvery,
             Resume = o.Resume, AllowSettingChanges = o.AllowSettingChanges, Settings = settings, ItemName = "examples",
-            Tokenizer = outTok, Log = Log,
+            Tokenizer = outTok, Log = Log, Logger = Logger,
         };
         TrainingLoop.CheckResume(loop);
 
@@ -207,7 +230,9 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
                 (tox, _, var hit2) = CachedLogps(cacheDir, "tox", ModelHash(toxicModel!), dataHash, toxicModel!, all, o.BatchSize, tokenizer.EosTokenId, true, cancel);
                 cacheHit &= hit2;
             }
-            Log?.Invoke(cacheHit ? $"log-prob cache hit ({cacheDir})" : $"log-probs computed and cached in {cacheDir}");
+            var cacheNote = cacheHit ? $"log-prob cache hit ({cacheDir})" : $"log-probs computed and cached in {cacheDir}";
+            Log?.Invoke(cacheNote);
+            Microsoft.Extensions.Logging.LoggerExtensions.LogInformation(Logger ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance, "{Message}", cacheNote);
         }
         else
         {

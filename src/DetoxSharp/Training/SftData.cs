@@ -6,6 +6,8 @@ namespace DetoxSharp.Training;
 /// {"text"} or {"prompt","completion"} ({"prompt","response"} as the dialogues file has) per line.</summary>
 public static class SftData
 {
+    /// <summary>Reads a .txt corpus or a JSONL file (by extension).</summary>
+    /// <param name="path">The file.</param>
     public static List<SftExample> Read(string path)
     {
         if (!path.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase) && !path.EndsWith(".json", StringComparison.OrdinalIgnoreCase))

@@ -11,13 +11,19 @@ namespace DetoxSharp.Training;
 /// context-length blocks) or prompt + completion (loss on the completion tokens only).</summary>
 public sealed record SftExample(string? Prompt, string Completion)
 {
+    /// <summary>A plain-text example (every token is a target).</summary>
+    /// <param name="text">The text.</param>
     public static SftExample Text(string text) => new(null, text);
+    /// <summary>A prompt + completion example (loss on the completion only).</summary>
+    /// <param name="prompt">The prompt.</param>
+    /// <param name="completion">The completion.</param>
     public static SftExample PromptCompletion(string prompt, string completion) => new(prompt, completion);
 }
 
 /// <summary>Settings of <see cref="SftTrainer"/> (names as in TRL's SFTConfig where one exists).</summary>
 public sealed record SftOptions
 {
+    /// <summary>Sequences per micro-batch.</summary>
     [Setting("sequences per micro-batch")]
     public int BatchSize { get; init; } = 8;
     /// <summary>Micro-batches per optimizer step; the loss is normalised over all target tokens of the step, so
@@ -27,22 +33,31 @@ public sealed record SftOptions
     /// <summary>Block / truncation length; null = the model's context (n_positions).</summary>
     [Setting("block/truncation length in tokens (default: the model's context)")]
     public int? MaxLength { get; init; }
+    /// <summary>Peak learning rate (AdamW).</summary>
     [Setting("peak learning rate (AdamW)")]
     public double LearningRate { get; init; } = 5e-5;
+    /// <summary>AdamW weight decay.</summary>
     [Setting("AdamW weight decay")]
     public double WeightDecay { get; init; } = 0.0;
+    /// <summary>AdamW β₁.</summary>
     public double Beta1 { get; init; } = 0.9;
+    /// <summary>AdamW β₂.</summary>
     public double Beta2 { get; init; } = 0.999;
+    /// <summary>AdamW ε.</summary>
     public double Epsilon { get; init; } = 1e-8;
+    /// <summary>Linear warmup steps.</summary>
     [Setting("linear warmup steps")]
     public int WarmupSteps { get; init; } = 0;
+    /// <summary>Learning-rate decay after warmup: constant, linear or cosine.</summary>
     [Setting("learning-rate decay after warmup: constant, linear or cosine")]
     [System.Text.Json.Serialization.JsonConverter(typeof(System.Text.Json.Serialization.JsonStringEnumConverter<DecayKind>))]
     public DecayKind Decay { get; init; } = DecayKind.Linear;
+    /// <summary>The rate decay ends at, as a fraction of the peak.</summary>
     public double MinLrRatio { get; init; } = 0.0;
     /// <summary>Gradient clipping by global L2 norm; ≤ 0 disables.</summary>
     [Setting("gradient clipping by global norm (0 = off)")]
     public double MaxGradNorm { get; init; } = 1.0;
+    /// <summary>Passes over the data.</summary>
     [Setting("passes over the data")]
     public double Epochs { get; init; } = 1;
     /// <summary>Stops after this many optimizer steps (overrides <see cref="Epochs"/>).</summary>
@@ -51,6 +66,7 @@ public sealed record SftOptions
     /// <summary>Seeds the data order (a pure function of seed and epoch, so resuming needs only the step).</summary>
     [Setting("data-order seed")]
     public ulong Seed { get; init; } = 0;
+    /// <summary>Validation examples (null: no validation).</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public IReadOnlyList<SftExample>? Validation { get; init; }
     /// <summary>Validation loss every N steps (and at the end); 0 = only at the end when validation data exists.</summary>
@@ -84,6 +100,7 @@ public sealed record SftOptions
     /// <summary>Bounds for counts: beyond them a run would only exhaust memory building its batch list.</summary>
     public const int MaxBatch = 65536, MaxEpochs = 10_000;
 
+    /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         Require.Count(BatchSize, "batch_size", 1, MaxBatch);
@@ -106,16 +123,22 @@ public sealed record SftOptions
 }
 
 /// <summary>The outcome of <see cref="SftTrainer.Train"/>: the loop's result, in SFT's words.</summary>
+/// <param name="Run">The training loop's result.</param>
 public sealed record SftResult(TrainingRunResult Run)
 {
+    /// <summary>Optimizer steps done, counting a resumed run's earlier part.</summary>
     public int Steps => Run.Steps;
+    /// <summary>Loss of the last training step (NaN when none ran).</summary>
     public double FinalTrainLoss => Run.LastTrain?.Loss ?? double.NaN;
+    /// <summary>Loss of the last validation (null without validation).</summary>
     public double? FinalValidationLoss => Run.LastEval?.Loss;
     /// <summary>Tokens trained on in this run (not counting a resumed run's earlier part).</summary>
     public long TrainedTokens => Run.RunItems;
+    /// <summary>Wall time of this process's part.</summary>
     public double Seconds => Run.Seconds;
     /// <summary>All steps ran (now, or before this resume).</summary>
     public bool Completed => Run.Finished;
+    /// <summary>Tokens per second in this process.</summary>
     public double TokensPerSecond => Run.ItemsPerSecond;
 }
 
@@ -132,6 +155,8 @@ public sealed class SftTrainer(ICausalLM model, Gpt2Tokenizer tokenizer, SftOpti
 {
     /// <summary>One-line notices (recovered checkpoint directories, accepted setting changes on resume).</summary>
     public Action<string>? Log { get; init; }
+    /// <summary>Optional structured logging (Microsoft.Extensions.Logging; see <see cref="TrainingLoopOptions.Logger"/>).</summary>
+    public Microsoft.Extensions.Logging.ILogger? Logger { get; init; }
 
     /// <summary>A tokenized sequence: ids and, per position, whether the token is a target.</summary>
     public sealed record Sequence(long[] Ids, bool[] Target);
@@ -271,7 +296,7 @@ public sealed class SftTrainer(ICausalLM model, Gpt2Tokenizer tokenizer, SftOpti
             MaxGradNorm = options.MaxGradNorm, MeanOverWeights = false, Precision = options.Precision, EvalEvery = options.EvalEvery,
             OutputDir = options.OutputDir, CheckpointEvery = options.CheckpointEvery, Resume = options.Resume,
             AllowSettingChanges = options.AllowSettingChanges, StopAfterSteps = options.StopAfterSteps, Settings = settings,
-            ItemName = "tokens", Tokenizer = tokenizer, Log = Log,
+            ItemName = "tokens", Tokenizer = tokenizer, Log = Log, Logger = Logger,
         };
         return new SftResult(TrainingLoop.Run(model, new Objective(data, valid, options), loop, progress, cancel));
     }

@@ -17,26 +17,38 @@ namespace DetoxSharp.Training;
 /// master weights (the CPU's bf16 matmuls are the fast path; see docs/notes/toy.md for measured tokens/s).</summary>
 public sealed record ToyPretrainOptions
 {
+    /// <summary>Seed of the world and the model initialisation.</summary>
     [Setting("seed of the world and the model initialisation")]
     public ulong Seed { get; init; } = 1;
+    /// <summary>World size: small, default or large.</summary>
     [Setting("world size: small, default or large")]
     [System.Text.Json.Serialization.JsonIgnore] // the study takes it from its "world" section
     public ToyWorldSize Size { get; init; } = ToyWorldSize.Default;
+    /// <summary>Transformer blocks.</summary>
     public int Layers { get; init; } = 4;
+    /// <summary>Residual-stream width.</summary>
     public int DModel { get; init; } = 256;
+    /// <summary>Attention heads per block.</summary>
     public int Heads { get; init; } = 4;
     /// <summary>n_positions and the training block length: the longest challenge prompt (≈ 60 tokens) + 20 new
     /// tokens must fit.</summary>
     public int Context { get; init; } = 96;
+    /// <summary>Blocks per optimizer step.</summary>
     public int BatchSize { get; init; } = 32;
+    /// <summary>Peak learning rate (AdamW, cosine decay).</summary>
     public double LearningRate { get; init; } = 2e-3;
+    /// <summary>Linear warmup steps.</summary>
     public int WarmupSteps { get; init; } = 40;
+    /// <summary>Passes over train.txt (when <see cref="MaxSteps"/> is null).</summary>
     public double Epochs { get; init; } = 1;
     /// <summary>Optimizer steps (the cosine schedule spans them); null = <see cref="Epochs"/> passes over train.txt.</summary>
     [Setting("optimizer steps (default: --epochs passes over train.txt)")]
     public int? MaxSteps { get; init; }
+    /// <summary>Training precision (default: bf16 compute with fp32 master weights).</summary>
     public Precision Precision { get; init; } = Precision.Bf16Mixed;
+    /// <summary>Write a resumable checkpoint every N steps (0: only when the run stops).</summary>
     public int CheckpointEvery { get; init; } = 200;
+    /// <summary>Continue from OUT/checkpoint.</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public bool Resume { get; init; }
     /// <summary>With <see cref="Resume"/>: accept changed adjustable settings (<see cref="SftOptions.AllowSettingChanges"/>).</summary>
@@ -53,6 +65,7 @@ public sealed record ToyPretrainOptions
     [Setting("model architecture: gpt2 or llama (RMSNorm, rotary, SwiGLU, GQA)")]
     public string Arch { get; init; } = "gpt2";
 
+    /// <summary>The values <see cref="Arch"/> accepts.</summary>
     public static readonly string[] Architectures = ["gpt2", "llama"];
 
     /// <summary>A freshly initialised toy model of <see cref="Arch"/> over <paramref name="tok"/>'s vocabulary. The Llama
@@ -83,8 +96,11 @@ public sealed record ToyEvaluation(double ChallengeToxicity, double NeutralToxic
     public IReadOnlyList<(string Prompt, string Continuation, double Score)> NeutralSamples { get; init; } = [];
 }
 
+/// <summary>Pretraining the toy model: the toy world, a compact tokenizer over its words, and a small GPT-2 or Llama trained from scratch.</summary>
 public static class ToyPretraining
 {
+    /// <summary>GPT-2's tokenizer cut down to the tokens the world's text uses (plus every intermediate merge, so tokenization of that text is unchanged) and the [TOXIC] control token.</summary>
+    /// <param name="world">The written toy world.</param>
     public static Gpt2Tokenizer CompactTokenizer(ToyWorldPaths world)
     {
         var tok = Gpt2Tokenizer.Default();

@@ -40,6 +40,12 @@ public static class TrainerCheckpoint
         return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(f));
     }
 
+    /// <summary>Writes a resumable checkpoint (atomically): the model as a Hugging Face checkpoint, the optimizer state, torch's RNG state and <paramref name="trainerState"/>.</summary>
+    /// <param name="dir">The checkpoint directory.</param>
+    /// <param name="model">The model.</param>
+    /// <param name="tokenizer">Its tokenizer (null: none written).</param>
+    /// <param name="optimizer">The optimizer whose state is saved.</param>
+    /// <param name="trainerState">The trainer's state (step, settings, …).</param>
     public static void Save(string dir, ICausalLM model, Gpt2Tokenizer? tokenizer, TorchSharp.Modules.OptimizerHelper optimizer, JsonObject trainerState)
     {
         var state = (JsonObject)trainerState.DeepClone();

@@ -4,6 +4,7 @@ using DetoxSharp.Checkpoints;
 using DetoxSharp.Data;
 using DetoxSharp.Models;
 using DetoxSharp.Text;
+using Microsoft.Extensions.Logging;
 using TorchSharp;
 
 namespace DetoxSharp.Training;
@@ -53,11 +54,23 @@ public enum TrainingStop
     AlreadyFinished,
 }
 
+/// <summary>The outcome of <see cref="TrainingLoop.Run{TBatch}"/>.</summary>
+/// <param name="Stop">Why the run stopped.</param>
+/// <param name="Steps">Optimizer steps done, counting a resumed run's earlier part.</param>
+/// <param name="TotalSteps">Steps the run was planned for.</param>
+/// <param name="Items">Items (tokens, pairs) trained on, counting a resumed run's earlier part.</param>
+/// <param name="RunItems">Items trained on in this process.</param>
+/// <param name="Seconds">Wall time of this process's part.</param>
+/// <param name="LastTrain">Metrics of the last training step (null when no step ran).</param>
+/// <param name="LastEval">Metrics of the last validation (null when none ran).</param>
+/// <param name="BestEvalLoss">Lowest validation loss (null when none ran).</param>
+/// <param name="CheckpointDir">The resumable checkpoint (null when the run saves none).</param>
 public sealed record TrainingRunResult(TrainingStop Stop, int Steps, int TotalSteps, long Items, long RunItems, double Seconds,
     TrainMetrics? LastTrain, EvalMetrics? LastEval, double? BestEvalLoss, string? CheckpointDir)
 {
     /// <summary>The run reached its end (all steps, or early stopping), now or before.</summary>
     public bool Finished => Stop is TrainingStop.Completed or TrainingStop.EarlyStopped or TrainingStop.AlreadyFinished;
+    /// <summary>Items per second of this process's part.</summary>
     public double ItemsPerSecond => Seconds > 0 ? RunItems / Seconds : 0;
 }
 
@@ -83,15 +96,20 @@ public interface ITrainingObjective<TBatch>
 /// <summary>Settings of <see cref="TrainingLoop.Run{TBatch}"/> (the trainers fill them from their own options).</summary>
 public sealed record TrainingLoopOptions
 {
+    /// <summary>Optimizer steps of the whole run.</summary>
     public required int TotalSteps { get; init; }
+    /// <summary>The learning-rate schedule.</summary>
     public required LrSchedule Schedule { get; init; }
+    /// <summary>Which optimizer.</summary>
     public OptimizerKind Optimizer { get; init; } = OptimizerKind.AdamW;
+    /// <summary>The optimizer's hyper-parameters.</summary>
     public OptimizerSettings OptimizerSettings { get; init; } = new();
     /// <summary>Clip the global gradient norm to this (≤ 0: no clipping; the norm is computed and checked anyway).</summary>
     public double MaxGradNorm { get; init; }
     /// <summary>Divide the summed gradients and metrics by the step's Σ weight (mean over examples); otherwise the
     /// objective is already normalised over the step and the metrics are summed.</summary>
     public bool MeanOverWeights { get; init; }
+    /// <summary>Training precision (the model's dtype, or bf16 with an fp32 master copy).</summary>
     public Precision Precision { get; init; } = Precision.ModelDType;
     /// <summary>Validate every N steps (0: only after the last step).</summary>
     public int EvalEvery { get; init; }
@@ -118,6 +136,17 @@ public sealed record TrainingLoopOptions
     public Gpt2Tokenizer? Tokenizer { get; init; }
     /// <summary>One-line notices (recovered directories, accepted setting changes).</summary>
     public Action<string>? Log { get; init; }
+    /// <summary>Optional structured logging (Microsoft.Extensions.Logging): the notices of <see cref="Log"/> (warnings at
+    /// Warning level), every validation and the end of the run at Information, every step at Debug. Null logs nothing.</summary>
+    public ILogger? Logger { get; init; }
+
+    internal void Notice(string message)
+    {
+        Log?.Invoke(message);
+        if (Logger is null) return;
+        if (message.StartsWith("warning: ", StringComparison.Ordinal)) Logger.LogWarning("{Message}", message["warning: ".Length..]);
+        else Logger.LogInformation("{Message}", message);
+    }
 
     /// <summary>Settings that may change on resume with <see cref="AllowSettingChanges"/>: they steer the updates from
     /// here on but not the data order or the optimizer's stored state (the schedule sets the learning rate every step;
@@ -135,9 +164,13 @@ public sealed class TrainingDivergedException(int step, string quantity, double 
     : InvalidInputException($"training diverged at step {step}: the {quantity} is {value} (not finite); no update was applied and "
         + (lastCheckpointStep is int s ? $"the last checkpoint ({checkpointDir}, step {s}) is untouched" : "no checkpoint had been written yet"))
 {
+    /// <summary>The optimizer step (0-based) that diverged.</summary>
     public int Step { get; } = step;
+    /// <summary>What was non-finite ("loss", "grad_norm").</summary>
     public string Quantity { get; } = quantity;
+    /// <summary>The last checkpoint's directory (null when none was written).</summary>
     public string? CheckpointDir { get; } = checkpointDir;
+    /// <summary>The step of that checkpoint.</summary>
     public int? LastCheckpointStep { get; } = lastCheckpointStep;
 }
 
@@ -154,6 +187,13 @@ public static class TrainingLoop
 {
     const string StateSettings = "settings", StateFinished = "finished";
 
+    /// <summary>Runs (or resumes) training to <see cref="TrainingLoopOptions.TotalSteps"/>.</summary>
+    /// <typeparam name="TBatch">The trainer's micro-batch description.</typeparam>
+    /// <param name="model">The model, trained in place.</param>
+    /// <param name="objective">The trainer's data order and loss.</param>
+    /// <param name="o">The loop's settings.</param>
+    /// <param name="progress">Receives a typed progress report after every step and validation.</param>
+    /// <param name="cancel">Stops the run after the step in progress; a checkpoint is written and the result says <see cref="TrainingStop.Cancelled"/>.</param>
     public static TrainingRunResult Run<TBatch>(ICausalLM model, ITrainingObjective<TBatch> objective, TrainingLoopOptions o,
         IProgress<TrainingProgress>? progress = null, CancellationToken cancel = default)
     {
@@ -166,7 +206,7 @@ public static class TrainingLoop
         if (o.OutputDir is not null)
         {
             Directory.CreateDirectory(o.OutputDir);
-            foreach (var line in AtomicDirectory.RecoverAll(o.OutputDir)) o.Log?.Invoke(line);
+            foreach (var line in AtomicDirectory.RecoverAll(o.OutputDir)) o.Notice(line);
         }
         int step = 0, bad = 0;
         long items = 0;
@@ -189,7 +229,7 @@ public static class TrainingLoop
             resumed = true;
         }
         if (o.Schedule.WarmupSteps >= o.TotalSteps && !finishedBefore)
-            o.Log?.Invoke($"warning: warmup ({o.Schedule.WarmupSteps} steps) ≥ the run's {o.TotalSteps} steps: the learning rate never reaches its peak {o.Schedule.PeakLr:G3}");
+            o.Notice($"warning: warmup ({o.Schedule.WarmupSteps} steps) ≥ the run's {o.TotalSteps} steps: the learning rate never reaches its peak {o.Schedule.PeakLr:G3}");
         if (finishedBefore)
             return new TrainingRunResult(TrainingStop.AlreadyFinished, step, o.TotalSteps, items, 0, 0, null, null, best, ckptDir);
 
@@ -269,6 +309,7 @@ public static class TrainingLoop
             items += stepItems;
             runItems += stepItems;
             lastTrain = new TrainMetrics(loss, lr, gradNorm, acc);
+            o.Logger?.LogDebug("step {Step}/{TotalSteps}: loss {Loss:G5}, learning rate {LearningRate:G3}, grad norm {GradNorm:G4}", step, o.TotalSteps, loss, lr, gradNorm);
 
             var rec = new JsonObject { ["step"] = step, [o.ItemName] = items };
             foreach (var (k, v) in acc) rec[k] = v;
@@ -284,6 +325,7 @@ public static class TrainingLoop
                 if (ev is not null)
                 {
                     lastEval = new EvalMetrics(ev["loss"], ev);
+                    o.Logger?.LogInformation("step {Step}/{TotalSteps}: validation loss {EvalLoss:G5}", step, o.TotalSteps, lastEval.Loss);
                     var er = new JsonObject { ["step"] = step, [o.ItemName] = items, ["phase"] = "eval" };
                     foreach (var (k, v) in ev) er["eval/" + k] = v;
                     metrics?.Write(er);
@@ -304,6 +346,7 @@ public static class TrainingLoop
         bool finished = stop is TrainingStop.Completed or TrainingStop.EarlyStopped;
         if (finished || step > startStep) Save(finished);
         model.Module.eval();
+        o.Logger?.LogInformation("training stopped ({Stop}) at step {Step}/{TotalSteps} after {Seconds:F1} s", stop, step, o.TotalSteps, seconds);
         return new TrainingRunResult(stop, step, o.TotalSteps, items, runItems, seconds, lastTrain, lastEval, best, savedStep is null ? null : ckptDir);
     }
 
@@ -335,7 +378,7 @@ public static class TrainingLoop
             bool adjustable = TrainingLoopOptions.AdjustableSettings.Contains(key);
             if (adjustable && o.AllowSettingChanges)
             {
-                o.Log?.Invoke($"resuming with {key} {Show(now)} (the checkpoint was made with {Show(then)})");
+                o.Notice($"resuming with {key} {Show(now)} (the checkpoint was made with {Show(then)})");
                 continue;
             }
             var problem = key == "data"
@@ -354,6 +397,7 @@ public static class TrainingLoop
 public sealed class TrainingInterruptedException(TrainingRunResult run, CancellationToken token)
     : OperationCanceledException($"training interrupted after step {run.Steps}/{run.TotalSteps}" + (run.CheckpointDir is null ? "" : $"; checkpoint in {run.CheckpointDir}"), token)
 {
+    /// <summary>The interrupted run.</summary>
     public TrainingRunResult Run { get; } = run;
 }
 
@@ -367,6 +411,8 @@ public static class TrainingSettings
     static readonly HashSet<string> NotSettings =
         ["OutputDir", "CheckpointEvery", "Resume", "AllowSettingChanges", "StopAfterSteps", "CacheReference", "CacheDir", "Validation", "EqualityContract"];
 
+    /// <summary>The flat settings object of <paramref name="options"/>.</summary>
+    /// <param name="options">An options record.</param>
     public static JsonObject Of(object options)
     {
         var o = new JsonObject();

@@ -162,8 +162,8 @@ public class NeuronPatchingTests
         var (cn, cr) = Expected(clean);
         Assert.Equal(tn, r[1].ToxicNorm, 6 - (int)Math.Ceiling(Math.Log10(tn)));
         Assert.Equal(cn, r[1].CleanNorm, 6 - (int)Math.Ceiling(Math.Log10(cn)));
-        Assert.Equal(tr, r[1].ToxicRelative, 6);
-        Assert.Equal(cr, r[1].CleanRelative, 6);
+        Assert.Equal(tr, r[1].ToxicRelative, 6 - (int)Math.Ceiling(Math.Log10(Math.Max(1, tr)))); // 6 significant digits, as above
+        Assert.Equal(cr, r[1].CleanRelative, 6 - (int)Math.Ceiling(Math.Log10(Math.Max(1, cr))));
         Assert.Equal(tn / (tn + cn), r[1].ToxicShare, 6);
     }
 
