@@ -21,6 +21,7 @@ public static class CommandCatalog
         yield return PretrainToyCommand.Create();
         yield return EvalCommand.Create();
         yield return EvalCommand.MergeShards();
+        yield return MakePairsCommand.MergePairs();
         yield return InterpCommands.Probe();
         yield return InterpCommands.Vectors();
         yield return InterpCommands.Diff();

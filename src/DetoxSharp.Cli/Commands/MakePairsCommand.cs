@@ -1,5 +1,7 @@
 using System.CommandLine;
+using System.Text.Json.Nodes;
 using DetoxSharp.Data;
+using DetoxSharp.Evaluation;
 using DetoxSharp.Generation;
 using DetoxSharp.Interpretability;
 using DetoxSharp.Training;
@@ -42,9 +44,15 @@ public static class MakePairsCommand
         var device = CommonOptions.Device();
         var dtype = CommonOptions.DType();
         var pickle = CommonOptions.AllowPickle();
+        var shard = new Option<string?>("--shard")
+        {
+            Description = "make part I of N (prompts i with i mod N = I) into OUT.shards/shard-I-of-N.jsonl; auto or auto/N takes I from "
+                          + "JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID (Slurm job array, N from SLURM_ARRAY_TASK_COUNT); "
+                          + "combine with detox merge-pairs --out OUT (the file one run writes, byte for byte)",
+        };
         var cmd = new Command("make-pairs", "Make preference pairs (or ADPO triples): chosen = greedy continuation of the starting model, rejected = toxic continuation from the toxic model, activation steering, or PPLM with the toxicity probe.")
             { model, prompts, output, toxic, vec, key, scale, layer, hook, pplm, probe, pStep, pIters, pKl, pGm, pTopK, pTemp, pHorizon, pWindow, pGamma, pGreedy,
-              triples, maxNew, maxPrompt, limit, seed, device, dtype, pickle };
+              triples, maxNew, maxPrompt, limit, seed, shard, device, dtype, pickle };
         cmd.SetAction(p =>
         {
             var err = p.InvocationConfiguration.Error;
@@ -52,6 +60,7 @@ public static class MakePairsCommand
             if (usePplm && p.GetValue(vec) is not null) throw new InvalidInputException("--pplm and --steer-vector are mutually exclusive (each makes the rejected continuation)");
             if (usePplm && p.GetValue(probe) is null) throw new InvalidInputException("--pplm needs --probe (a probe directory or probe.safetensors from `detox probe`)");
             if (!usePplm && p.GetValue(probe) is not null) throw new InvalidInputException("--probe is only used with --pplm");
+            var part = p.GetValue(shard) is string shardSpec ? Shard.Parse(shardSpec) : Shard.Whole;
             var pplmOptions = new PplmOptions
             {
                 StepSize = p.GetValue(pStep), Iterations = p.GetValue(pIters), KlScale = p.GetValue(pKl), GmScale = p.GetValue(pGm), TopK = p.GetValue(pTopK),
@@ -79,11 +88,45 @@ public static class MakePairsCommand
             if (steer is not null && (steer.Layer < 0 || steer.Layer >= m.Model.NumLayers)) throw new InvalidInputException($"--steer-layer {steer.Layer}: model has {m.Model.NumLayers} blocks");
             using var attribute = usePplm ? ToxicityProbe.Load(p.GetValue(probe)!) : null;
             var pplmPairs = attribute is null ? null : new PplmPairOptions(attribute, pplmOptions);
-            var records = PairMaker.Make(m.Model, m.Tokenizer, list, new PairMakerOptions { MaxNewTokens = p.GetValue(maxNew), MaxPromptTokens = p.GetValue(maxPrompt), Seed = p.GetValue(seed) },
-                tox?.Model, tox?.Tokenizer, steer, p.GetValue(triples),
-                progress: (done, total) => err.WriteLine($"[{done}/{total}] prompts"), warn: w => err.WriteLine("detox: warning: " + w), pplm: pplmPairs);
-            JsonlReader.Write(p.GetValue(output)!, records);
-            p.InvocationConfiguration.Output.WriteLine($"wrote {records.Count} {(p.GetValue(triples) ? "triples" : "pairs")} to {p.GetValue(output)}");
+            var pmOptions = new PairMakerOptions { MaxNewTokens = p.GetValue(maxNew), MaxPromptTokens = p.GetValue(maxPrompt), Seed = p.GetValue(seed) };
+            bool tri = p.GetValue(triples);
+            Action<int, int> progress = (done, total) => err.WriteLine($"[{done}/{total}] prompts{(part.Count > 1 ? $" of shard {part}" : "")}");
+            if (part.Count == 1)
+            {
+                var records = PairMaker.Make(m.Model, m.Tokenizer, list, pmOptions, tox?.Model, tox?.Tokenizer, steer, tri,
+                    progress: progress, warn: w => err.WriteLine("detox: warning: " + w), pplm: pplmPairs);
+                JsonlReader.Write(p.GetValue(output)!, records);
+                p.InvocationConfiguration.Output.WriteLine($"wrote {records.Count} {(tri ? "triples" : "pairs")} to {p.GetValue(output)}");
+                return 0;
+            }
+            var made = PairMaker.MakeIndexed(m.Model, m.Tokenizer, list, pmOptions, tox?.Model, tox?.Tokenizer, steer, tri, progress, pplmPairs, part, out int skipped);
+            // what the shards of one file must share (checked by merge-pairs); paths as given
+            var settings = new JsonObject
+            {
+                ["model"] = p.GetValue(model), ["prompts"] = path, ["limit"] = p.GetValue(limit), ["toxic_model"] = p.GetValue(toxic),
+                ["rejected"] = usePplm ? pplmOptions.Describe : steer?.Describe ?? "toxic-model[TOXIC]", ["probe"] = p.GetValue(probe),
+                ["steer_vector"] = p.GetValue(vec), ["steer_key"] = p.GetValue(key), ["triples"] = tri, ["max_new_tokens"] = pmOptions.MaxNewTokens,
+                ["max_prompt_tokens"] = pmOptions.MaxPromptTokens, ["seed"] = pmOptions.Seed, ["dtype"] = dt,
+            };
+            var dir = PairShards.Write(p.GetValue(output)!, part, list.Count, skipped, settings, made);
+            p.InvocationConfiguration.Output.WriteLine($"wrote {made.Count} {(tri ? "triples" : "pairs")} of shard {part} to {PairShards.RecordsFile(dir, part)}"
+                + (skipped > 0 ? $" ({skipped} prompts skipped)" : "") + $"; when all {part.Count} are done: detox merge-pairs --out {p.GetValue(output)}");
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>`detox merge-pairs`: the shard outputs of one make-pairs → the pairs file of one run.</summary>
+    public static Command MergePairs()
+    {
+        var output = new Option<string>("--out") { Description = "the --out the shards were given: writes this pairs file from OUT.shards/", Required = true };
+        var input = new Option<string?>("--in") { Description = "directory holding shard-I-of-N.jsonl/.json (default: OUT.shards)" };
+        var cmd = new Command("merge-pairs", "Combine the outputs of detox make-pairs --shard I/N into the pairs file of one run; names any missing shard.") { output, input };
+        cmd.SetAction(p =>
+        {
+            var err = p.InvocationConfiguration.Error;
+            int n = PairShards.Merge(p.GetValue(output)!, p.GetValue(input), w => err.WriteLine("detox: warning: " + w));
+            p.InvocationConfiguration.Output.WriteLine($"wrote {n} records to {p.GetValue(output)}");
             return 0;
         });
         return cmd;

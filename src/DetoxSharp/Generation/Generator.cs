@@ -54,8 +54,14 @@ public static class Generator
     /// <param name="options">Decoding settings.</param>
     /// <param name="dexperts">Expert and anti-expert for DExperts decoding (null: the model alone). All three run batched
     /// with their own KV cache.</param>
-    public static List<int[]> Generate(ICausalLM model, IReadOnlyList<int[]> prompts, GenerationOptions options, DExperts? dexperts = null)
+    /// <param name="promptSeeds">When sampling: one seed per prompt. Prompt i then draws from its own generator seeded
+    /// promptSeeds[i], so its continuation does not depend on which other prompts share its batch (or on the batch size);
+    /// null: one generator seeded <see cref="GenerationOptions.Seed"/> for the whole call.</param>
+    public static List<int[]> Generate(ICausalLM model, IReadOnlyList<int[]> prompts, GenerationOptions options, DExperts? dexperts = null,
+        IReadOnlyList<long>? promptSeeds = null)
     {
+        if (promptSeeds is not null && promptSeeds.Count != prompts.Count)
+            throw new ArgumentException($"{promptSeeds.Count} prompt seeds for {prompts.Count} prompts", nameof(promptSeeds));
         options.Validate();
         dexperts?.Check(model);
         var results = new List<int[]>(prompts.Count);
@@ -69,14 +75,18 @@ public static class Generator
             for (int start = 0; start < prompts.Count; start += options.BatchSize)
             {
                 var batch = prompts.Skip(start).Take(options.BatchSize).ToList();
-                results.AddRange(GenerateBatch(model, batch, options, rng, dexperts));
+                torch.Generator[]? rowRngs = options.Greedy || promptSeeds is null ? null
+                    : batch.Select((_, i) => new torch.Generator((ulong)promptSeeds[start + i], model.Device)).ToArray();
+                try { results.AddRange(GenerateBatch(model, batch, options, rng, dexperts, rowRngs)); }
+                finally { if (rowRngs is not null) foreach (var g in rowRngs) g.Dispose(); }
             }
         }
         finally { rng?.Dispose(); }
         return results;
     }
 
-    static List<int[]> GenerateBatch(ICausalLM model, List<int[]> prompts, GenerationOptions o, torch.Generator? rng, DExperts? dexperts)
+    static List<int[]> GenerateBatch(ICausalLM model, List<int[]> prompts, GenerationOptions o, torch.Generator? rng, DExperts? dexperts,
+        torch.Generator[]? rowRngs = null)
     {
         ICausalLM[] models = dexperts is null ? [model] : [model, dexperts.Expert, dexperts.AntiExpert];
         int b = prompts.Count;
@@ -124,7 +134,7 @@ public static class Generator
                     .select(1, 0).to(ScalarType.Float32);
                 var last = Last(0);
                 if (dexperts is not null) last = dexperts.Combine(last, Last(1), Last(2));
-                var chosen = o.Greedy ? last.argmax(-1) : Sample(last, o, rng!);
+                var chosen = o.Greedy ? last.argmax(-1) : rowRngs is not null ? SamplePerRow(last, o, rowRngs) : Sample(last, o, rng!);
                 var chosenCpu = chosen.cpu().data<long>().ToArray();
                 for (int i = 0; i < b; i++)
                 {
@@ -159,8 +169,19 @@ public static class Generator
         return generated.Select(g => g.ToArray()).ToList();
     }
 
+    /// <summary>As <see cref="Sample"/>, but row b draws with its own generator <paramref name="rngs"/>[b].</summary>
+    internal static Tensor SamplePerRow(Tensor logits, GenerationOptions o, torch.Generator[] rngs)
+    {
+        var p = Filtered(logits, o).softmax(-1);
+        var rows = Enumerable.Range(0, rngs.Length).Select(b => torch.multinomial(p.narrow(0, b, 1), 1, false, rngs[b])).ToArray();
+        return torch.cat(rows, 0).squeeze(1);
+    }
+
     /// <summary>Temperature, then top-k, then top-p (nucleus) filtering, then one multinomial draw per row.</summary>
-    internal static Tensor Sample(Tensor logits, GenerationOptions o, torch.Generator rng)
+    internal static Tensor Sample(Tensor logits, GenerationOptions o, torch.Generator rng) =>
+        torch.multinomial(Filtered(logits, o).softmax(-1), 1, false, rng).squeeze(1);
+
+    static Tensor Filtered(Tensor logits, GenerationOptions o)
     {
         var l = logits / o.Temperature;
         if (o.TopK > 0 && o.TopK < l.shape[^1])
@@ -177,6 +198,6 @@ public static class Generator
             var dropOrig = torch.zeros_like(drop).scatter(-1, idx, drop);
             l = l.masked_fill(dropOrig, double.NegativeInfinity);
         }
-        return torch.multinomial(l.softmax(-1), 1, false, rng).squeeze(1);
+        return l;
     }
 }

@@ -119,10 +119,14 @@ public static class Pplm
     internal const double SmallConst = 1e-15;
 
     /// <summary>Generates a continuation per prompt (new tokens only, cut at eos), <paramref name="batchSize"/> prompts at a
-    /// time; prompt i samples with seed Seed + i. <paramref name="promptDone"/> is called with the number of prompts finished.</summary>
+    /// time; prompt i samples with seed Seed + i (or <paramref name="promptSeeds"/>[i] when given: e.g. Seed + the prompt's
+    /// index in the whole file when <paramref name="prompts"/> is one shard of it). <paramref name="promptDone"/> is called
+    /// with the number of prompts finished.</summary>
     public static List<int[]> Generate(ICausalLM model, IAttributeModel probe, IReadOnlyList<int[]> prompts, PplmOptions o, Action<int>? promptDone = null,
-        int batchSize = 16)
+        int batchSize = 16, IReadOnlyList<long>? promptSeeds = null)
     {
+        if (promptSeeds is not null && promptSeeds.Count != prompts.Count)
+            throw new ArgumentException($"{promptSeeds.Count} prompt seeds for {prompts.Count} prompts", nameof(promptSeeds));
         o.Validate();
         if (batchSize < 1) throw new InvalidInputException($"PPLM batch size must be ≥ 1, got {batchSize}");
         probe.CheckFits(model);
@@ -140,7 +144,7 @@ public static class Pplm
             for (int start = 0; start < prompts.Count; start += batchSize)
             {
                 var batch = prompts.Skip(start).Take(batchSize).ToList();
-                var rngs = o.Greedy ? null : batch.Select((_, i) => new torch.Generator((ulong)(o.Seed + start + i), model.Device)).ToArray();
+                var rngs = o.Greedy ? null : batch.Select((_, i) => new torch.Generator((ulong)(promptSeeds?[start + i] ?? o.Seed + start + i), model.Device)).ToArray();
                 try
                 {
                     using var dec = new PplmDecoder(model, probe, batch, o);

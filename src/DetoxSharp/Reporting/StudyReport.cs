@@ -237,6 +237,7 @@ public static partial class StudyReport
         else r.Missing("No activation measurements (diff/* stages wrote no diff.json).");
 
         NeuronsSection(r, headline, Dir);
+        ScorerAgreementSection(r, config, Dir);
         MethodNeuronsPart(r, config, Dir);
 
         r.Section("parameters", "Parameter cosine similarity per layer");

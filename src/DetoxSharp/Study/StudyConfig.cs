@@ -31,6 +31,8 @@ public sealed class StudyConfig
     public JsonObject Methods { get; init; } = new();
     /// <summary>Scorer: {"kind": "perspective"|"classifier"|"toy-lexicon", ...}.</summary>
     public JsonObject Scorer { get; init; } = new();
+    /// <summary>"agreement": extra scorers whose agreement with "scorer" the study reports (<see cref="AgreementSection"/>).</summary>
+    public JsonObject Agreement { get; init; } = new();
     /// <summary>Pre-registered pass criteria of the seven findings (issue 14); shown in the report as configured.</summary>
     public FindingCriteria Findings { get; init; } = new();
     /// <summary>Seeds of every training run (default 3; 1 with --quick unless "quick_seeds" says otherwise).</summary>
@@ -94,6 +96,7 @@ public sealed class StudyConfig
             var scorer = StudySections.Read<ScorerSection>(Scorer, "scorer", source);
             StudySections.Check(source, "scorer", scorer.Validate);
             c.Typed<EvaluationSection>(Evaluation, "evaluation", source, e => { e.Validate(); e.ToOptions(scorer).Validate(); e.ToDiffOptions().Validate(); });
+            c.Typed<AgreementSection>(Agreement, "agreement", source, a => a.Validate());
             c.Typed<UnalignSection>(Unalign, "unalign", source, u =>
             {
                 u.ToOptions().Validate();
@@ -171,7 +174,7 @@ public sealed class StudyConfig
     public StudyConfig WithQuick(bool quick) => new()
     {
         Model = Model, Data = Data, World = World, Pretrain = Pretrain, Probe = Probe, Vectors = Vectors, Interventions = Interventions,
-        ToxicModel = ToxicModel, Pairs = Pairs, Dpo = Dpo, Adpo = Adpo, Evaluation = Evaluation, Unalign = Unalign, Neurons = Neurons, Methods = Methods, Scorer = Scorer,
+        ToxicModel = ToxicModel, Pairs = Pairs, Dpo = Dpo, Adpo = Adpo, Evaluation = Evaluation, Unalign = Unalign, Neurons = Neurons, Methods = Methods, Scorer = Scorer, Agreement = Agreement,
         Findings = Findings, Seeds = Seeds, QuickSeeds = QuickSeeds, SweepSeeds = SweepSeeds, Quick = quick,
     };
 }

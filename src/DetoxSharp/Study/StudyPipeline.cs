@@ -24,6 +24,8 @@ public sealed record StudyStageFunctions
     public Action<StageContext>? Unalign { get; init; }
     /// <summary>Activation/attribution patching of the neuron groups at a headline run (settings["method"]).</summary>
     public Action<StageContext>? Patch { get; init; }
+    /// <summary>Scorer agreement: the evaluation continuations re-scored by the "agreement" scorers (AgreementStages.cs).</summary>
+    public Action<StageContext>? Agreement { get; init; }
     /// <summary>Methods table: a training-free method (settings["edit"]: profs, aura, steering, activation).</summary>
     public Action<StageContext>? MethodEdit { get; init; }
     /// <summary>Methods table: DExperts' expert or anti-expert fine-tune (settings["expert"]).</summary>
@@ -191,6 +193,7 @@ public static class StudyPipeline
                 st.Add(new(NeuronStage(m.Method), S(("method", m.Method), ("model_stage", m.Stage), ("start_stage", m.StartStage),
                     ("evaluation", DiffSettings(c.Section(c.Evaluation))), ("neurons", c.Section(c.Neurons))),
                     ["world", "pretrain", .. m.StartStage == "pretrain" ? Array.Empty<string>() : [m.StartStage], "probe", m.Stage], f.MethodNeurons));
+        if (AgreementEvaluations(c) is { } evals) st.Add(new("agreement", S(("agreement", c.Section(c.Agreement)), ("evaluations", evals)), ["world", .. evals.Select(e => e.Key)], f.Agreement));
         var report = new JsonObject { ["config"] = JsonNode.Parse(c.ToJson()) };
         st.Add(new("report", report, st.Select(s => s.Name).ToList(), f.Report));
         return st;
@@ -284,6 +287,16 @@ public static class StudyPipeline
     public static string NeuronStage(string method) => $"neurons/{method}/s0";
 
     public const string SftEvaluation = "evaluate/sft";
+
+    /// <summary>The evaluations the agreement stage re-scores (stage → row label): the base model's rows, the SFT model
+    /// and the headline runs; null when "agreement" names no scorer (no stage).</summary>
+    public static JsonObject? AgreementEvaluations(StudyConfig c)
+    {
+        if (c.Section(c.Agreement)["scorers"] is not JsonArray { Count: > 0 }) return null;
+        var o = new JsonObject { ["evaluate/base"] = "base", [SftEvaluation] = "SFT (ADPO start)" };
+        foreach (var r in Runs(c).Where(r => r.Headline)) o[r.EvaluateStage] = $"{RowName(r.Method)} seed {r.Seed}";
+        return o;
+    }
 
     /// <summary>The evaluation of the model a method starts from: its toxicity is what alignment lowers and un-aligning
     /// should restore (DPO: the pretrained model; ADPO: the SFT model).</summary>

@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using DetoxSharp.Checkpoints;
+using DetoxSharp.Evaluation;
 using DetoxSharp.Generation;
 using DetoxSharp.Interpretability;
 using Generator = DetoxSharp.Generation.Generator;
@@ -110,6 +111,28 @@ public static class PairMaker
         ICausalLM? toxicModel = null, Gpt2Tokenizer? toxicTokenizer = null, SteeringOptions? steer = null, bool triples = false,
         Action<int, int>? progress = null, Action<string>? warn = null, PplmPairOptions? pplm = null)
     {
+        var made = MakeIndexed(model, tok, prompts, o, toxicModel, toxicTokenizer, steer, triples, progress, pplm, Shard.Whole, out int skipped);
+        if (skipped > 0) warn?.Invoke(SkippedWarning(skipped, prompts.Count));
+        if (made.Count == 0) throw NoPairs();
+        return made.Select(m => m.Record).ToList();
+    }
+
+    internal static string SkippedWarning(int skipped, int prompts) => $"skipped {skipped} of {prompts} prompts whose chosen and rejected were identical or empty";
+
+    internal static InvalidInputException NoPairs() =>
+        new("no usable pairs: every rejected continuation equalled the chosen one (stronger --steer-scale / --pplm-step-size or a trained --toxic-model?)");
+
+    /// <summary>
+    /// The records of the prompts <paramref name="shard"/> owns (prompt i of the list with i mod N = I), each with the
+    /// prompt's 0-based index in the whole list, in that order; <paramref name="skipped"/> counts this shard's prompts
+    /// that gave no record. Every random draw of prompt i comes from its own generator seeded Seed + i (PPLM's rejected,
+    /// ADPO's sampled toxic response), and a prompt's greedy continuations do not depend on the others, so a prompt's
+    /// record is the same whichever shard, chunk or batch it falls in: shards merged in index order equal one run.
+    /// </summary>
+    public static List<(int Index, JsonObject Record)> MakeIndexed(ICausalLM model, Gpt2Tokenizer tok, IReadOnlyList<string> prompts, PairMakerOptions o,
+        ICausalLM? toxicModel, Gpt2Tokenizer? toxicTokenizer, SteeringOptions? steer, bool triples, Action<int, int>? progress, PplmPairOptions? pplm,
+        Shard shard, out int skipped)
+    {
         Require.Count(o.MaxPromptTokens, "max_prompt_tokens", 1, int.MaxValue);
         Require.Count(o.MaxNewTokens, "max_new_tokens", 1, int.MaxValue);
         Require.Count(o.BatchSize, "batch_size", 1, 4096);
@@ -131,12 +154,14 @@ public static class PairMaker
         CheckContext(ids, o, model.MaxPositions, "model's", 0);
         if (toxicModel is not null) CheckContext(ids, o, toxicModel.MaxPositions, $"toxic model's (prompt + {ToxicModel.ControlToken})", 1);
         var greedy = new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Greedy = true, BatchSize = o.BatchSize };
-        var results = new List<JsonObject>();
-        int skipped = 0;
-        for (int start = 0; start < ids.Count; start += o.BatchSize)
+        var results = new List<(int, JsonObject)>();
+        skipped = 0;
+        var owned = Enumerable.Range(0, ids.Count).Where(shard.Owns).ToList();
+        for (int start = 0; start < owned.Count; start += o.BatchSize)
         {
             using var scope = torch.NewDisposeScope();
-            var chunk = ids.Skip(start).Take(o.BatchSize).ToList();
+            var at = owned.Skip(start).Take(o.BatchSize).ToList();
+            var chunk = at.Select(i => ids[i]).ToList();
             List<int[]> chosen, rejected;
             List<int[]>? toxic = null;
             using (torch.no_grad())
@@ -148,8 +173,8 @@ public static class PairMaker
                 {
                     int done = start;
                     // the whole chunk in one PPLM batch; prompt i of the file samples with seed Seed + i wherever it falls
-                    rejected = Pplm.Generate(model, pplm.Probe, chunk, pplm.Options with { MaxNewTokens = o.MaxNewTokens, Seed = pplm.Options.Seed + start },
-                        k => progress?.Invoke(done + k, ids.Count), batchSize: chunk.Count);
+                    rejected = Pplm.Generate(model, pplm.Probe, chunk, pplm.Options with { MaxNewTokens = o.MaxNewTokens },
+                        k => progress?.Invoke(done + k, owned.Count), batchSize: chunk.Count, promptSeeds: at.Select(i => pplm.Options.Seed + i).ToList());
                     source = pplm.Options.Describe;
                 }
                 else if (steer is not null)
@@ -168,8 +193,8 @@ public static class PairMaker
                 if (triples)
                     toxic = Generator.Generate(toxicModel!, withTox!, new GenerationOptions
                     {
-                        MaxNewTokens = o.MaxNewTokens, Greedy = false, Temperature = o.ToxicTemperature, Seed = o.Seed + start, BatchSize = o.BatchSize,
-                    });
+                        MaxNewTokens = o.MaxNewTokens, Greedy = false, Temperature = o.ToxicTemperature, Seed = o.Seed, BatchSize = o.BatchSize,
+                    }, promptSeeds: at.Select(i => o.Seed + i).ToList());
                 var decTox = toxicTokenizer ?? tok;
                 for (int i = 0; i < chunk.Count; i++)
                 {
@@ -186,13 +211,11 @@ public static class PairMaker
                         if (tx.Length == 0) { skipped++; continue; }
                         rec["toxic"] = tx;
                     }
-                    results.Add(rec);
+                    results.Add((at[i], rec));
                 }
             }
-            if (pplm is null) progress?.Invoke(Math.Min(start + o.BatchSize, ids.Count), ids.Count);
+            if (pplm is null) progress?.Invoke(Math.Min(start + o.BatchSize, owned.Count), owned.Count);
         }
-        if (skipped > 0) warn?.Invoke($"skipped {skipped} of {ids.Count} prompts whose chosen and rejected were identical or empty");
-        if (results.Count == 0) throw new InvalidInputException("no usable pairs: every rejected continuation equalled the chosen one (stronger --steer-scale / --pplm-step-size or a trained --toxic-model?)");
         return results;
     }
 }

@@ -151,6 +151,13 @@ public static class FakeStudy
             File.WriteAllLines(Path.Combine(c.OutputDir, RunLayout.PatchingCsv), new[] { "direction,group,layer,neurons,real,attribution,share" }
                 .Concat(dirs.SelectMany(d => Enumerable.Range(0, 4).SelectMany(l => groups.Select(g => $"{d},{g},{l},25,{-0.1 * (l + 1)},{-0.09 * (l + 1) + 0.01 * rng.NextDouble()},0.1")))));
         },
+        Agreement = c => J(c, StudyStages.AgreementJson, new JsonObject
+        {
+            ["threshold"] = 0.5,
+            ["scorers"] = new JsonArray(new JsonObject { ["name"] = "toy-lexicon", ["identity"] = "toy-lexicon v1", ["description"] = "the study's evaluation scorer", ["mean"] = 0.4, ["toxic_share"] = 0.4 },
+                new JsonObject { ["name"] = "bow-logistic", ["identity"] = "bow-logistic v1", ["description"] = "bag of words", ["mean"] = 0.35, ["toxic_share"] = 0.3 }),
+            ["rows"] = new JsonArray(new JsonObject { ["row"] = StudyStages.AllRows, ["a"] = "toy-lexicon", ["b"] = "bow-logistic", ["n"] = 100, ["spearman"] = 0.71, ["kendall_tau_b"] = 0.55, ["cohen_kappa"] = 0.62 }),
+        }),
         Unalign = c =>
         {
             var rng = Rng(c);

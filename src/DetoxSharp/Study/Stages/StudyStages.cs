@@ -38,6 +38,7 @@ public static partial class StudyStages
             Diff = Diff,
             Unalign = c => UnalignStage(c, scorer),
             Patch = c => NeuronPatch(c, scorer),
+            Agreement = AgreementStage,
             MethodEdit = MethodEdit,
             ExpertSft = ExpertSft,
             EvaluateMethod = c => EvaluateMethod(c, scorer),
