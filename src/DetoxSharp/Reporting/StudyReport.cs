@@ -10,7 +10,7 @@ namespace DetoxSharp.Reporting;
 /// but mean ± std over seeds (and the regime classification rule it states); every other number is read from a file.
 /// Parts whose stage produced no file say so instead of showing anything.
 /// </summary>
-public static class StudyReport
+public static partial class StudyReport
 {
     static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
@@ -293,6 +293,7 @@ public static class StudyReport
         else r.Missing("No continuations in this run (evaluate/* stages wrote no continuations.jsonl).");
 
         SweepSection(r, runs, baseRows, Dir);
+        RetoxBatterySection(r, config, Dir);
         WhatWasRun(r, runDir, config, runs);
         return r;
     }

@@ -24,6 +24,8 @@ public sealed record StudyStageFunctions
     public Action<StageContext>? Unalign { get; init; }
     /// <summary>Activation/attribution patching of the neuron groups at a headline run (settings["method"]).</summary>
     public Action<StageContext>? Patch { get; init; }
+    /// <summary>The re-toxification battery on one detoxified model (<see cref="BatteryPipeline"/>).</summary>
+    public Action<StageContext>? Battery { get; init; }
     /// <summary>Builds the report (the CLI wires Reporting.StudyReport.Write: the report reads the study's layout, so the
     /// study does not depend on the report).</summary>
     public Action<StageContext>? Report { get; init; }
@@ -123,6 +125,7 @@ public static class StudyPipeline
                 ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer), ("start_evaluation", startEval)),
                 ["world", "pretrain", "probe", "vectors", "evaluate/base", .. startEval == "evaluate/base" ? Array.Empty<string>() : [startEval], r.TrainStage], f.Unalign));
         }
+        st.AddRange(BatteryPipeline.Stages(c, st, f.Battery).ToList());
         var report = new JsonObject { ["config"] = JsonNode.Parse(c.ToJson()) };
         st.Add(new("report", report, st.Select(s => s.Name).ToList(), f.Report));
         return st;

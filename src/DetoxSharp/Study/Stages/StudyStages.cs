@@ -38,6 +38,7 @@ public static partial class StudyStages
             Diff = Diff,
             Unalign = c => UnalignStage(c, scorer),
             Patch = c => NeuronPatch(c, scorer),
+            Battery = c => BatteryStage(c, scorer),
         };
     }
 
