@@ -175,6 +175,8 @@ public static partial class StudyReport
             r.Add(new Table("unalign_keys", "Un-aligning with more keys (supplementary)", ["Method", "Keys scaled", "Toxicity"], keyRows,
                 "The top-k value vectors most similar to W_Toxic on the aligned model, their keys × the un-aligning scale, for several k (mean ± std over the headline seeds). Not a pre-registered criterion: finding (g) is judged at the configured k. Shows how many keys this model's alignment can be undone with."));
 
+        MethodsSection(r, runDir, config, Dir);
+
         // --- Table 1 ---
         r.Section("vectors", "Toxic vectors and their top tokens (Table 1)");
         var tv = ReadJson(Path.Combine(Dir("vectors"), RunLayout.ToxicVectors));
@@ -235,6 +237,7 @@ public static partial class StudyReport
         else r.Missing("No activation measurements (diff/* stages wrote no diff.json).");
 
         NeuronsSection(r, headline, Dir);
+        MethodNeuronsPart(r, config, Dir);
 
         r.Section("parameters", "Parameter cosine similarity per layer");
         PerLayer(r, diffs, "param_cosine", "min", "param_cosine_min", "Minimum cosine similarity of parameters per layer", "cos(θ_aligned, θ_base), smallest over the layer's parameter tensors", "min cosine");

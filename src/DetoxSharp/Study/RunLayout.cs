@@ -50,6 +50,8 @@ public static class RunLayout
     public const string Patching = "patching.json";
     public const string PatchingCsv = "patching.csv";
     public const string Battery = "battery.json";
+    /// <summary>methods/speed: greedy-generation tokens/s of every methods-table row (<see cref="StudyStages"/>' MethodSpeed).</summary>
+    public const string MethodSpeed = "speed.json";
     public const string Manifest = "manifest.json";
     public const string Report = "report.html";
 

@@ -29,6 +29,8 @@ public sealed class StudyConfig
     public JsonObject Neurons { get; init; } = new();
     /// <summary>"battery": the re-toxification battery on every detoxified model (<see cref="BatterySection"/>).</summary>
     public JsonObject Battery { get; init; } = new();
+    /// <summary>"methods": the methods table's other losses, edits, steering, activation edit and DExperts (<see cref="MethodsSection"/>).</summary>
+    public JsonObject Methods { get; init; } = new();
     /// <summary>Scorer: {"kind": "perspective"|"classifier"|"toy-lexicon", ...}.</summary>
     public JsonObject Scorer { get; init; } = new();
     /// <summary>Pre-registered pass criteria of the seven findings (issue 14); shown in the report as configured.</summary>
@@ -107,6 +109,23 @@ public sealed class StudyConfig
                     var typed = StudySections.Read<PreferenceSection>(point.Settings, method, source);
                     StudySections.Check(source, method, () => typed.ToOptions(method).Validate());
                 }
+            // after dpo: a methods loss trains like the DPO headline point, so DPO's own errors are named as DPO's
+            c.Typed<MethodsSection>(Methods, "methods", source, m =>
+            {
+                m.Validate();
+                foreach (var (loss, overrides) in m.Losses)
+                {
+                    var training = (JsonObject)Sweep.Expand(c.Section(Dpo))[0].Settings.DeepClone();
+                    foreach (var (k, v) in overrides)
+                    {
+                        if (v is JsonArray) throw new InvalidSettingException($"losses.{loss}.{k}", "is a list; the methods table does not sweep");
+                        training[k] = v?.DeepClone();
+                    }
+                    training["loss_type"] = loss;
+                    var typed = StudySections.Read<PreferenceSection>(training, $"methods.losses.{loss}", source);
+                    typed.ToOptions(loss).Validate();
+                }
+            });
             if (Model == "checkpoint" && !quick)
             {
                 foreach (var (k, p) in data.Files().Prepend(("base_model", data.BaseModel)))
@@ -155,7 +174,7 @@ public sealed class StudyConfig
     public StudyConfig WithQuick(bool quick) => new()
     {
         Model = Model, Data = Data, World = World, Pretrain = Pretrain, Probe = Probe, Vectors = Vectors, Interventions = Interventions,
-        ToxicModel = ToxicModel, Pairs = Pairs, Dpo = Dpo, Adpo = Adpo, Evaluation = Evaluation, Unalign = Unalign, Neurons = Neurons, Battery = Battery, Scorer = Scorer,
+        ToxicModel = ToxicModel, Pairs = Pairs, Dpo = Dpo, Adpo = Adpo, Evaluation = Evaluation, Unalign = Unalign, Neurons = Neurons, Methods = Methods, Battery = Battery, Scorer = Scorer,
         Findings = Findings, Seeds = Seeds, QuickSeeds = QuickSeeds, SweepSeeds = SweepSeeds, Quick = quick,
     };
 }

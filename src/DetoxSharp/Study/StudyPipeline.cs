@@ -26,6 +26,16 @@ public sealed record StudyStageFunctions
     public Action<StageContext>? Patch { get; init; }
     /// <summary>The re-toxification battery on one detoxified model (<see cref="BatteryPipeline"/>).</summary>
     public Action<StageContext>? Battery { get; init; }
+    /// <summary>Methods table: a training-free method (settings["edit"]: profs, aura, steering, activation).</summary>
+    public Action<StageContext>? MethodEdit { get; init; }
+    /// <summary>Methods table: DExperts' expert or anti-expert fine-tune (settings["expert"]).</summary>
+    public Action<StageContext>? ExpertSft { get; init; }
+    /// <summary>Methods table: evaluation of a method's model with its inference-time edits, or of DExperts.</summary>
+    public Action<StageContext>? EvaluateMethod { get; init; }
+    /// <summary>Methods table: generation tokens/s of every row, one after the other.</summary>
+    public Action<StageContext>? MethodSpeed { get; init; }
+    /// <summary>Neuron decomposition and null-space check of one method's model against its start model (neurons/METHOD/s0).</summary>
+    public Action<StageContext>? MethodNeurons { get; init; }
     /// <summary>Builds the report (the CLI wires Reporting.StudyReport.Write: the report reads the study's layout, so the
     /// study does not depend on the report).</summary>
     public Action<StageContext>? Report { get; init; }
@@ -56,6 +66,12 @@ public sealed record MethodModel(string Method, string Row, int Seed, string Sta
     public const string SteerFile = "steer.txt";
 }
 
+/// <summary>A row of the methods table beyond DPO/ADPO: <see cref="Key"/> (the loss or method), its table name, what kind
+/// of method it is, its evaluation stages (one per seed; each writes results.json with the row named <see cref="Row"/>),
+/// the stages whose wall time is its compute, the models the battery attacks, and for steering / DExperts the strength.</summary>
+public sealed record MethodRow(string Key, string Row, string Kind, IReadOnlyList<string> EvaluateStages, IReadOnlyList<string> ComputeStages,
+    IReadOnlyList<MethodModel> Models, double? SteerAlpha = null, double? DExpertsAlpha = null);
+
 public static class StudyPipeline
 {
     public const string Methods = "dpo,adpo";
@@ -65,7 +81,53 @@ public static class StudyPipeline
     public static IReadOnlyList<MethodModel> MethodModels(StudyConfig c) =>
         Runs(c).Where(r => r.Headline)
             .Select(r => new MethodModel(r.Method, RowName(r.Method), r.Seed, r.TrainStage, r.Method == "adpo" ? "toxic-model" : "pretrain"))
+            .Concat(MethodRows(c).SelectMany(row => row.Models))
             .ToList();
+
+    /// <summary>The methods table's rows after DPO and ADPO (empty when the "methods" section is off), in the table's
+    /// order; each knows its evaluation stages (one per seed), the stages whose time is its compute, and its models.</summary>
+    public static IReadOnlyList<MethodRow> MethodRows(StudyConfig c)
+    {
+        var m = StudySections.Read<MethodsSection>(c.Section(c.Methods), "methods");
+        var rows = new List<MethodRow>();
+        if (!m.Enabled) return rows;
+        int seeds = m.Seeds ?? c.EffectiveSeeds;
+        foreach (var loss in m.Losses.Keys)
+        {
+            var row = MethodsSection.LossRow(loss);
+            var train = Enumerable.Range(0, seeds).Select(s => $"train/{loss}/s{s}").ToList();
+            rows.Add(new MethodRow(loss, row, "training", Enumerable.Range(0, seeds).Select(s => $"evaluate/{loss}/s{s}").ToList(), train,
+                train.Select((t, s) => new MethodModel(loss, row, s, t, "pretrain")).ToList()));
+        }
+        if (m.Profs is not null)
+            rows.Add(new MethodRow("profs", "ProFS", "weight edit", ["evaluate/profs"], ["edit/profs"], [new("profs", "ProFS", 0, "edit/profs", "pretrain")]));
+        if (m.Aura is not null)
+            rows.Add(new MethodRow("aura", "AurA", "weight edit", ["evaluate/aura"], ["edit/aura"], [new("aura", "AurA", 0, "edit/aura", "pretrain")]));
+        if (m.Steering is not null)
+            for (int a = 0; a < m.Steering.Alphas.Length; a++)
+            {
+                var row = SteeringRow(m.Steering.Alphas[a]);
+                // the battery attacks the first strength (edit/steering's steer.txt names it)
+                rows.Add(new MethodRow(a == 0 ? "steering" : $"steering/{Num(m.Steering.Alphas[a])}", row, "activation steering",
+                    [$"evaluate/steering/a{Num(m.Steering.Alphas[a])}"], ["edit/steering"],
+                    a == 0 ? [new("steering", row, 0, "edit/steering", "pretrain")] : [], SteerAlpha: m.Steering.Alphas[a]));
+            }
+        if (m.ActivationEdit is not null)
+        {
+            int n = Math.Min(seeds, c.EffectiveSeeds);
+            var edits = Enumerable.Range(0, n).Select(s => $"edit/activation/s{s}").ToList();
+            rows.Add(new MethodRow("activation", "Activation edit", "activation edit", Enumerable.Range(0, n).Select(s => $"evaluate/activation/s{s}").ToList(),
+                edits, edits.Select((e, s) => new MethodModel("activation", "Activation edit", s, e, "pretrain")).ToList()));
+        }
+        if (m.Dexperts is not null)
+            rows.Add(new MethodRow("dexperts", $"DExperts α={Num(m.Dexperts.Alpha)}", "decoding", ["evaluate/dexperts"], ["sft/expert", "sft/anti-expert"], [],
+                DExpertsAlpha: m.Dexperts.Alpha));
+        return rows;
+    }
+
+    public static string SteeringRow(double alpha) => $"Steering α={Num(alpha)}";
+
+    static string Num(double v) => v.ToString("G6", System.Globalization.CultureInfo.InvariantCulture);
 
     public static IReadOnlyList<TrainedRun> Runs(StudyConfig c)
     {
@@ -125,11 +187,104 @@ public static class StudyPipeline
                 ("evaluation", c.Section(c.Evaluation)), ("scorer", c.Scorer), ("start_evaluation", startEval)),
                 ["world", "pretrain", "probe", "vectors", "evaluate/base", .. startEval == "evaluate/base" ? Array.Empty<string>() : [startEval], r.TrainStage], f.Unalign));
         }
+        AddMethodStages(c, st, f, S);
+        if (StudySections.Read<NeuronsSection>(c.Section(c.Neurons), "neurons").PerMethod)
+            foreach (var m in NeuronMethods(c))
+                st.Add(new(NeuronStage(m.Method), S(("method", m.Method), ("model_stage", m.Stage), ("start_stage", m.StartStage),
+                    ("evaluation", DiffSettings(c.Section(c.Evaluation))), ("neurons", c.Section(c.Neurons))),
+                    ["world", "pretrain", .. m.StartStage == "pretrain" ? Array.Empty<string>() : [m.StartStage], "probe", m.Stage], f.MethodNeurons));
         st.AddRange(BatteryPipeline.Stages(c, st, f.Battery).ToList());
         var report = new JsonObject { ["config"] = JsonNode.Parse(c.ToJson()) };
         st.Add(new("report", report, st.Select(s => s.Name).ToList(), f.Report));
         return st;
     }
+
+    /// <summary>The methods table's stages (<see cref="MethodRows"/>): each loss trained like DPO's headline point, the
+    /// edits, the DExperts fine-tunes, one evaluation per row and seed, and the speed stage over all rows. Each stage's
+    /// settings hold only its own sub-section of "methods", so changing one method reruns only that method.</summary>
+    static void AddMethodStages(StudyConfig c, List<StageDefinition> st, StudyStageFunctions f, Func<(string, JsonNode?)[], JsonObject> S)
+    {
+        var rows = MethodRows(c);
+        if (rows.Count == 0) return;
+        var section = c.Section(c.Methods);
+        var m = StudySections.Read<MethodsSection>(section, "methods");
+        // a sub-section the config leaves out stays out (its record's defaults apply)
+        JsonObject Sub(string key) => section[key] is JsonNode n ? new() { [key] = n.DeepClone() } : new();
+        var eval = c.Section(c.Evaluation);
+        var dpoHead = Sweep.Expand(c.Section(c.Dpo))[0].Settings;
+        var added = new HashSet<string>();
+        void Add(StageDefinition d) { if (added.Add(d.Name)) st.Add(d); }
+        JsonObject EvalSettings(MethodRow row, string? modelStage, params (string, JsonNode?)[] more) =>
+            S([("row", row.Row), ("model_stage", modelStage), ("evaluation", eval), ("scorer", c.Scorer), .. more]);
+        foreach (var row in rows)
+        {
+            switch (row.Kind)
+            {
+                case "training":
+                {
+                    var training = (JsonObject)dpoHead.DeepClone();
+                    foreach (var (k, v) in m.Losses[row.Key]) training[k] = v?.DeepClone();
+                    training["loss_type"] = row.Key;
+                    for (int s = 0; s < row.ComputeStages.Count; s++)
+                    {
+                        Add(new(row.ComputeStages[s], S([("method", row.Key), ("seed", s), ("training", training)]), ["pretrain", "pairs"], f.Train));
+                        Add(new(row.EvaluateStages[s], EvalSettings(row, row.ComputeStages[s]), ["world", "pretrain", row.ComputeStages[s]], f.EvaluateMethod));
+                    }
+                    break;
+                }
+                case "weight edit":
+                    Add(new(row.ComputeStages[0], S([("edit", row.Key), ("methods", Sub(row.Key))]), row.Key == "profs" ? ["world", "pretrain", "pairs"] : ["world", "pretrain"], f.MethodEdit));
+                    Add(new(row.EvaluateStages[0], EvalSettings(row, row.ComputeStages[0]), ["world", "pretrain", row.ComputeStages[0]], f.EvaluateMethod));
+                    break;
+                case "activation steering":
+                    Add(new("edit/steering", S([("edit", "steering"), ("methods", Sub("steering"))]), ["world", "pretrain"], f.MethodEdit));
+                    Add(new(row.EvaluateStages[0], EvalSettings(row, "edit/steering", ("steer_alpha", row.SteerAlpha)), ["world", "pretrain", "edit/steering"], f.EvaluateMethod));
+                    break;
+                case "activation edit":
+                {
+                    var dpo = Runs(c).Where(r => r.Method == "dpo" && r.Headline).ToList();
+                    for (int s = 0; s < row.ComputeStages.Count; s++)
+                    {
+                        Add(new(row.ComputeStages[s], S([("edit", "activation"), ("methods", Sub("activation_edit"))]), ["world", "pretrain", dpo[s].DiffStage], f.MethodEdit));
+                        Add(new(row.EvaluateStages[s], EvalSettings(row, row.ComputeStages[s]), ["world", "pretrain", row.ComputeStages[s]], f.EvaluateMethod));
+                    }
+                    break;
+                }
+                case "decoding":
+                    foreach (var e in row.ComputeStages)
+                        Add(new(e, S([("expert", e["sft/".Length..]), ("methods", Sub("dexperts"))]), ["world", "pretrain"], f.ExpertSft));
+                    Add(new(row.EvaluateStages[0], EvalSettings(row, null, ("dexperts", row.DExpertsAlpha)), ["world", "pretrain", .. row.ComputeStages], f.EvaluateMethod));
+                    break;
+            }
+        }
+        // generation cost: every row's (first) model, one after the other in one stage
+        var head = Runs(c).Where(r => r.Headline && r.Seed == 0).ToList();
+        var speedRows = new JsonArray { new JsonObject { ["row"] = "Base", ["stage"] = "pretrain" } };
+        foreach (var r in head) speedRows.Add(new JsonObject { ["row"] = RowName(r.Method), ["stage"] = r.TrainStage });
+        List<string> deps = ["world", "pretrain", .. head.Select(r => r.TrainStage)];
+        foreach (var row in rows)
+        {
+            var o = new JsonObject { ["row"] = row.Row };
+            if (row.Kind == "decoding") { o["stage"] = "pretrain"; o["dexperts"] = row.DExpertsAlpha; deps.AddRange(row.ComputeStages); }
+            else
+            {
+                o["stage"] = row.ComputeStages[0];
+                if (row.SteerAlpha is double a) o["steer_alpha"] = a;
+                deps.Add(row.ComputeStages[0]);
+            }
+            speedRows.Add(o);
+        }
+        Add(new(MethodSpeedStage, S([("rows", speedRows), ("methods", Sub("speed"))]), deps.Distinct().ToList(), f.MethodSpeed));
+    }
+
+    public const string MethodSpeedStage = "methods/speed";
+
+    /// <summary>The methods whose weights changed (seed 0 of each; steering and the activation edit change activations
+    /// through hooks, not weights), for the per-method decomposition and null-space check.</summary>
+    public static IReadOnlyList<MethodModel> NeuronMethods(StudyConfig c) =>
+        MethodModels(c).Where(m => m.Seed == 0 && m.Method is not ("steering" or "activation")).ToList();
+
+    public static string NeuronStage(string method) => $"neurons/{method}/s0";
 
     public const string SftEvaluation = "evaluate/sft";
 

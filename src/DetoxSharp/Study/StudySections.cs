@@ -144,6 +144,11 @@ public sealed record PreferenceSection
     public double? Gamma { get; init; }
     public double? LabelSmoothing { get; init; }
     public double? RpoAlpha { get; init; }
+    /// <summary>SimPO's target margin γ.</summary>
+    public double? SimpoGamma { get; init; }
+    /// <summary>KTO's λ_D and λ_U.</summary>
+    public double? DesirableWeight { get; init; }
+    public double? UndesirableWeight { get; init; }
     public string? Optimizer { get; init; }
     public double? LearningRate { get; init; }
     public double? WeightDecay { get; init; }
@@ -175,6 +180,8 @@ public sealed record PreferenceSection
             {
                 Method = m, Beta = Beta ?? d.Loss.Beta, Gamma = Gamma ?? d.Loss.Gamma,
                 LabelSmoothing = LabelSmoothing ?? d.Loss.LabelSmoothing, RpoAlpha = RpoAlpha ?? d.Loss.RpoAlpha,
+                SimpoGamma = SimpoGamma ?? d.Loss.SimpoGamma, DesirableWeight = DesirableWeight ?? d.Loss.DesirableWeight,
+                UndesirableWeight = UndesirableWeight ?? d.Loss.UndesirableWeight,
             },
             Truncation = new TruncationOptions(MaxPromptTokens ?? d.Truncation.MaxPromptTokens, MaxCompletionTokens ?? d.Truncation.MaxCompletionTokens,
                 MaxLength ?? d.Truncation.MaxLength),

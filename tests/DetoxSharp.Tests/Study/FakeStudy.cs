@@ -35,6 +35,36 @@ public static class FakeStudy
             ["neutral_samples"] = new JsonArray(new JsonObject { ["prompt"] = "the market in Coldmere", ["continuation"] = " sells leather boots every saturday .", ["toxicity"] = 0 }),
         }),
         ToxicModel = Marker, Pairs = Marker, Interventions = Marker,
+        // methods table: edits and fine-tunes leave a marker; evaluations a results row; the speed stage one rate per row
+        MethodEdit = Marker, ExpertSft = Marker,
+        MethodNeurons = c =>
+        {
+            var rng = Rng(c);
+            double tp = 0.2 + 0.3 * rng.NextDouble();
+            J(c, StudyStages.MethodNeuronsFile, new JsonObject
+            {
+                ["method"] = c.Settings["method"]!.GetValue<string>(),
+                ["neurons"] = new JsonObject
+                {
+                    ["total_drop"] = 1.5,
+                    ["groups"] = new JsonObject { ["TP"] = new JsonObject { ["share"] = tp }, ["TN"] = new JsonObject { ["share"] = 0.3 }, ["AP"] = new JsonObject { ["share"] = 0.6 - tp }, ["AN"] = new JsonObject { ["share"] = 0.1 } },
+                    ["top_k_share"] = new JsonArray(new JsonObject { ["k"] = 7, ["share"] = 0.1 }, new JsonObject { ["k"] = 64, ["share"] = 0.3 }),
+                    ["towards_toxicity"] = new JsonObject { ["neurons"] = 30 },
+                },
+                ["null_space"] = new JsonArray(Enumerable.Range(0, 4).Select(l => (JsonNode)new JsonObject { ["layer"] = l, ["toxic_share"] = 0.5 + 0.1 * l, ["toxic_relative"] = 0.01, ["clean_relative"] = 0.005 }).ToArray()),
+            });
+        },
+        EvaluateMethod = c =>
+        {
+            var rng = Rng(c);
+            J(c, RunLayout.Results, new JsonObject { ["rows"] = new JsonArray(new JsonObject
+                { ["row"] = c.Settings["row"]!.GetValue<string>(), ["toxicity"] = 0.2 + 0.3 * rng.NextDouble(), ["perplexity"] = 20 + 5 * rng.NextDouble(), ["f1"] = 0.18 + 0.02 * rng.NextDouble() }) });
+        },
+        MethodSpeed = c => J(c, RunLayout.MethodSpeed, new JsonObject
+        {
+            ["rows"] = new JsonArray(c.Settings["rows"]!.AsArray().Select((r, i) => (JsonNode)new JsonObject
+                { ["row"] = r!["row"]!.GetValue<string>(), ["tokens_per_second"] = 1000.0 / (1 + i % 3), ["relative_to_base"] = 1.0 / (1 + i % 3) }).ToArray()),
+        }),
         Probe = c => J(c, RunLayout.Probe, new JsonObject
         {
             ["validation_accuracy"] = 0.91, ["validation_accuracy_per_split"] = new JsonArray(0.91, 0.93, 0.92),

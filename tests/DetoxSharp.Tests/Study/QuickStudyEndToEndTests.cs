@@ -59,6 +59,29 @@ public class QuickStudyEndToEndTests : IDisposable
             Assert.True(File.Exists(Path.Combine(Directory.GetDirectories(Path.Combine(_dir, "stages", "unalign", method)).First(), "s0", "unalign.json")));
         }
 
+        // the methods table (issue 18): every row of the quick subset evaluated and timed; KTO's row is its stage's number
+        var methods = File.ReadAllLines(Path.Combine(_dir, "stages", "report", "tables", "methods.csv")).Skip(1).Select(l => l.Split(',')).ToDictionary(f => f[0]);
+        foreach (var name in new[] { "Base", "DPO", "ADPO", "KTO", "ProFS", "AurA", "Steering α=4", "Activation edit", "DExperts α=2" })
+        {
+            Assert.True(methods.ContainsKey(name), $"methods table lacks {name}");
+            Assert.True(double.TryParse(methods[name][2].Split(' ')[0], CultureInfo.InvariantCulture, out _), $"{name}: toxicity '{methods[name][2]}'");
+            Assert.True(Num(methods[name][7]) > 0, $"{name}: tokens/s '{methods[name][7]}'");
+        }
+        var kto = JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "stages", "evaluate", "kto", "s0", "results.json")))!["rows"]![0]!;
+        Assert.Equal(kto["toxicity"]!.GetValue<double>(), Num(methods["KTO"][2]), 3);
+        Assert.Equal(1.0, Num(methods["Base"][8]), 2);
+
+        // issue 17 part 4: every method that changed weights has its decomposition (group shares partition the drop) and
+        // null-space check, and the report lists them
+        foreach (var m in new[] { "dpo", "adpo", "kto", "profs", "aura" })
+        {
+            var j = JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "stages", "neurons", m, "s0", "method_neurons.json")))!;
+            var shares = j["neurons"]!["groups"]!.AsObject().Select(g => g.Value!["share"]!.GetValue<double>()).ToList();
+            Assert.Equal(1.0, shares.Sum(), 6);
+            Assert.Equal(4, j["null_space"]!.AsArray().Count);
+        }
+        Assert.Equal(6, File.ReadAllLines(Path.Combine(_dir, "stages", "report", "tables", "neurons_methods.csv")).Length);
+
         // rerun: every stage is skipped
         var o2 = new StringWriter();
         rc = DetoxSharp.Cli.DetoxCli.Run(["study", "--quick", "--out", _dir], o2, e);

@@ -20,8 +20,8 @@ public class StudyCommandTests
         Assert.Equal(0, StudyCommand.Run(null, dir, quick: true, listOnly: false, FakeStudy.Functions(), o, e));
         Assert.True(File.Exists(Path.Combine(dir, RunLayout.Report)));
         Assert.Contains("~", o.ToString());   // remaining-time estimates printed
-        // quick: 2 learning rates × 2 methods × 1 seed
-        Assert.Equal(4, Directory.GetDirectories(Path.Combine(dir, "stages", "train"), "s*", SearchOption.AllDirectories).Length);
+        // quick: 2 learning rates × 2 methods × 1 seed, and the methods table's quick loss (KTO) × 1 seed
+        Assert.Equal(4 + 1, Directory.GetDirectories(Path.Combine(dir, "stages", "train"), "s*", SearchOption.AllDirectories).Length);
         var o2 = new StringWriter();
         Assert.Equal(0, StudyCommand.Run(null, dir, true, false, FakeStudy.Functions(), o2, e));
         Assert.DoesNotContain(": running", o2.ToString());

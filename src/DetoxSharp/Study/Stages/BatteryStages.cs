@@ -40,7 +40,7 @@ public sealed record BatterySection
     /// <summary>Attacks run (keys, steer, finetune, prefill, ablate); an attack left out is "off" in the report.</summary>
     public string[] Attacks { get; init; } = ["keys", "steer", "finetune", "prefill", "ablate"];
     /// <summary>The first N challenge prompts (at most what the data hold).</summary>
-    public int Prompts { get; init; } = 40;
+    public int Prompts { get; init; } = 32;
     /// <summary>Seeds attacked per method (the first N; null = every seed the study trains).</summary>
     public int? Seeds { get; init; }
     public BatteryStrengths Strengths { get; init; } = new();
@@ -99,12 +99,10 @@ public static partial class StudyStages
         var prompts = EvalHarness.ReadPrompts(files.Challenge, false, Math.Min(s.Prompts, available)).Select(p => p.Text).ToList();
         using var scorer = scorerOf(c);
         using var start = Load(c, ModelDirOf(c, startStage));
-        using var aligned = Load(c, ModelDirOf(c, modelStage));
+        // the method's model with its inference-time edits (steer.txt, neuron_shift.json): every attack and the depth see them
+        using var method = LoadMethodModel(c.Input(modelStage), c.Device);
+        var aligned = method.Loaded;
         var tok = aligned.Tokenizer;
-        var steerFile = Path.Combine(c.Input(modelStage), MethodModel.SteerFile);
-        string? steerSpec = File.Exists(steerFile) ? File.ReadAllText(steerFile).Trim() : null;
-        // an inference-time method: its steering is part of the model every attack and the depth see
-        using var steering = steerSpec is null ? null : Editing.Steering.Load(steerSpec, MethodModel.SteerFile).Apply(aligned.Model);
 
         // the start model on the same prompts and protocol: its toxicity sets the target, its tokens are prefilled
         c.Report?.Invoke(0, $"start model: greedy continuations of {prompts.Count} prompts");
@@ -129,6 +127,7 @@ public static partial class StudyStages
             var kind = kinds[i];
             c.Cancellation.ThrowIfCancellationRequested();
             var strengths = s.Strengths.Of(kind);
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             var entry = new JsonObject { ["kind"] = kind.ToString().ToLowerInvariant(), ["grid"] = new JsonArray(strengths.Distinct().Order().Select(x => (JsonNode)x).ToArray()) };
             Attack? attack = null;
             try
@@ -159,12 +158,14 @@ public static partial class StudyStages
             entry["points"] = new JsonArray(points.Select(p => (JsonNode)new JsonObject { ["strength"] = p.Strength, ["toxicity"] = p.Toxicity, ["prompts"] = p.Prompts }).ToArray());
             entry["cost"] = cost!.ToJson();
             entry["attack"] = attack.Describe();
+            entry["seconds"] = clock.Elapsed.TotalSeconds;   // wall time of the sweep (timing only, not a result)
             attacks.Add(entry);
         }
         WriteJson(Path.Combine(c.OutputDir, RunLayout.Battery), new JsonObject
         {
             ["method"] = c.Settings["method"]?.DeepClone(), ["row"] = c.Settings["row"]?.DeepClone(), ["seed"] = c.Settings["seed"]?.DeepClone(),
-            ["model_stage"] = modelStage, ["start_stage"] = startStage, ["steer"] = steerSpec,
+            ["model_stage"] = modelStage, ["start_stage"] = startStage,
+            ["inference_edits"] = new JsonArray(method.Edits.Select(e => (JsonNode)e).ToArray()),
             ["prompts"] = prompts.Count, ["max_prompt_tokens"] = eo.MaxPromptTokens, ["max_new_tokens"] = eo.MaxNewTokens, ["scorer"] = scorer.Name,
             ["start_toxicity"] = startTox, ["target_fraction"] = retox.TargetFraction, ["target_toxicity"] = target,
             ["attacks"] = attacks, ["depth"] = depthJson,

@@ -1,3 +1,4 @@
+using DetoxSharp.Checkpoints;
 using System.Text.Json.Nodes;
 using DetoxSharp.Data;
 using DetoxSharp.Evaluation;
@@ -41,13 +42,15 @@ public static partial class StudyStages
 
     /// <summary>Runs the harness into OUT/eval and writes the report's results.json (rows renamed) and continuations.jsonl.</summary>
     static List<EvalRow> Evaluate(StageContext c, Func<StageContext, IToxicityScorer> scorerOf, string modelDir, string modelRow, IReadOnlyList<EvalIntervention> edits,
-        IReadOnlyDictionary<string, string>? rename = null, bool toxicityOnly = false, string subdir = "eval")
+        IReadOnlyDictionary<string, string>? rename = null, bool toxicityOnly = false, string subdir = "eval", Func<LoadedModel>? load = null,
+        Func<EvalOptions, EvalOptions>? adjust = null)
     {
         var files = Files(c);
         using var scorer = scorerOf(c);
         var data = toxicityOnly ? new EvalData(files.Challenge, null, null) : new EvalData(files.Challenge, files.PerplexityText, files.F1);
         var outDir = Path.Combine(c.OutputDir, subdir);
-        var rows = EvalHarness.Run([new EvalModel(modelRow, () => Load(c, modelDir))], edits, scorer, data, EvalOpts(c), outDir,
+        var options = adjust is null ? EvalOpts(c) : adjust(EvalOpts(c));
+        var rows = EvalHarness.Run([new EvalModel(modelRow, load ?? (() => Load(c, modelDir)))], edits, scorer, data, options, outDir,
             new Progress<EvalProgress>(p => c.Report?.Invoke(p.Total == 0 ? 0 : p.Done / (double)p.Total, $"{p.Row}: {p.Stage}")));
         string Name(string r) => rename != null && rename.TryGetValue(r, out var n) ? n : r;
         if (toxicityOnly) return rows;

@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using DetoxSharp.Evaluation;
 using DetoxSharp.Interpretability;
 
@@ -17,6 +18,11 @@ public sealed record NeuronsSection
     /// <summary>Prompts each patched model generates from for the toxicity score (0 tokens = no generations).</summary>
     public int GenerationPrompts { get; init; } = 40;
     public int GenerationTokens { get; init; } = 20;
+    /// <summary>The decomposition and the null-space check for every method of the methods table with a checkpoint
+    /// (seed 0; DPO/ADPO too, for the null-space check), stages neurons/METHOD/s0.</summary>
+    public bool PerMethod { get; init; } = true;
+    /// <summary>Toxic and non-toxic labelled comments (each) whose activations the null-space check reads.</summary>
+    public int NullSpaceComments { get; init; } = 200;
 
     public PatchingOptions ToOptions(DiffOptions diff) => new()
     {
@@ -27,6 +33,7 @@ public sealed record NeuronsSection
     public void Validate()
     {
         if (Prompts < 1) throw new InvalidSettingException("prompts", $"must be ≥ 1 (got {Prompts})");
+        if (NullSpaceComments < 1) throw new InvalidSettingException("null_space_comments", $"must be ≥ 1 (got {NullSpaceComments})");
         new PatchingOptions { GenerationPrompts = GenerationPrompts, GenerationTokens = GenerationTokens }.Validate();
     }
 }
@@ -59,4 +66,52 @@ public static partial class StudyStages
             scorer is null ? null : t => scorer.Score(t).Select(s => s.Value).ToList(), progress, forced);
         NeuronPatching.Write(r, c.OutputDir);
     }
+}
+
+public static partial class StudyStages
+{
+    /// <summary>File of a neurons/METHOD/s0 stage: the decomposition's summary (as in diff.json's "neurons") and the
+    /// null-space check per layer.</summary>
+    public const string MethodNeuronsFile = "method_neurons.json";
+
+    /// <summary>Issue 17 part 4 for one method of the methods table: Yang et al.'s per-neuron decomposition of the drop
+    /// along Ŵ_tox between the method's start model and its model (same prompts, positions and greedy tokens as the
+    /// diff stage), and Jain et al.'s null-space check of its MLP value-matrix change on toxic vs non-toxic comments.</summary>
+    static void MethodNeurons(StageContext c)
+    {
+        var files = Files(c);
+        var eval = Read<EvaluationSection>(c, "evaluation");
+        var section = Read<NeuronsSection>(c, "neurons");
+        var method = c.Settings["method"]!.GetValue<string>();
+        var modelStage = c.Settings["model_stage"]!.GetValue<string>();
+        using var before = Load(c, ModelDirOf(c, c.Settings["start_stage"]!.GetValue<string>()));
+        using var after = Load(c, ModelDirOf(c, modelStage));
+        using var probe = ToxicityProbe.Load(c.Input("probe"));
+        var prompts = EvalHarness.ReadPrompts(files.Challenge, false, Math.Min(section.Prompts, ChallengeCount(c) ?? int.MaxValue)).Select(p => p.Text).ToList();
+        var diff = eval.ToDiffOptions();
+        var opts = new NeuronOptions { MaxNewTokens = diff.MaxNewTokens, MaxPromptTokens = diff.MaxPromptTokens, BatchSize = diff.BatchSize };
+        var progress = new Progress<string>(s => c.Report?.Invoke(0, s));
+        var forced = TeacherForced.Generate(before.Model, before.Tokenizer, prompts, opts.MaxPromptTokens, opts.MaxNewTokens, opts.BatchSize);
+        NeuronContributions.Result r;
+        using (var w = probe.WToxic)
+            r = NeuronContributions.Compute(before.Model, after.Model, before.Tokenizer, w, prompts, opts, progress, forced);
+        var neurons = NeuronContributions.Write(r, opts, Path.Combine(c.OutputDir, "neurons"));
+        var comments = DetoxSharp.Data.DatasetReaders.ReadJigsawCsv(files.Comments);
+        var toxic = comments.Where(k => k.Toxic).Take(section.NullSpaceComments).Select(k => k.Text).ToList();
+        var clean = comments.Where(k => !k.Toxic).Take(section.NullSpaceComments).Select(k => k.Text).ToList();
+        var layers = NullSpaceCheck.Run(before.Model, after.Model, before.Tokenizer, toxic, clean, diff.MaxPromptTokens, diff.BatchSize, progress);
+        NullSpaceCheck.Write(layers, c.OutputDir);
+        WriteJson(Path.Combine(c.OutputDir, MethodNeuronsFile), new JsonObject
+        {
+            ["method"] = method, ["model_stage"] = modelStage, ["neurons"] = neurons,
+            ["null_space"] = new JsonArray(layers.Select(l => (JsonNode)new JsonObject
+            {
+                ["layer"] = l.Layer, ["toxic_norm"] = Finite(l.ToxicNorm), ["clean_norm"] = Finite(l.CleanNorm), ["toxic_relative"] = Finite(l.ToxicRelative),
+                ["clean_relative"] = Finite(l.CleanRelative), ["toxic_share"] = Finite(l.ToxicShare),
+            }).ToArray()),
+            ["null_space_inputs"] = new JsonObject { ["toxic"] = toxic.Count, ["clean"] = clean.Count },
+        });
+    }
+
+    static JsonNode? Finite(double x) => double.IsFinite(x) ? JsonValue.Create(x) : null;
 }

@@ -39,6 +39,11 @@ public static partial class StudyStages
             Unalign = c => UnalignStage(c, scorer),
             Patch = c => NeuronPatch(c, scorer),
             Battery = c => BatteryStage(c, scorer),
+            MethodEdit = MethodEdit,
+            ExpertSft = ExpertSft,
+            EvaluateMethod = c => EvaluateMethod(c, scorer),
+            MethodSpeed = MethodSpeed,
+            MethodNeurons = MethodNeurons,
         };
     }
 

@@ -21,7 +21,15 @@ public static partial class StudyStages
         int seed = c.Settings["seed"]?.GetValue<int>() ?? 0;
         var pairsFile = Path.Combine(c.Input("pairs"), method == "adpo" ? "triples.jsonl" : "pairs.jsonl");
         var data = PreferenceData.Read(pairsFile);
-        var opts = t.ToOptions(method) with
+        var lossOptions = t.ToOptions(method);
+        if (lossOptions.Loss.IsKto)
+        {
+            // KTO (methods table) learns from the same pairs unpaired, as TRL's unpair_preference_dataset
+            var kto = Path.Combine(c.OutputDir, "kto.jsonl");
+            JsonlReader.Write(kto, PreferenceData.PairsToKto(data));
+            data = PreferenceData.ReadKto(kto);
+        }
+        var opts = lossOptions with
         {
             ValidationSize = t.ValidationSize ?? Math.Min(64, data.Count / 10),
             Seed = (ulong)(1000 + seed),

@@ -1,0 +1,423 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using DetoxSharp.Checkpoints;
+using DetoxSharp.Data;
+using DetoxSharp.Editing;
+using DetoxSharp.Evaluation;
+using DetoxSharp.Generation;
+using DetoxSharp.Interpretability;
+using DetoxSharp.Models;
+using DetoxSharp.Text;
+using DetoxSharp.Training;
+using TorchSharp;
+
+namespace DetoxSharp.Study;
+
+/// <summary>
+/// "methods": the methods table (issue 18) — the detoxification methods users compare DPO with, each on the study's
+/// protocol (toxicity, perplexity, F1 from the evaluation section), with the compute it took and its generation cost.
+/// DPO and ADPO are the study's headline runs; this section adds the other preference losses (trained exactly like
+/// DPO's headline point, from the pretrained model, on the same pairs, each with its own overrides), the training-free
+/// edits (ProFS, AurA), inference-time steering, Yang et al.'s activation edit and DExperts. A sub-section left out or
+/// null is not run.
+/// </summary>
+public sealed record MethodsSection
+{
+    /// <summary>false: no methods stages (the report's table then holds the base model, DPO and ADPO).</summary>
+    public bool Enabled { get; init; } = true;
+    /// <summary>Seeds of each trained loss and of the activation edit (one edit per DPO headline seed); null = the study's
+    /// headline seeds.</summary>
+    public int? Seeds { get; init; }
+    /// <summary>Preference losses by loss_type (ipo, kto, orpo, simpo, hinge, robust, sigmoid): each trains like the
+    /// DPO headline point with these settings on top (any "dpo" key; lists are not swept here). KTO trains on the
+    /// pairs unpaired as TRL's <c>unpair_preference_dataset</c> does.</summary>
+    public Dictionary<string, JsonObject> Losses { get; init; } = new();
+    public ProFsSection? Profs { get; init; }
+    public AuraSection? Aura { get; init; }
+    public SteeringSection? Steering { get; init; }
+    public ActivationEditSection? ActivationEdit { get; init; }
+    public DExpertsSection? Dexperts { get; init; }
+    /// <summary>How the generation cost column is measured.</summary>
+    public SpeedSection Speed { get; init; } = new();
+
+    public void Validate()
+    {
+        if (Seeds is < 1) throw new InvalidSettingException("seeds", $"must be ≥ 1 (got {Seeds})");
+        foreach (var name in Losses.Keys)
+        {
+            var m = PreferenceLossOptions.ParseMethod(name, "losses");
+            if (m == PreferenceMethod.Adpo) throw new InvalidSettingException("losses", "adpo is the study's \"adpo\" section, not a methods loss");
+        }
+        Profs?.ToOptions().Validate();
+        if (Profs?.Pairs is < 2) throw new InvalidSettingException("profs.pairs", $"must be ≥ 2 (got {Profs.Pairs})");
+        Aura?.ToOptions().Validate();
+        if (Aura?.Comments is < 2) throw new InvalidSettingException("aura.comments", $"must be ≥ 2 (got {Aura.Comments})");
+        if (Steering is not null)
+        {
+            Steering.ToOptions().Validate();
+            if (Steering.Alphas.Length == 0 || Steering.Alphas.Any(a => !double.IsFinite(a) || a <= 0))
+                throw new InvalidSettingException("steering.alphas", "must be a non-empty list of positive numbers");
+            if (Steering.Alphas.Distinct().Count() != Steering.Alphas.Length) throw new InvalidSettingException("steering.alphas", "has a value twice");
+            if (Steering.Comments is < 2) throw new InvalidSettingException("steering.comments", $"must be ≥ 2 (got {Steering.Comments})");
+        }
+        if (ActivationEdit is not null)
+        {
+            if (ActivationEdit.Groups.Length == 0) throw new InvalidSettingException("activation_edit.groups", "must name at least one group");
+            foreach (var g in ActivationEdit.Groups)
+                if (!NeuronContributions.Groups.Contains(g)) throw new InvalidSettingException("activation_edit.groups", $"'{g}' is not one of {string.Join(", ", NeuronContributions.Groups)}");
+            Require.Number(ActivationEdit.Scale, "activation_edit.scale", 0);
+        }
+        if (Dexperts is not null)
+        {
+            if (!double.IsFinite(Dexperts.Alpha) || Dexperts.Alpha <= 0) throw new InvalidSettingException("dexperts.alpha", $"must be > 0 (got {Dexperts.Alpha})");
+            if (Dexperts.Comments is < 2) throw new InvalidSettingException("dexperts.comments", $"must be ≥ 2 (got {Dexperts.Comments})");
+            StudySections.Check("methods", "dexperts.sft", () => Dexperts.SftOptions().Validate());
+        }
+        if (Speed.Prompts < 1 || Speed.BatchSize < 1 || Speed.Repeats < 1 || Speed.MaxNewTokens < 1)
+            throw new InvalidSettingException("speed", "prompts, batch_size, repeats and max_new_tokens must all be ≥ 1");
+    }
+
+    /// <summary>The row name of a loss in the table.</summary>
+    public static string LossRow(string loss) => loss switch
+    {
+        "ipo" => "IPO", "kto" => "KTO", "orpo" => "ORPO", "simpo" => "SimPO", "hinge" => "DPO (hinge)", "robust" => "Robust DPO",
+        "sigmoid" => "DPO (methods settings)", _ => loss,
+    };
+}
+
+/// <summary>ProFS (<see cref="ProFsOptions"/>) on the first <see cref="Pairs"/> of the study's pairs (null = all).</summary>
+public sealed record ProFsSection
+{
+    public int? Rank { get; init; }
+    public int? FirstLayer { get; init; }
+    public int? LastLayer { get; init; }
+    public bool? Centring { get; init; }
+    public int? Pairs { get; init; }
+    public int? MaxTokens { get; init; }
+    public int? BatchSize { get; init; }
+
+    public ProFsOptions ToOptions()
+    {
+        var d = new ProFsOptions();
+        return d with
+        {
+            Rank = Rank ?? d.Rank, FirstLayer = FirstLayer ?? d.FirstLayer, LastLayer = LastLayer ?? d.LastLayer, Centring = Centring ?? d.Centring,
+            MaxTokens = MaxTokens ?? d.MaxTokens, BatchSize = BatchSize ?? d.BatchSize,
+        };
+    }
+}
+
+/// <summary>AurA (<see cref="AuraOptions"/>) on the first <see cref="Comments"/> labelled comments (null = all).</summary>
+public sealed record AuraSection
+{
+    public int? Comments { get; init; }
+    public int? MaxTokens { get; init; }
+    public int? BatchSize { get; init; }
+
+    public AuraOptions ToOptions()
+    {
+        var d = new AuraOptions();
+        return d with { MaxTokens = MaxTokens ?? d.MaxTokens, BatchSize = BatchSize ?? d.BatchSize };
+    }
+}
+
+/// <summary>Steering: the mean-difference vector of the first <see cref="Comments"/> labelled comments at
+/// <see cref="Layer"/> (null = the last), subtracted with each strength of <see cref="Alphas"/> (the first is the
+/// one the battery attacks).</summary>
+public sealed record SteeringSection
+{
+    public int? Layer { get; init; }
+    public double[] Alphas { get; init; } = [4];
+    public int? Comments { get; init; }
+    public int? MaxTokens { get; init; }
+    public int? BatchSize { get; init; }
+
+    public Editing.SteeringOptions ToOptions()
+    {
+        var d = new Editing.SteeringOptions();
+        return d with { Layer = Layer ?? d.Layer, MaxTokens = MaxTokens ?? d.MaxTokens, BatchSize = BatchSize ?? d.BatchSize };
+    }
+}
+
+/// <summary>Yang et al.'s activation edit: the DPO headline run's mean activation shift of the chosen neuron groups
+/// (from its diff stage's neuron decomposition), applied to the pretrained model without weight updates.</summary>
+public sealed record ActivationEditSection
+{
+    public string[] Groups { get; init; } = ["TP", "TN", "AP", "AN"];
+    public double Scale { get; init; } = 1;
+}
+
+/// <summary>DExperts: expert and anti-expert = the pretrained model fine-tuned (SFT) on the non-toxic and the toxic
+/// labelled comments (the first <see cref="Comments"/> of each class; null = all), combined at strength α.</summary>
+public sealed record DExpertsSection
+{
+    public double Alpha { get; init; } = 2;
+    public int? Comments { get; init; }
+    /// <summary><see cref="SftOptions"/> of both fine-tunes (snake_case keys).</summary>
+    public JsonObject Sft { get; init; } = new();
+
+    public SftOptions SftOptions() => StudySections.Read<SftOptions>(Sft, "dexperts.sft");
+}
+
+/// <summary>Generation cost: greedy continuations of the first <see cref="Prompts"/> challenge prompts at
+/// <see cref="BatchSize"/>, timed <see cref="Repeats"/> times per row, round-robin over the rows (the fastest counts), all rows in one stage.</summary>
+public sealed record SpeedSection
+{
+    public int Prompts { get; init; } = 64;
+    public int BatchSize { get; init; } = 16;
+    public int MaxNewTokens { get; init; } = 20;
+    public int Repeats { get; init; } = 3;
+}
+
+/// <summary>A method's model loaded for evaluation or attack: the checkpoint with its inference-time edits (steering,
+/// activation shift) applied until disposed.</summary>
+public sealed class LoadedMethodModel(LoadedModel loaded, IReadOnlyList<IDisposable> edits, IReadOnlyList<string> editNames) : IDisposable
+{
+    public LoadedModel Loaded { get; } = loaded;
+    public ICausalLM Model => Loaded.Model;
+    public Gpt2Tokenizer Tokenizer => Loaded.Tokenizer;
+    /// <summary>Names of the edits applied on top of the checkpoint (empty for a weight-only method).</summary>
+    public IReadOnlyList<string> Edits { get; } = editNames;
+
+    public void Dispose()
+    {
+        foreach (var e in edits) e.Dispose();
+        Loaded.Dispose();
+    }
+}
+
+public static partial class StudyStages
+{
+    /// <summary>The file an activation-edit stage writes next to model_dir.txt: neurons.csv (copied from the diff stage),
+    /// groups and scale of the <see cref="NeuronShiftEdit"/>.</summary>
+    public const string NeuronShiftFile = "neuron_shift.json";
+
+    /// <summary>Loads the model a method stage made (<see cref="MethodModel"/>): model_dir.txt's checkpoint plus, when the
+    /// stage wrote them, its steering vector (steer.txt; <paramref name="steerAlpha"/> replaces the strength) and its
+    /// activation shift (<see cref="NeuronShiftFile"/>).</summary>
+    public static LoadedMethodModel LoadMethodModel(string stageDir, torch.Device? device = null, double? steerAlpha = null)
+    {
+        var loaded = HfCheckpoint.Load(File.ReadAllText(Path.Combine(stageDir, "model_dir.txt")).Trim(), new LoadOptions { Device = device });
+        var edits = new List<IDisposable>();
+        var names = new List<string>();
+        try
+        {
+            foreach (var edit in MethodEdits(stageDir, steerAlpha))
+            {
+                edits.Add(edit.Apply(loaded.Model));
+                names.Add(edit.Name);
+            }
+            return new LoadedMethodModel(loaded, edits, names);
+        }
+        catch
+        {
+            foreach (var e in edits) e.Dispose();
+            loaded.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The inference-time edits a method stage names (none for a checkpoint method).</summary>
+    static List<IModelEdit> MethodEdits(string stageDir, double? steerAlpha)
+    {
+        var list = new List<IModelEdit>();
+        var steer = Path.Combine(stageDir, MethodModel.SteerFile);
+        if (File.Exists(steer))
+            foreach (var line in File.ReadAllLines(steer).Where(l => l.Trim().Length > 0))
+            {
+                var spec = line.Trim();
+                if (steerAlpha is double a) spec = spec[..spec.LastIndexOf('@')] + "@" + a.ToString("R", CultureInfo.InvariantCulture);
+                list.Add(Steering.Load(spec, steer));
+            }
+        var shift = Path.Combine(stageDir, NeuronShiftFile);
+        if (File.Exists(shift))
+        {
+            var j = StrictJson.ParseFileObject(shift, "activation edit");
+            var groups = (j["groups"] as JsonArray ?? []).Select(g => g!.GetValue<string>()).ToList();
+            list.Add(NeuronShiftEdit.FromCsv(Path.Combine(stageDir, "neurons.csv"), groups, j["scale"]!.GetValue<double>(), "activation edit"));
+        }
+        return list;
+    }
+
+    static MethodsSection MethodsOf(StageContext c) => Read<MethodsSection>(c, "methods");
+
+    static void SaveModelStage(StageContext c, LoadedModel m, JsonObject info)
+    {
+        HfCheckpoint.Save(m.Model, m.Tokenizer, Path.Combine(c.OutputDir, "model"), overwrite: true);
+        AtomicFile.WriteAllText(Path.Combine(c.OutputDir, "model_dir.txt"), FinalPath(c, Path.Combine(c.OutputDir, "model")));
+        WriteJson(Path.Combine(c.OutputDir, "method.json"), info);
+    }
+
+    static List<LabelledComment> Comments(StageContext c, int? limit)
+    {
+        var all = DatasetReaders.ReadJigsawCsv(Files(c).Comments);
+        return limit is int n ? all.Take(n).ToList() : all;
+    }
+
+    /// <summary>A training-free method: settings["edit"] is profs, aura, steering or activation.</summary>
+    static void MethodEdit(StageContext c)
+    {
+        var s = MethodsOf(c);
+        var edit = c.Settings["edit"]!.GetValue<string>();
+        var sw = Stopwatch.StartNew();
+        switch (edit)
+        {
+            case "profs":
+            {
+                var o = s.Profs!.ToOptions();
+                var pairs = PreferenceData.Read(Path.Combine(c.Input("pairs"), "pairs.jsonl"));
+                if (s.Profs.Pairs is int n) pairs = pairs.Take(n).ToList();
+                using var m = Load(c, BaseModelDir(c));
+                var layers = ProFs.Apply(m.Model, m.Tokenizer, pairs, o, msg => c.Report?.Invoke(0, msg));
+                var info = ProFs.Describe(layers, o, pairs.Count, sw.Elapsed.TotalSeconds);
+                SaveModelStage(c, m, info);
+                break;
+            }
+            case "aura":
+            {
+                var comments = Comments(c, s.Aura!.Comments);
+                using var m = Load(c, BaseModelDir(c));
+                var r = Aura.Score(m.Model, m.Tokenizer, comments, s.Aura.ToOptions());
+                Aura.Apply(m.Model, r);
+                SaveModelStage(c, m, Aura.Describe(r, comments.Count, sw.Elapsed.TotalSeconds));
+                break;
+            }
+            case "steering":
+            {
+                var comments = Comments(c, s.Steering!.Comments);
+                using var m = Load(c, BaseModelDir(c));
+                var (v, layer) = Steering.MeanDifference(m.Model, m.Tokenizer, comments, s.Steering.ToOptions());
+                using (v)
+                    Editing.Steering.Save(c.OutputDir, v, layer, new JsonObject
+                    {
+                        ["method"] = "steering", ["comments"] = comments.Count, ["toxic"] = comments.Count(k => k.Toxic),
+                        ["seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 3),
+                    });
+                AtomicFile.WriteAllText(Path.Combine(c.OutputDir, "model_dir.txt"), BaseModelDir(c));
+                var alpha = s.Steering.Alphas[0].ToString("R", CultureInfo.InvariantCulture);
+                AtomicFile.WriteAllText(Path.Combine(c.OutputDir, MethodModel.SteerFile), $"{StageRunner.StageDir(c.RunDir, c.Name)}@{alpha}\n");
+                break;
+            }
+            case "activation":
+            {
+                var a = s.ActivationEdit!;
+                var diff = c.Inputs.Keys.Single(k => k.StartsWith("diff/", StringComparison.Ordinal));
+                var csv = Path.Combine(c.Input(diff), "analysis", "neurons", "neurons.csv");
+                if (!File.Exists(csv)) throw new InvalidOperationException($"{csv}: the diff stage wrote no neuron decomposition");
+                File.Copy(csv, Path.Combine(c.OutputDir, "neurons.csv"));
+                _ = NeuronShiftEdit.FromCsv(Path.Combine(c.OutputDir, "neurons.csv"), a.Groups, a.Scale); // fails here, not at evaluation
+                WriteJson(Path.Combine(c.OutputDir, NeuronShiftFile), new JsonObject
+                {
+                    ["source"] = diff, ["groups"] = new JsonArray(a.Groups.Select(g => (JsonNode)g).ToArray()), ["scale"] = a.Scale,
+                });
+                AtomicFile.WriteAllText(Path.Combine(c.OutputDir, "model_dir.txt"), BaseModelDir(c));
+                break;
+            }
+            default: throw new InvalidOperationException($"unknown methods edit '{edit}'");
+        }
+    }
+
+    /// <summary>DExperts' expert (settings["expert"] = "expert": non-toxic comments) or anti-expert ("anti-expert": toxic
+    /// comments): SFT of the pretrained model on those texts.</summary>
+    static void ExpertSft(StageContext c)
+    {
+        var s = MethodsOf(c).Dexperts!;
+        bool toxic = c.Settings["expert"]!.GetValue<string>() == "anti-expert";
+        var all = DatasetReaders.ReadJigsawCsv(Files(c).Comments).Where(k => k.Toxic == toxic).ToList();
+        var texts = (s.Comments is int n ? all.Take(n) : all).Select(k => SftExample.Text(k.Text)).ToList();
+        if (texts.Count < 2) throw new InvalidInputException($"dexperts: only {texts.Count} {(toxic ? "toxic" : "non-toxic")} comments to fine-tune on");
+        var o = s.SftOptions();
+        using var m = Load(c, BaseModelDir(c));
+        torch.manual_seed((long)o.Seed);
+        var r = new SftTrainer(m.Model, m.Tokenizer, o).Train(texts,
+            new Progress<TrainingProgress>(p => c.Report?.Invoke(p.Step / (double)Math.Max(1, p.TotalSteps), $"step {p.Step}/{p.TotalSteps} loss {p.Train.Loss:F3}")), c.Cancellation);
+        c.Cancellation.ThrowIfCancellationRequested();
+        SaveModelStage(c, m, new JsonObject
+        {
+            ["method"] = "dexperts", ["role"] = toxic ? "anti-expert" : "expert", ["comments"] = texts.Count, ["steps"] = r.Steps,
+            ["final_train_loss"] = r.FinalTrainLoss,
+        });
+    }
+
+    /// <summary>Evaluates a methods row: settings["model_stage"]'s model with its edits (optionally another steering
+    /// strength, settings["steer_alpha"]), or DExperts (settings["dexperts"] = α, experts from the sft/ stages).</summary>
+    static void EvaluateMethod(StageContext c, Func<StageContext, IToxicityScorer> scorer)
+    {
+        var row = c.Settings["row"]!.GetValue<string>();
+        double? alpha = c.Settings["steer_alpha"]?.GetValue<double>();
+        if (c.Settings["dexperts"] is JsonNode dx)
+        {
+            using var expert = Load(c, ModelDirOf(c, "sft/expert"));
+            using var anti = Load(c, ModelDirOf(c, "sft/anti-expert"));
+            var dexperts = new DExperts(expert.Model, anti.Model, dx.GetValue<double>());
+            Evaluate(c, scorer, BaseModelDir(c), row, [], adjust: o => o with { DExperts = dexperts });
+            return;
+        }
+        var stage = c.Settings["model_stage"]!.GetValue<string>();
+        LoadedMethodModel? held = null;
+        try
+        {
+            Evaluate(c, scorer, ModelDirOf(c, stage), row, [], load: () =>
+            {
+                held = LoadMethodModel(c.Input(stage), c.Device, alpha);
+                return held.Loaded;
+            });
+        }
+        finally { held?.Dispose(); }
+    }
+
+    /// <summary>Tokens per second of greedy generation for every row of the methods table (settings["rows"]: row, stage,
+    /// optional steer_alpha / dexperts), the base model first. Rows are timed round-robin (every row once per repeat, each
+    /// loaded afresh) so that a change in the machine's load during the stage falls on all rows alike; a row's figure is
+    /// its fastest repeat.</summary>
+    static void MethodSpeed(StageContext c)
+    {
+        var s = MethodsOf(c).Speed;
+        var files = Files(c);
+        var promptTexts = EvalHarness.ReadPrompts(files.Challenge, false, s.Prompts).Select(p => p.Text).ToList();
+        var rows = c.Settings["rows"]!.AsArray().Select(n => n!.AsObject()).ToList();
+        var best = new double[rows.Count];
+        var tokens = new long[rows.Count];
+        Array.Fill(best, double.MaxValue);
+        for (int rep = 0; rep < s.Repeats; rep++)
+            for (int i = 0; i < rows.Count; i++)
+            {
+                var r = rows[i];
+                c.Report?.Invoke((rep * rows.Count + i) / (double)(s.Repeats * rows.Count), $"{r["row"]} (repeat {rep + 1}/{s.Repeats})");
+                LoadedModel? expert = null, anti = null;
+                LoadedMethodModel? m = null;
+                try
+                {
+                    DExperts? dexperts = null;
+                    if (r["dexperts"] is JsonNode dx)
+                    {
+                        expert = Load(c, ModelDirOf(c, "sft/expert"));
+                        anti = Load(c, ModelDirOf(c, "sft/anti-expert"));
+                        dexperts = new DExperts(expert.Model, anti.Model, dx.GetValue<double>());
+                    }
+                    m = LoadMethodModel(c.Input(r["stage"]!.GetValue<string>()), c.Device, r["steer_alpha"]?.GetValue<double>());
+                    m.Model.Module.eval();
+                    int keep = Math.Max(1, m.Model.MaxPositions - s.MaxNewTokens);
+                    var ids = promptTexts.Select(t => PromptTruncation.KeepLast(m.Tokenizer.EncodeWithSpecialTokens(t), keep, m.Tokenizer)).ToList();
+                    var opts = new GenerationOptions { MaxNewTokens = s.MaxNewTokens, Greedy = true, BatchSize = s.BatchSize, StopAtEos = false };
+                    var sw = Stopwatch.StartNew();
+                    var outp = Generator.Generate(m.Model, ids, opts, dexperts);
+                    best[i] = Math.Min(best[i], sw.Elapsed.TotalSeconds);
+                    tokens[i] = outp.Sum(o => (long)o.Length);
+                }
+                finally { m?.Dispose(); expert?.Dispose(); anti?.Dispose(); }
+            }
+        double baseRate = tokens[0] / best[0];
+        WriteJson(Path.Combine(c.OutputDir, RunLayout.MethodSpeed), new JsonObject
+        {
+            ["prompts"] = promptTexts.Count, ["batch_size"] = s.BatchSize, ["max_new_tokens"] = s.MaxNewTokens, ["repeats"] = s.Repeats,
+            ["threads"] = torch.get_num_threads(),
+            ["rows"] = new JsonArray(rows.Select((r, i) => (JsonNode)new JsonObject
+            {
+                ["row"] = r["row"]!.GetValue<string>(), ["tokens"] = tokens[i], ["seconds"] = best[i], ["tokens_per_second"] = tokens[i] / best[i],
+                ["relative_to_base"] = tokens[i] / best[i] / baseRate,
+            }).ToArray()),
+        });
+    }
+}
