@@ -79,6 +79,8 @@ public static class HfCheckpoint
     }
 
     /// <summary>Loads a checkpoint directory; every problem with it is an <see cref="InvalidInputException"/> naming the file.</summary>
+    static readonly Lock ConstructionGate = new();
+
     public static LoadedModel Load(string dir, LoadOptions? options = null)
     {
         options ??= new LoadOptions();
@@ -97,7 +99,9 @@ public static class HfCheckpoint
                 double parameters = count(cfg);
                 MemoryBudget.EnsureFits(parameters * (options.DType is ScalarType.BFloat16 or ScalarType.Float16 ? 2 : 4) + weights, Path.Combine(dir, "config.json"), $"a model of {parameters:0} parameters (from its sizes: vocabulary, width, layers{(mt == "gpt2" ? ", positions" : ", heads, intermediate size")}) in the load dtype plus {MemoryBudget.Format(weights)} of weights");
             }
-            model = Families[mt](cfg, options.DType ?? ScalarType.Float32);
+            // one model built at a time per process: the study starts stages side by side, and libtorch module
+            // construction from two threads at once is where a one-off SIGSEGV was seen (docs/notes/study.md)
+            lock (ConstructionGate) model = Families[mt](cfg, options.DType ?? ScalarType.Float32);
         }
         catch (FormatException e) { throw new InvalidInputException($"{Path.Combine(dir, "config.json")}: {e.Message}"); }
         try

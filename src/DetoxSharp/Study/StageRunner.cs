@@ -142,6 +142,8 @@ public sealed class StageRunner
         return result;
     }
 
+    static readonly Lock ThreadsGate = new();
+
     public RunSummary Run(IReadOnlyList<StageDefinition> stages, IProgress<StageEvent>? progress = null, CancellationToken ct = default)
     {
         if (Parallelism < 1) throw new InvalidSettingException("parallelism", $"must be ≥ 1 (got {Parallelism})");
@@ -173,7 +175,12 @@ public sealed class StageRunner
             var s = stages[i];
             int threads;
             lock (gate) threads = ThreadsFor(s.Name, pending, active++, dependents?[s.Name] ?? [], Cores, Parallelism);
-            try { SetThreads?.Invoke(threads); ExecuteStage(i, settingsHash, inputHashes); }
+            try
+            {
+                // thread-count changes one stage at a time (libtorch/OpenMP/MKL settings are process state underneath)
+                lock (ThreadsGate) SetThreads?.Invoke(threads);
+                ExecuteStage(i, settingsHash, inputHashes);
+            }
             finally { lock (gate) active--; }
         }
 
