@@ -297,6 +297,7 @@ public static partial class StudyReport
         else r.Missing("No continuations in this run (evaluate/* stages wrote no continuations.jsonl).");
 
         SweepSection(r, runs, baseRows, Dir);
+        RetoxBatterySection(r, config, Dir);
         WhatWasRun(r, runDir, config, runs);
         return r;
     }

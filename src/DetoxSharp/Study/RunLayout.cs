@@ -29,6 +29,12 @@ namespace DetoxSharp.Study;
 /// unalign/METHOD/POINT/sSEED/unalign.json
 ///   {"row":"Un-aligned DPO","scale":10,"keys":["L19.N770",...],"toxicity":0.46,"perplexity":23.3,"f1":0.195,
 ///    "steering":[{"scale":0,"toxicity":0.2},...],"restore_scale":8.0|null,"target_toxicity":0.45}
+/// battery/METHOD/sSEED/battery.json  (one per StudyPipeline.MethodModels entry)
+///   {"method":"dpo","row":"DPO","seed":0,"prompts":40,"start_toxicity":0.45,"target_fraction":0.8,"target_toxicity":0.36,
+///    "attacks":[{"kind":"keys"|"steer"|"finetune"|"prefill"|"ablate","grid":[1,5,..],"strength_name":"key scale s",
+///                "points":[{"strength":1,"toxicity":0.2,"prompts":40}],"cost":{"cost":10|null,"reached":..,"target_toxicity":..,"points":[..]}}
+///               | {"kind":"ablate","grid":[..],"skipped":"why"}],
+///    "depth":{"per_position":[{"position":0,"kl":..,"prompts":..}],"kl_position_1":..,"first":3,"share_first":..}}
 /// </code>
 /// </summary>
 public static class RunLayout
@@ -43,6 +49,7 @@ public static class RunLayout
     /// <summary>patch/METHOD/POINT/sSEED (headline runs): <see cref="Interpretability.NeuronPatching.Write"/>'s files.</summary>
     public const string Patching = "patching.json";
     public const string PatchingCsv = "patching.csv";
+    public const string Battery = "battery.json";
     /// <summary>methods/speed: greedy-generation tokens/s of every methods-table row (<see cref="StudyStages"/>' MethodSpeed).</summary>
     public const string MethodSpeed = "speed.json";
     public const string Manifest = "manifest.json";

@@ -27,6 +27,8 @@ public sealed class StudyConfig
     public JsonObject Unalign { get; init; } = new();
     /// <summary>"neurons": patching of the neuron groups at the headline runs (<see cref="NeuronsSection"/>).</summary>
     public JsonObject Neurons { get; init; } = new();
+    /// <summary>"battery": the re-toxification battery on every detoxified model (<see cref="BatterySection"/>).</summary>
+    public JsonObject Battery { get; init; } = new();
     /// <summary>"methods": the methods table's other losses, edits, steering, activation edit and DExperts (<see cref="MethodsSection"/>).</summary>
     public JsonObject Methods { get; init; } = new();
     /// <summary>Scorer: {"kind": "perspective"|"classifier"|"toy-lexicon", ...}.</summary>
@@ -103,6 +105,7 @@ public sealed class StudyConfig
                 if (u.KeyCounts.Any(k => k < 1)) throw new InvalidSettingException("key_counts", $"must all be ≥ 1 (got {string.Join(", ", u.KeyCounts)})");
             });
             c.Typed<NeuronsSection>(Neurons, "neurons", source, n => n.Validate());
+            c.Typed<BatterySection>(Battery, "battery", source, b => b.Validate());
             foreach (var (method, section) in new[] { ("dpo", Dpo), ("adpo", Adpo) })
                 foreach (var point in Sweep.Expand(c.Section(section)))
                 {
@@ -174,7 +177,7 @@ public sealed class StudyConfig
     public StudyConfig WithQuick(bool quick) => new()
     {
         Model = Model, Data = Data, World = World, Pretrain = Pretrain, Probe = Probe, Vectors = Vectors, Interventions = Interventions,
-        ToxicModel = ToxicModel, Pairs = Pairs, Dpo = Dpo, Adpo = Adpo, Evaluation = Evaluation, Unalign = Unalign, Neurons = Neurons, Methods = Methods, Scorer = Scorer, Agreement = Agreement,
+        ToxicModel = ToxicModel, Pairs = Pairs, Dpo = Dpo, Adpo = Adpo, Evaluation = Evaluation, Unalign = Unalign, Neurons = Neurons, Methods = Methods, Battery = Battery, Scorer = Scorer, Agreement = Agreement,
         Findings = Findings, Seeds = Seeds, QuickSeeds = QuickSeeds, SweepSeeds = SweepSeeds, Quick = quick,
     };
 }

@@ -26,6 +26,8 @@ public sealed record StudyStageFunctions
     public Action<StageContext>? Patch { get; init; }
     /// <summary>Scorer agreement: the evaluation continuations re-scored by the "agreement" scorers (AgreementStages.cs).</summary>
     public Action<StageContext>? Agreement { get; init; }
+    /// <summary>The re-toxification battery on one detoxified model (<see cref="BatteryPipeline"/>).</summary>
+    public Action<StageContext>? Battery { get; init; }
     /// <summary>Methods table: a training-free method (settings["edit"]: profs, aura, steering, activation).</summary>
     public Action<StageContext>? MethodEdit { get; init; }
     /// <summary>Methods table: DExperts' expert or anti-expert fine-tune (settings["expert"]).</summary>
@@ -194,6 +196,7 @@ public static class StudyPipeline
                     ("evaluation", DiffSettings(c.Section(c.Evaluation))), ("neurons", c.Section(c.Neurons))),
                     ["world", "pretrain", .. m.StartStage == "pretrain" ? Array.Empty<string>() : [m.StartStage], "probe", m.Stage], f.MethodNeurons));
         if (AgreementEvaluations(c) is { } evals) st.Add(new("agreement", S(("agreement", c.Section(c.Agreement)), ("evaluations", evals)), ["world", .. evals.Select(e => e.Key)], f.Agreement));
+        st.AddRange(BatteryPipeline.Stages(c, st, f.Battery).ToList());
         var report = new JsonObject { ["config"] = JsonNode.Parse(c.ToJson()) };
         st.Add(new("report", report, st.Select(s => s.Name).ToList(), f.Report));
         return st;

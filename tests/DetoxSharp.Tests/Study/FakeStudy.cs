@@ -176,6 +176,41 @@ public static class FakeStudy
             File.WriteAllLines(Path.Combine(c.OutputDir, RunLayout.Continuations), Enumerable.Range(0, 3).Select(i =>
                 new JsonObject { ["row"] = c.Settings["row"]!.GetValue<string>(), ["prompt"] = $"prompt {i} you are such a", ["continuation"] = $"moron {i}", ["toxicity"] = 0.8 }.ToJsonString()));
         },
+        // the battery: a made-up monotone toxicity per attack, run through the library's cost search; ADPO's ablation is
+        // "n/a" and DPO's fine-tuning never reaches the target (so the report's special cells are exercised)
+        Battery = c =>
+        {
+            var rng = Rng(c);
+            var method = c.Settings["method"]!.GetValue<string>();
+            var s = StudySections.Read<BatterySection>(c.Settings["battery"] as JsonObject ?? new JsonObject(), "battery");
+            double start = method == "adpo" ? 0.5 : 0.6, target = s.TargetFraction * start, aligned = 0.1 + 0.02 * rng.NextDouble();
+            var attacks = new JsonArray();
+            foreach (var k in s.Kinds)
+            {
+                var kind = k.ToString().ToLowerInvariant();
+                var grid = s.Strengths.Of(k);
+                var entry = new JsonObject { ["kind"] = kind, ["grid"] = new JsonArray(grid.Distinct().Order().Select(x => (JsonNode)x).ToArray()) };
+                if (method == "adpo" && k == DetoxSharp.Attacks.AttackKind.Ablate) { entry["skipped"] = "ablate: the direction is zero"; attacks.Add(entry); continue; }
+                double slope = k == DetoxSharp.Attacks.AttackKind.Finetune && method == "dpo" ? 0 : (0.02 + 0.01 * rng.NextDouble()) * 40 / (grid.Max() + 1);
+                double lo = grid.Min();
+                var cost = DetoxSharp.Attacks.RetoxCost.Search(x => aligned + slope * (x - lo), target, grid, k is DetoxSharp.Attacks.AttackKind.Finetune or DetoxSharp.Attacks.AttackKind.Prefill, s.BisectSteps);
+                entry["strength_name"] = kind + " strength"; entry["no_effect"] = lo;
+                entry["points"] = new JsonArray(cost.Points.OrderBy(p => p.Strength).Select(p => (JsonNode)new JsonObject { ["strength"] = p.Strength, ["toxicity"] = p.Toxicity, ["prompts"] = 40 }).ToArray());
+                entry["cost"] = cost.ToJson();
+                attacks.Add(entry);
+            }
+            var perPos = Enumerable.Range(0, s.DepthTokens).Select(t => 0.5 * Math.Exp(-t) + 0.01 * rng.NextDouble()).ToArray();
+            J(c, RunLayout.Battery, new JsonObject
+            {
+                ["method"] = method, ["row"] = c.Settings["row"]!.DeepClone(), ["seed"] = c.Settings["seed"]!.DeepClone(), ["prompts"] = 40,
+                ["start_toxicity"] = start, ["target_fraction"] = s.TargetFraction, ["target_toxicity"] = target, ["attacks"] = attacks,
+                ["depth"] = new JsonObject
+                {
+                    ["per_position"] = new JsonArray(perPos.Select((k, t) => (JsonNode)new JsonObject { ["position"] = t, ["kl"] = k, ["prompts"] = 40 }).ToArray()),
+                    ["kl_position_1"] = perPos[0], ["first"] = s.DepthFirst, ["share_first"] = perPos.Take(s.DepthFirst).Sum() / perPos.Sum(),
+                },
+            });
+        },
     };
 
     /// <summary>A small study config: 2 learning rates × 2 methods × <paramref name="seeds"/> seeds.</summary>

@@ -13,8 +13,9 @@ public class StudyPipelineTests
         var first = new StageRunner(dir).Run(StudyPipeline.Build(cfg, FakeStudy.Functions()));
         Assert.True(first.Completed);
         // 9 shared stages (incl. evaluate/sft), 4 per trained run (2 methods × 2 lrs × 1 seed), patching at the 2 headline
-        // runs, the per-method decomposition + null-space check of DPO's and ADPO's seed 0 (no "methods" rows here), report
-        Assert.Equal(9 + 4 * 4 + 2 + 2 + 1, first.Ran.Count);
+        // runs, the per-method decomposition + null-space check of DPO's and ADPO's seed 0 (no "methods" rows here), report;
+        // one battery stage per method model
+        Assert.Equal(9 + 4 * 4 + 2 + 2 + 1 + StudyPipeline.MethodModels(cfg).Count, first.Ran.Count);
 
         var changed = StudyConfig.Parse(cfg.ToJson().Replace("\"beta\": 0.1,\n    \"learning_rate\"", "\"beta\": 0.2,\n    \"learning_rate\""));
         Assert.Equal(0.2, changed.Dpo["beta"]!.GetValue<double>());

@@ -142,7 +142,7 @@ public class StudyReportTests
         Assert.StartsWith("<!DOCTYPE html>", html);
         var doc = XDocument.Parse(html["<!DOCTYPE html>".Length..]);   // XHTML-compatible: must parse as XML
         var ids = doc.Descendants().Where(e => e.Name.LocalName == "section").Select(e => (string?)e.Attribute("id")).ToList();
-        Assert.Equal(["findings", "guide", "toy_model", "results", "vectors", "training", "activations", "neurons", "parameters", "offset", "logit-lens", "examples", "regimes", "run"], ids);
+        Assert.Equal(["findings", "guide", "toy_model", "results", "vectors", "training", "activations", "neurons", "parameters", "offset", "logit-lens", "examples", "regimes", "battery", "run"], ids);
         var rep = StageRunner.StageDir(dir, "report");
         var figures = Directory.GetFiles(Path.Combine(rep, "figures"), "*.svg");
         var svgs = doc.Descendants().Where(e => e.Name.LocalName == "svg").ToList();

@@ -39,6 +39,7 @@ public static partial class StudyStages
             Unalign = c => UnalignStage(c, scorer),
             Patch = c => NeuronPatch(c, scorer),
             Agreement = AgreementStage,
+            Battery = c => BatteryStage(c, scorer),
             MethodEdit = MethodEdit,
             ExpertSft = ExpertSft,
             EvaluateMethod = c => EvaluateMethod(c, scorer),
