@@ -1,5 +1,13 @@
 using DetoxSharp.Cli;
 
+// `detox study` runs stages on two threads at once. TorchSharp passes temporary Scalars (e.g. the α of every `a + b`)
+// to native code without keeping them alive, so a garbage collection that another thread triggers during such a call
+// can finalize the Scalar while libtorch reads it: "Exception raised from toFloat" or SIGSEGV (seen four times on
+// 2026-12-01, docs/notes/study.md). A large gen-0 budget makes collections ≈ 50× rarer; the runtime reads it only from
+// the environment at start-up, so the study re-executes itself once with it set (DETOX_GC_GEN0 overrides the size,
+// "off" keeps the runtime's default).
+if (GcBudget.ReExecuteIfNeeded(args) is int exitCode) return exitCode;
+
 // before any tensor exists: libtorch reads its allocator settings at the first allocation (NativeSetup)
 DetoxSharp.NativeSetup.Init();
 return DetoxCli.Run(args, Console.Out, Console.Error);

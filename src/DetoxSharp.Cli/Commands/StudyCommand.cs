@@ -97,6 +97,7 @@ public static class StudyCommand
             return 3;
         }
         o.WriteLine($"report: {Path.Combine(Path.GetFullPath(outDir), RunLayout.Report)} ({summary.Ran.Count} stage(s) ran, {summary.Skipped.Count} skipped)");
+        o.WriteLine($"garbage collections: {GC.CollectionCount(0)} gen-0, {GC.CollectionCount(2)} gen-2 (DOTNET_GCgen0size={Environment.GetEnvironmentVariable("DOTNET_GCgen0size") ?? "unset"})");
         return 0;
     }
 
