@@ -180,7 +180,9 @@ public class PerspectiveScorerTests : IDisposable
         var starts = s.RequestTimes.Select(t => t.TotalSeconds).ToList();
         for (int i = 1; i < starts.Count; i++) Assert.True(starts[i] - starts[i - 1] >= 0.2 - 1e-3, $"gap {starts[i] - starts[i - 1]:F4}s < 0.2s");
         var arr = server.Hits.Select(h => h.At).OrderBy(x => x).ToList();
-        Assert.True(arr[^1] - arr[0] >= 3 * 0.2 - 0.15, $"4 requests at 5/s arrived within {arr[^1] - arr[0]:F3}s");
+        // (the first request's connection set-up can delay its arrival by ~0.2 s on a busy machine, seen in CI on
+        // 2026-12-02: 0.404 s; without a limiter the four arrive within a few milliseconds)
+        Assert.True(arr[^1] - arr[0] >= 3 * 0.2 - 0.3, $"4 requests at 5/s arrived within {arr[^1] - arr[0]:F3}s");
     }
 
     [Fact]

@@ -192,6 +192,9 @@ public class LoraTests
     [Fact]
     public void Gpt2LoraDpoWithBf16MixedTracksFp32LoraAndSavesAPeftAdapter()
     {
+        // LoRA's A is drawn from the global generator: seed it, so the run does not depend on which tests ran before
+        // in the same process (with the generator state the full suite left, step 6 differed by 0.03)
+        torch.manual_seed(1);
         var baseDir = Gpt2BaseDir("mixed");
         var root = Path.GetDirectoryName(baseDir)!;
         using var fp32 = HfCheckpoint.Load(baseDir);
