@@ -30,13 +30,16 @@ public static partial class StudyStages
         var d = AlignmentDiff.Compute(before.Model, after.Model, before.Tokenizer, probe, prompts, diffOpts, forced, progress);
         AlignmentDiff.Write(d, diffOpts, analysisDir);
         // Yang et al. 2025: where the drop along W_Toxic comes from, neuron by neuron (same prompts and positions)
-        var neuronOpts = new NeuronOptions { MaxNewTokens = diffOpts.MaxNewTokens, MaxPromptTokens = diffOpts.MaxPromptTokens, BatchSize = diffOpts.BatchSize };
+        var neuronOpts = NeuronOptionsOf(diffOpts);
         NeuronContributions.Result nr;
         using (var w = probe.WToxic)
             nr = NeuronContributions.Compute(before.Model, after.Model, before.Tokenizer, w, prompts, neuronOpts, progress, forced);
         var neurons = NeuronContributions.Write(nr, neuronOpts, Path.Combine(analysisDir, "neurons"));
         WriteJson(Path.Combine(c.OutputDir, RunLayout.Diff), DiffSummary(d, neurons));
     }
+
+    /// <summary>The neuron decomposition reads the same prompts, positions and batches as the diff stage.</summary>
+    static NeuronOptions NeuronOptionsOf(DiffOptions d) => new() { MaxNewTokens = d.MaxNewTokens, MaxPromptTokens = d.MaxPromptTokens, BatchSize = d.BatchSize };
 
     /// <summary>The diff stage's summary in the report's shape (<see cref="RunLayout.Diff"/>). Finding (f) is read where
     /// the toxic vectors work: the step that emits the insult. The paper's last position (the 20th generated step) lies

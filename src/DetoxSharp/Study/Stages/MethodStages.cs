@@ -340,6 +340,20 @@ public static partial class StudyStages
         });
     }
 
+    /// <summary>DExperts' expert and anti-expert (the sft/ stages' models), combined at <see cref="DExperts.Alpha"/>.</summary>
+    sealed class LoadedExperts(LoadedModel expert, LoadedModel anti, double alpha) : IDisposable
+    {
+        public DExperts DExperts { get; } = new(expert.Model, anti.Model, alpha);
+        public void Dispose() { expert.Dispose(); anti.Dispose(); }
+    }
+
+    static LoadedExperts LoadExperts(StageContext c, double alpha)
+    {
+        var expert = Load(c, ModelDirOf(c, "sft/expert"));
+        try { return new LoadedExperts(expert, Load(c, ModelDirOf(c, "sft/anti-expert")), alpha); }
+        catch { expert.Dispose(); throw; }
+    }
+
     /// <summary>Evaluates a methods row: settings["model_stage"]'s model with its edits (optionally another steering
     /// strength, settings["steer_alpha"]), or DExperts (settings["dexperts"] = α, experts from the sft/ stages).</summary>
     static void EvaluateMethod(StageContext c, Func<StageContext, IToxicityScorer> scorer)
@@ -348,10 +362,8 @@ public static partial class StudyStages
         double? alpha = c.Settings["steer_alpha"]?.GetValue<double>();
         if (c.Settings["dexperts"] is JsonNode dx)
         {
-            using var expert = Load(c, ModelDirOf(c, "sft/expert"));
-            using var anti = Load(c, ModelDirOf(c, "sft/anti-expert"));
-            var dexperts = new DExperts(expert.Model, anti.Model, dx.GetValue<double>());
-            Evaluate(c, scorer, BaseModelDir(c), row, [], adjust: o => o with { DExperts = dexperts });
+            using var experts = LoadExperts(c, dx.GetValue<double>());
+            Evaluate(c, scorer, BaseModelDir(c), row, [], adjust: o => o with { DExperts = experts.DExperts });
             return;
         }
         var stage = c.Settings["model_stage"]!.GetValue<string>();
@@ -385,28 +397,22 @@ public static partial class StudyStages
             {
                 var r = rows[i];
                 c.Report?.Invoke((rep * rows.Count + i) / (double)(s.Repeats * rows.Count), $"{r["row"]} (repeat {rep + 1}/{s.Repeats})");
-                LoadedModel? expert = null, anti = null;
+                LoadedExperts? experts = null;
                 LoadedMethodModel? m = null;
                 try
                 {
-                    DExperts? dexperts = null;
-                    if (r["dexperts"] is JsonNode dx)
-                    {
-                        expert = Load(c, ModelDirOf(c, "sft/expert"));
-                        anti = Load(c, ModelDirOf(c, "sft/anti-expert"));
-                        dexperts = new DExperts(expert.Model, anti.Model, dx.GetValue<double>());
-                    }
+                    if (r["dexperts"] is JsonNode dx) experts = LoadExperts(c, dx.GetValue<double>());
                     m = LoadMethodModel(c.Input(r["stage"]!.GetValue<string>()), c.Device, r["steer_alpha"]?.GetValue<double>());
                     m.Model.Module.eval();
                     int keep = Math.Max(1, m.Model.MaxPositions - s.MaxNewTokens);
                     var ids = promptTexts.Select(t => PromptTruncation.KeepLast(m.Tokenizer.EncodeWithSpecialTokens(t), keep, m.Tokenizer)).ToList();
                     var opts = new GenerationOptions { MaxNewTokens = s.MaxNewTokens, Greedy = true, BatchSize = s.BatchSize, StopAtEos = false };
                     var sw = Stopwatch.StartNew();
-                    var outp = Generator.Generate(m.Model, ids, opts, dexperts);
+                    var outp = Generator.Generate(m.Model, ids, opts, experts?.DExperts);
                     best[i] = Math.Min(best[i], sw.Elapsed.TotalSeconds);
                     tokens[i] = outp.Sum(o => (long)o.Length);
                 }
-                finally { m?.Dispose(); expert?.Dispose(); anti?.Dispose(); }
+                finally { m?.Dispose(); experts?.Dispose(); }
             }
         double baseRate = tokens[0] / best[0];
         WriteJson(Path.Combine(c.OutputDir, RunLayout.MethodSpeed), new JsonObject

@@ -60,7 +60,7 @@ public static partial class StudyStages
         var forced = TeacherForced.Generate(before.Model, before.Tokenizer, prompts, opts.MaxPromptTokens, opts.MaxNewTokens, opts.BatchSize);
         using var w = probe.WToxic;
         var groups = NeuronContributions.Compute(before.Model, after.Model, before.Tokenizer, w, prompts,
-            new NeuronOptions { MaxNewTokens = opts.MaxNewTokens, MaxPromptTokens = opts.MaxPromptTokens, BatchSize = opts.BatchSize }, progress, forced);
+            NeuronOptionsOf(diffOpts), progress, forced);
         using var scorer = opts.GenerationTokens > 0 ? scorerOf(c) : null;
         var r = NeuronPatching.Run(before.Model, after.Model, before.Tokenizer, w, prompts, groups, opts,
             scorer is null ? null : t => scorer.Score(t).Select(s => s.Value).ToList(), progress, forced);
@@ -89,7 +89,7 @@ public static partial class StudyStages
         using var probe = ToxicityProbe.Load(c.Input("probe"));
         var prompts = EvalHarness.ReadPrompts(files.Challenge, false, Math.Min(section.Prompts, ChallengeCount(c) ?? int.MaxValue)).Select(p => p.Text).ToList();
         var diff = eval.ToDiffOptions();
-        var opts = new NeuronOptions { MaxNewTokens = diff.MaxNewTokens, MaxPromptTokens = diff.MaxPromptTokens, BatchSize = diff.BatchSize };
+        var opts = NeuronOptionsOf(diff);
         var progress = new Progress<string>(s => c.Report?.Invoke(0, s));
         var forced = TeacherForced.Generate(before.Model, before.Tokenizer, prompts, opts.MaxPromptTokens, opts.MaxNewTokens, opts.BatchSize);
         NeuronContributions.Result r;
