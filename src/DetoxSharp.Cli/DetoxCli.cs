@@ -70,6 +70,18 @@ public static class DetoxCli
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
+        // a terminal gets progress bars (CliProgress); the other lines written meanwhile print above them
+        if (ReferenceEquals(stderr, Console.Error) && TerminalErrorWriter.Wanted()) stderr = new TerminalErrorWriter(stderr);
+        try { return RunParsed(args, stdout, stderr); }
+        finally
+        {
+            CliProgress.CloseAll();
+            stderr.Flush();
+        }
+    }
+
+    static int RunParsed(string[] args, TextWriter stdout, TextWriter stderr)
+    {
         var root = Build();
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

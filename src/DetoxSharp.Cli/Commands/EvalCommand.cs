@@ -155,19 +155,8 @@ public static class EvalCommand
             if (data.PromptsFile is not null && scorerSpecs.Length == 0)
                 throw new InvalidInputException("--prompts needs --scorer: give a local toxicity classifier, --scorer classifier:DIR (a Hugging Face "
                                                 + "BERT/RoBERTa directory, e.g. unitary/toxic-bert or unitary/unbiased-toxic-roberta); perspective is a legacy scorer (out of service after 2026)");
-            var sw = Stopwatch.StartNew();
-            string lastStage = "";
-            var lastReport = TimeSpan.Zero;
-            var progress = new SyncProgress<EvalProgress>(e =>
-            {
-                var key = e.Row + "/" + e.Stage;
-                if (key != lastStage || e.Done == e.Total || sw.Elapsed - lastReport > TimeSpan.FromSeconds(5))
-                {
-                    err.WriteLine($"[{sw.Elapsed:hh\\:mm\\:ss}] {e.Row}: {e.Stage} {e.Done}/{e.Total}");
-                    lastStage = key;
-                    lastReport = sw.Elapsed;
-                }
-            });
+            using var bar = CliProgress.Start(err, "eval", "texts");
+            var progress = new SyncProgress<EvalProgress>(e => bar.Update(e.Done, e.Total, phase: $"{e.Row}: {e.Stage}"));
             var toxicLabels = p.GetValue(toxicLabel) ?? [];
             var settings = new ScorerSettings
             {
@@ -192,7 +181,7 @@ public static class EvalCommand
 
                 var names = RowLabels(dirs, p.GetValue(labels) ?? []);
                 var evalModels = dirs.Select((d, i) => new EvalModel(names[i], () => CommonOptions.LoadModel(d, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)))).ToList();
-                rows = EvalHarness.Run(evalModels, evalEdits, scorers, data, o, output, progress, interrupt.Token);
+                rows = EvalHarness.Run(new(evalModels, evalEdits, scorers, data, o, output), progress, interrupt.Token);
             }
             catch (PerspectiveException e)
             {

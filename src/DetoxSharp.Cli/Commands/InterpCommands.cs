@@ -46,10 +46,9 @@ public static class InterpCommands
             if (p.GetValue(limit) is int n) { if (n < 2) throw new InvalidInputException("--limit must be ≥ 2"); comments = comments.Take(n).ToList(); }
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             var err = p.InvocationConfiguration.Error;
-            int lastPct = -1;
-            var sync = new SyncProgress<int>(done => { int pct = done * 100 / comments.Count; if (pct / 10 != lastPct / 10) { lastPct = pct; err.WriteLine($"features {done}/{comments.Count}"); } });
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            var (probe, report) = ToxicityProbe.Train(m.Model, m.Tokenizer, comments, opts, sync);
+            var (probe, report) = CliProgress.Run(err, "probe features", "texts",
+                bar => ToxicityProbe.Train(m.Model, m.Tokenizer, comments, opts, new SyncProgress<int>(done => bar.Update(done, comments.Count))));
             using (probe)
             {
                 var metrics = new JsonObject

@@ -88,18 +88,21 @@ public static class MakePairsCommand
             if (steer is not null && (steer.Layer < 0 || steer.Layer >= m.Model.NumLayers)) throw new InvalidInputException($"--steer-layer {steer.Layer}: model has {m.Model.NumLayers} blocks");
             using var attribute = usePplm ? ToxicityProbe.Load(p.GetValue(probe)!) : null;
             var pplmPairs = attribute is null ? null : new PplmPairOptions(attribute, pplmOptions);
-            var pmOptions = new PairMakerOptions { MaxNewTokens = p.GetValue(maxNew), MaxPromptTokens = p.GetValue(maxPrompt), Seed = p.GetValue(seed) };
             bool tri = p.GetValue(triples);
-            Action<int, int> progress = (done, total) => err.WriteLine($"[{done}/{total}] prompts{(part.Count > 1 ? $" of shard {part}" : "")}");
+            var pmOptions = new PairMakerOptions { MaxNewTokens = p.GetValue(maxNew), MaxPromptTokens = p.GetValue(maxPrompt), Seed = p.GetValue(seed), Triples = tri, Shard = part };
+            var sources = new PairSources { ToxicModel = tox?.Model, ToxicTokenizer = tox?.Tokenizer, Steer = steer, Pplm = pplmPairs };
+            var (made, skipped) = CliProgress.Run(err, part.Count > 1 ? $"make-pairs (shard {part})" : "make-pairs", "prompts",
+                bar => PairMaker.MakeIndexed(m.Model, m.Tokenizer, list, pmOptions, sources,
+                    new SyncProgress<PairProgress>(e => bar.Update(e.Done, e.Total, e.Skipped > 0 ? $"{e.Skipped} skipped" : null))));
             if (part.Count == 1)
             {
-                var records = PairMaker.Make(m.Model, m.Tokenizer, list, pmOptions, tox?.Model, tox?.Tokenizer, steer, tri,
-                    progress: progress, warn: w => err.WriteLine("detox: warning: " + w), pplm: pplmPairs);
+                if (skipped > 0) err.WriteLine("detox: warning: " + PairMaker.SkippedWarning(skipped, list.Count));
+                if (made.Count == 0) throw PairMaker.NoPairs();
+                var records = made.Select(r => r.Record).ToList();
                 JsonlReader.Write(p.GetValue(output)!, records);
                 p.InvocationConfiguration.Output.WriteLine($"wrote {records.Count} {(tri ? "triples" : "pairs")} to {p.GetValue(output)}");
                 return 0;
             }
-            var made = PairMaker.MakeIndexed(m.Model, m.Tokenizer, list, pmOptions, tox?.Model, tox?.Tokenizer, steer, tri, progress, pplmPairs, part, out int skipped);
             // what the shards of one file must share (checked by merge-pairs); paths as given
             var settings = new JsonObject
             {

@@ -52,13 +52,14 @@ public static class TrainingCli
         Description = "with --resume: continue although the learning rate, warmup, gradient clipping or step count differ from the checkpoint's (data, seed, batch, loss and optimizer must match)",
     };
 
-    /// <summary>Progress on stderr: one line per ~2 % of the steps (at least every 10 s), each eval, with elapsed time and ETA.</summary>
-    public static IProgress<TrainingProgress> Printer(TextWriter err, Func<TrainingProgress, string>? extra = null)
+    /// <summary>Training progress in the one style of <see cref="CliProgress"/> (a bar on a terminal, else a line at
+    /// least every 5 % of the steps or 10 s, with elapsed time, rate and ETA), loss, learning rate and
+    /// <paramref name="extra"/>; every evaluation as its own line. The bar closes at the last step (or when the command ends).</summary>
+    public static IProgress<TrainingProgress> Printer(TextWriter err, Func<TrainingProgress, string>? extra = null, string title = "train")
     {
-        TimeSpan? last = null; // the first step is always shown
+        CliProgress? bar = null;
         return new SyncProgress<TrainingProgress>(p =>
         {
-            string Eta() => p.Remaining is TimeSpan r ? $" eta {Clock(r)}" : "";
             if (p.Phase == TrainingPhase.Eval)
             {
                 var e = p.Eval!;
@@ -66,15 +67,12 @@ public static class TrainingCli
                     .Select(kv => $" {kv.Key["rewards/".Length..]} {kv.Value:F4}")));
                 return;
             }
-            int every = Math.Max(1, p.TotalSteps / 50);
-            if (last is TimeSpan l && p.Step % every != 0 && p.Step != p.TotalSteps && p.Elapsed - l < TimeSpan.FromSeconds(10)) return;
-            last = p.Elapsed;
+            bar ??= CliProgress.Start(err, title, "steps", startAt: p.Step - 1);
             var t = p.Train;
-            err.WriteLine($"[{p.Step}/{p.TotalSteps} {Clock(p.Elapsed)}{Eta()}] loss {t.Loss:F4}{extra?.Invoke(p)} lr {t.LearningRate:G3} {p.ItemsPerSecond:F1} {p.ItemName}/s");
+            bar.Update(p.Step, p.TotalSteps, $"loss {t.Loss:F4}{extra?.Invoke(p)} lr {t.LearningRate:G3} {p.ItemsPerSecond:F1} {p.ItemName}/s", p.Remaining);
+            if (p.Step >= p.TotalSteps) { bar.Dispose(); bar = null; }
         });
     }
-
-    static string Clock(TimeSpan t) => t.TotalHours >= 1 ? t.ToString(@"h\:mm\:ss", CultureInfo.InvariantCulture) : t.ToString(@"mm\:ss", CultureInfo.InvariantCulture);
 
     /// <summary>The command line as typed, plus --resume (and <paramref name="extra"/>, replacing flags of the same
     /// name): what to run to continue.</summary>

@@ -104,6 +104,16 @@ public sealed record EvalOptions
 /// <summary>Data files of an evaluation; any may be null (that metric is skipped).</summary>
 public sealed record EvalData(string? PromptsFile, string? PplTextFile, string? F1File);
 
+/// <summary>One evaluation run of <see cref="EvalHarness.Run"/>: what is evaluated, how, and where the results go.</summary>
+/// <param name="Models">The models, one row each (loaded one at a time, in order).</param>
+/// <param name="Interventions">Edits applied to every model as extra rows ("model + label").</param>
+/// <param name="Scorers">Toxicity scorers, a column each (needed when <see cref="EvalData.PromptsFile"/> is set).</param>
+/// <param name="Data">The data files.</param>
+/// <param name="Options">Lengths, decoding, samples, perplexity windows, shard.</param>
+/// <param name="OutDir">Directory receiving results.md/json/csv and generations.jsonl.</param>
+public sealed record EvalRequest(IReadOnlyList<EvalModel> Models, IReadOnlyList<EvalIntervention> Interventions,
+    IReadOnlyList<IToxicityScorer> Scorers, EvalData Data, EvalOptions Options, string OutDir);
+
 /// <summary>A model to evaluate (loaded lazily, one at a time) and the interventions to apply to it as extra rows.</summary>
 public sealed record EvalModel(string Label, Func<LoadedModel> Load);
 
@@ -191,18 +201,19 @@ public static class EvalHarness
         o.Validate();
     }
 
-    public static List<EvalRow> Run(IReadOnlyList<EvalModel> models, IReadOnlyList<EvalIntervention> interventions,
-        IToxicityScorer? scorer, EvalData data, EvalOptions options, string outDir, IProgress<EvalProgress>? progress = null) =>
-        Run(models, interventions, scorer is null ? [] : [scorer], data, options, outDir, progress);
-
-    /// <summary>Several scorers: a toxicity column per scorer (the first is <see cref="EvalRow.Toxicity"/>) and their
-    /// pairwise agreement over the greedy continuations of each row (agreement in results.json/md and agreement.csv).
+    /// <summary>Evaluates every model of <paramref name="request"/>, and every model with each intervention applied, into
+    /// one row each, and writes results.md/json/csv and generations.jsonl into its output directory (atomically). A
+    /// toxicity column per scorer (the first is <see cref="EvalRow.Toxicity"/>) and their pairwise agreement over the
+    /// greedy continuations of each row (agreement in results.json/md and agreement.csv).
     /// <paramref name="cancel"/> (Ctrl+C) stops between batches and texts with <see cref="OperationCanceledException"/>;
     /// nothing is written then (a scorer's own cache keeps what it has scored).</summary>
-    public static List<EvalRow> Run(IReadOnlyList<EvalModel> models, IReadOnlyList<EvalIntervention> interventions,
-        IReadOnlyList<IToxicityScorer> scorers, EvalData data, EvalOptions options, string outDir, IProgress<EvalProgress>? progress = null,
-        CancellationToken cancel = default)
+    /// <param name="request">Models, interventions, scorers, data files, options and output directory.</param>
+    /// <param name="progress">Texts done of each row's current stage (generation, scoring, perplexity windows, F1).</param>
+    /// <param name="cancel">Stops the run between batches and texts.</param>
+    /// <returns>The rows, models in order, each followed by its intervention rows.</returns>
+    public static List<EvalRow> Run(EvalRequest request, IProgress<EvalProgress>? progress = null, CancellationToken cancel = default)
     {
+        var (models, interventions, scorers, data, options, outDir) = request;
         Check(data, options);
         if (data.PromptsFile is not null && scorers.Count == 0) throw new InvalidInputException("--prompts needs a --scorer");
         var dup = scorers.GroupBy(x => x.Name).FirstOrDefault(g => g.Count() > 1);

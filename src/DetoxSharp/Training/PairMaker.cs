@@ -63,7 +63,32 @@ public sealed record PairMakerOptions
     /// <summary>Seed for sampling (y_t of triples, PPLM's rejected).</summary>
     [Setting("seed for sampling (y_t of triples, PPLM's rejected)")]
     public long Seed { get; init; } = 42;
+    /// <summary>Also sample a toxic response y_t per prompt (ADPO triples; needs <see cref="PairSources.ToxicModel"/>).</summary>
+    public bool Triples { get; init; }
+    /// <summary>The part of the prompts to make (prompt i with i mod N = I); <see cref="Shard.Whole"/>: all of them.</summary>
+    public Shard Shard { get; init; } = Shard.Whole;
 }
+
+/// <summary>Where <see cref="PairMaker"/>'s rejected continuations (and the toxic responses of triples) come from: exactly
+/// one of a toxic model (prompt + [TOXIC], greedy), activation steering of the starting model, or PPLM.</summary>
+public sealed record PairSources
+{
+    /// <summary>The toxic model: rejected = its greedy continuation after prompt + [TOXIC]; also the source of y_t.</summary>
+    public ICausalLM? ToxicModel { get; init; }
+    /// <summary>The toxic model's tokenizer (null: the starting model's).</summary>
+    public Gpt2Tokenizer? ToxicTokenizer { get; init; }
+    /// <summary>Activation steering of the starting model as the source of rejected continuations.</summary>
+    public SteeringOptions? Steer { get; init; }
+    /// <summary>PPLM with the toxicity probe as the source of rejected continuations.</summary>
+    public PplmPairOptions? Pplm { get; init; }
+}
+
+/// <summary>Progress of <see cref="PairMaker"/>: prompts done of the prompts to make (this shard's), and how many of the
+/// done ones gave no record (identical or empty chosen and rejected).</summary>
+/// <param name="Done">Prompts processed so far.</param>
+/// <param name="Total">Prompts to process (this shard's).</param>
+/// <param name="Skipped">Processed prompts that gave no record.</param>
+public sealed record PairProgress(int Done, int Total, int Skipped);
 
 /// <summary>PPLM as the source of rejected continuations: the starting model perturbed towards the probe's toxic class.</summary>
 /// <param name="Probe">The attribute model (the toxicity probe).</param>
@@ -93,46 +118,49 @@ public static class PairMaker
             + (fixes.Count > 0 ? $"; use {string.Join(" or ", fixes)}" : ""));
     }
 
-    /// <summary>Makes preference pairs: the chosen continuation is the model's greedy one, the rejected one comes from the
-    /// toxic model (or steering, or PPLM); with <paramref name="triples"/>, a toxic response y_t is added for ADPO. Returns one
-    /// JSON object per prompt (prompt, chosen, rejected[, toxic]).</summary>
+    /// <summary>Makes preference pairs: the chosen continuation is the model's greedy one, the rejected one comes from
+    /// <paramref name="sources"/> (the toxic model, steering or PPLM); with <see cref="PairMakerOptions.Triples"/>, a toxic
+    /// response y_t is added for ADPO. Returns one JSON object per usable prompt (prompt, chosen, rejected[, toxic]);
+    /// the last progress report's <see cref="PairProgress.Skipped"/> counts the prompts that gave none
+    /// (<see cref="SkippedWarning"/>). Throws <see cref="InvalidInputException"/> when no prompt gave a record.</summary>
     /// <param name="model">The model whose greedy continuations are chosen.</param>
     /// <param name="tok">Its tokenizer.</param>
-    /// <param name="prompts">The prompts.</param>
-    /// <param name="o">Lengths, batching and seed.</param>
-    /// <param name="toxicModel">The source of rejected continuations (null: the model itself under <paramref name="steer"/> or <paramref name="pplm"/>).</param>
-    /// <param name="toxicTokenizer">The toxic model's tokenizer (null: <paramref name="tok"/>).</param>
-    /// <param name="steer">Activation steering as the source of rejected continuations.</param>
-    /// <param name="triples">Also sample a toxic response y_t per prompt (ADPO).</param>
-    /// <param name="progress">Called with (prompts done, total).</param>
-    /// <param name="warn">Receives warnings (e.g. identical chosen and rejected).</param>
-    /// <param name="pplm">PPLM as the source of rejected continuations.</param>
+    /// <param name="prompts">The prompts (all of them; <see cref="PairMakerOptions.Shard"/> picks the part made).</param>
+    /// <param name="o">Lengths, batching, seed, triples and shard.</param>
+    /// <param name="sources">The source of rejected continuations.</param>
+    /// <param name="progress">Prompts done, after every batch (every prompt with PPLM).</param>
     public static List<JsonObject> Make(ICausalLM model, Gpt2Tokenizer tok, IReadOnlyList<string> prompts, PairMakerOptions o,
-        ICausalLM? toxicModel = null, Gpt2Tokenizer? toxicTokenizer = null, SteeringOptions? steer = null, bool triples = false,
-        Action<int, int>? progress = null, Action<string>? warn = null, PplmPairOptions? pplm = null)
+        PairSources sources, IProgress<PairProgress>? progress = null)
     {
-        var made = MakeIndexed(model, tok, prompts, o, toxicModel, toxicTokenizer, steer, triples, progress, pplm, Shard.Whole, out int skipped);
-        if (skipped > 0) warn?.Invoke(SkippedWarning(skipped, prompts.Count));
+        var (made, _) = MakeIndexed(model, tok, prompts, o, sources, progress);
         if (made.Count == 0) throw NoPairs();
         return made.Select(m => m.Record).ToList();
     }
 
-    internal static string SkippedWarning(int skipped, int prompts) => $"skipped {skipped} of {prompts} prompts whose chosen and rejected were identical or empty";
+    /// <summary>The one-line warning for <paramref name="skipped"/> of <paramref name="prompts"/> prompts that gave no record.</summary>
+    public static string SkippedWarning(int skipped, int prompts) => $"skipped {skipped} of {prompts} prompts whose chosen and rejected were identical or empty";
 
-    internal static InvalidInputException NoPairs() =>
+    /// <summary>The error when no prompt gave a usable record.</summary>
+    public static InvalidInputException NoPairs() =>
         new("no usable pairs: every rejected continuation equalled the chosen one (stronger --steer-scale / --pplm-step-size or a trained --toxic-model?)");
 
     /// <summary>
-    /// The records of the prompts <paramref name="shard"/> owns (prompt i of the list with i mod N = I), each with the
-    /// prompt's 0-based index in the whole list, in that order; <paramref name="skipped"/> counts this shard's prompts
-    /// that gave no record. Every random draw of prompt i comes from its own generator seeded Seed + i (PPLM's rejected,
+    /// The records of the prompts <see cref="PairMakerOptions.Shard"/> owns (prompt i of the list with i mod N = I), each
+    /// with the prompt's 0-based index in the whole list, in that order; Skipped counts this shard's prompts that gave no
+    /// record. Every random draw of prompt i comes from its own generator seeded Seed + i (PPLM's rejected,
     /// ADPO's sampled toxic response), and a prompt's greedy continuations do not depend on the others, so a prompt's
     /// record is the same whichever shard, chunk or batch it falls in: shards merged in index order equal one run.
     /// </summary>
-    public static List<(int Index, JsonObject Record)> MakeIndexed(ICausalLM model, Gpt2Tokenizer tok, IReadOnlyList<string> prompts, PairMakerOptions o,
-        ICausalLM? toxicModel, Gpt2Tokenizer? toxicTokenizer, SteeringOptions? steer, bool triples, Action<int, int>? progress, PplmPairOptions? pplm,
-        Shard shard, out int skipped)
+    /// <param name="model">The model whose greedy continuations are chosen.</param>
+    /// <param name="tok">Its tokenizer.</param>
+    /// <param name="prompts">All prompts of the file.</param>
+    /// <param name="o">Lengths, batching, seed, triples and shard.</param>
+    /// <param name="sources">The source of rejected continuations.</param>
+    /// <param name="progress">Prompts done of this shard's, after every batch (every prompt with PPLM).</param>
+    public static (List<(int Index, JsonObject Record)> Records, int Skipped) MakeIndexed(ICausalLM model, Gpt2Tokenizer tok,
+        IReadOnlyList<string> prompts, PairMakerOptions o, PairSources sources, IProgress<PairProgress>? progress = null)
     {
+        var (toxicModel, toxicTokenizer, steer, pplm, triples, shard) = (sources.ToxicModel, sources.ToxicTokenizer, sources.Steer, sources.Pplm, o.Triples, o.Shard);
         Require.Count(o.MaxPromptTokens, "max_prompt_tokens", 1, int.MaxValue);
         Require.Count(o.MaxNewTokens, "max_new_tokens", 1, int.MaxValue);
         Require.Count(o.BatchSize, "batch_size", 1, 4096);
@@ -155,7 +183,7 @@ public static class PairMaker
         if (toxicModel is not null) CheckContext(ids, o, toxicModel.MaxPositions, $"toxic model's (prompt + {ToxicModel.ControlToken})", 1);
         var greedy = new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Greedy = true, BatchSize = o.BatchSize };
         var results = new List<(int, JsonObject)>();
-        skipped = 0;
+        int skipped = 0;
         var owned = Enumerable.Range(0, ids.Count).Where(shard.Owns).ToList();
         for (int start = 0; start < owned.Count; start += o.BatchSize)
         {
@@ -174,7 +202,7 @@ public static class PairMaker
                     int done = start;
                     // the whole chunk in one PPLM batch; prompt i of the file samples with seed Seed + i wherever it falls
                     rejected = Pplm.Generate(model, pplm.Probe, chunk, pplm.Options with { MaxNewTokens = o.MaxNewTokens },
-                        k => progress?.Invoke(done + k, owned.Count), batchSize: chunk.Count, promptSeeds: at.Select(i => pplm.Options.Seed + i).ToList());
+                        k => progress?.Report(new PairProgress(done + k, owned.Count, skipped)), batchSize: chunk.Count, promptSeeds: at.Select(i => pplm.Options.Seed + i).ToList());
                     source = pplm.Options.Describe;
                 }
                 else if (steer is not null)
@@ -214,8 +242,8 @@ public static class PairMaker
                     results.Add((at[i], rec));
                 }
             }
-            if (pplm is null) progress?.Invoke(Math.Min(start + o.BatchSize, owned.Count), owned.Count);
+            if (pplm is null || start + o.BatchSize >= owned.Count) progress?.Report(new PairProgress(Math.Min(start + o.BatchSize, owned.Count), owned.Count, skipped));
         }
-        return results;
+        return (results, skipped);
     }
 }

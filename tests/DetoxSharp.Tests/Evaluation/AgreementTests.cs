@@ -56,8 +56,8 @@ public class AgreementTests : IDisposable
         var outDir = Path.Combine(_tmp, "out");
         using var a = new FakeScorer();
         using var b = new VowelScorer();
-        var rows = EvalHarness.Run([new EvalModel("tiny", () => HfCheckpoint.Load(Path.Combine(_tmp, "tiny")))], [],
-            [a, b], new EvalData(prompts, null, null), new EvalOptions { BatchSize = 2, MaxNewTokens = 8 }, outDir);
+        var rows = EvalHarness.Run(new([new EvalModel("tiny", () => HfCheckpoint.Load(Path.Combine(_tmp, "tiny")))], [],
+            [a, b], new EvalData(prompts, null, null), new EvalOptions { BatchSize = 2, MaxNewTokens = 8 }, outDir));
 
         var gens = File.ReadAllLines(Path.Combine(outDir, "generations.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
         Assert.Equal(5, gens.Count);
@@ -91,8 +91,8 @@ public class AgreementTests : IDisposable
 
         // two scorers with one name would share a column: refused before any model work
         using var a2 = new FakeScorer();
-        var e = Assert.Throws<InvalidInputException>(() => EvalHarness.Run([new EvalModel("tiny", () => throw new InvalidOperationException("loaded"))], [],
-            [a, a2], new EvalData(prompts, null, null), new EvalOptions(), Path.Combine(_tmp, "dup")));
+        var e = Assert.Throws<InvalidInputException>(() => EvalHarness.Run(new([new EvalModel("tiny", () => throw new InvalidOperationException("loaded"))], [],
+            [a, a2], new EvalData(prompts, null, null), new EvalOptions(), Path.Combine(_tmp, "dup"))));
         Assert.Contains("two scorers are named 'fake'", e.Message);
     }
 }

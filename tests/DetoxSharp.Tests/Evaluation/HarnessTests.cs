@@ -160,10 +160,10 @@ public class HarnessTests : IDisposable
         var (prompts, ppl, f1) = DataFiles();
         var outDir = Path.Combine(_tmp, "out");
         using var scorer = new FakeScorer();
-        var rows = EvalHarness.Run(
+        var rows = EvalHarness.Run(new(
             [new EvalModel("tiny", () => HfCheckpoint.Load(dir))],
             [new EvalIntervention(null, _ => new ZeroFinalEdit())],
-            scorer, new EvalData(prompts, ppl, f1), new EvalOptions { BatchSize = 2 }, outDir);
+            [scorer], new EvalData(prompts, ppl, f1), new EvalOptions { BatchSize = 2 }, outDir));
 
         Assert.Equal(2, rows.Count);
         Assert.Equal("tiny", rows[0].Row);
@@ -234,8 +234,8 @@ public class HarnessTests : IDisposable
         var (prompts, _, _) = DataFiles();
         var outDir = Path.Combine(_tmp, "out-s");
         using var scorer = new FakeScorer();
-        var rows = EvalHarness.Run([new EvalModel("tiny", () => HfCheckpoint.Load(dir))], [], scorer,
-            new EvalData(prompts, null, null), new EvalOptions { Samples = 3, Limit = 2 }, outDir);
+        var rows = EvalHarness.Run(new([new EvalModel("tiny", () => HfCheckpoint.Load(dir))], [], [scorer],
+            new EvalData(prompts, null, null), new EvalOptions { Samples = 3, Limit = 2 }, outDir));
         var gens = File.ReadAllLines(Path.Combine(outDir, "generations.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
         var samples = gens.Where(g => g["task"]!.GetValue<string>() == "toxicity-sample").ToList();
         Assert.Equal(6, samples.Count);

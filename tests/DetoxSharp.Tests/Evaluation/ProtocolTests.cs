@@ -41,8 +41,8 @@ public class ProtocolTests : IDisposable
         var outDir = Path.Combine(_tmp, "out");
         using var scorer = new FakeScorer();
         var o = new EvalOptions { BatchSize = 25 }.WithProtocol("rtp") with { FluencyModel = fluencyDir };
-        var rows = EvalHarness.Run([new EvalModel("tiny", () => HfCheckpoint.Load(model))], [], [scorer],
-            new EvalData(prompts, null, null), o, outDir);
+        var rows = EvalHarness.Run(new([new EvalModel("tiny", () => HfCheckpoint.Load(model))], [], [scorer],
+            new EvalData(prompts, null, null), o, outDir));
         var gens = File.ReadAllLines(Path.Combine(outDir, "generations.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
         Assert.All(gens, g => Assert.Equal("toxicity-sample", g["task"]!.GetValue<string>()));
         Assert.Equal(25, gens.Count);

@@ -48,9 +48,9 @@ public class ShardTests : IDisposable
         List<EvalModel> Models() => [new EvalModel("tiny", () => HfCheckpoint.Load(model))];
         List<EvalIntervention> Edits() => [new EvalIntervention(null, _ => new ZeroFinalEdit())];
         var one = Path.Combine(_tmp, "one");
-        EvalHarness.Run(Models(), Edits(), [a, b], data, o, one);
+        EvalHarness.Run(new(Models(), Edits(), [a, b], data, o, one));
         var shards = Path.Combine(_tmp, "shards");
-        void RunShard(int i) => EvalHarness.Run(Models(), Edits(), [a, b], data, o with { Shard = new Shard(i, 3) }, Path.Combine(shards, new Shard(i, 3).DirectoryName));
+        void RunShard(int i) => EvalHarness.Run(new(Models(), Edits(), [a, b], data, o with { Shard = new Shard(i, 3) }, Path.Combine(shards, new Shard(i, 3).DirectoryName)));
         for (int i = 0; i < 3; i++) RunShard(i);
         // each shard did only its share
         var g1 = File.ReadAllLines(Path.Combine(shards, "shard-1-of-3", "generations.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();

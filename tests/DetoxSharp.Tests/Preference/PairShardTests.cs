@@ -121,21 +121,21 @@ public class PairShardTests
             string Json(IEnumerable<JsonObject> rs) => string.Join("\n", rs.Select(r => r.ToJsonString()));
             foreach (var usePplm in new[] { false, true })
             {
-                List<JsonObject> Make(int batch) => PairMaker.Make(m.Model, m.Tokenizer, prompts, new PairMakerOptions { MaxNewTokens = 5, BatchSize = batch, Seed = 7 },
-                    tox.Model, tox.Tokenizer, triples: true, pplm: usePplm ? pplm : null);
+                List<JsonObject> Make(int batch) => PairMaker.Make(m.Model, m.Tokenizer, prompts, new PairMakerOptions { MaxNewTokens = 5, BatchSize = batch, Seed = 7, Triples = true },
+                    new PairSources { ToxicModel = tox.Model, ToxicTokenizer = tox.Tokenizer, Pplm = usePplm ? pplm : null });
                 var b16 = Make(16);
                 Assert.Equal(Json(b16), Json(Make(3)));
                 Assert.Equal(Json(b16), Json(Make(1)));
                 // sampling is really seeded per prompt: another seed changes some sampled side
-                var other = PairMaker.Make(m.Model, m.Tokenizer, prompts, new PairMakerOptions { MaxNewTokens = 5, BatchSize = 16, Seed = 8 },
-                    tox.Model, tox.Tokenizer, triples: true, pplm: usePplm ? pplm with { Options = pplm.Options with { Seed = 4 } } : null);
+                var other = PairMaker.Make(m.Model, m.Tokenizer, prompts, new PairMakerOptions { MaxNewTokens = 5, BatchSize = 16, Seed = 8, Triples = true },
+                    new PairSources { ToxicModel = tox.Model, ToxicTokenizer = tox.Tokenizer, Pplm = usePplm ? pplm with { Options = pplm.Options with { Seed = 4 } } : null });
                 Assert.NotEqual(Json(b16), Json(other));
                 // a shard's records are the one run's records of its prompts, with their indices
-                var part = PairMaker.MakeIndexed(m.Model, m.Tokenizer, prompts, new PairMakerOptions { MaxNewTokens = 5, BatchSize = 2, Seed = 7 },
-                    tox.Model, tox.Tokenizer, null, true, null, usePplm ? pplm : null, new DetoxSharp.Evaluation.Shard(2, 4), out _);
+                var part = PairMaker.MakeIndexed(m.Model, m.Tokenizer, prompts, new PairMakerOptions { MaxNewTokens = 5, BatchSize = 2, Seed = 7, Triples = true, Shard = new DetoxSharp.Evaluation.Shard(2, 4) },
+                    new PairSources { ToxicModel = tox.Model, ToxicTokenizer = tox.Tokenizer, Pplm = usePplm ? pplm : null }).Records;
                 Assert.All(part, p => Assert.Equal(2, p.Index % 4));
-                var whole = PairMaker.MakeIndexed(m.Model, m.Tokenizer, prompts, new PairMakerOptions { MaxNewTokens = 5, BatchSize = 16, Seed = 7 },
-                    tox.Model, tox.Tokenizer, null, true, null, usePplm ? pplm : null, DetoxSharp.Evaluation.Shard.Whole, out _);
+                var whole = PairMaker.MakeIndexed(m.Model, m.Tokenizer, prompts, new PairMakerOptions { MaxNewTokens = 5, BatchSize = 16, Seed = 7, Triples = true },
+                    new PairSources { ToxicModel = tox.Model, ToxicTokenizer = tox.Tokenizer, Pplm = usePplm ? pplm : null }).Records;
                 Assert.Equal(Json(whole.Where(w => w.Index % 4 == 2).Select(w => w.Record)), Json(part.Select(p => p.Record)));
                 Assert.Equal(Json(b16), Json(whole.Select(w => w.Record)));
             }

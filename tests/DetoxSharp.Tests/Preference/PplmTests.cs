@@ -346,7 +346,7 @@ public class PplmCliTests
             var a = Path.Combine(root, "a.jsonl");
             var r = Run(Args(a));
             Assert.True(r.Rc == 0, r.Err);
-            Assert.Contains("[4/4] prompts", r.Err);
+            Assert.Matches(@"\[4/4 100% \d\d:\d\d\] make-pairs: [\d.]+ prompts/s", r.Err);
             var recs = JsonlReader.Read(a).ToList();
             Assert.NotEmpty(recs);
             Assert.All(recs, l => Assert.StartsWith("chosen=greedy(start); rejected=pplm:probe step=0.4 iters=2 kl=0.1 gm=0.95 top-k=10 T=1 horizon=1 window=0 gamma=1 class=1 sample seed=5+i", l.String("source")));

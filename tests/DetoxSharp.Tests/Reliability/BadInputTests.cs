@@ -334,8 +334,8 @@ public class BadInputTests
         Assert.True(longest > 10);
         int generated = 0;
         // with the toxic model: prompt + [TOXIC] + 6 new tokens must fit 16 → --max-prompt-tokens 9
-        var e = Rejects(() => PairMaker.Make(m, tok, prompts, new PairMakerOptions { MaxNewTokens = 6, MaxPromptTokens = 10 }, m, tok,
-            progress: (_, _) => generated++), "prompt 2", "+ 1", "toxic model", "--max-prompt-tokens 9");
+        var e = Rejects(() => PairMaker.Make(m, tok, prompts, new PairMakerOptions { MaxNewTokens = 6, MaxPromptTokens = 10 },
+            new PairSources { ToxicModel = m, ToxicTokenizer = tok }, new DetoxSharp.InlineProgress<PairProgress>(_ => generated++)), "prompt 2", "+ 1", "toxic model", "--max-prompt-tokens 9");
         Assert.Equal(0, generated);
     }
 

@@ -50,7 +50,7 @@ public static partial class StudyStages
         var data = toxicityOnly ? new EvalData(files.Challenge, null, null) : new EvalData(files.Challenge, files.PerplexityText, files.F1);
         var outDir = Path.Combine(c.OutputDir, subdir);
         var options = adjust is null ? EvalOpts(c) : adjust(EvalOpts(c));
-        var rows = EvalHarness.Run([new EvalModel(modelRow, load ?? (() => Load(c, modelDir)))], edits, scorer, data, options, outDir,
+        var rows = EvalHarness.Run(new([new EvalModel(modelRow, load ?? (() => Load(c, modelDir)))], edits, [scorer], data, options, outDir),
             new Progress<EvalProgress>(p => c.Report?.Invoke(p.Total == 0 ? 0 : p.Done / (double)p.Total, $"{p.Row}: {p.Stage}")));
         string Name(string r) => rename != null && rename.TryGetValue(r, out var n) ? n : r;
         if (toxicityOnly) return rows;

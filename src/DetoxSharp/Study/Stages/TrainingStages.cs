@@ -117,8 +117,11 @@ public static partial class StudyStages
                 opts = opts with { BatchSize = s.BatchSize };
             }
             var warnings = new List<string>();
-            var triples = PairMaker.Make(m.Model, m.Tokenizer, prompts, opts, tox.Model, tox.Tokenizer, triples: true,
-                progress: (done, total) => c.Report?.Invoke(done / (double)Math.Max(1, total), $"{done}/{total} prompts"), warn: warnings.Add, pplm: pplm);
+            int skipped = 0;
+            var triples = PairMaker.Make(m.Model, m.Tokenizer, prompts, opts with { Triples = true },
+                new PairSources { ToxicModel = tox.Model, ToxicTokenizer = tox.Tokenizer, Pplm = pplm },
+                new InlineProgress<PairProgress>(e => { skipped = e.Skipped; c.Report?.Invoke(e.Done / (double)Math.Max(1, e.Total), $"{e.Done}/{e.Total} prompts"); }));
+            if (skipped > 0) warnings.Add(PairMaker.SkippedWarning(skipped, prompts.Count));
             if (triples.Count < 8) throw new InvalidInputException($"pairs: only {triples.Count} usable pairs from {prompts.Count} prompts; nothing to train on");
             JsonlReader.Write(Path.Combine(c.OutputDir, "triples.jsonl"), triples);
             JsonlReader.Write(Path.Combine(c.OutputDir, "pairs.jsonl"), triples.Select(t =>
