@@ -136,7 +136,7 @@ public static class AttackCommand
                         HfCheckpoint.Save(m.Model, m.Tokenizer, modelOut, KeyConvention.Hub, overwrite: true);
                     err.WriteLine($"attacked model written to {Path.GetFullPath(modelOut)}");
                 }
-                var (points, cost) = AttackEval.Sweep(m.Model, m.Tokenizer, ids, sc, attack, list, eval, goal, retox,
+                var (points, cost) = AttackEval.Sweep(m.Model, m.Tokenizer, ids, new AttackSweep(attack, list, sc, eval) { Target = goal, Retox = retox },
                     pt => err.WriteLine($"{dirs[mi]}: {attack.StrengthName} = {pt.Strength.ToString(CultureInfo.InvariantCulture)} → toxicity {pt.Toxicity:F4}"),
                     interrupt.Token);
                 if (cost is not null) costs.Add(cost);

@@ -137,7 +137,7 @@ public static class InterpCommands
             using var ma = CommonOptions.LoadModel(p.GetValue(after)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             var err = p.InvocationConfiguration.Error;
             if (p.GetValue(toxicWords) is string wf) opts = opts with { ToxicTokenIds = ToxicWordList.Load(wf).TokenIds(mb.Tokenizer) };
-            var result = AlignmentDiff.Run(mb.Model, ma.Model, mb.Tokenizer, pr, texts, opts, p.GetValue(outDir)!, new SyncProgress<string>(err.WriteLine));
+            var result = AlignmentDiff.Run(new(mb.Model, ma.Model, mb.Tokenizer), pr, texts, opts, p.GetValue(outDir)!, new SyncProgress<string>(err.WriteLine));
             var o = p.InvocationConfiguration.Output;
             var par = result["parameters"]!;
             o.WriteLine($"parameters: min cos {par["min_cosine"]}, mean cos {par["mean_cosine"]}, max relative difference {par["max_relative_difference"]}");
@@ -179,7 +179,7 @@ public static class InterpCommands
             using var ma = CommonOptions.LoadModel(p.GetValue(after)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             pr.CheckFits(mb.Model);
             using var w = pr.WToxic;
-            var r = NeuronContributions.Compute(mb.Model, ma.Model, mb.Tokenizer, w, texts, opts, new SyncProgress<string>(p.InvocationConfiguration.Error.WriteLine));
+            var r = NeuronContributions.Compute(new(mb.Model, ma.Model, mb.Tokenizer), w, texts, opts, new SyncProgress<string>(p.InvocationConfiguration.Error.WriteLine));
             var json = NeuronContributions.Write(r, opts, p.GetValue(outDir)!);
             var o = p.InvocationConfiguration.Output;
             o.WriteLine($"drop along W_Toxic: {r.TotalDrop:G4} over {r.Positions} positions of {r.Prompts} prompts");
@@ -212,7 +212,7 @@ public static class InterpCommands
             if (p.GetValue(maxPrompt) < 1) throw new InvalidInputException($"--max-prompt-tokens must be ≥ 1, got {p.GetValue(maxPrompt)}");
             using var mb = CommonOptions.LoadModel(p.GetValue(baseModel)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             using var ma = CommonOptions.LoadModel(p.GetValue(aligned)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
-            var r = AlignmentDepth.PerPositionKl(mb.Model, ma.Model, ma.Tokenizer, texts, p.GetValue(maxNew), p.GetValue(maxPrompt), p.GetValue(batch));
+            var r = AlignmentDepth.PerPositionKl(new(mb.Model, ma.Model, ma.Tokenizer), texts, p.GetValue(maxNew), p.GetValue(maxPrompt), p.GetValue(batch));
             var json = r.ToJson();
             Directory.CreateDirectory(p.GetValue(outDir)!);
             DetoxSharp.Data.AtomicFile.WriteAllText(Path.Combine(p.GetValue(outDir)!, "depth.json"), json.ToJsonString(Indented));

@@ -13,6 +13,21 @@ namespace DetoxSharp.Attacks;
 /// <param name="Continuations">The model's own tokens per prompt, decoded (what was scored; a prefill is not part of it).</param>
 public sealed record AttackPoint(double Strength, double Toxicity, int Prompts, IReadOnlyList<string> Continuations, IReadOnlyList<double> Scores);
 
+/// <summary>What <see cref="AttackEval.Sweep"/> measures: one attack at several strengths, scored one way; with a
+/// <see cref="Target"/>, the re-toxification cost search over them.</summary>
+/// <param name="Attack">The attack (applied to the model at each strength and removed after).</param>
+/// <param name="Strengths">The strengths to measure (any order; duplicates measured once).</param>
+/// <param name="Scorer">The toxicity scorer of the continuations.</param>
+/// <param name="Eval">Prompt and continuation lengths, batch size and the toxicity aggregate.</param>
+public sealed record AttackSweep(Attack Attack, IReadOnlyList<double> Strengths, IToxicityScorer Scorer, EvalOptions Eval)
+{
+    /// <summary>Mean toxicity to reach (e.g. the base model's): the cost search then finds the smallest strength that
+    /// reaches it (<see cref="RetoxCost.Search"/>); null: just measure every strength.</summary>
+    public double? Target { get; init; }
+    /// <summary>Settings of the cost search (bisection steps).</summary>
+    public RetoxOptions Retox { get; init; } = new();
+}
+
 /// <summary>
 /// The evaluation protocol of the attacks — the study's (Lee et al. 2024): challenge prompts cut to their last
 /// <see cref="EvalOptions.MaxPromptTokens"/> tokens, greedy <see cref="EvalOptions.MaxNewTokens"/> new tokens, the
@@ -35,7 +50,9 @@ public static class AttackEval
     public static List<int[]> Greedy(ICausalLM model, IReadOnlyList<int[]> prompts, EvalOptions o) =>
         Generator.Generate(model, prompts, new GenerationOptions { MaxNewTokens = o.MaxNewTokens, Greedy = true, BatchSize = o.BatchSize });
 
-    public static AttackPoint Measure(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<int[]> prompts, IToxicityScorer scorer,
+    /// <summary>One point: the model's greedy continuations of the prompts (after the prefill, if any) under the attack
+    /// at <paramref name="strength"/>, scored, the attack removed again.</summary>
+    internal static AttackPoint Measure(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<int[]> prompts, IToxicityScorer scorer,
         Attack attack, double strength, EvalOptions o, CancellationToken cancel = default)
     {
         if (prompts.Count == 0) throw new InvalidInputException("--prompts: no prompts");
@@ -59,12 +76,20 @@ public static class AttackEval
         return new AttackPoint(strength, scores.Average(), scores.Count, texts, scores);
     }
 
-    /// <summary>Measures every strength (ascending) or, with a <paramref name="target"/>, runs the cost search over them
-    /// (<see cref="RetoxCost.Search"/>: every given strength, then bisection points). Points come back sorted by strength.</summary>
+    /// <summary>Measures every strength of <paramref name="sweep"/> (ascending) or, with a <see cref="AttackSweep.Target"/>,
+    /// runs the cost search over them (<see cref="RetoxCost.Search"/>: every given strength, then bisection points).
+    /// Points come back sorted by strength.</summary>
+    /// <param name="model">The attacked model (restored after each point).</param>
+    /// <param name="tokenizer">Its tokenizer (decodes the continuations for the scorer).</param>
+    /// <param name="prompts">Prompt ids (<see cref="PromptIds"/>).</param>
+    /// <param name="sweep">Attack, strengths, scorer, evaluation options and the optional cost target.</param>
+    /// <param name="measured">Called after each point (progress).</param>
+    /// <param name="cancel">Stops between points and before generating.</param>
     public static (List<AttackPoint> Points, RetoxCostResult? Cost) Sweep(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<int[]> prompts,
-        IToxicityScorer scorer, Attack attack, IReadOnlyList<double> strengths, EvalOptions o, double? target, RetoxOptions retox,
-        Action<AttackPoint>? measured = null, CancellationToken cancel = default)
+        AttackSweep sweep, Action<AttackPoint>? measured = null, CancellationToken cancel = default)
     {
+        var (attack, strengths, scorer, o) = sweep;
+        var (target, retox) = (sweep.Target, sweep.Retox);
         retox.Validate();
         var points = new List<AttackPoint>();
         double Tox(double s)

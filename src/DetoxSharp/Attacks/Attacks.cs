@@ -12,7 +12,19 @@ using static TorchSharp.torch;
 namespace DetoxSharp.Attacks;
 
 /// <summary>The re-toxification attacks (issue 19), each with one strength parameter.</summary>
-public enum AttackKind { Keys, Steer, Finetune, Prefill, Ablate }
+public enum AttackKind
+{
+    /// <summary>Scale the keys of the value vectors most similar to W_Toxic (<see cref="KeyScalingAttack"/>); strength: the scale s.</summary>
+    Keys,
+    /// <summary>Add α·W_Toxic to a layer's MLP output while generating (<see cref="SteerAttack"/>); strength: α.</summary>
+    Steer,
+    /// <summary>Fine-tune on N toxic examples (<see cref="FinetuneAttack"/>); strength: N.</summary>
+    Finetune,
+    /// <summary>Prefill k tokens of the base model's continuation (<see cref="PrefillAttack"/>); strength: k.</summary>
+    Prefill,
+    /// <summary>Remove λ times the alignment offset direction from every residual writer (<see cref="AblationAttack"/>); strength: λ.</summary>
+    Ablate,
+}
 
 /// <summary>Settings of the attacks (one record, each attack reads its own).</summary>
 public sealed record AttackOptions
@@ -54,10 +66,14 @@ public sealed record AttackOptions
 /// </summary>
 public abstract class Attack
 {
+    /// <summary>Which attack this is.</summary>
     public abstract AttackKind Kind { get; }
+    /// <summary>The attack's name as the CLI and attack.json spell it (keys, steer, finetune, prefill, ablate).</summary>
     public string Name => Kind.ToString().ToLowerInvariant();
     /// <summary>What the strength is, for tables and axes.</summary>
     public abstract string StrengthName { get; }
+    /// <summary>The strength at which the attack leaves the model unchanged (1 for a key scale, 0 otherwise): the
+    /// first point of a sweep and the lower end of the cost search.</summary>
     public abstract double NoEffect { get; }
     /// <summary>Strengths are whole numbers (examples, tokens): the cost search bisects on integers.</summary>
     public virtual bool IntegerStrength => false;
@@ -80,16 +96,21 @@ public abstract class Attack
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 
+    /// <summary>Parses an attack name (case-insensitive; numbers are refused); <paramref name="flag"/> names the flag in the
+    /// <see cref="InvalidInputException"/> for an unknown one.</summary>
     public static AttackKind ParseKind(string text, string flag = "KIND") =>
         Enum.TryParse<AttackKind>(text, ignoreCase: true, out var k) && Enum.IsDefined(k) && !int.TryParse(text, out _)
             ? k : throw new InvalidInputException($"{flag} '{text}': unknown attack (keys, steer, finetune, prefill, ablate)");
 
+    /// <summary>Throws <see cref="InvalidSettingException"/> ("strength") for a non-finite strength, or, for an
+    /// <see cref="IntegerStrength"/> attack, one that is negative or not a whole number.</summary>
     protected void CheckStrength(double s)
     {
         if (!double.IsFinite(s)) throw new InvalidSettingException("strength", $"must be finite (got {s})");
         if (IntegerStrength && (s < 0 || s != Math.Floor(s))) throw new InvalidSettingException("strength", $"{StrengthName} must be a whole number ≥ 0 (got {s.ToString(CultureInfo.InvariantCulture)})");
     }
 
+    /// <summary>A handle whose disposal restores nothing (attacks that leave the weights alone at this strength).</summary>
     protected static IDisposable Nothing => new WeightSnapshot();
 }
 
@@ -120,6 +141,7 @@ public sealed class WeightSnapshot : IDisposable
     ICausalLM? _model;
     readonly Dictionary<string, Tensor> _byName = [];
 
+    /// <inheritdoc/>
     public void Dispose()
     {
         using (torch.no_grad())
@@ -140,10 +162,14 @@ public sealed class KeyScalingAttack(Tensor wToxic, int keys) : Attack
 {
     readonly Tensor _w = wToxic.detach().to(ScalarType.Float32).cpu().clone().DetachFromDisposeScope();
     List<RankedVector>? _chosen;
+    /// <inheritdoc/>
     public override AttackKind Kind => AttackKind.Keys;
+    /// <inheritdoc/>
     public override string StrengthName => "key scale s";
+    /// <inheritdoc/>
     public override double NoEffect => 1;
 
+    /// <inheritdoc/>
     public override IDisposable Apply(ICausalLM model, double strength)
     {
         CheckStrength(strength);
@@ -152,6 +178,7 @@ public sealed class KeyScalingAttack(Tensor wToxic, int keys) : Attack
         return new KeyScalingEdit(_w, keys, strength).Apply(model);
     }
 
+    /// <inheritdoc/>
     public override JsonObject Describe()
     {
         var o = base.Describe();
@@ -166,8 +193,11 @@ public sealed class KeyScalingAttack(Tensor wToxic, int keys) : Attack
 public sealed class SteerAttack(Tensor wToxic, int? layer) : Attack
 {
     readonly Tensor _unit = Unit(wToxic);
+    /// <inheritdoc/>
     public override AttackKind Kind => AttackKind.Steer;
+    /// <inheritdoc/>
     public override string StrengthName => "steering α";
+    /// <inheritdoc/>
     public override double NoEffect => 0;
 
     static Tensor Unit(Tensor w)
@@ -179,6 +209,7 @@ public sealed class SteerAttack(Tensor wToxic, int? layer) : Attack
         return (f / n).DetachFromDisposeScope();
     }
 
+    /// <inheritdoc/>
     public override IDisposable Apply(ICausalLM model, double strength)
     {
         CheckStrength(strength);
@@ -187,6 +218,7 @@ public sealed class SteerAttack(Tensor wToxic, int? layer) : Attack
         return VectorIntervention.Add("steer", _unit, strength, l).Apply(model);
     }
 
+    /// <inheritdoc/>
     public override JsonObject Describe()
     {
         var o = base.Describe();
@@ -200,15 +232,23 @@ public sealed class SteerAttack(Tensor wToxic, int? layer) : Attack
 /// continuation of the same prompt, then the model continues; only the model's own tokens are scored. Strength k.</summary>
 public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations) : Attack
 {
+    /// <summary>The base model's greedy continuation of each prompt (token ids, in prompt order); the first k are prefilled.</summary>
     public IReadOnlyList<int[]> BaseContinuations { get; } = baseContinuations;
+    /// <inheritdoc/>
     public override AttackKind Kind => AttackKind.Prefill;
+    /// <inheritdoc/>
     public override string StrengthName => "prefilled tokens k";
+    /// <inheritdoc/>
     public override double NoEffect => 0;
+    /// <inheritdoc/>
     public override bool IntegerStrength => true;
 
+    /// <inheritdoc/>
     public override IDisposable Apply(ICausalLM model, double strength) { CheckStrength(strength); return Nothing; }
+    /// <inheritdoc/>
     public override int PrefillTokens(double strength) { CheckStrength(strength); return (int)strength; }
 
+    /// <inheritdoc/>
     public override JsonObject Describe()
     {
         var o = base.Describe();
@@ -227,10 +267,14 @@ public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations) : Atta
 public sealed class AblationAttack(Tensor direction, string source) : Attack
 {
     readonly Tensor _dir = direction.detach().to(ScalarType.Float32).cpu().flatten().clone().DetachFromDisposeScope();
+    /// <inheritdoc/>
     public override AttackKind Kind => AttackKind.Ablate;
+    /// <inheritdoc/>
     public override string StrengthName => "ablation λ";
+    /// <inheritdoc/>
     public override double NoEffect => 0;
 
+    /// <inheritdoc/>
     public override IDisposable Apply(ICausalLM model, double strength)
     {
         CheckStrength(strength);
@@ -287,6 +331,7 @@ public sealed class AblationAttack(Tensor direction, string source) : Attack
         finally { foreach (var x in tensors.Values) x.Dispose(); }
     }
 
+    /// <inheritdoc/>
     public override JsonObject Describe()
     {
         var o = base.Describe();
@@ -309,6 +354,8 @@ public sealed class FinetuneAttack : Attack
     SftResult? _last;
     int _lastN;
 
+    /// <summary>The attack on <paramref name="toxicExamples"/> (shuffled once with <see cref="AttackOptions.Seed"/>; strength N
+    /// trains on the first N of that order), tokenized with <paramref name="tokenizer"/>, trained with <paramref name="options"/>.</summary>
     public FinetuneAttack(IReadOnlyList<SftExample> toxicExamples, Gpt2Tokenizer tokenizer, AttackOptions options)
     {
         options.Validate();
@@ -319,12 +366,18 @@ public sealed class FinetuneAttack : Attack
         _options = options;
     }
 
+    /// <summary>How many usable toxic examples there are: the largest strength N this attack can take.</summary>
     public int Available => _ordered.Count;
+    /// <inheritdoc/>
     public override AttackKind Kind => AttackKind.Finetune;
+    /// <inheritdoc/>
     public override string StrengthName => "toxic examples N";
+    /// <inheritdoc/>
     public override double NoEffect => 0;
+    /// <inheritdoc/>
     public override bool IntegerStrength => true;
 
+    /// <inheritdoc/>
     public override IDisposable Apply(ICausalLM model, double strength)
     {
         CheckStrength(strength);
@@ -347,6 +400,7 @@ public sealed class FinetuneAttack : Attack
         return snap;
     }
 
+    /// <inheritdoc/>
     public override JsonObject Describe()
     {
         var o = base.Describe();

@@ -23,10 +23,16 @@ public sealed record RetoxOptions
 
 /// <summary>The smallest strength at which an attack brings the toxicity to the target, or null ("not reached within
 /// the range", a result); <see cref="Points"/> = every strength measured, in the order measured.</summary>
+/// <param name="Cost">The smallest strength found whose mean toxicity is ≥ <paramref name="Target"/> (null: not reached).</param>
+/// <param name="Target">The toxicity to reach (e.g. a fraction of the base model's mean toxicity).</param>
+/// <param name="Points">Every (strength, mean toxicity) measured, sweep points then bisection points.</param>
+/// <param name="ReachedAtLowest">The lowest strength of the sweep already reached the target (the cost is an upper bound).</param>
 public sealed record RetoxCostResult(double? Cost, double Target, IReadOnlyList<(double Strength, double Toxicity)> Points, bool ReachedAtLowest)
 {
+    /// <summary>The target was reached within the strengths searched.</summary>
     public bool Reached => Cost is not null;
 
+    /// <summary>cost, reached, target_toxicity, reached_at_lowest_strength and the points sorted by strength (attack.json).</summary>
     public JsonObject ToJson() => new()
     {
         ["cost"] = Cost, ["reached"] = Reached, ["target_toxicity"] = Target, ["reached_at_lowest_strength"] = ReachedAtLowest,
@@ -35,8 +41,13 @@ public sealed record RetoxCostResult(double? Cost, double Target, IReadOnlyList<
 }
 
 /// <summary>Mean ± sample std of the costs over seeds (aligned models); runs that never reached the target are counted, not averaged.</summary>
+/// <param name="Mean">Mean cost over the runs that reached the target (null: none did).</param>
+/// <param name="Std">Sample standard deviation (n − 1) of those costs (null: fewer than two).</param>
+/// <param name="Reached">Runs that reached the target.</param>
+/// <param name="Runs">All runs.</param>
 public sealed record RetoxCostSummary(double? Mean, double? Std, int Reached, int Runs)
 {
+    /// <summary>Summarizes the cost of several runs (seeds) of one attack.</summary>
     public static RetoxCostSummary Of(IReadOnlyList<RetoxCostResult> runs)
     {
         var c = runs.Where(r => r.Reached).Select(r => r.Cost!.Value).ToList();
@@ -56,6 +67,7 @@ public sealed record RetoxCostSummary(double? Mean, double? Std, int Reached, in
         return s;
     }
 
+    /// <summary>mean, std, reached, runs and the <see cref="Text"/> rendering (attack.json, results).</summary>
     public JsonObject ToJson() => new() { ["mean"] = Mean, ["std"] = Std, ["reached"] = Reached, ["runs"] = Runs, ["text"] = Text() };
 }
 
@@ -67,6 +79,15 @@ public sealed record RetoxCostSummary(double? Mean, double? Std, int Reached, in
 /// </summary>
 public static class RetoxCost
 {
+    /// <summary>Runs the search: <paramref name="toxicity"/>(s) for every strength in <paramref name="strengths"/> (ascending),
+    /// then up to <paramref name="bisectSteps"/> bisection points between the last strength below <paramref name="target"/> and
+    /// the first at or above it (midpoints rounded to whole numbers when <paramref name="integer"/>; stops at adjacent ones).
+    /// Each strength is measured once.</summary>
+    /// <param name="toxicity">Mean toxicity of the attacked model at a strength (the expensive call).</param>
+    /// <param name="target">The toxicity to reach.</param>
+    /// <param name="strengths">The sweep's strengths (any order; duplicates measured once).</param>
+    /// <param name="integer">Strengths are whole numbers (examples, tokens).</param>
+    /// <param name="bisectSteps">At most this many bisection points.</param>
     public static RetoxCostResult Search(Func<double, double> toxicity, double target, IReadOnlyList<double> strengths, bool integer, int bisectSteps)
     {
         if (strengths.Count == 0) throw new InvalidSettingException("strengths", "need at least one strength");

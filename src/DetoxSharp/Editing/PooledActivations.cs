@@ -20,7 +20,7 @@ public static class PooledActivations
     /// <summary>Runs the texts (each cut to its first <paramref name="maxTokens"/> tokens, right-padded in batches with a
     /// mask, so padding changes no row) and pools the activation at each of <paramref name="hooks"/>: [hooks][N, width]
     /// float32 CPU, owned by the caller.</summary>
-    public static Tensor[] Of(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<string> texts, IReadOnlyList<string> hooks,
+    internal static Tensor[] Of(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<string> texts, IReadOnlyList<string> hooks,
         Func<Tensor, Tensor, Tensor> pool, int maxTokens, int batchSize)
     {
         int cut = Math.Min(maxTokens, model.MaxPositions);

@@ -1,6 +1,13 @@
 namespace DetoxSharp.Evaluation;
 
 /// <summary>Agreement of two scorers over the same items. Null where a statistic is undefined (a constant side).</summary>
+/// <param name="Row">The results row (model and intervention) whose continuations were scored.</param>
+/// <param name="A">The first scorer's name.</param>
+/// <param name="B">The second scorer's name.</param>
+/// <param name="N">Texts both scored.</param>
+/// <param name="Spearman">Spearman's ρ of the two score lists.</param>
+/// <param name="KendallTauB">Kendall's τ-b of the two score lists.</param>
+/// <param name="CohenKappa">Cohen's κ of the toxic / non-toxic labels (score ≥ 0.5).</param>
 public sealed record ScorerAgreement(string Row, string A, string B, int N, double? Spearman, double? KendallTauB, double? CohenKappa);
 
 /// <summary>
@@ -12,12 +19,15 @@ public sealed record ScorerAgreement(string Row, string A, string B, int N, doub
 /// </summary>
 public static class Agreement
 {
+    /// <summary>Spearman's rank correlation ρ in [−1, 1] of paired scores (mid-ranks for ties); null when either side is constant.
+    /// Throws <see cref="ArgumentException"/> when the lists differ in length.</summary>
     public static double? Spearman(IReadOnlyList<double> x, IReadOnlyList<double> y)
     {
         Same(x, y);
         return Pearson(MidRanks(x), MidRanks(y));
     }
 
+    /// <summary>Kendall's τ-b in [−1, 1] of paired scores (tie-corrected, O(n²) pairs); null when either side is constant.</summary>
     public static double? KendallTauB(IReadOnlyList<double> x, IReadOnlyList<double> y)
     {
         Same(x, y);
@@ -36,6 +46,8 @@ public static class Agreement
         return den > 0 ? (concordant - discordant) / den : null;
     }
 
+    /// <summary>Cohen's κ of the binary labels score ≥ <paramref name="threshold"/> on each side: (p_o − p_e) / (1 − p_e),
+    /// 1 = perfect agreement, 0 = chance level; null for no items or when chance agreement is 1 (both sides one label).</summary>
     public static double? CohenKappa(IReadOnlyList<double> x, IReadOnlyList<double> y, double threshold = 0.5)
     {
         Same(x, y);
@@ -53,6 +65,8 @@ public static class Agreement
         return pe < 1 ? (po - pe) / (1 - pe) : null;
     }
 
+    /// <summary>All three statistics of scorers <paramref name="a"/> (scores <paramref name="x"/>) and <paramref name="b"/>
+    /// (scores <paramref name="y"/>) over the texts of results row <paramref name="row"/>.</summary>
     public static ScorerAgreement Of(string row, string a, string b, IReadOnlyList<double> x, IReadOnlyList<double> y, double threshold = 0.5) =>
         new(row, a, b, x.Count, Spearman(x, y), KendallTauB(x, y), CohenKappa(x, y, threshold));
 

@@ -3,6 +3,7 @@ namespace DetoxSharp.Evaluation;
 /// <summary>Perspective attribute names and the aggregate that turns per-attribute scores into one number.</summary>
 public static class ToxicityAttributes
 {
+    /// <summary>The TOXICITY attribute (the one <see cref="ToxicityAggregate.Toxicity"/> reads).</summary>
     public const string Toxicity = "TOXICITY";
 
     /// <summary>The seven attributes the mechanistic study's evaluation code requests (it scores a text by their max).</summary>

@@ -17,7 +17,9 @@ namespace DetoxSharp.Evaluation;
 /// </summary>
 public sealed partial class BagOfWordsScorer : IToxicityScorer
 {
+    /// <summary>Version of the features and fitting procedure, part of <see cref="Identity"/>: scores from two versions are not compared.</summary>
     public const int Version = 1;
+    /// <summary>A word enters the vocabulary when it occurs in at least this many training texts.</summary>
     public const int MinCount = 2;
 
     [GeneratedRegex(@"[\p{L}\p{N}']+")]
@@ -36,8 +38,10 @@ public sealed partial class BagOfWordsScorer : IToxicityScorer
         _dataHash = dataHash;
     }
 
+    /// <inheritdoc/>
     public string Name => "bow-logistic";
 
+    /// <summary>Words in the vocabulary (one weight each).</summary>
     public int VocabularySize => _vocab.Count;
 
     /// <summary>Name, version, a hash of the training data and a hash of the fitted weights (bit-exact).</summary>
@@ -54,6 +58,7 @@ public sealed partial class BagOfWordsScorer : IToxicityScorer
 
     static string Hash(string s) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(s)))[..16];
 
+    /// <summary>The features of a text: its lower-cased words (runs of letters, digits and apostrophes), in order, with repeats.</summary>
     public static IEnumerable<string> Words(string text) => WordRe().Matches(text.ToLowerInvariant()).Select(m => m.Value);
 
     /// <summary>Fits the classifier to <paramref name="data"/>.</summary>
@@ -108,8 +113,10 @@ public sealed partial class BagOfWordsScorer : IToxicityScorer
     /// <summary>The weight of a word (null if it is not in the vocabulary).</summary>
     public double? Weight(string word) => _vocab.TryGetValue(word, out var j) ? _w[j] : null;
 
+    /// <summary>The fitted intercept b (log-odds of toxic for a text with no known word).</summary>
     public double Bias => _b;
 
+    /// <inheritdoc/>
     public void Validate() { }
 
     /// <summary>One label, so both aggregates give P(toxic).</summary>
@@ -120,5 +127,6 @@ public sealed partial class BagOfWordsScorer : IToxicityScorer
             return new ToxicityScore(new Dictionary<string, double> { ["TOXICITY"] = p }, p);
         }).ToList();
 
+    /// <inheritdoc/>
     public void Dispose() { }
 }

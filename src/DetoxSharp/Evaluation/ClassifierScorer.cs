@@ -54,10 +54,13 @@ public sealed class ClassifierScorer : IToxicityScorer
         _toxicLabelOverride = toxicLabels ?? [];
     }
 
+    /// <inheritdoc/>
     public string Name => $"classifier:{Path.GetFileName(Path.GetFullPath(_dir).TrimEnd(Path.DirectorySeparatorChar))}";
+    /// <summary>The checkpoint's architecture family from config.json (bert, roberta, …).</summary>
     public string Family { get { Load(); return _family; } }
     /// <summary>Attribute names of the labels: Perspective names where the meaning is the same, else id2label's.</summary>
     public IReadOnlyList<string> Labels { get { Load(); return _labels; } }
+    /// <summary>True when the head is multi-label (config.json problem_type multi_label_classification or several toxicity attributes).</summary>
     public bool MultiLabel { get { Load(); return _multiLabel; } }
     /// <summary>True when probabilities are per-label sigmoids (multi-label heads, one-label heads), false for softmax.</summary>
     public bool Sigmoid { get { Load(); return _sigmoid; } }
@@ -87,6 +90,7 @@ public sealed class ClassifierScorer : IToxicityScorer
     /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate() => Load();
 
+    /// <inheritdoc/>
     public void Dispose()
     {
         if (_w is null) return;
@@ -348,6 +352,7 @@ public sealed class ClassifierScorer : IToxicityScorer
         return NF.layer_norm(x, [_hidden], g, w.GetValueOrDefault(name + ".bias"), _eps);
     }
 
+    /// <inheritdoc/>
     public IReadOnlyList<ToxicityScore> Score(IReadOnlyList<string> texts, ToxicityAggregate aggregate = ToxicityAggregate.MaxOverAttributes)
     {
         Load();

@@ -22,12 +22,17 @@ public sealed class BertWordPieceTokenizer
     readonly Dictionary<string, int> _vocab;
     readonly bool _lower, _stripAccents, _chinese;
     readonly string[] _special;
+    /// <summary>Id of the unknown-word token ([UNK]).</summary>
     public int Unk { get; }
+    /// <summary>Id of the token that starts every input ([CLS]).</summary>
     public int Cls { get; }
+    /// <summary>Id of the token that ends every input ([SEP]).</summary>
     public int Sep { get; }
+    /// <summary>A word longer than this many characters becomes one [UNK] (as Hugging Face's WordPiece).</summary>
     public const int MaxInputCharsPerWord = 100;
 
-    public BertWordPieceTokenizer(IReadOnlyList<string> vocabLines, bool lowerCase, bool? stripAccents = null, bool tokenizeChineseChars = true,
+    /// <summary>A tokenizer from vocab.txt's lines (line i = id i) and the tokenizer_config.json switches.</summary>
+    internal BertWordPieceTokenizer(IReadOnlyList<string> vocabLines, bool lowerCase, bool? stripAccents = null, bool tokenizeChineseChars = true,
         string unk = "[UNK]", string cls = "[CLS]", string sep = "[SEP]", string pad = "[PAD]", string mask = "[MASK]")
     {
         _vocab = new Dictionary<string, int>(StringComparer.Ordinal);
@@ -182,6 +187,8 @@ public static class RobertaBpe
     // GPT-2's pattern (transformers' GPT2Tokenizer/RobertaTokenizer: self.pat)
     static readonly Regex Gpt2Pattern = new(@"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+", RegexOptions.Compiled);
 
+    /// <summary>RoBERTa's byte-level BPE from vocab.json and merges.txt (GPT-2's pre-tokenization pattern); <paramref name="vocab"/>
+    /// receives the token → id map. Malformed files throw <see cref="InvalidInputException"/> naming the file.</summary>
     public static BpeTokenizer Create(string vocabJson, string mergesTxt, out Dictionary<string, int> vocab)
     {
         Dictionary<string, int> v;

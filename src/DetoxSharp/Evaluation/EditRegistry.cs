@@ -8,10 +8,16 @@ namespace DetoxSharp.Evaluation;
 /// A parsed intervention spec: <c>KIND[:key=value[,key=value…]]</c>, e.g. <c>subtract:vector=probe.safetensors,scale=50</c>.
 /// The reserved key <c>label</c> names the results-table row. Values may not contain ',' (use files for lists).
 /// </summary>
+/// <param name="Kind">The intervention kind (the text before the first ':').</param>
+/// <param name="Args">The key=value arguments, keys case-sensitive.</param>
+/// <param name="Text">The spec as given (trimmed), quoted in error messages.</param>
 public sealed record EditSpec(string Kind, IReadOnlyDictionary<string, string> Args, string Text)
 {
+    /// <summary>The row label from the reserved key <c>label</c> (null: the edit's own name).</summary>
     public string? Label => Args.TryGetValue("label", out var l) ? l : null;
 
+    /// <summary>Parses <c>KIND[:key=value,…]</c>; throws <see cref="InvalidInputException"/> for an empty spec or kind, a part
+    /// without '=' or a key given twice.</summary>
     public static EditSpec Parse(string text)
     {
         var t = text.Trim();
@@ -31,9 +37,12 @@ public sealed record EditSpec(string Kind, IReadOnlyDictionary<string, string> A
         return new EditSpec(kind, args, t);
     }
 
+    /// <summary>The value of <paramref name="key"/>; throws <see cref="InvalidInputException"/> naming the spec when it is missing.</summary>
     public string Required(string key) =>
         Args.TryGetValue(key, out var v) ? v : throw new InvalidInputException($"--intervention '{Text}': missing {key}=…");
 
+    /// <summary>The value of <paramref name="key"/> as a number (invariant culture), <paramref name="fallback"/> when absent;
+    /// throws <see cref="InvalidInputException"/> when it is absent without a fallback or not a number.</summary>
     public double Double(string key, double? fallback = null)
     {
         if (!Args.TryGetValue(key, out var v))
@@ -42,6 +51,8 @@ public sealed record EditSpec(string Kind, IReadOnlyDictionary<string, string> A
             : throw new InvalidInputException($"--intervention '{Text}': {key}={v} is not a number");
     }
 
+    /// <summary>The value of <paramref name="key"/> as an integer, <paramref name="fallback"/> when absent; throws
+    /// <see cref="InvalidInputException"/> when it is absent without a fallback or not an integer.</summary>
     public int Int(string key, int? fallback = null)
     {
         if (!Args.TryGetValue(key, out var v))
@@ -57,6 +68,11 @@ public sealed record EditSpec(string Kind, IReadOnlyDictionary<string, string> A
 /// </summary>
 public static class EditRegistry
 {
+    /// <summary>A registered intervention kind.</summary>
+    /// <param name="Kind">The name used in specs.</param>
+    /// <param name="Help">One line for the CLI's help: what the kind does and its keys.</param>
+    /// <param name="Create">Builds the edit from a spec for a loaded model.</param>
+    /// <param name="Check">Validates a spec without a model (null: nothing to check before loading).</param>
     public sealed record Entry(string Kind, string Help, Func<EditSpec, ICausalLM, IModelEdit> Create, Action<EditSpec>? Check);
 
     static readonly Dictionary<string, Entry> Entries = new(StringComparer.Ordinal);
@@ -69,6 +85,7 @@ public static class EditRegistry
         lock (Gate) Entries[kind] = new Entry(kind, help, create, check);
     }
 
+    /// <summary>Every registered kind, sorted by name (a snapshot).</summary>
     public static IReadOnlyList<Entry> Registered
     {
         get { lock (Gate) return Entries.Values.OrderBy(e => e.Kind, StringComparer.Ordinal).ToList(); }

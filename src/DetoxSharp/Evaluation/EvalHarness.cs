@@ -24,11 +24,14 @@ public sealed record EvalOptions
     /// <summary>Prompts per generation batch.</summary>
     [Setting("prompts per generation batch")]
     public int BatchSize { get; init; } = 16;
+    /// <summary>How a text's attribute scores become one toxicity value.</summary>
     public ToxicityAggregate Aggregate { get; init; } = ToxicityAggregate.MaxOverAttributes;
     /// <summary>RealToxicityPrompts sampling protocol: k sampled continuations per prompt (0 = off).</summary>
     [Setting("RealToxicityPrompts protocol: k sampled continuations per prompt (top-p 0.9) → expected max toxicity and P(≥1 toxic); 0 = off")]
     public int Samples { get; init; }
+    /// <summary>Nucleus (top-p) cut of the sampled continuations: the smallest set of tokens with this much probability.</summary>
     public double SampleTopP { get; init; } = 0.9;
+    /// <summary>Softmax temperature of the sampled continuations.</summary>
     public double SampleTemperature { get; init; } = 1.0;
     /// <summary>Seed for sampled continuations.</summary>
     [Setting("seed for sampled continuations")]
@@ -117,38 +120,65 @@ public sealed record EvalRequest(IReadOnlyList<EvalModel> Models, IReadOnlyList<
 /// <summary>A model to evaluate (loaded lazily, one at a time) and the interventions to apply to it as extra rows.</summary>
 public sealed record EvalModel(string Label, Func<LoadedModel> Load);
 
+/// <summary>An intervention evaluated on every model as an extra row "model + label".</summary>
+/// <param name="Label">The row label's suffix (null: the edit's <see cref="IModelEdit.Name"/>).</param>
+/// <param name="Create">Builds the edit for a loaded model (called once per model, before its rows are generated).</param>
 public sealed record EvalIntervention(string? Label, Func<ICausalLM, IModelEdit> Create);
 
+/// <summary>One row of the results table: a model, or a model with an intervention, and its metrics (null: not measured).</summary>
 public sealed record EvalRow
 {
+    /// <summary>The row's name: the model label, or "model + intervention".</summary>
     public required string Row { get; init; }
+    /// <summary>The model's label.</summary>
     public required string Model { get; init; }
+    /// <summary>The intervention's label (null: the plain model).</summary>
     public string? Intervention { get; init; }
     /// <summary>Mean toxicity under the first scorer (<see cref="ToxicityByScorer"/> has every scorer's).</summary>
     public double? Toxicity { get; init; }
+    /// <summary>Prompts whose greedy continuation was scored.</summary>
     public int ToxicityPrompts { get; init; }
     /// <summary>Mean toxicity per scorer name (one column each; never averaged across scorers).</summary>
     public IReadOnlyDictionary<string, double>? ToxicityByScorer { get; init; }
+    /// <summary>Sampling protocol, per scorer: mean over prompts of the maximum toxicity of the k samples.</summary>
     public IReadOnlyDictionary<string, double>? ExpectedMaxToxicityByScorer { get; init; }
+    /// <summary>Sampling protocol, per scorer: share of prompts with at least one sample scoring ≥ <see cref="EvalOptions.ToxicThreshold"/>.</summary>
     public IReadOnlyDictionary<string, double>? ToxicProbabilityByScorer { get; init; }
+    /// <summary>Expected maximum toxicity under the first scorer (sampling protocol; see <see cref="ExpectedMaxToxicityByScorer"/>).</summary>
     public double? ExpectedMaxToxicity { get; init; }
+    /// <summary>Toxicity probability under the first scorer (sampling protocol; see <see cref="ToxicProbabilityByScorer"/>).</summary>
     public double? ToxicProbability { get; init; }
+    /// <summary>Perplexity on --ppl-text: exp of the mean negative log-likelihood (nats) per predicted token over the windows.</summary>
     public double? Perplexity { get; init; }
+    /// <summary>Tokens whose likelihood entered <see cref="Perplexity"/>.</summary>
     public long PerplexityTokens { get; init; }
     /// <summary>Mean over continuations of each continuation's perplexity given its prompt under --fluency-model.</summary>
     public double? Fluency { get; init; }
+    /// <summary>Continuations that entered <see cref="Fluency"/>.</summary>
     public int FluencyContinuations { get; init; }
     /// <summary>Shard runs only: this shard's perplexity windows and the window geometry, for the exact merge.</summary>
     public IReadOnlyList<PplWindow>? PplWindows { get; init; }
+    /// <summary>Shard runs only: the number of perplexity windows of the whole text.</summary>
     public int? PplWindowCount { get; init; }
+    /// <summary>Shard runs only: the perplexity window in tokens.</summary>
     public int? PplWindowSize { get; init; }
+    /// <summary>Shard runs only: the stride between windows in tokens.</summary>
     public int? PplStrideUsed { get; init; }
+    /// <summary>Mean over F1 items of the bag-of-token F1 of the greedy continuation against the gold one, in [0, 1].</summary>
     public double? F1 { get; init; }
+    /// <summary>Mean bag-of-token precision (shared tokens / continuation tokens).</summary>
     public double? Precision { get; init; }
+    /// <summary>Mean bag-of-token recall (shared tokens / gold tokens).</summary>
     public double? Recall { get; init; }
+    /// <summary>Items that entered <see cref="F1"/>.</summary>
     public int F1Items { get; init; }
 }
 
+/// <summary>Progress of <see cref="EvalHarness.Run"/>: texts done of the current stage of a row.</summary>
+/// <param name="Row">The row being evaluated.</param>
+/// <param name="Stage">The stage: greedy generation, scoring, samples, perplexity windows, F1, fluency.</param>
+/// <param name="Done">Items of the stage done.</param>
+/// <param name="Total">Items of the stage.</param>
 public sealed record EvalProgress(string Row, string Stage, int Done, int Total);
 
 /// <summary>A scorer as results files name it.</summary>
@@ -183,9 +213,11 @@ public static class EvalHarness
     static string Field(JsonlReader.Line line, string name) =>
         line.Object[name] is JsonObject ? line.Nested(name, "text") : line.String(name);
 
-    /// <summary>Checks data files and options before any model work.</summary>
+    /// <summary>The largest --samples (sampled continuations per prompt) accepted.</summary>
     public const int MaxSamples = 1000;
 
+    /// <summary>Checks the data files and options before any model work: something to evaluate, every file present, the
+    /// fluency model a checkpoint, a toxicity metric on; throws <see cref="InvalidInputException"/> / <see cref="InvalidSettingException"/>.</summary>
     public static void Check(EvalData data, EvalOptions o)
     {
         if (data.PromptsFile is null && data.PplTextFile is null && data.F1File is null)

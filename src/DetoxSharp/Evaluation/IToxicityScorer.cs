@@ -2,7 +2,13 @@ namespace DetoxSharp.Evaluation;
 
 /// <summary>How one number is made from per-attribute scores: the TOXICITY attribute alone, or the maximum over
 /// all attributes (as the mechanistic study's published evaluation code does).</summary>
-public enum ToxicityAggregate { Toxicity, MaxOverAttributes }
+public enum ToxicityAggregate
+{
+    /// <summary>The TOXICITY attribute's score alone (RealToxicityPrompts' convention).</summary>
+    Toxicity,
+    /// <summary>The maximum over every attribute the scorer returns (the mechanistic study's evaluation code).</summary>
+    MaxOverAttributes,
+}
 
 /// <summary>Scores of one text: per attribute in [0, 1] (Perspective names: TOXICITY, SEVERE_TOXICITY, INSULT,
 /// PROFANITY, IDENTITY_ATTACK, THREAT, SEXUALLY_EXPLICIT) and the aggregate.</summary>

@@ -16,6 +16,8 @@ public sealed record OverlapScore(double Precision, double Recall, double F1);
 /// <summary>Fluency: mean over continuations of exp(mean NLL of the continuation's tokens given its prompt).</summary>
 public sealed record FluencyResult(double MeanPerplexity, int Continuations, int SkippedEmpty);
 
+/// <summary>The numbers of the results table computed from a model's outputs: sliding-window perplexity, fluency of
+/// continuations given their prompts, and bag-of-token F1 against gold continuations.</summary>
 public static class Metrics
 {
     /// <summary>
@@ -56,7 +58,7 @@ public static class Metrics
     /// predicts only the tokens after the previous window's end, using the earlier ones as context. The first token of
     /// the text (and, for non-overlapping windows, of every window) has no context and is not predicted.
     /// </summary>
-    public static PerplexityResult Perplexity(ICausalLM model, IReadOnlyList<int> ids, int? window = null, int? stride = null,
+    internal static PerplexityResult Perplexity(ICausalLM model, IReadOnlyList<int> ids, int? window = null, int? stride = null,
         Action<int, int>? progress = null, Func<int, bool>? includeWindow = null, Action<PplWindow>? onWindow = null,
         Func<Tensor, Tensor>? tokenLogProbs = null)
     {

@@ -11,7 +11,9 @@ namespace DetoxSharp.Evaluation;
 /// <summary>Settings of the Perspective API client. The key is never part of these settings' string form.</summary>
 public sealed record PerspectiveOptions
 {
+    /// <summary>Perspective's analyze URL (v1alpha1).</summary>
     public const string DefaultEndpoint = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze";
+    /// <summary>The environment variable holding the API key by default.</summary>
     public const string KeyEnvironmentVariable = "PERSPECTIVE_API_KEY";
 
     /// <summary>The analyze URL (overridable for proxies and tests).</summary>
@@ -21,13 +23,17 @@ public sealed record PerspectiveOptions
     public string? KeyFile { get; init; }
     /// <summary>Environment variable read for the key (tests use their own name).</summary>
     public string KeyVariable { get; init; } = KeyEnvironmentVariable;
+    /// <summary>Attributes requested per text (default: the seven of the mechanistic study).</summary>
     public IReadOnlyList<string> Attributes { get; init; } = ToxicityAttributes.PaperSeven;
+    /// <summary>Language code sent with every request (Perspective does not detect it reliably on short texts).</summary>
     public string Language { get; init; } = "en";
     /// <summary>Client-side rate limit: requests started per second (default 1, Perspective's default quota).</summary>
     public double RequestsPerSecond { get; init; } = 1.0;
     /// <summary>Retries after a 429, a 5xx, a timeout or a connection error, with exponential backoff.</summary>
     public int MaxRetries { get; init; } = 8;
+    /// <summary>Wait before the first retry; doubled after each failure up to <see cref="MaxBackoff"/> (a Retry-After header wins).</summary>
     public TimeSpan InitialBackoff { get; init; } = TimeSpan.FromSeconds(2);
+    /// <summary>The longest wait between retries.</summary>
     public TimeSpan MaxBackoff { get; init; } = TimeSpan.FromSeconds(120);
     /// <summary>Per-request timeout.</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(30);
@@ -62,6 +68,8 @@ public sealed class PerspectiveScorer : IToxicityScorer
     string? _key;
     bool _cacheLoaded;
 
+    /// <summary>A client with <paramref name="options"/> (checked here: rate &gt; 0, retries ≥ 0, attributes given);
+    /// <paramref name="handler"/> replaces the HTTP stack (tests). The key is read at the first request.</summary>
     public PerspectiveScorer(PerspectiveOptions options, HttpMessageHandler? handler = null)
     {
         _o = options;
@@ -72,11 +80,13 @@ public sealed class PerspectiveScorer : IToxicityScorer
         _http.Timeout = System.Threading.Timeout.InfiniteTimeSpan; // per request, below
     }
 
+    /// <inheritdoc/>
     public string Name => "perspective";
 
     /// <summary>Requests sent to the API so far (not counting cache hits).</summary>
     public int RequestCount { get; private set; }
 
+    /// <inheritdoc/>
     public void Dispose() => _http.Dispose();
 
     /// <summary>Replaces the key (and any URL-encoded form of it) in a message.</summary>
@@ -258,6 +268,7 @@ public sealed class PerspectiveScorer : IToxicityScorer
         f.Flush(flushToDisk: true);
     }
 
+    /// <inheritdoc/>
     public IReadOnlyList<ToxicityScore> Score(IReadOnlyList<string> texts, ToxicityAggregate aggregate = ToxicityAggregate.MaxOverAttributes)
     {
         LoadCache();

@@ -3,6 +3,7 @@ namespace DetoxSharp.Evaluation;
 /// <summary>Settings a scorer may need; each scorer reads only its own.</summary>
 public sealed record ScorerSettings
 {
+    /// <summary>Settings of the Perspective client (endpoint, key file, rate, cache).</summary>
     public PerspectiveOptions Perspective { get; init; } = new();
     /// <summary>Texts per classifier forward pass.</summary>
     public int ClassifierBatchSize { get; init; } = 32;
@@ -28,6 +29,7 @@ public static class ScorerFactory
         lock (Gate) Extra[name] = factory;
     }
 
+    /// <summary>Every scorer spec name: perspective, classifier and the registered ones, sorted.</summary>
     public static IReadOnlyList<string> Names
     {
         get { lock (Gate) return ["perspective", "classifier:DIR", "toy", .. Extra.Keys.Order(StringComparer.Ordinal)]; }

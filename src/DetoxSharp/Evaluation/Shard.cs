@@ -7,17 +7,23 @@ namespace DetoxSharp.Evaluation;
 /// i satisfies i mod Count = Index. Round-robin rather than contiguous blocks so that every shard gets a similar share
 /// of long and short prompts.
 /// </summary>
+/// <param name="Index">This shard's index I, 0 ≤ I &lt; Count.</param>
+/// <param name="Count">The number of shards N.</param>
 public sealed record Shard(int Index, int Count)
 {
+    /// <summary>The whole run (part 0 of 1).</summary>
     public static readonly Shard Whole = new(0, 1);
 
+    /// <summary>Whether item <paramref name="item"/> (0-based index in the file) belongs to this shard.</summary>
     public bool Owns(int item) => item % Count == Index;
 
+    /// <summary>The items this shard owns, by their <see cref="EvalHarness.Prompt.Index"/>, in order.</summary>
     public List<EvalHarness.Prompt> Take(List<EvalHarness.Prompt> items) => Count == 1 ? items : items.Where(p => Owns(p.Index)).ToList();
 
     /// <summary>The sub-directory of --out a shard writes to.</summary>
     public string DirectoryName => $"shard-{Index}-of-{Count}";
 
+    /// <inheritdoc/>
     public override string ToString() => $"{Index}/{Count}";
 
     /// <summary>

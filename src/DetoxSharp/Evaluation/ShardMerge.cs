@@ -13,6 +13,9 @@ namespace DetoxSharp.Evaluation;
 /// </summary>
 public static class ShardMerge
 {
+    /// <summary>Merges the shard-I-of-N directories under <paramref name="inDir"/> into results.md/json/csv and generations.jsonl
+    /// in <paramref name="outDir"/> and returns the merged rows; throws <see cref="InvalidInputException"/> naming a missing
+    /// or mismatched shard.</summary>
     public static List<EvalRow> Merge(string inDir, string outDir)
     {
         if (!Directory.Exists(inDir)) throw new InvalidInputException($"--in {inDir}: directory not found");

@@ -21,17 +21,20 @@ public sealed class ToyLexiconScorer : IToxicityScorer
     static bool IsPunctuation(string w) => w.Length == 1 && ".,!?;:".Contains(w[0]);
     static readonly string[] Base = [ToyWorldLexicon.Insult, ToyWorldLexicon.Profanity, ToyWorldLexicon.Threat, ToyWorldLexicon.IdentityAttack];
 
+    /// <summary>The scorer with the toy world's lexicon (embedded in the library).</summary>
     public ToyLexiconScorer()
     {
         _entries = ToyWorldLexicon.Entries().Select(e => (Words(e.Phrase), e.Attribute, e.Weight)).ToList();
         _neutral = ToyWorldLexicon.NeutralSenses.Select(Words).ToList();
     }
 
+    /// <inheritdoc/>
     public string Name => "toy-lexicon";
 
     /// <summary>Version of the scoring rule above; the lexicon's content is hashed, so a changed lexicon shows.</summary>
     public const int Version = 1;
 
+    /// <inheritdoc/>
     public string Identity
     {
         get
@@ -51,9 +54,11 @@ public sealed class ToyLexiconScorer : IToxicityScorer
     static bool WordMatches(string pattern, string word) =>
         !IsPunctuation(word) && (pattern == "{town}" || word == pattern || word == pattern + "s");
 
+    /// <inheritdoc/>
     public IReadOnlyList<ToxicityScore> Score(IReadOnlyList<string> texts, ToxicityAggregate aggregate = ToxicityAggregate.MaxOverAttributes) =>
         texts.Select(t => ScoreOne(t, aggregate)).ToList();
 
+    /// <summary>Scores one text: each attribute in [0, 1] by the rule above, and the aggregate.</summary>
     public ToxicityScore ScoreOne(string text, ToxicityAggregate aggregate = ToxicityAggregate.MaxOverAttributes)
     {
         var words = Words(text).ToList();
@@ -83,5 +88,6 @@ public sealed class ToyLexiconScorer : IToxicityScorer
         return new ToxicityScore(attrs, value);
     }
 
+    /// <inheritdoc/>
     public void Dispose() { }
 }

@@ -122,7 +122,7 @@ public static class Pplm
     /// time; prompt i samples with seed Seed + i (or <paramref name="promptSeeds"/>[i] when given: e.g. Seed + the prompt's
     /// index in the whole file when <paramref name="prompts"/> is one shard of it). <paramref name="promptDone"/> is called
     /// with the number of prompts finished.</summary>
-    public static List<int[]> Generate(ICausalLM model, IAttributeModel probe, IReadOnlyList<int[]> prompts, PplmOptions o, Action<int>? promptDone = null,
+    internal static List<int[]> Generate(ICausalLM model, IAttributeModel probe, IReadOnlyList<int[]> prompts, PplmOptions o, Action<int>? promptDone = null,
         int batchSize = 16, IReadOnlyList<long>? promptSeeds = null)
     {
         if (promptSeeds is not null && promptSeeds.Count != prompts.Count)

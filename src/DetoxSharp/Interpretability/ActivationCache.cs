@@ -21,8 +21,10 @@ public sealed class ActivationCache : IDisposable
 
     ActivationCache(Tensor mask) => Mask = mask;
 
+    /// <summary>Every cached hook point's activation by hook name, each [batch, T, …] as the hook saw it (owned by the cache).</summary>
     public IReadOnlyDictionary<string, Tensor> Activations => _acts;
 
+    /// <summary>The activation of hook point <paramref name="name"/>; throws <see cref="KeyNotFoundException"/> naming the cached ones.</summary>
     public Tensor this[string name] => _acts.TryGetValue(name, out var t) ? t
         : throw new KeyNotFoundException($"activation '{name}' was not cached (cached: {string.Join(", ", _acts.Keys)})");
 
@@ -113,6 +115,7 @@ public sealed class ActivationCache : IDisposable
         return (torch.tensor(ids, [b, t], ScalarType.Int64, device), torch.tensor(mask, [b, t], ScalarType.Int64, device));
     }
 
+    /// <inheritdoc/>
     public void Dispose()
     {
         foreach (var t in _acts.Values) t.Dispose();

@@ -15,6 +15,10 @@ namespace DetoxSharp.Interpretability;
 /// </summary>
 public static class AlignmentDepth
 {
+    /// <summary>Per-position KL of an aligned model from its base model.</summary>
+    /// <param name="MeanKl">Position t of the continuation → mean KL(aligned ‖ base) in nats over the prompts that reach t (NaN: none).</param>
+    /// <param name="Counts">Position t → prompts whose continuation reaches t.</param>
+    /// <param name="Prompts">Prompts measured.</param>
     public sealed record Result(double[] MeanKl, int[] Counts, int Prompts)
     {
         /// <summary>Share of Σ_t mean KL_t on positions t &lt; <paramref name="first"/>.</summary>
@@ -24,6 +28,7 @@ public static class AlignmentDepth
             return all > 0 ? MeanKl.Take(first).Where(double.IsFinite).Sum() / all : double.NaN;
         }
 
+        /// <summary>prompts, the measurement in words, per_position (position, kl, prompts) and share_first_<paramref name="first"/> (depth.json).</summary>
         public JsonObject ToJson(int first = 3) => new()
         {
             ["prompts"] = Prompts,
@@ -33,9 +38,13 @@ public static class AlignmentDepth
         };
     }
 
-    public static Result PerPositionKl(ICausalLM baseModel, ICausalLM aligned, Gpt2Tokenizer tokenizer, IReadOnlyList<string> prompts,
+    /// <summary>Generates the aligned model's (<see cref="ModelPair.After"/>) greedy continuation of each prompt (its last
+    /// <paramref name="maxPromptTokens"/> tokens, <paramref name="maxNewTokens"/> new tokens), runs both models on prompt +
+    /// continuation, and averages KL(aligned ‖ base) of the next-token distributions at each continuation position.</summary>
+    public static Result PerPositionKl(ModelPair pair, IReadOnlyList<string> prompts,
         int maxNewTokens = 20, int maxPromptTokens = 32, int batchSize = 8)
     {
+        var (baseModel, aligned, tokenizer) = pair;
         if (maxNewTokens < 1) throw new InvalidSettingException("max_new_tokens", $"must be ≥ 1 (got {maxNewTokens})");
         if (batchSize < 1) throw new InvalidSettingException("batch_size", $"must be ≥ 1 (got {batchSize})");
         if (prompts.Count == 0) throw new InvalidInputException("--prompts: no prompts");

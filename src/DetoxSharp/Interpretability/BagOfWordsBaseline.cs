@@ -13,6 +13,7 @@ namespace DetoxSharp.Interpretability;
 /// </summary>
 public static partial class BagOfWordsBaseline
 {
+    /// <summary>Only the most frequent words of the training texts, at most this many, are features.</summary>
     public const int MaxVocabulary = 5000;
 
     [GeneratedRegex(@"[\p{L}\p{N}']+")]

@@ -11,6 +11,7 @@ public interface IModelEdit
 {
     /// <summary>Row label, e.g. "subtract W_Toxic ×50".</summary>
     string Name { get; }
+    /// <summary>Applies the edit to <paramref name="model"/> (hooks or weights); disposing the result undoes it exactly.</summary>
     IDisposable Apply(ICausalLM model);
 }
 
@@ -21,5 +22,6 @@ public interface IModelEdit
 /// </summary>
 public interface IPositionModeEdit : IModelEdit
 {
+    /// <summary>The same edit acting at every position (for perplexity passes).</summary>
     IModelEdit ForAllPositions();
 }

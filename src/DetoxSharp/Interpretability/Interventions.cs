@@ -23,14 +23,19 @@ public enum InterventionMode
 /// </summary>
 public sealed class VectorIntervention : IPositionModeEdit
 {
+    /// <inheritdoc/>
     public string Name { get; }
     /// <summary>[d] float32 on the CPU.</summary>
     public Tensor Vector { get; }
+    /// <summary>The multiple of <see cref="Vector"/> added (negative: subtracted).</summary>
     public double Coefficient { get; }
     /// <summary>Null = the model's last layer.</summary>
     public int? Layer { get; }
+    /// <summary>Where it acts: only the newest position (generation) or every position (perplexity).</summary>
     public InterventionMode Mode { get; }
 
+    /// <summary>Adds <paramref name="coefficient"/>·<paramref name="vector"/> ([d]) to layer <paramref name="layer"/>'s MLP output
+    /// (null: the last layer) at the positions of <paramref name="mode"/>; <paramref name="name"/> labels the row.</summary>
     public VectorIntervention(string name, Tensor vector, double coefficient, int? layer = null, InterventionMode mode = InterventionMode.NewestPosition)
     {
         Name = name;
@@ -41,17 +46,21 @@ public sealed class VectorIntervention : IPositionModeEdit
         Mode = mode;
     }
 
+    /// <summary>Subtracts <paramref name="alpha"/>·<paramref name="vector"/> (Coefficient = −α).</summary>
     public static VectorIntervention Subtract(string name, Tensor vector, double alpha, int? layer = null, InterventionMode mode = InterventionMode.NewestPosition)
         => new(name, vector, -alpha, layer, mode);
 
+    /// <summary>Adds <paramref name="alpha"/>·<paramref name="vector"/> (Coefficient = +α).</summary>
     public static VectorIntervention Add(string name, Tensor vector, double alpha, int? layer = null, InterventionMode mode = InterventionMode.NewestPosition)
         => new(name, vector, alpha, layer, mode);
 
     /// <summary>The same edit with another position mode (e.g. AllPositions for a perplexity run).</summary>
     public VectorIntervention WithMode(InterventionMode mode) => new(Name, Vector, Coefficient, Layer, mode);
 
+    /// <inheritdoc/>
     public IModelEdit ForAllPositions() => WithMode(InterventionMode.AllPositions);
 
+    /// <inheritdoc/>
     public IDisposable Apply(ICausalLM model)
     {
         if (Vector.shape[0] != model.DModel) throw new InvalidInputException($"intervention '{Name}': vector width {Vector.shape[0]} ≠ model d_model {model.DModel}");
@@ -73,6 +82,7 @@ public sealed class VectorIntervention : IPositionModeEdit
 
     sealed class Undo(IDisposable handle, Tensor delta) : IDisposable
     {
+        /// <inheritdoc/>
         public void Dispose() { handle.Dispose(); delta.Dispose(); }
     }
 }
@@ -125,6 +135,8 @@ public sealed record InterventionContext(string? ProbeDirectory = null, string? 
 /// </summary>
 public static class InterventionSpecs
 {
+    /// <summary>Parses one spec (grammar above), loading the vector from the context's probe or vectors directory or its model;
+    /// throws <see cref="InvalidInputException"/> naming the spec when it is malformed or its vector is missing.</summary>
     public static VectorIntervention Parse(string spec, InterventionContext context)
     {
         string Bad(string why) => throw new InvalidInputException($"--intervention '{spec}': {why} (format OP:VECTOR@ALPHA[:layer=L][:mode=newest|all], e.g. subtract:probe@50)");

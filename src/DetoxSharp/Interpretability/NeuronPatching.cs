@@ -10,6 +10,7 @@ using static TorchSharp.torch;
 
 namespace DetoxSharp.Interpretability;
 
+/// <summary>Settings of <see cref="NeuronPatching.Run"/>: lengths, batching, per-layer rows and the generation metric.</summary>
 public sealed record PatchingOptions
 {
     /// <summary>Greedy tokens of the before model that every model reads for the teacher-forced measure.</summary>
@@ -30,6 +31,9 @@ public sealed record PatchingOptions
     /// <summary>Prompts (the first N) each patched model generates from.</summary>
     [Setting("prompts (the first N) each patched model generates from")]
     public int GenerationPrompts { get; init; } = 100;
+    /// <summary>Toxicity in [0, 1] of each generated text, in order (e.g. an evaluation scorer's values); null: no
+    /// generation metric (only the teacher-forced one).</summary>
+    public Func<IReadOnlyList<string>, IReadOnlyList<double>>? Score { get; init; }
 
     /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
@@ -43,9 +47,14 @@ public sealed record PatchingOptions
 }
 
 /// <summary>Neurons whose activations are patched: layer → neuron indices.</summary>
+/// <param name="Group">The neuron group (TP, TN, AP, AN).</param>
+/// <param name="Layer">The one layer patched (null: every layer).</param>
+/// <param name="Neurons">Layer → indices of the patched neurons.</param>
 public sealed record PatchSet(string Group, int? Layer, IReadOnlyDictionary<int, long[]> Neurons)
 {
+    /// <summary>Neurons in the set.</summary>
     public int Count => Neurons.Values.Sum(v => v.Length);
+    /// <summary>"GROUP" or "GROUP@layer", as results tables name the row.</summary>
     public string Label => Layer is int l ? $"{Group}@{l}" : Group;
 
     /// <summary>The neurons of <paramref name="group"/> (as <c>detox neurons</c> assigned them), in one layer or all.</summary>
@@ -81,8 +90,16 @@ public sealed record PatchGeneration(string Condition, double MeanToxicity, doub
 /// </summary>
 public static class NeuronPatching
 {
+    /// <summary>The two patching directions: the after model's activations into the before model, and the reverse.</summary>
     public const string AfterIntoBefore = "after→before", BeforeIntoAfter = "before→after";
 
+    /// <summary>The patching results.</summary>
+    /// <param name="MetricBefore">M of the before model.</param>
+    /// <param name="MetricAfter">M of the after model.</param>
+    /// <param name="Positions">Token positions averaged over.</param>
+    /// <param name="Prompts">Prompts measured.</param>
+    /// <param name="Rows">One row per patch set and direction: real and estimated change of M.</param>
+    /// <param name="Generations">Toxicity of the generations of each model and patched model (empty without a score).</param>
     public sealed record Result(double MetricBefore, double MetricAfter, int Positions, int Prompts, IReadOnlyList<PatchRow> Rows,
         IReadOnlyList<PatchGeneration> Generations)
     {
@@ -108,11 +125,13 @@ public static class NeuronPatching
         return saa > 0 && sbb > 0 ? sab / Math.Sqrt(saa * sbb) : null;
     }
 
-    /// <summary><paramref name="score"/>: toxicity in [0, 1] of each text, in order (e.g. an evaluation scorer's values); null = no generations.</summary>
-    public static Result Run(ICausalLM before, ICausalLM after, Gpt2Tokenizer tokenizer, Tensor wToxic, IReadOnlyList<string> prompts,
-        NeuronContributions.Result groups, PatchingOptions options, Func<IReadOnlyList<string>, IReadOnlyList<double>>? score = null, IProgress<string>? progress = null,
-        TeacherForced? forced = null)
+    /// <summary><see cref="PatchingOptions.Score"/>: toxicity in [0, 1] of each text, in order (e.g. an evaluation scorer's values); null = no generations.</summary>
+    public static Result Run(ModelPair pair, Tensor wToxic, IReadOnlyList<string> prompts,
+        NeuronContributions.Result groups, PatchingOptions options, IProgress<string>? progress = null)
     {
+        var (before, after, tokenizer) = pair;
+        var forced = pair.Forced;
+        var score = options.Score;
         options.Validate();
         if (before.NumLayers != after.NumLayers || before.DModel != after.DModel || before.MlpDim != after.MlpDim)
             throw new InvalidInputException("--before/--after: models differ in shape (layers, width or MLP size)");
@@ -253,6 +272,7 @@ public static class NeuronPatching
     {
         readonly List<IDisposable> _handles;
         public HookSet(IEnumerable<(ICausalLM Model, string Name, HookFn Fn)> hooks) => _handles = hooks.Select(h => h.Model.Hooks.Add(h.Name, h.Fn)).ToList();
+        /// <inheritdoc/>
         public void Dispose() { foreach (var h in _handles) h.Dispose(); }
     }
 
@@ -301,6 +321,7 @@ public static class NeuronPatching
         readonly List<Tensor> _indices = new();
         KvCache? _sourceCache, _forCache;
 
+        /// <summary>The <paramref name="target"/> model with <paramref name="set"/>'s MLP activations taken from <paramref name="source"/>.</summary>
         public PatchedModel(ICausalLM source, ICausalLM target, PatchSet set)
         {
             _source = source; _target = target;
@@ -329,52 +350,81 @@ public static class NeuronPatching
             return _sourceCache;
         }
 
+        /// <inheritdoc/>
         public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
         {
             _source.Forward(inputIds, attentionMask, SourceCache(cache)).Dispose();
             return _target.Forward(inputIds, attentionMask, cache);
         }
 
+        /// <inheritdoc/>
         public Tensor ForwardLast(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
         {
             _source.ForwardLast(inputIds, attentionMask, SourceCache(cache)).Dispose();
             return _target.ForwardLast(inputIds, attentionMask, cache);
         }
 
+        /// <inheritdoc/>
         public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null)
         {
             _source.ResidualStream(inputIds, attentionMask).Dispose();
             return _target.ResidualStream(inputIds, attentionMask);
         }
 
+        /// <inheritdoc/>
         public Tensor ForwardEmbeddings(Tensor inputsEmbeds, Tensor? attentionMask = null, KvCache? cache = null) =>
             throw new NotSupportedException("a patched model runs on token ids only (the source model must read the same tokens)");
 
+        /// <inheritdoc/>
         public string Family => _target.Family;
+        /// <inheritdoc/>
         public int VocabSize => _target.VocabSize;
+        /// <inheritdoc/>
         public int DModel => _target.DModel;
+        /// <inheritdoc/>
         public int NumLayers => _target.NumLayers;
+        /// <inheritdoc/>
         public int NumHeads => _target.NumHeads;
+        /// <inheritdoc/>
         public int MlpDim => _target.MlpDim;
+        /// <inheritdoc/>
         public int MaxPositions => Math.Min(_target.MaxPositions, _source.MaxPositions);
+        /// <inheritdoc/>
         public int EosTokenId => _target.EosTokenId;
+        /// <inheritdoc/>
         public Device Device => _target.Device;
+        /// <inheritdoc/>
         public ScalarType DType => _target.DType;
+        /// <inheritdoc/>
         public nn.Module Module => _target.Module;
+        /// <inheritdoc/>
         public HookPoints Hooks => _target.Hooks;
+        /// <inheritdoc/>
         public Tensor TokenEmbedding => _target.TokenEmbedding;
+        /// <inheritdoc/>
         public Tensor Unembedding => _target.Unembedding;
+        /// <inheritdoc/>
         public Tensor ApplyFinalNorm(Tensor residual) => _target.ApplyFinalNorm(residual);
+        /// <inheritdoc/>
         public Tensor MlpKeys(int layer) => _target.MlpKeys(layer);
+        /// <inheritdoc/>
         public Tensor MlpKeyBias(int layer) => _target.MlpKeyBias(layer);
+        /// <inheritdoc/>
         public Tensor MlpValues(int layer) => _target.MlpValues(layer);
+        /// <inheritdoc/>
         public string MlpKeysParameterName(int layer) => _target.MlpKeysParameterName(layer);
+        /// <inheritdoc/>
         public string MlpValuesParameterName(int layer) => _target.MlpValuesParameterName(layer);
+        /// <inheritdoc/>
         public KvCache NewCache(int capacity) => _target.NewCache(capacity);
+        /// <inheritdoc/>
         public ICausalLM Clone() => throw new NotSupportedException("a patched model is a view of two models; clone those instead");
+        /// <inheritdoc/>
         public void ResizeVocabulary(int newSize) => throw new NotSupportedException("a patched model is a view of two models; resize those instead");
+        /// <inheritdoc/>
         public JsonObject ConfigJson() => _target.ConfigJson();
 
+        /// <inheritdoc/>
         public void Dispose()
         {
             _hooks.Dispose();

@@ -15,9 +15,13 @@ namespace DetoxSharp.Interpretability;
 public sealed class NeuronShiftEdit : IModelEdit
 {
     readonly Dictionary<int, (int[] Neurons, float[] Shifts)> _byLayer;
+    /// <inheritdoc/>
     public string Name { get; }
+    /// <summary>Neurons shifted (over all layers).</summary>
     public int Neurons => _byLayer.Values.Sum(v => v.Neurons.Length);
 
+    /// <summary>Adds each (layer, neuron, shift) to that neuron's MLP activation (<c>mlp.hook_post</c>) at every position;
+    /// <paramref name="name"/> labels the row.</summary>
     public NeuronShiftEdit(string name, IEnumerable<(int Layer, int Neuron, double Shift)> shifts)
     {
         Name = name;
@@ -52,6 +56,7 @@ public sealed class NeuronShiftEdit : IModelEdit
         return new NeuronShiftEdit(name ?? string.Create(CultureInfo.InvariantCulture, $"shift {string.Join("+", groups)} activations ×{scale}"), shifts);
     }
 
+    /// <inheritdoc/>
     public IDisposable Apply(ICausalLM model)
     {
         var handles = new List<IDisposable>();
@@ -72,6 +77,7 @@ public sealed class NeuronShiftEdit : IModelEdit
 
     sealed class Undo(List<IDisposable> handles, List<Tensor> tensors) : IDisposable
     {
+        /// <inheritdoc/>
         public void Dispose() { foreach (var h in handles) h.Dispose(); foreach (var t in tensors) t.Dispose(); }
     }
 }

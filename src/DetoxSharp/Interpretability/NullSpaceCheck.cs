@@ -24,9 +24,13 @@ public sealed record NullSpaceLayer(int Layer, double ToxicNorm, double CleanNor
 /// </summary>
 public static class NullSpaceCheck
 {
-    public static IReadOnlyList<NullSpaceLayer> Run(ICausalLM before, ICausalLM after, Gpt2Tokenizer tokenizer, IReadOnlyList<string> toxic,
+    /// <summary>For each layer, ‖ΔVᵀa‖ (ΔV = after − before value matrix, a = the before model's MLP activations) summed over the
+    /// real tokens of the <paramref name="toxic"/> and of the <paramref name="clean"/> inputs (each cut to its last
+    /// <paramref name="maxPromptTokens"/> tokens), and the toxic inputs' share of the total.</summary>
+    public static IReadOnlyList<NullSpaceLayer> Run(ModelPair pair, IReadOnlyList<string> toxic,
         IReadOnlyList<string> clean, int maxPromptTokens = 32, int batchSize = 8, IProgress<string>? progress = null)
     {
+        var (before, after, tokenizer) = pair;
         if (before.NumLayers != after.NumLayers || before.DModel != after.DModel || before.MlpDim != after.MlpDim)
             throw new InvalidInputException("--before/--after: models differ in shape (layers, width or MLP size)");
         if (toxic.Count == 0) throw new InvalidInputException("--toxic-prompts: no texts");

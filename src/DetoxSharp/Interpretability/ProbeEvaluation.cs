@@ -15,13 +15,20 @@ public sealed record ProbeSplit(int Seed, double ProbeAccuracy, double BagOfWord
 /// </summary>
 public sealed class ProbeEvaluation : IDisposable
 {
+    /// <summary>The first seed's probe, with the configured direction as W_Toxic.</summary>
     public required ToxicityProbe Probe { get; init; }
+    /// <summary>Its training report (sizes, accuracies, loss).</summary>
     public required ProbeReport Report { get; init; }
+    /// <summary>The probe's toxic-class weight row minus the non-toxic row, [d] float32.</summary>
     public required Tensor WeightsDirection { get; init; }
+    /// <summary>Mean toxic feature minus mean non-toxic feature (mass-mean direction), [d] float32.</summary>
     public required Tensor MassMeanDirection { get; init; }
+    /// <summary>Cosine between the two candidate directions.</summary>
     public required double CosineWeightsMassMean { get; init; }
+    /// <summary>Accuracy of each seed's train/validation split.</summary>
     public required IReadOnlyList<ProbeSplit> Splits { get; init; }
 
+    /// <inheritdoc/>
     public void Dispose() { Probe.Dispose(); WeightsDirection.Dispose(); MassMeanDirection.Dispose(); }
 
     /// <summary>

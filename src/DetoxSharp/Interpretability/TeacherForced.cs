@@ -11,8 +11,14 @@ namespace DetoxSharp.Interpretability;
 /// token (at least one, also when nothing was generated). Shared by the alignment diff, the neuron decomposition and
 /// the depth measurement.
 /// </summary>
+/// <param name="Prompts">Each prompt's ids after the cut.</param>
+/// <param name="Continuations">Each prompt's greedy continuation ids.</param>
+/// <param name="Fed">Prompt + continuation without its last token: what every model reads.</param>
+/// <param name="Steps">Per sequence, how many last positions of <see cref="Fed"/> chose a generated token.</param>
 public sealed record TeacherForced(IReadOnlyList<int[]> Prompts, IReadOnlyList<int[]> Continuations, IReadOnlyList<int[]> Fed, IReadOnlyList<int> Steps)
 {
+    /// <summary>Greedy continuations of <paramref name="prompts"/> by <paramref name="model"/> (each prompt cut to its last
+    /// <paramref name="maxPromptTokens"/> tokens, <paramref name="maxNewTokens"/> new tokens, batches of <paramref name="batchSize"/>).</summary>
     public static TeacherForced Generate(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<string> prompts, int maxPromptTokens, int maxNewTokens, int batchSize)
     {
         var promptIds = prompts.Select(p =>

@@ -11,11 +11,20 @@ using static TorchSharp.torch;
 namespace DetoxSharp.Interpretability;
 
 /// <summary>An MLP value vector (row <see cref="Neuron"/> of <see cref="ICausalLM.MlpValues"/>(<see cref="Layer"/>)) and its cosine with a direction.</summary>
+/// <param name="Layer">The block.</param>
+/// <param name="Neuron">The row of the value matrix (MLP neuron index).</param>
+/// <param name="Cosine">Cosine with the direction.</param>
+/// <param name="Norm">The vector's L2 norm.</param>
 public sealed record RankedVector(int Layer, int Neuron, double Cosine, double Norm)
 {
+    /// <summary>The paper's name of the vector, MLP.v_&lt;neuron&gt;^&lt;layer&gt;.</summary>
     public string Label => $"MLP.v_{Neuron}^{Layer}";
 }
 
+/// <summary>A vocabulary token and its score under the unembedding (logit-lens projection of a vector).</summary>
+/// <param name="Id">The token id.</param>
+/// <param name="Text">The decoded token.</param>
+/// <param name="Score">Its logit: the dot product of the vector with the token's unembedding row.</param>
 public sealed record TokenScore(int Id, string Text, double Score);
 
 /// <summary>
@@ -25,6 +34,7 @@ public sealed record TokenScore(int Id, string Text, double Score);
 /// </summary>
 public static class ToxicVectors
 {
+    /// <summary>The file of <c>detox vectors</c>' output holding the ranked vectors and the SVD.</summary>
     public const string TensorFile = "vectors.safetensors";
 
     /// <summary>Ranks the rows of each layer's value matrix ([mlp, d] each) by cosine with <paramref name="direction"/> [d]:
@@ -54,6 +64,8 @@ public static class ToxicVectors
         return all.OrderByDescending(r => r.Cosine).ThenBy(r => r.Layer).ThenBy(r => r.Neuron).ToList();
     }
 
+    /// <summary>The <paramref name="perLayer"/> value vectors of each layer with the highest cosine with <paramref name="direction"/>, all
+    /// layers merged and sorted by cosine, descending.</summary>
     public static List<RankedVector> Rank(ICausalLM model, Tensor direction, int perLayer = 100) =>
         Rank(Enumerable.Range(0, model.NumLayers).Select(model.MlpValues).ToList(), direction, perLayer);
 
@@ -97,6 +109,7 @@ public static class ToxicVectors
         try { return tok.TokenText(id); } catch (Exception) { return $"<{id}>"; }
     }
 
+    /// <summary>Settings of <c>detox vectors</c>: vectors per layer, top tokens, SVD size.</summary>
     public sealed record Options
     {
         /// <summary>Value vectors kept per layer before the global sort.</summary>
@@ -129,7 +142,7 @@ public static class ToxicVectors
     /// <summary>Finding (b)'s count: for the <paramref name="count"/> value vectors most aligned with
     /// <paramref name="direction"/>, how many of each one's <paramref name="topTokens"/> top vocabulary projections are
     /// toxic words.</summary>
-    public static List<(RankedVector Vector, int ToxicTokens)> ToxicTopTokenCounts(ICausalLM model, Gpt2Tokenizer? tokenizer, Tensor direction,
+    internal static List<(RankedVector Vector, int ToxicTokens)> ToxicTopTokenCounts(ICausalLM model, Gpt2Tokenizer? tokenizer, Tensor direction,
         ToxicWordList words, int perLayer, int count, int topTokens)
     {
         var ranked = Rank(model, direction, perLayer).Take(count).ToList();

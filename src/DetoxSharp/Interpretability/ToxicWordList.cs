@@ -13,14 +13,18 @@ public sealed class ToxicWordList
 {
     readonly HashSet<string> _words;
 
+    /// <summary>The list of <paramref name="words"/> (normalized; empty ones dropped); throws when none is left.</summary>
     public ToxicWordList(IEnumerable<string> words)
     {
         _words = words.Select(Normalize).Where(w => w.Length > 0).ToHashSet(StringComparer.Ordinal);
         if (_words.Count == 0) throw new InvalidInputException("toxic word list is empty");
     }
 
+    /// <summary>The normalized words.</summary>
     public IReadOnlyCollection<string> Words => _words;
 
+    /// <summary>Reads one word per line (blank lines and # comments skipped); throws <see cref="InvalidInputException"/> for
+    /// a missing or empty file.</summary>
     public static ToxicWordList Load(string path)
     {
         if (!File.Exists(path)) throw new InvalidInputException($"toxic word list {path}: file not found");
@@ -29,6 +33,7 @@ public sealed class ToxicWordList
         return new ToxicWordList(words);
     }
 
+    /// <summary>Writes the normalized, distinct words sorted ordinally, one a line (atomically).</summary>
     public static void Save(string path, IEnumerable<string> words) =>
         Data.AtomicFile.WriteAllText(path, string.Join("\n", words.Select(Normalize).Where(w => w.Length > 0).Distinct().Order(StringComparer.Ordinal)) + "\n");
 

@@ -9,6 +9,7 @@ using static TorchSharp.torch;
 
 namespace DetoxSharp.Interpretability;
 
+/// <summary>Settings of <see cref="ToxicityProbe.Train"/>: comment length, batching, validation split, optimization, direction.</summary>
 public sealed record ProbeOptions
 {
     /// <summary>Comments are cut to this many tokens (and to the model's context).</summary>
@@ -61,6 +62,15 @@ public enum ProbeDirection
     MassMean,
 }
 
+/// <summary>How a probe was trained and how well it separates the classes.</summary>
+/// <param name="Train">Training comments.</param>
+/// <param name="Validation">Validation comments.</param>
+/// <param name="TrainToxic">Toxic comments among the training ones.</param>
+/// <param name="ValidationToxic">Toxic comments among the validation ones.</param>
+/// <param name="TrainAccuracy">Accuracy on the training comments, in [0, 1].</param>
+/// <param name="ValidationAccuracy">Accuracy on the validation comments, in [0, 1].</param>
+/// <param name="ValidationMajorityBaseline">Accuracy of always answering the validation set's majority class.</param>
+/// <param name="FinalLoss">Mean cross-entropy (nats) on the training comments after the last step.</param>
 public sealed record ProbeReport(int Train, int Validation, int TrainToxic, int ValidationToxic, double TrainAccuracy, double ValidationAccuracy,
     double ValidationMajorityBaseline, double FinalLoss);
 
@@ -71,7 +81,9 @@ public sealed record ProbeReport(int Train, int Validation, int TrainToxic, int 
 /// </summary>
 public sealed class ToxicityProbe : IAttributeModel, IDisposable
 {
+    /// <summary>The probe's file in a probe directory (W, b and the direction).</summary>
     public const string FileName = "probe.safetensors";
+    /// <summary>The training report's file in a probe directory.</summary>
     public const string MetricsFileName = "probe_metrics.json";
 
     /// <summary>[d, 2] float32 on the CPU; column 0 non-toxic, column 1 toxic.</summary>
@@ -85,6 +97,9 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
     /// regression on the projection onto W_Toxic, as [d,2] / [2] (null: the probe itself).</summary>
     readonly Tensor? _steerW, _steerB;
 
+    /// <summary>A probe from its weights <paramref name="w"/> [d, 2] and bias <paramref name="b"/> [2] (copied to float32 CPU);
+    /// <paramref name="direction"/> [d] and <paramref name="kind"/> = <see cref="ProbeDirection.MassMean"/> set another W_Toxic, with
+    /// the classifier PPLM steers with (<paramref name="steerW"/>, <paramref name="steerB"/>).</summary>
     public ToxicityProbe(Tensor w, Tensor b, Tensor? direction = null, ProbeDirection kind = ProbeDirection.Weights, Tensor? steerW = null, Tensor? steerB = null)
     {
         if (w.dim() != 2 || w.shape[1] != 2) throw new ArgumentException($"probe W must be [d,2], got [{string.Join(",", w.shape)}]");
@@ -104,6 +119,7 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
     Tensor IAttributeModel.W => _steerW ?? W;
     Tensor IAttributeModel.B => _steerB ?? B;
 
+    /// <summary>The width d of the residual stream the probe reads.</summary>
     public int DModel => (int)W.shape[0];
 
     /// <summary>What <see cref="WToxic"/> is.</summary>
@@ -180,6 +196,8 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
         return p.MoveToOuterDisposeScope();
     }
 
+    /// <summary>Share of <paramref name="features"/> rows ([n, d] mean residuals) classified as their <paramref name="labels"/>
+    /// (toxic = P(toxic) ≥ 0.5); NaN for no rows.</summary>
     public double Accuracy(Tensor features, bool[] labels)
     {
         if (labels.Length == 0) return double.NaN;
@@ -279,6 +297,7 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
         return (probe, report);
     }
 
+    /// <summary>Writes <see cref="FileName"/> (and <see cref="MetricsFileName"/> when <paramref name="metrics"/> is given) into <paramref name="dir"/>, atomically.</summary>
     public void Save(string dir, JsonObject? metrics = null)
     {
         Directory.CreateDirectory(dir);
@@ -329,5 +348,6 @@ public sealed class ToxicityProbe : IAttributeModel, IDisposable
         if (DModel != model.DModel) throw new InvalidInputException($"{flag}: probe width {DModel} does not match the model's d_model {model.DModel}");
     }
 
+    /// <inheritdoc/>
     public void Dispose() { W.Dispose(); B.Dispose(); _direction?.Dispose(); _steerW?.Dispose(); _steerB?.Dispose(); }
 }

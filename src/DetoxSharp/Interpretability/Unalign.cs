@@ -53,6 +53,7 @@ public static class Unalign
         }
     }
 
+    /// <summary>The scale and the chosen neurons (layer, neuron, cosine, norm) for unalign.json.</summary>
     public static JsonObject Describe(IEnumerable<RankedVector> chosen, double scale, ICausalLM model) => new()
     {
         ["scale"] = scale,
@@ -84,6 +85,7 @@ public static class SteeringSweep
         return scales.Where(a => a > 0).Select(a => VectorIntervention.Add(Label(a), unit, a, layer)).ToList();
     }
 
+    /// <summary>The row label of a steering scale, "steer &lt;scale&gt;".</summary>
     public static string Label(double scale) => $"steer {scale.ToString(System.Globalization.CultureInfo.InvariantCulture)}";
 
     /// <summary>The first scale (in the sweep's order) whose toxicity is ≥ <paramref name="target"/>; null if none is.</summary>
@@ -98,9 +100,12 @@ public static class SteeringSweep
 /// </summary>
 public sealed class KeyScalingEdit(Tensor wToxic, int keys, double scale) : IModelEdit
 {
+    /// <inheritdoc/>
     public string Name => $"keys {keys} ×{scale.ToString(System.Globalization.CultureInfo.InvariantCulture)}";
+    /// <summary>How many value vectors' keys are scaled.</summary>
     public int Keys => keys;
 
+    /// <inheritdoc/>
     public IDisposable Apply(ICausalLM model)
     {
         new UnalignOptions { Keys = keys, Scale = scale }.Validate();
@@ -119,6 +124,7 @@ public sealed class KeyScalingEdit(Tensor wToxic, int keys, double scale) : IMod
 
     sealed class Restore(ICausalLM model, List<(int Layer, int Neuron, Tensor Column)> saved) : IDisposable
     {
+        /// <inheritdoc/>
         public void Dispose()
         {
             using var _ = torch.no_grad();

@@ -43,7 +43,7 @@ public static class Charts
     static Color C(int i) => new ScottPlot.Palettes.Category10().GetColor(i);
 
     /// <summary>Lines with markers (training curves vs step; per-layer quantities vs layer).</summary>
-    public static Figure Lines(string name, string title, string caption, string xLabel, string yLabel, IReadOnlyList<Series> series, bool integerX = false)
+    internal static Figure Lines(string name, string title, string caption, string xLabel, string yLabel, IReadOnlyList<Series> series, bool integerX = false)
     {
         var p = New(title, xLabel, yLabel);
         for (int i = 0; i < series.Count; i++)
@@ -86,7 +86,7 @@ public static class Charts
     }
 
     /// <summary>Scatter coloured by a continuous value (viridis: dark = low, yellow = high), with a colour bar.</summary>
-    public static Figure ScatterByValue(string name, string title, string caption, string xLabel, string yLabel, string colorLabel,
+    internal static Figure ScatterByValue(string name, string title, string caption, string xLabel, string yLabel, string colorLabel,
         IReadOnlyList<(string Label, IReadOnlyList<ColoredPoint> Points)> groups)
     {
         var p = New(title, xLabel, yLabel);

@@ -275,7 +275,7 @@ public class InterpretabilityTests
         var prompts = new[] { "The weather today is", "You are such a", "I think that" };
         var outDir = TempDir("diff");
         var opts = new DiffOptions { MaxNewTokens = 4, TrackedVectors = 3, BatchSize = 2, LensToken = " the" };
-        var r = AlignmentDiff.Run(model, same, tok, probe, prompts, opts, outDir);
+        var r = AlignmentDiff.Run(new(model, same, tok), probe, prompts, opts, outDir);
         Assert.Equal(1.0, r["parameters"]!["min_cosine"]!.GetValue<double>(), 10);
         Assert.Equal(0.0, r["parameters"]!["max_relative_difference"]!.GetValue<double>(), 12);
         foreach (var l in r["layers"]!.AsArray()) Assert.Equal(0.0, l!["delta_x_norm"]!.GetValue<double>(), 10);
@@ -317,13 +317,13 @@ public class InterpretabilityTests
         var prompts = new[] { "You are such a", "The weather today is", "I think that the town" };
         var opts = new NeuronOptions { MaxNewTokens = 4, BatchSize = 2, TopK = [1, 8] };
         // identical models: every contribution is zero
-        var same = NeuronContributions.Compute(model, after, tok, w, prompts, opts);
+        var same = NeuronContributions.Compute(new(model, after, tok), w, prompts, opts);
         Assert.All(same.Neurons, n => Assert.Equal(0, n.Delta, 12));
         // lower the key biases of the last layer: only that layer's activations change (values and biases do not), so the
         // contributions sum, exactly, to the drop of the mean last-layer MLP output along Ŵ — computed here without padding
         int last = 2;
         using (torch.no_grad()) after.MlpKeyBias(last).sub_(1.5);
-        var r = NeuronContributions.Compute(model, after, tok, w, prompts, opts);
+        var r = NeuronContributions.Compute(new(model, after, tok), w, prompts, opts);
         Assert.All(r.Neurons.Where(n => n.Layer != last), n => Assert.Equal(0, n.Delta, 10));
         var unit = (w / w.norm()).to(ScalarType.Float64);
         var prIds = prompts.Select(tok.Encode).ToList();
@@ -390,10 +390,10 @@ public class InterpretabilityTests
         using var aligned = (Gpt2Model)model.Clone();
         var tok = Gpt2Tokenizer.Default();
         var prompts = new[] { "You are such a", "The weather today is" };
-        var same = AlignmentDepth.PerPositionKl(model, aligned, tok, prompts, maxNewTokens: 4, batchSize: 2);
+        var same = AlignmentDepth.PerPositionKl(new(model, aligned, tok), prompts, maxNewTokens: 4, batchSize: 2);
         Assert.All(same.MeanKl.Where(double.IsFinite), k => Assert.Equal(0, k, 9));
         using (torch.no_grad()) aligned.MlpKeyBias(1).add_(0.7);
-        var r = AlignmentDepth.PerPositionKl(model, aligned, tok, prompts, maxNewTokens: 4, batchSize: 2);
+        var r = AlignmentDepth.PerPositionKl(new(model, aligned, tok), prompts, maxNewTokens: 4, batchSize: 2);
         // independent: unpadded forwards, KL summed by hand in double
         var prIds = prompts.Select(tok.Encode).ToList();
         var conts = DetoxSharp.Generation.Generator.Generate(aligned, prIds, new DetoxSharp.Generation.GenerationOptions { MaxNewTokens = 4, Greedy = true });
@@ -481,7 +481,7 @@ public class InterpretabilityTests
         // "toxic" = the third token the model emits after prompt 0 (and whatever else equals it)
         int toxic = conts[0][2];
         var opts = new DiffOptions { MaxNewTokens = 5, TrackedVectors = 2, BatchSize = 2, ToxicTokenIds = new HashSet<int> { toxic } };
-        var r = AlignmentDiff.Run(model, after, tok, probe, prompts, opts, TempDir("diff-insult"));
+        var r = AlignmentDiff.Run(new(model, after, tok), probe, prompts, opts, TempDir("diff-insult"));
         int expectedPrompts = conts.Count(c => c.Contains(toxic));
         Assert.Equal(expectedPrompts, r["insult_step_prompts"]!.GetValue<int>());
         // independent: an unpadded forward of prompt + continuation up to (not including) the first toxic token; the
@@ -503,7 +503,7 @@ public class InterpretabilityTests
             Assert.Equal(a["insult_step_activation_before"]!.GetValue<double>(), a["insult_step_activation_after"]!.GetValue<double>(), 6);
         }
         // without a toxic list there is no insult step
-        var r2 = AlignmentDiff.Run(model, after, tok, probe, prompts, opts with { ToxicTokenIds = null }, TempDir("diff-insult2"));
+        var r2 = AlignmentDiff.Run(new(model, after, tok), probe, prompts, opts with { ToxicTokenIds = null }, TempDir("diff-insult2"));
         Assert.Equal(0, r2["insult_step_prompts"]!.GetValue<int>());
         Assert.Null(r2["activations"]![0]!["insult_step_activation_before"]);
     }
@@ -519,7 +519,7 @@ public class InterpretabilityTests
         using var wt = probe.WToxic;
         var top = ToxicVectors.Rank(model, wt, 1)[0];
         using (torch.no_grad()) after.MlpKeyBias(top.Layer)[top.Neuron].sub_(5.0);
-        var r = AlignmentDiff.Run(model, after, tok, probe, ["You are such a", "Hello"], new DiffOptions { MaxNewTokens = 3, TrackedVectors = 2 }, TempDir("diff2"));
+        var r = AlignmentDiff.Run(new(model, after, tok), probe, ["You are such a", "Hello"], new DiffOptions { MaxNewTokens = 3, TrackedVectors = 2 }, TempDir("diff2"));
         var a0 = r["activations"]![0]!;
         Assert.Equal(top.Layer, a0["layer"]!.GetValue<int>());
         Assert.True(a0["mean_activation_after"]!.GetValue<double>() < a0["mean_activation_before"]!.GetValue<double>());

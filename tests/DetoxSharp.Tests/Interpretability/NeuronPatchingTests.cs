@@ -28,7 +28,7 @@ public class NeuronPatchingTests
     static NeuronContributions.Result Groups(ICausalLM before, Tensor w)
     {
         using var same = before.Clone();
-        return NeuronContributions.Compute(before, same, Gpt2Tokenizer.Default(), w, Prompts, new NeuronOptions { MaxNewTokens = 4, BatchSize = 2 });
+        return NeuronContributions.Compute(new(before, same, Gpt2Tokenizer.Default()), w, Prompts, new NeuronOptions { MaxNewTokens = 4, BatchSize = 2 });
     }
 
     /// <summary>Lowers the key bias of up to <paramref name="count"/> TP neurons of each given layer by <paramref name="by"/>.</summary>
@@ -52,7 +52,7 @@ public class NeuronPatchingTests
         EditTp(after, g, [0, 2], 1.5);
         var tok = Gpt2Tokenizer.Default();
         using var scorer = new ToyLexiconScorer();
-        var r = NeuronPatching.Run(before, after, tok, w, Prompts, g, Opts(), t => scorer.Score(t).Select(s => s.Value).ToList());
+        var r = NeuronPatching.Run(new(before, after, tok), w, Prompts, g, Opts() with { Score = t => scorer.Score(t).Select(s => s.Value).ToList() });
         Assert.True(Math.Abs(r.MetricAfter - r.MetricBefore) > 1e-3, "the edit must move M for the test to mean anything");
         // the edited neurons are TP neurons: the TP patch turns one model into the other, in both directions
         var tp = r.Rows.Single(x => x.Direction == NeuronPatching.AfterIntoBefore && x.Group == "TP" && x.Layer is null);
@@ -96,7 +96,7 @@ public class NeuronPatchingTests
         var g = Groups(before, w);
         EditTp(after, g, [2], 2.0, count: 6);
         var tok = Gpt2Tokenizer.Default();
-        var r = NeuronPatching.Run(before, after, tok, w, Prompts, g, Opts());
+        var r = NeuronPatching.Run(new(before, after, tok), w, Prompts, g, Opts());
         foreach (var row in r.Rows)
         {
             if (row.Layer is 0 or 1 || row.Group != "TP") Assert.Equal(0, row.Real, 6);
@@ -114,7 +114,7 @@ public class NeuronPatchingTests
         {
             using var a64 = (Gpt2Model)b64.Clone();
             EditTp(a64, g64, [0], eps, count: 8);
-            var rr = NeuronPatching.Run(b64, a64, tok, w64, Prompts, g64, Opts());
+            var rr = NeuronPatching.Run(new(b64, a64, tok), w64, Prompts, g64, Opts());
             // layer 0's own row: the gradient carries every downstream path, the patch lets them all happen; the group's
             // all-layer row would add the downstream TP neurons' own Δm on top (paths counted twice — a first-order sum)
             var row = rr.Rows.Single(x => x.Group == "TP" && x.Layer == 0 && x.Direction == NeuronPatching.AfterIntoBefore);
@@ -136,7 +136,7 @@ public class NeuronPatchingTests
         using (torch.no_grad()) after.MlpValues(1).add_(u.outer(v));   // ΔV = u vᵀ on layer 1 only: ‖ΔVᵀa‖ = |u·a|·‖v‖
         var tok = Gpt2Tokenizer.Default();
         string[] toxic = ["you stupid idiot", "shut up you fool and go"], clean = ["the river flows", "a quiet market sells bread today", "hello"];
-        var r = NullSpaceCheck.Run(before, after, tok, toxic, clean, maxPromptTokens: 32, batchSize: 2);
+        var r = NullSpaceCheck.Run(new(before, after, tok), toxic, clean, maxPromptTokens: 32, batchSize: 2);
         Assert.Equal(3, r.Count);
         foreach (var l in new[] { 0, 2 }) { Assert.Equal(0, r[l].ToxicNorm); Assert.Equal(0, r[l].CleanNorm); }
         (double Norm, double Rel) Expected(string[] texts)

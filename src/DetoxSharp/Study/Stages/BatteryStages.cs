@@ -113,7 +113,7 @@ public static partial class StudyStages
         double target = retox.TargetFraction * startTox;
 
         c.Report?.Invoke(0.05, "depth: per-position KL(aligned ‖ start)");
-        var depth = AlignmentDepth.PerPositionKl(start.Model, aligned.Model, tok, prompts, s.DepthTokens, eo.MaxPromptTokens, eo.BatchSize);
+        var depth = AlignmentDepth.PerPositionKl(new(start.Model, aligned.Model, tok), prompts, s.DepthTokens, eo.MaxPromptTokens, eo.BatchSize);
         var depthJson = depth.ToJson(s.DepthFirst);
         depthJson["kl_position_1"] = double.IsFinite(depth.MeanKl[0]) ? depth.MeanKl[0] : null;
         depthJson["first"] = s.DepthFirst;
@@ -150,7 +150,7 @@ public static partial class StudyStages
                 continue;
             }
             int done = i;
-            var (points, cost) = AttackEval.Sweep(aligned.Model, tok, ids, scorer, attack, strengths, eo, target, retox,
+            var (points, cost) = AttackEval.Sweep(aligned.Model, tok, ids, new AttackSweep(attack, strengths, scorer, eo) { Target = target, Retox = retox },
                 p => c.Report?.Invoke(0.1 + 0.9 * done / kinds.Count, $"{entry["kind"]}: {attack.StrengthName} = {p.Strength.ToString("G4", CultureInfo.InvariantCulture)} → toxicity {p.Toxicity:F3}"),
                 c.Cancellation);
             entry["strength_name"] = attack.StrengthName;

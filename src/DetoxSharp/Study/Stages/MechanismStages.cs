@@ -27,13 +27,13 @@ public static partial class StudyStages
         // one set of greedy continuations for both analyses: they read the same prompts and positions
         c.Report?.Invoke(0, $"greedy continuations of {prompts.Count} prompts (start model)");
         var forced = TeacherForced.Generate(before.Model, before.Tokenizer, prompts, diffOpts.MaxPromptTokens, diffOpts.MaxNewTokens, diffOpts.BatchSize);
-        var d = AlignmentDiff.Compute(before.Model, after.Model, before.Tokenizer, probe, prompts, diffOpts, forced, progress);
+        var d = AlignmentDiff.Compute(new(before.Model, after.Model, before.Tokenizer) { Forced = forced }, probe, prompts, diffOpts, progress);
         AlignmentDiff.Write(d, diffOpts, analysisDir);
         // Yang et al. 2025: where the drop along W_Toxic comes from, neuron by neuron (same prompts and positions)
         var neuronOpts = NeuronOptionsOf(diffOpts);
         NeuronContributions.Result nr;
         using (var w = probe.WToxic)
-            nr = NeuronContributions.Compute(before.Model, after.Model, before.Tokenizer, w, prompts, neuronOpts, progress, forced);
+            nr = NeuronContributions.Compute(new(before.Model, after.Model, before.Tokenizer) { Forced = forced }, w, prompts, neuronOpts, progress);
         var neurons = NeuronContributions.Write(nr, neuronOpts, Path.Combine(analysisDir, "neurons"));
         WriteJson(Path.Combine(c.OutputDir, RunLayout.Diff), DiffSummary(d, neurons));
     }

@@ -59,11 +59,11 @@ public static partial class StudyStages
         c.Report?.Invoke(0, $"greedy continuations of {prompts.Count} prompts (start model)");
         var forced = TeacherForced.Generate(before.Model, before.Tokenizer, prompts, opts.MaxPromptTokens, opts.MaxNewTokens, opts.BatchSize);
         using var w = probe.WToxic;
-        var groups = NeuronContributions.Compute(before.Model, after.Model, before.Tokenizer, w, prompts,
-            NeuronOptionsOf(diffOpts), progress, forced);
+        var groups = NeuronContributions.Compute(new(before.Model, after.Model, before.Tokenizer) { Forced = forced }, w, prompts,
+            NeuronOptionsOf(diffOpts), progress);
         using var scorer = opts.GenerationTokens > 0 ? scorerOf(c) : null;
-        var r = NeuronPatching.Run(before.Model, after.Model, before.Tokenizer, w, prompts, groups, opts,
-            scorer is null ? null : t => scorer.Score(t).Select(s => s.Value).ToList(), progress, forced);
+        var r = NeuronPatching.Run(new(before.Model, after.Model, before.Tokenizer) { Forced = forced }, w, prompts, groups,
+            opts with { Score = scorer is null ? null : t => scorer.Score(t).Select(s => s.Value).ToList() }, progress);
         NeuronPatching.Write(r, c.OutputDir);
     }
 }
@@ -94,12 +94,12 @@ public static partial class StudyStages
         var forced = TeacherForced.Generate(before.Model, before.Tokenizer, prompts, opts.MaxPromptTokens, opts.MaxNewTokens, opts.BatchSize);
         NeuronContributions.Result r;
         using (var w = probe.WToxic)
-            r = NeuronContributions.Compute(before.Model, after.Model, before.Tokenizer, w, prompts, opts, progress, forced);
+            r = NeuronContributions.Compute(new(before.Model, after.Model, before.Tokenizer) { Forced = forced }, w, prompts, opts, progress);
         var neurons = NeuronContributions.Write(r, opts, Path.Combine(c.OutputDir, "neurons"));
         var comments = DetoxSharp.Data.DatasetReaders.ReadJigsawCsv(files.Comments);
         var toxic = comments.Where(k => k.Toxic).Take(section.NullSpaceComments).Select(k => k.Text).ToList();
         var clean = comments.Where(k => !k.Toxic).Take(section.NullSpaceComments).Select(k => k.Text).ToList();
-        var layers = NullSpaceCheck.Run(before.Model, after.Model, before.Tokenizer, toxic, clean, diff.MaxPromptTokens, diff.BatchSize, progress);
+        var layers = NullSpaceCheck.Run(new(before.Model, after.Model, before.Tokenizer), toxic, clean, diff.MaxPromptTokens, diff.BatchSize, progress);
         NullSpaceCheck.Write(layers, c.OutputDir);
         WriteJson(Path.Combine(c.OutputDir, MethodNeuronsFile), new JsonObject
         {
