@@ -14,9 +14,12 @@ namespace DetoxSharp.Training;
 /// </summary>
 public static class PairShards
 {
+    /// <summary>The directory holding the shards of the pairs file <paramref name="outPath"/> (PAIRS.shards).</summary>
     public static string DirectoryFor(string outPath) => outPath + ".shards";
 
+    /// <summary>Shard <paramref name="s"/>'s records file in <paramref name="dir"/> (shard-I-of-N.jsonl).</summary>
     public static string RecordsFile(string dir, Shard s) => Path.Combine(dir, s.DirectoryName + ".jsonl");
+    /// <summary>Shard <paramref name="s"/>'s manifest in <paramref name="dir"/> (shard-I-of-N.json), written last.</summary>
     public static string ManifestFile(string dir, Shard s) => Path.Combine(dir, s.DirectoryName + ".json");
 
     /// <summary>Writes one shard's records, then its manifest (so a shard interrupted mid-write has no manifest).</summary>
