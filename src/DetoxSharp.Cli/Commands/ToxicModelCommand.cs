@@ -30,7 +30,8 @@ public static class ToxicModelCommand
             var outDir = p.GetValue(output)!;
             var o = f.Read(p) with { OutputDir = outDir, Precision = prec };
             err.WriteLine($"detox: {examples.Count} dialogues, {toxic} toxic");
-            var r = ToxicModel.Train(m.Model, m.Tokenizer, examples, o, TrainingCli.Printer(err), cancel);
+            ToxicModel.AddControlToken(m.Model, m.Tokenizer);
+            var r = new SftTrainer(m.Model, m.Tokenizer, o) { Log = s => err.WriteLine("detox: " + s) }.Train(examples, TrainingCli.Printer(err, title: "toxic-model"), cancel);
             var modelDir = Path.Combine(outDir, "model");
             if (r.Run.Stop is TrainingStop.Completed or TrainingStop.EarlyStopped || (r.Run.Stop == TrainingStop.AlreadyFinished && !Directory.Exists(modelDir)))
                 HfCheckpoint.Save(m.Model, m.Tokenizer, modelDir, overwrite: true);

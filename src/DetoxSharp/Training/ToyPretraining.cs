@@ -142,7 +142,7 @@ public static class ToyPretraining
             AllowSettingChanges = o.AllowSettingChanges,
         };
         stage?.Report("pretraining");
-        var result = new SftTrainer(model, tok, sft).Train(train, progress, cancel);
+        var result = new SftTrainer(model, tok, sft) { Log = stage is null ? null : stage.Report }.Train(train, progress, cancel); // warnings (warmup ≥ steps)
         if (!result.Completed)
             throw new TrainingInterruptedException(result.Run, cancel);
         var modelDir = Path.Combine(outDir, "model");

@@ -80,4 +80,23 @@ public class CliProgressTests
         Assert.Contains("before [not markup]", text);
         Assert.Contains("detox: warning: [eval step 2] loss 0.5", text);
     }
+
+    [Fact]
+    public void TheBarPathRunsAndClosesAndKeepsOtherLines()
+    {
+        var inner = new StringWriter();
+        var t = new TerminalErrorWriter(inner);
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        using (var p = CliProgress.Start(t, "bar", "items"))
+        {
+            Assert.True(t.Active);
+            for (int i = 1; i <= 10; i++) p.Update(i, 10, "detail [with brackets]");
+            t.WriteLine("a line meanwhile");
+        }
+        Assert.False(t.Active);
+        Assert.Contains("a line meanwhile", inner.ToString());
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(4), $"closing the bar took {sw.Elapsed}");
+        t.WriteLine("after");
+        Assert.EndsWith("after" + Environment.NewLine, inner.ToString());
+    }
 }
