@@ -108,14 +108,19 @@ public sealed class CliProgress : IDisposable
         readonly ManualResetEventSlim _ready = new();
         readonly Task _display;
         ProgressTask? _task;
+        readonly int _descriptionWidth;
 
         public SpectreBar(TerminalErrorWriter terminal, string title)
         {
             _terminal = terminal;
             var console = terminal.Console;
+            // the fixed columns keep their width; the description (counts, rate, loss …) is cut to what is left of the line
+            int width = Math.Max(40, console.Profile.Width);
+            int bar = Math.Clamp(width / 5, 10, 30);
+            _descriptionWidth = Math.Max(10, width - bar - 6 - 9 - 9 - 6);
             _display = console.Progress().AutoClear(false).HideCompleted(false)
-                .Columns(new ProgressBarColumn { Width = 30 }, new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn(),
-                    new TaskDescriptionColumn { Alignment = Justify.Left })
+                .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn { Width = bar }, new PercentageColumn(),
+                    new ElapsedTimeColumn(), new RemainingTimeColumn())
                 .StartAsync(async ctx =>
                 {
                     _task = ctx.AddTask(Markup.Escape(title), maxValue: 1);
@@ -132,7 +137,8 @@ public sealed class CliProgress : IDisposable
             if (_task is null) return;
             _task.MaxValue = Math.Max(1, total);
             _task.Value = Math.Min(done, Math.Max(1, total));
-            _task.Description = Markup.Escape(description);
+            if (description.Length > _descriptionWidth) description = description[..(_descriptionWidth - 1)] + "…";
+            _task.Description = Markup.Escape(description.PadRight(_descriptionWidth));
         }
 
         public void Dispose()
