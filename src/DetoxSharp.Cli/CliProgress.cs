@@ -57,7 +57,9 @@ public sealed class CliProgress : IDisposable
     /// after the rate (e.g. the loss); <paramref name="eta"/> overrides the estimate from the average rate so far.
     /// <paramref name="phase"/>: a new phase (e.g. eval's "row: stage", each with its own count) restarts the clock and
     /// is always shown.</summary>
-    public void Update(long done, long total, string? detail = null, TimeSpan? eta = null, string? phase = null)
+    /// <paramref name="always"/>: show this update as a line even when it is less than 5 % and 10 s after the last
+    /// (updates that each carry a result, e.g. an attack's points).
+    public void Update(long done, long total, string? detail = null, TimeSpan? eta = null, string? phase = null, bool always = false)
     {
         bool newPhase = phase != _phase;
         if (newPhase) { _phase = phase; if (_lastPrinted is not null) _clock.Restart(); _lastPrinted = null; _lastFraction = -1; }
@@ -74,7 +76,7 @@ public sealed class CliProgress : IDisposable
         }
         double fraction = total > 0 ? done / (double)total : 0;
         bool first = _lastPrinted is null, last = done >= total;
-        if (!first && !last && fraction - _lastFraction < 0.05 && elapsed - _lastPrinted!.Value < TimeSpan.FromSeconds(10)) return;
+        if (!first && !last && !always && fraction - _lastFraction < 0.05 && elapsed - _lastPrinted!.Value < TimeSpan.FromSeconds(10)) return;
         _lastPrinted = elapsed;
         _lastFraction = fraction;
         _err.WriteLine(Line(done, total, elapsed, eta, rateText, detail));

@@ -136,9 +136,13 @@ public static class AttackCommand
                         HfCheckpoint.Save(m.Model, m.Tokenizer, modelOut, KeyConvention.Hub, overwrite: true);
                     err.WriteLine($"attacked model written to {Path.GetFullPath(modelOut)}");
                 }
-                var (points, cost) = AttackEval.Sweep(m.Model, m.Tokenizer, ids, new AttackSweep(attack, list, sc, eval) { Target = goal, Retox = retox },
-                    pt => err.WriteLine($"{dirs[mi]}: {attack.StrengthName} = {pt.Strength.ToString(CultureInfo.InvariantCulture)} → toxicity {pt.Toxicity:F4}"),
-                    interrupt.Token);
+                // one progress line per measured point (a cost search adds up to BisectSteps points after the sweep)
+                int expected = list.Distinct().Count() + (goal is null ? 0 : retox.BisectSteps), measuredPoints = 0;
+                var (points, cost) = CliProgress.Run(err, $"attack {attack.Name} on {dirs[mi]}", "points", bar =>
+                    AttackEval.Sweep(m.Model, m.Tokenizer, ids, new AttackSweep(attack, list, sc, eval) { Target = goal, Retox = retox },
+                        pt => bar.Update(++measuredPoints, Math.Max(expected, measuredPoints),
+                            $"{attack.StrengthName} = {pt.Strength.ToString(CultureInfo.InvariantCulture)} → toxicity {pt.Toxicity:F4}", always: true),
+                        interrupt.Token));
                 if (cost is not null) costs.Add(cost);
                 foreach (var pt in points)
                 {

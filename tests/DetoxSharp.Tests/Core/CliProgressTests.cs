@@ -99,4 +99,19 @@ public class CliProgressTests
         t.WriteLine("after");
         Assert.EndsWith("after" + Environment.NewLine, inner.ToString());
     }
+
+    [Fact]
+    public void UpdatesThatCarryAResultCanAlwaysBeShown()
+    {
+        var w = new StringWriter();
+        using (var p = CliProgress.Start(w, "attack keys", "points"))
+        {
+            p.Update(1, 100, "s = 1 → toxicity 0.1000");
+            p.Update(2, 100, "s = 2 → toxicity 0.2000");               // 1 % later: skipped
+            p.Update(3, 100, "s = 5 → toxicity 0.3000", always: true); // carries a result: shown
+        }
+        var lines = Lines(w);
+        Assert.Equal(2, lines.Length);
+        Assert.EndsWith("s = 5 → toxicity 0.3000", lines[1]);
+    }
 }
