@@ -101,9 +101,9 @@ public sealed record InterventionsSection
     public bool Relative { get; init; }
     /// <summary>The paper's scales: W_Toxic ×50, top value vector ×20, first SVD vector ×100.</summary>
     public double ProbeScale { get; init; } = 50;
-    /// <summary>"top_vector_scale": how far the top toxic value vector (unit length) is subtracted (paper: 20).</summary>
+    /// <summary>"top_vector_scale": scale of the subtracted top toxic value vector (the "Subtract top vector" row; paper: 20).</summary>
     public double TopVectorScale { get; init; } = 20;
-    /// <summary>"svd_scale": how far the first SVD direction U[0] of the top toxic vectors is subtracted (paper: 100).</summary>
+    /// <summary>"svd_scale": scale of the subtracted first SVD direction, the vectors stage's svd_u[0] (the "Subtract SVD.U[0]" row; paper: 100).</summary>
     public double SvdScale { get; init; } = 100;
 }
 
