@@ -9,9 +9,11 @@ namespace DetoxSharp.Study;
 /// </summary>
 public sealed record StudyStageFunctions
 {
-    /// <summary>"world": writes the toy world's data files (comments, challenge prompts, …) under world/ (checkpoint study: the data paths).</summary>
+    /// <summary>"world": writes data.json, the paths of the study's data files and the label-noise rate (toy: generates
+    /// the world's files under world/ with its toxic word list; checkpoint: checks that every data.* file exists).</summary>
     public Action<StageContext>? World { get; init; }
-    /// <summary>"pretrain": pretrains the toy base model on the world (checkpoint study: names data.base_model) and writes where the model is.</summary>
+    /// <summary>"pretrain": writes model_dir.txt naming the base model (toy: pretrains it into model/ and writes
+    /// pretrain.json; checkpoint: data.base_model, loaded once to validate it).</summary>
     public Action<StageContext>? Pretrain { get; init; }
     /// <summary>"probe": fits the linear toxicity probe and its bag-of-words baseline; writes <see cref="RunLayout.Probe"/>.</summary>
     public Action<StageContext>? Probe { get; init; }
