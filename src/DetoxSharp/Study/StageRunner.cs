@@ -40,6 +40,11 @@ public sealed class StageContext
 /// <summary>One node of the study: a name (also its directory under run_dir/stages), the settings that decide
 /// its output, the stages whose outputs it reads, and the function that produces it. A null <see cref="Run"/>
 /// means the library code for this stage is not part of this build; the runner stops there and says so.</summary>
+/// <param name="Name">'/'-separated relative path, unique in the list (e.g. "train/dpo/lr1e-06/s0"); its output lives in
+/// run_dir/stages/NAME.</param>
+/// <param name="Settings">Everything that decides the output; its canonical hash is part of the stage's key.</param>
+/// <param name="DependsOn">Earlier stages whose outputs it reads (their output hashes are the rest of the key).</param>
+/// <param name="Run">The stage function; null = not available in this build.</param>
 public sealed record StageDefinition(string Name, JsonObject Settings, IReadOnlyList<string> DependsOn, Action<StageContext>? Run)
 {
     /// <summary>Stage kind = first path segment ("train/dpo/lr1e-06/s0" → "train"); used for duration estimates.</summary>
