@@ -172,8 +172,8 @@ public sealed class StudyConfig
         StudySections.Check(source, path, () => validate(t));
     }
 
-    /// <summary>Maps JSON text onto a config (snake_case keys, unknown keys refused) without the strict pre-parse of
-    /// <see cref="Load"/>; used for the embedded toy config and for configs read back from a run.</summary>
+    /// <summary>Maps JSON text onto a config (snake_case keys; an unknown key throws <see cref="JsonException"/>) without the strict pre-parse of
+    /// <see cref="Load"/>; used for the embedded toy config and by the report, which reads the config back from the report stage's settings.</summary>
     /// <param name="json">The config's JSON text.</param>
     public static StudyConfig Parse(string json) => JsonSerializer.Deserialize<StudyConfig>(json, Opts)!;
 
