@@ -747,7 +747,7 @@ public sealed class ChatTemplate
             {
                 var v = Eval(u.Operand, scope);
                 if (u.Op == "not") return !Truthy(v);
-                return v switch { long l => -l, double d => -d, _ => throw Error($"cannot negate {TypeName(v)}") };
+                return v switch { long l => (object)(-l), double d => -d, _ => throw Error($"cannot negate {TypeName(v)}") };
             }
             case Ternary t:
                 return Truthy(Eval(t.Cond, scope)) ? Eval(t.Then, scope) : t.Else is null ? Undefined.Value : Eval(t.Else, scope);
@@ -843,14 +843,14 @@ public sealed class ChatTemplate
             long lx = (long)D(x), ly = (long)D(y);
             switch (op)
             {
-                case "+": return ints ? lx + ly : D(x) + D(y);
-                case "-": return ints ? lx - ly : D(x) - D(y);
-                case "*": return ints ? lx * ly : D(x) * D(y);
+                case "+": return ints ? (object)(lx + ly) : D(x) + D(y);
+                case "-": return ints ? (object)(lx - ly) : D(x) - D(y);
+                case "*": return ints ? (object)(lx * ly) : D(x) * D(y);
                 case "/": if (D(y) == 0) throw Error("division by zero"); return D(x) / D(y);
-                case "//": if (D(y) == 0) throw Error("division by zero"); return ints ? (long)Math.Floor((double)lx / ly) : Math.Floor(D(x) / D(y));
+                case "//": if (D(y) == 0) throw Error("division by zero"); return ints ? (object)(long)Math.Floor((double)lx / ly) : Math.Floor(D(x) / D(y));
                 case "%":
                     if (D(y) == 0) throw Error("modulo by zero");
-                    if (ints) { long m = lx % ly; return m != 0 && (m < 0) != (ly < 0) ? m + ly : m; }
+                    if (ints) { long m = lx % ly; return (object)(m != 0 && (m < 0) != (ly < 0) ? m + ly : m); }
                     { double m = D(x) % D(y); return m != 0 && (m < 0) != (D(y) < 0) ? m + D(y) : m; }
             }
         }
