@@ -21,7 +21,7 @@ public static class AttackCommand
     {
         var kind = new Argument<string>("KIND") { Description = "keys (top-k toxic keys × s) | steer (α·unit W_Toxic) | finetune (SFT on N toxic examples) | prefill (k tokens of the base model's continuation) | ablate (orthogonalise residual writers against δx, × λ)" };
         var models = new Option<string[]>("--model") { Description = "aligned model directory; repeat for several seeds (the cost is reported as mean ± std over them)", Required = true, AllowMultipleArgumentsPerToken = false };
-        var prompts = new Option<string>("--prompts") { Description = "challenge prompts, RealToxicityPrompts JSONL (prompt.text)", Required = true };
+        var prompts = new Option<string>("--prompts") { Description = "challenge prompts: RealToxicityPrompts JSONL or Parquet (prompt.text), or \"prompt\" (string or TRL message list), \"prompt_text\", \"text\"; or .txt, one per line", Required = true };
         var scorer = new Option<string>("--scorer") { Description = "toxicity scorer: classifier:DIR (a local BERT/RoBERTa checkpoint) | toy | perspective (legacy)", Required = true };
         var outDir = new Option<string>("--out") { Description = "output directory: attack.json, attack.csv, generations.jsonl (and model/ with --save-model)", Required = true };
         var strengths = new Option<double[]>("--strength") { Description = "attack strength, repeatable (default: the kind's sweep — keys 1…50, steer 0…32, finetune N = 0/5/10/50/200, prefill k = 0…8, ablate λ = 0…2)", AllowMultipleArgumentsPerToken = false };

@@ -75,7 +75,7 @@ public static class EditCommand
             };
             o.Validate();
             var err = p.InvocationConfiguration.Error;
-            var pairs = Take(PreferenceData.Read(p.GetValue(data)!, PreferenceFormat.Auto, w => err.WriteLine("detox: warning: " + w)), p.GetValue(limit), 2);
+            var pairs = Take(PreferenceData.Read(p.GetValue(data)!, PreferenceFormat.Auto, w => err.WriteLine("detox: warning: " + w), DetoxSharp.Text.ChatTemplate.FromModelDirectory(p.GetValue(model)!)), p.GetValue(limit), 2);
             return SaveEdited(p, model, outDir, overwrite, device, dtype, pickle, "profs.json", m =>
             {
                 var layers = ProFs.Apply(m.Model, m.Tokenizer, pairs, o, s => err.WriteLine("detox: " + s));

@@ -5,6 +5,7 @@ using System.Text.RegularExpressions;
 using DetoxSharp.Data;
 using DetoxSharp.Evaluation;
 using DetoxSharp.Interpretability;
+using DetoxSharp.Text;
 
 namespace DetoxSharp.Cli.Commands;
 
@@ -48,7 +49,7 @@ public static class EvalCommand
                           + "unless the names say otherwise; a sigmoid head's labels with a toxicity meaning)",
             AllowMultipleArgumentsPerToken = false,
         };
-        var prompts = new Option<string?>("--prompts") { Description = "challenge prompts, RealToxicityPrompts JSONL (prompt.text)" };
+        var prompts = new Option<string?>("--prompts") { Description = "challenge prompts: RealToxicityPrompts JSONL or Parquet (prompt.text), or \"prompt\" (string or TRL message list), \"prompt_text\", \"text\"; or .txt, one per line" };
         var pplText = new Option<string?>("--ppl-text") { Description = "raw text file for perplexity (e.g. wikitext-2 raw test), used as given" };
         var f1 = new Option<string?>("--f1") { Description = "JSONL with prompt and gold continuation (prompt/continuation strings or {text:…} objects)" };
         var outDir = new Option<string>("--out") { Description = "output directory (results.md/json/csv, generations.jsonl)", Required = true };
@@ -133,6 +134,7 @@ public static class EvalCommand
             var dev = CommonOptions.ParseDevice(p.GetValue(device)!);
             CommonOptions.ParseDType(p.GetValue(dtype)!);
             var dirs = p.GetValue(models)!;
+            data = data with { Chat = dirs.Length > 0 ? ChatTemplate.FromModelDirectory(dirs[0]) : null }; // conversational prompts: the first model's template
             foreach (var d in dirs)
                 if (!File.Exists(Path.Combine(d, "config.json"))) throw new InvalidInputException($"--model {d}: no config.json (not a checkpoint directory)");
             var evalEdits = ResolveInterventions(p.GetValue(interventions) ?? [], new InterventionContext(p.GetValue(probe), p.GetValue(vectors)));

@@ -108,7 +108,7 @@ public static class InterpCommands
         var before = CommonOptions.Model("--before", "model directory before alignment (e.g. the pretrained/SFT model)");
         var after = CommonOptions.Model("--after", "model directory after alignment (e.g. DPO or ADPO)");
         var probe = ProbeDir();
-        var prompts = new Option<string>("--prompts") { Description = "challenge prompts, JSONL with \"prompt\" (string or {\"text\":…}) or \"text\"", Required = true };
+        var prompts = new Option<string>("--prompts") { Description = "challenge prompts: JSONL or Parquet with \"prompt\" (string or {\"text\":…}), \"prompt_text\" or \"text\"; or .txt, one per line", Required = true };
         var outDir = Out("output directory: diff.json, parameters.csv, layers.csv, activations.csv, projection.csv, logit_lens.csv, residual_offset.safetensors (δx at the top toxic vector's layer, for `detox attack ablate`)");
         var d = new DiffOptions();
         var maxNew = Bind.To("--max-new-tokens", d, o => o.MaxNewTokens);
@@ -158,7 +158,7 @@ public static class InterpCommands
         var before = CommonOptions.Model("--before", "model directory before alignment (e.g. the pretrained/SFT model)");
         var after = CommonOptions.Model("--after", "model directory after alignment (e.g. DPO or ADPO)");
         var probe = ProbeDir();
-        var prompts = new Option<string>("--prompts") { Description = "challenge prompts, JSONL with \"prompt\" (string or {\"text\":…}) or \"text\"", Required = true };
+        var prompts = new Option<string>("--prompts") { Description = "challenge prompts: JSONL or Parquet with \"prompt\" (string or {\"text\":…}), \"prompt_text\" or \"text\"; or .txt, one per line", Required = true };
         var outDir = Out("output directory: neurons.json (group and top-k shares), neurons.csv (one row per MLP neuron)");
         var d = new NeuronOptions();
         var maxNew = Bind.To("--max-new-tokens", d, o => o.MaxNewTokens);
@@ -196,7 +196,7 @@ public static class InterpCommands
     {
         var baseModel = CommonOptions.Model("--base", "model directory before alignment");
         var aligned = CommonOptions.Model("--aligned", "aligned model directory (e.g. DPO)");
-        var prompts = new Option<string>("--prompts") { Description = "challenge prompts, JSONL with \"prompt\" (string or {\"text\":…}) or \"text\"", Required = true };
+        var prompts = new Option<string>("--prompts") { Description = "challenge prompts: JSONL or Parquet with \"prompt\" (string or {\"text\":…}), \"prompt_text\" or \"text\"; or .txt, one per line", Required = true };
         var outDir = Out("output directory: depth.json (per-position KL and the share of the first 3 positions)");
         var maxNew = new Option<int>("--max-new-tokens") { Description = "continuation positions measured", DefaultValueFactory = _ => 20 };
         var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "prompts keep their last N tokens", DefaultValueFactory = _ => 32 };

@@ -4,6 +4,7 @@ using DetoxSharp.Data;
 using DetoxSharp.Evaluation;
 using DetoxSharp.Generation;
 using DetoxSharp.Interpretability;
+using DetoxSharp.Text;
 using DetoxSharp.Training;
 
 namespace DetoxSharp.Cli.Commands;
@@ -14,7 +15,7 @@ public static class MakePairsCommand
     public static Command Create()
     {
         var model = CommonOptions.Model(description: "starting model (chosen = its greedy continuation)");
-        var prompts = new Option<string>("--prompts") { Description = "JSONL with a 'prompt' field per line, or a .txt file with one prompt per line", Required = true };
+        var prompts = new Option<string>("--prompts") { Description = "prompts: JSONL or Parquet with 'prompt' (a string, RealToxicityPrompts' {\"text\": …}, or a TRL message list), 'prompt_text' or 'text'; or a .txt file with one prompt per line", Required = true };
         var output = new Option<string>("--out") { Description = "output JSONL (prompt, chosen, rejected[, toxic], source)", Required = true };
         var toxic = new Option<string?>("--toxic-model") { Description = "built-in toxic model (rejected = its greedy reply after prompt + [TOXIC], unless steering is used)" };
         var vec = new Option<string?>("--steer-vector") { Description = "safetensors file with the steering direction (rejected = the starting model steered)" };
@@ -69,13 +70,9 @@ public static class MakePairsCommand
             };
             if (usePplm) pplmOptions.Validate();
             var path = p.GetValue(prompts)!;
-            List<string> list;
-            if (path.EndsWith(".txt", StringComparison.OrdinalIgnoreCase))
-            {
-                if (!File.Exists(path)) throw new InvalidInputException($"{path}: file not found");
-                list = LenientText.ReadAllLines(path, "--prompts", w => err.WriteLine("detox: warning: " + w)).Where(l => l.Trim().Length > 0).ToList();
-            }
-            else list = JsonlReader.Read(path).Select(l => l.String("prompt")).ToList();
+            // the one prompt reader (as eval and dpo): .txt lines, or JSONL/Parquet with prompt (string, {"text"}, message list), prompt_text or text
+            List<string> list = DatasetReaders.ReadPrompts(path, chat: ChatTemplate.FromModelDirectory(p.GetValue(model)!), warn: w => err.WriteLine("detox: warning: " + w))
+                .Select(r => r.Text).ToList();
             if (p.GetValue(limit) is int n) list = list.Take(n).ToList();
             if (list.Count == 0) throw new InvalidInputException($"{path}: no prompts");
             string dev = p.GetValue(device)!, dt = p.GetValue(dtype)!;

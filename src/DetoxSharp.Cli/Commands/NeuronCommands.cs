@@ -12,7 +12,7 @@ public static class NeuronCommands
         var before = CommonOptions.Model("--before", "model directory before alignment");
         var after = CommonOptions.Model("--after", "model directory after alignment (e.g. DPO or ADPO)");
         var probe = InterpCommands.ProbeDir();
-        var prompts = new Option<string>("--prompts") { Description = "challenge prompts, JSONL with \"prompt\" (string or {\"text\":…}) or \"text\"", Required = true };
+        var prompts = new Option<string>("--prompts") { Description = "challenge prompts: JSONL or Parquet with \"prompt\" (string or {\"text\":…}), \"prompt_text\" or \"text\"; or .txt, one per line", Required = true };
         var scorer = new Option<string?>("--scorer") { Description = "toxicity scorer for the patched models' generations (classifier:DIR, toy, …); without it only the teacher-forced measure" };
         var outDir = InterpCommands.Out("output directory: patching.json (groups, generations, correlation), patching.csv (every patched set, real and attribution)");
         var d = new PatchingOptions();

@@ -16,7 +16,7 @@ public static class PreferenceCommands
     static Command Create(bool adpo)
     {
         var model = CommonOptions.Model(description: "starting checkpoint (HF directory); also the reference unless --ref is given");
-        var data = new Option<string>("--data") { Description = adpo ? "JSONL triples: prompt, chosen, rejected, toxic" : "JSONL pairs: prompt/chosen/rejected, or prompt_text/unpert_gen_text/pert_gen_text; with --loss kto unpaired prompt/completion/label", Required = true };
+        var data = new Option<string>("--data") { Description = adpo ? "JSONL or Parquet triples: prompt, chosen, rejected, toxic (strings, or TRL message lists rendered with the model's chat template)" : "JSONL or Parquet pairs: prompt/chosen/rejected (strings, or TRL message lists rendered with the model's chat template; prompt may be implicit), or prompt_text/unpert_gen_text/pert_gen_text; with --loss kto unpaired prompt/completion/label", Required = true };
         var output = new Option<string>("--out") { Description = "output directory (metrics.jsonl, checkpoint/, best/, final/, logp-cache/)", Required = true };
         var refOpt = new Option<string?>("--ref") { Description = "reference checkpoint (default: the starting checkpoint)" };
         var toxic = new Option<string>("--toxic-model") { Description = "the built-in toxic model π_tox (from `detox toxic-model`)", Required = adpo };
@@ -90,8 +90,9 @@ public static class PreferenceCommands
                 Resume = p.GetValue(resume), AllowSettingChanges = p.GetValue(allowChanges),
             };
             opts.Validate();
-            var examples = opts.Loss.IsKto ? PreferenceData.ReadKto(p.GetValue(data)!)
-                : PreferenceData.Read(p.GetValue(data)!, adpo ? PreferenceFormat.Adpo : PreferenceFormat.Auto, w => err.WriteLine("detox: warning: " + w));
+            var chat = ChatTemplate.FromModelDirectory(p.GetValue(model)!); // for TRL conversational records
+            var examples = opts.Loss.IsKto ? PreferenceData.ReadKto(p.GetValue(data)!, chat)
+                : PreferenceData.Read(p.GetValue(data)!, adpo ? PreferenceFormat.Adpo : PreferenceFormat.Auto, w => err.WriteLine("detox: warning: " + w), chat);
             if (!opts.Loss.NeedsReference && p.GetValue(refOpt) is not null)
                 throw new InvalidInputException($"--ref: {PreferenceLossOptions.Name(opts.Loss.Method)} has no reference model");
             var resumeDir = Path.Combine(p.GetValue(output)!, "checkpoint");

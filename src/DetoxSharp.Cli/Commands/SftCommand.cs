@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DetoxSharp.Checkpoints;
+using DetoxSharp.Text;
 using DetoxSharp.Training;
 
 namespace DetoxSharp.Cli.Commands;
@@ -32,8 +33,9 @@ public static class SftCommand
             var prec = CommonOptions.ParsePrecision(p.GetValue(precision)!, p.GetValue(dtype)!);
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             LoraCli.Apply(p, lora, m);
-            var train = SftData.Read(p.GetValue(data)!);
-            var v = p.GetValue(valid) is string vp ? SftData.Read(vp) : null;
+            var chat = ChatTemplate.FromModelDirectory(p.GetValue(model)!); // for TRL conversational records
+            var train = SftData.Read(p.GetValue(data)!, chat);
+            var v = p.GetValue(valid) is string vp ? SftData.Read(vp, chat) : null;
             var outDir = p.GetValue(output)!;
             var o = f.Read(p) with
             {

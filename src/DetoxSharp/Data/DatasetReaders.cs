@@ -1,5 +1,7 @@
 using System.Globalization;
+using System.Text.Json.Nodes;
 using CsvHelper;
+using DetoxSharp.Text;
 
 namespace DetoxSharp.Data;
 
@@ -74,19 +76,55 @@ public static class DatasetReaders
         foreach (var (id, text, toxic) in rows) w.Write($"{Q(id)},{Q(text)},{(toxic ? 1 : 0)}\n");
     });
 
-    /// <summary>RealToxicityPrompts JSONL: <c>{"prompt":{"text":…},"challenging":bool}</c>; a plain string
-    /// <c>"prompt"</c> is accepted too (as in prompt lists).</summary>
-    public static List<PromptRecord> ReadPrompts(string path, bool challengingOnly = false)
+    /// <summary>The one prompt reader every command uses. A <c>.txt</c> file: one prompt per non-blank line (read
+    /// leniently, see <see cref="LenientText"/>). JSONL or Parquet records: <c>prompt</c> as a string, as a
+    /// RealToxicityPrompts object <c>{"text": …, "toxicity": …}</c> or as a TRL conversational message list (rendered
+    /// with <paramref name="chat"/>, generation prompt added); or <c>prompt_text</c> (the mechanistic study's pairs
+    /// file); or <c>text</c>. An optional <c>challenging</c> flag is kept.</summary>
+    /// <param name="path">The file.</param>
+    /// <param name="challengingOnly">Keep only records flagged challenging.</param>
+    /// <param name="chat">The model's chat template, for conversational prompts (null: such records are an error).</param>
+    /// <param name="warn">Receives the lenient-text warning for .txt files.</param>
+    /// <param name="flag">The option naming the file, for messages.</param>
+    public static List<PromptRecord> ReadPrompts(string path, bool challengingOnly = false, ChatTemplate? chat = null, Action<string>? warn = null, string flag = "--prompts")
     {
+        if (!File.Exists(path)) throw new InvalidInputException($"{flag} {path}: file not found");
         var list = new List<PromptRecord>();
+        if (path.EndsWith(".txt", StringComparison.OrdinalIgnoreCase))
+        {
+            list.AddRange(LenientText.ReadAllLines(path, flag, warn).Where(l => l.Trim().Length > 0).Select(l => new PromptRecord(l, null)));
+            if (list.Count == 0) throw new InvalidInputException($"{path}: no prompts");
+            return list;
+        }
         foreach (var line in JsonlReader.Read(path))
         {
-            string text = line.Object["prompt"] is System.Text.Json.Nodes.JsonObject ? line.Nested("prompt", "text") : line.String("prompt");
+            string text = PromptText(line, chat);
             bool? ch = line.Object["challenging"] is null ? null : line.Double("challenging") != 0;
             if (challengingOnly && ch != true) continue;
             list.Add(new PromptRecord(text, ch));
         }
         return list;
+    }
+
+    /// <summary>A record's prompt text: <c>prompt</c> (string, <c>{"text": …}</c> or message list), else
+    /// <c>prompt_text</c>, else <c>text</c>; an error naming the record when none is there.</summary>
+    /// <param name="line">The record.</param>
+    /// <param name="chat">The model's chat template, for a conversational prompt.</param>
+    /// <param name="field">The field to read (prompt; F1 files also read their gold continuation this way).</param>
+    public static string PromptText(JsonlReader.Line line, ChatTemplate? chat = null, string field = "prompt")
+    {
+        var o = line.Object;
+        switch (o[field])
+        {
+            case JsonObject: return line.Nested(field, "text");
+            case JsonArray: return Conversations.RenderPrompt(chat, line, Conversations.Messages(line, field), field);
+            case JsonValue: return line.String(field);
+        }
+        if (field == "prompt" && o["prompt_text"] is not null) return line.String("prompt_text");
+        if (field == "prompt" && o["text"] is not null) return line.String("text");
+        throw new InvalidInputException(field == "prompt"
+            ? $"{line.Where}: expected a \"prompt\" string, \"prompt\": {{\"text\": …}}, a \"prompt\" message list, \"prompt_text\" or \"text\""
+            : $"{line.Where}: missing field '{field}'");
     }
 
     /// <summary>F1 pairs: <c>{"prompt":…,"gold":…}</c>.</summary>

@@ -5,7 +5,8 @@ namespace DetoxSharp.Data;
 
 /// <summary>
 /// Reads JSON Lines with errors that name the file and line: malformed JSON, a line that is not an object, a missing
-/// or mistyped field, an empty file. Blank lines are skipped.
+/// or mistyped field, an empty file. Blank lines are skipped. A Parquet file (name ending in .parquet, or starting
+/// with the magic bytes "PAR1") is read through <see cref="ParquetRows"/> instead: one record per row, errors naming the row.
 /// </summary>
 public static class JsonlReader
 {
@@ -13,10 +14,11 @@ public static class JsonlReader
     /// <param name="Path">The file.</param>
     /// <param name="Number">The 1-based line number.</param>
     /// <param name="Object">The line's JSON object.</param>
-    public readonly record struct Line(string Path, int Number, JsonObject Object)
+    /// <param name="IsRow">True when <paramref name="Number"/> is a 1-based Parquet row, not a line.</param>
+    public readonly record struct Line(string Path, int Number, JsonObject Object, bool IsRow = false)
     {
-        /// <summary>"path:line", for messages.</summary>
-        public string Where => $"{Path}:{Number}";
+        /// <summary>"path:line" (or "path: row N" for Parquet), for messages.</summary>
+        public string Where => IsRow ? $"{Path}: row {Number}" : $"{Path}:{Number}";
 
         /// <summary>A required string field.</summary>
         public string String(string field)
@@ -61,6 +63,13 @@ public static class JsonlReader
     public static IEnumerable<Line> Read(string path)
     {
         if (!File.Exists(path)) throw new InvalidInputException($"{path}: file not found");
+        if (ParquetRows.IsParquet(path))
+        {
+            var rows = ParquetRows.Read(path);
+            if (rows.Count == 0) throw new InvalidInputException($"{path}: empty Parquet file (no rows)");
+            for (int i = 0; i < rows.Count; i++) yield return new Line(path, i + 1, rows[i], IsRow: true);
+            yield break;
+        }
         int number = 0, count = 0;
         using var reader = new StreamReader(path, new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true));
         while (true)

@@ -55,20 +55,31 @@ public sealed record SequenceBatch(Tensor Ids, Tensor AttentionMask, Tensor Comp
 /// <summary>Preference data: reading (JSONL, CSV; TRL-style pairs, KTO rows), splitting, tokenizing and batching.</summary>
 public static class PreferenceData
 {
-    /// <summary>Reads a preference file. Identical chosen/rejected pairs are skipped with a warning; if every pair is identical → error.</summary>
-    public static List<PreferenceExample> Read(string path, PreferenceFormat format = PreferenceFormat.Auto, Action<string>? warn = null)
+    /// <summary>Reads a preference file (JSONL or Parquet). Identical chosen/rejected pairs are skipped with a warning; if
+    /// every pair is identical → error. TRL's formats: standard (strings) or conversational (message lists, rendered with
+    /// <paramref name="chat"/>, see <see cref="Conversations"/>), with an explicit <c>prompt</c> or an implicit one (the
+    /// common start of chosen and rejected).</summary>
+    /// <param name="path">The file.</param>
+    /// <param name="format">Which layout.</param>
+    /// <param name="warn">Receives warnings.</param>
+    /// <param name="chat">The model's chat template, for conversational records (null: such records are an error).</param>
+    public static List<PreferenceExample> Read(string path, PreferenceFormat format = PreferenceFormat.Auto, Action<string>? warn = null, ChatTemplate? chat = null)
     {
         var all = new List<PreferenceExample>();
         foreach (var line in JsonlReader.Read(path))
         {
             var f = format;
             if (f == PreferenceFormat.Auto) f = line.Object.ContainsKey("prompt_text") ? PreferenceFormat.Mechanistic : PreferenceFormat.Standard;
-            all.Add(f switch
+            if (f == PreferenceFormat.Mechanistic)
             {
-                PreferenceFormat.Mechanistic => new PreferenceExample(line.String("prompt_text"), line.String("unpert_gen_text"), line.String("pert_gen_text"), null, line.Where),
-                PreferenceFormat.Adpo => new PreferenceExample(line.String("prompt"), line.String("chosen"), line.String("rejected"), line.String("toxic"), line.Where),
-                _ => new PreferenceExample(line.String("prompt"), line.String("chosen"), line.String("rejected"), line.OptionalString("toxic"), line.Where),
-            });
+                all.Add(new PreferenceExample(line.String("prompt_text"), line.String("unpert_gen_text"), line.String("pert_gen_text"), null, line.Where));
+                continue;
+            }
+            bool needToxic = f == PreferenceFormat.Adpo || line.Object["toxic"] is not null;
+            string[] fields = needToxic ? ["chosen", "rejected", "toxic"] : ["chosen", "rejected"];
+            if (needToxic && line.Object["toxic"] is null) line.String("toxic"); // the missing-field error
+            var (prompt, texts) = PromptAndCompletions(line, fields, chat);
+            all.Add(new PreferenceExample(prompt, texts[0], texts[1], needToxic ? texts[2] : null, line.Where));
         }
         var identical = all.Where(e => e.Chosen == e.Rejected).ToList();
         if (identical.Count == all.Count)
@@ -84,7 +95,9 @@ public static class PreferenceData
     /// <summary>Reads unpaired KTO data as TRL's KTOTrainer does: JSONL with string `prompt` and `completion` and a
     /// boolean `label` (true = desirable). Record i's mismatched completion (for the KL estimate z₀) is record i−1's
     /// (the first takes the last's), fixed here so that reference log-probs of both can be cached.</summary>
-    public static List<PreferenceExample> ReadKto(string path)
+    /// <param name="path">The file (JSONL or Parquet).</param>
+    /// <param name="chat">The model's chat template, for conversational records.</param>
+    public static List<PreferenceExample> ReadKto(string path, ChatTemplate? chat = null)
     {
         var rows = new List<(string Prompt, string Completion, bool Label, string Where)>();
         foreach (var line in JsonlReader.Read(path))
@@ -92,10 +105,51 @@ public static class PreferenceData
             var n = line.Object["label"] ?? throw new InvalidInputException($"{line.Where}: missing field 'label' (KTO data: prompt, completion, label true/false; `detox convert pairs-to-kto` makes it from pairs)");
             if (n is not System.Text.Json.Nodes.JsonValue v || !v.TryGetValue<bool>(out var label))
                 throw new InvalidInputException($"{line.Where}: field 'label' must be true or false");
-            rows.Add((line.String("prompt"), line.String("completion"), label, line.Where));
+            var (prompt, texts) = PromptAndCompletions(line, ["completion"], chat);
+            rows.Add((prompt, texts[0], label, line.Where));
         }
         if (rows.Count < 2) throw new InvalidInputException($"{path}: KTO needs at least 2 records (the KL estimate pairs each prompt with another record's completion)");
         return rows.Select((r, i) => new PreferenceExample(r.Prompt, r.Completion, rows[(i + rows.Count - 1) % rows.Count].Completion, null, r.Where, r.Label)).ToList();
+    }
+
+    /// <summary>A record's prompt and completion texts, standard or conversational (TRL): <c>prompt</c> a string and
+    /// the completions strings, or all message lists (rendered with the chat template); without <c>prompt</c>, the
+    /// prompt is the common start of the completions (TRL's implicit prompt).</summary>
+    /// <param name="line">The record.</param>
+    /// <param name="fields">The completion fields (chosen, rejected[, toxic] or completion).</param>
+    /// <param name="chat">The model's chat template, for conversational records.</param>
+    public static (string Prompt, string[] Completions) PromptAndCompletions(JsonlReader.Line line, string[] fields, ChatTemplate? chat)
+    {
+        var o = line.Object;
+        bool conversational = Conversations.IsConversation(o["prompt"]) || fields.Any(f => Conversations.IsConversation(o[f]));
+        bool implicitPrompt = o["prompt"] is null && fields.Length >= 2 && fields.All(f => o[f] is not null);
+        if (!conversational)
+        {
+            if (!implicitPrompt) return (line.String("prompt"), fields.Select(line.String).ToArray());
+            var texts = fields.Select(line.String).ToArray();
+            int n = Conversations.CommonPrefix(texts[0], texts[1]);
+            if (n == 0) throw new InvalidInputException($"{line.Where}: missing field 'prompt' (and chosen/rejected share no start to take it from)");
+            return (texts[0][..n], texts.Select(t => t.Length >= n && t.StartsWith(texts[0][..n], StringComparison.Ordinal) ? t[n..] : throw new InvalidInputException($"{line.Where}: without 'prompt', every completion must start with the implicit prompt")).ToArray());
+        }
+        List<ChatMessage> prompt;
+        List<ChatMessage>[] completions;
+        if (implicitPrompt)
+        {
+            var convs = fields.Select(f => Conversations.Messages(line, f)).ToArray();
+            int n = Conversations.CommonPrefix(convs[0], convs[1]);
+            if (n == 0) throw new InvalidInputException($"{line.Where}: missing field 'prompt' (and chosen/rejected share no first message to take it from)");
+            prompt = convs[0][..n];
+            completions = convs.Select(c => c.Count > n && c.Take(n).SequenceEqual(prompt) ? c[n..] : throw new InvalidInputException($"{line.Where}: without 'prompt', every conversation must start with the shared prompt messages and add a reply")).ToArray();
+        }
+        else
+        {
+            if (o["prompt"] is null) line.String("prompt"); // the missing-field error
+            prompt = Conversations.Messages(line, "prompt");
+            foreach (var f in fields) if (o[f] is null) line.String(f); // the missing-field error
+            completions = fields.Select(f => Conversations.Messages(line, f)).ToArray();
+        }
+        return (Conversations.RenderPrompt(chat, line, prompt),
+            fields.Select((f, i) => Conversations.RenderCompletion(chat, line, prompt, completions[i], f)).ToArray());
     }
 
     /// <summary>Unpairs preference pairs into KTO records as TRL's <c>unpair_preference_dataset</c>: every chosen

@@ -105,7 +105,11 @@ public sealed record EvalOptions
 }
 
 /// <summary>Data files of an evaluation; any may be null (that metric is skipped).</summary>
-public sealed record EvalData(string? PromptsFile, string? PplTextFile, string? F1File);
+public sealed record EvalData(string? PromptsFile, string? PplTextFile, string? F1File)
+{
+    /// <summary>Chat template for conversational (TRL message-list) prompts; null: such prompts are an error.</summary>
+    public ChatTemplate? Chat { get; init; }
+}
 
 /// <summary>One evaluation run of <see cref="EvalHarness.Run"/>: what is evaluated, how, and where the results go.</summary>
 /// <param name="Models">The models, one row each (loaded one at a time, in order).</param>
@@ -194,15 +198,18 @@ public static class EvalHarness
     /// <summary>A prompt (and gold continuation for F1) with its 0-based line index in the file.</summary>
     public sealed record Prompt(string Text, string? Gold, int Index = 0);
 
-    /// <summary>Reads RealToxicityPrompts-style JSONL: prompt.text (or a string field "prompt"); for F1 files also the gold
-    /// continuation (continuation.text or a string field "continuation").</summary>
-    public static List<Prompt> ReadPrompts(string path, bool needGold, int? limit)
+    /// <summary>Reads prompts as <see cref="DatasetReaders.ReadPrompts"/> does (RealToxicityPrompts prompt.text, a string
+    /// "prompt", a TRL message list rendered with <paramref name="chat"/>, "prompt_text", "text"; JSONL, Parquet or .txt);
+    /// for F1 files also the gold continuation (continuation.text or a string field "continuation" or "gold").</summary>
+    public static List<Prompt> ReadPrompts(string path, bool needGold, int? limit, ChatTemplate? chat = null)
     {
         var r = new List<Prompt>();
+        if (!needGold && path.EndsWith(".txt", StringComparison.OrdinalIgnoreCase))
+            return DatasetReaders.ReadPrompts(path, chat: chat).Take(limit ?? int.MaxValue).Select((p, i) => new Prompt(p.Text, null, i)).ToList();
         foreach (var line in JsonlReader.Read(path))
         {
             if (limit is { } l && r.Count >= l) break;
-            var text = Field(line, "prompt");
+            var text = DatasetReaders.PromptText(line, chat);
             // {"prompt":…,"gold":…} (the and the toy world's format); RealToxicityPrompts-style files say "continuation"
             var gold = !needGold ? null : line.Object.ContainsKey("gold") || !line.Object.ContainsKey("continuation") ? Field(line, "gold") : Field(line, "continuation");
             r.Add(new Prompt(text, gold, r.Count));
@@ -250,8 +257,8 @@ public static class EvalHarness
         if (data.PromptsFile is not null && scorers.Count == 0) throw new InvalidInputException("--prompts needs a --scorer");
         var dup = scorers.GroupBy(x => x.Name).FirstOrDefault(g => g.Count() > 1);
         if (dup is not null) throw new InvalidInputException($"--scorer: two scorers are named '{dup.Key}' (their columns would collide); give the checkpoints distinct directory names");
-        var prompts = data.PromptsFile is null ? null : options.Shard.Take(ReadPrompts(data.PromptsFile, false, options.Limit));
-        var f1Items = data.F1File is null ? null : options.Shard.Take(ReadPrompts(data.F1File, true, options.F1Limit));
+        var prompts = data.PromptsFile is null ? null : options.Shard.Take(ReadPrompts(data.PromptsFile, false, options.Limit, data.Chat));
+        var f1Items = data.F1File is null ? null : options.Shard.Take(ReadPrompts(data.F1File, true, options.F1Limit, data.Chat));
         if (options.Shard.Count > 1 && options.FluencyModel is not null)
             throw new InvalidInputException("--fluency-model cannot be combined with --shard yet (per-continuation fluency is not kept for the merge)");
         string? pplText = null;

@@ -148,24 +148,15 @@ public static class AlignmentDiff
         return na == 0 || nb == 0 ? double.NaN : a.dot(b).item<float>() / (na * nb);
     }
 
-    /// <summary>Reads challenge prompts: JSONL with "prompt" (string, or object with "text") or "text".</summary>
-    public static List<string> ReadPrompts(string path, string flag = "--prompts")
+    /// <summary>Reads challenge prompts with the one prompt reader (<see cref="DatasetReaders.ReadPrompts"/>): JSONL or
+    /// Parquet with "prompt" (string, {"text": …} or message list), "prompt_text" or "text"; or a .txt file.</summary>
+    public static List<string> ReadPrompts(string path, string flag = "--prompts", DetoxSharp.Text.ChatTemplate? chat = null, Action<string>? warn = null)
     {
         if (!File.Exists(path)) throw new InvalidInputException($"{flag}: {path} not found");
-        var list = new List<string>();
-        foreach (var line in JsonlReader.Read(path))
-        {
-            var o = line.Object;
-            string? text = o["prompt"] switch
-            {
-                JsonValue v when v.TryGetValue<string>(out var s) => s,
-                JsonObject po => line.Nested("prompt", "text"),
-                _ => line.OptionalString("text"),
-            };
-            if (string.IsNullOrEmpty(text)) throw new InvalidInputException($"{line.Where}: expected a \"prompt\" string, \"prompt\": {{\"text\": …}} or \"text\"");
-            list.Add(text);
-        }
+        var list = DatasetReaders.ReadPrompts(path, chat: chat, warn: warn, flag: flag).Select(p => p.Text).ToList();
         if (list.Count == 0) throw new InvalidInputException($"{path}: no prompts");
+        foreach (var (t, i) in list.Select((t, i) => (t, i)))
+            if (t.Length == 0) throw new InvalidInputException($"{path}: prompt {i + 1} is empty");
         return list;
     }
 
