@@ -10,6 +10,8 @@ namespace DetoxSharp.Attacks;
 /// d &gt; <c>z</c>·SE with SE = sd_p(score_a,p − score_b,p) / √n (sample sd, n prompts). A drop with SE = 0 (every prompt
 /// fell by the same amount) is a violation. The curve is monotone within z SE when no pair of strengths violates.
 /// The SE is the noise of the prompt sample for a fixed attacked model — not run-to-run variation of a training attack.
+/// <see cref="LargestDrop"/>, <see cref="DropFrom"/> and <see cref="DropTo"/> describe the worst pair: the drop with the
+/// most SE units (ties: the larger drop).
 /// </summary>
 public sealed record MonotoneResult(bool Monotone, double Z, double LargestDrop, double? LargestDropSe, double? DropFrom, double? DropTo, int Violations, int Pairs)
 {
