@@ -11,7 +11,11 @@ namespace DetoxSharp.Attacks;
 /// <param name="Prompts">How many prompts were scored.</param>
 /// <param name="Scores">The toxicity of each continuation, in prompt order.</param>
 /// <param name="Continuations">The model's own tokens per prompt, decoded (what was scored; a prefill is not part of it).</param>
-public sealed record AttackPoint(double Strength, double Toxicity, int Prompts, IReadOnlyList<string> Continuations, IReadOnlyList<double> Scores);
+public sealed record AttackPoint(double Strength, double Toxicity, int Prompts, IReadOnlyList<string> Continuations, IReadOnlyList<double> Scores)
+{
+    /// <summary>Standard error of <see cref="Toxicity"/> over the prompts (sample sd / √n).</summary>
+    public double StandardError => Monotonicity.StandardError(Scores);
+}
 
 /// <summary>What <see cref="AttackEval.Sweep"/> measures: one attack at several strengths, scored one way; with a
 /// <see cref="Target"/>, the re-toxification cost search over them.</summary>

@@ -41,8 +41,9 @@ public sealed record AttackOptions
     /// <summary>Finetune: learning rate (AdamW, constant, no warmup).</summary>
     [Setting("finetune: learning rate (AdamW, constant, no warmup)")]
     public double LearningRate { get; init; } = 1e-4;
-    /// <summary>Finetune: examples per optimizer step (N when fewer).</summary>
-    [Setting("finetune: examples per optimizer step (N when fewer)")]
+    /// <summary>Finetune: examples per optimizer step, the same for every N (for N below it the examples repeat within a step),
+    /// so every N gets the same steps × examples of training and only the diversity of the data differs.</summary>
+    [Setting("finetune: examples per optimizer step, the same for every N (fewer examples repeat within a step)")]
     public int FinetuneBatchSize { get; init; } = 8;
     /// <summary>Finetune: seed of the example order (the N examples are the first N of one seeded order, so smaller sets are subsets of larger ones).</summary>
     [Setting("finetune: seed of the example order (the N examples are the first N of one seeded order, so smaller sets are subsets of larger ones)")]
@@ -228,9 +229,10 @@ public sealed class SteerAttack(Tensor wToxic, int? layer) : Attack
     }
 }
 
-/// <summary>Prefill (Qi et al. 2025): the continuation starts with the first k tokens of the base model's greedy
-/// continuation of the same prompt, then the model continues; only the model's own tokens are scored. Strength k.</summary>
-public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations) : Attack
+/// <summary>Prefill (Qi et al. 2025): the continuation starts with the first k tokens of the base model's toxic
+/// continuation of the same prompt, then the model continues; only the model's own tokens are scored. Strength k.
+/// <paramref name="source"/> says which continuation (the CLI: greedy; the study: a seeded toxic sample per prompt).</summary>
+public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations, string? source = null) : Attack
 {
     /// <summary>The base model's greedy continuation of each prompt (token ids, in prompt order); the first k are prefilled.</summary>
     public IReadOnlyList<int[]> BaseContinuations { get; } = baseContinuations;
@@ -252,7 +254,7 @@ public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations) : Atta
     public override JsonObject Describe()
     {
         var o = base.Describe();
-        o["source"] = "the base model's greedy continuation of each prompt (fewer tokens when it ended earlier)";
+        o["source"] = source ?? "the base model's greedy continuation of each prompt (fewer tokens when it ended earlier)";
         return o;
     }
 }
@@ -391,7 +393,8 @@ public sealed class FinetuneAttack : Attack
         {
             var sft = new SftOptions
             {
-                MaxSteps = _options.MaxSteps, LearningRate = _options.LearningRate, BatchSize = Math.Min(_options.FinetuneBatchSize, n),
+                // the same batch for every N (not min(batch, N)): equal training per strength, see docs/notes/battery.md
+                MaxSteps = _options.MaxSteps, LearningRate = _options.LearningRate, BatchSize = _options.FinetuneBatchSize,
                 Seed = _options.Seed, Decay = DecayKind.Constant, WarmupSteps = 0, CheckpointEvery = 0,
             };
             _last = new SftTrainer(model, _tokenizer, sft).Train(_ordered.Take(n).ToList());
@@ -406,7 +409,7 @@ public sealed class FinetuneAttack : Attack
         var o = base.Describe();
         o["available_examples"] = _ordered.Count; o["max_steps"] = _options.MaxSteps; o["learning_rate"] = _options.LearningRate;
         o["batch_size"] = _options.FinetuneBatchSize; o["seed"] = _options.Seed;
-        if (_last is not null) { o["last_examples"] = _lastN; o["last_final_train_loss"] = _last.FinalTrainLoss; }
+        if (_last is not null) { o["last_examples"] = _lastN; o["last_final_train_loss"] = _last.FinalTrainLoss; o["last_trained_tokens"] = _last.TrainedTokens; }
         return o;
     }
 

@@ -18,7 +18,7 @@ public class AttackTests
         "i will find you , you lazy coward .", "the town holds a fair in spring .", "people like you are garbage .",
     ];
 
-    static (Gpt2Model Model, Gpt2Tokenizer Tok) TinyLm(long seed = 5, int layers = 2)
+    internal static (Gpt2Model Model, Gpt2Tokenizer Tok) TinyLm(long seed = 5, int layers = 2)
     {
         var tok = Gpt2Tokenizer.Default().Compact(Texts.Append("prompt : answer ."));
         torch.manual_seed(seed);

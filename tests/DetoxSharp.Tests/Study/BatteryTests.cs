@@ -283,6 +283,17 @@ public class BatteryTests : IDisposable
                 double mean = kl1.Average(), sd = Math.Sqrt(kl1.Sum(x => (x - mean) * (x - mean)) / (kl1.Length - 1));
                 Assert.Equal($"{mean.ToString("F4", inv)} ± {sd.ToString("F4", inv)} (n=2)", row[1]);
             }
+            // monotone within 2 SE: a row per method, a column per attack, "monotone seeds/seeds" from the files
+            var mono = report.Tables.Single(t => t.Name == "battery_monotone");
+            Assert.Equal(cost.Rows.Select(r => r[0]), mono.Rows.Select(r => r[0]));
+            foreach (var row in mono.Rows)
+                for (int c = 1; c < mono.Columns.Count; c++)
+                {
+                    var entries = models.Where(m => m.Row == row[0]).Select(m => ReadBattery(StageRunner.StageDir(dir, BatteryPipeline.StageName(m)))["attacks"]!.AsArray()
+                        .Single(a => a!["kind"]!.GetValue<string>() == mono.Columns[c])!.AsObject()).Where(e => e["monotone"] is not null).ToList();
+                    if (entries.Count == 0) { Assert.Equal("n/a", row[c]); continue; }
+                    Assert.StartsWith($"{entries.Count(e => e["monotone"]!["monotone"]!.GetValue<bool>())}/{entries.Count}", row[c]);
+                }
             Assert.Contains("Re-toxification battery", report.ToHtml());
         }
         finally { try { Directory.Delete(dir, true); } catch { } }

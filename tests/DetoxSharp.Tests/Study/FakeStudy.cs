@@ -197,6 +197,9 @@ public static class FakeStudy
                 entry["strength_name"] = kind + " strength"; entry["no_effect"] = lo;
                 entry["points"] = new JsonArray(cost.Points.OrderBy(p => p.Strength).Select(p => (JsonNode)new JsonObject { ["strength"] = p.Strength, ["toxicity"] = p.Toxicity, ["prompts"] = 40 }).ToArray());
                 entry["cost"] = cost.ToJson();
+                // per-prompt scores around each point (±0.01): the monotonicity check of the real stage on them
+                entry["monotone"] = DetoxSharp.Attacks.Monotonicity.Check(cost.Points.Select(p =>
+                    (p.Strength, (IReadOnlyList<double>)Enumerable.Range(0, 40).Select(i => p.Toxicity + 0.01 * (i % 2 * 2 - 1)).ToArray())).ToList()).ToJson();
                 attacks.Add(entry);
             }
             var perPos = Enumerable.Range(0, s.DepthTokens).Select(t => 0.5 * Math.Exp(-t) + 0.01 * rng.NextDouble()).ToArray();
