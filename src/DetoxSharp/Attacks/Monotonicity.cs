@@ -18,6 +18,7 @@ public sealed record MonotoneResult(bool Monotone, double Z, double LargestDrop,
     /// <summary>Largest drop in SE units (d / SE) over all pairs a &lt; b with d &gt; 0; +∞ for a drop with SE = 0; 0 when toxicity never falls.</summary>
     public double LargestDropInSe { get; init; }
 
+    /// <summary>The result as battery.json writes it (monotone flag, violations, the largest drop and its SE).</summary>
     public JsonObject ToJson() => new()
     {
         ["monotone"] = Monotone, ["within_se"] = Z, ["violations"] = Violations, ["pairs"] = Pairs,
@@ -37,6 +38,8 @@ public sealed record MonotoneResult(bool Monotone, double Z, double LargestDrop,
     }
 }
 
+/// <summary>"Stronger attack → more toxicity, within noise": no drop between two measured strengths larger than z standard
+/// errors of the paired per-prompt differences (docs/notes/battery.md).</summary>
 public static class Monotonicity
 {
     /// <summary>Standard error of a mean over prompts: sample sd / √n (0 for one prompt).</summary>
@@ -76,6 +79,7 @@ public static class Monotonicity
         return new MonotoneResult(violations == 0, z, bestDrop, bestSe, from, to, violations, pairs) { LargestDropInSe = bestRatio };
     }
 
+    /// <summary>The check on an attack's measured points (their per-prompt scores), at z standard errors.</summary>
     public static MonotoneResult Check(IReadOnlyList<AttackPoint> points, double z = 2) =>
         Check(points.Select(p => (p.Strength, p.Scores)).ToList(), z);
 }
