@@ -52,6 +52,13 @@ public static class TrainingCli
         Description = "with --resume: continue although the learning rate, warmup, gradient clipping or step count differ from the checkpoint's (data, seed, batch, loss and optimizer must match)",
     };
 
+    /// <summary>--tensorboard DIR: the training metrics also as TensorBoard event files.</summary>
+    public static Option<string?> TensorBoard() => new("--tensorboard")
+    {
+        Description = "also write the training metrics (loss, rewards, learning rate, grad norm, eval/…) as TensorBoard event files into DIR (tensorboard --logdir DIR)",
+        HelpName = "DIR",
+    };
+
     /// <summary>Progress on stderr: one line per ~2 % of the steps (at least every 10 s), each eval, with elapsed time and ETA.</summary>
     public static IProgress<TrainingProgress> Printer(TextWriter err, Func<TrainingProgress, string>? extra = null)
     {

@@ -75,6 +75,8 @@ public sealed record SftOptions
     /// <summary>Directory for checkpoint/ (resumable) and metrics.jsonl; null = neither.</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public string? OutputDir { get; init; }
+    /// <summary>Also write the metrics as TensorBoard scalars into an event file in this directory (null: no).</summary>
+    public string? TensorBoardDir { get; init; }
     /// <summary>Writes a resumable checkpoint every N steps (0 = never; one is always written at the end when
     /// <see cref="OutputDir"/> is set).</summary>
     [Setting("save a resumable checkpoint every N optimizer steps (0 = at the end)")]
@@ -294,7 +296,7 @@ public sealed class SftTrainer(ICausalLM model, Gpt2Tokenizer tokenizer, SftOpti
                 LearningRate = options.LearningRate, WeightDecay = options.WeightDecay, Beta1 = options.Beta1, Beta2 = options.Beta2, Epsilon = options.Epsilon,
             },
             MaxGradNorm = options.MaxGradNorm, MeanOverWeights = false, Precision = options.Precision, EvalEvery = options.EvalEvery,
-            OutputDir = options.OutputDir, CheckpointEvery = options.CheckpointEvery, Resume = options.Resume,
+            OutputDir = options.OutputDir, TensorBoardDir = options.TensorBoardDir, CheckpointEvery = options.CheckpointEvery, Resume = options.Resume,
             AllowSettingChanges = options.AllowSettingChanges, StopAfterSteps = options.StopAfterSteps, Settings = settings,
             ItemName = "tokens", Tokenizer = tokenizer, Log = Log, Logger = Logger,
         };
