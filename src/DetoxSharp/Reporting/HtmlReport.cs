@@ -124,7 +124,9 @@ public sealed class HtmlReport(string title)
         if (TextFilter is not null)
             t = t with { Columns = t.Columns.Select(T).ToList(), Rows = t.Rows.Select(r => (IReadOnlyList<string>)r.Select(T).ToList()).ToList() };
         _tables.Add(t);
-        Cur.Append($"<div class=\"table-wrap\"><table id=\"tab-{E(t.Name)}\"><caption><b>{E(t.Title)}.</b> {E(t.Caption)} <span class=\"files\">(tables/{E(t.Name)}.csv)</span></caption><thead><tr>");
+        // the caption above the scrolling box, so a table wider than the page scrolls without taking its caption along
+        Cur.Append($"<p class=\"tcaption\" id=\"tab-{E(t.Name)}\"><b>{E(t.Title)}.</b> {E(t.Caption)} <span class=\"files\">(tables/{E(t.Name)}.csv)</span></p>")
+           .Append("<div class=\"table-wrap\"><table><thead><tr>");
         foreach (var c in t.Columns) Cur.Append("<th>").Append(E(c)).Append("</th>");
         Cur.Append("</tr></thead><tbody>");
         foreach (var r in t.Rows)
@@ -201,7 +203,7 @@ public sealed class HtmlReport(string title)
         nav ul{columns:2}table{border-collapse:collapse;margin:1em 0;font-size:.92em}caption{text-align:left;padding:.3em 0;caption-side:top}
         th,td{border:1px solid #bbb;padding:.25em .6em;vertical-align:top}th{background:#f0f0f0}tbody tr:nth-child(even){background:#fafafa}
         figure{margin:1.2em 0}figure svg{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.92em;color:#333}
-        .plot{width:100%;min-height:440px;border:1px solid #eee}.plot svg{border:0}td.num{white-space:nowrap}.table-wrap{overflow-x:auto;max-width:100%}
+        .plot{width:100%;min-height:440px;border:1px solid #eee}.plot svg{border:0}td.num{white-space:nowrap}.table-wrap{overflow-x:auto;max-width:100%;margin-bottom:1em}.table-wrap table{margin-top:.2em}.tcaption{margin:1em 0 0;font-size:.92em}
         #js-errors{display:none;color:#a33;background:#fdd;padding:.6em}h3{margin-top:1.5em}
         .files{color:#888;font-size:.85em}.missing{color:#a33;font-style:italic}.notice{background:#fff3cd;border:1px solid #e0c36a;padding:.6em;font-weight:bold}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
         """;
