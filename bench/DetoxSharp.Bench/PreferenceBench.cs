@@ -24,18 +24,21 @@ static class PreferenceBench
         string Words() => string.Join(" ", Enumerable.Range(0, 30).Select(_ => tok.TokenText(rnd.Next(300, 20000)).Trim()));
         var data = Enumerable.Range(0, 4 * steps + 4).Select(i => new PreferenceExample(Words(), " " + Words(), " " + Words(), null, $"bench:{i}")).ToList();
         var results = new List<Result>();
-        foreach (var cache in new[] { true, false })
+        // fp32 with and without the cache (the library's default precision), then the CLI's and the study's default:
+        // --precision auto (bf16-mixed on a CPU with native bf16) with the cache
+        foreach (var (cache, precision) in new[] { (true, Precision.ModelDType), (false, Precision.ModelDType), (true, Precision.Auto) })
         {
             torch.manual_seed(1);
             using var m = make();
-            var dir = Path.Combine(workDir, cache ? "cached" : "live");
+            var dir = Path.Combine(workDir, (cache ? "cached" : "live") + "-" + precision);
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
-            var o = new PreferenceTrainerOptions { BatchSize = 4, ValidationSize = 4, MaxSteps = steps, WarmupSteps = 2, CacheReference = cache, EvalEvery = 0 };
+            var o = new PreferenceTrainerOptions { BatchSize = 4, ValidationSize = 4, MaxSteps = steps, WarmupSteps = 2, CacheReference = cache, EvalEvery = 0, Precision = precision };
             var sw = Stopwatch.StartNew();
             var r = new PreferenceTrainer(m, tok, o).Train(data, dir);
             double wall = sw.Elapsed.TotalSeconds;
             var first = JsonNode.Parse(File.ReadLines(r.MetricsPath).First())!["loss"]!.GetValue<double>();
-            results.Add(new(cache ? "cached reference" : "live reference", r.PairsPerSecond, wall, first, r.Steps));
+            string mode = (cache ? "cached reference" : "live reference") + (precision == Precision.Auto ? $", auto = {PrecisionJsonConverter.Name(r.Run.Precision)}" : "");
+            results.Add(new(mode, r.PairsPerSecond, wall, first, r.Steps));
             Directory.Delete(dir, true);
         }
         return results;

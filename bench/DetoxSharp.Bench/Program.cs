@@ -140,14 +140,8 @@ if (stIdx >= 0)
     double? wall = null;
     if (args.Contains("--run"))
     {
-        var cli = Path.Combine(FindRepoRoot(), "src", "DetoxSharp.Cli", "bin", "Release", "net10.0", "detox.dll");
-        var psi = new ProcessStartInfo("dotnet");
-        foreach (var a in new[] { cli, "study", "--out", runDir }.Concat(args.Contains("--full") ? [] : ["--quick"])) psi.ArgumentList.Add(a);
-        var sw = Stopwatch.StartNew();
-        using var p = Process.Start(psi)!;
-        p.WaitForExit();
-        wall = sw.Elapsed.TotalSeconds;
-        if (p.ExitCode != 0) { Console.Error.WriteLine($"detox study exited with {p.ExitCode}"); return 1; }
+        wall = StudyTime.RunStudy(FindRepoRoot(), runDir, args.Contains("--full"));
+        if (wall is null) return 1;
     }
     Console.WriteLine(StudyTime.Report(runDir, wall, LoadAverage()));
     return 0;
@@ -287,6 +281,7 @@ log($"read bandwidth {bandwidth:F1} GB/s");
 var decodeRows = new List<string[]>();
 var dpoRows = new List<string[]>();
 var checks = new List<(string what, bool ok, string detail)>();
+var studyReports = new List<(string kind, string text)>();
 WriteReport(false);
 
 // ---- models ----
@@ -373,11 +368,12 @@ foreach (var (name, cfg, steps) in new List<(string, Gpt2Config, int)> { (config
     var res = PreferenceBench.Run(() => new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 }), steps,
         Path.Combine(Path.GetTempPath(), $"detox-bench-dpo-{Environment.ProcessId}"));
     foreach (var r in res) log($"DPO {name} {r.Mode}: {r.PairsPerSecond:F2} pairs/s (train loop), wall {r.WallSeconds:F1} s, first loss {r.FirstLoss:F6}");
-    var (c, l) = (res[0], res[1]);
-    checks.Add(($"{name}: DPO first-step loss is ln 2 (policy = reference) with and without the cache",
-        Math.Abs(c.FirstLoss - Math.Log(2)) < 1e-4 && Math.Abs(l.FirstLoss - Math.Log(2)) < 1e-4, $"{c.FirstLoss:F6} / {l.FirstLoss:F6} vs {Math.Log(2):F6}"));
+    var (c, l, a) = (res[0], res[1], res[2]);
+    checks.Add(($"{name}: DPO first-step loss is ln 2 (policy = reference) with and without the cache, and with --precision auto",
+        new[] { c, l, a }.All(x => Math.Abs(x.FirstLoss - Math.Log(2)) < 1e-4), $"{c.FirstLoss:F6} / {l.FirstLoss:F6} / {a.FirstLoss:F6} ({a.Mode}) vs {Math.Log(2):F6}"));
     dpoRows.Add([name + (cfg.VocabSize < 50257 ? " (vocab 50257)" : ""), $"{c.Steps}", c.PairsPerSecond.ToString("F2"), l.PairsPerSecond.ToString("F2"),
-        $"{c.PairsPerSecond / l.PairsPerSecond:F2}×", c.WallSeconds.ToString("F1"), l.WallSeconds.ToString("F1")]);
+        $"{c.PairsPerSecond / l.PairsPerSecond:F2}×", $"{a.PairsPerSecond:F2} ({a.Mode.Split("= ")[^1]})", $"{a.PairsPerSecond / c.PairsPerSecond:F2}×",
+        c.WallSeconds.ToString("F1"), l.WallSeconds.ToString("F1"), a.WallSeconds.ToString("F1")]);
     WriteReport(false);
 }
 
@@ -415,6 +411,21 @@ WriteReport(false);
     memRows.Add(RssOver($"SFT step (forward+backward+AdamW, {shape})", 200, _ => SftStep(model, opt, ids)));
     model.eval();
     log("memory done");
+}
+// ---- the study's wall time on the default config (issue 22): --quick always in a full bench run, the full study with
+// --study-full (≈ 30 min on 2 cores); a run dir kept with --study-dir DIR is reused stage by stage ----
+if (!quick)
+{
+    foreach (bool full in args.Contains("--study-full") ? new[] { false, true } : new[] { false })
+    {
+        var sdIdx = Array.IndexOf(args, "--study-dir");
+        string dir = sdIdx >= 0 && sdIdx + 1 < args.Length ? Path.Combine(args[sdIdx + 1], full ? "full" : "quick")
+            : Path.Combine(Path.GetTempPath(), $"detox-bench-study-{(full ? "full" : "quick")}-{Environment.ProcessId}");
+        log($"== study ({(full ? "full" : "--quick")}) into {dir}");
+        var w = StudyTime.RunStudy(FindRepoRoot(), dir, full);
+        studyReports.Add((full ? "full" : "--quick", w is double ok ? StudyTime.Report(dir, ok, LoadAverage()) : "detox study failed (see the bench's stderr)"));
+        WriteReport(false);
+    }
 }
 WriteReport(true);
 log($"wrote {outPath}");
@@ -639,8 +650,10 @@ void WriteReport(bool complete)
     sb.AppendLine();
     sb.AppendLine("Train-loop pairs/s exclude the one-off reference precompute and the final checkpoint saves; wall seconds include them.");
     sb.AppendLine();
-    sb.AppendLine("| config | steps | cached pairs/s | live-reference pairs/s | ratio | cached wall s | live wall s |");
-    sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|");
+    sb.AppendLine("fp32 columns: the library's default precision. \"auto\": the CLI's and the study's default `--precision auto` (bf16-mixed on a CPU with native bf16, whose training steps compare the bf16 policy with the reference's bf16 copy), cached reference.");
+    sb.AppendLine();
+    sb.AppendLine("| config | steps | fp32 cached pairs/s | fp32 live-reference pairs/s | cached ÷ live | auto cached pairs/s (resolved) | auto ÷ fp32 cached | fp32 cached wall s | fp32 live wall s | auto wall s |");
+    sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     foreach (var r in dpoRows) sb.AppendLine("| " + string.Join(" | ", r) + " |");
     sb.AppendLine();
     sb.AppendLine("## Correctness checks (CI runs these in quick mode; the numbers above are not checked)");
@@ -654,6 +667,20 @@ void WriteReport(bool complete)
     foreach (var r in memRows) sb.AppendLine("| " + string.Join(" | ", r) + " |");
     sb.AppendLine();
     sb.AppendLine($"Peak RSS of the whole run (VmHWM): {RssKb("VmHWM") / 1024.0:F0} MiB.");
+    if (studyReports.Count > 0)
+    {
+        sb.AppendLine();
+        sb.AppendLine("## Study wall time (default config; `detox study` as a child process, stage times from its manifest.json)");
+        sb.AppendLine();
+        sb.AppendLine("Stages run two at a time (`--jobs 2`), so the stage seconds add up to more than the process wall time. The full study runs only with `--study-full`.");
+        foreach (var (kind, text) in studyReports)
+        {
+            sb.AppendLine();
+            sb.AppendLine(kind == "full" ? "### `detox study`" : "### `detox study --quick`");
+            sb.AppendLine();
+            sb.AppendLine(text.TrimEnd());
+        }
+    }
     Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(outPath))!);
     var tmp = outPath + ".tmp";
     File.WriteAllText(tmp, sb.ToString());

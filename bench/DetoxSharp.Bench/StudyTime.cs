@@ -6,6 +6,20 @@ using DetoxSharp.Study;
 /// per stage kind (world, pretrain, train, evaluate, …) with their share of the total.</summary>
 static class StudyTime
 {
+    /// <summary>Runs the built CLI's <c>detox study</c> (quick unless <paramref name="full"/>) into <paramref name="runDir"/>;
+    /// returns the process wall seconds, or null when it failed.</summary>
+    public static double? RunStudy(string repoRoot, string runDir, bool full)
+    {
+        var cli = Path.Combine(repoRoot, "src", "DetoxSharp.Cli", "bin", "Release", "net10.0", "detox.dll");
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet");
+        foreach (var a in new[] { cli, "study", "--out", runDir }.Concat(full ? [] : ["--quick"])) psi.ArgumentList.Add(a);
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        p.WaitForExit();
+        if (p.ExitCode != 0) { Console.Error.WriteLine($"detox study exited with {p.ExitCode}"); return null; }
+        return sw.Elapsed.TotalSeconds;
+    }
+
     public static string Report(string runDir, double? processWall, string load)
     {
         var m = Manifest.Load(runDir);

@@ -17,11 +17,9 @@ public static class CommonOptions
 
     public static Option<string> Precision() => new("--precision")
     {
-        Description = "fp32: train in the loaded dtype (float32; pure bfloat16 with --dtype bfloat16); bf16-mixed: bfloat16 forward/backward with fp32 master weights and optimizer state (model loaded as float32)",
-        DefaultValueFactory = _ => PrecisionName(new DetoxSharp.Training.SftOptions().Precision),
+        Description = "auto: bf16-mixed on a CPU with native bfloat16 (avx512_bf16/amx_bf16) for a float32 model, else fp32; fp32: train in the loaded dtype (float32; pure bfloat16 with --dtype bfloat16); bf16-mixed: bfloat16 forward/backward with fp32 master weights and optimizer state (model loaded as float32)",
+        DefaultValueFactory = _ => "auto",
     };
-
-    static string PrecisionName(DetoxSharp.Training.Precision p) => p == DetoxSharp.Training.Precision.Bf16Mixed ? "bf16-mixed" : "fp32";
 
     public static Option<bool> AllowPickle() => new("--allow-pickle") { Description = "allow loading a legacy pickled pytorch_model.bin (pickles can run code)" };
 
@@ -57,7 +55,8 @@ public static class CommonOptions
         {
             "fp32" => DetoxSharp.Training.Precision.ModelDType,
             "bf16-mixed" => DetoxSharp.Training.Precision.Bf16Mixed,
-            _ => throw new InvalidInputException($"--precision: expected fp32 or bf16-mixed, got '{value}'"),
+            "auto" => DetoxSharp.Training.Precision.Auto,
+            _ => throw new InvalidInputException($"--precision: expected auto, fp32 or bf16-mixed, got '{value}'"),
         };
         if (p == DetoxSharp.Training.Precision.Bf16Mixed && ParseDType(dtype) != ScalarType.Float32)
             throw new InvalidInputException($"--precision bf16-mixed needs --dtype float32 (it keeps fp32 master weights and casts a bf16 working copy itself), got --dtype {dtype}");

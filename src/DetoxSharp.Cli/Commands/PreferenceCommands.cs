@@ -130,9 +130,10 @@ public static class PreferenceCommands
                 ["stopped_early"] = result.StoppedEarly, ["reference_cache_hit"] = result.ReferenceCacheHit,
                 ["final"] = result.FinalDir, ["best"] = result.BestDir, ["metrics"] = result.MetricsPath,
                 ["pairs_per_second"] = Math.Round(result.PairsPerSecond, 3), ["seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 1),
+                ["precision"] = DetoxSharp.Training.PrecisionJsonConverter.Name(result.Run.Precision),
             };
             if (p.GetValue(json)) o.WriteLine(summary.ToJsonString());
-            else o.WriteLine($"trained {result.Steps} steps ({result.Examples} pairs, {result.PairsPerSecond:F2} pairs/s); best validation loss {result.BestValidationLoss:F4}; final model {result.FinalDir}; best {result.BestDir}");
+            else o.WriteLine($"trained {result.Steps} steps ({result.Examples} pairs, {result.PairsPerSecond:F2} pairs/s, {DetoxSharp.Training.PrecisionJsonConverter.Name(result.Run.Precision)}); best validation loss {result.BestValidationLoss:F4}; final model {result.FinalDir}; best {result.BestDir}");
             return 0;
         }));
         return cmd;

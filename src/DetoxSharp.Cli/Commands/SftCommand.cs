@@ -46,7 +46,7 @@ public static class SftCommand
             if (r.Run.Stop is TrainingStop.Completed or TrainingStop.EarlyStopped || (r.Run.Stop == TrainingStop.AlreadyFinished && !Directory.Exists(modelDir)))
                 HfCheckpoint.Save(m.Model, m.Tokenizer, modelDir, overwrite: true);
             if (TrainingCli.Stopped(p, r.Run, err, "sft") is int code) return code;
-            p.InvocationConfiguration.Output.WriteLine($"steps {r.Steps}  train loss {r.FinalTrainLoss:F4}  validation loss {(r.FinalValidationLoss is double vl ? vl.ToString("F4") : "-")}  {r.TokensPerSecond:F0} tok/s  -> {modelDir}");
+            p.InvocationConfiguration.Output.WriteLine($"steps {r.Steps}  train loss {r.FinalTrainLoss:F4}  validation loss {(r.FinalValidationLoss is double vl ? vl.ToString("F4") : "-")}  {r.TokensPerSecond:F0} tok/s  {DetoxSharp.Training.PrecisionJsonConverter.Name(r.Run.Precision)}  -> {modelDir}");
             return 0;
         }));
         return cmd;

@@ -165,6 +165,8 @@ public sealed record PreferenceSection
     public int? MaxPromptTokens { get; init; }
     public int? MaxCompletionTokens { get; init; }
     public int? MaxLength { get; init; }
+    /// <summary>"auto" (default: bf16-mixed on a CPU with native bf16, else fp32), "fp32" or "bf16-mixed".</summary>
+    public Precision? Precision { get; init; }
 
     /// <summary>The trainer options of this point for <paramref name="method"/> ("dpo" or "adpo").</summary>
     public PreferenceTrainerOptions ToOptions(string method)
@@ -189,6 +191,7 @@ public sealed record PreferenceSection
             BatchSize = BatchSize ?? d.BatchSize, GradientAccumulationSteps = GradientAccumulationSteps ?? d.GradientAccumulationSteps,
             WarmupSteps = WarmupSteps ?? d.WarmupSteps, MaxGradNorm = MaxGradNorm ?? d.MaxGradNorm, EvalEvery = EvalEvery ?? d.EvalEvery,
             Patience = Patience ?? d.Patience, ValidationSize = ValidationSize ?? d.ValidationSize, Epochs = Epochs ?? d.Epochs, MaxSteps = MaxSteps ?? d.MaxSteps,
+            Precision = Precision ?? Training.Precision.Auto,
         };
     }
 }
@@ -323,6 +326,14 @@ public static class StudySections
             }
             throw new InvalidInputException($"{source}: {Join(path, key)}: {FirstSentence(e.Message)}");
         }
+    }
+
+    /// <summary>An <see cref="SftOptions"/> section (toxic_model, methods.dexperts.sft): the study trains in
+    /// <see cref="Precision.Auto"/> unless the section sets "precision".</summary>
+    public static SftOptions ReadSft(JsonObject section, string path)
+    {
+        var o = Read<SftOptions>(section, path);
+        return section.ContainsKey("precision") ? o : o with { Precision = Precision.Auto };
     }
 
     /// <summary>Runs <paramref name="validate"/>; a bad setting is reported as "source: path.key problem".</summary>

@@ -4,7 +4,9 @@ using static TorchSharp.torch;
 
 namespace DetoxSharp.Training;
 
-/// <summary>Numeric precision of a training run (<see cref="SftOptions.Precision"/>, <see cref="PreferenceTrainerOptions.Precision"/>).</summary>
+/// <summary>Numeric precision of a training run (<see cref="SftOptions.Precision"/>, <see cref="PreferenceTrainerOptions.Precision"/>).
+/// In JSON (study configs, option files) it is written "fp32", "bf16-mixed" or "auto", as on the command line.</summary>
+[System.Text.Json.Serialization.JsonConverter(typeof(PrecisionJsonConverter))]
 public enum Precision
 {
     /// <summary>Forward, backward and update in the model's own dtype: fp32 for a float32 model (the default), pure
@@ -14,6 +16,77 @@ public enum Precision
     /// <summary>bfloat16 compute with fp32 master weights and fp32 optimizer state (<see cref="MixedPrecision"/>); the
     /// model must be float32. CLI <c>--precision bf16-mixed</c>.</summary>
     Bf16Mixed,
+    /// <summary><see cref="Bf16Mixed"/> when a float32 model trains on a CPU with native bfloat16 instructions
+    /// (<see cref="CpuFeatures.NativeBf16"/>: AVX512-BF16 or AMX-BF16), else <see cref="ModelDType"/> (CUDA devices,
+    /// bfloat16 models, CPUs that would emulate bf16 and run slower than fp32). Trainers resolve it once, before any work
+    /// (<see cref="MixedPrecision.Resolve"/>); checkpoints and results record the resolved value. The CLI's and the
+    /// study's default; the library's option records keep <see cref="ModelDType"/> so that a library call's numbers do
+    /// not depend on the CPU unless asked. CLI <c>--precision auto</c>.</summary>
+    Auto,
+}
+
+/// <summary>Reads and writes <see cref="Precision"/> as "fp32", "bf16-mixed" or "auto" (the CLI's names); the enum's
+/// member names are accepted on input too.</summary>
+public sealed class PrecisionJsonConverter : System.Text.Json.Serialization.JsonConverter<Precision>
+{
+    /// <summary>The CLI/config name of <paramref name="p"/>.</summary>
+    public static string Name(Precision p) => p switch { Precision.Bf16Mixed => "bf16-mixed", Precision.Auto => "auto", _ => "fp32" };
+
+    /// <summary>Parses a CLI/config name; null when it is not one.</summary>
+    public static Precision? Parse(string? s) => s?.ToLowerInvariant() switch
+    {
+        "fp32" or "modeldtype" => Precision.ModelDType,
+        "bf16-mixed" or "bf16mixed" => Precision.Bf16Mixed,
+        "auto" => Precision.Auto,
+        _ => null,
+    };
+
+    /// <inheritdoc/>
+    public override Precision Read(ref System.Text.Json.Utf8JsonReader reader, Type typeToConvert, System.Text.Json.JsonSerializerOptions options)
+    {
+        if (reader.TokenType != System.Text.Json.JsonTokenType.String)
+            throw new System.Text.Json.JsonException("precision: expected \"fp32\", \"bf16-mixed\" or \"auto\"");
+        var s = reader.GetString();
+        return Parse(s) ?? throw new System.Text.Json.JsonException($"precision: expected \"fp32\", \"bf16-mixed\" or \"auto\", got \"{s}\"");
+    }
+
+    /// <inheritdoc/>
+    public override void Write(System.Text.Json.Utf8JsonWriter writer, Precision value, System.Text.Json.JsonSerializerOptions options) =>
+        writer.WriteStringValue(Name(value));
+}
+
+/// <summary>What the CPU offers that decides defaults.</summary>
+public static class CpuFeatures
+{
+    static readonly Lazy<bool> Bf16 = new(() =>
+    {
+        var env = Environment.GetEnvironmentVariable("DETOX_NATIVE_BF16");
+        if (env is "0" or "1") return env == "1";
+        try { return OperatingSystem.IsLinux() && File.Exists("/proc/cpuinfo") && FlagsHaveBf16(File.ReadAllText("/proc/cpuinfo")); }
+        catch (IOException) { return false; }
+        catch (UnauthorizedAccessException) { return false; }
+    });
+
+    /// <summary>True when this CPU has native bfloat16 arithmetic (x86: the <c>avx512_bf16</c> or <c>amx_bf16</c> flag of
+    /// /proc/cpuinfo; ARM: <c>bf16</c> in its Features line). Read once; <c>DETOX_NATIVE_BF16=0|1</c> overrides it.
+    /// Other operating systems report false (no detection there yet), so <see cref="Precision.Auto"/> trains in fp32.</summary>
+    public static bool NativeBf16 => Bf16.Value;
+
+    /// <summary>Whether a /proc/cpuinfo text names a native bf16 flag on its "flags" (x86) or "Features" (ARM) lines.</summary>
+    /// <param name="cpuinfo">The text of /proc/cpuinfo.</param>
+    public static bool FlagsHaveBf16(string cpuinfo)
+    {
+        foreach (var line in cpuinfo.Split('\n'))
+        {
+            int colon = line.IndexOf(':');
+            if (colon < 0) continue;
+            var key = line[..colon].Trim();
+            if (key is not ("flags" or "Features")) continue;
+            var flags = line[(colon + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (flags.Contains("avx512_bf16") || flags.Contains("amx_bf16") || (key == "Features" && flags.Contains("bf16"))) return true;
+        }
+        return false;
+    }
 }
 
 /// <summary>
@@ -50,6 +123,14 @@ public sealed class MixedPrecision : IDisposable
     /// <summary>The helper for <paramref name="precision"/>, or null when the model trains in its own dtype.</summary>
     public static MixedPrecision? For(ICausalLM model, Precision precision) =>
         precision == Precision.Bf16Mixed ? new MixedPrecision(model) : null;
+
+    /// <summary>The precision a run of <paramref name="model"/> uses for <paramref name="precision"/>: <see cref="Precision.Auto"/>
+    /// becomes <see cref="Precision.Bf16Mixed"/> for a float32 model on a CPU with native bf16 (<paramref name="nativeBf16"/>,
+    /// default <see cref="CpuFeatures.NativeBf16"/>) and <see cref="Precision.ModelDType"/> otherwise; the others are kept.</summary>
+    public static Precision Resolve(ICausalLM model, Precision precision, bool? nativeBf16 = null) =>
+        precision != Precision.Auto ? precision
+        : model.DType == ScalarType.Float32 && model.Device.type == DeviceType.CPU && (nativeBf16 ?? CpuFeatures.NativeBf16) ? Precision.Bf16Mixed
+        : Precision.ModelDType;
 
     /// <summary>Throws when <paramref name="precision"/> cannot be used with <paramref name="model"/> (mixed precision
     /// needs a float32 master). Trainers call it before any work.</summary>

@@ -67,7 +67,10 @@ public sealed record PreferenceTrainerOptions
     /// <see cref="Training.Precision.Bf16Mixed"/>: the training-step policy log-probs come from a bf16 working copy, the
     /// fp32 policy is the master the optimizer updates (fp32 optimizer state). Reference / π_tox log-probs (cached or
     /// live) and validation use the fp32 models, so the cache is shared with fp32 runs and validation loss and best/
-    /// selection judge the weights that are saved.</summary>
+    /// selection judge the weights that are saved. The training steps' reference log-probs come from a bf16 copy of the
+    /// reference (rounded as the working copy is), so the implicit reward starts at exactly 0 and the first loss is ln 2;
+    /// they are cached beside the fp32 ones. <see cref="Training.Precision.Auto"/>: bf16-mixed on a CPU with native
+    /// bf16 (<see cref="MixedPrecision.Resolve"/>; the CLI's and the study's default).</summary>
     public Precision Precision { get; init; } = Precision.ModelDType;
     /// <summary>Continue from &lt;out&gt;/checkpoint when it exists.</summary>
     [System.Text.Json.Serialization.JsonIgnore]
@@ -151,7 +154,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
     public PreferenceTrainResult Train(IReadOnlyList<PreferenceExample> data, string outDir, IProgress<TrainingProgress>? progress = null,
         CancellationToken cancel = default)
     {
-        var o = options;
+        var o = options with { Precision = MixedPrecision.Resolve(policy, options.Precision) }; // checkpoints record the resolved value
         var toxicModel = ToxicPolicy;
         var outTok = SaveTokenizer ?? tokenizer;
         o.Validate();
@@ -214,10 +217,10 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         TrainingLoop.CheckResume(loop);
 
         // --- reference / π_tox log-probs (computed from starting weights, before resume) ---
-        double[]? refC = null, refR = null, tox = null;
-        bool cacheHit = true;
+        double[]? refC = null, refR = null, tox = null, refC16 = null, refR16 = null;
+        bool cacheHit = true, mixed = o.Precision == Precision.Bf16Mixed && needsRef;
         var refModel = Reference ?? policy;
-        ICausalLM? liveRef = null;
+        ICausalLM? liveRef = null, liveRef16 = null;
         if (!needsRef)
         {
             // ORPO / SimPO: no reference model at all — no pass, no cache, no copy
@@ -228,6 +231,15 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         {
             (refC, refR, var hit1) = CachedLogps(cacheDir, "ref", ModelHash(refModel), dataHash, refModel, all, o.BatchSize, tokenizer.EosTokenId, false, cancel);
             cacheHit &= hit1;
+            if (mixed)
+            {
+                // the training steps' policy log-probs come from the bf16 working copy: their reference is the same
+                // rounding of the reference, so log π − log π_ref starts at exactly 0 (loss ln 2) instead of bf16 noise
+                string hash16 = ModelHash(refModel) + "|bf16";
+                using var ref16 = Bf16Copy(refModel);
+                (refC16, refR16, var hit3) = CachedLogps(cacheDir, "ref-bf16", hash16, dataHash, ref16, all, o.BatchSize, tokenizer.EosTokenId, false, cancel);
+                cacheHit &= hit3;
+            }
             if (adpo)
             {
                 (tox, _, var hit2) = CachedLogps(cacheDir, "tox", ModelHash(toxicModel!), dataHash, toxicModel!, all, o.BatchSize, tokenizer.EosTokenId, true, cancel);
@@ -241,10 +253,11 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         {
             cacheHit = false;
             liveRef = Reference ?? policy.Clone();
+            if (mixed) liveRef16 = Bf16Copy(liveRef);
         }
         try
         {
-            var objective = new Objective(all, micro, valIdx, o, tokenizer.EosTokenId, adpo, refC, refR, tox, liveRef, toxicModel);
+            var objective = new Objective(all, micro, valIdx, o, tokenizer.EosTokenId, adpo, new RefLogps(refC, refR, refC16, refR16, tox), liveRef, liveRef16, toxicModel);
             var run = TrainingLoop.Run(policy, objective, loop, progress, cancel);
             if (run.Stop is TrainingStop.Completed or TrainingStop.EarlyStopped
                 || (run.Stop == TrainingStop.AlreadyFinished && !Directory.Exists(finalDir)))
@@ -254,12 +267,26 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         finally
         {
             if (liveRef is not null && Reference is null) liveRef.Dispose();
+            liveRef16?.Dispose();
         }
+    }
+
+    /// <summary>Cached log-prob sums per example: the reference's for chosen and rejected (fp32; with bf16-mixed also those
+    /// of the reference's bf16 copy, which the training steps use) and π_tox's for y_t.</summary>
+    sealed record RefLogps(double[]? C, double[]? R, double[]? C16, double[]? R16, double[]? Tox);
+
+    /// <summary>A bfloat16 copy of <paramref name="m"/>, made as <see cref="MixedPrecision"/> makes its working copy.</summary>
+    static ICausalLM Bf16Copy(ICausalLM m)
+    {
+        var c = m.Clone();
+        c.Module.to(ScalarType.BFloat16);
+        c.Module.eval();
+        return c;
     }
 
     /// <summary>The pairs' order (micro-batches of example indices, fixed before training) and the preference loss.</summary>
     sealed class Objective(List<TokenizedExample> all, List<int[]> micro, List<int> valIdx, PreferenceTrainerOptions o, int padId, bool adpo,
-        double[]? refC, double[]? refR, double[]? tox, ICausalLM? liveRef, ICausalLM? toxicModel) : ITrainingObjective<int[]>
+        RefLogps cached, ICausalLM? liveRef, ICausalLM? liveRef16, ICausalLM? toxicModel) : ITrainingObjective<int[]>
     {
         public IReadOnlyList<int[]> Batches(int step) =>
             Enumerable.Range(0, o.GradientAccumulationSteps).Select(a => micro[step * o.GradientAccumulationSteps + a]).ToList();
@@ -308,12 +335,20 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         {
             var pol = PolicyLogps(pm, idx, adpo);
             var dt = pol[0].dtype;
+            // the bf16 working copy (mixed precision's training steps) is compared with the reference's bf16 copy; the
+            // fp32 master (validation) with the fp32 reference
+            bool low = pm.DType == ScalarType.BFloat16;
             Tensor rc, rr, tt = null!;
-            if (liveRef is null) { rc = Lookup(refC!, idx, dt); rr = Lookup(refR!, idx, dt); if (adpo) tt = Lookup(tox!, idx, dt); }
+            if (liveRef is null)
+            {
+                bool use16 = low && cached.C16 is not null;
+                rc = Lookup(use16 ? cached.C16! : cached.C!, idx, dt); rr = Lookup(use16 ? cached.R16! : cached.R!, idx, dt);
+                if (adpo) tt = Lookup(cached.Tox!, idx, dt);
+            }
             else
             {
                 using var ng = torch.no_grad();
-                var r = PolicyLogps(liveRef, idx, false);
+                var r = PolicyLogps(low && liveRef16 is not null ? liveRef16 : liveRef, idx, false);
                 rc = r[0]; rr = r[1];
                 if (adpo)
                 {

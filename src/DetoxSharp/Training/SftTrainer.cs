@@ -95,8 +95,8 @@ public sealed record SftOptions
     public bool AppendEos { get; init; } = true;
     /// <summary><see cref="Training.Precision.ModelDType"/> (train in the model's dtype) or
     /// <see cref="Training.Precision.Bf16Mixed"/> (bf16 forward/backward, fp32 master weights and AdamW state; needs a
-    /// float32 model). Validation loss is computed with the fp32 master, i.e. the weights that are saved.</summary>
-    [System.Text.Json.Serialization.JsonIgnore]
+    /// float32 model) or <see cref="Training.Precision.Auto"/> (the latter on a CPU with native bf16). Validation loss is
+    /// computed with the fp32 master, i.e. the weights that are saved. JSON: "fp32", "bf16-mixed" or "auto".</summary>
     public Precision Precision { get; init; } = Precision.ModelDType;
 
     /// <summary>Bounds for counts: beyond them a run would only exhaust memory building its batch list.</summary>
@@ -271,36 +271,37 @@ public sealed class SftTrainer(ICausalLM model, Gpt2Tokenizer tokenizer, SftOpti
     /// finished; throws <see cref="TrainingDivergedException"/> on a non-finite loss or gradient norm.</summary>
     public SftResult Train(IReadOnlyList<SftExample> train, IProgress<TrainingProgress>? progress = null, CancellationToken cancel = default)
     {
-        options.Validate();
-        MixedPrecision.CheckModel(model, options.Precision);
-        int maxLength = Math.Min(options.MaxLength ?? model.MaxPositions, model.MaxPositions);
+        var o = options with { Precision = MixedPrecision.Resolve(model, options.Precision) }; // checkpoints record the resolved value
+        o.Validate();
+        MixedPrecision.CheckModel(model, o.Precision);
+        int maxLength = Math.Min(o.MaxLength ?? model.MaxPositions, model.MaxPositions);
         if (tokenizer.VocabSize > model.VocabSize)
             throw new InvalidInputException($"tokenizer has {tokenizer.VocabSize} ids but the model's vocabulary is {model.VocabSize} (resize the model first)");
-        var data = Tokenize(tokenizer, train, maxLength, options.AppendEos);
+        var data = Tokenize(tokenizer, train, maxLength, o.AppendEos);
         if (data.Count == 0) throw new InvalidInputException("training data produced no sequences");
-        var valid = options.Validation is { Count: > 0 } v ? Tokenize(tokenizer, v, maxLength, options.AppendEos) : null;
+        var valid = o.Validation is { Count: > 0 } v ? Tokenize(tokenizer, v, maxLength, o.AppendEos) : null;
 
-        int perStep = options.BatchSize * options.GradientAccumulationSteps;
+        int perStep = o.BatchSize * o.GradientAccumulationSteps;
         int stepsPerEpoch = Math.Max(1, data.Count / perStep);
-        int totalSteps = options.MaxSteps ?? Math.Max(1, (int)Math.Ceiling(options.Epochs * stepsPerEpoch));
-        var settings = TrainingSettings.Of(options);
+        int totalSteps = o.MaxSteps ?? Math.Max(1, (int)Math.Ceiling(o.Epochs * stepsPerEpoch));
+        var settings = TrainingSettings.Of(o);
         settings["max_length"] = maxLength;
         settings["data"] = Hash(data, valid);
         var loop = new TrainingLoopOptions
         {
             TotalSteps = totalSteps,
-            Schedule = new LrSchedule(options.LearningRate, options.WarmupSteps, totalSteps, options.Decay, options.MinLrRatio),
+            Schedule = new LrSchedule(o.LearningRate, o.WarmupSteps, totalSteps, o.Decay, o.MinLrRatio),
             Optimizer = OptimizerKind.AdamW,
             OptimizerSettings = new OptimizerSettings
             {
-                LearningRate = options.LearningRate, WeightDecay = options.WeightDecay, Beta1 = options.Beta1, Beta2 = options.Beta2, Epsilon = options.Epsilon,
+                LearningRate = o.LearningRate, WeightDecay = o.WeightDecay, Beta1 = o.Beta1, Beta2 = o.Beta2, Epsilon = o.Epsilon,
             },
-            MaxGradNorm = options.MaxGradNorm, MeanOverWeights = false, Precision = options.Precision, EvalEvery = options.EvalEvery,
-            OutputDir = options.OutputDir, TensorBoardDir = options.TensorBoardDir, CheckpointEvery = options.CheckpointEvery, Resume = options.Resume,
-            AllowSettingChanges = options.AllowSettingChanges, StopAfterSteps = options.StopAfterSteps, Settings = settings,
+            MaxGradNorm = o.MaxGradNorm, MeanOverWeights = false, Precision = o.Precision, EvalEvery = o.EvalEvery,
+            OutputDir = o.OutputDir, TensorBoardDir = o.TensorBoardDir, CheckpointEvery = o.CheckpointEvery, Resume = o.Resume,
+            AllowSettingChanges = o.AllowSettingChanges, StopAfterSteps = o.StopAfterSteps, Settings = settings,
             ItemName = "tokens", Tokenizer = tokenizer, Log = Log, Logger = Logger,
         };
-        return new SftResult(TrainingLoop.Run(model, new Objective(data, valid, options), loop, progress, cancel));
+        return new SftResult(TrainingLoop.Run(model, new Objective(data, valid, o), loop, progress, cancel));
     }
 
     /// <summary>SHA-256 of the tokenized training (and validation) sequences: what a resume must train on again.</summary>

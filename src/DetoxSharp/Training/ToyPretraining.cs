@@ -44,8 +44,9 @@ public sealed record ToyPretrainOptions
     /// <summary>Optimizer steps (the cosine schedule spans them); null = <see cref="Epochs"/> passes over train.txt.</summary>
     [Setting("optimizer steps (default: --epochs passes over train.txt)")]
     public int? MaxSteps { get; init; }
-    /// <summary>Training precision (default: bf16 compute with fp32 master weights).</summary>
-    public Precision Precision { get; init; } = Precision.Bf16Mixed;
+    /// <summary>Training precision (default <see cref="Precision.Auto"/>: bf16 compute with fp32 master weights on a CPU
+    /// with native bf16, fp32 elsewhere).</summary>
+    public Precision Precision { get; init; } = Precision.Auto;
     /// <summary>Write a resumable checkpoint every N steps (0: only when the run stops).</summary>
     public int CheckpointEvery { get; init; } = 200;
     /// <summary>Continue from OUT/checkpoint.</summary>
@@ -161,7 +162,7 @@ public static class ToyPretraining
                 ["arch"] = o.Arch, ["n_layer"] = o.Layers, ["n_embd"] = o.DModel, ["n_head"] = o.Heads, ["n_positions"] = o.Context,
                 ["vocab_size"] = tok.VocabSize, ["parameters"] = model.Module.parameters().Sum(p => p.numel()),
             },
-            ["precision"] = o.Precision == Precision.Bf16Mixed ? "bf16-mixed" : "fp32",
+            ["precision"] = PrecisionJsonConverter.Name(result.Run.Precision),
             ["batch_size"] = o.BatchSize,
             ["learning_rate"] = o.LearningRate,
             ["train_corpus_tokens"] = corpusTokens,

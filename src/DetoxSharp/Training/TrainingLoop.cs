@@ -72,6 +72,8 @@ public sealed record TrainingRunResult(TrainingStop Stop, int Steps, int TotalSt
     public bool Finished => Stop is TrainingStop.Completed or TrainingStop.EarlyStopped or TrainingStop.AlreadyFinished;
     /// <summary>Items per second of this process's part.</summary>
     public double ItemsPerSecond => Seconds > 0 ? RunItems / Seconds : 0;
+    /// <summary>The precision the run trained in (<see cref="Training.Precision.Auto"/> resolved; <see cref="MixedPrecision.Resolve"/>).</summary>
+    public Precision Precision { get; init; } = Precision.ModelDType;
 }
 
 /// <summary>The loss of one micro-batch: <see cref="Objective"/> is back-propagated as is; <see cref="Metrics"/> (with
@@ -200,6 +202,7 @@ public static class TrainingLoop
         IProgress<TrainingProgress>? progress = null, CancellationToken cancel = default)
     {
         if (o.TotalSteps < 1) throw new ArgumentOutOfRangeException(nameof(o), "TotalSteps must be ≥ 1");
+        o = o with { Precision = MixedPrecision.Resolve(model, o.Precision) };
         MixedPrecision.CheckModel(model, o.Precision);
         var parameters = model.Module.parameters().Where(p => p.requires_grad).ToList();
         using var opt = Optimizers.Create(o.Optimizer, parameters, o.OptimizerSettings);
@@ -233,7 +236,7 @@ public static class TrainingLoop
         if (o.Schedule.WarmupSteps >= o.TotalSteps && !finishedBefore)
             o.Notice($"warning: warmup ({o.Schedule.WarmupSteps} steps) ≥ the run's {o.TotalSteps} steps: the learning rate never reaches its peak {o.Schedule.PeakLr:G3}");
         if (finishedBefore)
-            return new TrainingRunResult(TrainingStop.AlreadyFinished, step, o.TotalSteps, items, 0, 0, null, null, best, ckptDir);
+            return new TrainingRunResult(TrainingStop.AlreadyFinished, step, o.TotalSteps, items, 0, 0, null, null, best, ckptDir) { Precision = o.Precision };
 
         using var metrics = MetricSinks.Open(o, resumed ? step + 1 : null);
         JsonObject State(bool finished) => new()
@@ -349,7 +352,7 @@ public static class TrainingLoop
         if (finished || step > startStep) Save(finished);
         model.Module.eval();
         o.Logger?.LogInformation("training stopped ({Stop}) at step {Step}/{TotalSteps} after {Seconds:F1} s", stop, step, o.TotalSteps, seconds);
-        return new TrainingRunResult(stop, step, o.TotalSteps, items, runItems, seconds, lastTrain, lastEval, best, savedStep is null ? null : ckptDir);
+        return new TrainingRunResult(stop, step, o.TotalSteps, items, runItems, seconds, lastTrain, lastEval, best, savedStep is null ? null : ckptDir) { Precision = o.Precision };
     }
 
     /// <summary>When <paramref name="o"/> resumes from an existing checkpoint, refuses settings that differ from the ones

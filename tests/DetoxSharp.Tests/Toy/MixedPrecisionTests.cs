@@ -230,8 +230,13 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         using var mixed = PrefTiny.Model();
         var r1 = new PreferenceTrainer(fp32, tok, DpoOpts(cache)).Train(data, Path.Combine(root, "fp32"));
         var r2 = new PreferenceTrainer(mixed, tok, DpoOpts(cache) with { Precision = Precision.Bf16Mixed }).Train(data, Path.Combine(root, "mixed"));
-        // the reference log-probs come from the fp32 master: same weights hash, so the fp32 run's cache is reused
-        Assert.True(r2.ReferenceCacheHit);
+        // validation's fp32 reference log-probs are keyed on the fp32 weights, so the fp32 run's cache file is reused; the
+        // training steps' bf16 reference log-probs are added beside it
+        Assert.False(r2.ReferenceCacheHit);
+        Assert.Single(Directory.GetFiles(cache, "ref-*.bin").Where(f => !Path.GetFileName(f).StartsWith("ref-bf16-")));
+        Assert.Single(Directory.GetFiles(cache, "ref-bf16-*.bin"));
+        using (var again = PrefTiny.Model())
+            Assert.True(new PreferenceTrainer(again, tok, DpoOpts(cache) with { Precision = Precision.Bf16Mixed, MaxSteps = 1 }).Train(data, Path.Combine(root, "again")).ReferenceCacheHit);
         List<double> Losses(string p) => MetricsLog.Read(p).Where(r => r["phase"] is null).Select(r => r["loss"]!.GetValue<double>()).ToList();
         var a = Losses(r1.MetricsPath); var b = Losses(r2.MetricsPath);
         Assert.Equal(8, a.Count); Assert.Equal(8, b.Count);
@@ -239,12 +244,27 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         output.WriteLine("bf16-mixed " + string.Join(" ", b.Select(x => x.ToString("F4"))));
         output.WriteLine($"max |Δ| {a.Zip(b, (x, y) => Math.Abs(x - y)).Max():F5}; step-1 |loss − ln 2|: fp32 {Math.Abs(a[0] - Math.Log(2)):E1}, bf16-mixed {Math.Abs(b[0] - Math.Log(2)):E1}");
         Assert.Equal(Math.Log(2), a[0], 4);
-        Assert.True(Math.Abs(b[0] - Math.Log(2)) < 2e-3, $"bf16-mixed step-1 loss {b[0]}"); // bf16 policy vs fp32 reference: tiny offset
+        // bf16 policy vs the reference's bf16 copy: the same rounding on both sides, so the reward starts at exactly 0
+        Assert.Equal(Math.Log(2), b[0], 6);
         for (int i = 0; i < a.Count; i++)
             Assert.True(Math.Abs(a[i] - b[i]) <= Math.Max(0.01, 0.02 * a[i]), $"step {i + 1}: fp32 {a[i]:F4} vs bf16-mixed {b[i]:F4}");
         Assert.True(a[^1] < a[0] - 0.05 && b[^1] < b[0] - 0.05, $"loss did not fall: {a[^1]}, {b[^1]}");
         using var saved = HfCheckpoint.Load(r2.FinalDir);
         Assert.Equal(ScalarType.Float32, saved.Model.DType);
+    }
+
+    [Fact]
+    public void DpoMixedWithALiveReferenceStartsAtLn2()
+    {
+        var tok = Gpt2Tokenizer.Default();
+        var root = PrefTiny.TempDir("mixed-dpo-live");
+        using var m = PrefTiny.Model();
+        var r = new PreferenceTrainer(m, tok, DpoOpts(Path.Combine(root, "cache")) with { Precision = Precision.Bf16Mixed, CacheReference = false, MaxSteps = 2 })
+            .Train(PrefTiny.Pairs(24), Path.Combine(root, "live"));
+        var first = MetricsLog.Read(r.MetricsPath).First(x => x["phase"] is null);
+        Assert.Equal(Math.Log(2), first["loss"]!.GetValue<double>(), 6);
+        Assert.Equal(0.0, first["rewards/margins"]!.GetValue<double>(), 9);
+        Assert.Equal(Precision.Bf16Mixed, r.Run.Precision);
     }
 
     [Fact]
@@ -299,7 +319,7 @@ public class MixedPrecisionCliTests
             Assert.Contains("--dtype", line);
             r = Run([cmd, .. common, "--precision", "fp16"]);
             Assert.Equal(2, r.Rc);
-            Assert.Equal("detox: --precision: expected fp32 or bf16-mixed, got 'fp16'", r.Err.Trim());
+            Assert.Equal("detox: --precision: expected auto, fp32 or bf16-mixed, got 'fp16'", r.Err.Trim());
         }
 
         var ok = Run("sft", "--model", start, "--data", text, "--out", Path.Combine(root, "sft-ok"), "--precision", "bf16-mixed", "--max-steps", "2", "--batch-size", "1", "--max-length", "8", "--lr", "1e-3");
@@ -307,5 +327,76 @@ public class MixedPrecisionCliTests
         using (var saved = HfCheckpoint.Load(Path.Combine(root, "sft-ok", "model"))) Assert.Equal(ScalarType.Float32, saved.Model.DType);
         ok = Run("dpo", "--model", start, "--data", pairs, "--out", Path.Combine(root, "dpo-ok"), "--precision", "bf16-mixed", "--max-steps", "2", "--batch-size", "2", "--validation-size", "2", "--warmup", "1", "--json");
         Assert.True(ok.Rc == 0, ok.Err);
+    }
+}
+
+/// <summary><see cref="Precision.Auto"/>: bf16-mixed for a float32 model on a CPU with native bf16, fp32 elsewhere.</summary>
+public class AutoPrecisionTests
+{
+    const string X86Bf16 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu vme avx2 avx512f avx512_bf16 avx512_vnni\nbugs\t\t: sysret_ss_attrs\n";
+    const string X86NoBf16 = "processor\t: 0\nflags\t\t: fpu vme avx2 avx512f avx512_vnni\nbugs\t\t: avx512_bf16_bug\n";
+
+    [Fact]
+    public void CpuFlagsAreReadFromTheFlagsLineOnly()
+    {
+        Assert.True(CpuFeatures.FlagsHaveBf16(X86Bf16));
+        Assert.False(CpuFeatures.FlagsHaveBf16(X86NoBf16)); // the name on another line (bugs) does not count
+        Assert.True(CpuFeatures.FlagsHaveBf16("flags\t: sse2 amx_tile amx_bf16 amx_int8\n"));
+        Assert.False(CpuFeatures.FlagsHaveBf16("flags\t: sse2 avx512_bf16x avx512f\n")); // whole flags only
+        Assert.True(CpuFeatures.FlagsHaveBf16("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm sve\n")); // arm64
+        Assert.False(CpuFeatures.FlagsHaveBf16("flags\t: bf16\n")); // x86 has no plain "bf16" flag
+        Assert.False(CpuFeatures.FlagsHaveBf16(""));
+    }
+
+    [Fact]
+    public void AutoResolvesByModelDtypeAndCpu()
+    {
+        using var m = PrefTiny.Model();
+        Assert.Equal(Precision.Bf16Mixed, MixedPrecision.Resolve(m, Precision.Auto, nativeBf16: true));
+        Assert.Equal(Precision.ModelDType, MixedPrecision.Resolve(m, Precision.Auto, nativeBf16: false));
+        // explicit choices are kept whatever the CPU
+        Assert.Equal(Precision.ModelDType, MixedPrecision.Resolve(m, Precision.ModelDType, nativeBf16: true));
+        Assert.Equal(Precision.Bf16Mixed, MixedPrecision.Resolve(m, Precision.Bf16Mixed, nativeBf16: false));
+        m.to(ScalarType.BFloat16); // a bfloat16 model trains in its dtype: mixed precision needs an fp32 master
+        Assert.Equal(ScalarType.BFloat16, m.DType);
+        Assert.Equal(Precision.ModelDType, MixedPrecision.Resolve(m, Precision.Auto, nativeBf16: true));
+    }
+
+    [Fact]
+    public void AutoTrainsExactlyAsTheResolvedPrecisionAndRecordsIt()
+    {
+        using var a = PrefTiny.Model();
+        using var b = (Gpt2Model)a.Clone();
+        var tok = Gpt2Tokenizer.Default();
+        var texts = Enumerable.Range(0, 8).Select(i => SftExample.Text($"the river flows through town {i} and the market sells cheese .")).ToList();
+        var o = new SftOptions { BatchSize = 2, MaxSteps = 3, LearningRate = 1e-3, WarmupSteps = 0, MaxLength = 12, Seed = 5 };
+        var resolved = MixedPrecision.Resolve(a, Precision.Auto);
+        var ra = new SftTrainer(a, tok, o with { Precision = Precision.Auto }).Train(texts);
+        var rb = new SftTrainer(b, tok, o with { Precision = resolved }).Train(texts);
+        Assert.Equal(resolved, ra.Run.Precision);
+        Assert.Equal(resolved, rb.Run.Precision);
+        Assert.Equal(CpuFeatures.NativeBf16 ? Precision.Bf16Mixed : Precision.ModelDType, resolved);
+        foreach (var (pa, pb) in a.named_parameters().Zip(b.named_parameters()))
+            Assert.True(torch.equal(pa.parameter, pb.parameter).all().item<bool>(), $"{pa.name} differs");
+        // the resolved value, not "auto", is what the run recorded (a resume compares it)
+        Assert.Equal(ra.Run.LastTrain!.Loss, rb.Run.LastTrain!.Loss);
+    }
+
+    [Fact]
+    public void PrecisionReadsAndWritesTheCliNamesInJson()
+    {
+        var o = System.Text.Json.JsonSerializer.Deserialize<SftOptions>("{\"Precision\": \"bf16-mixed\"}")!;
+        Assert.Equal(Precision.Bf16Mixed, o.Precision);
+        Assert.Contains("\"Precision\":\"auto\"", System.Text.Json.JsonSerializer.Serialize(new SftOptions { Precision = Precision.Auto }));
+        Assert.Throws<System.Text.Json.JsonException>(() => System.Text.Json.JsonSerializer.Deserialize<SftOptions>("{\"Precision\": \"fp16\"}"));
+        // study sections: a preference point defaults to auto, "precision" picks another; a bad value names its key
+        var sec = DetoxSharp.Study.StudySections.Read<DetoxSharp.Study.PreferenceSection>(new System.Text.Json.Nodes.JsonObject(), "dpo");
+        Assert.Equal(Precision.Auto, sec.ToOptions("dpo").Precision);
+        sec = DetoxSharp.Study.StudySections.Read<DetoxSharp.Study.PreferenceSection>(new System.Text.Json.Nodes.JsonObject { ["precision"] = "fp32" }, "dpo");
+        Assert.Equal(Precision.ModelDType, sec.ToOptions("dpo").Precision);
+        var e = Assert.Throws<InvalidInputException>(() => DetoxSharp.Study.StudySections.Read<DetoxSharp.Study.PreferenceSection>(new System.Text.Json.Nodes.JsonObject { ["precision"] = "half" }, "dpo"));
+        Assert.StartsWith("config: dpo.precision:", e.Message);
+        Assert.Equal(Precision.Auto, DetoxSharp.Study.StudySections.ReadSft(new System.Text.Json.Nodes.JsonObject(), "toxic_model").Precision);
+        Assert.Equal(Precision.ModelDType, DetoxSharp.Study.StudySections.ReadSft(new System.Text.Json.Nodes.JsonObject { ["precision"] = "fp32" }, "toxic_model").Precision);
     }
 }

@@ -157,7 +157,7 @@ public sealed record DExpertsSection
     /// <summary><see cref="SftOptions"/> of both fine-tunes (snake_case keys).</summary>
     public JsonObject Sft { get; init; } = new();
 
-    public SftOptions SftOptions() => StudySections.Read<SftOptions>(Sft, "dexperts.sft");
+    public SftOptions SftOptions() => StudySections.ReadSft(Sft, "dexperts.sft");
 }
 
 /// <summary>Generation cost: greedy continuations of the first <see cref="Prompts"/> challenge prompts at

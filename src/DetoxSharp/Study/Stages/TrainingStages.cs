@@ -57,7 +57,7 @@ public static partial class StudyStages
             WriteJson(Path.Combine(c.OutputDir, "train.json"), new JsonObject
             {
                 ["steps"] = result.Steps, ["examples"] = result.Examples, ["best_validation_loss"] = result.BestValidationLoss,
-                ["stopped_early"] = result.StoppedEarly, ["reference_cache_hit"] = result.ReferenceCacheHit,
+                ["stopped_early"] = result.StoppedEarly, ["reference_cache_hit"] = result.ReferenceCacheHit, ["precision"] = PrecisionJsonConverter.Name(result.Run.Precision),
                 ["pairs_per_second"] = result.PairsPerSecond, ["model"] = result.BestDir is null ? "final" : "best",
                 ["start_model"] = startDir, ["reference_model"] = startDir, ["toxic_model"] = tox is null ? null : startDir,
             });
@@ -69,7 +69,7 @@ public static partial class StudyStages
     /// on the [TOXIC] control token placed after the prompt (the same place <see cref="PairMaker"/> puts it).</summary>
     static void TrainToxicModel(StageContext c)
     {
-        var options = Read<SftOptions>(c, "toxic_model");
+        var options = StudySections.ReadSft(Section(c, "toxic_model"), "toxic_model");
         var files = Files(c);
         var control = ToxicModel.ControlToken;
         using var m = Load(c, BaseModelDir(c));
@@ -83,6 +83,7 @@ public static partial class StudyStages
         {
             ["control_token"] = control, ["examples"] = examples.Count, ["toxic_examples"] = toxicCount,
             ["steps"] = r.Steps, ["final_train_loss"] = r.FinalTrainLoss, ["tokens_per_second"] = r.TokensPerSecond,
+            ["precision"] = PrecisionJsonConverter.Name(r.Run.Precision),
         });
     }
 
