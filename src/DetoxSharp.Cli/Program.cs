@@ -10,4 +10,6 @@ if (GcBudget.ReExecuteIfNeeded(args) is int exitCode) return exitCode;
 
 // before any tensor exists: libtorch reads its allocator settings at the first allocation (NativeSetup)
 DetoxSharp.NativeSetup.Init();
+// one stage of a parallel study in a process of its own (StageProcesses; not a user command)
+if (args is [StageProcesses.ChildVerb, var stageContext]) return StageProcesses.ChildMain(stageContext, Console.Out, Console.Error);
 return DetoxCli.Run(args, Console.Out, Console.Error);

@@ -33,9 +33,14 @@ public static class StudyCommand
             // concurrent stages share the cores: without an explicit --threads each gets its share
             bool autoThreads = p.GetValue(DetoxCli.Threads) is null;
             if (autoThreads) TorchSharp.torch.set_num_threads(StageRunner.ThreadsPerStage(Environment.ProcessorCount, n));
-            return Run(p.GetValue(config), p.GetValue(outDir)!, p.GetValue(quick), p.GetValue(list), Stages(),
+            // parallel stages run in child processes (StageProcesses: TorchSharp's temporary Scalars are not safe against
+            // a garbage collection another stage thread triggers); DETOX_STAGE_PROCESSES=0 keeps them in this process
+            bool isolate = StageProcesses.Wanted(n);
+            var functions = isolate ? StageProcesses.Isolate(Stages(), TorchSharp.torch.get_num_threads()) : Stages();
+            Action<int>? setThreads = !autoThreads ? null : isolate ? StageProcesses.SetThreads : SetStageThreads;
+            return Run(p.GetValue(config), p.GetValue(outDir)!, p.GetValue(quick), p.GetValue(list), functions,
                 p.InvocationConfiguration.Output, p.InvocationConfiguration.Error, CommonOptions.ParseDevice(p.GetValue(device)!), n,
-                autoThreads ? SetStageThreads : null);
+                setThreads);
         });
         return cmd;
     }
@@ -97,7 +102,7 @@ public static class StudyCommand
             return 3;
         }
         o.WriteLine($"report: {Path.Combine(Path.GetFullPath(outDir), RunLayout.Report)} ({summary.Ran.Count} stage(s) ran, {summary.Skipped.Count} skipped)");
-        o.WriteLine($"garbage collections: {GC.CollectionCount(0)} gen-0, {GC.CollectionCount(2)} gen-2 (DOTNET_GCgen0size={Environment.GetEnvironmentVariable("DOTNET_GCgen0size") ?? "unset"})");
+        o.WriteLine($"garbage collections: {GC.CollectionCount(0)} gen-0, {GC.CollectionCount(2)} gen-2 (DOTNET_GCgen0size={Environment.GetEnvironmentVariable("DOTNET_GCgen0size") ?? "unset"}; stages in child processes: {(StageProcesses.Used ? "yes" : "no")})");
         return 0;
     }
 

@@ -19,6 +19,8 @@ public sealed record FindingCriteria
     public int VectorsMinToxic { get; init; } = 5;
     /// <summary>(b) … have at least this many toxic-lexicon tokens among their <see cref="VectorsTopTokens"/> top projections.</summary>
     public int VectorsMinToxicTokens { get; init; } = 5;
+    /// <summary>(b, f) how many top vocabulary projections of a value vector are looked at (config key
+    /// "vectors_top_tokens"; default 10).</summary>
     public int VectorsTopTokens { get; init; } = 10;
     /// <summary>(c) each subtraction lowers toxicity with perplexity rising by less than this fraction.</summary>
     public double SubtractionMaxPerplexityIncrease { get; init; } = 0.10;
@@ -40,6 +42,9 @@ public sealed record FindingCriteria
     /// toxicity the model had before alignment.</summary>
     public double UnalignMinRestored { get; init; } = 0.80;
 
+    /// <summary>Checks the ranges (fractions in [0, 1], cosines in [-1, 1], counts ≥ 1, "min" counts not above the
+    /// counts they are taken from); throws <see cref="InvalidInputException"/> naming the findings.KEY otherwise.</summary>
+    /// <param name="source">The config file, named in the error.</param>
     public void Validate(string source)
     {
         void Frac(double v, string key) { if (!(v >= 0 && v <= 1)) throw new InvalidInputException($"{source}: findings.{key} must be in [0, 1], got {v}"); }
@@ -57,17 +62,44 @@ public sealed record FindingCriteria
     }
 }
 
-public enum Verdict { Pass, Fail, NotMeasured }
+/// <summary>The outcome of one finding in the report.</summary>
+public enum Verdict
+{
+    /// <summary>The measured mean meets the criterion.</summary>
+    Pass,
+    /// <summary>Measured and the criterion is not met.</summary>
+    Fail,
+    /// <summary>A value the criterion needs is missing (stage not run, unavailable or null) — never counted as a pass.</summary>
+    NotMeasured,
+}
 
 /// <summary>One finding judged: the headline number (mean ± std, n), its other measured parts, the verdict.</summary>
+/// <param name="Id">The finding's letter, "a" to "g" (issue 14).</param>
+/// <param name="Method">The aligned method's row name for (d)–(g); null for the method-independent (a)–(c).</param>
+/// <param name="Title">One-line statement of the finding, as the report heads it.</param>
+/// <param name="Criterion">The pass criterion with the configured numbers filled in.</param>
+/// <param name="Paper">The paper's corresponding number(s), for comparison.</param>
+/// <param name="Value">The headline number over seeds (n = 0 when not measured).</param>
+/// <param name="Detail">The other measured parts of the criterion, as text.</param>
+/// <param name="Verdict">Pass, fail or not measured.</param>
 public sealed record FindingResult(string Id, string? Method, string Title, string Criterion, string Paper, MeanStd Value, string Detail, Verdict Verdict);
 
 /// <summary>Per seed of one aligned method at the headline setting (null = not measured in that run).</summary>
+/// <param name="Toxicity">Mean toxicity of the aligned model's continuations of the challenge prompts.</param>
+/// <param name="Perplexity">The aligned model's perplexity on the perplexity text.</param>
+/// <param name="MinParameterCosine">Smallest cosine of any parameter tensor with its pre-alignment value (diff.json).</param>
+/// <param name="Tracked">The top toxic vectors through alignment, in rank order (diff.json).</param>
+/// <param name="UnalignedToxicity">Toxicity after scaling the toxic keys (unalign.json).</param>
 public sealed record AlignedRun(double? Toxicity, double? Perplexity, double? MinParameterCosine,
     IReadOnlyList<TrackedVector>? Tracked, double? UnalignedToxicity);
 
 /// <summary>A toxic vector tracked through alignment (ranked on the model before alignment; activation at the last
 /// position of the same token sequence for both models).</summary>
+/// <param name="Name">The vector, "L{layer}.N{index}" (e.g. "L19.N770").</param>
+/// <param name="ActivationBefore">Its mean activation on the challenge prompts before alignment.</param>
+/// <param name="ActivationAfter">The same after alignment.</param>
+/// <param name="ValueCosine">Cosine of its value vector after vs before alignment.</param>
+/// <param name="TopTokensKept">Share (0–1) of its top vocabulary projections still among the top after alignment.</param>
 public sealed record TrackedVector(string Name, double ActivationBefore, double ActivationAfter, double ValueCosine, double TopTokensKept);
 
 /// <summary>Everything the findings need, as measured by the study's stages.</summary>
@@ -75,6 +107,7 @@ public sealed record FindingInputs
 {
     /// <summary>(a) per split seed: probe and bag-of-words validation accuracy on the same split.</summary>
     public IReadOnlyList<double> ProbeAccuracy { get; init; } = [];
+    /// <summary>(a) per split seed: the bag-of-words baseline's validation accuracy, paired with <see cref="ProbeAccuracy"/>.</summary>
     public IReadOnlyList<double> BagOfWordsAccuracy { get; init; } = [];
     /// <summary>(a) 1 − label-noise rate, when the data say what their noise rate is.</summary>
     public double? NoiseCeiling { get; init; }
@@ -82,8 +115,11 @@ public sealed record FindingInputs
     public IReadOnlyList<int>? ToxicTokensPerVector { get; init; }
     /// <summary>(b) what W_Toxic was ("weights" or "mass-mean"), and the same counts with the other candidate direction.</summary>
     public string? Direction { get; init; }
+    /// <summary>(b) the other candidate direction's name and its toxic-token counts per vector; null when not computed.</summary>
     public (string Direction, IReadOnlyList<int> Counts)? OtherDirection { get; init; }
+    /// <summary>(c) the base model's mean toxicity (results table's "No-op" row); null when not measured.</summary>
     public double? BaseToxicity { get; init; }
+    /// <summary>(c) the base model's perplexity ("No-op" row); null when not measured.</summary>
     public double? BasePerplexity { get; init; }
     /// <summary>(c) the three subtraction rows: name, toxicity, perplexity.</summary>
     public IReadOnlyList<(string Name, double? Toxicity, double? Perplexity)> Subtractions { get; init; } = [];
@@ -99,6 +135,9 @@ public static class Findings
     static string P(double x) => (100 * x).ToString("F0", Inv) + " %";
     static string N(double x, string f = "F3") => double.IsFinite(x) ? x.ToString(f, Inv) : "–";
 
+    /// <summary>Judges findings (a)–(c) once and (d)–(g) once per entry of <see cref="FindingInputs.Methods"/>, in that order.</summary>
+    /// <param name="c">The configured criteria.</param>
+    /// <param name="m">The measured values.</param>
     public static IReadOnlyList<FindingResult> Evaluate(FindingCriteria c, FindingInputs m)
     {
         var r = new List<FindingResult>();

@@ -39,20 +39,31 @@ namespace DetoxSharp.Study;
 /// </summary>
 public static class RunLayout
 {
+    /// <summary>stages/vectors: the top toxic value vectors (rank, layer, index, cosine with the probe, top tokens) and the SVD components' top tokens.</summary>
     public const string ToxicVectors = "toxic_vectors.json";
+    /// <summary>stages/probe: the trained linear toxicity probe's summary (validation_accuracy, …).</summary>
     public const string Probe = "probe.json";
+    /// <summary>evaluate/base and evaluate/METHOD/POINT/sSEED: the results-table rows (toxicity, perplexity, f1; null = not measured).</summary>
     public const string Results = "results.json";
+    /// <summary>evaluate/* and unalign/*: one JSON line per generated continuation (row, prompt, continuation, toxicity).</summary>
     public const string Continuations = "continuations.jsonl";
+    /// <summary>train/METHOD/POINT/sSEED: the trainer's MetricsLog, one JSON line per logged step (loss, rewards/*).</summary>
     public const string Metrics = "metrics.jsonl";
+    /// <summary>diff/METHOD/POINT/sSEED: base-vs-aligned comparison (parameter cosines, toxic-vector activations, offset norms, logit lens).</summary>
     public const string Diff = "diff.json";
+    /// <summary>unalign/METHOD/POINT/sSEED: the un-alignment row (toxicity/perplexity/f1 after scaling the keys) and the steering sweep.</summary>
     public const string Unalign = "unalign.json";
     /// <summary>patch/METHOD/POINT/sSEED (headline runs): <see cref="Interpretability.NeuronPatching.Write"/>'s files.</summary>
     public const string Patching = "patching.json";
+    /// <summary>patch/METHOD/POINT/sSEED: the patching groups as CSV (direction, group, layer, neurons, real, attribution, share).</summary>
     public const string PatchingCsv = "patching.csv";
+    /// <summary>battery/METHOD/sSEED: the re-toxification attacks' strength grids, costs and the KL depth profile.</summary>
     public const string Battery = "battery.json";
     /// <summary>methods/speed: greedy-generation tokens/s of every methods-table row (<see cref="StudyStages"/>' MethodSpeed).</summary>
     public const string MethodSpeed = "speed.json";
+    /// <summary>run_dir/manifest.json: the <see cref="StageRunner"/>'s record of every stage (hashes, status, wall time).</summary>
     public const string Manifest = "manifest.json";
+    /// <summary>run_dir/report.html: the study report built from the stage files above.</summary>
     public const string Report = "report.html";
 
     /// <summary>Row names of the results table, in the paper's order.</summary>

@@ -11,17 +11,28 @@ namespace DetoxSharp.Study;
 /// returns), its settings, and the finished output directories of the stages it depends on.</summary>
 public sealed class StageContext
 {
+    /// <summary>The stage's name, e.g. "train/dpo/lr1e-06/s0" (its directory under run_dir/stages).</summary>
     public required string Name { get; init; }
+    /// <summary>The directory to write into: run_dir/stages/NAME.tmp, renamed to NAME when the function returns
+    /// (starts empty; a failed or cancelled stage's files are discarded).</summary>
     public required string OutputDir { get; init; }
+    /// <summary>The run directory (absolute), for reading files outside the stage inputs.</summary>
     public required string RunDir { get; init; }
+    /// <summary>A private copy of the stage's settings (the JSON its settings hash is taken of).</summary>
     public required JsonObject Settings { get; init; }
+    /// <summary>Stage name → finished output directory, for every stage in <see cref="StageDefinition.DependsOn"/>.</summary>
     public required IReadOnlyDictionary<string, string> Inputs { get; init; }
+    /// <summary>Cancelled when the run is cancelled or another stage running at the same time failed; long stages
+    /// should check it between steps.</summary>
     public CancellationToken Cancellation { get; init; }
     /// <summary>Fraction done in [0,1] and a short note; the CLI shows it next to the stage.</summary>
     public Action<double, string>? Report { get; init; }
     /// <summary>Where stages load and run models (null = CPU). Not part of any stage's settings hash.</summary>
     public TorchSharp.torch.Device? Device { get; init; }
 
+    /// <summary>The finished output directory of <paramref name="stage"/>; throws when the stage did not declare it
+    /// as a dependency (so an undeclared read cannot escape the settings/input hashing).</summary>
+    /// <param name="stage">A name from <see cref="StageDefinition.DependsOn"/>.</param>
     public string Input(string stage) => Inputs.TryGetValue(stage, out var d) ? d
         : throw new InvalidOperationException($"stage '{Name}' did not declare '{stage}' as an input");
 }
@@ -29,30 +40,54 @@ public sealed class StageContext
 /// <summary>One node of the study: a name (also its directory under run_dir/stages), the settings that decide
 /// its output, the stages whose outputs it reads, and the function that produces it. A null <see cref="Run"/>
 /// means the library code for this stage is not part of this build; the runner stops there and says so.</summary>
+/// <param name="Name">'/'-separated relative path, unique in the list (e.g. "train/dpo/lr1e-06/s0"); its output lives in
+/// run_dir/stages/NAME.</param>
+/// <param name="Settings">Everything that decides the output; its canonical hash is part of the stage's key.</param>
+/// <param name="DependsOn">Earlier stages whose outputs it reads (their output hashes are the rest of the key).</param>
+/// <param name="Run">The stage function; null = not available in this build.</param>
 public sealed record StageDefinition(string Name, JsonObject Settings, IReadOnlyList<string> DependsOn, Action<StageContext>? Run)
 {
     /// <summary>Stage kind = first path segment ("train/dpo/lr1e-06/s0" → "train"); used for duration estimates.</summary>
     public string Kind => Name.Split('/')[0];
 }
 
-public enum StageStatus { Done, Failed, Unavailable }
+/// <summary>How a stage last ended, as recorded in manifest.json ("done", "failed", "unavailable").</summary>
+public enum StageStatus
+{
+    /// <summary>Finished: its directory holds its output and it is skipped while its settings and inputs stay the same.</summary>
+    Done,
+    /// <summary>Its function threw; the error is in <see cref="ManifestEntry.Error"/> and it reruns next time.</summary>
+    Failed,
+    /// <summary>Its library code is not part of this build (<see cref="StageDefinition.Run"/> is null).</summary>
+    Unavailable,
+}
 
+/// <summary>One stage's record in run_dir/manifest.json: the key it was computed under and what it produced.</summary>
 public sealed record ManifestEntry
 {
+    /// <summary>16-hex-digit SHA-256 prefix of the stage's canonical settings JSON (<see cref="Hashing.OfJson"/>).</summary>
     public string SettingsHash { get; init; } = "";
+    /// <summary>Input stage name → that stage's <see cref="OutputHash"/> when this stage ran.</summary>
     public Dictionary<string, string> InputHashes { get; init; } = new();
+    /// <summary>Hash of every file the stage wrote (<see cref="Hashing.OfDirectory"/>); "" for a failed stage.</summary>
     public string OutputHash { get; init; } = "";
+    /// <summary>Wall-clock seconds the stage function took; also the next run's duration estimate.</summary>
     public double WallSeconds { get; init; }
+    /// <summary>How the stage ended.</summary>
     public StageStatus Status { get; init; }
+    /// <summary>The exception message of a failed stage; null otherwise.</summary>
     public string? Error { get; init; }
+    /// <summary>When it ended, UTC in round-trip ("O") format.</summary>
     public string FinishedUtc { get; init; } = "";
 }
 
 /// <summary>run_dir/manifest.json: per stage, what it was computed from and what it produced.</summary>
 public sealed class Manifest
 {
+    /// <summary>Stage name → its last record (stages never run are absent).</summary>
     public Dictionary<string, ManifestEntry> Stages { get; init; } = new();
 
+    /// <summary>The file's JSON format: indented, snake_case property names, enums as snake_case strings.</summary>
     public static readonly JsonSerializerOptions Json = new()
     {
         WriteIndented = true,
@@ -60,6 +95,9 @@ public sealed class Manifest
         Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
     };
 
+    /// <summary>Reads run_dir/manifest.json; an empty manifest when there is none (a new run). A file that is not a
+    /// manifest throws <see cref="InvalidInputException"/> naming it.</summary>
+    /// <param name="runDir">The run directory.</param>
     public static Manifest Load(string runDir)
     {
         var p = Path.Combine(runDir, "manifest.json");
@@ -68,19 +106,51 @@ public sealed class Manifest
         catch (JsonException e) { throw new InvalidInputException($"{p}: not a study manifest ({e.Message})"); }
     }
 
+    /// <summary>Writes run_dir/manifest.json atomically (the runner saves after every stage that ends).</summary>
+    /// <param name="runDir">The run directory.</param>
     public void Save(string runDir) =>
         AtomicFile.WriteAllText(Path.Combine(runDir, "manifest.json"), JsonSerializer.Serialize(this, Json));
 }
 
-public enum StageEventKind { Skipped, Started, Progress, Finished, Failed, Unavailable }
+/// <summary>What a <see cref="StageEvent"/> reports.</summary>
+public enum StageEventKind
+{
+    /// <summary>Settings and inputs unchanged since it last finished: its output is reused.</summary>
+    Skipped,
+    /// <summary>The stage function starts.</summary>
+    Started,
+    /// <summary>The stage reported a fraction done and a note (<see cref="StageContext.Report"/>).</summary>
+    Progress,
+    /// <summary>The stage returned and its directory is in place.</summary>
+    Finished,
+    /// <summary>The stage threw; the run stops (the event's Note holds the message).</summary>
+    Failed,
+    /// <summary>The stage's code is not in this build; the run stops before it.</summary>
+    Unavailable,
+}
 
 /// <summary>Progress of a run: which stage, elapsed time of the run and of the stage, and the estimated time the
 /// remaining stages (this one included) will still take.</summary>
+/// <param name="Kind">What happened.</param>
+/// <param name="Stage">The stage's name.</param>
+/// <param name="Index">Its 0-based position in the stage list.</param>
+/// <param name="Count">Number of stages in the list.</param>
+/// <param name="RunElapsed">Wall time since the run started.</param>
+/// <param name="StageElapsed">Wall time since this stage started (zero for Skipped/Started/Unavailable).</param>
+/// <param name="EstimatedRemaining">Estimated wall time of the stages still pending, divided by the parallelism.</param>
+/// <param name="Fraction">Fraction of the stage done in [0, 1] (Progress events).</param>
+/// <param name="Note">The stage's progress note, or a failed stage's error message.</param>
 public sealed record StageEvent(StageEventKind Kind, string Stage, int Index, int Count, TimeSpan RunElapsed,
     TimeSpan StageElapsed, TimeSpan EstimatedRemaining, double Fraction = 0, string Note = "");
 
+/// <summary>What <see cref="StageRunner.Run"/> did: the stages it ran, those it reused, and where it stopped early.</summary>
+/// <param name="Ran">Stages whose functions ran, in order of finishing.</param>
+/// <param name="Skipped">Stages reused from an earlier run (settings and inputs unchanged).</param>
+/// <param name="StoppedAt">The unavailable stage the run stopped at; null when every stage ran or was reused.</param>
+/// <param name="StopReason">Why it stopped, one line for the user; null when it completed.</param>
 public sealed record RunSummary(IReadOnlyList<string> Ran, IReadOnlyList<string> Skipped, string? StoppedAt, string? StopReason)
 {
+    /// <summary>True when every stage ran or was reused (<see cref="StoppedAt"/> is null).</summary>
     public bool Completed => StoppedAt is null;
 }
 
@@ -98,12 +168,18 @@ public sealed class StageRunner
     public TorchSharp.torch.Device? Device { get; init; }
     readonly StageDurations _durations;
 
+    /// <summary>A runner for one run directory (created if missing; manifest.json and stages/ live in it).</summary>
+    /// <param name="runDir">The run directory (--out of detox study).</param>
+    /// <param name="durations">Duration table for the time estimates; null = the built-in toy-study figures.</param>
     public StageRunner(string runDir, StageDurations? durations = null)
     {
         _runDir = Path.GetFullPath(runDir);
         _durations = durations ?? new StageDurations();
     }
 
+    /// <summary>A stage's output directory: run_dir/stages/ followed by the stage name's '/'-separated parts.</summary>
+    /// <param name="runDir">The run directory.</param>
+    /// <param name="stage">The stage name, e.g. "evaluate/base".</param>
     public static string StageDir(string runDir, string stage) => Path.Combine(runDir, "stages", Path.Combine(stage.Split('/')));
 
     /// <summary>Stages run at the same time when their inputs are ready (1 = strictly one after another, in list
@@ -146,6 +222,14 @@ public sealed class StageRunner
 
     static readonly Lock ThreadsGate = new();
 
+    /// <summary>Runs <paramref name="stages"/> (each listed after the stages it depends on), up to
+    /// <see cref="Parallelism"/> at a time, skipping unchanged ones and updating manifest.json after each. Stops at
+    /// the first stage whose code is unavailable (returned in the summary); a failing stage's exception is rethrown
+    /// after the stages running with it have stopped. Invalid stage names or orderings throw
+    /// <see cref="ArgumentException"/> before anything runs.</summary>
+    /// <param name="stages">The stage list (e.g. <see cref="StudyPipeline.Build"/>'s).</param>
+    /// <param name="progress">Receives a <see cref="StageEvent"/> per start, progress report, finish, skip or failure.</param>
+    /// <param name="ct">Cancels the run; running stages see it through <see cref="StageContext.Cancellation"/>.</param>
     public RunSummary Run(IReadOnlyList<StageDefinition> stages, IProgress<StageEvent>? progress = null, CancellationToken ct = default)
     {
         if (Parallelism < 1) throw new InvalidSettingException("parallelism", $"must be ≥ 1 (got {Parallelism})");
@@ -340,13 +424,19 @@ public sealed class StageRunner
     }
 }
 
+/// <summary>The short content hashes of the stage manifest: the first 16 hex digits (64 bits) of a SHA-256.</summary>
 public static class Hashing
 {
+    /// <summary>16 lower-case hex digits of the SHA-256 of <paramref name="b"/>.</summary>
+    /// <param name="b">The bytes.</param>
     public static string OfBytes(byte[] b) => Convert.ToHexStringLower(SHA256.HashData(b))[..16];
 
     /// <summary>Hash of a JSON value with object keys sorted, so key order in a config file does not matter.</summary>
     public static string OfJson(JsonNode? n) => OfBytes(Encoding.UTF8.GetBytes(Canonical(n)));
 
+    /// <summary>Compact JSON text with every object's keys sorted ordinally (array order kept), so equal settings
+    /// give equal text whatever their key order.</summary>
+    /// <param name="n">The JSON value (null gives "null").</param>
     public static string Canonical(JsonNode? n) => n switch
     {
         null => "null",
@@ -384,6 +474,8 @@ public sealed class StageDurations
     };
     readonly Dictionary<string, double> _byStage = new();
 
+    /// <summary>Takes the wall times of the manifest's finished stages as estimates for those stages and their kinds.</summary>
+    /// <param name="m">The run dir's manifest.</param>
     public void Learn(Manifest m)
     {
         foreach (var (name, e) in m.Stages.Where(kv => kv.Value.Status == StageStatus.Done))
@@ -393,8 +485,13 @@ public sealed class StageDurations
         }
     }
 
+    /// <summary>Records a stage that just finished: its wall time becomes the estimate for it and for its kind.</summary>
+    /// <param name="s">The stage.</param>
+    /// <param name="seconds">Its wall time in seconds.</param>
     public void Record(StageDefinition s, double seconds) { _byStage[s.Name] = seconds; _byKind[s.Kind] = seconds; }
 
+    /// <summary>Expected wall seconds of a stage: its own last time, else its kind's, else 30.</summary>
+    /// <param name="s">The stage.</param>
     public double Estimate(StageDefinition s) =>
         _byStage.TryGetValue(s.Name, out var v) ? v : _byKind.TryGetValue(s.Kind, out var k) ? k : 30;
 }

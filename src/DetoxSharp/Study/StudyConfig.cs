@@ -14,16 +14,30 @@ public sealed class StudyConfig
     public string Model { get; init; } = "toy";
     /// <summary>Paths for a real model run (ignored for "toy"): base_model, pairs, challenge_prompts, perplexity_text, f1_prompts, jigsaw …</summary>
     public JsonObject Data { get; init; } = new();
+    /// <summary>"world": seed and size of the toy world's generated corpus (<see cref="WorldSection"/>; toy model only).</summary>
     public JsonObject World { get; init; } = new();
+    /// <summary>"pretrain": the toy base model's architecture and pretraining (<see cref="DetoxSharp.Training.ToyPretrainOptions"/>).</summary>
     public JsonObject Pretrain { get; init; } = new();
+    /// <summary>"probe": the linear toxicity probe's split and training (<see cref="ProbeSection"/>).</summary>
     public JsonObject Probe { get; init; } = new();
+    /// <summary>"vectors": how the top toxic value vectors and SVD components are found
+    /// (<see cref="DetoxSharp.Interpretability.ToxicVectors.Options"/>).</summary>
     public JsonObject Vectors { get; init; } = new();
+    /// <summary>"interventions": the subtraction rows of the results table (<see cref="InterventionsSection"/>).</summary>
     public JsonObject Interventions { get; init; } = new();
+    /// <summary>"toxic_model": the SFT that makes the toxic model the pairs' rejected continuations come from
+    /// (<see cref="DetoxSharp.Training.SftOptions"/>).</summary>
     public JsonObject ToxicModel { get; init; } = new();
+    /// <summary>"pairs": generation of the preference pairs (<see cref="PairsSection"/>).</summary>
     public JsonObject Pairs { get; init; } = new();
+    /// <summary>"dpo": DPO training (<see cref="PreferenceSection"/>); any setting may be a list, giving a sweep grid
+    /// whose first point is the headline.</summary>
     public JsonObject Dpo { get; init; } = new();
+    /// <summary>"adpo": the ADPO run, same keys and sweep rules as <see cref="Dpo"/>.</summary>
     public JsonObject Adpo { get; init; } = new();
+    /// <summary>"evaluation": generation lengths and perplexity window of the toxicity/perplexity/F1 evaluation (<see cref="EvaluationSection"/>).</summary>
     public JsonObject Evaluation { get; init; } = new();
+    /// <summary>"unalign": which toxic keys are scaled and by how much to un-align a model (<see cref="UnalignSection"/>).</summary>
     public JsonObject Unalign { get; init; } = new();
     /// <summary>"neurons": patching of the neuron groups at the headline runs (<see cref="NeuronsSection"/>).</summary>
     public JsonObject Neurons { get; init; } = new();
@@ -39,6 +53,7 @@ public sealed class StudyConfig
     public FindingCriteria Findings { get; init; } = new();
     /// <summary>Seeds of every training run (default 3; 1 with --quick unless "quick_seeds" says otherwise).</summary>
     public int Seeds { get; init; } = 3;
+    /// <summary>"quick_seeds": seeds of every training run with --quick (default 1).</summary>
     public int QuickSeeds { get; init; } = 1;
     /// <summary>Seeds at the sweep's other points (not the headline, the first value of each list); default: as many
     /// as at the headline. The findings are judged at the headline only; the other points map how the mechanism
@@ -55,6 +70,9 @@ public sealed class StudyConfig
         AllowTrailingCommas = true,
     };
 
+    /// <summary>Reads a study config file (comments and trailing commas allowed; duplicate or unknown keys refused).
+    /// Throws <see cref="InvalidInputException"/> naming the file; call <see cref="Validate"/> afterwards.</summary>
+    /// <param name="path">The --config file.</param>
     public static StudyConfig Load(string path)
     {
         if (!File.Exists(path)) throw new InvalidInputException($"--config: {path}: no such file");
@@ -154,10 +172,15 @@ public sealed class StudyConfig
         StudySections.Check(source, path, () => validate(t));
     }
 
+    /// <summary>Maps JSON text onto a config (snake_case keys; an unknown key throws <see cref="JsonException"/>) without the strict pre-parse of
+    /// <see cref="Load"/>; used for the embedded toy config and by the report, which reads the config back from the report stage's settings.</summary>
+    /// <param name="json">The config's JSON text.</param>
     public static StudyConfig Parse(string json) => JsonSerializer.Deserialize<StudyConfig>(json, Opts)!;
 
+    /// <summary>The config as indented snake_case JSON (what <see cref="Parse"/> reads back).</summary>
     public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions(Opts) { WriteIndented = true });
 
+    /// <summary>Seeds at the headline point: <see cref="QuickSeeds"/> with --quick, else <see cref="Seeds"/>.</summary>
     public int EffectiveSeeds => Quick ? QuickSeeds : Seeds;
 
     /// <summary>Seeds at a non-headline sweep point: "sweep_seeds" (at most the headline's), else the headline's.</summary>
@@ -174,6 +197,8 @@ public sealed class StudyConfig
         return s;
     }
 
+    /// <summary>A copy with <see cref="Quick"/> set to <paramref name="quick"/> (every section shared, not copied).</summary>
+    /// <param name="quick">Whether the sections' "quick" overrides apply.</param>
     public StudyConfig WithQuick(bool quick) => new()
     {
         Model = Model, Data = Data, World = World, Pretrain = Pretrain, Probe = Probe, Vectors = Vectors, Interventions = Interventions,

@@ -9,18 +9,31 @@ namespace DetoxSharp.Study;
 /// </summary>
 public sealed record StudyStageFunctions
 {
+    /// <summary>"world": writes data.json, the paths of the study's data files and the label-noise rate (toy: generates
+    /// the world's files under world/ with its toxic word list; checkpoint: checks that every data.* file exists).</summary>
     public Action<StageContext>? World { get; init; }
+    /// <summary>"pretrain": writes model_dir.txt naming the base model (toy: pretrains it into model/ and writes
+    /// pretrain.json; checkpoint: data.base_model, loaded once to validate it).</summary>
     public Action<StageContext>? Pretrain { get; init; }
+    /// <summary>"probe": fits the linear toxicity probe and its bag-of-words baseline; writes <see cref="RunLayout.Probe"/>.</summary>
     public Action<StageContext>? Probe { get; init; }
+    /// <summary>"vectors": ranks the value vectors against W_Toxic and takes their SVD; writes <see cref="RunLayout.ToxicVectors"/> and the vectors' tensors.</summary>
     public Action<StageContext>? Vectors { get; init; }
+    /// <summary>"interventions": the three subtraction edits (W_Toxic, top vector, SVD.U[0]) with their scales, for evaluate/base.</summary>
     public Action<StageContext>? Interventions { get; init; }
+    /// <summary>"toxic-model": fine-tunes π_tox (SFT on toxic dialogues), the source of ADPO's toxic responses and of "toxic-model" rejected continuations.</summary>
     public Action<StageContext>? ToxicModel { get; init; }
+    /// <summary>"pairs": generates the preference pairs (chosen = base model, rejected = PPLM or π_tox; ADPO triples add y_t).</summary>
     public Action<StageContext>? Pairs { get; init; }
     /// <summary>DPO or ADPO; settings["method"] says which, settings["seed"] the seed.</summary>
     public Action<StageContext>? Train { get; init; }
+    /// <summary>"evaluate/base": the results table's No-op and subtraction rows; writes <see cref="RunLayout.Results"/> and <see cref="RunLayout.Continuations"/>.</summary>
     public Action<StageContext>? EvaluateBase { get; init; }
+    /// <summary>evaluate/METHOD/POINT/sSEED and evaluate/sft: one model's row (settings["row"]) of the results table.</summary>
     public Action<StageContext>? EvaluateModel { get; init; }
+    /// <summary>diff/METHOD/POINT/sSEED: compares a trained model with the model it started from; writes <see cref="RunLayout.Diff"/>.</summary>
     public Action<StageContext>? Diff { get; init; }
+    /// <summary>unalign/METHOD/POINT/sSEED: scales the trained model's top toxic keys and runs the steering attack; writes <see cref="RunLayout.Unalign"/>.</summary>
     public Action<StageContext>? Unalign { get; init; }
     /// <summary>Activation/attribution patching of the neuron groups at a headline run (settings["method"]).</summary>
     public Action<StageContext>? Patch { get; init; }
@@ -44,13 +57,22 @@ public sealed record StudyStageFunctions
 }
 
 /// <summary>A trained model of the study: method, sweep point and seed, and the names of its stages.</summary>
+/// <param name="Method">"dpo" or "adpo".</param>
+/// <param name="Point">The sweep point of the method's section it was trained at.</param>
+/// <param name="Seed">The training seed, 0-based.</param>
+/// <param name="Headline">True at the sweep's first point (where the findings are judged).</param>
 public sealed record TrainedRun(string Method, SweepPoint Point, int Seed, bool Headline)
 {
     string Suffix => $"{Method}/{Point.Label}/s{Seed}";
+    /// <summary>"train/METHOD/POINT/sSEED": the training stage (its output holds the checkpoint and <see cref="RunLayout.Metrics"/>).</summary>
     public string TrainStage => $"train/{Suffix}";
+    /// <summary>"evaluate/METHOD/POINT/sSEED": the trained model's results-table row.</summary>
     public string EvaluateStage => $"evaluate/{Suffix}";
+    /// <summary>"diff/METHOD/POINT/sSEED": the alignment diff against the start model.</summary>
     public string DiffStage => $"diff/{Suffix}";
+    /// <summary>"unalign/METHOD/POINT/sSEED": the un-alignment (key scaling and steering) of the trained model.</summary>
     public string UnalignStage => $"unalign/{Suffix}";
+    /// <summary>"patch/METHOD/POINT/sSEED": neuron-group patching (only for headline runs with neurons.patching on).</summary>
     public string PatchStage => $"patch/{Suffix}";
 }
 
@@ -60,6 +82,11 @@ public sealed record TrainedRun(string Method, SweepPoint Point, int Seed, bool 
 /// <c>--steer</c> spec DIR@ALPHA (<see cref="Editing.Steering.Load"/>) applied on top of that checkpoint.
 /// <see cref="StartStage"/> made the model the method started from ("pretrain"; "toxic-model" for ADPO).
 /// </summary>
+/// <param name="Method">The method key ("dpo", "adpo", a loss, "profs", "aura", "steering", "activation").</param>
+/// <param name="Row">Its row name in the methods table.</param>
+/// <param name="Seed">The seed (0 for single-run methods).</param>
+/// <param name="Stage">The stage whose output holds model_dir.txt (and steer.txt for steering).</param>
+/// <param name="StartStage">The stage that made the model it started from.</param>
 public sealed record MethodModel(string Method, string Row, int Seed, string Stage, string StartStage)
 {
     /// <summary>The evaluation stage of the start model (its toxicity is what the method lowers).</summary>
@@ -71,11 +98,21 @@ public sealed record MethodModel(string Method, string Row, int Seed, string Sta
 /// <summary>A row of the methods table beyond DPO/ADPO: <see cref="Key"/> (the loss or method), its table name, what kind
 /// of method it is, its evaluation stages (one per seed; each writes results.json with the row named <see cref="Row"/>),
 /// the stages whose wall time is its compute, the models the battery attacks, and for steering / DExperts the strength.</summary>
+/// <param name="Key">The loss or method key (e.g. "ipo", "profs", "steering", "steering/4", "dexperts").</param>
+/// <param name="Row">The row's name in the methods table.</param>
+/// <param name="Kind">"training", "weight edit", "activation steering", "activation edit" or "decoding".</param>
+/// <param name="EvaluateStages">Its evaluation stages, one per seed.</param>
+/// <param name="ComputeStages">The stages whose wall time counts as its compute cost.</param>
+/// <param name="Models">The models the battery attacks (empty for non-first steering strengths and DExperts).</param>
+/// <param name="SteerAlpha">Steering strength α of a steering row; null otherwise.</param>
+/// <param name="DExpertsAlpha">DExperts' α of the decoding row; null otherwise.</param>
 public sealed record MethodRow(string Key, string Row, string Kind, IReadOnlyList<string> EvaluateStages, IReadOnlyList<string> ComputeStages,
     IReadOnlyList<MethodModel> Models, double? SteerAlpha = null, double? DExpertsAlpha = null);
 
+/// <summary>Turns a <see cref="StudyConfig"/> into the study's stage list and names its stages and rows.</summary>
 public static class StudyPipeline
 {
+    /// <summary>The trained alignment methods of the main table, comma-separated, in order ("dpo,adpo").</summary>
     public const string Methods = "dpo,adpo";
 
     /// <summary>The detoxified models the methods table and the re-toxification battery compare, at the headline setting
@@ -127,10 +164,16 @@ public static class StudyPipeline
         return rows;
     }
 
+    /// <summary>The methods-table row name of activation steering at strength α: "Steering α=A" (A in G6 invariant format).</summary>
+    /// <param name="alpha">The steering strength (methods.steering.alphas entry).</param>
     public static string SteeringRow(double alpha) => $"Steering α={Num(alpha)}";
 
     static string Num(double v) => v.ToString("G6", System.Globalization.CultureInfo.InvariantCulture);
 
+    /// <summary>Every DPO and ADPO training run: each sweep point of the dpo/adpo sections × its seeds
+    /// (<see cref="StudyConfig.EffectiveSeeds"/> at the headline point, <see cref="StudyConfig.EffectiveSweepSeeds"/> elsewhere),
+    /// headline runs first.</summary>
+    /// <param name="c">The study config.</param>
     public static IReadOnlyList<TrainedRun> Runs(StudyConfig c)
     {
         var runs = new List<TrainedRun>();
@@ -280,6 +323,7 @@ public static class StudyPipeline
         Add(new(MethodSpeedStage, S([("rows", speedRows), ("methods", Sub("speed"))]), deps.Distinct().ToList(), f.MethodSpeed));
     }
 
+    /// <summary>The stage that measures every methods-table row's generation speed, writing <see cref="RunLayout.MethodSpeed"/>.</summary>
     public const string MethodSpeedStage = "methods/speed";
 
     /// <summary>The methods whose weights changed (seed 0 of each; steering and the activation edit change activations
@@ -287,8 +331,11 @@ public static class StudyPipeline
     public static IReadOnlyList<MethodModel> NeuronMethods(StudyConfig c) =>
         MethodModels(c).Where(m => m.Seed == 0 && m.Method is not ("steering" or "activation")).ToList();
 
+    /// <summary>The per-method neuron decomposition stage of <paramref name="method"/> (seed 0): "neurons/METHOD/s0".</summary>
+    /// <param name="method">The method key (e.g. "dpo", "profs").</param>
     public static string NeuronStage(string method) => $"neurons/{method}/s0";
 
+    /// <summary>The evaluation of the SFT model π_tox, the model ADPO starts from ("evaluate/sft").</summary>
     public const string SftEvaluation = "evaluate/sft";
 
     /// <summary>The evaluations the agreement stage re-scores (stage → row label): the base model's rows, the SFT model
@@ -322,5 +369,7 @@ public static class StudyPipeline
         return unalign;
     }
 
+    /// <summary>The results-table row name of a trained method: "DPO", "ADPO", else the key itself.</summary>
+    /// <param name="method">The method key.</param>
     public static string RowName(string method) => method == "dpo" ? "DPO" : method == "adpo" ? "ADPO" : method;
 }

@@ -17,11 +17,15 @@ namespace DetoxSharp.Study;
 /// <summary>"data": the files of a real-checkpoint study (ignored by the toy study).</summary>
 public sealed record DataSection
 {
+    /// <summary>"base_model": the base model's checkpoint directory (HF layout); required for a checkpoint study.</summary>
     public string? BaseModel { get; init; }
     /// <summary>Toxic/non-toxic comments (Jigsaw CSV layout) for the probe.</summary>
     public string? Comments { get; init; }
+    /// <summary>"challenge_prompts": the prompts whose continuations are scored for toxicity (results table, diff, un-alignment).</summary>
     public string? ChallengePrompts { get; init; }
+    /// <summary>"perplexity_text": the text the perplexity column is measured on.</summary>
     public string? PerplexityText { get; init; }
+    /// <summary>"f1_prompts": the prompts/references of the F1 column.</summary>
     public string? F1Prompts { get; init; }
     /// <summary>Prompts the pairs are generated from (chosen = base model, rejected = π_tox).</summary>
     public string? PreferencePrompts { get; init; }
@@ -42,28 +46,40 @@ public sealed record DataSection
 /// <summary>"world": the toy world generated for the study.</summary>
 public sealed record WorldSection
 {
+    /// <summary>"seed": seed of the generated toy world; null = <see cref="ToyPretrainOptions.Seed"/>'s default.</summary>
     public ulong? Seed { get; init; }
+    /// <summary>"size": "small", "default" or "large" (see <see cref="DetoxSharp.Data.ToyWorldFiles.ParseSize"/>); null = <see cref="ToyPretrainOptions.Size"/>'s default.</summary>
     public string? Size { get; init; }
 
+    /// <summary>The world seed the stages use: <see cref="Seed"/>, else the pretraining default.</summary>
     public ulong SeedOrDefault => Seed ?? new ToyPretrainOptions().Seed;
+    /// <summary>The world size the stages use (world and pretrain stages): <see cref="Size"/> parsed, else the pretraining default; an unknown name throws.</summary>
     public DetoxSharp.Data.ToyWorldSize SizeOrDefault => Size is null ? new ToyPretrainOptions().Size : DetoxSharp.Data.ToyWorldFiles.ParseSize(Size);
 }
 
 /// <summary>"probe": the linear toxicity probe. <see cref="Split"/> is the training share (validation = 1 − split).</summary>
 public sealed record ProbeSection
 {
+    /// <summary>"split": training share of the labelled comments (validation = 1 − split); null = <see cref="ProbeOptions.ValidationFraction"/>'s default (0.9 train).</summary>
     public double? Split { get; init; }
+    /// <summary>"seed": seed of the train/validation split (<see cref="ProbeOptions.Seed"/>).</summary>
     public int? Seed { get; init; }
+    /// <summary>"max_steps": full-batch Adam steps on the logistic loss (<see cref="ProbeOptions.MaxSteps"/>).</summary>
     public int? MaxSteps { get; init; }
+    /// <summary>"max_tokens": comments are cut to this many tokens (<see cref="ProbeOptions.MaxTokens"/>).</summary>
     public int? MaxTokens { get; init; }
+    /// <summary>"batch_size": comments per forward pass when collecting activations (<see cref="ProbeOptions.BatchSize"/>).</summary>
     public int? BatchSize { get; init; }
+    /// <summary>"learning_rate": the probe's Adam learning rate (<see cref="ProbeOptions.LearningRate"/>).</summary>
     public double? LearningRate { get; init; }
+    /// <summary>"l2": L2 penalty on the probe weights, 0 = none (<see cref="ProbeOptions.L2"/>).</summary>
     public double? L2 { get; init; }
     /// <summary>W_Toxic: "weights" (the probe's toxic column, Lee et al.) or "mass-mean" (class-mean difference).</summary>
     public string? Direction { get; init; }
     /// <summary>Seeded splits the probe and its bag-of-words baseline are fitted on (finding a: mean ± std).</summary>
     public int SplitSeeds { get; init; } = 3;
 
+    /// <summary>The probe options: each set key replaces the <see cref="ProbeOptions"/> default ("split" becomes the validation fraction 1 − split).</summary>
     public ProbeOptions ToOptions()
     {
         var d = new ProbeOptions();
@@ -81,10 +97,13 @@ public sealed record ProbeSection
 /// GPT-2 medium's residual norms, not a small toy model's).</summary>
 public sealed record InterventionsSection
 {
+    /// <summary>"relative": scales are multiples of the mean norm of the last layer's MLP output on the challenge prompts, not raw; false = the paper's raw scales.</summary>
     public bool Relative { get; init; }
     /// <summary>The paper's scales: W_Toxic ×50, top value vector ×20, first SVD vector ×100.</summary>
     public double ProbeScale { get; init; } = 50;
+    /// <summary>"top_vector_scale": scale of the subtracted top toxic value vector (the "Subtract top vector" row; paper: 20).</summary>
     public double TopVectorScale { get; init; } = 20;
+    /// <summary>"svd_scale": scale of the subtracted first SVD direction, the vectors stage's svd_u[0] (the "Subtract SVD.U[0]" row; paper: 100).</summary>
     public double SvdScale { get; init; } = 100;
 }
 
@@ -94,27 +113,36 @@ public sealed record PairsSection
 {
     /// <summary>Preference prompts used (the first N).</summary>
     public int Count { get; init; } = 2048;
+    /// <summary>"max_new_tokens": tokens per chosen/rejected continuation (<see cref="PairMakerOptions.MaxNewTokens"/>).</summary>
     public int? MaxNewTokens { get; init; }
+    /// <summary>"max_prompt_tokens": prompts keep their last this-many tokens (<see cref="PairMakerOptions.MaxPromptTokens"/>).</summary>
     public int? MaxPromptTokens { get; init; }
+    /// <summary>"seed": sampling seed of the pairs and of PPLM (<see cref="PairMakerOptions.Seed"/>).</summary>
     public long? Seed { get; init; }
     /// <summary>"pplm" (Lee et al. 2024: PPLM towards the probe's toxic class; the default) or "toxic-model" (the SFT
     /// model's greedy continuation after [TOXIC]).</summary>
     public string Rejected { get; init; } = "pplm";
     /// <summary>PPLM settings; null = <see cref="PplmOptions"/>' defaults (Lee et al.'s).</summary>
     public int? PplmIterations { get; init; }
+    /// <summary>"pplm_step_size": α, the length of each normalised gradient step (<see cref="PplmOptions.StepSize"/>).</summary>
     public double? PplmStepSize { get; init; }
+    /// <summary>"pplm_kl_scale": weight of the KL term keeping the next token near the unperturbed one (<see cref="PplmOptions.KlScale"/>).</summary>
     public double? PplmKlScale { get; init; }
+    /// <summary>"pplm_gm_scale": geometric-mean fusion weight of the perturbed distribution (<see cref="PplmOptions.GmScale"/>).</summary>
     public double? PplmGmScale { get; init; }
+    /// <summary>"pplm_top_k": top-k filter of the fused distribution, 0 = off (<see cref="PplmOptions.TopK"/>).</summary>
     public int? PplmTopK { get; init; }
     /// <summary>Prompts per generation (and PPLM) batch.</summary>
     public int BatchSize { get; init; } = 32;
 
+    /// <summary>The pair generation options: max_new_tokens, max_prompt_tokens and seed over the <see cref="PairMakerOptions"/> defaults.</summary>
     public PairMakerOptions ToOptions()
     {
         var d = new PairMakerOptions();
         return d with { MaxNewTokens = MaxNewTokens ?? d.MaxNewTokens, MaxPromptTokens = MaxPromptTokens ?? d.MaxPromptTokens, Seed = Seed ?? d.Seed };
     }
 
+    /// <summary>The PPLM options of the rejected continuations: the pplm_* keys over the <see cref="PplmOptions"/> defaults; its seed is "seed" (else the pair maker's default).</summary>
     public PplmOptions ToPplmOptions()
     {
         var d = new PplmOptions();
@@ -125,6 +153,7 @@ public sealed record PairsSection
         };
     }
 
+    /// <summary>Checks count and batch_size ≥ 1, "rejected" is pplm or toxic-model, and the PPLM options; throws <see cref="InvalidSettingException"/> naming the key.</summary>
     public void Validate()
     {
         InvalidSettingException.Require(Count >= 1, "count", $"must be ≥ 1 (got {Count})");
@@ -138,32 +167,51 @@ public sealed record PairsSection
 /// section: "adpo" is ADPO; "dpo" picks its loss with loss_type (sigmoid, ipo, hinge, robust).</summary>
 public sealed record PreferenceSection
 {
+    /// <summary>"loss_type" (dpo only): sigmoid, ipo, hinge, robust, kto, orpo or simpo; null = sigmoid DPO. Not allowed in "adpo".</summary>
     public string? LossType { get; init; }
+    /// <summary>"beta": β, the KL strength (<see cref="PreferenceLossOptions.Beta"/>, default 0.1).</summary>
     public double? Beta { get; init; }
     /// <summary>ADPO only.</summary>
     public double? Gamma { get; init; }
+    /// <summary>"label_smoothing": ε of conservative / robust DPO (default 0).</summary>
     public double? LabelSmoothing { get; init; }
+    /// <summary>"rpo_alpha": weight of the RPO NLL term on the chosen continuation (0 = off).</summary>
     public double? RpoAlpha { get; init; }
     /// <summary>SimPO's target margin γ.</summary>
     public double? SimpoGamma { get; init; }
     /// <summary>KTO's λ_D and λ_U.</summary>
     public double? DesirableWeight { get; init; }
+    /// <summary>"undesirable_weight": KTO's λ_U (paired with <see cref="DesirableWeight"/>, λ_D).</summary>
     public double? UndesirableWeight { get; init; }
+    /// <summary>"optimizer": "rmsprop" (the paper's, default) or "adamw".</summary>
     public string? Optimizer { get; init; }
+    /// <summary>"learning_rate": peak learning rate after warmup (default 1e-6).</summary>
     public double? LearningRate { get; init; }
+    /// <summary>"weight_decay": decoupled weight decay (AdamW) / L2 penalty (RMSprop); default 0.</summary>
     public double? WeightDecay { get; init; }
+    /// <summary>"batch_size": pairs per micro-batch (default 4).</summary>
     public int? BatchSize { get; init; }
+    /// <summary>"gradient_accumulation_steps": micro-batches per optimizer step (default 1).</summary>
     public int? GradientAccumulationSteps { get; init; }
+    /// <summary>"warmup_steps": linear warmup, in optimizer steps (default 150).</summary>
     public int? WarmupSteps { get; init; }
+    /// <summary>"max_grad_norm": global gradient-norm clip, ≤ 0 = off (default 10).</summary>
     public double? MaxGradNorm { get; init; }
+    /// <summary>"eval_every": validation every this many optimizer steps, 0 = at the end only.</summary>
     public int? EvalEvery { get; init; }
+    /// <summary>"patience": early stop after this many validations without a lower validation loss, 0 = never (default 10).</summary>
     public int? Patience { get; init; }
     /// <summary>Held-out pairs; null = min(64, pairs / 10) (the study's data decide).</summary>
     public int? ValidationSize { get; init; }
+    /// <summary>"epochs": passes over the training pairs (default 1).</summary>
     public int? Epochs { get; init; }
+    /// <summary>"max_steps": stop after this many optimizer steps; null = run the epochs.</summary>
     public int? MaxSteps { get; init; }
+    /// <summary>"max_prompt_tokens": prompt length limit in tokens (<see cref="TruncationOptions"/>).</summary>
     public int? MaxPromptTokens { get; init; }
+    /// <summary>"max_completion_tokens": chosen/rejected continuation limit in tokens (<see cref="TruncationOptions"/>).</summary>
     public int? MaxCompletionTokens { get; init; }
+    /// <summary>"max_length": limit on prompt + completion in tokens (<see cref="TruncationOptions"/>).</summary>
     public int? MaxLength { get; init; }
     /// <summary>"auto" (default: bf16-mixed on a CPU with native bf16, else fp32), "fp32" or "bf16-mixed".</summary>
     public Precision? Precision { get; init; }
@@ -203,12 +251,18 @@ public sealed record EvaluationSection
     public int? ChallengePrompts { get; init; }
     /// <summary>F1 items used (the first N; null = all). Independent of <see cref="ChallengePrompts"/>.</summary>
     public int? F1Prompts { get; init; }
+    /// <summary>"max_prompt_tokens": challenge prompts keep their last this-many tokens (<see cref="EvalOptions.MaxPromptTokens"/>, default 32); also used by the diff.</summary>
     public int? MaxPromptTokens { get; init; }
+    /// <summary>"max_new_tokens": greedy tokens generated per prompt (<see cref="EvalOptions.MaxNewTokens"/>, default 20); also used by the diff.</summary>
     public int? MaxNewTokens { get; init; }
+    /// <summary>"perplexity_window": perplexity window in tokens; null = the model's context length.</summary>
     public int? PerplexityWindow { get; init; }
     /// <summary>Continuations per row shown in the report.</summary>
     public int Examples { get; init; } = 8;
 
+    /// <summary>The evaluation options: this section's lengths and prompt limits over the <see cref="EvalOptions"/> defaults,
+    /// with the toxicity aggregate taken from the scorer section.</summary>
+    /// <param name="scorer">The study's "scorer" section (its "aggregate").</param>
     public EvalOptions ToOptions(ScorerSection scorer)
     {
         var d = new EvalOptions();
@@ -219,19 +273,23 @@ public sealed record EvaluationSection
         };
     }
 
+    /// <summary>The alignment diff's generation settings: the same max_new_tokens and max_prompt_tokens as the evaluation, over the <see cref="DiffOptions"/> defaults.</summary>
     public DiffOptions ToDiffOptions()
     {
         var d = new DiffOptions();
         return d with { MaxNewTokens = MaxNewTokens ?? d.MaxNewTokens, MaxPromptTokens = MaxPromptTokens ?? d.MaxPromptTokens };
     }
 
+    /// <summary>Checks examples ≥ 0; throws <see cref="InvalidSettingException"/> otherwise.</summary>
     public void Validate() => InvalidSettingException.Require(Examples >= 0, "examples", $"must be ≥ 0 (got {Examples})");
 }
 
 /// <summary>"unalign": <see cref="UnalignOptions"/> plus the steering attack's scales.</summary>
 public sealed record UnalignSection
 {
+    /// <summary>"keys": how many top toxic value vectors (ranked on the aligned model) have their keys scaled (<see cref="UnalignOptions.Keys"/>, default 7).</summary>
     public int? Keys { get; init; }
+    /// <summary>"scale": factor on each chosen key column (<see cref="UnalignOptions.Scale"/>, default 10).</summary>
     public double? Scale { get; init; }
     /// <summary>Multiples of the unit probe direction added at the last layer's MLP output (scale 0 = the aligned model
     /// itself is always evaluated; non-positive entries are skipped).</summary>
@@ -240,6 +298,7 @@ public sealed record UnalignSection
     /// how many keys un-aligning needs on this model. Not a criterion: finding (g) uses "keys". Empty: no sweep.</summary>
     public int[] KeyCounts { get; init; } = [];
 
+    /// <summary>The un-alignment options: keys and scale over the <see cref="UnalignOptions"/> defaults.</summary>
     public UnalignOptions ToOptions()
     {
         var d = new UnalignOptions();
@@ -260,8 +319,10 @@ public sealed record ScorerSection
     public string[]? Attributes { get; init; }
     /// <summary>Environment variable holding the Perspective key.</summary>
     public string? ApiKeyEnv { get; init; }
+    /// <summary>"queries_per_second": Perspective request rate limit (must be &gt; 0); null = the client's default.</summary>
     public double? QueriesPerSecond { get; init; }
 
+    /// <summary>"aggregate" as an enum: "max" = max over attributes, "toxicity" = TOXICITY alone, null = <see cref="EvalOptions.Aggregate"/>'s default; anything else throws <see cref="InvalidSettingException"/>.</summary>
     public ToxicityAggregate AggregateOrDefault => Aggregate switch
     {
         null => new EvalOptions().Aggregate,
@@ -270,6 +331,7 @@ public sealed record ScorerSection
         _ => throw new InvalidSettingException("aggregate", $"expects max or toxicity (got '{Aggregate}')"),
     };
 
+    /// <summary>The scorer spec the evaluation's scorer factory takes: "toy", "perspective" or "classifier:DIR"; an unknown kind or a classifier without "directory" throws <see cref="InvalidSettingException"/>.</summary>
     public string Spec => Kind switch
     {
         "toy-lexicon" or "toy" => "toy",
@@ -278,6 +340,7 @@ public sealed record ScorerSection
         _ => throw new InvalidSettingException("kind", $"expects toy-lexicon, perspective or classifier (got '{Kind}')"),
     };
 
+    /// <summary>The scorer settings: the Perspective client's attributes, key variable and request rate over the <see cref="PerspectiveOptions"/> defaults.</summary>
     public ScorerSettings ToSettings()
     {
         var p = new PerspectiveOptions();
@@ -290,6 +353,7 @@ public sealed record ScorerSection
         };
     }
 
+    /// <summary>Checks kind/directory, aggregate and queries_per_second; throws <see cref="InvalidSettingException"/> naming the key.</summary>
     public void Validate()
     {
         _ = Spec;

@@ -5,8 +5,13 @@ namespace DetoxSharp.Study;
 
 /// <summary>One point of a sweep grid: its settings (every list replaced by one of its values) and a label made of
 /// the swept settings only, safe as a directory name ("lr1e-06_beta0.1"; "default" when nothing is swept).</summary>
+/// <param name="Label">The point's directory name (the POINT in train/METHOD/POINT/sSEED).</param>
+/// <param name="Settings">The full settings with every list replaced by this point's value.</param>
+/// <param name="Swept">Only the swept keys and this point's value of each (empty when nothing is swept).</param>
 public sealed record SweepPoint(string Label, JsonObject Settings, IReadOnlyDictionary<string, JsonNode?> Swept);
 
+/// <summary>Expands a settings object whose top-level values may be lists into its sweep grid (<see cref="SweepPoint"/>s);
+/// used by the study for the dpo/adpo sections' swept hyper-parameters.</summary>
 public static class Sweep
 {
     /// <summary>Expands every array-valued top-level setting into a grid (cartesian product, in the settings' key
@@ -58,13 +63,20 @@ public static class Sweep
 }
 
 /// <summary>Mean ± sample standard deviation (n − 1 in the denominator) over repeated runs.</summary>
+/// <param name="Mean">Mean of the finite values; NaN when there were none (n = 0).</param>
+/// <param name="Std">Sample standard deviation; null when n &lt; 2 (undefined, not 0).</param>
+/// <param name="N">How many finite values went in (runs that produced no number are not counted).</param>
 public readonly record struct MeanStd(double Mean, double? Std, int N)
 {
+    /// <summary>"mean ± std (n=N)" with invariant-culture numbers; "mean (n=1)" when the std is undefined and "–" when
+    /// there was no value at all (n = 0), as the report's tables show them.</summary>
+    /// <param name="fmt">Numeric format of mean and std (default three decimals).</param>
     public string Format(string fmt = "F3") => N == 0 ? "–"
         : Std is double s ? $"{Mean.ToString(fmt, CultureInfo.InvariantCulture)} ± {s.ToString(fmt, CultureInfo.InvariantCulture)} (n={N})"
         : $"{Mean.ToString(fmt, CultureInfo.InvariantCulture)} (n={N})";
 }
 
+/// <summary>Mean ± sample std across seeds/sweep points, as the report aggregates repeated runs.</summary>
 public static class Aggregate
 {
     /// <summary>Mean and sample std of the finite values; NaN/null values (a run that produced no number) are left
@@ -79,6 +91,7 @@ public static class Aggregate
         return new MeanStd(mean, Math.Sqrt(ss / (v.Length - 1)), v.Length);
     }
 
+    /// <summary>Same as the nullable overload: mean and sample std of the finite values (NaN is left out and lowers n).</summary>
     public static MeanStd Of(IEnumerable<double> values) => Of(values.Select(x => (double?)x));
 
     /// <summary>Groups rows by a key and aggregates one metric per group, keeping first-seen group order.</summary>

@@ -14,9 +14,20 @@ namespace DetoxSharp.Training;
 /// </summary>
 public static class PairShards
 {
+    /// <summary>The shard directory of a pair file: <paramref name="outPath"/> + ".shards" (make-pairs --shard writes
+    /// there, merge-pairs reads it unless --in names another).</summary>
+    /// <param name="outPath">The merged pair file (the --out of both commands).</param>
     public static string DirectoryFor(string outPath) => outPath + ".shards";
 
+    /// <summary>A shard's records, <c>DIR/shard-I-of-N.jsonl</c>: one JSON line per pair, each with its prompt's
+    /// "index".</summary>
+    /// <param name="dir">The shard directory (<see cref="DirectoryFor"/>).</param>
+    /// <param name="s">The shard (I of N).</param>
     public static string RecordsFile(string dir, Shard s) => Path.Combine(dir, s.DirectoryName + ".jsonl");
+    /// <summary>A shard's manifest, <c>DIR/shard-I-of-N.json</c> (shard, prompts, records, skipped, settings); written
+    /// last, so a shard without it is unfinished.</summary>
+    /// <param name="dir">The shard directory (<see cref="DirectoryFor"/>).</param>
+    /// <param name="s">The shard (I of N).</param>
     public static string ManifestFile(string dir, Shard s) => Path.Combine(dir, s.DirectoryName + ".json");
 
     /// <summary>Writes one shard's records, then its manifest (so a shard interrupted mid-write has no manifest).</summary>

@@ -19,6 +19,8 @@ public sealed record AgreementSection
     /// <summary>Score at or above which a continuation counts as toxic for Cohen's κ (RTP's 0.5).</summary>
     public double Threshold { get; init; } = 0.5;
 
+    /// <summary>Checks every scorer entry (a bow-logistic entry takes no other key; the others as a "scorer" section) and
+    /// that threshold is in (0, 1); throws <see cref="InvalidSettingException"/> naming "scorers[i].key" or "threshold".</summary>
     public void Validate()
     {
         for (int i = 0; i < Scorers.Length; i++)
@@ -44,6 +46,8 @@ public sealed record AgreementSection
 /// </summary>
 public static partial class StudyStages
 {
+    /// <summary>The agreement stage's files: scores.jsonl (each continuation's score by every scorer), agreement.json
+    /// (ρ, τ-b and κ per scorer pair, per row and pooled) and agreement.csv (the same as a table).</summary>
     public const string AgreementScores = "scores.jsonl", AgreementJson = "agreement.json", AgreementCsv = "agreement.csv";
 
     static void AgreementStage(StageContext c)

@@ -33,14 +33,22 @@ public sealed record MethodsSection
     /// DPO headline point with these settings on top (any "dpo" key; lists are not swept here). KTO trains on the
     /// pairs unpaired as TRL's <c>unpair_preference_dataset</c> does.</summary>
     public Dictionary<string, JsonObject> Losses { get; init; } = new();
+    /// <summary>"profs": the ProFS weight edit (row "ProFS", stages edit/profs and evaluate/profs); null = not run.</summary>
     public ProFsSection? Profs { get; init; }
+    /// <summary>"aura": the AurA weight edit (row "AurA", stages edit/aura and evaluate/aura); null = not run.</summary>
     public AuraSection? Aura { get; init; }
+    /// <summary>"steering": inference-time activation steering (one row per alpha, stage edit/steering); null = not run.</summary>
     public SteeringSection? Steering { get; init; }
+    /// <summary>"activation_edit": Yang et al.'s neuron activation shift from the DPO headline runs' diffs (row "Activation edit", stages edit/activation/sSEED); null = not run.</summary>
     public ActivationEditSection? ActivationEdit { get; init; }
+    /// <summary>"dexperts": DExperts decoding (stages sft/expert, sft/anti-expert and evaluate/dexperts); null = not run.</summary>
     public DExpertsSection? Dexperts { get; init; }
     /// <summary>How the generation cost column is measured.</summary>
     public SpeedSection Speed { get; init; } = new();
 
+    /// <summary>Checks seeds, that every loss name parses and is not adpo, and each present sub-section (its options,
+    /// comments/pairs ≥ 2, distinct positive steering alphas, known activation groups, dexperts alpha &gt; 0 and its SFT
+    /// options, speed counts ≥ 1); throws <see cref="InvalidSettingException"/> naming the key.</summary>
     public void Validate()
     {
         if (Seeds is < 1) throw new InvalidSettingException("seeds", $"must be ≥ 1 (got {Seeds})");
@@ -89,14 +97,22 @@ public sealed record MethodsSection
 /// <summary>ProFS (<see cref="ProFsOptions"/>) on the first <see cref="Pairs"/> of the study's pairs (null = all).</summary>
 public sealed record ProFsSection
 {
+    /// <summary>"rank": rank k of the projected toxic subspace per layer (<see cref="ProFsOptions.Rank"/>, default 2).</summary>
     public int? Rank { get; init; }
+    /// <summary>"first_layer": first edited layer, 0-based; null = round(L·10/24).</summary>
     public int? FirstLayer { get; init; }
+    /// <summary>"last_layer": last edited layer; null = the last.</summary>
     public int? LastLayer { get; init; }
+    /// <summary>"centring": remove the top singular direction of the preferred embeddings first (default true).</summary>
     public bool? Centring { get; init; }
+    /// <summary>"pairs": how many of the study's preference pairs (the first N) ProFS reads; null = all, else ≥ 2.</summary>
     public int? Pairs { get; init; }
+    /// <summary>"max_tokens": tokens per prompt + completion text (<see cref="ProFsOptions.MaxTokens"/>, default 128).</summary>
     public int? MaxTokens { get; init; }
+    /// <summary>"batch_size": texts per forward batch (default 16).</summary>
     public int? BatchSize { get; init; }
 
+    /// <summary>The ProFS options: each set key over the <see cref="ProFsOptions"/> defaults (pairs is applied by the stage, not here).</summary>
     public ProFsOptions ToOptions()
     {
         var d = new ProFsOptions();
@@ -111,10 +127,14 @@ public sealed record ProFsSection
 /// <summary>AurA (<see cref="AuraOptions"/>) on the first <see cref="Comments"/> labelled comments (null = all).</summary>
 public sealed record AuraSection
 {
+    /// <summary>"comments": how many labelled comments (the first N) AurA reads; null = all, else ≥ 2.</summary>
     public int? Comments { get; init; }
+    /// <summary>"max_tokens": tokens per comment (<see cref="AuraOptions.MaxTokens"/>, default 128).</summary>
     public int? MaxTokens { get; init; }
+    /// <summary>"batch_size": comments per forward batch (default 16).</summary>
     public int? BatchSize { get; init; }
 
+    /// <summary>The AurA options: max_tokens and batch_size over the <see cref="AuraOptions"/> defaults.</summary>
     public AuraOptions ToOptions()
     {
         var d = new AuraOptions();
@@ -127,12 +147,18 @@ public sealed record AuraSection
 /// one the battery attacks).</summary>
 public sealed record SteeringSection
 {
+    /// <summary>"layer": layer whose residual stream (after the block) is read and steered; null = the last.</summary>
     public int? Layer { get; init; }
+    /// <summary>"alphas": steering strengths, each a methods-table row (distinct, &gt; 0; default [4]); the first is the model the battery attacks.</summary>
     public double[] Alphas { get; init; } = [4];
+    /// <summary>"comments": how many labelled comments (the first N) the mean-difference vector is taken over; null = all, else ≥ 2.</summary>
     public int? Comments { get; init; }
+    /// <summary>"max_tokens": tokens per comment (<see cref="Editing.SteeringOptions.MaxTokens"/>, default 128).</summary>
     public int? MaxTokens { get; init; }
+    /// <summary>"batch_size": comments per forward batch (default 16).</summary>
     public int? BatchSize { get; init; }
 
+    /// <summary>The steering-vector options: layer, max_tokens and batch_size over the <see cref="Editing.SteeringOptions"/> defaults.</summary>
     public Editing.SteeringOptions ToOptions()
     {
         var d = new Editing.SteeringOptions();
@@ -144,7 +170,9 @@ public sealed record SteeringSection
 /// (from its diff stage's neuron decomposition), applied to the pretrained model without weight updates.</summary>
 public sealed record ActivationEditSection
 {
+    /// <summary>"groups": the neuron groups shifted, any of TP, TN, AP, AN (<see cref="NeuronContributions.Groups"/>; default all four).</summary>
     public string[] Groups { get; init; } = ["TP", "TN", "AP", "AN"];
+    /// <summary>"scale": multiplies each neuron's shift (activation after − before alignment); ≥ 0, default 1.</summary>
     public double Scale { get; init; } = 1;
 }
 
@@ -152,11 +180,14 @@ public sealed record ActivationEditSection
 /// labelled comments (the first <see cref="Comments"/> of each class; null = all), combined at strength α.</summary>
 public sealed record DExpertsSection
 {
+    /// <summary>"alpha": DExperts' strength α on the expert − anti-expert logit difference (&gt; 0, default 2; the row is "DExperts α=A").</summary>
     public double Alpha { get; init; } = 2;
+    /// <summary>"comments": labelled comments per class (the first N non-toxic for the expert, toxic for the anti-expert); null = all, else ≥ 2.</summary>
     public int? Comments { get; init; }
     /// <summary><see cref="SftOptions"/> of both fine-tunes (snake_case keys).</summary>
     public JsonObject Sft { get; init; } = new();
 
+    /// <summary>The fine-tunes' <see cref="DetoxSharp.Training.SftOptions"/> read from "sft" (precision auto unless set); a bad key throws naming dexperts.sft.KEY.</summary>
     public SftOptions SftOptions() => StudySections.ReadSft(Sft, "dexperts.sft");
 }
 
@@ -164,9 +195,13 @@ public sealed record DExpertsSection
 /// <see cref="BatchSize"/>, timed <see cref="Repeats"/> times per row, round-robin over the rows (the fastest counts), all rows in one stage.</summary>
 public sealed record SpeedSection
 {
+    /// <summary>"prompts": challenge prompts generated from (the first N; default 64).</summary>
     public int Prompts { get; init; } = 64;
+    /// <summary>"batch_size": prompts per generation batch (default 16).</summary>
     public int BatchSize { get; init; } = 16;
+    /// <summary>"max_new_tokens": greedy tokens per prompt (default 20).</summary>
     public int MaxNewTokens { get; init; } = 20;
+    /// <summary>"repeats": timed passes per row, round-robin over the rows; the fastest counts (default 3).</summary>
     public int Repeats { get; init; } = 3;
 }
 
@@ -174,12 +209,16 @@ public sealed record SpeedSection
 /// activation shift) applied until disposed.</summary>
 public sealed class LoadedMethodModel(LoadedModel loaded, IReadOnlyList<IDisposable> edits, IReadOnlyList<string> editNames) : IDisposable
 {
+    /// <summary>The loaded checkpoint (model and tokenizer); disposed with this object.</summary>
     public LoadedModel Loaded { get; } = loaded;
+    /// <summary>The model, with the method's inference-time edits hooked in until <see cref="Dispose"/>.</summary>
     public ICausalLM Model => Loaded.Model;
+    /// <summary>The checkpoint's tokenizer.</summary>
     public Gpt2Tokenizer Tokenizer => Loaded.Tokenizer;
     /// <summary>Names of the edits applied on top of the checkpoint (empty for a weight-only method).</summary>
     public IReadOnlyList<string> Edits { get; } = editNames;
 
+    /// <summary>Removes the edits (hooks) and then disposes the loaded model.</summary>
     public void Dispose()
     {
         foreach (var e in edits) e.Dispose();

@@ -17,6 +17,7 @@ public sealed record NeuronsSection
     public bool PerLayer { get; init; } = true;
     /// <summary>Prompts each patched model generates from for the toxicity score (0 tokens = no generations).</summary>
     public int GenerationPrompts { get; init; } = 40;
+    /// <summary>Greedy tokens each patched model generates per prompt for the toxicity score (20 = the evaluation's default).</summary>
     public int GenerationTokens { get; init; } = 20;
     /// <summary>The decomposition and the null-space check for every method of the methods table with a checkpoint
     /// (seed 0; DPO/ADPO too, for the null-space check), stages neurons/METHOD/s0.</summary>
@@ -24,12 +25,16 @@ public sealed record NeuronsSection
     /// <summary>Toxic and non-toxic labelled comments (each) whose activations the null-space check reads.</summary>
     public int NullSpaceComments { get; init; } = 200;
 
+    /// <summary>The patching options: prompt/generation token limits and batch size from the diff's options, the per-layer
+    /// and generation settings from this section.</summary>
+    /// <param name="diff">The diff options (<see cref="EvaluationSection.ToDiffOptions"/>).</param>
     public PatchingOptions ToOptions(DiffOptions diff) => new()
     {
         MaxNewTokens = diff.MaxNewTokens, MaxPromptTokens = diff.MaxPromptTokens, BatchSize = diff.BatchSize,
         PerLayer = PerLayer, GenerationPrompts = GenerationPrompts, GenerationTokens = GenerationTokens,
     };
 
+    /// <summary>Checks prompts and null_space_comments ≥ 1 and the generation settings; throws <see cref="InvalidSettingException"/> naming the key.</summary>
     public void Validate()
     {
         if (Prompts < 1) throw new InvalidSettingException("prompts", $"must be ≥ 1 (got {Prompts})");
