@@ -65,6 +65,8 @@ public static class PreferenceCommands
         // the method is the command: adpo is ADPO (sigmoid DPO + toxic penalty); dpo picks its loss with --loss
         if (adpo) { cmd.Options.Add(toxic); cmd.Options.Add(gamma); }
         else { cmd.Options.Add(loss); cmd.Options.Add(desirableW); cmd.Options.Add(undesirableW); cmd.Options.Add(simpoGamma); }
+        var tensorBoard = TrainingCli.TensorBoard();
+        cmd.Options.Add(tensorBoard);
         var lora = LoraCli.AddTo(cmd);
         cmd.SetAction(p => TrainingCli.Run(p, adpo ? "adpo" : "dpo", () => p.GetValue(lr), cancel =>
         {
@@ -87,7 +89,7 @@ public static class PreferenceCommands
                 EvalEvery = p.GetValue(evalEvery), Patience = p.GetValue(patience), ValidationSize = p.GetValue(validation),
                 MaxSteps = p.GetValue(maxSteps), Epochs = p.GetValue(epochs), Seed = p.GetValue(seed), CheckpointEvery = p.GetValue(saveEvery),
                 CacheReference = !p.GetValue(noCache), CacheDir = p.GetValue(cacheDir), Precision = prec,
-                Resume = p.GetValue(resume), AllowSettingChanges = p.GetValue(allowChanges),
+                Resume = p.GetValue(resume), AllowSettingChanges = p.GetValue(allowChanges), TensorBoardDir = p.GetValue(tensorBoard),
             };
             opts.Validate();
             var chat = ChatTemplate.FromModelDirectory(p.GetValue(model)!); // for TRL conversational records

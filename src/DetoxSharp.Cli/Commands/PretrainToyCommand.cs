@@ -29,6 +29,8 @@ public static class PretrainToyCommand
             { output, seed, size, maxSteps, epochs, layers, dModel, heads, context, batch, lr, precision, resume, device, arch };
         var allowChanges = TrainingCli.AllowSettingChanges();
         cmd.Options.Add(allowChanges);
+        var tensorBoard = TrainingCli.TensorBoard();
+        cmd.Options.Add(tensorBoard);
         cmd.SetAction(p => TrainingCli.Run(p, "pretrain-toy", () => p.GetValue(lr), cancel =>
         {
             var o = d with
@@ -37,7 +39,7 @@ public static class PretrainToyCommand
                 Epochs = p.GetValue(epochs), Layers = p.GetValue(layers), DModel = p.GetValue(dModel), Heads = p.GetValue(heads),
                 Context = p.GetValue(context), BatchSize = p.GetValue(batch), LearningRate = p.GetValue(lr),
                 Precision = CommonOptions.ParsePrecision(p.GetValue(precision)!, "float32"),
-                Resume = p.GetValue(resume), AllowSettingChanges = p.GetValue(allowChanges), Device = CommonOptions.ParseDevice(p.GetValue(device)!),
+                Resume = p.GetValue(resume), AllowSettingChanges = p.GetValue(allowChanges), TensorBoardDir = p.GetValue(tensorBoard), Device = CommonOptions.ParseDevice(p.GetValue(device)!),
                 Arch = p.GetValue(arch)!,
             };
             var err = p.InvocationConfiguration.Error;

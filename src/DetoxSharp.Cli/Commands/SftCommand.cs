@@ -69,14 +69,15 @@ sealed class SftFlags(string batchDescription)
     readonly Option<int> _ckptEvery = Bind.To("--checkpoint-every", D, o => o.CheckpointEvery);
     readonly Option<bool> _resume = CommonOptions.Resume();
     readonly Option<bool> _allowChanges = TrainingCli.AllowSettingChanges();
+    readonly Option<string?> _tensorBoard = TrainingCli.TensorBoard();
 
     public Option<double> LearningRate => _lr;
-    public IEnumerable<Option> All => [_lr, _batch, _epochs, _maxSteps, _warmup, _maxLen, _seed, _ckptEvery, _resume, _allowChanges];
+    public IEnumerable<Option> All => [_lr, _batch, _epochs, _maxSteps, _warmup, _maxLen, _seed, _ckptEvery, _resume, _allowChanges, _tensorBoard];
 
     public SftOptions Read(ParseResult p) => new()
     {
         LearningRate = p.GetValue(_lr), BatchSize = p.GetValue(_batch), Epochs = p.GetValue(_epochs), MaxSteps = p.GetValue(_maxSteps),
         WarmupSteps = p.GetValue(_warmup), MaxLength = p.GetValue(_maxLen), Seed = p.GetValue(_seed), CheckpointEvery = p.GetValue(_ckptEvery),
-        Resume = p.GetValue(_resume), AllowSettingChanges = p.GetValue(_allowChanges),
+        Resume = p.GetValue(_resume), AllowSettingChanges = p.GetValue(_allowChanges), TensorBoardDir = p.GetValue(_tensorBoard),
     };
 }

@@ -52,6 +52,13 @@ public static class TrainingCli
         Description = "with --resume: continue although the learning rate, warmup, gradient clipping or step count differ from the checkpoint's (data, seed, batch, loss and optimizer must match)",
     };
 
+    /// <summary>--tensorboard DIR: the training metrics also as TensorBoard event files.</summary>
+    public static Option<string?> TensorBoard() => new("--tensorboard")
+    {
+        Description = "also write the training metrics (loss, rewards, learning rate, grad norm, eval/…) as TensorBoard event files into DIR (tensorboard --logdir DIR)",
+        HelpName = "DIR",
+    };
+
     /// <summary>Training progress in the one style of <see cref="CliProgress"/> (a bar on a terminal, else a line at
     /// least every 5 % of the steps or 10 s, with elapsed time, rate and ETA), loss, learning rate and
     /// <paramref name="extra"/>; every evaluation as its own line. The bar closes at the last step (or when the command ends).</summary>

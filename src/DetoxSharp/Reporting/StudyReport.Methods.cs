@@ -9,6 +9,14 @@ namespace DetoxSharp.Reporting;
 public static partial class StudyReport
 {
     /// <summary>One row of the methods table as the report shows it (also what tests read).</summary>
+    /// <param name="Method">The method's row name.</param>
+    /// <param name="Kind">Training-based, weight edit or inference-time.</param>
+    /// <param name="Toxicity">Mean toxicity over seeds.</param>
+    /// <param name="Perplexity">Perplexity over seeds.</param>
+    /// <param name="F1">F1 over seeds.</param>
+    /// <param name="ComputeSeconds">Wall seconds of the stages that made the model.</param>
+    /// <param name="TokensPerSecond">Generation speed (methods/speed stage; null when not measured).</param>
+    /// <param name="RelativeSpeed">Speed relative to the undetoxified model.</param>
     public sealed record MethodsTableRow(string Method, string Kind, MeanStd Toxicity, MeanStd Perplexity, MeanStd F1, MeanStd ComputeSeconds,
         double? TokensPerSecond, double? RelativeSpeed);
 

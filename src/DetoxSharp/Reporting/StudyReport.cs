@@ -123,8 +123,65 @@ public static partial class StudyReport
             "after→before: the group's after-training activations in the start model (is the group sufficient?); before→after: its start-model activations in the aligned model (is it necessary?). Share = ΔM of the patch / ΔM between the two models, all layers' neurons of the group at once (the attribution share sums the neurons' first-order terms, counting paths through a later layer's member twice). Toxicity: mean evaluation-scorer score of greedy generations from the first challenge prompts (mean ± std over seeds). Per set: stages/patch/…/patching.csv."));
     }
 
+    /// <summary>Keys of a metrics.jsonl record that are not metrics: the step, the running item counts and the phase.</summary>
+    static readonly HashSet<string> NotMetrics = ["step", "examples", "tokens", "phase", "epoch"];
+
+    /// <summary>Every metric the trainers logged (metrics.jsonl), for every seed of the headline setting: training-step
+    /// metrics and validation metrics ("eval/…" records) apart, one chart per metric with the seeds' mean and band.</summary>
+    static void TrainingSection(HtmlReport r, IReadOnlyList<TrainedRun> headline, Func<string, string> dir)
+    {
+        r.Section("training", "Training curves");
+        var logs = headline.Select(x => (x.Method, x.Seed, Log: ReadJsonl(Path.Combine(dir(x.TrainStage), RunLayout.Metrics)))).Where(x => x.Log.Count > 0).ToList();
+        if (logs.Count == 0) { r.Missing("No training metrics in this run (train/* stages wrote no metrics.jsonl)."); return; }
+        r.Paragraph($"Every metric the trainers logged to metrics.jsonl, for all {logs.Select(l => l.Seed).Distinct().Count()} seeds of the headline setting. " +
+            "Hover for values, drag to zoom (double-click resets), click a legend entry to hide or show it.");
+        foreach (var (phaseTitle, eval) in new[] { ("Training steps", false), ("Validation", true) })
+        {
+            var records = logs.Select(l => (l.Method, l.Seed, Recs: l.Log.Where(x => (S(x["phase"]) == "eval") == eval && D(x["step"]) is not null).ToList())).ToList();
+            var metrics = records.SelectMany(x => x.Recs).SelectMany(o => o.Where(kv => D(kv.Value) is not null).Select(kv => kv.Key))
+                .Where(k => !NotMetrics.Contains(k) && (!eval || k.StartsWith("eval/", StringComparison.Ordinal))).Distinct().ToList();
+            if (metrics.Count == 0) continue;
+            r.Heading(phaseTitle);
+            foreach (var metric in metrics)
+            {
+                var runs = records.GroupBy(x => x.Method).Select(g => new SeededSeries(StudyPipeline.RowName(g.Key), g.OrderBy(x => x.Seed)
+                        .Select(x => (x.Seed, Pts: x.Recs.Where(o => D(o[metric]) is not null).ToList())).Where(x => x.Pts.Count > 0)
+                        .Select(x => new Series($"seed {x.Seed}", x.Pts.Select(o => D(o["step"])!.Value).ToArray(), x.Pts.Select(o => D(o[metric])!.Value).ToArray()))
+                        .ToList()))
+                    .Where(x => x.Seeds.Count > 0).ToList();
+                r.Add(Charts.TrainingCurves((eval ? "valid_" : "train_") + MetricFileName(eval ? metric["eval/".Length..] : metric), $"{(eval ? "Validation" : "Training")}: {metric}",
+                    $"{metric} {(eval ? "of each validation pass" : "per optimizer step")} (headline setting, seeds {string.Join(", ", runs.SelectMany(x => x.Seeds).Select(x => x.Label[5..]).Distinct())}).",
+                    metric, runs));
+            }
+        }
+    }
+
+    static string MetricFileName(string metric) => new(metric.Select(c => char.IsLetterOrDigit(c) ? c : '_').ToArray());
+
+    static string Count(int n, string noun) => $"{n} {noun}{(n == 1 ? "" : "s")}";
+
+    /// <summary>Vector names in one notation: the stage files' "L1.N112" (layer 1, neuron 112) becomes the paper's
+    /// MLP.v_112^1 wherever the report shows it.</summary>
+    /// <param name="text">Any text.</param>
+    public static string VectorNames(string text) => VectorLabel.Replace(text, "MLP.v_$2^$1");
+
+    static readonly System.Text.RegularExpressions.Regex VectorLabel = new(@"\bL(\d+)\.N(\d+)\b");
+
+    /// <summary>A sweep point as the report shows it: the swept settings, learning rates in one format ("lr 1e-5,
+    /// beta 0.1"; "default" when nothing is swept).</summary>
+    /// <param name="p">The point.</param>
+    public static string PointName(SweepPoint p) => p.Swept.Count == 0 ? "default"
+        : string.Join(", ", p.Swept.Select(kv => (kv.Key == "learning_rate" ? "lr" : kv.Key) + " " + SettingText(kv.Key, kv.Value)));
+
+    static string SettingText(string key, JsonNode? v) => v is JsonValue jv && jv.TryGetValue<double>(out var d)
+        ? (key == "learning_rate" ? d.ToString("0.##e0", Inv) : d.ToString("G4", Inv)) : v?.ToJsonString().Trim('"') ?? "null";
+
     static string Tail(string s, int n) => s.Length <= n ? s : "…" + s[^n..];
 
+    /// <summary>Builds the report of a study run from its stage outputs (nothing is written).</summary>
+    /// <param name="runDir">The run directory (manifest.json, stages/).</param>
+    /// <param name="settings">The report stage's settings ("config": the study configuration).</param>
+    /// <param name="inputs">Stage name → output directory (stages not listed are looked up under the run directory).</param>
     public static HtmlReport Build(string runDir, JsonObject settings, IReadOnlyDictionary<string, string> inputs)
     {
         var config = StudyConfig.Parse(settings["config"]!.ToJsonString());
@@ -132,7 +189,7 @@ public static partial class StudyReport
         string Dir(string stage) => inputs.TryGetValue(stage, out var d) ? d : StageRunner.StageDir(runDir, stage);
         var headline = runs.Where(r => r.Headline).ToList();
         var methods = runs.Select(r => r.Method).Distinct().ToList();
-        var r = new HtmlReport(config.Model == "toy" ? "DetoxSharp study — toy world" : "DetoxSharp study");
+        var r = new HtmlReport(config.Model == "toy" ? "DetoxSharp study — toy world" : "DetoxSharp study") { TextFilter = VectorNames };
 
         FindingsSection(r, config, runs, Dir);
         ReadingGuide(r, config, runs);
@@ -202,22 +259,7 @@ public static partial class StudyReport
         }
         else r.Missing("No toxic vectors in this run (stage 'vectors' wrote no toxic_vectors.json).");
 
-        // --- Training curves (headline, seed 0) ---
-        r.Section("training", "Training curves");
-        var curves = headline.Where(x => x.Seed == 0).Select(x => (x.Method, Log: ReadJsonl(Path.Combine(Dir(x.TrainStage), RunLayout.Metrics)))).ToList();
-        bool anyCurve = false;
-        foreach (var (metric, label) in new[] { ("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"),
-                     ("rewards/chosen", "chosen reward"), ("rewards/rejected", "rejected reward") })
-        {
-            var series = curves.Select(c => (c.Method, Pts: c.Log.Where(l => D(l[metric]) is not null && D(l["step"]) is not null).ToList()))
-                .Where(c => c.Pts.Count > 0)
-                .Select(c => new Series(StudyPipeline.RowName(c.Method), c.Pts.Select(l => D(l["step"])!.Value).ToArray(), c.Pts.Select(l => D(l[metric])!.Value).ToArray()))
-                .ToList();
-            if (series.Count == 0) continue;
-            anyCurve = true;
-            r.Add(Charts.Lines("train_" + metric.Replace('/', '_'), $"Training {label}", $"{metric} per optimizer step (headline setting, seed 0).", "step", label, series));
-        }
-        if (!anyCurve) r.Missing("No training metrics in this run (train/* stages wrote no metrics.jsonl).");
+        TrainingSection(r, headline, Dir);
 
         // --- What DPO changed (headline, seed 0) ---
         var diffs = headline.Where(x => x.Seed == 0).Select(x => (x.Method, Diff: ReadJson(Path.Combine(Dir(x.DiffStage), RunLayout.Diff)) as JsonObject))
@@ -227,10 +269,11 @@ public static partial class StudyReport
         {
             var first = diffs.First(d => d.Diff["activation"] is JsonArray);
             var groups = ((JsonArray)first.Diff["activation"]!).OfType<JsonObject>().Select(a => S(a["vector"])).ToList();
+            var groupNames = groups.Select(VectorNames).ToList();
             double Act(JsonObject d, string v, string key) => D((d["activation"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(a => S(a["vector"]) == v)?[key]) ?? double.NaN;
             var bars = new List<BarSeries> { new("before (base)", groups.Select(g => Act(first.Diff, g, "before")).ToArray()) };
             bars.AddRange(diffs.Select(d => new BarSeries("after " + StudyPipeline.RowName(d.Method), groups.Select(g => Act(d.Diff, g, "after")).ToArray())));
-            r.Add(Charts.GroupedBars("activation_drop", "Mean activation of the top toxic vectors", $"MLP activation of each toxic value vector (ranked on the model before alignment) at {(first.Diff["activation_position"] is JsonNode ap ? S(ap) : "the last position of the challenge prompt followed by the start model's greedy continuation, both models reading the same tokens")}, averaged over prompts, before and after alignment (headline setting, seed 0). For ADPO \"before\" is its start, the SFT model; the bars show the base model's values.", "mean activation", groups, bars));
+            r.Add(Charts.GroupedBars("activation_drop", "Mean activation of the top toxic vectors", $"MLP activation of each toxic value vector (ranked on the model before alignment) at {(first.Diff["activation_position"] is JsonNode ap ? S(ap) : "the last position of the challenge prompt followed by the start model's greedy continuation, both models reading the same tokens")}, averaged over prompts, before and after alignment (headline setting, seed 0). For ADPO \"before\" is its start, the SFT model; the bars show the base model's values.", "mean activation", groupNames, bars));
             r.Add(new Table("activation_drop", "Toxic-vector activations", ["Vector", .. bars.Select(b => b.Label)],
                 groups.Select((g, i) => (IReadOnlyList<string>)[g, .. bars.Select(b => F(b.Values[i]))]).ToList()));
         }
@@ -433,10 +476,28 @@ public static partial class StudyReport
     }
 
     /// <summary>One sweep point aggregated over seeds (the regime map's row).</summary>
+    /// <param name="Method">The method (stage name, e.g. "dpo").</param>
+    /// <param name="Point">The sweep point's label (as in the stage names).</param>
+    /// <param name="Headline">Whether it is the headline setting.</param>
+    /// <param name="Toxicity">Toxicity of the aligned model.</param>
+    /// <param name="Perplexity">Its perplexity.</param>
+    /// <param name="F1">Its F1.</param>
+    /// <param name="ToxicActivation">Mean activation of the toxic vectors after alignment.</param>
+    /// <param name="PositiveShare">Share of positive pre-activations after alignment.</param>
+    /// <param name="CosMin">Smallest per-layer parameter cosine with the start model.</param>
+    /// <param name="CosMean">Mean per-layer parameter cosine.</param>
+    /// <param name="OffsetSize">Size of the residual offset ‖δx‖.</param>
+    /// <param name="UnalignedToxicity">Toxicity after scaling the toxic keys.</param>
+    /// <param name="RestoreScale">Smallest steering scale that restored the base toxicity.</param>
+    /// <param name="SteeringRestored">Seeds in which steering restored it.</param>
+    /// <param name="SteeringRuns">Seeds with a steering measurement.</param>
     public sealed record PointSummary(string Method, string Point, bool Headline, MeanStd Toxicity, MeanStd Perplexity, MeanStd F1,
         MeanStd ToxicActivation, MeanStd PositiveShare, MeanStd CosMin, MeanStd CosMean, MeanStd OffsetSize, MeanStd UnalignedToxicity,
         MeanStd RestoreScale, int SteeringRestored, int SteeringRuns);
 
+    /// <summary>Every sweep point of the runs, its measurements aggregated over seeds (mean ± std).</summary>
+    /// <param name="runs">The trained runs.</param>
+    /// <param name="dir">Stage name → output directory.</param>
     public static IReadOnlyList<PointSummary> SummarizePoints(IReadOnlyList<TrainedRun> runs, Func<string, string> dir)
     {
         var list = new List<PointSummary>();
@@ -476,12 +537,17 @@ public static partial class StudyReport
         var pts = SummarizePoints(runs, dir);
         var noop = baseRows.FirstOrDefault(x => S(x["row"]) == "No-op");
         double? baseTox = D(noop?["toxicity"]), basePpl = D(noop?["perplexity"]);
-        r.Add(new Table("sweep", "Every sweep point (mean ± std over seeds, n shown)",
-            ["Method", "Point", "Toxicity", "Perplexity", "F1", "Toxic-vector activation", "Positive pre-act. share", "Param cos (min)", "Param cos (mean)", "Offset ‖δx‖", "Toxicity un-aligned (keys ×k)", "Steering restore scale", "Steering restored", "Regime"],
-            pts.Select(p => (IReadOnlyList<string>)[StudyPipeline.RowName(p.Method), p.Point + (p.Headline ? " (headline)" : ""), p.Toxicity.Format(), p.Perplexity.Format("F2"), p.F1.Format(),
-                p.ToxicActivation.Format(), p.PositiveShare.Format(), p.CosMin.Format("F5"), p.CosMean.Format("F5"), p.OffsetSize.Format(), p.UnalignedToxicity.Format(),
-                p.RestoreScale.Format("G3"), $"{p.SteeringRestored}/{p.SteeringRuns}", baseTox is double bt ? Regime(p, bt) : "–"]).ToList(),
-            "Steering restore scale: the smallest scale of the added toxic direction that brought toxicity back to the base model's level (mean over the seeds where one did)."));
+        var name = runs.GroupBy(x => x.Point.Label).ToDictionary(g => g.Key, g => PointName(g.First().Point));
+        // n once per row (the seeds behind the row's numbers) keeps the 14 columns one line high
+        static string M(MeanStd m, string fmt = "F3") => m.N == 0 ? "–"
+            : m.Std is double sd ? $"{m.Mean.ToString(fmt, Inv)} ± {sd.ToString(fmt, Inv)}" : m.Mean.ToString(fmt, Inv);
+        r.Add(new Table("sweep", "Every sweep point (mean ± std over the n seeds)",
+            ["Method", "Point", "n", "Toxicity", "Perplexity", "F1", "Toxic-vector activation", "Positive pre-act. share", "Param cos (min)", "Param cos (mean)", "Offset ‖δx‖", "Toxicity un-aligned (keys ×k)", "Steering restore scale", "Steering restored", "Regime"],
+            pts.Select(p => (IReadOnlyList<string>)[StudyPipeline.RowName(p.Method), name[p.Point] + (p.Headline ? " (headline)" : ""),
+                new[] { p.Toxicity.N, p.Perplexity.N, p.F1.N, p.ToxicActivation.N, p.UnalignedToxicity.N }.Max().ToString(Inv),
+                M(p.Toxicity), M(p.Perplexity, "F2"), M(p.F1), M(p.ToxicActivation), M(p.PositiveShare), M(p.CosMin, "F5"), M(p.CosMean, "F5"), M(p.OffsetSize),
+                M(p.UnalignedToxicity), M(p.RestoreScale, "G3"), $"{p.SteeringRestored}/{p.SteeringRuns}", baseTox is double bt ? Regime(p, bt) : "–"]).ToList(),
+            "n: seeds behind the row (a cell whose stage wrote nothing for some seed averages fewer). Steering restore scale: the smallest scale of the added toxic direction that brought toxicity back to the base model's level (mean over the seeds where one did)."));
         if (baseTox is not double bt2 || basePpl is not double bp)
         {
             r.Missing("No regime map: the base model's No-op row (evaluate/base/results.json) is missing.");
@@ -491,7 +557,7 @@ public static partial class StudyReport
         if (valid.Count == 0) { r.Missing("No regime map: no sweep point has toxicity and perplexity."); return; }
         var groups = valid.GroupBy(p => Regime(p, bt2)).Select(g => new CategoryPoints(g.Key,
             g.Select(p => bt2 - p.Toxicity.Mean).ToArray(), g.Select(p => p.Perplexity.Mean - bp).ToArray(),
-            g.Select(p => $"{StudyPipeline.RowName(p.Method)} {p.Point}").ToArray())).ToList();
+            g.Select(p => $"{StudyPipeline.RowName(p.Method)} {name[p.Point]}").ToArray())).ToList();
         r.Add(Charts.ScatterByCategory("regime_map", "Regime map", "Each point is one sweep point (mean over seeds): how much toxicity the alignment removed (x) against what it cost in perplexity (y), coloured by whether un-aligning (scaling the toxic keys) or steering (adding the toxic direction) brings the toxicity back.",
             "toxicity reduction (base − aligned)", "perplexity cost (aligned − base)", groups));
         var reading = new List<string>();
@@ -500,7 +566,7 @@ public static partial class StudyReport
             var mine = valid.Where(p => p.Method == m).ToList();
             var shallow = mine.Where(p => Regime(p, bt2) != "neither restores").Select(p => p.Point).ToList();
             var deep = mine.Where(p => Regime(p, bt2) == "neither restores").Select(p => p.Point).ToList();
-            string Measured(PointSummary p) => $"{p.Point}: min parameter cos {p.CosMin.Format("F4")}, toxic-vector activation after {p.ToxicActivation.Format()}, un-aligned toxicity {p.UnalignedToxicity.Format()}";
+            string Measured(PointSummary p) => $"{name[p.Point]}: min parameter cos {p.CosMin.Format("F4")}, toxic-vector activation after {p.ToxicActivation.Format()}, un-aligned toxicity {p.UnalignedToxicity.Format()}";
             reading.Add($"{StudyPipeline.RowName(m)}: toxicity came back at {shallow.Count} of {mine.Count} points" +
                 (shallow.Count > 0 ? $" ({string.Join("; ", mine.Where(p => shallow.Contains(p.Point)).Select(Measured))}) — scaling the toxic keys or adding the toxic direction restored it there" : "") +
                 (deep.Count > 0 ? $"; it did not come back at {string.Join("; ", mine.Where(p => deep.Contains(p.Point)).Select(Measured))}" : "") +
@@ -518,7 +584,7 @@ public static partial class StudyReport
         r.Bullets([
             "Results: toxicity (mean toxicity score of greedy continuations of challenge prompts), perplexity and F1 for the base model, three activation interventions, DPO, ADPO, and both after un-aligning.",
             "Table 1: the MLP value vectors most aligned with the toxicity probe, and the tokens they promote.",
-            "Training curves: DPO/ADPO loss, reward margin and accuracy per step.",
+            "Training curves: every metric the trainers logged (loss, rewards, log-probabilities, learning rate, gradient norm …), training steps and validation apart, for all seeds of the headline setting: the seeds' mean with a min–max band, smoothed, raw values a click away.",
             "Activation drop: how strongly the toxic vectors fire before and after alignment.",
             "Parameter cosine per layer: how much the weights moved (1.0 = unchanged direction).",
             "Residual offset: the shift δx of the residual stream, and prompts projected on it coloured by toxic activation.",
@@ -528,7 +594,11 @@ public static partial class StudyReport
             "What was run: settings, seeds, versions and wall time of every stage.",
         ]);
         r.Paragraph("What the paper found on GPT-2 medium (quoted from the paper, not measured here): DPO lowered toxicity from 0.453 to 0.208 with perplexity 21.7 → 23.34; every parameter kept cosine similarity > 0.99 with its pre-DPO value, the toxic value vectors included; what dropped was their activation (MLP.v_770^19 from ≈26 to ≈13), through an offset in the residual stream spread over earlier layers; and scaling the key vectors of the 7 most toxic value vectors ×10 brought toxicity back to 0.458. A small toy model suggested this depends on how hard alignment pushes — the regime map tests that here.");
-        r.Paragraph($"Runs: {runs.Select(x => x.Method).Distinct().Count()} methods × {runs.Select(x => (x.Method, x.Point.Label)).Distinct().Count()} method/setting points in total × {c.EffectiveSeeds} seed(s) at the headline setting{(c.EffectiveSweepSeeds != c.EffectiveSeeds ? $", {c.EffectiveSweepSeeds} at the other sweep points" : "")}{(c.Quick ? " (quick mode)" : "")}.");
+        var perMethod = runs.GroupBy(x => x.Method).Select(g => $"{StudyPipeline.RowName(g.Key)} at {Count(g.Select(x => x.Point.Label).Distinct().Count(), "setting")}").ToList();
+        r.Paragraph($"Runs: {Count(runs.Count, "training run")}{(c.Quick ? " (quick mode)" : "")} — {string.Join(" and ", perMethod)}; " +
+            $"{Count(c.EffectiveSeeds, "seed")} at the headline setting" +
+            (runs.Any(x => !x.Headline) ? $", {Count(c.EffectiveSweepSeeds, "seed")} at each other setting of the sweep." : "."));
+        r.Paragraph("Vectors are named as in the paper: MLP.v_N^L is value vector N (the N-th neuron's row of the MLP's output matrix) of layer L, both counted from 0.");
     }
 
     static void WhatWasRun(HtmlReport r, string runDir, StudyConfig c, IReadOnlyList<TrainedRun> runs)

@@ -7,7 +7,7 @@ namespace DetoxSharp.Training;
 /// Appends and flushes each line; on resume, lines past the resumed step are dropped first so the file matches
 /// an uninterrupted run.
 /// </summary>
-public sealed class MetricsLog : IDisposable
+public sealed class MetricsLog : IMetricsSink
 {
     readonly StreamWriter _w;
     /// <summary>The metrics.jsonl file.</summary>

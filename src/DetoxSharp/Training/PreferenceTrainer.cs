@@ -79,6 +79,9 @@ public sealed record PreferenceTrainerOptions
     /// count; <see cref="TrainingLoopOptions.AdjustableSettings"/>) differ from the checkpoint's.</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public bool AllowSettingChanges { get; init; }
+    /// <summary>Also write the metrics as TensorBoard scalars into an event file in this directory (null: no).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public string? TensorBoardDir { get; init; }
 
     /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
@@ -207,7 +210,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             Optimizer = Optimizers.Parse(o.Optimizer),
             OptimizerSettings = new OptimizerSettings { LearningRate = o.LearningRate, WeightDecay = o.WeightDecay },
             MaxGradNorm = o.MaxGradNorm, MeanOverWeights = true, Precision = o.Precision,
-            EvalEvery = o.EvalEvery, Patience = o.Patience, OutputDir = outDir, BestDir = bestDir, CheckpointEvery = o.CheckpointEvery,
+            EvalEvery = o.EvalEvery, Patience = o.Patience, OutputDir = outDir, TensorBoardDir = o.TensorBoardDir, BestDir = bestDir, CheckpointEvery = o.CheckpointEvery,
             Resume = o.Resume, AllowSettingChanges = o.AllowSettingChanges, Settings = settings, ItemName = "examples",
             Tokenizer = outTok, Log = Log, Logger = Logger,
         };

@@ -75,6 +75,8 @@ public sealed record SftOptions
     /// <summary>Directory for checkpoint/ (resumable) and metrics.jsonl; null = neither.</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public string? OutputDir { get; init; }
+    /// <summary>Also write the metrics as TensorBoard scalars into an event file in this directory (null: no).</summary>
+    public string? TensorBoardDir { get; init; }
     /// <summary>Writes a resumable checkpoint every N steps (0 = never; one is always written at the end when
     /// <see cref="OutputDir"/> is set).</summary>
     [Setting("save a resumable checkpoint every N optimizer steps (0 = at the end)")]
@@ -295,7 +297,7 @@ public sealed class SftTrainer(ICausalLM model, Gpt2Tokenizer tokenizer, SftOpti
                 LearningRate = o.LearningRate, WeightDecay = o.WeightDecay, Beta1 = o.Beta1, Beta2 = o.Beta2, Epsilon = o.Epsilon,
             },
             MaxGradNorm = o.MaxGradNorm, MeanOverWeights = false, Precision = o.Precision, EvalEvery = o.EvalEvery,
-            OutputDir = o.OutputDir, CheckpointEvery = o.CheckpointEvery, Resume = o.Resume,
+            OutputDir = o.OutputDir, TensorBoardDir = o.TensorBoardDir, CheckpointEvery = o.CheckpointEvery, Resume = o.Resume,
             AllowSettingChanges = o.AllowSettingChanges, StopAfterSteps = o.StopAfterSteps, Settings = settings,
             ItemName = "tokens", Tokenizer = tokenizer, Log = Log, Logger = Logger,
         };

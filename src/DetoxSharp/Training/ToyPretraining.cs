@@ -55,6 +55,9 @@ public sealed record ToyPretrainOptions
     /// <summary>With <see cref="Resume"/>: accept changed adjustable settings (<see cref="SftOptions.AllowSettingChanges"/>).</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public bool AllowSettingChanges { get; init; }
+    /// <summary>Also write the metrics as TensorBoard scalars into an event file in this directory (null: no).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public string? TensorBoardDir { get; init; }
     /// <summary>torch intra-op threads (0 = leave torch's default).</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public int Threads { get; init; } = 0;
@@ -139,7 +142,7 @@ public static class ToyPretraining
             Decay = DecayKind.Cosine, MinLrRatio = 0.05, Epochs = o.Epochs, MaxSteps = o.MaxSteps, MaxGradNorm = 1.0,
             WeightDecay = 0.01, Beta2 = 0.98, Seed = o.Seed, Validation = valid, EvalEvery = 0, Precision = o.Precision,
             OutputDir = Path.Combine(outDir, "training"), CheckpointEvery = o.CheckpointEvery, Resume = o.Resume,
-            AllowSettingChanges = o.AllowSettingChanges,
+            AllowSettingChanges = o.AllowSettingChanges, TensorBoardDir = o.TensorBoardDir,
         };
         stage?.Report("pretraining");
         var result = new SftTrainer(model, tok, sft) { Log = stage is null ? null : stage.Report }.Train(train, progress, cancel); // warnings (warmup ≥ steps)

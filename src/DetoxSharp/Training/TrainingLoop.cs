@@ -119,6 +119,8 @@ public sealed record TrainingLoopOptions
     public int Patience { get; init; }
     /// <summary>Where checkpoint/ and metrics.jsonl go (null: neither — nothing is saved or resumable).</summary>
     public string? OutputDir { get; init; }
+    /// <summary>Also write every metrics record as TensorBoard scalars into an event file in this directory (null: no).</summary>
+    public string? TensorBoardDir { get; init; }
     /// <summary>Save the model here whenever the validation loss improves (null: never).</summary>
     public string? BestDir { get; init; }
     /// <summary>Save a checkpoint every N steps (0: only when the run stops).</summary>
@@ -236,7 +238,7 @@ public static class TrainingLoop
         if (finishedBefore)
             return new TrainingRunResult(TrainingStop.AlreadyFinished, step, o.TotalSteps, items, 0, 0, null, null, best, ckptDir) { Precision = o.Precision };
 
-        using var metrics = o.OutputDir is null ? null : new MetricsLog(Path.Combine(o.OutputDir, "metrics.jsonl"), resumed ? step + 1 : null);
+        using var metrics = MetricSinks.Open(o, resumed ? step + 1 : null);
         JsonObject State(bool finished) => new()
         {
             ["step"] = step, [o.ItemName] = items, ["bad_evals"] = bad, ["best_val_loss"] = best is double b ? b : null,
@@ -412,7 +414,7 @@ public sealed class TrainingInterruptedException(TrainingRunResult run, Cancella
 public static class TrainingSettings
 {
     static readonly HashSet<string> NotSettings =
-        ["OutputDir", "CheckpointEvery", "Resume", "AllowSettingChanges", "StopAfterSteps", "CacheReference", "CacheDir", "Validation", "EqualityContract"];
+        ["OutputDir", "TensorBoardDir", "CheckpointEvery", "Resume", "AllowSettingChanges", "StopAfterSteps", "CacheReference", "CacheDir", "Validation", "EqualityContract"];
 
     /// <summary>The flat settings object of <paramref name="options"/>.</summary>
     /// <param name="options">An options record.</param>

@@ -90,11 +90,16 @@ public static class FakeStudy
         {
             var rng = Rng(c);
             File.WriteAllText(Path.Combine(c.OutputDir, "lr.txt"), Lr(c).ToString("R", CultureInfo.InvariantCulture));
-            File.WriteAllLines(Path.Combine(c.OutputDir, RunLayout.Metrics), Enumerable.Range(1, 20).Select(s => new JsonObject
+            // the record shapes TrainingLoop writes: a record per step, and an "eval" record every 5 steps
+            File.WriteAllLines(Path.Combine(c.OutputDir, RunLayout.Metrics), Enumerable.Range(1, 20).SelectMany(s => new[] { new JsonObject
             {
-                ["step"] = s, ["loss"] = 0.69 * Math.Exp(-s * Lr(c) * 500) + 0.01 * rng.NextDouble(), ["rewards/margins"] = s * Lr(c) * 100,
+                ["step"] = s, ["examples"] = 8 * s, ["loss"] = 0.69 * Math.Exp(-s * Lr(c) * 500) + 0.01 * rng.NextDouble(), ["rewards/margins"] = s * Lr(c) * 100,
                 ["rewards/accuracies"] = Math.Min(1, 0.5 + s * 0.03), ["rewards/chosen"] = -0.01 * s, ["rewards/rejected"] = -0.05 * s,
-            }.ToJsonString()));
+                ["logps/chosen"] = -40 - 0.1 * s + rng.NextDouble(), ["grad_norm"] = 2 + rng.NextDouble(), ["learning_rate"] = Lr(c) * Math.Min(1, s / 5.0),
+                ["examples_per_second"] = 100 + 10 * rng.NextDouble(),
+            } }.Concat(s % 5 == 0 ? [new JsonObject { ["step"] = s, ["examples"] = 8 * s, ["phase"] = "eval",
+                ["eval/loss"] = 0.7 * Math.Exp(-s * Lr(c) * 400) + 0.01 * rng.NextDouble(), ["eval/rewards/margins"] = s * Lr(c) * 80 }] : [])
+                .Select(o => o.ToJsonString())));
         },
         EvaluateModel = c =>
         {

@@ -31,6 +31,80 @@ public class StudyReportTests
         foreach (var f in Directory.GetFiles(from, "*", SearchOption.AllDirectories)) File.Copy(f, f.Replace(from, to));
     }
 
+    static int Count(string s, string part)
+    {
+        int n = 0;
+        for (int i = s.IndexOf(part, StringComparison.Ordinal); i >= 0; i = s.IndexOf(part, i + part.Length, StringComparison.Ordinal)) n++;
+        return n;
+    }
+
+    static JsonObject Spec(string html, string figure)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(html, $"<script type=\"application/json\" class=\"plotly-spec\" data-target=\"plot-{figure}\">(.*?)</script>");
+        Assert.True(m.Success, $"no chart {figure}");
+        return JsonNode.Parse(m.Groups[1].Value)!.AsObject();
+    }
+
+    static double[] Ys(JsonObject trace) => trace["y"]!.AsArray().Select(v => v is null ? double.NaN : v.GetValue<double>()).ToArray();
+
+    [Fact]
+    public void TrainingCurvesShowEveryMetricForEverySeedWithMeanAndBand()
+    {
+        var (dir, cfg) = RunFixture();
+        var html = File.ReadAllText(Path.Combine(dir, RunLayout.Report));
+        // every metric the fixture logged: train records and eval records apart
+        foreach (var m in new[] { "loss", "rewards_margins", "rewards_accuracies", "rewards_chosen", "rewards_rejected", "logps_chosen", "grad_norm", "learning_rate", "examples_per_second" })
+            Spec(html, "train_" + m);
+        Spec(html, "valid_loss");
+        Spec(html, "valid_rewards_margins");
+        Assert.DoesNotContain("plot-train_examples\"", html);   // the item counter is not a metric
+        Assert.DoesNotContain("plot-train_eval_loss", html);
+
+        foreach (var (method, row) in new[] { ("dpo", "DPO"), ("adpo", "ADPO") })
+        {
+            // independent: read every seed's metrics.jsonl, smooth each (EMA, w = 0.6, s0 = y0), average over seeds
+            var logs = Enumerable.Range(0, 2).Select(seed => File.ReadAllLines(Path.Combine(StageRunner.StageDir(dir, $"train/{method}/lr3e-05/s{seed}"), RunLayout.Metrics))
+                .Select(l => JsonNode.Parse(l)!).Where(o => o["eval/loss"] is not null).Select(o => o["eval/loss"]!.GetValue<double>()).ToArray()).ToList();
+            Assert.All(logs, l => Assert.Equal(4, l.Length));
+            var smooth = logs.Select(y =>
+            {
+                var e = new double[y.Length];
+                for (int t = 0; t < y.Length; t++) e[t] = t == 0 ? y[0] : 0.6 * e[t - 1] + 0.4 * y[t];
+                return e;
+            }).ToList();
+            var traces = Spec(html, "valid_loss")["data"]!.AsArray().Select(t => t!.AsObject()).ToList();
+            var mean = traces.Single(t => (string)t["name"]! == $"{row} mean of 2 seeds (EMA)");
+            var upper = traces.Single(t => (string)t["name"]! == $"{row} min–max of 2 seeds (EMA)");
+            for (int t = 0; t < 4; t++)
+            {
+                Assert.Equal((smooth[0][t] + smooth[1][t]) / 2, Ys(mean)[t], 12);
+                Assert.Equal(Math.Max(smooth[0][t], smooth[1][t]), Ys(upper)[t], 12);
+            }
+            Assert.Equal([5.0, 10, 15, 20], mean["x"]!.AsArray().Select(v => v!.GetValue<double>()));
+            // the raw values of both seeds, hidden until clicked
+            for (int seed = 0; seed < 2; seed++)
+            {
+                var raw = traces.Single(t => (string)t["name"]! == $"{row} seed {seed} (raw)");
+                Assert.Equal("legendonly", (string)raw["visible"]!);
+                Assert.Equal(logs[seed], Ys(raw));
+            }
+        }
+    }
+
+    [Fact]
+    public void EmaAndSeedBandMatchHandComputedValues()
+    {
+        Assert.Equal([1.0, 1.0, 2.0, 1.5], Reporting.Charts.Ema([1, double.NaN, 3, 1], 0.5));
+        Assert.Equal([2.0, 4.0], Reporting.Charts.Ema([2, 4], 0));
+        Assert.True(double.IsNaN(Reporting.Charts.Ema([double.NaN, 1], 0.5)[0]));
+        var band = Reporting.Charts.Band([new("a", [1, 2], [1, 5]), new("b", [2, 3], [3, 7])]);
+        Assert.Equal([1.0, 2, 3], band.X);
+        Assert.Equal([1.0, 4, 7], band.Mean);
+        Assert.Equal([1.0, 3, 7], band.Min);
+        Assert.Equal([1.0, 5, 7], band.Max);
+        Assert.Equal([1, 2, 1], band.N);
+    }
+
     static List<string[]> Csv(string path) => File.ReadAllLines(path).Select(l => l.Split(',')).ToList();
 
     static JsonObject Row(string runDir, string stage) =>
@@ -123,8 +197,14 @@ public class StudyReportTests
         var sweep = Csv(Path.Combine(rep, "tables", "sweep.csv"));
         Assert.Equal(5, sweep.Count);
         var regime = sweep[0].ToList().IndexOf("Regime");
-        Assert.All(sweep.Skip(1).Where(r => r[1].StartsWith("lr3e-05")), r => Assert.Equal("un-aligning and steering restore", r[regime]));
-        Assert.All(sweep.Skip(1).Where(r => r[1].StartsWith("lr0.0003")), r => Assert.Equal("neither restores", r[regime]));
+        // points named in one format (the stage names say lr3e-05 and lr0.0003)
+        Assert.Equal(2, sweep.Count(r => r[1].StartsWith("lr 3e-5")));
+        Assert.Equal(2, sweep.Count(r => r[1].StartsWith("lr 3e-4")));
+        Assert.All(sweep.Skip(1).Where(r => r[1].StartsWith("lr 3e-5")), r => Assert.Equal("un-aligning and steering restore", r[regime]));
+        Assert.All(sweep.Skip(1).Where(r => r[1].StartsWith("lr 3e-4")), r => Assert.Equal("neither restores", r[regime]));
+        // n once per row, the cells without "(n=…)"
+        Assert.All(sweep.Skip(1), r => Assert.Equal("2", r[sweep[0].ToList().IndexOf("n")]));
+        Assert.DoesNotContain(sweep.Skip(1).SelectMany(r => r), c => c.Contains("(n="));
         Assert.Equal("2/2", sweep[1][sweep[0].ToList().IndexOf("Steering restored")]);
 
         // Every stage of the run appears in the "what was run" table with its manifest wall time.
@@ -155,8 +235,15 @@ public class StudyReportTests
             Assert.True(png.Length > 2000);
         }
         Assert.DoesNotContain("class=\"missing\"", html);
-        Assert.DoesNotContain("<script", html);
+        // interactive: one plotly.js inlined once, every figure a chart with its JSON spec, nothing loaded from elsewhere
+        Assert.Equal(1, Count(html, "* plotly.js v2.28.0"));
+        Assert.Equal(figures.Length, Count(html, "class=\"plotly-spec\""));
+        Assert.Equal(figures.Length, doc.Descendants().Count(e => e.Name.LocalName == "div" && ((string?)e.Attribute("class")) == "plot"));
+        Assert.DoesNotContain(doc.Descendants(), e => e.Name.LocalName == "script" && e.Attribute("src") is not null);
         Assert.DoesNotContain("src=\"http", html);
+        Assert.DoesNotContain(doc.Descendants(), e => e.Name.LocalName == "link");
+        // one notation for vectors (the stage files say L3.N17)
+        Assert.DoesNotMatch(@"\bL\d+\.N\d+\b", html);
         foreach (var t in new[] { "results", "toxic_vectors", "sweep", "stages", "examples", "activation_drop" })
             Assert.True(File.Exists(Path.Combine(rep, "tables", t + ".csv")), t);
         Assert.Contains("0.208", html);
