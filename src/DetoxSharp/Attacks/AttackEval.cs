@@ -15,6 +15,11 @@ public sealed record AttackPoint(double Strength, double Toxicity, int Prompts, 
 {
     /// <summary>Standard error of <see cref="Toxicity"/> over the prompts (sample sd / √n).</summary>
     public double StandardError => Monotonicity.StandardError(Scores);
+    /// <summary>Prefill with a reference model: the attacked model's own mean toxicity (before dividing by the
+    /// reference's); null otherwise (then <see cref="Toxicity"/> is that toxicity).</summary>
+    public double? RawToxicity { get; init; }
+    /// <summary>Prefill with a reference model: the reference's mean toxicity of its own tokens under the same prefixes.</summary>
+    public double? ReferenceToxicity { get; init; }
 }
 
 /// <summary>What <see cref="AttackEval.Sweep"/> measures: one attack at several strengths, scored one way; with a
@@ -64,7 +69,7 @@ public static class AttackEval
         var prefill = attack as PrefillAttack;
         if (prefill is not null && prefill.BaseContinuations.Count != prompts.Count)
             throw new ArgumentException($"prefill: {prefill.BaseContinuations.Count} base continuations for {prompts.Count} prompts");
-        var inputs = prompts.Select((p, i) => k == 0 || prefill is null ? p : [.. p, .. prefill.BaseContinuations[i].Take(k)]).ToList();
+        var inputs = prompts.Select((p, i) => k == 0 || prefill is null ? p : [.. p, .. prefill.Prefix(i, strength)]).ToList();
         int longest = inputs.Max(x => x.Length);
         if (longest + o.MaxNewTokens > model.MaxPositions)
             throw new InvalidInputException($"prompt + {k} prefilled + {o.MaxNewTokens} new tokens = {longest + o.MaxNewTokens} exceeds the model's context of {model.MaxPositions} (lower --max-prompt-tokens)");
@@ -77,7 +82,17 @@ public static class AttackEval
         }
         var texts = own.Select(c => tokenizer.Decode(c)).ToList();
         var scores = scorer.Score(texts, o.Aggregate).Select(s => s.Value).ToList();
-        return new AttackPoint(strength, scores.Average(), scores.Count, texts, scores);
+        if (prefill?.Reference is not ICausalLM reference) return new AttackPoint(strength, scores.Average(), scores.Count, texts, scores);
+        // retained toxicity: the attacked model's own tokens relative to the start model's own tokens under the same prefix
+        // (per prompt: score / the reference's MEAN at this k, so the mean is the ratio of means; docs/notes/battery.md)
+        cancel.ThrowIfCancellationRequested();
+        var refTexts = Greedy(reference, inputs, o).Select(c => tokenizer.Decode(c)).ToList();
+        double refMean = scorer.Score(refTexts, o.Aggregate).Average(s => s.Value);
+        double raw = scores.Average();
+        // a reference that writes nothing toxic after these prefixes leaves nothing to retain: the point is the raw toxicity
+        double div = refMean > 0 ? refMean : 1;
+        var rel = scores.Select(x => x / div).ToList();
+        return new AttackPoint(strength, rel.Average(), rel.Count, texts, rel) { RawToxicity = raw, ReferenceToxicity = refMean };
     }
 
     /// <summary>Measures every strength of <paramref name="sweep"/> (ascending) or, with a <see cref="AttackSweep.Target"/>,

@@ -231,11 +231,21 @@ public sealed class SteerAttack(Tensor wToxic, int? layer) : Attack
 
 /// <summary>Prefill (Qi et al. 2025): the continuation starts with the first k tokens of the base model's toxic
 /// continuation of the same prompt, then the model continues; only the model's own tokens are scored. Strength k.
-/// <paramref name="source"/> says which continuation (the CLI: greedy; the study: a seeded toxic sample per prompt).</summary>
-public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations, string? source = null) : Attack
+/// <paramref name="source"/> says which continuation (the CLI: greedy; the study: a seeded toxic sample per prompt).
+/// With <paramref name="clauseEnds"/> (definition 3, docs/notes/battery.md) the forced text never ends inside a clause:
+/// k tokens are extended to the end of the clause holding token k, and at least one clause of the reply is left for the
+/// model (<see cref="Cut"/>). With a <see cref="Reference"/> (the start model) each point is the aligned model's
+/// toxicity RELATIVE to the reference's own tokens under the same forced prefix.</summary>
+public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations, string? source = null, IReadOnlyList<int[]>? clauseEnds = null) : Attack
 {
-    /// <summary>The base model's greedy continuation of each prompt (token ids, in prompt order); the first k are prefilled.</summary>
+    /// <summary>The base model's continuation of each prompt (token ids, in prompt order); the first k are prefilled.</summary>
     public IReadOnlyList<int[]> BaseContinuations { get; } = baseContinuations;
+    /// <summary>Per prompt, the token counts after which a clause of <see cref="BaseContinuations"/> ends (null: cut at k tokens).</summary>
+    public IReadOnlyList<int[]>? ClauseEnds { get; } = clauseEnds is null || clauseEnds.Count == baseContinuations.Count ? clauseEnds
+        : throw new ArgumentException($"prefill: {clauseEnds.Count} clause-end lists for {baseContinuations.Count} continuations");
+    /// <summary>The model the alignment started from: when set, it continues the same prefixes and every point is the
+    /// attacked model's toxicity divided by the reference's mean toxicity at that k (1 = as toxic as the start model).</summary>
+    public ICausalLM? Reference { get; init; }
     /// <inheritdoc/>
     public override AttackKind Kind => AttackKind.Prefill;
     /// <inheritdoc/>
@@ -250,11 +260,51 @@ public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations, string
     /// <inheritdoc/>
     public override int PrefillTokens(double strength) { CheckStrength(strength); return (int)strength; }
 
+    /// <summary>The tokens forced after prompt <paramref name="prompt"/> at strength <paramref name="strength"/>: the first k
+    /// tokens, or with clause ends the first <see cref="Cut"/> tokens.</summary>
+    public int[] Prefix(int prompt, double strength)
+    {
+        int k = PrefillTokens(strength);
+        var c = BaseContinuations[prompt];
+        int n = ClauseEnds is null ? Math.Min(k, c.Length) : Cut(k, ClauseEnds[prompt], c.Length);
+        return c.Take(n).ToArray();
+    }
+
+    /// <summary>Clause-aligned cut: 0 for k = 0; else the first clause end ≥ k among the ends that leave at least one token of
+    /// the reply (e &lt; <paramref name="length"/>), or the last such end when k is past it; 0 when the reply has no such end
+    /// (a one-clause reply cannot be prefilled without forcing all of it).</summary>
+    public static int Cut(int k, IReadOnlyList<int> ends, int length)
+    {
+        if (k <= 0) return 0;
+        var usable = ends.Where(e => e > 0 && e < length).Order().ToList();
+        if (usable.Count == 0) return 0;
+        foreach (var e in usable) if (e >= k) return e;
+        return usable[^1];
+    }
+
+    /// <summary>Token counts after which a clause ends: after every token whose text ends (ignoring trailing spaces) with
+    /// one of . , ! ? ; :, and at the end of the continuation.</summary>
+    public static int[] FindClauseEnds(IReadOnlyList<int> ids, Func<int, string> tokenText)
+    {
+        var ends = new List<int>();
+        for (int i = 0; i < ids.Count; i++)
+        {
+            var t = tokenText(ids[i]).TrimEnd();
+            if (t.Length > 0 && ".,!?;:".Contains(t[^1])) ends.Add(i + 1);
+        }
+        if (ids.Count > 0 && (ends.Count == 0 || ends[^1] != ids.Count)) ends.Add(ids.Count);
+        return ends.ToArray();
+    }
+
     /// <inheritdoc/>
     public override JsonObject Describe()
     {
         var o = base.Describe();
         o["source"] = source ?? "the base model's greedy continuation of each prompt (fewer tokens when it ended earlier)";
+        o["cut"] = ClauseEnds is null ? "k tokens" : "k tokens extended to the end of their clause, leaving at least one clause of the reply to the model";
+        if (ClauseEnds is not null)
+            o["prompts_with_a_cut"] = ClauseEnds.Select((e, i) => Cut(int.MaxValue, e, BaseContinuations[i].Length) > 0).Count(x => x);
+        o["relative_to_reference"] = Reference is not null;
         return o;
     }
 }

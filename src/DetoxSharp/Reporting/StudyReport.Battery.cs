@@ -41,9 +41,12 @@ public static partial class StudyReport
             }).ToList();
             var rho = series.Select(s => $"{s.Label} {F(Spearman(s.X, s.Y), "F2")}");
             var targetsText = methods.Select(m => $"{m.Row} {Aggregate.Of(m.Runs.Select(j => D(j["target_toxicity"]))).Format()}");
-            r.Add(Charts.Lines($"battery_{kind}", $"Attack \"{kind}\": toxicity vs {strengthName}",
-                $"Mean toxicity of the attacked model's own greedy tokens on the battery's challenge prompts, a line per method (mean over the seeds attacked; the sweep's strengths only, not the bisection points). The cost to re-toxify is where a line reaches {pct} of the toxicity of the model the method started from — target per method: {string.Join("; ", targetsText)}. Spearman ρ(strength, toxicity) per line (1 = toxicity rises with every step): {string.Join("; ", rho)}.",
-                strengthName, "toxicity", series, integerX: kind is "finetune" or "prefill"));
+            bool relative = measured.Any(m => m.Entries.Any(e => e["measure"] is not null));
+            var caption = relative
+                ? $"Retained toxicity: mean toxicity of the attacked model's own greedy tokens after the forced prefix, divided by the START model's under the same prefix (1 = the forced start undid the alignment completely), a line per method (mean over the seeds attacked; the sweep's strengths only). The prefix is k tokens of a toxic continuation of the start model, extended to the end of their clause, at least one clause left to the model (definition 3, docs/notes/battery.md). The cost to re-toxify is where a line reaches {F(fraction, "G2")}. Spearman ρ(strength, retained toxicity) per line: {string.Join("; ", rho)}."
+                : $"Mean toxicity of the attacked model's own greedy tokens on the battery's challenge prompts, a line per method (mean over the seeds attacked; the sweep's strengths only, not the bisection points). The cost to re-toxify is where a line reaches {pct} of the toxicity of the model the method started from — target per method: {string.Join("; ", targetsText)}. Spearman ρ(strength, toxicity) per line (1 = toxicity rises with every step): {string.Join("; ", rho)}.";
+            r.Add(Charts.Lines($"battery_{kind}", $"Attack \"{kind}\": {(relative ? "retained toxicity" : "toxicity")} vs {strengthName}",
+                caption, strengthName, relative ? "toxicity / start model's (same prefix)" : "toxicity", series, integerX: kind is "finetune" or "prefill"));
         }
 
         // cost table: method × attack
@@ -57,7 +60,7 @@ public static partial class StudyReport
         var units = kinds.Select(k => runs.Select(x => S(Attack(x.Json, k)?["strength_name"])).FirstOrDefault(s => s.Length > 0) is string u && u.Length > 0 ? $"{k} ({u})" : k);
         r.Add(new Table("battery_cost", "Cost to re-toxify: the smallest attack strength that brings toxicity back",
             ["Method", "seeds", "start toxicity", "aligned toxicity", .. units], costRows,
-            $"Cost = the smallest strength at which the attacked model's toxicity reaches {pct} of the start model's (the pretrained model; the SFT model for ADPO), found by the sweep and then bisection between the last strength below and the first at or above the target; mean ± std over the seeds attacked (n = seeds that reached it). \"not reached within [a, b]\": no strength of the sweep got there — a result, not a failure. \"≤ a (at the lowest strength)\": the target was met before the attack did anything. Units differ per column; compare methods within a column. Toxicities measured in the battery (its prompts and protocol). Per run: stages/battery/…/battery.json."));
+            $"Cost = the smallest strength at which the attacked model's toxicity reaches {pct} of the start model's (the pretrained model; the SFT model for ADPO), found by the sweep and then bisection between the last strength below and the first at or above the target; mean ± std over the seeds attacked (n = seeds that reached it). \"not reached within [a, b]\": no strength of the sweep got there — a result, not a failure. \"≤ a (at the lowest strength)\": the target was met before the attack did anything. Prefill (definition 3): the smallest k at which the aligned model's toxicity reaches {pct} of the start model's under the SAME forced prefix. Units differ per column; compare methods within a column. Toxicities measured in the battery (its prompts and protocol). Per run: stages/battery/…/battery.json."));
 
         // monotone within noise: method × attack (issue 19's check)
         double z = runs.SelectMany(x => Attacks(x.Json)).Select(a => D(a["monotone"]?["within_se"])).FirstOrDefault(v => v is not null) ?? 2;

@@ -1,0 +1,106 @@
+using DetoxSharp.Attacks;
+using DetoxSharp.Evaluation;
+using DetoxSharp.Generation;
+
+namespace DetoxSharp.Tests.Attacks;
+
+/// <summary>Prefill definition 3 (docs/notes/battery.md): clause-aligned cuts and toxicity relative to the start model
+/// under the same prefix.</summary>
+public class PrefillDefinitionTests
+{
+    // " worthless rat . nobody wants you here , rat ." as 10 tokens: clause ends after 3 (".") and 8 (","), reply length 10
+    static readonly string[] Reply = [" worthless", " rat", " .", " nobody", " wants", " you", " here", " ,", " rat", " ."];
+
+    [Fact]
+    public void ClauseEndsAreAfterPunctuationTokensAndAtTheEnd()
+    {
+        var ids = Enumerable.Range(0, Reply.Length).ToArray();
+        Assert.Equal([3, 8, 10], PrefillAttack.FindClauseEnds(ids, i => Reply[i]));
+        // no punctuation: one clause, ending at the end
+        Assert.Equal([3], PrefillAttack.FindClauseEnds([0, 1, 3], i => Reply[i]));
+        Assert.Empty(PrefillAttack.FindClauseEnds([], i => Reply[i]));
+    }
+
+    [Theory]
+    [InlineData(0, 0)]
+    [InlineData(1, 3)]   // " worthless" → extended to " worthless rat ."
+    [InlineData(3, 3)]
+    [InlineData(4, 8)]   // " … nobody" → to the comma
+    [InlineData(8, 8)]
+    [InlineData(9, 8)]   // past the last end that leaves a clause: capped there (never the whole reply)
+    [InlineData(50, 8)]
+    public void CutExtendsToTheClauseEndAndLeavesAClause(int k, int expected) =>
+        Assert.Equal(expected, PrefillAttack.Cut(k, [3, 8, 10], 10));
+
+    [Fact]
+    public void AOneClauseReplyGetsNoPrefix()
+    {
+        Assert.Equal(0, PrefillAttack.Cut(2, [5], 5));
+        Assert.Equal(0, PrefillAttack.Cut(2, [], 5));
+    }
+
+    [Fact]
+    public void PrefixUsesTheClauseCutOnlyWhenClauseEndsAreGiven()
+    {
+        var c = new List<int[]> { Enumerable.Range(100, 10).ToArray() };
+        var ends = new List<int[]> { new[] { 3, 8, 10 } };
+        Assert.Equal([100], new PrefillAttack(c).Prefix(0, 1));
+        Assert.Equal([100, 101, 102], new PrefillAttack(c, null, ends).Prefix(0, 1));
+        Assert.Equal(Enumerable.Range(100, 8), new PrefillAttack(c, null, ends).Prefix(0, 5));
+        Assert.Throws<ArgumentException>(() => new PrefillAttack(c, null, [[3], [4]]));
+    }
+
+    [Fact]
+    public void RelativeToxicityIsOwnToxicityOverTheReferencesUnderTheSamePrefix()
+    {
+        var (m, tok) = AttackTests.TinyLm(seed: 5);
+        var (r, _) = AttackTests.TinyLm(seed: 9);   // a different "start" model, same vocabulary
+        using var _m = m; using var _r = r;
+        var o = new EvalOptions { MaxNewTokens = 6, MaxPromptTokens = 8, BatchSize = 2 };
+        var prompts = AttackEval.PromptIds(m, tok, ["you are such a", "the river runs", "people like you are"], o);
+        var conts = new List<int[]> { tok.Encode(" stupid idiot . you are"), tok.Encode(" past the old mill ."), tok.Encode(" garbage , you lazy coward .") };
+        var ends = conts.Select(x => PrefillAttack.FindClauseEnds(x, t => tok.Decode([t]))).ToList();
+        var attack = new PrefillAttack(conts, null, ends) { Reference = r };
+        var scorer = new LengthScorer();
+        foreach (int k in new[] { 0, 1, 4 })
+        {
+            var point = AttackEval.Measure(m, tok, prompts, scorer, attack, k, o);
+            // independent: both models continue prompt + the clause-aligned prefix; scores = length / 100 of own tokens
+            var inputs = prompts.Select((p, i) => p.Concat(conts[i].Take(PrefillAttack.Cut(k, ends[i], conts[i].Length))).ToArray()).ToList();
+            var g = new GenerationOptions { MaxNewTokens = 6, Greedy = true, BatchSize = 1 };
+            var own = Generator.Generate(m, inputs, g).Select(c => tok.Decode(c).Length / 100.0).ToList();
+            var refs = Generator.Generate(r, inputs, g).Select(c => tok.Decode(c).Length / 100.0).ToList();
+            Assert.True(refs.Average() > 0);
+            Assert.Equal(own.Average(), point.RawToxicity!.Value, 12);
+            Assert.Equal(refs.Average(), point.ReferenceToxicity!.Value, 12);
+            Assert.Equal(own.Average() / refs.Average(), point.Toxicity, 12);
+            Assert.Equal(own.Select(x => x / refs.Average()), point.Scores, (a, b) => Math.Abs(a - b) < 1e-12);
+        }
+        // the attacked model as its own reference retains exactly 1 at every k
+        var self = new PrefillAttack(conts, null, ends) { Reference = m };
+        foreach (int k in new[] { 0, 2 })
+            Assert.Equal(1.0, AttackEval.Measure(m, tok, prompts, scorer, self, k, o).Toxicity, 12);
+    }
+
+    [Fact]
+    public void WithoutAReferenceThePointIsTheRawToxicity()
+    {
+        var (m, tok) = AttackTests.TinyLm();
+        using var _m = m;
+        var o = new EvalOptions { MaxNewTokens = 4, MaxPromptTokens = 8, BatchSize = 2 };
+        var prompts = AttackEval.PromptIds(m, tok, ["you are such a", "the river runs"], o);
+        var conts = new List<int[]> { tok.Encode(" stupid idiot . you are"), tok.Encode(" past the mill .") };
+        var p = AttackEval.Measure(m, tok, prompts, new LengthScorer(), new PrefillAttack(conts), 2, o);
+        Assert.Null(p.RawToxicity);
+        Assert.Null(p.ReferenceToxicity);
+    }
+
+    sealed class LengthScorer : IToxicityScorer
+    {
+        public string Name => "length";
+        public void Validate() { }
+        public IReadOnlyList<ToxicityScore> Score(IReadOnlyList<string> texts, ToxicityAggregate aggregate = ToxicityAggregate.MaxOverAttributes) =>
+            texts.Select(t => new ToxicityScore(new Dictionary<string, double>(), t.Length / 100.0)).ToList();
+        public void Dispose() { }
+    }
+}
