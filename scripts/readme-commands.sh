@@ -20,7 +20,8 @@
 #            attack strengths). Every README command still runs, in order, with every flag it shows.
 #   --keep   keep the work directory (printed at the start).
 #   --list   print the commands that would run (after the --quick changes) and exit.
-#   DETOX=path/to/detox overrides the CLI (default: src/DetoxSharp.Cli/bin/Release/net10.0/detox after a build).
+#   DETOX=path/to/detox overrides the CLI (default: src/DetoxSharp.Cli/bin/Release/net10.0/detox after a build);
+#   TMPDIR chooses where the work directory goes (default /tmp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -99,7 +100,7 @@ EOF
 if [[ $LIST == 1 ]]; then printf '%s\n' "${RUN[@]}"; exit 0; fi
 [[ -x $DETOX ]] || { echo "no CLI at $DETOX (dotnet build -c Release DetoxSharp.sln)" >&2; exit 2; }
 
-WORK=$(mktemp -d /tmp/detox-readme.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/detox-readme.XXXXXX")
 [[ $KEEP == 1 ]] || trap 'rm -rf "$WORK"' EXIT
 echo "work dir: $WORK (a fresh clone of $(git -C "$REPO" rev-parse --short HEAD))"
 git clone -q "$REPO" "$WORK/clone"
