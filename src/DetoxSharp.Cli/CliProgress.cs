@@ -15,7 +15,7 @@ public sealed class CliProgress : IDisposable
 {
     readonly TextWriter _err;
     readonly string _title, _unit;
-    readonly Stopwatch _clock = Stopwatch.StartNew();
+    readonly Stopwatch _clock = Stopwatch.StartNew(), _total = Stopwatch.StartNew();
     readonly SpectreBar? _bar;
     readonly long _startAt;
     TimeSpan? _lastPrinted;
@@ -80,6 +80,31 @@ public sealed class CliProgress : IDisposable
         _lastPrinted = elapsed;
         _lastFraction = fraction;
         _err.WriteLine(Line(done, total, elapsed, eta, rateText, detail));
+    }
+
+    /// <summary>Progress of a library call that reports stage messages (the analysis commands' <c>IProgress&lt;string&gt;</c>):
+    /// a message ending in a count "… 24/64" updates that stage's count (rate and ETA per stage, as eval's phases); any
+    /// other message ("comparing parameters", "generating greedy continuations of 64 prompts …") starts a stage of its own,
+    /// shown at once with the time since the command started.</summary>
+    public IProgress<string> Messages() => new Commands.SyncProgress<string>(message =>
+    {
+        var m = CountAtEnd.Match(message);
+        if (m.Success && long.TryParse(m.Groups[2].Value, out var done) && long.TryParse(m.Groups[3].Value, out var total) && total > 0)
+            Update(done, total, phase: m.Groups[1].Value.TrimEnd(' ', ':'));
+        else Stage(message);
+    });
+
+    static readonly System.Text.RegularExpressions.Regex CountAtEnd = new(@"^(.*?)\s*(\d+)\s*/\s*(\d+)\s*$");
+
+    /// <summary>A stage with no count of its own: shown at once (a line <c>[mm:ss] title: stage</c>, or the bar's text),
+    /// the elapsed time counted from the start of the command.</summary>
+    public void Stage(string stage)
+    {
+        _phase = stage;
+        _lastPrinted = _clock.Elapsed; // the next counted stage restarts the clock (its rate counts from its own start)
+        _lastFraction = -1;
+        if (_bar is not null) _bar.Update(0, 1, $"{_title} · {stage}", null);
+        else _err.WriteLine($"[{Clock(_total.Elapsed)}] {_title}: {stage}");
     }
 
     /// <summary>A line in the plain style (public for tests and for commands that print their own summary).</summary>

@@ -78,7 +78,7 @@ public static class EditCommand
             var pairs = Take(PreferenceData.Read(p.GetValue(data)!, PreferenceFormat.Auto, w => err.WriteLine("detox: warning: " + w), DetoxSharp.Text.ChatTemplate.FromModelDirectory(p.GetValue(model)!)), p.GetValue(limit), 2);
             return SaveEdited(p, model, outDir, overwrite, device, dtype, pickle, "profs.json", m =>
             {
-                var layers = ProFs.Apply(m.Model, m.Tokenizer, pairs, o, s => err.WriteLine("detox: " + s));
+                var layers = CliProgress.Run(err, "edit profs", "texts", bar => ProFs.Apply(m.Model, m.Tokenizer, pairs, o, bar.Stage, bar.Messages()));
                 return seconds => (ProFs.Describe(layers, o, pairs.Count, seconds),
                     $"ProFS: {pairs.Count} pairs, rank {o.Rank}, layers {layers[0].Layer}..{layers[^1].Layer}, {seconds:F2} s");
             });
@@ -106,7 +106,8 @@ public static class EditCommand
             var comments = Take(DatasetReaders.ReadJigsawCsv(p.GetValue(data)!), p.GetValue(limit), 2);
             return SaveEdited(p, model, outDir, overwrite, device, dtype, pickle, "aura.json", m =>
             {
-                var r = DetoxSharp.Editing.Aura.Score(m.Model, m.Tokenizer, comments, o);
+                var r = CliProgress.Run(p.InvocationConfiguration.Error, "edit aura", "comments",
+                    bar => DetoxSharp.Editing.Aura.Score(m.Model, m.Tokenizer, comments, o, bar.Messages()));
                 DetoxSharp.Editing.Aura.Apply(m.Model, r);
                 return seconds => (DetoxSharp.Editing.Aura.Describe(r, comments.Count, seconds),
                     $"AurA: {comments.Count} comments, {r.Dampened} of {r.Alpha.Sum(a => a.Length)} neurons dampened, {seconds:F2} s");
@@ -135,7 +136,8 @@ public static class EditCommand
             var comments = Take(DatasetReaders.ReadJigsawCsv(p.GetValue(data)!), p.GetValue(limit), 2);
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             var sw = Stopwatch.StartNew();
-            var (v, l) = Steering.MeanDifference(m.Model, m.Tokenizer, comments, o);
+            var (v, l) = CliProgress.Run(p.InvocationConfiguration.Error, "edit steer", "comments",
+                bar => Steering.MeanDifference(m.Model, m.Tokenizer, comments, o, bar.Messages()));
             using (v)
             {
                 var info = new JsonObject

@@ -134,7 +134,9 @@ public static class EvalCommand
             var dev = CommonOptions.ParseDevice(p.GetValue(device)!);
             CommonOptions.ParseDType(p.GetValue(dtype)!);
             var dirs = p.GetValue(models)!;
-            data = data with { Chat = dirs.Length > 0 ? ChatTemplate.FromModelDirectory(dirs[0]) : null }; // conversational prompts: the first model's template
+            // conversational prompts: each model's own template (read before any model work: a bad template fails here)
+            var chats = dirs.Select(ChatTemplate.FromModelDirectory).ToArray();
+            data = data with { Chat = chats.Length > 0 ? chats[0] : null };
             foreach (var d in dirs)
                 if (!File.Exists(Path.Combine(d, "config.json"))) throw new InvalidInputException($"--model {d}: no config.json (not a checkpoint directory)");
             var evalEdits = ResolveInterventions(p.GetValue(interventions) ?? [], new InterventionContext(p.GetValue(probe), p.GetValue(vectors)));
@@ -182,7 +184,7 @@ public static class EvalCommand
                 if (scorers.Any(x => x is PerspectiveScorer)) err.WriteLine($"note: {PerspectiveOptions.EndOfService}");
 
                 var names = RowLabels(dirs, p.GetValue(labels) ?? []);
-                var evalModels = dirs.Select((d, i) => new EvalModel(names[i], () => CommonOptions.LoadModel(d, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle)))).ToList();
+                var evalModels = dirs.Select((d, i) => new EvalModel(names[i], () => CommonOptions.LoadModel(d, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle))) { Chat = chats[i] }).ToList();
                 rows = EvalHarness.Run(new(evalModels, evalEdits, scorers, data, o, output), progress, interrupt.Token);
             }
             catch (PerspectiveException e)

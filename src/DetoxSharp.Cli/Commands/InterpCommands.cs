@@ -137,7 +137,11 @@ public static class InterpCommands
             using var ma = CommonOptions.LoadModel(p.GetValue(after)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             var err = p.InvocationConfiguration.Error;
             if (p.GetValue(toxicWords) is string wf) opts = opts with { ToxicTokenIds = ToxicWordList.Load(wf).TokenIds(mb.Tokenizer) };
-            var result = AlignmentDiff.Run(new(mb.Model, ma.Model, mb.Tokenizer), pr, texts, opts, p.GetValue(outDir)!, new SyncProgress<string>(err.WriteLine));
+            var result = CliProgress.Run(err, "diff", "prompts", bar =>
+            {
+                var forced = AnalysisProgress.Continuations(bar, mb.Model, mb.Tokenizer, texts, opts.MaxPromptTokens, opts.MaxNewTokens, opts.BatchSize, "--before");
+                return AlignmentDiff.Run(new(mb.Model, ma.Model, mb.Tokenizer) { Forced = forced }, pr, texts, opts, p.GetValue(outDir)!, bar.Messages());
+            });
             var o = p.InvocationConfiguration.Output;
             var par = result["parameters"]!;
             o.WriteLine($"parameters: min cos {par["min_cosine"]}, mean cos {par["mean_cosine"]}, max relative difference {par["max_relative_difference"]}");
@@ -179,7 +183,11 @@ public static class InterpCommands
             using var ma = CommonOptions.LoadModel(p.GetValue(after)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             pr.CheckFits(mb.Model);
             using var w = pr.WToxic;
-            var r = NeuronContributions.Compute(new(mb.Model, ma.Model, mb.Tokenizer), w, texts, opts, new SyncProgress<string>(p.InvocationConfiguration.Error.WriteLine));
+            var r = CliProgress.Run(p.InvocationConfiguration.Error, "neurons", "prompts", bar =>
+            {
+                var forced = AnalysisProgress.Continuations(bar, mb.Model, mb.Tokenizer, texts, opts.MaxPromptTokens, opts.MaxNewTokens, opts.BatchSize, "--before");
+                return NeuronContributions.Compute(new(mb.Model, ma.Model, mb.Tokenizer) { Forced = forced }, w, texts, opts, bar.Messages());
+            });
             var json = NeuronContributions.Write(r, opts, p.GetValue(outDir)!);
             var o = p.InvocationConfiguration.Output;
             o.WriteLine($"drop along W_Toxic: {r.TotalDrop:G4} over {r.Positions} positions of {r.Prompts} prompts");
@@ -212,7 +220,13 @@ public static class InterpCommands
             if (p.GetValue(maxPrompt) < 1) throw new InvalidInputException($"--max-prompt-tokens must be ≥ 1, got {p.GetValue(maxPrompt)}");
             using var mb = CommonOptions.LoadModel(p.GetValue(baseModel)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             using var ma = CommonOptions.LoadModel(p.GetValue(aligned)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
-            var r = AlignmentDepth.PerPositionKl(new(mb.Model, ma.Model, ma.Tokenizer), texts, p.GetValue(maxNew), p.GetValue(maxPrompt), p.GetValue(batch));
+            if (p.GetValue(maxNew) < 1) throw new InvalidInputException($"--max-new-tokens must be ≥ 1, got {p.GetValue(maxNew)}");
+            if (p.GetValue(batch) < 1) throw new InvalidInputException($"--batch-size must be ≥ 1, got {p.GetValue(batch)}");
+            var r = CliProgress.Run(p.InvocationConfiguration.Error, "depth", "prompts", bar =>
+            {
+                var forced = AnalysisProgress.Continuations(bar, ma.Model, ma.Tokenizer, texts, p.GetValue(maxPrompt), p.GetValue(maxNew), p.GetValue(batch), "--aligned");
+                return AlignmentDepth.PerPositionKl(new(mb.Model, ma.Model, ma.Tokenizer) { Forced = forced }, texts, p.GetValue(maxNew), p.GetValue(maxPrompt), p.GetValue(batch), bar.Messages());
+            });
             var json = r.ToJson();
             Directory.CreateDirectory(p.GetValue(outDir)!);
             DetoxSharp.Data.AtomicFile.WriteAllText(Path.Combine(p.GetValue(outDir)!, "depth.json"), json.ToJsonString(Indented));

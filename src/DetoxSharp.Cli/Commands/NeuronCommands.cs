@@ -42,13 +42,15 @@ public static class NeuronCommands
             using var ma = CommonOptions.LoadModel(p.GetValue(after)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             pr.CheckFits(mb.Model);
             using var w = pr.WToxic;
-            var log = new SyncProgress<string>(p.InvocationConfiguration.Error.WriteLine);
-            log.Report($"generating greedy continuations of {texts.Count} prompts with the --before model");
-            var forced = TeacherForced.Generate(mb.Model, mb.Tokenizer, texts, opts.MaxPromptTokens, opts.MaxNewTokens, opts.BatchSize);
-            var groups = NeuronContributions.Compute(new(mb.Model, ma.Model, mb.Tokenizer) { Forced = forced }, w,
-                texts, new NeuronOptions { MaxNewTokens = opts.MaxNewTokens, MaxPromptTokens = opts.MaxPromptTokens, BatchSize = opts.BatchSize }, log);
-            var r = NeuronPatching.Run(new(mb.Model, ma.Model, mb.Tokenizer) { Forced = forced }, w, texts, groups,
-                opts with { Score = sc is null ? null : t => sc.Score(t).Select(s => s.Value).ToList() }, log);
+            var r = CliProgress.Run(p.InvocationConfiguration.Error, "neuron-patch", "prompts", bar =>
+            {
+                var log = bar.Messages();
+                var forced = AnalysisProgress.Continuations(bar, mb.Model, mb.Tokenizer, texts, opts.MaxPromptTokens, opts.MaxNewTokens, opts.BatchSize, "--before");
+                var groups = NeuronContributions.Compute(new(mb.Model, ma.Model, mb.Tokenizer) { Forced = forced }, w,
+                    texts, new NeuronOptions { MaxNewTokens = opts.MaxNewTokens, MaxPromptTokens = opts.MaxPromptTokens, BatchSize = opts.BatchSize }, log);
+                return NeuronPatching.Run(new(mb.Model, ma.Model, mb.Tokenizer) { Forced = forced }, w, texts, groups,
+                    opts with { Score = sc is null ? null : t => sc.Score(t).Select(s => s.Value).ToList() }, log);
+            });
             NeuronPatching.Write(r, p.GetValue(outDir)!);
             var o = p.InvocationConfiguration.Output;
             o.WriteLine($"M = residual · Ŵ_tox: before {r.MetricBefore:G4}, after {r.MetricAfter:G4} over {r.Positions} positions of {r.Prompts} prompts");
@@ -80,8 +82,8 @@ public static class NeuronCommands
             var cln = AlignmentDiff.ReadPrompts(p.GetValue(clean)!, "--clean-prompts");
             using var mb = CommonOptions.LoadModel(p.GetValue(before)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
             using var ma = CommonOptions.LoadModel(p.GetValue(after)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
-            var layers = NullSpaceCheck.Run(new(mb.Model, ma.Model, mb.Tokenizer), tox, cln, p.GetValue(maxPrompt), p.GetValue(batch),
-                new SyncProgress<string>(p.InvocationConfiguration.Error.WriteLine));
+            var layers = CliProgress.Run(p.InvocationConfiguration.Error, "null-space", "inputs",
+                bar => NullSpaceCheck.Run(new(mb.Model, ma.Model, mb.Tokenizer), tox, cln, p.GetValue(maxPrompt), p.GetValue(batch), bar.Messages()));
             NullSpaceCheck.Write(layers, p.GetValue(outDir)!);
             var o = p.InvocationConfiguration.Output;
             o.WriteLine("layer  ‖ΔVᵀa‖ toxic  clean   relative toxic  clean   toxic share");

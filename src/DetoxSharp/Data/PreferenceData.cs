@@ -159,6 +159,65 @@ public static class PreferenceData
             .Select(r => new System.Text.Json.Nodes.JsonObject { ["prompt"] = r.Prompt, ["completion"] = r.Item2, ["label"] = r.Item3 })
             .ToList();
 
+    /// <summary>Unpairs a preference file (JSONL or Parquet) into KTO records as TRL's <c>unpair_preference_dataset</c>,
+    /// with no model: every chosen completion with label true, then every rejected one with label false. Standard records
+    /// (strings; the mechanistic study's prompt_text/unpert_gen_text/pert_gen_text; an implicit prompt) give string rows
+    /// as <see cref="PairsToKto(IReadOnlyList{PreferenceExample})"/>; TRL conversational records (message lists) give
+    /// conversational rows — <c>prompt</c> and <c>completion</c> message lists, rendered later with the chat template of
+    /// the model that trains on them (an implicit prompt becomes the shared leading messages, as TRL's
+    /// <c>extract_prompt</c>). A <c>toxic</c> field (ADPO) is dropped. Pairs with chosen == rejected are skipped with a
+    /// warning (all of them → error), as <see cref="Read"/> does.</summary>
+    /// <param name="path">The pairs file.</param>
+    /// <param name="warn">Receives warnings.</param>
+    public static List<System.Text.Json.Nodes.JsonObject> PairsToKto(string path, Action<string>? warn = null)
+    {
+        var pairs = new List<(System.Text.Json.Nodes.JsonNode Prompt, System.Text.Json.Nodes.JsonNode Chosen, System.Text.Json.Nodes.JsonNode Rejected, string Where)>();
+        foreach (var line in JsonlReader.Read(path))
+        {
+            var o = line.Object;
+            if (o.ContainsKey("prompt_text"))
+            {
+                pairs.Add((line.String("prompt_text"), line.String("unpert_gen_text"), line.String("pert_gen_text"), line.Where));
+                continue;
+            }
+            bool conversational = Conversations.IsConversation(o["prompt"]) || Conversations.IsConversation(o["chosen"]) || Conversations.IsConversation(o["rejected"]);
+            if (!conversational)
+            {
+                var (p, t) = PromptAndCompletions(line, ["chosen", "rejected"], null);
+                pairs.Add((p, t[0], t[1], line.Where));
+                continue;
+            }
+            foreach (var f in new[] { "chosen", "rejected" }) if (o[f] is null) line.String(f); // the missing-field error
+            var chosen = Conversations.Messages(line, "chosen");
+            var rejected = Conversations.Messages(line, "rejected");
+            List<ChatMessage> prompt;
+            if (o["prompt"] is null)
+            {
+                int n = Conversations.CommonPrefix(chosen, rejected);
+                if (n == 0) throw new InvalidInputException($"{line.Where}: missing field 'prompt' (and chosen/rejected share no first message to take it from)");
+                if (chosen.Count == n || rejected.Count == n)
+                    throw new InvalidInputException($"{line.Where}: without 'prompt', every conversation must start with the shared prompt messages and add a reply");
+                prompt = chosen[..n];
+                chosen = chosen[n..];
+                rejected = rejected[n..];
+            }
+            else prompt = Conversations.Messages(line, "prompt");
+            pairs.Add((Messages(prompt), Messages(chosen), Messages(rejected), line.Where));
+        }
+        var identical = pairs.Where(e => System.Text.Json.Nodes.JsonNode.DeepEquals(e.Chosen, e.Rejected)).ToList();
+        if (pairs.Count > 0 && identical.Count == pairs.Count)
+            throw new InvalidInputException($"{path}: chosen == rejected in all {identical.Count} pairs; nothing to learn from");
+        if (identical.Count > 0)
+            warn?.Invoke($"{path}: skipping {identical.Count} of {pairs.Count} pairs whose chosen == rejected (first at {identical[0].Where})");
+        var kept = pairs.Where(e => !System.Text.Json.Nodes.JsonNode.DeepEquals(e.Chosen, e.Rejected)).ToList();
+        return kept.Select(e => (e.Prompt, Completion: e.Chosen, Label: true)).Concat(kept.Select(e => (e.Prompt, Completion: e.Rejected, Label: false)))
+            .Select(r => new System.Text.Json.Nodes.JsonObject { ["prompt"] = r.Prompt.DeepClone(), ["completion"] = r.Completion.DeepClone(), ["label"] = r.Label })
+            .ToList();
+
+        static System.Text.Json.Nodes.JsonArray Messages(IEnumerable<ChatMessage> messages) =>
+            new([.. messages.Select(m => (System.Text.Json.Nodes.JsonNode)new System.Text.Json.Nodes.JsonObject { ["role"] = m.Role, ["content"] = m.Content })]);
+    }
+
     /// <summary>Seeded shuffle, then the first `validation` examples form the validation set.</summary>
     public static (List<T> Train, List<T> Validation) Split<T>(IReadOnlyList<T> items, int validation, ulong seed)
     {

@@ -70,7 +70,12 @@ public static class Aura
     }
 
     /// <summary>AUROC and α of every neuron from labelled comments (no edit).</summary>
-    public static AuraResult Score(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<LabelledComment> comments, AuraOptions o)
+    /// <param name="model">The model (not changed).</param>
+    /// <param name="tokenizer">Its tokenizer.</param>
+    /// <param name="comments">Labelled comments, toxic and not.</param>
+    /// <param name="o">Token limit and batch size.</param>
+    /// <param name="progress">Receives "activations a/b" (comments run) after each batch.</param>
+    public static AuraResult Score(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<LabelledComment> comments, AuraOptions o, IProgress<string>? progress = null)
     {
         o.Validate();
         int toxic = comments.Count(c => c.Toxic);
@@ -79,7 +84,8 @@ public static class Aura
         var labels = comments.Select(c => c.Toxic).ToArray();
         var hooks = Enumerable.Range(0, model.NumLayers).Select(HookNames.MlpPost).ToList();
         // max over a comment's tokens of each neuron's activation (mlp.hook_post), as the paper pools
-        var acts = PooledActivations.Of(model, tokenizer, comments.Select(c => c.Text).ToList(), hooks, PooledActivations.Max, o.MaxTokens, o.BatchSize);
+        var acts = PooledActivations.Of(model, tokenizer, comments.Select(c => c.Text).ToList(), hooks, PooledActivations.Max, o.MaxTokens, o.BatchSize,
+            n => progress?.Report($"activations {n}/{comments.Count}"));
         var auroc = new double[acts.Length][];
         try
         {

@@ -19,9 +19,9 @@ public static class PooledActivations
 
     /// <summary>Runs the texts (each cut to its first <paramref name="maxTokens"/> tokens, right-padded in batches with a
     /// mask, so padding changes no row) and pools the activation at each of <paramref name="hooks"/>: [hooks][N, width]
-    /// float32 CPU, owned by the caller.</summary>
+    /// float32 CPU, owned by the caller. <paramref name="done"/> receives the number of texts run after each batch.</summary>
     internal static Tensor[] Of(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<string> texts, IReadOnlyList<string> hooks,
-        Func<Tensor, Tensor, Tensor> pool, int maxTokens, int batchSize)
+        Func<Tensor, Tensor, Tensor> pool, int maxTokens, int batchSize, Action<int>? done = null)
     {
         int cut = Math.Min(maxTokens, model.MaxPositions);
         var rows = hooks.Select(_ => new List<Tensor>()).ToArray();
@@ -42,6 +42,7 @@ public static class PooledActivations
                 using var cache = ActivationCache.Run(model, ids, mask, hooks);
                 for (int h = 0; h < hooks.Count; h++)
                     rows[h].Add(pool(cache[hooks[h]], cache.Mask).to(ScalarType.Float32).cpu().DetachFromDisposeScope());
+                done?.Invoke(s + seqs.Count);
             }
             return rows.Select(r => torch.cat(r, 0)).ToArray();
         }

@@ -71,9 +71,12 @@ public static class ProFs
 {
     /// <summary>Residual stream after each of <paramref name="layers"/>, averaged over each text's real positions:
     /// [layers][N, d] float64 CPU.</summary>
-    public static Tensor[] Embed(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<string> texts, IReadOnlyList<int> layers, int maxTokens, int batchSize)
+    public static Tensor[] Embed(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<string> texts, IReadOnlyList<int> layers, int maxTokens, int batchSize) =>
+        Embed(model, tokenizer, texts, layers, maxTokens, batchSize, null);
+
+    static Tensor[] Embed(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<string> texts, IReadOnlyList<int> layers, int maxTokens, int batchSize, Action<int>? done)
     {
-        var pooled = PooledActivations.Of(model, tokenizer, texts, layers.Select(HookNames.ResidPost).ToList(), PooledActivations.Mean, maxTokens, batchSize);
+        var pooled = PooledActivations.Of(model, tokenizer, texts, layers.Select(HookNames.ResidPost).ToList(), PooledActivations.Mean, maxTokens, batchSize, done);
         return pooled.Select(t => { var d = t.to(ScalarType.Float64); t.Dispose(); return d; }).ToArray();
     }
 
@@ -97,16 +100,19 @@ public static class ProFs
         return (dirs, s.data<double>().ToArray(), s0);
     }
 
-    /// <summary>Edits the model in place from preference pairs (text = prompt + completion); returns per-layer details.</summary>
-    public static List<ProFsLayer> Apply(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<PreferenceExample> pairs, ProFsOptions options, Action<string>? log = null)
+    /// <summary>Edits the model in place from preference pairs (text = prompt + completion); returns per-layer details.
+    /// <paramref name="log"/> receives what is done; <paramref name="progress"/> "embedding texts a/b" after each batch.</summary>
+    public static List<ProFsLayer> Apply(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<PreferenceExample> pairs, ProFsOptions options, Action<string>? log = null, IProgress<string>? progress = null)
     {
         options.Validate();
         if (pairs.Count < 2) throw new InvalidInputException($"ProFS needs at least 2 preference pairs (got {pairs.Count})");
         var (first, last) = options.Layers(model.NumLayers);
         var layers = Enumerable.Range(first, last - first + 1).ToArray();
         log?.Invoke($"embedding {pairs.Count} preferred and {pairs.Count} rejected texts at layers {first}..{last}");
-        var pos = Embed(model, tokenizer, pairs.Select(p => p.Prompt + p.Chosen).ToList(), layers, options.MaxTokens, options.BatchSize);
-        var neg = Embed(model, tokenizer, pairs.Select(p => p.Prompt + p.Rejected).ToList(), layers, options.MaxTokens, options.BatchSize);
+        var pos = Embed(model, tokenizer, pairs.Select(p => p.Prompt + p.Chosen).ToList(), layers, options.MaxTokens, options.BatchSize,
+            n => progress?.Report($"embedding texts {n}/{2 * pairs.Count}"));
+        var neg = Embed(model, tokenizer, pairs.Select(p => p.Prompt + p.Rejected).ToList(), layers, options.MaxTokens, options.BatchSize,
+            n => progress?.Report($"embedding texts {pairs.Count + n}/{2 * pairs.Count}"));
         var result = new List<ProFsLayer>();
         try
         {

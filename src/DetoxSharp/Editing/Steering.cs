@@ -45,7 +45,12 @@ public static class Steering
     public const string TensorFile = "steer.safetensors", InfoFile = "steer.json";
 
     /// <summary>The mean-difference vector [d] float32 CPU and the layer it belongs to.</summary>
-    public static (Tensor Vector, int Layer) MeanDifference(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<LabelledComment> comments, SteeringOptions o)
+    /// <param name="model">The model (not changed).</param>
+    /// <param name="tokenizer">Its tokenizer.</param>
+    /// <param name="comments">Labelled comments, toxic and not.</param>
+    /// <param name="o">Layer, token limit and batch size.</param>
+    /// <param name="progress">Receives "activations a/b" (comments run) after each batch.</param>
+    public static (Tensor Vector, int Layer) MeanDifference(ICausalLM model, Gpt2Tokenizer tokenizer, IReadOnlyList<LabelledComment> comments, SteeringOptions o, IProgress<string>? progress = null)
     {
         o.Validate();
         int layer = o.Layer ?? model.NumLayers - 1;
@@ -53,7 +58,8 @@ public static class Steering
         int toxic = comments.Count(c => c.Toxic);
         if (toxic == 0 || toxic == comments.Count)
             throw new InvalidInputException($"steering needs toxic and non-toxic comments (got {toxic} toxic of {comments.Count})");
-        var f = PooledActivations.Of(model, tokenizer, comments.Select(c => c.Text).ToList(), [HookNames.ResidPost(layer)], PooledActivations.Mean, o.MaxTokens, o.BatchSize)[0];
+        var f = PooledActivations.Of(model, tokenizer, comments.Select(c => c.Text).ToList(), [HookNames.ResidPost(layer)], PooledActivations.Mean, o.MaxTokens, o.BatchSize,
+            n => progress?.Report($"activations {n}/{comments.Count}"))[0];
         using var scope = torch.NewDisposeScope();
         using (f)
         {

@@ -122,7 +122,12 @@ public sealed record EvalRequest(IReadOnlyList<EvalModel> Models, IReadOnlyList<
     IReadOnlyList<IToxicityScorer> Scorers, EvalData Data, EvalOptions Options, string OutDir);
 
 /// <summary>A model to evaluate (loaded lazily, one at a time) and the interventions to apply to it as extra rows.</summary>
-public sealed record EvalModel(string Label, Func<LoadedModel> Load);
+public sealed record EvalModel(string Label, Func<LoadedModel> Load)
+{
+    /// <summary>This model's own chat template for conversational (TRL message-list) prompts and F1 items, so models
+    /// with different templates each see the prompts as they were trained to; null: <see cref="EvalData.Chat"/>.</summary>
+    public ChatTemplate? Chat { get; init; }
+}
 
 /// <summary>An intervention evaluated on every model as an extra row "model + label".</summary>
 /// <param name="Label">The row label's suffix (null: the edit's <see cref="IModelEdit.Name"/>).</param>
@@ -275,6 +280,9 @@ public static class EvalHarness
         fluency?.Model.Module.eval();
         foreach (var m in models)
         {
+            // conversational prompts rendered with this model's template (string prompts read the same either way)
+            var modelPrompts = m.Chat is null || data.PromptsFile is null ? prompts : options.Shard.Take(ReadPrompts(data.PromptsFile, false, options.Limit, m.Chat));
+            var modelF1 = m.Chat is null || data.F1File is null ? f1Items : options.Shard.Take(ReadPrompts(data.F1File, true, options.F1Limit, m.Chat));
             using var loaded = m.Load();
             var edits = interventions.Select(i => (i.Label, Edit: i.Create(loaded.Model))).ToList(); // fail before generating
             loaded.Model.Module.eval();
@@ -282,7 +290,7 @@ public static class EvalHarness
             foreach (var (label, edit) in edits)
                 variants.Add(($"{m.Label} + {label ?? edit.Name}", label ?? edit.Name, edit));
             foreach (var (rowName, interventionName, edit) in variants)
-                rows.Add(EvaluateRow(loaded, m.Label, rowName, interventionName, edit, scorers, prompts, pplText, f1Items, options, generations,
+                rows.Add(EvaluateRow(loaded, m.Label, rowName, interventionName, edit, scorers, modelPrompts, pplText, modelF1, options, generations,
                     agreement, progress, cancel, fluency));
         }
         Write(outDir, rows, generations, agreement, scorers.Select(x => new ScorerInfo(x.Name, x.Identity)).ToList(), options);

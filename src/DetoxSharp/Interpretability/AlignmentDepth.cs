@@ -40,9 +40,11 @@ public static class AlignmentDepth
 
     /// <summary>Generates the aligned model's (<see cref="ModelPair.After"/>) greedy continuation of each prompt (its last
     /// <paramref name="maxPromptTokens"/> tokens, <paramref name="maxNewTokens"/> new tokens), runs both models on prompt +
-    /// continuation, and averages KL(aligned ‖ base) of the next-token distributions at each continuation position.</summary>
+    /// continuation, and averages KL(aligned ‖ base) of the next-token distributions at each continuation position.
+    /// <see cref="ModelPair.Forced"/>, when set, are the aligned model's continuations made by the caller.
+    /// <paramref name="progress"/> receives "KL a/b" (prompts done) per batch.</summary>
     public static Result PerPositionKl(ModelPair pair, IReadOnlyList<string> prompts,
-        int maxNewTokens = 20, int maxPromptTokens = 32, int batchSize = 8)
+        int maxNewTokens = 20, int maxPromptTokens = 32, int batchSize = 8, IProgress<string>? progress = null)
     {
         var (baseModel, aligned, tokenizer) = pair;
         if (maxNewTokens < 1) throw new InvalidSettingException("max_new_tokens", $"must be ≥ 1 (got {maxNewTokens})");
@@ -50,11 +52,14 @@ public static class AlignmentDepth
         if (prompts.Count == 0) throw new InvalidInputException("--prompts: no prompts");
         if (baseModel.VocabSize != aligned.VocabSize) throw new InvalidInputException("--base/--aligned: vocabularies differ");
         baseModel.Module.eval(); aligned.Module.eval();
-        var tf = TeacherForced.Generate(aligned, tokenizer, prompts, maxPromptTokens, maxNewTokens, batchSize);
+        if (pair.Forced is null) progress?.Report($"generating greedy continuations of {prompts.Count} prompts with the --aligned model");
+        var tf = pair.Forced ?? TeacherForced.Generate(aligned, tokenizer, prompts, maxPromptTokens, maxNewTokens, batchSize);
+        if (tf.Fed.Count != prompts.Count) throw new ArgumentException($"forced: {tf.Fed.Count} sequences for {prompts.Count} prompts", nameof(pair));
         var sum = new double[maxNewTokens];
         var count = new int[maxNewTokens];
         for (int s0 = 0; s0 < tf.Fed.Count; s0 += batchSize)
         {
+            progress?.Report($"KL {s0}/{tf.Fed.Count}");
             using var scope = torch.NewDisposeScope();
             using var _ = torch.no_grad();
             var rows = Enumerable.Range(s0, Math.Min(batchSize, tf.Fed.Count - s0)).ToList();
