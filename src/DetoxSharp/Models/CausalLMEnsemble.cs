@@ -5,7 +5,7 @@ namespace DetoxSharp.Models;
 
 /// <summary>
 /// K models of one family and one configuration run as ONE forward pass: every weight is stacked along a leading
-/// ensemble dimension ([K, in, out]) and each product is a single batched matmul (baddbmm/bmm) over all K, with one KV
+/// ensemble dimension ([K, in, out]) and each product is a single batched matmul (bmm) over all K, with one KV
 /// cache of batch K·B for all of them. A generation step then costs about one forward of a K-times-larger batch instead
 /// of K forwards — on the CPU at small widths most of a step is per-operator overhead, which this divides by K
 /// (DExperts' base, expert and anti-expert: issue 18's speed budget).
@@ -125,6 +125,11 @@ public sealed class CausalLMEnsemble : IDisposable
 
     Tensor Head(Tensor x) => torch.bmm(Norm(x, _lnfW, _lnfB), _wte.transpose(1, 2));
 
+    /// <summary>x [K, N, in] · W [K, in, out] + b [K, 1, out]: one bmm over the ensemble, the bias added in place.
+    /// (Not torch.baddbmm(b, x, W): with this TorchSharp it failed with a shape error that expanded W to the product's
+    /// shape — the arguments do not reach libtorch in the documented roles — so the bias is added separately.)</summary>
+    static Tensor Affine(Tensor x, Tensor w, Tensor b) => torch.bmm(x, w).add_(b);
+
     Tensor Norm(Tensor x, Tensor w, Tensor b) =>
         torch.addcmul(b, torch.nn.functional.layer_norm(x, [_cfg.NEmbd], null, null, _cfg.LayerNormEpsilon), w, 1);
 
@@ -173,15 +178,15 @@ public sealed class CausalLMEnsemble : IDisposable
         for (int l = 0; l < _layers.Length; l++)
         {
             var w = _layers[l];
-            var qkv = torch.baddbmm(w.AttnB, Norm(x, w.Ln1W, w.Ln1B), w.AttnW).split(d, 2);
+            var qkv = Affine(Norm(x, w.Ln1W, w.Ln1B), w.AttnW, w.AttnB).split(d, 2);
             var q = qkv[0].reshape(_k * b, t, heads, hd).transpose(1, 2);
             var k = qkv[1].reshape(_k * b, t, heads, hd).transpose(1, 2);
             var v = qkv[2].reshape(_k * b, t, heads, hd).transpose(1, 2);
             if (cache is not null) (k, v) = cache.Append(l, k, v);
             var y = CpuAttention.Sdpa(q, k, v, mask, causal).transpose(1, 2).reshape(_k, b * t, d);
-            x = x + torch.baddbmm(w.ProjB, y, w.ProjW);
-            var post = Activation(torch.baddbmm(w.FcB, Norm(x, w.Ln2W, w.Ln2B), w.FcW));
-            x = x + torch.baddbmm(w.MlpProjB, post, w.MlpProjW);
+            x = x + Affine(y, w.ProjW, w.ProjB);
+            var post = Activation(Affine(Norm(x, w.Ln2W, w.Ln2B), w.FcW, w.FcB));
+            x = x + Affine(post, w.MlpProjW, w.MlpProjB);
         }
         cache?.Advance((int)t);
         return x;
