@@ -62,10 +62,10 @@ if (dxIdx >= 0)
     var rowsDx = new (string Name, Func<List<int[]>> Gen)[]
     {
         ("base", () => Gen.Generate(bm, prompts, o)),
-        ("DExperts, stacked ensemble (new)", () => Gen.Generate(bm, prompts, o, dx)),
+        ("DExperts, stacked ensemble (new)", () => Gen.Generate(bm, prompts, o with { EnsembleForward = true }, dx)),
         ("DExperts, 3 separate forwards (old)", () => Gen.Generate(bm, prompts, o with { EnsembleForward = false }, dx)),
     };
-    if (!Gen.Generate(bm, prompts, o, dx).Zip(Gen.Generate(bm, prompts, o with { EnsembleForward = false }, dx)).All(p => p.First.SequenceEqual(p.Second)))
+    if (!Gen.Generate(bm, prompts, o with { EnsembleForward = true }, dx).Zip(Gen.Generate(bm, prompts, o with { EnsembleForward = false }, dx)).All(p => p.First.SequenceEqual(p.Second)))
         Console.Error.WriteLine("WARNING: stacked and separate DExperts greedy outputs differ");
     foreach (var r in rowsDx) r.Gen(); // warm-up, discarded
     var tps = rowsDx.Select(_ => new List<double>()).ToArray();

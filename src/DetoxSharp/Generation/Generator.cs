@@ -30,8 +30,9 @@ public sealed record GenerationOptions
     public int? PadTokenId { get; init; }
     /// <summary>DExperts: run base, expert and anti-expert as one stacked forward (<see cref="CausalLMEnsemble"/>) when
     /// they are stackable; false (or not stackable: another family, hooks, LoRA) runs three separate forwards. Same
-    /// tokens either way up to float rounding of the logits.</summary>
-    public bool EnsembleForward { get; init; } = true;
+    /// tokens either way up to float rounding of the logits. Off by default: on the toy model the stacked path measured
+    /// no faster than three separate forwards (docs/PERFORMANCE.md, "DExperts, batched ensemble (issue 18)").</summary>
+    public bool EnsembleForward { get; init; }
 
     /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()

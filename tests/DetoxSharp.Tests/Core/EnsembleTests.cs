@@ -115,7 +115,7 @@ public class EnsembleTests
             foreach (bool kv in new[] { true, false })
             {
                 var sequential = Gen.Generate(ms[0], prompts, o with { UseKvCache = kv, EnsembleForward = false }, dx);
-                var stacked = Gen.Generate(ms[0], prompts, o with { UseKvCache = kv }, dx);
+                var stacked = Gen.Generate(ms[0], prompts, o with { UseKvCache = kv, EnsembleForward = true }, dx);
                 Assert.Equal(sequential, stacked);
                 Assert.All(stacked, r => Assert.Equal(15, r.Length));
                 Assert.NotEqual(baseOnly, stacked); // the experts change the output, so the combination is exercised
@@ -123,7 +123,7 @@ public class EnsembleTests
             // sampling with per-prompt seeds: the same draws (logits equal up to rounding, far from a draw boundary here)
             var so = o with { Greedy = false, Temperature = 1.0 };
             var seeds = new long[] { 1, 2, 3, 4, 5 };
-            Assert.Equal(Gen.Generate(ms[0], prompts, so with { EnsembleForward = false }, dx, seeds), Gen.Generate(ms[0], prompts, so, dx, seeds));
+            Assert.Equal(Gen.Generate(ms[0], prompts, so with { EnsembleForward = false }, dx, seeds), Gen.Generate(ms[0], prompts, so with { EnsembleForward = true }, dx, seeds));
         }
         finally { foreach (var m in ms) m.Dispose(); }
     }
@@ -157,7 +157,7 @@ public class EnsembleTests
             using (ms[0].Hooks.Add(HookNames.ResidPost(0), (x, _) => { calls++; return null; }))
             {
                 Assert.Contains("hooks", CausalLMEnsemble.WhyNotStackable(ms));
-                var o = new GenerationOptions { MaxNewTokens = 3, StopAtEos = false };
+                var o = new GenerationOptions { MaxNewTokens = 3, StopAtEos = false, EnsembleForward = true };
                 Gen.Generate(ms[0], [[1, 2]], o, new DExperts(ms[1], ms[2]));
                 Assert.Equal(3, calls);
             }
