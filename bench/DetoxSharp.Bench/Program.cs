@@ -198,7 +198,7 @@ if (args.Contains("--allocator-ab"))
     {
         ("glibc malloc, nothing set (DETOX_DEFAULT_ALLOCATOR=1)", new() { ["DETOX_DEFAULT_ALLOCATOR"] = "1" }),
         ("default: THP_MEM_ALLOC_ENABLE=1 set in-process", new()),
-        ("default + GLIBC_TUNABLES=glibc.malloc.hugetlb=1", new() { ["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1" }),
+        ("detox's default: THP + GLIBC_TUNABLES=" + DetoxSharp.NativeSetup.GlibcMallocTunables, new() { ["GLIBC_TUNABLES"] = DetoxSharp.NativeSetup.GlibcMallocTunables }),
     };
     if (File.Exists(tc)) variants.Add(("tcmalloc preloaded (LD_PRELOAD, no THP)", new() { ["LD_PRELOAD"] = tc, ["DETOX_DEFAULT_ALLOCATOR"] = "1" }));
     var dll = typeof(ToyAb).Assembly.Location;

@@ -22,8 +22,18 @@ public static class NativeSetup
 {
     static int _done;
 
-    /// <summary>What <see cref="Init"/> did, for reports ("THP_MEM_ALLOC_ENABLE=1 (set by DetoxSharp)", …).</summary>
-    public static string Description { get; private set; } = "not initialised";
+    /// <summary>What <see cref="Init"/> did, for reports ("THP_MEM_ALLOC_ENABLE=1 (set by DetoxSharp)", …), plus glibc's
+    /// malloc tunable when the process started with it (the <c>detox</c> executable re-executes itself with
+    /// glibc malloc tunables that keep freed memory for reuse; a library cannot set them for its host process, which must
+    /// start with them: see docs/PERFORMANCE.md "Allocator").</summary>
+    public static string Description => _description + (Environment.GetEnvironmentVariable("GLIBC_TUNABLES") is { } t && t.Contains("glibc.malloc.", StringComparison.Ordinal) ? $"; GLIBC_TUNABLES={t}" : "");
+    static string _description = "not initialised";
+
+    /// <summary>The glibc malloc tunables the <c>detox</c> executable starts with (it re-executes itself with them in
+    /// <c>GLIBC_TUNABLES</c>, glibc ≥ 2.35): keep and reuse freed memory as tcmalloc does — no <c>mmap</c> per large block,
+    /// no returning memory to the kernel, one arena — and transparent huge pages for what it maps. A program that uses the
+    /// library gets the same by starting with <c>GLIBC_TUNABLES</c> set to this value (docs/PERFORMANCE.md "Allocator").</summary>
+    public const string GlibcMallocTunables = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296:glibc.malloc.arena_max=1";
 
 #pragma warning disable CA2255 // a library module initializer is the point: it runs before any DetoxSharp code allocates
     [ModuleInitializer]
@@ -34,19 +44,19 @@ public static class NativeSetup
     public static void Init()
     {
         if (Interlocked.Exchange(ref _done, 1) == 1) return;
-        if (!OperatingSystem.IsLinux()) { Description = "platform default (the THP setting is Linux-only)"; return; }
-        if (Environment.GetEnvironmentVariable("DETOX_DEFAULT_ALLOCATOR") == "1") { Description = "glibc malloc, no THP (DETOX_DEFAULT_ALLOCATOR=1)"; return; }
-        if (Environment.GetEnvironmentVariable("THP_MEM_ALLOC_ENABLE") is string user) { Description = $"THP_MEM_ALLOC_ENABLE={user} (set by the user)"; return; }
+        if (!OperatingSystem.IsLinux()) { _description = "platform default (the THP setting is Linux-only)"; return; }
+        if (Environment.GetEnvironmentVariable("DETOX_DEFAULT_ALLOCATOR") == "1") { _description = "glibc malloc, no THP (DETOX_DEFAULT_ALLOCATOR=1)"; return; }
+        if (Environment.GetEnvironmentVariable("THP_MEM_ALLOC_ENABLE") is string user) { _description = $"THP_MEM_ALLOC_ENABLE={user} (set by the user)"; return; }
         try
         {
             // .NET's Environment.SetEnvironmentVariable changes only the runtime's own copy on Unix; libtorch reads the
             // C environment, hence libc's setenv
-            Description = setenv("THP_MEM_ALLOC_ENABLE", "1", 0) == 0
+            _description = setenv("THP_MEM_ALLOC_ENABLE", "1", 0) == 0
                 ? "THP_MEM_ALLOC_ENABLE=1 (set by DetoxSharp)" : "glibc malloc (setenv failed)";
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {
-            Description = "platform default (no libc setenv)";
+            _description = "platform default (no libc setenv)";
         }
     }
 

@@ -56,7 +56,14 @@ public class QuickStudyEndToEndTests : IDisposable
             if (method == "dpo") Assert.Equal(Math.Log(2), metrics["loss"]!.GetValue<double>(), 4);
             else Assert.NotNull(metrics["adpo/toxic_logratio"]);
             Assert.True(File.Exists(Path.Combine(Directory.GetDirectories(Path.Combine(_dir, "stages", "diff", method)).First(), "s0", "diff.json")));
-            Assert.True(File.Exists(Path.Combine(Directory.GetDirectories(Path.Combine(_dir, "stages", "unalign", method)).First(), "s0", "unalign.json")));
+            var unalign = JsonNode.Parse(File.ReadAllText(Path.Combine(Directory.GetDirectories(Path.Combine(_dir, "stages", "unalign", method))
+                .Single(d => d.EndsWith(HeadlinePoint(method))), "s0", "unalign.json")))!;
+            // the sweeps' row 0 is the aligned model itself (its evaluation's toxicity), and the key sweep at the finding's
+            // key count is the saved un-aligned model's toxicity (the edit applied on the fly = the edited checkpoint)
+            var s0 = JsonNode.Parse(File.ReadAllText(Path.Combine(evalDir.Single(d => d.EndsWith(HeadlinePoint(method))), "s0", "results.json")))!["rows"]![0]!;
+            Assert.Equal(s0["toxicity"]!.GetValue<double>(), unalign["steering"]![0]!["toxicity"]!.GetValue<double>(), 9);
+            var atKeys = unalign["key_sweep"]!.AsArray().Single(k => k!["keys"]!.GetValue<int>() == unalign["keys"]!.AsArray().Count)!;
+            Assert.Equal(unalign["toxicity"]!.GetValue<double>(), atKeys["toxicity"]!.GetValue<double>(), 9);
         }
 
         // the methods table (issue 18): every row of the quick subset evaluated and timed; KTO's row is its stage's number

@@ -152,25 +152,24 @@ public static partial class StudyStages
         double target = startRows[0]!["toxicity"]!.GetValue<double>();
         var vecs = Safetensors.Load(Path.Combine(c.Input("vectors"), ToxicVectors.TensorFile));
         var sweep = new List<SteeringPoint>();
+        // supplementary: how many keys (at the same scale) un-aligning needs on this model
+        var counts = s.KeyCounts.Distinct().Order().ToList();
+        JsonArray? keySweep = null;
         try
         {
+            // one evaluation for both sweeps (one model load, one scorer, the aligned model's own row once): row 0 is the
+            // aligned model itself (steering scale 0), then one row per steering edit, then one per key count, in order
             var edits = SteeringSweep.Edits(vecs["w_toxic"], s.SteeringScales, last);
-            var r = Evaluate(c, scorer, trainedDir, "aligned", edits.Select(e => new EvalIntervention(e.Name, _ => e)).ToList(), toxicityOnly: true, subdir: "steering");
-            // row 0 is the aligned model itself (scale 0), then one row per edit, in order
+            var interventions = edits.Select(e => new EvalIntervention(e.Name, _ => e))
+                .Concat(counts.Select(k => new EvalIntervention($"keys {k}", _ => new KeyScalingEdit(wToxic, k, scale)))).ToList();
+            var r = Evaluate(c, scorer, trainedDir, "aligned", interventions, toxicityOnly: true, subdir: "sweeps");
             var scales = new List<double> { 0 }.Concat(edits.Select(e => e.Coefficient)).ToList();
             for (int i = 0; i < scales.Count; i++) sweep.Add(new SteeringPoint(scales[i], r[i].Toxicity ?? double.NaN));
+            if (counts.Count > 0)
+                keySweep = new JsonArray(counts.Select((k, i) => (JsonNode)new JsonObject { ["keys"] = k, ["toxicity"] = r[scales.Count + i].Toxicity }).ToArray());
         }
         finally { foreach (var t in vecs.Values) t.Dispose(); }
         var steering = new JsonArray(sweep.Select(p => (JsonNode)new JsonObject { ["scale"] = p.Scale, ["toxicity"] = p.Toxicity }).ToArray());
-        // supplementary: how many keys (at the same scale) un-aligning needs on this model
-        JsonArray? keySweep = null;
-        if (s.KeyCounts.Length > 0)
-        {
-            var counts = s.KeyCounts.Distinct().Order().ToList();
-            var r = Evaluate(c, scorer, trainedDir, "aligned", counts.Select(k => new EvalIntervention($"keys {k}", _ => new KeyScalingEdit(wToxic, k, scale))).ToList(),
-                toxicityOnly: true, subdir: "keys");
-            keySweep = new JsonArray(counts.Select((k, i) => (JsonNode)new JsonObject { ["keys"] = k, ["toxicity"] = r[i + 1].Toxicity }).ToArray());
-        }
         double? restore = SteeringSweep.RestoreScale(sweep, target);
         WriteJson(Path.Combine(c.OutputDir, RunLayout.Unalign), new JsonObject
         {
