@@ -192,7 +192,8 @@ public sealed record DExpertsSection
 }
 
 /// <summary>Generation cost: greedy continuations of the first <see cref="Prompts"/> challenge prompts at
-/// <see cref="BatchSize"/>, timed <see cref="Repeats"/> times per row, round-robin over the rows (the fastest counts), all rows in one stage.</summary>
+/// <see cref="BatchSize"/>, timed <see cref="Repeats"/> times per row (each repeat ≥ 2 s), round-robin over the rows (the median
+/// counts), all rows in one stage; rows computed as the base by construction are not timed (StudyStages.MethodSpeed).</summary>
 public sealed record SpeedSection
 {
     /// <summary>"prompts": challenge prompts generated from (the first N; default 64).</summary>
@@ -201,7 +202,7 @@ public sealed record SpeedSection
     public int BatchSize { get; init; } = 16;
     /// <summary>"max_new_tokens": greedy tokens per prompt (default 20).</summary>
     public int MaxNewTokens { get; init; } = 20;
-    /// <summary>"repeats": timed passes per row, round-robin over the rows; the fastest counts (default 3).</summary>
+    /// <summary>"repeats": timed repeats per row, round-robin over the rows; the median counts (default 3).</summary>
     public int Repeats { get; init; } = 3;
 }
 
