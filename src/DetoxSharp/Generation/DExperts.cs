@@ -6,7 +6,8 @@ namespace DetoxSharp.Generation;
 
 /// <summary>DExperts (Liu et al. 2021; methods-facts §1): at each step z = z_base + α·(z_expert − z_anti); the expert is
 /// the base fine-tuned on non-toxic text, the anti-expert on toxic text (same vocabulary). α = 2 in the paper's detox
-/// setting. Generation runs all three models batched, each with its own KV cache (<see cref="Generator.Generate"/>).</summary>
+/// setting. Generation runs all three models batched (<see cref="Generator.Generate"/>), each with its own KV cache, or with
+/// <see cref="GenerationOptions.EnsembleForward"/> as one stacked forward (<see cref="CausalLMEnsemble"/>) when they stack.</summary>
 public sealed record DExperts(ICausalLM Expert, ICausalLM AntiExpert, double Alpha = 2.0)
 {
     /// <summary>Checks α and that both experts share <paramref name="model"/>'s vocabulary; throws <see cref="InvalidInputException"/> otherwise.</summary>

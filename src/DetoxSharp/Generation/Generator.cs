@@ -28,6 +28,11 @@ public sealed record GenerationOptions
     public int BatchSize { get; init; } = 16;
     /// <summary>Pad id for left padding; null uses the model's eos (GPT-2 has no pad token). Masked out either way.</summary>
     public int? PadTokenId { get; init; }
+    /// <summary>DExperts: run base, expert and anti-expert as one stacked forward (<see cref="CausalLMEnsemble"/>) when
+    /// they are stackable; false (or not stackable: another family, hooks, LoRA) runs three separate forwards. Same
+    /// tokens either way up to float rounding of the logits. Off by default: on the toy model the stacked path measured
+    /// no faster than three separate forwards (docs/PERFORMANCE.md, "DExperts, batched ensemble (issue 18)").</summary>
+    public bool EnsembleForward { get; init; }
 
     /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
@@ -52,8 +57,9 @@ public static class Generator
     /// <param name="model">The model to decode from.</param>
     /// <param name="prompts">Token ids per prompt (left-padded into batches).</param>
     /// <param name="options">Decoding settings.</param>
-    /// <param name="dexperts">Expert and anti-expert for DExperts decoding (null: the model alone). All three run batched
-    /// with their own KV cache.</param>
+    /// <param name="dexperts">Expert and anti-expert for DExperts decoding (null: the model alone). When the three are
+    /// stackable (<see cref="CausalLMEnsemble"/>; <see cref="GenerationOptions.EnsembleForward"/>) a token step is one
+    /// stacked forward with one KV cache; otherwise each runs batched with its own KV cache.</param>
     /// <param name="promptSeeds">When sampling: one seed per prompt. Prompt i then draws from its own generator seeded
     /// promptSeeds[i], so its continuation does not depend on which other prompts share its batch (or on the batch size);
     /// null: one generator seeded <see cref="GenerationOptions.Seed"/> for the whole call.</param>
@@ -65,6 +71,8 @@ public static class Generator
         options.Validate();
         dexperts?.Check(model);
         var results = new List<int[]>(prompts.Count);
+        using var ensemble = dexperts is not null && options.EnsembleForward
+            ? CausalLMEnsemble.TryCreate([model, dexperts.Expert, dexperts.AntiExpert]) : null;
         torch.Generator? rng = null;
         if (!options.Greedy)
         {
@@ -77,7 +85,7 @@ public static class Generator
                 var batch = prompts.Skip(start).Take(options.BatchSize).ToList();
                 torch.Generator[]? rowRngs = options.Greedy || promptSeeds is null ? null
                     : batch.Select((_, i) => new torch.Generator((ulong)promptSeeds[start + i], model.Device)).ToArray();
-                try { results.AddRange(GenerateBatch(model, batch, options, rng, dexperts, rowRngs)); }
+                try { results.AddRange(GenerateBatch(model, batch, options, new BatchDecoding(rng, dexperts, rowRngs, ensemble))); }
                 finally { if (rowRngs is not null) foreach (var g in rowRngs) g.Dispose(); }
             }
         }
@@ -85,9 +93,13 @@ public static class Generator
         return results;
     }
 
-    static List<int[]> GenerateBatch(ICausalLM model, List<int[]> prompts, GenerationOptions o, torch.Generator? rng, DExperts? dexperts,
-        torch.Generator[]? rowRngs = null)
+    /// <summary>What one batch decodes with besides the model: the shared generator, DExperts, per-row generators and
+    /// the stacked ensemble of base, expert and anti-expert (null: separate forwards).</summary>
+    sealed record BatchDecoding(torch.Generator? Rng, DExperts? DExperts, torch.Generator[]? RowRngs, CausalLMEnsemble? Ensemble);
+
+    static List<int[]> GenerateBatch(ICausalLM model, List<int[]> prompts, GenerationOptions o, BatchDecoding how)
     {
+        var (rng, dexperts, rowRngs, ensemble) = (how.Rng, how.DExperts, how.RowRngs, how.Ensemble);
         ICausalLM[] models = dexperts is null ? [model] : [model, dexperts.Expert, dexperts.AntiExpert];
         int b = prompts.Count;
         foreach (var p in prompts)
@@ -117,7 +129,8 @@ public static class Generator
         var wasTraining = models.Select(m => m.Module.training).ToArray();
         foreach (var m in models) m.Module.eval();
         using var noGrad = torch.no_grad();
-        var caches = models.Select(m => o.UseKvCache ? m.NewCache(total) : null).ToArray();
+        var caches = ensemble is not null ? [o.UseKvCache ? ensemble.NewCache(total) : null]
+            : models.Select(m => o.UseKvCache ? m.NewCache(total) : null).ToArray();
         Tensor? allIds = null, allMask = null, next = null;
         try
         {
@@ -132,8 +145,18 @@ public static class Generator
                 Tensor input = o.UseKvCache && step > 0 ? next! : allIds;
                 Tensor Last(int i) => (o.UseKvCache ? models[i].ForwardLast(input, allMask, caches[i]) : models[i].ForwardLast(allIds, allMask))
                     .select(1, 0).to(ScalarType.Float32);
-                var last = Last(0);
-                if (dexperts is not null) last = dexperts.Combine(last, Last(1), Last(2));
+                Tensor last;
+                if (ensemble is not null)
+                {
+                    var all = (o.UseKvCache ? ensemble.ForwardLast(input, allMask, caches[0]) : ensemble.ForwardLast(allIds, allMask))
+                        .select(2, 0).to(ScalarType.Float32); // [3, b, vocab]
+                    last = dexperts!.Combine(all[0], all[1], all[2]);
+                }
+                else
+                {
+                    last = Last(0);
+                    if (dexperts is not null) last = dexperts.Combine(last, Last(1), Last(2));
+                }
                 var chosen = o.Greedy ? last.argmax(-1) : rowRngs is not null ? SamplePerRow(last, o, rowRngs) : Sample(last, o, rng!);
                 var chosenCpu = chosen.cpu().data<long>().ToArray();
                 for (int i = 0; i < b; i++)

@@ -192,7 +192,8 @@ public sealed record DExpertsSection
 }
 
 /// <summary>Generation cost: greedy continuations of the first <see cref="Prompts"/> challenge prompts at
-/// <see cref="BatchSize"/>, timed <see cref="Repeats"/> times per row, round-robin over the rows (the fastest counts), all rows in one stage.</summary>
+/// <see cref="BatchSize"/>, timed <see cref="Repeats"/> times per row (each repeat ≥ 2 s), round-robin over the rows (the median
+/// counts), all rows in one stage; rows computed as the base by construction are not timed (StudyStages.MethodSpeed).</summary>
 public sealed record SpeedSection
 {
     /// <summary>"prompts": challenge prompts generated from (the first N; default 64).</summary>
@@ -201,7 +202,7 @@ public sealed record SpeedSection
     public int BatchSize { get; init; } = 16;
     /// <summary>"max_new_tokens": greedy tokens per prompt (default 20).</summary>
     public int MaxNewTokens { get; init; } = 20;
-    /// <summary>"repeats": timed passes per row, round-robin over the rows; the fastest counts (default 3).</summary>
+    /// <summary>"repeats": timed repeats per row, round-robin over the rows; the median counts (default 3).</summary>
     public int Repeats { get; init; } = 3;
 }
 
@@ -419,49 +420,114 @@ public static partial class StudyStages
     }
 
     /// <summary>Tokens per second of greedy generation for every row of the methods table (settings["rows"]: row, stage,
-    /// optional steer_alpha / dexperts), the base model first. Rows are timed round-robin (every row once per repeat, each
-    /// loaded afresh) so that a change in the machine's load during the stage falls on all rows alike; a row's figure is
-    /// its fastest repeat.</summary>
+    /// optional steer_alpha / dexperts), the base model first.
+    /// <para>Which rows are timed: the base, and every row whose generation differs from the base's computation — a
+    /// hook on the model (steering, an activation edit, AurA as a hook), another configuration or dtype, or DExperts.
+    /// A row that loads as the base's architecture with only its weights changed (DPO and its relatives, ProFS, AurA as a
+    /// checkpoint edit) runs the very same operators on the same shapes (greedy, no early stop: the same token count),
+    /// so it is recorded as the base's figure with "timed": false rather than timed — checked per row at load time,
+    /// not assumed.</para>
+    /// <para>How: one untimed warm-up pass per row, then <see cref="SpeedSection.Repeats"/> round-robin repeats (every
+    /// timed row once per repeat, so a change in the machine's load falls on all alike); in each repeat a row generates
+    /// the prompts again and again until at least <c>MinSeconds</c> have passed (one pass of the toy base is well under
+    /// a second and noisy). A row's figure is the median over repeats of tokens/s; the spread (min, max) and the
+    /// process CPU seconds per wall second while it ran (≈ threads when the machine is idle, less when contended) are
+    /// written too.</para></summary>
     static void MethodSpeed(StageContext c)
     {
+        const double MinSeconds = 2.0;
         var s = MethodsOf(c).Speed;
         var files = Files(c);
         var promptTexts = EvalHarness.ReadPrompts(files.Challenge, false, s.Prompts).Select(p => p.Text).ToList();
         var rows = c.Settings["rows"]!.AsArray().Select(n => n!.AsObject()).ToList();
-        var best = new double[rows.Count];
-        var tokens = new long[rows.Count];
-        Array.Fill(best, double.MaxValue);
-        for (int rep = 0; rep < s.Repeats; rep++)
-            for (int i = 0; i < rows.Count; i++)
+        var opts = new GenerationOptions { MaxNewTokens = s.MaxNewTokens, Greedy = true, BatchSize = s.BatchSize, StopAtEos = false };
+        var rates = rows.Select(_ => new List<double>()).ToArray();
+        var cpuPerWall = rows.Select(_ => new List<double>()).ToArray();
+        var timed = new bool[rows.Count];
+        var why = new string[rows.Count];
+        string? baseSignature = null;
+
+        // one pass of row i; returns (tokens, seconds, cpu seconds) of the timed part (≥ MinSeconds unless warm-up)
+        (long tokens, double seconds, double cpu) Run(int i, bool warmUp)
+        {
+            var r = rows[i];
+            LoadedExperts? experts = null;
+            LoadedMethodModel? m = null;
+            try
             {
-                var r = rows[i];
-                c.Report?.Invoke((rep * rows.Count + i) / (double)(s.Repeats * rows.Count), $"{r["row"]} (repeat {rep + 1}/{s.Repeats})");
-                LoadedExperts? experts = null;
-                LoadedMethodModel? m = null;
-                try
+                if (r["dexperts"] is JsonNode dx) experts = LoadExperts(c, dx.GetValue<double>());
+                m = LoadMethodModel(c.Input(r["stage"]!.GetValue<string>()), c.Device, r["steer_alpha"]?.GetValue<double>());
+                m.Model.Module.eval();
+                if (warmUp)
                 {
-                    if (r["dexperts"] is JsonNode dx) experts = LoadExperts(c, dx.GetValue<double>());
-                    m = LoadMethodModel(c.Input(r["stage"]!.GetValue<string>()), c.Device, r["steer_alpha"]?.GetValue<double>());
-                    m.Model.Module.eval();
-                    int keep = Math.Max(1, m.Model.MaxPositions - s.MaxNewTokens);
-                    var ids = promptTexts.Select(t => PromptTruncation.KeepLast(m.Tokenizer.EncodeWithSpecialTokens(t), keep, m.Tokenizer)).ToList();
-                    var opts = new GenerationOptions { MaxNewTokens = s.MaxNewTokens, Greedy = true, BatchSize = s.BatchSize, StopAtEos = false };
-                    var sw = Stopwatch.StartNew();
-                    var outp = Generator.Generate(m.Model, ids, opts, experts?.DExperts);
-                    best[i] = Math.Min(best[i], sw.Elapsed.TotalSeconds);
-                    tokens[i] = outp.Sum(o => (long)o.Length);
+                    // the architecture as generation runs it: config (with dtype), hooks, decoding-time experts
+                    string signature = m.Model.ConfigJson().ToJsonString() + $"|{m.Model.DType}|hooks={m.Model.Hooks.Any}"
+                        + $"|dexperts={experts is not null}";
+                    if (i == 0) { baseSignature = signature; timed[i] = true; why[i] = "base"; }
+                    else
+                    {
+                        timed[i] = signature != baseSignature;
+                        why[i] = experts is not null ? "decoding-time experts" : m.Model.Hooks.Any ? "hooks on the model"
+                            : timed[i] ? "configuration differs from the base" : "same architecture as the base (weights only)";
+                    }
+                    if (!timed[i]) return (0, 0, 0);
                 }
-                finally { m?.Dispose(); experts?.Dispose(); }
+                int keep = Math.Max(1, m.Model.MaxPositions - s.MaxNewTokens);
+                var ids = promptTexts.Select(t => PromptTruncation.KeepLast(m.Tokenizer.EncodeWithSpecialTokens(t), keep, m.Tokenizer)).ToList();
+                long n = 0;
+                var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+                var sw = Stopwatch.StartNew();
+                do n += Generator.Generate(m.Model, ids, opts, experts?.DExperts).Sum(o => (long)o.Length);
+                while (!warmUp && sw.Elapsed.TotalSeconds < MinSeconds);
+                double secs = sw.Elapsed.TotalSeconds;
+                return (n, secs, (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds);
             }
-        double baseRate = tokens[0] / best[0];
+            finally { m?.Dispose(); experts?.Dispose(); }
+        }
+
+        for (int i = 0; i < rows.Count; i++)
+        {
+            c.Report?.Invoke(i / (double)(rows.Count * (s.Repeats + 1)), $"{rows[i]["row"]} (warm-up)");
+            Run(i, warmUp: true);
+        }
+        var timedRows = Enumerable.Range(0, rows.Count).Where(i => timed[i]).ToList();
+        for (int rep = 0; rep < s.Repeats; rep++)
+            foreach (var i in timedRows)
+            {
+                c.Report?.Invoke((rows.Count + rep * timedRows.Count + timedRows.IndexOf(i)) / (double)(rows.Count + s.Repeats * timedRows.Count),
+                    $"{rows[i]["row"]} (repeat {rep + 1}/{s.Repeats})");
+                var (n, secs, cpu) = Run(i, warmUp: false);
+                rates[i].Add(n / secs);
+                cpuPerWall[i].Add(cpu / secs);
+            }
+        static double Median(List<double> x)
+        {
+            var o = x.OrderBy(v => v).ToList();
+            return o.Count % 2 == 1 ? o[o.Count / 2] : (o[o.Count / 2 - 1] + o[o.Count / 2]) / 2;
+        }
+        double baseRate = Median(rates[0]);
         WriteJson(Path.Combine(c.OutputDir, RunLayout.MethodSpeed), new JsonObject
         {
             ["prompts"] = promptTexts.Count, ["batch_size"] = s.BatchSize, ["max_new_tokens"] = s.MaxNewTokens, ["repeats"] = s.Repeats,
-            ["threads"] = torch.get_num_threads(),
-            ["rows"] = new JsonArray(rows.Select((r, i) => (JsonNode)new JsonObject
+            ["min_seconds_per_repeat"] = MinSeconds, ["threads"] = torch.get_num_threads(),
+            ["statistic"] = "median over round-robin repeats of tokens/s; each repeat generates for at least min_seconds_per_repeat after an untimed warm-up pass",
+            ["rows"] = new JsonArray(rows.Select((r, i) =>
             {
-                ["row"] = r["row"]!.GetValue<string>(), ["tokens"] = tokens[i], ["seconds"] = best[i], ["tokens_per_second"] = tokens[i] / best[i],
-                ["relative_to_base"] = tokens[i] / best[i] / baseRate,
+                double rate = timed[i] ? Median(rates[i]) : baseRate;
+                var o = new JsonObject
+                {
+                    ["row"] = r["row"]!.GetValue<string>(), ["timed"] = timed[i], ["why"] = why[i],
+                    ["tokens_per_second"] = rate, ["relative_to_base"] = rate / baseRate,
+                };
+                if (timed[i])
+                {
+                    o["tokens_per_second_min"] = rates[i].Min();
+                    o["tokens_per_second_max"] = rates[i].Max();
+                    o["repeat_tokens_per_second"] = new JsonArray(rates[i].Select(x => (JsonNode)x).ToArray());
+                    o["cpu_seconds_per_wall_second"] = Median(cpuPerWall[i]);
+                }
+                else o["same_as"] = "Base";
+                return (JsonNode)o;
             }).ToArray()),
         });
     }
