@@ -40,7 +40,7 @@ var ncIdx = Array.IndexOf(args, "--neurons-checkpoints");
 if (ncIdx >= 0)
     return NeuronsCheckpoints.Run(ncIdx + 1 < args.Length ? args[ncIdx + 1] : Path.Combine(Path.GetTempPath(), "detox-neurons-medium"), Arg("--prompts", 100), log);
 // ---- DExperts decoding vs the base alone (issue 18's budget: ≥ 1/3.5 of the base's tokens/s at batch 16) ----
-//   --dexperts [toy|124m|355m] [--batch 16] [--new-tokens 20] [--rounds 5] [--min-seconds 2.5] [--prompts 16]
+//   --dexperts [toy|toy-study|124m|355m] [--batch 16] [--new-tokens 20] [--rounds 5] [--min-seconds 2.5] [--prompts 16]
 // Three rows, interleaved per round: the base alone, DExperts with the stacked ensemble forward (one forward of a 3×
 // batch per token, CausalLMEnsemble), DExperts with three separate forwards (the old path). Each row per round
 // generates the prompts again and again for ≥ --min-seconds after one untimed warm-up pass; the figure is the median
@@ -472,7 +472,9 @@ static Gpt2Config ConfigNamed(string name) => name switch
     "124m" => Gpt2Config.Small,
     "355m" => Gpt2Config.Medium,
     "toy" => ToyConfig(),
-    _ => throw new ArgumentException($"config: expected 124m, 355m or toy, got '{name}'"),
+    // the default study's model (pretrain-toy defaults: 4 layers × 256, MLP 1024, the compact vocabulary of world v3.1)
+    "toy-study" => new() { VocabSize = 2723, NEmbd = 256, NLayer = 4, NHead = 4, NPositions = 96, EosTokenId = 2722, BosTokenId = 2722 },
+    _ => throw new ArgumentException($"config: expected 124m, 355m, toy or toy-study, got '{name}'"),
 };
 
 static string FindRepoRoot()

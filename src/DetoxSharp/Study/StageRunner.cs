@@ -261,6 +261,10 @@ public sealed class StageRunner
             var s = stages[i];
             int threads;
             lock (gate) threads = ThreadsFor(s.Name, pending, active++, dependents?[s.Name] ?? [], Cores, Parallelism);
+            // the stage stops counting as running in the same locked step that makes its dependents ready (else a
+            // dependent started at once could still see it running and miss the cores a bottleneck stage gets)
+            bool released = false;
+            void Release() { if (!released) { released = true; active--; } } // under gate
             try
             {
                 // Only a bottleneck stage changes the thread count: it runs alone (every pending stage waits for it),
@@ -272,14 +276,14 @@ public sealed class StageRunner
                 if (SetThreads is not null && threads > share)
                 {
                     lock (ThreadsGate) SetThreads(threads);
-                    ExecuteStage(i, settingsHash, inputHashes, () => { lock (ThreadsGate) SetThreads(share); });
+                    ExecuteStage(i, settingsHash, inputHashes, () => { lock (ThreadsGate) SetThreads(share); }, Release);
                 }
-                else ExecuteStage(i, settingsHash, inputHashes, null);
+                else ExecuteStage(i, settingsHash, inputHashes, null, Release);
             }
-            finally { lock (gate) active--; }
+            finally { lock (gate) Release(); }
         }
 
-        void ExecuteStage(int i, string settingsHash, Dictionary<string, string> inputHashes, Action? restore)
+        void ExecuteStage(int i, string settingsHash, Dictionary<string, string> inputHashes, Action? restore, Action release)
         {
             var s = stages[i];
             var dir = StageDir(_runDir, s.Name);
@@ -332,6 +336,7 @@ public sealed class StageRunner
                 _durations.Record(s, sw.Elapsed.TotalSeconds);
                 pending.Remove(s.Name);
                 ran.Add(s.Name);
+                release();
             }
             progress?.Report(new StageEvent(StageEventKind.Finished, s.Name, i, stages.Count, run.Elapsed, sw.Elapsed, Remaining()));
         }
