@@ -22,10 +22,9 @@ public static class NativeSetup
 {
     static int _done;
 
-    /// <summary>What <see cref="Init"/> did, for reports ("THP_MEM_ALLOC_ENABLE=1 (set by DetoxSharp)", …), plus glibc's
-    /// malloc tunable when the process started with it (the <c>detox</c> executable re-executes itself with
-    /// glibc malloc tunables that keep freed memory for reuse; a library cannot set them for its host process, which must
-    /// start with them: see docs/PERFORMANCE.md "Allocator").</summary>
+    /// <summary>What <see cref="Init"/> did, for reports ("THP_MEM_ALLOC_ENABLE=1 (set by DetoxSharp)", …), plus the glibc
+    /// malloc tunables the process started with, if any (the <c>detox</c> executable re-executes itself with
+    /// <see cref="GlibcMallocTunables"/>; a library cannot set them for its host process, which must start with them).</summary>
     public static string Description => _description + (Environment.GetEnvironmentVariable("GLIBC_TUNABLES") is { } t && t.Contains("glibc.malloc.", StringComparison.Ordinal) ? $"; GLIBC_TUNABLES={t}" : "");
     static string _description = "not initialised";
 

@@ -4,8 +4,8 @@ namespace DetoxSharp.Cli;
 
 /// <summary>Settings that the .NET runtime or glibc read only at process start-up, so <c>detox</c> replaces itself once
 /// (<c>execve</c>: same process id, same standard streams, signals and exit code reach it as before) with them in the
-/// environment (see Program.cs): the study's gen-0 GC budget (<see cref="GcBudget"/>) and glibc's transparent-huge-page
-/// malloc tunable (<see cref="MallocTunables"/>). It happens first thing in Main, before any tensor or thread of ours
+/// environment (see Program.cs): the study's gen-0 GC budget (<see cref="GcBudget"/>) and glibc's malloc tunables that keep
+/// freed memory for reuse (<see cref="MallocTunables"/>). It happens first thing in Main, before any tensor or thread of ours
 /// exists. <c>DETOX_REEXECUTED=1</c> marks the new image (and the study's stage processes, which inherit it), so nothing
 /// re-executes twice; if <c>execve</c> fails the command runs in this process without the settings.</summary>
 static class ReExecution
@@ -36,12 +36,10 @@ static class ReExecution
         if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS()) return;
         var add = Wanted(args, Environment.GetEnvironmentVariable);
         if (add.Count == 0) return;
-        var exe = Environment.ProcessPath;
-        if (exe is null) return;
-        var argv = new List<string?> { exe };
-        // `dotnet detox.dll …` (e.g. dotnet run): the host is the process, the app its first argument
-        if (Path.GetFileNameWithoutExtension(exe) == "dotnet" && Environment.GetCommandLineArgs() is [var dll, ..] && dll.EndsWith(".dll", StringComparison.OrdinalIgnoreCase))
-            argv.Add(dll);
+        // the same program as the study's stage processes start (detox, or `dotnet detox.dll` under dotnet run / the tool shim)
+        if (StageProcesses.Launcher() is not { } launcher) return;
+        var argv = new List<string?> { launcher.Exe };
+        argv.AddRange(launcher.Args);
         argv.AddRange(args);
         argv.Add(null);
         var envp = new List<string?>();
@@ -59,7 +57,7 @@ static class ReExecution
         // threads all start with SIGINT/SIGTERM blocked would never see Ctrl+C (SIG_SETMASK: 2 on Linux, 3 on macOS)
         var empty = new byte[128];
         if (sigprocmask(OperatingSystem.IsMacOS() ? 3 : 2, empty, IntPtr.Zero) != 0) return;
-        execve(exe, argv.ToArray(), envp.ToArray()); // returns only on failure
+        execve(launcher.Exe, argv.ToArray(), envp.ToArray()); // returns only on failure
     }
 }
 
