@@ -35,6 +35,10 @@ print(f"GPT-2 {ds['config']} ({ds['params']/1e6:.1f}M params), fp32, batch {ds['
 print()
 print("| | PyTorch %s (%s) | DetoxSharp (%s) | DetoxSharp ÷ PyTorch |" % (py["version"], blas, ds["version"]))
 print("|---|---:|---:|---:|")
-for k, name in (("forward_tok_s", "forward tok/s (no grad)"), ("sft_tok_s", "SFT step tok/s (fwd+bwd+AdamW)")):
+for k, name in (("forward_tok_s", "forward tok/s (no grad)"), ("sft_tok_s", "SFT step tok/s (fwd+bwd+AdamW), fp32 both")):
     print(f"| {name} | {py[k]:.1f} | {ds[k]:.1f} | {ds[k]/py[k]:.2f}× |")
+if "sft_default_tok_s" in ds:
+    print(f"| SFT step tok/s, each side's default precision (PyTorch fp32, DetoxSharp {ds['default_precision']}) | {py['sft_tok_s']:.1f} | {ds['sft_default_tok_s']:.1f} | {ds['sft_default_tok_s']/py['sft_tok_s']:.2f}× |")
+print()
+print(f"DetoxSharp allocator: {ds.get('allocator', '?')}")
 PY

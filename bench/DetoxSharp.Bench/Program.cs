@@ -13,6 +13,9 @@ using static TorchSharp.torch;
 //   dotnet run -c Release --project bench/DetoxSharp.Bench -- [--quick] [--threads N] [--out docs/PERFORMANCE.md]
 // Writes a Markdown report; the file is rewritten after each model config so a long run leaves partial results.
 
+// the default setup a `detox` command gets: glibc's malloc tunables (read only at process start, hence a re-execution;
+// skipped in the --allocator-ab children, whose environment is the variant under test)
+if (!args.Contains("--alloc-child")) DetoxSharp.NativeSetup.RestartWithMallocTunables();
 DetoxSharp.NativeSetup.Init(); // before the first tensor: the allocator setting is read at libtorch's first allocation
 var quick = args.Contains("--quick");
 var outIdx = Array.IndexOf(args, "--out");
@@ -109,12 +112,30 @@ if (sbsIdx >= 0)
     using var sbsModel = new Gpt2Model(sbsCfg);
     double sbsFwd = ForwardTokensPerSec(sbsModel, sb, st, Arg("--forward-reps", 3));
     var (sbsSft, sbsSec, _, _) = SftTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3));
+    // DetoxSharp's default training precision (--precision auto: bf16-mixed where the CPU has native bf16), the same step
+    var auto = MixedPrecision.Resolve(sbsModel, Precision.Auto);
+    double sbsAuto = auto == Precision.Bf16Mixed ? SftMixedTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3)).tokPerSec : sbsSft;
     Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
     {
         ["impl"] = "detoxsharp", ["version"] = $"TorchSharp {typeof(torch).Assembly.GetName().Version}", ["threads"] = torch.get_num_threads(),
         ["config"] = cfgName, ["params"] = sbsModel.parameters().Sum(p => p.numel()), ["batch"] = sb, ["seq"] = st,
         ["forward_tok_s"] = sbsFwd, ["sft_tok_s"] = sbsSft, ["sft_s_per_step"] = sbsSec,
+        ["sft_default_tok_s"] = sbsAuto, ["default_precision"] = PrecisionJsonConverter.Name(auto), ["allocator"] = DetoxSharp.NativeSetup.Description,
     }));
+    return 0;
+}
+
+// ---- DPO pairs/s on one config (PreferenceBench: fp32 cached / live reference, and --precision auto cached) ----
+var dpoIdx = Array.IndexOf(args, "--dpo");
+if (dpoIdx >= 0)
+{
+    string name = ModeConfig(dpoIdx);
+    var cfg = ConfigNamed(name);
+    Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {DetoxSharp.NativeSetup.Description}");
+    var res = PreferenceBench.Run(() => new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 }), Arg("--steps", 6),
+        Path.Combine(Path.GetTempPath(), $"detox-bench-dpo-{Environment.ProcessId}"));
+    foreach (var r in res) Console.WriteLine($"DPO {name} {r.Mode}: {r.PairsPerSecond:F3} pairs/s (train loop, {r.Steps} steps of 4 pairs), wall {r.WallSeconds:F1} s, first loss {r.FirstLoss:F6} (ln 2 = {Math.Log(2):F6})");
+    Console.WriteLine($"load average at end {LoadAverage()}");
     return 0;
 }
 
@@ -197,8 +218,8 @@ if (args.Contains("--allocator-ab"))
     var variants = new List<(string name, Dictionary<string, string> env)>
     {
         ("glibc malloc, nothing set (DETOX_DEFAULT_ALLOCATOR=1)", new() { ["DETOX_DEFAULT_ALLOCATOR"] = "1" }),
-        ("default: THP_MEM_ALLOC_ENABLE=1 set in-process", new()),
-        ("detox's default: THP + GLIBC_TUNABLES=" + DetoxSharp.NativeSetup.GlibcMallocTunables, new() { ["GLIBC_TUNABLES"] = DetoxSharp.NativeSetup.GlibcMallocTunables }),
+        ("THP_MEM_ALLOC_ENABLE=1 only (no tunables: the default before them)", new()),
+        ("detox's default: GLIBC_TUNABLES=" + DetoxSharp.NativeSetup.GlibcMallocTunables + " (libtorch's THP alignment then off)", new() { ["GLIBC_TUNABLES"] = DetoxSharp.NativeSetup.GlibcMallocTunables }),
     };
     if (File.Exists(tc)) variants.Add(("tcmalloc preloaded (LD_PRELOAD, no THP)", new() { ["LD_PRELOAD"] = tc, ["DETOX_DEFAULT_ALLOCATOR"] = "1" }));
     var dll = typeof(ToyAb).Assembly.Location;
@@ -211,6 +232,7 @@ if (args.Contains("--allocator-ab"))
             var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true };
             foreach (var a in new[] { dll, "--alloc-child", "--threads", threads.ToString(), "--steps", Arg("--steps", 4).ToString() }.Concat(args.Contains("--fp32") ? ["--fp32"] : []).Concat(args.Contains("--gpt2-124m") ? ["--gpt2-124m"] : []))
                 psi.ArgumentList.Add(a);
+            psi.Environment.Remove(DetoxSharp.MallocTunables.Variable); // this process's own tunables are not the variant's
             foreach (var (k, v) in env) psi.Environment[k] = v;
             using var p = Process.Start(psi)!;
             var line = p.StandardOutput.ReadToEnd().Trim().Split('\n')[^1];

@@ -14,6 +14,10 @@ static class StudyTime
         var psi = new System.Diagnostics.ProcessStartInfo("dotnet");
         foreach (var a in new[] { cli, "study", "--out", runDir }.Concat(full ? [] : ["--quick"])) psi.ArgumentList.Add(a);
         var sw = System.Diagnostics.Stopwatch.StartNew();
+        // detox sets up its own process (malloc tunables, the study's GC budget): not this bench's re-executed environment
+        psi.Environment.Remove(DetoxSharp.NativeSetup.ReExecutedMarker);
+        if (psi.Environment.TryGetValue(DetoxSharp.MallocTunables.Variable, out var t) && t == DetoxSharp.MallocTunables.Settings)
+            psi.Environment.Remove(DetoxSharp.MallocTunables.Variable);
         using var p = System.Diagnostics.Process.Start(psi)!;
         p.WaitForExit();
         if (p.ExitCode != 0) { Console.Error.WriteLine($"detox study exited with {p.ExitCode}"); return null; }

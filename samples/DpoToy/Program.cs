@@ -4,6 +4,9 @@
 using DetoxSharp.Checkpoints; using DetoxSharp.Data; using DetoxSharp.Evaluation;
 using DetoxSharp.Generation; using DetoxSharp.Models; using DetoxSharp.Text; using DetoxSharp.Training;
 
+// first thing: restart once with glibc's malloc tunables (as `detox` does; only where memory comes from changes)
+DetoxSharp.NativeSetup.RestartWithMallocTunables();
+Console.WriteLine($"allocator: {DetoxSharp.NativeSetup.Description}");
 var outDir = Path.Combine(Path.GetTempPath(), "detox-sample");
 var world = ToyWorldFiles.Write(Path.Combine(outDir, "world"), seed: 1, ToyWorldSize.Small);
 using var loaded = args.Length > 0 ? HfCheckpoint.Load(args[0])

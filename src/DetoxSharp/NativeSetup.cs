@@ -16,7 +16,9 @@ namespace DetoxSharp;
 /// at its first allocation, so setting it in-process works without a restart. Results do not change: only where memory
 /// comes from changes, not any computation (the bench's <c>--allocator-ab</c> compares losses bit for bit).
 /// </para>
-/// Opt out with <c>DETOX_DEFAULT_ALLOCATOR=1</c>; a value of THP_MEM_ALLOC_ENABLE set by the user is kept.
+/// Opt out with <c>DETOX_DEFAULT_ALLOCATOR=1</c>; a value of THP_MEM_ALLOC_ENABLE set by the user is kept. Not set when the
+/// process started with <c>glibc.malloc.hugetlb=1</c> in <c>GLIBC_TUNABLES</c> (<see cref="RestartWithMallocTunables"/>,
+/// <c>detox</c>): glibc then asks for huge pages for its whole heap, and the 2 MB alignment only fragments it.
 /// </summary>
 public static class NativeSetup
 {
@@ -31,7 +33,8 @@ public static class NativeSetup
     /// <summary>The glibc malloc tunables the <c>detox</c> executable starts with (it re-executes itself with them in
     /// <c>GLIBC_TUNABLES</c>, glibc ≥ 2.35): keep and reuse freed memory as tcmalloc does — no <c>mmap</c> per large block,
     /// no returning memory to the kernel, one arena — and transparent huge pages for what it maps. A program that uses the
-    /// library gets the same by starting with <c>GLIBC_TUNABLES</c> set to this value (docs/PERFORMANCE.md "Allocator").</summary>
+    /// library gets the same by calling <see cref="RestartWithMallocTunables"/> first thing in <c>Main</c>, or by starting with
+    /// <c>GLIBC_TUNABLES</c> set to this value (docs/PERFORMANCE.md "Allocator").</summary>
     public const string GlibcMallocTunables = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296:glibc.malloc.arena_max=1";
 
 #pragma warning disable CA2255 // a library module initializer is the point: it runs before any DetoxSharp code allocates
@@ -46,6 +49,14 @@ public static class NativeSetup
         if (!OperatingSystem.IsLinux()) { _description = "platform default (the THP setting is Linux-only)"; return; }
         if (Environment.GetEnvironmentVariable("DETOX_DEFAULT_ALLOCATOR") == "1") { _description = "glibc malloc, no THP (DETOX_DEFAULT_ALLOCATOR=1)"; return; }
         if (Environment.GetEnvironmentVariable("THP_MEM_ALLOC_ENABLE") is string user) { _description = $"THP_MEM_ALLOC_ENABLE={user} (set by the user)"; return; }
+        // started with glibc's hugetlb tunable (detox's re-execution, RestartWithMallocTunables): glibc already asks for huge
+        // pages for its whole heap, and libtorch's 2 MB alignment of large blocks only fragments that heap (it kept growing
+        // step after step; bench --allocator-ab, docs/PERFORMANCE.md "Allocator")
+        if (Environment.GetEnvironmentVariable(MallocTunables.Variable) is string t && t.Split(':').Contains("glibc.malloc.hugetlb=1"))
+        {
+            _description = "THP_MEM_ALLOC_ENABLE not set (glibc.malloc.hugetlb=1 covers the heap)";
+            return;
+        }
         try
         {
             // .NET's Environment.SetEnvironmentVariable changes only the runtime's own copy on Unix; libtorch reads the
@@ -61,4 +72,110 @@ public static class NativeSetup
 
     [DllImport("libc", EntryPoint = "setenv", CharSet = CharSet.Ansi)]
     static extern int setenv(string name, string value, int overwrite);
+
+    /// <summary>Set in the environment of a process that <see cref="Exec"/> started (and inherited by its children), so
+    /// nothing re-executes twice.</summary>
+    public const string ReExecutedMarker = "DETOX_REEXECUTED";
+
+    /// <summary>For programs that use the library: call first thing in <c>Main</c>, before any tensor exists. On Linux with
+    /// glibc ≥ 2.35 the process replaces itself once (<c>execve</c> of <c>/proc/self/exe</c> with the same command line:
+    /// same process id, standard streams and exit code) with <see cref="GlibcMallocTunables"/> in <c>GLIBC_TUNABLES</c>,
+    /// which glibc reads only at start-up; the <c>detox</c> executable does the same. Returns without doing anything when
+    /// <see cref="MallocTunables.Wanted"/> says no (opted out with <c>DETOX_DEFAULT_ALLOCATOR=1</c>, an <c>LD_PRELOAD</c>, the
+    /// user's own malloc tunables, not glibc ≥ 2.35), when it already ran, or when the re-execution fails (the program then
+    /// runs on as it was). Results never change: only where memory comes from (docs/PERFORMANCE.md "Allocator").</summary>
+    public static void RestartWithMallocTunables()
+    {
+        if (!OperatingSystem.IsLinux() || Environment.GetEnvironmentVariable(ReExecutedMarker) == "1") return;
+        if (MallocTunables.Wanted(Environment.GetEnvironmentVariable, MallocTunables.GlibcHasHugetlb) is not string tunables) return;
+        Restart(new Dictionary<string, string> { [MallocTunables.Variable] = tunables });
+    }
+
+    /// <summary>Linux: replaces this process with the same program and command line (<c>/proc/self/exe</c>,
+    /// <c>/proc/self/cmdline</c>: an apphost, or <c>dotnet app.dll …</c>) plus <paramref name="add"/> in its environment,
+    /// through <see cref="Exec"/>. Returns only when that is not possible here or failed.</summary>
+    public static void Restart(IReadOnlyDictionary<string, string> add)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        string[] argv;
+        try { argv = File.ReadAllText("/proc/self/cmdline").Split('\0')[..^1]; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return; }
+        if (argv.Length == 0) return;
+        Exec("/proc/self/exe", argv, add);
+    }
+
+    /// <summary>Replaces this process (<c>execve</c>) with <paramref name="exe"/> and <paramref name="argv"/> (argv[0]
+    /// included), its environment plus <paramref name="add"/> and <see cref="ReExecutedMarker"/>=1. The signal mask is
+    /// cleared first: it survives <c>execve</c>, and a new image whose threads start with SIGINT blocked would never see
+    /// Ctrl+C. Returns only if the call failed (the caller then runs on as it was).</summary>
+    public static void Exec(string exe, IReadOnlyList<string> argv, IReadOnlyDictionary<string, string> add)
+    {
+        if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS()) return;
+        var args = new List<string?>(argv) { null };
+        var envp = new List<string?>();
+        foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables())
+        {
+            var k = (string)e.Key;
+            if (!add.ContainsKey(k) && k != ReExecutedMarker) envp.Add($"{k}={e.Value}");
+        }
+        foreach (var (k, v) in add) envp.Add($"{k}={v}");
+        envp.Add($"{ReExecutedMarker}=1");
+        envp.Add(null);
+        Console.Out.Flush();
+        Console.Error.Flush();
+        var empty = new byte[128]; // SIG_SETMASK: 2 on Linux, 3 on macOS
+        if (sigprocmask(OperatingSystem.IsMacOS() ? 3 : 2, empty, IntPtr.Zero) != 0) return;
+        execve(exe, args.ToArray(), envp.ToArray()); // returns only on failure
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    static extern int execve(string path, string?[] argv, string?[] envp);
+
+    [DllImport("libc", SetLastError = true)]
+    static extern int sigprocmask(int how, byte[] set, IntPtr oldset);
+}
+
+/// <summary>
+/// glibc malloc tunables that make it keep and reuse the memory libtorch frees, as tcmalloc does
+/// (<see cref="Settings"/>): no <c>mmap</c> per large block (<c>mmap_max=0</c>), no returning freed memory to the kernel
+/// (<c>trim_threshold</c> 4 GiB), one arena (so no thread-arena heap is unmapped either), and transparent huge pages for
+/// what it does map (<c>hugetlb=1</c>). Without them every training step re-faults its activations page by page: glibc
+/// serves blocks ≥ 32 MB from fresh <c>mmap</c>s that <c>free</c> unmaps again (bench <c>--fault-probe</c>: ≈ 32,770 minor
+/// faults per reused 128 MB tensor; docs/PERFORMANCE.md "Allocator"). glibc reads <c>GLIBC_TUNABLES</c> only when the
+/// process starts, hence the re-execution (<see cref="NativeSetup.RestartWithMallocTunables"/>, and <c>detox</c>'s own).
+/// The process's memory then stays at its peak instead of shrinking after a peak (as with tcmalloc). It changes where
+/// memory comes from, not any result (same losses to the bit). Skipped when the user opted out
+/// (<c>DETOX_DEFAULT_ALLOCATOR=1</c>), preloads a library (<c>LD_PRELOAD</c>, e.g. tcmalloc), set any <c>glibc.malloc.</c>
+/// tunable of their own, or the C library is not glibc ≥ 2.35 (<c>hugetlb</c>'s first release).
+/// </summary>
+public static class MallocTunables
+{
+    /// <summary>The environment variable glibc reads.</summary>
+    public const string Variable = "GLIBC_TUNABLES";
+    /// <summary>What is added to <c>GLIBC_TUNABLES</c>.</summary>
+    public const string Settings = NativeSetup.GlibcMallocTunables;
+
+    [DllImport("libc", EntryPoint = "gnu_get_libc_version")]
+    static extern IntPtr gnu_get_libc_version();
+
+    /// <summary>True on Linux with glibc ≥ 2.35.</summary>
+    public static bool GlibcHasHugetlb { get; } = Probe();
+
+    static bool Probe()
+    {
+        if (!OperatingSystem.IsLinux()) return false;
+        try { return Marshal.PtrToStringAnsi(gnu_get_libc_version()) is string v && Version.TryParse(v, out var ver) && ver >= new Version(2, 35); }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return false; } // musl and others
+    }
+
+    /// <summary>The <c>GLIBC_TUNABLES</c> value to run with, or null to leave the environment as it is.</summary>
+    /// <param name="env">Reads an environment variable.</param>
+    /// <param name="glibcWithHugetlb">Whether the C library is glibc ≥ 2.35 (<see cref="GlibcHasHugetlb"/>).</param>
+    public static string? Wanted(Func<string, string?> env, bool glibcWithHugetlb)
+    {
+        if (!glibcWithHugetlb || env("DETOX_DEFAULT_ALLOCATOR") == "1" || env("LD_PRELOAD") is { Length: > 0 }) return null;
+        var current = env(Variable);
+        if (current is { Length: > 0 } && current.Split(':').Any(t => t.StartsWith("glibc.malloc.", StringComparison.Ordinal))) return null;
+        return string.IsNullOrEmpty(current) ? Settings : $"{current}:{Settings}";
+    }
 }

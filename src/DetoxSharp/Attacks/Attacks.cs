@@ -232,12 +232,14 @@ public sealed class SteerAttack(Tensor wToxic, int? layer) : Attack
 /// <summary>Prefill (Qi et al. 2025): the continuation starts with the first k tokens of the base model's toxic
 /// continuation of the same prompt, then the model continues; only the model's own tokens are scored. Strength k.
 /// <paramref name="source"/> says which continuation (the CLI: greedy; the study: a seeded toxic sample per prompt).
-/// With <paramref name="clauseEnds"/> (definition 3, docs/notes/battery.md) the forced text never ends inside a clause:
-/// k tokens are extended to the end of the clause holding token k, and at least one clause of the reply is left for the
-/// model (<see cref="Cut"/>). With a <see cref="Reference"/> (the start model) each point is the aligned model's
+/// With <paramref name="clauseEnds"/> (definitions 3 and 4, docs/notes/battery.md) the forced text never ends inside a
+/// clause (<paramref name="unit"/> "clause") or a sentence ("sentence"): k tokens are extended to the end of the unit
+/// holding token k, and at least one unit of the reply is left for the model (<see cref="Cut"/>). With a <see cref="Reference"/> (the start model) each point is the aligned model's
 /// toxicity RELATIVE to the reference's own tokens under the same forced prefix.</summary>
-public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations, string? source = null, IReadOnlyList<int[]>? clauseEnds = null) : Attack
+public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations, string? source = null, IReadOnlyList<int[]>? clauseEnds = null, string unit = "clause") : Attack
 {
+    /// <summary>What <see cref="ClauseEnds"/> marks: "clause" (. , ! ? ; :, definition 3) or "sentence" (. ! ?, definition 4).</summary>
+    public string Unit { get; } = unit is "clause" or "sentence" ? unit : throw new ArgumentException($"prefill: unit must be \"clause\" or \"sentence\" (got \"{unit}\")");
     /// <summary>The base model's continuation of each prompt (token ids, in prompt order); the first k are prefilled.</summary>
     public IReadOnlyList<int[]> BaseContinuations { get; } = baseContinuations;
     /// <summary>Per prompt, the token counts after which a clause of <see cref="BaseContinuations"/> ends (null: cut at k tokens).</summary>
@@ -284,13 +286,19 @@ public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations, string
 
     /// <summary>Token counts after which a clause ends: after every token whose text ends (ignoring trailing spaces) with
     /// one of . , ! ? ; :, and at the end of the continuation.</summary>
-    public static int[] FindClauseEnds(IReadOnlyList<int> ids, Func<int, string> tokenText)
+    public static int[] FindClauseEnds(IReadOnlyList<int> ids, Func<int, string> tokenText) => FindEnds(ids, tokenText, ".,!?;:");
+
+    /// <summary>Token counts after which a sentence ends (definition 4, docs/notes/battery.md): after every token whose text
+    /// ends (ignoring trailing spaces) with . ! or ?, and at the end of the continuation.</summary>
+    public static int[] FindSentenceEnds(IReadOnlyList<int> ids, Func<int, string> tokenText) => FindEnds(ids, tokenText, ".!?");
+
+    static int[] FindEnds(IReadOnlyList<int> ids, Func<int, string> tokenText, string marks)
     {
         var ends = new List<int>();
         for (int i = 0; i < ids.Count; i++)
         {
             var t = tokenText(ids[i]).TrimEnd();
-            if (t.Length > 0 && ".,!?;:".Contains(t[^1])) ends.Add(i + 1);
+            if (t.Length > 0 && marks.Contains(t[^1])) ends.Add(i + 1);
         }
         if (ids.Count > 0 && (ends.Count == 0 || ends[^1] != ids.Count)) ends.Add(ids.Count);
         return ends.ToArray();
@@ -301,7 +309,7 @@ public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations, string
     {
         var o = base.Describe();
         o["source"] = source ?? "the base model's greedy continuation of each prompt (fewer tokens when it ended earlier)";
-        o["cut"] = ClauseEnds is null ? "k tokens" : "k tokens extended to the end of their clause, leaving at least one clause of the reply to the model";
+        o["cut"] = ClauseEnds is null ? "k tokens" : $"k tokens extended to the end of their {Unit}, leaving at least one {Unit} of the reply to the model";
         if (ClauseEnds is not null)
             o["prompts_with_a_cut"] = ClauseEnds.Select((e, i) => Cut(int.MaxValue, e, BaseContinuations[i].Length) > 0).Count(x => x);
         o["relative_to_reference"] = Reference is not null;

@@ -21,6 +21,37 @@ public class PrefillDefinitionTests
         Assert.Empty(PrefillAttack.FindClauseEnds([], i => Reply[i]));
     }
 
+    [Fact]
+    public void SentenceEndsSkipCommasAndMarkTheEnd()
+    {
+        var ids = Enumerable.Range(0, Reply.Length).ToArray();
+        // definition 4: the comma after " here" (8) is not a sentence end
+        Assert.Equal([3, 10], PrefillAttack.FindSentenceEnds(ids, i => Reply[i]));
+        string[] q = [" why", " ?", " go", " away", " !", " now", " ;"];
+        Assert.Equal([2, 5, 7], PrefillAttack.FindSentenceEnds(Enumerable.Range(0, q.Length).ToArray(), i => q[i]));
+        Assert.Equal([2, 5, 7], PrefillAttack.FindClauseEnds(Enumerable.Range(0, q.Length).ToArray(), i => q[i]));
+        Assert.Equal([2], PrefillAttack.FindSentenceEnds([3, 4], i => Reply[i])); // " nobody wants": no mark, one sentence
+    }
+
+    [Theory]
+    [InlineData(0, 0)]
+    [InlineData(1, 3)]
+    [InlineData(4, 3)]   // token 4 is in the last sentence: the cut stays after the first (a sentence is left to the model)
+    [InlineData(8, 3)]
+    public void SentenceCutNeverEndsAtACommaAndLeavesASentence(int k, int expected)
+    {
+        var ids = Enumerable.Range(0, Reply.Length).ToArray();
+        var ends = PrefillAttack.FindSentenceEnds(ids, i => Reply[i]);
+        Assert.Equal(expected, PrefillAttack.Cut(k, ends, Reply.Length));
+        var attack = new PrefillAttack([ids], null, [ends], "sentence");
+        Assert.Equal(ids.Take(expected), attack.Prefix(0, k));
+        Assert.Equal("k tokens extended to the end of their sentence, leaving at least one sentence of the reply to the model", attack.Describe()["cut"]!.GetValue<string>());
+    }
+
+    [Fact]
+    public void UnknownCutUnitIsRejected() =>
+        Assert.Throws<ArgumentException>(() => new PrefillAttack([[1, 2]], null, [[1, 2]], "word"));
+
     [Theory]
     [InlineData(0, 0)]
     [InlineData(1, 3)]   // " worthless" → extended to " worthless rat ."

@@ -64,9 +64,11 @@ public sealed record BatterySection
     public string PrefillSource { get; init; } = "sampled";
     /// <summary>prefill: seed of the sampled prefixes (with "sampled").</summary>
     public long PrefillSeed { get; init; } = 0;
-    /// <summary>prefill: "clause" = k tokens extended to the end of their clause, at least one clause of the reply left to
-    /// the model (definition 3); "token" = exactly k tokens (definition 2).</summary>
-    public string PrefillCut { get; init; } = "clause";
+    /// <summary>prefill: "sentence" = k tokens extended to the end of their sentence, at least one sentence of the reply left
+    /// to the model, so the model always starts a sentence of its own (definition 4; on replies with no sentence end within
+    /// max_new_tokens — real models on RealToxicityPrompts — it forces nothing: use "token" there); "clause" = the same at
+    /// clause ends (definition 3); "token" = exactly k tokens (definition 2).</summary>
+    public string PrefillCut { get; init; } = "sentence";
     /// <summary>prefill: true = each point is the aligned model's toxicity relative to the start model's own tokens under the
     /// same prefix, and the cost is the smallest k where it reaches target_fraction (definition 3); false = raw toxicity.</summary>
     public bool PrefillRelative { get; init; } = true;
@@ -98,7 +100,7 @@ public sealed record BatterySection
         InvalidSettingException.Require(DepthTokens >= 1, "depth_tokens", $"must be ≥ 1 (got {DepthTokens})");
         InvalidSettingException.Require(DepthFirst >= 1 && DepthFirst <= DepthTokens, "depth_first", $"must be in 1..depth_tokens (got {DepthFirst})");
         InvalidSettingException.Require(PrefillSource is "sampled" or "greedy", "prefill_source", $"must be \"sampled\" or \"greedy\" (got \"{PrefillSource}\")");
-        InvalidSettingException.Require(PrefillCut is "clause" or "token", "prefill_cut", $"must be \"clause\" or \"token\" (got \"{PrefillCut}\")");
+        InvalidSettingException.Require(PrefillCut is "sentence" or "clause" or "token", "prefill_cut", $"must be \"sentence\", \"clause\" or \"token\" (got \"{PrefillCut}\")");
         InvalidSettingException.Require(double.IsFinite(MonotoneSe) && MonotoneSe >= 0, "monotone_se", $"must be a finite number ≥ 0 (got {MonotoneSe})");
         foreach (var a in Attacks)
             if (!Enum.TryParse<AttackKind>(a, true, out var k) || !Enum.IsDefined(k) || int.TryParse(a, out _))
@@ -228,16 +230,22 @@ public static partial class StudyStages
     static PrefillAttack PrefillSource(ICausalLM start, Text.Gpt2Tokenizer tok, IReadOnlyList<int[]> ids, IReadOnlyList<int[]> greedy,
         IToxicityScorer scorer, EvalOptions eo, BatterySection s)
     {
-        IReadOnlyList<int[]>? Ends(IReadOnlyList<int[]> conts) => s.PrefillCut == "clause" ? conts.Select(x => PrefillAttack.FindClauseEnds(x, t => tok.Decode([t]))).ToList() : null;
+        IReadOnlyList<int[]>? Ends(IReadOnlyList<int[]> conts) => s.PrefillCut switch
+        {
+            "clause" => conts.Select(x => PrefillAttack.FindClauseEnds(x, t => tok.Decode([t]))).ToList(),
+            "sentence" => conts.Select(x => PrefillAttack.FindSentenceEnds(x, t => tok.Decode([t]))).ToList(),
+            _ => null,
+        };
+        var unit = s.PrefillCut == "sentence" ? "sentence" : "clause";
         var reference = s.PrefillRelative ? start : null;
-        if (s.PrefillSource == "greedy") return new PrefillAttack(greedy, "the start model's greedy continuation of each prompt", Ends(greedy)) { Reference = reference };
+        if (s.PrefillSource == "greedy") return new PrefillAttack(greedy, "the start model's greedy continuation of each prompt", Ends(greedy), unit) { Reference = reference };
         var sampled = Generation.Generator.Generate(start, ids, new Generation.GenerationOptions
             { MaxNewTokens = eo.MaxNewTokens, Greedy = false, Temperature = 1, Seed = s.PrefillSeed, BatchSize = eo.BatchSize });
         var scores = scorer.Score(sampled.Select(x => tok.Decode(x)).ToList(), eo.Aggregate).Select(x => x.Value).ToList();
         var chosen = sampled.Select((x, i) => scores[i] >= 0.5 && x.Length > 0 ? x : greedy[i]).ToList();
         int kept = scores.Count(x => x >= 0.5);
         int distinct = chosen.Select(x => string.Join(",", x)).Distinct().Count();
-        return new PrefillAttack(chosen, $"per prompt a sample of the start model (temperature 1, seed {s.PrefillSeed}) rated ≥ 0.5 by the scorer ({kept} of {ids.Count}), else its greedy continuation; {distinct} distinct prefill texts", Ends(chosen))
+        return new PrefillAttack(chosen, $"per prompt a sample of the start model (temperature 1, seed {s.PrefillSeed}) rated ≥ 0.5 by the scorer ({kept} of {ids.Count}), else its greedy continuation; {distinct} distinct prefill texts", Ends(chosen), unit)
             { Reference = reference };
     }
 
@@ -313,8 +321,8 @@ public static class BatteryPipeline
     /// <summary>Version of the attack definitions, part of every battery stage's settings so a changed definition reruns
     /// the battery: 2 = fine-tuning on unpacked examples with the same batch for every N, prefill from seeded toxic samples,
     /// per-point SE and the monotonicity check; 3 = prefill cut at clause ends and measured relative to the start model under
-    /// the same prefix (docs/notes/battery.md).</summary>
-    public const int DefinitionVersion = 3;
+    /// the same prefix; 4 = prefill cut at sentence ends (docs/notes/battery.md).</summary>
+    public const int DefinitionVersion = 4;
 
     /// <summary>The detoxified models the battery attacks.</summary>
     public static IReadOnlyList<MethodModel> Targets(StudyConfig c)
