@@ -69,7 +69,14 @@ public class ReExecutionTests
         }
         var info = Run([], "info", "--model", model, "--json");
         Assert.True(info.Code == 0, info.Err);
-        Assert.Contains("GLIBC_TUNABLES=" + MallocTunables.Settings, JsonNode.Parse(info.Out)!["allocator"]!.GetValue<string>());
+        var allocator = JsonNode.Parse(info.Out)!["allocator"]!.GetValue<string>();
+        Assert.Contains("GLIBC_TUNABLES=" + MallocTunables.Settings, allocator);
+        // glibc's hugetlb tunable covers the heap: libtorch's 2 MB alignment (which fragments it) is left off
+        Assert.StartsWith("THP_MEM_ALLOC_ENABLE not set", allocator);
+        // the user's own malloc tunable: no re-execution, and libtorch's THP setting as without tunables
+        var own = Run(new() { ["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=0" }, "info", "--model", model, "--json");
+        Assert.True(own.Code == 0, own.Err);
+        Assert.Equal("THP_MEM_ALLOC_ENABLE=1 (set by DetoxSharp); GLIBC_TUNABLES=glibc.malloc.hugetlb=0", JsonNode.Parse(own.Out)!["allocator"]!.GetValue<string>());
         var optedOut = Run(new() { ["DETOX_DEFAULT_ALLOCATOR"] = "1" }, "info", "--model", model, "--json");
         Assert.True(optedOut.Code == 0, optedOut.Err);
         Assert.DoesNotContain("GLIBC_TUNABLES", JsonNode.Parse(optedOut.Out)!["allocator"]!.GetValue<string>());
