@@ -6,19 +6,13 @@ using DetoxSharp.Text;
 using DetoxSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;
+using static DetoxSharp.Tests.CliRunner;
 
 namespace DetoxSharp.Tests.Core;
 
 /// <summary>Every command of the CLI on tiny Llama-family checkpoints (untied Llama with GQA; tied Qwen2 with q/k/v bias).</summary>
 public class LlamaCliTests
 {
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter(); var e = new StringWriter();
-        int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
-        return (rc, o.ToString(), e.ToString());
-    }
-
     static void Ok(params string[] args)
     {
         var r = Run(args);

@@ -3,6 +3,7 @@ using DetoxSharp.Checkpoints;
 using DetoxSharp.Data;
 using DetoxSharp.Tests.Preference;
 using DetoxSharp.Text;
+using static DetoxSharp.Tests.CliRunner;
 
 namespace DetoxSharp.Tests.Formats;
 
@@ -10,13 +11,6 @@ namespace DetoxSharp.Tests.Formats;
 /// and dpo do; dpo and sft take TRL conversational records (rendered with the checkpoint's chat template) and Parquet.</summary>
 public class FormatCliTests
 {
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter(); var e = new StringWriter();
-        int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
-        return (rc, o.ToString(), e.ToString());
-    }
-
     [Fact]
     public void MakePairsReadsRtpLinesAndPromptTextFiles()
     {

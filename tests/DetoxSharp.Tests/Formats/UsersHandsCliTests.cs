@@ -4,6 +4,7 @@ using DetoxSharp.Checkpoints;
 using DetoxSharp.Data;
 using DetoxSharp.Tests.Preference;
 using DetoxSharp.Text;
+using static DetoxSharp.Tests.CliRunner;
 
 namespace DetoxSharp.Tests.Formats;
 
@@ -12,13 +13,6 @@ namespace DetoxSharp.Tests.Formats;
 /// ETA when stderr is not a terminal.</summary>
 public class UsersHandsCliTests
 {
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter(); var e = new StringWriter();
-        int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
-        return (rc, o.ToString(), e.ToString());
-    }
-
     static JsonArray Msgs(params (string Role, string Content)[] m) =>
         new([.. m.Select(x => (JsonNode)new JsonObject { ["role"] = x.Role, ["content"] = x.Content })]);
 

@@ -4,6 +4,7 @@ using System.Text.Json;
 using DetoxSharp.Checkpoints;
 using DetoxSharp.Text;
 using Tiny = DetoxSharp.Tests.Preference.Tiny;
+using static DetoxSharp.Tests.CliRunner;
 
 namespace DetoxSharp.Tests.Loop;
 
@@ -11,13 +12,6 @@ namespace DetoxSharp.Tests.Loop;
 /// line on stderr, and the command it prints.</summary>
 public class TrainingCliTests
 {
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter(); var e = new StringWriter();
-        int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
-        return (rc, o.ToString(), e.ToString());
-    }
-
     /// <summary>A tiny start model and a pairs file under a fresh directory.</summary>
     static (string Root, string Model, string Pairs) Setup(string name)
     {

@@ -6,6 +6,7 @@ using DetoxSharp.Interpretability;
 using DetoxSharp.Text;
 using DetoxSharp.Training;
 using TorchSharp;
+using static DetoxSharp.Tests.CliRunner;
 
 namespace DetoxSharp.Tests.Preference;
 
@@ -16,13 +17,6 @@ namespace DetoxSharp.Tests.Preference;
 /// </summary>
 public class PairShardTests
 {
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter(); var e = new StringWriter();
-        int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
-        return (rc, o.ToString(), e.ToString());
-    }
-
     /// <summary>A start model, a [TOXIC] model (one SFT step), a PPLM probe and 11 prompts of different lengths.</summary>
     static (string Root, string Start, string Tox, string Probe, string Prompts) Setup(string name)
     {

@@ -9,6 +9,7 @@ using DetoxSharp.Text;
 using TorchSharp;
 using static TorchSharp.torch;
 using Gen = DetoxSharp.Generation.Generator;
+using static DetoxSharp.Tests.CliRunner;
 
 namespace DetoxSharp.Tests.Preference;
 
@@ -296,13 +297,6 @@ public class PplmTests
 
 public class PplmCliTests
 {
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter(); var e = new StringWriter();
-        int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
-        return (rc, o.ToString(), e.ToString());
-    }
-
     [Fact]
     public void PplmFlagErrorsAreExitTwo()
     {

@@ -4,18 +4,12 @@ using DetoxSharp.Data;
 using DetoxSharp.Text;
 using DetoxSharp.Training;
 using TorchSharp;
+using static DetoxSharp.Tests.CliRunner;
 
 namespace DetoxSharp.Tests.Preference;
 
 public class PreferenceCliTests
 {
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter(); var e = new StringWriter();
-        int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
-        return (rc, o.ToString(), e.ToString());
-    }
-
     [Fact]
     public void ToxicModelMakePairsAdpoPipeline()
     {

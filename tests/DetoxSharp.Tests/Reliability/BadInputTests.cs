@@ -8,6 +8,7 @@ using DetoxSharp.Text;
 using DetoxSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;
+using static DetoxSharp.Tests.CliRunner;
 
 namespace DetoxSharp.Tests.Reliability;
 
@@ -352,14 +353,6 @@ public class BadInputTests
 
     // ---- flags ----
 
-    static (int Rc, string Out, string Err) Cli(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
-        return (rc, o.ToString(), e.ToString());
-    }
-
     [Theory]
     [InlineData("--lr", "Infinity")]
     [InlineData("--lr", "NaN")]
@@ -367,7 +360,7 @@ public class BadInputTests
     [InlineData("--beta", "-Infinity")]
     public void NonFiniteFloatingFlagsAreRejected(string flag, string value)
     {
-        var r = Cli("dpo", "--model", "/nonexistent", "--data", "/nonexistent", "--out", "/tmp/x", flag, value);
+        var r = Run("dpo", "--model", "/nonexistent", "--data", "/nonexistent", "--out", "/tmp/x", flag, value);
         Assert.Equal(2, r.Rc);
         Assert.Contains(flag, r.Err);
         Assert.Contains("finite", r.Err);
@@ -377,15 +370,15 @@ public class BadInputTests
     public void CountFlagsAreBounded()
     {
         var (dir, _) = Checkpoint();
-        var g = Cli("generate", "--model", dir, "--prompt", "hello", "--max-new-tokens", "2147483647");
+        var g = Run("generate", "--model", dir, "--prompt", "hello", "--max-new-tokens", "2147483647");
         Assert.Equal(2, g.Rc);
         Assert.Contains("exceeds the model's context of 16", g.Err);
         var text = Path.Combine(CoreTestUtil.TempDir("cnt"), "t.txt");
         File.WriteAllText(text, "hello world");
-        var l = Cli("eval", "--model", dir, "--ppl-text", text, "--out", Path.Combine(Path.GetDirectoryName(text)!, "o"), "--limit", "-5");
+        var l = Run("eval", "--model", dir, "--ppl-text", text, "--out", Path.Combine(Path.GetDirectoryName(text)!, "o"), "--limit", "-5");
         Assert.Equal(2, l.Rc);
         Assert.Contains("--limit must be ≥ 1 (got -5)", l.Err);
-        var s = Cli("eval", "--model", dir, "--ppl-text", text, "--out", Path.Combine(Path.GetDirectoryName(text)!, "o"), "--samples", "100000000");
+        var s = Run("eval", "--model", dir, "--ppl-text", text, "--out", Path.Combine(Path.GetDirectoryName(text)!, "o"), "--samples", "100000000");
         Assert.Equal(2, s.Rc);
         Assert.Contains("--samples exceeds the limit of 1000 (got 100000000)", s.Err);
     }
@@ -399,7 +392,7 @@ public class BadInputTests
         var tensors = Safetensors.Load(st);
         tensors["ln_f.weight"][0].fill_(float.NaN);
         Safetensors.Save(st, tensors);
-        var r = Cli("score", "--model", dir, "--text", "hello world", "--json");
+        var r = Run("score", "--model", dir, "--text", "hello world", "--json");
         Assert.True(r.Rc == 0, r.Err);
         var json = JsonNode.Parse(r.Out)!.AsObject();
         Assert.Null(json["total_logprob"]);
@@ -425,7 +418,7 @@ public class BadInputTests
 
         // eval --ppl-text runs (exit 0) and prints the warning once
         var (dir, _) = Checkpoint();
-        var r = Cli("eval", "--model", dir, "--ppl-text", text, "--out", Path.Combine(root, "o"));
+        var r = Run("eval", "--model", dir, "--ppl-text", text, "--out", Path.Combine(root, "o"));
         Assert.True(r.Rc == 0, r.Err);
         Assert.Single(r.Err.Split('\n'), l => l.Contains("invalid UTF-8"));
         Assert.Contains($"--ppl-text {text}:2: invalid UTF-8", r.Err);

@@ -8,6 +8,7 @@ using Xunit.Abstractions;
 using static TorchSharp.torch;
 using PrefTiny = DetoxSharp.Tests.Preference.Tiny;
 using PreferenceTrainerTests = DetoxSharp.Tests.Preference.PreferenceTrainerTests;
+using static DetoxSharp.Tests.CliRunner;
 
 namespace DetoxSharp.Tests.Toy;
 
@@ -291,13 +292,6 @@ public class MixedPrecisionTests(ITestOutputHelper output)
 
 public class MixedPrecisionCliTests
 {
-    static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter(); var e = new StringWriter();
-        int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
-        return (rc, o.ToString(), e.ToString());
-    }
-
     [Fact]
     public void PrecisionFlagIsValidatedAndBf16MixedRuns()
     {
