@@ -565,8 +565,7 @@ public class InterpretabilityTests
         File.WriteAllText(prompts, "{\"prompt\":{\"text\":\"You are such a\"}}\n{\"prompt\":\"Hello there\"}\n");
         int Run(params string[] args)
         {
-            var o = new StringWriter(); var e = new StringWriter();
-            int rc = DetoxSharp.Cli.DetoxCli.Run(args, o, e);
+            var (rc, o, e) = CliRunner.Run(args);
             Assert.True(rc == 0, $"{string.Join(" ", args)} → {rc}\n{o}\n{e}");
             return rc;
         }
