@@ -77,6 +77,7 @@ cat > "$app/Consumer.csproj" <<XML
 </Project>
 XML
 (cd "$app" && dotnet build -c Release -nologo -v:q -clp:NoSummary && dotnet bin/Release/net10.0/Consumer.dll "$work/model")
+rm -rf "$app" # its libtorch copy (≈ 650 MB) before the tool brings another: CI machines can have little free disk
 
 echo "== dotnet tool install DetoxSharp.Tool --tool-path"
 (cd "$work" && dotnet tool install DetoxSharp.Tool --version "$version" --tool-path "$work/tools" --configfile "$work/nuget.config")
