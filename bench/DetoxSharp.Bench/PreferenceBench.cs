@@ -17,7 +17,7 @@ static class PreferenceBench
 {
     public sealed record Result(string Mode, double PairsPerSecond, double WallSeconds, double FirstLoss, int Steps);
 
-    public static List<Result> Run(Func<ICausalLM> make, int steps, string workDir)
+    public static List<Result> Run(Func<ICausalLM> make, int steps, string workDir, bool autoOnly = false)
     {
         var tok = Gpt2Tokenizer.Default();
         var rnd = new Random(1);
@@ -26,7 +26,8 @@ static class PreferenceBench
         var results = new List<Result>();
         // fp32 with and without the cache (the library's default precision), then the CLI's and the study's default:
         // --precision auto (bf16-mixed on a CPU with native bf16) with the cache
-        foreach (var (cache, precision) in new[] { (true, Precision.ModelDType), (false, Precision.ModelDType), (true, Precision.Auto) })
+        var modes = new[] { (true, Precision.ModelDType), (false, Precision.ModelDType), (true, Precision.Auto) };
+        foreach (var (cache, precision) in autoOnly ? modes[2..] : modes)
         {
             torch.manual_seed(1);
             using var m = make();
