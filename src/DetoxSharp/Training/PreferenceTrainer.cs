@@ -229,15 +229,20 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         }
         else if (o.CacheReference)
         {
-            (refC, refR, var hit1) = CachedLogps(cacheDir, "ref", ModelHash(refModel), dataHash, refModel, all, o.BatchSize, tokenizer.EosTokenId, false, cancel);
+            // mixed precision: validation compares the fp32 master with the fp32 reference, and the training steps compare
+            // the bf16 working copy with the reference's bf16 copy (the same rounding, so log π − log π_ref starts at
+            // exactly 0, loss ln 2, instead of bf16 noise). So the fp32 pass, ≈ 3× the cost of the bf16 one, runs only on
+            // the batches that hold validation pairs (at GPT-2 medium, the two full passes over a 24,576-pair file would
+            // take longer than the training). The entries it skips are NaN: a use of one would stop the run as
+            // non-finite, never train on a wrong reference.
+            string hash = ModelHash(refModel);
+            (refC, refR, var hit1) = CachedLogps(cacheDir, "ref", hash, dataHash, refModel, all, o.BatchSize, tokenizer.EosTokenId, false, cancel,
+                only: mixed ? valIdx : null);
             cacheHit &= hit1;
             if (mixed)
             {
-                // the training steps' policy log-probs come from the bf16 working copy: their reference is the same
-                // rounding of the reference, so log π − log π_ref starts at exactly 0 (loss ln 2) instead of bf16 noise
-                string hash16 = ModelHash(refModel) + "|bf16";
                 using var ref16 = Bf16Copy(refModel);
-                (refC16, refR16, var hit3) = CachedLogps(cacheDir, "ref-bf16", hash16, dataHash, ref16, all, o.BatchSize, tokenizer.EosTokenId, false, cancel);
+                (refC16, refR16, var hit3) = CachedLogps(cacheDir, "ref-bf16", hash + "|bf16", dataHash, ref16, all, o.BatchSize, tokenizer.EosTokenId, false, cancel);
                 cacheHit &= hit3;
             }
             if (adpo)
@@ -391,13 +396,22 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
 
     /// <summary>Log-prob sums per example (chosen, rejected) or, with toxic=true, of y_t after [TOXIC]+prompt; cached on disk.</summary>
     static (double[] A, double[] B, bool Hit) CachedLogps(string dir, string kind, string modelHash, string dataHash, ICausalLM model,
-        List<TokenizedExample> all, int batchSize, int padId, bool toxic, CancellationToken cancel)
+        List<TokenizedExample> all, int batchSize, int padId, bool toxic, CancellationToken cancel, IReadOnlyList<int>? only = null)
     {
-        var key = Convert.ToHexString(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes($"{kind}|{modelHash}|{dataHash}"))).ToLowerInvariant()[..24];
-        var path = Path.Combine(dir, $"{kind}-{key}.bin");
-        if (File.Exists(path))
+        // only: compute just the batches (of consecutive examples, as in a full pass, so every value is the full pass's
+        // to the bit) that hold one of these examples; the others are NaN. Part of the key: a partial file never serves
+        // a full pass.
+        var wanted = only is null ? null : new HashSet<int>(only);
+        var starts = Enumerable.Range(0, (all.Count + batchSize - 1) / batchSize).Select(k => k * batchSize)
+            .Where(i => wanted is null || Enumerable.Range(i, Math.Min(batchSize, all.Count - i)).Any(wanted.Contains)).ToArray();
+        string subset = wanted is null ? "" : "|only:" + string.Join(',', wanted.Order());
+        string PathOf(string s) => Path.Combine(dir, $"{kind}-{Convert.ToHexString(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes($"{kind}|{modelHash}|{dataHash}{s}"))).ToLowerInvariant()[..24]}.bin");
+        var path = PathOf(subset);
+        // a full pass's file serves a partial one too (the same values)
+        foreach (var candidate in wanted is null ? [path] : new[] { PathOf(""), path })
         {
-            using var r = new BinaryReader(File.OpenRead(path));
+            if (!File.Exists(candidate)) continue;
+            using var r = new BinaryReader(File.OpenRead(candidate));
             int n = r.ReadInt32();
             if (n == all.Count)
             {
@@ -407,10 +421,11 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             }
         }
         var A = new double[all.Count]; var B = new double[all.Count];
+        if (only is not null) { Array.Fill(A, double.NaN); Array.Fill(B, double.NaN); }
         bool wasTraining = model.Module.training;
         model.Module.eval();
         using (torch.no_grad())
-            for (int i = 0; i < all.Count; i += batchSize)
+            foreach (var i in starts)
             {
                 cancel.ThrowIfCancellationRequested(); // nothing is cached until the whole pass is done
                 using var scope = torch.NewDisposeScope();

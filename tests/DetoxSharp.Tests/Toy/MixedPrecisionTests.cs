@@ -231,8 +231,8 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         using var mixed = PrefTiny.Model();
         var r1 = new PreferenceTrainer(fp32, tok, DpoOpts(cache)).Train(data, Path.Combine(root, "fp32"));
         var r2 = new PreferenceTrainer(mixed, tok, DpoOpts(cache) with { Precision = Precision.Bf16Mixed }).Train(data, Path.Combine(root, "mixed"));
-        // validation's fp32 reference log-probs are keyed on the fp32 weights, so the fp32 run's cache file is reused; the
-        // training steps' bf16 reference log-probs are added beside it
+        // validation's fp32 reference log-probs are keyed on the fp32 weights, so the fp32 run's (full) cache file serves
+        // the mixed run's validation pairs; the training steps' bf16 reference log-probs are added beside it
         Assert.False(r2.ReferenceCacheHit);
         Assert.Single(Directory.GetFiles(cache, "ref-*.bin").Where(f => !Path.GetFileName(f).StartsWith("ref-bf16-")));
         Assert.Single(Directory.GetFiles(cache, "ref-bf16-*.bin"));
@@ -252,6 +252,43 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         Assert.True(a[^1] < a[0] - 0.05 && b[^1] < b[0] - 0.05, $"loss did not fall: {a[^1]}, {b[^1]}");
         using var saved = HfCheckpoint.Load(r2.FinalDir);
         Assert.Equal(ScalarType.Float32, saved.Model.DType);
+    }
+
+    static double[] CacheValues(string file)
+    {
+        using var r = new BinaryReader(File.OpenRead(file));
+        int n = r.ReadInt32();
+        return Enumerable.Range(0, 2 * n).Select(_ => r.ReadDouble()).ToArray();
+    }
+
+    [Fact]
+    public void DpoMixedComputesTheFp32ReferenceOnlyForTheValidationBatchesAndToTheBit()
+    {
+        // 40 pairs in reference batches of 2: the 4 validation pairs sit in at most 4 of the 20 batches
+        var tok = Gpt2Tokenizer.Default();
+        var data = PrefTiny.Pairs(40);
+        var root = PrefTiny.TempDir("mixed-dpo-partial");
+        using var mixedModel = PrefTiny.Model();
+        var r = new PreferenceTrainer(mixedModel, tok, DpoOpts(Path.Combine(root, "cache-mixed")) with { Precision = Precision.Bf16Mixed, MaxSteps = 2 })
+            .Train(data, Path.Combine(root, "mixed"));
+        Assert.False(r.ReferenceCacheHit);
+        var partial = CacheValues(Assert.Single(Directory.GetFiles(Path.Combine(root, "cache-mixed"), "ref-*.bin").Where(f => !Path.GetFileName(f).StartsWith("ref-bf16-"))));
+        var bf16 = CacheValues(Assert.Single(Directory.GetFiles(Path.Combine(root, "cache-mixed"), "ref-bf16-*.bin")));
+        int computed = partial.Count(x => !double.IsNaN(x));
+        output.WriteLine($"fp32 reference entries computed: {computed} of {partial.Length} (chosen and rejected per pair)");
+        Assert.InRange(computed, 2 * 4, 2 * 4 * 2); // every validation pair, at most the 4 batches that hold them
+        Assert.DoesNotContain(bf16, double.IsNaN); // the training steps' bf16 reference covers every pair
+        // the validation loss used the fp32 reference: finite
+        var eval = MetricsLog.Read(r.MetricsPath).Where(x => x["phase"]?.GetValue<string>() == "eval").ToList();
+        Assert.NotEmpty(eval);
+        Assert.All(eval, e => Assert.True(double.IsFinite(e["eval/loss"]!.GetValue<double>())));
+        // each computed value is the full fp32 pass's, to the bit (same batches of consecutive pairs)
+        using var fp32Model = PrefTiny.Model();
+        new PreferenceTrainer(fp32Model, tok, DpoOpts(Path.Combine(root, "cache-fp32")) with { MaxSteps = 1 }).Train(data, Path.Combine(root, "fp32"));
+        var full = CacheValues(Assert.Single(Directory.GetFiles(Path.Combine(root, "cache-fp32"), "ref-*.bin")));
+        Assert.DoesNotContain(full, double.IsNaN);
+        for (int i = 0; i < full.Length; i++)
+            if (!double.IsNaN(partial[i])) Assert.Equal(BitConverter.DoubleToInt64Bits(full[i]), BitConverter.DoubleToInt64Bits(partial[i]));
     }
 
     [Fact]
