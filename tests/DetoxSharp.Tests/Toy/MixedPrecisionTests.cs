@@ -272,7 +272,7 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         var r = new PreferenceTrainer(mixedModel, tok, DpoOpts(Path.Combine(root, "cache-mixed")) with { Precision = Precision.Bf16Mixed, MaxSteps = 2 })
             .Train(data, Path.Combine(root, "mixed"));
         Assert.False(r.ReferenceCacheHit);
-        var partial = CacheValues(Assert.Single(Directory.GetFiles(Path.Combine(root, "cache-mixed"), "ref-*.bin").Where(f => !Path.GetFileName(f).StartsWith("ref-bf16-"))));
+        var partial = CacheValues(Assert.Single(Directory.GetFiles(Path.Combine(root, "cache-mixed"), "ref-*.bin"), f => !Path.GetFileName(f).StartsWith("ref-bf16-")));
         var bf16 = CacheValues(Assert.Single(Directory.GetFiles(Path.Combine(root, "cache-mixed"), "ref-bf16-*.bin")));
         int computed = partial.Count(x => !double.IsNaN(x));
         output.WriteLine($"fp32 reference entries computed: {computed} of {partial.Length} (chosen and rejected per pair)");
