@@ -27,7 +27,7 @@ static class PreferenceBench
         // fp32 with and without the cache (the library's default precision), then the CLI's and the study's default:
         // --precision auto (bf16-mixed on a CPU with native bf16) with the cache
         var modes = new[] { (true, Precision.ModelDType), (false, Precision.ModelDType), (true, Precision.Auto) };
-        foreach (var (cache, precision) in autoOnly ? modes[2..] : modes)
+        foreach (var (cache, precision) in modes.Where(m => !autoOnly || m.Item2 == Precision.Auto))
         {
             torch.manual_seed(1);
             using var m = make();

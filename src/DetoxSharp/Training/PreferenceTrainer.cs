@@ -421,7 +421,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             }
         }
         var A = new double[all.Count]; var B = new double[all.Count];
-        if (only is not null) { Array.Fill(A, double.NaN); Array.Fill(B, double.NaN); }
+        if (wanted is not null) { Array.Fill(A, double.NaN); Array.Fill(B, double.NaN); }
         bool wasTraining = model.Module.training;
         model.Module.eval();
         using (torch.no_grad())
