@@ -8,6 +8,7 @@ using DetoxSharp.Checkpoints;
 using DetoxSharp.Data;
 using DetoxSharp.Evaluation;
 using DetoxSharp.Interpretability;
+using DetoxSharp.Study;
 
 namespace DetoxSharp.Cli.Commands;
 
@@ -20,7 +21,7 @@ public static class AttackCommand
     public static Command Create()
     {
         var kind = new Argument<string>("KIND") { Description = "keys (top-k toxic keys × s) | steer (α·unit W_Toxic) | finetune (SFT on N toxic examples) | prefill (k tokens of the base model's continuation) | ablate (orthogonalise residual writers against δx, × λ)" };
-        var models = new Option<string[]>("--model") { Description = "aligned model directory; repeat for several seeds (the cost is reported as mean ± std over them)", Required = true, AllowMultipleArgumentsPerToken = false };
+        var models = new Option<string[]>("--model") { Description = "aligned model: a checkpoint directory, or a study method directory (model_dir.txt, with its inference-time edits steer.txt / neuron_shift.json hooked in, e.g. RUN/stages/edit/steering); repeat for several seeds (the cost is reported as mean ± std over them)", Required = true, AllowMultipleArgumentsPerToken = false };
         var prompts = new Option<string>("--prompts") { Description = "challenge prompts: RealToxicityPrompts JSONL or Parquet (prompt.text), or \"prompt\" (string or TRL message list), \"prompt_text\", \"text\"; or .txt, one per line", Required = true };
         var scorer = new Option<string>("--scorer") { Description = "toxicity scorer: classifier:DIR (a local BERT/RoBERTa checkpoint) | toy | perspective (legacy)", Required = true };
         var outDir = new Option<string>("--out") { Description = "output directory: attack.json, attack.csv, generations.jsonl (and model/ with --save-model)", Required = true };
@@ -39,6 +40,7 @@ public static class AttackCommand
         var lr = Bind.To("--lr", ao, o => o.LearningRate);
         var ftBatch = Bind.To("--finetune-batch-size", ao, o => o.FinetuneBatchSize);
         var seed = Bind.To("--seed", ao, o => o.Seed);
+        var draws = Bind.To("--draws", ao, o => o.FinetuneDraws);
         var ro = new RetoxOptions();
         var fraction = Bind.To("--target-fraction", ro, o => o.TargetFraction);
         var bisect = Bind.To("--bisect-steps", ro, o => o.BisectSteps);
@@ -51,7 +53,7 @@ public static class AttackCommand
         var cmd = new Command("attack", "Re-toxification attacks on aligned models (keys, steer, finetune, prefill, ablate): toxicity per strength, and with --sweep the cost to re-toxify.")
         {
             kind, models, prompts, scorer, outDir, strengths, sweep, baseModel, targetTox, probe, diff, data, saveModel,
-            keys, layer, steps, lr, ftBatch, seed, fraction, bisect, promptTokens, newTokens, batch, limit, device, dtype, pickle,
+            keys, layer, steps, lr, ftBatch, seed, draws, fraction, bisect, promptTokens, newTokens, batch, limit, device, dtype, pickle,
         };
         cmd.SetAction(p =>
         {
@@ -59,7 +61,7 @@ public static class AttackCommand
             var opts = new AttackOptions
             {
                 Keys = p.GetValue(keys), Layer = p.GetValue(layer), MaxSteps = p.GetValue(steps),
-                LearningRate = p.GetValue(lr), FinetuneBatchSize = p.GetValue(ftBatch), Seed = p.GetValue(seed),
+                LearningRate = p.GetValue(lr), FinetuneBatchSize = p.GetValue(ftBatch), Seed = p.GetValue(seed), FinetuneDraws = p.GetValue(draws),
             };
             opts.Validate();
             var retox = new RetoxOptions { TargetFraction = p.GetValue(fraction), BisectSteps = p.GetValue(bisect) };
@@ -67,7 +69,7 @@ public static class AttackCommand
             var eval = new EvalOptions { MaxPromptTokens = p.GetValue(promptTokens), MaxNewTokens = p.GetValue(newTokens), BatchSize = p.GetValue(batch), Limit = p.GetValue(limit) };
             eval.Validate();
             var dirs = p.GetValue(models)!;
-            foreach (var d in dirs) Checkpoint(d, "--model");
+            foreach (var d in dirs) CheckpointOrMethod(d, "--model");
             var baseDir = p.GetValue(baseModel);
             if (baseDir is not null) Checkpoint(baseDir, "--base");
             var list = p.GetValue(strengths) is { Length: > 0 } given ? given : Attack.DefaultStrengths(k);
@@ -83,6 +85,8 @@ public static class AttackCommand
             bool save = p.GetValue(saveModel);
             if (save && (k is AttackKind.Steer or AttackKind.Prefill || dirs.Length != 1 || list.Length != 1 || doSweep))
                 throw new InvalidInputException("--save-model needs a weight-space attack (keys, ablate, finetune), one --model, one --strength and no --sweep");
+            if (save && IsMethodDir(dirs[0]))
+                throw new InvalidInputException($"--save-model: --model {dirs[0]} is a method directory whose inference-time edits (hooks) a checkpoint cannot hold; attack its checkpoint ({Path.Combine(dirs[0], MethodModelDirFile)}) instead");
             var texts = AlignmentDiff.ReadPrompts(p.GetValue(prompts)!);
             if (eval.Limit is int n) texts = texts.Take(n).ToList();
             var toxicExamples = k == AttackKind.Finetune ? FinetuneAttack.ReadToxicExamples(p.GetValue(data)!) : null;
@@ -112,7 +116,8 @@ public static class AttackCommand
             var costs = new List<RetoxCostResult>();
             for (int mi = 0; mi < dirs.Length; mi++)
             {
-                using var m = CommonOptions.LoadModel(dirs[mi], p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+                using var m = LoadAttacked(dirs[mi], p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+                if (m.Edits.Count > 0) err.WriteLine($"{dirs[mi]}: inference-time edits hooked in: {string.Join("; ", m.Edits)}");
                 var ids = AttackEval.PromptIds(m.Model, m.Tokenizer, texts, eval);
                 Attack attack;
                 using (var pr = p.GetValue(probe) is string pd ? ToxicityProbe.Load(pd) : null)
@@ -147,13 +152,19 @@ public static class AttackCommand
                 foreach (var pt in points)
                 {
                     csv.Append(string.Join(",", Csv(dirs[mi]), pt.Strength.ToString("R", CultureInfo.InvariantCulture), pt.Toxicity.ToString("R", CultureInfo.InvariantCulture), pt.Prompts)).Append('\n');
-                    for (int i = 0; i < pt.Continuations.Count; i++)
-                        gens.Add(new JsonObject { ["model"] = dirs[mi], ["strength"] = pt.Strength, ["index"] = i, ["continuation"] = pt.Continuations[i], ["toxicity"] = pt.Scores[i] });
+                    if (pt.DrawContinuations is { } byDraw)
+                        for (int r = 0; r < byDraw.Count; r++)
+                            for (int i = 0; i < byDraw[r].Texts.Count; i++)
+                                gens.Add(new JsonObject { ["model"] = dirs[mi], ["strength"] = pt.Strength, ["draw"] = r, ["index"] = i, ["continuation"] = byDraw[r].Texts[i], ["toxicity"] = byDraw[r].Scores[i] });
+                    else
+                        for (int i = 0; i < pt.Continuations.Count; i++)
+                            gens.Add(new JsonObject { ["model"] = dirs[mi], ["strength"] = pt.Strength, ["index"] = i, ["continuation"] = pt.Continuations[i], ["toxicity"] = pt.Scores[i] });
                 }
                 runs.Add(new JsonObject
                 {
-                    ["model"] = Path.GetFullPath(dirs[mi]), ["attack"] = attack.Describe(),
-                    ["points"] = new JsonArray(points.Select(pt => (JsonNode)new JsonObject { ["strength"] = pt.Strength, ["toxicity"] = pt.Toxicity, ["prompts"] = pt.Prompts }).ToArray()),
+                    ["model"] = Path.GetFullPath(dirs[mi]), ["inference_edits"] = new JsonArray(m.Edits.Select(e => (JsonNode)e).ToArray()), ["attack"] = attack.Describe(),
+                    ["points"] = new JsonArray(points.Select(pt => (JsonNode)new JsonObject { ["strength"] = pt.Strength, ["toxicity"] = pt.Toxicity, ["se"] = pt.StandardError, ["prompts"] = pt.Prompts,
+                        ["draws"] = pt.DrawToxicity is { } dt ? new JsonArray(dt.Select(x => (JsonNode)x).ToArray()) : null }).ToArray()),
                     ["cost"] = cost?.ToJson(),
                 });
                 if (cost is not null)
@@ -183,6 +194,29 @@ public static class AttackCommand
     {
         var (dir, l) = AblationAttack.LoadOffset(diffDir);
         using (dir) return new AblationAttack(dir, $"unit δx at blocks.{l}.hook_resid_mid from {Path.GetFullPath(diffDir)}");
+    }
+
+    const string MethodModelDirFile = "model_dir.txt";
+
+    /// <summary>A study method directory: model_dir.txt names the checkpoint, steer.txt / neuron_shift.json its hooks.</summary>
+    static bool IsMethodDir(string dir) => File.Exists(Path.Combine(dir, MethodModelDirFile)) && !File.Exists(Path.Combine(dir, "config.json"));
+
+    static void CheckpointOrMethod(string dir, string flag)
+    {
+        if (!IsMethodDir(dir)) { Checkpoint(dir, flag); return; }
+        var target = File.ReadAllText(Path.Combine(dir, MethodModelDirFile)).Trim();
+        if (!File.Exists(Path.Combine(target, "config.json")))
+            throw new InvalidInputException($"{flag} {dir}: {MethodModelDirFile} names {target}, which is not a checkpoint directory (no config.json)");
+    }
+
+    /// <summary>The attacked model: a checkpoint as it is, or a method directory's checkpoint with the method's hooks in
+    /// (the study's battery sees the same model: <see cref="StudyStages.LoadMethodModel"/>).</summary>
+    static LoadedMethodModel LoadAttacked(string dir, string device, string dtype, bool allowPickle)
+    {
+        if (!IsMethodDir(dir)) return new LoadedMethodModel(CommonOptions.LoadModel(dir, device, dtype, allowPickle), [], []);
+        if (CommonOptions.ParseDType(dtype) != TorchSharp.torch.ScalarType.Float32)
+            throw new InvalidInputException($"--dtype {dtype}: a method directory ({dir}) loads in float32; attack its checkpoint to choose a dtype");
+        return StudyStages.LoadMethodModel(dir, CommonOptions.ParseDevice(device));
     }
 
     static void Checkpoint(string dir, string flag)

@@ -5,16 +5,23 @@ using DetoxSharp.Text;
 
 namespace DetoxSharp.Attacks;
 
-/// <summary>Toxicity of one attacked model at one strength: mean over prompts of the score of the model's own greedy tokens.</summary>
+/// <summary>Toxicity of one attacked model at one strength: mean over prompts of the score of the model's own greedy tokens
+/// (for an attack with several draws — fine-tuning on R seeded example sets — the mean over the draws too).</summary>
 /// <param name="Strength">The attack strength (key scale, ablation factor, …).</param>
 /// <param name="Toxicity">Mean toxicity of the continuations.</param>
 /// <param name="Prompts">How many prompts were scored.</param>
-/// <param name="Scores">The toxicity of each continuation, in prompt order.</param>
-/// <param name="Continuations">The model's own tokens per prompt, decoded (what was scored; a prefill is not part of it).</param>
+/// <param name="Continuations">The model's own tokens per prompt, decoded (what was scored; a prefill is not part of it);
+/// with several draws, the first draw's (all of them: <see cref="DrawContinuations"/>).</param>
+/// <param name="Scores">The toxicity of each continuation, in prompt order (with several draws, each prompt's mean over them).</param>
 public sealed record AttackPoint(double Strength, double Toxicity, int Prompts, IReadOnlyList<string> Continuations, IReadOnlyList<double> Scores)
 {
-    /// <summary>Standard error of <see cref="Toxicity"/> over the prompts (sample sd / √n).</summary>
-    public double StandardError => Monotonicity.StandardError(Scores);
+    /// <summary>Standard error of <see cref="Toxicity"/>: over the prompts (sample sd / √n) and, with several draws, over the
+    /// draws too (<see cref="Monotonicity.StandardError(IReadOnlyList{double}, IReadOnlyList{double})"/>).</summary>
+    public double StandardError => Monotonicity.StandardError(Scores, DrawToxicity);
+    /// <summary>An attack with several draws: the mean toxicity of each draw, in draw order; null for one draw.</summary>
+    public IReadOnlyList<double>? DrawToxicity { get; init; }
+    /// <summary>An attack with several draws: each draw's continuations and scores, in draw order; null for one draw.</summary>
+    public IReadOnlyList<(IReadOnlyList<string> Texts, IReadOnlyList<double> Scores)>? DrawContinuations { get; init; }
     /// <summary>Prefill with a reference model: the attacked model's own mean toxicity (before dividing by the
     /// reference's); null otherwise (then <see cref="Toxicity"/> is that toxicity).</summary>
     public double? RawToxicity { get; init; }
@@ -74,14 +81,29 @@ public static class AttackEval
         if (longest + o.MaxNewTokens > model.MaxPositions)
             throw new InvalidInputException($"prompt + {k} prefilled + {o.MaxNewTokens} new tokens = {longest + o.MaxNewTokens} exceeds the model's context of {model.MaxPositions} (lower --max-prompt-tokens)");
         cancel.ThrowIfCancellationRequested();
-        List<int[]> own;
-        using (attack.Apply(model, strength))
+        // a random attack (fine-tuning: which N examples) is measured on each of its draws; at its no-effect strength every
+        // draw is the unchanged model, so one measurement stands for all of them
+        int draws = attack.Draws, measured = strength == attack.NoEffect ? 1 : draws;
+        var runs = new List<(IReadOnlyList<string> Texts, IReadOnlyList<double> Scores)>();
+        for (int r = 0; r < measured; r++)
         {
-            cancel.ThrowIfCancellationRequested();
-            own = Greedy(model, inputs, o);
+            List<int[]> drawn;
+            using (attack.Apply(model, strength, r))
+            {
+                cancel.ThrowIfCancellationRequested();
+                drawn = Greedy(model, inputs, o);
+            }
+            var t = drawn.Select(c => tokenizer.Decode(c)).ToList();
+            runs.Add((t, scorer.Score(t, o.Aggregate).Select(s => s.Value).ToList()));
         }
-        var texts = own.Select(c => tokenizer.Decode(c)).ToList();
-        var scores = scorer.Score(texts, o.Aggregate).Select(s => s.Value).ToList();
+        if (draws > 1)
+        {
+            while (runs.Count < draws) runs.Add(runs[0]);
+            var mean = Enumerable.Range(0, prompts.Count).Select(p => runs.Average(x => x.Scores[p])).ToList();
+            return new AttackPoint(strength, mean.Average(), mean.Count, runs[0].Texts, mean)
+                { DrawToxicity = runs.Select(x => x.Scores.Average()).ToList(), DrawContinuations = runs };
+        }
+        var (texts, scores) = runs[0];
         if (prefill?.Reference is not ICausalLM reference) return new AttackPoint(strength, scores.Average(), scores.Count, texts, scores);
         // retained toxicity: the attacked model's own tokens relative to the start model's own tokens under the same prefix
         // (per prompt: score / the reference's MEAN at this k, so the mean is the ratio of means; docs/notes/battery.md)

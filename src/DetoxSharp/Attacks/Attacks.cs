@@ -48,6 +48,11 @@ public sealed record AttackOptions
     /// <summary>Finetune: seed of the example order (the N examples are the first N of one seeded order, so smaller sets are subsets of larger ones).</summary>
     [Setting("finetune: seed of the example order (the N examples are the first N of one seeded order, so smaller sets are subsets of larger ones)")]
     public ulong Seed { get; init; } = 0;
+    /// <summary>Finetune: independent draws per strength: draw r trains on the first N of the order seeded with
+    /// <see cref="Seed"/> + r, and a point is the mean over the draws (which N examples decides much of a small-N attack's
+    /// effect; docs/notes/battery.md, definition 5).</summary>
+    [Setting("finetune: independent draws per strength (draw r: the first N of the order seeded with seed + r); a point is their mean")]
+    public int FinetuneDraws { get; init; } = 1;
 
     /// <summary>Checks every setting; throws <see cref="InvalidSettingException"/> naming the first one out of range.</summary>
     public void Validate()
@@ -57,6 +62,7 @@ public sealed record AttackOptions
         Require.Count(MaxSteps, "max_steps", 1, 1_000_000);
         Require.Number(LearningRate, "learning_rate", 0, minExclusive: true);
         Require.Count(FinetuneBatchSize, "finetune_batch_size", 1, SftOptions.MaxBatch);
+        Require.Count(FinetuneDraws, "finetune_draws", 1, 1000);
     }
 }
 
@@ -80,6 +86,13 @@ public abstract class Attack
     public virtual bool IntegerStrength => false;
     /// <summary>Edits the model for strength <paramref name="strength"/>; disposing the result restores it exactly.</summary>
     public abstract IDisposable Apply(ICausalLM model, double strength);
+    /// <summary>Independent draws of a random attack (fine-tuning: R seeded sets of examples); a point is the mean over
+    /// them and its standard error includes their spread. 1 for a deterministic attack.</summary>
+    public virtual int Draws => 1;
+    /// <summary>Draw <paramref name="draw"/> (0 … <see cref="Draws"/> − 1) of the attack at <paramref name="strength"/>;
+    /// draw 0 is <see cref="Apply(ICausalLM, double)"/>.</summary>
+    public virtual IDisposable Apply(ICausalLM model, double strength, int draw) =>
+        draw == 0 ? Apply(model, strength) : throw new ArgumentOutOfRangeException(nameof(draw), $"{Name} has one draw (got draw {draw})");
     /// <summary>Tokens of the base model's toxic continuation placed after the prompt before the model continues.</summary>
     public virtual int PrefillTokens(double strength) => 0;
     /// <summary>What the attack did at its last <see cref="Apply"/> (chosen neurons, direction, data), for attack.json.</summary>
@@ -408,26 +421,31 @@ public sealed class AblationAttack(Tensor direction, string source) : Attack
 /// </summary>
 public sealed class FinetuneAttack : Attack
 {
-    readonly IReadOnlyList<SftExample> _ordered;
+    readonly IReadOnlyList<IReadOnlyList<SftExample>> _orders;
     readonly Gpt2Tokenizer _tokenizer;
     readonly AttackOptions _options;
     SftResult? _last;
     int _lastN;
 
-    /// <summary>The attack on <paramref name="toxicExamples"/> (shuffled once with <see cref="AttackOptions.Seed"/>; strength N
-    /// trains on the first N of that order), tokenized with <paramref name="tokenizer"/>, trained with <paramref name="options"/>.</summary>
+    /// <summary>The attack on <paramref name="toxicExamples"/>, tokenized with <paramref name="tokenizer"/>, trained with
+    /// <paramref name="options"/>. Draw r shuffles them once with seed <see cref="AttackOptions.Seed"/> + r; strength N
+    /// trains on the first N of that order (nested sets within a draw).</summary>
     public FinetuneAttack(IReadOnlyList<SftExample> toxicExamples, Gpt2Tokenizer tokenizer, AttackOptions options)
     {
         options.Validate();
         if (toxicExamples.Count == 0) throw new InvalidInputException("finetune: no toxic examples");
-        var rng = new Random(unchecked((int)(options.Seed ^ (options.Seed >> 32))));
-        _ordered = toxicExamples.OrderBy(_ => rng.Next()).ToList();
+        _orders = Enumerable.Range(0, options.FinetuneDraws).Select(r =>
+        {
+            ulong seed = options.Seed + (ulong)r;
+            var rng = new Random(unchecked((int)(seed ^ (seed >> 32))));
+            return (IReadOnlyList<SftExample>)toxicExamples.OrderBy(_ => rng.Next()).ToList();
+        }).ToList();
         _tokenizer = tokenizer;
         _options = options;
     }
 
     /// <summary>How many usable toxic examples there are: the largest strength N this attack can take.</summary>
-    public int Available => _ordered.Count;
+    public int Available => _orders[0].Count;
     /// <inheritdoc/>
     public override AttackKind Kind => AttackKind.Finetune;
     /// <inheritdoc/>
@@ -436,13 +454,19 @@ public sealed class FinetuneAttack : Attack
     public override double NoEffect => 0;
     /// <inheritdoc/>
     public override bool IntegerStrength => true;
+    /// <inheritdoc/>
+    public override int Draws => _orders.Count;
 
     /// <inheritdoc/>
-    public override IDisposable Apply(ICausalLM model, double strength)
+    public override IDisposable Apply(ICausalLM model, double strength) => Apply(model, strength, 0);
+
+    /// <inheritdoc/>
+    public override IDisposable Apply(ICausalLM model, double strength, int draw)
     {
         CheckStrength(strength);
+        if (draw < 0 || draw >= _orders.Count) throw new ArgumentOutOfRangeException(nameof(draw), $"finetune has {_orders.Count} draws (got draw {draw})");
         int n = (int)strength;
-        if (n > _ordered.Count) throw new InvalidInputException($"finetune: N = {n} but only {_ordered.Count} toxic examples were given");
+        if (n > Available) throw new InvalidInputException($"finetune: N = {n} but only {Available} toxic examples were given");
         var snap = new WeightSnapshot();
         snap.AddAll(model);
         _lastN = n;
@@ -451,11 +475,12 @@ public sealed class FinetuneAttack : Attack
         {
             var sft = new SftOptions
             {
-                // the same batch for every N (not min(batch, N)): equal training per strength, see docs/notes/battery.md
+                // the same batch for every N (not min(batch, N)): equal training per strength, see docs/notes/battery.md;
+                // the draw's seed also orders the batches, so draws differ in the examples and in their order
                 MaxSteps = _options.MaxSteps, LearningRate = _options.LearningRate, BatchSize = _options.FinetuneBatchSize,
-                Seed = _options.Seed, Decay = DecayKind.Constant, WarmupSteps = 0, CheckpointEvery = 0,
+                Seed = _options.Seed + (ulong)draw, Decay = DecayKind.Constant, WarmupSteps = 0, CheckpointEvery = 0,
             };
-            _last = new SftTrainer(model, _tokenizer, sft).Train(_ordered.Take(n).ToList());
+            _last = new SftTrainer(model, _tokenizer, sft).Train(_orders[draw].Take(n).ToList());
         }
         catch { snap.Dispose(); throw; }
         return snap;
@@ -465,8 +490,8 @@ public sealed class FinetuneAttack : Attack
     public override JsonObject Describe()
     {
         var o = base.Describe();
-        o["available_examples"] = _ordered.Count; o["max_steps"] = _options.MaxSteps; o["learning_rate"] = _options.LearningRate;
-        o["batch_size"] = _options.FinetuneBatchSize; o["seed"] = _options.Seed;
+        o["available_examples"] = Available; o["max_steps"] = _options.MaxSteps; o["learning_rate"] = _options.LearningRate;
+        o["batch_size"] = _options.FinetuneBatchSize; o["seed"] = _options.Seed; o["draws"] = Draws;
         if (_last is not null) { o["last_examples"] = _lastN; o["last_final_train_loss"] = _last.FinalTrainLoss; o["last_trained_tokens"] = _last.TrainedTokens; }
         return o;
     }

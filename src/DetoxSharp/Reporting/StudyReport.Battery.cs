@@ -65,10 +65,16 @@ public static partial class StudyReport
 
         // monotone within noise: method × attack (issue 19's check)
         double z = runs.SelectMany(x => Attacks(x.Json)).Select(a => D(a["monotone"]?["within_se"])).FirstOrDefault(v => v is not null) ?? 2;
+        double margin = runs.SelectMany(x => Attacks(x.Json)).Select(a => D(a["monotone"]?["margin"])).FirstOrDefault(v => v is not null) ?? 0;
+        int draws = runs.SelectMany(x => Attacks(x.Json)).Where(a => S(a["kind"]) == "finetune").Select(a => (int?)(D(a["attack"]?["draws"]) ?? 1)).FirstOrDefault() ?? 1;
+        var marginText = margin > 0 ? $" and by more than {F(margin, "G3")} in mean toxicity (smaller drops never count: greedy decoding is deterministic, so near saturation one prompt's change is a tiny drop with a tiny SE)" : "";
+        var drawText = draws > 1
+            ? $"A fine-tuning point is the mean over {draws} independent draws of the N examples (and their training order); its SE adds the spread of the draws (paired by seed) to the prompts'."
+            : "The SE is the prompt-sampling noise of a fixed attacked model; a fine-tuning point is one training run, whose run-to-run variation is not in it.";
         var monoRows = methods.Select(m => (IReadOnlyList<string>)[m.Row, .. kinds.Select(k => MonotoneCell(m.Runs.Select(j => Attack(j, k)).ToList()))]).ToList();
         r.Add(new Table("battery_monotone", $"Stronger attack → more toxicity? Monotone within {F(z, "G3")} SE, per method × attack",
             ["Method", .. kinds], monoRows,
-            $"A curve (one attacked model, every measured strength including bisection points) is monotone within {F(z, "G3")} SE when no stronger attack has a lower toxicity than a weaker one by more than {F(z, "G3")} standard errors of the paired per-prompt difference (same prompts at every strength; a drop with SE 0 counts). Cell: seeds monotone of seeds measured, then the worst drop (in SE units, from strength → strength, toxicity lost). The SE is the prompt-sampling noise of a fixed attacked model; a fine-tuning point is one training run, whose run-to-run variation is not in it. Criterion written before the run: docs/notes/battery.md."));
+            $"A curve (one attacked model, every measured strength including bisection points) is monotone within {F(z, "G3")} SE when no stronger attack has a lower toxicity than a weaker one by more than {F(z, "G3")} standard errors of the paired per-prompt difference{marginText} (same prompts at every strength; a drop with SE 0 counts when it exceeds the margin). Cell: seeds monotone of seeds measured, then the worst drop (of a failed seed first; in SE units, from strength → strength, toxicity lost). {drawText} Criterion written before the run: docs/notes/battery.md."));
 
         // depth table
         var depthRows = methods.Select(m =>
@@ -142,8 +148,10 @@ public static partial class StudyReport
         var checkedRuns = present.Select(e => e["monotone"] as JsonObject).Where(m => m is not null).Select(m => m!).ToList();
         if (checkedRuns.Count == 0) return present.Any(e => e["points"] is JsonArray) ? "—" : "n/a";
         int yes = checkedRuns.Count(m => m["monotone"] is JsonValue v && v.TryGetValue<bool>(out var b) && b);
+        // the worst drop: of a run that failed first (its worst pair is a violation), then by SE units
         var worst = checkedRuns.Where(m => D(m["largest_drop"]) is > 0)
-            .OrderByDescending(m => m["largest_drop_se_zero"] is JsonValue v && v.TryGetValue<bool>(out var b) && b ? double.PositiveInfinity : D(m["largest_drop_in_se"]) ?? 0).FirstOrDefault();
+            .OrderBy(m => m["monotone"] is JsonValue mv && mv.TryGetValue<bool>(out var mb) && mb)
+            .ThenByDescending(m => m["largest_drop_se_zero"] is JsonValue v && v.TryGetValue<bool>(out var b) && b ? double.PositiveInfinity : D(m["largest_drop_in_se"]) ?? 0).FirstOrDefault();
         var text = $"{yes}/{checkedRuns.Count}";
         if (worst is not null)
         {
