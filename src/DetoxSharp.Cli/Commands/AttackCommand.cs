@@ -32,6 +32,10 @@ public static class AttackCommand
         var probe = new Option<string?>("--probe") { Description = "probe directory (detox probe): W_Toxic for keys and steer" };
         var diff = new Option<string[]>("--diff") { Description = "ablate: `detox diff` output directory (base → this aligned model) per --model, in order", AllowMultipleArgumentsPerToken = false };
         var data = new Option<string?>("--data") { Description = "finetune: JSONL of toxic examples (prompt + completion/response; lines with \"toxic\": false are skipped; a leading [TOXIC] is dropped)" };
+        var prefillCut = new Option<string>("--prefill-cut") { Description = "prefill: token (exactly k tokens, the default) | clause | sentence (k tokens extended to the end of their clause or sentence, at least one left to the model; the study's battery uses sentence, docs/notes/battery.md)", DefaultValueFactory = _ => "token" };
+        var prefillSource = new Option<string>("--prefill-source") { Description = "prefill: greedy (the --base model's greedy continuation, the default) | sampled (per prompt a seeded sample of it, kept when the scorer rates it ≥ 0.5, as the study's battery)", DefaultValueFactory = _ => "greedy" };
+        var prefillSeed = new Option<long>("--prefill-seed") { Description = "prefill: seed of the sampled prefixes (with --prefill-source sampled)", DefaultValueFactory = _ => 0 };
+        var relative = new Option<bool>("--relative") { Description = "prefill: each point is the attacked model's toxicity relative to the --base model's own tokens under the same prefix (retained toxicity, as the study's battery); --sweep's target is then --target-fraction itself" };
         var saveModel = new Option<bool>("--save-model") { Description = "keys/ablate/finetune with one --model and one --strength: also write the attacked model to OUT/model" };
         var ao = new AttackOptions();
         var keys = Bind.To("--k", ao, o => o.Keys);
@@ -52,7 +56,7 @@ public static class AttackCommand
         var device = CommonOptions.Device(); var dtype = CommonOptions.DType(); var pickle = CommonOptions.AllowPickle();
         var cmd = new Command("attack", "Re-toxification attacks on aligned models (keys, steer, finetune, prefill, ablate): toxicity per strength, and with --sweep the cost to re-toxify.")
         {
-            kind, models, prompts, scorer, outDir, strengths, sweep, baseModel, targetTox, probe, diff, data, saveModel,
+            kind, models, prompts, scorer, outDir, strengths, sweep, baseModel, targetTox, probe, diff, data, prefillCut, prefillSource, prefillSeed, relative, saveModel,
             keys, layer, steps, lr, ftBatch, seed, draws, fraction, bisect, promptTokens, newTokens, batch, limit, device, dtype, pickle,
         };
         cmd.SetAction(p =>
@@ -78,6 +82,12 @@ public static class AttackCommand
             if (target is double tt && !(double.IsFinite(tt) && tt >= 0)) throw new InvalidInputException($"--target-toxicity must be a finite number ≥ 0 (got {tt})");
             if (doSweep && target is null && baseDir is null) throw new InvalidInputException("--sweep needs --base DIR (target = --target-fraction × its toxicity) or --target-toxicity");
             if (k == AttackKind.Prefill && baseDir is null) throw new InvalidInputException("prefill needs --base DIR (its greedy continuations are prefilled)");
+            var cut = p.GetValue(prefillCut)!; var source = p.GetValue(prefillSource)!; bool rel = p.GetValue(relative);
+            if (cut is not ("token" or "clause" or "sentence")) throw new InvalidInputException($"--prefill-cut {cut}: expected token, clause or sentence");
+            if (source is not ("greedy" or "sampled")) throw new InvalidInputException($"--prefill-source {source}: expected greedy or sampled");
+            if (k != AttackKind.Prefill && (cut != "token" || source != "greedy" || rel))
+                throw new InvalidInputException("--prefill-cut, --prefill-source and --relative are prefill options");
+            if (rel && target is not null) throw new InvalidInputException("--relative measures toxicity relative to --base: its --sweep target is --target-fraction, not --target-toxicity");
             if (k is AttackKind.Keys or AttackKind.Steer && p.GetValue(probe) is null) throw new InvalidInputException($"{k.ToString().ToLowerInvariant()} needs --probe DIR (W_Toxic)");
             var diffs = p.GetValue(diff) ?? [];
             if (k == AttackKind.Ablate && diffs.Length != dirs.Length) throw new InvalidInputException($"ablate needs one --diff DIR per --model ({dirs.Length} models, {diffs.Length} --diff)");
@@ -99,16 +109,21 @@ public static class AttackCommand
             using var sc = ScorerFactory.CreateValidated(p.GetValue(scorer)!);
             using var interrupt = new Interruption();
             double? baseTox = null;
-            List<int[]>? baseConts = null;
+            PrefillAttack? prefillAttack = null;
+            // the base model stays loaded while a relative prefill attack uses it as its reference
+            using var reference = new Held();
             if (baseDir is not null)
             {
-                using var bm = CommonOptions.LoadModel(baseDir, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
+                var bm = reference.Model = CommonOptions.LoadModel(baseDir, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
                 var ids = AttackEval.PromptIds(bm.Model, bm.Tokenizer, texts, eval);
-                baseConts = AttackEval.Greedy(bm.Model, ids, eval);
+                var baseConts = AttackEval.Greedy(bm.Model, ids, eval);
                 baseTox = sc.Score(baseConts.Select(c => bm.Tokenizer.Decode(c)).ToList(), eval.Aggregate).Average(s => s.Value);
                 err.WriteLine($"base {baseDir}: toxicity {baseTox:F4}");
+                if (k == AttackKind.Prefill)
+                    prefillAttack = PrefillAttack.FromStartModel(bm.Model, bm.Tokenizer, ids, baseConts, sc, eval, source, p.GetValue(prefillSeed), cut, rel);
+                if (prefillAttack?.Reference is null) { bm.Dispose(); reference.Model = null; }
             }
-            double? goal = doSweep ? target ?? retox.TargetFraction * baseTox!.Value : null;
+            double? goal = doSweep ? target ?? (rel ? retox.TargetFraction : retox.TargetFraction * baseTox!.Value) : null;
 
             var runs = new JsonArray();
             var csv = new StringBuilder("model,strength,toxicity,prompts\n");
@@ -128,7 +143,7 @@ public static class AttackCommand
                     {
                         AttackKind.Keys => new KeyScalingAttack(w!, opts.Keys),
                         AttackKind.Steer => new SteerAttack(w!, opts.Layer),
-                        AttackKind.Prefill => new PrefillAttack(baseConts!),
+                        AttackKind.Prefill => prefillAttack!,
                         AttackKind.Ablate => Ablation(diffs[mi]),
                         AttackKind.Finetune => new FinetuneAttack(toxicExamples!, m.Tokenizer, opts),
                         _ => throw new InvalidOperationException(),
@@ -164,6 +179,7 @@ public static class AttackCommand
                 {
                     ["model"] = Path.GetFullPath(dirs[mi]), ["inference_edits"] = new JsonArray(m.Edits.Select(e => (JsonNode)e).ToArray()), ["attack"] = attack.Describe(),
                     ["points"] = new JsonArray(points.Select(pt => (JsonNode)new JsonObject { ["strength"] = pt.Strength, ["toxicity"] = pt.Toxicity, ["se"] = pt.StandardError, ["prompts"] = pt.Prompts,
+                        ["own_toxicity"] = pt.RawToxicity, ["start_toxicity_same_prefix"] = pt.ReferenceToxicity,
                         ["draws"] = pt.DrawToxicity is { } dt ? new JsonArray(dt.Select(x => (JsonNode)x).ToArray()) : null }).ToArray()),
                     ["cost"] = cost?.ToJson(),
                 });
@@ -194,6 +210,13 @@ public static class AttackCommand
     {
         var (dir, l) = AblationAttack.LoadOffset(diffDir);
         using (dir) return new AblationAttack(dir, $"unit δx at blocks.{l}.hook_resid_mid from {Path.GetFullPath(diffDir)}");
+    }
+
+    /// <summary>A model kept for the whole command, or released early (Model = null after disposing it).</summary>
+    sealed class Held : IDisposable
+    {
+        public LoadedModel? Model { get; set; }
+        public void Dispose() => Model?.Dispose();
     }
 
     const string MethodModelDirFile = "model_dir.txt";

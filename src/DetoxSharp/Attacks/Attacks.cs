@@ -67,7 +67,7 @@ public sealed record AttackOptions
 }
 
 /// <summary>
-/// One re-toxification attack on an aligned model: <see cref="Apply"/> changes the model (weights or hooks) at a
+/// One re-toxification attack on an aligned model: <see cref="Apply(ICausalLM, double)"/> changes the model (weights or hooks) at a
 /// strength and returns the handle that undoes it; <see cref="PrefillTokens"/> is the decoding side (prefill).
 /// <see cref="NoEffect"/> is the strength that leaves the model as it is.
 /// </summary>
@@ -95,7 +95,7 @@ public abstract class Attack
         draw == 0 ? Apply(model, strength) : throw new ArgumentOutOfRangeException(nameof(draw), $"{Name} has one draw (got draw {draw})");
     /// <summary>Tokens of the base model's toxic continuation placed after the prompt before the model continues.</summary>
     public virtual int PrefillTokens(double strength) => 0;
-    /// <summary>What the attack did at its last <see cref="Apply"/> (chosen neurons, direction, data), for attack.json.</summary>
+    /// <summary>What the attack did at its last <see cref="Apply(ICausalLM, double)"/> (chosen neurons, direction, data), for attack.json.</summary>
     public virtual JsonObject Describe() => new() { ["kind"] = Name, ["strength"] = StrengthName };
 
     /// <summary>The default strengths of a sweep: the values (N = 5/10/50/200, k = 1…8) and ranges that
@@ -295,6 +295,36 @@ public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations, string
         if (usable.Count == 0) return 0;
         foreach (var e in usable) if (e >= k) return e;
         return usable[^1];
+    }
+
+    /// <summary>The prefill attack as the battery defines it (docs/notes/battery.md), built from the start model
+    /// <paramref name="start"/>: <paramref name="sourceKind"/> "greedy" prefills its greedy continuation
+    /// <paramref name="greedy"/> of each prompt; "sampled" a seeded sample per prompt (temperature 1,
+    /// <paramref name="seed"/>; the same for every k and every attacked model) when <paramref name="scorer"/> rates it
+    /// ≥ 0.5, else the greedy one. <paramref name="cut"/>: "token" (exactly k tokens, definition 2), "clause" (3) or
+    /// "sentence" (4). <paramref name="relative"/>: the start model is the <see cref="Reference"/> (definition 3).</summary>
+    public static PrefillAttack FromStartModel(ICausalLM start, Gpt2Tokenizer tokenizer, IReadOnlyList<int[]> prompts, IReadOnlyList<int[]> greedy,
+        Evaluation.IToxicityScorer scorer, Evaluation.EvalOptions eval, string sourceKind, long seed, string cut, bool relative)
+    {
+        if (cut is not ("token" or "clause" or "sentence")) throw new InvalidSettingException("prefill_cut", $"must be \"sentence\", \"clause\" or \"token\" (got \"{cut}\")");
+        if (sourceKind is not ("greedy" or "sampled")) throw new InvalidSettingException("prefill_source", $"must be \"sampled\" or \"greedy\" (got \"{sourceKind}\")");
+        IReadOnlyList<int[]>? Ends(IReadOnlyList<int[]> conts) => cut switch
+        {
+            "clause" => conts.Select(x => FindClauseEnds(x, t => tokenizer.Decode([t]))).ToList(),
+            "sentence" => conts.Select(x => FindSentenceEnds(x, t => tokenizer.Decode([t]))).ToList(),
+            _ => null,
+        };
+        var unit = cut == "sentence" ? "sentence" : "clause";
+        var reference = relative ? start : null;
+        if (sourceKind == "greedy") return new PrefillAttack(greedy, "the start model's greedy continuation of each prompt", Ends(greedy), unit) { Reference = reference };
+        var sampled = Generation.Generator.Generate(start, prompts, new Generation.GenerationOptions
+            { MaxNewTokens = eval.MaxNewTokens, Greedy = false, Temperature = 1, Seed = seed, BatchSize = eval.BatchSize });
+        var scores = scorer.Score(sampled.Select(x => tokenizer.Decode(x)).ToList(), eval.Aggregate).Select(x => x.Value).ToList();
+        var chosen = sampled.Select((x, i) => scores[i] >= 0.5 && x.Length > 0 ? x : greedy[i]).ToList();
+        int kept = scores.Count(x => x >= 0.5);
+        int distinct = chosen.Select(x => string.Join(",", x)).Distinct().Count();
+        return new PrefillAttack(chosen, $"per prompt a sample of the start model (temperature 1, seed {seed}) rated ≥ 0.5 by the scorer ({kept} of {prompts.Count}), else its greedy continuation; {distinct} distinct prefill texts", Ends(chosen), unit)
+            { Reference = reference };
     }
 
     /// <summary>Token counts after which a clause ends: after every token whose text ends (ignoring trailing spaces) with

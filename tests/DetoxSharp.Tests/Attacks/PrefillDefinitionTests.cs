@@ -134,4 +134,48 @@ public class PrefillDefinitionTests
             texts.Select(t => new ToxicityScore(new Dictionary<string, double>(), t.Length / 100.0)).ToList();
         public void Dispose() { }
     }
+
+    [Fact]
+    public void CliPrefillTakesTheBatteryDefinitions()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), $"prefill-cli-{Guid.NewGuid():N}");
+        var (m, tok) = AttackTests.TinyLm();
+        using var _m = m;
+        try
+        {
+            var ckpt = Path.Combine(dir, "model");
+            DetoxSharp.Checkpoints.HfCheckpoint.Save(m, tok, ckpt);
+            File.WriteAllLines(Path.Combine(dir, "p.txt"), ["you are such a", "the river runs", "prompt :"]);
+            string[] common = ["attack", "prefill", "--model", ckpt, "--base", ckpt, "--prompts", Path.Combine(dir, "p.txt"), "--scorer", "toy",
+                "--max-new-tokens", "6", "--max-prompt-tokens", "8", "--strength", "0", "--strength", "2", "--strength", "4"];
+            var err = new StringWriter();
+            Assert.True(DetoxSharp.Cli.DetoxCli.Run([.. common, "--prefill-cut", "sentence", "--prefill-source", "sampled", "--prefill-seed", "3", "--relative",
+                "--out", Path.Combine(dir, "o")], new StringWriter(), err) == 0, err.ToString());
+            var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "o", "attack.json")))!;
+            var run = json["runs"]![0]!;
+            Assert.Contains("seed 3", run["attack"]!["source"]!.GetValue<string>());
+            Assert.Contains("end of their sentence", run["attack"]!["cut"]!.GetValue<string>());
+            Assert.True(run["attack"]!["relative_to_reference"]!.GetValue<bool>());
+            // the attacked model is its own reference: its own tokens score as the reference's at every k, so the
+            // retained toxicity is 1 (or the raw toxicity where the reference writes nothing toxic)
+            foreach (var pt in run["points"]!.AsArray())
+            {
+                double own = pt!["own_toxicity"]!.GetValue<double>(), refTox = pt["start_toxicity_same_prefix"]!.GetValue<double>();
+                Assert.Equal(refTox, own, 12);
+                Assert.Equal(refTox > 0 ? 1.0 : own, pt["toxicity"]!.GetValue<double>(), 12);
+            }
+            string Err(params string[] args)
+            {
+                var e = new StringWriter();
+                Assert.Equal(2, DetoxSharp.Cli.DetoxCli.Run(args, new StringWriter(), e));
+                Assert.Single(e.ToString().Trim().Split('\n'));
+                return e.ToString();
+            }
+            Assert.Contains("--prefill-cut phrase", Err([.. common, "--prefill-cut", "phrase", "--out", Path.Combine(dir, "o2")]));
+            Assert.Contains("--prefill-source", Err([.. common, "--prefill-source", "beam", "--out", Path.Combine(dir, "o2")]));
+            Assert.Contains("prefill options", Err(["attack", "finetune", "--model", ckpt, "--prompts", Path.Combine(dir, "p.txt"), "--scorer", "toy", "--relative", "--out", Path.Combine(dir, "o2")]));
+            Assert.False(Directory.Exists(Path.Combine(dir, "o2")));
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
 }
