@@ -30,6 +30,18 @@ public class AttackTests
         return (m, tok);
     }
 
+    /// <summary>Saves <see cref="TinyLm"/> as a checkpoint DIR/model and three prompts as DIR/p.txt (for CLI tests);
+    /// returns the checkpoint directory.</summary>
+    internal static string SaveTinyLmAndPrompts(string dir)
+    {
+        var (m, tok) = TinyLm();
+        using var _m = m;
+        var ckpt = Path.Combine(dir, "model");
+        DetoxSharp.Checkpoints.HfCheckpoint.Save(m, tok, ckpt);
+        File.WriteAllLines(Path.Combine(dir, "p.txt"), ["you are such a", "the river runs", "prompt :"]);
+        return ckpt;
+    }
+
     static Dictionary<string, Tensor> Snapshot(ICausalLM m) =>
         m.Module.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone());
 

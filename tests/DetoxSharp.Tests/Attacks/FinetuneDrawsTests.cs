@@ -1,6 +1,5 @@
 using System.Text.Json.Nodes;
 using DetoxSharp.Attacks;
-using DetoxSharp.Checkpoints;
 using DetoxSharp.Editing;
 using DetoxSharp.Evaluation;
 using DetoxSharp.Models;
@@ -74,15 +73,6 @@ public class FinetuneDrawsTests
             DetoxSharp.Reporting.StudyReport.MonotoneCell([E(true, 0.003, null, true, 35, 50), E(false, 0.2, 3.1, false, 5, 10)]));
     }
 
-    sealed class LengthScorer : IToxicityScorer
-    {
-        public string Name => "length";
-        public void Validate() { }
-        public IReadOnlyList<ToxicityScore> Score(IReadOnlyList<string> texts, ToxicityAggregate aggregate = ToxicityAggregate.MaxOverAttributes) =>
-            texts.Select(t => new ToxicityScore(new Dictionary<string, double>(), t.Length / 100.0)).ToList();
-        public void Dispose() { }
-    }
-
     static List<SftExample> Examples() =>
     [
         .. Enumerable.Range(0, 12).Select(i => SftExample.PromptCompletion("", i % 3 == 0 ? " you are such a stupid idiot ." : i % 3 == 1 ? " people like you are garbage ." : " answer : prompt prompt .")),
@@ -101,7 +91,7 @@ public class FinetuneDrawsTests
         var one = new FinetuneAttack(Examples(), tok, opts);
         Assert.Equal(3, three.Draws);
         Assert.Equal(1, one.Draws);
-        var scorer = new LengthScorer();
+        var scorer = new PrefillDefinitionTests.LengthScorer();
 
         // N = 0: the unchanged model stands for every draw
         var p0 = AttackEval.Measure(m, tok, prompts, scorer, three, 0, o);
@@ -137,12 +127,9 @@ public class FinetuneDrawsTests
     public void CliAttacksAStudyMethodDirectoryWithItsHooks()
     {
         var dir = Path.Combine(Path.GetTempPath(), $"attack-method-{Guid.NewGuid():N}");
-        var (m, tok) = AttackTests.TinyLm();
-        using var _m = m;
         try
         {
-            var ckpt = Path.Combine(dir, "model");
-            HfCheckpoint.Save(m, tok, ckpt);
+            var ckpt = AttackTests.SaveTinyLmAndPrompts(dir);
             var steer = Path.Combine(dir, "steer");
             torch.manual_seed(11);
             using (var v = torch.randn(16)) Steering.Save(steer, v / v.norm(), 1, new JsonObject());
@@ -150,7 +137,6 @@ public class FinetuneDrawsTests
             Directory.CreateDirectory(method);
             File.WriteAllText(Path.Combine(method, "model_dir.txt"), ckpt);
             File.WriteAllText(Path.Combine(method, "steer.txt"), steer + "@30\n");
-            File.WriteAllLines(Path.Combine(dir, "p.txt"), ["you are such a", "the river runs", "prompt :"]);
             File.WriteAllLines(Path.Combine(dir, "d.jsonl"), ["""{"prompt":"a","completion":" you idiot ."}"""]);
             List<string> Run(string model, string outName)
             {

@@ -126,7 +126,8 @@ public class PrefillDefinitionTests
         Assert.Null(p.ReferenceToxicity);
     }
 
-    sealed class LengthScorer : IToxicityScorer
+    /// <summary>Scores a text by its length in characters / 100 (a deterministic, text-dependent stand-in).</summary>
+    internal sealed class LengthScorer : IToxicityScorer
     {
         public string Name => "length";
         public void Validate() { }
@@ -139,13 +140,9 @@ public class PrefillDefinitionTests
     public void CliPrefillTakesTheBatteryDefinitions()
     {
         var dir = Path.Combine(Path.GetTempPath(), $"prefill-cli-{Guid.NewGuid():N}");
-        var (m, tok) = AttackTests.TinyLm();
-        using var _m = m;
         try
         {
-            var ckpt = Path.Combine(dir, "model");
-            DetoxSharp.Checkpoints.HfCheckpoint.Save(m, tok, ckpt);
-            File.WriteAllLines(Path.Combine(dir, "p.txt"), ["you are such a", "the river runs", "prompt :"]);
+            var ckpt = AttackTests.SaveTinyLmAndPrompts(dir);
             string[] common = ["attack", "prefill", "--model", ckpt, "--base", ckpt, "--prompts", Path.Combine(dir, "p.txt"), "--scorer", "toy",
                 "--max-new-tokens", "6", "--max-prompt-tokens", "8", "--strength", "0", "--strength", "2", "--strength", "4"];
             var err = new StringWriter();
