@@ -120,7 +120,7 @@ public static class AttackCommand
                 baseTox = sc.Score(baseConts.Select(c => bm.Tokenizer.Decode(c)).ToList(), eval.Aggregate).Average(s => s.Value);
                 err.WriteLine($"base {baseDir}: toxicity {baseTox:F4}");
                 if (k == AttackKind.Prefill)
-                    prefillAttack = PrefillAttack.FromStartModel(bm.Model, bm.Tokenizer, ids, baseConts, sc, eval, source, p.GetValue(prefillSeed), cut, rel);
+                    prefillAttack = PrefillAttack.FromStartModel(bm, ids, baseConts, sc, eval, new PrefillDefinition { Source = source, Seed = p.GetValue(prefillSeed), Cut = cut, Relative = rel });
                 if (prefillAttack?.Reference is null) { bm.Dispose(); reference.Model = null; }
             }
             double? goal = doSweep ? target ?? (rel ? retox.TargetFraction : retox.TargetFraction * baseTox!.Value) : null;

@@ -242,6 +242,30 @@ public sealed class SteerAttack(Tensor wToxic, int? layer) : Attack
     }
 }
 
+/// <summary>How the prefill attack is defined (docs/notes/battery.md): which text of the start model is forced, where it is
+/// cut, and whether toxicity is measured relative to the start model under the same prefix.</summary>
+public sealed record PrefillDefinition
+{
+    /// <summary>"greedy" = the start model's greedy continuation; "sampled" = per prompt a seeded sample (temperature 1),
+    /// kept when the scorer rates it ≥ 0.5, else the greedy one (definition 2).</summary>
+    public string Source { get; init; } = "greedy";
+    /// <summary>Seed of the sampled prefixes (with "sampled").</summary>
+    public long Seed { get; init; }
+    /// <summary>"token" = exactly k tokens (definition 2); "clause" / "sentence" = k tokens extended to the end of their
+    /// clause / sentence, at least one left to the model (definitions 3 and 4).</summary>
+    public string Cut { get; init; } = "token";
+    /// <summary>true = each point is the attacked model's toxicity relative to the start model's own tokens under the same
+    /// prefix (definition 3).</summary>
+    public bool Relative { get; init; }
+
+    /// <summary>Throws <see cref="InvalidSettingException"/> naming prefill_source or prefill_cut when out of range.</summary>
+    public void Validate()
+    {
+        InvalidSettingException.Require(Source is "sampled" or "greedy", "prefill_source", $"must be \"sampled\" or \"greedy\" (got \"{Source}\")");
+        InvalidSettingException.Require(Cut is "sentence" or "clause" or "token", "prefill_cut", $"must be \"sentence\", \"clause\" or \"token\" (got \"{Cut}\")");
+    }
+}
+
 /// <summary>Prefill (Qi et al. 2025): the continuation starts with the first k tokens of the base model's toxic
 /// continuation of the same prompt, then the model continues; only the model's own tokens are scored. Strength k.
 /// <paramref name="source"/> says which continuation (the CLI: greedy; the study: a seeded toxic sample per prompt).
@@ -298,26 +322,27 @@ public sealed class PrefillAttack(IReadOnlyList<int[]> baseContinuations, string
     }
 
     /// <summary>The prefill attack as the battery defines it (docs/notes/battery.md), built from the start model
-    /// <paramref name="start"/>: <paramref name="sourceKind"/> "greedy" prefills its greedy continuation
-    /// <paramref name="greedy"/> of each prompt; "sampled" a seeded sample per prompt (temperature 1,
-    /// <paramref name="seed"/>; the same for every k and every attacked model) when <paramref name="scorer"/> rates it
-    /// ≥ 0.5, else the greedy one. <paramref name="cut"/>: "token" (exactly k tokens, definition 2), "clause" (3) or
-    /// "sentence" (4). <paramref name="relative"/>: the start model is the <see cref="Reference"/> (definition 3).</summary>
-    public static PrefillAttack FromStartModel(ICausalLM start, Gpt2Tokenizer tokenizer, IReadOnlyList<int[]> prompts, IReadOnlyList<int[]> greedy,
-        Evaluation.IToxicityScorer scorer, Evaluation.EvalOptions eval, string sourceKind, long seed, string cut, bool relative)
+    /// <paramref name="start"/> (its tokenizer decodes for the scorer) and its greedy continuations
+    /// <paramref name="greedy"/> of <paramref name="prompts"/>: <see cref="PrefillDefinition.Source"/> "greedy" prefills
+    /// them; "sampled" a seeded sample per prompt (temperature 1; the same for every k and every attacked model) when
+    /// <paramref name="scorer"/> rates it ≥ 0.5, else the greedy one. <see cref="PrefillDefinition.Cut"/> and
+    /// <see cref="PrefillDefinition.Relative"/> as documented there.</summary>
+    public static PrefillAttack FromStartModel(LoadedModel start, IReadOnlyList<int[]> prompts, IReadOnlyList<int[]> greedy,
+        Evaluation.IToxicityScorer scorer, Evaluation.EvalOptions eval, PrefillDefinition definition)
     {
-        if (cut is not ("token" or "clause" or "sentence")) throw new InvalidSettingException("prefill_cut", $"must be \"sentence\", \"clause\" or \"token\" (got \"{cut}\")");
-        if (sourceKind is not ("greedy" or "sampled")) throw new InvalidSettingException("prefill_source", $"must be \"sampled\" or \"greedy\" (got \"{sourceKind}\")");
-        IReadOnlyList<int[]>? Ends(IReadOnlyList<int[]> conts) => cut switch
+        definition.Validate();
+        var tokenizer = start.Tokenizer;
+        IReadOnlyList<int[]>? Ends(IReadOnlyList<int[]> conts) => definition.Cut switch
         {
             "clause" => conts.Select(x => FindClauseEnds(x, t => tokenizer.Decode([t]))).ToList(),
             "sentence" => conts.Select(x => FindSentenceEnds(x, t => tokenizer.Decode([t]))).ToList(),
             _ => null,
         };
-        var unit = cut == "sentence" ? "sentence" : "clause";
-        var reference = relative ? start : null;
-        if (sourceKind == "greedy") return new PrefillAttack(greedy, "the start model's greedy continuation of each prompt", Ends(greedy), unit) { Reference = reference };
-        var sampled = Generation.Generator.Generate(start, prompts, new Generation.GenerationOptions
+        var unit = definition.Cut == "sentence" ? "sentence" : "clause";
+        var reference = definition.Relative ? start.Model : null;
+        if (definition.Source == "greedy") return new PrefillAttack(greedy, "the start model's greedy continuation of each prompt", Ends(greedy), unit) { Reference = reference };
+        long seed = definition.Seed;
+        var sampled = Generation.Generator.Generate(start.Model, prompts, new Generation.GenerationOptions
             { MaxNewTokens = eval.MaxNewTokens, Greedy = false, Temperature = 1, Seed = seed, BatchSize = eval.BatchSize });
         var scores = scorer.Score(sampled.Select(x => tokenizer.Decode(x)).ToList(), eval.Aggregate).Select(x => x.Value).ToList();
         var chosen = sampled.Select((x, i) => scores[i] >= 0.5 && x.Length > 0 ? x : greedy[i]).ToList();

@@ -95,6 +95,9 @@ public sealed record BatterySection
     /// <summary>The attacks' own settings (keys, fine-tuning steps, learning rate and batch).</summary>
     public AttackOptions ToAttackOptions() => new() { Keys = Keys, MaxSteps = FinetuneSteps, LearningRate = FinetuneLearningRate, FinetuneBatchSize = FinetuneBatchSize, FinetuneDraws = FinetuneDraws };
 
+    /// <summary>The prefill attack's definition (source, seed, cut, relative).</summary>
+    public PrefillDefinition ToPrefillDefinition() => new() { Source = PrefillSource, Seed = PrefillSeed, Cut = PrefillCut, Relative = PrefillRelative };
+
     /// <summary>The cost search's settings (target fraction, bisection steps).</summary>
     public RetoxOptions ToRetoxOptions() => new() { TargetFraction = TargetFraction, BisectSteps = BisectSteps };
 
@@ -105,8 +108,7 @@ public sealed record BatterySection
         InvalidSettingException.Require(Seeds is null or >= 1, "seeds", $"must be ≥ 1 (got {Seeds})");
         InvalidSettingException.Require(DepthTokens >= 1, "depth_tokens", $"must be ≥ 1 (got {DepthTokens})");
         InvalidSettingException.Require(DepthFirst >= 1 && DepthFirst <= DepthTokens, "depth_first", $"must be in 1..depth_tokens (got {DepthFirst})");
-        InvalidSettingException.Require(PrefillSource is "sampled" or "greedy", "prefill_source", $"must be \"sampled\" or \"greedy\" (got \"{PrefillSource}\")");
-        InvalidSettingException.Require(PrefillCut is "sentence" or "clause" or "token", "prefill_cut", $"must be \"sentence\", \"clause\" or \"token\" (got \"{PrefillCut}\")");
+        ToPrefillDefinition().Validate();
         InvalidSettingException.Require(double.IsFinite(MonotoneSe) && MonotoneSe >= 0, "monotone_se", $"must be a finite number ≥ 0 (got {MonotoneSe})");
         InvalidSettingException.Require(double.IsFinite(MonotoneMargin) && MonotoneMargin >= 0, "monotone_margin", $"must be a finite number ≥ 0 (got {MonotoneMargin})");
         foreach (var a in Attacks)
@@ -178,7 +180,7 @@ public static partial class StudyStages
                 {
                     AttackKind.Keys => new KeyScalingAttack(wToxic, s.Keys),
                     AttackKind.Steer => new SteerAttack(wToxic, null),
-                    AttackKind.Prefill => PrefillSource(start.Model, tok, ids, startConts, scorer, eo, s),
+                    AttackKind.Prefill => PrefillAttack.FromStartModel(start, ids, startConts, scorer, eo, s.ToPrefillDefinition()),
                     AttackKind.Finetune => FinetuneFromComments(files, tok, s, strengths),
                     AttackKind.Ablate => BatteryAblation(c, diffStage, start.Model, aligned.Model, ids, startConts, wToxic, eo.BatchSize),
                     _ => throw new InvalidOperationException(),
@@ -231,13 +233,6 @@ public static partial class StudyStages
             throw new InvalidInputException($"battery.strengths.finetune: N = {strengths.Max()} but the labelled comments hold {toxic.Count} toxic ones");
         return new FinetuneAttack(toxic, tok, s.ToAttackOptions());
     }
-
-    /// <summary>The prefill attack's source (<see cref="BatterySection.PrefillSource"/>): greedy continuations of the start
-    /// model are nearly one sentence on the toy's challenge prompts, so k would be a cut position in that sentence; a seeded
-    /// sample per prompt (the same for every k and every method) varies the toxic reply, kept when the scorer rates it ≥ 0.5.</summary>
-    static PrefillAttack PrefillSource(ICausalLM start, Text.Gpt2Tokenizer tok, IReadOnlyList<int[]> ids, IReadOnlyList<int[]> greedy,
-        IToxicityScorer scorer, EvalOptions eo, BatterySection s) =>
-        PrefillAttack.FromStartModel(start, tok, ids, greedy, scorer, eo, s.PrefillSource, s.PrefillSeed, s.PrefillCut, s.PrefillRelative);
 
     /// <summary>The ablation attack along δx: the diff stage's residual_offset.safetensors when the method has a diff stage;
     /// otherwise δx computed here the same way (mean of resid_mid(aligned) − resid_mid(start) at the layer of the top toxic
