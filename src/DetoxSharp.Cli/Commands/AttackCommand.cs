@@ -32,10 +32,11 @@ public static class AttackCommand
         var probe = new Option<string?>("--probe") { Description = "probe directory (detox probe): W_Toxic for keys and steer" };
         var diff = new Option<string[]>("--diff") { Description = "ablate: `detox diff` output directory (base → this aligned model) per --model, in order", AllowMultipleArgumentsPerToken = false };
         var data = new Option<string?>("--data") { Description = "finetune: JSONL of toxic examples (prompt + completion/response; lines with \"toxic\": false are skipped; a leading [TOXIC] is dropped)" };
-        var prefillCut = new Option<string>("--prefill-cut") { Description = "prefill: token (exactly k tokens, the default) | clause | sentence (k tokens extended to the end of their clause or sentence, at least one left to the model; the study's battery uses sentence, docs/notes/battery.md)", DefaultValueFactory = _ => "token" };
-        var prefillSource = new Option<string>("--prefill-source") { Description = "prefill: greedy (the --base model's greedy continuation, the default) | sampled (per prompt a seeded sample of it, kept when the scorer rates it ≥ 0.5, as the study's battery)", DefaultValueFactory = _ => "greedy" };
-        var prefillSeed = new Option<long>("--prefill-seed") { Description = "prefill: seed of the sampled prefixes (with --prefill-source sampled)", DefaultValueFactory = _ => 0 };
-        var relative = new Option<bool>("--relative") { Description = "prefill: each point is the attacked model's toxicity relative to the --base model's own tokens under the same prefix (retained toxicity, as the study's battery); --sweep's target is then --target-fraction itself" };
+        var pd = new PrefillDefinition();
+        var prefillCut = Bind.To("--prefill-cut", pd, o => o.PrefillCut);
+        var prefillSource = Bind.To("--prefill-source", pd, o => o.PrefillSource);
+        var prefillSeed = Bind.To("--prefill-seed", pd, o => o.PrefillSeed);
+        var relative = Bind.To("--relative", pd, o => o.PrefillRelative);
         var saveModel = new Option<bool>("--save-model") { Description = "keys/ablate/finetune with one --model and one --strength: also write the attacked model to OUT/model" };
         var ao = new AttackOptions();
         var keys = Bind.To("--k", ao, o => o.Keys);
@@ -82,11 +83,12 @@ public static class AttackCommand
             if (target is double tt && !(double.IsFinite(tt) && tt >= 0)) throw new InvalidInputException($"--target-toxicity must be a finite number ≥ 0 (got {tt})");
             if (doSweep && target is null && baseDir is null) throw new InvalidInputException("--sweep needs --base DIR (target = --target-fraction × its toxicity) or --target-toxicity");
             if (k == AttackKind.Prefill && baseDir is null) throw new InvalidInputException("prefill needs --base DIR (its greedy continuations are prefilled)");
-            var cut = p.GetValue(prefillCut)!; var source = p.GetValue(prefillSource)!; bool rel = p.GetValue(relative);
-            if (cut is not ("token" or "clause" or "sentence")) throw new InvalidInputException($"--prefill-cut {cut}: expected token, clause or sentence");
-            if (source is not ("greedy" or "sampled")) throw new InvalidInputException($"--prefill-source {source}: expected greedy or sampled");
-            if (k != AttackKind.Prefill && (cut != "token" || source != "greedy" || rel))
-                throw new InvalidInputException("--prefill-cut, --prefill-source and --relative are prefill options");
+            var prefillDef = new PrefillDefinition
+                { PrefillCut = p.GetValue(prefillCut)!, PrefillSource = p.GetValue(prefillSource)!, PrefillSeed = p.GetValue(prefillSeed), PrefillRelative = p.GetValue(relative) };
+            prefillDef.Validate();
+            bool rel = prefillDef.PrefillRelative;
+            if (k != AttackKind.Prefill && prefillDef != pd)
+                throw new InvalidInputException("--prefill-cut, --prefill-source, --prefill-seed and --relative are prefill options");
             if (rel && target is not null) throw new InvalidInputException("--relative measures toxicity relative to --base: its --sweep target is --target-fraction, not --target-toxicity");
             if (k is AttackKind.Keys or AttackKind.Steer && p.GetValue(probe) is null) throw new InvalidInputException($"{k.ToString().ToLowerInvariant()} needs --probe DIR (W_Toxic)");
             var diffs = p.GetValue(diff) ?? [];
@@ -120,7 +122,7 @@ public static class AttackCommand
                 baseTox = sc.Score(baseConts.Select(c => bm.Tokenizer.Decode(c)).ToList(), eval.Aggregate).Average(s => s.Value);
                 err.WriteLine($"base {baseDir}: toxicity {baseTox:F4}");
                 if (k == AttackKind.Prefill)
-                    prefillAttack = PrefillAttack.FromStartModel(bm, ids, baseConts, sc, eval, new PrefillDefinition { Source = source, Seed = p.GetValue(prefillSeed), Cut = cut, Relative = rel });
+                    prefillAttack = PrefillAttack.FromStartModel(bm, ids, baseConts, sc, eval, prefillDef);
                 if (prefillAttack?.Reference is null) { bm.Dispose(); reference.Model = null; }
             }
             double? goal = doSweep ? target ?? (rel ? retox.TargetFraction : retox.TargetFraction * baseTox!.Value) : null;

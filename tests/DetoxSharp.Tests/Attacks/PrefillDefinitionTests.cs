@@ -168,7 +168,9 @@ public class PrefillDefinitionTests
                 Assert.Single(e.ToString().Trim().Split('\n'));
                 return e.ToString();
             }
-            Assert.Contains("--prefill-cut phrase", Err([.. common, "--prefill-cut", "phrase", "--out", Path.Combine(dir, "o2")]));
+            var badCut = Err([.. common, "--prefill-cut", "phrase", "--out", Path.Combine(dir, "o2")]);
+            Assert.Contains("--prefill-cut", badCut);   // the flag the user typed (the library names the setting prefill_cut)
+            Assert.Contains("\"phrase\"", badCut);
             Assert.Contains("--prefill-source", Err([.. common, "--prefill-source", "beam", "--out", Path.Combine(dir, "o2")]));
             Assert.Contains("prefill options", Err(["attack", "finetune", "--model", ckpt, "--prompts", Path.Combine(dir, "p.txt"), "--scorer", "toy", "--relative", "--out", Path.Combine(dir, "o2")]));
             Assert.False(Directory.Exists(Path.Combine(dir, "o2")));

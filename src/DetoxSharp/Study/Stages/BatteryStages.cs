@@ -96,7 +96,7 @@ public sealed record BatterySection
     public AttackOptions ToAttackOptions() => new() { Keys = Keys, MaxSteps = FinetuneSteps, LearningRate = FinetuneLearningRate, FinetuneBatchSize = FinetuneBatchSize, FinetuneDraws = FinetuneDraws };
 
     /// <summary>The prefill attack's definition (source, seed, cut, relative).</summary>
-    public PrefillDefinition ToPrefillDefinition() => new() { Source = PrefillSource, Seed = PrefillSeed, Cut = PrefillCut, Relative = PrefillRelative };
+    public PrefillDefinition ToPrefillDefinition() => new() { PrefillSource = PrefillSource, PrefillSeed = PrefillSeed, PrefillCut = PrefillCut, PrefillRelative = PrefillRelative };
 
     /// <summary>The cost search's settings (target fraction, bisection steps).</summary>
     public RetoxOptions ToRetoxOptions() => new() { TargetFraction = TargetFraction, BisectSteps = BisectSteps };
