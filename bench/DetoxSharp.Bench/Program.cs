@@ -17,6 +17,7 @@ using static TorchSharp.torch;
 // skipped in the --allocator-ab children, whose environment is the variant under test)
 if (!args.Contains("--alloc-child")) DetoxSharp.NativeSetup.RestartWithMallocTunables();
 DetoxSharp.NativeSetup.Init(); // before the first tensor: the allocator setting is read at libtorch's first allocation
+DetoxSharp.NativeSetup.InitMkl(); // before the first matrix multiply: MKL picks its kernels once
 var quick = args.Contains("--quick");
 var outIdx = Array.IndexOf(args, "--out");
 var outPath = outIdx >= 0 && outIdx + 1 < args.Length ? args[outIdx + 1] : Path.Combine(FindRepoRoot(), "docs", "PERFORMANCE.md");
@@ -121,6 +122,7 @@ if (sbsIdx >= 0)
         ["config"] = cfgName, ["params"] = sbsModel.parameters().Sum(p => p.numel()), ["batch"] = sb, ["seq"] = st,
         ["forward_tok_s"] = sbsFwd, ["sft_tok_s"] = sbsSft, ["sft_s_per_step"] = sbsSec,
         ["sft_default_tok_s"] = sbsAuto, ["default_precision"] = PrecisionJsonConverter.Name(auto), ["allocator"] = DetoxSharp.NativeSetup.Description,
+        ["mkl"] = DetoxSharp.NativeSetup.MklDescription,
     }));
     return 0;
 }
@@ -131,7 +133,7 @@ if (dpoIdx >= 0)
 {
     string name = ModeConfig(dpoIdx);
     var cfg = ConfigNamed(name);
-    Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {DetoxSharp.NativeSetup.Description}");
+    Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {DetoxSharp.NativeSetup.Description}; MKL: {DetoxSharp.NativeSetup.MklDescription}");
     var res = PreferenceBench.Run(() => new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 }), Arg("--steps", 6),
         Path.Combine(Path.GetTempPath(), $"detox-bench-dpo-{Environment.ProcessId}"), autoOnly: args.Contains("--auto-only"));
     foreach (var r in res) Console.WriteLine($"DPO {name} {r.Mode}: {r.PairsPerSecond:F3} pairs/s (train loop, {r.Steps} steps of 4 pairs), wall {r.WallSeconds:F1} s, first loss {r.FirstLoss:F6} (ln 2 = {Math.Log(2):F6})");
@@ -257,7 +259,7 @@ if (args.Contains("--allocator-ab"))
 if (args.Contains("--toy-ab"))
 {
     int abSteps = Arg("--steps", 4), abRounds = Arg("--rounds", 3);
-    Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {DetoxSharp.NativeSetup.Description}");
+    Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {DetoxSharp.NativeSetup.Description}; MKL: {DetoxSharp.NativeSetup.MklDescription}");
     foreach (var (dpo, mixed) in new[] { (false, true), (false, false), (true, true), (true, false) })
     {
         var sec = ToyAb.Variants.ToDictionary(v => v.Name, _ => new List<double>());
@@ -654,7 +656,7 @@ void WriteReport(bool complete)
     sb.AppendLine($"Measured {started:yyyy-MM-dd HH:mm} UTC by `dotnet run -c Release --project bench/DetoxSharp.Bench --{(quick ? " --quick" : "")}{(thrIdx >= 0 ? $" --threads {threads}" : "")}`" + (complete ? "." : " — **incomplete: the run was still going when this was written**."));
     sb.AppendLine();
     sb.AppendLine($"- CPU: {cpu}; threads: {threads} (torch.set_num_threads; default = Environment.ProcessorCount = {Environment.ProcessorCount})");
-    sb.AppendLine($"- TorchSharp {tsVersion}, {libtorch}, .NET {Environment.Version}; allocator: {(Environment.GetEnvironmentVariable("LD_PRELOAD") is { Length: > 0 } pre ? $"LD_PRELOAD={pre}" : "glibc malloc")}, {DetoxSharp.NativeSetup.Description}");
+    sb.AppendLine($"- TorchSharp {tsVersion}, {libtorch}, .NET {Environment.Version}; allocator: {(Environment.GetEnvironmentVariable("LD_PRELOAD") is { Length: > 0 } pre ? $"LD_PRELOAD={pre}" : "glibc malloc")}, {DetoxSharp.NativeSetup.Description}; MKL: {DetoxSharp.NativeSetup.MklDescription}");
     sb.AppendLine($"- Mode: {(quick ? "quick (smaller batches, fewer steps, no 355M; generation 32 new tokens for toy, 8 new tokens at batch 1 only for 124M; memory steps on smaller batches)" : "full")}");
     sb.AppendLine($"- Load average (1 min) at start {loadAtStart}, when written {LoadAverage()} — with a load above the core count the machine was shared with other jobs while measuring, so every figure is noisy and pessimistic (libtorch's OpenMP threads degrade badly when oversubscribed).");
     sb.AppendLine("- Random weights; fp32 unless stated. Forward = no-grad forward of a full batch. SFT step = forward + LM cross-entropy + backward + AdamW.");

@@ -6,7 +6,8 @@ using DetoxSharp.Generation; using DetoxSharp.Models; using DetoxSharp.Text; usi
 
 // first thing: restart once with glibc's malloc tunables (as `detox` does; only where memory comes from changes)
 DetoxSharp.NativeSetup.RestartWithMallocTunables();
-Console.WriteLine($"allocator: {DetoxSharp.NativeSetup.Description}");
+DetoxSharp.NativeSetup.InitMkl();
+Console.WriteLine($"allocator: {DetoxSharp.NativeSetup.Description}; MKL: {DetoxSharp.NativeSetup.MklDescription}");
 var outDir = Path.Combine(Path.GetTempPath(), "detox-sample");
 var world = ToyWorldFiles.Write(Path.Combine(outDir, "world"), seed: 1, ToyWorldSize.Small);
 using var loaded = args.Length > 0 ? HfCheckpoint.Load(args[0])

@@ -12,6 +12,8 @@ ReExecution.ReExecuteIfNeeded(args);
 
 // before any tensor exists: libtorch reads its allocator settings at the first allocation (NativeSetup)
 DetoxSharp.NativeSetup.Init();
+// MKL's fp32 GEMM kernels by instruction set on AMD CPUs too (NativeSetup.InitMkl; loads libtorch, so after the re-execution)
+DetoxSharp.NativeSetup.InitMkl();
 // one stage of a parallel study in a process of its own (StageProcesses; not a user command)
 if (args is [StageProcesses.ChildVerb, var stageContext]) return StageProcesses.ChildMain(stageContext, Console.Out, Console.Error);
 return DetoxCli.Run(args, Console.Out, Console.Error);

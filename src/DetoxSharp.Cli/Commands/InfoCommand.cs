@@ -32,6 +32,7 @@ public static class InfoCommand
                 ["parameters"] = n,
                 ["stored_dtype"] = DetoxSharp.Checkpoints.HfCheckpoint.ReadConfig(m.Directory)["torch_dtype"]?.DeepClone(), // as written in config.json, not the dtype loaded for inspection
                 ["allocator"] = DetoxSharp.NativeSetup.Description, // libtorch THP setting, plus GLIBC_TUNABLES when detox re-executed itself with it
+                ["mkl"] = DetoxSharp.NativeSetup.MklDescription, // MKL's fp32 GEMM kernel choice (NativeSetup.InitMkl)
                 ["activation"] = (cfg["activation_function"] ?? cfg["hidden_act"])?.DeepClone(),
                 ["kv_heads"] = cfg["num_key_value_heads"]?.DeepClone() ?? lm.NumHeads,
                 ["tokenizer"] = m.Tokenizer.Source,

@@ -34,6 +34,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
     /// <param name="initialize">false skips GPT-2's random initialisation (the weights are about to be loaded).</param>
     public Gpt2Model(Gpt2Config config, Device? device = null, ScalarType dtype = ScalarType.Float32, bool initialize = true) : base("GPT2LMHeadModel")
     {
+        NativeSetup.InitMkl(); // before the first matrix multiply (MKL picks its kernels once)
         config.Validate();
         Config = config;
         wte = nn.Embedding(config.VocabSize, config.NEmbd);

@@ -42,6 +42,7 @@ public sealed class LlamaModel : nn.Module, ICausalLM
     /// <param name="initialize">false skips the random initialisation (the weights are about to be loaded).</param>
     public LlamaModel(LlamaConfig config, Device? device = null, ScalarType dtype = ScalarType.Float32, bool initialize = true) : base(config.Architecture)
     {
+        NativeSetup.InitMkl(); // before the first matrix multiply (MKL picks its kernels once)
         config.Validate();
         Config = config;
         // Parameters are allocated in their final dtype and device: a float32 detour would need twice a bf16 model's memory.

@@ -59,7 +59,7 @@ public class ReExecutionTests
         {
             var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
             foreach (var a in args) psi.ArgumentList.Add(a);
-            foreach (var k in new[] { "GLIBC_TUNABLES", ReExecution.Marker, "DETOX_DEFAULT_ALLOCATOR", "LD_PRELOAD" }) psi.Environment.Remove(k);
+            foreach (var k in new[] { "GLIBC_TUNABLES", ReExecution.Marker, "DETOX_DEFAULT_ALLOCATOR", "LD_PRELOAD", "DETOX_MKL_DEFAULT_DISPATCH" }) psi.Environment.Remove(k);
             foreach (var (k, v) in env) psi.Environment[k] = v;
             using var p = Process.Start(psi)!;
             var errTask = p.StandardError.ReadToEndAsync();
@@ -73,6 +73,13 @@ public class ReExecutionTests
         Assert.Contains("GLIBC_TUNABLES=" + MallocTunables.Settings, allocator);
         // glibc's hugetlb tunable covers the heap: libtorch's 2 MB alignment (which fragments it) is left off
         Assert.StartsWith("THP_MEM_ALLOC_ENABLE not set", allocator);
+        // MKL's kernel choice (NativeSetup.InitMkl): by instruction set on an AMD CPU with AVX2/FMA, else MKL's own
+        var mkl = JsonNode.Parse(info.Out)!["mkl"]!.GetValue<string>();
+        if (MklDispatchTests.ExpectIntelDispatchOnAmd(out _)) Assert.StartsWith("MKL dispatches by instruction set on this AMD CPU", mkl);
+        else Assert.StartsWith("MKL's own dispatch", mkl);
+        var mklOptOut = Run(new() { ["DETOX_MKL_DEFAULT_DISPATCH"] = "1" }, "info", "--model", model, "--json");
+        Assert.True(mklOptOut.Code == 0, mklOptOut.Err);
+        Assert.Equal(System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture == System.Runtime.InteropServices.Architecture.X64 ? "MKL's own dispatch (DETOX_MKL_DEFAULT_DISPATCH=1)" : mkl, JsonNode.Parse(mklOptOut.Out)!["mkl"]!.GetValue<string>());
         // the user's own malloc tunable: no re-execution, and libtorch's THP setting as without tunables
         var own = Run(new() { ["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=0" }, "info", "--model", model, "--json");
         Assert.True(own.Code == 0, own.Err);
