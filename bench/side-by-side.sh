@@ -40,5 +40,5 @@ for k, name in (("forward_tok_s", "forward tok/s (no grad)"), ("sft_tok_s", "SFT
 if "sft_default_tok_s" in ds:
     print(f"| SFT step tok/s, each side's default precision (PyTorch fp32, DetoxSharp {ds['default_precision']}) | {py['sft_tok_s']:.1f} | {ds['sft_default_tok_s']:.1f} | {ds['sft_default_tok_s']/py['sft_tok_s']:.2f}× |")
 print()
-print(f"DetoxSharp allocator: {ds.get('allocator', '?')}")
+print(f"DetoxSharp allocator: {ds.get('allocator', '?')}; MKL: {ds.get('mkl', '?')}")
 PY
