@@ -77,7 +77,8 @@ public static class NativeSetup
         }
     }
 
-    static int _mklDone;
+    static volatile bool _mklDone;
+    static readonly object MklLock = new();
 
     /// <summary>What <see cref="InitMkl"/> did to MKL's choice of fp32 GEMM kernels, for reports.</summary>
     public static string MklDescription { get; private set; } = "not initialised";
@@ -95,7 +96,7 @@ public static class NativeSetup
     /// change only as much as any other GEMM kernel changes them (the order of fp32 additions), not in what is computed.
     /// bf16 matrix multiplies go to oneDNN, which never asked the vendor.
     /// </para>
-    /// Runs once (idempotent, thread-safe), loading libtorch if it is not loaded yet; <c>detox</c>, the benchmark and the
+    /// Runs once (idempotent, thread-safe: concurrent callers return when it is done), loading libtorch if it is not loaded yet; <c>detox</c>, the benchmark and the
     /// model constructors call it, and DetoxSharp's module initializer calls it when libtorch is already loaded. It changes
     /// nothing when MKL already made its choice (a matrix multiply ran before), on Intel and non-x86 CPUs, off Linux,
     /// when the libtorch build's <c>mkl_serv_intel_cpu_true</c> is not the cached-flag function it expects, or with
@@ -103,9 +104,14 @@ public static class NativeSetup
     /// </summary>
     public static void InitMkl()
     {
-        if (Interlocked.Exchange(ref _mklDone, 1) == 1) return;
-        try { MklDescription = MklIntelDispatch(); }
-        catch (Exception e) { MklDescription = $"MKL's own dispatch ({e.GetType().Name}: {e.Message})"; }
+        if (_mklDone) return;
+        lock (MklLock) // a second caller waits until the flag is written: its matrix multiply must not reach MKL first
+        {
+            if (_mklDone) return;
+            try { MklDescription = MklIntelDispatch(); }
+            catch (Exception e) { MklDescription = $"MKL's own dispatch ({e.GetType().Name}: {e.Message})"; }
+            _mklDone = true;
+        }
     }
 
     /// <summary>libtorch_cpu.so's path if this process has it mapped, else null.</summary>
