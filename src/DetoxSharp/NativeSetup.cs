@@ -129,13 +129,7 @@ public static class NativeSetup
     {
         if (!OperatingSystem.IsLinux() || RuntimeInformation.ProcessArchitecture != Architecture.X64) return "MKL's own dispatch (not Linux x86-64)";
         if (Environment.GetEnvironmentVariable("DETOX_MKL_DEFAULT_DISPATCH") == "1") return "MKL's own dispatch (DETOX_MKL_DEFAULT_DISPATCH=1)";
-        string? vendor = null;
-        var flags = new HashSet<string>();
-        foreach (var line in File.ReadLines("/proc/cpuinfo"))
-        {
-            if (vendor is null && line.StartsWith("vendor_id", StringComparison.Ordinal)) vendor = line[(line.IndexOf(':') + 1)..].Trim();
-            else if (line.StartsWith("flags", StringComparison.Ordinal)) { flags.UnionWith(line[(line.IndexOf(':') + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries)); break; }
-        }
+        var (vendor, flags) = Training.CpuFeatures.X86VendorAndFlags(File.ReadAllText("/proc/cpuinfo"));
         if (vendor != "AuthenticAMD") return $"MKL's own dispatch ({vendor ?? "unknown"} CPU)";
         if (!flags.Contains("avx2") || !flags.Contains("fma")) return "MKL's own dispatch (AMD CPU without AVX2/FMA)";
         TorchSharp.torch.InitializeDeviceType(TorchSharp.DeviceType.CPU);

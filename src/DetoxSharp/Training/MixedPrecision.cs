@@ -76,16 +76,36 @@ public static class CpuFeatures
     /// <param name="cpuinfo">The text of /proc/cpuinfo.</param>
     public static bool FlagsHaveBf16(string cpuinfo)
     {
-        foreach (var line in cpuinfo.Split('\n'))
+        foreach (var (key, value) in Fields(cpuinfo))
         {
-            int colon = line.IndexOf(':');
-            if (colon < 0) continue;
-            var key = line[..colon].Trim();
             if (key is not ("flags" or "Features")) continue;
-            var flags = line[(colon + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            var flags = value.Split(' ', StringSplitOptions.RemoveEmptyEntries);
             if (flags.Contains("avx512_bf16") || flags.Contains("amx_bf16") || (key == "Features" && flags.Contains("bf16"))) return true;
         }
         return false;
+    }
+
+    /// <summary>The first processor's <c>vendor_id</c> (null if none) and <c>flags</c> in a /proc/cpuinfo text (x86).</summary>
+    internal static (string? Vendor, HashSet<string> Flags) X86VendorAndFlags(string cpuinfo)
+    {
+        string? vendor = null;
+        HashSet<string>? flags = null;
+        foreach (var (key, value) in Fields(cpuinfo))
+        {
+            if (key == "vendor_id") vendor ??= value;
+            else if (key == "flags") flags ??= [.. value.Split(' ', StringSplitOptions.RemoveEmptyEntries)];
+        }
+        return (vendor, flags ?? []);
+    }
+
+    /// <summary>The "key : value" lines of a /proc/cpuinfo text, both trimmed.</summary>
+    static IEnumerable<(string Key, string Value)> Fields(string cpuinfo)
+    {
+        foreach (var line in cpuinfo.Split('\n'))
+        {
+            int colon = line.IndexOf(':');
+            if (colon >= 0) yield return (line[..colon].Trim(), line[(colon + 1)..].Trim());
+        }
     }
 }
 

@@ -379,6 +379,18 @@ public class AutoPrecisionTests
         Assert.False(CpuFeatures.FlagsHaveBf16(""));
     }
 
+    /// <summary>The vendor and flags NativeSetup.InitMkl decides by: the first processor's lines only.</summary>
+    [Fact]
+    public void X86VendorAndFlagsReadTheFirstProcessor()
+    {
+        var (vendor, flags) = CpuFeatures.X86VendorAndFlags(X86Bf16 + "\nprocessor\t: 1\nvendor_id\t: GenuineIntel\nflags\t\t: sse2\n");
+        Assert.Equal("AuthenticAMD", vendor);
+        Assert.True(flags.SetEquals(["fpu", "vme", "avx2", "avx512f", "avx512_bf16", "avx512_vnni"]), string.Join(" ", flags)); // not the bugs line, not processor 1's
+        var (none, empty) = CpuFeatures.X86VendorAndFlags("processor\t: 0\nFeatures\t: fp asimd\n"); // arm64
+        Assert.Null(none);
+        Assert.Empty(empty);
+    }
+
     [Fact]
     public void AutoResolvesByModelDtypeAndCpu()
     {
