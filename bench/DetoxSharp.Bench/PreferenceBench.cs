@@ -17,7 +17,13 @@ static class PreferenceBench
 {
     public sealed record Result(string Mode, double PairsPerSecond, double WallSeconds, double FirstLoss, int Steps);
 
-    public static List<Result> Run(Func<ICausalLM> make, int steps, string workDir, bool autoOnly = false)
+    /// <param name="make">Builds the model (random weights).</param>
+    /// <param name="steps">Optimizer steps per mode.</param>
+    /// <param name="workDir">Scratch directory.</param>
+    /// <param name="autoOnly">Only the default --precision auto row.</param>
+    /// <param name="shareRounds">&gt; 0: instead, --precision auto with the prompt shared by chosen and rejected
+    /// (<see cref="PreferenceTrainerOptions.SharePrompts"/>, the default) and without, interleaved for this many rounds.</param>
+    public static List<Result> Run(Func<ICausalLM> make, int steps, string workDir, bool autoOnly = false, int shareRounds = 0)
     {
         var tok = Gpt2Tokenizer.Default();
         var rnd = new Random(1);
@@ -26,19 +32,23 @@ static class PreferenceBench
         var results = new List<Result>();
         // fp32 with and without the cache (the library's default precision), then the CLI's and the study's default:
         // --precision auto (bf16-mixed on a CPU with native bf16) with the cache
-        var modes = new[] { (true, Precision.ModelDType), (false, Precision.ModelDType), (true, Precision.Auto) };
-        foreach (var (cache, precision) in modes.Where(m => !autoOnly || m.Item2 == Precision.Auto))
+        var modes = new[] { (true, Precision.ModelDType, true), (false, Precision.ModelDType, true), (true, Precision.Auto, true) }
+            .Where(m => !autoOnly || m.Item2 == Precision.Auto).ToList();
+        if (shareRounds > 0)
+            modes = Enumerable.Range(0, shareRounds).SelectMany(_ => new[] { (true, Precision.Auto, true), (true, Precision.Auto, false) }).ToList();
+        foreach (var (cache, precision, share) in modes)
         {
             torch.manual_seed(1);
             using var m = make();
             var dir = Path.Combine(workDir, (cache ? "cached" : "live") + "-" + precision);
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
-            var o = new PreferenceTrainerOptions { BatchSize = 4, ValidationSize = 4, MaxSteps = steps, WarmupSteps = 2, CacheReference = cache, EvalEvery = 0, Precision = precision };
+            var o = new PreferenceTrainerOptions { BatchSize = 4, ValidationSize = 4, MaxSteps = steps, WarmupSteps = 2, CacheReference = cache, EvalEvery = 0, Precision = precision, SharePrompts = share };
             var sw = Stopwatch.StartNew();
             var r = new PreferenceTrainer(m, tok, o).Train(data, dir);
             double wall = sw.Elapsed.TotalSeconds;
             var first = JsonNode.Parse(File.ReadLines(r.MetricsPath).First())!["loss"]!.GetValue<double>();
-            string mode = (cache ? "cached reference" : "live reference") + (precision == Precision.Auto ? $", auto = {PrecisionJsonConverter.Name(r.Run.Precision)}" : "");
+            string mode = (cache ? "cached reference" : "live reference") + (precision == Precision.Auto ? $", auto = {PrecisionJsonConverter.Name(r.Run.Precision)}" : "")
+                + (share ? "" : ", prompt not shared");
             results.Add(new(mode, r.PairsPerSecond, wall, first, r.Steps));
             Directory.Delete(dir, true);
         }

@@ -135,7 +135,8 @@ if (dpoIdx >= 0)
     var cfg = ConfigNamed(name);
     Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {NativeSettings()}");
     var res = PreferenceBench.Run(() => new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 }), Arg("--steps", 6),
-        Path.Combine(Path.GetTempPath(), $"detox-bench-dpo-{Environment.ProcessId}"), autoOnly: args.Contains("--auto-only"));
+        Path.Combine(Path.GetTempPath(), $"detox-bench-dpo-{Environment.ProcessId}"), autoOnly: args.Contains("--auto-only"),
+        shareRounds: args.Contains("--share-ab") ? Arg("--rounds", 2) : 0);
     foreach (var r in res) Console.WriteLine($"DPO {name} {r.Mode}: {r.PairsPerSecond:F3} pairs/s (train loop, {r.Steps} steps of 4 pairs), wall {r.WallSeconds:F1} s, first loss {r.FirstLoss:F6} (ln 2 = {Math.Log(2):F6})");
     Console.WriteLine($"load average at end {LoadAverage()}");
     return 0;

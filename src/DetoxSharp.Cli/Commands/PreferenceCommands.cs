@@ -46,6 +46,7 @@ public static class PreferenceCommands
         var resume = CommonOptions.Resume();
         var allowChanges = TrainingCli.AllowSettingChanges();
         var noCache = new Option<bool>("--no-ref-cache") { Description = "keep the reference in memory and score it every step instead of caching its log-probs" };
+        var noShare = new Option<bool>("--no-shared-prompt") { Description = "score each (prompt, completion) as its own sequence instead of running the prompt once for its chosen and rejected completions (same log-probs up to float rounding; slower)" };
         var cacheDir = new Option<string?>("--cache-dir") { Description = "log-prob cache directory (default OUT/logp-cache)" };
         var maxPrompt = Bind.To("--max-prompt-tokens", d.Truncation, t => t.MaxPromptTokens);
         var maxCompletion = Bind.To("--max-completion-tokens", d.Truncation, t => t.MaxCompletionTokens);
@@ -60,7 +61,7 @@ public static class PreferenceCommands
             : "Preference optimization: DPO (sigmoid/IPO/hinge/robust, optional RPO term) on prompt/chosen/rejected pairs, KTO on unpaired data, reference-free ORPO and SimPO.")
         {
             model, data, output, refOpt, beta, smoothing, rpo, lr, optimizer, wd, batch, accum, warmup, clip, evalEvery, patience,
-            validation, maxSteps, epochs, seed, saveEvery, resume, allowChanges, noCache, cacheDir, maxPrompt, maxCompletion, maxTotal, device, dtype, precision, pickle, json,
+            validation, maxSteps, epochs, seed, saveEvery, resume, allowChanges, noCache, noShare, cacheDir, maxPrompt, maxCompletion, maxTotal, device, dtype, precision, pickle, json,
         };
         // the method is the command: adpo is ADPO (sigmoid DPO + toxic penalty); dpo picks its loss with --loss
         if (adpo) { cmd.Options.Add(toxic); cmd.Options.Add(gamma); }
@@ -88,7 +89,7 @@ public static class PreferenceCommands
                 GradientAccumulationSteps = p.GetValue(accum), WarmupSteps = p.GetValue(warmup), MaxGradNorm = p.GetValue(clip),
                 EvalEvery = p.GetValue(evalEvery), Patience = p.GetValue(patience), ValidationSize = p.GetValue(validation),
                 MaxSteps = p.GetValue(maxSteps), Epochs = p.GetValue(epochs), Seed = p.GetValue(seed), CheckpointEvery = p.GetValue(saveEvery),
-                CacheReference = !p.GetValue(noCache), CacheDir = p.GetValue(cacheDir), Precision = prec,
+                CacheReference = !p.GetValue(noCache), SharePrompts = !p.GetValue(noShare), CacheDir = p.GetValue(cacheDir), Precision = prec,
                 Resume = p.GetValue(resume), AllowSettingChanges = p.GetValue(allowChanges), TensorBoardDir = p.GetValue(tensorBoard),
             };
             opts.Validate();

@@ -344,7 +344,7 @@ public static class NeuronPatching
             if (!ReferenceEquals(cache, _forCache))
             {
                 _sourceCache?.Dispose();
-                _sourceCache = _source.NewCache(cache.Capacity);
+                _sourceCache = cache.NewLinked(_source.NumLayers, cache.Capacity);
                 _forCache = cache;
             }
             return _sourceCache;
@@ -365,10 +365,10 @@ public static class NeuronPatching
         }
 
         /// <inheritdoc/>
-        public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null)
+        public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
         {
-            _source.ResidualStream(inputIds, attentionMask).Dispose();
-            return _target.ResidualStream(inputIds, attentionMask);
+            _source.ResidualStream(inputIds, attentionMask, SourceCache(cache)).Dispose();
+            return _target.ResidualStream(inputIds, attentionMask, cache);
         }
 
         /// <inheritdoc/>

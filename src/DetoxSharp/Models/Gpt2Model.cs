@@ -167,7 +167,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
     }
 
     /// <inheritdoc/>
-    public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null) => ResidualStreamCore(inputIds, attentionMask, null);
+    public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null) => ResidualStreamCore(inputIds, attentionMask, cache);
 
     /// <summary>Logits = h · Eᵀ (tied head); batch-1 rows take <see cref="RowProducts.TiedHead"/>'s two-thread split.</summary>
     Tensor LmHead(Tensor h) => RowProducts.TiedHead(h, wte.weight!);

@@ -67,8 +67,9 @@ public interface ICausalLM : IDisposable
         => Forward(inputIds, attentionMask, cache).narrow(1, inputIds.shape[1] - 1, 1);
 
     /// <summary>Like <see cref="Forward"/> but stops at the last block: the residual stream before the final norm
-    /// [batch, T, d]. Hooks up to and including the last block's <c>hook_resid_post</c> run.</summary>
-    Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null);
+    /// [batch, T, d]. Hooks up to and including the last block's <c>hook_resid_post</c> run. With a
+    /// <paramref name="cache"/> the positions continue after the cached ones, as in <see cref="Forward"/>.</summary>
+    Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null);
 
     /// <summary>Applies the final normalisation (ln_f) — for the logit lens.</summary>
     Tensor ApplyFinalNorm(Tensor residual);

@@ -195,7 +195,7 @@ public sealed class LlamaModel : nn.Module, ICausalLM
     }
 
     /// <inheritdoc/>
-    public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null) => Run(null, CheckIds(inputIds), attentionMask, null);
+    public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null) => Run(null, CheckIds(inputIds), attentionMask, cache);
 
     /// <inheritdoc/>
     public Tensor ApplyFinalNorm(Tensor residual) => model.norm.Forward(residual);

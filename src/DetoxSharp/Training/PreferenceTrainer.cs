@@ -61,6 +61,11 @@ public sealed record PreferenceTrainerOptions
     public int CheckpointEvery { get; init; } = 0;
     /// <summary>Precompute reference (and π_tox) log-probs once and cache them on disk.</summary>
     public bool CacheReference { get; init; } = true;
+    /// <summary>Score the completions of one prompt (chosen, rejected, ADPO's toxic one) after ONE pass over the prompt
+    /// (<see cref="LogProbs.SharedPromptSums"/>; default) instead of one sequence per completion: the prompt's forward and
+    /// backward run once instead of two or three times. The same log-probs up to float rounding. Off: the previous
+    /// scoring, e.g. to time the two side by side.</summary>
+    public bool SharePrompts { get; init; } = true;
     /// <summary>Where cached log-probs live (default: &lt;out&gt;/logp-cache).</summary>
     public string? CacheDir { get; init; }
     /// <summary><see cref="Training.Precision.ModelDType"/> (train in the policy's dtype) or
@@ -236,18 +241,21 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             // take longer than the training). The entries it skips are NaN: a use of one would stop the run as
             // non-finite, never train on a wrong reference.
             string hash = ModelHash(refModel);
-            (refC, refR, var hit1) = CachedLogps(cacheDir, "ref", hash, dataHash, refModel, all, o.BatchSize, tokenizer.EosTokenId, false, cancel,
+            (refC, refR, var hit1) = CachedLogps(cacheDir, "ref", hash, dataHash, refModel, all, o.BatchSize, tokenizer.EosTokenId, false, o.SharePrompts, cancel,
                 only: mixed ? valIdx : null);
             cacheHit &= hit1;
             if (mixed)
             {
                 using var ref16 = Bf16Copy(refModel);
-                (refC16, refR16, var hit3) = CachedLogps(cacheDir, "ref-bf16", hash + "|bf16", dataHash, ref16, all, o.BatchSize, tokenizer.EosTokenId, false, cancel);
+                // scored in the first epoch's training batches: at the first step the working copy then sees the same
+                // tensors as this pass (bf16 results depend on a batch's padding), so the loss is ln 2 to the bit
+                (refC16, refR16, var hit3) = CachedLogps(cacheDir, "ref-bf16", hash + "|bf16", dataHash, ref16, all, o.BatchSize, tokenizer.EosTokenId, false, o.SharePrompts, cancel,
+                    batches: micro.Take((trainIdx.Count + o.BatchSize - 1) / o.BatchSize).ToList());
                 cacheHit &= hit3;
             }
             if (adpo)
             {
-                (tox, _, var hit2) = CachedLogps(cacheDir, "tox", ModelHash(toxicModel!), dataHash, toxicModel!, all, o.BatchSize, tokenizer.EosTokenId, true, cancel);
+                (tox, _, var hit2) = CachedLogps(cacheDir, "tox", ModelHash(toxicModel!), dataHash, toxicModel!, all, o.BatchSize, tokenizer.EosTokenId, true, o.SharePrompts, cancel);
                 cacheHit &= hit2;
             }
             var cacheNote = cacheHit ? $"log-prob cache hit ({cacheDir})" : $"log-probs computed and cached in {cacheDir}";
@@ -325,13 +333,9 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         // Logps of the policy (or a live model) on a batch of example indices; returns sums [n] per segment.
         Tensor[] PolicyLogps(ICausalLM m, IReadOnlyList<int> idx, bool withToxic)
         {
-            var seqs = new List<(int[], int[])>();
-            foreach (var i in idx) seqs.Add((all[i].Prompt, all[i].Chosen));
-            foreach (var i in idx) seqs.Add((all[i].Prompt, all[i].Rejected));
-            if (withToxic) foreach (var i in idx) seqs.Add((all[i].Prompt, all[i].Toxic!));
-            using var batch = PreferenceData.Build(seqs, padId, m.Device);
-            var sums = CompletionLogpSums(m, batch);
-            return sums.split(idx.Count);
+            var segments = new List<IReadOnlyList<int[]>> { idx.Select(i => all[i].Chosen).ToList(), idx.Select(i => all[i].Rejected).ToList() };
+            if (withToxic) segments.Add(idx.Select(i => all[i].Toxic!).ToList());
+            return SegmentLogpSums(m, idx.Select(i => all[i].Prompt).ToList(), segments, padId, o.SharePrompts).split(idx.Count);
         }
 
         static Tensor Lookup(double[] a, IReadOnlyList<int> idx, ScalarType dt) => torch.tensor(idx.Select(i => a[i]).ToArray()).to(dt);
@@ -356,10 +360,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
                 var r = PolicyLogps(low && liveRef16 is not null ? liveRef16 : liveRef, idx, false);
                 rc = r[0]; rr = r[1];
                 if (adpo)
-                {
-                    using var batch = PreferenceData.Build(idx.Select(i => (all[i].ToxicPrompt!, all[i].Toxic!)).ToList(), padId, toxicModel!.Device);
-                    tt = CompletionLogpSums(toxicModel, batch).to(dt);
-                }
+                    tt = SegmentLogpSums(toxicModel!, idx.Select(i => all[i].ToxicPrompt!).ToList(), [idx.Select(i => all[i].Toxic!).ToList()], padId, o.SharePrompts).to(dt);
             }
             var chosenTokens = torch.tensor(idx.Select(i => (double)all[i].Chosen.Length).ToArray()).to(dt);
             var rejectedTokens = torch.tensor(idx.Select(i => (double)all[i].Rejected.Length).ToArray()).to(dt);
@@ -367,6 +368,17 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             var res = PreferenceLoss.Compute(new PreferenceLogps(pol[0], pol[1], rc, rr, adpo ? pol[2] : null, adpo ? tt : null, chosenTokens, rejectedTokens, desirable), o.Loss);
             return (res.Loss, res.Metrics);
         }
+    }
+
+    /// <summary>Summed completion log-probs of segment s's completion of example i after the example's prompt,
+    /// [segments·n] in segment-major order (s·n + i): shared-prompt scoring when <paramref name="share"/> and it applies,
+    /// else one padded sequence per (prompt, completion).</summary>
+    static Tensor SegmentLogpSums(ICausalLM m, IReadOnlyList<int[]> prompts, IReadOnlyList<IReadOnlyList<int[]>> segments, int padId, bool share)
+    {
+        if (share && LogProbs.CanSharePrompts(m, prompts, segments.SelectMany(c => c)))
+            return LogProbs.SharedPromptSums(m, prompts, segments.SelectMany(seg => seg.Select((c, i) => (i, c))).ToList(), padId);
+        using var batch = PreferenceData.Build(segments.SelectMany(seg => seg.Select((c, i) => (prompts[i], c))).ToList(), padId, m.Device);
+        return CompletionLogpSums(m, batch);
     }
 
     /// <summary>Summed log-probs of the completion tokens of each row, [B] (float32, or float64 for float64 models).
@@ -394,18 +406,27 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         return Convert.ToHexString(h.GetHashAndReset()).ToLowerInvariant();
     }
 
-    /// <summary>Log-prob sums per example (chosen, rejected) or, with toxic=true, of y_t after [TOXIC]+prompt; cached on disk.</summary>
+    /// <summary>Log-prob sums per example (chosen, rejected) or, with toxic=true, of y_t after [TOXIC]+prompt; cached on disk.
+    /// Scored in <paramref name="batches"/> (example indices; default: consecutive batches of <paramref name="batchSize"/>
+    /// over all examples); examples in no batch are NaN.</summary>
     static (double[] A, double[] B, bool Hit) CachedLogps(string dir, string kind, string modelHash, string dataHash, ICausalLM model,
-        List<TokenizedExample> all, int batchSize, int padId, bool toxic, CancellationToken cancel, IReadOnlyList<int>? only = null)
+        List<TokenizedExample> all, int batchSize, int padId, bool toxic, bool share, CancellationToken cancel, IReadOnlyList<int>? only = null,
+        IReadOnlyList<int[]>? batches = null)
     {
+        // the scoring is part of the key: the two ways give the same values only up to float rounding, and with bf16 the
+        // training steps' first loss is ln 2 only when the reference was scored as the policy is
+        if (share) modelHash += "|shared-prompt";
         // only: compute just the batches (of consecutive examples, as in a full pass, so every value is the full pass's
         // to the bit) that hold one of these examples; the others are NaN. Part of the key: a partial file never serves
         // a full pass.
         var wanted = only is null ? null : new HashSet<int>(only);
-        var starts = Enumerable.Range(0, (all.Count + batchSize - 1) / batchSize).Select(k => k * batchSize)
-            .Where(i => wanted is null || Enumerable.Range(i, Math.Min(batchSize, all.Count - i)).Any(wanted.Contains)).ToArray();
+        var layout = batches ?? Enumerable.Range(0, (all.Count + batchSize - 1) / batchSize)
+            .Select(k => Enumerable.Range(k * batchSize, Math.Min(batchSize, all.Count - k * batchSize)).ToArray()).ToList();
+        var todo = layout.Where(b => wanted is null || b.Any(wanted.Contains)).ToArray();
+        // a given layout is part of the key (a value depends on its batch's padding, up to float rounding)
+        string layoutKey = batches is null ? "" : "|batches:" + string.Join(';', batches.Select(b => string.Join(',', b)));
         string subset = wanted is null ? "" : "|only:" + string.Join(',', wanted.Order());
-        string PathOf(string s) => Path.Combine(dir, $"{kind}-{Convert.ToHexString(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes($"{kind}|{modelHash}|{dataHash}{s}"))).ToLowerInvariant()[..24]}.bin");
+        string PathOf(string s) => Path.Combine(dir, $"{kind}-{Convert.ToHexString(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes($"{kind}|{modelHash}|{dataHash}{layoutKey}{s}"))).ToLowerInvariant()[..24]}.bin");
         var path = PathOf(subset);
         // a full pass's file serves a partial one too (the same values)
         foreach (var candidate in wanted is null ? [path] : new[] { PathOf(""), path })
@@ -421,20 +442,18 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             }
         }
         var A = new double[all.Count]; var B = new double[all.Count];
-        if (wanted is not null) { Array.Fill(A, double.NaN); Array.Fill(B, double.NaN); }
+        if (wanted is not null || batches is not null) { Array.Fill(A, double.NaN); Array.Fill(B, double.NaN); }
         bool wasTraining = model.Module.training;
         model.Module.eval();
         using (torch.no_grad())
-            foreach (var i in starts)
+            foreach (var idx in todo)
             {
                 cancel.ThrowIfCancellationRequested(); // nothing is cached until the whole pass is done
                 using var scope = torch.NewDisposeScope();
-                var idx = Enumerable.Range(i, Math.Min(batchSize, all.Count - i)).ToArray();
-                var seqs = toxic
-                    ? idx.Select(j => (all[j].ToxicPrompt!, all[j].Toxic!)).ToList()
-                    : idx.Select(j => (all[j].Prompt, all[j].Chosen)).Concat(idx.Select(j => (all[j].Prompt, all[j].Rejected))).ToList();
-                using var batch = PreferenceData.Build(seqs, padId, model.Device);
-                var s = CompletionLogpSums(model, batch).to(ScalarType.Float64).cpu().data<double>().ToArray();
+                var s = (toxic
+                    ? SegmentLogpSums(model, idx.Select(j => all[j].ToxicPrompt!).ToList(), [idx.Select(j => all[j].Toxic!).ToList()], padId, share)
+                    : SegmentLogpSums(model, idx.Select(j => all[j].Prompt).ToList(), [idx.Select(j => all[j].Chosen).ToList(), idx.Select(j => all[j].Rejected).ToList()], padId, share))
+                    .to(ScalarType.Float64).cpu().data<double>().ToArray();
                 for (int k = 0; k < idx.Length; k++) { A[idx[k]] = s[k]; if (!toxic) B[idx[k]] = s[idx.Length + k]; }
             }
         if (wasTraining) model.Module.train();

@@ -278,7 +278,7 @@ public class CheckpointTests
         public nn.Module Module => inner;
         public HookPoints Hooks => inner.Hooks;
         public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null) => inner.Forward(inputIds, attentionMask, cache);
-        public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null) => inner.ResidualStream(inputIds, attentionMask);
+        public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null) => inner.ResidualStream(inputIds, attentionMask, cache);
         public Tensor ApplyFinalNorm(Tensor residual) => inner.ApplyFinalNorm(residual);
         public Tensor Unembedding => inner.Unembedding;
         public Tensor TokenEmbedding => inner.TokenEmbedding;

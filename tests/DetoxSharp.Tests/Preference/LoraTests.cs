@@ -216,9 +216,14 @@ public class LoraTests
         Assert.Equal(6, b.Count);
         Assert.Equal(Math.Log(2), a[0], 5);
         Assert.True(Math.Abs(b[0] - Math.Log(2)) < 2e-3, $"bf16-mixed LoRA step-1 loss {b[0]}"); // bf16 policy vs fp32 reference
+        // Six steps at this rate amplify rounding, and how much depends on the draw. With shared-prompt scoring (the default
+        // since 2026-12-02) this seed's step 6 differed by 0.025 (one sequence per completion: 0.009), while over seeds 2–5
+        // the largest step difference was 0.0004–0.0046 shared and 0.0001–0.0056 separate, and the bf16 error of the
+        // log-probs and gradients is the same for both (SharedPromptTests.Bf16ErrorsAreThoseOfOneSequencePerCompletion).
+        // So the bound is 0.03, and "the loss fell" is judged on the mean of the last three steps, not on step 6's batch.
         for (int i = 0; i < a.Count; i++)
-            Assert.True(Math.Abs(a[i] - b[i]) <= Math.Max(0.02, 0.03 * a[i]), $"step {i + 1}: fp32 {a[i]:F4} vs bf16-mixed {b[i]:F4}");
-        Assert.True(b[^1] < b[0] - 0.003, $"bf16-mixed LoRA loss did not fall: {string.Join(" ", b)}");
+            Assert.True(Math.Abs(a[i] - b[i]) <= Math.Max(0.03, 0.04 * a[i]), $"step {i + 1}: fp32 {a[i]:F4} vs bf16-mixed {b[i]:F4}");
+        Assert.True(b.TakeLast(3).Average() < b[0] - 0.003, $"bf16-mixed LoRA loss did not fall: {string.Join(" ", b)}");
 
         // the master keeps fp32 adapters that moved, and an unchanged frozen base
         var after = mixed.Model.Module.state_dict();
