@@ -127,6 +127,18 @@ if (sbsIdx >= 0)
     return 0;
 }
 
+// ---- optimizer step A/B (one config): the fused RMSprop/AdamW update over the whole flat buffer vs in cache-sized ranges ----
+var optIdx = Array.IndexOf(args, "--optimizer-ab");
+if (optIdx >= 0)
+{
+    string name = ModeConfig(optIdx);
+    var cfg = ConfigNamed(name);
+    Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {NativeSettings()}");
+    foreach (var line in OptimizerBench.Run(cfg, Arg("--rounds", 3), Arg("--steps", 5))) Console.WriteLine(line);
+    Console.WriteLine($"load average at end {LoadAverage()}");
+    return 0;
+}
+
 // ---- DPO pairs/s on one config (PreferenceBench: fp32 cached / live reference, and --precision auto cached) ----
 var dpoIdx = Array.IndexOf(args, "--dpo");
 if (dpoIdx >= 0)

@@ -71,6 +71,16 @@ internal abstract class FusedOptimizer : OptimizerHelper
     public static bool Supports(IReadOnlyList<Parameter> parameters) =>
         parameters.Count > 0 && parameters.All(p => p.dtype == parameters[0].dtype && p.device.ToString() == parameters[0].device.ToString());
 
+    /// <summary>The update runs over the flat buffers in ranges of this many elements (0: in one range). The update's
+    /// ≈ 5 element-wise ops then make temporaries of a range's size instead of the whole model's (at GPT-2 medium a
+    /// 1.4 GB temporary per op, on fresh pages the kernel has to zero) and a range's slices are still in the CPU's cache
+    /// from the previous op. The values are the same: every op is element-wise. Default 2²⁰ (4 MiB of fp32 per buffer):
+    /// at GPT-2 medium an RMSprop step took 996–2,064 ms over the whole buffer, 204–209 ms in ranges of 2²⁰ and 2¹⁸–2²²
+    /// within 1.5× of that (bench <c>--optimizer-ab 355m</c>, docs/PERFORMANCE.md). Per thread (a setting made on one
+    /// thread does not change another's steps).</summary>
+    public static long ChunkElements { get => _chunkElements ?? (1L << 20); set => _chunkElements = value; }
+    [ThreadStatic] static long? _chunkElements;
+
     /// <summary>Number of parameter tensors and of scalar weights handled.</summary>
     public int TensorCount => Params.Length;
     public long NumberOfWeights => Flat.numel();
@@ -102,7 +112,13 @@ internal abstract class FusedOptimizer : OptimizerHelper
         {
             var g = torch.cat(grads.Select(x => x!.reshape(-1)).ToArray(), 0);
             for (int i = 0; i < steps.Length; i++) steps[i]++;
-            Update(Flat, g, _flat.Buffers, steps[0], opts);
+            long total = Flat.numel(), chunk = ChunkElements > 0 ? ChunkElements : total;
+            for (long start = 0; start < total; start += chunk)
+            {
+                using var inner = torch.NewDisposeScope();
+                long n = Math.Min(chunk, total - start);
+                Update(Flat.narrow(0, start, n), g.narrow(0, start, n), _flat.Buffers.Select(b => b.narrow(0, start, n)).ToArray(), steps[0], opts);
+            }
         }
         else
             for (int i = 0; i < Params.Length; i++)

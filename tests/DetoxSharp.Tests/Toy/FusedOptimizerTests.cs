@@ -94,6 +94,28 @@ public class FusedOptimizerTests
     }
 
     [Fact]
+    public void UpdateInRangesEqualsTheUpdateOverTheWholeBuffer()
+    {
+        // ranges of 37 elements: most of them cross a parameter's boundary, and the tiny model's ≈ 2,000 weights make
+        // dozens of them; a wrong offset or a range left out would move some weight by a whole step (≈ 1e-2)
+        long saved = FusedOptimizer.ChunkElements;
+        try
+        {
+            foreach (var make in new Func<IEnumerable<Parameter>, OptimizerHelper>[] { ps => new FusedAdamW(ps, 1e-2, weightDecay: 0.01), ps => new FusedRMSprop(ps, 3e-3, weightDecay: 0.05) })
+            {
+                FusedOptimizer.ChunkElements = 0;
+                var whole = Train(make, 6);
+                FusedOptimizer.ChunkElements = 37;
+                var ranges = Train(make, 6);
+                Assert.True(MaxMove(whole) > 0.01);
+                double d = MaxDiff(whole, ranges);
+                Assert.True(d < 1e-6, $"the update in ranges differs from the whole-buffer update by {d}");
+            }
+        }
+        finally { FusedOptimizer.ChunkElements = saved; }
+    }
+
+    [Fact]
     public void FusedOptimizersEqualTorchOnesWithBf16MixedMasterWeights()
     {
         var a = Train(ps => torch.optim.AdamW(ps, 1e-2, weight_decay: 0.01), 5, mixed: true);
