@@ -12,7 +12,7 @@ using static TorchSharp.torch;
 /// </summary>
 static class MatmulPeak
 {
-    public sealed record Shape(string Name, long M, long K, long N, bool TransposeB = false);
+    public sealed record Shape(string Name, long M, long K, long N, bool TransposeB = false, bool TransposeA = false);
 
     /// <summary>Square sizes plus the forward and backward GEMMs of a GPT-2 block and LM head for <paramref name="tokens"/>
     /// tokens per step at width <paramref name="d"/> and vocabulary <paramref name="vocab"/>.</summary>
@@ -31,13 +31,34 @@ static class MatmulPeak
         return s;
     }
 
+    /// <summary>Every GEMM of a GPT-2 block and tied head at width <paramref name="d"/>, for each row count in
+    /// <paramref name="rows"/>, in the layouts the model runs them: forward x·W with W stored [in, out] (Conv1D), the
+    /// backward dX = dY·Wᵀ and dW = Xᵀ·dY, and the head's h·Eᵀ with E stored [V, d].</summary>
+    public static List<Shape> StepShapes(IEnumerable<long> rows, long d, long vocab)
+    {
+        var s = new List<Shape>();
+        foreach (long t in rows)
+        {
+            foreach (var (name, k, n) in new[] { ("qkv", d, 3 * d), ("attn-out", d, d), ("mlp-in", d, 4 * d), ("mlp-out", 4 * d, d) })
+            {
+                s.Add(new($"{name} fwd {t}×{k}→{n}", t, k, n));
+                s.Add(new($"{name} dX {t}×{n}→{k} (Wᵀ)", t, n, k, TransposeB: true));
+                s.Add(new($"{name} dW {k}×{t}→{n} (Xᵀ)", k, t, n, TransposeA: true));
+            }
+            s.Add(new($"head fwd {t}×{d}→{vocab} (Eᵀ)", t, d, vocab, TransposeB: true));
+            s.Add(new($"head dX {t}×{vocab}→{d}", t, vocab, d));
+            s.Add(new($"head dE {vocab}×{t}→{d} (dYᵀ)", vocab, t, d, TransposeA: true));
+        }
+        return s;
+    }
+
     public static List<(Shape Shape, double GFlops)> Measure(IEnumerable<Shape> shapes, ScalarType dt, int reps)
     {
         var result = new List<(Shape, double)>();
         foreach (var sh in shapes)
         {
             using var scope = torch.NewDisposeScope();
-            var a = torch.randn(sh.M, sh.K).to(dt);
+            var a = sh.TransposeA ? torch.randn(sh.K, sh.M).to(dt).t() : torch.randn(sh.M, sh.K).to(dt);
             var b = sh.TransposeB ? torch.randn(sh.N, sh.K).to(dt).t() : torch.randn(sh.K, sh.N).to(dt);
             torch.mm(a, b).Dispose(); // warm-up (and oneDNN/BLAS kernel selection)
             double flops = 2.0 * sh.M * sh.K * sh.N;

@@ -127,6 +127,21 @@ if (sbsIdx >= 0)
     return 0;
 }
 
+// ---- bf16/fp32 GEMM rates at one config's shapes for several row counts (MatmulPeak.StepShapes) ----
+var gsIdx = Array.IndexOf(args, "--gemm-shapes");
+if (gsIdx >= 0)
+{
+    string name = ModeConfig(gsIdx);
+    var cfg = ConfigNamed(name);
+    Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {NativeSettings()}");
+    var gemmRows = ArgS("--rows", "160,320,480").Split(',').Select(long.Parse).ToArray();
+    foreach (var dt in new[] { ScalarType.BFloat16, ScalarType.Float32 })
+        foreach (var (sh, g) in MatmulPeak.Measure(MatmulPeak.StepShapes(gemmRows, cfg.NEmbd, 50257), dt, Arg("--rounds", 3)))
+            Console.WriteLine($"{name} {dt} {sh.Name}: {g:F1} GFLOP/s");
+    Console.WriteLine($"load average at end {LoadAverage()}");
+    return 0;
+}
+
 // ---- optimizer step A/B (one config): the fused RMSprop/AdamW update over the whole flat buffer vs in cache-sized ranges ----
 var optIdx = Array.IndexOf(args, "--optimizer-ab");
 if (optIdx >= 0)

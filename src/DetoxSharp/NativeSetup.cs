@@ -115,12 +115,17 @@ public static class NativeSetup
     }
 
     /// <summary>libtorch_cpu.so's path if this process has it mapped, else null.</summary>
-    static string? LoadedLibtorch()
+    static string? LoadedLibtorch() => LoadedLibrary("libtorch_cpu.so");
+
+    /// <summary>The path of the shared library named <paramref name="fileName"/> if this process has it mapped (Linux's
+    /// /proc/self/maps), else null.</summary>
+    internal static string? LoadedLibrary(string fileName)
     {
+        if (!File.Exists("/proc/self/maps")) return null;
         foreach (var line in File.ReadLines("/proc/self/maps"))
         {
             int at = line.IndexOf('/');
-            if (at >= 0 && line.EndsWith("/libtorch_cpu.so", StringComparison.Ordinal)) return line[at..];
+            if (at >= 0 && line.EndsWith("/" + fileName, StringComparison.Ordinal)) return line[at..];
         }
         return null;
     }

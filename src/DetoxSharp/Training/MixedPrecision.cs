@@ -117,7 +117,7 @@ public static class CpuFeatures
 /// <item>forward + backward on <see cref="Working"/> (bf16 matmuls; trainers still cast logits to fp32 before log-softmax,
 /// so the loss is fp32);</item>
 /// <item><see cref="AccumulateGradients"/> after each micro-batch: master.grad (fp32) += bf16 grad cast to fp32, then the
-/// bf16 grads are zeroed — accumulation across micro-batches happens in fp32 on the master;</item>
+/// bf16 grads are released (set to none) — accumulation across micro-batches happens in fp32 on the master;</item>
 /// <item>clipping and the optimizer step on the master, in fp32;</item>
 /// <item><see cref="SyncWorking"/>: master → working copy (round to nearest bf16) under no_grad.</item>
 /// </list>
@@ -209,7 +209,7 @@ public sealed class MixedPrecision : IDisposable
     }
 
     /// <summary>Adds the working copy's gradients, cast to fp32, into the master's .grad (creating it when the optimizer
-    /// left none) and zeroes the working gradients. Call once after each micro-batch's backward. The cast bf16 → fp32 is
+    /// left none) and releases the working gradients (sets them to none). Call once after each micro-batch's backward. The cast bf16 → fp32 is
     /// exact, so after one micro-batch master.grad equals the bf16 gradient; accumulation sums in fp32.</summary>
     public void AccumulateGradients()
     {
@@ -223,7 +223,9 @@ public sealed class MixedPrecision : IDisposable
             var mg = _master[i].grad;
             if (mg is null) _master[i].grad = wg.to(ScalarType.Float32); // autograd keeps its own reference
             else mg.add_(wg);
-            wg.zero_();
+            // released rather than zeroed: the next backward then keeps its gradient as computed, where a zeroed one
+            // costs a fill and an add over every weight (the same values: 0 + x = x)
+            _work[i].grad = null;
         }
     }
 

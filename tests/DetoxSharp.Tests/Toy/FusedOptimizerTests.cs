@@ -237,4 +237,43 @@ public class FusedOptimizerTests
         double moved = (first - 0.25f).abs().max().item<float>();
         Assert.InRange(moved, 1e-4, 2e-3); // Adam's first step moves every weight by ≈ lr = 1e-3
     }
+    [Fact]
+    public void GradientsLiveInOneBufferAfterTheFirstStepAndAReplacedGradientIsTakenAsItIs()
+    {
+        // the same 5 steps three ways: TorchSharp's AdamW; the fused one; the fused one with one parameter's .grad replaced
+        // by a fresh tensor (scaled by 3, so a stale copy in the flat buffer would show) before steps 2 and 4
+        Dictionary<string, Tensor> Run(string how)
+        {
+            using var m = CoreTestUtil.Tiny(seed: 4);
+            var ps = m.parameters().ToList();
+            using OptimizerHelper opt = how == "torch" ? torch.optim.AdamW(ps, 1e-2, weight_decay: 0.01) : new FusedAdamW(ps, 1e-2, weightDecay: 0.01);
+            var fused = opt as FusedOptimizer;
+            for (int s = 0; s < 5; s++)
+            {
+                using var scope = torch.NewDisposeScope();
+                opt.zero_grad();
+                if (fused is not null && s > 0)
+                {
+                    // zero_grad zeroed the buffer the gradients live in
+                    Assert.True(fused.GradientsAreFlat, $"step {s + 1}: the gradients left the flat buffer");
+                    Assert.True(ps.All(p => p.grad!.abs().max().item<float>() == 0f), "zero_grad left a gradient non-zero");
+                }
+                Loss(m);
+                if (fused is not null && s > 0) Assert.True(fused.GradientsAreFlat, "backward replaced a gradient instead of accumulating into it");
+                if (how == "replaced" && s is 1 or 3) ps[2].grad = ps[2].grad!.mul(3);
+                else if (s is 1 or 3) using (torch.no_grad()) ps[2].grad!.mul_(3);
+                if (fused is not null) Assert.Equal(how != "replaced" || s is not (1 or 3) ? s > 0 : false, fused.GradientsAreFlat);
+                opt.step();
+                if (fused is not null) Assert.True(fused.GradientsAreFlat, $"after step {s + 1} the gradients are not in the flat buffer");
+            }
+            return m.named_parameters().ToDictionary(x => x.name, x => x.parameter.detach().clone());
+        }
+        var torchRun = Run("torch");
+        var fusedRun = Run("fused");
+        var replaced = Run("replaced");
+        Assert.True(MaxMove(torchRun) > 0.02);
+        Assert.True(MaxDiff(torchRun, fusedRun) < 2e-6, $"fused vs torch: {MaxDiff(torchRun, fusedRun)}");
+        // a replaced gradient is the same values as the in-place scaled one: bit-identical weights
+        Assert.Equal(0.0, MaxDiff(fusedRun, replaced));
+    }
 }
