@@ -128,46 +128,23 @@ if (sbsIdx >= 0)
 }
 
 // ---- bf16/fp32 GEMM rates at one config's shapes for several row counts (MatmulPeak.StepShapes) ----
-var gsIdx = Array.IndexOf(args, "--gemm-shapes");
-if (gsIdx >= 0)
-{
-    string name = ModeConfig(gsIdx);
-    var cfg = ConfigNamed(name);
-    Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {NativeSettings()}");
-    var gemmRows = ArgS("--rows", "160,320,480").Split(',').Select(long.Parse).ToArray();
-    foreach (var dt in new[] { ScalarType.BFloat16, ScalarType.Float32 })
-        foreach (var (sh, g) in MatmulPeak.Measure(MatmulPeak.StepShapes(gemmRows, cfg.NEmbd, 50257), dt, Arg("--rounds", 3)))
-            Console.WriteLine($"{name} {dt} {sh.Name}: {g:F1} GFLOP/s");
-    Console.WriteLine($"load average at end {LoadAverage()}");
-    return 0;
-}
+if (ConfigMode("--gemm-shapes", (name, cfg) =>
+        new[] { ScalarType.BFloat16, ScalarType.Float32 }.SelectMany(dt =>
+            MatmulPeak.Measure(MatmulPeak.StepShapes(ArgS("--rows", "160,320,480").Split(',').Select(long.Parse), cfg.NEmbd, 50257), dt, Arg("--rounds", 3))
+                .Select(x => $"{name} {dt} {x.Shape.Name}: {x.GFlops:F1} GFLOP/s"))) is int gemmExit)
+    return gemmExit;
 
 // ---- optimizer step A/B (one config): the fused RMSprop/AdamW update over the whole flat buffer vs in cache-sized ranges ----
-var optIdx = Array.IndexOf(args, "--optimizer-ab");
-if (optIdx >= 0)
-{
-    string name = ModeConfig(optIdx);
-    var cfg = ConfigNamed(name);
-    Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {NativeSettings()}");
-    foreach (var line in OptimizerBench.Run(cfg, Arg("--rounds", 3), Arg("--steps", 5))) Console.WriteLine(line);
-    Console.WriteLine($"load average at end {LoadAverage()}");
-    return 0;
-}
+if (ConfigMode("--optimizer-ab", (_, cfg) => OptimizerBench.Run(cfg, Arg("--rounds", 3), Arg("--steps", 5))) is int optExit)
+    return optExit;
 
 // ---- DPO pairs/s on one config (PreferenceBench: fp32 cached / live reference, and --precision auto cached) ----
-var dpoIdx = Array.IndexOf(args, "--dpo");
-if (dpoIdx >= 0)
-{
-    string name = ModeConfig(dpoIdx);
-    var cfg = ConfigNamed(name);
-    Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {NativeSettings()}");
-    var res = PreferenceBench.Run(() => new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 }), Arg("--steps", 6),
-        Path.Combine(Path.GetTempPath(), $"detox-bench-dpo-{Environment.ProcessId}"), autoOnly: args.Contains("--auto-only"),
-        shareRounds: args.Contains("--share-ab") ? Arg("--rounds", 2) : 0);
-    foreach (var r in res) Console.WriteLine($"DPO {name} {r.Mode}: {r.PairsPerSecond:F3} pairs/s (train loop, {r.Steps} steps of 4 pairs), wall {r.WallSeconds:F1} s, first loss {r.FirstLoss:F6} (ln 2 = {Math.Log(2):F6})");
-    Console.WriteLine($"load average at end {LoadAverage()}");
-    return 0;
-}
+if (ConfigMode("--dpo", (name, cfg) =>
+        PreferenceBench.Run(() => new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 }), Arg("--steps", 6),
+            Path.Combine(Path.GetTempPath(), $"detox-bench-dpo-{Environment.ProcessId}"), autoOnly: args.Contains("--auto-only"),
+            shareRounds: args.Contains("--share-ab") ? Arg("--rounds", 2) : 0)
+        .Select(r => $"DPO {name} {r.Mode}: {r.PairsPerSecond:F3} pairs/s (train loop, {r.Steps} steps of 4 pairs), wall {r.WallSeconds:F1} s, first loss {r.FirstLoss:F6} (ln 2 = {Math.Log(2):F6})")) is int dpoExit)
+    return dpoExit;
 
 // ---- precision A/B (one config, fresh process): fp32, bf16-mixed and pure bf16 SFT steps interleaved for N rounds ----
 var abIdx = Array.IndexOf(args, "--precision-ab");
@@ -512,6 +489,19 @@ return checks.All(c => c.ok) ? 0 : 1;
 // ================= helpers =================
 
 int Arg(string flag, int dflt) { int i = Array.IndexOf(args, flag); return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1]) : dflt; }
+// A mode on one named config (`FLAG NAME`): the context line, the mode's lines as they come, the load average at the
+// end; null when FLAG is not given.
+int? ConfigMode(string flag, Func<string, Gpt2Config, IEnumerable<string>> lines)
+{
+    int at = Array.IndexOf(args, flag);
+    if (at < 0) return null;
+    string name = ModeConfig(at);
+    var cfg = ConfigNamed(name);
+    Console.WriteLine($"load average at start {LoadAverage()}; threads {torch.get_num_threads()}; {NativeSettings()}");
+    foreach (var line in lines(name, cfg)) Console.WriteLine(line);
+    Console.WriteLine($"load average at end {LoadAverage()}");
+    return 0;
+}
 string ArgS(string flag, string dflt) { int i = Array.IndexOf(args, flag); return i >= 0 && i + 1 < args.Length ? args[i + 1] : dflt; }
 
 // the config name after a mode flag (e.g. `--generation 355m`), 124m when none is given
