@@ -304,7 +304,7 @@ public static class TrainingLoop
             double loss = acc["loss"];
             if (!double.IsFinite(loss)) throw new TrainingDivergedException(step + 1, "loss", loss, ckptDir, savedStep);
             // clipping to +∞ leaves the gradients as they are (coefficient clamped to 1) and still returns the norm
-            double gradNorm = torch.nn.utils.clip_grad_norm_(parameters, o.MaxGradNorm > 0 ? o.MaxGradNorm : float.MaxValue); // libtorch takes a float
+            double gradNorm = GradientClipping.ClipGradNorm(parameters, o.MaxGradNorm > 0 ? o.MaxGradNorm : float.MaxValue); // libtorch's arithmetic; no multiply by 1
             if (!double.IsFinite(gradNorm)) throw new TrainingDivergedException(step + 1, "gradient norm", gradNorm, ckptDir, savedStep);
             double lr = o.Schedule.At(step);
             foreach (var g in opt.ParamGroups) g.LearningRate = lr;
