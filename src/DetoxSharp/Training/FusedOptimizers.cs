@@ -152,10 +152,11 @@ internal abstract class FusedOptimizer : OptimizerHelper
             using (torch.NewDisposeScope()) _gradFlat = torch.empty(Flat.numel(), Flat.dtype, Flat.device).DetachFromDisposeScope();
         }
         if (GradientsInFlatBuffer(grads)) return _gradFlat.view(-1);
+        long baseAddress = TensorAddress.Of(_gradFlat);
         for (int i = 0; i < grads.Length; i++)
         {
+            if (InSlice(grads[i], i, baseAddress)) continue;
             using var seg = Segment(_gradFlat, i);
-            if (TensorAddress.Of(grads[i]) == TensorAddress.Of(seg) && grads[i].is_contiguous()) continue;
             seg.copy_(grads[i]);
             Params[i].grad = seg; // the parameter holds its own reference; the old gradient is freed
         }
@@ -166,11 +167,16 @@ internal abstract class FusedOptimizer : OptimizerHelper
     bool GradientsInFlatBuffer(Tensor[] grads)
     {
         if (_gradFlat is null) return false;
-        long baseAddress = TensorAddress.Of(_gradFlat), size = _gradFlat.element_size();
+        long baseAddress = TensorAddress.Of(_gradFlat);
         for (int i = 0; i < grads.Length; i++)
-            if (TensorAddress.Of(grads[i]) != baseAddress + _offsets[i] * size || !grads[i].is_contiguous()) return false;
+            if (!InSlice(grads[i], i, baseAddress)) return false;
         return true;
     }
+
+    /// <summary>Whether <paramref name="grad"/> is the contiguous view of parameter <paramref name="i"/>'s slice of the
+    /// gradients' flat buffer, which starts at <paramref name="baseAddress"/>.</summary>
+    bool InSlice(Tensor grad, int i, long baseAddress) =>
+        TensorAddress.Of(grad) == baseAddress + _offsets[i] * _gradFlat!.element_size() && grad.is_contiguous();
 
     /// <summary>Whether every parameter's gradient lives in the optimizer's flat gradient buffer (tests and benchmarks).</summary>
     internal bool GradientsAreFlat
@@ -187,13 +193,8 @@ internal abstract class FusedOptimizer : OptimizerHelper
     /// (TorchSharp's behaviour).</summary>
     public override void zero_grad()
     {
-        var grads = Params.Select(p => p.grad).ToArray();
-        try
-        {
-            if (grads.All(g => g is not null) && GradientsInFlatBuffer(grads!)) { using (torch.no_grad()) _gradFlat!.zero_(); }
-            else base.zero_grad();
-        }
-        finally { foreach (var g in grads) g?.Dispose(); }
+        if (GradientsAreFlat) { using (torch.no_grad()) _gradFlat!.zero_(); }
+        else base.zero_grad();
     }
 
     /// <summary>The TorchSharp optimizer this one computes like (AdamW or RMSProp), e.g. "AdamW".</summary>
