@@ -11,11 +11,27 @@ using TorchSharp;
 /// training, read from disk) and without it (a live frozen reference copy runs a no-grad forward every step).
 /// Random weights, the GPT-2 tokenizer, random-word prompts/completions (≈ 40 tokens each, truncation 64/64/256),
 /// batch 4 pairs, RMSprop, no validation. "Train-loop pairs/s" excludes the one-off precompute and the checkpoint
-/// saves at the end; both are reported separately as wall seconds.
+/// saves at the end; both are reported separately as wall seconds. The steady rate leaves out the first
+/// <see cref="SettleSteps"/> steps too (the heap's first growth, first-call set-ups), so that a few-percent change of the
+/// step is not lost in them.
 /// </summary>
 static class PreferenceBench
 {
-    public sealed record Result(string Mode, double PairsPerSecond, double WallSeconds, double FirstLoss, int Steps);
+    /// <summary>Steps left out of the steady rate.</summary>
+    public const int SettleSteps = 4;
+
+    /// <param name="SteadyPairsPerSecond">Pairs/s over the steps after the first <see cref="SettleSteps"/> (NaN for fewer steps).</param>
+    public sealed record Result(string Mode, double PairsPerSecond, double WallSeconds, double FirstLoss, int Steps, double SteadyPairsPerSecond = double.NaN);
+
+    /// <summary>Collects the elapsed time at each optimizer step (reports arrive on the training thread).</summary>
+    sealed class StepTimes : IProgress<TrainingProgress>
+    {
+        public readonly Dictionary<int, double> At = new();
+        public void Report(TrainingProgress p) { if (p.Phase == TrainingPhase.Train) At[p.Step] = p.Elapsed.TotalSeconds; }
+
+        public double PairsPerSecond(int lastStep) =>
+            At.TryGetValue(SettleSteps, out var a) && At.TryGetValue(lastStep, out var b) && lastStep > SettleSteps ? 4.0 * (lastStep - SettleSteps) / (b - a) : double.NaN;
+    }
 
     /// <param name="make">Builds the model (random weights).</param>
     /// <param name="steps">Optimizer steps per mode.</param>
@@ -44,12 +60,13 @@ static class PreferenceBench
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
             var o = new PreferenceTrainerOptions { BatchSize = 4, ValidationSize = 4, MaxSteps = steps, WarmupSteps = 2, CacheReference = cache, EvalEvery = 0, Precision = precision, SharePrompts = share };
             var sw = Stopwatch.StartNew();
-            var r = new PreferenceTrainer(m, tok, o).Train(data, dir);
+            var times = new StepTimes();
+            var r = new PreferenceTrainer(m, tok, o).Train(data, dir, times);
             double wall = sw.Elapsed.TotalSeconds;
             var first = JsonNode.Parse(File.ReadLines(r.MetricsPath).First())!["loss"]!.GetValue<double>();
             string mode = (cache ? "cached reference" : "live reference") + (precision == Precision.Auto ? $", auto = {PrecisionJsonConverter.Name(r.Run.Precision)}" : "")
                 + (share ? "" : ", prompt not shared");
-            results.Add(new(mode, r.PairsPerSecond, wall, first, r.Steps));
+            results.Add(new(mode, r.PairsPerSecond, wall, first, r.Steps, times.PairsPerSecond(r.Steps)));
             Directory.Delete(dir, true);
         }
         return results;

@@ -19,8 +19,9 @@ public static class LoraCli
         return o;
     }
 
-    /// <summary>Attaches fresh adapters when --lora-rank &gt; 0 (the base is frozen; the trainers then train only the adapters).</summary>
-    public static LoraAdapters? Apply(ParseResult p, Options o, LoadedModel m)
+    /// <summary>Attaches fresh adapters when --lora-rank &gt; 0 (the base is frozen; the trainers then train only the adapters),
+    /// their A drawn with the run's <paramref name="seed"/>.</summary>
+    public static LoraAdapters? Apply(ParseResult p, Options o, LoadedModel m, ulong seed)
     {
         int rank = p.GetValue(o.Rank);
         if (rank == 0) return null;
@@ -29,7 +30,7 @@ public static class LoraCli
             Rank = rank, Alpha = p.GetValue(o.Alpha),
             Targets = p.GetValue(o.Targets)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
         };
-        return LoraAdapters.Attach(m.Model, opts, Path.GetFullPath(m.Directory));
+        return LoraAdapters.Attach(m.Model, opts, Path.GetFullPath(m.Directory), seed);
     }
 
     public static Command MergeCommand()

@@ -105,7 +105,7 @@ public static class PreferenceCommands
             using var policy = CommonOptions.LoadModel(p.GetValue(model)!, dev, dt, pk);
             // with LoRA the reference is the frozen base: the adapters start at B = 0, so the cached reference
             // log-probs (computed before the first step) are the base's — no second copy of the model
-            LoraCli.Apply(p, lora, policy);
+            LoraCli.Apply(p, lora, policy, p.GetValue(seed));
             using var reference = p.GetValue(refOpt) is string r ? CommonOptions.LoadModel(r, dev, dt, pk) : null;
             using var tox = adpo ? CommonOptions.LoadModel(p.GetValue(toxic)!, dev, dt, pk) : null;
             Gpt2Tokenizer tok = policy.Tokenizer;

@@ -32,7 +32,7 @@ public static class SftCommand
         {
             var prec = CommonOptions.ParsePrecision(p.GetValue(precision)!, p.GetValue(dtype)!);
             using var m = CommonOptions.LoadModel(p.GetValue(model)!, p.GetValue(device)!, p.GetValue(dtype)!, p.GetValue(pickle));
-            LoraCli.Apply(p, lora, m);
+            LoraCli.Apply(p, lora, m, f.Read(p).Seed);
             var chat = ChatTemplate.FromModelDirectory(p.GetValue(model)!); // for TRL conversational records
             var train = SftData.Read(p.GetValue(data)!, chat);
             var v = p.GetValue(valid) is string vp ? SftData.Read(vp, chat) : null;

@@ -86,8 +86,11 @@ public sealed class LoraAdapters
     /// <summary>The adapters attached to <paramref name="model"/>, or null.</summary>
     public static LoraAdapters? Of(ICausalLM model) => Attached.TryGetValue(model.Module, out var a) ? a : null;
 
-    /// <summary>Adds fresh adapters to every target layer and freezes the base parameters.</summary>
-    public static LoraAdapters Attach(ICausalLM model, LoraOptions o, string baseModelPath)
+    /// <summary>Adds fresh adapters to every target layer and freezes the base parameters. A starts as PEFT's
+    /// (kaiming-uniform with a = √5, i.e. uniform on ±1/√fan_in), B at zero.</summary>
+    /// <param name="seed">Draw A from a generator with this seed, so that a run with the same seed starts from the same
+    /// adapters; null: from torch's global generator (as PEFT does).</param>
+    public static LoraAdapters Attach(ICausalLM model, LoraOptions o, string baseModelPath, ulong? seed = null)
     {
         if (model is not (LlamaModel or Gpt2Model)) throw new InvalidInputException($"LoRA supports GPT-2 and the Llama-family models, not {model.Family}");
         o = o with { Targets = o.Targets ?? LoraOptions.DefaultTargets(model.Family) };
@@ -100,6 +103,7 @@ public sealed class LoraAdapters
             .ToList();
         if (targets.Count == 0) throw new InvalidInputException($"--lora-targets: no layer of this model is named {string.Join(" or ", o.Targets!)}");
         double s = o.Scaling;
+        using var gen = seed is ulong sd ? new torch.Generator(sd) : null;
         foreach (var (name, layer) in targets)
         {
             var (w, fanInFanOut) = layer is Conv1D c ? ((Parameter)c.weight, true) : (((Linear)layer).weight!, false);
@@ -108,7 +112,9 @@ public sealed class LoraAdapters
             var lb = nn.Linear(o.Rank, outF, hasBias: false, device: w.device, dtype: w.dtype);
             using (torch.no_grad())
             {
-                nn.init.kaiming_uniform_(la.weight!, Math.Sqrt(5));
+                // kaiming_uniform_(a = √5): bound gain·√(3/fan_in) with gain √(2/(1 + a²)) = √(1/3), so 1/√fan_in
+                if (gen is null) nn.init.kaiming_uniform_(la.weight!, Math.Sqrt(5));
+                else la.weight!.uniform_(-1 / Math.Sqrt(inF), 1 / Math.Sqrt(inF), gen);
                 lb.weight!.zero_();
             }
             layer.register_module("lora_A", la);

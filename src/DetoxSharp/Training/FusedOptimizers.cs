@@ -95,7 +95,16 @@ internal abstract class FusedOptimizer : OptimizerHelper
     /// <summary>Optimizer steps taken (per parameter; equal for all unless some parameter lacked a gradient).</summary>
     public long StepCount => _flat.Steps.Max();
 
-    Tensor Segment(Tensor flat, int i) => flat.narrow(0, _offsets[i], _sizes[i]).view(Params[i].shape);
+    /// <summary>Parameter <paramref name="i"/>'s slice of a flat buffer of this optimizer's layout, in its shape.</summary>
+    internal Tensor Segment(Tensor flat, int i) => flat.narrow(0, _offsets[i], _sizes[i]).view(Params[i].shape);
+
+    /// <summary>Parameter <paramref name="i"/> in the layout's order.</summary>
+    internal Parameter Parameter(int i) => Params[i];
+
+    /// <summary>A flat buffer of this layout, possibly of another dtype, that every step writes the updated weights into
+    /// (rounded to its dtype), range by range right after a range's update while it is in cache: mixed precision's
+    /// working copy (<see cref="MixedPrecision.MirrorUpdates"/>). Null: none.</summary>
+    internal Tensor? Mirror { get; set; }
     Tensor FlatSegment(Tensor flat, int i) => flat.narrow(0, _offsets[i], _sizes[i]);
 
     /// <summary>The per-element update of one flat range: parameter slice, gradient, state slices, step number. Runs
@@ -124,7 +133,9 @@ internal abstract class FusedOptimizer : OptimizerHelper
             {
                 using var inner = torch.NewDisposeScope();
                 long n = Math.Min(chunk, total - start);
-                Update(Flat.narrow(0, start, n), g.narrow(0, start, n), _flat.Buffers.Select(b => b.narrow(0, start, n)).ToArray(), steps[0], opts);
+                var param = Flat.narrow(0, start, n);
+                Update(param, g.narrow(0, start, n), _flat.Buffers.Select(b => b.narrow(0, start, n)).ToArray(), steps[0], opts);
+                Mirror?.narrow(0, start, n).copy_(param);
             }
         }
         else
@@ -132,7 +143,9 @@ internal abstract class FusedOptimizer : OptimizerHelper
             {
                 if (grads[i] is null) continue;
                 steps[i]++;
-                Update(FlatSegment(Flat, i), grads[i]!.reshape(-1), _flat.Buffers.Select(b => FlatSegment(b, i)).ToArray(), steps[i], opts);
+                var param = FlatSegment(Flat, i);
+                Update(param, grads[i]!.reshape(-1), _flat.Buffers.Select(b => FlatSegment(b, i)).ToArray(), steps[i], opts);
+                if (Mirror is not null) FlatSegment(Mirror, i).copy_(param);
             }
         return loss!;
     }

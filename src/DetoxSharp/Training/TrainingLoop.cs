@@ -255,6 +255,7 @@ public static class TrainingLoop
         // built after a resume loaded the master's weights, so the working copy starts from them
         using var mixed = MixedPrecision.For(model, o.Precision);
         var compute = mixed?.Working ?? model; // runs forward/backward; `model` holds the weights the optimizer updates
+        if (mixed is not null && opt is FusedOptimizer fused) mixed.MirrorUpdates(fused); // the step writes the bf16 weights
         var sw = Stopwatch.StartNew();
         int startStep = step;
         long runItems = 0;
@@ -277,28 +278,32 @@ public static class TrainingLoop
             if (o.StopAfterSteps is int limit && step - startStep >= limit) { stop = TrainingStop.StepLimit; break; }
             using var scope = torch.NewDisposeScope();
             var batches = objective.Batches(step);
-            opt.zero_grad();
+            // under mixed precision the first micro-batch's gradients replace the master's (no zeroing pass)
+            if (mixed is null) opt.zero_grad();
             var acc = new Dictionary<string, double>();
             double weight = 0;
             long stepItems = 0;
             bool abandoned = false;
-            foreach (var batch in batches)
+            for (int b = 0; b < batches.Count; b++)
             {
                 // Ctrl+C mid-step abandons the step: nothing was applied, and the resumed run recomputes it
                 if (cancel.IsCancellationRequested) { abandoned = true; break; }
                 using var inner = torch.NewDisposeScope();
-                var l = objective.Loss(compute, batch);
+                var l = objective.Loss(compute, batches[b]);
                 l.Objective.backward();
-                mixed?.AccumulateGradients(); // bf16 grads → fp32 master grads, summed over micro-batches
                 foreach (var (k, v) in l.Metrics) acc[k] = acc.GetValueOrDefault(k) + v * l.Weight;
                 weight += l.Weight;
                 stepItems += l.Items;
+                // bf16 grads → fp32 master grads, summed over micro-batches; the last one divides the sums by Σ weight
+                bool divide = o.MeanOverWeights && b == batches.Count - 1;
+                mixed?.AccumulateGradients(overwrite: b == 0, divisor: divide ? weight : 1);
             }
             if (abandoned) { stop = TrainingStop.Cancelled; break; }
             if (o.MeanOverWeights)
             {
-                using (torch.no_grad())
-                    foreach (var p in parameters) p.grad?.div_(weight);
+                if (mixed is null)
+                    using (torch.no_grad())
+                        foreach (var p in parameters) p.grad?.div_(weight);
                 foreach (var k in acc.Keys.ToList()) acc[k] /= weight;
             }
             double loss = acc["loss"];
@@ -309,7 +314,7 @@ public static class TrainingLoop
             double lr = o.Schedule.At(step);
             foreach (var g in opt.ParamGroups) g.LearningRate = lr;
             opt.step();
-            mixed?.SyncWorking();
+            mixed?.SyncTrained(); // nothing to do when the optimizer wrote the working copy itself (MirrorUpdates)
             step++;
             items += stepItems;
             runItems += stepItems;

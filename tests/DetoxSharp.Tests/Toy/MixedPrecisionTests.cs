@@ -110,6 +110,102 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         m.Dispose();
     }
 
+    /// <summary>Backward of the SFT loss of 4 texts from <paramref name="from"/> on <paramref name="mp"/>'s working copy.</summary>
+    static void WorkingBackward(MixedPrecision mp, Gpt2Tokenizer tok, int from)
+    {
+        var seqs = SftTrainer.Tokenize(tok, Texts.Skip(from).Take(4).Select(SftExample.Text).ToList(), 16);
+        var (ids, mask, tgt) = SftTrainer.Collate(seqs, tok.EosTokenId, CPU);
+        var (s, c) = SftTrainer.MaskedNll(mp.Working, ids, mask, tgt);
+        (s / c).backward();
+    }
+
+    [Fact]
+    public void FoldedFirstAndLastPassesGiveTheBitsOfZeroingAddingAndDividing()
+    {
+        var (a, tok) = Tiny(9);
+        using var b = (Gpt2Model)a.Clone();
+        a.train(); b.train();
+        using var ma = new MixedPrecision(a);
+        using var mb = new MixedPrecision(b);
+        const string dropped = "h.0.ln_1.bias";
+        Assert.Contains(dropped, a.named_parameters().Select(x => x.name));
+        void Micro(MixedPrecision mp, int k)
+        {
+            WorkingBackward(mp, tok, 4 * k);
+            // the first micro-batch "does not reach" one parameter: its master gradient must come out zero, not stale
+            if (k == 0) mp.Working.Module.named_parameters().Single(x => x.name == dropped).parameter.grad = null;
+        }
+        long saved = FusedOptimizer.ChunkElements;
+        FusedOptimizer.ChunkElements = 100; // ranges that end inside tensors (per thread)
+        try
+        {
+            foreach (int micro in new[] { 1, 3 })
+            {
+                // reference: zeroed master gradients, plain accumulation, a separate division by Σ weight
+                foreach (var p in a.parameters()) p.grad = torch.zeros_like(p);
+                for (int k = 0; k < micro; k++) { Micro(ma, k); ma.AccumulateGradients(); }
+                using (torch.no_grad()) foreach (var p in a.parameters()) p.grad!.div_(3.0);
+                // folded: the master gradients hold another step's values, which the first micro-batch replaces
+                foreach (var p in b.parameters()) p.grad = torch.full_like(p, 7.0);
+                for (int k = 0; k < micro; k++) { Micro(mb, k); mb.AccumulateGradients(overwrite: k == 0, divisor: k == micro - 1 ? 3.0 : 1); }
+                var gb = b.named_parameters().ToDictionary(x => x.name, x => x.parameter.grad!);
+                foreach (var (name, p) in a.named_parameters())
+                    Assert.True(Same(p.grad!, gb[name]), $"{micro} micro-batch(es), {name}: folded ≠ zero, add, divide");
+                if (micro == 1) Assert.Equal(0, gb[dropped].count_nonzero().item<long>());
+                Assert.True(gb.Values.Sum(g => g.count_nonzero().item<long>()) > 0);
+            }
+        }
+        finally { FusedOptimizer.ChunkElements = saved; }
+        a.Dispose();
+    }
+
+    [Fact]
+    public void TheFusedOptimizerWritesTheWorkingCopyAsSyncingAfterTheStepWould()
+    {
+        var (a, tok) = Tiny(9);
+        using var b = (Gpt2Model)a.Clone();
+        using var c = (Gpt2Model)a.Clone();
+        a.train(); b.train();
+        using var ma = new MixedPrecision(a);
+        using var mb = new MixedPrecision(b);
+        using var oa = new FusedRMSprop(a.parameters(), lr: 1e-3);
+        using var ob = new FusedRMSprop(b.parameters(), lr: 1e-3);
+        Assert.True(mb.MirrorUpdates(ob));
+        Assert.False(mb.MirrorUpdates(ob)); // once
+        // an optimizer over other parameters than the master's trainable ones is refused, and nothing moves
+        using (var mc = new MixedPrecision(c))
+        using (var partial = new FusedRMSprop(c.parameters().Skip(1), lr: 1e-3))
+        {
+            var before = mc.Working.Module.named_parameters().ToDictionary(x => x.name, x => x.parameter.detach().clone());
+            Assert.False(mc.MirrorUpdates(partial));
+            Assert.Null(partial.Mirror);
+            foreach (var (name, p) in mc.Working.Module.named_parameters()) Assert.True(Same(p, before[name]), name);
+        }
+        var workA = ma.Working.Module.named_parameters().ToList();
+        var workB = mb.Working.Module.named_parameters().ToDictionary(x => x.name, x => x.parameter);
+        for (int step = 0; step < 3; step++)
+        {
+            oa.zero_grad();
+            WorkingBackward(ma, tok, 4 * step);
+            ma.AccumulateGradients();
+            oa.step();
+            ma.SyncWorking();
+
+            WorkingBackward(mb, tok, 4 * step);
+            mb.AccumulateGradients(overwrite: true, divisor: 1);
+            ob.step();
+            mb.SyncTrained(); // nothing left to copy
+            var masterB = b.named_parameters().ToDictionary(x => x.name, x => x.parameter);
+            foreach (var (name, p) in a.named_parameters())
+            {
+                Assert.True(Same(p, masterB[name]), $"step {step + 1}, master {name}");
+                Assert.True(Same(masterB[name].to(ScalarType.BFloat16), workB[name]), $"step {step + 1}, working {name} ≠ master rounded");
+            }
+            foreach (var (name, p) in workA) Assert.True(Same(p, workB[name]), $"step {step + 1}, working {name}");
+        }
+        a.Dispose();
+    }
+
     [Fact]
     public void GradientTransferIsExactAndAccumulatesInFp32()
     {
