@@ -88,6 +88,9 @@ public sealed class LoraAdapters
 
     /// <summary>Adds fresh adapters to every target layer and freezes the base parameters. A starts as PEFT's
     /// (kaiming-uniform with a = √5, i.e. uniform on ±1/√fan_in), B at zero.</summary>
+    /// <param name="model">The base model (its parameters are frozen).</param>
+    /// <param name="o">Rank, alpha and target layers.</param>
+    /// <param name="baseModelPath">The base's directory, recorded in the adapter's config.</param>
     /// <param name="seed">Draw A from a generator with this seed, so that a run with the same seed starts from the same
     /// adapters; null: from torch's global generator (as PEFT does).</param>
     public static LoraAdapters Attach(ICausalLM model, LoraOptions o, string baseModelPath, ulong? seed = null)

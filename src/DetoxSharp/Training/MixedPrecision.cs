@@ -116,10 +116,12 @@ public static class CpuFeatures
 /// <list type="number">
 /// <item>forward + backward on <see cref="Working"/> (bf16 matmuls; trainers still cast logits to fp32 before log-softmax,
 /// so the loss is fp32);</item>
-/// <item><see cref="AccumulateGradients"/> after each micro-batch: master.grad (fp32) += bf16 grad cast to fp32, then the
-/// bf16 grads are released (set to none) — accumulation across micro-batches happens in fp32 on the master;</item>
+/// <item><see cref="AccumulateGradients(bool, double)"/> after each micro-batch: master.grad (fp32) += bf16 grad cast to
+/// fp32 (the step's first micro-batch replaces it, the last divides by the step's Σ weight), then the bf16 grads are
+/// released (set to none) — accumulation across micro-batches happens in fp32 on the master;</item>
 /// <item>clipping and the optimizer step on the master, in fp32;</item>
-/// <item><see cref="SyncWorking"/>: master → working copy (round to nearest bf16) under no_grad.</item>
+/// <item>master → working copy (round to nearest bf16) under no_grad: written by a fused optimizer range by range
+/// (<see cref="MirrorUpdates"/>), else <see cref="SyncTrained"/>.</item>
 /// </list>
 /// No loss scaling: bfloat16 has fp32's exponent range, so gradients do not underflow the way fp16's do.
 /// Model-agnostic: the copy is <see cref="ICausalLM.Clone"/> cast with <c>Module.to(dtype)</c>, and parameters are
@@ -140,6 +142,8 @@ public sealed class MixedPrecision : IDisposable
     readonly Tensor[] _allMaster, _allWork;   // every pair (weight sync)
     /// <summary>The working copy's trainable weights in one buffer an optimizer writes after each step (<see cref="MirrorUpdates"/>); null when not.</summary>
     Tensor? _mirror;
+    /// <summary>The optimizer that writes <see cref="_mirror"/> (its reference is dropped when this object is disposed).</summary>
+    FusedOptimizer? _mirroredBy;
     bool _disposed;
 
     /// <summary>The helper for <paramref name="precision"/>, or null when the model trains in its own dtype.</summary>
@@ -320,6 +324,7 @@ public sealed class MixedPrecision : IDisposable
                 ((TorchSharp.Modules.Parameter)w).set_(seg); // identity kept (module registration, autograd leaf); only the storage moves
             }
         _mirror = mirror;
+        _mirroredBy = optimizer;
         optimizer.Mirror = mirror;
         return true;
     }
@@ -336,6 +341,7 @@ public sealed class MixedPrecision : IDisposable
         if (_disposed) return;
         _disposed = true;
         Working.Dispose();
+        if (_mirroredBy is not null) _mirroredBy.Mirror = null; // an optimizer that outlives this object stops writing the freed copy
         _mirror?.Dispose();
     }
 }

@@ -203,6 +203,8 @@ public class MixedPrecisionTests(ITestOutputHelper output)
             }
             foreach (var (name, p) in workA) Assert.True(Same(p, workB[name]), $"step {step + 1}, working {name}");
         }
+        mb.Dispose();
+        Assert.Null(ob.Mirror); // the optimizer outlives the working copy: it stops writing it
         a.Dispose();
     }
 
