@@ -367,10 +367,7 @@ public class PerspectiveScorerTests : IDisposable
         (int Code, string Out, string Err) RunCli(int at, int sig)
         {
             seen = 0; signalAt = at; signal = sig;
-            var psi = new System.Diagnostics.ProcessStartInfo(exe)
-            {
-                RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-            };
+            var psi = InterruptibleChild.StartInfo(exe);
             foreach (var a in new[] { "eval", "--model", model, "--scorer", "perspective", "--prompts", prompts, "--out", outDir,
                          "--max-new-tokens", "6", "--samples", "3", "--perspective-endpoint", server.Url, "--rate-limit", "50" })
                 psi.ArgumentList.Add(a);

@@ -90,7 +90,7 @@ public class TrainingCliTests
         Assert.True(File.Exists(exe), exe);
         (int Code, string Err) Child(IEnumerable<string> args, Func<string, bool>? signalWhen = null)
         {
-            var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            var psi = InterruptibleChild.StartInfo(exe);
             foreach (var a in args) psi.ArgumentList.Add(a);
             using var p = Process.Start(psi)!;
             var err = new System.Text.StringBuilder();
@@ -107,21 +107,22 @@ public class TrainingCliTests
             p.WaitForExit(); // drains the stderr events
             lock (err) return (p.ExitCode, err.ToString());
         }
-        string[] Args(string outDir) => Dpo(model, pairs, outDir, "--max-steps", "30", "--epochs", "5", "--threads", "1");
+        // long enough (≈ 2 s) that the signal sent on the first step's progress line arrives well before the end
+        string[] Args(string outDir) => Dpo(model, pairs, outDir, "--max-steps", "200", "--epochs", "20", "--threads", "1");
 
         var full = Child(Args(Path.Combine(root, "full")));
         Assert.True(full.Code == 0, full.Err);
 
         var outDir = Path.Combine(root, "part");
         // SIGINT once the first step has been reported: the loop finishes the step it is in, checkpoints, exits 130
-        var cut = Child(Args(outDir), line => line.StartsWith("[1/30"));
+        var cut = Child(Args(outDir), line => line.StartsWith("[1/200"));
         Assert.True(cut.Code == 130, cut.Err);
         var last = cut.Err.Trim().Split('\n')[^1];
-        Assert.Matches(@"^detox: dpo interrupted after step \d+/30; checkpoint saved in .*checkpoint — continue with: detox dpo ", last);
+        Assert.Matches(@"^detox: dpo interrupted after step \d+/200; checkpoint saved in .*checkpoint — continue with: detox dpo ", last);
         Assert.EndsWith("--resume", last);
         var state = StrictJson.ParseFileObject(Path.Combine(outDir, "checkpoint", "trainer_state.json"), "state");
         int step = state["step"]!.GetValue<int>();
-        Assert.InRange(step, 1, 29);
+        Assert.InRange(step, 1, 199);
         Assert.False(Directory.Exists(Path.Combine(outDir, "final")));
 
         // the printed command continues the run to the same final weights as the uninterrupted one
