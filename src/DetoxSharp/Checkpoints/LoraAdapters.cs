@@ -115,9 +115,12 @@ public sealed class LoraAdapters
             var lb = nn.Linear(o.Rank, outF, hasBias: false, device: w.device, dtype: w.dtype);
             using (torch.no_grad())
             {
-                // kaiming_uniform_(a = √5): bound gain·√(3/fan_in) with gain √(2/(1 + a²)) = √(1/3), so 1/√fan_in
+                // kaiming_uniform_(a = √5): bound gain·√(3/fan_in) with gain √(2/(1 + a²)) = √(1/3), so 1/√fan_in.
+                // Seeded: drawn in fp32 by the CPU generator and copied, so the values do not depend on the device
                 if (gen is null) nn.init.kaiming_uniform_(la.weight!, Math.Sqrt(5));
-                else la.weight!.uniform_(-1 / Math.Sqrt(inF), 1 / Math.Sqrt(inF), gen);
+                else
+                    using (var draw = torch.empty(la.weight!.shape, ScalarType.Float32).uniform_(-1 / Math.Sqrt(inF), 1 / Math.Sqrt(inF), gen))
+                        la.weight!.copy_(draw);
                 lb.weight!.zero_();
             }
             layer.register_module("lora_A", la);
