@@ -244,13 +244,10 @@ public sealed class MixedPrecision : IDisposable
                 else if (divisor != 1) mg.div_(divisor);
                 continue;
             }
-            if (mg is null)
-            {
-                mg = wg.to(ScalarType.Float32);
-                if (divisor != 1) mg.div_(divisor);
-                _master[i].grad = mg; // autograd keeps its own reference
-            }
-            else if (mg.is_contiguous() && wg.is_contiguous() && mg.shape.SequenceEqual(wg.shape))
+            // a master gradient the optimizer left none of is made here and filled like a zeroed one (0 + x = x)
+            bool replace = overwrite || mg is null;
+            if (mg is null) _master[i].grad = mg = torch.empty(wg.shape, ScalarType.Float32, wg.device); // autograd keeps its own reference
+            if (mg.is_contiguous() && wg.is_contiguous() && mg.shape.SequenceEqual(wg.shape))
             {
                 using var mf = mg.view(-1);
                 using var wf = wg.view(-1);
@@ -260,19 +257,21 @@ public sealed class MixedPrecision : IDisposable
                     long n = Math.Min(chunk, total - start);
                     using var m = mf.narrow(0, start, n);
                     using var w = wf.narrow(0, start, n);
-                    if (overwrite) m.copy_(w); else m.add_(w);
-                    if (divisor != 1) m.div_(divisor);
+                    Fold(m, w, replace, divisor);
                 }
             }
-            else
-            {
-                if (overwrite) mg.copy_(wg); else mg.add_(wg);
-                if (divisor != 1) mg.div_(divisor);
-            }
+            else Fold(mg, wg, replace, divisor);
             // released rather than zeroed: the next backward then keeps its gradient as computed, where a zeroed one
             // costs a fill and an add over every weight (the same values: 0 + x = x)
             _work[i].grad = null;
         }
+    }
+
+    /// <summary>master (fp32) = or += working gradient (bf16, cast exactly), then ÷ divisor unless it is 1.</summary>
+    static void Fold(Tensor master, Tensor working, bool replace, double divisor)
+    {
+        if (replace) master.copy_(working); else master.add_(working);
+        if (divisor != 1) master.div_(divisor);
     }
 
     /// <summary>Copies the master weights into the working copy (rounded to the compute dtype). Call whenever the master
