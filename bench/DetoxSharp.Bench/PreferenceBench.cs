@@ -39,7 +39,8 @@ static class PreferenceBench
     /// <param name="autoOnly">Only the default --precision auto row.</param>
     /// <param name="shareRounds">&gt; 0: instead, --precision auto with the prompt shared by chosen and rejected
     /// (<see cref="PreferenceTrainerOptions.SharePrompts"/>, the default) and without, interleaved for this many rounds.</param>
-    public static List<Result> Run(Func<ICausalLM> make, int steps, string workDir, bool autoOnly = false, int shareRounds = 0)
+    /// <param name="packing">The model's <see cref="Gpt2Model.Packing"/> in the plain modes.</param>
+    public static List<Result> Run(Func<ICausalLM> make, int steps, string workDir, bool autoOnly = false, int shareRounds = 0, TokenPacking packing = TokenPacking.Auto)
     {
         var tok = Gpt2Tokenizer.Default();
         var rnd = new Random(1);
@@ -48,14 +49,15 @@ static class PreferenceBench
         var results = new List<Result>();
         // fp32 with and without the cache (the library's default precision), then the CLI's and the study's default:
         // --precision auto (bf16-mixed on a CPU with native bf16) with the cache
-        var modes = new[] { (true, Precision.ModelDType, true), (false, Precision.ModelDType, true), (true, Precision.Auto, true) }
+        var modes = new[] { (true, Precision.ModelDType, true, packing), (false, Precision.ModelDType, true, packing), (true, Precision.Auto, true, packing) }
             .Where(m => !autoOnly || m.Item2 == Precision.Auto).ToList();
         if (shareRounds > 0)
-            modes = Enumerable.Range(0, shareRounds).SelectMany(_ => new[] { (true, Precision.Auto, true), (true, Precision.Auto, false) }).ToList();
-        foreach (var (cache, precision, share) in modes)
+            modes = Enumerable.Range(0, shareRounds).SelectMany(_ => new[] { (true, Precision.Auto, true, packing), (true, Precision.Auto, false, packing) }).ToList();
+        foreach (var (cache, precision, share, pack) in modes)
         {
             torch.manual_seed(1);
             using var m = make();
+            if (m is Gpt2Model g) g.Packing = pack;
             var dir = Path.Combine(workDir, (cache ? "cached" : "live") + "-" + precision);
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
             var o = new PreferenceTrainerOptions { BatchSize = 4, ValidationSize = 4, MaxSteps = steps, WarmupSteps = 2, CacheReference = cache, EvalEvery = 0, Precision = precision, SharePrompts = share };
@@ -65,7 +67,7 @@ static class PreferenceBench
             double wall = sw.Elapsed.TotalSeconds;
             var first = JsonNode.Parse(File.ReadLines(r.MetricsPath).First())!["loss"]!.GetValue<double>();
             string mode = (cache ? "cached reference" : "live reference") + (precision == Precision.Auto ? $", auto = {PrecisionJsonConverter.Name(r.Run.Precision)}" : "")
-                + (share ? "" : ", prompt not shared");
+                + (share ? "" : ", prompt not shared") + (pack == TokenPacking.Auto ? "" : $", packing {pack}");
             results.Add(new(mode, r.PairsPerSecond, wall, first, r.Steps, times.PairsPerSecond(r.Steps)));
             Directory.Delete(dir, true);
         }

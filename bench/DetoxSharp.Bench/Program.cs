@@ -142,11 +142,15 @@ if (ConfigMode("--optimizer-ab", (_, cfg) => OptimizerBench.Run(cfg, Arg("--roun
 if (ConfigMode("--handover-ab", (_, cfg) => HandoverBench.Run(cfg, Arg("--rounds", 3), Arg("--steps", 5))) is int handoverExit)
     return handoverExit;
 
+// ---- packed vs padded blocks (one config): forward + backward of a DPO step's scoring, per-batch ratios ----
+if (ConfigMode("--packing-ab", (_, cfg) => PackingBench.Run(cfg, Arg("--rounds", 2), Arg("--batches", 10))) is int packingExit)
+    return packingExit;
+
 // ---- DPO pairs/s on one config (PreferenceBench: fp32 cached / live reference, and --precision auto cached) ----
 if (ConfigMode("--dpo", (name, cfg) =>
         PreferenceBench.Run(() => new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 }), Arg("--steps", 6),
             Path.Combine(Path.GetTempPath(), $"detox-bench-dpo-{Environment.ProcessId}"), autoOnly: args.Contains("--auto-only"),
-            shareRounds: args.Contains("--share-ab") ? Arg("--rounds", 2) : 0)
+            shareRounds: args.Contains("--share-ab") ? Arg("--rounds", 2) : 0, packing: Enum.Parse<TokenPacking>(ArgS("--packing", "auto"), ignoreCase: true))
         .Select(r => $"DPO {name} {r.Mode}: {r.PairsPerSecond:F3} pairs/s (train loop, {r.Steps} steps of 4 pairs; {r.SteadyPairsPerSecond:F3} after step {PreferenceBench.SettleSteps}), wall {r.WallSeconds:F1} s, first loss {r.FirstLoss:F6} (ln 2 = {Math.Log(2):F6})")) is int dpoExit)
     return dpoExit;
 

@@ -27,6 +27,19 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
     readonly HookPoints _hooks;
     readonly BlockHookNames[] _blockHookNames;
 
+    /// <summary>
+    /// Whether a padded batch's blocks run on its real tokens only. With an attention mask that marks padding, the
+    /// per-token work of every block (LayerNorms, the q/k/v, output and MLP products, GELU, the residual adds) is done on
+    /// the N real positions instead of all batch·T; attention unpacks its q/k/v to [batch, T] (zeros at the padding, which
+    /// the mask hides) and packs its output again. Real positions get the same values up to float rounding (products of
+    /// N instead of batch·T rows); padding positions come out as zeros instead of values nothing reads. Never with hooks
+    /// registered (hooks see [batch, T] activations). <see cref="TokenPacking.Auto"/> (default) packs the passes of
+    /// models at least <see cref="PackMinWidth"/> wide when at least <see cref="PackMinPaddingShare"/> of the positions
+    /// are padding — training and scoring alike, so that a policy equal to its reference gets the reference's
+    /// log-probs to the bit (DPO's first loss is ln 2). Copied by <see cref="Clone"/>.
+    /// </summary>
+    public TokenPacking Packing { get; set; } = TokenPacking.Auto;
+
     /// <summary>A GPT-2 model with the given architecture (randomly initialised unless <paramref name="initialize"/> is false).</summary>
     /// <param name="config">The architecture.</param>
     /// <param name="device">Where the weights live; null = the CPU.</param>
@@ -145,6 +158,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
         var src = state_dict();
         foreach (var (name, p) in copy.named_parameters()) p.copy_(src[name]);
         if (!training) copy.eval(); else copy.train();
+        copy.Packing = Packing;
         return copy;
     }
 
@@ -231,11 +245,31 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
 
         var x = _hooks.Run(HookNames.Embed, embeds ?? wte.forward(inputIds!), past, attentionMask)
               + _hooks.Run(HookNames.PosEmbed, wpe.forward(positions), past, attentionMask);
-        var ctx = new BlockForwardContext(mask, causal, cache, _hooks, past, attentionMask);
+        var packed = PackedRows(attentionMask, past, b, t);
+        if (packed is not null) x = packed.Pack(x);
+        var ctx = new BlockForwardContext(mask, causal, cache, _hooks, past, attentionMask, packed);
         for (int l = 0; l < Config.NLayer; l++)
             x = h[l].Forward(x, ctx, _blockHookNames[l]);
         cache?.Advance((int)t);
-        return x;
+        return packed is null ? x : packed.Unpack(x);
+    }
+
+    /// <summary>Below this width <see cref="TokenPacking.Auto"/> does not pack: the products are small, and the per-op
+    /// cost of packing and unpacking around attention outweighs the padding's rows (docs/PERFORMANCE.md).</summary>
+    public const int PackMinWidth = 768;
+
+    /// <summary><see cref="TokenPacking.Auto"/> packs when at least this share of a batch's positions is padding.</summary>
+    public const double PackMinPaddingShare = 1.0 / 32;
+
+    /// <summary>The real positions of this pass when its blocks run packed (<see cref="Packing"/>), or null.</summary>
+    internal TokenRows? PackedRows(Tensor? attentionMask, int past, long b, long t)
+    {
+        if (attentionMask is null || _hooks.Any || Packing == TokenPacking.Never) return null;
+        if (Packing == TokenPacking.Auto && Config.NEmbd < PackMinWidth) return null;
+        var keep = attentionMask.narrow(1, past, t).reshape(-1).to(ScalarType.Bool).nonzero().squeeze(1);
+        long n = keep.shape[0];
+        bool pays = Packing == TokenPacking.Always ? n < b * t : n <= b * t * (1 - PackMinPaddingShare);
+        return n > 0 && pays ? new TokenRows(keep, b, t) : null;
     }
 
     static Tensor CausalMask(long t, int past, Device dev)
@@ -301,19 +335,23 @@ internal sealed class Gpt2Attention : nn.Module
         RegisterComponents();
     }
 
+    /// <param name="x">[batch, T, d], or the real rows [N, d] when <see cref="BlockForwardContext.Packed"/> is set (the
+    /// result has the same layout).</param>
     public Tensor Forward(Tensor x, BlockForwardContext f, int layer, string hookZ)
     {
-        var (mask, causal, cache) = (f.Mask, f.Causal, f.Cache);
-        long b = x.shape[0], t = x.shape[1];
+        var (mask, causal, cache, packed) = (f.Mask, f.Causal, f.Cache, f.Packed);
+        var proj = c_attn.Forward(x);
+        if (packed is not null) proj = packed.Unpack(proj); // attention needs the [batch, T] layout
+        long b = proj.shape[0], t = proj.shape[1];
         int hd = _d / _heads;
-        var qkv = c_attn.Forward(x).split(_d, 2);
+        var qkv = proj.split(_d, 2);
         var q = qkv[0].view(b, t, _heads, hd).transpose(1, 2);
         var k = qkv[1].view(b, t, _heads, hd).transpose(1, 2);
         var v = qkv[2].view(b, t, _heads, hd).transpose(1, 2);
         if (cache is not null) (k, v) = cache.Append(layer, k, v);
         var y = CpuAttention.Sdpa(q, k, v, mask, causal);
-        var z = f.Run(hookZ, y.transpose(1, 2)); // [b, T, heads, head_dim]
-        return c_proj.Forward(z.reshape(b, t, _d));
+        var z = f.Run(hookZ, y.transpose(1, 2)).reshape(b, t, _d); // [b, T, heads·head_dim]
+        return c_proj.Forward(packed is null ? z : packed.Pack(z));
     }
 }
 
@@ -371,4 +409,15 @@ internal sealed class Gpt2Block : nn.Module
         var m = f.Run(n.MlpOut, mlp.c_proj.Forward(post));
         return f.Run(n.ResidPost, x + m);
     }
+}
+
+/// <summary>When <see cref="Gpt2Model.Packing"/> runs a padded batch's blocks on its real tokens only.</summary>
+public enum TokenPacking
+{
+    /// <summary>Passes of wide models with enough padding (<see cref="Gpt2Model.Packing"/>).</summary>
+    Auto,
+    /// <summary>Every pass with padding and no hooks.</summary>
+    Always,
+    /// <summary>Never: every position runs through the blocks.</summary>
+    Never,
 }

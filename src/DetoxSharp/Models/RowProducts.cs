@@ -59,7 +59,9 @@ public static class RowProducts
 
 /// <summary>What every block of one forward pass shares: the attention mask (or causal flag), the KV cache, the hook
 /// points, the number of cached positions and the padding mask hooks see.</summary>
-internal sealed record BlockForwardContext(Tensor? Mask, bool Causal, KvCache? Cache, HookPoints Hooks, int Past, Tensor? AttentionMask)
+/// <param name="Packed">Set when the blocks' per-token work runs on the real tokens only (<see cref="TokenRows"/>): the
+/// residual stream is then [N, d] and attention unpacks it to [batch, T] around the attention kernel.</param>
+internal sealed record BlockForwardContext(Tensor? Mask, bool Causal, KvCache? Cache, HookPoints Hooks, int Past, Tensor? AttentionMask, TokenRows? Packed = null)
 {
     /// <summary>Runs the hooks registered on <paramref name="name"/> (if any) on <paramref name="x"/>.</summary>
     public Tensor Run(string name, Tensor x) => Hooks.Run(name, x, Past, AttentionMask);
@@ -78,4 +80,16 @@ internal sealed record BlockHookNames(int Layer)
     public string MlpPost { get; } = HookNames.MlpPost(Layer);
     public string MlpOut { get; } = HookNames.MlpOut(Layer);
     public string ResidPost { get; } = HookNames.ResidPost(Layer);
+}
+
+/// <summary>The real (unpadded) positions of a padded [B, T] batch as flat indices b·T + t: the per-token work of a block
+/// (LayerNorms, the q/k/v, output and MLP products, GELU, residual adds) runs on those N rows only, and attention, which
+/// needs the [B, T] layout, unpacks its inputs and packs its output again (<see cref="Gpt2Model.Packing"/>).</summary>
+internal sealed record TokenRows(Tensor Keep, long B, long T)
+{
+    /// <summary>[B, T, w] → [N, w]: the rows of the real positions.</summary>
+    public Tensor Pack(Tensor x) => x.reshape(B * T, x.shape[^1]).index_select(0, Keep);
+
+    /// <summary>[N, w] → [B, T, w], zeros at the padding positions.</summary>
+    public Tensor Unpack(Tensor x) => torch.zeros(B * T, x.shape[^1], x.dtype, x.device).index_copy(0, Keep, x).view(B, T, x.shape[^1]);
 }

@@ -1,0 +1,62 @@
+using System.Diagnostics;
+using DetoxSharp.Models;
+using DetoxSharp.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+/// <summary>
+/// The forward and backward of a DPO step's scoring (<see cref="LogProbs.SharedPromptSums"/> of 4 pairs: the prompts'
+/// pass, then chosen and rejected) on one config's bf16 weights, with the padded batch's blocks run on its real tokens
+/// (<see cref="TokenPacking.Always"/>) and on every position (<see cref="TokenPacking.Never"/>). The pairs are the DPO
+/// bench's (<see cref="PreferenceBench"/>: 30 random words per prompt and completion, ≈ 8 % of the block rows padding at
+/// batch 4); each batch runs both ways back to back, in alternating order, and the figure is the median of the
+/// per-batch ratios. Checks that both give the same summed log-probs within bf16 rounding.
+/// </summary>
+static class PackingBench
+{
+    public static IEnumerable<string> Run(Gpt2Config cfg, int rounds, int batches)
+    {
+        var tok = Gpt2Tokenizer.Default();
+        var rnd = new Random(1);
+        string Words() => string.Join(" ", Enumerable.Range(0, 30).Select(_ => tok.TokenText(rnd.Next(300, 20000)).Trim()));
+        var data = Enumerable.Range(0, batches).Select(_ =>
+        {
+            var ex = Enumerable.Range(0, 4).Select(_ => (P: tok.Encode(Words()), C: tok.Encode(" " + Words()), R: tok.Encode(" " + Words()))).ToList();
+            return (Prompts: ex.Select(e => e.P).ToList(), Rows: ex.Select((e, i) => (i, e.C)).Concat(ex.Select((e, i) => (i, e.R))).ToList());
+        }).ToList();
+        long real = data.Sum(d => d.Prompts.Sum(p => (long)p.Length) + d.Rows.Sum(r => (long)r.Item2.Length));
+        long padded = data.Sum(d => 4L * d.Prompts.Max(p => p.Length) + 8L * d.Rows.Max(r => r.Item2.Length));
+        yield return $"{batches} batches of 4 pairs: {real} real block rows of {padded} ({100.0 * (padded - real) / padded:F1} % padding)";
+        torch.manual_seed(1);
+        using var m = new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 });
+        m.to(ScalarType.BFloat16);
+        var ps = m.parameters().Cast<Tensor>().ToList();
+        (double Ms, double[] Sums) Step(TokenPacking p, int i)
+        {
+            m.Packing = p;
+            using var s = torch.NewDisposeScope();
+            var sw = Stopwatch.StartNew();
+            var y = LogProbs.SharedPromptSums(m, data[i].Prompts, data[i].Rows, 50256);
+            torch.autograd.grad([y.sum()], ps);
+            double ms = sw.Elapsed.TotalMilliseconds;
+            return (ms, y.to(ScalarType.Float64).data<double>().ToArray());
+        }
+        Step(TokenPacking.Never, 0); Step(TokenPacking.Always, 0); // warm-up
+        var padT = new List<double>(); var packT = new List<double>(); var ratios = new List<double>();
+        double maxRel = 0;
+        for (int r = 0; r < rounds; r++)
+            for (int i = 0; i < batches; i++)
+            {
+                bool packFirst = (i + r) % 2 == 1;
+                var first = Step(packFirst ? TokenPacking.Always : TokenPacking.Never, i);
+                var second = Step(packFirst ? TokenPacking.Never : TokenPacking.Always, i);
+                var (pad, pack) = packFirst ? (second, first) : (first, second);
+                padT.Add(pad.Ms); packT.Add(pack.Ms); ratios.Add(pack.Ms / pad.Ms);
+                maxRel = Math.Max(maxRel, pad.Sums.Zip(pack.Sums, (x, y) => Math.Abs(x - y) / Math.Max(1, Math.Abs(x))).Max());
+                yield return $"round {r + 1} batch {i + 1}: padded {pad.Ms:F0} ms, packed {pack.Ms:F0} ms ({pack.Ms / pad.Ms:F3})";
+            }
+        static double Median(List<double> x) { var o = x.Order().ToList(); return o[o.Count / 2]; }
+        yield return $"forward + backward: padded median {Median(padT):F0} ms, packed median {Median(packT):F0} ms; packed ÷ padded per batch: median {Median(ratios):F3} (min {ratios.Min():F3}, max {ratios.Max():F3}) over {ratios.Count} batches";
+        yield return $"summed log-probs, packed vs padded: max relative difference {maxRel:E2} (bf16 rounding)";
+    }
+}
