@@ -10,11 +10,13 @@ using static TorchSharp.torch;
 /// (<see cref="TokenPacking.Always"/>) and on every position (<see cref="TokenPacking.Never"/>). The pairs are the DPO
 /// bench's (<see cref="PreferenceBench"/>: 30 random words per prompt and completion, ≈ 8 % of the block rows padding at
 /// batch 4); each batch runs both ways back to back, in alternating order, and the figure is the median of the
-/// per-batch ratios. Checks that both give the same summed log-probs within bf16 rounding.
+/// per-batch ratios. Checks that both give the same summed log-probs within bf16 rounding. With <c>llama</c> the model is
+/// Llama-shaped at the config's width, depth and heads (grouped-query attention with half as many key/value heads, a
+/// SwiGLU MLP of ≈ 8/3 of the width, untied head).
 /// </summary>
 static class PackingBench
 {
-    public static IEnumerable<string> Run(Gpt2Config cfg, int rounds, int batches)
+    public static IEnumerable<string> Run(Gpt2Config cfg, int rounds, int batches, bool llama = false)
     {
         var tok = Gpt2Tokenizer.Default();
         var rnd = new Random(1);
@@ -28,12 +30,20 @@ static class PackingBench
         long padded = data.Sum(d => 4L * d.Prompts.Max(p => p.Length) + 8L * d.Rows.Max(r => r.Item2.Length));
         yield return $"{batches} batches of 4 pairs: {real} real block rows of {padded} ({100.0 * (padded - real) / padded:F1} % padding)";
         torch.manual_seed(1);
-        using var m = new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 });
-        m.to(ScalarType.BFloat16);
-        var ps = m.parameters().Cast<Tensor>().ToList();
+        using ICausalLM m = llama
+            ? new LlamaModel(new LlamaConfig
+            {
+                ModelType = "llama", VocabSize = Math.Max(cfg.VocabSize, 50257), HiddenSize = cfg.NEmbd, IntermediateSize = (cfg.NEmbd * 8 / 3 + 63) / 64 * 64,
+                NumHiddenLayers = cfg.NLayer, NumAttentionHeads = cfg.NHead, NumKeyValueHeads = Math.Max(1, cfg.NHead / 2),
+                MaxPositionEmbeddings = cfg.NPositions, EosTokenIds = [50256], BosTokenId = 50256,
+            })
+            : new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 });
+        m.Module.to(ScalarType.BFloat16);
+        var ps = m.Module.parameters().Cast<Tensor>().ToList();
+        yield return $"{m.Family}, {ps.Sum(p => p.numel()) / 1e6:F0} M parameters";
         (double Ms, double[] Sums) Step(TokenPacking p, int i)
         {
-            m.Packing = p;
+            if (m is Gpt2Model g) g.Packing = p; else ((LlamaModel)m).Packing = p;
             using var s = torch.NewDisposeScope();
             var sw = Stopwatch.StartNew();
             var y = LogProbs.SharedPromptSums(m, data[i].Prompts, data[i].Rows, 50256);

@@ -143,7 +143,7 @@ if (ConfigMode("--handover-ab", (_, cfg) => HandoverBench.Run(cfg, Arg("--rounds
     return handoverExit;
 
 // ---- packed vs padded blocks (one config): forward + backward of a DPO step's scoring, per-batch ratios ----
-if (ConfigMode("--packing-ab", (_, cfg) => PackingBench.Run(cfg, Arg("--rounds", 2), Arg("--batches", 10))) is int packingExit)
+if (ConfigMode("--packing-ab", (_, cfg) => PackingBench.Run(cfg, Arg("--rounds", 2), Arg("--batches", 10), args.Contains("--llama"))) is int packingExit)
     return packingExit;
 
 // ---- DPO pairs/s on one config (PreferenceBench: fp32 cached / live reference, and --precision auto cached) ----

@@ -34,8 +34,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
     /// the mask hides) and packs its output again. Real positions get the same values up to float rounding (products of
     /// N instead of batch·T rows); padding positions come out as zeros instead of values nothing reads. Never with hooks
     /// registered (hooks see [batch, T] activations). <see cref="TokenPacking.Auto"/> (default) packs the passes of
-    /// models at least <see cref="PackMinWidth"/> wide when at least <see cref="PackMinPaddingShare"/> of the positions
-    /// are padding — training and scoring alike, so that a policy equal to its reference gets the reference's
+    /// models at least 768 wide when at least 1/32 of the positions are padding — training and scoring alike, so that a policy equal to its reference gets the reference's
     /// log-probs to the bit (DPO's first loss is ln 2). Copied by <see cref="Clone"/>.
     /// </summary>
     public TokenPacking Packing { get; set; } = TokenPacking.Auto;
@@ -254,23 +253,9 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
         return packed is null ? x : packed.Unpack(x);
     }
 
-    /// <summary>Below this width <see cref="TokenPacking.Auto"/> does not pack: the products are small, and the per-op
-    /// cost of packing and unpacking around attention outweighs the padding's rows (docs/PERFORMANCE.md).</summary>
-    public const int PackMinWidth = 768;
-
-    /// <summary><see cref="TokenPacking.Auto"/> packs when at least this share of a batch's positions is padding.</summary>
-    public const double PackMinPaddingShare = 1.0 / 32;
-
     /// <summary>The real positions of this pass when its blocks run packed (<see cref="Packing"/>), or null.</summary>
-    internal TokenRows? PackedRows(Tensor? attentionMask, int past, long b, long t)
-    {
-        if (attentionMask is null || _hooks.Any || Packing == TokenPacking.Never) return null;
-        if (Packing == TokenPacking.Auto && Config.NEmbd < PackMinWidth) return null;
-        var keep = attentionMask.narrow(1, past, t).reshape(-1).to(ScalarType.Bool).nonzero().squeeze(1);
-        long n = keep.shape[0];
-        bool pays = Packing == TokenPacking.Always ? n < b * t : n <= b * t * (1 - PackMinPaddingShare);
-        return n > 0 && pays ? new TokenRows(keep, b, t) : null;
-    }
+    internal TokenRows? PackedRows(Tensor? attentionMask, int past, long b, long t) =>
+        TokenRows.For(Packing, Config.NEmbd, _hooks, attentionMask, past, b, t);
 
     static Tensor CausalMask(long t, int past, Device dev)
     {
@@ -409,15 +394,4 @@ internal sealed class Gpt2Block : nn.Module
         var m = f.Run(n.MlpOut, mlp.c_proj.Forward(post));
         return f.Run(n.ResidPost, x + m);
     }
-}
-
-/// <summary>When <see cref="Gpt2Model.Packing"/> runs a padded batch's blocks on its real tokens only.</summary>
-public enum TokenPacking
-{
-    /// <summary>Passes of wide models with enough padding (<see cref="Gpt2Model.Packing"/>).</summary>
-    Auto,
-    /// <summary>Every pass with padding and no hooks.</summary>
-    Always,
-    /// <summary>Never: every position runs through the blocks.</summary>
-    Never,
 }

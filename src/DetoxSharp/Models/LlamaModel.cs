@@ -32,6 +32,13 @@ public sealed class LlamaModel : nn.Module, ICausalLM
 #pragma warning restore IDE1006
 
     readonly HookPoints _hooks;
+
+    /// <summary>Whether a padded batch's layers run on its real tokens only: RMSNorms, the q/k/v, output and MLP products
+    /// and the residual adds on the N real positions, attention on q/k/v unpacked to [batch, T] (zeros at the padding,
+    /// which the mask hides). As <see cref="Gpt2Model.Packing"/>: same values at real positions up to float rounding,
+    /// zeros at padding positions, never with hooks; <see cref="TokenPacking.Auto"/> (default) packs models at least
+    /// 768 wide when at least 1/32 of the positions are padding. Copied by <see cref="Clone"/>.</summary>
+    public TokenPacking Packing { get; set; } = TokenPacking.Auto;
     readonly BlockHookNames[] _blockHookNames;
     readonly float[] _invFreq;
 
@@ -164,6 +171,7 @@ public sealed class LlamaModel : nn.Module, ICausalLM
         var src = state_dict();
         foreach (var (name, p) in copy.named_parameters()) p.copy_(src[name]);
         if (!training) copy.eval(); else copy.train();
+        copy.Packing = Packing;
         return copy;
     }
 
@@ -229,14 +237,20 @@ public sealed class LlamaModel : nn.Module, ICausalLM
         var windowed = Config.SlidingWindow is int w ? AttentionMasks.Build(t, past, attentionMask, w, dev) : full;
 
         var x = _hooks.Run(HookNames.Embed, embeds ?? model.embed_tokens.forward(inputIds!), past, attentionMask);
+        var packed = PackedRows(attentionMask, past, b, t);
+        if (packed is not null) x = packed.Pack(x);
         for (int l = 0; l < Config.NumHiddenLayers; l++)
         {
             var (mask, causal) = Config.WindowOf(l) is null ? full : windowed;
-            x = model.layers[l].Forward(x, cos, sin, mask, causal, cache, l, _hooks, _blockHookNames[l], past, attentionMask);
+            x = model.layers[l].Forward(x, cos, sin, mask, causal, cache, l, _hooks, _blockHookNames[l], past, attentionMask, packed);
         }
         cache?.Advance((int)t);
-        return x;
+        return packed is null ? x : packed.Unpack(x);
     }
+
+    /// <summary>The real positions of this pass when its layers run packed (<see cref="Packing"/>), or null.</summary>
+    internal TokenRows? PackedRows(Tensor? attentionMask, int past, long b, long t) =>
+        TokenRows.For(Packing, Config.HiddenSize, _hooks, attentionMask, past, b, t);
 
     /// <summary>cos/sin [b, 1, T, head_dim] of positions · inv_freq, duplicated over the two halves (rotate-half layout);
     /// computed in float32 and cast to the model's dtype, as transformers does.</summary>
@@ -344,13 +358,18 @@ sealed class LlamaAttention : nn.Module
         return torch.cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
     }
 
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, HookPoints hooks, string hookZ, int past, Tensor? am)
+    /// <param name="x">[batch, T, hidden], or the real rows [N, hidden] when <paramref name="packed"/> is given (the
+    /// result has the same layout).</param>
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, HookPoints hooks, string hookZ, int past, Tensor? am,
+        TokenRows? packed = null)
     {
-        long b = x.shape[0], t = x.shape[1];
         // .call rather than .forward: LoRA adapters (Checkpoints/LoraAdapters.cs) are forward hooks on these layers
-        var q = q_proj.call(x).view(b, t, _heads, _headDim).transpose(1, 2);
-        var k = k_proj.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
-        var v = v_proj.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        Tensor Proj(Linear p) => packed is null ? p.call(x) : packed.Unpack(p.call(x)); // attention needs [batch, T]
+        var (qp, kp, vp) = (Proj(q_proj), Proj(k_proj), Proj(v_proj));
+        long b = qp.shape[0], t = qp.shape[1];
+        var q = qp.view(b, t, _heads, _headDim).transpose(1, 2);
+        var k = kp.view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        var v = vp.view(b, t, _kvHeads, _headDim).transpose(1, 2);
         q = q * cos + RotateHalf(q) * sin;
         k = k * cos + RotateHalf(k) * sin;
         // The cache holds the kv_heads keys/values (grouped); they are repeated for the query heads only here.
@@ -363,8 +382,8 @@ sealed class LlamaAttention : nn.Module
             v = v.unsqueeze(2).expand(b, _kvHeads, rep, kt, _headDim).reshape(b, _heads, kt, _headDim);
         }
         var y = CpuAttention.Sdpa(q, k, v, mask, causal);
-        var z = hooks.Run(hookZ, y.transpose(1, 2), past, am); // [b, T, heads, head_dim]
-        return o_proj.call(z.reshape(b, t, _heads * _headDim));
+        var z = hooks.Run(hookZ, y.transpose(1, 2), past, am).reshape(b, t, _heads * _headDim); // [b, T, heads·head_dim]
+        return o_proj.call(packed is null ? z : packed.Pack(z));
     }
 }
 
@@ -401,10 +420,12 @@ sealed class LlamaDecoderLayer : nn.Module
         RegisterComponents();
     }
 
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, HookPoints hooks, BlockHookNames n, int past, Tensor? am)
+    /// <param name="x">[batch, T, hidden], or the real rows [N, hidden] when <paramref name="packed"/> is given.</param>
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, HookPoints hooks, BlockHookNames n, int past, Tensor? am,
+        TokenRows? packed = null)
     {
         x = hooks.Run(n.ResidPre, x, past, am);
-        var a = hooks.Run(n.AttnOut, self_attn.Forward(input_layernorm.Forward(x), cos, sin, mask, causal, cache, layer, hooks, n.AttnZ, past, am), past, am);
+        var a = hooks.Run(n.AttnOut, self_attn.Forward(input_layernorm.Forward(x), cos, sin, mask, causal, cache, layer, hooks, n.AttnZ, past, am, packed), past, am);
         x = hooks.Run(n.ResidMid, x + a, past, am);
         var h = post_attention_layernorm.Forward(x);
         var gate = hooks.Run(n.MlpPre, mlp.gate_proj.call(h), past, am);

@@ -87,9 +87,41 @@ internal sealed record BlockHookNames(int Layer)
 /// needs the [B, T] layout, unpacks its inputs and packs its output again (<see cref="Gpt2Model.Packing"/>).</summary>
 internal sealed record TokenRows(Tensor Keep, long B, long T)
 {
+    /// <summary>Below this width <see cref="TokenPacking.Auto"/> does not pack: the products are small, and the per-op
+    /// cost of packing and unpacking around attention outweighs the padding's rows (docs/PERFORMANCE.md).</summary>
+    public const int MinWidth = 768;
+
+    /// <summary><see cref="TokenPacking.Auto"/> packs when at least this share of a batch's positions is padding.</summary>
+    public const double MinPaddingShare = 1.0 / 32;
+
+    /// <summary>The real positions of a pass over [<paramref name="b"/>, <paramref name="t"/>] new positions when its blocks
+    /// run packed, or null: never without an attention mask or with hooks registered; <see cref="TokenPacking.Auto"/>
+    /// only from <see cref="MinWidth"/> and <see cref="MinPaddingShare"/> on.</summary>
+    public static TokenRows? For(TokenPacking mode, int width, HookPoints hooks, Tensor? attentionMask, int past, long b, long t)
+    {
+        if (attentionMask is null || hooks.Any || mode == TokenPacking.Never) return null;
+        if (mode == TokenPacking.Auto && width < MinWidth) return null;
+        var keep = attentionMask.narrow(1, past, t).reshape(-1).to(ScalarType.Bool).nonzero().squeeze(1);
+        long n = keep.shape[0];
+        bool pays = mode == TokenPacking.Always ? n < b * t : n <= b * t * (1 - MinPaddingShare);
+        return n > 0 && pays ? new TokenRows(keep, b, t) : null;
+    }
+
     /// <summary>[B, T, w] → [N, w]: the rows of the real positions.</summary>
     public Tensor Pack(Tensor x) => x.reshape(B * T, x.shape[^1]).index_select(0, Keep);
 
     /// <summary>[N, w] → [B, T, w], zeros at the padding positions.</summary>
     public Tensor Unpack(Tensor x) => torch.zeros(B * T, x.shape[^1], x.dtype, x.device).index_copy(0, Keep, x).view(B, T, x.shape[^1]);
+}
+
+/// <summary>When a model's <c>Packing</c> (<see cref="Gpt2Model.Packing"/>, <see cref="LlamaModel.Packing"/>) runs a padded
+/// batch's blocks on its real tokens only.</summary>
+public enum TokenPacking
+{
+    /// <summary>Passes of models at least 768 wide with at least 1/32 of the positions padding.</summary>
+    Auto,
+    /// <summary>Every pass with padding and no hooks.</summary>
+    Always,
+    /// <summary>Never: every position runs through the blocks.</summary>
+    Never,
 }

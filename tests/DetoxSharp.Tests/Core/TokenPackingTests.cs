@@ -8,33 +8,49 @@ using PrefTiny = DetoxSharp.Tests.Preference.Tiny;
 
 namespace DetoxSharp.Tests.Core;
 
-/// <summary>Padded batches whose blocks run on their real tokens only (<see cref="Gpt2Model.Packing"/>) against the
-/// same batches run over every position: the same logits, log-prob sums, gradients and greedy generations (float64, so
-/// that only the order of float sums could differ), when Auto packs, and DPO's first loss.</summary>
+/// <summary>Padded batches whose blocks run on their real tokens only (<see cref="Gpt2Model.Packing"/>,
+/// <see cref="LlamaModel.Packing"/>) against the same batches run over every position: the same logits, log-prob sums,
+/// gradients and greedy generations (float64, so that only the order of float sums could differ) on GPT-2 and the
+/// rotary families (grouped-query attention, q/k/v biases, a sliding window), when Auto packs, and DPO's first loss.</summary>
 public class TokenPackingTests
 {
     static Gpt2Model Model() => CoreTestUtil.Tiny(vocab: 40, d: 16, heads: 2, positions: 48, seed: 21, std: 0.5);
 
+    public static TheoryData<string> Families => ["gpt2", "llama", "qwen2", "mistral-window-3"];
+
+    static ICausalLM Make(string family)
+    {
+        var m = Preference.SharedPromptTests.Make(family);
+        m.Module.to(ScalarType.Float64);
+        return m;
+    }
+
+    static void SetPacking(ICausalLM m, TokenPacking p)
+    {
+        if (m is Gpt2Model g) g.Packing = p;
+        else ((LlamaModel)m).Packing = p;
+    }
+
     // left-padded rows of different lengths (pad 0), as generation and the prompt pass lay them out
     static (Tensor Ids, Tensor Mask) LeftPadded()
     {
-        long[][] rows = [[0, 0, 0, 5, 9, 12, 3], [7, 8, 9, 10, 11, 12, 13], [0, 0, 0, 0, 0, 0, 21], [0, 30, 2, 2, 31, 4, 6]];
+        long[][] rows = [[0, 0, 0, 5, 9, 12, 3], [7, 8, 9, 10, 11, 12, 13], [0, 0, 0, 0, 0, 0, 14], [0, 1, 2, 2, 11, 4, 6]];
         var ids = CoreTestUtil.Ids(rows);
         var mask = CoreTestUtil.Ids(rows.Select((r, i) => r.Select((x, j) => i == 1 || x != 0 ? 1L : 0L).ToArray()).ToArray());
         return (ids, mask);
     }
 
-    static Tensor Logits(Gpt2Model m, TokenPacking p, Tensor ids, Tensor mask)
+    static Tensor Logits(ICausalLM m, TokenPacking p, Tensor ids, Tensor mask)
     {
-        m.Packing = p;
+        SetPacking(m, p);
         return m.Forward(ids, mask);
     }
 
-    [Fact]
-    public void PackedLogitsEqualPaddedOnesAtEveryRealPosition()
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void PackedLogitsEqualPaddedOnesAtEveryRealPosition(string family)
     {
-        using var m = Model();
-        m.to(ScalarType.Float64);
+        using var m = Make(family);
         var (ids, mask) = LeftPadded();
         var want = Logits(m, TokenPacking.Never, ids, mask);
         var got = Logits(m, TokenPacking.Always, ids, mask);
@@ -42,51 +58,51 @@ public class TokenPackingTests
         var diff = (want - got).abs().amax([-1]).masked_select(real).max().item<double>();
         Assert.True(diff < 1e-12, $"max |Δ logit| at real positions {diff:E2}");
         // the padding positions come out of the blocks as zeros (nothing reads them)
-        m.Packing = TokenPacking.Always;
+        SetPacking(m, TokenPacking.Always);
         var resid = m.ResidualStream(ids, mask);
         Assert.Equal(0.0, resid.masked_select(real.logical_not().unsqueeze(-1).expand_as(resid)).abs().max().item<double>());
         Assert.True(resid.masked_select(real.unsqueeze(-1).expand_as(resid)).abs().min().item<double>() > 0);
     }
 
-    [Fact]
-    public void SharedPromptSumsAndGradientsEqualWithAndWithoutPacking()
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void SharedPromptSumsAndGradientsEqualWithAndWithoutPacking(string family)
     {
-        using var m = Model();
-        m.to(ScalarType.Float64);
+        using var m = Make(family);
         int[][] prompts = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 1]];
         (int, int[])[] rows = [(0, [1, 2, 3]), (1, [4, 5, 6, 7, 8, 9]), (2, [2]), (0, [9, 8, 7, 6]), (1, [3, 3]), (2, [5, 4, 3, 2, 1])];
         var weights = torch.arange(1, rows.Length + 1, ScalarType.Float64);
-        var ps = m.parameters().Cast<Tensor>().ToList();
+        var ps = m.Module.parameters().Cast<Tensor>().ToList();
         (double[] Sums, Tensor[] Grads) Run(TokenPacking p)
         {
-            m.Packing = p;
-            var y = LogProbs.SharedPromptSums(m, prompts, rows, 39);
+            SetPacking(m, p);
+            var y = LogProbs.SharedPromptSums(m, prompts, rows, 15);
             return (y.data<double>().ToArray(), torch.autograd.grad([(y * weights).sum()], ps).ToArray());
         }
         var (w, gw) = Run(TokenPacking.Never);
         var (g, gg) = Run(TokenPacking.Always);
-        for (int i = 0; i < w.Length; i++) Assert.True(Math.Abs(w[i] - g[i]) < 1e-10, $"row {i}: padded {w[i]} vs packed {g[i]}");
+        for (int i = 0; i < w.Length; i++) Assert.True(Math.Abs(w[i] - g[i]) < 1e-10, $"{family} row {i}: padded {w[i]} vs packed {g[i]}");
         Assert.Equal(w.Length, w.Distinct().Count());
         for (int i = 0; i < ps.Count; i++)
         {
             double scale = Math.Max(1e-6, gw[i].abs().max().item<double>());
             double d = (gw[i] - gg[i]).abs().max().item<double>();
-            Assert.True(d <= 1e-10 * Math.Max(1, scale), $"parameter {i}: max |Δ grad| {d:E2} (max |grad| {scale:E2})");
+            Assert.True(d <= 1e-10 * Math.Max(1, scale), $"{family} parameter {i}: max |Δ grad| {d:E2} (max |grad| {scale:E2})");
         }
         // every weight took part (the packed rows reached every product and the embeddings)
         Assert.All(gg, t => Assert.True(t.abs().max().item<double>() > 0));
     }
 
-    [Fact]
-    public void GreedyGenerationsFromLeftPaddedPromptsAreTheSame()
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void GreedyGenerationsFromLeftPaddedPromptsAreTheSame(string family)
     {
-        using var m = Model();
-        m.to(ScalarType.Float64);
-        List<int[]> prompts = [[5, 9, 12, 3], [7, 8, 9, 10, 11, 12, 13], [21], [30, 2, 2, 31, 4, 6]];
+        using var m = Make(family);
+        List<int[]> prompts = [[5, 9, 12, 3], [7, 8, 9, 10, 11, 12, 13], [14], [1, 2, 2, 11, 4, 6]];
         var o = new GenerationOptions { MaxNewTokens = 8, Greedy = true, StopAtEos = false, BatchSize = 4 };
-        m.Packing = TokenPacking.Never;
+        SetPacking(m, TokenPacking.Never);
         var want = DetoxSharp.Generation.Generator.Generate(m, prompts, o);
-        m.Packing = TokenPacking.Always;
+        SetPacking(m, TokenPacking.Always);
         var got = DetoxSharp.Generation.Generator.Generate(m, prompts, o);
         Assert.Equal(want.Select(x => string.Join(",", x)), got.Select(x => string.Join(",", x)));
     }
@@ -108,7 +124,7 @@ public class TokenPackingTests
         narrow.Packing = TokenPacking.Never;
         Assert.Null(narrow.PackedRows(mask, 0, 4, 7));
 
-        using var wide = new Gpt2Model(new Gpt2Config { VocabSize = 40, NEmbd = Gpt2Model.PackMinWidth, NLayer = 1, NHead = 12, NPositions = 48 });
+        using var wide = new Gpt2Model(new Gpt2Config { VocabSize = 40, NEmbd = TokenRows.MinWidth, NLayer = 1, NHead = 12, NPositions = 48 });
         Assert.Equal(TokenPacking.Auto, wide.Packing);
         Assert.Equal(18, wide.PackedRows(mask, 0, 4, 7)!.Keep.shape[0]);
         Assert.Null(wide.PackedRows(oneOf64, 0, 2, 32));
@@ -119,6 +135,19 @@ public class TokenPackingTests
         wide.Packing = TokenPacking.Never;
         using var copy2 = (Gpt2Model)wide.Clone();
         Assert.Equal(TokenPacking.Never, copy2.Packing);
+        // the rotary families follow the same rule on their hidden size
+        using var llama = new LlamaModel(new LlamaConfig
+        {
+            ModelType = "llama", VocabSize = 40, HiddenSize = TokenRows.MinWidth, IntermediateSize = 32, NumHiddenLayers = 1,
+            NumAttentionHeads = 12, NumKeyValueHeads = 4, MaxPositionEmbeddings = 48, EosTokenIds = [39], BosTokenId = 39,
+        });
+        Assert.Equal(18, llama.PackedRows(mask, 0, 4, 7)!.Keep.shape[0]);
+        using (llama.Hooks.Add(HookNames.ResidPost(0), (x, _) => x))
+            Assert.Null(llama.PackedRows(mask, 0, 4, 7));
+        llama.Packing = TokenPacking.Never;
+        Assert.Null(llama.PackedRows(mask, 0, 4, 7));
+        using var llamaCopy = (LlamaModel)llama.Clone();
+        Assert.Equal(TokenPacking.Never, llamaCopy.Packing);
     }
 
     [Fact]

@@ -45,7 +45,7 @@ public class SharedPromptTests
 
     public static TheoryData<string> Families => ["gpt2", "llama", "qwen2", "mistral-window-3"];
 
-    static ICausalLM Make(string family) => family switch
+    internal static ICausalLM Make(string family) => family switch
     {
         "gpt2" => CoreTestUtil.Tiny(vocab: 16, d: 16, heads: 2, positions: 32, seed: 7, std: 0.5),
         "mistral-window-3" => Llama("mistral", 3),
