@@ -19,12 +19,10 @@ static class PackingBench
     public static IEnumerable<string> Run(Gpt2Config cfg, int rounds, int batches, bool llama = false)
     {
         var tok = Gpt2Tokenizer.Default();
-        var rnd = new Random(1);
-        string Words() => string.Join(" ", Enumerable.Range(0, 30).Select(_ => tok.TokenText(rnd.Next(300, 20000)).Trim()));
-        var data = Enumerable.Range(0, batches).Select(_ =>
+        var data = PreferenceBench.Pairs(tok, 4 * batches).Chunk(4).Select(ex =>
         {
-            var ex = Enumerable.Range(0, 4).Select(_ => (P: tok.Encode(Words()), C: tok.Encode(" " + Words()), R: tok.Encode(" " + Words()))).ToList();
-            return (Prompts: ex.Select(e => e.P).ToList(), Rows: ex.Select((e, i) => (i, e.C)).Concat(ex.Select((e, i) => (i, e.R))).ToList());
+            var enc = ex.Select(e => (P: tok.Encode(e.Prompt), C: tok.Encode(e.Chosen), R: tok.Encode(e.Rejected))).ToList();
+            return (Prompts: enc.Select(e => e.P).ToList(), Rows: enc.Select((e, i) => (i, e.C)).Concat(enc.Select((e, i) => (i, e.R))).ToList());
         }).ToList();
         long real = data.Sum(d => d.Prompts.Sum(p => (long)p.Length) + d.Rows.Sum(r => (long)r.Item2.Length));
         long padded = data.Sum(d => 4L * d.Prompts.Max(p => p.Length) + 8L * d.Rows.Max(r => r.Item2.Length));

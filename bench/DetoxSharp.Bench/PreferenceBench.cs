@@ -33,6 +33,15 @@ static class PreferenceBench
             At.TryGetValue(SettleSteps, out var a) && At.TryGetValue(lastStep, out var b) && lastStep > SettleSteps ? 4.0 * (lastStep - SettleSteps) / (b - a) : double.NaN;
     }
 
+    /// <summary>The bench's pairs: prompt, chosen and rejected of 30 random words each (token ids 300–20,000 of the GPT-2
+    /// vocabulary, read back as words), the same <paramref name="count"/> pairs on every call.</summary>
+    public static List<PreferenceExample> Pairs(Gpt2Tokenizer tok, int count)
+    {
+        var rnd = new Random(1);
+        string Words() => string.Join(" ", Enumerable.Range(0, 30).Select(_ => tok.TokenText(rnd.Next(300, 20000)).Trim()));
+        return Enumerable.Range(0, count).Select(i => new PreferenceExample(Words(), " " + Words(), " " + Words(), null, $"bench:{i}")).ToList();
+    }
+
     /// <param name="make">Builds the model (random weights).</param>
     /// <param name="steps">Optimizer steps per mode.</param>
     /// <param name="workDir">Scratch directory.</param>
@@ -43,9 +52,7 @@ static class PreferenceBench
     public static List<Result> Run(Func<ICausalLM> make, int steps, string workDir, bool autoOnly = false, int shareRounds = 0, TokenPacking packing = TokenPacking.Auto)
     {
         var tok = Gpt2Tokenizer.Default();
-        var rnd = new Random(1);
-        string Words() => string.Join(" ", Enumerable.Range(0, 30).Select(_ => tok.TokenText(rnd.Next(300, 20000)).Trim()));
-        var data = Enumerable.Range(0, 4 * steps + 4).Select(i => new PreferenceExample(Words(), " " + Words(), " " + Words(), null, $"bench:{i}")).ToList();
+        var data = Pairs(tok, 4 * steps + 4);
         var results = new List<Result>();
         // fp32 with and without the cache (the library's default precision), then the CLI's and the study's default:
         // --precision auto (bf16-mixed on a CPU with native bf16) with the cache

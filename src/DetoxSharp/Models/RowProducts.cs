@@ -110,8 +110,9 @@ internal sealed record TokenRows(Tensor Keep, long B, long T)
     /// <summary>[B, T, w] → [N, w]: the rows of the real positions.</summary>
     public Tensor Pack(Tensor x) => x.reshape(B * T, x.shape[^1]).index_select(0, Keep);
 
-    /// <summary>[N, w] → [B, T, w], zeros at the padding positions.</summary>
-    public Tensor Unpack(Tensor x) => torch.zeros(B * T, x.shape[^1], x.dtype, x.device).index_copy(0, Keep, x).view(B, T, x.shape[^1]);
+    /// <summary>[N, w] → [B, T, w], zeros at the padding positions (written in place into the fresh zeros: the
+    /// out-of-place <c>index_copy</c> would copy them once more).</summary>
+    public Tensor Unpack(Tensor x) => torch.zeros(B * T, x.shape[^1], x.dtype, x.device).index_copy_(0, Keep, x).view(B, T, x.shape[^1]);
 }
 
 /// <summary>When a model's <c>Packing</c> (<see cref="Gpt2Model.Packing"/>, <see cref="LlamaModel.Packing"/>) runs a padded
