@@ -10,8 +10,9 @@ using TorchSharp;
 /// DPO pairs/s of <see cref="PreferenceTrainer"/> with the reference log-prob cache (reference computed once before
 /// training, read from disk) and without it (a live frozen reference copy runs a no-grad forward every step).
 /// Random weights, the GPT-2 tokenizer, random-word prompts/completions (≈ 40 tokens each, truncation 64/64/256),
-/// batch 4 pairs, RMSprop, no validation. "Train-loop pairs/s" excludes the one-off precompute and the checkpoint
-/// saves at the end; both are reported separately as wall seconds. The steady rate leaves out the first
+/// batch 4 pairs, RMSprop, no validation. "Train-loop pairs/s" excludes what is scored before the loop and the
+/// checkpoint saves at the end (wall seconds include them); under bf16-mixed the reference's bf16 log-probs of a batch
+/// are scored when the loop first reaches it, so the loop includes them, and the steady rate is given with and without. The steady rate leaves out the first
 /// <see cref="SettleSteps"/> steps too (the heap's first growth, first-call set-ups), so that a few-percent change of the
 /// step is not lost in them.
 /// </summary>
@@ -20,17 +21,23 @@ static class PreferenceBench
     /// <summary>Steps left out of the steady rate.</summary>
     public const int SettleSteps = 4;
 
-    /// <param name="SteadyPairsPerSecond">Pairs/s over the steps after the first <see cref="SettleSteps"/> (NaN for fewer steps).</param>
-    public sealed record Result(string Mode, double PairsPerSecond, double WallSeconds, double FirstLoss, int Steps, double SteadyPairsPerSecond = double.NaN);
+    /// <param name="SteadyPairsPerSecond">Pairs/s over the steps after the first <see cref="SettleSteps"/> (NaN for fewer
+    /// steps), the reference log-probs scored in them (bf16-mixed scores a batch's when training first reaches it) included.</param>
+    /// <param name="SteadyStepsOnly">The same without the time spent scoring reference log-probs: the training steps alone.</param>
+    /// <param name="ScoringSeconds">Time spent scoring reference log-probs for the cache, before and during the loop.</param>
+    public sealed record Result(string Mode, double PairsPerSecond, double WallSeconds, double FirstLoss, int Steps, double SteadyPairsPerSecond = double.NaN,
+        double SteadyStepsOnly = double.NaN, double ScoringSeconds = 0);
 
-    /// <summary>Collects the elapsed time at each optimizer step (reports arrive on the training thread).</summary>
-    sealed class StepTimes : IProgress<TrainingProgress>
+    /// <summary>Collects the elapsed time and the trainer's reference scoring time at each optimizer step (reports arrive
+    /// on the training thread).</summary>
+    sealed class StepTimes(Func<double> scoring) : IProgress<TrainingProgress>
     {
-        public readonly Dictionary<int, double> At = new();
-        public void Report(TrainingProgress p) { if (p.Phase == TrainingPhase.Train) At[p.Step] = p.Elapsed.TotalSeconds; }
+        public readonly Dictionary<int, (double Elapsed, double Scoring)> At = new();
+        public void Report(TrainingProgress p) { if (p.Phase == TrainingPhase.Train) At[p.Step] = (p.Elapsed.TotalSeconds, scoring()); }
 
-        public double PairsPerSecond(int lastStep) =>
-            At.TryGetValue(SettleSteps, out var a) && At.TryGetValue(lastStep, out var b) && lastStep > SettleSteps ? 4.0 * (lastStep - SettleSteps) / (b - a) : double.NaN;
+        public double PairsPerSecond(int lastStep, bool withScoring) =>
+            At.TryGetValue(SettleSteps, out var a) && At.TryGetValue(lastStep, out var b) && lastStep > SettleSteps
+                ? 4.0 * (lastStep - SettleSteps) / (b.Elapsed - a.Elapsed - (withScoring ? 0 : b.Scoring - a.Scoring)) : double.NaN;
     }
 
     /// <summary>The bench's pairs: prompt, chosen and rejected of 30 random words each (token ids 300–20,000 of the GPT-2
@@ -49,10 +56,13 @@ static class PreferenceBench
     /// <param name="shareRounds">&gt; 0: instead, --precision auto with the prompt shared by chosen and rejected
     /// (<see cref="PreferenceTrainerOptions.SharePrompts"/>, the default) and without, interleaved for this many rounds.</param>
     /// <param name="packing">The model's <see cref="Gpt2Model.Packing"/> in the plain modes.</param>
-    public static List<Result> Run(Func<ICausalLM> make, int steps, string workDir, bool autoOnly = false, int shareRounds = 0, TokenPacking packing = TokenPacking.Auto)
+    /// <param name="pairs">Pairs in the data file (0: the 4·steps + 4 the steps use); more: a run that stops before the
+    /// end of its file, as Lee et al.'s did after ≈ 6,700 of 24,576 pairs.</param>
+    public static List<Result> Run(Func<ICausalLM> make, int steps, string workDir, bool autoOnly = false, int shareRounds = 0, TokenPacking packing = TokenPacking.Auto,
+        int pairs = 0)
     {
         var tok = Gpt2Tokenizer.Default();
-        var data = Pairs(tok, 4 * steps + 4);
+        var data = Pairs(tok, Math.Max(pairs, 4 * steps + 4));
         var results = new List<Result>();
         // fp32 with and without the cache (the library's default precision), then the CLI's and the study's default:
         // --precision auto (bf16-mixed on a CPU with native bf16) with the cache
@@ -69,13 +79,14 @@ static class PreferenceBench
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
             var o = new PreferenceTrainerOptions { BatchSize = 4, ValidationSize = 4, MaxSteps = steps, WarmupSteps = 2, CacheReference = cache, EvalEvery = 0, Precision = precision, SharePrompts = share };
             var sw = Stopwatch.StartNew();
-            var times = new StepTimes();
-            var r = new PreferenceTrainer(m, tok, o).Train(data, dir, times);
+            var trainer = new PreferenceTrainer(m, tok, o);
+            var times = new StepTimes(() => trainer.ReferenceScoring.TotalSeconds);
+            var r = trainer.Train(data, dir, times);
             double wall = sw.Elapsed.TotalSeconds;
             var first = JsonNode.Parse(File.ReadLines(r.MetricsPath).First())!["loss"]!.GetValue<double>();
             string mode = (cache ? "cached reference" : "live reference") + (precision == Precision.Auto ? $", auto = {PrecisionJsonConverter.Name(r.Run.Precision)}" : "")
                 + (share ? "" : ", prompt not shared") + (pack == TokenPacking.Auto ? "" : $", packing {pack}");
-            results.Add(new(mode, r.PairsPerSecond, wall, first, r.Steps, times.PairsPerSecond(r.Steps)));
+            results.Add(new(mode, r.PairsPerSecond, wall, first, r.Steps, times.PairsPerSecond(r.Steps, true), times.PairsPerSecond(r.Steps, false), trainer.ReferenceScoring.TotalSeconds));
             Directory.Delete(dir, true);
         }
         return results;

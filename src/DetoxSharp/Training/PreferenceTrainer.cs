@@ -111,7 +111,8 @@ public sealed record PreferenceTrainerOptions
 
 /// <summary>The outcome of <see cref="PreferenceTrainer.Train"/>: the loop's result plus where the models went.</summary>
 /// <param name="Run">The training loop's result.</param>
-/// <param name="ReferenceCacheHit">The reference log-probs came from the on-disk cache.</param>
+/// <param name="ReferenceCacheHit">Every reference and π_tox log-prob the run used came from the on-disk cache (none
+/// was scored in this run).</param>
 /// <param name="FinalDir">The final model's checkpoint directory.</param>
 /// <param name="BestDir">The lowest-validation-loss model's directory (null without validation).</param>
 /// <param name="MetricsPath">metrics.jsonl.</param>
@@ -133,9 +134,11 @@ public sealed record PreferenceTrainResult(TrainingRunResult Run, bool Reference
 
 /// <summary>
 /// DPO-family / ADPO trainer. Policy = the model passed in (trained in place). Reference = <see cref="Reference"/> or,
-/// when null, the policy's starting weights. Reference and π_tox log-probs are precomputed (before any update, before
-/// resume loads trained weights) and cached on disk under a key hashing the model weights, the tokenized data and the
-/// truncation settings, so neither model needs to stay in memory and reruns reuse them. The steps are
+/// when null, the policy's starting weights. Reference and π_tox log-probs are cached on disk under a key hashing the
+/// model weights, the tokenized data, the truncation settings and the batches they are scored in, so reruns reuse them.
+/// Those of frozen copies (the reference's bf16 copy under mixed precision, π_tox) are scored when training first reaches
+/// a batch, so a run that stops early does not score pairs it never trains on; the fp32 reference when it is the policy
+/// itself is scored before any update (and before resume loads trained weights). The steps are
 /// <see cref="TrainingLoop"/>'s; this class supplies the pairs' order and the preference loss of a batch.
 /// Output dir: metrics.jsonl, checkpoint/ (resumable), best/ (lowest validation loss), final/.
 /// </summary>
@@ -151,6 +154,11 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
     public Action<string>? Log { get; init; }
     /// <summary>Optional structured logging (Microsoft.Extensions.Logging; see <see cref="TrainingLoopOptions.Logger"/>).</summary>
     public Microsoft.Extensions.Logging.ILogger? Logger { get; init; }
+    /// <summary>Time this trainer's runs spent scoring reference and π_tox log-probs for the cache (before training and
+    /// as training reached batches not scored yet); live references are part of the steps instead.</summary>
+    public TimeSpan ReferenceScoring => scoredBefore + active.Aggregate(TimeSpan.Zero, (t, c) => t + c.ScoringTime);
+    TimeSpan scoredBefore;
+    List<LogpCache> active = [];
 
     /// <summary>Trains the policy in place on <paramref name="data"/>, writing into <paramref name="outDir"/>. Returns when
     /// all steps ran, validation stopped improving, the token fired (after checkpointing the last whole step) or the
@@ -221,15 +229,15 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         };
         TrainingLoop.CheckResume(loop);
 
-        // --- reference / π_tox log-probs (computed from starting weights, before resume) ---
-        double[]? refC = null, refR = null, tox = null, refC16 = null, refR16 = null;
-        bool cacheHit = true, mixed = o.Precision == Precision.Bf16Mixed && needsRef;
+        // --- reference / π_tox log-probs (from the starting weights, before resume) ---
+        double[]? refC = null, refR = null;
+        bool mixed = o.Precision == Precision.Bf16Mixed && needsRef;
         var refModel = Reference ?? policy;
-        ICausalLM? liveRef = null, liveRef16 = null;
+        ICausalLM? liveRef = null, liveRef16 = null, ref16 = null;
+        LogpCache? fp32Ref = null, bf16Ref = null, toxRef = null;
         if (!needsRef)
         {
             // ORPO / SimPO: no reference model at all — no pass, no cache, no copy
-            cacheHit = false;
             refC = new double[all.Count]; refR = new double[all.Count];
         }
         else if (o.CacheReference)
@@ -237,56 +245,66 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             // mixed precision: validation compares the fp32 master with the fp32 reference, and the training steps compare
             // the bf16 working copy with the reference's bf16 copy (the same rounding, so log π − log π_ref starts at
             // exactly 0, loss ln 2, instead of bf16 noise). So the fp32 pass, ≈ 3× the cost of the bf16 one, runs only on
-            // the batches that hold validation pairs (at GPT-2 medium, the two full passes over a 24,576-pair file would
-            // take longer than the training). The entries it skips are NaN: a use of one would stop the run as
-            // non-finite, never train on a wrong reference.
+            // the batches that hold validation pairs; the entries it skips stay NaN: a use of one would stop the run as
+            // non-finite, never train on a wrong reference. Without mixed precision the fp32 reference is the policy's
+            // own starting weights, so every pair is scored now, before training changes them.
             string hash = ModelHash(refModel);
-            (refC, refR, var hit1) = CachedLogps(cacheDir, "ref", hash, dataHash, refModel, all, o.BatchSize, tokenizer.EosTokenId, false, o.SharePrompts, cancel,
-                only: mixed ? valIdx : null);
-            cacheHit &= hit1;
+            fp32Ref = new LogpCache(cacheDir, "ref", hash, dataHash, (refModel, all, tokenizer.EosTokenId, false, o.SharePrompts), null, o.BatchSize);
+            fp32Ref.Ensure(mixed ? valIdx : Enumerable.Range(0, all.Count), cancel);
+            fp32Ref.Save();
+            (refC, refR) = (fp32Ref.A, fp32Ref.B);
             if (mixed)
             {
-                using var ref16 = Bf16Copy(refModel);
-                // scored in the first epoch's training batches: at the first step the working copy then sees the same
-                // tensors as this pass (bf16 results depend on a batch's padding), so the loss is ln 2 to the bit
-                (refC16, refR16, var hit3) = CachedLogps(cacheDir, "ref-bf16", hash + "|bf16", dataHash, ref16, all, o.BatchSize, tokenizer.EosTokenId, false, o.SharePrompts, cancel,
-                    batches: micro.Take((trainIdx.Count + o.BatchSize - 1) / o.BatchSize).ToList());
-                cacheHit &= hit3;
+                // the training steps' bf16 reference, scored in the first epoch's training batches (at the first step the
+                // working copy then sees the same tensors as this pass, so the loss is ln 2 to the bit) when training first
+                // reaches a batch: a run that stops early never scores the rest. The bf16 copy stays for that (half the
+                // fp32 model's memory).
+                ref16 = Bf16Copy(refModel);
+                bf16Ref = new LogpCache(cacheDir, "ref-bf16", hash + "|bf16", dataHash, (ref16, all, tokenizer.EosTokenId, false, o.SharePrompts),
+                    micro.Take((trainIdx.Count + o.BatchSize - 1) / o.BatchSize).ToList(), o.BatchSize);
             }
-            if (adpo)
-            {
-                (tox, _, var hit2) = CachedLogps(cacheDir, "tox", ModelHash(toxicModel!), dataHash, toxicModel!, all, o.BatchSize, tokenizer.EosTokenId, true, o.SharePrompts, cancel);
-                cacheHit &= hit2;
-            }
-            var cacheNote = cacheHit ? $"log-prob cache hit ({cacheDir})" : $"log-probs computed and cached in {cacheDir}";
+            if (adpo) // π_tox is a separate frozen model: scored as batches are reached too
+                toxRef = new LogpCache(cacheDir, "tox", ModelHash(toxicModel!), dataHash, (toxicModel!, all, tokenizer.EosTokenId, true, o.SharePrompts), null, o.BatchSize);
+            int pending = (bf16Ref?.MissingBatches ?? 0) + (toxRef?.MissingBatches ?? 0);
+            var cacheNote = fp32Ref.BatchesScored == 0 && pending == 0 ? $"log-prob cache hit ({cacheDir})"
+                : pending == 0 ? $"log-probs computed and cached in {cacheDir}"
+                : $"log-probs cached in {cacheDir}; {pending} batches are scored as training first reaches them";
             Log?.Invoke(cacheNote);
             Microsoft.Extensions.Logging.LoggerExtensions.LogInformation(Logger ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance, "{Message}", cacheNote);
         }
         else
         {
-            cacheHit = false;
             liveRef = Reference ?? policy.Clone();
             if (mixed) liveRef16 = Bf16Copy(liveRef);
         }
+        var caches = active = new[] { fp32Ref, bf16Ref, toxRef }.OfType<LogpCache>().ToList();
         try
         {
-            var objective = new Objective(all, micro, valIdx, o, tokenizer.EosTokenId, adpo, new RefLogps(refC, refR, refC16, refR16, tox), liveRef, liveRef16, toxicModel);
+            var objective = new Objective(all, micro, valIdx, o, tokenizer.EosTokenId, adpo,
+                new RefLogps(refC, refR, bf16Ref?.A, bf16Ref?.B, toxRef?.A, bf16Ref, toxRef), liveRef, liveRef16, toxicModel);
             var run = TrainingLoop.Run(policy, objective, loop, progress, cancel);
             if (run.Stop is TrainingStop.Completed or TrainingStop.EarlyStopped
                 || (run.Stop == TrainingStop.AlreadyFinished && !Directory.Exists(finalDir)))
                 HfCheckpoint.Save(policy, outTok, finalDir, overwrite: true);
+            bool cacheHit = o.CacheReference && needsRef && caches.All(c => c.BatchesScored == 0);
             return new PreferenceTrainResult(run, cacheHit, finalDir, Directory.Exists(bestDir) ? bestDir : null, Path.Combine(outDir, "metrics.jsonl"));
         }
         finally
         {
+            foreach (var c in caches) c.Save(); // what was scored serves the next run, also after a cancel or a failure
+            scoredBefore = ReferenceScoring;
+            active = [];
             if (liveRef is not null && Reference is null) liveRef.Dispose();
             liveRef16?.Dispose();
+            ref16?.Dispose();
         }
     }
 
     /// <summary>Cached log-prob sums per example: the reference's for chosen and rejected (fp32; with bf16-mixed also those
     /// of the reference's bf16 copy, which the training steps use) and π_tox's for y_t.</summary>
-    sealed record RefLogps(double[]? C, double[]? R, double[]? C16, double[]? R16, double[]? Tox);
+    /// <param name="Bf16Cache">The cache behind C16/R16, filled for a training batch before its values are read.</param>
+    /// <param name="ToxCache">The cache behind Tox, filled likewise (training and validation batches).</param>
+    sealed record RefLogps(double[]? C, double[]? R, double[]? C16, double[]? R16, double[]? Tox, LogpCache? Bf16Cache, LogpCache? ToxCache);
 
     /// <summary>A bfloat16 copy of <paramref name="m"/>, made as <see cref="MixedPrecision"/> makes its working copy.</summary>
     static ICausalLM Bf16Copy(ICausalLM m)
@@ -306,6 +324,10 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
 
         public MicroBatchLoss Loss(ICausalLM model, int[] idx)
         {
+            // reference / π_tox values of a batch training reaches for the first time (before the policy's pass, so
+            // that its activations are not held meanwhile)
+            cached.Bf16Cache?.Ensure(idx);
+            cached.ToxCache?.Ensure(idx);
             var (loss, m) = LossOf(idx, model);
             // summed over examples here; the loop divides the step's gradients and metrics by the number of pairs
             return new MicroBatchLoss(loss * ((double)idx.Length), idx.Length, m, idx.Length);
@@ -322,6 +344,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
                 {
                     using var scope = torch.NewDisposeScope();
                     var idx = valIdx.Skip(i).Take(o.BatchSize).ToArray();
+                    cached.ToxCache?.Ensure(idx); // π_tox (validation reads the fp32 reference, scored before training)
                     var (_, m) = LossOf(idx, policy); // fp32 master in mixed precision: the weights that are saved
                     foreach (var (k, v) in m) acc[k] = acc.GetValueOrDefault(k) + v * idx.Length;
                     n += idx.Length;
@@ -373,7 +396,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
     /// <summary>Summed completion log-probs of segment s's completion of example i after the example's prompt,
     /// [segments·n] in segment-major order (s·n + i): shared-prompt scoring when <paramref name="share"/> and it applies,
     /// else one padded sequence per (prompt, completion).</summary>
-    static Tensor SegmentLogpSums(ICausalLM m, IReadOnlyList<int[]> prompts, IReadOnlyList<IReadOnlyList<int[]>> segments, int padId, bool share)
+    internal static Tensor SegmentLogpSums(ICausalLM m, IReadOnlyList<int[]> prompts, IReadOnlyList<IReadOnlyList<int[]>> segments, int padId, bool share)
     {
         if (share && LogProbs.CanSharePrompts(m, prompts, segments.SelectMany(c => c)))
             return LogProbs.SharedPromptSums(m, prompts, segments.SelectMany(seg => seg.Select((c, i) => (i, c))).ToList(), padId);

@@ -375,9 +375,9 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         int computed = partial.Count(x => !double.IsNaN(x));
         output.WriteLine($"fp32 reference entries computed: {computed} of {partial.Length} (chosen and rejected per pair)");
         Assert.InRange(computed, 2 * 4, 2 * 4 * 2); // every validation pair, at most the 4 batches that hold them
-        // the training steps' bf16 reference covers every training pair (scored in the first epoch's training batches);
-        // only the 4 validation pairs, which validation scores with the fp32 reference, are left out
-        Assert.Equal(2 * 4, bf16.Count(double.IsNaN));
+        // the training steps' bf16 reference is scored in the first epoch's training batches as training reaches them:
+        // 2 steps × 2 micro-batches × 2 pairs; the other 28 training pairs and the 4 validation pairs are left out
+        Assert.Equal(2 * (40 - 8), bf16.Count(double.IsNaN));
         // the validation loss used the fp32 reference: finite
         var eval = MetricsLog.Read(r.MetricsPath).Where(x => x["phase"]?.GetValue<string>() == "eval").ToList();
         Assert.NotEmpty(eval);
@@ -389,6 +389,41 @@ public class MixedPrecisionTests(ITestOutputHelper output)
         Assert.DoesNotContain(full, double.IsNaN);
         for (int i = 0; i < full.Length; i++)
             if (!double.IsNaN(partial[i])) Assert.Equal(BitConverter.DoubleToInt64Bits(full[i]), BitConverter.DoubleToInt64Bits(partial[i]));
+    }
+
+    [Fact]
+    public void TheBf16ReferenceIsScoredAsTrainingReachesItsBatchesWithTheBitsOfAFullPass()
+    {
+        // 40 pairs, 36 for training: one epoch is 9 steps of 2 micro-batches of 2
+        var tok = Gpt2Tokenizer.Default();
+        var data = PrefTiny.Pairs(40);
+        var root = PrefTiny.TempDir("mixed-dpo-lazy");
+        string lazyCache = Path.Combine(root, "cache-lazy"), fullCache = Path.Combine(root, "cache-full");
+        PreferenceTrainResult Run(string cache, int steps, string outDir, bool resume = false)
+        {
+            using var m = PrefTiny.Model();
+            return new PreferenceTrainer(m, tok, DpoOpts(cache) with { Precision = Precision.Bf16Mixed, MaxSteps = steps, Resume = resume }).Train(data, Path.Combine(root, outDir));
+        }
+        string Bf16File(string cache) => Assert.Single(Directory.GetFiles(cache, "ref-bf16-*.bin"));
+        // 3 steps: only their 12 pairs are scored
+        Assert.False(Run(lazyCache, 3, "short").ReferenceCacheHit);
+        var partial = CacheValues(Bf16File(lazyCache));
+        Assert.Equal(2 * 12, partial.Count(x => !double.IsNaN(x)));
+        // the whole epoch in another cache: every training pair
+        var whole = Run(fullCache, 9, "whole");
+        var full = CacheValues(Bf16File(fullCache));
+        Assert.Equal(2 * 36, full.Count(x => !double.IsNaN(x)));
+        for (int i = 0; i < full.Length; i++)
+            if (!double.IsNaN(partial[i])) Assert.Equal(BitConverter.DoubleToInt64Bits(full[i]), BitConverter.DoubleToInt64Bits(partial[i]));
+        // a run over the whole epoch on the partial cache scores the rest, ends with the full pass's file and trains as
+        // the run that scored everything itself
+        var rest = Run(lazyCache, 9, "rest");
+        Assert.False(rest.ReferenceCacheHit);
+        Assert.Equal(full.Select(BitConverter.DoubleToInt64Bits), CacheValues(Bf16File(lazyCache)).Select(BitConverter.DoubleToInt64Bits));
+        static List<string> Records(string path) => File.ReadLines(path).Select(l => System.Text.RegularExpressions.Regex.Replace(l, "\"[a-z_]+_per_second\":[^,}]+,?", "")).ToList();
+        Assert.Equal(Records(whole.MetricsPath), Records(rest.MetricsPath));
+        // and a third run scores nothing
+        Assert.True(Run(lazyCache, 9, "again").ReferenceCacheHit);
     }
 
     [Fact]
