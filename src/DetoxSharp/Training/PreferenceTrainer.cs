@@ -268,7 +268,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             int pending = (bf16Ref?.MissingBatches ?? 0) + (toxRef?.MissingBatches ?? 0);
             var cacheNote = fp32Ref.BatchesScored == 0 && pending == 0 ? $"log-prob cache hit ({cacheDir})"
                 : pending == 0 ? $"log-probs computed and cached in {cacheDir}"
-                : $"log-probs cached in {cacheDir}; {pending} batches are scored as training first reaches them";
+                : $"log-probs cached in {cacheDir}; {pending} batches not scored yet are scored when training first reaches them";
             Log?.Invoke(cacheNote);
             Microsoft.Extensions.Logging.LoggerExtensions.LogInformation(Logger ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance, "{Message}", cacheNote);
         }
