@@ -436,6 +436,7 @@ foreach (var (name, cfg, steps) in new List<(string, Gpt2Config, int)> { (config
         new[] { c, l, a }.All(x => Math.Abs(x.FirstLoss - Math.Log(2)) < 1e-4), $"{c.FirstLoss:F6} / {l.FirstLoss:F6} / {a.FirstLoss:F6} ({a.Mode}) vs {Math.Log(2):F6}"));
     dpoRows.Add([name + (cfg.VocabSize < 50257 ? " (vocab 50257)" : ""), $"{c.Steps}", c.PairsPerSecond.ToString("F2"), l.PairsPerSecond.ToString("F2"),
         $"{c.PairsPerSecond / l.PairsPerSecond:F2}×", $"{a.PairsPerSecond:F2} ({a.Mode.Split("= ")[^1]})", $"{a.PairsPerSecond / c.PairsPerSecond:F2}×",
+        double.IsNaN(a.SteadyStepsOnly) ? "–" : a.SteadyStepsOnly.ToString("F2"),
         c.WallSeconds.ToString("F1"), l.WallSeconds.ToString("F1"), a.WallSeconds.ToString("F1")]);
     WriteReport(false);
 }
@@ -729,12 +730,12 @@ void WriteReport(bool complete)
     sb.AppendLine();
     sb.AppendLine("## DPO pairs/s with and without the reference log-prob cache (PreferenceTrainer, batch 4 pairs, ≈ 40+40 tokens per sequence, RMSprop)");
     sb.AppendLine();
-    sb.AppendLine("Train-loop pairs/s exclude the one-off reference precompute and the final checkpoint saves; wall seconds include them.");
+    sb.AppendLine("Train-loop pairs/s exclude the reference log-probs scored before the loop (fp32: all pairs; auto: the validation pairs) and the final checkpoint saves; wall seconds include them. Under auto the reference's bf16 log-probs of a batch are scored when the loop first reaches it, so the auto column includes them (all-in), like the live column.");
     sb.AppendLine();
     sb.AppendLine("fp32 columns: the library's default precision. \"auto\": the CLI's and the study's default `--precision auto` (bf16-mixed on a CPU with native bf16, whose training steps compare the bf16 policy with the reference's bf16 copy), cached reference.");
     sb.AppendLine();
-    sb.AppendLine("| config | steps | fp32 cached pairs/s | fp32 live-reference pairs/s | cached ÷ live | auto cached pairs/s (resolved) | auto ÷ fp32 cached | fp32 cached wall s | fp32 live wall s | auto wall s |");
-    sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    sb.AppendLine("| config | steps | fp32 cached pairs/s | fp32 live-reference pairs/s | cached ÷ live | auto cached pairs/s, all-in (resolved) | auto ÷ fp32 cached | auto steady pairs/s, steps alone | fp32 cached wall s | fp32 live wall s | auto wall s |");
+    sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     foreach (var r in dpoRows) sb.AppendLine("| " + string.Join(" | ", r) + " |");
     sb.AppendLine();
     sb.AppendLine("## Correctness checks (CI runs these in quick mode; the numbers above are not checked)");
