@@ -250,8 +250,8 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             // own starting weights, so every pair is scored now, before training changes them.
             string hash = ModelHash(refModel);
             fp32Ref = new LogpCache(cacheDir, "ref", hash, dataHash, (refModel, all, tokenizer.EosTokenId, false, o.SharePrompts), null, o.BatchSize);
-            fp32Ref.Ensure(mixed ? valIdx : Enumerable.Range(0, all.Count), cancel);
-            fp32Ref.Save();
+            try { fp32Ref.Ensure(mixed ? valIdx : Enumerable.Range(0, all.Count), cancel); }
+            finally { fp32Ref.Save(); } // a cancelled pass keeps the batches it finished
             (refC, refR) = (fp32Ref.A, fp32Ref.B);
             if (mixed)
             {
