@@ -103,9 +103,7 @@ internal sealed class LogpCache
                 var idx = layout[b];
                 double[] s;
                 using (var scope = torch.NewDisposeScope())
-                    s = (toxic
-                        ? PreferenceTrainer.SegmentLogpSums(model, idx.Select(j => all[j].ToxicPrompt!).ToList(), [idx.Select(j => all[j].Toxic!).ToList()], padId, share)
-                        : PreferenceTrainer.SegmentLogpSums(model, idx.Select(j => all[j].Prompt).ToList(), [idx.Select(j => all[j].Chosen).ToList(), idx.Select(j => all[j].Rejected).ToList()], padId, share))
+                    s = (toxic ? PreferenceTrainer.ToxicLogpSums(model, all, idx, padId, share) : PreferenceTrainer.PairLogpSums(model, all, idx, padId, share))
                         .to(ScalarType.Float64).cpu().data<double>().ToArray();
                 // a batch's values are written only once all of them are known
                 for (int k = 0; k < idx.Length; k++) { A[idx[k]] = s[k]; if (!toxic) B[idx[k]] = s[idx.Length + k]; }

@@ -281,7 +281,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         try
         {
             var objective = new Objective(all, micro, valIdx, o, tokenizer.EosTokenId, adpo,
-                new RefLogps(refC, refR, bf16Ref?.A, bf16Ref?.B, toxRef?.A, bf16Ref, toxRef), liveRef, liveRef16, toxicModel);
+                new RefLogps(refC, refR, bf16Ref, toxRef), liveRef, liveRef16, toxicModel);
             var run = TrainingLoop.Run(policy, objective, loop, progress, cancel);
             if (run.Stop is TrainingStop.Completed or TrainingStop.EarlyStopped
                 || (run.Stop == TrainingStop.AlreadyFinished && !Directory.Exists(finalDir)))
@@ -300,11 +300,10 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         }
     }
 
-    /// <summary>Cached log-prob sums per example: the reference's for chosen and rejected (fp32; with bf16-mixed also those
-    /// of the reference's bf16 copy, which the training steps use) and π_tox's for y_t.</summary>
-    /// <param name="Bf16Cache">The cache behind C16/R16, filled for a training batch before its values are read.</param>
-    /// <param name="ToxCache">The cache behind Tox, filled likewise (training and validation batches).</param>
-    sealed record RefLogps(double[]? C, double[]? R, double[]? C16, double[]? R16, double[]? Tox, LogpCache? Bf16Cache, LogpCache? ToxCache);
+    /// <summary>Cached log-prob sums per example: the fp32 reference's for chosen and rejected (C, R), with bf16-mixed the
+    /// reference's bf16 copy's, which the training steps use (<paramref name="Bf16"/>), and π_tox's for y_t
+    /// (<paramref name="Tox"/>); the two caches are filled for a batch before its values are read.</summary>
+    sealed record RefLogps(double[]? C, double[]? R, LogpCache? Bf16, LogpCache? Tox);
 
     /// <summary>A bfloat16 copy of <paramref name="m"/>, made as <see cref="MixedPrecision"/> makes its working copy.</summary>
     static ICausalLM Bf16Copy(ICausalLM m)
@@ -326,8 +325,8 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         {
             // reference / π_tox values of a batch training reaches for the first time (before the policy's pass, so
             // that its activations are not held meanwhile)
-            cached.Bf16Cache?.Ensure(idx);
-            cached.ToxCache?.Ensure(idx);
+            cached.Bf16?.Ensure(idx);
+            cached.Tox?.Ensure(idx);
             var (loss, m) = LossOf(idx, model);
             // summed over examples here; the loop divides the step's gradients and metrics by the number of pairs
             return new MicroBatchLoss(loss * ((double)idx.Length), idx.Length, m, idx.Length);
@@ -344,7 +343,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
                 {
                     using var scope = torch.NewDisposeScope();
                     var idx = valIdx.Skip(i).Take(o.BatchSize).ToArray();
-                    cached.ToxCache?.Ensure(idx); // π_tox (validation reads the fp32 reference, scored before training)
+                    cached.Tox?.Ensure(idx); // π_tox (validation reads the fp32 reference, scored before training)
                     var (_, m) = LossOf(idx, policy); // fp32 master in mixed precision: the weights that are saved
                     foreach (var (k, v) in m) acc[k] = acc.GetValueOrDefault(k) + v * idx.Length;
                     n += idx.Length;
@@ -354,12 +353,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         }
 
         // Logps of the policy (or a live model) on a batch of example indices; returns sums [n] per segment.
-        Tensor[] PolicyLogps(ICausalLM m, IReadOnlyList<int> idx, bool withToxic)
-        {
-            var segments = new List<IReadOnlyList<int[]>> { idx.Select(i => all[i].Chosen).ToList(), idx.Select(i => all[i].Rejected).ToList() };
-            if (withToxic) segments.Add(idx.Select(i => all[i].Toxic!).ToList());
-            return SegmentLogpSums(m, idx.Select(i => all[i].Prompt).ToList(), segments, padId, o.SharePrompts).split(idx.Count);
-        }
+        Tensor[] PolicyLogps(ICausalLM m, IReadOnlyList<int> idx, bool withToxic) => PairLogpSums(m, all, idx, padId, o.SharePrompts, withToxic).split(idx.Count);
 
         static Tensor Lookup(double[] a, IReadOnlyList<int> idx, ScalarType dt) => torch.tensor(idx.Select(i => a[i]).ToArray()).to(dt);
 
@@ -373,9 +367,9 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             Tensor rc, rr, tt = null!;
             if (liveRef is null)
             {
-                bool use16 = low && cached.C16 is not null;
-                rc = Lookup(use16 ? cached.C16! : cached.C!, idx, dt); rr = Lookup(use16 ? cached.R16! : cached.R!, idx, dt);
-                if (adpo) tt = Lookup(cached.Tox!, idx, dt);
+                bool use16 = low && cached.Bf16 is not null;
+                rc = Lookup(use16 ? cached.Bf16!.A : cached.C!, idx, dt); rr = Lookup(use16 ? cached.Bf16!.B : cached.R!, idx, dt);
+                if (adpo) tt = Lookup(cached.Tox!.A, idx, dt);
             }
             else
             {
@@ -383,7 +377,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
                 var r = PolicyLogps(low && liveRef16 is not null ? liveRef16 : liveRef, idx, false);
                 rc = r[0]; rr = r[1];
                 if (adpo)
-                    tt = SegmentLogpSums(toxicModel!, idx.Select(i => all[i].ToxicPrompt!).ToList(), [idx.Select(i => all[i].Toxic!).ToList()], padId, o.SharePrompts).to(dt);
+                    tt = ToxicLogpSums(toxicModel!, all, idx, padId, o.SharePrompts).to(dt);
             }
             var chosenTokens = torch.tensor(idx.Select(i => (double)all[i].Chosen.Length).ToArray()).to(dt);
             var rejectedTokens = torch.tensor(idx.Select(i => (double)all[i].Rejected.Length).ToArray()).to(dt);
@@ -393,10 +387,23 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         }
     }
 
+    /// <summary>Summed log-probs of the chosen and the rejected completion (and, with <paramref name="withToxic"/>, y_t) of
+    /// examples <paramref name="idx"/> after their prompts, [segments·n] in segment-major order.</summary>
+    internal static Tensor PairLogpSums(ICausalLM m, List<TokenizedExample> all, IReadOnlyList<int> idx, int padId, bool share, bool withToxic = false)
+    {
+        var segments = new List<IReadOnlyList<int[]>> { idx.Select(i => all[i].Chosen).ToList(), idx.Select(i => all[i].Rejected).ToList() };
+        if (withToxic) segments.Add(idx.Select(i => all[i].Toxic!).ToList());
+        return SegmentLogpSums(m, idx.Select(i => all[i].Prompt).ToList(), segments, padId, share);
+    }
+
+    /// <summary>Summed log-probs of y_t after [TOXIC]+prompt (π_tox's context) of examples <paramref name="idx"/>, [n].</summary>
+    internal static Tensor ToxicLogpSums(ICausalLM m, List<TokenizedExample> all, IReadOnlyList<int> idx, int padId, bool share) =>
+        SegmentLogpSums(m, idx.Select(i => all[i].ToxicPrompt!).ToList(), [idx.Select(i => all[i].Toxic!).ToList()], padId, share);
+
     /// <summary>Summed completion log-probs of segment s's completion of example i after the example's prompt,
     /// [segments·n] in segment-major order (s·n + i): shared-prompt scoring when <paramref name="share"/> and it applies,
     /// else one padded sequence per (prompt, completion).</summary>
-    internal static Tensor SegmentLogpSums(ICausalLM m, IReadOnlyList<int[]> prompts, IReadOnlyList<IReadOnlyList<int[]>> segments, int padId, bool share)
+    static Tensor SegmentLogpSums(ICausalLM m, IReadOnlyList<int[]> prompts, IReadOnlyList<IReadOnlyList<int[]>> segments, int padId, bool share)
     {
         if (share && LogProbs.CanSharePrompts(m, prompts, segments.SelectMany(c => c)))
             return LogProbs.SharedPromptSums(m, prompts, segments.SelectMany(seg => seg.Select((c, i) => (i, c))).ToList(), padId);
