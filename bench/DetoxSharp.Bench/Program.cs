@@ -219,7 +219,7 @@ if (args.Contains("--alloc-child"))
         torch.manual_seed(0);
         using var m124 = new Gpt2Model(Gpt2Config.Small);
         var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
-        var (_, sec124, l0, l1) = SftMixedTokensPerSec(m124, 4, 128, Arg("--steps", 2));
+        var (_, sec124, l0, l1) = args.Contains("--torch-optim") ? SftMixedTokensPerSec(m124, 4, 128, Arg("--steps", 2)) : SftMixedDetoxStepTokensPerSec(m124, 4, 128, Arg("--steps", 2));
         double cpu124 = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds / (Arg("--steps", 2) + 1);
         Console.WriteLine($"{sec124 * 1e3:F1} {cpu124 * 1e3:F1} {MinorFaults() - f0} {BitConverter.SingleToInt32Bits(l0):x8},{BitConverter.SingleToInt32Bits(l1):x8}");
         return 0;
@@ -246,7 +246,7 @@ if (args.Contains("--allocator-ab"))
         foreach (var (name, env) in variants)
         {
             var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true };
-            foreach (var a in new[] { dll, "--alloc-child", "--threads", threads.ToString(), "--steps", Arg("--steps", 4).ToString() }.Concat(args.Contains("--fp32") ? ["--fp32"] : []).Concat(args.Contains("--gpt2-124m") ? ["--gpt2-124m"] : []))
+            foreach (var a in new[] { dll, "--alloc-child", "--threads", threads.ToString(), "--steps", Arg("--steps", 4).ToString() }.Concat(args.Contains("--fp32") ? ["--fp32"] : []).Concat(args.Contains("--gpt2-124m") ? ["--gpt2-124m"] : []).Concat(args.Contains("--torch-optim") ? ["--torch-optim"] : []))
                 psi.ArgumentList.Add(a);
             psi.Environment.Remove(DetoxSharp.MallocTunables.Variable); // this process's own tunables are not the variant's
             foreach (var (k, v) in env) psi.Environment[k] = v;
@@ -610,6 +610,31 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Sf
     using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
     using var opt = torch.optim.AdamW(model.parameters(), 1e-5);
     var r = TimeSteps(() => SftMixedStep(mp, opt, ids), b, t, steps);
+    model.eval();
+    return r;
+}
+
+/// The same bf16-mixed SFT step as <see cref="SftMixedTokensPerSec"/> run the way <c>detox sft</c>'s training loop runs
+/// it (TrainingLoop): the fused AdamW that <see cref="Optimizers.Create"/> gives, writing the bf16 working weights itself
+/// (<c>MirrorUpdates</c>), the first micro-batch's gradients replacing the master's instead of zeroing and adding.
+/// Same values as TorchSharp's AdamW with its defaults (weight decay 0): the losses are equal to the bit.
+static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftMixedDetoxStepTokensPerSec(Gpt2Model model, int b, int t, int steps)
+{
+    model.train();
+    using var mp = new MixedPrecision(model);
+    using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
+    using var opt = Optimizers.Create(OptimizerKind.AdamW, model.parameters(), new OptimizerSettings { LearningRate = 1e-5 });
+    if (opt is not FusedOptimizer fused || !mp.MirrorUpdates(fused)) throw new InvalidOperationException("the fused AdamW did not take over the working copy's weights");
+    var r = TimeSteps(() =>
+    {
+        using var scope = torch.NewDisposeScope();
+        var loss = LmLoss(mp.Working, ids);
+        loss.backward();
+        mp.AccumulateGradients(overwrite: true, divisor: 1);
+        opt.step();
+        mp.SyncTrained();
+        return loss.item<float>();
+    }, b, t, steps);
     model.eval();
     return r;
 }
