@@ -614,10 +614,11 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Sf
     return r;
 }
 
-/// The same bf16-mixed SFT step as <see cref="SftMixedTokensPerSec"/> run the way <c>detox sft</c>'s training loop runs
-/// it (TrainingLoop): the fused AdamW that <see cref="Optimizers.Create"/> gives, writing the bf16 working weights itself
-/// (<c>MirrorUpdates</c>), the first micro-batch's gradients replacing the master's instead of zeroing and adding.
-/// Same values as TorchSharp's AdamW with its defaults (weight decay 0): the losses are equal to the bit.
+/// The same bf16-mixed SFT step as <see cref="SftMixedTokensPerSec"/> with the optimizer and precision hand-over of
+/// <c>detox sft</c>'s training loop (TrainingLoop): the fused AdamW that <see cref="Optimizers.Create"/> gives, writing
+/// the bf16 working weights itself (<c>MirrorUpdates</c>), the first micro-batch's gradients replacing the master's
+/// instead of zeroing and adding; no clipping, as in the other step. Same values as TorchSharp's AdamW with its defaults
+/// (weight decay 0): the losses are equal to the bit.
 static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftMixedDetoxStepTokensPerSec(Gpt2Model model, int b, int t, int steps)
 {
     model.train();
