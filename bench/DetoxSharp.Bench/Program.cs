@@ -219,7 +219,7 @@ if (args.Contains("--alloc-child"))
         torch.manual_seed(0);
         using var m124 = new Gpt2Model(Gpt2Config.Small);
         var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
-        var (_, sec124, l0, l1) = args.Contains("--torch-optim") ? SftMixedTokensPerSec(m124, 4, 128, Arg("--steps", 2)) : SftMixedDetoxStepTokensPerSec(m124, 4, 128, Arg("--steps", 2));
+        var (_, sec124, l0, l1) = SftMixedTokensPerSec(m124, 4, 128, Arg("--steps", 2), detoxOptimizer: !args.Contains("--torch-optim"));
         double cpu124 = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds / (Arg("--steps", 2) + 1);
         Console.WriteLine($"{sec124 * 1e3:F1} {cpu124 * 1e3:F1} {MinorFaults() - f0} {BitConverter.SingleToInt32Bits(l0):x8},{BitConverter.SingleToInt32Bits(l1):x8}");
         return 0;
@@ -603,41 +603,37 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Sf
     return r;
 }
 
-static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftMixedTokensPerSec(Gpt2Model model, int b, int t, int steps)
+/// The bf16-mixed SFT step: by default with TorchSharp's AdamW (zeroed master gradients, then the bf16 ones added, and
+/// a sync of the working copy after the step); with <paramref name="detoxOptimizer"/> with the optimizer and precision
+/// hand-over of <c>detox sft</c>'s training loop (TrainingLoop): the fused AdamW that <see cref="Optimizers.Create"/>
+/// gives, writing the bf16 working weights itself (<c>MirrorUpdates</c>), the first micro-batch's gradients replacing
+/// the master's. No clipping in either. The same values either way (TorchSharp's AdamW with its defaults has weight
+/// decay 0): the losses are equal to the bit.
+static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftMixedTokensPerSec(Gpt2Model model, int b, int t, int steps, bool detoxOptimizer = false)
 {
     model.train();
     using var mp = new MixedPrecision(model);
     using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
-    using var opt = torch.optim.AdamW(model.parameters(), 1e-5);
-    var r = TimeSteps(() => SftMixedStep(mp, opt, ids), b, t, steps);
+    using var opt = detoxOptimizer ? Optimizers.Create(OptimizerKind.AdamW, model.parameters(), new OptimizerSettings { LearningRate = 1e-5 })
+        : torch.optim.AdamW(model.parameters(), 1e-5);
+    if (detoxOptimizer && (opt is not FusedOptimizer fused || !mp.MirrorUpdates(fused)))
+        throw new InvalidOperationException("the fused AdamW did not take over the working copy's weights");
+    var r = TimeSteps(() => detoxOptimizer ? SftMixedDetoxStep(mp, opt, ids) : SftMixedStep(mp, opt, ids), b, t, steps);
     model.eval();
     return r;
 }
 
-/// The same bf16-mixed SFT step as <see cref="SftMixedTokensPerSec"/> with the optimizer and precision hand-over of
-/// <c>detox sft</c>'s training loop (TrainingLoop): the fused AdamW that <see cref="Optimizers.Create"/> gives, writing
-/// the bf16 working weights itself (<c>MirrorUpdates</c>), the first micro-batch's gradients replacing the master's
-/// instead of zeroing and adding; no clipping, as in the other step. Same values as TorchSharp's AdamW with its defaults
-/// (weight decay 0): the losses are equal to the bit.
-static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftMixedDetoxStepTokensPerSec(Gpt2Model model, int b, int t, int steps)
+/// <summary>One step of <see cref="SftMixedTokensPerSec"/> with <c>detox sft</c>'s hand-over (the optimizer writes the
+/// working copy).</summary>
+static float SftMixedDetoxStep(MixedPrecision mp, torch.optim.Optimizer opt, Tensor ids)
 {
-    model.train();
-    using var mp = new MixedPrecision(model);
-    using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
-    using var opt = Optimizers.Create(OptimizerKind.AdamW, model.parameters(), new OptimizerSettings { LearningRate = 1e-5 });
-    if (opt is not FusedOptimizer fused || !mp.MirrorUpdates(fused)) throw new InvalidOperationException("the fused AdamW did not take over the working copy's weights");
-    var r = TimeSteps(() =>
-    {
-        using var scope = torch.NewDisposeScope();
-        var loss = LmLoss(mp.Working, ids);
-        loss.backward();
-        mp.AccumulateGradients(overwrite: true, divisor: 1);
-        opt.step();
-        mp.SyncTrained();
-        return loss.item<float>();
-    }, b, t, steps);
-    model.eval();
-    return r;
+    using var scope = torch.NewDisposeScope();
+    var loss = LmLoss(mp.Working, ids);
+    loss.backward();
+    mp.AccumulateGradients(overwrite: true, divisor: 1);
+    opt.step();
+    mp.SyncTrained();
+    return loss.item<float>();
 }
 
 /// `--dtype bfloat16`: the whole model, grads and AdamW state in bf16 (logits cast to fp32 for the loss, as the trainer does).
