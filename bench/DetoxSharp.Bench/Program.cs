@@ -667,7 +667,7 @@ static (double TokPerSec, List<int[]> Tokens) GenerationTokensPerSec(Gpt2Model m
 }
 
 // what NativeSetup did to the allocator and to MKL's kernel choice, for the figures' context lines
-static string NativeSettings() => $"{DetoxSharp.NativeSetup.Description}; MKL: {DetoxSharp.NativeSetup.MklDescription}";
+static string NativeSettings() => $"{DetoxSharp.NativeSetup.Description}; MKL: {DetoxSharp.NativeSetup.MklDescription}; CPU: {DetoxSharp.Training.CpuFeatures.Description}; {CpuPeak.Line()}";
 static string LoadAverage() =>
     File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "n/a";
 
@@ -696,9 +696,7 @@ string[] RssOver(string what, int steps, Action<int> step)
 
 void WriteReport(bool complete)
 {
-    var cpu = File.Exists("/proc/cpuinfo")
-        ? File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name"))?.Split(':', 2)[1].Trim() ?? "unknown"
-        : "unknown";
+    var cpu = $"{DetoxSharp.Training.CpuFeatures.Description}; {CpuPeak.Line()}";
     var tsVersion = typeof(torch).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion.Split('+')[0]
                     ?? typeof(torch).Assembly.GetName().Version?.ToString();
     var libtorch = Assembly.GetExecutingAssembly().GetCustomAttributes<AssemblyMetadataAttribute>().FirstOrDefault(a => a.Key == "LibTorch")?.Value;

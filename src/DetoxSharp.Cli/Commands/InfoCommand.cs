@@ -33,6 +33,7 @@ public static class InfoCommand
                 ["stored_dtype"] = DetoxSharp.Checkpoints.HfCheckpoint.ReadConfig(m.Directory)["torch_dtype"]?.DeepClone(), // as written in config.json, not the dtype loaded for inspection
                 ["allocator"] = DetoxSharp.NativeSetup.Description, // libtorch THP setting, plus GLIBC_TUNABLES when detox re-executed itself with it
                 ["mkl"] = DetoxSharp.NativeSetup.MklDescription, // MKL's fp32 GEMM kernel choice (NativeSetup.InitMkl)
+                ["cpu"] = DetoxSharp.Training.CpuFeatures.Description, // name, family/model (AMD generation), vector flags: the context of any timing
                 ["activation"] = (cfg["activation_function"] ?? cfg["hidden_act"])?.DeepClone(),
                 ["kv_heads"] = cfg["num_key_value_heads"]?.DeepClone() ?? lm.NumHeads,
                 ["tokenizer"] = m.Tokenizer.Source,

@@ -85,6 +85,51 @@ public static class CpuFeatures
         return false;
     }
 
+    static readonly Lazy<string> Desc = new(() =>
+    {
+        try { return OperatingSystem.IsLinux() && File.Exists("/proc/cpuinfo") ? Describe(File.ReadAllText("/proc/cpuinfo")) : "unknown CPU (no /proc/cpuinfo)"; }
+        catch (IOException) { return "unknown CPU (/proc/cpuinfo unreadable)"; }
+        catch (UnauthorizedAccessException) { return "unknown CPU (/proc/cpuinfo unreadable)"; }
+    });
+
+    /// <summary>This CPU in one line, for the context of timings (bench headers, <c>detox info</c>): model name, x86 family
+    /// and model, the AMD core generation where known, and the vector flags that decide the speed of libtorch's kernels.
+    /// Two machines with the same "model name" can differ twice in AVX-512 throughput per cycle (AMD's Zen 4 runs
+    /// 512-bit operations in two 256-bit halves, Zen 5's server cores in one), so figures name the generation.</summary>
+    public static string Description => Desc.Value;
+
+    /// <summary>The one-line description of <see cref="Description"/> for a /proc/cpuinfo text.</summary>
+    /// <param name="cpuinfo">The text of /proc/cpuinfo.</param>
+    internal static string Describe(string cpuinfo)
+    {
+        string? name = null, family = null, model = null;
+        foreach (var (key, value) in Fields(cpuinfo))
+        {
+            if (key == "model name") name ??= value;
+            else if (key == "cpu family") family ??= value;
+            else if (key == "model") model ??= value;
+        }
+        var (vendor, flags) = X86VendorAndFlags(cpuinfo);
+        var parts = new List<string> { name ?? "unknown CPU" };
+        if (int.TryParse(family, out int f) && int.TryParse(model, out int m))
+        {
+            string? gen = vendor == "AuthenticAMD" ? AmdGeneration(f, m) : null;
+            parts.Add($"family {f} model {m}" + (gen is null ? "" : $" ({gen})"));
+        }
+        var vec = new[] { "avx2", "avx512f", "avx512_bf16", "amx_bf16" }.Where(flags.Contains).ToList();
+        if (vec.Count > 0) parts.Add(string.Join(' ', vec));
+        return string.Join(", ", parts);
+    }
+
+    /// <summary>AMD's core generation for an x86 family and model (AMD's published family/model ranges), or null.</summary>
+    static string? AmdGeneration(int family, int model) => family switch
+    {
+        0x17 => model < 0x30 ? "Zen/Zen+" : "Zen 2",
+        0x19 => model is >= 0x10 and <= 0x1F or >= 0x60 and <= 0x7F or >= 0xA0 and <= 0xAF ? "Zen 4" : "Zen 3",
+        0x1A => "Zen 5",
+        _ => null,
+    };
+
     /// <summary>The first processor's <c>vendor_id</c> (null if none) and <c>flags</c> in a /proc/cpuinfo text (x86).</summary>
     internal static (string? Vendor, HashSet<string> Flags) X86VendorAndFlags(string cpuinfo)
     {

@@ -77,6 +77,8 @@ public class ReExecutionTests
         var mkl = JsonNode.Parse(info.Out)!["mkl"]!.GetValue<string>();
         if (MklDispatchTests.ExpectIntelDispatchOnAmd(out _)) Assert.StartsWith("MKL dispatches by instruction set on this AMD CPU", mkl);
         else Assert.StartsWith("MKL's own dispatch", mkl);
+        // the CPU line the timings of a bug report need: this machine's as the library reads it
+        Assert.Equal(DetoxSharp.Training.CpuFeatures.Description, JsonNode.Parse(info.Out)!["cpu"]!.GetValue<string>());
         var mklOptOut = Run(new() { ["DETOX_MKL_DEFAULT_DISPATCH"] = "1" }, "info", "--model", model, "--json");
         Assert.True(mklOptOut.Code == 0, mklOptOut.Err);
         Assert.Equal(System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture == System.Runtime.InteropServices.Architecture.X64 ? "MKL's own dispatch (DETOX_MKL_DEFAULT_DISPATCH=1)" : mkl, JsonNode.Parse(mklOptOut.Out)!["mkl"]!.GetValue<string>());

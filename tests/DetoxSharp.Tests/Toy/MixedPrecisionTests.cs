@@ -526,6 +526,24 @@ public class AutoPrecisionTests
         Assert.Empty(empty);
     }
 
+    /// <summary>The CPU line of timings: the first processor's name, family and model, AMD's generation by family/model
+    /// (Zen 4 and Zen 5 differ twice in AVX-512 width), and the vector flags.</summary>
+    [Fact]
+    public void CpuDescriptionNamesFamilyModelGenerationAndVectorFlags()
+    {
+        string Amd(int family, int model) => $"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: {model}\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+            + "processor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: other\nflags\t\t: sse2\n";
+        Assert.Equal("AMD EPYC, family 25 model 17 (Zen 4), avx2 avx512f avx512_bf16", CpuFeatures.Describe(Amd(25, 17)));
+        Assert.Equal("AMD EPYC, family 26 model 2 (Zen 5), avx2 avx512f avx512_bf16", CpuFeatures.Describe(Amd(26, 2)));
+        Assert.Equal("AMD EPYC, family 25 model 1 (Zen 3), avx2 avx512f avx512_bf16", CpuFeatures.Describe(Amd(25, 1)));
+        Assert.Equal("AMD EPYC, family 25 model 160 (Zen 4), avx2 avx512f avx512_bf16", CpuFeatures.Describe(Amd(25, 0xA0)));
+        Assert.Equal("AMD EPYC, family 23 model 49 (Zen 2), avx2 avx512f avx512_bf16", CpuFeatures.Describe(Amd(23, 49)));
+        // no generation for other vendors; no family line (arm64): the name alone
+        Assert.Equal("Intel(R) Xeon(R), family 6 model 143, avx2 avx512f amx_bf16",
+            CpuFeatures.Describe("vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: avx2 avx512f amx_tile amx_bf16\n"));
+        Assert.Equal("unknown CPU", CpuFeatures.Describe("processor\t: 0\nFeatures\t: fp asimd bf16\n"));
+    }
+
     [Fact]
     public void AutoResolvesByModelDtypeAndCpu()
     {
