@@ -667,7 +667,8 @@ static (double TokPerSec, List<int[]> Tokens) GenerationTokensPerSec(Gpt2Model m
 }
 
 // what NativeSetup did to the allocator and to MKL's kernel choice, for the figures' context lines
-static string NativeSettings() => $"{DetoxSharp.NativeSetup.Description}; MKL: {DetoxSharp.NativeSetup.MklDescription}; CPU: {DetoxSharp.Training.CpuFeatures.Description}; {CpuPeak.Line()}";
+static string NativeSettings(bool cpu = true) => $"{DetoxSharp.NativeSetup.Description}; MKL: {DetoxSharp.NativeSetup.MklDescription}"
+    + (cpu ? $"; CPU: {DetoxSharp.Training.CpuFeatures.Description}; {CpuPeak.Line()}" : "");
 static string LoadAverage() =>
     File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "n/a";
 
@@ -706,7 +707,7 @@ void WriteReport(bool complete)
     sb.AppendLine($"Measured {started:yyyy-MM-dd HH:mm} UTC by `dotnet run -c Release --project bench/DetoxSharp.Bench --{(quick ? " --quick" : "")}{(thrIdx >= 0 ? $" --threads {threads}" : "")}`" + (complete ? "." : " — **incomplete: the run was still going when this was written**."));
     sb.AppendLine();
     sb.AppendLine($"- CPU: {cpu}; threads: {threads} (torch.set_num_threads; default = Environment.ProcessorCount = {Environment.ProcessorCount})");
-    sb.AppendLine($"- TorchSharp {tsVersion}, {libtorch}, .NET {Environment.Version}; allocator: {(Environment.GetEnvironmentVariable("LD_PRELOAD") is { Length: > 0 } pre ? $"LD_PRELOAD={pre}" : "glibc malloc")}, {NativeSettings()}");
+    sb.AppendLine($"- TorchSharp {tsVersion}, {libtorch}, .NET {Environment.Version}; allocator: {(Environment.GetEnvironmentVariable("LD_PRELOAD") is { Length: > 0 } pre ? $"LD_PRELOAD={pre}" : "glibc malloc")}, {NativeSettings(cpu: false)}");
     sb.AppendLine($"- Mode: {(quick ? "quick (smaller batches, fewer steps, no 355M; generation 32 new tokens for toy, 8 new tokens at batch 1 only for 124M; memory steps on smaller batches)" : "full")}");
     sb.AppendLine($"- Load average (1 min) at start {loadAtStart}, when written {LoadAverage()} — with a load above the core count the machine was shared with other jobs while measuring, so every figure is noisy and pessimistic (libtorch's OpenMP threads degrade badly when oversubscribed).");
     sb.AppendLine("- Random weights; fp32 unless stated. Forward = no-grad forward of a full batch. SFT step = forward + LM cross-entropy + backward + AdamW.");
