@@ -112,17 +112,19 @@ if (sbsIdx >= 0)
     torch.manual_seed(0);
     using var sbsModel = new Gpt2Model(sbsCfg);
     double sbsFwd = ForwardTokensPerSec(sbsModel, sb, st, Arg("--forward-reps", 3));
-    var (sbsSft, sbsSec, _, _) = SftTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3));
+    // the step as `detox sft` runs it (its flat-buffer AdamW), and with TorchSharp's torch.optim.AdamW for comparison
+    var (sbsSftTorch, _, _, _) = SftTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3));
+    var (sbsSft, sbsSec, _, _) = SftTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3), detoxOptimizer: true);
     // DetoxSharp's default training precision (--precision auto: bf16-mixed where the CPU has native bf16), the same step
     var auto = MixedPrecision.Resolve(sbsModel, Precision.Auto);
-    double sbsAuto = auto == Precision.Bf16Mixed ? SftMixedTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3)).tokPerSec : sbsSft;
+    double sbsAuto = auto == Precision.Bf16Mixed ? SftMixedTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3), detoxOptimizer: true).tokPerSec : sbsSft;
     Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
     {
         ["impl"] = "detoxsharp", ["version"] = $"TorchSharp {typeof(torch).Assembly.GetName().Version}", ["threads"] = torch.get_num_threads(),
         ["config"] = cfgName, ["params"] = sbsModel.parameters().Sum(p => p.numel()), ["batch"] = sb, ["seq"] = st,
-        ["forward_tok_s"] = sbsFwd, ["sft_tok_s"] = sbsSft, ["sft_s_per_step"] = sbsSec,
+        ["forward_tok_s"] = sbsFwd, ["sft_tok_s"] = sbsSft, ["sft_s_per_step"] = sbsSec, ["sft_torch_optim_tok_s"] = sbsSftTorch,
         ["sft_default_tok_s"] = sbsAuto, ["default_precision"] = PrecisionJsonConverter.Name(auto), ["allocator"] = DetoxSharp.NativeSetup.Description,
-        ["mkl"] = DetoxSharp.NativeSetup.MklDescription,
+        ["mkl"] = DetoxSharp.NativeSetup.MklDescription, ["cpu"] = $"{DetoxSharp.Training.CpuFeatures.Description}; {CpuPeak.Line()}",
     }));
     return 0;
 }
@@ -593,11 +595,14 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Ti
     return ((double)b * t * steps / sec, sec / steps, first, last);
 }
 
-static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftTokensPerSec(Gpt2Model model, int b, int t, int steps)
+/// The fp32 SFT step: by default with TorchSharp's AdamW; with <paramref name="detoxOptimizer"/> with the AdamW that
+/// <c>detox sft --precision fp32</c> trains with (<see cref="Optimizers.Create"/>: the flat-buffer one), the same updates.
+static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftTokensPerSec(Gpt2Model model, int b, int t, int steps, bool detoxOptimizer = false)
 {
     model.train();
     using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
-    using var opt = torch.optim.AdamW(model.parameters(), 1e-4);
+    using var opt = detoxOptimizer ? Optimizers.Create(OptimizerKind.AdamW, model.parameters(), new OptimizerSettings { LearningRate = 1e-4 })
+        : torch.optim.AdamW(model.parameters(), 1e-4);
     var r = TimeSteps(() => SftStep(model, opt, ids), b, t, steps);
     model.eval();
     return r;
