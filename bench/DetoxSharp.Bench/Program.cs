@@ -124,7 +124,7 @@ if (sbsIdx >= 0)
         ["config"] = cfgName, ["params"] = sbsModel.parameters().Sum(p => p.numel()), ["batch"] = sb, ["seq"] = st,
         ["forward_tok_s"] = sbsFwd, ["sft_tok_s"] = sbsSft, ["sft_s_per_step"] = sbsSec, ["sft_torch_optim_tok_s"] = sbsSftTorch,
         ["sft_default_tok_s"] = sbsAuto, ["default_precision"] = PrecisionJsonConverter.Name(auto), ["allocator"] = DetoxSharp.NativeSetup.Description,
-        ["mkl"] = DetoxSharp.NativeSetup.MklDescription, ["cpu"] = $"{DetoxSharp.Training.CpuFeatures.Description}; {CpuPeak.Line()}",
+        ["mkl"] = DetoxSharp.NativeSetup.MklDescription, ["cpu"] = CpuLine(),
     }));
     return 0;
 }
@@ -601,8 +601,7 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Sf
 {
     model.train();
     using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
-    using var opt = detoxOptimizer ? Optimizers.Create(OptimizerKind.AdamW, model.parameters(), new OptimizerSettings { LearningRate = 1e-4 })
-        : torch.optim.AdamW(model.parameters(), 1e-4);
+    using var opt = AdamW(model, 1e-4, detoxOptimizer);
     var r = TimeSteps(() => SftStep(model, opt, ids), b, t, steps);
     model.eval();
     return r;
@@ -619,14 +618,19 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Sf
     model.train();
     using var mp = new MixedPrecision(model);
     using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
-    using var opt = detoxOptimizer ? Optimizers.Create(OptimizerKind.AdamW, model.parameters(), new OptimizerSettings { LearningRate = 1e-5 })
-        : torch.optim.AdamW(model.parameters(), 1e-5);
+    using var opt = AdamW(model, 1e-5, detoxOptimizer);
     if (detoxOptimizer && (opt is not FusedOptimizer fused || !mp.MirrorUpdates(fused)))
         throw new InvalidOperationException("the fused AdamW did not take over the working copy's weights");
     var r = TimeSteps(() => detoxOptimizer ? SftMixedDetoxStep(mp, opt, ids) : SftMixedStep(mp, opt, ids), b, t, steps);
     model.eval();
     return r;
 }
+
+/// AdamW over the model's parameters: TorchSharp's <c>torch.optim.AdamW</c>, or with <paramref name="detox"/> the one
+/// <c>detox sft</c> trains with (<see cref="Optimizers.Create"/>: the flat-buffer one; the same updates).
+static torch.optim.Optimizer AdamW(Gpt2Model model, double lr, bool detox) => detox
+    ? Optimizers.Create(OptimizerKind.AdamW, model.parameters(), new OptimizerSettings { LearningRate = lr })
+    : torch.optim.AdamW(model.parameters(), lr);
 
 /// <summary>One step of <see cref="SftMixedTokensPerSec"/> with <c>detox sft</c>'s hand-over (the optimizer writes the
 /// working copy).</summary>
@@ -673,7 +677,9 @@ static (double TokPerSec, List<int[]> Tokens) GenerationTokensPerSec(Gpt2Model m
 
 // what NativeSetup did to the allocator and to MKL's kernel choice, for the figures' context lines
 static string NativeSettings(bool cpu = true) => $"{DetoxSharp.NativeSetup.Description}; MKL: {DetoxSharp.NativeSetup.MklDescription}"
-    + (cpu ? $"; CPU: {DetoxSharp.Training.CpuFeatures.Description}; {CpuPeak.Line()}" : "");
+    + (cpu ? $"; CPU: {CpuLine()}" : "");
+// the CPU (name, family/model, AMD generation, vector flags) and its measured FMA peak, for the figures' context lines
+static string CpuLine() => $"{DetoxSharp.Training.CpuFeatures.Description}; {CpuPeak.Line()}";
 static string LoadAverage() =>
     File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "n/a";
 
@@ -702,7 +708,7 @@ string[] RssOver(string what, int steps, Action<int> step)
 
 void WriteReport(bool complete)
 {
-    var cpu = $"{DetoxSharp.Training.CpuFeatures.Description}; {CpuPeak.Line()}";
+    var cpu = CpuLine();
     var tsVersion = typeof(torch).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion.Split('+')[0]
                     ?? typeof(torch).Assembly.GetName().Version?.ToString();
     var libtorch = Assembly.GetExecutingAssembly().GetCustomAttributes<AssemblyMetadataAttribute>().FirstOrDefault(a => a.Key == "LibTorch")?.Value;

@@ -62,10 +62,16 @@ public static class CpuFeatures
     {
         var env = Environment.GetEnvironmentVariable("DETOX_NATIVE_BF16");
         if (env is "0" or "1") return env == "1";
-        try { return OperatingSystem.IsLinux() && File.Exists("/proc/cpuinfo") && FlagsHaveBf16(File.ReadAllText("/proc/cpuinfo")); }
-        catch (IOException) { return false; }
-        catch (UnauthorizedAccessException) { return false; }
+        return CpuInfo() is string text && FlagsHaveBf16(text);
     });
+
+    /// <summary>The text of /proc/cpuinfo on Linux, or null when there is none or it cannot be read.</summary>
+    static string? CpuInfo()
+    {
+        try { return OperatingSystem.IsLinux() && File.Exists("/proc/cpuinfo") ? File.ReadAllText("/proc/cpuinfo") : null; }
+        catch (IOException) { return null; }
+        catch (UnauthorizedAccessException) { return null; }
+    }
 
     /// <summary>True when this CPU has native bfloat16 arithmetic (x86: the <c>avx512_bf16</c> or <c>amx_bf16</c> flag of
     /// /proc/cpuinfo; ARM: <c>bf16</c> in its Features line). Read once; <c>DETOX_NATIVE_BF16=0|1</c> overrides it.
@@ -85,12 +91,7 @@ public static class CpuFeatures
         return false;
     }
 
-    static readonly Lazy<string> Desc = new(() =>
-    {
-        try { return OperatingSystem.IsLinux() && File.Exists("/proc/cpuinfo") ? Describe(File.ReadAllText("/proc/cpuinfo")) : "unknown CPU (no /proc/cpuinfo)"; }
-        catch (IOException) { return "unknown CPU (/proc/cpuinfo unreadable)"; }
-        catch (UnauthorizedAccessException) { return "unknown CPU (/proc/cpuinfo unreadable)"; }
-    });
+    static readonly Lazy<string> Desc = new(() => CpuInfo() is string text ? Describe(text) : "unknown CPU (no readable /proc/cpuinfo)");
 
     /// <summary>This CPU in one line, for the context of timings (bench headers, <c>detox info</c>): model name, x86 family
     /// and model, the AMD core generation where known, and the vector flags that decide the speed of libtorch's kernels.
