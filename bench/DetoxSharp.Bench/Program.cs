@@ -294,6 +294,11 @@ if (args.Contains("--toy-ab"))
     Console.WriteLine($"load average at end {LoadAverage()}");
     return 0;
 }
+if (args.Contains("--attn-shapes"))
+{
+    ToyOps.Shapes(Console.WriteLine);
+    return 0;
+}
 if (args.Contains("--toy-ops"))
 {
     ToyOps.Run(ScalarType.BFloat16, Console.WriteLine);

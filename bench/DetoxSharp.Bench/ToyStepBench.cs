@@ -69,6 +69,42 @@ static class ToyStepBench
 
 static class ToyOps
 {
+    /// <summary>bf16 attention forward + backward per call, CpuAttention's math path against the fp32 kernel, at the toy's
+    /// pretraining (32×4×96×96) and DPO shapes (prompt 4×4×32×32, completions 8×4×20×52 with a cache, one decoding query)
+    /// and GPT-2 small's at 128–1024 tokens: where the math path pays (<c>--attn-shapes</c>).</summary>
+    public static void Shapes(Action<string> log)
+    {
+        var shapes = new (int B, int H, int T, int K, int D)[] { (4, 4, 32, 32, 64), (8, 4, 20, 52, 64), (8, 4, 1, 52, 64), (32, 4, 96, 96, 64), (4, 12, 128, 128, 64), (4, 12, 256, 256, 64), (2, 12, 512, 512, 64), (1, 12, 1024, 1024, 64) };
+        foreach (var (B, H, T, K, D) in shapes)
+        {
+            var g = new Generator(1);
+            var q = torch.randn([B, H, T, D], generator: g).to(ScalarType.BFloat16).requires_grad_(true);
+            var k = torch.randn([B, H, K, D], generator: g).to(ScalarType.BFloat16).requires_grad_(true);
+            var v = torch.randn([B, H, K, D], generator: g).to(ScalarType.BFloat16).requires_grad_(true);
+            Tensor? mask = T == K ? null : torch.ones(B, 1, T, K, dtype: ScalarType.Bool).tril(K - T);
+            bool causal = T == K;
+            var res = new List<string>();
+            foreach (var (name, f) in new (string, Func<Tensor>)[] { ("math path", () => CpuAttention.MathPath(q, k, v, mask, causal)), ("fp32 kernel", () => CpuAttention.Float32Kernel(q, k, v, mask, causal)) })
+            {
+                int reps = Math.Max(10, (int)(2e9 / ((double)B * H * T * K * D)));
+                double fwd = 0, bwd = 0;
+                for (int r = 0; r <= reps; r++)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    q.grad = null; k.grad = null; v.grad = null;
+                    var sw = Stopwatch.StartNew();
+                    var y = f();
+                    double a = sw.Elapsed.TotalMilliseconds; sw.Restart();
+                    y.backward([torch.ones_like(y)]);
+                    double b = sw.Elapsed.TotalMilliseconds;
+                    if (r > 0) { fwd += a; bwd += b; }
+                }
+                res.Add($"{name} {fwd / reps,7:F3} + {bwd / reps,7:F3} ms");
+            }
+            log($"bf16 attention {B}×{H}×{T}×{K}×{D}, forward + backward: {string.Join("   ", res)}");
+        }
+    }
+
     public static void Run(ScalarType dt, Action<string> log)
     {
         const int B = 32, T = 96, D = 256, F = 1024, V = 2724, H = 4;
@@ -84,6 +120,7 @@ static class ToyOps
             C("gelu tanh 3072×1024", () => [torch.randn(B * T, F, dtype: dt)], x => torch.nn.functional.gelu(x[0], TorchSharp.Modules.GELU.Approximate.tanh));
             C("sdpa causal 32×4×96×64", () => [torch.randn(B, H, T, D / H, dtype: dt), torch.randn(B, H, T, D / H, dtype: dt), torch.randn(B, H, T, D / H, dtype: dt)], x => torch.nn.functional.scaled_dot_product_attention(x[0], x[1], x[2], null, 0.0, true));
             C("sdpa bool mask 32×4×96×64", () => [torch.randn(B, H, T, D / H, dtype: dt), torch.randn(B, H, T, D / H, dtype: dt), torch.randn(B, H, T, D / H, dtype: dt)], x => torch.nn.functional.scaled_dot_product_attention(x[0], x[1], x[2], torch.ones(B, 1, T, T, dtype: ScalarType.Bool).tril(), 0.0, false));
+            C("sdpa via CpuAttention 32×4×96×64", () => [torch.randn(B, H, T, D / H, dtype: dt), torch.randn(B, H, T, D / H, dtype: dt), torch.randn(B, H, T, D / H, dtype: dt)], x => CpuAttention.Sdpa(x[0], x[1], x[2], null, true));
             C("add residual 3072×256", () => [torch.randn(B, T, D, dtype: dt), torch.randn(B, T, D, dtype: dt)], x => x[0] + x[1]);
         }
         foreach (var (name, make, f) in cases)
