@@ -69,6 +69,25 @@ static class ToyStepBench
 
 static class ToyOps
 {
+    /// <summary>Mean forward and backward milliseconds of <paramref name="f"/> over <paramref name="reps"/> calls after one
+    /// warm-up call; the inputs' gradients are cleared before each call, the backward seeds ones.</summary>
+    static (double Fwd, double Bwd) ForwardBackwardMs(Tensor[] inputs, Func<Tensor> f, int reps)
+    {
+        double fwd = 0, bwd = 0;
+        for (int r = 0; r <= reps; r++)
+        {
+            using var scope = torch.NewDisposeScope();
+            foreach (var x in inputs) x.grad = null;
+            var sw = Stopwatch.StartNew();
+            var y = f();
+            double a = sw.Elapsed.TotalMilliseconds; sw.Restart();
+            y.backward([torch.ones_like(y)]);
+            double b = sw.Elapsed.TotalMilliseconds;
+            if (r > 0) { fwd += a; bwd += b; }
+        }
+        return (fwd / reps, bwd / reps);
+    }
+
     /// <summary>bf16 attention forward + backward per call, CpuAttention's math path against the fp32 kernel, at the toy's
     /// pretraining (32×4×96×96) and DPO shapes (prompt 4×4×32×32, completions 8×4×20×52 with a cache, one decoding query)
     /// and GPT-2 small's at 128–1024 tokens: where the math path pays (<c>--attn-shapes</c>).</summary>
@@ -86,20 +105,8 @@ static class ToyOps
             var res = new List<string>();
             foreach (var (name, f) in new (string, Func<Tensor>)[] { ("math path", () => CpuAttention.MathPath(q, k, v, mask, causal)), ("fp32 kernel", () => CpuAttention.Float32Kernel(q, k, v, mask, causal)) })
             {
-                int reps = Math.Max(10, (int)(2e9 / ((double)B * H * T * K * D)));
-                double fwd = 0, bwd = 0;
-                for (int r = 0; r <= reps; r++)
-                {
-                    using var scope = torch.NewDisposeScope();
-                    q.grad = null; k.grad = null; v.grad = null;
-                    var sw = Stopwatch.StartNew();
-                    var y = f();
-                    double a = sw.Elapsed.TotalMilliseconds; sw.Restart();
-                    y.backward([torch.ones_like(y)]);
-                    double b = sw.Elapsed.TotalMilliseconds;
-                    if (r > 0) { fwd += a; bwd += b; }
-                }
-                res.Add($"{name} {fwd / reps,7:F3} + {bwd / reps,7:F3} ms");
+                var (fwd, bwd) = ForwardBackwardMs([q, k, v], f, Math.Max(10, (int)(2e9 / ((double)B * H * T * K * D))));
+                res.Add($"{name} {fwd,7:F3} + {bwd,7:F3} ms");
             }
             log($"bf16 attention {B}×{H}×{T}×{K}×{D}, forward + backward: {string.Join("   ", res)}");
         }
@@ -127,19 +134,8 @@ static class ToyOps
         {
             var inputs = make();
             foreach (var x in inputs) x.requires_grad_(true);
-            double fwd = 0, bwd = 0; int reps = 5;
-            for (int r = 0; r <= reps; r++)
-            {
-                using var scope = torch.NewDisposeScope();
-                foreach (var x in inputs) x.grad = null;
-                var sw = Stopwatch.StartNew();
-                var y = f(inputs);
-                double a = sw.Elapsed.TotalMilliseconds; sw.Restart();
-                y.backward([torch.ones_like(y)]);
-                double b = sw.Elapsed.TotalMilliseconds;
-                if (r > 0) { fwd += a; bwd += b; }
-            }
-            log($"{dt,-9} {name,-36} fwd {fwd / reps,7:F2} ms  bwd {bwd / reps,7:F2} ms");
+            var (fwd, bwd) = ForwardBackwardMs(inputs, () => f(inputs), 5);
+            log($"{dt,-9} {name,-36} fwd {fwd,7:F2} ms  bwd {bwd,7:F2} ms");
             foreach (var x in inputs) x.Dispose();
         }
     }
