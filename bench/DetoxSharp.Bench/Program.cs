@@ -30,6 +30,18 @@ var started = DateTime.UtcNow;
 var loadAtStart = LoadAverage();
 var log = (string s) => Console.Error.WriteLine($"[{(DateTime.UtcNow - started).TotalSeconds,6:F1}s] {s}");
 
+// ---- where a `detox dpo` step goes, phase by phase, on a saved model and pairs file ----
+var dpIdx = Array.IndexOf(args, "--dpo-phases");
+if (dpIdx >= 0)
+{
+    if (dpIdx + 2 >= args.Length || !Directory.Exists(args[dpIdx + 1]) || !File.Exists(args[dpIdx + 2]))
+    {
+        Console.Error.WriteLine("--dpo-phases needs a model directory and a pairs file: --dpo-phases MODEL_DIR PAIRS.jsonl [--steps N] [--batch B]");
+        return 2;
+    }
+    DpoPhases.Run(args[dpIdx + 1], args[dpIdx + 2], Arg("--steps", 200), Arg("--batch", 4), Console.WriteLine);
+    return 0;
+}
 // ---- classifier scoring throughput (RoBERTa-base shape, random weights): prints a Markdown table ----
 var clsIdx = Array.IndexOf(args, "--classifier");
 if (clsIdx >= 0)
