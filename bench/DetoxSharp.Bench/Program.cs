@@ -34,12 +34,13 @@ var log = (string s) => Console.Error.WriteLine($"[{(DateTime.UtcNow - started).
 var dpIdx = Array.IndexOf(args, "--dpo-phases");
 if (dpIdx >= 0)
 {
-    if (dpIdx + 2 >= args.Length || !Directory.Exists(args[dpIdx + 1]) || !File.Exists(args[dpIdx + 2]))
+    int dpSteps = Arg("--steps", 200), dpBatch = Arg("--batch", 4);
+    if (dpIdx + 2 >= args.Length || !Directory.Exists(args[dpIdx + 1]) || !File.Exists(args[dpIdx + 2]) || dpSteps <= 20 || dpBatch < 1)
     {
-        Console.Error.WriteLine("--dpo-phases needs a model directory and a pairs file: --dpo-phases MODEL_DIR PAIRS.jsonl [--steps N] [--batch B]");
+        Console.Error.WriteLine("--dpo-phases needs a model directory, a pairs file, --steps > 20 (20 are warm-up) and --batch ≥ 1: --dpo-phases MODEL_DIR PAIRS.jsonl [--steps N] [--batch B]");
         return 2;
     }
-    DpoPhases.Run(args[dpIdx + 1], args[dpIdx + 2], Arg("--steps", 200), Arg("--batch", 4), Console.WriteLine);
+    DpoPhases.Run(args[dpIdx + 1], args[dpIdx + 2], dpSteps, dpBatch, Console.WriteLine);
     return 0;
 }
 // ---- classifier scoring throughput (RoBERTa-base shape, random weights): prints a Markdown table ----
