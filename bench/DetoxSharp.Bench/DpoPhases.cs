@@ -10,14 +10,16 @@ using static TorchSharp.torch;
 /// `--dpo-phases MODEL PAIRS [--steps N] [--batch B] [--threads T]`: wall time per phase of a DPO step as `detox dpo` runs it by
 /// default — shared-prompt scoring of B pairs (default 4) on the bf16 working copy, the sigmoid loss, backward, bf16 → fp32 master
 /// gradients, clipping, fused RMSprop writing the working copy, the loss read back. Pairs are drawn at random (seed 1)
-/// from the file; the reference log-probs are the policy's minus 1 (the timing does not depend on them). The first 20
-/// steps are warm-up. Used to see where a toy DPO step goes (docs/PERFORMANCE.md, twentieth session).
+/// from the file; the reference log-probs are the policy's minus 1 (the timing does not depend on them). The first
+/// <see cref="WarmupSteps"/> steps are warm-up. Used to see where a toy DPO step goes (docs/PERFORMANCE.md, twentieth session).
 /// </summary>
 static class DpoPhases
 {
+    /// <summary>Steps run before the timing starts (Program checks that <c>--steps</c> exceeds them).</summary>
+    public const int WarmupSteps = 20;
+
     public static void Run(string modelDir, string pairsPath, int steps, int batch, Action<string> log)
     {
-        if (steps <= 20 || batch < 1) throw new ArgumentException("--dpo-phases needs --steps > 20 (the first 20 are warm-up) and --batch ≥ 1");
         using var lm = HfCheckpoint.Load(modelDir);
         var model = lm.Model;
         var ex = PreferenceData.Read(pairsPath);
@@ -36,7 +38,7 @@ static class DpoPhases
         var total = Stopwatch.StartNew();
         for (int s = 0; s < steps; s++)
         {
-            if (s == 20) { Array.Clear(t); total.Restart(); }
+            if (s == WarmupSteps) { Array.Clear(t); total.Restart(); }
             using var scope = torch.NewDisposeScope();
             var idx = Enumerable.Range(0, batch).Select(_ => rnd.Next(all.Count)).ToArray();
             int k = 0;
@@ -55,7 +57,7 @@ static class DpoPhases
             mp.SyncTrained(); Lap();
             _ = loss.item<float>(); Lap();
         }
-        double n = steps - 20;
+        double n = steps - WarmupSteps;
         log($"batch {batch}, per step {total.Elapsed.TotalMilliseconds / n:F2} ms: " + string.Join(", ", names.Select((x, i) => $"{x} {t[i] / n:F2}")));
     }
 }

@@ -35,9 +35,9 @@ var dpIdx = Array.IndexOf(args, "--dpo-phases");
 if (dpIdx >= 0)
 {
     int dpSteps = Arg("--steps", 200), dpBatch = Arg("--batch", 4);
-    if (dpIdx + 2 >= args.Length || !Directory.Exists(args[dpIdx + 1]) || !File.Exists(args[dpIdx + 2]) || dpSteps <= 20 || dpBatch < 1)
+    if (dpIdx + 2 >= args.Length || !Directory.Exists(args[dpIdx + 1]) || !File.Exists(args[dpIdx + 2]) || dpSteps <= DpoPhases.WarmupSteps || dpBatch < 1)
     {
-        Console.Error.WriteLine("--dpo-phases needs a model directory, a pairs file, --steps > 20 (20 are warm-up) and --batch ≥ 1: --dpo-phases MODEL_DIR PAIRS.jsonl [--steps N] [--batch B]");
+        Console.Error.WriteLine($"--dpo-phases needs a model directory, a pairs file, --steps > {DpoPhases.WarmupSteps} ({DpoPhases.WarmupSteps} are warm-up) and --batch ≥ 1: --dpo-phases MODEL_DIR PAIRS.jsonl [--steps N] [--batch B]");
         return 2;
     }
     DpoPhases.Run(args[dpIdx + 1], args[dpIdx + 2], dpSteps, dpBatch, Console.WriteLine);
