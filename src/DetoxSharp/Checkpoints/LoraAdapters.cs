@@ -250,6 +250,7 @@ public sealed class LoraAdapters
         using (torch.no_grad())
             foreach (var s in a._slots)
             {
+                using var scope = torch.NewDisposeScope(); // holds the temporaries copy_ reads (docs/ARCHITECTURE.md "Tensor lifetimes")
                 using var delta = s.B.weight!.to(ScalarType.Float32).matmul(s.A.weight!.to(ScalarType.Float32)) * a.Options.Scaling;
                 var w = sd[s.Module + ".weight"];
                 w.copy_((w.to(ScalarType.Float32) + (s.FanInFanOut ? delta.t() : delta)).to(w.dtype));

@@ -142,7 +142,10 @@ public static class Safetensors
                     f.ReadExactly(buf, 0, len);
                     using var part = torch.empty([n], e.DType);
                     part.bytes = buf.AsSpan(0, len);
-                    flat.narrow(0, at, n).copy_(part);
+                    // the slice held in a variable: a temporary Tensor that nothing references during copy_ can be
+                    // finalized by a garbage collection another thread triggers, freeing the handle libtorch is using
+                    using var slice = flat.narrow(0, at, n);
+                    slice.copy_(part);
                 }
             }
         }

@@ -128,7 +128,11 @@ public sealed class KeyScalingEdit(Tensor wToxic, int keys, double scale) : IMod
         public void Dispose()
         {
             using var _ = torch.no_grad();
-            foreach (var (l, i, col) in saved) { model.MlpKeys(l).select(1, i).copy_(col); col.Dispose(); }
+            foreach (var (l, i, col) in saved)
+            {
+                using (var key = model.MlpKeys(l).select(1, i)) key.copy_(col);
+                col.Dispose();
+            }
             saved.Clear();
         }
     }

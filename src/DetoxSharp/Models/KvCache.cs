@@ -168,8 +168,12 @@ public sealed class KvCache : IDisposable
         }
         using (torch.no_grad())
         {
-            _k[layer]!.narrow(2, Length, t).copy_(k);
-            _v[layer]!.narrow(2, Length, t).copy_(v);
+            // slices held in variables: an in-place op on an unreferenced temporary can have its handle freed by
+            // the finalizer mid-call (docs/ARCHITECTURE.md "Tensor lifetimes")
+            using var ks = _k[layer]!.narrow(2, Length, t);
+            using var vs = _v[layer]!.narrow(2, Length, t);
+            ks.copy_(k);
+            vs.copy_(v);
         }
     }
 

@@ -135,7 +135,7 @@ internal abstract class FusedOptimizer : OptimizerHelper
                 long n = Math.Min(chunk, total - start);
                 var param = Flat.narrow(0, start, n);
                 Update(param, g.narrow(0, start, n), _flat.Buffers.Select(b => b.narrow(0, start, n)).ToArray(), steps[0], opts);
-                Mirror?.narrow(0, start, n).copy_(param);
+                if (Mirror is not null) { using var mirror = Mirror.narrow(0, start, n); mirror.copy_(param); }
             }
         }
         else
@@ -145,7 +145,7 @@ internal abstract class FusedOptimizer : OptimizerHelper
                 steps[i]++;
                 var param = FlatSegment(Flat, i);
                 Update(param, grads[i]!.reshape(-1), _flat.Buffers.Select(b => FlatSegment(b, i)).ToArray(), steps[i], opts);
-                if (Mirror is not null) FlatSegment(Mirror, i).copy_(param);
+                if (Mirror is not null) { using var mirror = FlatSegment(Mirror, i); mirror.copy_(param); }
             }
         return loss!;
     }
@@ -239,7 +239,11 @@ internal abstract class FusedOptimizer : OptimizerHelper
                 var other => throw new InvalidDataException($"{path}: optimizer state {other.GetType().FullName} (amsgrad, momentum or centered) has no fused counterpart"),
             };
             for (int b = 0; b < src.Length; b++)
-                using (var seg = FlatSegment(_flat.Buffers[b], i)) seg.copy_(src[b].reshape(-1));
+            {
+                using var seg = FlatSegment(_flat.Buffers[b], i);
+                using var flat = src[b].reshape(-1);
+                seg.copy_(flat);
+            }
             _flat.Steps[i] = step;
         }
     }

@@ -78,7 +78,8 @@ public class StageLibraryTests
         {
             var ps = m.named_parameters().ToDictionary(p => p.name, p => p.parameter);
             ps["h.1.mlp.c_proj.weight"].zero_();
-            ps["h.1.mlp.c_proj.bias"].copy_(torch.tensor(bias));
+            using var b = torch.tensor(bias);
+            ps["h.1.mlp.c_proj.bias"].copy_(b);
         }
         var tok = Gpt2Tokenizer.Default();
         double norm = RelativeScale.MeanHookNorm(m, tok, ["Hello there", "", "The river flows through the town"], HookNames.MlpOut(1));
