@@ -26,8 +26,7 @@ public class TensorLifetimeTests
         var rounds = new List<Dictionary<string, Tensor>>();
         using (var stop = new CancellationTokenSource())
         {
-            var collector = new Thread(() => { while (!stop.IsCancellationRequested) { GC.Collect(0); Thread.Sleep(1); } }) { IsBackground = true };
-            collector.Start();
+            var collector = GcStress.Collector(1, stop.Token);
             try
             {
                 // 1 MB chunks: ≈ 4 narrow + copy_ calls per tensor, each long enough for a collection to land inside it
