@@ -5,8 +5,8 @@ using TorchSharp;
 using static TorchSharp.torch;
 
 /// <summary>
-/// The forward and backward of a DPO step's scoring (<see cref="LogProbs.SharedPromptSums"/> of 4 pairs: the prompts'
-/// pass, then chosen and rejected) on one config's bf16 weights, with the padded batch's blocks run on its real tokens
+/// The forward and backward of a DPO step's scoring (<see cref="LogProbs.SharedPromptSums"/> of 4 pairs: each prompt with
+/// its chosen and rejected completion side by side in one row) on one config's bf16 weights, with the padded batch's blocks run on its real tokens
 /// (<see cref="TokenPacking.Always"/>) and on every position (<see cref="TokenPacking.Never"/>). The pairs are the DPO
 /// bench's (<see cref="PreferenceBench"/>: 30 random words per prompt and completion, ≈ 8 % of the block rows padding at
 /// batch 4); each batch runs both ways back to back, in alternating order, and the figure is the median of the

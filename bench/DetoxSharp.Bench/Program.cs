@@ -22,7 +22,7 @@ var quick = args.Contains("--quick");
 var outIdx = Array.IndexOf(args, "--out");
 var outPath = outIdx >= 0 && outIdx + 1 < args.Length ? args[outIdx + 1] : Path.Combine(FindRepoRoot(), "docs", "PERFORMANCE.md");
 var thrIdx = Array.IndexOf(args, "--threads");
-int threads = thrIdx >= 0 && thrIdx + 1 < args.Length ? int.Parse(args[thrIdx + 1]) : Environment.ProcessorCount;
+int threads = thrIdx >= 0 && thrIdx + 1 < args.Length ? IntArg("--threads", args[thrIdx + 1]) : Environment.ProcessorCount;
 torch.set_num_threads(threads);
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
@@ -67,7 +67,8 @@ if (dxIdx >= 0)
 {
     string dxName = dxIdx + 1 < args.Length && !args[dxIdx + 1].StartsWith("--") ? args[dxIdx + 1] : "toy";
     int dxBatch = Arg("--batch", 16), dxNew = Arg("--new-tokens", 20), dxRounds = Arg("--rounds", 5), dxPrompts = Arg("--prompts", dxBatch);
-    double minSec = double.Parse(ArgS("--min-seconds", "2.5"), CultureInfo.InvariantCulture);
+    double minSec = double.TryParse(ArgS("--min-seconds", "2.5"), NumberStyles.Float, CultureInfo.InvariantCulture, out var ms) && ms > 0 ? ms
+        : Usage<double>($"--min-seconds: expected a positive number, got '{ArgS("--min-seconds", "")}'");
     var cfg = ConfigNamed(dxName);
     torch.manual_seed(0);
     using var bm = new Gpt2Model(cfg); using var em = new Gpt2Model(cfg); using var am = new Gpt2Model(cfg);
@@ -518,7 +519,12 @@ return checks.All(c => c.ok) ? 0 : 1;
 
 // ================= helpers =================
 
-int Arg(string flag, int dflt) { int i = Array.IndexOf(args, flag); return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1]) : dflt; }
+int Arg(string flag, int dflt) { int i = Array.IndexOf(args, flag); return i >= 0 && i + 1 < args.Length ? IntArg(flag, args[i + 1]) : dflt; }
+// A flag's integer value, or one line naming the flag and exit code 2.
+static int IntArg(string flag, string value) =>
+    int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : Usage<int>($"{flag}: expected an integer, got '{value}'");
+// Bad bench arguments: one line on stderr naming what is wrong, exit code 2 (nothing has been written yet).
+static T Usage<T>(string message) { Console.Error.WriteLine($"bench: {message}"); Environment.Exit(2); return default!; }
 // A mode on one named config (`FLAG NAME`): the context line, the mode's lines as they come, the load average at the
 // end; null when FLAG is not given.
 int? ConfigMode(string flag, Func<string, Gpt2Config, IEnumerable<string>> lines)
@@ -546,7 +552,7 @@ static Gpt2Config ConfigNamed(string name) => name switch
     "toy" => ToyConfig(),
     // the default study's model (pretrain-toy defaults: 4 layers × 256, MLP 1024, the compact vocabulary of world v3.1)
     "toy-study" => new() { VocabSize = 2723, NEmbd = 256, NLayer = 4, NHead = 4, NPositions = 96, EosTokenId = 2722, BosTokenId = 2722 },
-    _ => throw new ArgumentException($"config: expected 124m, 355m, toy or toy-study, got '{name}'"),
+    _ => Usage<Gpt2Config>($"config: expected 124m, 355m, toy or toy-study, got '{name}'"),
 };
 
 static string FindRepoRoot()

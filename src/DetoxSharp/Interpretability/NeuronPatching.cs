@@ -344,7 +344,7 @@ public static class NeuronPatching
             if (!ReferenceEquals(cache, _forCache))
             {
                 _sourceCache?.Dispose();
-                _sourceCache = cache.NewLinked(_source.NumLayers, cache.Capacity);
+                _sourceCache = _source.NewCache(cache.Capacity);
                 _forCache = cache;
             }
             return _sourceCache;
@@ -369,6 +369,13 @@ public static class NeuronPatching
         {
             _source.ResidualStream(inputIds, attentionMask, SourceCache(cache)).Dispose();
             return _target.ResidualStream(inputIds, attentionMask, cache);
+        }
+
+        /// <inheritdoc/>
+        public Tensor ResidualStream(Tensor inputIds, SequenceLayout layout)
+        {
+            _source.ResidualStream(inputIds, layout).Dispose();
+            return _target.ResidualStream(inputIds, layout);
         }
 
         /// <inheritdoc/>

@@ -71,6 +71,12 @@ public interface ICausalLM : IDisposable
     /// <paramref name="cache"/> the positions continue after the cached ones, as in <see cref="Forward"/>.</summary>
     Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null);
 
+    /// <summary>The residual stream before the final norm [batch, T, d] of sequences in a <paramref name="layout"/> of
+    /// explicit positions and attention (several continuations of one prompt side by side in one row: see
+    /// <see cref="SequenceLayout"/>). No KV cache; hooks run as usual and see the layout's rows (PastLength 0, the
+    /// layout's <see cref="SequenceLayout.Real"/> as their mask).</summary>
+    Tensor ResidualStream(Tensor inputIds, SequenceLayout layout);
+
     /// <summary>Applies the final normalisation (ln_f) — for the logit lens.</summary>
     Tensor ApplyFinalNorm(Tensor residual);
 

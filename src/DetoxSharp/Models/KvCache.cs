@@ -19,10 +19,6 @@ namespace DetoxSharp.Models;
 /// pass only, <see cref="Length"/> stays, and the returned views are concatenations (differentiable).</item>
 /// </list>
 /// With neither mode the cache behaves as before (copy under no_grad into the buffers, views over them).
-/// <para>A third kind, <see cref="Retaining"/>, serves training on prompts shared by several completions (DPO's chosen
-/// and rejected): it keeps the keys/values as the forward pass made them — no copy, still in the autograd graph — so a
-/// later pass over the completions attends to them and its gradients flow back into the prompt's pass.
-/// <see cref="SelectRows"/> then maps each completion row to its prompt's row.</para>
 /// </remarks>
 public sealed class KvCache : IDisposable
 {
@@ -37,44 +33,6 @@ public sealed class KvCache : IDisposable
 
     /// <summary>When true, forward passes read the cache but neither store their keys/values nor advance it.</summary>
     public bool Frozen { get; set; }
-
-    /// <summary>Whether this cache keeps the keys/values themselves (<see cref="Retaining"/>) instead of copies.</summary>
-    public bool IsRetaining { get; private init; }
-
-    // caches that follow this one's row selection (a patched model's source cache)
-    readonly List<KvCache> _followers = [];
-
-    /// <summary>A cache that keeps every pass's keys and values as the tensors the pass computed: not copied, not
-    /// detached, so gradients flow from a later pass that reads them back into the pass that made them. Each pass
-    /// appends (by concatenation) and advances; there is no capacity. The tensors belong to the caller's dispose
-    /// scope; <see cref="Dispose"/> only forgets them.</summary>
-    /// <param name="layers">Number of layers.</param>
-    public static KvCache Retaining(int layers) => new(layers, int.MaxValue) { IsRetaining = true };
-
-    /// <summary>A new empty cache of the same kind (<see cref="Retaining"/> or buffered) for a model of
-    /// <paramref name="layers"/> layers; a retaining one follows this cache's <see cref="SelectRows"/>.</summary>
-    public KvCache NewLinked(int layers, int capacity)
-    {
-        if (!IsRetaining) return new KvCache(layers, capacity);
-        var c = Retaining(layers);
-        _followers.Add(c);
-        return c;
-    }
-
-    /// <summary>Retaining caches only: replaces the stored rows by <paramref name="rows"/> (int64 indices into the
-    /// batch), so that row r of the next pass attends to the stored row rows[r] — e.g. a prompt's keys and values
-    /// shared by its chosen and rejected completion. Differentiable (index_select).</summary>
-    public void SelectRows(Tensor rows)
-    {
-        if (!IsRetaining) throw new InvalidOperationException("SelectRows needs a retaining cache (KvCache.Retaining)");
-        for (int l = 0; l < Layers; l++)
-        {
-            if (_k[l] is null) continue;
-            _k[l] = _k[l]!.index_select(0, rows);
-            _v[l] = _v[l]!.index_select(0, rows);
-        }
-        foreach (var f in _followers) f.SelectRows(rows);
-    }
 
     /// <summary>An empty cache.</summary>
     /// <param name="layers">Number of layers.</param>
@@ -135,13 +93,6 @@ public sealed class KvCache : IDisposable
     public (Tensor k, Tensor v) Append(int layer, Tensor k, Tensor v)
     {
         long t = k.shape[2];
-        if (IsRetaining)
-        {
-            if (_dk is not null) throw new InvalidOperationException("offsets are not supported on a retaining cache");
-            var (pk, pv) = Length == 0 || _k[layer] is null ? (k, v) : (torch.cat([_k[layer]!, k], 2), torch.cat([_v[layer]!, v], 2));
-            if (!Frozen) { _k[layer] = pk; _v[layer] = pv; }
-            return (pk, pv);
-        }
         if (Frozen || _dk is not null)
         {
             if (_dk is not null && Length > 0 && _dk[layer].shape[2] != Length)
@@ -186,12 +137,8 @@ public sealed class KvCache : IDisposable
     /// <summary>Frees the cached tensors.</summary>
     public void Dispose()
     {
-        if (!IsRetaining)
-        {
-            foreach (var t in _k) t?.Dispose();
-            foreach (var t in _v) t?.Dispose();
-        }
-        _followers.Clear();
+        foreach (var t in _k) t?.Dispose();
+        foreach (var t in _v) t?.Dispose();
         Array.Clear(_k);
         Array.Clear(_v);
         ClearOffsets();

@@ -237,12 +237,38 @@ public sealed class LlamaModel : nn.Module, ICausalLM
         var windowed = Config.SlidingWindow is int w ? AttentionMasks.Build(t, past, attentionMask, w, dev) : full;
 
         var x = _hooks.Run(HookNames.Embed, embeds ?? model.embed_tokens.forward(inputIds!), past, attentionMask);
+        return Layers(x, (cos, sin), full, windowed, cache, past, attentionMask);
+    }
+
+    /// <inheritdoc/>
+    public Tensor ResidualStream(Tensor inputIds, SequenceLayout layout)
+    {
+        CheckIds(inputIds);
+        long b = inputIds.shape[0], t = inputIds.shape[1];
+        layout.Check(b, t, Config.MaxPositionEmbeddings);
+        var rotary = RotaryTables(layout.Positions, inputIds.device);
+        (Tensor?, bool) full = (layout.Allowed, false), windowed = full;
+        if (Config.SlidingWindow is int w)
+        {
+            // the window counts positions in each sequence, as the layout numbers them
+            var distance = layout.Positions.unsqueeze(1).unsqueeze(-1) - layout.Positions.unsqueeze(1).unsqueeze(2); // [b,1,T,T]
+            windowed = (layout.Allowed.logical_and(distance.lt(w)), false);
+        }
+        var x = _hooks.Run(HookNames.Embed, model.embed_tokens.forward(inputIds), 0, layout.Real);
+        return Layers(x, rotary, full, windowed, null, 0, layout.Real);
+    }
+
+    /// <summary>The decoder layers on the embedded input <paramref name="x"/> [b, t, d] (packed to its real rows when
+    /// <see cref="Packing"/> says so), each with its full or sliding-window mask; the cache advanced by t.</summary>
+    Tensor Layers(Tensor x, (Tensor Cos, Tensor Sin) rotary, (Tensor?, bool) full, (Tensor?, bool) windowed, KvCache? cache, int past, Tensor? attentionMask)
+    {
+        long b = x.shape[0], t = x.shape[1];
         var packed = PackedRows(attentionMask, past, b, t);
         if (packed is not null) x = packed.Pack(x);
         for (int l = 0; l < Config.NumHiddenLayers; l++)
         {
             var (mask, causal) = Config.WindowOf(l) is null ? full : windowed;
-            x = model.layers[l].Forward(x, cos, sin, mask, causal, cache, l, _hooks, _blockHookNames[l], past, attentionMask, packed);
+            x = model.layers[l].Forward(x, rotary.Cos, rotary.Sin, mask, causal, cache, l, _hooks, _blockHookNames[l], past, attentionMask, packed);
         }
         cache?.Advance((int)t);
         return packed is null ? x : packed.Unpack(x);

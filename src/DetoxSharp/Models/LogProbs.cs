@@ -47,12 +47,14 @@ public static class LogProbs
     /// <summary>
     /// Summed log-probs of completions that share prompts, [rows] (float32, or float64 for a float64 model): row r is
     /// Σ_j log p(completion_r[j] | prompt, completion_r[&lt;j]) with prompt = <paramref name="prompts"/>[rows[r].Prompt].
-    /// Each prompt runs through the blocks ONCE (left-padded, its keys and values kept in a retaining
-    /// <see cref="KvCache"/>); the completions (right-padded) then attend to their prompt's keys and values. With DPO's
-    /// chosen and rejected completions of one prompt this saves the prompt's second pass, forward and backward. The
-    /// values are those of running each (prompt, completion) as one sequence, up to float rounding: the same positions
-    /// (from the mask; left padding does not shift them), the same attended keys, the same scored positions.
-    /// Differentiable. Needs non-empty prompts and the longest prompt plus the longest completion within the context
+    /// One forward pass: each prompt and all its rows' completions lie side by side in one batch row (right-padded),
+    /// laid out by a <see cref="SequenceLayout"/> — a completion's positions continue from its prompt's end, and it
+    /// attends to the prompt and to itself, never to a sibling completion. So the prompt runs through the blocks once
+    /// for all its completions (DPO's chosen and rejected: the prompt's second pass, forward and backward, is saved), in
+    /// one pass rather than a prompt pass and a completion pass (half the ops per step). The values are those of running
+    /// each (prompt, completion) as one sequence, up to float rounding: the same positions, the same attended keys, the
+    /// same scored positions (a completion's first token is predicted from its prompt's last position). Differentiable.
+    /// Needs non-empty prompts and the longest prompt plus the longest completion within the context
     /// (<see cref="CanSharePrompts"/>).
     /// </summary>
     /// <param name="model">The model.</param>
@@ -64,51 +66,51 @@ public static class LogProbs
         if (!CanSharePrompts(model, prompts, rows.Select(r => r.Completion)))
             throw new ArgumentException("shared-prompt scoring needs non-empty prompts and the longest prompt plus the longest completion within the model's context");
         int p = prompts.Count, r = rows.Count;
-        int lp = prompts.Max(x => x.Length), lc = Math.Max(1, rows.Select(x => x.Completion.Length).DefaultIfEmpty(0).Max());
-        var dev = model.Device;
-        var pid = new long[p * lp]; var pm = new long[p * lp];
-        for (int i = 0; i < p; i++)
-        {
-            var x = prompts[i];
-            int off = lp - x.Length;
-            for (int j = 0; j < lp; j++)
-            {
-                pid[i * lp + j] = j < off ? padId : x[j - off];
-                pm[i * lp + j] = j < off ? 0 : 1;
-            }
-        }
-        var cid = new long[r * lc]; var cm = new long[r * lc]; var sel = new long[r];
+        var groups = new List<int>[p];
+        for (int i = 0; i < p; i++) groups[i] = [];
         for (int i = 0; i < r; i++)
         {
-            var (pi, c) = rows[i];
+            int pi = rows[i].Prompt;
             if (pi < 0 || pi >= p) throw new ArgumentOutOfRangeException(nameof(rows), $"row {i} names prompt {pi} of {p}");
-            sel[i] = pi;
-            for (int j = 0; j < lc; j++)
+            groups[pi].Add(i);
+        }
+        int len = Enumerable.Range(0, p).Max(g => prompts[g].Length + groups[g].Sum(i => rows[i].Completion.Length));
+        var ids = new long[p * len]; var pos = new long[p * len]; var real = new long[p * len]; var seg = new int[p * len];
+        var allowed = new bool[p * len * len];
+        var pred = new List<long>(); var target = new List<long>(); var rowOf = new List<long>();
+        for (int g = 0; g < p; g++)
+        {
+            int o = g * len, lp = prompts[g].Length;
+            Array.Fill(ids, padId, o, len); Array.Fill(seg, -1, o, len);
+            for (int j = 0; j < lp; j++) { ids[o + j] = prompts[g][j]; pos[o + j] = j; real[o + j] = 1; seg[o + j] = 0; }
+            int at = lp;
+            foreach (int i in groups[g])
             {
-                cid[i * lc + j] = j < c.Length ? c[j] : padId;
-                cm[i * lc + j] = j < c.Length ? 1 : 0;
+                var c = rows[i].Completion;
+                for (int j = 0; j < c.Length; j++)
+                {
+                    ids[o + at + j] = c[j]; pos[o + at + j] = lp + j; real[o + at + j] = 1; seg[o + at + j] = i + 1;
+                    pred.Add(o + (j == 0 ? lp - 1 : at + j - 1)); target.Add(c[j]); rowOf.Add(i);
+                }
+                at += c.Length;
+            }
+            for (int q = 0; q < len; q++)
+            {
+                int m = (o + q) * len;
+                allowed[m + q] = true;
+                if (seg[o + q] < 0) continue;
+                for (int k = 0; k < q; k++)
+                    allowed[m + k] = seg[o + k] == 0 || seg[o + k] == seg[o + q];
             }
         }
-        var promptIds = torch.tensor(pid, [p, lp], device: dev);
-        var promptMask = torch.tensor(pm, [p, lp], device: dev);
-        var compIds = torch.tensor(cid, [r, lc], device: dev);
-        var compMask = torch.tensor(cm, [r, lc], device: dev);
-        var rowPrompt = torch.tensor(sel, device: dev);
-
-        using var cache = KvCache.Retaining(model.NumLayers);
-        var last = model.ResidualStream(promptIds, promptMask, cache).select(1, lp - 1).index_select(0, rowPrompt); // [R, d]
-        cache.SelectRows(rowPrompt);
-        var hc = model.ResidualStream(compIds, torch.cat([promptMask.index_select(0, rowPrompt), compMask], 1), cache); // [R, lc, d]
-        // the state that predicts completion token j: the prompt's last position for j = 0, completion position j − 1 after
-        var h = lc == 1 ? last.unsqueeze(1) : torch.cat([last.unsqueeze(1), hc.narrow(1, 0, lc - 1)], 1);
-        var flat = compMask.reshape(-1).nonzero().squeeze(1);
-        var hs = model.ApplyFinalNorm(h.reshape(-1, h.shape[^1]).index_select(0, flat));
+        var dev = model.Device;
+        var layout = new SequenceLayout(torch.tensor(pos, [p, len], device: dev), torch.tensor(allowed, [p, 1, len, len], device: dev), torch.tensor(real, [p, len], device: dev));
+        var hidden = model.ResidualStream(torch.tensor(ids, [p, len], device: dev), layout);
+        var hs = model.ApplyFinalNorm(hidden.reshape(-1, hidden.shape[^1]).index_select(0, torch.tensor(pred.ToArray(), device: dev)));
         var logits = torch.nn.functional.linear(hs, model.Unembedding);
         logits = logits.to(logits.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32);
-        var next = compIds.reshape(-1).index_select(0, flat);
-        var lps = logits.log_softmax(-1).gather(-1, next.unsqueeze(-1)).squeeze(-1);
-        var rowOf = flat.div(lc, rounding_mode: RoundingMode.floor);
-        return torch.zeros(r, lps.dtype, dev).index_add(0, rowOf, lps, 1);
+        var lps = logits.log_softmax(-1).gather(-1, torch.tensor(target.ToArray(), device: dev).unsqueeze(-1)).squeeze(-1);
+        return torch.zeros(r, lps.dtype, dev).index_add(0, torch.tensor(rowOf.ToArray(), device: dev), lps, 1);
     }
 
     /// <summary>Whether <see cref="SharedPromptSums"/> applies: every prompt non-empty and the longest prompt plus the

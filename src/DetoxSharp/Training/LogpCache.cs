@@ -54,7 +54,7 @@ internal sealed class LogpCache
         (model, all, padId, toxic, share) = scorer;
         // the scoring is part of the key: the two ways give the same values only up to float rounding, and with bf16 the
         // training steps' first loss is ln 2 only when the reference was scored as the policy is
-        if (share) key += "|shared-prompt";
+        if (share) key += "|shared-prompt-layout";
         layout = batches ?? Enumerable.Range(0, (all.Count + batchSize - 1) / batchSize)
             .Select(k => Enumerable.Range(k * batchSize, Math.Min(batchSize, all.Count - k * batchSize)).ToArray()).ToList();
         // a given layout is part of the key (a value depends on its batch's padding, up to float rounding)

@@ -61,10 +61,10 @@ public sealed record PreferenceTrainerOptions
     public int CheckpointEvery { get; init; } = 0;
     /// <summary>Precompute reference (and π_tox) log-probs once and cache them on disk.</summary>
     public bool CacheReference { get; init; } = true;
-    /// <summary>Score the completions of one prompt (chosen, rejected, ADPO's toxic one) after ONE pass over the prompt
-    /// (<see cref="LogProbs.SharedPromptSums"/>; default) instead of one sequence per completion: the prompt's forward and
-    /// backward run once instead of two or three times. The same log-probs up to float rounding. Off: the previous
-    /// scoring, e.g. to time the two side by side.</summary>
+    /// <summary>Score the completions of one prompt (chosen, rejected, ADPO's toxic one) in one pass that runs the prompt
+    /// once, the completions side by side after it (<see cref="LogProbs.SharedPromptSums"/>; default) instead of one
+    /// sequence per completion: the prompt's forward and backward run once instead of two or three times. The same
+    /// log-probs up to float rounding. Off: one sequence per completion, e.g. to time the two side by side.</summary>
     public bool SharePrompts { get; init; } = true;
     /// <summary>Where cached log-probs live (default: &lt;out&gt;/logp-cache).</summary>
     public string? CacheDir { get; init; }
@@ -445,7 +445,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
     {
         // the scoring is part of the key: the two ways give the same values only up to float rounding, and with bf16 the
         // training steps' first loss is ln 2 only when the reference was scored as the policy is
-        if (share) modelHash += "|shared-prompt";
+        if (share) modelHash += "|shared-prompt-layout";
         // only: compute just the batches (of consecutive examples, as in a full pass, so every value is the full pass's
         // to the bit) that hold one of these examples; the others are NaN. Part of the key: a partial file never serves
         // a full pass.

@@ -279,6 +279,7 @@ public class CheckpointTests
         public HookPoints Hooks => inner.Hooks;
         public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null) => inner.Forward(inputIds, attentionMask, cache);
         public Tensor ResidualStream(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null) => inner.ResidualStream(inputIds, attentionMask, cache);
+        public Tensor ResidualStream(Tensor inputIds, SequenceLayout layout) => inner.ResidualStream(inputIds, layout);
         public Tensor ApplyFinalNorm(Tensor residual) => inner.ApplyFinalNorm(residual);
         public Tensor Unembedding => inner.Unembedding;
         public Tensor TokenEmbedding => inner.TokenEmbedding;

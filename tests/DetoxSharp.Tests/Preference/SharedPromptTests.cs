@@ -7,8 +7,8 @@ using static TorchSharp.torch;
 
 namespace DetoxSharp.Tests.Preference;
 
-/// <summary>Shared-prompt scoring (<see cref="LogProbs.SharedPromptSums"/>: one pass over each prompt, the completions
-/// attending to its retained keys and values) against one padded sequence per (prompt, completion)
+/// <summary>Shared-prompt scoring (<see cref="LogProbs.SharedPromptSums"/>: each prompt and its completions side by side
+/// in one row of one pass, laid out by a <see cref="SequenceLayout"/>) against one padded sequence per (prompt, completion)
 /// (<see cref="PreferenceTrainer.CompletionLogpSums"/>): the same sums and the same gradients, on GPT-2 and on the rotary
 /// families (with grouped-query attention and a sliding window), and the same DPO training.</summary>
 public class SharedPromptTests
@@ -108,8 +108,6 @@ public class SharedPromptTests
         Assert.True(LogProbs.CanSharePrompts(m, [new int[20]], [new int[12]]));
         Assert.Throws<ArgumentException>(() => LogProbs.SharedPromptSums(m, [[1, 2], []], [(0, [3])], 15));
         Assert.Throws<ArgumentOutOfRangeException>(() => LogProbs.SharedPromptSums(m, [[1, 2]], [(1, [3])], 15));
-        using var buffered = m.NewCache(8);
-        Assert.Throws<InvalidOperationException>(() => buffered.SelectRows(torch.tensor(new long[] { 0 })));
     }
 
     [Fact]
