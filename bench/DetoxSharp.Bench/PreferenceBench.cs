@@ -40,12 +40,16 @@ static class PreferenceBench
                 ? 4.0 * (lastStep - SettleSteps) / (b.Elapsed - a.Elapsed - (withScoring ? 0 : b.Scoring - a.Scoring)) : double.NaN;
     }
 
-    /// <summary>The bench's pairs: prompt, chosen and rejected of 30 random words each (token ids 300–20,000 of the GPT-2
-    /// vocabulary, read back as words), the same <paramref name="count"/> pairs on every call.</summary>
+    /// <summary>Random words per prompt and per completion in <see cref="Pairs"/> (<c>--words</c>; default 30, ≈ 40 GPT-2
+    /// tokens; 48 gives ≈ 64, Lee et al.'s prompt and continuation limits).</summary>
+    public static int WordsPerSegment { get; set; } = 30;
+
+    /// <summary>The bench's pairs: prompt, chosen and rejected of <see cref="WordsPerSegment"/> random words each (token ids
+    /// 300–20,000 of the GPT-2 vocabulary, read back as words), the same <paramref name="count"/> pairs on every call.</summary>
     public static List<PreferenceExample> Pairs(Gpt2Tokenizer tok, int count)
     {
         var rnd = new Random(1);
-        string Words() => string.Join(" ", Enumerable.Range(0, 30).Select(_ => tok.TokenText(rnd.Next(300, 20000)).Trim()));
+        string Words() => string.Join(" ", Enumerable.Range(0, WordsPerSegment).Select(_ => tok.TokenText(rnd.Next(300, 20000)).Trim()));
         return Enumerable.Range(0, count).Select(i => new PreferenceExample(Words(), " " + Words(), " " + Words(), null, $"bench:{i}")).ToList();
     }
 

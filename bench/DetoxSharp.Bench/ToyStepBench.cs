@@ -93,22 +93,25 @@ static class ToyOps
     /// and GPT-2 small's at 128–1024 tokens: where the math path pays (<c>--attn-shapes</c>).</summary>
     public static void Shapes(Action<string> log)
     {
-        var shapes = new (int B, int H, int T, int K, int D)[] { (4, 4, 32, 32, 64), (8, 4, 20, 52, 64), (8, 4, 1, 52, 64), (32, 4, 96, 96, 64), (4, 12, 128, 128, 64), (4, 12, 256, 256, 64), (2, 12, 512, 512, 64), (1, 12, 1024, 1024, 64) };
-        foreach (var (B, H, T, K, D) in shapes)
+        // Masked: an explicit [B, 1, T, T] mask instead of the causal flag, as shared-prompt scoring's layouts pass
+        // (LogProbs.SharedPromptSums: prompt + chosen + rejected in one row; 192 ≈ three segments of 64 tokens)
+        var shapes = new (int B, int H, int T, int K, int D, bool Masked)[] { (4, 4, 32, 32, 64, false), (8, 4, 20, 52, 64, false), (8, 4, 1, 52, 64, false), (32, 4, 96, 96, 64, false), (4, 12, 128, 128, 64, false), (4, 12, 256, 256, 64, false), (2, 12, 512, 512, 64, false), (1, 12, 1024, 1024, 64, false),
+            (4, 4, 52, 52, 64, true), (4, 16, 120, 120, 64, true), (4, 16, 192, 192, 64, true), (4, 16, 256, 256, 64, true), (4, 16, 384, 384, 64, true) };
+        foreach (var (B, H, T, K, D, masked) in shapes)
         {
             var g = new Generator(1);
             var q = torch.randn([B, H, T, D], generator: g).to(ScalarType.BFloat16).requires_grad_(true);
             var k = torch.randn([B, H, K, D], generator: g).to(ScalarType.BFloat16).requires_grad_(true);
             var v = torch.randn([B, H, K, D], generator: g).to(ScalarType.BFloat16).requires_grad_(true);
-            Tensor? mask = T == K ? null : torch.ones(B, 1, T, K, dtype: ScalarType.Bool).tril(K - T);
-            bool causal = T == K;
+            Tensor? mask = T == K && !masked ? null : torch.ones(B, 1, T, K, dtype: ScalarType.Bool).tril(K - T);
+            bool causal = T == K && !masked;
             var res = new List<string>();
             foreach (var (name, f) in new (string, Func<Tensor>)[] { ("math path", () => CpuAttention.MathPath(q, k, v, mask, causal)), ("fp32 kernel", () => CpuAttention.Float32Kernel(q, k, v, mask, causal)) })
             {
                 var (fwd, bwd) = ForwardBackwardMs([q, k, v], f, Math.Max(10, (int)(2e9 / ((double)B * H * T * K * D))));
                 res.Add($"{name} {fwd,7:F3} + {bwd,7:F3} ms");
             }
-            log($"bf16 attention {B}×{H}×{T}×{K}×{D}, forward + backward: {string.Join("   ", res)}");
+            log($"bf16 attention {B}×{H}×{T}×{K}×{D}{(masked ? " (mask)" : "")}, forward + backward: {string.Join("   ", res)}");
         }
     }
 

@@ -141,6 +141,14 @@ public class CpuAttentionTests
         var y = CpuAttention.Sdpa(q, k, v, null, true);
         Assert.True(Same(y, CpuAttention.Float32Kernel(q, k, v, null, true)));
         Assert.False(Same(y, CpuAttention.MathPath(q, k, v, null, true))); // the two paths do differ in bits
+        // the same keys with an explicit mask: still the math path (up to MathMaxMaskedKeys), beyond it the kernel
+        var causalMask = torch.ones(1, 1, t, t, ScalarType.Bool).tril();
+        Assert.True(Same(CpuAttention.Sdpa(q, k, v, causalMask, false), CpuAttention.MathPath(q, k, v, causalMask, false)));
+        long tm = CpuAttention.MathMaxMaskedKeys + 1;
+        var qm = torch.randn([1, 2, tm, 8], generator: g).to(ScalarType.BFloat16);
+        var longMask = torch.ones(1, 1, tm, tm, ScalarType.Bool).tril();
+        Assert.True(Same(CpuAttention.Sdpa(qm, qm, qm, longMask, false), CpuAttention.Float32Kernel(qm, qm, qm, longMask, false)));
+        Assert.False(Same(CpuAttention.Sdpa(qm, qm, qm, longMask, false), CpuAttention.MathPath(qm, qm, qm, longMask, false)));
         // one query (a decoding step with a cache): the kernel too
         var q1 = q.narrow(2, t - 1, 1);
         var kv = k.narrow(2, 0, 20);
