@@ -100,6 +100,20 @@ public class SharedPromptTests
     }
 
     [Fact]
+    public void EmptyCompletionsSumToZeroAndLeaveTheOthersAlone()
+    {
+        using var m = Make("gpt2");
+        m.Module.to(ScalarType.Float64);
+        var rows = Rows.Append((1, Array.Empty<int>())).ToArray();
+        var got = LogProbs.SharedPromptSums(m, Prompts, rows, 15).data<double>().ToArray();
+        var want = LogProbs.SharedPromptSums(m, Prompts, Rows, 15).data<double>().ToArray();
+        Assert.Equal(0.0, got[^1]);
+        for (int i = 0; i < want.Length; i++) Assert.True(Math.Abs(want[i] - got[i]) < 1e-12, $"row {i}: {want[i]} vs {got[i]}");
+        var none = LogProbs.SharedPromptSums(m, Prompts, [(0, Array.Empty<int>()), (2, Array.Empty<int>())], 15);
+        Assert.Equal(new[] { 0.0, 0.0 }, none.data<double>().ToArray());
+    }
+
+    [Fact]
     public void RefusesWhatItCannotShare()
     {
         using var m = Make("gpt2"); // 32 positions
