@@ -163,8 +163,8 @@ if (ConfigMode("--packing-ab", (_, cfg) => PackingBench.Run(cfg, Arg("--rounds",
     return packingExit;
 
 // ---- DPO pairs/s on one config (PreferenceBench: fp32 cached / live reference, and --precision auto cached) ----
-PreferenceBench.WordsPerSegment = Arg("--words", 30);
-if (PreferenceBench.WordsPerSegment < 1) { Console.Error.WriteLine("bench: --words: expected a count ≥ 1"); return 2; }
+int words = Arg("--words", 30);
+PreferenceBench.WordsPerSegment = words >= 1 ? words : Usage<int>($"--words: expected a count ≥ 1, got {words}");
 if (ConfigMode("--dpo", (name, cfg) =>
         PreferenceBench.Run(() => new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 }), Arg("--steps", 6),
             Path.Combine(Path.GetTempPath(), $"detox-bench-dpo-{Environment.ProcessId}"), autoOnly: args.Contains("--auto-only"),

@@ -203,7 +203,7 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
 
     Tensor ResidualStreamCore(Tensor inputIds, Tensor? attentionMask, KvCache? cache)
     {
-        if (inputIds.dim() != 2) throw new ArgumentException($"input_ids must be [batch, T], got [{string.Join(",", inputIds.shape)}]");
+        CheckIds(inputIds);
         return ResidualStreamFrom(null, inputIds, inputIds.shape[0], inputIds.shape[1], inputIds.device, attentionMask, cache);
     }
 
@@ -244,24 +244,29 @@ public sealed class Gpt2Model : nn.Module, ICausalLM
 
         var x = _hooks.Run(HookNames.Embed, embeds ?? wte.forward(inputIds!), past, attentionMask)
               + _hooks.Run(HookNames.PosEmbed, wpe.forward(positions), past, attentionMask);
-        return Blocks(x, mask, causal, cache, past, attentionMask, b, t);
+        return Blocks(x, mask, causal, cache, past, attentionMask);
     }
 
     /// <inheritdoc/>
     public Tensor ResidualStream(Tensor inputIds, SequenceLayout layout)
     {
-        if (inputIds.dim() != 2) throw new ArgumentException($"input_ids must be [batch, T], got [{string.Join(",", inputIds.shape)}]");
-        long b = inputIds.shape[0], t = inputIds.shape[1];
-        layout.Check(b, t, Config.NPositions);
+        CheckIds(inputIds);
+        layout.Check(inputIds.shape[0], inputIds.shape[1], Config.NPositions);
         var x = _hooks.Run(HookNames.Embed, wte.forward(inputIds), 0, layout.Real)
               + _hooks.Run(HookNames.PosEmbed, wpe.forward(layout.Positions), 0, layout.Real);
-        return Blocks(x, layout.Allowed, false, null, 0, layout.Real, b, t);
+        return Blocks(x, layout.Allowed, false, null, 0, layout.Real);
+    }
+
+    static void CheckIds(Tensor ids)
+    {
+        if (ids.dim() != 2) throw new ArgumentException($"input_ids must be [batch, T], got [{string.Join(",", ids.shape)}]");
     }
 
     /// <summary>The blocks on the embedded input <paramref name="x"/> [b, t, d] (packed to its real rows when
     /// <see cref="Packing"/> says so); the cache advanced by t.</summary>
-    Tensor Blocks(Tensor x, Tensor? mask, bool causal, KvCache? cache, int past, Tensor? attentionMask, long b, long t)
+    Tensor Blocks(Tensor x, Tensor? mask, bool causal, KvCache? cache, int past, Tensor? attentionMask)
     {
+        long b = x.shape[0], t = x.shape[1];
         var packed = PackedRows(attentionMask, past, b, t);
         if (packed is not null) x = packed.Pack(x);
         var ctx = new BlockForwardContext(mask, causal, cache, _hooks, past, attentionMask, packed);
