@@ -12,15 +12,17 @@ namespace DetoxSharp.Models;
 /// <item><b>short sequences</b> (more than one query, at most <see cref="MathMaxKeys"/> keys): the math path — scores
 /// q·kᵀ as one batched bf16 product, scaled, masked and soft-maxed in float32, probabilities cast to bf16 and multiplied
 /// with v — the numerics of mixed-precision autocast (bf16 products, fp32 softmax) and of Hugging Face's eager attention
-/// under it. Forward + backward per call (bench <c>--attn-shapes</c>, this project's Zen 4, 1 / 2 threads): 15.4 / 12.5
-/// ms against the fp32 kernel's 20.5 / 17.6 at the toy's 32×4×96×96, 7.6 / 5.0 against 11.3 / 9.1 at 4×12×128×128.
+/// under it. Forward + backward per call (bench <c>--attn-shapes</c>, this project's Zen 4, 1 / 2 threads, twenty-third
+/// session): 12.3 / 8.5 ms against the fp32 kernel's 20.4 / 15.9 at the toy's 32×4×96×96, 6.9 / 5.1 against 12.2 / 8.4
+/// at 4×12×128×128.
 /// With an explicit mask (padding, or the prompt-and-completions layouts of shared-prompt scoring) up to
 /// <see cref="MathMaxMaskedKeys"/> keys: the kernel cannot skip masked blocks then, and the math path stays ahead
-/// (4×16×192×192: 31.2 / 17.1 ms against 32.5 / 23.6; 4×16×256×256: 39.8 / 29.3 against 62.9 / 34.3);</item>
+/// (4×16×192×192: 22.2 / 13.7 ms against 32.6 / 21.2; 4×16×256×256: 38.0 / 20.6 against 54.2 / 31.3);</item>
 /// <item><b>otherwise</b> — one query (a decoding step; the math path's extra ops cost more than they save) or longer
-/// sequences (causal from 256 keys, masked from 384, the fp32 kernel wins, and the math path's T×K score matrices cost
-/// memory): attended in
-/// float32 by the kernel and cast back (the casts are a few MB, the fp32 kernel is the fast one).</item>
+/// sequences (the math path's T×K score matrices cost memory, and at 1,024 keys the kernel is faster: 130 / 81 ms against
+/// 103 / 59 at 1×12×1024×1024; the thresholds were set when the math path was slower, and since the bias add it ties
+/// the kernel at 4×12×256×256 causal and beats it at 2×12×512×512 and at 384 masked keys — not retuned): attended in
+/// float32 by the kernel and cast back (the casts are a few MB).</item>
 /// </list>
 /// Other dtypes and devices call the kernel as they are. Model classes call <see cref="Sdpa"/> and know nothing of this.
 /// </summary>
@@ -55,15 +57,60 @@ public static class CpuAttention
     internal static Tensor Float32Kernel(Tensor q, Tensor k, Tensor v, Tensor? mask, bool causal) =>
         torch.nn.functional.scaled_dot_product_attention(q.to(ScalarType.Float32), k.to(ScalarType.Float32), v.to(ScalarType.Float32), mask, 0.0, causal).to(q.dtype);
 
-    /// <summary>softmax(q·kᵀ/√d, masked) · v with bf16 products and the scale, mask and softmax in float32.</summary>
+    /// <summary>softmax(q·kᵀ/√d, masked) · v with bf16 products and the scale, mask and softmax in float32. The scale and
+    /// the mask are one op: an additive float32 bias (0 where a key is seen, −∞ where it is hidden) plus the bf16 scores
+    /// times the scale — libtorch's add computes bias + scale·score as one fused multiply-add, which equals rounding
+    /// scale·score and adding 0 or −∞, so the values are those of scaling and then filling hidden keys with −∞, bit for bit,
+    /// in one pass over the [batch, heads, T, K] scores instead of a cast, a scale and a fill (bench <c>--attn-parts</c>:
+    /// the toy's attention forward + backward 10.5 → 8.8 ms at 2 threads, 17.4 → 14.0 at 1).
+    /// The causal bias is a view of one cached [256, 256] matrix; a mask's bias is built per call at the mask's own shape
+    /// (one per batch row, not per head).</summary>
     internal static Tensor MathPath(Tensor q, Tensor k, Tensor v, Tensor? mask, bool causal)
     {
+        // the models pass q, k and v as strided views of their projection's output; the batched products would copy them
+        // anyway (forward and backward), one explicit copy each is cheaper
+        (q, k, v) = (q.contiguous(), k.contiguous(), v.contiguous());
         long t = q.shape[2], kLen = k.shape[2];
-        var s = torch.matmul(q, k.transpose(-2, -1)).to(ScalarType.Float32).mul_(1.0 / Math.Sqrt(q.shape[3]));
-        Tensor? hide = null;
-        if (mask is not null) hide = mask.logical_not();
-        else if (causal) hide = torch.ones(t, kLen, ScalarType.Bool, q.device).triu(1);
-        if (hide is not null) s = s.masked_fill(hide, float.NegativeInfinity);
+        double scale = 1.0 / Math.Sqrt(q.shape[3]);
+        var scores = torch.matmul(q, k.transpose(-2, -1));
+        var bias = mask is not null ? MaskBias(mask) : causal ? CausalBias(t, kLen, q.device) : null;
+        var s = bias is null ? scores.to(ScalarType.Float32).mul_(scale) : bias.add(scores, scale);
         return torch.matmul(s.softmax(-1).to(q.dtype), v);
+    }
+
+    /// <summary>The side of <see cref="CachedCausalBias"/>.</summary>
+    const int CachedBiasSide = MathMaxMaskedKeys;
+
+    /// <summary>[256, 256] float32, −∞ above the diagonal (query i sees keys 0..i, as libtorch's causal flag), 0 elsewhere;
+    /// created once, outside any dispose scope and never an inference tensor (a first call under inference mode must not
+    /// make it one: later autograd calls could not use it).</summary>
+    static readonly Lazy<Tensor> CachedCausalBias = new(() =>
+    {
+        using var scope = torch.NewDisposeScope();
+        using var normal = torch.inference_mode(false);
+        using var hide = torch.ones(CachedBiasSide, CachedBiasSide, ScalarType.Bool).triu(1);
+        var bias = torch.zeros(CachedBiasSide, CachedBiasSide, ScalarType.Float32);
+        bias.masked_fill_(hide, float.NegativeInfinity);
+        return bias.DetachFromDisposeScope();
+    });
+
+    /// <summary>The causal bias for <paramref name="t"/> queries and <paramref name="kLen"/> keys (top-left aligned).</summary>
+    static Tensor CausalBias(long t, long kLen, Device device)
+    {
+        if (device.type == DeviceType.CPU && t <= CachedBiasSide && kLen <= CachedBiasSide)
+            return CachedCausalBias.Value.narrow(0, 0, t).narrow(1, 0, kLen);
+        using var hide = torch.ones(t, kLen, ScalarType.Bool, device).triu(1);
+        var bias = torch.zeros(t, kLen, ScalarType.Float32, device);
+        bias.masked_fill_(hide, float.NegativeInfinity);
+        return bias;
+    }
+
+    /// <summary>The bias of a boolean mask (true = attend), at the mask's shape.</summary>
+    static Tensor MaskBias(Tensor mask)
+    {
+        using var hide = mask.logical_not();
+        var bias = torch.zeros(mask.shape, ScalarType.Float32, mask.device);
+        bias.masked_fill_(hide, float.NegativeInfinity);
+        return bias;
     }
 }
