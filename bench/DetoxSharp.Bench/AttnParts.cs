@@ -57,3 +57,47 @@ static class AttnParts
             log($"  {variants[vi].Name,-30} forward {Median(fwd[vi]),6:F3} ms, forward + backward {Median(both[vi]),6:F3} ms");
     }
 }
+
+static class LinearParts
+{
+    public static void Run(Action<string> log)
+    {
+        var bf = ScalarType.BFloat16;
+        var g = new Generator(1);
+        foreach (var (m, k, n) in new[] { (3072, 256, 768), (3072, 256, 1024), (3072, 1024, 256) })
+        {
+            var x = torch.randn([m, k], generator: g).to(bf).requires_grad_(true);
+            var w = torch.randn([k, n], generator: g).mul(0.05).to(bf).requires_grad_(true);
+            var b = torch.randn([n], generator: g).to(bf).requires_grad_(true);
+            var variants = new (string Name, Func<Tensor> F)[]
+            {
+                ("addmm(b, x, W)", () => torch.addmm(b, x, w, 1, 1)),
+                ("mm(x, W)", () => torch.mm(x, w)),
+                ("mm(x, W) + b", () => torch.mm(x, w) + b),
+                ("linear(x, Wᵀ, b)", () => torch.nn.functional.linear(x, w.t(), b)),
+            };
+            var fw = variants.Select(_ => new List<double>()).ToArray();
+            var fb = variants.Select(_ => new List<double>()).ToArray();
+            for (int round = 0; round < 10; round++)
+                for (int vi = 0; vi < variants.Length; vi++)
+                {
+                    double f = 0, t = 0; const int reps = 10;
+                    for (int r = 0; r < reps + 2; r++)
+                    {
+                        using var scope = torch.NewDisposeScope();
+                        var sw = Stopwatch.StartNew();
+                        var y = variants[vi].F();
+                        double a = sw.Elapsed.TotalMilliseconds;
+                        y.backward([torch.ones_like(y)]);
+                        x.grad = null; w.grad = null; b.grad = null;
+                        if (r >= 2) { f += a; t += sw.Elapsed.TotalMilliseconds; }
+                    }
+                    fw[vi].Add(f / reps); fb[vi].Add(t / reps);
+                }
+            static double Median(List<double> v) { var s = v.Order().ToList(); return (s[s.Count / 2] + s[(s.Count - 1) / 2]) / 2; }
+            double gf = 2.0 * m * k * n / 1e9;
+            for (int vi = 0; vi < variants.Length; vi++)
+                log($"{m}×{k}→{n} {variants[vi].Name,-20} forward {Median(fw[vi]),6:F3} ms ({gf / Median(fw[vi]) * 1e3,5:F0} GFLOP/s), forward + backward {Median(fb[vi]),6:F3} ms ({3 * gf / Median(fb[vi]) * 1e3,5:F0})");
+        }
+    }
+}

@@ -310,6 +310,11 @@ if (args.Contains("--toy-ab"))
     Console.WriteLine($"load average at end {LoadAverage()}");
     return 0;
 }
+if (args.Contains("--linear-parts"))
+{
+    LinearParts.Run(Console.WriteLine);
+    return 0;
+}
 if (args.Contains("--attn-parts"))
 {
     AttnParts.Run(Console.WriteLine);
