@@ -88,28 +88,33 @@ public static class CpuAttention
     {
         using var scope = torch.NewDisposeScope();
         using var normal = torch.inference_mode(false);
-        using var hide = torch.ones(CachedBiasSide, CachedBiasSide, ScalarType.Bool).triu(1);
-        var bias = torch.zeros(CachedBiasSide, CachedBiasSide, ScalarType.Float32);
-        bias.masked_fill_(hide, float.NegativeInfinity);
-        return bias.DetachFromDisposeScope();
+        return NewCausalBias(CachedBiasSide, CachedBiasSide, torch.CPU).DetachFromDisposeScope();
     });
 
-    /// <summary>The causal bias for <paramref name="t"/> queries and <paramref name="kLen"/> keys (top-left aligned).</summary>
-    static Tensor CausalBias(long t, long kLen, Device device)
+    /// <summary>The causal bias for <paramref name="t"/> queries and <paramref name="kLen"/> keys (top-left aligned): a
+    /// view of the cached one when it is large enough.</summary>
+    static Tensor CausalBias(long t, long kLen, Device device) =>
+        device.type == DeviceType.CPU && t <= CachedBiasSide && kLen <= CachedBiasSide
+            ? CachedCausalBias.Value.narrow(0, 0, t).narrow(1, 0, kLen)
+            : NewCausalBias(t, kLen, device);
+
+    static Tensor NewCausalBias(long t, long kLen, Device device)
     {
-        if (device.type == DeviceType.CPU && t <= CachedBiasSide && kLen <= CachedBiasSide)
-            return CachedCausalBias.Value.narrow(0, 0, t).narrow(1, 0, kLen);
         using var hide = torch.ones(t, kLen, ScalarType.Bool, device).triu(1);
-        var bias = torch.zeros(t, kLen, ScalarType.Float32, device);
-        bias.masked_fill_(hide, float.NegativeInfinity);
-        return bias;
+        return BiasOf(hide);
     }
 
     /// <summary>The bias of a boolean mask (true = attend), at the mask's shape.</summary>
     static Tensor MaskBias(Tensor mask)
     {
         using var hide = mask.logical_not();
-        var bias = torch.zeros(mask.shape, ScalarType.Float32, mask.device);
+        return BiasOf(hide);
+    }
+
+    /// <summary>float32 at <paramref name="hide"/>'s shape: −∞ where it is true, 0 elsewhere.</summary>
+    static Tensor BiasOf(Tensor hide)
+    {
+        var bias = torch.zeros(hide.shape, ScalarType.Float32, hide.device);
         bias.masked_fill_(hide, float.NegativeInfinity);
         return bias;
     }
