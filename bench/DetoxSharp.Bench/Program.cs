@@ -15,6 +15,13 @@ using static TorchSharp.torch;
 
 // the default setup a `detox` command gets: glibc's malloc tunables (read only at process start, hence a re-execution;
 // skipped in the --allocator-ab children, whose environment is the variant under test)
+// a setting the model rejects (e.g. --seq beyond a config's context) ends in one line and exit code 2, not a stack trace
+AppDomain.CurrentDomain.UnhandledException += (_, e) =>
+{
+    if (e.ExceptionObject is not ArgumentException bad) return;
+    Console.Error.WriteLine($"bench: {bad.Message.Split('\n')[0]}");
+    Environment.Exit(2);
+};
 if (!args.Contains("--alloc-child")) DetoxSharp.NativeSetup.RestartWithMallocTunables();
 DetoxSharp.NativeSetup.Init(); // before the first tensor: the allocator setting is read at libtorch's first allocation
 DetoxSharp.NativeSetup.InitMkl(); // before the first matrix multiply: MKL picks its kernels once
@@ -146,7 +153,7 @@ if (sbsIdx >= 0)
 // ---- bf16/fp32 GEMM rates at one config's shapes for several row counts (MatmulPeak.StepShapes) ----
 if (ConfigMode("--gemm-shapes", (name, cfg) =>
         new[] { ScalarType.BFloat16, ScalarType.Float32 }.SelectMany(dt =>
-            MatmulPeak.Measure(MatmulPeak.StepShapes(ArgS("--rows", "160,320,480").Split(',').Select(long.Parse), cfg.NEmbd, 50257), dt, Arg("--rounds", 3))
+            MatmulPeak.Measure(MatmulPeak.StepShapes(ArgS("--rows", "160,320,480").Split(',').Select(long.Parse), cfg.NEmbd, PositiveArg("--vocab", 50257)), dt, Arg("--rounds", 3))
                 .Select(x => $"{name} {dt} {x.Shape.Name}: {x.GFlops:F1} GFLOP/s"))) is int gemmExit)
     return gemmExit;
 
@@ -210,6 +217,39 @@ if (args.Contains("--fault-probe"))
         Console.WriteLine($"other thread: {Faults() - f1} faults");
     });
     th.Start(); th.Join();
+    return 0;
+}
+// ---- heap probe (one config): forward reps, then fp32 and bf16-mixed SFT steps (detox's AdamW), one line each with
+// its time, minor page faults, the heap's size and glibc's free space (how the first reps grow the heap) ----
+var hpIdx = Array.IndexOf(args, "--heap-probe");
+if (hpIdx >= 0)
+{
+    static long Faults() => long.Parse(File.ReadAllText("/proc/self/stat").Split(')')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[7]);
+    var hpCfg = ConfigNamed(ModeConfig(hpIdx));
+    int hb = PositiveArg("--batch", 4), ht = PositiveArg("--seq", 128), hn = PositiveArg("--reps", 8);
+    if (ht > hpCfg.NPositions) return Usage<int>($"--seq: {ht} tokens is longer than the {ModeConfig(hpIdx)} context ({hpCfg.NPositions})");
+    torch.manual_seed(0);
+    using var hpModel = new Gpt2Model(hpCfg);
+    using var hpIds = torch.randint(0, hpModel.VocabSize, [hb, ht], ScalarType.Int64);
+    void Rep(string what, int r, Func<float> run)
+    {
+        long f0 = Faults();
+        var sw = Stopwatch.StartNew();
+        run();
+        Console.WriteLine($"{what} {r}: {sw.Elapsed.TotalMilliseconds:F1} ms, {Faults() - f0} minor faults, {MallocProbe.Line()}");
+    }
+    hpModel.eval();
+    using (torch.no_grad())
+        for (int r = 0; r < hn; r++) Rep("forward", r, () => { using var s = torch.NewDisposeScope(); hpModel.Forward(hpIds); return 0; });
+    hpModel.train();
+    using (var opt = AdamW(hpModel, 1e-4, detox: true))
+        for (int r = 0; r < hn; r++) Rep("sft fp32", r, () => SftStep(hpModel, opt, hpIds));
+    using (var mp = new MixedPrecision(hpModel))
+    using (var opt = AdamW(hpModel, 1e-5, detox: true))
+    {
+        if (opt is not FusedOptimizer fused || !mp.MirrorUpdates(fused)) throw new InvalidOperationException("no fused AdamW");
+        for (int r = 0; r < hn; r++) Rep("sft bf16-mixed", r, () => SftMixedDetoxStep(mp, opt, hpIds));
+    }
     return 0;
 }
 // ---- study wall time: total and per-stage share from a run dir's manifest (optionally running `detox study` first) ----
@@ -532,6 +572,7 @@ return checks.All(c => c.ok) ? 0 : 1;
 // ================= helpers =================
 
 int Arg(string flag, int dflt) { int i = Array.IndexOf(args, flag); return i >= 0 && i + 1 < args.Length ? IntArg(flag, args[i + 1]) : dflt; }
+int PositiveArg(string flag, int dflt) { int v = Arg(flag, dflt); return v >= 1 ? v : Usage<int>($"{flag}: expected a count ≥ 1, got {v}"); }
 // A flag's integer value, or one line naming the flag and exit code 2.
 static int IntArg(string flag, string value) =>
     int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : Usage<int>($"{flag}: expected an integer, got '{value}'");

@@ -69,11 +69,13 @@ static class ToyStepBench
 
 static class ToyOps
 {
-    /// <summary>Mean forward and backward milliseconds of <paramref name="f"/> over <paramref name="reps"/> calls after one
-    /// warm-up call; the inputs' gradients are cleared before each call, the backward seeds ones.</summary>
+    /// <summary>Median forward and backward milliseconds of <paramref name="f"/> over <paramref name="reps"/> calls after
+    /// one warm-up call; the inputs' gradients are cleared before each call, the backward seeds ones. Medians, not means:
+    /// the first calls after fresh inputs can extend glibc's heap, and the kernel zeroes the new pages on first touch
+    /// (bench <c>--heap-probe</c>), so a mean of few calls overstated e.g. the head's forward ≈ 1.8×.</summary>
     static (double Fwd, double Bwd) ForwardBackwardMs(Tensor[] inputs, Func<Tensor> f, int reps)
     {
-        double fwd = 0, bwd = 0;
+        var fwd = new List<double>(); var bwd = new List<double>();
         for (int r = 0; r <= reps; r++)
         {
             using var scope = torch.NewDisposeScope();
@@ -83,9 +85,16 @@ static class ToyOps
             double a = sw.Elapsed.TotalMilliseconds; sw.Restart();
             y.backward([torch.ones_like(y)]);
             double b = sw.Elapsed.TotalMilliseconds;
-            if (r > 0) { fwd += a; bwd += b; }
+            if (r > 0) { fwd.Add(a); bwd.Add(b); }
         }
-        return (fwd / reps, bwd / reps);
+        return (Median(fwd), Median(bwd));
+    }
+
+    static double Median(List<double> xs)
+    {
+        xs.Sort();
+        int n = xs.Count;
+        return n % 2 == 1 ? xs[n / 2] : (xs[n / 2 - 1] + xs[n / 2]) / 2;
     }
 
     /// <summary>bf16 attention forward + backward per call, CpuAttention's math path against the fp32 kernel, at the toy's
@@ -137,7 +146,7 @@ static class ToyOps
         {
             var inputs = make();
             foreach (var x in inputs) x.requires_grad_(true);
-            var (fwd, bwd) = ForwardBackwardMs(inputs, () => f(inputs), 5);
+            var (fwd, bwd) = ForwardBackwardMs(inputs, () => f(inputs), 11);
             log($"{dt,-9} {name,-36} fwd {fwd,7:F2} ms  bwd {bwd,7:F2} ms");
             foreach (var x in inputs) x.Dispose();
         }
