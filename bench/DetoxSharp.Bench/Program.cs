@@ -129,20 +129,20 @@ if (sbsIdx >= 0)
 {
     string cfgName = ModeConfig(sbsIdx);
     var sbsCfg = ConfigNamed(cfgName);
-    int sb = Arg("--batch", 4), st = Arg("--seq", 128);
+    int sb = Arg("--batch", 4), st = Arg("--seq", 128), sbw = PositiveArg("--warmup", 1);
     torch.manual_seed(0);
     using var sbsModel = new Gpt2Model(sbsCfg);
-    double sbsFwd = ForwardTokensPerSec(sbsModel, sb, st, Arg("--forward-reps", 3));
+    double sbsFwd = ForwardTokensPerSec(sbsModel, sb, st, Arg("--forward-reps", 3), sbw);
     // the step as `detox sft` runs it (its flat-buffer AdamW), and with TorchSharp's torch.optim.AdamW for comparison
-    var (sbsSftTorch, _, _, _) = SftTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3));
-    var (sbsSft, sbsSec, _, _) = SftTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3), detoxOptimizer: true);
+    var (sbsSftTorch, _, _, _) = SftTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3), warmup: sbw);
+    var (sbsSft, sbsSec, _, _) = SftTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3), detoxOptimizer: true, warmup: sbw);
     // DetoxSharp's default training precision (--precision auto: bf16-mixed where the CPU has native bf16), the same step
     var auto = MixedPrecision.Resolve(sbsModel, Precision.Auto);
-    double sbsAuto = auto == Precision.Bf16Mixed ? SftMixedTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3), detoxOptimizer: true).tokPerSec : sbsSft;
+    double sbsAuto = auto == Precision.Bf16Mixed ? SftMixedTokensPerSec(sbsModel, sb, st, Arg("--sft-steps", 3), detoxOptimizer: true, warmup: sbw).tokPerSec : sbsSft;
     Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
     {
         ["impl"] = "detoxsharp", ["version"] = $"TorchSharp {typeof(torch).Assembly.GetName().Version}", ["threads"] = torch.get_num_threads(),
-        ["config"] = cfgName, ["params"] = sbsModel.parameters().Sum(p => p.numel()), ["batch"] = sb, ["seq"] = st,
+        ["config"] = cfgName, ["params"] = sbsModel.parameters().Sum(p => p.numel()), ["batch"] = sb, ["seq"] = st, ["warmup"] = sbw,
         ["forward_tok_s"] = sbsFwd, ["sft_tok_s"] = sbsSft, ["sft_s_per_step"] = sbsSec, ["sft_torch_optim_tok_s"] = sbsSftTorch,
         ["sft_default_tok_s"] = sbsAuto, ["default_precision"] = PrecisionJsonConverter.Name(auto), ["allocator"] = DetoxSharp.NativeSetup.Description,
         ["mkl"] = DetoxSharp.NativeSetup.MklDescription, ["cpu"] = CpuLine(),
@@ -615,12 +615,14 @@ static string FindRepoRoot()
     return d?.FullName ?? Directory.GetCurrentDirectory();
 }
 
-static double ForwardTokensPerSec(Gpt2Model model, int b, int t, int reps)
+/// No-grad forwards of a random batch: <paramref name="warmup"/> untimed, then <paramref name="reps"/> timed.
+static double ForwardTokensPerSec(Gpt2Model model, int b, int t, int reps, int warmup = 1)
 {
     model.eval();
     using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
     using var ng = torch.no_grad();
-    using (var s = torch.NewDisposeScope()) model.Forward(ids);
+    for (int w = 0; w < warmup; w++)
+        using (var s = torch.NewDisposeScope()) model.Forward(ids);
     var sw = Stopwatch.StartNew();
     for (int r = 0; r < reps; r++)
     {
@@ -662,10 +664,12 @@ static float SftMixedStep(MixedPrecision mp, torch.optim.Optimizer opt, Tensor i
     return loss.item<float>();
 }
 
-/// One warm-up step (allocates optimizer state), then <paramref name="steps"/> timed ones.
-static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) TimeSteps(Func<float> step, int b, int t, int steps)
+/// <paramref name="warmup"/> untimed steps (≥ 1: the first allocates the optimizer's state), then <paramref name="steps"/>
+/// timed ones; the first loss is the first warm-up step's.
+static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) TimeSteps(Func<float> step, int b, int t, int steps, int warmup = 1)
 {
     float first = step(), last = first;
+    for (int w = 1; w < warmup; w++) last = step();
     var sw = Stopwatch.StartNew();
     for (int i = 0; i < steps; i++) last = step();
     double sec = sw.Elapsed.TotalSeconds;
@@ -674,12 +678,12 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Ti
 
 /// The fp32 SFT step: by default with TorchSharp's AdamW; with <paramref name="detoxOptimizer"/> with the AdamW that
 /// <c>detox sft --precision fp32</c> trains with (<see cref="Optimizers.Create"/>: the flat-buffer one), the same updates.
-static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftTokensPerSec(Gpt2Model model, int b, int t, int steps, bool detoxOptimizer = false)
+static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftTokensPerSec(Gpt2Model model, int b, int t, int steps, bool detoxOptimizer = false, int warmup = 1)
 {
     model.train();
     using var ids = torch.randint(0, model.VocabSize, [b, t], ScalarType.Int64);
     using var opt = AdamW(model, 1e-4, detoxOptimizer);
-    var r = TimeSteps(() => SftStep(model, opt, ids), b, t, steps);
+    var r = TimeSteps(() => SftStep(model, opt, ids), b, t, steps, warmup);
     model.eval();
     return r;
 }
@@ -690,7 +694,7 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Sf
 /// gives, writing the bf16 working weights itself (<c>MirrorUpdates</c>), the first micro-batch's gradients replacing
 /// the master's. No clipping in either. The same values either way (TorchSharp's AdamW with its defaults has weight
 /// decay 0): the losses are equal to the bit.
-static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftMixedTokensPerSec(Gpt2Model model, int b, int t, int steps, bool detoxOptimizer = false)
+static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) SftMixedTokensPerSec(Gpt2Model model, int b, int t, int steps, bool detoxOptimizer = false, int warmup = 1)
 {
     model.train();
     using var mp = new MixedPrecision(model);
@@ -698,7 +702,7 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Sf
     using var opt = AdamW(model, 1e-5, detoxOptimizer);
     if (detoxOptimizer && (opt is not FusedOptimizer fused || !mp.MirrorUpdates(fused)))
         throw new InvalidOperationException("the fused AdamW did not take over the working copy's weights");
-    var r = TimeSteps(() => detoxOptimizer ? SftMixedDetoxStep(mp, opt, ids) : SftMixedStep(mp, opt, ids), b, t, steps);
+    var r = TimeSteps(() => detoxOptimizer ? SftMixedDetoxStep(mp, opt, ids) : SftMixedStep(mp, opt, ids), b, t, steps, warmup);
     model.eval();
     return r;
 }

@@ -99,8 +99,11 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--forward-reps", type=int, default=3)
     ap.add_argument("--sft-steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed forwards and SFT steps before the timed ones (>= 1)")
     ap.add_argument("--threads", type=int, default=0, help="0 = os.cpu_count()")
     a = ap.parse_args()
+    if a.warmup < 1:
+        ap.error("--warmup must be >= 1")
     import os
 
     threads = a.threads or os.cpu_count()
@@ -113,7 +116,8 @@ def main():
 
     model.eval()
     with torch.no_grad():
-        model(ids)  # warm-up
+        for _ in range(a.warmup):
+            model(ids)  # warm-up
         t0 = time.perf_counter()
         for _ in range(a.forward_reps):
             model(ids)
@@ -121,13 +125,14 @@ def main():
 
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    sft_step(model, opt, ids)  # warm-up (allocates AdamW state)
+    for _ in range(a.warmup):
+        sft_step(model, opt, ids)  # warm-up (the first allocates AdamW state)
     t0 = time.perf_counter()
     losses = [sft_step(model, opt, ids) for _ in range(a.sft_steps)]
     sec = time.perf_counter() - t0
     print(json.dumps({
         "impl": "pytorch", "version": torch.__version__, "threads": torch.get_num_threads(), "config": a.config,
-        "params": params, "batch": a.batch, "seq": a.seq, "forward_tok_s": fwd, "sft_tok_s": tokens * a.sft_steps / sec,
+        "params": params, "batch": a.batch, "seq": a.seq, "warmup": a.warmup, "forward_tok_s": fwd, "sft_tok_s": tokens * a.sft_steps / sec,
         "sft_s_per_step": sec / a.sft_steps, "losses": losses,
         "mkldnn": torch.backends.mkldnn.is_available(), "openmp": torch.backends.openmp.is_available(),
     }))
