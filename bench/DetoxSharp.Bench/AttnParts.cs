@@ -2,6 +2,7 @@ using System.Diagnostics;
 using DetoxSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
+using static BenchStats;
 
 /// <summary>
 /// <c>--attn-parts</c>: the toy pretraining's attention as the GPT-2 block runs it — q, k and v split from the c_attn
@@ -51,7 +52,6 @@ static class AttnParts
                 }
                 fwd[vi].Add(f / reps); both[vi].Add(fb / reps);
             }
-        static double Median(List<double> x) { var s = x.Order().ToList(); return (s[s.Count / 2] + s[(s.Count - 1) / 2]) / 2; }
         log($"bf16 attention [{B},{T},{3 * H * D}] → [{B},{T},{H * D}], {H} heads, causal, {torch.get_num_threads()} thread(s), medians of 12 rounds:");
         for (int vi = 0; vi < variants.Length; vi++)
             log($"  {variants[vi].Name,-30} forward {Median(fwd[vi]),6:F3} ms, forward + backward {Median(both[vi]),6:F3} ms");
@@ -94,7 +94,6 @@ static class LinearParts
                     }
                     fw[vi].Add(f / reps); fb[vi].Add(t / reps);
                 }
-            static double Median(List<double> v) { var s = v.Order().ToList(); return (s[s.Count / 2] + s[(s.Count - 1) / 2]) / 2; }
             double gf = 2.0 * m * k * n / 1e9;
             for (int vi = 0; vi < variants.Length; vi++)
                 log($"{m}×{k}→{n} {variants[vi].Name,-20} forward {Median(fw[vi]),6:F3} ms ({gf / Median(fw[vi]) * 1e3,5:F0} GFLOP/s), forward + backward {Median(fb[vi]),6:F3} ms ({3 * gf / Median(fb[vi]) * 1e3,5:F0})");

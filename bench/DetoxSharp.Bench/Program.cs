@@ -8,13 +8,12 @@ using DetoxSharp.Models;
 using DetoxSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;
+using static BenchStats;
 
 // DetoxSharp benchmark: plain harness (native-heavy work, one process, threads = cores).
 //   dotnet run -c Release --project bench/DetoxSharp.Bench -- [--quick] [--threads N] [--out docs/PERFORMANCE.md]
 // Writes a Markdown report; the file is rewritten after each model config so a long run leaves partial results.
 
-// the default setup a `detox` command gets: glibc's malloc tunables (read only at process start, hence a re-execution;
-// skipped in the --allocator-ab children, whose environment is the variant under test)
 // a setting the model rejects (e.g. --seq beyond a config's context) ends in one line and exit code 2, not a stack trace
 AppDomain.CurrentDomain.UnhandledException += (_, e) =>
 {
@@ -22,6 +21,8 @@ AppDomain.CurrentDomain.UnhandledException += (_, e) =>
     Console.Error.WriteLine($"bench: {bad.Message.Split('\n')[0]}");
     Environment.Exit(2);
 };
+// the default setup a `detox` command gets: glibc's malloc tunables (read only at process start, hence a re-execution;
+// skipped in the --allocator-ab children, whose environment is the variant under test)
 if (!args.Contains("--alloc-child")) DetoxSharp.NativeSetup.RestartWithMallocTunables();
 DetoxSharp.NativeSetup.Init(); // before the first tensor: the allocator setting is read at libtorch's first allocation
 DetoxSharp.NativeSetup.InitMkl(); // before the first matrix multiply: MKL picks its kernels once
@@ -203,18 +204,17 @@ if (abIdx >= 0)
 // ---- allocator probe: minor page faults of 5 reused 128 MB tensors (glibc returns large blocks to the OS on free) ----
 if (args.Contains("--fault-probe"))
 {
-    static long Faults() => long.Parse(File.ReadAllText("/proc/self/stat").Split(')')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[7]);
     const long n = 32L << 20;
     using (var warm = torch.ones(n)) { }
-    long f0 = Faults();
+    long f0 = MemoryProbe.MinorFaults();
     for (int i = 0; i < 5; i++) { using var t = torch.ones(n); }
-    Console.WriteLine($"main thread: {Faults() - f0} faults");
+    Console.WriteLine($"main thread: {MemoryProbe.MinorFaults() - f0} faults");
     var th = new Thread(() =>
     {
         using (var warm = torch.ones(n)) { }
-        long f1 = Faults();
+        long f1 = MemoryProbe.MinorFaults();
         for (int i = 0; i < 5; i++) { using var t = torch.ones(n); }
-        Console.WriteLine($"other thread: {Faults() - f1} faults");
+        Console.WriteLine($"other thread: {MemoryProbe.MinorFaults() - f1} faults");
     });
     th.Start(); th.Join();
     return 0;
@@ -224,7 +224,6 @@ if (args.Contains("--fault-probe"))
 var hpIdx = Array.IndexOf(args, "--heap-probe");
 if (hpIdx >= 0)
 {
-    static long Faults() => long.Parse(File.ReadAllText("/proc/self/stat").Split(')')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[7]);
     var hpCfg = ConfigNamed(ModeConfig(hpIdx));
     int hb = PositiveArg("--batch", 4), ht = PositiveArg("--seq", 128), hn = PositiveArg("--reps", 8);
     if (ht > hpCfg.NPositions) return Usage<int>($"--seq: {ht} tokens is longer than the {ModeConfig(hpIdx)} context ({hpCfg.NPositions})");
@@ -233,10 +232,10 @@ if (hpIdx >= 0)
     using var hpIds = torch.randint(0, hpModel.VocabSize, [hb, ht], ScalarType.Int64);
     void Rep(string what, int r, Func<float> run)
     {
-        long f0 = Faults();
+        long f0 = MemoryProbe.MinorFaults();
         var sw = Stopwatch.StartNew();
         run();
-        Console.WriteLine($"{what} {r}: {sw.Elapsed.TotalMilliseconds:F1} ms, {Faults() - f0} minor faults, {MallocProbe.Line()}");
+        Console.WriteLine($"{what} {r}: {sw.Elapsed.TotalMilliseconds:F1} ms, {MemoryProbe.MinorFaults() - f0} minor faults, {MemoryProbe.HeapLine()}");
     }
     hpModel.eval();
     using (torch.no_grad())
@@ -269,8 +268,7 @@ if (stIdx >= 0)
 // ---- allocator A/B: the same toy pretraining steps in child processes with different allocator settings ----
 if (args.Contains("--alloc-child"))
 {
-    static long MinorFaults() => long.Parse(File.ReadAllText("/proc/self/stat").Split(')')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[7]);
-    long f0 = MinorFaults();
+    long f0 = MemoryProbe.MinorFaults();
     if (args.Contains("--gpt2-124m"))
     {
         // last round's allocator-bound case: the 124M SFT step, bf16-mixed, 4 × 128 tokens
@@ -279,11 +277,11 @@ if (args.Contains("--alloc-child"))
         var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
         var (_, sec124, l0, l1) = SftMixedTokensPerSec(m124, 4, 128, Arg("--steps", 2), detoxOptimizer: !args.Contains("--torch-optim"));
         double cpu124 = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds / (Arg("--steps", 2) + 1);
-        Console.WriteLine($"{sec124 * 1e3:F1} {cpu124 * 1e3:F1} {MinorFaults() - f0} {BitConverter.SingleToInt32Bits(l0):x8},{BitConverter.SingleToInt32Bits(l1):x8}");
+        Console.WriteLine($"{sec124 * 1e3:F1} {cpu124 * 1e3:F1} {MemoryProbe.MinorFaults() - f0} {BitConverter.SingleToInt32Bits(l0):x8},{BitConverter.SingleToInt32Bits(l1):x8}");
         return 0;
     }
     var r = ToyAb.Run(ToyAb.Variants[^1], false, !args.Contains("--fp32"), Arg("--steps", 4));
-    Console.WriteLine($"{r.Sec * 1e3:F1} {r.Cpu * 1e3:F1} {MinorFaults() - f0} {string.Join(",", r.Losses.Select(l => BitConverter.SingleToInt32Bits(l).ToString("x8")))}");
+    Console.WriteLine($"{r.Sec * 1e3:F1} {r.Cpu * 1e3:F1} {MemoryProbe.MinorFaults() - f0} {string.Join(",", r.Losses.Select(l => BitConverter.SingleToInt32Bits(l).ToString("x8")))}");
     return 0;
 }
 if (args.Contains("--allocator-ab"))
@@ -737,11 +735,6 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Sf
     return TimeSteps(() => SftStep(bf, opt, ids), b, t, steps);
 }
 
-static double Median(List<double> v)
-{
-    var o = v.OrderBy(x => x).ToList();
-    return o.Count % 2 == 1 ? o[o.Count / 2] : (o[o.Count / 2 - 1] + o[o.Count / 2]) / 2;
-}
 
 static string G1(Dictionary<string, double> gen, string k) => gen.TryGetValue(k, out var v) ? v.ToString("F1") : "–";
 

@@ -87,14 +87,7 @@ static class ToyOps
             double b = sw.Elapsed.TotalMilliseconds;
             if (r > 0) { fwd.Add(a); bwd.Add(b); }
         }
-        return (Median(fwd), Median(bwd));
-    }
-
-    static double Median(List<double> xs)
-    {
-        xs.Sort();
-        int n = xs.Count;
-        return n % 2 == 1 ? xs[n / 2] : (xs[n / 2 - 1] + xs[n / 2]) / 2;
+        return (BenchStats.Median(fwd), BenchStats.Median(bwd));
     }
 
     /// <summary>bf16 attention forward + backward per call, CpuAttention's math path against the fp32 kernel, at the toy's
