@@ -11,8 +11,9 @@ using static TorchSharp.torch;
 using static BenchStats;
 
 // DetoxSharp benchmark: plain harness (native-heavy work, one process, threads = cores).
-//   dotnet run -c Release --project bench/DetoxSharp.Bench -- [--quick] [--threads N] [--out docs/PERFORMANCE.md]
+//   dotnet run -c Release --project bench/DetoxSharp.Bench -- [--quick] [--threads N] [--out docs/bench-report.md]
 // Writes a Markdown report; the file is rewritten after each model config so a long run leaves partial results.
+// `--help` lists the single-purpose modes (BenchUsage.cs).
 
 // a setting the model rejects (e.g. --seq beyond a config's context) ends in one line and exit code 2, not a stack trace
 AppDomain.CurrentDomain.UnhandledException += (_, e) =>
@@ -21,14 +22,27 @@ AppDomain.CurrentDomain.UnhandledException += (_, e) =>
     Console.Error.WriteLine($"bench: {bad.Message.Split('\n')[0]}");
     Environment.Exit(2);
 };
+// every option is checked before anything runs: an unknown one (a typo, or `--help` taken for a mode) would otherwise
+// fall through to the full benchmark, ≈ 20 minutes that end by writing its report
+if (args.Contains("--help") || args.Contains("-h"))
+{
+    Console.WriteLine(BenchUsage.Text);
+    return 0;
+}
+if (args.FirstOrDefault(a => a.StartsWith("--") && !BenchUsage.Options.Contains(a)) is { } unknown)
+    return Usage<int>($"unknown option '{unknown}' (--help lists the modes and options)");
+// the full run's report replaces its --out file as a whole: only a file it wrote itself (its first line) is replaced,
+// never a hand-written one such as docs/PERFORMANCE.md
+var outIdx = Array.IndexOf(args, "--out");
+var outPath = outIdx >= 0 && outIdx + 1 < args.Length ? args[outIdx + 1] : Path.Combine(FindRepoRoot(), "docs", "bench-report.md");
+if (File.Exists(outPath) && File.ReadLines(outPath).FirstOrDefault() != BenchUsage.ReportMarker)
+    return Usage<int>($"--out {outPath}: the file exists and was not written by the bench (its first line is not '{BenchUsage.ReportMarker}'); name a new file or remove it");
 // the default setup a `detox` command gets: glibc's malloc tunables (read only at process start, hence a re-execution;
 // skipped in the --allocator-ab children, whose environment is the variant under test)
 if (!args.Contains("--alloc-child")) DetoxSharp.NativeSetup.RestartWithMallocTunables();
 DetoxSharp.NativeSetup.Init(); // before the first tensor: the allocator setting is read at libtorch's first allocation
 DetoxSharp.NativeSetup.InitMkl(); // before the first matrix multiply: MKL picks its kernels once
 var quick = args.Contains("--quick");
-var outIdx = Array.IndexOf(args, "--out");
-var outPath = outIdx >= 0 && outIdx + 1 < args.Length ? args[outIdx + 1] : Path.Combine(FindRepoRoot(), "docs", "PERFORMANCE.md");
 var thrIdx = Array.IndexOf(args, "--threads");
 int threads = thrIdx >= 0 && thrIdx + 1 < args.Length ? IntArg("--threads", args[thrIdx + 1]) : Environment.ProcessorCount;
 torch.set_num_threads(threads);
@@ -787,7 +801,8 @@ void WriteReport(bool complete)
                     ?? typeof(torch).Assembly.GetName().Version?.ToString();
     var libtorch = Assembly.GetExecutingAssembly().GetCustomAttributes<AssemblyMetadataAttribute>().FirstOrDefault(a => a.Key == "LibTorch")?.Value;
     var sb = new StringBuilder();
-    sb.AppendLine("# Performance");
+    sb.AppendLine(BenchUsage.ReportMarker);
+    sb.AppendLine("# Benchmark report");
     sb.AppendLine();
     sb.AppendLine($"Measured {started:yyyy-MM-dd HH:mm} UTC by `dotnet run -c Release --project bench/DetoxSharp.Bench --{(quick ? " --quick" : "")}{(thrIdx >= 0 ? $" --threads {threads}" : "")}`" + (complete ? "." : " — **incomplete: the run was still going when this was written**."));
     sb.AppendLine();
