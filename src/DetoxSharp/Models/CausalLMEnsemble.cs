@@ -133,13 +133,7 @@ public sealed class CausalLMEnsemble : IDisposable
     Tensor Norm(Tensor x, Tensor w, Tensor b) =>
         torch.addcmul(b, torch.nn.functional.layer_norm(x, [_cfg.NEmbd], null, null, _cfg.LayerNormEpsilon), w, 1);
 
-    Tensor Activation(Tensor pre) => _cfg.ActivationFunction switch
-    {
-        "gelu_new" or "gelu_pytorch_tanh" => torch.nn.functional.gelu(pre, TorchSharp.Modules.GELU.Approximate.tanh),
-        "gelu" => torch.nn.functional.gelu(pre),
-        "relu" => torch.nn.functional.relu(pre),
-        var a => throw new InvalidOperationException(a),
-    };
+    Tensor Activation(Tensor pre) => Gpt2Mlp.Activate(_cfg.ActivationFunction, pre);
 
     /// <summary>The residual stream after the last block, [K, B·T, d] — <see cref="Gpt2Model"/>'s forward with every
     /// product batched over the ensemble dimension.</summary>

@@ -379,13 +379,17 @@ internal sealed class Gpt2Mlp : nn.Module
         RegisterComponents();
     }
 
-    public Tensor Activation(Tensor pre) => _act switch
+    public Tensor Activation(Tensor pre) => Activate(_act, pre);
+
+    /// <summary>The activation named by a config's <c>activation_function</c> (shared with <see cref="CausalLMEnsemble"/>).</summary>
+    public static Tensor Activate(string act, Tensor pre) => act switch
     {
-        // gelu_new = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))): libtorch's tanh approximation is the same formula.
-        "gelu_new" or "gelu_pytorch_tanh" => torch.nn.functional.gelu(pre, TorchSharp.Modules.GELU.Approximate.tanh),
+        // gelu_new = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))): libtorch's tanh approximation is the same formula;
+        // bfloat16 on the CPU takes CpuGelu's one-pass kernel (the same function, to one bf16 ulp)
+        "gelu_new" or "gelu_pytorch_tanh" => CpuGelu.Applies(pre) ? CpuGelu.Gelu(pre) : torch.nn.functional.gelu(pre, TorchSharp.Modules.GELU.Approximate.tanh),
         "gelu" => torch.nn.functional.gelu(pre),
         "relu" => torch.nn.functional.relu(pre),
-        _ => throw new InvalidOperationException(_act),
+        _ => throw new InvalidOperationException(act),
     };
 }
 

@@ -1,3 +1,4 @@
+using DetoxSharp.Models;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

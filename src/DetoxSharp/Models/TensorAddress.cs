@@ -2,14 +2,14 @@ using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace DetoxSharp.Training;
+namespace DetoxSharp.Models;
 
 /// <summary>
 /// The address of a tensor's first element (libtorch's <c>data_ptr()</c>), read through <c>THSTensor_data</c>, an
 /// exported function of TorchSharp's native LibTorchSharp library (TorchSharp itself has no public accessor). Two
-/// tensors with the same address, dtype, shape and contiguity are the same elements; <see cref="FusedOptimizer"/> uses
+/// tensors with the same address, dtype, shape and contiguity are the same elements; DetoxSharp.Training's FusedOptimizer uses
 /// it to tell whether a parameter's gradient is still the view of its slice of the flat gradient buffer. When the
-/// function cannot be found, <see cref="Available"/> is false and callers take their general path.
+/// function cannot be found, <see cref="Available"/> is false and callers take their general path (CpuGelu: libtorch's GELU).
 /// </summary>
 internal static unsafe class TensorAddress
 {

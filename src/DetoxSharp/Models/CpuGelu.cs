@@ -1,0 +1,159 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DetoxSharp.Models;
+
+/// <summary>
+/// GPT-2's tanh-approximated GELU (<c>gelu_new</c>) on contiguous bfloat16 CPU tensors, one vectorised pass that
+/// also writes the derivative for the backward pass — libtorch's bf16 kernel evaluates SLEEF's 1-ulp tanh, and its
+/// forward and backward were ≈ 10 % of a toy bf16-mixed training step at one thread (perf: <c>Sleef_tanhf16_u10</c>
+/// alone 7 %; docs/PERFORMANCE.md, twenty-fifth session).
+/// </summary>
+/// <remarks>
+/// <para>The formula is the same function: 0.5·x·(1 + tanh(u)) = x·σ(2u) with u = √(2/π)·(x + 0.044715·x³), evaluated in
+/// float32 (a Cephes-style exp, ≈ 1 ulp) and rounded to bfloat16 to nearest-even like libtorch's casts. Results equal
+/// libtorch's bf16 GELU to one bf16 unit in the last place (the float32 values before rounding differ by a few float
+/// ulps, so a value near a rounding boundary can land on the neighbour); CpuGeluTests checks value and gradient
+/// against libtorch and against a float64 evaluation, and a bf16 GPT-2's loss and gradients with and without it.</para>
+/// <para>Gradient without a custom autograd node: the pass writes y and dy/dx, and the result is
+/// <c>addcmul(y, x − x.detach(), dy/dx)</c> — the same values (the middle factor is exactly zero) whose gradient with
+/// respect to x is grad·dy/dx, one multiply in the backward pass.</para>
+/// <para>Used by <see cref="Gpt2Mlp"/> for bfloat16 activations when the CPU has AVX2 and FMA and LibTorchSharp's data
+/// accessor was found (<see cref="TensorAddress"/>); everything else (float32 — kept bit-exact to libtorch and thereby to
+/// Hugging Face —, other devices, other CPUs) uses libtorch's GELU. <see cref="Enabled"/> switches it off.</para>
+/// </remarks>
+public static unsafe class CpuGelu
+{
+    const float K = 0.7978845608028654f, C = 0.044715f;
+    static readonly Scalar One = 1.0;
+
+    /// <summary>Whether bfloat16 GELUs use this kernel (default: on where it <see cref="Supported"/>).</summary>
+    public static bool Enabled { get; set; } = true;
+
+    /// <summary>Whether this process can run the kernel: x86-64 with AVX2 and FMA, and tensor addresses readable.</summary>
+    public static bool Supported { get; } = Avx2.IsSupported && Fma.IsSupported && TensorAddress.Available;
+
+    /// <summary>Up to this many libtorch threads the kernel is used (default 2). It runs on the calling thread: split
+    /// over .NET threads it was slower, because libgomp's workers keep spinning on the other cores after each libtorch
+    /// op; against libtorch's GELU on T threads (≈ 13/T ms forward + backward for the toy's 3072 × 1024 per layer, 3.5 ms
+    /// plus ≈ 2.2/T for the kernel and its two autograd ops) it breaks even at ≈ 3 threads.</summary>
+    public static int MaxThreads { get; set; } = 2;
+
+    /// <summary>Whether <see cref="Gelu"/> would take the kernel for <paramref name="x"/>.</summary>
+    public static bool Applies(Tensor x) =>
+        Enabled && Supported && x.dtype == ScalarType.BFloat16 && x.device_type == DeviceType.CPU && x.is_contiguous() && x.numel() > 0
+        && torch.get_num_threads() <= MaxThreads;
+
+    /// <summary>gelu_new(x) for a tensor <see cref="Applies"/> to (callers check), differentiable when x requires a
+    /// gradient and autograd is on.</summary>
+    public static Tensor Gelu(Tensor x)
+    {
+        var y = torch.empty_like(x);
+        bool grad = x.requires_grad && torch.is_grad_enabled();
+        if (!grad)
+        {
+            Run(x, y, null);
+            return y;
+        }
+        var d = torch.empty_like(x);
+        Run(x, y, d);
+        using var zero = x - x.detach();
+        using (y) using (d)
+            return torch.addcmul(y, zero, d, One);
+    }
+
+    // y = gelu(x), and d = gelu'(x) when given
+    static void Run(Tensor x, Tensor y, Tensor? d)
+    {
+        var px = (ushort*)TensorAddress.Of(x);
+        var py = (ushort*)TensorAddress.Of(y);
+        var pd = d is null ? null : (ushort*)TensorAddress.Of(d);
+        Range(px, py, pd, x.numel());
+    }
+
+    static void Range(ushort* x, ushort* y, ushort* d, long n)
+    {
+        long i = 0;
+        if (d != null)
+            for (; i + 8 <= n; i += 8)
+            {
+                var v = Load(x + i);
+                var s = Sigma2U(v);
+                Store(y + i, Avx.Multiply(v, s));
+                Store(d + i, Derivative(v, s));
+            }
+        else
+            for (; i + 8 <= n; i += 8)
+            {
+                var v = Load(x + i);
+                Store(y + i, Avx.Multiply(v, Sigma2U(v)));
+            }
+        for (; i < n; i++)
+        {
+            float v = BitConverter.Int32BitsToSingle(x[i] << 16);
+            float s = 1f / (1f + MathF.Exp(Math.Clamp(-2f * K * v * (1f + C * v * v), -87.3f, 88f)));
+            y[i] = ToBf16(v * s);
+            if (d != null) d[i] = ToBf16(s + v * 2f * s * (1f - s) * K * (1f + 3f * C * v * v));
+        }
+    }
+
+    static ushort ToBf16(float f)
+    {
+        uint b = BitConverter.SingleToUInt32Bits(f);
+        return float.IsNaN(f) ? (ushort)((b >> 16) | 0x40) : (ushort)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
+    }
+
+    // σ(2u) = 1 / (1 + e^(−2u)), u = √(2/π)·x·(1 + 0.044715·x²)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Sigma2U(Vector256<float> x)
+    {
+        var m2u = Avx.Multiply(Avx.Multiply(Vector256.Create(-2f * K), x), Fma.MultiplyAdd(Vector256.Create(C), Avx.Multiply(x, x), Vector256.Create(1f)));
+        return Avx.Divide(Vector256.Create(1f), Avx.Add(Vector256.Create(1f), Exp(m2u)));
+    }
+
+    // d/dx x·σ(2u) = σ + x·2σ(1 − σ)·du/dx, du/dx = √(2/π)·(1 + 3·0.044715·x²)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Derivative(Vector256<float> x, Vector256<float> s)
+    {
+        var du2 = Avx.Multiply(Vector256.Create(2f * K), Fma.MultiplyAdd(Vector256.Create(3f * C), Avx.Multiply(x, x), Vector256.Create(1f)));
+        var xs1s = Avx.Multiply(x, Avx.Multiply(s, Avx.Subtract(Vector256.Create(1f), s)));
+        return Fma.MultiplyAdd(xs1s, du2, s);
+    }
+
+    // e^v, v clamped to [−87.3, 88] (Cephes expf: 2^n · e^r with |r| ≤ ln2/2 and a degree-6 polynomial, ≈ 1 ulp)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Exp(Vector256<float> v)
+    {
+        v = Avx.Min(Avx.Max(v, Vector256.Create(-87.3f)), Vector256.Create(88.0f));
+        var ni = Avx.ConvertToVector256Int32(Avx.Multiply(v, Vector256.Create(1.44269504088896341f)));
+        var n = Avx.ConvertToVector256Single(ni);
+        var r = Fma.MultiplyAddNegated(n, Vector256.Create(0.693359375f), v);
+        r = Fma.MultiplyAdd(n, Vector256.Create(2.12194440e-4f), r);
+        var p = Fma.MultiplyAdd(Vector256.Create(1.9875691500e-4f), r, Vector256.Create(1.3981999507e-3f));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(8.3334519073e-3f));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(4.1665795894e-2f));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(1.6666665459e-1f));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(5.0000001201e-1f));
+        p = Fma.MultiplyAdd(p, Avx.Multiply(r, r), Avx.Add(r, Vector256.Create(1f)));
+        return Avx.Multiply(p, Avx2.ShiftLeftLogical(Avx2.Add(ni, Vector256.Create(127)), 23).AsSingle());
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Load(ushort* p) => Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p), 16).AsSingle();
+
+    // float32 → bfloat16, round to nearest even (NaN stays a quiet NaN), 8 lanes
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Store(ushort* p, Vector256<float> f)
+    {
+        var b = f.AsInt32();
+        var lsb = Avx2.And(Avx2.ShiftRightLogical(b, 16), Vector256.Create(1));
+        var r = Avx2.ShiftRightLogical(Avx2.Add(Avx2.Add(b, Vector256.Create(0x7FFF)), lsb), 16);
+        var nan = Avx.CompareUnordered(f, f).AsInt32();
+        r = Avx2.BlendVariable(r, Avx2.Or(Avx2.ShiftRightLogical(b, 16), Vector256.Create(0x40)), nan);
+        var packed = Avx2.PackUnsignedSaturate(r, r); // [r0..r3 r0..r3 | r4..r7 r4..r7]
+        Avx2.Permute4x64(packed.AsUInt64(), 0b1000).AsUInt16().GetLower().Store(p);
+    }
+}
