@@ -61,8 +61,8 @@ public static unsafe class CpuGelu
         var d = torch.empty_like(x);
         Run(x, y, d);
         using var zero = x - x.detach();
-        using (y) using (d)
-            return torch.addcmul(y, zero, d, One);
+        using (d)
+            return y.addcmul_(zero, d, One); // in place: y does not require a gradient, so autograd records the op on it
     }
 
     // y = gelu(x), and d = gelu'(x) when given
@@ -78,18 +78,18 @@ public static unsafe class CpuGelu
     {
         long i = 0;
         if (d != null)
-            for (; i + 8 <= n; i += 8)
+            for (; i + 16 <= n; i += 16)
             {
-                var v = Load(x + i);
-                var s = Sigma2U(v);
-                Store(y + i, Avx.Multiply(v, s));
-                Store(d + i, Derivative(v, s));
+                Vector256<float> a = Load(x + i), b = Load(x + i + 8);
+                Vector256<float> sa = Sigma2U(a), sb = Sigma2U(b);
+                Store(y + i, Avx.Multiply(a, sa), Avx.Multiply(b, sb));
+                Store(d + i, Derivative(a, sa), Derivative(b, sb));
             }
         else
-            for (; i + 8 <= n; i += 8)
+            for (; i + 16 <= n; i += 16)
             {
-                var v = Load(x + i);
-                Store(y + i, Avx.Multiply(v, Sigma2U(v)));
+                Vector256<float> a = Load(x + i), b = Load(x + i + 8);
+                Store(y + i, Avx.Multiply(a, Sigma2U(a)), Avx.Multiply(b, Sigma2U(b)));
             }
         for (; i < n; i++)
         {
@@ -111,7 +111,9 @@ public static unsafe class CpuGelu
     static Vector256<float> Sigma2U(Vector256<float> x)
     {
         var m2u = Avx.Multiply(Avx.Multiply(Vector256.Create(-2f * K), x), Fma.MultiplyAdd(Vector256.Create(C), Avx.Multiply(x, x), Vector256.Create(1f)));
-        return Avx.Divide(Vector256.Create(1f), Avx.Add(Vector256.Create(1f), Exp(m2u)));
+        var a = Avx.Add(Vector256.Create(1f), Exp(m2u));
+        var r = Avx.Reciprocal(a); // ≈ 12 bits; one Newton step r·(2 − a·r) gives ≈ 23
+        return Avx.Multiply(r, Fma.MultiplyAddNegated(a, r, Vector256.Create(2f)));
     }
 
     // d/dx x·σ(2u) = σ + x·2σ(1 − σ)·du/dx, du/dx = √(2/π)·(1 + 3·0.044715·x²)
@@ -144,16 +146,19 @@ public static unsafe class CpuGelu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector256<float> Load(ushort* p) => Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p), 16).AsSingle();
 
-    // float32 → bfloat16, round to nearest even (NaN stays a quiet NaN), 8 lanes
+    // float32 → bfloat16, round to nearest even, 16 lanes (two vectors) into 16 consecutive values. A NaN stays a NaN:
+    // the NaNs arithmetic makes here are the default one or a bf16 input's, whose low 16 bits are zero, so the rounding
+    // increment never carries into the exponent.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Store(ushort* p, Vector256<float> f)
+    static void Store(ushort* p, Vector256<float> f0, Vector256<float> f1) =>
+        Avx2.Permute4x64(Avx2.PackUnsignedSaturate(Round(f0), Round(f1)).AsUInt64(), 0b11011000).AsUInt16().Store(p);
+
+    // the bf16 bits of 8 floats in the low halves of 32-bit lanes
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<int> Round(Vector256<float> f)
     {
         var b = f.AsInt32();
         var lsb = Avx2.And(Avx2.ShiftRightLogical(b, 16), Vector256.Create(1));
-        var r = Avx2.ShiftRightLogical(Avx2.Add(Avx2.Add(b, Vector256.Create(0x7FFF)), lsb), 16);
-        var nan = Avx.CompareUnordered(f, f).AsInt32();
-        r = Avx2.BlendVariable(r, Avx2.Or(Avx2.ShiftRightLogical(b, 16), Vector256.Create(0x40)), nan);
-        var packed = Avx2.PackUnsignedSaturate(r, r); // [r0..r3 r0..r3 | r4..r7 r4..r7]
-        Avx2.Permute4x64(packed.AsUInt64(), 0b1000).AsUInt16().GetLower().Store(p);
+        return Avx2.ShiftRightLogical(Avx2.Add(Avx2.Add(b, Vector256.Create(0x7FFF)), lsb), 16);
     }
 }
