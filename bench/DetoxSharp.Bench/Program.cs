@@ -144,7 +144,7 @@ if (sbsIdx >= 0)
 {
     string cfgName = ModeConfig(sbsIdx);
     var sbsCfg = ConfigNamed(cfgName);
-    int sb = Arg("--batch", 4), st = Arg("--seq", 128), sbw = PositiveArg("--warmup", 1);
+    int sb = Arg("--batch", 4), st = Arg("--seq", 128), sbw = Arg("--warmup", 1);
     torch.manual_seed(0);
     using var sbsModel = new Gpt2Model(sbsCfg);
     double sbsFwd = ForwardTokensPerSec(sbsModel, sb, st, Arg("--forward-reps", 3), sbw);
@@ -168,7 +168,7 @@ if (sbsIdx >= 0)
 // ---- bf16/fp32 GEMM rates at one config's shapes for several row counts (MatmulPeak.StepShapes) ----
 if (ConfigMode("--gemm-shapes", (name, cfg) =>
         new[] { ScalarType.BFloat16, ScalarType.Float32 }.SelectMany(dt =>
-            MatmulPeak.Measure(MatmulPeak.StepShapes(ArgS("--rows", "160,320,480").Split(',').Select(long.Parse), cfg.NEmbd, PositiveArg("--vocab", 50257)), dt, Arg("--rounds", 3))
+            MatmulPeak.Measure(MatmulPeak.StepShapes(ArgS("--rows", "160,320,480").Split(',').Select(long.Parse), cfg.NEmbd, Arg("--vocab", 50257)), dt, Arg("--rounds", 3))
                 .Select(x => $"{name} {dt} {x.Shape.Name}: {x.GFlops:F1} GFLOP/s"))) is int gemmExit)
     return gemmExit;
 
@@ -185,8 +185,7 @@ if (ConfigMode("--packing-ab", (_, cfg) => PackingBench.Run(cfg, Arg("--rounds",
     return packingExit;
 
 // ---- DPO pairs/s on one config (PreferenceBench: fp32 cached / live reference, and --precision auto cached) ----
-int words = Arg("--words", 30);
-PreferenceBench.WordsPerSegment = words >= 1 ? words : Usage<int>($"--words: expected a count ≥ 1, got {words}");
+PreferenceBench.WordsPerSegment = Arg("--words", 30);
 if (ConfigMode("--dpo", (name, cfg) =>
         PreferenceBench.Run(() => new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 }), Arg("--steps", 6),
             Path.Combine(Path.GetTempPath(), $"detox-bench-dpo-{Environment.ProcessId}"), autoOnly: args.Contains("--auto-only"),
@@ -239,7 +238,7 @@ var hpIdx = Array.IndexOf(args, "--heap-probe");
 if (hpIdx >= 0)
 {
     var hpCfg = ConfigNamed(ModeConfig(hpIdx));
-    int hb = PositiveArg("--batch", 4), ht = PositiveArg("--seq", 128), hn = PositiveArg("--reps", 8);
+    int hb = Arg("--batch", 4), ht = Arg("--seq", 128), hn = Arg("--reps", 8);
     if (ht > hpCfg.NPositions) return Usage<int>($"--seq: {ht} tokens is longer than the {ModeConfig(hpIdx)} context ({hpCfg.NPositions})");
     torch.manual_seed(0);
     using var hpModel = new Gpt2Model(hpCfg);
@@ -583,8 +582,14 @@ return checks.All(c => c.ok) ? 0 : 1;
 
 // ================= helpers =================
 
-int Arg(string flag, int dflt) { int i = Array.IndexOf(args, flag); return i >= 0 && i + 1 < args.Length ? IntArg(flag, args[i + 1]) : dflt; }
-int PositiveArg(string flag, int dflt) { int v = Arg(flag, dflt); return v >= 1 ? v : Usage<int>($"{flag}: expected a count ≥ 1, got {v}"); }
+// A count option's value: every count is ≥ 1 except --pairs (0: all of them); anything else is one line and exit code 2.
+int Arg(string flag, int dflt)
+{
+    int i = Array.IndexOf(args, flag);
+    if (i < 0 || i + 1 >= args.Length) return dflt;
+    int v = IntArg(flag, args[i + 1]), min = flag == "--pairs" ? 0 : 1;
+    return v >= min ? v : Usage<int>($"{flag}: expected a count ≥ {min}, got {v}");
+}
 // A flag's integer value, or one line naming the flag and exit code 2.
 static int IntArg(string flag, string value) =>
     int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : Usage<int>($"{flag}: expected an integer, got '{value}'");
