@@ -39,7 +39,7 @@ public static unsafe class CpuGelu
     /// <summary>Up to this many libtorch threads the kernel is used (default 2). It runs on the calling thread: split
     /// over .NET threads it was slower, because libgomp's workers keep spinning on the other cores after each libtorch
     /// op; against libtorch's GELU on T threads (≈ 13/T ms forward + backward for the toy's 3072 × 1024 per layer, 3.5 ms
-    /// plus ≈ 2.2/T for the kernel and its two autograd ops) it breaks even at ≈ 3 threads.</summary>
+    /// plus ≈ 1.5–2/T for the kernel and its two autograd ops) it breaks even at ≈ 3 threads.</summary>
     public static int MaxThreads { get; set; } = 2;
 
     /// <summary>Whether <see cref="Gelu"/> would take the kernel for <paramref name="x"/>.</summary>
@@ -47,10 +47,14 @@ public static unsafe class CpuGelu
         Enabled && Supported && x.dtype == ScalarType.BFloat16 && x.device_type == DeviceType.CPU && x.is_contiguous() && x.numel() > 0
         && torch.get_num_threads() <= MaxThreads;
 
-    /// <summary>gelu_new(x) for a tensor <see cref="Applies"/> to (callers check), differentiable when x requires a
-    /// gradient and autograd is on.</summary>
+    /// <summary>gelu_new(x), differentiable when x requires a gradient and autograd is on. <see cref="Applies"/> says
+    /// whether the model would call it (it also weighs <see cref="Enabled"/> and <see cref="MaxThreads"/>); this method
+    /// only requires a contiguous bfloat16 CPU tensor on a <see cref="Supported"/> CPU.</summary>
+    /// <exception cref="ArgumentException">Another dtype, device or layout, or a CPU without AVX2 and FMA.</exception>
     public static Tensor Gelu(Tensor x)
     {
+        if (!Supported || x.dtype != ScalarType.BFloat16 || x.device_type != DeviceType.CPU || !x.is_contiguous())
+            throw new ArgumentException($"CpuGelu.Gelu needs a contiguous bfloat16 CPU tensor on a CPU with AVX2 and FMA (got {x.dtype} on {x.device}{(x.is_contiguous() ? "" : ", not contiguous")}; supported here: {Supported})", nameof(x));
         var y = torch.empty_like(x);
         bool grad = x.requires_grad && torch.is_grad_enabled();
         if (!grad)

@@ -121,6 +121,8 @@ public class CpuGeluTests
             Assert.False(CpuGelu.Applies(torch.ones([4, 8], ScalarType.Float32)), "float32 stays on libtorch's GELU");
             Assert.False(CpuGelu.Applies(torch.ones([4, 8], ScalarType.BFloat16).t()), "not contiguous");
             Assert.False(CpuGelu.Applies(torch.ones([0], ScalarType.BFloat16)), "empty");
+            Assert.Throws<ArgumentException>(() => CpuGelu.Gelu(torch.ones([4, 8], ScalarType.Float32)));
+            Assert.Throws<ArgumentException>(() => CpuGelu.Gelu(torch.ones([4, 8], ScalarType.BFloat16).t()));
             CpuGelu.MaxThreads = torch.get_num_threads() - 1;
             Assert.False(CpuGelu.Applies(torch.ones([4, 8], ScalarType.BFloat16)), "more libtorch threads than MaxThreads");
         }
