@@ -57,11 +57,8 @@ var dpIdx = Array.IndexOf(args, "--dpo-phases");
 if (dpIdx >= 0)
 {
     int dpSteps = Arg("--steps", 200), dpBatch = Arg("--batch", 4);
-    if (dpIdx + 2 >= args.Length || !Directory.Exists(args[dpIdx + 1]) || !File.Exists(args[dpIdx + 2]) || dpSteps <= DpoPhases.WarmupSteps || dpBatch < 1)
-    {
-        Console.Error.WriteLine($"--dpo-phases needs a model directory, a pairs file, --steps > {DpoPhases.WarmupSteps} ({DpoPhases.WarmupSteps} are warm-up) and --batch ≥ 1: --dpo-phases MODEL_DIR PAIRS.jsonl [--steps N] [--batch B]");
-        return 2;
-    }
+    if (dpIdx + 2 >= args.Length || !Directory.Exists(args[dpIdx + 1]) || !File.Exists(args[dpIdx + 2]) || dpSteps <= DpoPhases.WarmupSteps)
+        return Usage<int>($"--dpo-phases needs a model directory, a pairs file, --steps > {DpoPhases.WarmupSteps} ({DpoPhases.WarmupSteps} are warm-up): --dpo-phases MODEL_DIR PAIRS.jsonl [--steps N] [--batch B]");
     DpoPhases.Run(args[dpIdx + 1], args[dpIdx + 2], dpSteps, dpBatch, Console.WriteLine);
     return 0;
 }
@@ -753,7 +750,6 @@ static (double tokPerSec, double secPerStep, float firstLoss, float lastLoss) Sf
     using var opt = torch.optim.AdamW(bf.parameters(), 1e-5);
     return TimeSteps(() => SftStep(bf, opt, ids), b, t, steps);
 }
-
 
 static string G1(Dictionary<string, double> gen, string k) => gen.TryGetValue(k, out var v) ? v.ToString("F1") : "–";
 

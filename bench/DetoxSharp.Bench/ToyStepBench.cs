@@ -130,7 +130,7 @@ static class ToyOps
             C("log_softmax fp32 3072×2724 (+cast)", () => [torch.randn(B * T, V, dtype: dt)], x => x[0].to(ScalarType.Float32).log_softmax(-1));
             C("layer_norm 3072×256", () => [torch.randn(B, T, D, dtype: dt), torch.ones(D, dtype: dt), torch.zeros(D, dtype: dt)], x => torch.nn.functional.layer_norm(x[0], [D], x[1], x[2]));
             C("gelu tanh 3072×1024", () => [torch.randn(B * T, F, dtype: dt)], x => torch.nn.functional.gelu(x[0], TorchSharp.Modules.GELU.Approximate.tanh));
-            C("gelu_new as the model runs it 3072×1024", () => [torch.randn(B * T, F, dtype: dt)], x => CpuGelu.Applies(x[0]) ? CpuGelu.Gelu(x[0]) : torch.nn.functional.gelu(x[0], TorchSharp.Modules.GELU.Approximate.tanh));
+            C("gelu_new as the model runs it 3072×1024", () => [torch.randn(B * T, F, dtype: dt)], x => Gpt2Mlp.Activate("gelu_new", x[0]));
             C("sdpa causal 32×4×96×64", () => [torch.randn(B, H, T, D / H, dtype: dt), torch.randn(B, H, T, D / H, dtype: dt), torch.randn(B, H, T, D / H, dtype: dt)], x => torch.nn.functional.scaled_dot_product_attention(x[0], x[1], x[2], null, 0.0, true));
             C("sdpa bool mask 32×4×96×64", () => [torch.randn(B, H, T, D / H, dtype: dt), torch.randn(B, H, T, D / H, dtype: dt), torch.randn(B, H, T, D / H, dtype: dt)], x => torch.nn.functional.scaled_dot_product_attention(x[0], x[1], x[2], torch.ones(B, 1, T, T, dtype: ScalarType.Bool).tril(), 0.0, false));
             C("sdpa via CpuAttention 32×4×96×64", () => [torch.randn(B, H, T, D / H, dtype: dt), torch.randn(B, H, T, D / H, dtype: dt), torch.randn(B, H, T, D / H, dtype: dt)], x => CpuAttention.Sdpa(x[0], x[1], x[2], null, true));

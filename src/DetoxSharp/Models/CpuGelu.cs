@@ -43,9 +43,10 @@ public static unsafe class CpuGelu
     public static int MaxThreads { get; set; } = 2;
 
     /// <summary>Whether <see cref="Gelu"/> would take the kernel for <paramref name="x"/>.</summary>
-    public static bool Applies(Tensor x) =>
-        Enabled && Supported && x.dtype == ScalarType.BFloat16 && x.device_type == DeviceType.CPU && x.is_contiguous() && x.numel() > 0
-        && torch.get_num_threads() <= MaxThreads;
+    public static bool Applies(Tensor x) => Enabled && Fits(x) && x.numel() > 0 && torch.get_num_threads() <= MaxThreads;
+
+    // what Gelu itself requires: a contiguous bf16 CPU tensor on a supported CPU
+    static bool Fits(Tensor x) => Supported && x.dtype == ScalarType.BFloat16 && x.device_type == DeviceType.CPU && x.is_contiguous();
 
     /// <summary>gelu_new(x), differentiable when x requires a gradient and autograd is on. <see cref="Applies"/> says
     /// whether the model would call it (it also weighs <see cref="Enabled"/> and <see cref="MaxThreads"/>); this method
@@ -53,7 +54,7 @@ public static unsafe class CpuGelu
     /// <exception cref="ArgumentException">Another dtype, device or layout, or a CPU without AVX2 and FMA.</exception>
     public static Tensor Gelu(Tensor x)
     {
-        if (!Supported || x.dtype != ScalarType.BFloat16 || x.device_type != DeviceType.CPU || !x.is_contiguous())
+        if (!Fits(x))
             throw new ArgumentException($"CpuGelu.Gelu needs a contiguous bfloat16 CPU tensor on a CPU with AVX2 and FMA (got {x.dtype} on {x.device}{(x.is_contiguous() ? "" : ", not contiguous")}; supported here: {Supported})", nameof(x));
         var y = torch.empty_like(x);
         bool grad = x.requires_grad && torch.is_grad_enabled();
