@@ -128,6 +128,7 @@ static class ToyOps
             C("addmm proj 3072×1024→256", () => [torch.randn(B * T, F, dtype: dt), torch.randn(F, D, dtype: dt), torch.randn(D, dtype: dt)], x => torch.addmm(x[2], x[0], x[1], 1, 1));
             C("head linear 3072×256→2724", () => [torch.randn(B * T, D, dtype: dt), torch.randn(V, D, dtype: dt)], x => torch.nn.functional.linear(x[0], x[1]));
             C("log_softmax fp32 3072×2724 (+cast)", () => [torch.randn(B * T, V, dtype: dt)], x => x[0].to(ScalarType.Float32).log_softmax(-1));
+            C("token log-probs as the model runs them 3040×2724", () => [torch.randn(B * T - B, V, dtype: dt)], x => LogProbs.OfTargets(x[0], torch.randint(0, V, [B * T - B], ScalarType.Int64, generator: new Generator(1))));
             C("layer_norm 3072×256", () => [torch.randn(B, T, D, dtype: dt), torch.ones(D, dtype: dt), torch.zeros(D, dtype: dt)], x => torch.nn.functional.layer_norm(x[0], [D], x[1], x[2]));
             C("gelu tanh 3072×1024", () => [torch.randn(B * T, F, dtype: dt)], x => torch.nn.functional.gelu(x[0], TorchSharp.Modules.GELU.Approximate.tanh));
             C("gelu_new as the model runs it 3072×1024", () => [torch.randn(B * T, F, dtype: dt)], x => Gpt2Mlp.Activate("gelu_new", x[0]));

@@ -3,6 +3,7 @@ using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using TorchSharp;
 using static TorchSharp.torch;
+using static DetoxSharp.Models.Bf16Simd;
 
 namespace DetoxSharp.Models;
 
@@ -20,7 +21,11 @@ namespace DetoxSharp.Models;
 /// against libtorch and against a float64 evaluation, and a bf16 GPT-2's loss and gradients with and without it.</para>
 /// <para>Gradient without a custom autograd node: the pass writes y and dy/dx, and the result is
 /// <c>addcmul(y, x − x.detach(), dy/dx)</c> — the same values (the middle factor is exactly zero) whose gradient with
-/// respect to x is grad·dy/dx, one multiply in the backward pass.</para>
+/// respect to x is grad·dy/dx, one multiply in the backward pass. A custom autograd node instead (as
+/// <see cref="CpuTokenLogProbs"/> has) saves those two ops, ≈ 1 ms of a toy layer's forward, but TorchSharp's node keeps
+/// an uninitialised tensor of its output's size until the graph is freed; 100 toy steps came out bit for bit equal, the
+/// pretraining no faster beyond the noise and its memory plateau one run higher (1,062 MB against 929 and 1,044 in two
+/// runs of this form) — not adopted (docs/PERFORMANCE.md, twenty-sixth session).</para>
 /// <para>Used by <see cref="Gpt2Mlp"/> for bfloat16 activations when the CPU has AVX2 and FMA and LibTorchSharp's data
 /// accessor was found (<see cref="TensorAddress"/>); everything else (float32 — kept bit-exact to libtorch and thereby to
 /// Hugging Face —, other devices, other CPUs) uses libtorch's GELU. <see cref="Enabled"/> switches it off.</para>
@@ -34,7 +39,7 @@ public static unsafe class CpuGelu
     public static bool Enabled { get; set; } = true;
 
     /// <summary>Whether this process can run the kernel: x86-64 with AVX2 and FMA, and tensor addresses readable.</summary>
-    public static bool Supported { get; } = Avx2.IsSupported && Fma.IsSupported && TensorAddress.Available;
+    public static bool Supported => Bf16Simd.Supported;
 
     /// <summary>Up to this many libtorch threads the kernel is used (default 2). It runs on the calling thread: split
     /// over .NET threads it was slower, because libgomp's workers keep spinning on the other cores after each libtorch
@@ -79,6 +84,7 @@ public static unsafe class CpuGelu
         Range(px, py, pd, x.numel());
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Range(ushort* x, ushort* y, ushort* d, long n)
     {
         long i = 0;
@@ -98,17 +104,11 @@ public static unsafe class CpuGelu
             }
         for (; i < n; i++)
         {
-            float v = BitConverter.Int32BitsToSingle(x[i] << 16);
+            float v = ToFloat(x[i]);
             float s = 1f / (1f + MathF.Exp(Math.Clamp(-2f * K * v * (1f + C * v * v), -87.3f, 88f)));
             y[i] = ToBf16(v * s);
             if (d != null) d[i] = ToBf16(s + v * 2f * s * (1f - s) * K * (1f + 3f * C * v * v));
         }
-    }
-
-    static ushort ToBf16(float f)
-    {
-        uint b = BitConverter.SingleToUInt32Bits(f);
-        return float.IsNaN(f) ? (ushort)((b >> 16) | 0x40) : (ushort)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
     }
 
     // σ(2u) = 1 / (1 + e^(−2u)), u = √(2/π)·x·(1 + 0.044715·x²)
@@ -128,42 +128,5 @@ public static unsafe class CpuGelu
         var du2 = Avx.Multiply(Vector256.Create(2f * K), Fma.MultiplyAdd(Vector256.Create(3f * C), Avx.Multiply(x, x), Vector256.Create(1f)));
         var xs1s = Avx.Multiply(x, Avx.Multiply(s, Avx.Subtract(Vector256.Create(1f), s)));
         return Fma.MultiplyAdd(xs1s, du2, s);
-    }
-
-    // e^v, v clamped to [−87.3, 88] (Cephes expf: 2^n · e^r with |r| ≤ ln2/2 and a degree-6 polynomial, ≈ 1 ulp)
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> Exp(Vector256<float> v)
-    {
-        v = Avx.Min(Avx.Max(v, Vector256.Create(-87.3f)), Vector256.Create(88.0f));
-        var ni = Avx.ConvertToVector256Int32(Avx.Multiply(v, Vector256.Create(1.44269504088896341f)));
-        var n = Avx.ConvertToVector256Single(ni);
-        var r = Fma.MultiplyAddNegated(n, Vector256.Create(0.693359375f), v);
-        r = Fma.MultiplyAdd(n, Vector256.Create(2.12194440e-4f), r);
-        var p = Fma.MultiplyAdd(Vector256.Create(1.9875691500e-4f), r, Vector256.Create(1.3981999507e-3f));
-        p = Fma.MultiplyAdd(p, r, Vector256.Create(8.3334519073e-3f));
-        p = Fma.MultiplyAdd(p, r, Vector256.Create(4.1665795894e-2f));
-        p = Fma.MultiplyAdd(p, r, Vector256.Create(1.6666665459e-1f));
-        p = Fma.MultiplyAdd(p, r, Vector256.Create(5.0000001201e-1f));
-        p = Fma.MultiplyAdd(p, Avx.Multiply(r, r), Avx.Add(r, Vector256.Create(1f)));
-        return Avx.Multiply(p, Avx2.ShiftLeftLogical(Avx2.Add(ni, Vector256.Create(127)), 23).AsSingle());
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> Load(ushort* p) => Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p), 16).AsSingle();
-
-    // float32 → bfloat16, round to nearest even, 16 lanes (two vectors) into 16 consecutive values. A NaN stays a NaN:
-    // the NaNs arithmetic makes here are the default one or a bf16 input's, whose low 16 bits are zero, so the rounding
-    // increment never carries into the exponent.
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Store(ushort* p, Vector256<float> f0, Vector256<float> f1) =>
-        Avx2.Permute4x64(Avx2.PackUnsignedSaturate(Round(f0), Round(f1)).AsUInt64(), 0b11011000).AsUInt16().Store(p);
-
-    // the bf16 bits of 8 floats in the low halves of 32-bit lanes
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<int> Round(Vector256<float> f)
-    {
-        var b = f.AsInt32();
-        var lsb = Avx2.And(Avx2.ShiftRightLogical(b, 16), Vector256.Create(1));
-        return Avx2.ShiftRightLogical(Avx2.Add(Avx2.Add(b, Vector256.Create(0x7FFF)), lsb), 16);
     }
 }

@@ -39,9 +39,19 @@ public static class LogProbs
         var hidden = model.ResidualStream(ids, attentionMask).narrow(1, 0, t - 1);
         var h = model.ApplyFinalNorm(hidden.reshape(-1, hidden.shape[^1]).index_select(0, flat)); // [N, d]
         var logits = torch.nn.functional.linear(h, model.Unembedding);                              // [N, V]
-        logits = logits.to(logits.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32);
         var next = ids.narrow(1, 1, t - 1).reshape(-1).index_select(0, flat);
-        return (logits.log_softmax(-1).gather(-1, next.unsqueeze(-1)).squeeze(-1), flat);
+        return (OfTargets(logits, next), flat);
+    }
+
+    /// <summary>log_softmax(logits)[i, targets[i]] for logits [N, V] and targets [N], as float32 (float64 for float64
+    /// logits): bfloat16 logits are widened to float32 first. Bfloat16 CPU logits take <see cref="CpuTokenLogProbs"/>'s
+    /// one-pass kernel where it <see cref="CpuTokenLogProbs.Applies"/> (the same values to float32 rounding). Differentiable.</summary>
+    public static Tensor OfTargets(Tensor logits, Tensor targets)
+    {
+        if (CpuTokenLogProbs.Applies(logits, targets))
+            return CpuTokenLogProbs.Of(logits, targets);
+        var l = logits.to(logits.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32);
+        return l.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1);
     }
 
     /// <summary>
@@ -107,9 +117,7 @@ public static class LogProbs
         var layout = new SequenceLayout(torch.tensor(pos, [p, len], device: dev), torch.tensor(allowed, [p, 1, len, len], device: dev), torch.tensor(real, [p, len], device: dev));
         var hidden = model.ResidualStream(torch.tensor(ids, [p, len], device: dev), layout);
         var hs = model.ApplyFinalNorm(hidden.reshape(-1, hidden.shape[^1]).index_select(0, torch.tensor(pred.ToArray(), device: dev)));
-        var logits = torch.nn.functional.linear(hs, model.Unembedding);
-        logits = logits.to(logits.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32);
-        var lps = logits.log_softmax(-1).gather(-1, torch.tensor(target.ToArray(), device: dev).unsqueeze(-1)).squeeze(-1);
+        var lps = OfTargets(torch.nn.functional.linear(hs, model.Unembedding), torch.tensor(target.ToArray(), device: dev));
         return torch.zeros(r, lps.dtype, dev).index_add(0, torch.tensor(rowOf.ToArray(), device: dev), lps, 1);
     }
 
