@@ -37,4 +37,22 @@ static class CoreTestUtil
 
     public static double MaxAbsDiff(Tensor a, Tensor b) =>
         (a.to(ScalarType.Float64) - b.to(ScalarType.Float64)).abs().max().item<double>();
+
+    /// <summary>Every parameter's gradient, as doubles.</summary>
+    public static Dictionary<string, double[]> Gradients(nn.Module m) =>
+        m.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad!.to(ScalarType.Float64).contiguous().data<double>().ToArray());
+
+    /// <summary>Asserts that two runs' gradients agree parameter by parameter (cosine above <paramref name="minCosine"/>,
+    /// norms within <paramref name="relNorm"/>) and that they are not all zero.</summary>
+    public static void AssertGradientsAgree(Dictionary<string, double[]> ours, Dictionary<string, double[]> reference, double minCosine, double relNorm)
+    {
+        Assert.True(ours.Values.Sum(g => g.Sum(Math.Abs)) > 0);
+        foreach (var (name, gl) in reference)
+        {
+            double[] gk = ours[name];
+            double dot = gk.Zip(gl).Sum(z => z.First * z.Second), nk = Math.Sqrt(gk.Sum(v => v * v)), nl = Math.Sqrt(gl.Sum(v => v * v));
+            Assert.True(dot / (nk * nl + 1e-30) > minCosine, $"{name}: cosine {dot / (nk * nl + 1e-30)} between the two gradients");
+            Assert.True(Math.Abs(nk - nl) <= relNorm * nl + 1e-6, $"{name}: gradient norm {nk} vs {nl}");
+        }
+    }
 }

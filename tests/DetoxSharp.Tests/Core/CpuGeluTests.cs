@@ -147,7 +147,7 @@ public class CpuGeluTests
                 var logits = m.Forward(ids).to(ScalarType.Float32);
                 var loss = torch.nn.functional.cross_entropy(logits[.., ..^1].reshape(-1, 50), ids[.., 1..].reshape(-1));
                 loss.backward();
-                return (loss.item<float>(), m.named_parameters().ToDictionary(p => p.name, p => Doubles(p.parameter.grad!)));
+                return (loss.item<float>(), CoreTestUtil.Gradients(m));
             }
             finally { CpuGelu.Enabled = enabled; CpuGelu.MaxThreads = maxThreads; }
         }
@@ -155,13 +155,6 @@ public class CpuGeluTests
         var (lossK, gradsK) = Step(true);
         var (lossL, gradsL) = Step(false);
         Assert.True(Math.Abs(lossK - lossL) < 2e-3 * Math.Abs(lossL), $"loss {lossK} with the kernel, {lossL} with libtorch's GELU");
-        Assert.True(gradsK.Values.Sum(g => g.Sum(Math.Abs)) > 0);
-        foreach (var (name, gl) in gradsL)
-        {
-            double[] gk = gradsK[name];
-            double dot = gk.Zip(gl).Sum(z => z.First * z.Second), nk = Math.Sqrt(gk.Sum(v => v * v)), nl = Math.Sqrt(gl.Sum(v => v * v));
-            Assert.True(dot / (nk * nl + 1e-30) > 0.999, $"{name}: cosine {dot / (nk * nl + 1e-30)} between the kernel's gradient and libtorch's");
-            Assert.True(Math.Abs(nk - nl) <= 0.02 * nl + 1e-6, $"{name}: gradient norm {nk} vs {nl}");
-        }
+        CoreTestUtil.AssertGradientsAgree(gradsK, gradsL, 0.999, 0.02);
     }
 }
