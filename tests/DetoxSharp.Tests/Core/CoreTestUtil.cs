@@ -38,6 +38,19 @@ static class CoreTestUtil
     public static double MaxAbsDiff(Tensor a, Tensor b) =>
         (a.to(ScalarType.Float64) - b.to(ScalarType.Float64)).abs().max().item<double>();
 
+    /// <summary>A tiny bfloat16 GPT-2 (vocabulary 50, width 32, 4 heads) and ids [3, 16] from a fixed generator: the loss
+    /// <paramref name="loss"/> makes of them after its backward pass, and every parameter's gradient.</summary>
+    public static (double Loss, Dictionary<string, double[]> Grads) Bf16LossAndGradients(Func<Gpt2Model, Tensor, Tensor> loss)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var m = Tiny(vocab: 50, d: 32, heads: 4, positions: 32, std: 0.2);
+        m.to(ScalarType.BFloat16);
+        var ids = torch.randint(0, 50, [3, 16], ScalarType.Int64, generator: new Generator(5));
+        var l = loss(m, ids);
+        l.backward();
+        return (l.item<float>(), Gradients(m));
+    }
+
     /// <summary>Every parameter's gradient, as doubles.</summary>
     public static Dictionary<string, double[]> Gradients(nn.Module m) =>
         m.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad!.to(ScalarType.Float64).contiguous().data<double>().ToArray());

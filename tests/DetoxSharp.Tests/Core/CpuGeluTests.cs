@@ -140,14 +140,8 @@ public class CpuGeluTests
             {
                 CpuGelu.Enabled = kernel;
                 CpuGelu.MaxThreads = int.MaxValue;
-                using var scope = torch.NewDisposeScope();
-                using var m = CoreTestUtil.Tiny(vocab: 50, d: 32, heads: 4, positions: 32, std: 0.2);
-                m.to(ScalarType.BFloat16);
-                var ids = torch.randint(0, 50, [3, 16], ScalarType.Int64, generator: new Generator(5));
-                var logits = m.Forward(ids).to(ScalarType.Float32);
-                var loss = torch.nn.functional.cross_entropy(logits[.., ..^1].reshape(-1, 50), ids[.., 1..].reshape(-1));
-                loss.backward();
-                return (loss.item<float>(), CoreTestUtil.Gradients(m));
+                return CoreTestUtil.Bf16LossAndGradients((m, ids) =>
+                    torch.nn.functional.cross_entropy(m.Forward(ids).to(ScalarType.Float32)[.., ..^1].reshape(-1, 50), ids[.., 1..].reshape(-1)));
             }
             finally { CpuGelu.Enabled = enabled; CpuGelu.MaxThreads = maxThreads; }
         }

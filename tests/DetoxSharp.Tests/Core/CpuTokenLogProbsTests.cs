@@ -131,16 +131,13 @@ public class CpuTokenLogProbsTests
             {
                 CpuTokenLogProbs.Enabled = kernel;
                 CpuTokenLogProbs.MaxThreads = int.MaxValue;
-                using var scope = torch.NewDisposeScope();
-                using var m = CoreTestUtil.Tiny(vocab: 50, d: 32, heads: 4, positions: 32, std: 0.2);
-                m.to(ScalarType.BFloat16);
-                var ids = torch.randint(0, 50, [3, 16], ScalarType.Int64, generator: new Generator(5));
-                var targets = torch.ones([3, 16]);
-                targets[1, ..5] = torch.tensor(0f); // a prompt that is not scored
-                var (sum, count) = SftTrainer.MaskedNll(m, ids, torch.ones([3, 16], ScalarType.Int64), targets);
-                var loss = sum / count;
-                loss.backward();
-                return (loss.item<float>(), CoreTestUtil.Gradients(m));
+                return CoreTestUtil.Bf16LossAndGradients((m, ids) =>
+                {
+                    var targets = torch.ones([3, 16]);
+                    targets[1, ..5] = torch.tensor(0f); // a prompt that is not scored
+                    var (sum, count) = SftTrainer.MaskedNll(m, ids, torch.ones([3, 16], ScalarType.Int64), targets);
+                    return sum / count;
+                });
             }
             finally { CpuTokenLogProbs.Enabled = enabled; CpuTokenLogProbs.MaxThreads = maxThreads; }
         }
