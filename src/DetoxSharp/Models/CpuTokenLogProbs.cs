@@ -83,8 +83,8 @@ public static unsafe class CpuTokenLogProbs
             var row = x + i * v;
             float m = RowMax(row, v);
             float s = float.IsFinite(m) ? RowSumExp(row, v, m, pe is null ? null : pe + i * v) : float.NaN;
-            // a NaN: NaN; all −∞: −∞ (its log-prob −∞ − −∞ = NaN); a +∞ logit: +∞ (its own log-prob NaN) — as libtorch's
-            float lse = float.IsFinite(m) ? m + MathF.Log(s) : m;
+            // a NaN, a +∞ logit or only −∞ logits: every log-prob of the row is NaN, as libtorch's
+            float lse = float.IsFinite(m) ? m + MathF.Log(s) : float.NaN;
             o[i] = ToFloat(row[t[i]]) - lse;
             if (pinv != null)
             {

@@ -101,6 +101,13 @@ public class CpuTokenLogProbsTests
         var g = Doubles(x.grad!).Chunk(40).ToArray();
         Assert.True(g[1].All(double.IsNaN) && g[3].All(double.IsNaN), "the NaN rows' gradients are NaN");
         Assert.True(g[0].All(double.IsFinite));
+        // a +∞ logit, or only −∞ ones: NaN, as libtorch's log-softmax gives
+        var inf = torch.zeros([2, 20]).to(ScalarType.BFloat16);
+        inf[0, 3] = torch.tensor(float.PositiveInfinity);
+        inf[1] = torch.tensor(float.NegativeInfinity);
+        var it = torch.tensor(new long[] { 5, 5 });
+        Assert.True(Doubles(CpuTokenLogProbs.Of(inf, it)).All(double.IsNaN));
+        Assert.True(Doubles(Libtorch(inf, it)).All(double.IsNaN), "libtorch agrees");
 
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuTokenLogProbs.Of(logits.detach(), torch.tensor(new long[] { 0, 1, 40, 2, 3 })));
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuTokenLogProbs.Of(logits.detach(), torch.tensor(new long[] { 0, -1, 4, 2, 3 })));
