@@ -51,9 +51,16 @@ static class CoreTestUtil
         return (l.item<float>(), Gradients(m));
     }
 
+    /// <summary>A tensor's values as doubles, in row-major order.</summary>
+    public static double[] Doubles(Tensor t) => t.to(ScalarType.Float64).contiguous().data<double>().ToArray();
+
+    /// <summary>One bfloat16 unit in the last place at the magnitude of <paramref name="v"/> (8 significant bits), at
+    /// least the smallest normal's.</summary>
+    public static double Bf16Ulp(double v) => Math.Pow(2, Math.Max(Math.Floor(Math.Log2(Math.Max(Math.Abs(v), 1e-38))), -126) - 7);
+
     /// <summary>Every parameter's gradient, as doubles.</summary>
     public static Dictionary<string, double[]> Gradients(nn.Module m) =>
-        m.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad!.to(ScalarType.Float64).contiguous().data<double>().ToArray());
+        m.named_parameters().ToDictionary(p => p.name, p => Doubles(p.parameter.grad!));
 
     /// <summary>Asserts that two runs' gradients agree parameter by parameter (cosine above <paramref name="minCosine"/>,
     /// norms within <paramref name="relNorm"/>) and that they are not all zero.</summary>

@@ -1,6 +1,7 @@
 using DetoxSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
+using static DetoxSharp.Tests.Core.CoreTestUtil;
 
 namespace DetoxSharp.Tests.Core;
 
@@ -24,11 +25,6 @@ public class CpuGeluTests
     // libtorch's float32 1 + tanh(u) loses everything below |x|·2⁻²³ or so (its −0 in the tail)
     static double LibtorchSlack(double x, double scale = 1) => 1e-6 * scale * Math.Max(1, Math.Abs(x));
 
-    // one bf16 unit in the last place at the magnitude of v (8 significant bits), at least the smallest normal's
-    static double Ulp(double v) => Math.Pow(2, Math.Max(Math.Floor(Math.Log2(Math.Max(Math.Abs(v), 1e-38))), -126) - 7);
-
-    static double[] Doubles(Tensor t) => t.to(ScalarType.Float64).contiguous().data<double>().ToArray();
-
     // random values over GELU's whole shape (the negative tail, the bend, the linear part), 8·k + 5 of them (a tail)
     static Tensor Inputs(long seed, int n = 8 * 1250 + 5)
     {
@@ -51,8 +47,8 @@ public class CpuGeluTests
         {
             double exact = Gelu(xs[i]);
             // rounding to nearest: within half a unit of the exact value, plus the float32 evaluation's few ulps
-            Assert.True(Math.Abs(o[i] - exact) <= 0.5 * Ulp(exact) * 1.01 + 1e-30, $"x = {xs[i]}: ours {o[i]}, exact {exact}");
-            Assert.True(Math.Abs(o[i] - l[i]) <= Ulp(l[i]) * 1.01 + LibtorchSlack(xs[i]), $"x = {xs[i]}: ours {o[i]}, libtorch {l[i]}");
+            Assert.True(Math.Abs(o[i] - exact) <= 0.5 * Bf16Ulp(exact) * 1.01 + 1e-30, $"x = {xs[i]}: ours {o[i]}, exact {exact}");
+            Assert.True(Math.Abs(o[i] - l[i]) <= Bf16Ulp(l[i]) * 1.01 + LibtorchSlack(xs[i]), $"x = {xs[i]}: ours {o[i]}, libtorch {l[i]}");
             if (o[i] != l[i]) differ++;
         }
         // the two float32 evaluations round to the same bf16 value except near rounding boundaries (measured ≈ 7 %)
@@ -77,8 +73,8 @@ public class CpuGeluTests
         {
             double exact = gs[i] * GeluDerivative(xs[i]);
             // gelu'(x) rounded to bf16, then the product rounded: within 1.5 units, plus the float32 evaluation
-            Assert.True(Math.Abs(ours[i] - exact) <= 1.5 * Ulp(exact) * 1.01 + 1e-30, $"x = {xs[i]}, g = {gs[i]}: ours {ours[i]}, exact {exact}");
-            Assert.True(Math.Abs(ours[i] - lib[i]) <= 2 * Ulp(lib[i]) * 1.01 + LibtorchSlack(xs[i], Math.Abs(gs[i])), $"x = {xs[i]}: ours {ours[i]}, libtorch {lib[i]}");
+            Assert.True(Math.Abs(ours[i] - exact) <= 1.5 * Bf16Ulp(exact) * 1.01 + 1e-30, $"x = {xs[i]}, g = {gs[i]}: ours {ours[i]}, exact {exact}");
+            Assert.True(Math.Abs(ours[i] - lib[i]) <= 2 * Bf16Ulp(lib[i]) * 1.01 + LibtorchSlack(xs[i], Math.Abs(gs[i])), $"x = {xs[i]}: ours {ours[i]}, libtorch {lib[i]}");
         }
     }
 
@@ -91,7 +87,7 @@ public class CpuGeluTests
         var y = Doubles(CpuGelu.Gelu(x));
         var xs = Doubles(x);
         for (int i = 0; i < v.Length - 1; i++)
-            Assert.True(Math.Abs(y[i] - Gelu(xs[i])) <= 0.5 * Ulp(Gelu(xs[i])) * 1.01 + 1e-30, $"gelu({xs[i]}) = {y[i]}");
+            Assert.True(Math.Abs(y[i] - Gelu(xs[i])) <= 0.5 * Bf16Ulp(Gelu(xs[i])) * 1.01 + 1e-30, $"gelu({xs[i]}) = {y[i]}");
         Assert.True(double.IsNaN(y[^1]), "NaN stays NaN");
         Assert.Equal(new long[] { 2, 3, 4 }, CpuGelu.Gelu(torch.ones([2, 3, 4], ScalarType.BFloat16)).shape);
         // a contiguous slice that starts inside its storage: the kernel reads from the slice's first element
@@ -105,7 +101,7 @@ public class CpuGeluTests
             Assert.True(Doubles(CpuGelu.Gelu(xi)).SequenceEqual(Doubles(CpuGelu.Gelu(xi.clone()))), $"n = {n}");
             double[] a = Doubles(CpuGelu.Gelu(xi)), b = Doubles(xi);
             for (int i = 0; i < n; i++)
-                Assert.True(Math.Abs(a[i] - Gelu(b[i])) <= 0.5 * Ulp(Gelu(b[i])) * 1.01 + 1e-30, $"n = {n}, x = {b[i]}");
+                Assert.True(Math.Abs(a[i] - Gelu(b[i])) <= 0.5 * Bf16Ulp(Gelu(b[i])) * 1.01 + 1e-30, $"n = {n}, x = {b[i]}");
         }
     }
 

@@ -2,6 +2,7 @@ using DetoxSharp.Models;
 using DetoxSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;
+using static DetoxSharp.Tests.Core.CoreTestUtil;
 
 namespace DetoxSharp.Tests.Core;
 
@@ -10,11 +11,6 @@ namespace DetoxSharp.Tests.Core;
 /// vocabulary that is not a multiple of 16, bad targets; and a bf16 GPT-2's SFT loss and gradients with and without it.</summary>
 public class CpuTokenLogProbsTests
 {
-    static double[] Doubles(Tensor t) => t.to(ScalarType.Float64).contiguous().data<double>().ToArray();
-
-    // one bf16 unit in the last place at the magnitude of v (8 significant bits), at least the smallest normal's
-    static double Ulp(double v) => Math.Pow(2, Math.Max(Math.Floor(Math.Log2(Math.Max(Math.Abs(v), 1e-38))), -126) - 7);
-
     static (Tensor Logits, Tensor Targets) Inputs(long seed, int n, int v, double scale = 3)
     {
         var g = new Generator((ulong)seed);
@@ -76,8 +72,8 @@ public class CpuTokenLogProbsTests
                 double slack = Math.Abs(gs[i]) * 1e-6; // float32's softmax, where 1 − p cancels at the target
                 // one rounding of a float32 value, as libtorch's: within half a unit of the exact gradient (plus
                 // float32's few ulps) and one unit of libtorch's
-                Assert.True(Math.Abs(ours[k] - exact) <= 0.5 * Ulp(exact) * 1.01 + slack + 1e-30, $"row {i}, column {j}: ours {ours[k]}, exact {exact}");
-                Assert.True(Math.Abs(ours[k] - lib[k]) <= Ulp(lib[k]) * 1.01 + slack + 1e-30, $"row {i}, column {j}: ours {ours[k]}, libtorch {lib[k]}");
+                Assert.True(Math.Abs(ours[k] - exact) <= 0.5 * Bf16Ulp(exact) * 1.01 + slack + 1e-30, $"row {i}, column {j}: ours {ours[k]}, exact {exact}");
+                Assert.True(Math.Abs(ours[k] - lib[k]) <= Bf16Ulp(lib[k]) * 1.01 + slack + 1e-30, $"row {i}, column {j}: ours {ours[k]}, libtorch {lib[k]}");
                 if (ours[k] != lib[k]) differ++;
             }
         // the two float32 evaluations round alike except near rounding boundaries (measured: none of these differ)
