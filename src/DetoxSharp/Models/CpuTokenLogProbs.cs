@@ -22,17 +22,19 @@ namespace DetoxSharp.Models;
 /// stays within what the thread count alone changes (docs/PERFORMANCE.md, twenty-sixth session). A NaN anywhere in a
 /// row makes that row's log-prob and gradient NaN, as libtorch's does. Memory between forward and backward: the
 /// float32 terms, the size libtorch's path kept (its float32 log-softmax).</para>
-/// <para>Runs on the calling thread; used by <see cref="LogProbs"/> when libtorch has at most <see cref="MaxThreads"/>
-/// threads (libtorch's log-softmax is parallel, this pass is not). Float32 and float64 logits keep libtorch's path.</para>
+/// <para>Rows are split over libtorch's OpenMP threads (<see cref="OmpParallel"/>; the same bits as on one thread); used
+/// by <see cref="LogProbs"/> when libtorch has at most <see cref="MaxThreads"/> threads. Float32 and float64 logits keep
+/// libtorch's path.</para>
 /// </remarks>
 public static unsafe class CpuTokenLogProbs
 {
     /// <summary>Whether bfloat16 logits use this kernel (default: on where <see cref="CpuGelu.Supported"/>).</summary>
     public static bool Enabled { get; set; } = true;
 
-    /// <summary>Up to this many libtorch threads the kernel is used (default 2): at the toy's 3,040 × 2,724 it takes ≈ 5 ms
-    /// forward and ≈ 2.5–3 backward, libtorch's path ≈ 17 ms at one thread and ≈ 11 at two (docs/PERFORMANCE.md,
-    /// twenty-sixth session), so it stops paying at ≈ 3 threads.</summary>
+    /// <summary>Up to this many libtorch threads the kernel is used (default 2, the most this project's machine could
+    /// measure): at the toy's 3,040 × 2,724 it takes ≈ 4.9 ms forward and 2.4–2.6 backward at one thread, ≈ 2.5 and 1.8 at
+    /// two, against libtorch's cast + log-softmax + gather ≈ 17 ms at one thread and ≈ 11 at two (docs/PERFORMANCE.md,
+    /// twenty-sixth and twenty-seventh sessions).</summary>
     public static int MaxThreads { get; set; } = 2;
 
     /// <summary>Whether <see cref="LogProbs"/> would take the kernel for these logits [N, V] and targets [N].</summary>
@@ -67,18 +69,22 @@ public static unsafe class CpuTokenLogProbs
     // out[i] = x[i, t_i] − lse[i], lse[i] = log Σ_j e^(x[i, j]); for the backward (when e is given): e[i, j] =
     // e^(x[i, j] − max_i) in float32, inv[i] = 1 / Σ_j e^(x[i, j] − max_i) and pt[i] = e^(out[i]) (NaN for a row whose
     // log-sum-exp is not finite, so that its gradient is NaN as libtorch's)
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static Tensor Forward(Tensor logits, Tensor targets, Tensor? e, Tensor? inv, Tensor? pt)
     {
         long n = logits.shape[0], v = logits.shape[1];
         var output = torch.empty(n, ScalarType.Float32);
-        var x = (ushort*)TensorAddress.Of(logits);
-        var t = (long*)TensorAddress.Of(targets);
-        var o = (float*)TensorAddress.Of(output);
-        var pe = e is null ? null : (float*)TensorAddress.Of(e);
-        var pinv = inv is null ? null : (float*)TensorAddress.Of(inv);
-        var ppt = pt is null ? null : (float*)TensorAddress.Of(pt);
-        for (long i = 0; i < n; i++)
+        nint x = (nint)TensorAddress.Of(logits), t = (nint)TensorAddress.Of(targets), o = (nint)TensorAddress.Of(output);
+        nint pe = e is null ? 0 : (nint)TensorAddress.Of(e), pinv = inv is null ? 0 : (nint)TensorAddress.Of(inv), ppt = pt is null ? 0 : (nint)TensorAddress.Of(pt);
+        OmpParallel.For(n, MinRowsPerThread(v), 1, (from, to) =>
+            ForwardRows((ushort*)x, (long*)t, (float*)o, (float*)pe, (float*)pinv, (float*)ppt, v, from, to));
+        return output;
+    }
+
+    // rows [from, to) of Forward
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void ForwardRows(ushort* x, long* t, float* o, float* pe, float* pinv, float* ppt, long v, long from, long to)
+    {
+        for (long i = from; i < to; i++)
         {
             var row = x + i * v;
             float m = RowMax(row, v);
@@ -93,8 +99,10 @@ public static unsafe class CpuTokenLogProbs
                 ppt[i] = finite ? MathF.Exp(o[i]) : float.NaN;
             }
         }
-        return output;
     }
+
+    // rows of V values worth a thread of their own (≈ 32K values)
+    static long MinRowsPerThread(long v) => Math.Max(1, (1L << 15) / Math.Max(1, v));
 
     // the row's largest value, NaN if it holds a NaN
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -148,19 +156,23 @@ public static unsafe class CpuTokenLogProbs
     }
 
     // grad[i, j] = g_i·(δ_{j,t_i} − e[i, j]·inv[i]) rounded to bfloat16 once (at the target g_i − g_i·pt[i])
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static Tensor Backward(Tensor e, Tensor targets, Tensor inv, Tensor pt, Tensor grad)
     {
         using var g = grad.to(ScalarType.Float32).contiguous();
         long n = e.shape[0], v = e.shape[1];
         var result = torch.empty(e.shape, ScalarType.BFloat16);
-        var pe = (float*)TensorAddress.Of(e);
-        var r = (ushort*)TensorAddress.Of(result);
-        var t = (long*)TensorAddress.Of(targets);
-        var pinv = (float*)TensorAddress.Of(inv);
-        var ppt = (float*)TensorAddress.Of(pt);
-        var pg = (float*)TensorAddress.Of(g);
-        for (long i = 0; i < n; i++)
+        nint pe = (nint)TensorAddress.Of(e), r = (nint)TensorAddress.Of(result), t = (nint)TensorAddress.Of(targets);
+        nint pinv = (nint)TensorAddress.Of(inv), ppt = (nint)TensorAddress.Of(pt), pg = (nint)TensorAddress.Of(g);
+        OmpParallel.For(n, MinRowsPerThread(v), 1, (from, to) =>
+            BackwardRows((float*)pe, (ushort*)r, (long*)t, (float*)pinv, (float*)ppt, (float*)pg, v, from, to));
+        return result;
+    }
+
+    // rows [from, to) of Backward
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void BackwardRows(float* pe, ushort* r, long* t, float* pinv, float* ppt, float* pg, long v, long from, long to)
+    {
+        for (long i = from; i < to; i++)
         {
             float* row = pe + i * v;
             ushort* outRow = r + i * v;
@@ -173,7 +185,6 @@ public static unsafe class CpuTokenLogProbs
                 outRow[j] = ToBf16(c * row[j]);
             outRow[t[i]] = ToBf16(gi - gi * ppt[i]);
         }
-        return result;
     }
 
     sealed class Node : torch.autograd.SingleTensorFunction<Node>
