@@ -57,10 +57,7 @@ public static class CpuAttention
     internal static Tensor Float32Kernel(Tensor q, Tensor k, Tensor v, Tensor? mask, bool causal) =>
         torch.nn.functional.scaled_dot_product_attention(q.to(ScalarType.Float32), k.to(ScalarType.Float32), v.to(ScalarType.Float32), mask, 0.0, causal).to(q.dtype);
 
-    /// <summary>softmax(q·kᵀ/√d, masked) · v with bf16 products and the scale, mask and softmax in float32. For bf16 CPU
-    /// scores the scale, mask, softmax and cast are <see cref="CpuAttentionSoftmax"/>'s one C# pass a row (forward and
-    /// backward; split over libtorch's threads; the toy's attention forward + backward 8.6 → 7.4 ms a layer at 2 threads,
-    /// twenty-seventh session); with it off (<see cref="CpuAttentionSoftmax.Enabled"/>) libtorch's ops: the scale and
+    /// <summary>softmax(q·kᵀ/√d, masked) · v with bf16 products and the scale, mask and softmax in float32. The scale and
     /// the mask are one op: an additive float32 bias (0 where a key is seen, −∞ where it is hidden) plus the bf16 scores
     /// times the scale — libtorch's add computes bias + scale·score as one fused multiply-add, which equals rounding
     /// scale·score and adding 0 or −∞, so the values are those of scaling and then filling hidden keys with −∞, bit for bit,
@@ -76,8 +73,6 @@ public static class CpuAttention
         long t = q.shape[2], kLen = k.shape[2];
         double scale = 1.0 / Math.Sqrt(q.shape[3]);
         var scores = torch.matmul(q, k.transpose(-2, -1));
-        if (CpuAttentionSoftmax.Applies(scores))
-            return torch.matmul(CpuAttentionSoftmax.Probabilities(scores, scale, mask, causal), v);
         var bias = mask is not null ? MaskBias(mask) : causal ? CausalBias(t, kLen, q.device) : null;
         var s = bias is null ? scores.to(ScalarType.Float32).mul_(scale) : bias.add(scores, scale);
         return torch.matmul(s.softmax(-1).to(q.dtype), v);

@@ -144,8 +144,8 @@ public class CpuAttentionTests
         { "none", 7, 7, 80 }, { "padding", 20, 20, 64 }, { "cache", 3, 20, 48 },
     };
 
-    /// <summary>Folding the scale and the mask into one add of a float32 bias (0 or −∞) — the math path's libtorch ops, used
-    /// when <see cref="CpuAttentionSoftmax"/> is off — changes no bit of the output or of the gradients: head sizes whose scale is a power of two (16, 64) and others (48, 80), the cached causal bias (up to
+    /// <summary>Folding the scale and the mask into one add of a float32 bias (0 or −∞) changes no bit of the output or of
+    /// the gradients: head sizes whose scale is a power of two (16, 64) and others (48, 80), the cached causal bias (up to
     /// 256 keys) and the one built per call (300), more keys than queries, padding masks.</summary>
     [Theory]
     [MemberData(nameof(BiasCases))]
@@ -173,8 +173,7 @@ public class CpuAttentionTests
             (y.to(ScalarType.Float32) * w).sum().backward();
             return (y, [q.grad!, k.grad!, v.grad!]);
         }
-        // libtorch's ops for the softmax (the bf16 kernel, CpuAttentionSoftmaxTests, is not bit-equal to them)
-        var (yNew, gNew) = WithoutSoftmaxKernel(() => Run(CpuAttention.MathPath));
+        var (yNew, gNew) = Run(CpuAttention.MathPath);
         var (yOld, gOld) = Run(ScaleThenFill);
         Assert.True(Same(yNew, yOld), $"{kind} {t}×{kLen}×{d}: outputs differ");
         for (int i = 0; i < 3; i++) Assert.True(Same(gNew[i], gOld[i]), $"{kind} {t}×{kLen}×{d}: gradient {"qkv"[i]} differs");
@@ -184,13 +183,6 @@ public class CpuAttentionTests
             var shifted = mask is null ? torch.ones(t, kLen, ScalarType.Bool).tril(1) : mask.roll(1, -1);
             Assert.False(Same(yNew, ScaleThenFill(q0, k0, v0, shifted, false)));
         }
-    }
-
-    static T WithoutSoftmaxKernel<T>(Func<T> f)
-    {
-        bool before = CpuAttentionSoftmax.Enabled;
-        try { CpuAttentionSoftmax.Enabled = false; return f(); }
-        finally { CpuAttentionSoftmax.Enabled = before; }
     }
 
     [Fact]
