@@ -121,13 +121,17 @@ public static class NativeSetup
 
     /// <summary>The path of the shared library named <paramref name="fileName"/> if this process has it mapped (Linux's
     /// /proc/self/maps), else null.</summary>
-    internal static string? LoadedLibrary(string fileName)
+    internal static string? LoadedLibrary(string fileName) => LoadedLibrary(name => name == fileName);
+
+    /// <summary>The path of the first shared library this process has mapped whose file name satisfies
+    /// <paramref name="matches"/> (Linux's /proc/self/maps), else null.</summary>
+    internal static string? LoadedLibrary(Func<string, bool> matches)
     {
         if (!File.Exists("/proc/self/maps")) return null;
         foreach (var line in File.ReadLines("/proc/self/maps"))
         {
             int at = line.IndexOf('/');
-            if (at >= 0 && line.EndsWith("/" + fileName, StringComparison.Ordinal)) return line[at..];
+            if (at >= 0 && matches(Path.GetFileName(line[at..]))) return line[at..];
         }
         return null;
     }

@@ -33,7 +33,6 @@ namespace DetoxSharp.Models;
 public static unsafe class CpuGelu
 {
     const float K = 0.7978845608028654f, C = 0.044715f;
-    const long MinPerThread = 1 << 15;
     static readonly Scalar One = 1.0;
 
     /// <summary>Whether bfloat16 GELUs use this kernel (default: on where it <see cref="Supported"/>).</summary>
@@ -81,7 +80,7 @@ public static unsafe class CpuGelu
     {
         nint px = (nint)TensorAddress.Of(x), py = (nint)TensorAddress.Of(y), pd = d is null ? 0 : (nint)TensorAddress.Of(d);
         // slices of whole 16-element blocks, so that each element is computed by the same code as on one thread
-        OmpParallel.For(x.numel(), MinPerThread, 16, (from, to) =>
+        OmpParallel.For(x.numel(), OmpParallel.MinValuesPerThread, 16, (from, to) =>
             Range((ushort*)px + from, (ushort*)py + from, pd == 0 ? null : (ushort*)pd + from, to - from));
     }
 

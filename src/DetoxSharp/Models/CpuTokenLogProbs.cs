@@ -101,8 +101,8 @@ public static unsafe class CpuTokenLogProbs
         }
     }
 
-    // rows of V values worth a thread of their own (≈ 32K values)
-    static long MinRowsPerThread(long v) => Math.Max(1, (1L << 15) / Math.Max(1, v));
+    // rows of V values worth a thread of their own
+    static long MinRowsPerThread(long v) => Math.Max(1, OmpParallel.MinValuesPerThread / Math.Max(1, v));
 
     // the row's largest value, NaN if it holds a NaN
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

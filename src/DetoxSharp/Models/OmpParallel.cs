@@ -24,6 +24,9 @@ internal static unsafe class OmpParallel
     static readonly delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void> GompParallel;
     static readonly delegate* unmanaged<int> ThreadNum, NumThreads;
 
+    /// <summary>The fewest values (elements, or row length × rows) the kernels hand a thread of its own (32K).</summary>
+    public const long MinValuesPerThread = 1 << 15;
+
     /// <summary>Whether libgomp's entry points were found (libtorch loaded with it, as its Linux builds are).</summary>
     public static bool Available { get; }
 
@@ -32,7 +35,9 @@ internal static unsafe class OmpParallel
         try
         {
             torch.InitializeDeviceType(DeviceType.CPU); // loads libtorch (and its libgomp) if nothing has yet
-            if (!OperatingSystem.IsLinux() || LibgompPath() is not string path || !NativeLibrary.TryLoad(path, out var h)) return;
+            // libtorch's libgomp as this process mapped it (the pip-style builds ship it as libgomp-<hash>.so.1)
+            if (!OperatingSystem.IsLinux() || NativeSetup.LoadedLibrary(name => name.StartsWith("libgomp", StringComparison.Ordinal)) is not string path
+                || !NativeLibrary.TryLoad(path, out var h)) return;
             if (NativeLibrary.TryGetExport(h, "GOMP_parallel", out var p) && NativeLibrary.TryGetExport(h, "omp_get_thread_num", out var n)
                 && NativeLibrary.TryGetExport(h, "omp_get_num_threads", out var c))
             {
@@ -43,18 +48,6 @@ internal static unsafe class OmpParallel
             }
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or DllNotFoundException) { }
-    }
-
-    // libtorch's libgomp as this process mapped it (the pip-style builds ship it as libgomp-<hash>.so.1)
-    static string? LibgompPath()
-    {
-        if (!File.Exists("/proc/self/maps")) return null;
-        foreach (var line in File.ReadLines("/proc/self/maps"))
-        {
-            int at = line.IndexOf('/');
-            if (at >= 0 && Path.GetFileName(line.AsSpan(at)).StartsWith("libgomp", StringComparison.Ordinal)) return line[at..];
-        }
-        return null;
     }
 
     [StructLayout(LayoutKind.Sequential)]
