@@ -18,7 +18,7 @@ static class BenchUsage
         // the modes' settings
         "--auto-only", "--batch", "--batches", "--forward-reps", "--fp32", "--full", "--gpt2-124m", "--llama", "--min-seconds",
         "--new-tokens", "--no-mask", "--packing", "--pairs", "--prompts", "--reps", "--rounds", "--rows", "--run", "--seq",
-        "--sft-steps", "--share-ab", "--steps", "--texts", "--torch-optim", "--vocab", "--warmup", "--words",
+        "--sft-steps", "--share-ab", "--dp-ab", "--steps", "--texts", "--torch-optim", "--vocab", "--warmup", "--words",
     ];
 
     public const string Text = """
@@ -35,7 +35,7 @@ static class BenchUsage
           --heap-probe CONFIG [--batch B --seq T --reps N]     forwards and SFT steps one by one with page faults and glibc's heap
           --precision-ab CONFIG [--batch B --seq T --sft-steps N --rounds N]   fp32 / bf16-mixed / pure bf16 SFT steps
           --gemm-shapes CONFIG [--rows N,N --vocab V --rounds N]   GEMM rates at a config's shapes
-          --dpo CONFIG [--steps N --words N --pairs N --packing auto|always|never --auto-only --share-ab --rounds N]   DPO pairs/s
+          --dpo CONFIG [--steps N --words N --pairs N --packing auto|always|never --auto-only --share-ab --dp-ab --rounds N]   DPO pairs/s
           --dpo-phases MODEL_DIR PAIRS.jsonl [--steps N --batch B]   a `detox dpo` step phase by phase
           --optimizer-ab CONFIG | --handover-ab CONFIG | --packing-ab CONFIG [--llama] [--rounds N --steps N --batches N]
           --generation CONFIG | --decode-probe | --dexperts CONFIG [--batch B --new-tokens N --rounds N --prompts N --min-seconds S]

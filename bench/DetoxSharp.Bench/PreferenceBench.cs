@@ -62,26 +62,31 @@ static class PreferenceBench
     /// <param name="packing">The model's <see cref="Gpt2Model.Packing"/> in the plain modes.</param>
     /// <param name="pairs">Pairs in the data file (0: the 4·steps + 4 the steps use); more: a run that stops before the
     /// end of its file, as Lee et al.'s did after ≈ 6,700 of 24,576 pairs.</param>
+    /// <param name="dataParallelRounds">&gt; 0: instead, --precision auto with --data-parallel 1 (what auto is for
+    /// preference training) and 2, interleaved for this many rounds.</param>
     public static List<Result> Run(Func<ICausalLM> make, int steps, string workDir, bool autoOnly = false, int shareRounds = 0, TokenPacking packing = TokenPacking.Auto,
-        int pairs = 0)
+        int pairs = 0, int dataParallelRounds = 0)
     {
         var tok = Gpt2Tokenizer.Default();
         var data = Pairs(tok, Math.Max(pairs, 4 * steps + 4));
         var results = new List<Result>();
         // fp32 with and without the cache (the library's default precision), then the CLI's and the study's default:
         // --precision auto (bf16-mixed on a CPU with native bf16) with the cache
-        var modes = new[] { (true, Precision.ModelDType, true, packing), (false, Precision.ModelDType, true, packing), (true, Precision.Auto, true, packing) }
+        // (the library's option records default to --data-parallel 1; the CLI's and the study's to auto, 0)
+        var modes = new[] { (true, Precision.ModelDType, true, packing, 1), (false, Precision.ModelDType, true, packing, 1), (true, Precision.Auto, true, packing, 0) }
             .Where(m => !autoOnly || m.Item2 == Precision.Auto).ToList();
         if (shareRounds > 0)
-            modes = Enumerable.Range(0, shareRounds).SelectMany(_ => new[] { (true, Precision.Auto, true, packing), (true, Precision.Auto, false, packing) }).ToList();
-        foreach (var (cache, precision, share, pack) in modes)
+            modes = Enumerable.Range(0, shareRounds).SelectMany(_ => new[] { (true, Precision.Auto, true, packing, 0), (true, Precision.Auto, false, packing, 0) }).ToList();
+        if (dataParallelRounds > 0)
+            modes = Enumerable.Range(0, dataParallelRounds).SelectMany(_ => new[] { (true, Precision.Auto, true, packing, 1), (true, Precision.Auto, true, packing, 2) }).ToList();
+        foreach (var (cache, precision, share, pack, dp) in modes)
         {
             torch.manual_seed(1);
             using var m = make();
             if (m is Gpt2Model g) g.Packing = pack;
             var dir = Path.Combine(workDir, (cache ? "cached" : "live") + "-" + precision);
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
-            var o = new PreferenceTrainerOptions { BatchSize = 4, ValidationSize = 4, MaxSteps = steps, WarmupSteps = 2, CacheReference = cache, EvalEvery = 0, Precision = precision, SharePrompts = share };
+            var o = new PreferenceTrainerOptions { BatchSize = 4, ValidationSize = 4, MaxSteps = steps, WarmupSteps = 2, CacheReference = cache, EvalEvery = 0, Precision = precision, SharePrompts = share, DataParallel = dp };
             var sw = Stopwatch.StartNew();
             var trainer = new PreferenceTrainer(m, tok, o);
             var times = new StepTimes(() => trainer.ReferenceScoring.TotalSeconds);
@@ -89,7 +94,8 @@ static class PreferenceBench
             double wall = sw.Elapsed.TotalSeconds;
             var first = JsonNode.Parse(File.ReadLines(r.MetricsPath).First())!["loss"]!.GetValue<double>();
             string mode = (cache ? "cached reference" : "live reference") + (precision == Precision.Auto ? $", auto = {PrecisionJsonConverter.Name(r.Run.Precision)}" : "")
-                + (share ? "" : ", prompt not shared") + (pack == TokenPacking.Auto ? "" : $", packing {pack}");
+                + (share ? "" : ", prompt not shared") + (pack == TokenPacking.Auto ? "" : $", packing {pack}")
+                + (precision == Precision.Auto && (dp == 1 || r.Run.DataParallel > 1) ? $", data-parallel {r.Run.DataParallel}" : "");
             results.Add(new(mode, r.PairsPerSecond, wall, first, r.Steps, times.PairsPerSecond(r.Steps, true), times.PairsPerSecond(r.Steps, false), trainer.ReferenceScoring.TotalSeconds));
             Directory.Delete(dir, true);
         }

@@ -187,7 +187,7 @@ if (ConfigMode("--dpo", (name, cfg) =>
         PreferenceBench.Run(() => new Gpt2Model(cfg with { VocabSize = Math.Max(cfg.VocabSize, 50257), EosTokenId = 50256, BosTokenId = 50256 }), Arg("--steps", 6),
             Path.Combine(Path.GetTempPath(), $"detox-bench-dpo-{Environment.ProcessId}"), autoOnly: args.Contains("--auto-only"),
             shareRounds: args.Contains("--share-ab") ? Arg("--rounds", 2) : 0, packing: Enum.Parse<TokenPacking>(ArgS("--packing", "auto"), ignoreCase: true),
-            pairs: Arg("--pairs", 0))
+            pairs: Arg("--pairs", 0), dataParallelRounds: args.Contains("--dp-ab") ? Arg("--rounds", 2) : 0)
         .Select(r => $"DPO {name} {r.Mode}: {r.PairsPerSecond:F3} pairs/s (train loop, {r.Steps} steps of 4 pairs; {r.SteadyPairsPerSecond:F3} after step {PreferenceBench.SettleSteps}, {r.SteadyStepsOnly:F3} without the {r.ScoringSeconds:F1} s of reference scoring), wall {r.WallSeconds:F1} s, first loss {r.FirstLoss:F6} (ln 2 = {Math.Log(2):F6})")) is int dpoExit)
     return dpoExit;
 

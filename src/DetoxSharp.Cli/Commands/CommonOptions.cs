@@ -21,6 +21,19 @@ public static class CommonOptions
         DefaultValueFactory = _ => "auto",
     };
 
+    /// <summary>--data-parallel: auto (the default) or a number of parts (<see cref="DetoxSharp.Training.SftOptions.DataParallel"/>).</summary>
+    public static Option<string> DataParallel() => new("--data-parallel")
+    {
+        Description = "split each micro-batch into N parts trained side by side, one a thread, on bf16 working copies that share the weights (data parallelism over the cores; needs bf16-mixed): auto = 2 on ≥ 2 threads for models up to 50M parameters, 1 = off",
+        DefaultValueFactory = _ => "auto",
+    };
+
+    /// <summary>The value of <see cref="DataParallel"/>: 0 for auto, else the number of parts (≥ 1).</summary>
+    public static int ParseDataParallel(string value) =>
+        value == "auto" ? 0
+        : int.TryParse(value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n) && n >= 1 ? n
+        : throw new InvalidInputException($"--data-parallel: expected auto or a positive number of parts, got '{value}'");
+
     public static Option<bool> AllowPickle() => new("--allow-pickle") { Description = "allow loading a legacy pickled pytorch_model.bin (pickles can run code)" };
 
     /// <summary>The one --resume of every training command: a switch that continues from OUT/checkpoint.</summary>

@@ -68,6 +68,8 @@ public static class PreferenceCommands
         else { cmd.Options.Add(loss); cmd.Options.Add(desirableW); cmd.Options.Add(undesirableW); cmd.Options.Add(simpoGamma); }
         var tensorBoard = TrainingCli.TensorBoard();
         cmd.Options.Add(tensorBoard);
+        var dataParallel = CommonOptions.DataParallel();
+        cmd.Options.Add(dataParallel);
         var lora = LoraCli.AddTo(cmd);
         cmd.SetAction(p => TrainingCli.Run(p, adpo ? "adpo" : "dpo", () => p.GetValue(lr), cancel =>
         {
@@ -91,6 +93,7 @@ public static class PreferenceCommands
                 MaxSteps = p.GetValue(maxSteps), Epochs = p.GetValue(epochs), Seed = p.GetValue(seed), CheckpointEvery = p.GetValue(saveEvery),
                 CacheReference = !p.GetValue(noCache), SharePrompts = !p.GetValue(noShare), CacheDir = p.GetValue(cacheDir), Precision = prec,
                 Resume = p.GetValue(resume), AllowSettingChanges = p.GetValue(allowChanges), TensorBoardDir = p.GetValue(tensorBoard),
+                DataParallel = CommonOptions.ParseDataParallel(p.GetValue(dataParallel)!),
             };
             opts.Validate();
             var chat = ChatTemplate.FromModelDirectory(p.GetValue(model)!); // for TRL conversational records

@@ -31,6 +31,8 @@ public static class PretrainToyCommand
         cmd.Options.Add(allowChanges);
         var tensorBoard = TrainingCli.TensorBoard();
         cmd.Options.Add(tensorBoard);
+        var dataParallel = CommonOptions.DataParallel();
+        cmd.Options.Add(dataParallel);
         cmd.SetAction(p => TrainingCli.Run(p, "pretrain-toy", () => p.GetValue(lr), cancel =>
         {
             var o = d with
@@ -40,7 +42,7 @@ public static class PretrainToyCommand
                 Context = p.GetValue(context), BatchSize = p.GetValue(batch), LearningRate = p.GetValue(lr),
                 Precision = CommonOptions.ParsePrecision(p.GetValue(precision)!, "float32"),
                 Resume = p.GetValue(resume), AllowSettingChanges = p.GetValue(allowChanges), TensorBoardDir = p.GetValue(tensorBoard), Device = CommonOptions.ParseDevice(p.GetValue(device)!),
-                Arch = p.GetValue(arch)!,
+                Arch = p.GetValue(arch)!, DataParallel = CommonOptions.ParseDataParallel(p.GetValue(dataParallel)!),
             };
             var err = p.InvocationConfiguration.Error;
             var summary = ToyPretraining.Run(p.GetValue(output)!, o, TrainingCli.Printer(err), new SyncProgress<string>(m => err.WriteLine("detox: " + m)), cancel);

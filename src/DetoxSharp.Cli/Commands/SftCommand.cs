@@ -70,14 +70,16 @@ sealed class SftFlags(string batchDescription)
     readonly Option<bool> _resume = CommonOptions.Resume();
     readonly Option<bool> _allowChanges = TrainingCli.AllowSettingChanges();
     readonly Option<string?> _tensorBoard = TrainingCli.TensorBoard();
+    readonly Option<string> _dataParallel = CommonOptions.DataParallel();
 
     public Option<double> LearningRate => _lr;
-    public IEnumerable<Option> All => [_lr, _batch, _epochs, _maxSteps, _warmup, _maxLen, _seed, _ckptEvery, _resume, _allowChanges, _tensorBoard];
+    public IEnumerable<Option> All => [_lr, _batch, _epochs, _maxSteps, _warmup, _maxLen, _seed, _ckptEvery, _resume, _allowChanges, _tensorBoard, _dataParallel];
 
     public SftOptions Read(ParseResult p) => new()
     {
         LearningRate = p.GetValue(_lr), BatchSize = p.GetValue(_batch), Epochs = p.GetValue(_epochs), MaxSteps = p.GetValue(_maxSteps),
         WarmupSteps = p.GetValue(_warmup), MaxLength = p.GetValue(_maxLen), Seed = p.GetValue(_seed), CheckpointEvery = p.GetValue(_ckptEvery),
         Resume = p.GetValue(_resume), AllowSettingChanges = p.GetValue(_allowChanges), TensorBoardDir = p.GetValue(_tensorBoard),
+        DataParallel = CommonOptions.ParseDataParallel(p.GetValue(_dataParallel)!),
     };
 }

@@ -215,6 +215,9 @@ public sealed record PreferenceSection
     public int? MaxLength { get; init; }
     /// <summary>"auto" (default: bf16-mixed on a CPU with native bf16, else fp32), "fp32" or "bf16-mixed".</summary>
     public Precision? Precision { get; init; }
+    /// <summary>"data_parallel": parts each micro-batch is split into and trained side by side, one a thread
+    /// (<see cref="PreferenceTrainerOptions.DataParallel"/>); null = 0, auto.</summary>
+    public int? DataParallel { get; init; }
 
     /// <summary>The trainer options of this point for <paramref name="method"/> ("dpo" or "adpo").</summary>
     public PreferenceTrainerOptions ToOptions(string method)
@@ -239,7 +242,7 @@ public sealed record PreferenceSection
             BatchSize = BatchSize ?? d.BatchSize, GradientAccumulationSteps = GradientAccumulationSteps ?? d.GradientAccumulationSteps,
             WarmupSteps = WarmupSteps ?? d.WarmupSteps, MaxGradNorm = MaxGradNorm ?? d.MaxGradNorm, EvalEvery = EvalEvery ?? d.EvalEvery,
             Patience = Patience ?? d.Patience, ValidationSize = ValidationSize ?? d.ValidationSize, Epochs = Epochs ?? d.Epochs, MaxSteps = MaxSteps ?? d.MaxSteps,
-            Precision = Precision ?? Training.Precision.Auto,
+            Precision = Precision ?? Training.Precision.Auto, DataParallel = DataParallel ?? 0,
         };
     }
 }
@@ -393,11 +396,13 @@ public static class StudySections
     }
 
     /// <summary>An <see cref="SftOptions"/> section (toxic_model, methods.dexperts.sft): the study trains in
-    /// <see cref="Precision.Auto"/> unless the section sets "precision".</summary>
+    /// <see cref="Precision.Auto"/> unless the section sets "precision", and with data parallelism on auto
+    /// (<see cref="SftOptions.DataParallel"/> 0) unless it sets "data_parallel".</summary>
     public static SftOptions ReadSft(JsonObject section, string path)
     {
         var o = Read<SftOptions>(section, path);
-        return section.ContainsKey("precision") ? o : o with { Precision = Precision.Auto };
+        if (!section.ContainsKey("precision")) o = o with { Precision = Precision.Auto };
+        return section.ContainsKey("data_parallel") ? o : o with { DataParallel = 0 };
     }
 
     /// <summary>Runs <paramref name="validate"/>; a bad setting is reported as "source: path.key problem".</summary>

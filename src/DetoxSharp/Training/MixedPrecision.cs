@@ -274,14 +274,70 @@ public sealed class MixedPrecision : IDisposable
     /// saves three passes over 1.4 GB of fp32 gradients a step.</summary>
     /// <param name="overwrite">Replace the master gradients (the step's first micro-batch).</param>
     /// <param name="divisor">Divide the master gradients by this after adding (1: not at all).</param>
-    public void AccumulateGradients(bool overwrite, double divisor)
+    public void AccumulateGradients(bool overwrite, double divisor) => AccumulateFrom(_work, overwrite, divisor);
+
+    /// <summary><see cref="AccumulateGradients(bool, double)"/> from replica <paramref name="replica"/> (0: <see cref="Working"/>;
+    /// see <see cref="AddReplicas"/>).</summary>
+    internal void AccumulateGradients(int replica, bool overwrite, double divisor) =>
+        AccumulateFrom(replica == 0 ? _work : _replicas[replica - 1].Work, overwrite, divisor);
+
+    /// <summary>The working copy that runs micro-batch slot <paramref name="replica"/> of a step: 0 is <see cref="Working"/>,
+    /// the others are <see cref="AddReplicas"/>'s.</summary>
+    internal ICausalLM Replica(int replica) => replica == 0 ? Working : _replicas[replica - 1].Model;
+
+    /// <summary>Number of working copies (<see cref="Working"/> and its replicas).</summary>
+    internal int Replicas => 1 + _replicas.Count;
+
+    /// <summary>Makes working copies until there are <paramref name="count"/>, for micro-batches run side by side on
+    /// several threads (<see cref="TrainingLoop"/>): each replica is a model of its own (its own autograd graph and
+    /// gradients) whose parameters are views of <see cref="Working"/>'s storage, so the weights exist once and an update
+    /// written into the working copy (<see cref="SyncTrained"/>, <see cref="MirrorUpdates"/>) is every replica's at once.
+    /// Call after <see cref="MirrorUpdates"/>.</summary>
+    internal void AddReplicas(int count)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var mine = Working.Module.named_parameters().ToDictionary(x => x.name, x => x.parameter);
+        var names = mine.ToDictionary(kv => kv.Value.Handle, kv => kv.Key);
+        while (Replicas < count)
+        {
+            var copy = Master.Clone();
+            try
+            {
+                Checkpoints.LoraAdapters.Of(Master)?.AttachCopy(copy);
+                copy.Module.to(ComputeDType);
+                var theirs = copy.Module.named_parameters().ToDictionary(x => x.name, x => x.parameter);
+                if (theirs.Count != mine.Count)
+                    throw new InvalidOperationException($"mixed precision: a replica has {theirs.Count} parameters, the working copy {mine.Count}");
+                using (torch.no_grad())
+                    foreach (var (name, w) in mine)
+                    {
+                        var q = theirs[name];
+                        ((TorchSharp.Modules.Parameter)q).set_(w); // the working copy's storage; a leaf of its own
+                        q.requires_grad_(w.requires_grad);
+                    }
+                var work = _work.Select(w => (Tensor)theirs[names[w.Handle]]).ToArray();
+                if (Working.Module.training) copy.Module.train(); else copy.Module.eval();
+                _replicas.Add((copy, work));
+            }
+            catch
+            {
+                copy.Dispose();
+                throw;
+            }
+        }
+    }
+
+    /// <summary>The replicas beyond <see cref="Working"/>: each model and its trainable parameters in <see cref="_work"/>'s order.</summary>
+    readonly List<(ICausalLM Model, Tensor[] Work)> _replicas = [];
+
+    void AccumulateFrom(Tensor[] work, bool overwrite, double divisor)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
-        for (int i = 0; i < _work.Length; i++)
+        for (int i = 0; i < work.Length; i++)
         {
-            var wg = _work[i].grad;
+            var wg = work[i].grad;
             var mg = _master[i].grad;
             if (wg is null) // parameter not reached by this loss
             {
@@ -309,7 +365,7 @@ public sealed class MixedPrecision : IDisposable
             else Fold(mg, wg, replace, divisor);
             // released rather than zeroed: the next backward then keeps its gradient as computed, where a zeroed one
             // costs a fill and an add over every weight (the same values: 0 + x = x)
-            _work[i].grad = null;
+            work[i].grad = null;
         }
     }
 
@@ -378,6 +434,7 @@ public sealed class MixedPrecision : IDisposable
     public void Train(bool on = true)
     {
         if (on) Working.Module.train(); else Working.Module.eval();
+        foreach (var (m, _) in _replicas) if (on) m.Module.train(); else m.Module.eval();
     }
 
     /// <summary>Disposes the working copy (the master stays the caller's).</summary>
@@ -386,6 +443,7 @@ public sealed class MixedPrecision : IDisposable
         if (_disposed) return;
         _disposed = true;
         Working.Dispose();
+        foreach (var (m, _) in _replicas) m.Dispose();
         if (_mirroredBy is not null) _mirroredBy.Mirror = null; // an optimizer that outlives this object stops writing the freed copy
         _mirror?.Dispose();
     }

@@ -77,6 +77,13 @@ public sealed record PreferenceTrainerOptions
     /// they are cached beside the fp32 ones. <see cref="Training.Precision.Auto"/>: bf16-mixed on a CPU with native
     /// bf16 (<see cref="MixedPrecision.Resolve"/>; the CLI's and the study's default).</summary>
     public Precision Precision { get; init; } = Precision.ModelDType;
+    /// <summary>Split each micro-batch of pairs into this many parts trained side by side, one a thread (data parallelism
+    /// inside the process; <see cref="TrainingLoopOptions.DataParallel"/>): 1 (the default) off; 0 (auto) is off too for
+    /// preference training, where it did not pay at the toy's 4-pair steps. Needs bf16 mixed precision on the CPU, cached
+    /// reference log-probs (<see cref="CacheReference"/>, the default) and a loss that is a mean over pairs — not KTO,
+    /// whose reference point is estimated over the whole micro-batch. The step equals the same parts run one after the
+    /// other, at the parts' thread count.</summary>
+    public int DataParallel { get; init; } = 1;
     /// <summary>Continue from &lt;out&gt;/checkpoint when it exists.</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public bool Resume { get; init; }
@@ -98,6 +105,7 @@ public sealed record PreferenceTrainerOptions
         Require.Number(WeightDecay, "weight_decay", 0);
         Require.Number(MaxGradNorm, "max_grad_norm", 0);
         Require.Count(BatchSize, "batch_size", 1, SftOptions.MaxBatch);
+        InvalidSettingException.Require(DataParallel >= 0, "data_parallel", $"must be 0 (auto) or a positive number of parts (got {DataParallel})");
         Require.Count(GradientAccumulationSteps, "gradient_accumulation_steps", 1, SftOptions.MaxBatch);
         InvalidSettingException.Require(WarmupSteps >= 0, "warmup_steps", $"must be ≥ 0 (got {WarmupSteps})");
         InvalidSettingException.Require(EvalEvery >= 0, "eval_every", $"must be ≥ 0 (got {EvalEvery})");
@@ -215,6 +223,14 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         settings["max_length"] = trunc.MaxLength; // the context may have shrunk it
         settings["data"] = dataHash;
         string bestDir = Path.Combine(outDir, "best"), finalDir = Path.Combine(outDir, "final");
+        // data parallelism: "auto" is off here — at the toy's 4-pair steps two 2-pair halves side by side ran ≈ 8 % slower
+        // than the whole step on two threads (docs/PERFORMANCE.md, twenty-eighth session); asked for, it needs parts that
+        // are independent means over pairs with cached reference values
+        int parts = o.DataParallel == 0 ? 1 : o.DataParallel;
+        if (parts > 1 && o.Loss.IsKto)
+            throw new InvalidInputException($"--data-parallel {parts} does not apply to KTO: its reference point is estimated over the whole micro-batch (use --data-parallel 1)");
+        if (parts > 1 && needsRef && !o.CacheReference)
+            throw new InvalidInputException($"--data-parallel {parts} needs the cached reference log-probs (drop --no-cache)");
         // a resume with other settings is refused now, not after the reference log-probs
         var loop = new TrainingLoopOptions
         {
@@ -222,7 +238,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             Schedule = new LrSchedule(o.LearningRate, o.WarmupSteps, totalSteps),
             Optimizer = Optimizers.Parse(o.Optimizer),
             OptimizerSettings = new OptimizerSettings { LearningRate = o.LearningRate, WeightDecay = o.WeightDecay },
-            MaxGradNorm = o.MaxGradNorm, MeanOverWeights = true, Precision = o.Precision,
+            MaxGradNorm = o.MaxGradNorm, MeanOverWeights = true, Precision = o.Precision, DataParallel = parts,
             EvalEvery = o.EvalEvery, Patience = o.Patience, OutputDir = outDir, TensorBoardDir = o.TensorBoardDir, BestDir = bestDir, CheckpointEvery = o.CheckpointEvery,
             Resume = o.Resume, AllowSettingChanges = o.AllowSettingChanges, Settings = settings, ItemName = "examples",
             Tokenizer = outTok, Log = Log, Logger = Logger,
@@ -330,6 +346,27 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             var (loss, m) = LossOf(idx, model);
             // summed over examples here; the loop divides the step's gradients and metrics by the number of pairs
             return new MicroBatchLoss(loss * ((double)idx.Length), idx.Length, m, idx.Length);
+        }
+
+        /// <summary>Consecutive runs of the micro-batch's pairs (sizes differing by at most one); each part's loss is its
+        /// mean × its pairs, as the whole micro-batch's is, so the loop's Σ ÷ Σ weight is the same mean. The cached
+        /// reference / π_tox values of the whole micro-batch are filled here, on the loop's thread, so that
+        /// <see cref="Loss"/> only reads them on the parts' threads. Null — run as one — with a live reference (a model
+        /// shared by the parts' threads), with KTO (its reference point is a statistic of the whole micro-batch) or with
+        /// fewer pairs than parts.</summary>
+        public IReadOnlyList<int[]>? Split(int[] idx, int parts)
+        {
+            if (parts < 2 || idx.Length < parts || liveRef is not null || o.Loss.IsKto) return null;
+            cached.Bf16?.Ensure(idx);
+            cached.Tox?.Ensure(idx);
+            var list = new List<int[]>(parts);
+            for (int k = 0, start = 0; k < parts; k++)
+            {
+                int size = idx.Length / parts + (k < idx.Length % parts ? 1 : 0);
+                list.Add(idx[start..(start + size)]);
+                start += size;
+            }
+            return list;
         }
 
         public IReadOnlyDictionary<string, double>? Evaluate(ICausalLM policy)

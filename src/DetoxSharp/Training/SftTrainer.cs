@@ -98,6 +98,11 @@ public sealed record SftOptions
     /// float32 model) or <see cref="Training.Precision.Auto"/> (the latter on a CPU with native bf16). Validation loss is
     /// computed with the fp32 master, i.e. the weights that are saved. JSON: "fp32", "bf16-mixed" or "auto".</summary>
     public Precision Precision { get; init; } = Precision.ModelDType;
+    /// <summary>Split each micro-batch into this many parts trained side by side, one a thread (data parallelism inside
+    /// the process; <see cref="TrainingLoopOptions.DataParallel"/>): 1 (the default) off, 0 auto. Needs bf16 mixed
+    /// precision on the CPU. The step then equals the parts run one after the other (the same sums, in the same order),
+    /// at the parts' thread count. JSON "data_parallel".</summary>
+    public int DataParallel { get; init; } = 1;
 
     /// <summary>Bounds for counts: beyond them a run would only exhaust memory building its batch list.</summary>
     public const int MaxBatch = 65536, MaxEpochs = 10_000;
@@ -121,6 +126,7 @@ public sealed record SftOptions
         InvalidSettingException.Require(WarmupSteps >= 0, "warmup_steps", $"must be ≥ 0 (got {WarmupSteps})");
         InvalidSettingException.Require(EvalEvery >= 0, "eval_every", $"must be ≥ 0 (got {EvalEvery})");
         InvalidSettingException.Require(CheckpointEvery >= 0, "checkpoint_every", $"must be ≥ 0 (got {CheckpointEvery})");
+        InvalidSettingException.Require(DataParallel >= 0, "data_parallel", $"must be 0 (auto) or a positive number of parts (got {DataParallel})");
     }
 }
 
@@ -296,7 +302,7 @@ public sealed class SftTrainer(ICausalLM model, Gpt2Tokenizer tokenizer, SftOpti
             {
                 LearningRate = o.LearningRate, WeightDecay = o.WeightDecay, Beta1 = o.Beta1, Beta2 = o.Beta2, Epsilon = o.Epsilon,
             },
-            MaxGradNorm = o.MaxGradNorm, MeanOverWeights = false, Precision = o.Precision, EvalEvery = o.EvalEvery,
+            MaxGradNorm = o.MaxGradNorm, MeanOverWeights = false, Precision = o.Precision, DataParallel = o.DataParallel, EvalEvery = o.EvalEvery,
             OutputDir = o.OutputDir, TensorBoardDir = o.TensorBoardDir, CheckpointEvery = o.CheckpointEvery, Resume = o.Resume,
             AllowSettingChanges = o.AllowSettingChanges, StopAfterSteps = o.StopAfterSteps, Settings = settings,
             ItemName = "tokens", Tokenizer = tokenizer, Log = Log, Logger = Logger,
@@ -357,5 +363,22 @@ public sealed class SftTrainer(ICausalLM model, Gpt2Tokenizer tokenizer, SftOpti
 
         public IReadOnlyDictionary<string, double>? Evaluate(ICausalLM model) =>
             valid is null ? null : new Dictionary<string, double> { ["loss"] = EvaluateLoss(model, valid, o.BatchSize) };
+
+        /// <summary>Consecutive runs of the micro-batch's sequences (sizes differing by at most one), each normalised over
+        /// the whole step's targets as the micro-batch was, so their losses add up to its loss; null with fewer sequences
+        /// than parts. <see cref="Loss"/> reads only its arguments and the immutable options: safe on several threads.</summary>
+        public IReadOnlyList<Batch>? Split(Batch b, int parts)
+        {
+            int n = b.Sequences.Count;
+            if (parts < 2 || n < parts) return null;
+            var list = new List<Batch>(parts);
+            for (int k = 0, start = 0; k < parts; k++)
+            {
+                int size = n / parts + (k < n % parts ? 1 : 0);
+                list.Add(new Batch(b.Sequences.GetRange(start, size), b.StepTargets));
+                start += size;
+            }
+            return list;
+        }
     }
 }

@@ -47,6 +47,11 @@ public sealed record ToyPretrainOptions
     /// <summary>Training precision (default <see cref="Precision.Auto"/>: bf16 compute with fp32 master weights on a CPU
     /// with native bf16, fp32 elsewhere).</summary>
     public Precision Precision { get; init; } = Precision.Auto;
+    /// <summary>Parts each step's blocks are split into and trained side by side, one a thread
+    /// (<see cref="SftOptions.DataParallel"/>): 0 (the default) auto — two halves on two or more threads with bf16 mixed
+    /// precision — 1 off.</summary>
+    [Setting("parts each step's blocks are split into and trained side by side, one a thread: 0 auto, 1 off")]
+    public int DataParallel { get; init; } = 0;
     /// <summary>Write a resumable checkpoint every N steps (0: only when the run stops).</summary>
     public int CheckpointEvery { get; init; } = 200;
     /// <summary>Continue from OUT/checkpoint.</summary>
@@ -140,7 +145,7 @@ public static class ToyPretraining
         {
             BatchSize = o.BatchSize, MaxLength = o.Context, LearningRate = o.LearningRate, WarmupSteps = o.WarmupSteps,
             Decay = DecayKind.Cosine, MinLrRatio = 0.05, Epochs = o.Epochs, MaxSteps = o.MaxSteps, MaxGradNorm = 1.0,
-            WeightDecay = 0.01, Beta2 = 0.98, Seed = o.Seed, Validation = valid, EvalEvery = 0, Precision = o.Precision,
+            WeightDecay = 0.01, Beta2 = 0.98, Seed = o.Seed, Validation = valid, EvalEvery = 0, Precision = o.Precision, DataParallel = o.DataParallel,
             OutputDir = Path.Combine(outDir, "training"), CheckpointEvery = o.CheckpointEvery, Resume = o.Resume,
             AllowSettingChanges = o.AllowSettingChanges, TensorBoardDir = o.TensorBoardDir,
         };
@@ -163,6 +168,7 @@ public static class ToyPretraining
                 ["vocab_size"] = tok.VocabSize, ["parameters"] = model.Module.parameters().Sum(p => p.numel()),
             },
             ["precision"] = PrecisionJsonConverter.Name(result.Run.Precision),
+            ["data_parallel"] = result.Run.DataParallel,
             ["batch_size"] = o.BatchSize,
             ["learning_rate"] = o.LearningRate,
             ["train_corpus_tokens"] = corpusTokens,

@@ -74,6 +74,8 @@ public sealed record TrainingRunResult(TrainingStop Stop, int Steps, int TotalSt
     public double ItemsPerSecond => Seconds > 0 ? RunItems / Seconds : 0;
     /// <summary>The precision the run trained in (<see cref="Training.Precision.Auto"/> resolved; <see cref="MixedPrecision.Resolve"/>).</summary>
     public Precision Precision { get; init; } = Precision.ModelDType;
+    /// <summary>Parts each micro-batch ran in side by side (<see cref="TrainingLoopOptions.DataParallel"/> resolved; 1: none).</summary>
+    public int DataParallel { get; init; } = 1;
 }
 
 /// <summary>The loss of one micro-batch: <see cref="Objective"/> is back-propagated as is; <see cref="Metrics"/> (with
@@ -93,6 +95,12 @@ public interface ITrainingObjective<TBatch>
     /// <summary>Validation metrics (must contain "loss") of <paramref name="model"/> — the fp32 master, the weights that
     /// are saved — or null when there is no validation data.</summary>
     IReadOnlyDictionary<string, double>? Evaluate(ICausalLM model);
+    /// <summary>Splits a micro-batch into <paramref name="parts"/> micro-batches whose losses, summed as the loop sums a
+    /// step's micro-batches, are its loss — for data parallelism (<see cref="TrainingLoopOptions.DataParallel"/>), which
+    /// runs them side by side on several threads, so <see cref="Loss"/> must then be safe to call on several threads at
+    /// once (on different models). Null (the default): this objective or this micro-batch (too few examples) is not
+    /// split, and its micro-batches run one after the other.</summary>
+    IReadOnlyList<TBatch>? Split(TBatch batch, int parts) => null;
 }
 
 /// <summary>Settings of <see cref="TrainingLoop.Run{TBatch}"/> (the trainers fill them from their own options).</summary>
@@ -113,6 +121,13 @@ public sealed record TrainingLoopOptions
     public bool MeanOverWeights { get; init; }
     /// <summary>Training precision (the model's dtype, or bf16 with an fp32 master copy).</summary>
     public Precision Precision { get; init; } = Precision.ModelDType;
+    /// <summary>Data parallelism inside the process: each micro-batch is split into this many parts
+    /// (<see cref="ITrainingObjective{TBatch}.Split"/>) that run side by side, one a thread, each on a bf16 working copy
+    /// of its own (shared weights, own gradients) with libtorch's threads divided between them; the gradients are summed
+    /// in fp32 in slot order, so the step equals the same parts run one after the other at that thread count. 1: off (the
+    /// default); 0: <see cref="TrainingLoop.AutoDataParallel"/>. Needs bf16 mixed precision on the CPU
+    /// (<see cref="MixedPrecision"/>).</summary>
+    public int DataParallel { get; init; } = 1;
     /// <summary>Validate every N steps (0: only after the last step).</summary>
     public int EvalEvery { get; init; }
     /// <summary>Stop after this many validations without a lower loss (0: never).</summary>
@@ -191,6 +206,35 @@ public static class TrainingLoop
 {
     const string StateSettings = "settings", StateFinished = "finished";
 
+    /// <summary>The most parameters a model may have for <see cref="TrainingLoopOptions.DataParallel"/> 0 ("auto") to
+    /// split its micro-batches (50 M). Measured on the default toy (4 × 256, 4.4 M parameters): two halves of a 32-block
+    /// step, one a core, ran ≈ 3 % faster than the whole step on two libtorch threads (docs/PERFORMANCE.md, twenty-eighth
+    /// session); at GPT-2 scale, where one step's large products already keep both cores busy, it was not measured.</summary>
+    public const long AutoDataParallelMaxParameters = 50_000_000;
+
+    /// <summary>What <see cref="TrainingLoopOptions.DataParallel"/> 0 ("auto") means: 2 parts when the run uses bf16
+    /// mixed precision on the CPU with at least 2 libtorch threads and the model has at most
+    /// <see cref="AutoDataParallelMaxParameters"/> parameters, else 1.</summary>
+    public static int AutoDataParallel(Precision precision, ICausalLM model, int threads) =>
+        precision == Precision.Bf16Mixed && model.Device.type == DeviceType.CPU && threads >= 2
+        && model.Module.parameters().Sum(p => p.numel()) <= AutoDataParallelMaxParameters ? 2 : 1;
+
+    /// <summary>The parts a run splits its micro-batches into: <paramref name="requested"/> (0: <see cref="AutoDataParallel"/>),
+    /// checked against what it needs.</summary>
+    /// <exception cref="InvalidInputException">More than one part without bf16 mixed precision on the CPU, or more parts
+    /// than libtorch threads.</exception>
+    internal static int ResolveDataParallel(int requested, Precision precision, ICausalLM model, int threads)
+    {
+        if (requested < 0) throw new InvalidInputException($"--data-parallel must be auto or a positive number of parts, got {requested}");
+        if (requested == 0) return AutoDataParallel(precision, model, threads);
+        if (requested == 1) return 1;
+        if (precision != Precision.Bf16Mixed || model.Device.type != DeviceType.CPU)
+            throw new InvalidInputException($"--data-parallel {requested} runs the parts on bf16 working copies on the CPU: it needs --precision bf16-mixed (or auto on a CPU with native bfloat16) and --device cpu");
+        if (requested > threads)
+            throw new InvalidInputException($"--data-parallel {requested} needs at least {requested} threads (each part runs on threads of its own), but libtorch has {threads} (--threads)");
+        return requested;
+    }
+
     /// <summary>Runs (or resumes) training to <see cref="TrainingLoopOptions.TotalSteps"/>.</summary>
     /// <typeparam name="TBatch">The trainer's micro-batch description.</typeparam>
     /// <param name="model">The model, trained in place.</param>
@@ -236,7 +280,7 @@ public static class TrainingLoop
         if (o.Schedule.WarmupSteps >= o.TotalSteps && !finishedBefore)
             o.Notice($"warning: warmup ({o.Schedule.WarmupSteps} steps) ≥ the run's {o.TotalSteps} steps: the learning rate never reaches its peak {o.Schedule.PeakLr:G3}");
         if (finishedBefore)
-            return new TrainingRunResult(TrainingStop.AlreadyFinished, step, o.TotalSteps, items, 0, 0, null, null, best, ckptDir) { Precision = o.Precision };
+            return new TrainingRunResult(TrainingStop.AlreadyFinished, step, o.TotalSteps, items, 0, 0, null, null, best, ckptDir) { Precision = o.Precision, DataParallel = 1 };
 
         using var metrics = MetricSinks.Open(o, resumed ? step + 1 : null);
         JsonObject State(bool finished) => new()
@@ -256,6 +300,9 @@ public static class TrainingLoop
         using var mixed = MixedPrecision.For(model, o.Precision);
         var compute = mixed?.Working ?? model; // runs forward/backward; `model` holds the weights the optimizer updates
         if (mixed is not null && opt is FusedOptimizer fused) mixed.MirrorUpdates(fused); // the step writes the bf16 weights
+        int parts = ResolveDataParallel(o.DataParallel, o.Precision, model, torch.get_num_threads());
+        if (parts > 1) mixed!.AddReplicas(parts); // after MirrorUpdates: the replicas view the working copy's storage
+        using var slots = parts > 1 ? new MicroBatchThreads(parts, torch.get_num_threads() / parts) : null;
         var sw = Stopwatch.StartNew();
         int startStep = step;
         long runItems = 0;
@@ -278,25 +325,38 @@ public static class TrainingLoop
             if (o.StopAfterSteps is int limit && step - startStep >= limit) { stop = TrainingStop.StepLimit; break; }
             using var scope = torch.NewDisposeScope();
             var batches = objective.Batches(step);
+            // with data parallelism: each micro-batch's parts, run side by side (one part: one after the other)
+            var groups = batches.Select(b => parts > 1 && objective.Split(b, parts) is { Count: > 1 } split ? split : [b]).ToList();
+            int count = groups.Sum(g => g.Count), at = 0;
             // under mixed precision the first micro-batch's gradients replace the master's (no zeroing pass)
             if (mixed is null) opt.zero_grad();
             var acc = new Dictionary<string, double>();
             double weight = 0;
             long stepItems = 0;
             bool abandoned = false;
-            for (int b = 0; b < batches.Count; b++)
+            foreach (var group in groups)
             {
                 // Ctrl+C mid-step abandons the step: nothing was applied, and the resumed run recomputes it
                 if (cancel.IsCancellationRequested) { abandoned = true; break; }
-                using var inner = torch.NewDisposeScope();
-                var l = objective.Loss(compute, batches[b]);
-                l.Objective.backward();
-                foreach (var (k, v) in l.Metrics) acc[k] = acc.GetValueOrDefault(k) + v * l.Weight;
-                weight += l.Weight;
-                stepItems += l.Items;
-                // bf16 grads → fp32 master grads, summed over micro-batches; the last one divides the sums by Σ weight
-                bool divide = o.MeanOverWeights && b == batches.Count - 1;
-                mixed?.AccumulateGradients(overwrite: b == 0, divisor: divide ? weight : 1);
+                var done = new (IReadOnlyDictionary<string, double> Metrics, double Weight, long Items)[group.Count];
+                void Part(int r)
+                {
+                    using var inner = torch.NewDisposeScope();
+                    var l = objective.Loss(r == 0 ? compute : mixed!.Replica(r), group[r]);
+                    l.Objective.backward();
+                    done[r] = (l.Metrics, l.Weight, l.Items);
+                }
+                if (group.Count == 1) Part(0); else slots!.Run(group.Count, Part);
+                for (int r = 0; r < group.Count; r++, at++)
+                {
+                    var l = done[r];
+                    foreach (var (k, v) in l.Metrics) acc[k] = acc.GetValueOrDefault(k) + v * l.Weight;
+                    weight += l.Weight;
+                    stepItems += l.Items;
+                    // bf16 grads → fp32 master grads, summed over micro-batches in order; the last one divides the sums by Σ weight
+                    bool divide = o.MeanOverWeights && at == count - 1;
+                    mixed?.AccumulateGradients(r, overwrite: at == 0, divisor: divide ? weight : 1);
+                }
             }
             if (abandoned) { stop = TrainingStop.Cancelled; break; }
             if (o.MeanOverWeights)
@@ -357,7 +417,10 @@ public static class TrainingLoop
         if (finished || step > startStep) Save(finished);
         model.Module.eval();
         o.Logger?.LogInformation("training stopped ({Stop}) at step {Step}/{TotalSteps} after {Seconds:F1} s", stop, step, o.TotalSteps, seconds);
-        return new TrainingRunResult(stop, step, o.TotalSteps, items, runItems, seconds, lastTrain, lastEval, best, savedStep is null ? null : ckptDir) { Precision = o.Precision };
+        return new TrainingRunResult(stop, step, o.TotalSteps, items, runItems, seconds, lastTrain, lastEval, best, savedStep is null ? null : ckptDir)
+        {
+            Precision = o.Precision, DataParallel = parts,
+        };
     }
 
     /// <summary>When <paramref name="o"/> resumes from an existing checkpoint, refuses settings that differ from the ones
@@ -419,7 +482,8 @@ public sealed class TrainingInterruptedException(TrainingRunResult run, Cancella
 public static class TrainingSettings
 {
     static readonly HashSet<string> NotSettings =
-        ["OutputDir", "TensorBoardDir", "CheckpointEvery", "Resume", "AllowSettingChanges", "StopAfterSteps", "CacheReference", "CacheDir", "Validation", "EqualityContract"];
+        ["OutputDir", "TensorBoardDir", "CheckpointEvery", "Resume", "AllowSettingChanges", "StopAfterSteps", "CacheReference", "CacheDir", "Validation", "EqualityContract",
+         "DataParallel"]; // data parallelism, like the thread count, changes only the rounding: a resume may use another
 
     /// <summary>The flat settings object of <paramref name="options"/>.</summary>
     /// <param name="options">An options record.</param>
