@@ -359,14 +359,7 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
             if (parts < 2 || idx.Length < parts || liveRef is not null || o.Loss.IsKto) return null;
             cached.Bf16?.Ensure(idx);
             cached.Tox?.Ensure(idx);
-            var list = new List<int[]>(parts);
-            for (int k = 0, start = 0; k < parts; k++)
-            {
-                int size = idx.Length / parts + (k < idx.Length % parts ? 1 : 0);
-                list.Add(idx[start..(start + size)]);
-                start += size;
-            }
-            return list;
+            return TrainingLoop.EvenParts(idx.Length, parts).Select(r => idx[r.Start..(r.Start + r.Length)]).ToList();
         }
 
         public IReadOnlyDictionary<string, double>? Evaluate(ICausalLM policy)

@@ -369,16 +369,8 @@ public sealed class SftTrainer(ICausalLM model, Gpt2Tokenizer tokenizer, SftOpti
         /// than parts. <see cref="Loss"/> reads only its arguments and the immutable options: safe on several threads.</summary>
         public IReadOnlyList<Batch>? Split(Batch b, int parts)
         {
-            int n = b.Sequences.Count;
-            if (parts < 2 || n < parts) return null;
-            var list = new List<Batch>(parts);
-            for (int k = 0, start = 0; k < parts; k++)
-            {
-                int size = n / parts + (k < n % parts ? 1 : 0);
-                list.Add(new Batch(b.Sequences.GetRange(start, size), b.StepTargets));
-                start += size;
-            }
-            return list;
+            if (parts < 2 || b.Sequences.Count < parts) return null;
+            return TrainingLoop.EvenParts(b.Sequences.Count, parts).Select(r => new Batch(b.Sequences.GetRange(r.Start, r.Length), b.StepTargets)).ToList();
         }
     }
 }

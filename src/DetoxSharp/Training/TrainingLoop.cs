@@ -219,6 +219,19 @@ public static class TrainingLoop
         precision == Precision.Bf16Mixed && model.Device.type == DeviceType.CPU && threads >= 2
         && model.Module.parameters().Sum(p => p.numel()) <= AutoDataParallelMaxParameters ? 2 : 1;
 
+    /// <summary>[start, start + length) of <paramref name="parts"/> consecutive runs covering <paramref name="count"/>
+    /// items, the first <c>count % parts</c> one longer (sizes differ by at most one) — how the objectives'
+    /// <see cref="ITrainingObjective{TBatch}.Split"/> cut a micro-batch's examples.</summary>
+    internal static IEnumerable<(int Start, int Length)> EvenParts(int count, int parts)
+    {
+        for (int k = 0, start = 0; k < parts; k++)
+        {
+            int length = count / parts + (k < count % parts ? 1 : 0);
+            yield return (start, length);
+            start += length;
+        }
+    }
+
     /// <summary>The parts a run splits its micro-batches into: <paramref name="requested"/> (0: <see cref="AutoDataParallel"/>),
     /// checked against what it needs.</summary>
     /// <exception cref="InvalidInputException">More than one part without bf16 mixed precision on the CPU, or more parts
