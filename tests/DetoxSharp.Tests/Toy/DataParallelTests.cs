@@ -75,6 +75,29 @@ public class DataParallelTests(ITestOutputHelper output)
         a.Dispose();
     }
 
+    /// <summary>With LoRA adapters (forward hooks on the base layers, trainable A/B, frozen base) the halves side by side
+    /// still equal the halves one after the other, to the bit.</summary>
+    [Fact]
+    public void LoraPartsSideBySideEqualThePartsOneAfterTheOther()
+    {
+        var (a, tok) = Tiny(6);
+        using var b = (Gpt2Model)a.Clone();
+        var lo = new LoraOptions { Rank = 4, Alpha = 8 };
+        LoraAdapters.Attach(a, lo, "base", seed: 3);
+        LoraAdapters.Attach(b, lo, "base", seed: 3);
+        var o = new SftOptions { BatchSize = 4, MaxSteps = 8, LearningRate = 1e-2, WarmupSteps = 1, MaxLength = 16, Seed = 2, Precision = Precision.Bf16Mixed };
+        var (side, rs) = Train(a, tok, o with { DataParallel = 2 }, threads: 2);
+        var (serial, _) = Train(b, tok, o with { BatchSize = 2, GradientAccumulationSteps = 2 }, threads: 1);
+        Assert.Equal(2, rs.Run.DataParallel);
+        Assert.Equal(serial.Select(x => x.Loss), side.Select(x => x.Loss));
+        Assert.True(side[^1].Loss < side[0].Loss, $"loss {side[0].Loss} -> {side[^1].Loss}");
+        var pa = LoraAdapters.Of(a)!.PeftTensors();
+        var pb = LoraAdapters.Of(b)!.PeftTensors();
+        Assert.NotEmpty(pa);
+        foreach (var (name, t) in pa) Assert.True(torch.equal(t, pb[name]).all().item<bool>(), $"{name} differs");
+        a.Dispose();
+    }
+
     /// <summary>The slots run at the same time (they meet at a barrier), on distinct threads, each with its share of
     /// libtorch's threads; the caller's count is back afterwards, also when a slot throws — and the slot's exception
     /// reaches the caller.</summary>
