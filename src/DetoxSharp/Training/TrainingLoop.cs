@@ -207,8 +207,8 @@ public static class TrainingLoop
     const string StateSettings = "settings", StateFinished = "finished";
 
     /// <summary>The most parameters a model may have for <see cref="TrainingLoopOptions.DataParallel"/> 0 ("auto") to
-    /// split its micro-batches (50 M). Measured on the default toy (4 × 256, 4.4 M parameters): two halves of a 32-block
-    /// step, one a core, ran ≈ 3 % faster than the whole step on two libtorch threads (docs/PERFORMANCE.md, twenty-eighth
+    /// split its micro-batches (50 M). Measured on the default toy (4 × 256, 3.9 M parameters): two halves of a 32-block
+    /// step, one a core, ran ≈ 2 % faster than the whole step on two libtorch threads (docs/PERFORMANCE.md, twenty-eighth
     /// session); at GPT-2 scale, where one step's large products already keep both cores busy, it was not measured.</summary>
     public const long AutoDataParallelMaxParameters = 50_000_000;
 
