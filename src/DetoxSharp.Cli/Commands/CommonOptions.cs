@@ -24,7 +24,7 @@ public static class CommonOptions
     /// <summary>--data-parallel: auto (the default) or a number of parts (<see cref="DetoxSharp.Training.SftOptions.DataParallel"/>).</summary>
     public static Option<string> DataParallel() => new("--data-parallel")
     {
-        Description = "split each micro-batch into N parts trained side by side, one a thread, on bf16 working copies that share the weights (data parallelism over the cores; needs bf16-mixed): auto = 2 on ≥ 2 threads for models up to 50M parameters, 1 = off",
+        Description = "split each micro-batch into N parts trained side by side, one a thread, on bf16 working copies that share the weights (data parallelism over the cores; needs bf16-mixed): auto = 2 on ≥ 2 threads for models up to 100M parameters (off for dpo/adpo), 1 = off",
         DefaultValueFactory = _ => "auto",
     };
 
