@@ -222,13 +222,9 @@ public sealed class MixedPrecision : IDisposable
             throw new ArgumentException($"compute dtype must be a floating type, got {computeDType}", nameof(computeDType));
         Master = master;
         ComputeDType = computeDType;
-        Working = master.Clone(); // the base parameters only
+        Working = CastCopy();
         try
         {
-            // LoRA: the working copy gets the same adapters (frozen base, trainable A/B), so the pairing below covers
-            // the adapter parameters like any other and the fp32 master holds the adapters' optimizer state
-            Checkpoints.LoraAdapters.Of(master)?.AttachCopy(Working);
-            Working.Module.to(computeDType);
             var mine = master.Module.named_parameters().ToList();
             var theirs = Working.Module.named_parameters().ToDictionary(x => x.name, x => x.parameter);
             if (mine.Count != theirs.Count)
@@ -251,11 +247,31 @@ public sealed class MixedPrecision : IDisposable
             _work = w.ToArray();
             _allMaster = am.ToArray();
             _allWork = aw.ToArray();
-            if (master.Module.training) Working.Module.train(); else Working.Module.eval();
+            _replicas.Add((Working, _work));
+            Train(master.Module.training);
         }
         catch
         {
             Working.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A copy of the master in the compute dtype: the working copy, and each replica. LoRA: the copy gets the
+    /// same adapters (frozen base, trainable A/B), so the pairing by name covers the adapter parameters like any other and
+    /// the fp32 master holds the adapters' optimizer state.</summary>
+    ICausalLM CastCopy()
+    {
+        var copy = Master.Clone(); // the base parameters only
+        try
+        {
+            Checkpoints.LoraAdapters.Of(Master)?.AttachCopy(copy);
+            copy.Module.to(ComputeDType);
+            return copy;
+        }
+        catch
+        {
+            copy.Dispose();
             throw;
         }
     }
@@ -279,14 +295,14 @@ public sealed class MixedPrecision : IDisposable
     /// <summary><see cref="AccumulateGradients(bool, double)"/> from replica <paramref name="replica"/> (0: <see cref="Working"/>;
     /// see <see cref="AddReplicas"/>).</summary>
     internal void AccumulateGradients(int replica, bool overwrite, double divisor) =>
-        AccumulateFrom(replica == 0 ? _work : _replicas[replica - 1].Work, overwrite, divisor);
+        AccumulateFrom(_replicas[replica].Work, overwrite, divisor);
 
     /// <summary>The working copy that runs micro-batch slot <paramref name="replica"/> of a step: 0 is <see cref="Working"/>,
     /// the others are <see cref="AddReplicas"/>'s.</summary>
-    internal ICausalLM Replica(int replica) => replica == 0 ? Working : _replicas[replica - 1].Model;
+    internal ICausalLM Replica(int replica) => _replicas[replica].Model;
 
     /// <summary>Number of working copies (<see cref="Working"/> and its replicas).</summary>
-    internal int Replicas => 1 + _replicas.Count;
+    internal int Replicas => _replicas.Count;
 
     /// <summary>Makes working copies until there are <paramref name="count"/>, for micro-batches run side by side on
     /// several threads (<see cref="TrainingLoop"/>): each replica is a model of its own (its own autograd graph and
@@ -300,11 +316,9 @@ public sealed class MixedPrecision : IDisposable
         var names = mine.ToDictionary(kv => kv.Value.Handle, kv => kv.Key);
         while (Replicas < count)
         {
-            var copy = Master.Clone();
+            var copy = CastCopy();
             try
             {
-                Checkpoints.LoraAdapters.Of(Master)?.AttachCopy(copy);
-                copy.Module.to(ComputeDType);
                 var theirs = copy.Module.named_parameters().ToDictionary(x => x.name, x => x.parameter);
                 if (theirs.Count != mine.Count)
                     throw new InvalidOperationException($"mixed precision: a replica has {theirs.Count} parameters, the working copy {mine.Count}");
@@ -315,9 +329,7 @@ public sealed class MixedPrecision : IDisposable
                         ((TorchSharp.Modules.Parameter)q).set_(w); // the working copy's storage; a leaf of its own
                         q.requires_grad_(w.requires_grad);
                     }
-                var work = _work.Select(w => (Tensor)theirs[names[w.Handle]]).ToArray();
-                if (Working.Module.training) copy.Module.train(); else copy.Module.eval();
-                _replicas.Add((copy, work));
+                _replicas.Add((copy, _work.Select(w => (Tensor)theirs[names[w.Handle]]).ToArray()));
             }
             catch
             {
@@ -325,9 +337,11 @@ public sealed class MixedPrecision : IDisposable
                 throw;
             }
         }
+        Train(Working.Module.training);
     }
 
-    /// <summary>The replicas beyond <see cref="Working"/>: each model and its trainable parameters in <see cref="_work"/>'s order.</summary>
+    /// <summary>Every working copy — [0] is <see cref="Working"/>, then <see cref="AddReplicas"/>'s — with its trainable
+    /// parameters in <see cref="_work"/>'s order.</summary>
     readonly List<(ICausalLM Model, Tensor[] Work)> _replicas = [];
 
     void AccumulateFrom(Tensor[] work, bool overwrite, double divisor)
@@ -430,10 +444,9 @@ public sealed class MixedPrecision : IDisposable
         return true;
     }
 
-    /// <summary>Sets train/eval mode of the working copy (the master's mode is the caller's business).</summary>
+    /// <summary>Sets train/eval mode of the working copy and its replicas (the master's mode is the caller's business).</summary>
     public void Train(bool on = true)
     {
-        if (on) Working.Module.train(); else Working.Module.eval();
         foreach (var (m, _) in _replicas) if (on) m.Module.train(); else m.Module.eval();
     }
 
@@ -442,8 +455,7 @@ public sealed class MixedPrecision : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        Working.Dispose();
-        foreach (var (m, _) in _replicas) m.Dispose();
+        foreach (var (m, _) in _replicas) m.Dispose(); // the working copy first
         if (_mirroredBy is not null) _mirroredBy.Mirror = null; // an optimizer that outlives this object stops writing the freed copy
         _mirror?.Dispose();
     }

@@ -351,15 +351,14 @@ public sealed class PreferenceTrainer(ICausalLM policy, Gpt2Tokenizer tokenizer,
         /// <summary>Consecutive runs of the micro-batch's pairs (sizes differing by at most one); each part's loss is its
         /// mean × its pairs, as the whole micro-batch's is, so the loop's Σ ÷ Σ weight is the same mean. The cached
         /// reference / π_tox values of the whole micro-batch are filled here, on the loop's thread, so that
-        /// <see cref="Loss"/> only reads them on the parts' threads. Null — run as one — with a live reference (a model
-        /// shared by the parts' threads), with KTO (its reference point is a statistic of the whole micro-batch) or with
-        /// fewer pairs than parts.</summary>
+        /// <see cref="Loss"/> only reads them on the parts' threads. Null — run as one — with fewer pairs than parts. The
+        /// trainer refuses data parallelism up front with KTO (its reference point is a statistic of the whole
+        /// micro-batch) and with a live reference (a model the parts' threads would share), so neither reaches here.</summary>
         public IReadOnlyList<int[]>? Split(int[] idx, int parts)
         {
-            if (parts < 2 || idx.Length < parts || liveRef is not null || o.Loss.IsKto) return null;
             cached.Bf16?.Ensure(idx);
             cached.Tox?.Ensure(idx);
-            return TrainingLoop.EvenParts(idx.Length, parts).Select(r => idx[r.Start..(r.Start + r.Length)]).ToList();
+            return TrainingLoop.EvenParts(idx.Length, parts, (start, length) => idx[start..(start + length)]);
         }
 
         public IReadOnlyDictionary<string, double>? Evaluate(ICausalLM policy)

@@ -367,10 +367,7 @@ public sealed class SftTrainer(ICausalLM model, Gpt2Tokenizer tokenizer, SftOpti
         /// <summary>Consecutive runs of the micro-batch's sequences (sizes differing by at most one), each normalised over
         /// the whole step's targets as the micro-batch was, so their losses add up to its loss; null with fewer sequences
         /// than parts. <see cref="Loss"/> reads only its arguments and the immutable options: safe on several threads.</summary>
-        public IReadOnlyList<Batch>? Split(Batch b, int parts)
-        {
-            if (parts < 2 || b.Sequences.Count < parts) return null;
-            return TrainingLoop.EvenParts(b.Sequences.Count, parts).Select(r => new Batch(b.Sequences.GetRange(r.Start, r.Length), b.StepTargets)).ToList();
-        }
+        public IReadOnlyList<Batch>? Split(Batch b, int parts) =>
+            TrainingLoop.EvenParts(b.Sequences.Count, parts, (start, length) => new Batch(b.Sequences.GetRange(start, length), b.StepTargets));
     }
 }

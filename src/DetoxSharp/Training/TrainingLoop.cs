@@ -220,17 +220,21 @@ public static class TrainingLoop
         precision == Precision.Bf16Mixed && model.Device.type == DeviceType.CPU && threads >= 2
         && model.Module.parameters().Sum(p => p.numel()) <= AutoDataParallelMaxParameters ? 2 : 1;
 
-    /// <summary>[start, start + length) of <paramref name="parts"/> consecutive runs covering <paramref name="count"/>
-    /// items, the first <c>count % parts</c> one longer (sizes differ by at most one) — how the objectives'
-    /// <see cref="ITrainingObjective{TBatch}.Split"/> cut a micro-batch's examples.</summary>
-    internal static IEnumerable<(int Start, int Length)> EvenParts(int count, int parts)
+    /// <summary>How the objectives' <see cref="ITrainingObjective{TBatch}.Split"/> cut a micro-batch's
+    /// <paramref name="count"/> examples: <paramref name="part"/>(start, length) of <paramref name="parts"/> consecutive
+    /// runs covering them, the first <c>count % parts</c> one longer (sizes differ by at most one); null — not split —
+    /// with fewer than two parts or fewer examples than parts.</summary>
+    internal static List<T>? EvenParts<T>(int count, int parts, Func<int, int, T> part)
     {
+        if (parts < 2 || count < parts) return null;
+        var list = new List<T>(parts);
         for (int k = 0, start = 0; k < parts; k++)
         {
             int length = count / parts + (k < count % parts ? 1 : 0);
-            yield return (start, length);
+            list.Add(part(start, length));
             start += length;
         }
+        return list;
     }
 
     /// <summary>The parts a run splits its micro-batches into: <paramref name="requested"/> (0: <see cref="AutoDataParallel"/>),

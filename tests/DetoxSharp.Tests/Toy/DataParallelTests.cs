@@ -179,9 +179,10 @@ public class DataParallelTests(ITestOutputHelper output)
             Assert.Contains("needs at least 3 threads", Assert.Throws<InvalidInputException>(() => TrainingLoop.ResolveDataParallel(3, Precision.Bf16Mixed, m, 2)).Message);
             Assert.Throws<InvalidInputException>(() => TrainingLoop.ResolveDataParallel(-1, Precision.Bf16Mixed, m, 2));
             // the parts an objective cuts: consecutive, covering, sizes differing by at most one
-            Assert.Equal([(0, 3), (3, 2)], TrainingLoop.EvenParts(5, 2));
-            Assert.Equal([(0, 3), (3, 2), (5, 2)], TrainingLoop.EvenParts(7, 3));
-            Assert.Equal([(0, 2), (2, 2)], TrainingLoop.EvenParts(4, 2));
+            Assert.Equal([(0, 3), (3, 2)], TrainingLoop.EvenParts(5, 2, (s, n) => (s, n))!);
+            Assert.Equal([(0, 3), (3, 2), (5, 2)], TrainingLoop.EvenParts(7, 3, (s, n) => (s, n))!);
+            Assert.Equal([(0, 2), (2, 2)], TrainingLoop.EvenParts(4, 2, (s, n) => (s, n))!);
+            Assert.Null(TrainingLoop.EvenParts(1, 2, (s, n) => (s, n))); // fewer examples than parts: not split
         }
     }
 
